@@ -1,0 +1,49 @@
+# EMMA developer commands. Every target bootstraps .venv from pyproject.toml first, so a fresh clone
+# needs only python3 (3.11+), make and the package registries.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.emma-installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv up test gen lint fmt baseline bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
+
+# The stamp is older than pyproject.toml when the dependencies changed: reinstall then.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "EMMA needs Python 3.11 or newer, found " + sys.version.split()[0])'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)  ## create or refresh .venv
+
+up: $(STAMP)  ## run the whole stack on an embedded PostgreSQL (DATABASE_URL selects an external one)
+	$(BIN)/emma up
+
+test: $(STAMP)  ## run every test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+gen: $(STAMP)  ## regenerate gen/ from protos/
+	$(BIN)/python -m tools.protogen generate
+
+lint: $(STAMP)  ## ruff, mypy --strict, buf lint, buf breaking
+	$(BIN)/ruff check services gateway edge_daemon tests tools bench
+	$(BIN)/mypy
+	$(BIN)/python -m tools.protogen lint
+	$(BIN)/python -m tools.protogen breaking
+
+fmt: $(STAMP)  ## format hand-written code
+	$(BIN)/ruff format services gateway edge_daemon tests tools bench
+
+baseline: $(STAMP)  ## accept the current contracts as the buf breaking baseline (only for a new release)
+	$(BIN)/python -m tools.protogen baseline
+
+bench: $(STAMP)  ## run the quick benchmarks
+	$(BIN)/python -m bench.run_all
+
+clean:  ## remove the virtual environment and caches (keeps .emma/ data)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build

@@ -1,0 +1,1 @@
+"""Build tools for EMMA (code generation, contract checks)."""
