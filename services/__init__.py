@@ -1,1 +1,1 @@
-"""EMMA."""
+"""EMMA cloud services and the platform they share."""
