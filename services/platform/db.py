@@ -1,0 +1,40 @@
+"""asyncpg pool creation with errors a person can act on."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import asyncpg
+
+from services.errors import StartupError
+from services.platform.config import DatabaseConfig
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", dsn)
+
+
+async def create_pool(config: DatabaseConfig, dsn: str | None = None) -> asyncpg.Pool:
+    dsn = dsn or config.url
+    if not dsn:
+        raise StartupError("no database: set DATABASE_URL, or use `emma up` for an embedded PostgreSQL")
+    try:
+        pool = await asyncio.wait_for(
+            asyncpg.create_pool(
+                dsn,
+                min_size=config.pool_min_size,
+                max_size=config.pool_max_size,
+                timeout=config.connect_timeout_s,
+                # Statement caching breaks behind transaction-pooling proxies (pgbouncer); the few
+                # hot statements are prepared explicitly where it matters.
+                statement_cache_size=100,
+            ),
+            timeout=config.connect_timeout_s + 1,
+        )
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StartupError(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {detail}") from None
+    assert pool is not None
+    return pool

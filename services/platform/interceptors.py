@@ -1,0 +1,124 @@
+"""The server interceptor every EMMA service runs behind.
+
+It turns ApiError into a rich google.rpc.Status (ErrorInfo, BadRequest), turns unexpected exceptions
+into INTERNAL without leaking internals, and opens one OpenTelemetry span per unary RPC with the
+caller's trace context taken from the `traceparent` metadata. Streams get no endless span: stream
+handlers open spans per message batch themselves.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from emma.common.v1 import errors_pb2
+from services.errors import ApiError
+from services.platform.tracing import tracer
+
+log = logging.getLogger("emma.rpc")
+
+Behavior = Callable[..., Any]
+
+
+def _metadata_dict(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: Exception) -> None:
+    # grpc-stubs lags grpc.aio: abort_with_status exists at run time but not in the stubs.
+    ctx: Any = context
+    if isinstance(exc, ApiError):
+        await ctx.abort_with_status(rpc_status.to_status(exc.to_status()))
+    log.exception("unexpected error in %s", method)
+    internal = ApiError(
+        grpc.StatusCode.INTERNAL,
+        errors_pb2.ERROR_REASON_UNSPECIFIED,
+        "internal error; the server logged the details",
+    )
+    await ctx.abort_with_status(rpc_status.to_status(internal.to_status()))
+
+
+def _wrap_unary_response(method: str, inner: Behavior) -> Behavior:
+    async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        parent = propagate.extract(_metadata_dict(context))
+        with tracer().start_as_current_span(method, context=parent, kind=SpanKind.SERVER) as span:
+            span.set_attribute("rpc.system", "grpc")
+            span.set_attribute("rpc.method", method)
+            try:
+                return await inner(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # every error becomes a status, never a crash
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                if isinstance(exc, ApiError):
+                    span.set_attribute("rpc.grpc.status_code", exc.code.value[0])
+                    span.set_attribute("emma.error_reason", exc.reason)
+                await _abort(context, method, exc)
+                raise  # unreachable: abort raises
+
+    return behavior
+
+
+def _wrap_stream_response(method: str, inner: Behavior) -> Behavior:
+    async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            result = inner(request, context)
+            if inspect.isasyncgen(result):
+                async for item in result:
+                    yield item
+            elif inspect.isawaitable(result):
+                await result
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, method, exc)
+
+    return behavior
+
+
+class PlatformInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Error mapping and tracing for every RPC of every service."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        ser = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary_response(method, handler.unary_unary), **ser
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary_response(method, handler.stream_unary), **ser
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream_response(method, handler.unary_stream), **ser
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream_response(method, handler.stream_stream), **ser
+            )
+        return handler
+
+
+def current_trace_id() -> str:
+    """The hex trace id of the active span, or "" outside a trace (for logs and audit rows)."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""

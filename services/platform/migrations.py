@@ -1,0 +1,102 @@
+"""Versioned SQL migrations, applied in order under an advisory lock.
+
+Files live in services/migrations as NNNN_description.sql. Each file runs in its own transaction
+together with its row in schema_migrations, so a failing migration leaves nothing half-applied. The
+advisory lock lets several replicas start at once: one applies, the others wait and then find
+nothing to do. An applied file whose checksum changed is an error: migrations are append-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from services.errors import StartupError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# An arbitrary constant shared by every EMMA process: "EMMA" in ASCII.
+ADVISORY_LOCK_KEY = 0x454D4D41
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(StartupError):
+    """A migration file is malformed, was changed after it was applied, or failed to run."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    found: dict[int, Migration] = {}
+    for path in sorted(directory.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"migration file {path.name} is not named NNNN_description.sql")
+        version = int(match.group(1))
+        if version in found:
+            raise MigrationError(f"two migrations with version {version:04d}")
+        found[version] = Migration(version, path.stem, path.read_text())
+    return [found[v] for v in sorted(found)]
+
+
+_BOOKKEEPING = """
+CREATE TABLE IF NOT EXISTS public.schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[str]:
+    """Apply every pending migration; returns the names applied now."""
+    migrations = load_migrations() if migrations is None else migrations
+    applied_now: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_KEY)
+    try:
+        await conn.execute(_BOOKKEEPING)
+        rows = await conn.fetch("SELECT version, name, checksum FROM public.schema_migrations")
+        done = {r["version"]: r for r in rows}
+        for m in migrations:
+            if m.version in done:
+                if done[m.version]["checksum"] != m.checksum:
+                    raise MigrationError(
+                        f"migration {m.name} was changed after it was applied; add a new migration instead"
+                    )
+                continue
+            try:
+                async with conn.transaction():
+                    await conn.execute(m.sql)
+                    await conn.execute(
+                        "INSERT INTO public.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                        m.version,
+                        m.name,
+                        m.checksum,
+                    )
+            except asyncpg.PostgresError as exc:
+                first = str(exc).splitlines()[0]
+                raise MigrationError(f"migration {m.name} failed and was rolled back: {first}") from None
+            applied_now.append(m.name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_KEY)
+    return applied_now
+
+
+async def applied_versions(conn: asyncpg.Connection) -> list[int]:
+    exists = await conn.fetchval("SELECT to_regclass('public.schema_migrations') IS NOT NULL")
+    if not exists:
+        return []
+    return [r["version"] for r in await conn.fetch("SELECT version FROM public.schema_migrations ORDER BY 1")]

@@ -1,0 +1,104 @@
+"""Builds and runs the grpc.aio server that hosts one or more EMMA services.
+
+Health (grpc.health.v1) and reflection are always on; keepalive and message sizes are set explicitly
+(see ServerConfig); SIGTERM and SIGINT drain gracefully: health flips to NOT_SERVING first so load
+balancers and Kubernetes stop routing, then the server stops with a grace period for in-flight calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import signal
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from services.errors import StartupError
+from services.platform.config import ServerConfig
+from services.platform.interceptors import PlatformInterceptor
+
+
+def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", config.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", config.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", config.min_client_ping_interval_ms),
+        ("grpc.http2.max_pings_without_data", 0),
+        # gRPC sets SO_REUSEPORT by default, which lets a second server silently share a busy port.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def create_server(config: ServerConfig | None = None) -> grpc.aio.Server:
+    """A grpc.aio server with the platform interceptor and explicit transport options."""
+    config = config or ServerConfig()
+    return grpc.aio.server(interceptors=[PlatformInterceptor()], options=server_options(config))
+
+
+@dataclass
+class HostedServer:
+    """A started server with its health servicer and bound port."""
+
+    server: grpc.aio.Server
+    health: HealthServicer
+    port: int
+    service_names: list[str]
+
+    async def drain(self, grace_s: float) -> None:
+        """Health NOT_SERVING for every service, then stop with a grace period."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with a clear message before gRPC does, because gRPC's own bind error is opaque."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(f"port {port} on {host} is already in use (set EMMA_GRPC_PORT)") from None
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+async def start_server(
+    server: grpc.aio.Server, config: ServerConfig, service_names: Sequence[str]
+) -> HostedServer:
+    """Add health and reflection for `service_names`, bind, start."""
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+    reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+    _check_port_free(config.host, config.port)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise StartupError(f"cannot listen on {config.host}:{config.port}")
+    await server.start()
+    for name in [*service_names, ""]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return HostedServer(server=server, health=health_servicer, port=port, service_names=list(service_names))
+
+
+async def wait_for_shutdown_signal() -> None:
+    """Return on the first SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

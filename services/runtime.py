@@ -1,0 +1,19 @@
+"""What a servicer gets when it is built: configuration and the shared database pool."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.platform.config import PlatformConfig
+
+
+@dataclass
+class Runtime:
+    config: PlatformConfig
+    pool: asyncpg.Pool
+
+    @property
+    def replica_id(self) -> str:
+        return self.config.server.replica_id
