@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from services.errors import StartupError
+
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # An arbitrary constant shared by every EMMA process: "EMMA" in ASCII.
@@ -61,7 +64,7 @@ CREATE TABLE IF NOT EXISTS public.schema_migrations (
 """
 
 
-async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[str]:
+async def migrate(conn: Conn, migrations: list[Migration] | None = None) -> list[str]:
     """Apply every pending migration; returns the names applied now."""
     migrations = load_migrations() if migrations is None else migrations
     applied_now: list[str] = []
@@ -95,7 +98,7 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
     return applied_now
 
 
-async def applied_versions(conn: asyncpg.Connection) -> list[int]:
+async def applied_versions(conn: Conn) -> list[int]:
     exists = await conn.fetchval("SELECT to_regclass('public.schema_migrations') IS NOT NULL")
     if not exists:
         return []

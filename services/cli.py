@@ -1,0 +1,172 @@
+"""The `emma` command: one entry point for every role of the one distribution.
+
+Each subcommand imports what it needs only when it runs, so `emma edge` on a site computer does not
+load the cloud services and `emma --help` is instant. Errors a person can fix are printed as one line
+(`emma <command>: error: ...`) with a non-zero exit code, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from services.errors import ServiceError
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="interface to listen on (EMMA_GRPC_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="gRPC port (EMMA_GRPC_PORT, default 50051)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="emma",
+        description="EMMA energy management: edge daemons, cloud gRPC services, REST gateway.",
+        epilog="Configuration comes from EMMA_* environment variables; see docs/configuration.md.",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("EMMA_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    up = sub.add_parser("up", help="run the whole stack on this machine (embedded PostgreSQL)",
+                        description="Start embedded PostgreSQL (unless DATABASE_URL is set), apply "
+                        "migrations and serve every cloud service. Ctrl-C stops everything.")
+    _add_server_flags(up)
+    up.add_argument("--state-dir", help="where data and local secrets live (EMMA_STATE_DIR, default .emma)")
+
+    serve = sub.add_parser("serve", help="host the named cloud services in one gRPC server",
+                           description="Host cloud services in one grpc.aio server with health and "
+                           "reflection. Needs DATABASE_URL.")
+    serve.add_argument("services", nargs="+", metavar="SERVICE",
+                       help="edge, telemetry, command, registry, identity, audit, or all")
+    _add_server_flags(serve)
+    serve.add_argument("--migrate", action="store_true", help="apply pending migrations before serving")
+
+    sub.add_parser("migrate", help="apply pending database migrations",
+                   description="Apply pending SQL migrations in order under an advisory lock. Needs "
+                   "DATABASE_URL.")
+
+    gw = sub.add_parser("gateway", help="serve the REST/JSON gateway for browsers",
+                        description="Serve REST/JSON generated from the contracts' HTTP annotations.")
+    gw.add_argument("--target", default="127.0.0.1:50051", help="gRPC address of the services")
+    gw.add_argument("--port", type=int, default=8080, help="HTTP port")
+
+    edge = sub.add_parser("edge", help="run an edge daemon for one site",
+                          description="Run the site daemon: devices, control cycle, outbox, uplink.")
+    src = edge.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="the site's TOML file")
+    src.add_argument("--simulate", action="store_true", help="run a ready-made simulated demo site")
+
+    admin = sub.add_parser("admin", help="administer organizations, users and edge keys",
+                           description="Administrative tasks against the database (DATABASE_URL).")
+    admin_sub = admin.add_subparsers(dest="admin_command", metavar="TASK", parser_class=_Parser)
+    admin_sub.required = True
+    org = admin_sub.add_parser("create-org", help="create an organization",
+                               description="Create an organization.")
+    org.add_argument("org_id")
+    org.add_argument("--display-name")
+    user = admin_sub.add_parser("create-user", help="create a user with a role in an organization",
+                                description="Create a user with a role in an organization.")
+    user.add_argument("email")
+    user.add_argument("--org", required=True)
+    user.add_argument("--role", choices=["viewer", "operator", "admin"], default="viewer")
+    key = admin_sub.add_parser("create-edge-key", help="create an API key for an edge",
+                               description="Create an API key for an edge; the secret is printed once.")
+    key.add_argument("edge", help="organizations/{org}/sites/{site}/edges/{edge}")
+    return parser
+
+
+def _apply_server_flags(args: argparse.Namespace) -> None:
+    """Flags win over the environment; the config dataclasses read the environment."""
+    if getattr(args, "host", None):
+        os.environ["EMMA_GRPC_HOST"] = args.host
+    if getattr(args, "port", None) is not None:
+        os.environ["EMMA_GRPC_PORT"] = str(args.port)
+    if getattr(args, "state_dir", None):
+        os.environ["EMMA_STATE_DIR"] = args.state_dir
+
+
+def _not_yet(command: str, issue: str) -> int:
+    print(f"emma {command}: error: not available in this release yet ({issue})", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def _run(args: argparse.Namespace) -> int:
+    from services.platform.config import PlatformConfig
+
+    _apply_server_flags(args)
+    config = PlatformConfig.from_env()
+    if args.command == "up":
+        from services.up import run_up
+
+        asyncio.run(run_up(config))
+        return 0
+    if args.command == "serve":
+        from services import catalog
+        from services.cloud import serve_until_signal
+
+        catalog.resolve(args.services)  # unknown names fail before anything starts
+        if config.database.url is None:
+            raise_config("DATABASE_URL is not set (or use `emma up` for an embedded PostgreSQL)")
+
+        def announce(hosted: object) -> None:
+            port = getattr(hosted, "port", "?")
+            print(f"emma serve: {', '.join(args.services)} on {config.server.host}:{port}", flush=True)
+
+        asyncio.run(serve_until_signal(args.services, config, apply_migrations=args.migrate, announce=announce))
+        return 0
+    if args.command == "migrate":
+        from services.cloud import run_migrations
+
+        if config.database.url is None:
+            raise_config("DATABASE_URL is not set")
+        applied = asyncio.run(run_migrations(config))
+        print(f"emma migrate: applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+        return 0
+    if args.command == "gateway":
+        return _not_yet("gateway", "issue 7, REST gateway")
+    if args.command == "edge":
+        return _not_yet("edge", "issue 3, edge daemon")
+    if args.command == "admin":
+        return _not_yet(f"admin {args.admin_command}", "issue 6, tenancy and identity")
+    raise AssertionError(args.command)
+
+
+def raise_config(message: str) -> NoReturn:
+    from services.errors import ConfigError
+
+    raise ConfigError(message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = args.command + (f" {args.admin_command}" if args.command == "admin" else "")
+    try:
+        return _run(args)
+    except ServiceError as exc:
+        print(f"emma {command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""A cloud process: connect to PostgreSQL, optionally migrate, host services, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from services import catalog
+from services.platform import db, migrations
+from services.platform.config import PlatformConfig, ServerConfig
+from services.platform.server import HostedServer, create_server, start_server, wait_for_shutdown_signal
+from services.platform.tracing import configure_tracing
+from services.runtime import Runtime
+
+log = logging.getLogger("emma.cloud")
+
+
+async def run_migrations(config: PlatformConfig, dsn: str | None = None) -> list[str]:
+    pool = await db.create_pool(config.database, dsn)
+    try:
+        async with pool.acquire() as conn:
+            return await migrations.migrate(conn)
+    finally:
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def hosted_services(
+    keys: list[str],
+    config: PlatformConfig,
+    *,
+    dsn: str | None = None,
+    apply_migrations: bool = False,
+    server_config: ServerConfig | None = None,
+) -> AsyncIterator[tuple[HostedServer, Runtime]]:
+    """Start the named services in one server; stop them (with grace) when the block exits."""
+    specs = catalog.resolve(keys)
+    configure_tracing("emma")
+    server_config = server_config or config.server
+    pool = await db.create_pool(config.database, dsn)
+    try:
+        if apply_migrations:
+            async with pool.acquire() as conn:
+                await migrations.migrate(conn)
+        runtime = Runtime(config=config, pool=pool)
+        server = create_server(server_config)
+        names = catalog.add_services(server, specs, runtime)
+        hosted = await start_server(server, server_config, names)
+        try:
+            yield hosted, runtime
+        finally:
+            await hosted.drain(server_config.shutdown_grace_s)
+    finally:
+        await asyncio.wait_for(pool.close(), timeout=10)
+
+
+async def serve_until_signal(
+    keys: list[str],
+    config: PlatformConfig,
+    *,
+    dsn: str | None = None,
+    apply_migrations: bool = False,
+    announce: Callable[[HostedServer], None] | None = None,
+) -> None:
+    async with hosted_services(keys, config, dsn=dsn, apply_migrations=apply_migrations) as (hosted, _):
+        if announce:
+            announce(hosted)
+        await wait_for_shutdown_signal()
+        log.info("shutting down: health NOT_SERVING, draining for %.1f s", config.server.shutdown_grace_s)

@@ -1,0 +1,47 @@
+"""`emma up`: the whole stack on one machine.
+
+Embedded PostgreSQL under the state folder (unless DATABASE_URL is set), migrations, every cloud
+service in one gRPC server. Ctrl-C stops everything; a second run reuses the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from services import catalog
+from services.cloud import serve_until_signal
+from services.platform.config import PlatformConfig
+from services.platform.embedded_pg import EmbeddedPostgres, start_embedded_postgres
+from services.platform.server import HostedServer
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+async def run_up(config: PlatformConfig) -> None:
+    config.state.state_dir.mkdir(parents=True, exist_ok=True)
+    embedded: EmbeddedPostgres | None = None
+    dsn = config.database.url
+    if dsn is None:
+        _say(f"emma up: starting embedded PostgreSQL in {config.state.state_dir / 'pgdata'}")
+        embedded = await asyncio.to_thread(start_embedded_postgres, config.state.state_dir)
+        dsn = embedded.uri()
+    try:
+
+        def announce(hosted: HostedServer) -> None:
+            _say(f"emma up: gRPC services on {config.server.host}:{hosted.port}")
+            for spec in catalog.resolve(["all"]):
+                state = "serving" if spec.factory else f"UNIMPLEMENTED until {spec.issue}"
+                _say(f"  {spec.full_name:<36} {state}")
+            _say("  grpc.health.v1.Health and server reflection are on")
+            _say(f"emma up: database {'embedded' if embedded else 'external'}; state in {config.state.state_dir}")
+            _say("emma up: ready; press Ctrl-C to stop")
+
+        await serve_until_signal(["all"], config, dsn=dsn, apply_migrations=True, announce=announce)
+        _say("emma up: stopped")
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        sys.stdout.flush()
