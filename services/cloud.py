@@ -21,7 +21,7 @@ async def run_migrations(config: PlatformConfig, dsn: str | None = None) -> list
     pool = await db.create_pool(config.database, dsn)
     try:
         async with pool.acquire() as conn:
-            return await migrations.migrate(conn)
+            return await migrations.migrate(conn, migrations.load_migrations(config.database.migrations_dir))
     finally:
         await pool.close()
 
@@ -43,7 +43,11 @@ async def hosted_services(
     try:
         if apply_migrations:
             async with pool.acquire() as conn:
-                await migrations.migrate(conn)
+                applied = await migrations.migrate(
+                    conn, migrations.load_migrations(config.database.migrations_dir)
+                )
+                total = len(await migrations.applied_versions(conn))
+                log.info("migrations: %d applied now, %d in total", len(applied), total)
         runtime = Runtime(config=config, pool=pool)
         server = create_server(server_config)
         names = catalog.add_services(server, specs, runtime)

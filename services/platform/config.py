@@ -80,6 +80,9 @@ class DatabaseConfig:
     """PostgreSQL. Without a URL, `emma up` starts an embedded server under the state folder."""
 
     url: str | None = None
+    # Where the SQL migrations are; only extensions and the tests that prove a failing migration is
+    # rolled back point it elsewhere.
+    migrations_dir: Path | None = None
     pool_min_size: int = 1
     pool_max_size: int = 10
     connect_timeout_s: float = 10.0
@@ -88,6 +91,7 @@ class DatabaseConfig:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> DatabaseConfig:
         return cls(
             url=env.get("EMMA_DATABASE_URL") or env.get("DATABASE_URL") or None,
+            migrations_dir=Path(env["EMMA_MIGRATIONS_DIR"]) if env.get("EMMA_MIGRATIONS_DIR") else None,
             pool_min_size=_int(env, "EMMA_DB_POOL_MIN", cls.pool_min_size, 0),
             pool_max_size=_int(env, "EMMA_DB_POOL_MAX", cls.pool_max_size, 1),
             connect_timeout_s=_float(env, "EMMA_DB_CONNECT_TIMEOUT_S", cls.connect_timeout_s, 0.1),

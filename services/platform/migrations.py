@@ -41,7 +41,10 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+def load_migrations(directory: Path | None = None) -> list[Migration]:
+    directory = directory or MIGRATIONS_DIR
+    if not directory.is_dir():
+        raise MigrationError(f"migrations folder {directory} does not exist")
     found: dict[int, Migration] = {}
     for path in sorted(directory.glob("*.sql")):
         match = _NAME.match(path.name)

@@ -1,0 +1,60 @@
+"""A real PostgreSQL for the test session: the embedded pgserver, or DATABASE_URL's server."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from services.platform.embedded_pg import EmbeddedPostgres, start_embedded_postgres
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server DSN pointing at another database (keeps host/socket query parameters)."""
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+@dataclass
+class TestPostgres:
+    admin_dsn: str
+    embedded: EmbeddedPostgres | None = None
+    _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def start(cls) -> TestPostgres:
+        external = os.environ.get("DATABASE_URL")
+        if external:
+            return cls(admin_dsn=external)
+        tmp = tempfile.TemporaryDirectory(prefix="emma-test-pg-")
+        embedded = start_embedded_postgres(Path(tmp.name), database="postgres")
+        return cls(admin_dsn=embedded.uri("postgres"), embedded=embedded, _tmp=tmp)
+
+    async def create_database(self, hint: str) -> str:
+        name = "t_" + re.sub(r"[^a-z0-9]+", "_", hint.lower())[:40] + "_" + uuid.uuid4().hex[:8]
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        return with_database(self.admin_dsn, name)
+
+    async def drop_database(self, dsn: str) -> None:
+        name = urlsplit(dsn).path.lstrip("/")
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    def stop(self) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
