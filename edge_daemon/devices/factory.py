@@ -1,0 +1,54 @@
+"""Device type names (as written in the site config) -> parameter parsers and constructors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from edge_daemon.devices.base import Device
+from edge_daemon.devices.battery import BatteryParams, SimBattery, parse_battery
+from edge_daemon.devices.ev_charger import EvChargerParams, SimEvCharger, parse_ev_charger
+from edge_daemon.devices.grid_meter import GridMeterParams, SimGridMeter, parse_grid_meter
+from edge_daemon.devices.load import LoadParams, SimLoad, parse_load
+from edge_daemon.devices.pv import PvParams, SimPvInverter, parse_pv
+from edge_daemon.params import ParamReader
+
+DeviceParams = BatteryParams | PvParams | LoadParams | EvChargerParams | GridMeterParams
+
+PARSERS: dict[str, Callable[[ParamReader], DeviceParams]] = {
+    SimBattery.type_name: parse_battery,
+    SimPvInverter.type_name: parse_pv,
+    SimLoad.type_name: parse_load,
+    SimEvCharger.type_name: parse_ev_charger,
+    SimGridMeter.type_name: parse_grid_meter,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SiteContext:
+    """What devices may need to know about the site they are in."""
+
+    latitude: float
+    longitude: float
+    timezone: ZoneInfo
+
+
+def build_device(device_id: str, params: DeviceParams, site: SiteContext) -> Device:
+    if isinstance(params, BatteryParams):
+        return SimBattery(device_id, params)
+    if isinstance(params, PvParams):
+        return SimPvInverter(device_id, params, site.latitude, site.longitude)
+    if isinstance(params, LoadParams):
+        return SimLoad(device_id, params, site.timezone)
+    if isinstance(params, EvChargerParams):
+        return SimEvCharger(device_id, params, site.timezone)
+    return SimGridMeter(device_id, params)
+
+
+def build_devices(specs: Sequence[tuple[str, DeviceParams]], site: SiteContext) -> list[Device]:
+    devices = [build_device(device_id, params, site) for device_id, params in specs]
+    for device in devices:
+        if isinstance(device, SimGridMeter):
+            device.bind(devices)
+    return devices

@@ -1,0 +1,77 @@
+"""Command-line entry of the edge daemon: `emma edge --config site.toml` / `emma edge --simulate`.
+
+`services.cli` delegates its `edge` subcommand to `main(argv)`. When the configuration has a [cloud]
+section, the uplink is created by `edge_daemon.uplink.create_uplink(config)`; until that module exists
+the daemon runs offline, still filling the outbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge_daemon.config import SiteConfig, demo_site_config, load_config
+from edge_daemon.daemon import EdgeDaemon, Uplink
+from edge_daemon.errors import ConfigError
+from edge_daemon.logs import configure_logging
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emma edge", description="Run the EMMA edge daemon.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, help="site configuration (TOML)")
+    source.add_argument("--simulate", action="store_true", help="run the ready-made simulated demo site")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".emma/edge-demo"),
+        help="where --simulate keeps its outbox (default: .emma/edge-demo)",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def load_uplink(config: SiteConfig) -> Uplink | None:
+    if config.cloud is None:
+        return None
+    try:
+        module = importlib.import_module("edge_daemon.uplink")
+    except ModuleNotFoundError as exc:
+        if exc.name != "edge_daemon.uplink":
+            raise
+        log.warning("no uplink available; running offline", extra={"endpoint": config.cloud.endpoint})
+        return None
+    uplink: Uplink = module.create_uplink(config)
+    return uplink
+
+
+async def run_edge(config: SiteConfig) -> None:
+    daemon = EdgeDaemon(config, uplink=load_uplink(config))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, daemon.stop)
+    try:
+        await daemon.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level.upper())
+    try:
+        config = demo_site_config(args.data_dir) if args.simulate else load_config(args.config)
+    except ConfigError as exc:
+        print(f"emma edge: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(run_edge(config))
+    return 0

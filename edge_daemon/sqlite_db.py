@@ -1,0 +1,56 @@
+"""Opening the edge's SQLite file the one way both the outbox and the channel registry need it.
+
+Durability: WAL journal with `synchronous=FULL`. WAL with NORMAL survives a killed process (committed
+pages sit in the OS cache) but may roll back the last commits on power loss or a kernel crash, and edge
+boxes lose power. FULL fsyncs the WAL on every commit; we commit once per telemetry batch (seconds
+apart), so the fsync costs nothing that matters and a batch the outbox reported as appended is on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from edge_daemon.errors import OutboxError
+
+SCHEMA_VERSION = 1
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so the write lock is taken up front
+    # instead of upgrading mid-transaction (the classic SQLITE_BUSY deadlock between two writers).
+    # check_same_thread=False: callers serialise access with their own lock and may run us from
+    # asyncio.to_thread workers, which are different threads each time.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise OutboxError(f"{path}: cannot enable WAL journal (got {mode})")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise OutboxError(
+                f"{path}: schema version {version} is newer than this daemon ({SCHEMA_VERSION})"
+            )
+        if version < SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
