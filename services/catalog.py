@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor as pb_descriptor
-
 from emma.command.v1 import command_pb2, command_pb2_grpc
 from emma.common.v1 import errors_pb2
 from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 from emma.registry.v1 import registry_pb2, registry_pb2_grpc
 from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+from google.protobuf import descriptor as pb_descriptor
+
 from services.errors import ApiError, ConfigError
 from services.runtime import Runtime
 
@@ -70,18 +70,48 @@ def _spec(
 SERVICES: dict[str, ServiceSpec] = {
     s.key: s
     for s in (
-        _spec("edge", edge_link_pb2, "EdgeLinkService",
-              edge_link_pb2_grpc.add_EdgeLinkServiceServicer_to_server, "issue 4, cloud ingest"),
-        _spec("telemetry", telemetry_pb2, "TelemetryService",
-              telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server, "issue 4, cloud ingest"),
-        _spec("command", command_pb2, "CommandService",
-              command_pb2_grpc.add_CommandServiceServicer_to_server, "issue 5, command dispatch"),
-        _spec("registry", registry_pb2, "RegistryService",
-              registry_pb2_grpc.add_RegistryServiceServicer_to_server, "issue 6, tenancy and identity"),
-        _spec("identity", identity_pb2, "IdentityService",
-              identity_pb2_grpc.add_IdentityServiceServicer_to_server, "issue 6, tenancy and identity"),
-        _spec("audit", identity_pb2, "AuditService",
-              identity_pb2_grpc.add_AuditServiceServicer_to_server, "issue 6, tenancy and identity"),
+        _spec(
+            "edge",
+            edge_link_pb2,
+            "EdgeLinkService",
+            edge_link_pb2_grpc.add_EdgeLinkServiceServicer_to_server,
+            "issue 4, cloud ingest",
+        ),
+        _spec(
+            "telemetry",
+            telemetry_pb2,
+            "TelemetryService",
+            telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server,
+            "issue 4, cloud ingest",
+        ),
+        _spec(
+            "command",
+            command_pb2,
+            "CommandService",
+            command_pb2_grpc.add_CommandServiceServicer_to_server,
+            "issue 5, command dispatch",
+        ),
+        _spec(
+            "registry",
+            registry_pb2,
+            "RegistryService",
+            registry_pb2_grpc.add_RegistryServiceServicer_to_server,
+            "issue 6, tenancy and identity",
+        ),
+        _spec(
+            "identity",
+            identity_pb2,
+            "IdentityService",
+            identity_pb2_grpc.add_IdentityServiceServicer_to_server,
+            "issue 6, tenancy and identity",
+        ),
+        _spec(
+            "audit",
+            identity_pb2,
+            "AuditService",
+            identity_pb2_grpc.add_AuditServiceServicer_to_server,
+            "issue 6, tenancy and identity",
+        ),
     )
 }
 

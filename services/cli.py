@@ -39,55 +39,87 @@ def build_parser() -> argparse.ArgumentParser:
         description="EMMA energy management: edge daemons, cloud gRPC services, REST gateway.",
         epilog="Configuration comes from EMMA_* environment variables; see docs/configuration.md.",
     )
-    parser.add_argument("--log-level", default=os.environ.get("EMMA_LOG_LEVEL", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("EMMA_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    up = sub.add_parser("up", help="run the whole stack on this machine (embedded PostgreSQL)",
-                        description="Start embedded PostgreSQL (unless DATABASE_URL is set), apply "
-                        "migrations and serve every cloud service. Ctrl-C stops everything.")
+    up = sub.add_parser(
+        "up",
+        help="run the whole stack on this machine (embedded PostgreSQL)",
+        description="Start embedded PostgreSQL (unless DATABASE_URL is set), apply "
+        "migrations and serve every cloud service. Ctrl-C stops everything.",
+    )
     _add_server_flags(up)
     up.add_argument("--state-dir", help="where data and local secrets live (EMMA_STATE_DIR, default .emma)")
 
-    serve = sub.add_parser("serve", help="host the named cloud services in one gRPC server",
-                           description="Host cloud services in one grpc.aio server with health and "
-                           "reflection. Needs DATABASE_URL.")
-    serve.add_argument("services", nargs="+", metavar="SERVICE",
-                       help="edge, telemetry, command, registry, identity, audit, or all")
+    serve = sub.add_parser(
+        "serve",
+        help="host the named cloud services in one gRPC server",
+        description="Host cloud services in one grpc.aio server with health and "
+        "reflection. Needs DATABASE_URL.",
+    )
+    serve.add_argument(
+        "services",
+        nargs="+",
+        metavar="SERVICE",
+        help="edge, telemetry, command, registry, identity, audit, or all",
+    )
     _add_server_flags(serve)
     serve.add_argument("--migrate", action="store_true", help="apply pending migrations before serving")
 
-    sub.add_parser("migrate", help="apply pending database migrations",
-                   description="Apply pending SQL migrations in order under an advisory lock. Needs "
-                   "DATABASE_URL.")
+    sub.add_parser(
+        "migrate",
+        help="apply pending database migrations",
+        description="Apply pending SQL migrations in order under an advisory lock. Needs DATABASE_URL.",
+    )
 
-    gw = sub.add_parser("gateway", help="serve the REST/JSON gateway for browsers",
-                        description="Serve REST/JSON generated from the contracts' HTTP annotations.")
+    gw = sub.add_parser(
+        "gateway",
+        help="serve the REST/JSON gateway for browsers",
+        description="Serve REST/JSON generated from the contracts' HTTP annotations.",
+    )
     gw.add_argument("--target", default="127.0.0.1:50051", help="gRPC address of the services")
     gw.add_argument("--port", type=int, default=8080, help="HTTP port")
 
-    edge = sub.add_parser("edge", help="run an edge daemon for one site",
-                          description="Run the site daemon: devices, control cycle, outbox, uplink.")
+    edge = sub.add_parser(
+        "edge",
+        help="run an edge daemon for one site",
+        description="Run the site daemon: devices, control cycle, outbox, uplink.",
+    )
     src = edge.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="the site's TOML file")
     src.add_argument("--simulate", action="store_true", help="run a ready-made simulated demo site")
 
-    admin = sub.add_parser("admin", help="administer organizations, users and edge keys",
-                           description="Administrative tasks against the database (DATABASE_URL).")
+    admin = sub.add_parser(
+        "admin",
+        help="administer organizations, users and edge keys",
+        description="Administrative tasks against the database (DATABASE_URL).",
+    )
     admin_sub = admin.add_subparsers(dest="admin_command", metavar="TASK", parser_class=_Parser)
     admin_sub.required = True
-    org = admin_sub.add_parser("create-org", help="create an organization",
-                               description="Create an organization.")
+    org = admin_sub.add_parser(
+        "create-org", help="create an organization", description="Create an organization."
+    )
     org.add_argument("org_id")
     org.add_argument("--display-name")
-    user = admin_sub.add_parser("create-user", help="create a user with a role in an organization",
-                                description="Create a user with a role in an organization.")
+    user = admin_sub.add_parser(
+        "create-user",
+        help="create a user with a role in an organization",
+        description="Create a user with a role in an organization.",
+    )
     user.add_argument("email")
     user.add_argument("--org", required=True)
     user.add_argument("--role", choices=["viewer", "operator", "admin"], default="viewer")
-    key = admin_sub.add_parser("create-edge-key", help="create an API key for an edge",
-                               description="Create an API key for an edge; the secret is printed once.")
+    key = admin_sub.add_parser(
+        "create-edge-key",
+        help="create an API key for an edge",
+        description="Create an API key for an edge; the secret is printed once.",
+    )
     key.add_argument("edge", help="organizations/{org}/sites/{site}/edges/{edge}")
     return parser
 
@@ -129,7 +161,9 @@ def _run(args: argparse.Namespace) -> int:
             port = getattr(hosted, "port", "?")
             print(f"emma serve: {', '.join(args.services)} on {config.server.host}:{port}", flush=True)
 
-        asyncio.run(serve_until_signal(args.services, config, apply_migrations=args.migrate, announce=announce))
+        asyncio.run(
+            serve_until_signal(args.services, config, apply_migrations=args.migrate, announce=announce)
+        )
         return 0
     if args.command == "migrate":
         from services.cloud import run_migrations
@@ -137,7 +171,10 @@ def _run(args: argparse.Namespace) -> int:
         if config.database.url is None:
             raise_config("DATABASE_URL is not set")
         applied = asyncio.run(run_migrations(config))
-        print(f"emma migrate: applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+        print(
+            f"emma migrate: applied {len(applied)} migration(s)"
+            + (f": {', '.join(applied)}" if applied else "")
+        )
         return 0
     if args.command == "gateway":
         return _not_yet("gateway", "issue 7, REST gateway")

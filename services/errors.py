@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import grpc
+from emma.common.v1 import errors_pb2
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-
-from emma.common.v1 import errors_pb2
 
 ERROR_DOMAIN = "emma.energy"
 

@@ -36,7 +36,8 @@ async def run_up(config: PlatformConfig) -> None:
                 state = "serving" if spec.factory else f"UNIMPLEMENTED until {spec.issue}"
                 _say(f"  {spec.full_name:<36} {state}")
             _say("  grpc.health.v1.Health and server reflection are on")
-            _say(f"emma up: database {'embedded' if embedded else 'external'}; state in {config.state.state_dir}")
+            where = "embedded" if embedded else "external"
+            _say(f"emma up: database {where}; state in {config.state.state_dir}")
             _say("emma up: ready; press Ctrl-C to stop")
 
         await serve_until_signal(["all"], config, dsn=dsn, apply_migrations=True, announce=announce)

@@ -8,12 +8,12 @@ import asyncpg
 import pytest
 
 from services.platform import migrations
-from tests.pg import TestPostgres
+from tests.pg import SessionPostgres
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[TestPostgres]:
-    pg = TestPostgres.start()
+def postgres() -> Iterator[SessionPostgres]:
+    pg = SessionPostgres.start()
     try:
         yield pg
     finally:
@@ -21,7 +21,7 @@ def postgres() -> Iterator[TestPostgres]:
 
 
 @pytest.fixture(scope="module")
-async def database_url(postgres: TestPostgres, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+async def database_url(postgres: SessionPostgres, request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """A fresh, empty database for the test module."""
     dsn = await postgres.create_database(request.module.__name__.rsplit(".", 1)[-1])
     try:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from google.protobuf import descriptor as d
-
 from emma.command.v1 import command_pb2
 from emma.common.v1 import errors_pb2, types_pb2
 from emma.edge.v1 import edge_link_pb2
 from emma.identity.v1 import identity_pb2
 from emma.registry.v1 import registry_pb2
 from emma.telemetry.v1 import telemetry_pb2
+from google.protobuf import descriptor as d
 
 FILES = [
     types_pb2.DESCRIPTOR,

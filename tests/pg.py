@@ -22,13 +22,13 @@ def with_database(dsn: str, database: str) -> str:
 
 
 @dataclass
-class TestPostgres:
+class SessionPostgres:
     admin_dsn: str
     embedded: EmbeddedPostgres | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
 
     @classmethod
-    def start(cls) -> TestPostgres:
+    def start(cls) -> SessionPostgres:
         external = os.environ.get("DATABASE_URL")
         if external:
             return cls(admin_dsn=external)

@@ -33,7 +33,7 @@ async def create_pool(config: DatabaseConfig, dsn: str | None = None) -> asyncpg
             ),
             timeout=config.connect_timeout_s + 1,
         )
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StartupError(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {detail}") from None
     assert pool is not None

@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from emma.common.v1 import errors_pb2
 from grpc_status import rpc_status
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from emma.common.v1 import errors_pb2
 from services.errors import ApiError
 from services.platform.tracing import tracer
 
