@@ -75,3 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     asyncio.run(run_edge(config))
     return 0
+
+
+def run(config: str | Path | None, simulate: bool, data_dir: str | Path = ".emma/edge-demo") -> int:
+    """What `emma edge --config PATH | --simulate` calls after parsing its own arguments."""
+    argv = ["--simulate", "--data-dir", str(data_dir)] if simulate else ["--config", str(config)]
+    return main(argv)
