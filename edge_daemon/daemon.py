@@ -60,8 +60,10 @@ class EdgeDaemon:
         clock: Clock | None = None,
         devices: Sequence[Device] | None = None,
         uplink: Uplink | None = None,
+        uplink_restart_s: float = UPLINK_RESTART_S,
     ) -> None:
         self.config = config
+        self.uplink_restart_s = uplink_restart_s
         self.clock: Clock = clock or SystemClock()
         self.store = ChannelStore(self.clock)
         if devices is None:
@@ -201,7 +203,7 @@ class EdgeDaemon:
                 raise
             except Exception:
                 log.exception("uplink crashed; restarting")
-            await asyncio.sleep(UPLINK_RESTART_S)
+            await asyncio.sleep(self.uplink_restart_s)
 
     def _sample(self, ctx: CycleContext) -> None:
         samples = self.store.drain_samples()
