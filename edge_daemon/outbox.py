@@ -117,18 +117,26 @@ class Outbox:
                 seq = cur.lastrowid
                 assert seq is not None
                 excess = self._total_bytes + size - self.max_bytes
-                dropped_bytes, dropped_count = self._drop_oldest(conn, excess, now) if excess > 0 else (0, 0)
+                dropped_bytes, dropped_count = (
+                    self._drop_oldest(conn, excess, seq, now) if excess > 0 else (0, 0)
+                )
             # Only after COMMIT: a rolled-back append must not skew the running totals.
             self._total_bytes += size - dropped_bytes
             self._count += 1 - dropped_count
             return seq
 
-    def _drop_oldest(self, conn: sqlite3.Connection, excess: int, now: float) -> tuple[int, int]:
+    def _drop_oldest(
+        self, conn: sqlite3.Connection, excess: int, new_seq: int, now: float
+    ) -> tuple[int, int]:
         freed = count = 0
         first_seq = last_seq = -1
         start = end = 0.0
+        # The new batch fits the bound on its own, so the excess never exceeds what the older batches
+        # hold; the filter states the policy (the newest data is kept) rather than relying on that.
         rows = conn.execute(
-            "SELECT batch_seq, size_bytes, start_time, end_time FROM batches ORDER BY batch_seq"
+            "SELECT batch_seq, size_bytes, start_time, end_time FROM batches WHERE batch_seq < ?"
+            " ORDER BY batch_seq",
+            (new_seq,),
         )
         for seq, size, b_start, b_end in rows:
             if freed >= excess:
@@ -140,6 +148,8 @@ class Outbox:
             freed += size
             count += 1
         rows.close()
+        if count == 0:
+            return 0, 0
         conn.execute("DELETE FROM batches WHERE batch_seq <= ?", (last_seq,))
         newest = conn.execute("SELECT gap_id, last_seq FROM gaps ORDER BY gap_id DESC LIMIT 1").fetchone()
         if newest is not None and newest[1] + 1 == first_seq:

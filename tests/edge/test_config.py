@@ -36,9 +36,13 @@ def test_sample_file_loads_and_matches_the_demo_site() -> None:
     assert isinstance(battery, BatteryParams) and battery.capacity_wh == 10_000 and battery.efficiency == 0.92
     follower = config.controllers[1].params
     assert isinstance(follower, ScheduleFollowerParams) and follower.safe_mode is SafeMode.DEFER
-    assert config.outbox.path == EXAMPLE.parent / "outbox.sqlite"  # relative to the file
+    assert (
+        config.outbox.path == EXAMPLE.parent / "../../.emma/edge-example/outbox.sqlite"
+    )  # relative to the file
     assert config.cloud is None
-    assert config == parse_config(demo_site_dict(), EXAMPLE)
+    assert config == parse_config(
+        demo_site_dict(outbox_path="../../.emma/edge-example/outbox.sqlite"), EXAMPLE
+    )
 
 
 def test_demo_site_config_puts_the_outbox_in_the_data_dir(tmp_path: Path) -> None:

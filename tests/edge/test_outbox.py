@@ -195,3 +195,17 @@ def test_kill_minus_9_loses_no_committed_batch(tmp_path: Path) -> None:
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     # Whatever the writer committed after its last report is there too, and numbering continues above it.
     assert box.append(b"after the crash") > max(stored)
+
+
+def test_a_lowered_bound_keeps_the_new_batch(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path, 1_000)
+    for _ in range(10):
+        box.append(bytes(100))
+    box.close()
+    box = Outbox(path, 300)  # the site config now allows less than is stored
+    seq = box.append(bytes(300))
+    assert [b.batch_seq for b in box.pending()] == [seq]
+    assert box.total_bytes == 300
+    [gap] = box.gaps()
+    assert (gap.first_seq, gap.last_seq, gap.batch_count) == (1, 10, 10)
