@@ -86,7 +86,13 @@ class ManualOverride(Controller):
             log.info("duplicate command ignored", extra={"command_id": request.command_id, "channel": output})
             ctx.store.set(channel, ack, ts=ctx.now, category=Category.ACK)
             return
-        ack = self._decide(ctx, output, request)
+        try:
+            ack = self._decide(ctx, output, request)
+        except Exception as exc:
+            # The request is already gone from its channel: without a final status here the cloud would
+            # only learn of the failure from its own timeout.
+            log.exception("command failed", extra={"command_id": request.command_id, "channel": output})
+            ack = Ack(request.command_id, AckStatus.FAILED, f"internal error: {exc!r}")
         self._remember(request.command_id, ack_channel(output), ack)
         ctx.store.set(ack_channel(output), ack, ts=ctx.now, category=Category.ACK)
         log.info(
