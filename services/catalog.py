@@ -61,9 +61,20 @@ def unimplemented_servicer(spec: ServiceSpec) -> Any:
 
 
 def _spec(
-    key: str, file: Any, service: str, add: Callable[[Any, grpc.aio.Server], None], issue: str
+    key: str,
+    file: Any,
+    service: str,
+    add: Callable[[Any, grpc.aio.Server], None],
+    issue: str,
+    factory: ServicerFactory | None = None,
 ) -> ServiceSpec:
-    return ServiceSpec(key, file.DESCRIPTOR.services_by_name[service], add, None, issue)
+    return ServiceSpec(key, file.DESCRIPTOR.services_by_name[service], add, factory, issue)
+
+
+def _edge_link(runtime: Runtime) -> Any:
+    from services.edgelink.servicer import EdgeLinkServicer
+
+    return EdgeLinkServicer(runtime)
 
 
 # Implementations register themselves here as they land (see services/<domain>/).
@@ -76,6 +87,7 @@ SERVICES: dict[str, ServiceSpec] = {
             "EdgeLinkService",
             edge_link_pb2_grpc.add_EdgeLinkServiceServicer_to_server,
             "issue 4, cloud ingest",
+            _edge_link,
         ),
         _spec(
             "telemetry",
@@ -126,9 +138,11 @@ def resolve(keys: list[str]) -> list[ServiceSpec]:
     return [SERVICES[k] for k in dict.fromkeys(keys)]
 
 
-def add_services(server: grpc.aio.Server, specs: list[ServiceSpec], runtime: Runtime) -> list[str]:
-    """Add each service's servicer (or its UNIMPLEMENTED stand-in); returns the full service names."""
+def add_services(server: grpc.aio.Server, specs: list[ServiceSpec], runtime: Runtime) -> list[Any]:
+    """Add each service's servicer (or its UNIMPLEMENTED stand-in); returns the servicers."""
+    servicers = []
     for spec in specs:
         servicer = spec.factory(runtime) if spec.factory else unimplemented_servicer(spec)
         spec.add_to_server(servicer, server)
-    return [spec.full_name for spec in specs]
+        servicers.append(servicer)
+    return servicers

@@ -50,12 +50,21 @@ async def hosted_services(
                 log.info("migrations: %d applied now, %d in total", len(applied), total)
         runtime = Runtime(config=config, pool=pool)
         server = create_server(server_config)
-        names = catalog.add_services(server, specs, runtime)
-        hosted = await start_server(server, server_config, names)
+        servicers = catalog.add_services(server, specs, runtime)
+        # Background work (ingest writer, sweepers) starts before the first call can arrive and
+        # stops after the last one drained.
+        lifecycle = [s for s in servicers if hasattr(s, "start")]
+        for s in lifecycle:
+            await s.start()
         try:
-            yield hosted, runtime
+            hosted = await start_server(server, server_config, [spec.full_name for spec in specs])
+            try:
+                yield hosted, runtime
+            finally:
+                await hosted.drain(server_config.shutdown_grace_s)
         finally:
-            await hosted.drain(server_config.shutdown_grace_s)
+            for s in reversed(lifecycle):
+                await s.stop()
     finally:
         await asyncio.wait_for(pool.close(), timeout=10)
 

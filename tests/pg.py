@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import tempfile
@@ -50,6 +51,25 @@ class SessionPostgres:
         conn = await asyncpg.connect(self.admin_dsn)
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    async def restart(self) -> None:
+        """Restart the server under the tests' feet (what an operator's failover does to us).
+
+        The embedded server is really restarted (pg_ctl restart). An external DATABASE_URL server
+        cannot be restarted from here, so every other connection to it is terminated instead, which is
+        what clients see of a restart.
+        """
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.restart)
+            return
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            )
         finally:
             await conn.close()
 

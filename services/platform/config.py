@@ -110,12 +110,53 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
+class IngestConfig:
+    """The edge stream and the telemetry store."""
+
+    heartbeat_interval_s: float = 5.0
+    # An edge whose heartbeats stop for this long is marked offline.
+    offline_after_s: float = 15.0
+    clock_drift_warn_ms: float = 2000.0
+    max_batch_points: int = 10_000
+    # Batches an edge may have in flight without an ack; with the bounded writer queue this is what
+    # makes a slow database slow the edges down instead of growing memory.
+    max_unacked_batches: int = 8
+    writer_queue_batches: int = 4096
+    max_group_points: int = 200_000
+    # Samples older than the raw retention or further ahead than this are rejected as absurd.
+    retention_days: int = 30
+    max_future_s: float = 300.0
+    rollup_interval_s: float = 5.0
+    # A 15-minute bucket is rolled up this long after it closes, so in-flight batches land first.
+    rollup_grace_s: float = 30.0
+    live_poll_interval_s: float = 1.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> IngestConfig:
+        return cls(
+            heartbeat_interval_s=_float(env, "EMMA_EDGE_HEARTBEAT_S", cls.heartbeat_interval_s, 0.1),
+            offline_after_s=_float(env, "EMMA_EDGE_OFFLINE_AFTER_S", cls.offline_after_s, 0.5),
+            clock_drift_warn_ms=_float(env, "EMMA_EDGE_CLOCK_DRIFT_WARN_MS", cls.clock_drift_warn_ms),
+            max_batch_points=_int(env, "EMMA_EDGE_MAX_BATCH_POINTS", cls.max_batch_points, 1),
+            max_unacked_batches=_int(env, "EMMA_EDGE_MAX_UNACKED_BATCHES", cls.max_unacked_batches, 1),
+            writer_queue_batches=_int(env, "EMMA_INGEST_QUEUE_BATCHES", cls.writer_queue_batches, 1),
+            max_group_points=_int(env, "EMMA_INGEST_MAX_GROUP_POINTS", cls.max_group_points, 1),
+            retention_days=_int(env, "EMMA_TELEMETRY_RETENTION_DAYS", cls.retention_days, 1),
+            max_future_s=_float(env, "EMMA_TELEMETRY_MAX_FUTURE_S", cls.max_future_s),
+            rollup_interval_s=_float(env, "EMMA_ROLLUP_INTERVAL_S", cls.rollup_interval_s, 0.05),
+            rollup_grace_s=_float(env, "EMMA_ROLLUP_GRACE_S", cls.rollup_grace_s),
+            live_poll_interval_s=_float(env, "EMMA_LIVE_POLL_INTERVAL_S", cls.live_poll_interval_s, 0.05),
+        )
+
+
+@dataclass(frozen=True)
 class PlatformConfig:
     """Everything a cloud process needs to start."""
 
     server: ServerConfig
     database: DatabaseConfig
     state: StateConfig
+    ingest: IngestConfig = field(default_factory=IngestConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> PlatformConfig:
@@ -123,4 +164,5 @@ class PlatformConfig:
             server=ServerConfig.from_env(env),
             database=DatabaseConfig.from_env(env),
             state=StateConfig.from_env(env),
+            ingest=IngestConfig.from_env(env),
         )

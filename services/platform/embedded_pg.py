@@ -2,56 +2,98 @@
 
 Its data lives under the state folder and is reused across runs; it listens on a Unix socket only, so
 it never clashes with another PostgreSQL on the machine.
+
+Every pgserver call runs in a short-lived child Python process. When the caller is root, pgserver
+starts PostgreSQL as an unprivileged user through subprocess(user=...), and switching user in a
+child forked from a multi-threaded process (gRPC's threads) can crash the child; a fresh,
+single-threaded helper process avoids that.
 """
 
 from __future__ import annotations
 
-import logging
-import warnings
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from services.errors import StartupError
 
 DATABASE = "emma"
 
+_HELPER = r"""
+import json, logging, sys, warnings
+logging.getLogger("pgserver").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore")
+from pathlib import Path
+action, pgdata = sys.argv[1], Path(sys.argv[2])
+if action == "start":
+    from pgserver.postgres_server import get_server
+    server = get_server(pgdata, cleanup_mode=None)  # keeps running after this helper exits
+    print(json.dumps({"uri": server.get_uri("postgres"), "user": server.system_user}))
+else:
+    from pgserver._commands import pg_ctl
+    user = sys.argv[3] or None
+    pg_ctl(["-w", "-m", "fast", action], pgdata=pgdata, user=user, timeout=120)
+"""
+
+
+def _helper(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", _HELPER, *args], capture_output=True, text=True, timeout=180, check=False
+    )
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        raise StartupError(f"embedded PostgreSQL {args[0]} failed: {lines[-1] if lines else proc.returncode}")
+    return proc.stdout
+
 
 @dataclass
 class EmbeddedPostgres:
-    handle: Any  # pgserver.PostgresServer (untyped)
     pgdata: Path
+    admin_uri: str
+    system_user: str
 
     def uri(self, database: str = DATABASE) -> str:
-        return str(self.handle.get_uri(database))
+        base, _, query = self.admin_uri.partition("?")
+        return f"{base.rsplit('/', 1)[0]}/{database}" + (f"?{query}" if query else "")
 
-    def create_database(self, name: str) -> None:
-        exists = self.handle.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}';")
-        if "(1 row)" not in exists:
-            self.handle.psql(f'CREATE DATABASE "{name}";')
+    def restart(self) -> None:
+        """Restart the server process (tests use it to prove services survive a database restart)."""
+        _helper("restart", str(self.pgdata), self.system_user)
 
     def stop(self) -> None:
-        self.handle.cleanup()
+        if (self.pgdata / "postmaster.pid").exists():
+            _helper("stop", str(self.pgdata), self.system_user)
 
 
 def start_embedded_postgres(state_dir: Path, database: str = DATABASE) -> EmbeddedPostgres:
-    """Start (or attach to) the PostgreSQL under `state_dir`/pgdata; blocking, takes about a second."""
-    # pgserver logs every command it runs at INFO and platformdirs warns about XDG_RUNTIME_DIR on
-    # servers; neither helps a person starting EMMA.
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    from pgserver.postgres_server import get_server  # imported here: only local runs need it
-
+    """Start (or attach to) the PostgreSQL under `state_dir`/pgdata and make sure `database` exists."""
     pgdata = state_dir / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
     try:
-        handle = get_server(pgdata, cleanup_mode="stop")
-    except Exception as exc:  # pgserver raises plain subprocess/OS errors
+        info = json.loads(_helper("start", str(pgdata)).strip().splitlines()[-1])
+    except StartupError as exc:
         log = pgdata / "log"
         tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
-        raise StartupError(
-            f"embedded PostgreSQL in {pgdata} did not start: {exc}" + (f" ({tail[0]})" if tail else "")
-        ) from None
-    pg = EmbeddedPostgres(handle=handle, pgdata=pgdata)
-    pg.create_database(database)
+        raise StartupError(f"{exc}" + (f" ({tail[0]})" if tail else "") + f"; data in {pgdata}") from None
+    pg = EmbeddedPostgres(pgdata=pgdata, admin_uri=info["uri"], system_user=info["user"] or "")
+    if database != "postgres":
+        _create_database(pg, database)
     return pg
+
+
+def _create_database(pg: EmbeddedPostgres, name: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def create() -> None:
+        conn = await asyncpg.connect(pg.admin_uri)
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())

@@ -162,7 +162,9 @@ class Command(_message.Message):
     channel: _builtins.str
     """The channel to write inside the edge, "device/Channel", for example "battery_1/SetActivePower"."""
     value: _builtins.float
-    """The value in the channel's unit (for SetActivePower: watts, positive charges the battery)."""
+    """The value in the channel's unit (for a battery's SetActivePower: watts, positive discharges,
+    negative charges, the generator convention of the edge daemon).
+    """
     state: Global___CommandState.ValueType
     """The current state."""
     state_reason: _builtins.str

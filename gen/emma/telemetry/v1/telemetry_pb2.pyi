@@ -141,7 +141,7 @@ class LatestValue(_message.Message):
     """The unit, for example "W"."""
     @_builtins.property
     def sample_time(self) -> _timestamp_pb2.Timestamp:
-        """When the value was measured (edge clock, corrected by the estimated offset)."""
+        """When the value was measured, by the edge's clock (Edge.clock_offset_ms says how far off it was)."""
 
     def __init__(
         self,

@@ -206,7 +206,8 @@ class Command(betterproto2.Message):
 
     value: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
     """
-    The value in the channel's unit (for SetActivePower: watts, positive charges the battery).
+    The value in the channel's unit (for a battery's SetActivePower: watts, positive discharges,
+    negative charges, the generator convention of the edge daemon).
     """
 
     issued_time: "datetime.datetime | None" = betterproto2.field(

@@ -355,7 +355,7 @@ class LatestValue(betterproto2.Message):
         4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
     )
     """
-    When the value was measured (edge clock, corrected by the estimated offset).
+    When the value was measured, by the edge's clock (Edge.clock_offset_ms says how far off it was).
     """
 
 

@@ -1,0 +1,1 @@
+"""EdgeLinkService: the cloud end of the edge stream, and telemetry ingest."""

@@ -1,0 +1,104 @@
+"""EdgeLinkService: accepts edge streams, hands their telemetry to the ingest writer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from emma.common.v1 import errors_pb2
+from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
+
+from services.edgelink.session import EdgeSession, IngestCounters, record_event
+from services.edgelink.writer import IngestWriter
+from services.errors import ApiError
+from services.runtime import Runtime
+
+log = logging.getLogger("emma.edgelink")
+
+HELLO_TIMEOUT_S = 30.0
+
+
+class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._config = runtime.config.ingest
+        self.writer = IngestWriter(
+            runtime.pool,
+            queue_batches=self._config.writer_queue_batches,
+            max_group_points=self._config.max_group_points,
+        )
+        self.counters = IngestCounters()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.writer.start()
+        self._sweeper = asyncio.create_task(self._sweep_offline(), name="offline-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+        await self.writer.stop()
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[edge_link_pb2.ConnectRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[edge_link_pb2.ConnectResponse]:
+        requests = aiter(request_iterator)
+        try:
+            first = await asyncio.wait_for(anext(requests), HELLO_TIMEOUT_S)
+        except (TimeoutError, StopAsyncIteration):
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                errors_pb2.ERROR_REASON_HELLO_REQUIRED,
+                f"send a Hello within {HELLO_TIMEOUT_S:.0f} s of opening the stream",
+            ) from None
+        if first.WhichOneof("message") != "hello":
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                errors_pb2.ERROR_REASON_HELLO_REQUIRED,
+                f"the first message must be a Hello, got {first.WhichOneof('message')}",
+            )
+        session, welcome = await EdgeSession.open(
+            first.hello,
+            self._runtime.pool,
+            self.writer,
+            self._config,
+            self.counters,
+            self._runtime.replica_id,
+        )
+        reader = asyncio.create_task(session.read_loop(requests), name=f"reader-{session.identity.name}")
+        try:
+            yield edge_link_pb2.ConnectResponse(welcome=welcome)
+            async for response in session.responses():
+                yield response
+        finally:
+            reader.cancel()
+            await session.close()
+
+    async def _sweep_offline(self) -> None:
+        """Mark edges offline whose heartbeats stopped; safe on every replica at once."""
+        period = max(0.2, min(self._config.offline_after_s / 3, 5.0))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                async with self._runtime.pool.acquire() as conn:
+                    rows = await conn.fetch(
+                        """UPDATE app.edge_sessions SET online = false, disconnected_time = now()
+                           WHERE online AND last_seen_time < now() - make_interval(secs => $1)
+                           RETURNING edge_pk""",
+                        self._config.offline_after_s,
+                    )
+                    for r in rows:
+                        await record_event(
+                            conn,
+                            r["edge_pk"],
+                            "warning",
+                            "OFFLINE",
+                            f"no heartbeat for {self._config.offline_after_s:.0f} s",
+                        )
+            except Exception:
+                log.warning("offline sweep failed; retrying", exc_info=True)

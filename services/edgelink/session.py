@@ -1,0 +1,385 @@
+"""One edge's stream on this replica: handshake, reader loop, ordered acks, heartbeats, close.
+
+A reader task consumes the edge's messages; everything going back to the edge passes through one
+bounded outbound queue that the gRPC handler drains. If the edge stops reading its acks, the queue
+fills, the reader stops reading, and HTTP/2 flow control pushes back to the edge: memory stays
+bounded. The same holds towards the database through the writer's bounded queue and the per-stream
+limit of unacknowledged batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import grpc
+import numpy as np
+import numpy.typing as npt
+from emma.common.v1 import errors_pb2
+from emma.edge.v1 import edge_link_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from services.edgelink.batches import Rejection, to_columns
+from services.edgelink.keys import EdgeIdentity, authenticate
+from services.edgelink.writer import IngestWriter, PendingBatch
+from services.errors import ApiError, invalid_field
+from services.names import CHANNEL_ADDRESS
+from services.platform.config import IngestConfig
+from services.platform.migrations import Conn
+
+log = logging.getLogger("emma.edgelink")
+
+PROTOCOL_VERSION = 1
+_CLOSE = object()  # outbound sentinel: the edge closed its side and every ack was sent
+
+
+def now_timestamp() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def _ts_seconds(ts: timestamp_pb2.Timestamp) -> float:
+    return ts.seconds + ts.nanos / 1e9
+
+
+async def record_event(
+    conn: Conn, edge_pk: int, severity: str, kind: str, message: str, details: dict[str, Any] | None = None
+) -> None:
+    await conn.execute(
+        """INSERT INTO app.edge_events (edge_pk, event_time, severity, kind, message, details)
+           VALUES ($1, now(), $2, $3, $4, $5::jsonb)""",
+        edge_pk,
+        severity,
+        kind,
+        message,
+        json.dumps(details or {}),
+    )
+
+
+@dataclass
+class IngestCounters:
+    """Per-replica counters, logged and exposed for metrics."""
+
+    rejected: Counter[str] = field(default_factory=Counter)
+    streams_opened: int = 0
+    streams_closed: int = 0
+
+
+class EdgeSession:
+    def __init__(
+        self,
+        identity: EdgeIdentity,
+        session_id: uuid.UUID,
+        pool: asyncpg.Pool,
+        writer: IngestWriter,
+        config: IngestConfig,
+        counters: IngestCounters,
+    ) -> None:
+        self.identity = identity
+        self.session_id = session_id
+        self._pool = pool
+        self._writer = writer
+        self._config = config
+        self._counters = counters
+        self._lut: npt.NDArray[np.int64] = np.full(0, -1, dtype=np.int64)
+        self.outbound: asyncio.Queue[Any] = asyncio.Queue(maxsize=config.max_unacked_batches * 4 + 16)
+        self._in_flight = asyncio.Semaphore(config.max_unacked_batches)
+        self._acks: asyncio.Queue[tuple[int, asyncio.Future[int]] | None] = asyncio.Queue()
+        self._drifting = False
+
+    # ------------------------------------------------------------------ handshake
+
+    @classmethod
+    async def open(
+        cls,
+        hello: edge_link_pb2.Hello,
+        pool: asyncpg.Pool,
+        writer: IngestWriter,
+        config: IngestConfig,
+        counters: IngestCounters,
+        replica_id: str,
+    ) -> tuple[EdgeSession, edge_link_pb2.Welcome]:
+        async with pool.acquire() as conn:
+            identity = await authenticate(conn, hello.api_key)
+            if hello.edge and hello.edge != str(identity.name):
+                raise ApiError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    errors_pb2.ERROR_REASON_EDGE_MISMATCH,
+                    f"the API key belongs to {identity.name}, not {hello.edge}",
+                )
+            if hello.protocol_version != PROTOCOL_VERSION:
+                raise ApiError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    errors_pb2.ERROR_REASON_PROTOCOL_VERSION_UNSUPPORTED,
+                    f"protocol_version {hello.protocol_version} is not supported; this server speaks "
+                    f"{PROTOCOL_VERSION}",
+                )
+            session = cls(identity, uuid.uuid4(), pool, writer, config, counters)
+            await session._add_channels(conn, hello.channel_table)
+            offset_ms = (
+                (_ts_seconds(hello.edge_time) - time.time()) * 1000 if hello.HasField("edge_time") else 0.0
+            )
+            async with conn.transaction():
+                await conn.execute(
+                    """INSERT INTO app.edge_sessions AS s (edge_pk, session_id, replica_id, online,
+                           connected_time, last_seen_time, agent_version, protocol_version, clock_offset_ms)
+                       VALUES ($1, $2, $3, true, now(), now(), $4, $5, $6)
+                       ON CONFLICT (edge_pk) DO UPDATE SET session_id = EXCLUDED.session_id,
+                           replica_id = EXCLUDED.replica_id, online = true, connected_time = now(),
+                           last_seen_time = now(), disconnected_time = NULL,
+                           agent_version = EXCLUDED.agent_version,
+                           protocol_version = EXCLUDED.protocol_version,
+                           clock_offset_ms = EXCLUDED.clock_offset_ms""",
+                    identity.edge_pk,
+                    session.session_id,
+                    replica_id,
+                    hello.agent_version,
+                    hello.protocol_version,
+                    offset_ms,
+                )
+                await record_event(
+                    conn,
+                    identity.edge_pk,
+                    "info",
+                    "CONNECTED",
+                    f"stream opened on {replica_id} (agent {hello.agent_version or '?'})",
+                    {"session_id": str(session.session_id), "replica_id": replica_id},
+                )
+                await session._check_clock(conn, offset_ms)
+            last_stored = await conn.fetchval(
+                "SELECT coalesce(max(batch_seq), 0) FROM telemetry.batch_ledger WHERE edge_pk = $1",
+                identity.edge_pk,
+            )
+        welcome = edge_link_pb2.Welcome(
+            session_id=str(session.session_id),
+            server_time=now_timestamp(),
+            last_stored_batch_seq=int(last_stored),
+            heartbeat_interval=duration_pb2.Duration(
+                seconds=int(config.heartbeat_interval_s),
+                nanos=int((config.heartbeat_interval_s % 1) * 1e9),
+            ),
+            max_batch_points=config.max_batch_points,
+            max_unacked_batches=config.max_unacked_batches,
+        )
+        counters.streams_opened += 1
+        log.info(
+            "edge connected",
+            extra={
+                "edge": str(identity.name),
+                "session_id": str(session.session_id),
+                "last_stored": last_stored,
+            },
+        )
+        return session, welcome
+
+    async def _add_channels(self, conn: Conn, table: Any) -> None:
+        if not table:
+            return
+        for entry in table:
+            if not CHANNEL_ADDRESS.match(entry.channel):
+                raise invalid_field(
+                    "hello.channel_table", f"{entry.channel!r} is not a device/Channel address"
+                )
+        channels = [e.channel for e in table]
+        await conn.execute(
+            """INSERT INTO telemetry.series (edge_pk, channel, unit)
+               SELECT $1, c, u FROM unnest($2::text[], $3::text[]) AS x(c, u)
+               ON CONFLICT (edge_pk, channel) DO NOTHING""",
+            self.identity.edge_pk,
+            channels,
+            [e.unit for e in table],
+        )
+        rows = await conn.fetch(
+            "SELECT id, channel FROM telemetry.series WHERE edge_pk = $1 AND channel = ANY($2::text[])",
+            self.identity.edge_pk,
+            channels,
+        )
+        ids = {r["channel"]: r["id"] for r in rows}
+        top = max(e.index for e in table) + 1
+        if top > len(self._lut):
+            grown = np.full(top, -1, dtype=np.int64)
+            grown[: len(self._lut)] = self._lut
+            self._lut = grown
+        for e in table:
+            self._lut[e.index] = ids[e.channel]
+
+    async def _check_clock(self, conn: Conn, offset_ms: float) -> None:
+        drifting = abs(offset_ms) > self._config.clock_drift_warn_ms
+        if drifting and not self._drifting:
+            await record_event(
+                conn,
+                self.identity.edge_pk,
+                "warning",
+                "CLOCK_DRIFT",
+                f"edge clock is {offset_ms / 1000:+.1f} s off the server's",
+                {"clock_offset_ms": offset_ms},
+            )
+            log.warning(
+                "edge clock drift", extra={"edge": str(self.identity.name), "clock_offset_ms": offset_ms}
+            )
+        self._drifting = drifting
+
+    # ------------------------------------------------------------------ reader side
+
+    async def read_loop(self, requests: AsyncIterator[edge_link_pb2.ConnectRequest]) -> None:
+        acker = asyncio.create_task(self._ack_loop(), name=f"acks-{self.identity.name}")
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("message")
+                if kind == "telemetry_batch":
+                    await self._on_batch(request.telemetry_batch)
+                elif kind == "heartbeat":
+                    await self._on_heartbeat(request.heartbeat)
+                elif kind == "channel_table_append":
+                    async with self._pool.acquire() as conn:
+                        await self._add_channels(conn, request.channel_table_append.channels)
+                elif kind == "hello":
+                    raise ApiError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        errors_pb2.ERROR_REASON_STATE_CONFLICT,
+                        "Hello may only be sent once per stream",
+                    )
+                else:
+                    # Command and schedule acknowledgements are handled by the command service
+                    # (issue 5); until then they are logged so nothing passes unnoticed.
+                    log.info(
+                        "edge message not handled yet", extra={"edge": str(self.identity.name), "kind": kind}
+                    )
+            await self._acks.put(None)
+            await acker
+            await self.outbound.put(_CLOSE)
+        except ApiError as exc:
+            await self.outbound.put(exc)
+        except Exception as exc:
+            log.exception("edge stream reader failed", extra={"edge": str(self.identity.name)})
+            await self.outbound.put(exc)
+        finally:
+            acker.cancel()
+
+    async def _on_batch(self, batch: edge_link_pb2.TelemetryBatch) -> None:
+        cfg = self._config
+        checked = to_columns(
+            batch,
+            self._lut,
+            now_unix_us=int(time.time() * 1_000_000),
+            max_points=cfg.max_batch_points,
+            max_past_us=cfg.retention_days * 86_400_000_000,
+            max_future_us=int(cfg.max_future_s * 1_000_000),
+        )
+        if isinstance(checked, Rejection):
+            await self._reject(batch.batch_seq, checked)
+            return
+        await self._in_flight.acquire()  # at most max_unacked_batches per stream in the writer
+        item = PendingBatch(self.identity.edge_pk, batch.batch_seq, checked, list(batch.events))
+        future = await self._writer.submit(item)
+        await self._acks.put((batch.batch_seq, future))
+
+    async def _reject(self, batch_seq: int, rejection: Rejection) -> None:
+        self._counters.rejected[rejection.reason] += 1
+        log.warning(
+            "telemetry batch rejected",
+            extra={"edge": str(self.identity.name), "batch_seq": batch_seq, "reason": rejection.reason},
+        )
+        async with self._pool.acquire() as conn:
+            await record_event(
+                conn,
+                self.identity.edge_pk,
+                "warning",
+                "BATCH_REJECTED",
+                rejection.message,
+                {"batch_seq": batch_seq, "reason": rejection.reason},
+            )
+        await self.outbound.put(
+            edge_link_pb2.ConnectResponse(
+                telemetry_ack=edge_link_pb2.TelemetryAck(
+                    batch_seq=batch_seq,
+                    result=edge_link_pb2.TELEMETRY_ACK_RESULT_REJECTED,
+                    reason=rejection.reason,
+                    message=rejection.message,
+                )
+            )
+        )
+
+    async def _ack_loop(self) -> None:
+        """Send acks in the order the batches arrived, each after its transaction committed."""
+        while (entry := await self._acks.get()) is not None:
+            seq, future = entry
+            try:
+                result = await future
+            finally:
+                self._in_flight.release()
+            await self.outbound.put(
+                edge_link_pb2.ConnectResponse(
+                    telemetry_ack=edge_link_pb2.TelemetryAck(batch_seq=seq, result=result)  # type: ignore[arg-type]
+                )
+            )
+
+    async def _on_heartbeat(self, hb: edge_link_pb2.Heartbeat) -> None:
+        offset_ms = (_ts_seconds(hb.edge_time) - time.time()) * 1000 if hb.HasField("edge_time") else 0.0
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                """UPDATE app.edge_sessions SET last_seen_time = now(), online = true, clock_offset_ms = $3
+                   WHERE edge_pk = $1 AND session_id = $2
+                   RETURNING (SELECT revoke_time FROM identity.edge_api_keys WHERE key_id = $4) AS revoked""",
+                self.identity.edge_pk,
+                self.session_id,
+                offset_ms,
+                self.identity.key_id,
+            )
+            if row is None:
+                raise ApiError(
+                    grpc.StatusCode.ABORTED,
+                    errors_pb2.ERROR_REASON_SESSION_REPLACED,
+                    "a newer stream of this edge took over the session",
+                )
+            if row["revoked"] is not None:
+                raise ApiError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    errors_pb2.ERROR_REASON_EDGE_KEY_REVOKED,
+                    "the API key was revoked",
+                )
+            await self._check_clock(conn, offset_ms)
+        await self.outbound.put(
+            edge_link_pb2.ConnectResponse(
+                heartbeat_ack=edge_link_pb2.HeartbeatAck(edge_time=hb.edge_time, server_time=now_timestamp())
+            )
+        )
+
+    # ------------------------------------------------------------------ writer side
+
+    async def responses(self) -> AsyncIterator[edge_link_pb2.ConnectResponse]:
+        """What the gRPC handler yields; raises the error that ends the stream, if any."""
+        while True:
+            item = await self.outbound.get()
+            if item is _CLOSE:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    async def close(self) -> None:
+        self._counters.streams_closed += 1
+        try:
+            async with self._pool.acquire() as conn:
+                status = await conn.execute(
+                    """UPDATE app.edge_sessions SET online = false, disconnected_time = now()
+                       WHERE edge_pk = $1 AND session_id = $2""",
+                    self.identity.edge_pk,
+                    self.session_id,
+                )
+                if status.endswith(" 1"):
+                    await record_event(conn, self.identity.edge_pk, "info", "DISCONNECTED", "stream closed")
+        except Exception:  # the database may be down; the offline sweeper catches up later
+            log.warning("could not record the end of the stream", extra={"edge": str(self.identity.name)})
+        log.info(
+            "edge disconnected", extra={"edge": str(self.identity.name), "session_id": str(self.session_id)}
+        )

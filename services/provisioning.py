@@ -1,0 +1,47 @@
+"""Creating organizations, sites and edges directly in the database.
+
+Used by `emma up` for its demo sites, by `emma admin`, and by tests; the RegistryService builds on the
+same statements.
+"""
+
+from __future__ import annotations
+
+from services.names import EdgeName
+from services.platform.migrations import Conn
+
+
+async def ensure_edge(
+    conn: Conn,
+    edge: EdgeName,
+    *,
+    time_zone: str = "UTC",
+    latitude_deg: float = 0.0,
+    longitude_deg: float = 0.0,
+    country_code: str = "",
+) -> int:
+    """Create the organization, site and edge if missing; return the edge's pk."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO app.organizations (org_id, display_name) VALUES ($1, $1) ON CONFLICT DO NOTHING",
+            edge.org,
+        )
+        await conn.execute(
+            """INSERT INTO app.sites (org_id, site_id, display_name, time_zone, latitude_deg, longitude_deg,
+                                      country_code)
+               VALUES ($1, $2, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+            edge.org,
+            edge.site,
+            time_zone,
+            latitude_deg,
+            longitude_deg,
+            country_code,
+        )
+        pk = await conn.fetchval(
+            """INSERT INTO app.edges (org_id, site_id, edge_id) VALUES ($1, $2, $3)
+               ON CONFLICT (org_id, site_id, edge_id) DO UPDATE SET update_time = app.edges.update_time
+               RETURNING pk""",
+            edge.org,
+            edge.site,
+            edge.edge,
+        )
+    return int(pk)

@@ -1,0 +1,1 @@
+"""TelemetryService and the telemetry store's maintenance (partitions, retention, rollups)."""

@@ -1,0 +1,86 @@
+"""A minimal edge for cloud tests: speaks EdgeLink on a raw grpc.aio stream, nothing else.
+
+The real daemon (edge_daemon/) is tested against the real cloud elsewhere; this client lets the
+cloud's own tests send exactly the messages they need, malformed ones included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
+from google.protobuf import timestamp_pb2
+
+CHANNELS = [("battery_1/Soc", "%"), ("battery_1/ActivePower", "W"), ("meter/GridPower", "W")]
+
+
+def ts(seconds: float) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromNanoseconds(int(seconds * 1e9))
+    return out
+
+
+def hello(
+    edge: str, key: str, channels: Sequence[tuple[str, str]] = CHANNELS, clock_offset_s: float = 0.0
+) -> edge_link_pb2.ConnectRequest:
+    return edge_link_pb2.ConnectRequest(
+        hello=edge_link_pb2.Hello(
+            edge=edge,
+            api_key=key,
+            agent_version="test",
+            protocol_version=1,
+            edge_time=ts(time.time() + clock_offset_s),
+            channel_table=[
+                edge_link_pb2.ChannelDescriptor(index=i, channel=c, unit=u)
+                for i, (c, u) in enumerate(channels)
+            ],
+        )
+    )
+
+
+def batch(seq: int, base: float, points: Sequence[tuple[int, int, float]]) -> edge_link_pb2.ConnectRequest:
+    """points: (channel index, offset ms, value)."""
+    return edge_link_pb2.ConnectRequest(
+        telemetry_batch=edge_link_pb2.TelemetryBatch(
+            batch_seq=seq,
+            base_time=ts(base),
+            channel_indexes=[p[0] for p in points],
+            time_offsets_ms=[p[1] for p in points],
+            values=[p[2] for p in points],
+        )
+    )
+
+
+class EdgeStream:
+    """One open Connect stream: send requests, receive responses, with timeouts."""
+
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self._out: asyncio.Queue[edge_link_pb2.ConnectRequest | None] = asyncio.Queue()
+        self.call = edge_link_pb2_grpc.EdgeLinkServiceStub(self.channel).Connect(self._requests())
+
+    async def _requests(self) -> AsyncIterator[edge_link_pb2.ConnectRequest]:
+        while (item := await self._out.get()) is not None:
+            yield item
+
+    async def send(self, request: edge_link_pb2.ConnectRequest) -> None:
+        await self._out.put(request)
+
+    async def recv(self, timeout: float = 10) -> edge_link_pb2.ConnectResponse:
+        response = await asyncio.wait_for(self.call.read(), timeout)
+        assert response is not grpc.aio.EOF, "stream ended"
+        return response  # type: ignore[return-value]
+
+    async def recv_ack(self, timeout: float = 10) -> edge_link_pb2.TelemetryAck:
+        while True:
+            response = await self.recv(timeout)
+            if response.WhichOneof("message") == "telemetry_ack":
+                return response.telemetry_ack
+
+    async def close(self) -> None:
+        await self._out.put(None)
+        self.call.cancel()
+        await self.channel.close()
