@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = edge.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="the site's TOML file")
     src.add_argument("--simulate", action="store_true", help="run a ready-made simulated demo site")
+    edge.add_argument("--data-dir", default=".emma/edge-demo", help="where --simulate keeps its outbox")
 
     admin = sub.add_parser(
         "admin",
@@ -179,7 +180,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "gateway":
         return _not_yet("gateway", "issue 7, REST gateway")
     if args.command == "edge":
-        return _not_yet("edge", "issue 3, edge daemon")
+        from edge_daemon.main import run as run_edge
+
+        return run_edge(args.config, args.simulate, args.data_dir)
     if args.command == "admin":
         return _not_yet(f"admin {args.admin_command}", "issue 6, tenancy and identity")
     raise AssertionError(args.command)

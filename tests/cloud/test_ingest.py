@@ -68,7 +68,7 @@ async def test_bad_and_revoked_keys_are_refused_and_store_nothing(host: Host, db
 async def test_first_message_must_be_hello_and_edge_must_match_key(
     host: Host, db: asyncpg.Connection
 ) -> None:
-    edge, _, key = await new_edge(db, "handshake")
+    _, _, key = await new_edge(db, "handshake")
     async with host(["edge"]) as (server, _):
         stream = EdgeStream(server.port)
         await stream.send(batch(1, time.time(), [(0, 0, 1.0)]))
