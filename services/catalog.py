@@ -77,6 +77,12 @@ def _edge_link(runtime: Runtime) -> Any:
     return EdgeLinkServicer(runtime)
 
 
+def _telemetry(runtime: Runtime) -> Any:
+    from services.telemetry.servicer import TelemetryServicer
+
+    return TelemetryServicer(runtime)
+
+
 # Implementations register themselves here as they land (see services/<domain>/).
 SERVICES: dict[str, ServiceSpec] = {
     s.key: s
@@ -95,6 +101,7 @@ SERVICES: dict[str, ServiceSpec] = {
             "TelemetryService",
             telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server,
             "issue 4, cloud ingest",
+            _telemetry,
         ),
         _spec(
             "command",

@@ -60,8 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="host the named cloud services in one gRPC server",
-        description="Host cloud services in one grpc.aio server with health and "
-        "reflection. Needs DATABASE_URL.",
+        description="Host cloud services in one grpc.aio server with health and reflection. Needs DATABASE_URL.",
     )
     serve.add_argument(
         "services",
@@ -103,9 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     admin_sub = admin.add_subparsers(dest="admin_command", metavar="TASK", parser_class=_Parser)
     admin_sub.required = True
-    org = admin_sub.add_parser(
-        "create-org", help="create an organization", description="Create an organization."
-    )
+    org = admin_sub.add_parser("create-org", help="create an organization", description="Create an organization.")
     org.add_argument("org_id")
     org.add_argument("--display-name")
     user = admin_sub.add_parser(
@@ -162,9 +159,7 @@ def _run(args: argparse.Namespace) -> int:
             port = getattr(hosted, "port", "?")
             print(f"emma serve: {', '.join(args.services)} on {config.server.host}:{port}", flush=True)
 
-        asyncio.run(
-            serve_until_signal(args.services, config, apply_migrations=args.migrate, announce=announce)
-        )
+        asyncio.run(serve_until_signal(args.services, config, apply_migrations=args.migrate, announce=announce))
         return 0
     if args.command == "migrate":
         from services.cloud import run_migrations
@@ -172,10 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         if config.database.url is None:
             raise_config("DATABASE_URL is not set")
         applied = asyncio.run(run_migrations(config))
-        print(
-            f"emma migrate: applied {len(applied)} migration(s)"
-            + (f": {', '.join(applied)}" if applied else "")
-        )
+        print(f"emma migrate: applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
         return 0
     if args.command == "gateway":
         return _not_yet("gateway", "issue 7, REST gateway")

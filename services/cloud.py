@@ -43,9 +43,7 @@ async def hosted_services(
     try:
         if apply_migrations:
             async with pool.acquire() as conn:
-                applied = await migrations.migrate(
-                    conn, migrations.load_migrations(config.database.migrations_dir)
-                )
+                applied = await migrations.migrate(conn, migrations.load_migrations(config.database.migrations_dir))
                 total = len(await migrations.applied_versions(conn))
                 log.info("migrations: %d applied now, %d in total", len(applied), total)
         runtime = Runtime(config=config, pool=pool)

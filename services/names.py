@@ -50,9 +50,7 @@ def parse_site(name: str, field: str = "name") -> SiteName:
 def parse_edge(name: str, field: str = "name") -> EdgeName:
     m = _EDGE.match(name)
     if not m:
-        raise invalid_field(
-            field, f"{name!r} is not organizations/{{organization}}/sites/{{site}}/edges/{{edge}}"
-        )
+        raise invalid_field(field, f"{name!r} is not organizations/{{organization}}/sites/{{site}}/edges/{{edge}}")
     return EdgeName(*m.groups())
 
 
@@ -60,3 +58,45 @@ def channel_resource(edge: EdgeName, address: str) -> str:
     """ "battery_1/Soc" on an edge -> .../edges/{edge}/devices/battery_1/channels/Soc."""
     device, channel = address.split("/", 1)
     return f"{edge}/devices/{device}/channels/{channel}"
+
+
+_SCOPE = re.compile(rf"^organizations/({_ID})/sites/({_ID})(?:/edges/({_ID})(?:/devices/({_DEVICE_ID}))?)?$")
+_CHANNEL = re.compile(
+    rf"^organizations/({_ID})/sites/({_ID})/edges/({_ID})/devices/({_DEVICE_ID})/channels/({_CHANNEL_NAME})$"
+)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A site, an edge of it, or a device of that edge: the parents telemetry reads accept."""
+
+    org: str
+    site: str
+    edge: str | None = None
+    device: str | None = None
+
+
+def parse_scope(name: str, field: str = "parent") -> Scope:
+    m = _SCOPE.match(name)
+    if not m:
+        raise invalid_field(field, f"{name!r} is not a site, edge or device resource name")
+    return Scope(*m.groups())
+
+
+@dataclass(frozen=True)
+class ChannelName:
+    edge: EdgeName
+    device: str
+    channel: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.device}/{self.channel}"
+
+
+def parse_channel(name: str, field: str = "channels") -> ChannelName:
+    m = _CHANNEL.match(name)
+    if not m:
+        raise invalid_field(field, f"{name!r} is not .../edges/{{edge}}/devices/{{device}}/channels/{{channel}}")
+    org, site, edge, device, channel = m.groups()
+    return ChannelName(EdgeName(org, site, edge), device, channel)

@@ -15,9 +15,7 @@ from queue import Empty, Queue
 EMMA = str(Path(sys.executable).with_name("emma"))
 
 
-def run_emma(
-    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
+def run_emma(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [EMMA, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
     )

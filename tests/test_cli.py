@@ -69,9 +69,7 @@ def test_a_port_in_use_is_one_line(migrated_url: str) -> None:
     _one_line_error(result, 1, f"port {port} on 127.0.0.1 is already in use")
 
 
-async def test_a_failing_migration_is_one_line_and_applies_nothing(
-    postgres: SessionPostgres, tmp_path: Path
-) -> None:
+async def test_a_failing_migration_is_one_line_and_applies_nothing(postgres: SessionPostgres, tmp_path: Path) -> None:
     database_url = await postgres.create_database("cli_failing_migration")
     (tmp_path / "0001_ok.sql").write_text("CREATE TABLE first_table (id int);")
     (tmp_path / "0002_broken.sql").write_text("CREATE TABLE second_table (id int); SELEC 1;")
@@ -86,9 +84,7 @@ async def test_a_failing_migration_is_one_line_and_applies_nothing(
 
 def _health(port: int) -> int:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=5
-        )
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         return int(reply.status)
 
 

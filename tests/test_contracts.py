@@ -65,9 +65,7 @@ def test_generated_code_matches_a_fresh_generation() -> None:
 
 def test_every_non_bidi_rpc_has_an_http_rule() -> None:
     missing = [
-        m.full_name
-        for m in methods()
-        if not (m.client_streaming and m.server_streaming) and http_rule(m) is None
+        m.full_name for m in methods() if not (m.client_streaming and m.server_streaming) and http_rule(m) is None
     ]
     assert missing == []
 

@@ -53,9 +53,7 @@ def _write(folder: Path, name: str, sql: str) -> None:
     (folder / name).write_text(sql)
 
 
-async def test_concurrent_migrators_apply_each_migration_once(
-    postgres: SessionPostgres, tmp_path: Path
-) -> None:
+async def test_concurrent_migrators_apply_each_migration_once(postgres: SessionPostgres, tmp_path: Path) -> None:
     dsn = await postgres.create_database("concurrent_migrate")
     folder = tmp_path / "m"
     _write(folder, "0001_a.sql", "CREATE TABLE a (id int); SELECT pg_sleep(0.3);")
@@ -79,9 +77,7 @@ async def test_a_failing_migration_is_rolled_back_whole(postgres: SessionPostgre
     _write(folder, "0002_bad.sql", "CREATE TABLE half (id int);\nSELECT * FROM no_such_table;")
     conn = await asyncpg.connect(dsn)
     try:
-        with pytest.raises(
-            migrations.MigrationError, match=r"0002_bad failed and was rolled back: .*no_such_table"
-        ):
+        with pytest.raises(migrations.MigrationError, match=r"0002_bad failed and was rolled back: .*no_such_table"):
             await migrations.migrate(conn, migrations.load_migrations(folder))
         assert await migrations.applied_versions(conn) == [1]
         assert await conn.fetchval("SELECT to_regclass('half')") is None
@@ -204,7 +200,9 @@ async def test_health_reflection_and_unimplemented_services(migrated_url: str) -
     pool = await asyncpg.create_pool(migrated_url, min_size=1, max_size=2)
     assert pool is not None
     runtime = Runtime(config=PlatformConfig(cfg, DatabaseConfig(url=migrated_url), StateConfig()), pool=pool)
-    names = catalog.add_services(server, catalog.resolve(["all"]), runtime)
+    specs = catalog.resolve(["all"])
+    catalog.add_services(server, specs, runtime)
+    names = [s.full_name for s in specs]
     hosted = await start_server(server, cfg, names)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{hosted.port}")
     try:
@@ -218,9 +216,7 @@ async def test_health_reflection_and_unimplemented_services(migrated_url: str) -
         await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
         listed = await call.read()
         assert {s.name for s in listed.list_services_response.service} >= set(names)
-        await call.write(
-            reflection_pb2.ServerReflectionRequest(file_containing_symbol="emma.command.v1.Command")
-        )
+        await call.write(reflection_pb2.ServerReflectionRequest(file_containing_symbol="emma.command.v1.Command"))
         files = await call.read()
         protos = [
             descriptor_pb2.FileDescriptorProto.FromString(b)

@@ -76,10 +76,10 @@ def _bin(name: str) -> str:
     return found
 
 
-def _run(cmd: Sequence[str], step: str) -> None:
+def _run(cmd: Sequence[str], step: str, cwd: Path = ROOT) -> None:
     # The betterproto2 plugin formats its output with `ruff` from PATH: make it the venv's pinned one.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(list(cmd), cwd=ROOT, capture_output=True, text=True, env=env)
+    proc = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise ProtogenError(f"{step} failed:\n{proc.stdout}{proc.stderr}".rstrip())
 
@@ -97,7 +97,10 @@ def _protoc(out: Path, plugin_args: list[str]) -> None:
         *contract_files(),
     ]
     out.mkdir(parents=True, exist_ok=True)
-    _run(cmd, "protoc")
+    # Run outside the repository: the betterproto2 plugin formats with ruff, which would otherwise pick
+    # up this project's ruff settings and make the generated SDK depend on them.
+    with tempfile.TemporaryDirectory() as neutral:
+        _run(cmd, "protoc", cwd=Path(neutral))
 
 
 def _add_init_files(pkg_root: Path) -> None:

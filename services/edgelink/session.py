@@ -125,9 +125,7 @@ class EdgeSession:
                 )
             session = cls(identity, uuid.uuid4(), pool, writer, config, counters)
             await session._add_channels(conn, hello.channel_table)
-            offset_ms = (
-                (_ts_seconds(hello.edge_time) - time.time()) * 1000 if hello.HasField("edge_time") else 0.0
-            )
+            offset_ms = (_ts_seconds(hello.edge_time) - time.time()) * 1000 if hello.HasField("edge_time") else 0.0
             async with conn.transaction():
                 await conn.execute(
                     """INSERT INTO app.edge_sessions AS s (edge_pk, session_id, replica_id, online,
@@ -186,9 +184,7 @@ class EdgeSession:
             return
         for entry in table:
             if not CHANNEL_ADDRESS.match(entry.channel):
-                raise invalid_field(
-                    "hello.channel_table", f"{entry.channel!r} is not a device/Channel address"
-                )
+                raise invalid_field("hello.channel_table", f"{entry.channel!r} is not a device/Channel address")
         channels = [e.channel for e in table]
         await conn.execute(
             """INSERT INTO telemetry.series (edge_pk, channel, unit)
@@ -223,9 +219,7 @@ class EdgeSession:
                 f"edge clock is {offset_ms / 1000:+.1f} s off the server's",
                 {"clock_offset_ms": offset_ms},
             )
-            log.warning(
-                "edge clock drift", extra={"edge": str(self.identity.name), "clock_offset_ms": offset_ms}
-            )
+            log.warning("edge clock drift", extra={"edge": str(self.identity.name), "clock_offset_ms": offset_ms})
         self._drifting = drifting
 
     # ------------------------------------------------------------------ reader side
@@ -251,9 +245,7 @@ class EdgeSession:
                 else:
                     # Command and schedule acknowledgements are handled by the command service
                     # (issue 5); until then they are logged so nothing passes unnoticed.
-                    log.info(
-                        "edge message not handled yet", extra={"edge": str(self.identity.name), "kind": kind}
-                    )
+                    log.info("edge message not handled yet", extra={"edge": str(self.identity.name), "kind": kind})
             await self._acks.put(None)
             await acker
             await self.outbound.put(_CLOSE)
@@ -380,6 +372,4 @@ class EdgeSession:
                     await record_event(conn, self.identity.edge_pk, "info", "DISCONNECTED", "stream closed")
         except Exception:  # the database may be down; the offline sweeper catches up later
             log.warning("could not record the end of the stream", extra={"edge": str(self.identity.name)})
-        log.info(
-            "edge disconnected", extra={"edge": str(self.identity.name), "session_id": str(self.session_id)}
-        )
+        log.info("edge disconnected", extra={"edge": str(self.identity.name), "session_id": str(self.session_id)})

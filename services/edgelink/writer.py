@@ -66,9 +66,7 @@ class WriterStats:
 
 
 class IngestWriter:
-    def __init__(
-        self, pool: asyncpg.Pool, *, queue_batches: int = 4096, max_group_points: int = 200_000
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, queue_batches: int = 4096, max_group_points: int = 200_000) -> None:
         self._pool = pool
         self._queue: asyncio.Queue[PendingBatch] = asyncio.Queue(maxsize=queue_batches)
         self._max_group_points = max_group_points

@@ -30,6 +30,8 @@ async def create_pool(config: DatabaseConfig, dsn: str | None = None) -> asyncpg
                 # Statement caching breaks behind transaction-pooling proxies (pgbouncer); the few
                 # hot statements are prepared explicitly where it matters.
                 statement_cache_size=100,
+                # Everything is stored and bucketed in UTC; local views convert explicitly.
+                server_settings={"TimeZone": "UTC", "application_name": "emma"},
             ),
             timeout=config.connect_timeout_s + 1,
         )

@@ -100,21 +100,13 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(method, handler.unary_unary), **ser
-            )
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary_response(method, handler.unary_unary), **ser)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(method, handler.stream_unary), **ser
-            )
+            return grpc.stream_unary_rpc_method_handler(_wrap_unary_response(method, handler.stream_unary), **ser)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_response(method, handler.unary_stream), **ser
-            )
+            return grpc.unary_stream_rpc_method_handler(_wrap_stream_response(method, handler.unary_stream), **ser)
         if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream_response(method, handler.stream_stream), **ser
-            )
+            return grpc.stream_stream_rpc_method_handler(_wrap_stream_response(method, handler.stream_stream), **ser)
         return handler
 
 

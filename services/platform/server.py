@@ -73,9 +73,7 @@ def _check_port_free(host: str, port: int) -> None:
             raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-async def start_server(
-    server: grpc.aio.Server, config: ServerConfig, service_names: Sequence[str]
-) -> HostedServer:
+async def start_server(server: grpc.aio.Server, config: ServerConfig, service_names: Sequence[str]) -> HostedServer:
     """Add health and reflection for `service_names`, bind, start."""
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -38,9 +38,7 @@ def configure_tracing(service_name: str, env: Mapping[str, str] = os.environ) ->
     global _configured
     if _configured is not None:
         return _configured
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", service_name)})
-    )
+    provider = TracerProvider(resource=Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", service_name)}))
     exporter = _exporter_from_env(env)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))

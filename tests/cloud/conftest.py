@@ -48,9 +48,7 @@ async def db(migrated_url: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-async def new_edge(
-    conn: asyncpg.Connection, name: str, time_zone: str = "Europe/Madrid"
-) -> tuple[EdgeName, int, str]:
+async def new_edge(conn: asyncpg.Connection, name: str, time_zone: str = "Europe/Madrid") -> tuple[EdgeName, int, str]:
     """Provision organizations/acme/sites/<name>/edges/<name> with a fresh key."""
     edge = EdgeName("acme", name, name)
     pk = await ensure_edge(conn, edge, time_zone=time_zone, latitude_deg=40.4, longitude_deg=-3.7)

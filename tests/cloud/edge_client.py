@@ -34,8 +34,7 @@ def hello(
             protocol_version=1,
             edge_time=ts(time.time() + clock_offset_s),
             channel_table=[
-                edge_link_pb2.ChannelDescriptor(index=i, channel=c, unit=u)
-                for i, (c, u) in enumerate(channels)
+                edge_link_pb2.ChannelDescriptor(index=i, channel=c, unit=u) for i, (c, u) in enumerate(channels)
             ],
         )
     )

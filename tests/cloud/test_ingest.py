@@ -65,9 +65,7 @@ async def test_bad_and_revoked_keys_are_refused_and_store_nothing(host: Host, db
     assert await db.fetchval("SELECT count(*) FROM app.edge_sessions WHERE edge_pk = $1", pk) == 0
 
 
-async def test_first_message_must_be_hello_and_edge_must_match_key(
-    host: Host, db: asyncpg.Connection
-) -> None:
+async def test_first_message_must_be_hello_and_edge_must_match_key(host: Host, db: asyncpg.Connection) -> None:
     _, _, key = await new_edge(db, "handshake")
     async with host(["edge"]) as (server, _):
         stream = EdgeStream(server.port)
@@ -150,9 +148,7 @@ async def test_batches_are_stored_once_and_resends_are_acked_without_writing(
 async def test_malformed_batches_are_rejected_with_a_reason_and_the_stream_survives(
     host: Host, db: asyncpg.Connection, make: object, reason: str
 ) -> None:
-    edge, pk, key = await new_edge(
-        db, f"bad-{reason.lower().replace('_', '-')}-{time.monotonic_ns() % 10**6}"
-    )
+    edge, pk, key = await new_edge(db, f"bad-{reason.lower().replace('_', '-')}-{time.monotonic_ns() % 10**6}")
     now = time.time()
     async with host(["edge"]) as (server, _):
         stream = EdgeStream(server.port)
@@ -168,9 +164,7 @@ async def test_malformed_batches_are_rejected_with_a_reason_and_the_stream_survi
         assert (ack.batch_seq, ack.result) == (2, STORED)
         await stream.close()
     assert await _sample_count(db, pk) == 1
-    events = await db.fetch(
-        "SELECT kind, details->>'reason' AS reason FROM app.edge_events WHERE edge_pk = $1", pk
-    )
+    events = await db.fetch("SELECT kind, details->>'reason' AS reason FROM app.edge_events WHERE edge_pk = $1", pk)
     assert ("BATCH_REJECTED", reason) in {(e["kind"], e["reason"]) for e in events}
 
 
@@ -187,9 +181,7 @@ async def test_sessions_heartbeats_offline_and_clock_drift(host: Host, db: async
         assert row["agent_version"] == "test"
         assert 4000 < row["clock_offset_ms"] < 6000
         await stream.send(
-            edge_link_pb2.ConnectRequest(
-                heartbeat=edge_link_pb2.Heartbeat(edge_time=hello("", "").hello.edge_time)
-            )
+            edge_link_pb2.ConnectRequest(heartbeat=edge_link_pb2.Heartbeat(edge_time=hello("", "").hello.edge_time))
         )
         assert (await stream.recv()).WhichOneof("message") == "heartbeat_ack"
         # Heartbeats stop (the stream stays open, as with a hung edge): offline within ~1 s.
@@ -204,10 +196,7 @@ async def test_sessions_heartbeats_offline_and_clock_drift(host: Host, db: async
         await stream.recv()
         assert await db.fetchval("SELECT online FROM app.edge_sessions WHERE edge_pk = $1", pk)
         await stream.close()
-    kinds = [
-        r["kind"]
-        for r in await db.fetch("SELECT kind FROM app.edge_events WHERE edge_pk = $1 ORDER BY id", pk)
-    ]
+    kinds = [r["kind"] for r in await db.fetch("SELECT kind FROM app.edge_events WHERE edge_pk = $1 ORDER BY id", pk)]
     assert kinds[:3] == ["CONNECTED", "CLOCK_DRIFT", "OFFLINE"]
     assert kinds[-1] == "DISCONNECTED"
 

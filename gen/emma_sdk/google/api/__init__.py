@@ -365,7 +365,9 @@ class BatchingConfigProto(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.api", "BatchingConfigProto", BatchingConfigProto)
+default_message_pool.register_message(
+    "google.api", "BatchingConfigProto", BatchingConfigProto
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -381,7 +383,9 @@ class BatchingDescriptorProto(betterproto2.Message):
     The repeated field in the request message to be aggregated by batching.
     """
 
-    discriminator_fields: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    discriminator_fields: "list[str]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     A list of the fields in the request message. Two requests will be batched
     together only if the values of every field specified in
@@ -397,7 +401,9 @@ class BatchingDescriptorProto(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.api", "BatchingDescriptorProto", BatchingDescriptorProto)
+default_message_pool.register_message(
+    "google.api", "BatchingDescriptorProto", BatchingDescriptorProto
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -450,15 +456,21 @@ class BatchingSettingsProto(betterproto2.Message):
     The maximum size of data allowed by flow control.
     """
 
-    flow_control_limit_exceeded_behavior: "FlowControlLimitExceededBehaviorProto" = betterproto2.field(
-        8, betterproto2.TYPE_ENUM, default_factory=lambda: FlowControlLimitExceededBehaviorProto(0)
+    flow_control_limit_exceeded_behavior: "FlowControlLimitExceededBehaviorProto" = (
+        betterproto2.field(
+            8,
+            betterproto2.TYPE_ENUM,
+            default_factory=lambda: FlowControlLimitExceededBehaviorProto(0),
+        )
     )
     """
     The behavior to take when the flow control limit is exceeded.
     """
 
 
-default_message_pool.register_message("google.api", "BatchingSettingsProto", BatchingSettingsProto)
+default_message_pool.register_message(
+    "google.api", "BatchingSettingsProto", BatchingSettingsProto
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -487,17 +499,23 @@ class ClientLibrarySettings(betterproto2.Message):
     numbers rather than strings.
     """
 
-    java_settings: "JavaSettings | None" = betterproto2.field(21, betterproto2.TYPE_MESSAGE, optional=True)
+    java_settings: "JavaSettings | None" = betterproto2.field(
+        21, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Settings for legacy Java features, supported in the Service YAML.
     """
 
-    cpp_settings: "CppSettings | None" = betterproto2.field(22, betterproto2.TYPE_MESSAGE, optional=True)
+    cpp_settings: "CppSettings | None" = betterproto2.field(
+        22, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Settings for C++ client libraries.
     """
 
-    php_settings: "PhpSettings | None" = betterproto2.field(23, betterproto2.TYPE_MESSAGE, optional=True)
+    php_settings: "PhpSettings | None" = betterproto2.field(
+        23, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Settings for PHP client libraries.
     """
@@ -509,7 +527,9 @@ class ClientLibrarySettings(betterproto2.Message):
     Settings for Python client libraries.
     """
 
-    node_settings: "NodeSettings | None" = betterproto2.field(25, betterproto2.TYPE_MESSAGE, optional=True)
+    node_settings: "NodeSettings | None" = betterproto2.field(
+        25, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Settings for Node client libraries.
     """
@@ -521,18 +541,24 @@ class ClientLibrarySettings(betterproto2.Message):
     Settings for .NET client libraries.
     """
 
-    ruby_settings: "RubySettings | None" = betterproto2.field(27, betterproto2.TYPE_MESSAGE, optional=True)
+    ruby_settings: "RubySettings | None" = betterproto2.field(
+        27, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Settings for Ruby client libraries.
     """
 
-    go_settings: "GoSettings | None" = betterproto2.field(28, betterproto2.TYPE_MESSAGE, optional=True)
+    go_settings: "GoSettings | None" = betterproto2.field(
+        28, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Settings for Go client libraries.
     """
 
 
-default_message_pool.register_message("google.api", "ClientLibrarySettings", ClientLibrarySettings)
+default_message_pool.register_message(
+    "google.api", "ClientLibrarySettings", ClientLibrarySettings
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -566,10 +592,15 @@ class CommonLanguageSettings(betterproto2.Message):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.is_set("reference_docs_uri"):
-            warnings.warn("CommonLanguageSettings.reference_docs_uri is deprecated", DeprecationWarning)
+            warnings.warn(
+                "CommonLanguageSettings.reference_docs_uri is deprecated",
+                DeprecationWarning,
+            )
 
 
-default_message_pool.register_message("google.api", "CommonLanguageSettings", CommonLanguageSettings)
+default_message_pool.register_message(
+    "google.api", "CommonLanguageSettings", CommonLanguageSettings
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -578,7 +609,9 @@ class CppSettings(betterproto2.Message):
     Settings for C++ client libraries.
     """
 
-    common: "CommonLanguageSettings | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    common: "CommonLanguageSettings | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Some settings.
     """
@@ -604,7 +637,9 @@ class CustomHttpPattern(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.api", "CustomHttpPattern", CustomHttpPattern)
+default_message_pool.register_message(
+    "google.api", "CustomHttpPattern", CustomHttpPattern
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -613,7 +648,9 @@ class DotnetSettings(betterproto2.Message):
     Settings for Dotnet client libraries.
     """
 
-    common: "CommonLanguageSettings | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    common: "CommonLanguageSettings | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Some settings.
     """
@@ -621,7 +658,9 @@ class DotnetSettings(betterproto2.Message):
     renamed_services: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Map from original service names to renamed versions.
@@ -634,7 +673,9 @@ class DotnetSettings(betterproto2.Message):
     renamed_resources: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Map from full resource types to the effective short name
@@ -644,7 +685,9 @@ class DotnetSettings(betterproto2.Message):
     "datalabeling.googleapis.com/Dataset": "DataLabelingDataset"
     """
 
-    ignored_resources: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
+    ignored_resources: "list[str]" = betterproto2.field(
+        4, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     List of full resource types to ignore during generation.
     This is typically used for API-specific Location resources,
@@ -653,13 +696,17 @@ class DotnetSettings(betterproto2.Message):
     Example entry: "documentai.googleapis.com/Location"
     """
 
-    forced_namespace_aliases: "list[str]" = betterproto2.field(5, betterproto2.TYPE_STRING, repeated=True)
+    forced_namespace_aliases: "list[str]" = betterproto2.field(
+        5, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Namespaces which must be aliased in snippets due to
     a known (but non-generator-predictable) naming collision
     """
 
-    handwritten_signatures: "list[str]" = betterproto2.field(6, betterproto2.TYPE_STRING, repeated=True)
+    handwritten_signatures: "list[str]" = betterproto2.field(
+        6, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Method signatures (in the form "service.method(signature)")
     which are provided separately, so shouldn't be generated.
@@ -676,7 +723,9 @@ class GoSettings(betterproto2.Message):
     Settings for Go client libraries.
     """
 
-    common: "CommonLanguageSettings | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    common: "CommonLanguageSettings | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Some settings.
     """
@@ -684,7 +733,9 @@ class GoSettings(betterproto2.Message):
     renamed_services: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Map of service names to renamed services. Keys are the package relative
@@ -711,14 +762,18 @@ class Http(betterproto2.Message):
     to one or more HTTP REST API methods.
     """
 
-    rules: "list[HttpRule]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    rules: "list[HttpRule]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     A list of HTTP configuration rules that apply to individual API methods.
 
     **NOTE:** All service configuration rules follow "last one wins" order.
     """
 
-    fully_decode_reserved_expansion: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    fully_decode_reserved_expansion: "bool" = betterproto2.field(
+        2, betterproto2.TYPE_BOOL
+    )
     """
     When set to true, URL path parameters will be fully URI-decoded except in
     cases of single segment matches in reserved expansion, where "%2F" will be
@@ -1013,28 +1068,38 @@ class HttpRule(betterproto2.Message):
     details.
     """
 
-    get: "str | None" = betterproto2.field(2, betterproto2.TYPE_STRING, optional=True, group="pattern")
+    get: "str | None" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, optional=True, group="pattern"
+    )
     """
     Maps to HTTP GET. Used for listing and getting information about
     resources.
     """
 
-    put: "str | None" = betterproto2.field(3, betterproto2.TYPE_STRING, optional=True, group="pattern")
+    put: "str | None" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, optional=True, group="pattern"
+    )
     """
     Maps to HTTP PUT. Used for replacing a resource.
     """
 
-    post: "str | None" = betterproto2.field(4, betterproto2.TYPE_STRING, optional=True, group="pattern")
+    post: "str | None" = betterproto2.field(
+        4, betterproto2.TYPE_STRING, optional=True, group="pattern"
+    )
     """
     Maps to HTTP POST. Used for creating a resource or performing an action.
     """
 
-    delete: "str | None" = betterproto2.field(5, betterproto2.TYPE_STRING, optional=True, group="pattern")
+    delete: "str | None" = betterproto2.field(
+        5, betterproto2.TYPE_STRING, optional=True, group="pattern"
+    )
     """
     Maps to HTTP DELETE. Used for deleting a resource.
     """
 
-    patch: "str | None" = betterproto2.field(6, betterproto2.TYPE_STRING, optional=True, group="pattern")
+    patch: "str | None" = betterproto2.field(
+        6, betterproto2.TYPE_STRING, optional=True, group="pattern"
+    )
     """
     Maps to HTTP PATCH. Used for updating a resource.
     """
@@ -1069,7 +1134,9 @@ class HttpRule(betterproto2.Message):
     message type.
     """
 
-    additional_bindings: "list[HttpRule]" = betterproto2.field(11, betterproto2.TYPE_MESSAGE, repeated=True)
+    additional_bindings: "list[HttpRule]" = betterproto2.field(
+        11, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     Additional HTTP bindings for the selector. Nested bindings must
     not contain an `additional_bindings` field themselves (that is,
@@ -1105,7 +1172,9 @@ class JavaSettings(betterproto2.Message):
     service_class_names: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Configure the Java class name to use instead of the service's for its
@@ -1124,7 +1193,9 @@ class JavaSettings(betterproto2.Message):
               - google.pubsub.v1.Subscriber: SubscriptionAdmin
     """
 
-    common: "CommonLanguageSettings | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    common: "CommonLanguageSettings | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Some settings.
     """
@@ -1172,7 +1243,9 @@ class MethodSettings(betterproto2.Message):
               total_poll_timeout: 54000s # 90 minutes
     """
 
-    auto_populated_fields: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    auto_populated_fields: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     List of top-level fields of the request message, that should be
     automatically populated by the client libraries based on their
@@ -1187,7 +1260,9 @@ class MethodSettings(betterproto2.Message):
             - request_id
     """
 
-    batching: "BatchingConfigProto | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    batching: "BatchingConfigProto | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Batching configuration for an API method in client libraries.
 
@@ -1248,7 +1323,9 @@ class MethodSettingsLongRunning(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.api", "MethodSettings.LongRunning", MethodSettingsLongRunning)
+default_message_pool.register_message(
+    "google.api", "MethodSettings.LongRunning", MethodSettingsLongRunning
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1257,7 +1334,9 @@ class NodeSettings(betterproto2.Message):
     Settings for Node client libraries.
     """
 
-    common: "CommonLanguageSettings | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    common: "CommonLanguageSettings | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Some settings.
     """
@@ -1272,7 +1351,9 @@ class PhpSettings(betterproto2.Message):
     Settings for Php client libraries.
     """
 
-    common: "CommonLanguageSettings | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    common: "CommonLanguageSettings | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Some settings.
     """
@@ -1305,7 +1386,9 @@ class Publishing(betterproto2.Message):
     generated from the service config.
     """
 
-    method_settings: "list[MethodSettings]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    method_settings: "list[MethodSettings]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     A list of API method settings, e.g. the behavior for methods that use the
     long-running operation pattern.
@@ -1335,7 +1418,9 @@ class Publishing(betterproto2.Message):
     GitHub label to apply to issues and pull requests opened for this API.
     """
 
-    codeowner_github_teams: "list[str]" = betterproto2.field(105, betterproto2.TYPE_STRING, repeated=True)
+    codeowner_github_teams: "list[str]" = betterproto2.field(
+        105, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     GitHub teams to be added to CODEOWNERS in the directory in GitHub
     containing source code for the client libraries for this API.
@@ -1348,7 +1433,9 @@ class Publishing(betterproto2.Message):
     """
 
     organization: "ClientLibraryOrganization" = betterproto2.field(
-        107, betterproto2.TYPE_ENUM, default_factory=lambda: ClientLibraryOrganization(0)
+        107,
+        betterproto2.TYPE_ENUM,
+        default_factory=lambda: ClientLibraryOrganization(0),
     )
     """
     For whom the client library is being published.
@@ -1363,13 +1450,17 @@ class Publishing(betterproto2.Message):
     settings with the same version string are discarded.
     """
 
-    proto_reference_documentation_uri: "str" = betterproto2.field(110, betterproto2.TYPE_STRING)
+    proto_reference_documentation_uri: "str" = betterproto2.field(
+        110, betterproto2.TYPE_STRING
+    )
     """
     Optional link to proto reference documentation.  Example:
     https://cloud.google.com/pubsub/lite/docs/reference/rpc
     """
 
-    rest_reference_documentation_uri: "str" = betterproto2.field(111, betterproto2.TYPE_STRING)
+    rest_reference_documentation_uri: "str" = betterproto2.field(
+        111, betterproto2.TYPE_STRING
+    )
     """
     Optional link to REST reference documentation.  Example:
     https://cloud.google.com/pubsub/lite/docs/reference/rest
@@ -1385,13 +1476,15 @@ class PythonSettings(betterproto2.Message):
     Settings for Python client libraries.
     """
 
-    common: "CommonLanguageSettings | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    common: "CommonLanguageSettings | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Some settings.
     """
 
-    experimental_features: "PythonSettingsExperimentalFeatures | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
+    experimental_features: "PythonSettingsExperimentalFeatures | None" = (
+        betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
     )
     """
     Experimental features to be included during client library generation.
@@ -1417,7 +1510,9 @@ class PythonSettingsExperimentalFeatures(betterproto2.Message):
     feature in preview packages.
     """
 
-    protobuf_pythonic_types_enabled: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    protobuf_pythonic_types_enabled: "bool" = betterproto2.field(
+        2, betterproto2.TYPE_BOOL
+    )
     """
     Enables generation of protobuf code using new types that are more
     Pythonic which are included in `protobuf>=5.29.x`. This feature will be
@@ -1435,7 +1530,9 @@ class PythonSettingsExperimentalFeatures(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "google.api", "PythonSettings.ExperimentalFeatures", PythonSettingsExperimentalFeatures
+    "google.api",
+    "PythonSettings.ExperimentalFeatures",
+    PythonSettingsExperimentalFeatures,
 )
 
 
@@ -1505,7 +1602,9 @@ class ResourceDescriptor(betterproto2.Message):
     characters allowed for the `resource_type_kind` is 100.
     """
 
-    pattern: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    pattern: "list[str]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Optional. The relative resource name pattern associated with this resource
     type. The DNS prefix of the full resource name shouldn't be specified here.
@@ -1579,7 +1678,9 @@ class ResourceDescriptor(betterproto2.Message):
     Such as "project" for the `resourcemanager.googleapis.com/Project` type.
     """
 
-    style: "list[ResourceDescriptorStyle]" = betterproto2.field(10, betterproto2.TYPE_ENUM, repeated=True)
+    style: "list[ResourceDescriptorStyle]" = betterproto2.field(
+        10, betterproto2.TYPE_ENUM, repeated=True
+    )
     """
     Style flag(s) for this resource.
     These indicate that a resource is expected to conform to a given
@@ -1587,7 +1688,9 @@ class ResourceDescriptor(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.api", "ResourceDescriptor", ResourceDescriptor)
+default_message_pool.register_message(
+    "google.api", "ResourceDescriptor", ResourceDescriptor
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1637,7 +1740,9 @@ class ResourceReference(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.api", "ResourceReference", ResourceReference)
+default_message_pool.register_message(
+    "google.api", "ResourceReference", ResourceReference
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1646,7 +1751,9 @@ class RubySettings(betterproto2.Message):
     Settings for Ruby client libraries.
     """
 
-    common: "CommonLanguageSettings | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    common: "CommonLanguageSettings | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Some settings.
     """
@@ -1664,7 +1771,9 @@ class SelectiveGapicGeneration(betterproto2.Message):
     Note: This feature should not be used in most cases.
     """
 
-    methods: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    methods: "list[str]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     An allowlist of the fully qualified names of RPCs that should be included
     on public client surfaces.
@@ -1681,7 +1790,9 @@ class SelectiveGapicGeneration(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.api", "SelectiveGapicGeneration", SelectiveGapicGeneration)
+default_message_pool.register_message(
+    "google.api", "SelectiveGapicGeneration", SelectiveGapicGeneration
+)
 
 
 from .. import protobuf as _protobuf__

@@ -593,27 +593,41 @@ class DescriptorProto(betterproto2.Message):
 
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    field: "list[FieldDescriptorProto]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    field: "list[FieldDescriptorProto]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    extension: "list[FieldDescriptorProto]" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, repeated=True)
+    extension: "list[FieldDescriptorProto]" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    nested_type: "list[DescriptorProto]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    nested_type: "list[DescriptorProto]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    enum_type: "list[EnumDescriptorProto]" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, repeated=True)
+    enum_type: "list[EnumDescriptorProto]" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
     extension_range: "list[DescriptorProtoExtensionRange]" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
-    oneof_decl: "list[OneofDescriptorProto]" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, repeated=True)
+    oneof_decl: "list[OneofDescriptorProto]" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    options: "MessageOptions | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
+    options: "MessageOptions | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     reserved_range: "list[DescriptorProtoReservedRange]" = betterproto2.field(
         9, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
-    reserved_name: "list[str]" = betterproto2.field(10, betterproto2.TYPE_STRING, repeated=True)
+    reserved_name: "list[str]" = betterproto2.field(
+        10, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Reserved field names, which may not be used by fields in the same message.
     A given name may only be reserved once.
@@ -627,7 +641,9 @@ class DescriptorProto(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.protobuf", "DescriptorProto", DescriptorProto)
+default_message_pool.register_message(
+    "google.protobuf", "DescriptorProto", DescriptorProto
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -642,7 +658,9 @@ class DescriptorProtoExtensionRange(betterproto2.Message):
     Exclusive.
     """
 
-    options: "ExtensionRangeOptions | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    options: "ExtensionRangeOptions | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -846,9 +864,13 @@ class EnumDescriptorProto(betterproto2.Message):
 
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    value: "list[EnumValueDescriptorProto]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    value: "list[EnumValueDescriptorProto]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    options: "EnumOptions | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    options: "EnumOptions | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     reserved_range: "list[EnumDescriptorProtoEnumReservedRange]" = betterproto2.field(
         4, betterproto2.TYPE_MESSAGE, repeated=True
@@ -859,7 +881,9 @@ class EnumDescriptorProto(betterproto2.Message):
     overlap.
     """
 
-    reserved_name: "list[str]" = betterproto2.field(5, betterproto2.TYPE_STRING, repeated=True)
+    reserved_name: "list[str]" = betterproto2.field(
+        5, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Reserved enum value names, which may not be reused. A given name may only
     be reserved once.
@@ -873,7 +897,9 @@ class EnumDescriptorProto(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.protobuf", "EnumDescriptorProto", EnumDescriptorProto)
+default_message_pool.register_message(
+    "google.protobuf", "EnumDescriptorProto", EnumDescriptorProto
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -899,7 +925,9 @@ class EnumDescriptorProtoEnumReservedRange(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "google.protobuf", "EnumDescriptorProto.EnumReservedRange", EnumDescriptorProtoEnumReservedRange
+    "google.protobuf",
+    "EnumDescriptorProto.EnumReservedRange",
+    EnumDescriptorProtoEnumReservedRange,
 )
 
 
@@ -919,7 +947,9 @@ class EnumOptions(betterproto2.Message):
     is a formalization for deprecating enums.
     """
 
-    deprecated_legacy_json_field_conflicts: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+    deprecated_legacy_json_field_conflicts: "bool" = betterproto2.field(
+        6, betterproto2.TYPE_BOOL
+    )
     """
     Enable the legacy handling of JSON field name conflicts.  This lowercases
     and strips underscored from the fields before comparison in proto3 only.
@@ -929,7 +959,9 @@ class EnumOptions(betterproto2.Message):
     had time to migrate.
     """
 
-    features: "FeatureSet | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
+    features: "FeatureSet | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Any features defined in the specific edition.
     WARNING: This field should only be used by protobuf plugins or special
@@ -948,7 +980,8 @@ class EnumOptions(betterproto2.Message):
         super().__post_init__()
         if self.is_set("deprecated_legacy_json_field_conflicts"):
             warnings.warn(
-                "EnumOptions.deprecated_legacy_json_field_conflicts is deprecated", DeprecationWarning
+                "EnumOptions.deprecated_legacy_json_field_conflicts is deprecated",
+                DeprecationWarning,
             )
 
 
@@ -965,10 +998,14 @@ class EnumValueDescriptorProto(betterproto2.Message):
 
     number: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
 
-    options: "EnumValueOptions | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    options: "EnumValueOptions | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("google.protobuf", "EnumValueDescriptorProto", EnumValueDescriptorProto)
+default_message_pool.register_message(
+    "google.protobuf", "EnumValueDescriptorProto", EnumValueDescriptorProto
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -981,7 +1018,9 @@ class EnumValueOptions(betterproto2.Message):
     this is a formalization for deprecating enum values.
     """
 
-    features: "FeatureSet | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    features: "FeatureSet | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Any features defined in the specific edition.
     WARNING: This field should only be used by protobuf plugins or special
@@ -1011,7 +1050,9 @@ class EnumValueOptions(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.protobuf", "EnumValueOptions", EnumValueOptions)
+default_message_pool.register_message(
+    "google.protobuf", "EnumValueOptions", EnumValueOptions
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1032,13 +1073,17 @@ class ExtensionRangeOptions(betterproto2.Message):
     used externally.
     """
 
-    features: "FeatureSet | None" = betterproto2.field(50, betterproto2.TYPE_MESSAGE, optional=True)
+    features: "FeatureSet | None" = betterproto2.field(
+        50, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Any features defined in the specific edition.
     """
 
     verification: "ExtensionRangeOptionsVerificationState" = betterproto2.field(
-        3, betterproto2.TYPE_ENUM, default_factory=lambda: ExtensionRangeOptionsVerificationState(0)
+        3,
+        betterproto2.TYPE_ENUM,
+        default_factory=lambda: ExtensionRangeOptionsVerificationState(0),
     )
     """
     The verification state of the range.
@@ -1047,7 +1092,9 @@ class ExtensionRangeOptions(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.protobuf", "ExtensionRangeOptions", ExtensionRangeOptions)
+default_message_pool.register_message(
+    "google.protobuf", "ExtensionRangeOptions", ExtensionRangeOptions
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1085,7 +1132,9 @@ class ExtensionRangeOptionsDeclaration(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "google.protobuf", "ExtensionRangeOptions.Declaration", ExtensionRangeOptionsDeclaration
+    "google.protobuf",
+    "ExtensionRangeOptions.Declaration",
+    ExtensionRangeOptionsDeclaration,
 )
 
 
@@ -1112,7 +1161,9 @@ class FeatureSet(betterproto2.Message):
     )
 
     repeated_field_encoding: "FeatureSetRepeatedFieldEncoding" = betterproto2.field(
-        3, betterproto2.TYPE_ENUM, default_factory=lambda: FeatureSetRepeatedFieldEncoding(0)
+        3,
+        betterproto2.TYPE_ENUM,
+        default_factory=lambda: FeatureSetRepeatedFieldEncoding(0),
     )
 
     utf8_validation: "FeatureSetUtf8Validation" = betterproto2.field(
@@ -1128,13 +1179,19 @@ class FeatureSet(betterproto2.Message):
     )
 
     enforce_naming_style: "FeatureSetEnforceNamingStyle" = betterproto2.field(
-        7, betterproto2.TYPE_ENUM, default_factory=lambda: FeatureSetEnforceNamingStyle(0)
+        7,
+        betterproto2.TYPE_ENUM,
+        default_factory=lambda: FeatureSetEnforceNamingStyle(0),
     )
 
-    default_symbol_visibility: "FeatureSetVisibilityFeatureDefaultSymbolVisibility" = betterproto2.field(
-        8,
-        betterproto2.TYPE_ENUM,
-        default_factory=lambda: FeatureSetVisibilityFeatureDefaultSymbolVisibility(0),
+    default_symbol_visibility: "FeatureSetVisibilityFeatureDefaultSymbolVisibility" = (
+        betterproto2.field(
+            8,
+            betterproto2.TYPE_ENUM,
+            default_factory=lambda: FeatureSetVisibilityFeatureDefaultSymbolVisibility(
+                0
+            ),
+        )
     )
 
 
@@ -1181,7 +1238,9 @@ class FeatureSetDefaults(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.protobuf", "FeatureSetDefaults", FeatureSetDefaults)
+default_message_pool.register_message(
+    "google.protobuf", "FeatureSetDefaults", FeatureSetDefaults
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1193,7 +1252,9 @@ class FeatureSetDefaultsFeatureSetEditionDefault(betterproto2.Message):
     be used.  This field must be in strict ascending order by edition.
     """
 
-    edition: "Edition" = betterproto2.field(3, betterproto2.TYPE_ENUM, default_factory=lambda: Edition(0))
+    edition: "Edition" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: Edition(0)
+    )
 
     overridable_features: "FeatureSet | None" = betterproto2.field(
         4, betterproto2.TYPE_MESSAGE, optional=True
@@ -1202,7 +1263,9 @@ class FeatureSetDefaultsFeatureSetEditionDefault(betterproto2.Message):
     Defaults of features that can be overridden in this edition.
     """
 
-    fixed_features: "FeatureSet | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    fixed_features: "FeatureSet | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Defaults of features that can't be overridden in this edition.
     """
@@ -1274,7 +1337,9 @@ class FieldDescriptorProto(betterproto2.Message):
     it to camelCase.
     """
 
-    options: "FieldOptions | None" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, optional=True)
+    options: "FieldOptions | None" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     proto3_optional: "bool" = betterproto2.field(17, betterproto2.TYPE_BOOL)
     """
@@ -1302,7 +1367,9 @@ class FieldDescriptorProto(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.protobuf", "FieldDescriptorProto", FieldDescriptorProto)
+default_message_pool.register_message(
+    "google.protobuf", "FieldDescriptorProto", FieldDescriptorProto
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1612,7 +1679,9 @@ class FieldOptions(betterproto2.Message):
     """
 
     retention: "FieldOptionsOptionRetention" = betterproto2.field(
-        17, betterproto2.TYPE_ENUM, default_factory=lambda: FieldOptionsOptionRetention(0)
+        17,
+        betterproto2.TYPE_ENUM,
+        default_factory=lambda: FieldOptionsOptionRetention(0),
     )
 
     targets: "list[FieldOptionsOptionTargetType]" = betterproto2.field(
@@ -1623,7 +1692,9 @@ class FieldOptions(betterproto2.Message):
         20, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
-    features: "FeatureSet | None" = betterproto2.field(21, betterproto2.TYPE_MESSAGE, optional=True)
+    features: "FeatureSet | None" = betterproto2.field(
+        21, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Any features defined in the specific edition.
     WARNING: This field should only be used by protobuf plugins or special
@@ -1653,7 +1724,9 @@ default_message_pool.register_message("google.protobuf", "FieldOptions", FieldOp
 
 @dataclass(eq=False, repr=False)
 class FieldOptionsEditionDefault(betterproto2.Message):
-    edition: "Edition" = betterproto2.field(3, betterproto2.TYPE_ENUM, default_factory=lambda: Edition(0))
+    edition: "Edition" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: Edition(0)
+    )
 
     value: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
@@ -1732,40 +1805,58 @@ class FileDescriptorProto(betterproto2.Message):
     e.g. "foo", "foo.bar", etc.
     """
 
-    dependency: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    dependency: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Names of files imported by this file.
     """
 
-    public_dependency: "list[int]" = betterproto2.field(10, betterproto2.TYPE_INT32, repeated=True)
+    public_dependency: "list[int]" = betterproto2.field(
+        10, betterproto2.TYPE_INT32, repeated=True
+    )
     """
     Indexes of the public imported files in the dependency list above.
     """
 
-    weak_dependency: "list[int]" = betterproto2.field(11, betterproto2.TYPE_INT32, repeated=True)
+    weak_dependency: "list[int]" = betterproto2.field(
+        11, betterproto2.TYPE_INT32, repeated=True
+    )
     """
     Indexes of the weak imported files in the dependency list.
     For Google-internal migration only. Do not use.
     """
 
-    option_dependency: "list[str]" = betterproto2.field(15, betterproto2.TYPE_STRING, repeated=True)
+    option_dependency: "list[str]" = betterproto2.field(
+        15, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Names of files imported by this file purely for the purpose of providing
     option extensions. These are excluded from the dependency list above.
     """
 
-    message_type: "list[DescriptorProto]" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, repeated=True)
+    message_type: "list[DescriptorProto]" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     All top-level definitions in this file.
     """
 
-    enum_type: "list[EnumDescriptorProto]" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, repeated=True)
+    enum_type: "list[EnumDescriptorProto]" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    service: "list[ServiceDescriptorProto]" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, repeated=True)
+    service: "list[ServiceDescriptorProto]" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    extension: "list[FieldDescriptorProto]" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, repeated=True)
+    extension: "list[FieldDescriptorProto]" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    options: "FileOptions | None" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, optional=True)
+    options: "FileOptions | None" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     source_code_info: "SourceCodeInfo | None" = betterproto2.field(
         9, betterproto2.TYPE_MESSAGE, optional=True
@@ -1788,7 +1879,9 @@ class FileDescriptorProto(betterproto2.Message):
     developers should rely on the protoreflect APIs for their client language.
     """
 
-    edition: "Edition" = betterproto2.field(14, betterproto2.TYPE_ENUM, default_factory=lambda: Edition(0))
+    edition: "Edition" = betterproto2.field(
+        14, betterproto2.TYPE_ENUM, default_factory=lambda: Edition(0)
+    )
     """
     The edition of the proto file.
     WARNING: This field should only be used by protobuf plugins or special
@@ -1797,7 +1890,9 @@ class FileDescriptorProto(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.protobuf", "FileDescriptorProto", FileDescriptorProto)
+default_message_pool.register_message(
+    "google.protobuf", "FileDescriptorProto", FileDescriptorProto
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1807,10 +1902,14 @@ class FileDescriptorSet(betterproto2.Message):
     files it parses.
     """
 
-    file: "list[FileDescriptorProto]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    file: "list[FileDescriptorProto]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
-default_message_pool.register_message("google.protobuf", "FileDescriptorSet", FileDescriptorSet)
+default_message_pool.register_message(
+    "google.protobuf", "FileDescriptorSet", FileDescriptorSet
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1876,7 +1975,9 @@ class FileOptions(betterproto2.Message):
     top-level extensions defined in the file.
     """
 
-    java_generate_equals_and_hash: "bool" = betterproto2.field(20, betterproto2.TYPE_BOOL)
+    java_generate_equals_and_hash: "bool" = betterproto2.field(
+        20, betterproto2.TYPE_BOOL
+    )
     """
     This option does nothing.
     """
@@ -1986,7 +2087,9 @@ class FileOptions(betterproto2.Message):
     determining the ruby package.
     """
 
-    features: "FeatureSet | None" = betterproto2.field(50, betterproto2.TYPE_MESSAGE, optional=True)
+    features: "FeatureSet | None" = betterproto2.field(
+        50, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Any features defined in the specific edition.
     WARNING: This field should only be used by protobuf plugins or special
@@ -2005,7 +2108,10 @@ class FileOptions(betterproto2.Message):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.is_set("java_generate_equals_and_hash"):
-            warnings.warn("FileOptions.java_generate_equals_and_hash is deprecated", DeprecationWarning)
+            warnings.warn(
+                "FileOptions.java_generate_equals_and_hash is deprecated",
+                DeprecationWarning,
+            )
 
 
 default_message_pool.register_message("google.protobuf", "FileOptions", FileOptions)
@@ -2028,7 +2134,9 @@ class GeneratedCodeInfo(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.protobuf", "GeneratedCodeInfo", GeneratedCodeInfo)
+default_message_pool.register_message(
+    "google.protobuf", "GeneratedCodeInfo", GeneratedCodeInfo
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2058,7 +2166,9 @@ class GeneratedCodeInfoAnnotation(betterproto2.Message):
     """
 
     semantic: "GeneratedCodeInfoAnnotationSemantic" = betterproto2.field(
-        5, betterproto2.TYPE_ENUM, default_factory=lambda: GeneratedCodeInfoAnnotationSemantic(0)
+        5,
+        betterproto2.TYPE_ENUM,
+        default_factory=lambda: GeneratedCodeInfoAnnotationSemantic(0),
     )
 
 
@@ -2091,7 +2201,9 @@ class MessageOptions(betterproto2.Message):
     the protocol compiler.
     """
 
-    no_standard_descriptor_accessor: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    no_standard_descriptor_accessor: "bool" = betterproto2.field(
+        2, betterproto2.TYPE_BOOL
+    )
     """
     Disables the generation of the standard "descriptor()" accessor, which can
     conflict with a field of the same name.  This is meant to make migration
@@ -2131,7 +2243,9 @@ class MessageOptions(betterproto2.Message):
     parser.
     """
 
-    deprecated_legacy_json_field_conflicts: "bool" = betterproto2.field(11, betterproto2.TYPE_BOOL)
+    deprecated_legacy_json_field_conflicts: "bool" = betterproto2.field(
+        11, betterproto2.TYPE_BOOL
+    )
     """
     Enable the legacy handling of JSON field name conflicts.  This lowercases
     and strips underscored from the fields before comparison in proto3 only.
@@ -2145,7 +2259,9 @@ class MessageOptions(betterproto2.Message):
     teams have had time to migrate.
     """
 
-    features: "FeatureSet | None" = betterproto2.field(12, betterproto2.TYPE_MESSAGE, optional=True)
+    features: "FeatureSet | None" = betterproto2.field(
+        12, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Any features defined in the specific edition.
     WARNING: This field should only be used by protobuf plugins or special
@@ -2164,11 +2280,14 @@ class MessageOptions(betterproto2.Message):
         super().__post_init__()
         if self.is_set("deprecated_legacy_json_field_conflicts"):
             warnings.warn(
-                "MessageOptions.deprecated_legacy_json_field_conflicts is deprecated", DeprecationWarning
+                "MessageOptions.deprecated_legacy_json_field_conflicts is deprecated",
+                DeprecationWarning,
             )
 
 
-default_message_pool.register_message("google.protobuf", "MessageOptions", MessageOptions)
+default_message_pool.register_message(
+    "google.protobuf", "MessageOptions", MessageOptions
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2187,7 +2306,9 @@ class MethodDescriptorProto(betterproto2.Message):
 
     output_type: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
-    options: "MethodOptions | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    options: "MethodOptions | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     client_streaming: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
     """
@@ -2200,7 +2321,9 @@ class MethodDescriptorProto(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.protobuf", "MethodDescriptorProto", MethodDescriptorProto)
+default_message_pool.register_message(
+    "google.protobuf", "MethodDescriptorProto", MethodDescriptorProto
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2219,10 +2342,14 @@ class MethodOptions(betterproto2.Message):
     """
 
     idempotency_level: "MethodOptionsIdempotencyLevel" = betterproto2.field(
-        34, betterproto2.TYPE_ENUM, default_factory=lambda: MethodOptionsIdempotencyLevel(0)
+        34,
+        betterproto2.TYPE_ENUM,
+        default_factory=lambda: MethodOptionsIdempotencyLevel(0),
     )
 
-    features: "FeatureSet | None" = betterproto2.field(35, betterproto2.TYPE_MESSAGE, optional=True)
+    features: "FeatureSet | None" = betterproto2.field(
+        35, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Any features defined in the specific edition.
     WARNING: This field should only be used by protobuf plugins or special
@@ -2249,15 +2376,21 @@ class OneofDescriptorProto(betterproto2.Message):
 
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    options: "OneofOptions | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    options: "OneofOptions | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("google.protobuf", "OneofDescriptorProto", OneofDescriptorProto)
+default_message_pool.register_message(
+    "google.protobuf", "OneofDescriptorProto", OneofDescriptorProto
+)
 
 
 @dataclass(eq=False, repr=False)
 class OneofOptions(betterproto2.Message):
-    features: "FeatureSet | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    features: "FeatureSet | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Any features defined in the specific edition.
     WARNING: This field should only be used by protobuf plugins or special
@@ -2284,17 +2417,25 @@ class ServiceDescriptorProto(betterproto2.Message):
 
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    method: "list[MethodDescriptorProto]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    method: "list[MethodDescriptorProto]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    options: "ServiceOptions | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    options: "ServiceOptions | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("google.protobuf", "ServiceDescriptorProto", ServiceDescriptorProto)
+default_message_pool.register_message(
+    "google.protobuf", "ServiceDescriptorProto", ServiceDescriptorProto
+)
 
 
 @dataclass(eq=False, repr=False)
 class ServiceOptions(betterproto2.Message):
-    features: "FeatureSet | None" = betterproto2.field(34, betterproto2.TYPE_MESSAGE, optional=True)
+    features: "FeatureSet | None" = betterproto2.field(
+        34, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Any features defined in the specific edition.
     WARNING: This field should only be used by protobuf plugins or special
@@ -2323,7 +2464,9 @@ class ServiceOptions(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.protobuf", "ServiceOptions", ServiceOptions)
+default_message_pool.register_message(
+    "google.protobuf", "ServiceOptions", ServiceOptions
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2336,7 +2479,9 @@ class SourceCodeInfo(betterproto2.Message):
     FileDescriptorProto was generated.
     """
 
-    location: "list[SourceCodeInfoLocation]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    location: "list[SourceCodeInfoLocation]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     A Location identifies a piece of source code in a .proto file which
     corresponds to a particular definition.  This information is intended
@@ -2384,7 +2529,9 @@ class SourceCodeInfo(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("google.protobuf", "SourceCodeInfo", SourceCodeInfo)
+default_message_pool.register_message(
+    "google.protobuf", "SourceCodeInfo", SourceCodeInfo
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2478,10 +2625,14 @@ class SourceCodeInfoLocation(betterproto2.Message):
 
     trailing_comments: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
-    leading_detached_comments: "list[str]" = betterproto2.field(6, betterproto2.TYPE_STRING, repeated=True)
+    leading_detached_comments: "list[str]" = betterproto2.field(
+        6, betterproto2.TYPE_STRING, repeated=True
+    )
 
 
-default_message_pool.register_message("google.protobuf", "SourceCodeInfo.Location", SourceCodeInfoLocation)
+default_message_pool.register_message(
+    "google.protobuf", "SourceCodeInfo.Location", SourceCodeInfoLocation
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2607,7 +2758,9 @@ class Timestamp(betterproto2.Message):
         offset = dt - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
         # below is the same as timedelta.total_seconds() but without dividing by 1e6
         # so we end up with microseconds as integers instead of seconds as float
-        offset_us = (offset.days * 24 * 60 * 60 + offset.seconds) * 10**6 + offset.microseconds
+        offset_us = (
+            offset.days * 24 * 60 * 60 + offset.seconds
+        ) * 10**6 + offset.microseconds
         seconds, us = divmod(offset_us, 10**6)
         return cls(seconds, us * 1000)
 
@@ -2615,7 +2768,9 @@ class Timestamp(betterproto2.Message):
         # datetime.fromtimestamp() expects a timestamp in seconds, not microseconds
         # if we pass it as a floating point number, we will run into rounding errors
         # see also #407
-        offset = datetime.timedelta(seconds=self.seconds, microseconds=self.nanos // 1000)
+        offset = datetime.timedelta(
+            seconds=self.seconds, microseconds=self.nanos // 1000
+        )
         return datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + offset
 
     @staticmethod
@@ -2703,7 +2858,9 @@ class UninterpretedOption(betterproto2.Message):
     aggregate_value: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("google.protobuf", "UninterpretedOption", UninterpretedOption)
+default_message_pool.register_message(
+    "google.protobuf", "UninterpretedOption", UninterpretedOption
+)
 
 
 @dataclass(eq=False, repr=False)

@@ -185,7 +185,9 @@ class CancelCommandRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.command.v1", "CancelCommandRequest", CancelCommandRequest)
+default_message_pool.register_message(
+    "emma.command.v1", "CancelCommandRequest", CancelCommandRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -211,7 +213,10 @@ class Command(betterproto2.Message):
     """
 
     issued_time: "datetime.datetime | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When the caller issued the command; more than 60 s from the server's clock is rejected as a
@@ -219,14 +224,20 @@ class Command(betterproto2.Message):
     """
 
     ttl: "datetime.timedelta | None" = betterproto2.field(
-        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+        5,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Duration,
+        optional=True,
     )
     """
     How long the command may wait for delivery (default 5 minutes, at most 24 hours).
     """
 
     expire_time: "datetime.datetime | None" = betterproto2.field(
-        6, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        6,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it expires: create_time + ttl. After it the command is never delivered.
@@ -250,14 +261,20 @@ class Command(betterproto2.Message):
     """
 
     create_time: "datetime.datetime | None" = betterproto2.field(
-        10, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        10,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was created.
     """
 
     update_time: "datetime.datetime | None" = betterproto2.field(
-        11, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        11,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When its state last changed.
@@ -273,7 +290,9 @@ class Command(betterproto2.Message):
     The fleet dispatch it belongs to, if any.
     """
 
-    transitions: "list[CommandTransition]" = betterproto2.field(14, betterproto2.TYPE_MESSAGE, repeated=True)
+    transitions: "list[CommandTransition]" = betterproto2.field(
+        14, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     Every state change so far, oldest first (filled by GetCommand).
     """
@@ -303,7 +322,10 @@ class CommandTransition(betterproto2.Message):
     """
 
     transition_time: "datetime.datetime | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        3,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When the change was recorded.
@@ -320,7 +342,9 @@ class CommandTransition(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.command.v1", "CommandTransition", CommandTransition)
+default_message_pool.register_message(
+    "emma.command.v1", "CommandTransition", CommandTransition
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -334,7 +358,9 @@ class CreateCommandRequest(betterproto2.Message):
     The edge, organizations/{organization}/sites/{site}/edges/{edge}.
     """
 
-    command: "Command | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    command: "Command | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The command to create.
     """
@@ -345,7 +371,9 @@ class CreateCommandRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.command.v1", "CreateCommandRequest", CreateCommandRequest)
+default_message_pool.register_message(
+    "emma.command.v1", "CreateCommandRequest", CreateCommandRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -359,7 +387,9 @@ class CreateFleetDispatchRequest(betterproto2.Message):
     The organization, organizations/{organization}.
     """
 
-    fleet_dispatch: "FleetDispatch | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    fleet_dispatch: "FleetDispatch | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The dispatch to create.
     """
@@ -411,7 +441,9 @@ class FleetDispatch(betterproto2.Message):
     These edges.
     """
 
-    site: "str | None" = betterproto2.field(3, betterproto2.TYPE_STRING, optional=True, group="targets")
+    site: "str | None" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, optional=True, group="targets"
+    )
     """
     Every edge of this site, organizations/{organization}/sites/{site}.
     """
@@ -436,24 +468,34 @@ class FleetDispatch(betterproto2.Message):
     """
 
     ttl: "datetime.timedelta | None" = betterproto2.field(
-        7, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+        7,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Duration,
+        optional=True,
     )
     """
     How long each child command may wait for delivery (default 5 minutes).
     """
 
-    commands: "list[str]" = betterproto2.field(8, betterproto2.TYPE_STRING, repeated=True)
+    commands: "list[str]" = betterproto2.field(
+        8, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     The child commands' names.
     """
 
-    status: "FleetDispatchStatus | None" = betterproto2.field(9, betterproto2.TYPE_MESSAGE, optional=True)
+    status: "FleetDispatchStatus | None" = betterproto2.field(
+        9, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The aggregate status.
     """
 
     create_time: "datetime.datetime | None" = betterproto2.field(
-        10, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        10,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was created.
@@ -502,14 +544,18 @@ class FleetDispatchStatus(betterproto2.Message):
     skipped_edges: "dict[str, str]" = betterproto2.field(
         6,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Edges that could not get a command at all (no battery, validation failed), with the reason.
     """
 
 
-default_message_pool.register_message("emma.command.v1", "FleetDispatchStatus", FleetDispatchStatus)
+default_message_pool.register_message(
+    "emma.command.v1", "FleetDispatchStatus", FleetDispatchStatus
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -524,7 +570,9 @@ class GetCommandRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.command.v1", "GetCommandRequest", GetCommandRequest)
+default_message_pool.register_message(
+    "emma.command.v1", "GetCommandRequest", GetCommandRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -539,7 +587,9 @@ class GetFleetDispatchRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.command.v1", "GetFleetDispatchRequest", GetFleetDispatchRequest)
+default_message_pool.register_message(
+    "emma.command.v1", "GetFleetDispatchRequest", GetFleetDispatchRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -561,14 +611,20 @@ class ListCommandsRequest(betterproto2.Message):
     """
 
     start_time: "datetime.datetime | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        3,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     Only commands created at or after this time.
     """
 
     end_time: "datetime.datetime | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     Only commands created before this time.
@@ -585,7 +641,9 @@ class ListCommandsRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.command.v1", "ListCommandsRequest", ListCommandsRequest)
+default_message_pool.register_message(
+    "emma.command.v1", "ListCommandsRequest", ListCommandsRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -594,7 +652,9 @@ class ListCommandsResponse(betterproto2.Message):
     The response of ListCommands.
     """
 
-    commands: "list[Command]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    commands: "list[Command]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     One page of commands, newest first, without transitions.
     """
@@ -605,7 +665,9 @@ class ListCommandsResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.command.v1", "ListCommandsResponse", ListCommandsResponse)
+default_message_pool.register_message(
+    "emma.command.v1", "ListCommandsResponse", ListCommandsResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -641,7 +703,9 @@ class ListFleetDispatchesResponse(betterproto2.Message):
     The response of ListFleetDispatches.
     """
 
-    fleet_dispatches: "list[FleetDispatch]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    fleet_dispatches: "list[FleetDispatch]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     One page of dispatches, newest first.
     """
@@ -669,7 +733,9 @@ class WatchCommandRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.command.v1", "WatchCommandRequest", WatchCommandRequest)
+default_message_pool.register_message(
+    "emma.command.v1", "WatchCommandRequest", WatchCommandRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -678,18 +744,24 @@ class WatchCommandResponse(betterproto2.Message):
     One message of WatchCommand.
     """
 
-    command: "Command | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    command: "Command | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The command after the change.
     """
 
-    transition: "CommandTransition | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    transition: "CommandTransition | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The change (unset in the first message, which reports the current state).
     """
 
 
-default_message_pool.register_message("emma.command.v1", "WatchCommandResponse", WatchCommandResponse)
+default_message_pool.register_message(
+    "emma.command.v1", "WatchCommandResponse", WatchCommandResponse
+)
 
 
 class CommandServiceSyncStub:
@@ -743,7 +815,9 @@ class CommandServiceSyncStub:
             ListCommandsResponse.FromString,
         )(message)
 
-    def watch_command(self, message: "WatchCommandRequest") -> "Iterator[WatchCommandResponse]":
+    def watch_command(
+        self, message: "WatchCommandRequest"
+    ) -> "Iterator[WatchCommandResponse]":
         """
         Streams a command's state changes: first its current state, then every transition; the stream
         ends after a final state. Errors: RESOURCE_NOT_FOUND.
@@ -767,7 +841,9 @@ class CommandServiceSyncStub:
             Command.FromString,
         )(message)
 
-    def create_fleet_dispatch(self, message: "CreateFleetDispatchRequest") -> "FleetDispatch":
+    def create_fleet_dispatch(
+        self, message: "CreateFleetDispatchRequest"
+    ) -> "FleetDispatch":
         """
         Sends one action to many edges (the virtual power plant use case): one child command per edge.
         Errors: FLEET_TARGETS_EMPTY, FIELD_INVALID, RATE_LIMITED.
@@ -790,7 +866,9 @@ class CommandServiceSyncStub:
             FleetDispatch.FromString,
         )(message)
 
-    def list_fleet_dispatches(self, message: "ListFleetDispatchesRequest") -> "ListFleetDispatchesResponse":
+    def list_fleet_dispatches(
+        self, message: "ListFleetDispatchesRequest"
+    ) -> "ListFleetDispatchesResponse":
         """
         Lists fleet dispatches of an organization, newest first. Errors: PAGE_TOKEN_INVALID.
         """

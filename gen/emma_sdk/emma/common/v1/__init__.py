@@ -632,17 +632,23 @@ class ChannelSpec(betterproto2.Message):
     The type of its values.
     """
 
-    min_value: "float | None" = betterproto2.field(6, betterproto2.TYPE_DOUBLE, optional=True)
+    min_value: "float | None" = betterproto2.field(
+        6, betterproto2.TYPE_DOUBLE, optional=True
+    )
     """
     The smallest allowed value in the channel's unit, when there is one (a static limit).
     """
 
-    max_value: "float | None" = betterproto2.field(7, betterproto2.TYPE_DOUBLE, optional=True)
+    max_value: "float | None" = betterproto2.field(
+        7, betterproto2.TYPE_DOUBLE, optional=True
+    )
     """
     The largest allowed value in the channel's unit, when there is one (a static limit).
     """
 
-    enum_values: "list[EnumValue]" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, repeated=True)
+    enum_values: "list[EnumValue]" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     For enum channels, the allowed values.
     """

@@ -232,7 +232,9 @@ class ChannelDescriptor(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.edge.v1", "ChannelDescriptor", ChannelDescriptor)
+default_message_pool.register_message(
+    "emma.edge.v1", "ChannelDescriptor", ChannelDescriptor
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -241,13 +243,17 @@ class ChannelTableAppend(betterproto2.Message):
     More channels for the session's table, sent before the first batch that uses them.
     """
 
-    channels: "list[ChannelDescriptor]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    channels: "list[ChannelDescriptor]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     The new entries; their indexes continue the table.
     """
 
 
-default_message_pool.register_message("emma.edge.v1", "ChannelTableAppend", ChannelTableAppend)
+default_message_pool.register_message(
+    "emma.edge.v1", "ChannelTableAppend", ChannelTableAppend
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -284,7 +290,10 @@ class CommandAck(betterproto2.Message):
     """
 
     ack_time: "datetime.datetime | None" = betterproto2.field(
-        6, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        6,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     The edge's clock when the phase was reached.
@@ -301,14 +310,20 @@ class ConfigUpdate(betterproto2.Message):
     """
 
     telemetry_interval: "datetime.timedelta | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+        1,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Duration,
+        optional=True,
     )
     """
     How often the edge sends a TelemetryBatch.
     """
 
     heartbeat_interval: "datetime.timedelta | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Duration,
+        optional=True,
     )
     """
     How often the edge sends a Heartbeat.
@@ -327,7 +342,9 @@ class ConnectRequest(betterproto2.Message):
         - message: What the edge sends.
     """
 
-    hello: "Hello | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True, group="message")
+    hello: "Hello | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True, group="message"
+    )
     """
     The first message of every stream.
     """
@@ -423,7 +440,9 @@ class ConnectResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.edge.v1", "ConnectResponse", ConnectResponse)
+default_message_pool.register_message(
+    "emma.edge.v1", "ConnectResponse", ConnectResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -462,7 +481,9 @@ class DeviceInventoryItem(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.edge.v1", "DeviceInventoryItem", DeviceInventoryItem)
+default_message_pool.register_message(
+    "emma.edge.v1", "DeviceInventoryItem", DeviceInventoryItem
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -488,14 +509,20 @@ class EdgeCommand(betterproto2.Message):
     """
 
     expire_time: "datetime.datetime | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     After this time the edge must not apply the command; it answers FAILED with reason "expired".
     """
 
     create_time: "datetime.datetime | None" = betterproto2.field(
-        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        5,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When the command was created in the cloud.
@@ -524,14 +551,20 @@ class EdgeEvent(betterproto2.Message):
     """
 
     event_time: "datetime.datetime | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it happened (for a gap: the first lost sample's time).
     """
 
     end_time: "datetime.datetime | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        3,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     For a gap: when the lost period ended.
@@ -568,7 +601,10 @@ class Heartbeat(betterproto2.Message):
     """
 
     edge_time: "datetime.datetime | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        1,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     The edge's wall clock when it sent the heartbeat.
@@ -605,14 +641,20 @@ class HeartbeatAck(betterproto2.Message):
     """
 
     edge_time: "datetime.datetime | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        1,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     The edge_time of the heartbeat answered.
     """
 
     server_time: "datetime.datetime | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     The server's wall clock when it answered.
@@ -650,18 +692,25 @@ class Hello(betterproto2.Message):
     """
 
     edge_time: "datetime.datetime | None" = betterproto2.field(
-        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        5,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     The edge's wall clock when it sent the Hello, used to estimate its clock offset.
     """
 
-    devices: "list[DeviceInventoryItem]" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, repeated=True)
+    devices: "list[DeviceInventoryItem]" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     The devices the edge runs.
     """
 
-    channel_table: "list[ChannelDescriptor]" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, repeated=True)
+    channel_table: "list[ChannelDescriptor]" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     The channel table of this session. It is append-only over the edge's life: an index, once given
     to a channel, keeps meaning that channel, so batches stored before a restart stay valid.
@@ -688,13 +737,18 @@ class Schedule(betterproto2.Message):
     The schedule's id, unique per edge.
     """
 
-    intervals: "list[ScheduleInterval]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    intervals: "list[ScheduleInterval]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     The periods, sorted and not overlapping.
     """
 
     expire_time: "datetime.datetime | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        3,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     After this time the schedule must not be applied.
@@ -741,26 +795,36 @@ class ScheduleInterval(betterproto2.Message):
     """
 
     start_time: "datetime.datetime | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        1,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     Start of the period (inclusive).
     """
 
     end_time: "datetime.datetime | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     End of the period (exclusive).
     """
 
-    setpoints: "list[ScheduleSetpoint]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    setpoints: "list[ScheduleSetpoint]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     What to apply during it.
     """
 
 
-default_message_pool.register_message("emma.edge.v1", "ScheduleInterval", ScheduleInterval)
+default_message_pool.register_message(
+    "emma.edge.v1", "ScheduleInterval", ScheduleInterval
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -780,7 +844,9 @@ class ScheduleSetpoint(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.edge.v1", "ScheduleSetpoint", ScheduleSetpoint)
+default_message_pool.register_message(
+    "emma.edge.v1", "ScheduleSetpoint", ScheduleSetpoint
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -830,28 +896,39 @@ class TelemetryBatch(betterproto2.Message):
     """
 
     base_time: "datetime.datetime | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     The time the offsets are relative to.
     """
 
-    channel_indexes: "list[int]" = betterproto2.field(3, betterproto2.TYPE_UINT32, repeated=True)
+    channel_indexes: "list[int]" = betterproto2.field(
+        3, betterproto2.TYPE_UINT32, repeated=True
+    )
     """
     Position of each point's channel in the channel table.
     """
 
-    time_offsets_ms: "list[int]" = betterproto2.field(4, betterproto2.TYPE_UINT32, repeated=True)
+    time_offsets_ms: "list[int]" = betterproto2.field(
+        4, betterproto2.TYPE_UINT32, repeated=True
+    )
     """
     Milliseconds from base_time of each point.
     """
 
-    values: "list[float]" = betterproto2.field(5, betterproto2.TYPE_DOUBLE, repeated=True)
+    values: "list[float]" = betterproto2.field(
+        5, betterproto2.TYPE_DOUBLE, repeated=True
+    )
     """
     Value of each point in its channel's unit. Must be finite.
     """
 
-    events: "list[EdgeEvent]" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, repeated=True)
+    events: "list[EdgeEvent]" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     Events the edge recorded in the same period (gaps, clock jumps, device faults).
     """
@@ -872,7 +949,10 @@ class Welcome(betterproto2.Message):
     """
 
     server_time: "datetime.datetime | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     The server's wall clock when it sent the Welcome.
@@ -885,7 +965,10 @@ class Welcome(betterproto2.Message):
     """
 
     heartbeat_interval: "datetime.timedelta | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Duration,
+        optional=True,
     )
     """
     How often the edge should send a Heartbeat.
@@ -920,7 +1003,9 @@ class EdgeLinkServiceSyncStub:
     def __init__(self, channel: grpc.Channel):
         self._channel = channel
 
-    def connect(self, messages: "Iterable[ConnectRequest]") -> "Iterator[ConnectResponse]":
+    def connect(
+        self, messages: "Iterable[ConnectRequest]"
+    ) -> "Iterator[ConnectResponse]":
         """
         Opens the bidirectional edge stream. Not exposed through the REST gateway.
         """

@@ -157,7 +157,10 @@ class AuditEntry(betterproto2.Message):
     """
 
     entry_time: "datetime.datetime | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When the call finished.
@@ -225,7 +228,9 @@ class CreateEdgeApiKeyRequest(betterproto2.Message):
     The edge, organizations/{organization}/sites/{site}/edges/{edge}.
     """
 
-    edge_api_key: "EdgeApiKey | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    edge_api_key: "EdgeApiKey | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The key to create (only display_name is read).
     """
@@ -236,7 +241,9 @@ class CreateEdgeApiKeyRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "CreateEdgeApiKeyRequest", CreateEdgeApiKeyRequest)
+default_message_pool.register_message(
+    "emma.identity.v1", "CreateEdgeApiKeyRequest", CreateEdgeApiKeyRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -250,12 +257,16 @@ class CreateUserRequest(betterproto2.Message):
     The organization the user joins, organizations/{organization}.
     """
 
-    user: "User | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    user: "User | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The user; email and password are required.
     """
 
-    role: "Role" = betterproto2.field(3, betterproto2.TYPE_ENUM, default_factory=lambda: Role(0))
+    role: "Role" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: Role(0)
+    )
     """
     The user's role in the organization.
     """
@@ -266,7 +277,9 @@ class CreateUserRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "CreateUserRequest", CreateUserRequest)
+default_message_pool.register_message(
+    "emma.identity.v1", "CreateUserRequest", CreateUserRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -286,7 +299,9 @@ class DeleteMembershipRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "DeleteMembershipRequest", DeleteMembershipRequest)
+default_message_pool.register_message(
+    "emma.identity.v1", "DeleteMembershipRequest", DeleteMembershipRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -316,21 +331,30 @@ class EdgeApiKey(betterproto2.Message):
     """
 
     create_time: "datetime.datetime | None" = betterproto2.field(
-        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        5,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was created.
     """
 
     revoke_time: "datetime.datetime | None" = betterproto2.field(
-        6, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        6,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was revoked, if it was.
     """
 
     last_use_time: "datetime.datetime | None" = betterproto2.field(
-        7, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        7,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When an edge last used it.
@@ -352,7 +376,9 @@ class GetAuditEntryRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "GetAuditEntryRequest", GetAuditEntryRequest)
+default_message_pool.register_message(
+    "emma.identity.v1", "GetAuditEntryRequest", GetAuditEntryRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -367,7 +393,9 @@ class GetUserRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "GetUserRequest", GetUserRequest)
+default_message_pool.register_message(
+    "emma.identity.v1", "GetUserRequest", GetUserRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -392,14 +420,20 @@ class ListAuditEntriesRequest(betterproto2.Message):
     """
 
     start_time: "datetime.datetime | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     Only entries at or after this time.
     """
 
     end_time: "datetime.datetime | None" = betterproto2.field(
-        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        5,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     Only entries before this time.
@@ -416,7 +450,9 @@ class ListAuditEntriesRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "ListAuditEntriesRequest", ListAuditEntriesRequest)
+default_message_pool.register_message(
+    "emma.identity.v1", "ListAuditEntriesRequest", ListAuditEntriesRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -425,7 +461,9 @@ class ListAuditEntriesResponse(betterproto2.Message):
     The response of ListAuditEntries.
     """
 
-    audit_entries: "list[AuditEntry]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    audit_entries: "list[AuditEntry]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     One page of entries, newest first.
     """
@@ -463,7 +501,9 @@ class ListEdgeApiKeysRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "ListEdgeApiKeysRequest", ListEdgeApiKeysRequest)
+default_message_pool.register_message(
+    "emma.identity.v1", "ListEdgeApiKeysRequest", ListEdgeApiKeysRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -472,7 +512,9 @@ class ListEdgeApiKeysResponse(betterproto2.Message):
     The response of ListEdgeApiKeys.
     """
 
-    edge_api_keys: "list[EdgeApiKey]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    edge_api_keys: "list[EdgeApiKey]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     One page of keys, newest first, without secrets.
     """
@@ -483,7 +525,9 @@ class ListEdgeApiKeysResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "ListEdgeApiKeysResponse", ListEdgeApiKeysResponse)
+default_message_pool.register_message(
+    "emma.identity.v1", "ListEdgeApiKeysResponse", ListEdgeApiKeysResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -508,7 +552,9 @@ class ListSessionsRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "ListSessionsRequest", ListSessionsRequest)
+default_message_pool.register_message(
+    "emma.identity.v1", "ListSessionsRequest", ListSessionsRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -517,7 +563,9 @@ class ListSessionsResponse(betterproto2.Message):
     The response of ListSessions.
     """
 
-    sessions: "list[Session]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    sessions: "list[Session]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     One page of sessions, newest first.
     """
@@ -528,7 +576,9 @@ class ListSessionsResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "ListSessionsResponse", ListSessionsResponse)
+default_message_pool.register_message(
+    "emma.identity.v1", "ListSessionsResponse", ListSessionsResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -553,7 +603,9 @@ class ListUsersRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "ListUsersRequest", ListUsersRequest)
+default_message_pool.register_message(
+    "emma.identity.v1", "ListUsersRequest", ListUsersRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -562,7 +614,9 @@ class ListUsersResponse(betterproto2.Message):
     The response of ListUsers.
     """
 
-    users: "list[User]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    users: "list[User]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     One page of users, ordered by e-mail.
     """
@@ -573,7 +627,9 @@ class ListUsersResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "ListUsersResponse", ListUsersResponse)
+default_message_pool.register_message(
+    "emma.identity.v1", "ListUsersResponse", ListUsersResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -608,7 +664,10 @@ class LoginResponse(betterproto2.Message):
     """
 
     access_token_expire_time: "datetime.datetime | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When the access token expires (15 minutes by default).
@@ -620,24 +679,33 @@ class LoginResponse(betterproto2.Message):
     """
 
     refresh_token_expire_time: "datetime.datetime | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When the refresh token expires (7 days by default).
     """
 
-    session: "Session | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    session: "Session | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The session the tokens belong to.
     """
 
-    user: "User | None" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, optional=True)
+    user: "User | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The user logged in.
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "LoginResponse", LoginResponse)
+default_message_pool.register_message(
+    "emma.identity.v1", "LoginResponse", LoginResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -652,7 +720,9 @@ class LogoutRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "LogoutRequest", LogoutRequest)
+default_message_pool.register_message(
+    "emma.identity.v1", "LogoutRequest", LogoutRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -671,7 +741,9 @@ class Membership(betterproto2.Message):
     The user, users/{user}.
     """
 
-    role: "Role" = betterproto2.field(3, betterproto2.TYPE_ENUM, default_factory=lambda: Role(0))
+    role: "Role" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: Role(0)
+    )
     """
     The role.
     """
@@ -692,7 +764,9 @@ class RefreshTokenRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "RefreshTokenRequest", RefreshTokenRequest)
+default_message_pool.register_message(
+    "emma.identity.v1", "RefreshTokenRequest", RefreshTokenRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -707,7 +781,10 @@ class RefreshTokenResponse(betterproto2.Message):
     """
 
     access_token_expire_time: "datetime.datetime | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it expires.
@@ -719,14 +796,19 @@ class RefreshTokenResponse(betterproto2.Message):
     """
 
     refresh_token_expire_time: "datetime.datetime | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it expires.
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "RefreshTokenResponse", RefreshTokenResponse)
+default_message_pool.register_message(
+    "emma.identity.v1", "RefreshTokenResponse", RefreshTokenResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -746,7 +828,9 @@ class RevokeEdgeApiKeyRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "RevokeEdgeApiKeyRequest", RevokeEdgeApiKeyRequest)
+default_message_pool.register_message(
+    "emma.identity.v1", "RevokeEdgeApiKeyRequest", RevokeEdgeApiKeyRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -766,7 +850,9 @@ class RevokeSessionRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "RevokeSessionRequest", RevokeSessionRequest)
+default_message_pool.register_message(
+    "emma.identity.v1", "RevokeSessionRequest", RevokeSessionRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -781,21 +867,30 @@ class Session(betterproto2.Message):
     """
 
     create_time: "datetime.datetime | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When the user logged in.
     """
 
     expire_time: "datetime.datetime | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        3,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When the session's refresh token expires.
     """
 
     revoke_time: "datetime.datetime | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was revoked, if it was.
@@ -826,7 +921,9 @@ class SetMembershipRequest(betterproto2.Message):
     The user, users/{user}.
     """
 
-    role: "Role" = betterproto2.field(3, betterproto2.TYPE_ENUM, default_factory=lambda: Role(0))
+    role: "Role" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: Role(0)
+    )
     """
     The role to give.
     """
@@ -837,7 +934,9 @@ class SetMembershipRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "SetMembershipRequest", SetMembershipRequest)
+default_message_pool.register_message(
+    "emma.identity.v1", "SetMembershipRequest", SetMembershipRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -846,7 +945,9 @@ class UpdateUserRequest(betterproto2.Message):
     The request of UpdateUser.
     """
 
-    user: "User | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    user: "User | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The user with its name set and the new values of the fields in update_mask.
     """
@@ -864,7 +965,9 @@ class UpdateUserRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.identity.v1", "UpdateUserRequest", UpdateUserRequest)
+default_message_pool.register_message(
+    "emma.identity.v1", "UpdateUserRequest", UpdateUserRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -898,20 +1001,28 @@ class User(betterproto2.Message):
     A disabled user cannot log in and its sessions are revoked.
     """
 
-    memberships: "list[Membership]" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, repeated=True)
+    memberships: "list[Membership]" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     The user's roles, one per organization.
     """
 
     create_time: "datetime.datetime | None" = betterproto2.field(
-        7, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        7,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was created.
     """
 
     update_time: "datetime.datetime | None" = betterproto2.field(
-        8, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        8,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was last changed.
@@ -930,7 +1041,9 @@ class AuditServiceSyncStub:
     def __init__(self, channel: grpc.Channel):
         self._channel = channel
 
-    def list_audit_entries(self, message: "ListAuditEntriesRequest") -> "ListAuditEntriesResponse":
+    def list_audit_entries(
+        self, message: "ListAuditEntriesRequest"
+    ) -> "ListAuditEntriesResponse":
         """
         Lists audit entries of an organization, newest first. Errors: PAGE_TOKEN_INVALID, FIELD_INVALID.
         """
@@ -1106,7 +1219,9 @@ class IdentityServiceSyncStub:
             Membership.FromString,
         )(message)
 
-    def delete_membership(self, message: "DeleteMembershipRequest") -> "___google__protobuf__.Empty":
+    def delete_membership(
+        self, message: "DeleteMembershipRequest"
+    ) -> "___google__protobuf__.Empty":
         """
         Removes a user from an organization. Errors: RESOURCE_NOT_FOUND.
         """
@@ -1152,7 +1267,9 @@ class IdentityServiceSyncStub:
             EdgeApiKey.FromString,
         )(message)
 
-    def list_edge_api_keys(self, message: "ListEdgeApiKeysRequest") -> "ListEdgeApiKeysResponse":
+    def list_edge_api_keys(
+        self, message: "ListEdgeApiKeysRequest"
+    ) -> "ListEdgeApiKeysResponse":
         """
         Lists an edge's API keys, without their secrets. Errors: PAGE_TOKEN_INVALID.
         """

@@ -140,7 +140,9 @@ class BulkProvisionRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "BulkProvisionRequest", BulkProvisionRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "BulkProvisionRequest", BulkProvisionRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -149,7 +151,9 @@ class BulkProvisionResponse(betterproto2.Message):
     The response of BulkProvision.
     """
 
-    rows: "list[BulkProvisionRowResult]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    rows: "list[BulkProvisionRowResult]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     One result per data row, in file order.
     """
@@ -160,7 +164,9 @@ class BulkProvisionResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "BulkProvisionResponse", BulkProvisionResponse)
+default_message_pool.register_message(
+    "emma.registry.v1", "BulkProvisionResponse", BulkProvisionResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -195,7 +201,9 @@ class BulkProvisionRowResult(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "BulkProvisionRowResult", BulkProvisionRowResult)
+default_message_pool.register_message(
+    "emma.registry.v1", "BulkProvisionRowResult", BulkProvisionRowResult
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -215,7 +223,9 @@ class CreateDeviceProfileRequest(betterproto2.Message):
     and hyphens, starting with a letter.
     """
 
-    device_profile: "DeviceProfile | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    device_profile: "DeviceProfile | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The device profile to create; its name is ignored.
     """
@@ -248,7 +258,9 @@ class CreateDeviceRequest(betterproto2.Message):
     and hyphens, starting with a letter.
     """
 
-    device: "Device | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    device: "Device | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The device to create; its name is ignored.
     """
@@ -259,7 +271,9 @@ class CreateDeviceRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "CreateDeviceRequest", CreateDeviceRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "CreateDeviceRequest", CreateDeviceRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -279,7 +293,9 @@ class CreateEdgeRequest(betterproto2.Message):
     and hyphens, starting with a letter.
     """
 
-    edge: "Edge | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    edge: "Edge | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The edge to create; its name is ignored.
     """
@@ -290,7 +306,9 @@ class CreateEdgeRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "CreateEdgeRequest", CreateEdgeRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "CreateEdgeRequest", CreateEdgeRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -305,7 +323,9 @@ class CreateOrganizationRequest(betterproto2.Message):
     digits and hyphens, starting with a letter.
     """
 
-    organization: "Organization | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    organization: "Organization | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The organization to create; its name is ignored.
     """
@@ -338,7 +358,9 @@ class CreateSiteRequest(betterproto2.Message):
     and hyphens, starting with a letter.
     """
 
-    site: "Site | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    site: "Site | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The site to create; its name is ignored.
     """
@@ -349,7 +371,9 @@ class CreateSiteRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "CreateSiteRequest", CreateSiteRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "CreateSiteRequest", CreateSiteRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -401,7 +425,9 @@ class DeleteDeviceRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "DeleteDeviceRequest", DeleteDeviceRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "DeleteDeviceRequest", DeleteDeviceRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -426,7 +452,9 @@ class DeleteEdgeRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "DeleteEdgeRequest", DeleteEdgeRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "DeleteEdgeRequest", DeleteEdgeRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -478,7 +506,9 @@ class DeleteSiteRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "DeleteSiteRequest", DeleteSiteRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "DeleteSiteRequest", DeleteSiteRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -511,14 +541,20 @@ class Device(betterproto2.Message):
     """
 
     create_time: "datetime.datetime | None" = betterproto2.field(
-        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        5,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was created.
     """
 
     update_time: "datetime.datetime | None" = betterproto2.field(
-        6, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        6,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was last changed.
@@ -570,21 +606,29 @@ class DeviceProfile(betterproto2.Message):
     """
 
     create_time: "datetime.datetime | None" = betterproto2.field(
-        7, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        7,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was created.
     """
 
     update_time: "datetime.datetime | None" = betterproto2.field(
-        8, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        8,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was last changed.
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "DeviceProfile", DeviceProfile)
+default_message_pool.register_message(
+    "emma.registry.v1", "DeviceProfile", DeviceProfile
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -611,7 +655,10 @@ class Edge(betterproto2.Message):
     """
 
     last_seen_time: "datetime.datetime | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When the cloud last heard from it.
@@ -628,14 +675,20 @@ class Edge(betterproto2.Message):
     """
 
     create_time: "datetime.datetime | None" = betterproto2.field(
-        7, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        7,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was created.
     """
 
     update_time: "datetime.datetime | None" = betterproto2.field(
-        8, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        8,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was last changed.
@@ -662,7 +715,9 @@ class EraseSiteRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "EraseSiteRequest", EraseSiteRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "EraseSiteRequest", EraseSiteRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -687,7 +742,9 @@ class EraseSiteResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "EraseSiteResponse", EraseSiteResponse)
+default_message_pool.register_message(
+    "emma.registry.v1", "EraseSiteResponse", EraseSiteResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -702,7 +759,9 @@ class GetDeviceProfileRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "GetDeviceProfileRequest", GetDeviceProfileRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "GetDeviceProfileRequest", GetDeviceProfileRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -717,7 +776,9 @@ class GetDeviceRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "GetDeviceRequest", GetDeviceRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "GetDeviceRequest", GetDeviceRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -732,7 +793,9 @@ class GetEdgeRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "GetEdgeRequest", GetEdgeRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "GetEdgeRequest", GetEdgeRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -747,7 +810,9 @@ class GetOrganizationRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "GetOrganizationRequest", GetOrganizationRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "GetOrganizationRequest", GetOrganizationRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -762,7 +827,9 @@ class GetSiteRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "GetSiteRequest", GetSiteRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "GetSiteRequest", GetSiteRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -798,7 +865,9 @@ class ListDeviceProfilesResponse(betterproto2.Message):
     The response of ListDeviceProfiles.
     """
 
-    device_profiles: "list[DeviceProfile]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    device_profiles: "list[DeviceProfile]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     One page of device profiles.
     """
@@ -836,7 +905,9 @@ class ListDevicesRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "ListDevicesRequest", ListDevicesRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "ListDevicesRequest", ListDevicesRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -845,7 +916,9 @@ class ListDevicesResponse(betterproto2.Message):
     The response of ListDevices.
     """
 
-    devices: "list[Device]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    devices: "list[Device]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     One page of devices.
     """
@@ -856,7 +929,9 @@ class ListDevicesResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "ListDevicesResponse", ListDevicesResponse)
+default_message_pool.register_message(
+    "emma.registry.v1", "ListDevicesResponse", ListDevicesResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -881,7 +956,9 @@ class ListEdgesRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "ListEdgesRequest", ListEdgesRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "ListEdgesRequest", ListEdgesRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -890,7 +967,9 @@ class ListEdgesResponse(betterproto2.Message):
     The response of ListEdges.
     """
 
-    edges: "list[Edge]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    edges: "list[Edge]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     One page of edges.
     """
@@ -901,7 +980,9 @@ class ListEdgesResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "ListEdgesResponse", ListEdgesResponse)
+default_message_pool.register_message(
+    "emma.registry.v1", "ListEdgesResponse", ListEdgesResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -932,7 +1013,9 @@ class ListOrganizationsResponse(betterproto2.Message):
     The response of ListOrganizations.
     """
 
-    organizations: "list[Organization]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    organizations: "list[Organization]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     One page of organizations.
     """
@@ -970,7 +1053,9 @@ class ListSitesRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "ListSitesRequest", ListSitesRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "ListSitesRequest", ListSitesRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -979,7 +1064,9 @@ class ListSitesResponse(betterproto2.Message):
     The response of ListSites.
     """
 
-    sites: "list[Site]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    sites: "list[Site]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     One page of sites.
     """
@@ -990,7 +1077,9 @@ class ListSitesResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "ListSitesResponse", ListSitesResponse)
+default_message_pool.register_message(
+    "emma.registry.v1", "ListSitesResponse", ListSitesResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1010,14 +1099,20 @@ class Organization(betterproto2.Message):
     """
 
     create_time: "datetime.datetime | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        3,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was created.
     """
 
     update_time: "datetime.datetime | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was last changed.
@@ -1076,14 +1171,20 @@ class Site(betterproto2.Message):
     """
 
     create_time: "datetime.datetime | None" = betterproto2.field(
-        9, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        9,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was created.
     """
 
     update_time: "datetime.datetime | None" = betterproto2.field(
-        10, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        10,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When it was last changed.
@@ -1099,7 +1200,9 @@ class UpdateDeviceProfileRequest(betterproto2.Message):
     The request of UpdateDeviceProfile.
     """
 
-    device_profile: "DeviceProfile | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    device_profile: "DeviceProfile | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The device profile with its name set and the new values of the fields in update_mask.
     """
@@ -1128,7 +1231,9 @@ class UpdateDeviceRequest(betterproto2.Message):
     The request of UpdateDevice.
     """
 
-    device: "Device | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    device: "Device | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The device with its name set and the new values of the fields in update_mask.
     """
@@ -1146,7 +1251,9 @@ class UpdateDeviceRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "UpdateDeviceRequest", UpdateDeviceRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "UpdateDeviceRequest", UpdateDeviceRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1155,7 +1262,9 @@ class UpdateEdgeRequest(betterproto2.Message):
     The request of UpdateEdge.
     """
 
-    edge: "Edge | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    edge: "Edge | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The edge with its name set and the new values of the fields in update_mask.
     """
@@ -1173,7 +1282,9 @@ class UpdateEdgeRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "UpdateEdgeRequest", UpdateEdgeRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "UpdateEdgeRequest", UpdateEdgeRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1182,7 +1293,9 @@ class UpdateOrganizationRequest(betterproto2.Message):
     The request of UpdateOrganization.
     """
 
-    organization: "Organization | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    organization: "Organization | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The organization with its name set and the new values of the fields in update_mask.
     """
@@ -1211,7 +1324,9 @@ class UpdateSiteRequest(betterproto2.Message):
     The request of UpdateSite.
     """
 
-    site: "Site | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    site: "Site | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     The site with its name set and the new values of the fields in update_mask.
     """
@@ -1229,7 +1344,9 @@ class UpdateSiteRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.registry.v1", "UpdateSiteRequest", UpdateSiteRequest)
+default_message_pool.register_message(
+    "emma.registry.v1", "UpdateSiteRequest", UpdateSiteRequest
+)
 
 
 class RegistryServiceSyncStub:
@@ -1254,7 +1371,9 @@ class RegistryServiceSyncStub:
             Organization.FromString,
         )(message)
 
-    def list_organizations(self, message: "ListOrganizationsRequest") -> "ListOrganizationsResponse":
+    def list_organizations(
+        self, message: "ListOrganizationsRequest"
+    ) -> "ListOrganizationsResponse":
         """
         Lists the organizations the caller belongs to, ordered by name. Errors: PAGE_TOKEN_INVALID.
         """
@@ -1265,7 +1384,9 @@ class RegistryServiceSyncStub:
             ListOrganizationsResponse.FromString,
         )(message)
 
-    def create_organization(self, message: "CreateOrganizationRequest") -> "Organization":
+    def create_organization(
+        self, message: "CreateOrganizationRequest"
+    ) -> "Organization":
         """
         Creates an organization; platform administrators only. Errors: FIELD_INVALID, RESOURCE_EXISTS.
         """
@@ -1276,7 +1397,9 @@ class RegistryServiceSyncStub:
             Organization.FromString,
         )(message)
 
-    def update_organization(self, message: "UpdateOrganizationRequest") -> "Organization":
+    def update_organization(
+        self, message: "UpdateOrganizationRequest"
+    ) -> "Organization":
         """
         Updates the fields of a organization named in update_mask (all updatable fields when it is empty or "*").
         Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
@@ -1288,7 +1411,9 @@ class RegistryServiceSyncStub:
             Organization.FromString,
         )(message)
 
-    def delete_organization(self, message: "DeleteOrganizationRequest") -> "___google__protobuf__.Empty":
+    def delete_organization(
+        self, message: "DeleteOrganizationRequest"
+    ) -> "___google__protobuf__.Empty":
         """
         Deletes a organization. Errors: RESOURCE_NOT_FOUND, HAS_CHILDREN (unless force).
         """
@@ -1344,7 +1469,9 @@ class RegistryServiceSyncStub:
             Site.FromString,
         )(message)
 
-    def delete_site(self, message: "DeleteSiteRequest") -> "___google__protobuf__.Empty":
+    def delete_site(
+        self, message: "DeleteSiteRequest"
+    ) -> "___google__protobuf__.Empty":
         """
         Deletes a site. Errors: RESOURCE_NOT_FOUND, HAS_CHILDREN (unless force).
         """
@@ -1400,7 +1527,9 @@ class RegistryServiceSyncStub:
             Edge.FromString,
         )(message)
 
-    def delete_edge(self, message: "DeleteEdgeRequest") -> "___google__protobuf__.Empty":
+    def delete_edge(
+        self, message: "DeleteEdgeRequest"
+    ) -> "___google__protobuf__.Empty":
         """
         Deletes a edge. Errors: RESOURCE_NOT_FOUND, HAS_CHILDREN (unless force).
         """
@@ -1456,7 +1585,9 @@ class RegistryServiceSyncStub:
             Device.FromString,
         )(message)
 
-    def delete_device(self, message: "DeleteDeviceRequest") -> "___google__protobuf__.Empty":
+    def delete_device(
+        self, message: "DeleteDeviceRequest"
+    ) -> "___google__protobuf__.Empty":
         """
         Deletes a device. Errors: RESOURCE_NOT_FOUND, HAS_CHILDREN (unless force).
         """
@@ -1478,7 +1609,9 @@ class RegistryServiceSyncStub:
             DeviceProfile.FromString,
         )(message)
 
-    def list_device_profiles(self, message: "ListDeviceProfilesRequest") -> "ListDeviceProfilesResponse":
+    def list_device_profiles(
+        self, message: "ListDeviceProfilesRequest"
+    ) -> "ListDeviceProfilesResponse":
         """
         Lists the device profiles under a parent, ordered by name. Errors: PAGE_TOKEN_INVALID.
         """
@@ -1489,7 +1622,9 @@ class RegistryServiceSyncStub:
             ListDeviceProfilesResponse.FromString,
         )(message)
 
-    def create_device_profile(self, message: "CreateDeviceProfileRequest") -> "DeviceProfile":
+    def create_device_profile(
+        self, message: "CreateDeviceProfileRequest"
+    ) -> "DeviceProfile":
         """
         Creates a device profile. Errors: FIELD_INVALID, RESOURCE_EXISTS, RESOURCE_NOT_FOUND (parent), REQUEST_ID_REUSED.
         """
@@ -1500,7 +1635,9 @@ class RegistryServiceSyncStub:
             DeviceProfile.FromString,
         )(message)
 
-    def update_device_profile(self, message: "UpdateDeviceProfileRequest") -> "DeviceProfile":
+    def update_device_profile(
+        self, message: "UpdateDeviceProfileRequest"
+    ) -> "DeviceProfile":
         """
         Updates the fields of a device profile named in update_mask (all updatable fields when it is empty or "*").
         Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
@@ -1512,7 +1649,9 @@ class RegistryServiceSyncStub:
             DeviceProfile.FromString,
         )(message)
 
-    def delete_device_profile(self, message: "DeleteDeviceProfileRequest") -> "___google__protobuf__.Empty":
+    def delete_device_profile(
+        self, message: "DeleteDeviceProfileRequest"
+    ) -> "___google__protobuf__.Empty":
         """
         Deletes a device profile. Errors: RESOURCE_NOT_FOUND, HAS_CHILDREN (unless force).
         """
@@ -1523,7 +1662,9 @@ class RegistryServiceSyncStub:
             ___google__protobuf__.Empty.FromString,
         )(message)
 
-    def bulk_provision(self, message: "BulkProvisionRequest") -> "BulkProvisionResponse":
+    def bulk_provision(
+        self, message: "BulkProvisionRequest"
+    ) -> "BulkProvisionResponse":
         """
         Creates edges and devices of one site from a CSV file in one transaction: either every row is
         created or none is, and the response reports each row's outcome. Errors: CSV_ROWS_INVALID (the

@@ -162,14 +162,20 @@ class Channel(betterproto2.Message):
     """
 
     first_sample_time: "datetime.datetime | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        3,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When its first stored sample was measured.
     """
 
     last_sample_time: "datetime.datetime | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When its latest stored sample was measured.
@@ -191,21 +197,30 @@ class ExportSiteTelemetryRequest(betterproto2.Message):
     """
 
     start_time: "datetime.datetime | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     Start of the period (inclusive).
     """
 
     end_time: "datetime.datetime | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        3,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     End of the period (exclusive).
     """
 
     interval: "datetime.timedelta | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Duration,
+        optional=True,
     )
     """
     The resolution; at least 15 minutes.
@@ -249,7 +264,10 @@ class ExportSiteTelemetryResponse(betterproto2.Message):
     """
 
     interval_start_time: "datetime.datetime | None" = betterproto2.field(
-        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        5,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     Start of the interval.
@@ -278,7 +296,10 @@ class HistoryPoint(betterproto2.Message):
     """
 
     time: "datetime.datetime | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        1,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     The sample's time, or the start of the bucket.
@@ -314,7 +335,9 @@ class HistorySeries(betterproto2.Message):
     The unit of the values.
     """
 
-    points: "list[HistoryPoint]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    points: "list[HistoryPoint]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     The points in time order; empty buckets are left out.
     """
@@ -327,7 +350,9 @@ class HistorySeries(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.telemetry.v1", "HistorySeries", HistorySeries)
+default_message_pool.register_message(
+    "emma.telemetry.v1", "HistorySeries", HistorySeries
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -352,7 +377,10 @@ class LatestValue(betterproto2.Message):
     """
 
     sample_time: "datetime.datetime | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     When the value was measured, by the edge's clock (Edge.clock_offset_ms says how far off it was).
@@ -384,7 +412,9 @@ class ListChannelsRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.telemetry.v1", "ListChannelsRequest", ListChannelsRequest)
+default_message_pool.register_message(
+    "emma.telemetry.v1", "ListChannelsRequest", ListChannelsRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -393,7 +423,9 @@ class ListChannelsResponse(betterproto2.Message):
     The response of ListChannels.
     """
 
-    channels: "list[Channel]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    channels: "list[Channel]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     One page of channels, ordered by name.
     """
@@ -404,7 +436,9 @@ class ListChannelsResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.telemetry.v1", "ListChannelsResponse", ListChannelsResponse)
+default_message_pool.register_message(
+    "emma.telemetry.v1", "ListChannelsResponse", ListChannelsResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -418,13 +452,17 @@ class ListLatestValuesRequest(betterproto2.Message):
     A site, an edge or a device.
     """
 
-    channel_ids: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    channel_ids: "list[str]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Only these channel ids (for example "Soc", "ActivePower"); empty means all.
     """
 
 
-default_message_pool.register_message("emma.telemetry.v1", "ListLatestValuesRequest", ListLatestValuesRequest)
+default_message_pool.register_message(
+    "emma.telemetry.v1", "ListLatestValuesRequest", ListLatestValuesRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -433,13 +471,18 @@ class ListLatestValuesResponse(betterproto2.Message):
     The response of ListLatestValues.
     """
 
-    values: "list[LatestValue]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    values: "list[LatestValue]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     One entry per channel, ordered by channel name.
     """
 
     read_time: "datetime.datetime | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     The server's clock when it answered, to compare sample times against.
@@ -462,27 +505,38 @@ class QueryHistoryRequest(betterproto2.Message):
     The site the channels belong to.
     """
 
-    channels: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    channels: "list[str]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     The channels' resource names, at most 100.
     """
 
     start_time: "datetime.datetime | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        3,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     Start of the period (inclusive).
     """
 
     end_time: "datetime.datetime | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
     )
     """
     End of the period (exclusive).
     """
 
     interval: "datetime.timedelta | None" = betterproto2.field(
-        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Duration, optional=True
+        5,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Duration,
+        optional=True,
     )
     """
     The bucket width, a whole number of minutes; unset or zero returns raw samples. Intervals of a
@@ -502,7 +556,9 @@ class QueryHistoryRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("emma.telemetry.v1", "QueryHistoryRequest", QueryHistoryRequest)
+default_message_pool.register_message(
+    "emma.telemetry.v1", "QueryHistoryRequest", QueryHistoryRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -511,13 +567,17 @@ class QueryHistoryResponse(betterproto2.Message):
     The response of QueryHistory.
     """
 
-    series: "list[HistorySeries]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    series: "list[HistorySeries]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     One series per requested channel, in request order.
     """
 
 
-default_message_pool.register_message("emma.telemetry.v1", "QueryHistoryResponse", QueryHistoryResponse)
+default_message_pool.register_message(
+    "emma.telemetry.v1", "QueryHistoryResponse", QueryHistoryResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -531,13 +591,17 @@ class StreamLiveValuesRequest(betterproto2.Message):
     The site to watch.
     """
 
-    channels: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    channels: "list[str]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Only these channels (resource names); empty means every channel of the site.
     """
 
 
-default_message_pool.register_message("emma.telemetry.v1", "StreamLiveValuesRequest", StreamLiveValuesRequest)
+default_message_pool.register_message(
+    "emma.telemetry.v1", "StreamLiveValuesRequest", StreamLiveValuesRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -546,7 +610,9 @@ class StreamLiveValuesResponse(betterproto2.Message):
     One message of the live stream.
     """
 
-    values: "list[LatestValue]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    values: "list[LatestValue]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     New values, each with its own sample time.
     """
@@ -567,7 +633,9 @@ class TelemetryServiceSyncStub:
     def __init__(self, channel: grpc.Channel):
         self._channel = channel
 
-    def list_latest_values(self, message: "ListLatestValuesRequest") -> "ListLatestValuesResponse":
+    def list_latest_values(
+        self, message: "ListLatestValuesRequest"
+    ) -> "ListLatestValuesResponse":
         """
         The latest value of every channel of a site, an edge or a device, each with its own timestamp so
         that callers can judge staleness. Errors: RESOURCE_NOT_FOUND.
@@ -595,7 +663,9 @@ class TelemetryServiceSyncStub:
             QueryHistoryResponse.FromString,
         )(message)
 
-    def stream_live_values(self, message: "StreamLiveValuesRequest") -> "Iterator[StreamLiveValuesResponse]":
+    def stream_live_values(
+        self, message: "StreamLiveValuesRequest"
+    ) -> "Iterator[StreamLiveValuesResponse]":
         """
         A live stream of a site's values: first the latest value of every selected channel, then each new
         value as it is stored. Ends only when the caller cancels. Errors: RESOURCE_NOT_FOUND.

@@ -1,0 +1,239 @@
+"""TelemetryService: latest values, history, the live stream and the channel list of a site."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import grpc
+from emma.common.v1 import errors_pb2
+from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+from google.protobuf import timestamp_pb2
+
+from services.errors import ApiError, invalid_field, not_found
+from services.names import Scope, parse_channel, parse_scope, parse_site
+from services.pagination import decode_token, encode_token, page_size
+from services.runtime import Runtime
+from services.telemetry import history
+from services.telemetry.maintenance import TelemetryMaintenance
+
+MAX_HISTORY_POINTS = 100_000
+MAX_HISTORY_CHANNELS = 100
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _ts(t: dt.datetime) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(t)
+    return out
+
+
+def _channel_resource(org: str, site: str, edge: str, address: str) -> str:
+    device, channel = address.split("/", 1)
+    return f"organizations/{org}/sites/{site}/edges/{edge}/devices/{device}/channels/{channel}"
+
+
+# Latest values of a scope; $3/$4 narrow to an edge and a device ("device/%" prefix) when given.
+_LATEST = """
+SELECT e.org_id, e.site_id, e.edge_id, r.id AS series_id, r.channel, r.unit, l.time, l.value
+FROM app.edges e
+JOIN telemetry.series r ON r.edge_pk = e.pk
+JOIN telemetry.latest l ON l.series_id = r.id
+WHERE e.org_id = $1 AND e.site_id = $2 AND ($3::text IS NULL OR e.edge_id = $3)
+  AND ($4::text IS NULL OR r.channel LIKE $4 || '/%')
+ORDER BY e.edge_id, r.channel
+"""
+
+
+class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._pool = runtime.pool
+        self.maintenance = TelemetryMaintenance(runtime.pool, runtime.config.ingest, rollups=True, retention=True)
+
+    async def start(self) -> None:
+        await self.maintenance.start()
+
+    async def stop(self) -> None:
+        await self.maintenance.stop()
+
+    async def _site_exists(self, org: str, site: str) -> str:
+        """The site's time zone; NOT_FOUND when the site does not exist."""
+        async with self._pool.acquire() as conn:
+            tz = await conn.fetchval("SELECT time_zone FROM app.sites WHERE org_id = $1 AND site_id = $2", org, site)
+        if tz is None:
+            raise not_found(f"organizations/{org}/sites/{site}")
+        return str(tz)
+
+    async def _latest(self, scope: Scope, channel_ids: set[str] | None = None) -> list[dict[str, Any]]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(_LATEST, scope.org, scope.site, scope.edge, scope.device)
+        out = [dict(r) for r in rows]
+        if channel_ids:
+            out = [r for r in out if r["channel"].split("/", 1)[1] in channel_ids]
+        return out
+
+    @staticmethod
+    def _latest_value(row: dict[str, Any]) -> telemetry_pb2.LatestValue:
+        return telemetry_pb2.LatestValue(
+            channel=_channel_resource(row["org_id"], row["site_id"], row["edge_id"], row["channel"]),
+            value=row["value"],
+            unit=row["unit"],
+            sample_time=_ts(row["time"]),
+        )
+
+    async def ListLatestValues(
+        self, request: telemetry_pb2.ListLatestValuesRequest, context: Context
+    ) -> telemetry_pb2.ListLatestValuesResponse:
+        scope = parse_scope(request.parent)
+        await self._site_exists(scope.org, scope.site)
+        rows = await self._latest(scope, set(request.channel_ids) or None)
+        return telemetry_pb2.ListLatestValuesResponse(
+            values=[self._latest_value(r) for r in rows], read_time=_ts(dt.datetime.now(dt.UTC))
+        )
+
+    async def ListChannels(
+        self, request: telemetry_pb2.ListChannelsRequest, context: Context
+    ) -> telemetry_pb2.ListChannelsResponse:
+        scope = parse_scope(request.parent)
+        await self._site_exists(scope.org, scope.site)
+        size = page_size(request.page_size, default=100)
+        offset = decode_token("ListChannels", request.page_token)
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT e.org_id, e.site_id, e.edge_id, r.channel, r.unit,
+                          (SELECT min(time) FROM telemetry.samples s WHERE s.series_id = r.id) AS first_time,
+                          l.time AS last_time
+                   FROM app.edges e JOIN telemetry.series r ON r.edge_pk = e.pk
+                   LEFT JOIN telemetry.latest l ON l.series_id = r.id
+                   WHERE e.org_id = $1 AND e.site_id = $2 AND ($3::text IS NULL OR e.edge_id = $3)
+                     AND ($4::text IS NULL OR r.channel LIKE $4 || '/%')
+                   ORDER BY e.edge_id, r.channel OFFSET $5 LIMIT $6""",
+                scope.org,
+                scope.site,
+                scope.edge,
+                scope.device,
+                offset,
+                size + 1,
+            )
+        channels = []
+        for r in rows[:size]:
+            ch = telemetry_pb2.Channel(
+                name=_channel_resource(r["org_id"], r["site_id"], r["edge_id"], r["channel"]), unit=r["unit"]
+            )
+            if r["first_time"] is not None:
+                ch.first_sample_time.CopyFrom(_ts(r["first_time"]))
+            if r["last_time"] is not None:
+                ch.last_sample_time.CopyFrom(_ts(r["last_time"]))
+            channels.append(ch)
+        token = encode_token("ListChannels", offset + size) if len(rows) > size else ""
+        return telemetry_pb2.ListChannelsResponse(channels=channels, next_page_token=token)
+
+    async def QueryHistory(
+        self, request: telemetry_pb2.QueryHistoryRequest, context: Context
+    ) -> telemetry_pb2.QueryHistoryResponse:
+        site = parse_site(request.site, "site")
+        if not request.channels:
+            raise invalid_field("channels", "name at least one channel")
+        if len(request.channels) > MAX_HISTORY_CHANNELS:
+            raise invalid_field("channels", f"at most {MAX_HISTORY_CHANNELS} channels per query")
+        if not request.HasField("start_time") or not request.HasField("end_time"):
+            raise invalid_field("start_time", "start_time and end_time are required")
+        start = request.start_time.ToDatetime(dt.UTC)
+        end = request.end_time.ToDatetime(dt.UTC)
+        if end <= start:
+            raise invalid_field("end_time", "must be after start_time")
+        width = request.interval.ToTimedelta() if request.HasField("interval") else dt.timedelta()
+        if width and (width < dt.timedelta(minutes=1) or width % dt.timedelta(minutes=1)):
+            raise ApiError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                errors_pb2.ERROR_REASON_HISTORY_INTERVAL_INVALID,
+                "interval must be a whole number of minutes (or unset for raw samples)",
+                metadata={"interval_s": str(width.total_seconds())},
+            )
+        tz_name = await self._site_exists(site.org, site.site)
+        channels = [parse_channel(c) for c in request.channels]
+        for name, ch in zip(request.channels, channels, strict=True):
+            if ch.edge.site_name != site:
+                raise invalid_field("channels", f"{name} is not a channel of {request.site}")
+        tz = ZoneInfo(tz_name) if request.align_to_site_time_zone else None
+        p = history.plan(start, end, width, tz) if width else None
+        if p is not None and p.bucket_count * len(channels) > MAX_HISTORY_POINTS:
+            raise _too_many(p.bucket_count * len(channels))
+
+        response = telemetry_pb2.QueryHistoryResponse()
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            for name, ch in zip(request.channels, channels, strict=True):
+                row = await conn.fetchrow(
+                    """SELECT r.id, r.unit, e.pk FROM telemetry.series r JOIN app.edges e ON e.pk = r.edge_pk
+                       WHERE e.org_id = $1 AND e.site_id = $2 AND e.edge_id = $3 AND r.channel = $4""",
+                    ch.edge.org,
+                    ch.edge.site,
+                    ch.edge.edge,
+                    ch.address,
+                )
+                if row is None:
+                    raise not_found(name)
+                series = response.series.add(channel=name, unit=row["unit"])
+                if p is None:
+                    points = await history.raw_points(conn, row["id"], start, end, MAX_HISTORY_POINTS + 1)
+                    if len(points) > MAX_HISTORY_POINTS:
+                        raise _too_many(len(points))
+                    for t, v in points:
+                        series.points.add(time=_ts(t), value=v, sample_count=1)
+                    series.source = telemetry_pb2.HISTORY_SOURCE_RAW
+                    continue
+                buckets, source = await history.query_series(conn, row["id"], row["pk"], p, request.aggregation)
+                for b in buckets:
+                    series.points.add(time=_ts(b.start), value=b.value, sample_count=b.count)
+                series.source = source  # type: ignore[assignment]
+        return response
+
+    async def StreamLiveValues(
+        self, request: telemetry_pb2.StreamLiveValuesRequest, context: Context
+    ) -> AsyncIterator[telemetry_pb2.StreamLiveValuesResponse]:
+        site = parse_site(request.site, "site")
+        await self._site_exists(site.org, site.site)
+        wanted = set(request.channels)
+        seen: dict[int, dt.datetime] = {}
+        interval = self._runtime.config.ingest.live_poll_interval_s
+        first = True
+        while True:
+            rows = await self._latest(Scope(site.org, site.site))
+            fresh = []
+            for r in rows:
+                value = self._latest_value(r)
+                if wanted and value.channel not in wanted:
+                    continue
+                if seen.get(r["series_id"]) != r["time"]:
+                    seen[r["series_id"]] = r["time"]
+                    fresh.append(value)
+            if fresh or first:
+                yield telemetry_pb2.StreamLiveValuesResponse(values=fresh)
+            first = False
+            await asyncio.sleep(interval)
+
+    async def ExportSiteTelemetry(
+        self, request: telemetry_pb2.ExportSiteTelemetryRequest, context: Context
+    ) -> AsyncIterator[telemetry_pb2.ExportSiteTelemetryResponse]:
+        raise ApiError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            errors_pb2.ERROR_REASON_METHOD_NOT_IMPLEMENTED,
+            "emma.telemetry.v1.TelemetryService/ExportSiteTelemetry is part of the v1 contract but not "
+            "implemented in this release yet (issue 6, GDPR exports)",
+        )
+        yield  # pragma: no cover  (makes this an async generator like the other stream methods)
+
+
+def _too_many(points: int) -> ApiError:
+    return ApiError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        errors_pb2.ERROR_REASON_HISTORY_TOO_MANY_POINTS,
+        f"the query would return {points} points; at most {MAX_HISTORY_POINTS}: use a coarser interval "
+        "or a shorter period",
+        metadata={"points": str(points), "max_points": str(MAX_HISTORY_POINTS)},
+    )
