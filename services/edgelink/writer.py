@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import time
@@ -106,6 +107,10 @@ class IngestWriter:
         while True:
             try:
                 results = await self._write(group)
+            except asyncpg.CheckViolationError as exc:
+                if "no partition" not in str(exc) or not await self._add_partitions(group):
+                    raise
+                continue
             except Exception as exc:
                 if is_transient(exc):
                     self.stats.retries += 1
@@ -126,6 +131,23 @@ class IngestWriter:
                 if not item.result.done():
                     item.result.set_result(result)
             return
+
+    async def _add_partitions(self, group: list[PendingBatch]) -> bool:
+        """Create the daily partitions a group needs (old data from an edge that was offline for days)."""
+        times = [
+            t
+            for item in group
+            for t in (item.columns.times_unix_us.min(), item.columns.times_unix_us.max())
+            if item.columns.size
+        ]
+        if not times:
+            return False
+        first = dt.datetime.fromtimestamp(min(times) / 1e6, dt.UTC).date()
+        last = dt.datetime.fromtimestamp(max(times) / 1e6, dt.UTC).date()
+        async with self._pool.acquire() as conn:
+            created = await conn.fetchval("SELECT telemetry.ensure_partitions($1, $2)", first, last)
+        log.info("created %s partition(s) for %s..%s on demand", created, first, last)
+        return True
 
     async def _write(self, group: list[PendingBatch]) -> list[int]:
         stored = int(edge_link_pb2.TELEMETRY_ACK_RESULT_STORED)

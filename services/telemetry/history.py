@@ -90,15 +90,16 @@ _PARTS = """
   SELECT {bucket_h} AS lo, r.min_value AS mn, r.max_value AS mx, r.sum_value AS sm, r.count AS n,
          r.last_time AS lt, r.last_value AS lv
     FROM telemetry.rollup_1h r {join_h}
-   WHERE r.series_id = $1 AND r.bucket >= $2 AND r.bucket < least($3, $4)
+   WHERE r.series_id = $1 AND r.bucket >= $2::timestamptz AND r.bucket < least($3::timestamptz, $4::timestamptz)
   UNION ALL
   SELECT {bucket_q}, r.min_value, r.max_value, r.sum_value, r.count, r.last_time, r.last_value
     FROM telemetry.rollup_15m r {join_q}
-   WHERE r.series_id = $1 AND r.bucket >= greatest($2, $4) AND r.bucket < least($3, $5)
+   WHERE r.series_id = $1 AND r.bucket >= greatest($2::timestamptz, $4::timestamptz)
+     AND r.bucket < least($3::timestamptz, $5::timestamptz)
   UNION ALL
   SELECT {bucket_s}, s.value, s.value, s.value, 1, s.time, s.value
     FROM telemetry.samples s {join_s}
-   WHERE s.series_id = $1 AND s.time >= greatest($2, $5) AND s.time < $3
+   WHERE s.series_id = $1 AND s.time >= greatest($2::timestamptz, $5::timestamptz) AND s.time < $3::timestamptz
 """
 
 

@@ -72,12 +72,11 @@ async def roll_up_closed_buckets(conn: Conn, grace_s: float, limit: int = 200) -
     return len(claimed)
 
 
-async def ensure_partitions(conn: Conn, retention_days: int, today: dt.date | None = None) -> int:
+async def ensure_partitions(conn: Conn, today: dt.date | None = None) -> int:
+    """Partitions for yesterday to three days ahead; older days are created on demand by ingest."""
     today = today or dt.datetime.now(dt.UTC).date()
     created = await conn.fetchval(
-        "SELECT telemetry.ensure_partitions($1, $2)",
-        today - dt.timedelta(days=retention_days + 1),
-        today + dt.timedelta(days=3),
+        "SELECT telemetry.ensure_partitions($1, $2)", today - dt.timedelta(days=1), today + dt.timedelta(days=3)
     )
     return int(created)
 
@@ -117,7 +116,7 @@ class TelemetryMaintenance:
             try:
                 async with self._pool.acquire() as conn:
                     if loop.time() >= next_partition_check:
-                        await ensure_partitions(conn, self._config.retention_days)
+                        await ensure_partitions(conn)
                         if self._retention:
                             await drop_expired_partitions(conn, self._config.retention_days)
                         next_partition_check = loop.time() + PARTITION_CHECK_INTERVAL_S
