@@ -10,6 +10,7 @@ write wins. `manual_override`, when present, must therefore be the last entry.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +29,12 @@ from edge_daemon.errors import ChannelError, ConfigError
 from edge_daemon.params import ParamReader
 
 DEFAULT_OUTBOX_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# The cloud's resource-name rules (services/names.py): organizations/{org}/sites/{site}/edges/{edge}.
+_NAME_ID = r"[a-z][a-z0-9-]{0,62}"
+EDGE_NAME_RE = re.compile(rf"organizations/{_NAME_ID}/sites/{_NAME_ID}/edges/{_NAME_ID}")
+# The cloud closes connections that ping more often than every 10 s (GOAWAY too_many_pings).
+MIN_KEEPALIVE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +57,26 @@ class CycleConfig:
 
 @dataclass(frozen=True, slots=True)
 class CloudConfig:
+    """[cloud]: where and as whom the uplink connects, and how it keeps the stream alive.
+
+    `edge` is the edge's resource name, checked by the cloud against the API key in `key_file`.
+    Reconnects wait a random time in 0..min(reconnect_max_s, reconnect_min_s * 2**attempt) (full
+    jitter); a refused key (UNAUTHENTICATED) waits `auth_retry_s` instead: retrying faster cannot fix
+    it, but an operator may replace the key file, which is re-read before every attempt.
+    """
+
     endpoint: str
     key_file: Path
+    edge: str
     tls: bool = True
+    ca_file: Path | None = None
+    keepalive_time_s: float = 15.0
+    keepalive_timeout_s: float = 10.0
+    connect_timeout_s: float = 20.0
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    auth_retry_s: float = 60.0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +91,9 @@ class TelemetryConfig:
     # Samples waiting in memory for the uplink to turn into batches; beyond this the oldest are dropped
     # and counted, so a stalled uplink cannot exhaust the edge's memory.
     max_pending_samples: int = 200_000
+    # Points per TelemetryBatch; must not exceed the cloud's limit (Welcome.max_batch_points, 10,000 by
+    # default), because batches are built, numbered and stored before the cloud is ever reached.
+    max_batch_points: int = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +157,7 @@ def parse_config(data: Mapping[str, Any], path: Path | str) -> SiteConfig:
     telemetry = TelemetryConfig(
         batch_interval_s=tel_r.get_float("batch_interval_s", 5.0, minimum=0.1, maximum=3600),
         max_pending_samples=tel_r.get_int("max_pending_samples", 200_000, minimum=1000),
+        max_batch_points=tel_r.get_int("max_batch_points", 5_000, minimum=1, maximum=1_000_000),
     )
     tel_r.finish()
     devices = _devices(root)
@@ -167,7 +195,34 @@ def _cloud(r: ParamReader, base: Path) -> CloudConfig:
     host, sep, port = endpoint.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise r.error("endpoint", f"expected host:port, got {endpoint!r}")
-    cloud = CloudConfig(endpoint, _path(base, r.get_str("key_file")), r.get_bool("tls", True))
+    edge = r.get_str("edge")
+    if EDGE_NAME_RE.fullmatch(edge) is None:
+        raise r.error(
+            "edge",
+            f"expected organizations/{{org}}/sites/{{site}}/edges/{{edge}} (lower-case ids), got {edge!r}",
+        )
+    tls = r.get_bool("tls", True)
+    ca_file = r.get_optional_str("ca_file")
+    if ca_file is not None and not tls:
+        raise r.error("ca_file", "only meaningful with tls = true")
+    reconnect_min_s = r.get_float("reconnect_min_s", 0.5, minimum=0, exclusive_min=True, maximum=3600)
+    reconnect_max_s = r.get_float("reconnect_max_s", 30.0, minimum=reconnect_min_s, maximum=3600)
+    cloud = CloudConfig(
+        endpoint=endpoint,
+        key_file=_path(base, r.get_str("key_file")),
+        edge=edge,
+        tls=tls,
+        ca_file=None if ca_file is None else _path(base, ca_file),
+        keepalive_time_s=r.get_float("keepalive_time_s", 15.0, minimum=MIN_KEEPALIVE_S, maximum=3600),
+        keepalive_timeout_s=r.get_float("keepalive_timeout_s", 10.0, minimum=1, maximum=600),
+        connect_timeout_s=r.get_float("connect_timeout_s", 20.0, minimum=0, exclusive_min=True, maximum=600),
+        reconnect_min_s=reconnect_min_s,
+        reconnect_max_s=reconnect_max_s,
+        auth_retry_s=r.get_float("auth_retry_s", 60.0, minimum=0, exclusive_min=True, maximum=86_400),
+        max_message_bytes=r.get_int(
+            "max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES, minimum=64 * 1024, maximum=1 << 30
+        ),
+    )
     r.finish()
     return cloud
 

@@ -1,8 +1,9 @@
 """Command-line entry of the edge daemon: `emma edge --config site.toml` / `emma edge --simulate`.
 
 `services.cli` delegates its `edge` subcommand to `main(argv)`. When the configuration has a [cloud]
-section, the uplink is created by `edge_daemon.uplink.create_uplink(config)`; until that module exists
-the daemon runs offline, still filling the outbox.
+section, the uplink is created by `edge_daemon.uplink.create_uplink(config)` before the daemon starts,
+so an unusable uplink setting (an unreadable key file) fails the start like any other config error.
+Without a [cloud] section the daemon runs offline, still filling the outbox.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def load_uplink(config: SiteConfig) -> Uplink | None:
     return uplink
 
 
-async def run_edge(config: SiteConfig) -> None:
-    daemon = EdgeDaemon(config, uplink=load_uplink(config))
+async def run_edge(config: SiteConfig, uplink: Uplink | None = None) -> None:
+    daemon = EdgeDaemon(config, uplink=uplink if uplink is not None else load_uplink(config))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, daemon.stop)
@@ -70,10 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level.upper())
     try:
         config = demo_site_config(args.data_dir) if args.simulate else load_config(args.config)
+        uplink = load_uplink(config)
     except ConfigError as exc:
         print(f"emma edge: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(run_edge(config))
+    asyncio.run(run_edge(config, uplink))
     return 0
 
 

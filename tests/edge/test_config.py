@@ -53,7 +53,12 @@ def test_demo_site_config_puts_the_outbox_in_the_data_dir(tmp_path: Path) -> Non
 
 def test_cloud_section_and_relative_key_file(tmp_path: Path) -> None:
     doc = demo_site_dict()
-    doc["cloud"] = {"endpoint": "cloud.example:443", "key_file": "keys/edge.key", "tls": True}
+    doc["cloud"] = {
+        "endpoint": "cloud.example:443",
+        "key_file": "keys/edge.key",
+        "edge": "organizations/acme/sites/demo/edges/gw-1",
+        "tls": True,
+    }
     config = parse_config(doc, tmp_path / "site.toml")
     assert config.cloud is not None
     assert config.cloud.endpoint == "cloud.example:443"
