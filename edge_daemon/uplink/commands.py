@@ -1,0 +1,182 @@
+"""Command relay: EdgeCommand -> request channel, controller acks -> CommandAck, through the journal.
+
+For every EdgeCommand (delivered at least once, so possibly again):
+- already known by name -> its current status goes out again; the device never sees it twice;
+- expire_time passed -> FAILED, reason "expired";
+- unknown or read-only channel, or a value the request channel refuses -> REJECTED at once;
+- otherwise it is journaled RECEIVED, then written to `<channel>/Request` (`daemon.submit_command`);
+  the manual-override controller applies or rejects it in the next cycle and writes the final ack,
+  which `pump` drains (`daemon.take_acks`) into the journal.
+
+The relay never writes to a stream itself: it records acks in the journal and sets `changed`; the
+current session sends whatever is unsent. Reasons are machine-readable (ErrorReason names where one
+fits, "expired" as the contract asks); `message` carries the edge's text for people.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Final
+
+from emma.edge.v1 import edge_link_pb2
+
+from edge_daemon.channels import AckEvent, AckStatus
+from edge_daemon.clock import Clock
+from edge_daemon.devices.base import Access
+from edge_daemon.errors import CommandError
+from edge_daemon.logs import log_context
+from edge_daemon.uplink.journal import (
+    EXECUTED,
+    FAILED,
+    REJECTED,
+    CommandJournal,
+    CommandRecord,
+    PendingAck,
+)
+from edge_daemon.uplink.wire import seconds
+
+if TYPE_CHECKING:
+    from edge_daemon.daemon import EdgeDaemon
+
+log = logging.getLogger(__name__)
+
+ACK_POLL_S: Final = 0.05
+EXPIRED: Final = "expired"
+CHANNEL_NOT_FOUND: Final = "CHANNEL_NOT_FOUND"
+CHANNEL_NOT_WRITABLE: Final = "CHANNEL_NOT_WRITABLE"
+FIELD_INVALID: Final = "FIELD_INVALID"
+VALUE_OUT_OF_RANGE: Final = "VALUE_OUT_OF_RANGE"
+VALUE_EXCEEDS_DYNAMIC_LIMIT: Final = "VALUE_EXCEEDS_DYNAMIC_LIMIT"
+SUPERSEDED: Final = "SUPERSEDED"
+EDGE_REJECTED: Final = "EDGE_REJECTED"
+EDGE_FAILED: Final = "EDGE_FAILED"
+EDGE_RESTARTED: Final = "EDGE_RESTARTED"
+
+_STATUS: Final = {AckStatus.EXECUTED: EXECUTED, AckStatus.REJECTED: REJECTED, AckStatus.FAILED: FAILED}
+
+
+class CommandRelay:
+    def __init__(self, daemon: EdgeDaemon, journal: CommandJournal, clock: Clock) -> None:
+        self.daemon = daemon
+        self.journal = journal
+        self.clock = clock
+        self.changed = asyncio.Event()
+
+    async def on_command(self, command: edge_link_pb2.EdgeCommand) -> None:
+        name = command.name
+        if not name:
+            log.warning("command without a name ignored", extra={"channel": command.channel})
+            return
+        with log_context(command_id=name):
+            await self._handle(command)
+        self.changed.set()
+
+    async def _handle(self, command: edge_link_pb2.EdgeCommand) -> None:
+        name, channel, value = command.name, command.channel, command.value
+        journal = self.journal
+        known = await asyncio.to_thread(journal.resend, name)
+        if known is not None:
+            log.info(
+                "command redelivered; answering with its current status",
+                extra={"channel": channel, "status": edge_link_pb2.CommandAckStatus.Name(known.status)},
+            )
+            return
+        if command.HasField("expire_time") and seconds(command.expire_time) <= self.clock.time():
+            await asyncio.to_thread(
+                journal.decide, name, channel, value, FAILED, EXPIRED, "the command expired before it arrived"
+            )
+            log.info("command expired", extra={"channel": channel})
+            return
+        found = self.daemon.devices.spec(channel)
+        if found is None or found[1].access is not Access.WRITE:
+            reason = CHANNEL_NOT_FOUND if found is None else CHANNEL_NOT_WRITABLE
+            text = f"unknown channel {channel}" if found is None else f"{channel} is not writable"
+            await asyncio.to_thread(journal.decide, name, channel, value, REJECTED, reason, text)
+            log.info("command rejected", extra={"channel": channel, "reason": reason})
+            return
+        # Journal first: a crash between the two leaves a RECEIVED that start-up turns into FAILED,
+        # never a command that reached the device without a trace.
+        await asyncio.to_thread(journal.receive, name, channel, value)
+        try:
+            self.daemon.submit_command(channel, name, value)
+        except CommandError as exc:
+            await asyncio.to_thread(journal.finish, name, REJECTED, FIELD_INVALID, str(exc))
+            log.info("command rejected", extra={"channel": channel, "reason": FIELD_INVALID})
+
+    async def pump(self) -> None:
+        """Move final acks from the channel store into the journal; never returns."""
+        while True:
+            await self.drain_acks()
+            await asyncio.sleep(ACK_POLL_S)
+
+    async def drain_acks(self) -> int:
+        events = self.daemon.take_acks()
+        for event in events:
+            await self._final(event)
+        if events:
+            self.changed.set()
+        return len(events)
+
+    async def _final(self, event: AckEvent) -> None:
+        ack = event.ack
+        status = _STATUS[ack.status]
+        with log_context(command_id=ack.command_id):
+            known = await asyncio.to_thread(self.journal.get, ack.command_id)
+            if known is None or known.final:
+                log.debug("ack for a command the uplink did not submit or already settled")
+                return
+            reason = self._reason(known, ack.reason, status)
+            record = await asyncio.to_thread(
+                self.journal.finish, ack.command_id, status, reason, ack.reason, ack.applied_value
+            )
+            if record is None:
+                return
+            log.info(
+                "command %s",
+                edge_link_pb2.CommandAckStatus.Name(status).removeprefix("COMMAND_ACK_STATUS_").lower(),
+                extra={"channel": record.channel, "applied_value": ack.applied_value, "reason": reason or None},
+            )
+
+    def _reason(self, record: CommandRecord, text: str, status: edge_link_pb2.CommandAckStatus.ValueType) -> str:
+        """A machine-readable reason for a controller's verdict (its text goes into `message`)."""
+        if status == EXECUTED:
+            return ""
+        if status == FAILED:
+            return EDGE_FAILED
+        if text.startswith("superseded"):
+            return SUPERSEDED
+        found = self.daemon.devices.spec(record.channel)
+        if found is not None:
+            spec = found[1]
+            if (spec.minimum is not None and record.value < spec.minimum) or (
+                spec.maximum is not None and record.value > spec.maximum
+            ):
+                return VALUE_OUT_OF_RANGE
+        if "limit" in text:
+            # Within the static range but refused: the dynamic limits of this cycle (or their absence).
+            return VALUE_EXCEEDS_DYNAMIC_LIMIT
+        return EDGE_REJECTED
+
+    async def fail_unfinished(self) -> None:
+        names = await asyncio.to_thread(
+            self.journal.fail_unfinished,
+            EDGE_RESTARTED,
+            "the edge daemon restarted before the command was applied",
+        )
+        for name in names:
+            with log_context(command_id=name):
+                log.warning("command failed: the daemon restarted before applying it")
+        if names:
+            self.changed.set()
+
+    async def unsent(self) -> list[PendingAck]:
+        return await asyncio.to_thread(self.journal.unsent)
+
+    async def mark_sent(self, pending: PendingAck) -> None:
+        await asyncio.to_thread(self.journal.mark_sent, pending.name, pending.status)
+        with log_context(command_id=pending.name):
+            log.info(
+                "command ack sent",
+                extra={"status": edge_link_pb2.CommandAckStatus.Name(pending.status)},
+            )
