@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -189,7 +188,11 @@ def raise_config(message: str) -> NoReturn:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command != "edge":  # the edge daemon configures its own logging (with its site's fields)
+        # One JSON object per line for every role, so logs of cloud and edge join on the same fields.
+        from edge_daemon.logs import configure_logging
+
+        configure_logging(args.log_level, static={"process": "emma " + args.command})
     command = args.command + (f" {args.admin_command}" if args.command == "admin" else "")
     try:
         return _run(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,16 +32,46 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
             max_group_points=self._config.max_group_points,
         )
         self.counters = IngestCounters()
-        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await self.writer.start()
-        self._sweeper = asyncio.create_task(self._sweep_offline(), name="offline-sweeper")
+        self._tasks = [
+            asyncio.create_task(self._sweep_offline(), name="offline-sweeper"),
+            asyncio.create_task(self._log_stats(), name="ingest-stats"),
+        ]
 
     async def stop(self) -> None:
-        if self._sweeper:
-            self._sweeper.cancel()
+        for task in self._tasks:
+            task.cancel()
         await self.writer.stop()
+
+    async def _log_stats(self) -> None:
+        """One structured line per interval: the ingest metrics operators and benchmarks read."""
+        previous = dataclasses.replace(self.writer.stats)
+        while True:
+            await asyncio.sleep(self._config.stats_interval_s)
+            now = dataclasses.replace(self.writer.stats)
+            txns = now.transactions - previous.transactions
+            log.info(
+                "ingest stats",
+                extra={
+                    "batches_stored": now.batches_stored - previous.batches_stored,
+                    "batches_duplicate": now.batches_duplicate - previous.batches_duplicate,
+                    "points_stored": now.points_stored - previous.points_stored,
+                    "transactions": txns,
+                    "mean_transaction_ms": round(
+                        1000 * (now.transaction_seconds - previous.transaction_seconds) / txns, 2
+                    ) if txns else 0.0,
+                    "slowest_transaction_ms": round(1000 * now.slowest_transaction_s, 2),
+                    "retries": now.retries - previous.retries,
+                    "queue_depth": self.writer.queue_depth,
+                    "streams_open": self.counters.streams_opened - self.counters.streams_closed,
+                    "rejected": dict(self.counters.rejected),
+                },
+            )
+            self.writer.stats.slowest_transaction_s = 0.0
+            previous = dataclasses.replace(self.writer.stats)
 
     async def Connect(
         self,

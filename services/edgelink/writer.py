@@ -64,6 +64,8 @@ class WriterStats:
     points_stored: int = 0
     transactions: int = 0
     retries: int = 0
+    transaction_seconds: float = 0.0
+    slowest_transaction_s: float = 0.0
 
 
 class IngestWriter:
@@ -158,13 +160,17 @@ class IngestWriter:
             first.setdefault((item.edge_pk, item.batch_seq), i)
         unique = sorted(first.items())  # sorted: every transaction locks ledger rows in the same order
 
+        started = time.perf_counter()
         async with self._pool.acquire() as conn, conn.transaction():
             new_keys = await self._insert_ledger(conn, [group[i] for _, i in unique])
             fresh = [group[i] for key, i in unique if key in new_keys]
             if fresh:
                 await self._store_samples(conn, fresh)
                 await self._store_events(conn, fresh)
+        took = time.perf_counter() - started
         self.stats.transactions += 1
+        self.stats.transaction_seconds += took
+        self.stats.slowest_transaction_s = max(self.stats.slowest_transaction_s, took)
 
         results: list[int] = []
         for i, item in enumerate(group):

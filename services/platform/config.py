@@ -130,6 +130,7 @@ class IngestConfig:
     # A 15-minute bucket is rolled up this long after it closes, so in-flight batches land first.
     rollup_grace_s: float = 30.0
     live_poll_interval_s: float = 1.0
+    stats_interval_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> IngestConfig:
@@ -146,6 +147,7 @@ class IngestConfig:
             rollup_interval_s=_float(env, "EMMA_ROLLUP_INTERVAL_S", cls.rollup_interval_s, 0.05),
             rollup_grace_s=_float(env, "EMMA_ROLLUP_GRACE_S", cls.rollup_grace_s),
             live_poll_interval_s=_float(env, "EMMA_LIVE_POLL_INTERVAL_S", cls.live_poll_interval_s, 0.05),
+            stats_interval_s=_float(env, "EMMA_INGEST_STATS_INTERVAL_S", cls.stats_interval_s, 0.5),
         )
 
 

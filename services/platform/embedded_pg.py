@@ -30,6 +30,9 @@ action, pgdata = sys.argv[1], Path(sys.argv[2])
 if action == "start":
     from pgserver.postgres_server import get_server
     server = get_server(pgdata, cleanup_mode=None)  # keeps running after this helper exits
+    database = sys.argv[3]
+    if database and "(1 row)" not in server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';"):
+        server.psql(f'CREATE DATABASE "{database}";')
     print(json.dumps({"uri": server.get_uri("postgres"), "user": server.system_user}))
 else:
     from pgserver._commands import pg_ctl
@@ -72,28 +75,9 @@ def start_embedded_postgres(state_dir: Path, database: str = DATABASE) -> Embedd
     pgdata = state_dir / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
     try:
-        info = json.loads(_helper("start", str(pgdata)).strip().splitlines()[-1])
+        info = json.loads(_helper("start", str(pgdata), database).strip().splitlines()[-1])
     except StartupError as exc:
         log = pgdata / "log"
         tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
         raise StartupError(f"{exc}" + (f" ({tail[0]})" if tail else "") + f"; data in {pgdata}") from None
-    pg = EmbeddedPostgres(pgdata=pgdata, admin_uri=info["uri"], system_user=info["user"] or "")
-    if database != "postgres":
-        _create_database(pg, database)
-    return pg
-
-
-def _create_database(pg: EmbeddedPostgres, name: str) -> None:
-    import asyncio
-
-    import asyncpg
-
-    async def create() -> None:
-        conn = await asyncpg.connect(pg.admin_uri)
-        try:
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-                await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
+    return EmbeddedPostgres(pgdata=pgdata, admin_uri=info["uri"], system_user=info["user"] or "")

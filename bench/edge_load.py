@@ -1,0 +1,154 @@
+"""Simulated edges for benchmarks, run as a separate process: `python -m bench.edge_load ...`.
+
+Each simulated edge opens its own connection and EdgeLink stream, says Hello with its key, and sends
+pre-serialised columnar batches, either as fast as the server acknowledges them (throughput) or at a
+fixed rate (fleet). It prints one JSON line: batches acked, points, ack latencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from emma.edge.v1 import edge_link_pb2
+
+METHOD = "/emma.edge.v1.EdgeLinkService/Connect"
+T0 = time.perf_counter()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+class BatchFactory:
+    """Serialises a batch once; each send only prepends batch_seq and base_time (fields 1 and 2)."""
+
+    def __init__(self, channels: int, points: int) -> None:
+        body = edge_link_pb2.TelemetryBatch(
+            channel_indexes=[i % channels for i in range(points)],
+            time_offsets_ms=[(i // channels) * 100 for i in range(points)],
+            values=[random.uniform(-5000, 5000) for _ in range(points)],
+        ).SerializeToString()
+        self._body = body
+        self.points = points
+
+    def make(self, seq: int) -> bytes:
+        ts = timestamp_pb2.Timestamp()
+        ts.GetCurrentTime()
+        head = edge_link_pb2.TelemetryBatch(batch_seq=seq, base_time=ts).SerializeToString()
+        inner = head + self._body
+        return b"\x12" + _varint(len(inner)) + inner  # ConnectRequest.telemetry_batch = field 2
+
+
+def hello(edge: str, key: str, channels: int) -> bytes:
+    return edge_link_pb2.ConnectRequest(
+        hello=edge_link_pb2.Hello(
+            edge=edge, api_key=key, agent_version="bench", protocol_version=1,
+            channel_table=[edge_link_pb2.ChannelDescriptor(index=i, channel=f"dev{i // 10}/Ch{i}", unit="W")
+                           for i in range(channels)],
+        )
+    ).SerializeToString()
+
+
+async def run_edge(port: int, edge: str, key: str, factory: BatchFactory, batches: int, rate: float,
+                   duration: float, latencies: list[tuple[float, float]], counts: dict[str, int]) -> None:
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+    )
+    outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def requests():  # type: ignore[no-untyped-def]
+        while (item := await outbox.get()) is not None:
+            yield item
+
+    call = channel.stream_stream(METHOD, request_serializer=None,
+                                 response_deserializer=edge_link_pb2.ConnectResponse.FromString)(requests())
+    await outbox.put(hello(edge, key, 50))
+    welcome = await call.read()
+    window = asyncio.Semaphore(max(1, welcome.welcome.max_unacked_batches))  # type: ignore[union-attr]
+    sent_at: dict[int, float] = {}
+    done = asyncio.Event()
+    total = batches if rate == 0 else int(duration * rate)
+
+    async def reader() -> None:
+        acked = 0
+        while acked < total:
+            msg = await call.read()
+            if msg is grpc.aio.EOF:
+                counts["errors"] += 1
+                break
+            if msg.WhichOneof("message") == "telemetry_ack":  # type: ignore[union-attr]
+                seq = msg.telemetry_ack.batch_seq  # type: ignore[union-attr]
+                sent = sent_at.pop(seq)
+                latencies.append((round(sent - T0, 3), (time.perf_counter() - sent) * 1000))
+                counts["acked"] += 1
+                counts["points"] += factory.points
+                acked += 1
+                window.release()
+        done.set()
+
+    read_task = asyncio.create_task(reader())
+    start = time.perf_counter()
+    for seq in range(1, total + 1):
+        if rate:
+            await asyncio.sleep(max(0.0, start + (seq - 1) / rate - time.perf_counter()))
+        await window.acquire()
+        sent_at[seq] = time.perf_counter()
+        await outbox.put(factory.make(seq))
+    await done.wait()
+    await outbox.put(None)
+    read_task.cancel()
+    call.cancel()
+    await channel.close()
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, object]:
+    keys = json.loads(open(args.keys).read())[args.first: args.first + args.edges]
+    factory = BatchFactory(channels=50, points=args.points)
+    latencies: list[tuple[float, float]] = []
+    counts = {"acked": 0, "points": 0, "errors": 0}
+    if args.rate:  # spread the fleet's sends over the first second
+        await asyncio.sleep(0)
+    start = time.perf_counter()
+
+    async def one(edge: str, key: str) -> None:
+        if args.rate:
+            await asyncio.sleep(random.uniform(0, 1 / args.rate))
+        await run_edge(args.port, edge, key, factory, args.batches, args.rate, args.duration, latencies, counts)
+
+    await asyncio.gather(*(one(k["edge"], k["key"]) for k in keys))
+    return {"elapsed_s": time.perf_counter() - start, **counts, "latencies_ms": latencies}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--keys", required=True)
+    p.add_argument("--first", type=int, default=0)
+    p.add_argument("--edges", type=int, required=True)
+    p.add_argument("--points", type=int, default=1000)
+    p.add_argument("--batches", type=int, default=100, help="per edge, when --rate is 0")
+    p.add_argument("--rate", type=float, default=0.0, help="batches per second per edge (0: as fast as acked)")
+    p.add_argument("--duration", type=float, default=30.0)
+    args = p.parse_args()
+    result = asyncio.run(main_async(args))
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

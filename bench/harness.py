@@ -1,0 +1,131 @@
+"""Shared set-up for benchmarks: a database, cloud processes on loopback, statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+
+import asyncpg
+
+from services.platform import migrations
+from services.platform.embedded_pg import start_embedded_postgres
+
+ROOT = Path(__file__).resolve().parent.parent
+EMMA = str(Path(sys.executable).with_name("emma"))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """Median and spread of repeated runs."""
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "runs": len(values),
+    }
+
+
+@contextlib.contextmanager
+def database() -> Iterator[str]:
+    """A fresh database: on DATABASE_URL's server if set, else on an embedded PostgreSQL."""
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        yield external
+        return
+    with tempfile.TemporaryDirectory(prefix="emma-bench-") as tmp:
+        pg = start_embedded_postgres(Path(tmp), database="bench")
+        try:
+            yield pg.uri("bench")
+        finally:
+            pg.stop()
+
+
+async def migrate(dsn: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrations.migrate(conn)
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def cloud_process(dsn: str, services: str = "edge", env: dict[str, str] | None = None) -> AsyncIterator[tuple[int, int, list[dict[str, object]]]]:
+    """`emma serve <services>` as a separate process on a free port; yields (port, pid)."""
+    proc = subprocess.Popen(
+        [EMMA, "--log-level", "INFO", "serve", *services.split(), "--port", "0"],
+        env={**os.environ, "DATABASE_URL": dsn, **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    assert proc.stdout is not None
+    port = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = await asyncio.to_thread(proc.stdout.readline)
+        if not line:
+            break
+        if " on 127.0.0.1:" in line:
+            port = int(line.rsplit(":", 1)[1])
+            break
+    if not port:
+        proc.kill()
+        raise RuntimeError("emma serve did not start")
+    # Keep draining its output so it never blocks on a full pipe; keep the ingest stats lines.
+    stats: list[dict[str, object]] = []
+
+    def pump() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if '"ingest stats"' in line:
+                stats.append(json.loads(line))
+
+    drain = asyncio.create_task(asyncio.to_thread(pump))
+    try:
+        yield port, proc.pid, stats
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        drain.cancel()
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def write_result(name: str, result: dict[str, object]) -> Path:
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2, default=str))
+    return path
