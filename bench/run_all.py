@@ -1,0 +1,96 @@
+"""`make bench`: the quick version of every benchmark, then one JSON file and one markdown table.
+
+Each benchmark runs as its own process (python -m bench.<name> --quick) and writes
+bench/results/<name>.json; this script gathers them into bench/results/summary.json and
+bench/results/summary.md, the table docs/performance.md reproduces.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.machine import describe
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BENCHMARKS = ["edge_cycle", "ingest", "history"]
+
+
+def _fmt(x: Any, digits: int = 1) -> str:
+    if isinstance(x, dict) and "median" in x:
+        return f"{x['median']:,.{digits}f} ({x['min']:,.{digits}f}–{x['max']:,.{digits}f})"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}"
+    return str(x)
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(figure, value, goal, command) for the markdown table."""
+    out: list[tuple[str, str, str, str]] = []
+    if "edge_cycle" in results:
+        r = results["edge_cycle"]
+        for key, label in (("period_100ms", "100 ms"), ("period_1000ms", "1 s")):
+            c = r[key]
+            out.append((f"edge cycle lateness p50 / p99 at {label}, 20 devices (ms)",
+                        f"{_fmt(c['p50_ms'], 2)} / {_fmt(c['p99_ms'], 2)}", "p99 < 5", r["command"]))
+            out.append((f"edge CPU at {label}, 20 devices (% of one core)", _fmt(c["cpu_percent_of_one_core"], 2),
+                        "< 2 (at 1 s)", r["command"]))
+    if "ingest" in results:
+        r = results["ingest"]
+        t = r["throughput"]
+        out.append(("ingest end to end (points/s)", _fmt(t["end_to_end_points_per_s"], 0), ">= 100,000",
+                    r["command"]))
+        out.append(("raw binary COPY, same table, same run (rows/s)", _fmt(t["raw_copy_rows_per_s"], 0),
+                    "reference", r["command"]))
+        out.append(("ingest / raw COPY", _fmt(t["ratio_to_raw_copy"], 2), ">= 0.6", r["command"]))
+        for key in ("fleet_100", "fleet_1000"):
+            f = r[key]
+            out.append((f"{f['edges']} edges at 1 batch/s: ack p50 / p99 steady (ms)",
+                        f"{_fmt(f['steady_ack_latency_ms']['p50'])} / {_fmt(f['steady_ack_latency_ms']['p99'])}",
+                        "p99 < 200 (1,000 edges)", r["command"]))
+            out.append((f"{f['edges']} edges: ack p99 incl. connection storm (ms); server RSS start→end (MiB)",
+                        f"{_fmt(f['ack_latency_ms']['p99'])}; {_fmt(f['server_rss_mib']['start'], 0)}→"
+                        f"{_fmt(f['server_rss_mib']['end'], 0)}", "stable memory", r["command"]))
+    if "history" in results:
+        r = results["history"]
+        for key, label in (("15min", "15 min"), ("1h_local", "1 h, local"), ("1d_local", "1 day, local")):
+            h = r[key]
+            out.append((f"30-day history, {label} buckets: p50 / p99 (ms)",
+                        f"{_fmt(h['p50_ms'])} / {_fmt(h['p99_ms'])}", "p99 < 100 (15 min)", r["command"]))
+    return out
+
+
+def markdown(results: dict[str, Any], machine: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {machine['cpu_count']} × {machine['cpu_model']}, {machine['memory_gib']} GiB, "
+        f"Python {machine['python']}, PostgreSQL {results.get('ingest', {}).get('machine', {}).get('postgres', '?')}",
+        "",
+        "| figure | median (min–max over runs) | goal | command |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} | `{d}` |" for a, b, c, d in rows(results)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    only = sys.argv[1:] or BENCHMARKS
+    results: dict[str, Any] = {}
+    for name in only:
+        started = time.perf_counter()
+        print(f"== bench.{name} --quick", flush=True)
+        subprocess.run([sys.executable, "-m", f"bench.{name}", "--quick"], check=True)
+        results[name] = json.loads((RESULTS / f"{name}.json").read_text())
+        print(f"== bench.{name} took {time.perf_counter() - started:.0f} s", flush=True)
+    machine = describe()
+    (RESULTS / "summary.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+    table = markdown(results, machine)
+    (RESULTS / "summary.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
