@@ -148,7 +148,7 @@ async def test_cloud_drops_and_returns_nothing_lost_nothing_twice(
     stored_seqs = {r.batch_seq for r in await ledger(db, pk)}
     # Nothing lost: every batch is stored or still waiting in the outbox (the last one, flushed at stop).
     assert set(appended) <= stored_seqs | set(left.batches)
-    assert max(stored_seqs) >= target > offline_from + 5
+    assert max(stored_seqs) >= target >= offline_from + 5
     assert uplink.stats.batches_rejected == 0
     # Nothing twice, in order: the ledger is 1..N and the samples are exactly the measured points.
     await assert_stored_exactly_once(db, pk, measured, until_seq=max(stored_seqs))

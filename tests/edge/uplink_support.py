@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import socket
 import sqlite3
@@ -99,11 +100,12 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def until(check: Callable[[], bool | Awaitable[bool]], timeout: float = 20, what: str = "") -> None:
+async def until(check: Callable[[], object | Awaitable[object]], timeout: float = 20, what: str = "") -> None:
+    """Poll `check` (sync or async) until it is truthy; fail naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
-        if not isinstance(result, bool):
+        if inspect.isawaitable(result):
             result = await result
         if result:
             return
@@ -279,6 +281,7 @@ class FakeEdgeLink(edge_link_pb2_grpc.EdgeLinkServiceServicer):
     sessions: int = 0
     refuse: bool = False
     received: list[tuple[int, edge_link_pb2.ConnectRequest]] = field(default_factory=list)
+    hellos: list[edge_link_pb2.Hello] = field(default_factory=list)
     last_stored: int = 0
     _end_when: Callable[[edge_link_pb2.ConnectRequest], bool] | None = None
     _out: asyncio.Queue[edge_link_pb2.ConnectResponse] | None = None
@@ -311,6 +314,7 @@ class FakeEdgeLink(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         requests = aiter(request_iterator)
         hello = await anext(requests)
         assert hello.WhichOneof("message") == "hello"
+        self.hellos.append(hello.hello)
         if self.refuse:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "refusing streams")
         self.sessions += 1
@@ -339,7 +343,7 @@ class FakeEdgeLink(edge_link_pb2_grpc.EdgeLinkServiceServicer):
                     session_id=f"fake-{session}",
                     server_time=timestamp(time.time()),
                     last_stored_batch_seq=self.last_stored,
-                    heartbeat_interval=duration_pb2.Duration(seconds=1),
+                    heartbeat_interval=duration_pb2.Duration(nanos=300_000_000),
                     max_batch_points=10_000,
                     max_unacked_batches=8,
                 )
