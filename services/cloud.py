@@ -46,7 +46,7 @@ async def hosted_services(
                 applied = await migrations.migrate(conn, migrations.load_migrations(config.database.migrations_dir))
                 total = len(await migrations.applied_versions(conn))
                 log.info("migrations: %d applied now, %d in total", len(applied), total)
-        runtime = Runtime(config=config, pool=pool)
+        runtime = Runtime(config=config, pool=pool, dsn=dsn or config.database.url or "")
         server = create_server(server_config)
         servicers = catalog.add_services(server, specs, runtime)
         # Background work (ingest writer, sweepers) starts before the first call can arrive and

@@ -13,6 +13,9 @@ from services.platform.config import PlatformConfig
 class Runtime:
     config: PlatformConfig
     pool: asyncpg.Pool
+    # The DSN the pool connects to (the embedded server's when DATABASE_URL is unset); LISTEN
+    # connections need it because they live outside the pool.
+    dsn: str = ""
 
     @property
     def replica_id(self) -> str:

@@ -12,6 +12,7 @@ import grpc
 from emma.common.v1 import errors_pb2
 from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
 
+from services.command.relay import CommandRelay
 from services.edgelink.session import EdgeSession, IngestCounters, record_event
 from services.edgelink.writer import IngestWriter
 from services.errors import ApiError
@@ -32,10 +33,12 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
             max_group_points=self._config.max_group_points,
         )
         self.counters = IngestCounters()
+        self.relay = CommandRelay(runtime.pool, runtime.dsn, runtime.replica_id)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await self.writer.start()
+        await self.relay.start()
         self._tasks = [
             asyncio.create_task(self._sweep_offline(), name="offline-sweeper"),
             asyncio.create_task(self._log_stats(), name="ingest-stats"),
@@ -44,6 +47,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        await self.relay.stop()
         await self.writer.stop()
 
     async def _log_stats(self) -> None:
@@ -62,7 +66,9 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
                     "transactions": txns,
                     "mean_transaction_ms": round(
                         1000 * (now.transaction_seconds - previous.transaction_seconds) / txns, 2
-                    ) if txns else 0.0,
+                    )
+                    if txns
+                    else 0.0,
                     "slowest_transaction_ms": round(1000 * now.slowest_transaction_s, 2),
                     "retries": now.retries - previous.retries,
                     "queue_depth": self.writer.queue_depth,
@@ -104,6 +110,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         reader = asyncio.create_task(session.read_loop(requests), name=f"reader-{session.identity.name}")
         try:
             yield edge_link_pb2.ConnectResponse(welcome=welcome)
+            await session.attach_commands()  # after the Welcome: commands in flight, then the queue
             async for response in session.responses():
                 yield response
         finally:

@@ -27,6 +27,7 @@ from emma.common.v1 import errors_pb2
 from emma.edge.v1 import edge_link_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from services.command.relay import ACKS_PER_SECOND, CommandRelay, TokenBucket
 from services.edgelink.batches import Rejection, to_columns
 from services.edgelink.keys import EdgeIdentity, authenticate
 from services.edgelink.writer import IngestWriter, PendingBatch
@@ -83,8 +84,11 @@ class EdgeSession:
         writer: IngestWriter,
         config: IngestConfig,
         counters: IngestCounters,
+        relay: CommandRelay | None = None,
     ) -> None:
         self.identity = identity
+        self._relay = relay
+        self._ack_pace = TokenBucket(ACKS_PER_SECOND, ACKS_PER_SECOND)
         self.session_id = session_id
         self._pool = pool
         self._writer = writer
@@ -107,6 +111,7 @@ class EdgeSession:
         config: IngestConfig,
         counters: IngestCounters,
         replica_id: str,
+        relay: CommandRelay | None = None,
     ) -> tuple[EdgeSession, edge_link_pb2.Welcome]:
         async with pool.acquire() as conn:
             identity = await authenticate(conn, hello.api_key)
@@ -123,8 +128,9 @@ class EdgeSession:
                     f"protocol_version {hello.protocol_version} is not supported; this server speaks "
                     f"{PROTOCOL_VERSION}",
                 )
-            session = cls(identity, uuid.uuid4(), pool, writer, config, counters)
+            session = cls(identity, uuid.uuid4(), pool, writer, config, counters, relay)
             await session._add_channels(conn, hello.channel_table)
+            await session._store_inventory(conn, hello.devices)
             offset_ms = (_ts_seconds(hello.edge_time) - time.time()) * 1000 if hello.HasField("edge_time") else 0.0
             async with conn.transaction():
                 await conn.execute(
@@ -208,6 +214,42 @@ class EdgeSession:
         for e in table:
             self._lut[e.index] = ids[e.channel]
 
+    async def _store_inventory(self, conn: Conn, devices: Any) -> None:
+        """Keep what the edge says it runs; commands are validated against these declarations."""
+        if not devices:
+            return
+        await conn.executemany(
+            """INSERT INTO app.edge_inventory (edge_pk, device_id, kind, driver, model, channels)
+               VALUES ($1, $2, $3, $4, $5, $6)
+               ON CONFLICT (edge_pk, device_id) DO UPDATE SET kind = EXCLUDED.kind, driver = EXCLUDED.driver,
+                   model = EXCLUDED.model, channels = EXCLUDED.channels, update_time = now()""",
+            [(self.identity.edge_pk, d.device_id, d.kind, d.driver, d.model, d.SerializeToString()) for d in devices],
+        )
+
+    # ------------------------------------------------------------------ commands (CommandSink)
+
+    @property
+    def edge_pk(self) -> int:
+        return self.identity.edge_pk
+
+    @property
+    def edge_name(self) -> str:
+        return str(self.identity.name)
+
+    async def send(self, response: edge_link_pb2.ConnectResponse) -> None:
+        await self.outbound.put(response)
+
+    async def attach_commands(self) -> None:
+        if self._relay is not None:
+            await self._relay.attach(self)
+
+    async def _on_command_ack(self, ack: edge_link_pb2.CommandAck) -> None:
+        await self._ack_pace.take()  # at most ACKS_PER_SECOND per edge; excess waits, never dropped
+        if self._relay is not None:
+            await self._relay.on_ack(self, ack)
+        else:
+            log.warning("command ack without a command relay", extra={"edge": self.edge_name})
+
     async def _check_clock(self, conn: Conn, offset_ms: float) -> None:
         drifting = abs(offset_ms) > self._config.clock_drift_warn_ms
         if drifting and not self._drifting:
@@ -233,6 +275,8 @@ class EdgeSession:
                     await self._on_batch(request.telemetry_batch)
                 elif kind == "heartbeat":
                     await self._on_heartbeat(request.heartbeat)
+                elif kind == "command_ack":
+                    await self._on_command_ack(request.command_ack)
                 elif kind == "channel_table_append":
                     async with self._pool.acquire() as conn:
                         await self._add_channels(conn, request.channel_table_append.channels)
@@ -243,8 +287,8 @@ class EdgeSession:
                         "Hello may only be sent once per stream",
                     )
                 else:
-                    # Command and schedule acknowledgements are handled by the command service
-                    # (issue 5); until then they are logged so nothing passes unnoticed.
+                    # Schedule acknowledgements belong to the optimizer's schedules (a later issue);
+                    # until then they are logged so nothing passes unnoticed.
                     log.info("edge message not handled yet", extra={"edge": str(self.identity.name), "kind": kind})
             await self._acks.put(None)
             await acker
@@ -359,6 +403,8 @@ class EdgeSession:
             yield item
 
     async def close(self) -> None:
+        if self._relay is not None:
+            self._relay.detach(self)
         self._counters.streams_closed += 1
         try:
             async with self._pool.acquire() as conn:

@@ -1,0 +1,1 @@
+"""CommandService and the delivery of commands over the edge streams."""

@@ -1,0 +1,241 @@
+"""The EdgeLink side of commands: deliver queued commands on the edge's stream, record its acks.
+
+Each EdgeLink replica LISTENs for "an edge has new commands" and delivers to the edges whose streams
+it holds, oldest first. A command is marked DELIVERED in the same statement that selects it, so two
+replicas never both deliver it; a command already DELIVERED or RECEIVED is sent again when its edge
+reconnects (the edge deduplicates by name). A poll every few seconds and a full pass after the LISTEN
+connection comes back cover notifications that were lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import asyncpg
+from emma.edge.v1 import edge_link_pb2
+from google.protobuf import timestamp_pb2
+
+from services.command import states, store
+from services.platform.notify import Listener
+
+log = logging.getLogger("emma.command.relay")
+
+POLL_INTERVAL_S = 2.0
+ACKS_PER_SECOND = 100.0
+
+_DELIVER = """
+WITH picked AS (
+    SELECT id FROM app.commands
+    WHERE edge_pk = $1 AND state = 'QUEUED' AND expire_time > now()
+    ORDER BY seq FOR UPDATE SKIP LOCKED LIMIT 100
+),
+upd AS (
+    UPDATE app.commands c SET state = 'DELIVERED', delivered_time = now(), update_time = now()
+    FROM picked WHERE c.id = picked.id
+    RETURNING c.id, c.seq, c.channel, c.value, c.expire_time, c.create_time, c.traceparent
+),
+ev AS (
+    INSERT INTO app.command_events (command_id, from_state, to_state, replica_id)
+    SELECT id, 'QUEUED', 'DELIVERED', $2 FROM upd
+)
+SELECT upd.*, pg_notify('emma_command_events', upd.id::text) FROM upd ORDER BY seq
+"""
+
+_IN_FLIGHT = """
+SELECT id, seq, channel, value, expire_time, create_time, traceparent FROM app.commands
+WHERE edge_pk = $1 AND state IN ('DELIVERED', 'RECEIVED') ORDER BY seq
+"""
+
+_ACK_TO_STATE = {
+    edge_link_pb2.COMMAND_ACK_STATUS_RECEIVED: states.RECEIVED,
+    edge_link_pb2.COMMAND_ACK_STATUS_EXECUTED: states.EXECUTED,
+    edge_link_pb2.COMMAND_ACK_STATUS_REJECTED: states.REJECTED_BY_EDGE,
+    edge_link_pb2.COMMAND_ACK_STATUS_FAILED: states.FAILED,
+}
+
+
+class CommandSink(Protocol):
+    """What the relay needs of an edge session."""
+
+    @property
+    def edge_pk(self) -> int: ...
+
+    @property
+    def edge_name(self) -> str: ...
+
+    async def send(self, response: edge_link_pb2.ConnectResponse) -> None: ...
+
+
+def _ts(value: Any) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def _edge_command(edge_name: str, row: Any) -> edge_link_pb2.ConnectResponse:
+    return edge_link_pb2.ConnectResponse(
+        command=edge_link_pb2.EdgeCommand(
+            name=f"{edge_name}/commands/{row['id']}",
+            channel=row["channel"],
+            value=row["value"],
+            expire_time=_ts(row["expire_time"]),
+            create_time=_ts(row["create_time"]),
+            traceparent=row["traceparent"],
+        )
+    )
+
+
+class TokenBucket:
+    """Paces a producer instead of dropping: `await take()` waits for a token."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate, self._burst = rate, burst
+        self._tokens, self._last = burst, time.monotonic()
+
+    async def take(self) -> None:
+        while True:
+            now = time.monotonic()
+            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+            self._last = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return
+            await asyncio.sleep((1 - self._tokens) / self._rate)
+
+
+class CommandRelay:
+    def __init__(self, pool: asyncpg.Pool, dsn: str, replica_id: str) -> None:
+        self._pool = pool
+        self._replica_id = replica_id
+        self._sinks: dict[int, CommandSink] = {}
+        self._pending: dict[int, asyncio.Task[None]] = {}
+        self._again: set[int] = set()
+        self._listener = Listener(dsn, [store.EDGE_CHANNEL], self._on_notify, self._deliver_all)
+        self._poller: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._listener.start()
+        self._poller = asyncio.create_task(self._poll(), name="command-poll")
+
+    async def stop(self) -> None:
+        if self._poller:
+            self._poller.cancel()
+        await self._listener.stop()
+        for task in list(self._pending.values()):
+            task.cancel()
+
+    # ---------------------------------------------------------------- sessions
+
+    async def attach(self, sink: CommandSink) -> None:
+        """A stream of this edge opened here: resend what is in flight, then deliver the queue."""
+        self._sinks[sink.edge_pk] = sink
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(_IN_FLIGHT, sink.edge_pk)
+        for row in rows:
+            log.info("command redelivered", extra={"command_id": str(row["id"]), "edge": sink.edge_name})
+            await sink.send(_edge_command(sink.edge_name, row))
+        self.trigger(sink.edge_pk)
+
+    def detach(self, sink: CommandSink) -> None:
+        if self._sinks.get(sink.edge_pk) is sink:
+            del self._sinks[sink.edge_pk]
+
+    # ---------------------------------------------------------------- delivery
+
+    def _on_notify(self, _channel: str, payload: str) -> None:
+        try:
+            edge_pk = int(payload)
+        except ValueError:
+            return
+        if edge_pk in self._sinks:
+            self.trigger(edge_pk)
+
+    def trigger(self, edge_pk: int) -> None:
+        """Deliver this edge's queue soon; triggers during a delivery coalesce into one more pass."""
+        if edge_pk in self._pending and not self._pending[edge_pk].done():
+            self._again.add(edge_pk)
+            return
+        self._pending[edge_pk] = asyncio.create_task(self._deliver(edge_pk), name=f"deliver-{edge_pk}")
+
+    async def _deliver(self, edge_pk: int) -> None:
+        while True:
+            self._again.discard(edge_pk)
+            sink = self._sinks.get(edge_pk)
+            if sink is None:
+                return
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    rows = await conn.fetch(_DELIVER, edge_pk, self._replica_id)
+            except Exception:
+                log.warning("command delivery failed; the poll retries", exc_info=True)
+                return
+            for row in rows:
+                log.info("command delivered", extra={"command_id": str(row["id"]), "edge": sink.edge_name})
+                await sink.send(_edge_command(sink.edge_name, row))
+            if len(rows) < 100 and edge_pk not in self._again:
+                return
+
+    async def _deliver_all(self) -> None:
+        for edge_pk in list(self._sinks):
+            self.trigger(edge_pk)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL_S)
+            local = list(self._sinks)
+            if not local:
+                continue
+            try:
+                async with self._pool.acquire() as conn:
+                    rows = await conn.fetch(
+                        "SELECT DISTINCT edge_pk FROM app.commands WHERE state = 'QUEUED' AND edge_pk = ANY($1)",
+                        local,
+                    )
+                for r in rows:
+                    self.trigger(r["edge_pk"])
+            except Exception:
+                log.warning("command poll failed", exc_info=True)
+
+    # ---------------------------------------------------------------- acknowledgements
+
+    async def on_ack(self, sink: CommandSink, ack: edge_link_pb2.CommandAck) -> None:
+        to_state = _ACK_TO_STATE.get(ack.status)
+        command_id = _command_id(sink.edge_name, ack.command)
+        if to_state is None or command_id is None:
+            log.warning("malformed command ack ignored", extra={"edge": sink.edge_name, "command": ack.command})
+            return
+        applied = ack.applied_value if to_state == states.EXECUTED else None
+        async with self._pool.acquire() as conn:
+            previous = await store.transition(
+                conn,
+                command_id,
+                to_state,
+                reason=ack.reason,
+                message=ack.message,
+                applied_value=applied,
+                replica_id=self._replica_id,
+            )
+        extra = {"command_id": str(command_id), "edge": sink.edge_name, "state": to_state, "reason": ack.reason}
+        if previous is None:
+            # Late or repeated (a duplicate delivery, or after edge_timeout): the state machine said no.
+            log.info("command ack did not change the state", extra=extra)
+        else:
+            log.info("command acknowledged", extra={**extra, "from_state": previous})
+
+
+def _command_id(edge_name: str, name: str) -> uuid.UUID | None:
+    prefix = f"{edge_name}/commands/"
+    if not name.startswith(prefix):
+        return None
+    try:
+        return uuid.UUID(name[len(prefix) :])
+    except ValueError:
+        return None
+
+
+AckHandler = Callable[[CommandSink, edge_link_pb2.CommandAck], Awaitable[None]]

@@ -1,0 +1,161 @@
+"""Checks a new command must pass before it is stored (issue 5), each failing with its ErrorInfo reason.
+
+The channel declaration comes from what the edge reported in its Hello (app.edge_inventory): the
+device's channels with units, static limits, enums, access and the input channels that carry its
+dynamic limits. Dynamic limits come from the latest telemetry, which must be fresh.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import grpc
+from emma.common.v1 import errors_pb2, types_pb2
+from emma.edge.v1 import edge_link_pb2
+
+from services.errors import ApiError
+from services.names import CHANNEL_ADDRESS
+from services.platform.migrations import Conn
+
+TELEMETRY_MAX_AGE = dt.timedelta(seconds=30)
+ISSUED_TIME_SKEW = dt.timedelta(seconds=60)
+QUEUE_CAP = 10_000
+RATE_LIMIT_PER_S = 10
+WRITABLE = {types_pb2.CHANNEL_ACCESS_READ_WRITE, types_pb2.CHANNEL_ACCESS_WRITE_ONLY}
+
+
+def _error(code: grpc.StatusCode, reason: int, message: str, **metadata: str) -> ApiError:
+    return ApiError(code, reason, message, metadata=metadata)
+
+
+async def channel_spec(conn: Conn, edge_pk: int, address: str) -> types_pb2.ChannelSpec:
+    """The declaration of `device/Channel` on the edge, or CHANNEL_NOT_FOUND."""
+    if not CHANNEL_ADDRESS.match(address):
+        raise _error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            errors_pb2.ERROR_REASON_FIELD_INVALID,
+            f"command.channel {address!r} is not a device/Channel address",
+            field="command.channel",
+        )
+    device_id, name = address.split("/", 1)
+    blob = await conn.fetchval(
+        "SELECT channels FROM app.edge_inventory WHERE edge_pk = $1 AND device_id = $2", edge_pk, device_id
+    )
+    if blob is not None:
+        item = edge_link_pb2.DeviceInventoryItem.FromString(bytes(blob))
+        for spec in item.channels:
+            if spec.name == name:
+                return spec
+    raise _error(
+        grpc.StatusCode.NOT_FOUND,
+        errors_pb2.ERROR_REASON_CHANNEL_NOT_FOUND,
+        f"the edge has no channel {address}" if blob is not None else f"the edge has no device {device_id}",
+        channel=address,
+    )
+
+
+def check_static(spec: types_pb2.ChannelSpec, address: str, value: float) -> None:
+    if spec.access not in WRITABLE:
+        raise _error(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            errors_pb2.ERROR_REASON_CHANNEL_NOT_WRITABLE,
+            f"{address} is read-only",
+            channel=address,
+        )
+    if not math.isfinite(value):
+        raise _error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            errors_pb2.ERROR_REASON_FIELD_INVALID,
+            "command.value must be a finite number",
+            field="command.value",
+        )
+    if spec.enum_values and int(value) not in {e.number for e in spec.enum_values}:
+        allowed = ", ".join(f"{e.number} ({e.label})" for e in spec.enum_values)
+        raise _error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            errors_pb2.ERROR_REASON_VALUE_NOT_IN_ENUM,
+            f"{value:g} is not one of {allowed}",
+            channel=address,
+        )
+    low = spec.min_value if spec.HasField("min_value") else -math.inf
+    high = spec.max_value if spec.HasField("max_value") else math.inf
+    if not low <= value <= high:
+        raise _error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            errors_pb2.ERROR_REASON_VALUE_OUT_OF_RANGE,
+            f"{value:g} {spec.unit} is outside {low:g}..{high:g} {spec.unit}",
+            channel=address,
+            min_value=f"{low:g}",
+            max_value=f"{high:g}",
+        )
+
+
+async def check_dynamic(
+    conn: Conn, edge_pk: int, spec: types_pb2.ChannelSpec, address: str, value: float, now: dt.datetime
+) -> None:
+    """Positive values are limited by dynamic_max_channel, negative ones by dynamic_min_channel."""
+    limit_name = spec.dynamic_max_channel if value > 0 else spec.dynamic_min_channel if value < 0 else ""
+    if not limit_name:
+        return
+    device_id = address.split("/", 1)[0]
+    limit_channel = f"{device_id}/{limit_name}"
+    row = await conn.fetchrow(
+        """SELECT l.time, l.value FROM telemetry.series s JOIN telemetry.latest l ON l.series_id = s.id
+           WHERE s.edge_pk = $1 AND s.channel = $2""",
+        edge_pk,
+        limit_channel,
+    )
+    if row is None or now - row["time"] > TELEMETRY_MAX_AGE:
+        age = "no telemetry" if row is None else f"telemetry {(now - row['time']).total_seconds():.0f} s old"
+        raise _error(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            errors_pb2.ERROR_REASON_TELEMETRY_STALE,
+            f"cannot check {limit_channel}: {age} (at most {TELEMETRY_MAX_AGE.seconds} s)",
+            limit_channel=limit_channel,
+        )
+    if abs(value) > abs(row["value"]):
+        raise _error(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            errors_pb2.ERROR_REASON_VALUE_EXCEEDS_DYNAMIC_LIMIT,
+            f"|{value:g}| {spec.unit} exceeds {limit_channel} = {row['value']:g}",
+            limit_channel=limit_channel,
+            limit_value=f"{row['value']:g}",
+        )
+
+
+def check_issued_time(issued: dt.datetime, now: dt.datetime) -> None:
+    if abs(issued - now) > ISSUED_TIME_SKEW:
+        raise _error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            errors_pb2.ERROR_REASON_ISSUED_TIME_SKEW,
+            f"issued_time is {(issued - now).total_seconds():+.0f} s from the server's clock "
+            f"(at most {ISSUED_TIME_SKEW.seconds} s)",
+        )
+
+
+async def check_rate(conn: Conn, creator: str) -> None:
+    recent = await conn.fetchval(
+        "SELECT count(*) FROM app.commands WHERE creator = $1 AND create_time > now() - interval '1 second'", creator
+    )
+    if recent >= RATE_LIMIT_PER_S:
+        raise _error(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            errors_pb2.ERROR_REASON_RATE_LIMITED,
+            f"at most {RATE_LIMIT_PER_S} commands per second per caller",
+            retry_after_ms="1000",
+        )
+
+
+async def check_queue(conn: Conn, edge_pk: int) -> None:
+    queued = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT 1 FROM app.commands WHERE edge_pk = $1 AND state = 'QUEUED' LIMIT $2) q",
+        edge_pk,
+        QUEUE_CAP,
+    )
+    if queued >= QUEUE_CAP:
+        raise _error(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            errors_pb2.ERROR_REASON_EDGE_QUEUE_FULL,
+            f"the edge already has {QUEUE_CAP} queued commands",
+        )
