@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,9 +18,11 @@ import asyncpg
 import pytest
 from emma.edge.v1 import edge_link_pb2
 
+from edge_daemon.channel_registry import ChannelRegistry
 from edge_daemon.daemon import EdgeDaemon
 from edge_daemon.outbox import Outbox
 from edge_daemon.uplink import GrpcUplink, create_uplink
+from edge_daemon.uplink.wire import timestamp
 from tests.cloud.conftest import new_edge
 from tests.edge.uplink_support import (
     OutboxContent,
@@ -277,3 +280,49 @@ async def test_refused_key_keeps_the_site_running_and_the_outbox_filling(
             await asyncio.gather(runner, return_exceptions=True)
     seqs = [r.batch_seq for r in await ledger(db, pk)]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+async def test_a_batch_the_cloud_rejects_is_dropped_with_its_reason_and_blocks_nothing(
+    tmp_path: Path, db: asyncpg.Connection, migrated_url: str, captured_logs: list[logging.LogRecord]
+) -> None:
+    edge, pk, key = await new_edge(db, "rejects")
+    # Before the daemon ever ran, its outbox got a batch from 40 days ago: beyond the cloud's retention.
+    outbox_path = tmp_path / "outbox.sqlite"
+    registry = ChannelRegistry(outbox_path)
+    box = Outbox(outbox_path, 1 << 20)
+    index = registry.index_for("battery_1/Soc", "%")
+    stale = edge_link_pb2.TelemetryBatch(
+        batch_seq=1,
+        base_time=timestamp(time.time() - 40 * 86_400),
+        channel_indexes=[index],
+        time_offsets_ms=[0],
+        values=[50.0],
+    )
+    assert box.append(stale.SerializeToString()) == 1
+    box.close()
+    registry.close()
+
+    async with real_cloud(migrated_url) as cloud:
+        config = site_config(tmp_path, endpoint=f"127.0.0.1:{cloud.port}", edge=str(edge), key=key)
+        uplink = create_uplink(config)
+        daemon = EdgeDaemon(config, uplink=uplink)
+        runner = asyncio.create_task(daemon.run())
+        try:
+
+            async def later_ones_stored() -> bool:
+                return len(await ledger(db, pk)) >= 3
+
+            await until(later_ones_stored, what="batches after the rejected one")
+            assert daemon.outbox is not None
+            assert [b.batch_seq for b in daemon.outbox.pending(10, 0)] != [1]
+        finally:
+            daemon.stop()
+            await asyncio.gather(runner, return_exceptions=True)
+    assert uplink.stats.rejections == [(1, "BATCH_TIME_OUT_OF_RANGE")]
+    seqs = [r.batch_seq for r in await ledger(db, pk)]
+    assert 1 not in seqs and seqs == list(range(2, len(seqs) + 2))
+    assert 1 not in read_outbox(outbox_path).batches  # dropped: resending cannot fix it
+    rejected = [r for r in captured_logs if r.getMessage().startswith("telemetry batch rejected")]
+    assert [(getattr(r, "batch_seq", None), getattr(r, "reason", None)) for r in rejected] == [
+        (1, "BATCH_TIME_OUT_OF_RANGE")
+    ]
