@@ -77,6 +77,12 @@ def _edge_link(runtime: Runtime) -> Any:
     return EdgeLinkServicer(runtime)
 
 
+def _command(runtime: Runtime) -> Any:
+    from services.command.servicer import CommandServicer
+
+    return CommandServicer(runtime)
+
+
 def _telemetry(runtime: Runtime) -> Any:
     from services.telemetry.servicer import TelemetryServicer
 
@@ -109,6 +115,7 @@ SERVICES: dict[str, ServiceSpec] = {
             "CommandService",
             command_pb2_grpc.add_CommandServiceServicer_to_server,
             "issue 5, command dispatch",
+            _command,
         ),
         _spec(
             "registry",

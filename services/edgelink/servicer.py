@@ -106,6 +106,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
             self._config,
             self.counters,
             self._runtime.replica_id,
+            self.relay,
         )
         reader = asyncio.create_task(session.read_loop(requests), name=f"reader-{session.identity.name}")
         try:

@@ -87,8 +87,12 @@ async def roll_up_closed_buckets(conn: Conn, grace_s: float, limit: int = 500) -
         if not claimed:
             return 0
         edges = sorted({r["edge_pk"] for r in claimed})
-        series = [r["id"] for r in await conn.fetch(
-            "SELECT id FROM telemetry.series WHERE edge_pk = ANY($1::bigint[]) ORDER BY id", edges)]
+        series = [
+            r["id"]
+            for r in await conn.fetch(
+                "SELECT id FROM telemetry.series WHERE edge_pk = ANY($1::bigint[]) ORDER BY id", edges
+            )
+        ]
         for lo, hi in _runs([r["bucket"] for r in claimed]):
             await conn.execute(_ROLLUP_15M, series, lo, hi)
             hour_lo = _floor_hour(lo)

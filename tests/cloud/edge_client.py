@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
+from emma.common.v1 import types_pb2
 from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
 from google.protobuf import timestamp_pb2
 
@@ -23,8 +24,46 @@ def ts(seconds: float) -> timestamp_pb2.Timestamp:
     return out
 
 
+def battery_inventory(device_id: str = "battery_1") -> edge_link_pb2.DeviceInventoryItem:
+    """A battery as the edge daemon declares it: SetActivePower in W, discharge > 0, dynamic limits."""
+    rw, ro = types_pb2.CHANNEL_ACCESS_READ_WRITE, types_pb2.CHANNEL_ACCESS_READ_ONLY
+    return edge_link_pb2.DeviceInventoryItem(
+        device_id=device_id,
+        kind=types_pb2.DEVICE_KIND_BATTERY,
+        driver="test",
+        channels=[
+            types_pb2.ChannelSpec(name="Soc", unit="%", access=ro, min_value=0, max_value=100),
+            types_pb2.ChannelSpec(name="MaxChargePower", unit="W", access=ro),
+            types_pb2.ChannelSpec(name="MaxDischargePower", unit="W", access=ro),
+            types_pb2.ChannelSpec(
+                name="SetActivePower",
+                unit="W",
+                access=rw,
+                min_value=-5000,
+                max_value=5000,
+                dynamic_max_channel="MaxDischargePower",
+                dynamic_min_channel="MaxChargePower",
+            ),
+            types_pb2.ChannelSpec(
+                name="SetMode",
+                unit="",
+                access=rw,
+                value_type=types_pb2.VALUE_TYPE_ENUM,
+                enum_values=[
+                    types_pb2.EnumValue(number=0, label="AUTO"),
+                    types_pb2.EnumValue(number=1, label="MANUAL"),
+                ],
+            ),
+        ],
+    )
+
+
 def hello(
-    edge: str, key: str, channels: Sequence[tuple[str, str]] = CHANNELS, clock_offset_s: float = 0.0
+    edge: str,
+    key: str,
+    channels: Sequence[tuple[str, str]] = CHANNELS,
+    clock_offset_s: float = 0.0,
+    devices: Sequence[edge_link_pb2.DeviceInventoryItem] = (),
 ) -> edge_link_pb2.ConnectRequest:
     return edge_link_pb2.ConnectRequest(
         hello=edge_link_pb2.Hello(
@@ -36,6 +75,7 @@ def hello(
             channel_table=[
                 edge_link_pb2.ChannelDescriptor(index=i, channel=c, unit=u) for i, (c, u) in enumerate(channels)
             ],
+            devices=devices,
         )
     )
 
@@ -72,6 +112,13 @@ class EdgeStream:
         response = await asyncio.wait_for(self.call.read(), timeout)
         assert response is not grpc.aio.EOF, "stream ended"
         return response  # type: ignore[return-value]
+
+    async def recv_kind(self, kind: str, timeout: float = 10) -> edge_link_pb2.ConnectResponse:
+        """The next response of this kind, skipping others (acks, heartbeat answers)."""
+        while True:
+            response = await self.recv(timeout)
+            if response.WhichOneof("message") == kind:
+                return response
 
     async def recv_ack(self, timeout: float = 10) -> edge_link_pb2.TelemetryAck:
         while True:

@@ -1,0 +1,308 @@
+"""CommandService: create (validated, durable, idempotent), get, list, watch, cancel, fleet dispatch."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import grpc
+from emma.command.v1 import command_pb2, command_pb2_grpc
+from emma.common.v1 import errors_pb2
+
+from services.command import fleet, states, store, validation
+from services.command.watch import CommandWatcher
+from services.command.workers import CommandWorkers
+from services.errors import ApiError, invalid_field, not_found
+from services.names import EdgeName, parse_edge, parse_site
+from services.pagination import decode_token, encode_token, page_size
+from services.platform.migrations import Conn
+from services.runtime import Runtime
+
+log = logging.getLogger("emma.command")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+DEFAULT_TTL = dt.timedelta(minutes=5)
+MAX_TTL = dt.timedelta(hours=24)
+
+
+def caller_name(context: Context) -> str:
+    """Who is calling, for rate limits and `creator`: the client address until authentication lands."""
+    peer = context.peer() or "unknown"
+    return f"anonymous@{peer.rsplit(':', 1)[0]}"
+
+
+def traceparent_of(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent" and isinstance(value, str):
+            return value
+    return ""
+
+
+def _parse_command_name(name: str) -> tuple[EdgeName, uuid.UUID]:
+    edge_part, sep, command_id = name.rpartition("/commands/")
+    edge = parse_edge(edge_part if sep else name, "name")
+    try:
+        return edge, uuid.UUID(command_id)
+    except ValueError:
+        raise invalid_field("name", f"{name!r} does not end in /commands/{{command id}}") from None
+
+
+async def edge_pk_of(conn: Conn, edge: EdgeName) -> int:
+    pk = await conn.fetchval(
+        "SELECT pk FROM app.edges WHERE org_id = $1 AND site_id = $2 AND edge_id = $3", edge.org, edge.site, edge.edge
+    )
+    if pk is None:
+        raise not_found(str(edge))
+    return int(pk)
+
+
+def request_hash(parent: str, command: command_pb2.Command) -> str:
+    """What makes two CreateCommand requests "the same request" for AIP-155."""
+    ttl = command.ttl.ToTimedelta().total_seconds() if command.HasField("ttl") else 0
+    return hashlib.sha256(f"{parent}|{command.channel}|{command.value!r}|{ttl}".encode()).hexdigest()
+
+
+class CommandServicer(command_pb2_grpc.CommandServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._pool = runtime.pool
+        self.workers = CommandWorkers(runtime.pool, runtime.replica_id)
+        self.watcher = CommandWatcher(runtime.pool, runtime.dsn)
+
+    async def start(self) -> None:
+        await self.watcher.start()
+        await self.workers.start()
+
+    async def stop(self) -> None:
+        await self.workers.stop()
+        await self.watcher.stop()
+
+    # ------------------------------------------------------------------ create
+
+    async def CreateCommand(self, request: command_pb2.CreateCommandRequest, context: Context) -> command_pb2.Command:
+        edge = parse_edge(request.parent, "parent")
+        if not request.request_id:
+            raise invalid_field("request_id", "required: a unique id (for example a UUID) per request")
+        if not request.HasField("command"):
+            raise invalid_field("command", "required")
+        ttl = request.command.ttl.ToTimedelta() if request.command.HasField("ttl") else DEFAULT_TTL
+        if not dt.timedelta(seconds=1) <= ttl <= MAX_TTL:
+            raise invalid_field("command.ttl", "must be between 1 s and 24 h")
+        async with self._pool.acquire() as conn:
+            command = await self.create_one(
+                conn,
+                edge,
+                request.command.channel,
+                request.command.value,
+                ttl,
+                issued=request.command.issued_time.ToDatetime(dt.UTC)
+                if request.command.HasField("issued_time")
+                else None,
+                creator=caller_name(context),
+                request_id=request.request_id,
+                digest=request_hash(request.parent, request.command),
+                traceparent=traceparent_of(context),
+            )
+        return command
+
+    async def create_one(
+        self,
+        conn: Conn,
+        edge: EdgeName,
+        channel: str,
+        value: float,
+        ttl: dt.timedelta,
+        *,
+        issued: dt.datetime | None,
+        creator: str,
+        request_id: str,
+        digest: str,
+        traceparent: str = "",
+        fleet_dispatch: uuid.UUID | None = None,
+    ) -> command_pb2.Command:
+        """Validate and store one command (also used by fleet dispatch); idempotent on request_id."""
+        pk = await edge_pk_of(conn, edge)
+        existing = await conn.fetchrow(
+            "SELECT id, request_hash FROM app.commands WHERE edge_pk = $1 AND request_id = $2", pk, request_id
+        )
+        if existing is not None:
+            return await self._replay(conn, existing, digest, request_id)
+        now = dt.datetime.now(dt.UTC)
+        validation.check_issued_time(issued or now, now)
+        spec = await validation.channel_spec(conn, pk, channel)
+        validation.check_static(spec, channel, value)
+        await validation.check_dynamic(conn, pk, spec, channel, value, now)
+        command_id = uuid.uuid4()
+        try:
+            async with conn.transaction():
+                # Serialise this caller's creations so the rate limit counts what concurrent requests
+                # commit (one caller's commands are few per second; other callers are not blocked).
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", creator)
+                await validation.check_rate(conn, creator)
+                await validation.check_queue(conn, pk)
+                await conn.execute(
+                    """INSERT INTO app.commands (id, edge_pk, channel, value, state, issued_time, expire_time,
+                           creator, request_id, request_hash, fleet_dispatch, traceparent)
+                       VALUES ($1, $2, $3, $4, 'QUEUED', $5, now() + $6::interval, $7, $8, $9, $10, $11)""",
+                    command_id, pk, channel, value, issued or now, ttl, creator, request_id, digest,
+                    fleet_dispatch, traceparent,
+                )
+                await conn.execute(
+                    """INSERT INTO app.command_events (command_id, from_state, to_state, replica_id)
+                       VALUES ($1, '', 'QUEUED', $2)""",
+                    command_id, self._runtime.replica_id,
+                )
+                # Tell the replica that holds the edge's stream (delivered at COMMIT).
+                await conn.execute("SELECT pg_notify($1, $2)", store.EDGE_CHANNEL, str(pk))
+        except asyncpg.UniqueViolationError:
+            # The same request_id raced in from a retry on another connection: answer with the first.
+            existing = await conn.fetchrow(
+                "SELECT id, request_hash FROM app.commands WHERE edge_pk = $1 AND request_id = $2", pk, request_id
+            )
+            assert existing is not None
+            return await self._replay(conn, existing, digest, request_id)
+        log.info(
+            "command queued",
+            extra={"command_id": str(command_id), "edge": str(edge), "channel": channel, "value": value},
+        )
+        loaded = await store.load(conn, command_id)
+        assert loaded is not None
+        return loaded
+
+    @staticmethod
+    async def _replay(conn: Conn, existing: Any, digest: str, request_id: str) -> command_pb2.Command:
+        if existing["request_hash"] != digest:
+            raise ApiError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                errors_pb2.ERROR_REASON_REQUEST_ID_REUSED,
+                f"request_id {request_id!r} was used for a different command",
+                metadata={"request_id": request_id},
+            )
+        command = await store.load(conn, existing["id"])
+        assert command is not None
+        return command
+
+    # ------------------------------------------------------------------ read
+
+    async def GetCommand(self, request: command_pb2.GetCommandRequest, context: Context) -> command_pb2.Command:
+        edge, command_id = _parse_command_name(request.name)
+        async with self._pool.acquire() as conn:
+            command = await store.load(conn, command_id)
+        if command is None or not command.name.startswith(f"{edge}/commands/"):
+            raise not_found(request.name)
+        return command
+
+    async def ListCommands(
+        self, request: command_pb2.ListCommandsRequest, context: Context
+    ) -> command_pb2.ListCommandsResponse:
+        all_edges = request.parent.endswith("/edges/-")
+        if all_edges:  # AIP-159: "-" lists every edge of the site
+            site = parse_site(request.parent.removesuffix("/edges/-"), "parent")
+            edge = EdgeName(site.org, site.site, "-")
+        else:
+            edge = parse_edge(request.parent, "parent")
+        size = page_size(request.page_size)
+        offset = decode_token("ListCommands", request.page_token)
+        state = states.from_proto(request.state) if request.state else None
+        start = request.start_time.ToDatetime(dt.UTC) if request.HasField("start_time") else None
+        end = request.end_time.ToDatetime(dt.UTC) if request.HasField("end_time") else None
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"""SELECT {store.COMMAND_COLUMNS} FROM app.commands c JOIN app.edges e ON e.pk = c.edge_pk
+                    WHERE e.org_id = $1 AND e.site_id = $2 AND ($3::text IS NULL OR e.edge_id = $3)
+                      AND ($4::text IS NULL OR c.state = $4)
+                      AND ($5::timestamptz IS NULL OR c.create_time >= $5)
+                      AND ($6::timestamptz IS NULL OR c.create_time < $6)
+                    ORDER BY c.create_time DESC, c.seq DESC OFFSET $7 LIMIT $8""",
+                edge.org,
+                edge.site,
+                None if all_edges else edge.edge,
+                state,
+                start,
+                end,
+                offset,
+                size + 1,
+            )
+        return command_pb2.ListCommandsResponse(
+            commands=[store.to_proto(r) for r in rows[:size]],
+            next_page_token=encode_token("ListCommands", offset + size) if len(rows) > size else "",
+        )
+
+    async def WatchCommand(
+        self, request: command_pb2.WatchCommandRequest, context: Context
+    ) -> AsyncIterator[command_pb2.WatchCommandResponse]:
+        edge, command_id = _parse_command_name(request.name)
+        async with self.watcher.subscribe(command_id) as changes:
+            async with self._pool.acquire() as conn:
+                command = await store.load(conn, command_id)
+            if command is None or not command.name.startswith(f"{edge}/commands/"):
+                raise not_found(request.name)
+            yield command_pb2.WatchCommandResponse(command=command)
+            seen = len(command.transitions)
+            while states.from_proto(command.state) not in states.FINAL:
+                await changes.wait_for_change()
+                async with self._pool.acquire() as conn:
+                    latest = await store.load(conn, command_id)
+                assert latest is not None
+                for transition in latest.transitions[seen:]:
+                    yield command_pb2.WatchCommandResponse(command=latest, transition=transition)
+                seen = len(latest.transitions)
+                command = latest
+
+    # ------------------------------------------------------------------ cancel
+
+    async def CancelCommand(self, request: command_pb2.CancelCommandRequest, context: Context) -> command_pb2.Command:
+        edge, command_id = _parse_command_name(request.name)
+        async with self._pool.acquire() as conn:
+            current = await store.load(conn, command_id, with_events=False)
+            if current is None or not current.name.startswith(f"{edge}/commands/"):
+                raise not_found(request.name)
+            if current.state == command_pb2.COMMAND_STATE_CANCELLED:
+                return await self._loaded(conn, command_id)  # a retried cancel (AIP-155)
+            previous = await store.transition(
+                conn,
+                command_id,
+                states.CANCELLED,
+                reason="CANCELLED",
+                message=f"by {caller_name(context)}",
+                replica_id=self._runtime.replica_id,
+            )
+            if previous is None:
+                raise ApiError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    errors_pb2.ERROR_REASON_COMMAND_NOT_CANCELLABLE,
+                    f"the command is {states.from_proto(current.state)}; only QUEUED commands can be cancelled",
+                    metadata={"state": states.from_proto(current.state)},
+                )
+            log.info("command cancelled", extra={"command_id": str(command_id)})
+            return await self._loaded(conn, command_id)
+
+    @staticmethod
+    async def _loaded(conn: Conn, command_id: uuid.UUID) -> command_pb2.Command:
+        command = await store.load(conn, command_id)
+        assert command is not None
+        return command
+
+    # ------------------------------------------------------------------ fleet
+
+    async def CreateFleetDispatch(
+        self, request: command_pb2.CreateFleetDispatchRequest, context: Context
+    ) -> command_pb2.FleetDispatch:
+        return await fleet.create(self, request, caller_name(context), traceparent_of(context))
+
+    async def GetFleetDispatch(
+        self, request: command_pb2.GetFleetDispatchRequest, context: Context
+    ) -> command_pb2.FleetDispatch:
+        async with self._pool.acquire() as conn:
+            return await fleet.load(conn, request.name)
+
+    async def ListFleetDispatches(
+        self, request: command_pb2.ListFleetDispatchesRequest, context: Context
+    ) -> command_pb2.ListFleetDispatchesResponse:
+        async with self._pool.acquire() as conn:
+            return await fleet.list_dispatches(conn, request)
