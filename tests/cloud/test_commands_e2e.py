@@ -12,10 +12,10 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from emma.command.v1 import command_pb2, command_pb2_grpc
 
 from edge_daemon.daemon import EdgeDaemon
 from edge_daemon.uplink import create_uplink
-from emma.command.v1 import command_pb2, command_pb2_grpc
 from services.names import EdgeName
 from tests.cloud.conftest import Host, new_edge
 from tests.edge.uplink_support import SETPOINT, TcpRelay, site_config, until
