@@ -85,7 +85,7 @@ class UplinkStats:
     clock_offset_ms: float = 0.0
     last_end: StreamStatus | None = None
     session_id: str = ""
-    rejections: list[tuple[int, str]] = field(default_factory=list)
+    rejections: list[tuple[int, str]] = field(default_factory=list)  # the last 100 (seq, reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +363,7 @@ class Session:
             log.info("telemetry batch was already stored", extra={"batch_seq": seq})
         else:
             self.stats.batches_rejected += 1
-            self.stats.rejections.append((seq, ack.reason))
+            self.stats.rejections = [*self.stats.rejections[-99:], (seq, ack.reason)]
             log.error(
                 "telemetry batch rejected by the cloud and dropped: %s",
                 ack.message,

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -326,3 +327,56 @@ async def test_a_batch_the_cloud_rejects_is_dropped_with_its_reason_and_blocks_n
     assert [(getattr(r, "batch_seq", None), getattr(r, "reason", None)) for r in rejected] == [
         (1, "BATCH_TIME_OUT_OF_RANGE")
     ]
+
+
+async def test_commands_queued_in_the_cloud_are_executed_or_rejected_by_the_edge(
+    tmp_path: Path, db: asyncpg.Connection, migrated_url: str
+) -> None:
+    """End to end with the cloud's own command relay: queued rows are delivered on the stream; the
+    edge's acks drive the cloud's state machine."""
+    edge, pk, key = await new_edge(db, "commands")
+    ids = {"ok": uuid.uuid4(), "too-much": uuid.uuid4()}
+    # Different channels: a second command for the same channel would supersede the first.
+    commands = (("ok", "battery_1/SetActivePower", -1_000.0), ("too-much", "ev_1/SetActivePower", 50_000.0))
+    for request_id, channel, value in commands:
+        await db.execute(
+            """INSERT INTO app.commands (id, edge_pk, channel, value, state, issued_time, expire_time,
+                   creator, request_id, request_hash)
+               VALUES ($1, $2, $3, $4, 'QUEUED', now(), now() + interval '5 min', 'users/test', $5, $5)""",
+            ids[request_id],
+            pk,
+            channel,
+            value,
+            request_id,
+        )
+    async with real_cloud(migrated_url) as cloud:
+        config = site_config(tmp_path, endpoint=f"127.0.0.1:{cloud.port}", edge=str(edge), key=key)
+        daemon = EdgeDaemon(config, uplink=create_uplink(config))
+        runner = asyncio.create_task(daemon.run())
+        try:
+
+            async def settled() -> bool:
+                states = await db.fetch(
+                    "SELECT state FROM app.commands WHERE edge_pk = $1 AND state NOT IN "
+                    "('EXECUTED', 'REJECTED_BY_EDGE', 'FAILED')",
+                    pk,
+                )
+                return not states
+
+            await until(settled, what="final command states in the cloud")
+        finally:
+            daemon.stop()
+            await asyncio.gather(runner, return_exceptions=True)
+    rows = {
+        r["id"]: r
+        for r in await db.fetch(
+            "SELECT id, state, state_reason, applied_value FROM app.commands WHERE edge_pk = $1", pk
+        )
+    }
+    assert (rows[ids["ok"]]["state"], rows[ids["ok"]]["applied_value"]) == ("EXECUTED", -1_000.0)
+    assert (rows[ids["too-much"]]["state"], rows[ids["too-much"]]["state_reason"]) == (
+        "REJECTED_BY_EDGE",
+        "VALUE_OUT_OF_RANGE",
+    )
+    path = await db.fetch("SELECT to_state FROM app.command_events WHERE command_id = $1 ORDER BY id", ids["ok"])
+    assert [r["to_state"] for r in path][-3:] == ["DELIVERED", "RECEIVED", "EXECUTED"]
