@@ -1,0 +1,225 @@
+"""The Starlette application: route table, limits, tracing and the gRPC channel put together.
+
+Request path of an API call: CORS -> write rate limit -> route match (404/405) -> body (413) ->
+binding (400) -> gRPC call with deadline, Authorization, client address and traceparent as metadata
+-> JSON, SSE or NDJSON. Every error on the way is an HttpError rendered as an AIP-193 body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route as StarletteRoute
+from starlette.types import Scope
+
+from gateway import errors
+from gateway.binding import bind_request, read_body
+from gateway.config import GatewayConfig
+from gateway.cors import ALLOWED_METHODS, CorsMiddleware
+from gateway.docs import render_docs
+from gateway.errors import HttpError
+from gateway.limits import WRITE_METHODS, WriteLimiter
+from gateway.openapi import build_openapi
+from gateway.routes import RouteTable, build_route_table
+from gateway.transcode import Invoker, StreamResponse, call_unary, dumps, open_stream, wants_sse
+
+log = logging.getLogger("emma.gateway")
+
+JSON = "application/json"
+
+
+def channel_options(config: GatewayConfig) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", config.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", config.keepalive_timeout_ms),
+        # Idle periods between requests must not let a dead connection go unnoticed.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def _raw_path(scope: Scope) -> str:
+    """The path as sent, still percent-encoded; some servers put the query string in raw_path too."""
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes):
+        return raw.split(b"?", 1)[0].decode("latin-1")
+    from urllib.parse import quote
+
+    return quote(str(scope["path"]))
+
+
+def _ascii_header(request: Request, name: str) -> str | None:
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    # gRPC metadata values must be printable ASCII; anything else would fail inside the call.
+    if not value.isascii() or not value.isprintable():
+        raise errors.bad_request(name.title(), "must be printable ASCII")
+    return value
+
+
+class Gateway:
+    """The per-process state behind the app: routes, the limiter and the gRPC channel."""
+
+    def __init__(self, config: GatewayConfig, table: RouteTable | None = None) -> None:
+        self.config = config
+        self.table = table or build_route_table()
+        self.limiter = WriteLimiter(config.write_rate_per_s, config.write_burst)
+        self._channel: grpc.aio.Channel | None = None
+        self._invoker: Invoker | None = None
+        self._tracer = trace.get_tracer("emma.gateway")
+
+    def invoker(self) -> Invoker:
+        # Made on first use so the channel belongs to the event loop that serves requests.
+        if self._invoker is None:
+            self._channel = grpc.aio.insecure_channel(self.config.target, options=channel_options(self.config))
+            self._invoker = Invoker(self._channel)
+        return self._invoker
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(None)
+        self._channel = self._invoker = None
+
+    def _client(self, request: Request) -> str:
+        return request.client.host if request.client else "unknown"
+
+    async def handle(self, request: Request) -> Response | StreamResponse:
+        method = request.method
+        client = self._client(request)
+        if method in WRITE_METHODS:
+            wait_s = self.limiter.take(client)
+            if wait_s > 0:
+                raise errors.rate_limited(wait_s)
+        match = self.table.match(method, _raw_path(request.scope))
+        route = match.route
+        body = await read_body(request, self.config.max_body_bytes)
+        message = bind_request(route, match.path_values, request.query_params.multi_items(), body)
+
+        metadata = [("x-forwarded-for", client)]
+        authorization = _ascii_header(request, "authorization")
+        if authorization is not None:
+            metadata.append(("authorization", authorization))
+        # Continue the caller's trace when it sent traceparent, else start one here; either way the
+        # service's span becomes a child of the gateway's.
+        span = self._tracer.start_span(
+            f"{method} {route.template.source}",
+            context=propagate.extract(request.headers),
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": method,
+                "http.route": route.template.source,
+                "rpc.method": route.grpc_path,
+            },
+        )
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        metadata.extend(carrier.items())
+        try:
+            if not route.server_streaming:
+                content = await call_unary(self.invoker(), route, message, metadata, self.config.deadline_s)
+                _end_span(span, None)
+                return Response(content, media_type=JSON)
+            timeout = self.config.stream_deadline_s or None
+            call, first = await open_stream(self.invoker(), route, message, metadata, timeout)
+        except BaseException as exc:
+            _end_span(span, exc)
+            raise
+        return StreamResponse(
+            route,
+            call,
+            first,
+            sse=wants_sse(request.headers.get("accept", "")),
+            keepalive_s=self.config.sse_keepalive_s,
+            on_close=lambda exc: _end_span(span, exc),
+        )
+
+
+def _end_span(span: trace.Span, exc: BaseException | None) -> None:
+    if isinstance(exc, HttpError):
+        span.set_attribute("http.response.status_code", exc.http_status)
+        if exc.http_status >= 500:
+            span.set_status(Status(StatusCode.ERROR, exc.message))
+    elif exc is not None:
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+    span.end()
+
+
+def _error_response(error: HttpError) -> Response:
+    return Response(error.json_bytes(), status_code=error.http_status, media_type=JSON, headers=error.headers)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HttpError)
+    return _error_response(exc)
+
+
+async def _on_starlette_error(request: Request, exc: Exception) -> Response:
+    # Starlette's own 404/405 (e.g. POST /openapi.json) in the API's error shape.
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "GET").split(", ")
+        return _error_response(errors.method_not_allowed(request.method, request.url.path, allowed))
+    if exc.status_code == 404:
+        return _error_response(errors.no_route(request.method, request.url.path))
+    return _error_response(errors.HttpError(exc.status_code, 2, str(exc.detail)))
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error_response(errors.internal_error())
+
+
+def create_app(config: GatewayConfig, table: RouteTable | None = None) -> Starlette:
+    """The ASGI app; its lifespan closes the gRPC channel (made lazily on the first call)."""
+    gateway = Gateway(config, table)
+    document = build_openapi(gateway.table)
+    openapi_body = dumps(document)
+    docs_html = render_docs(document)
+
+    async def openapi(request: Request) -> Response:
+        return Response(openapi_body, media_type=JSON)
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(docs_html)
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"SERVING"}', media_type=JSON)
+
+    async def api(request: Request) -> Response | StreamResponse:
+        return await gateway.handle(request)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    app = Starlette(
+        routes=[
+            StarletteRoute("/openapi.json", openapi, methods=["GET"]),
+            StarletteRoute("/docs", docs, methods=["GET"]),
+            StarletteRoute("/healthz", healthz, methods=["GET"]),
+            # Every API path: the gateway's own table decides (404 / 405 in the API's error shape).
+            StarletteRoute("/{path:path}", api, methods=[*ALLOWED_METHODS, "HEAD", "OPTIONS"]),
+        ],
+        middleware=[Middleware(CorsMiddleware, origins=config.cors_origins)],
+        exception_handlers={HttpError: _on_http_error, HTTPException: _on_starlette_error, Exception: _on_unexpected},
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,211 @@
+"""Calling the RPC behind a route and turning its answer into HTTP.
+
+Unary answers become one proto3 JSON document (response_body picks one field of it). Server streams
+become Server-Sent Events when the client accepts text/event-stream and NDJSON otherwise; an error
+after the first message can no longer change the HTTP status, so it is sent as a last event in the
+same AIP-193 shape. A client that goes away cancels the gRPC call at once, so the service stops
+working for nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from starlette.types import Receive, Scope, Send
+
+from gateway.binding import message_class
+from gateway.errors import HttpError, from_rpc_error
+from gateway.routes import Route
+
+Metadata = Sequence[tuple[str, str]]
+
+# grpc-stubs lacks grpc.aio.EOF, the sentinel read() returns at the end of a stream.
+EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
+
+SSE = "text/event-stream"
+NDJSON = "application/x-ndjson"
+
+
+def to_json(route: Route, message: Message) -> Any:
+    """proto3 canonical JSON (json_format) of an answer, narrowed to response_body when the rule has one.
+
+    Fields without presence are printed even when they hold their default, so a REST client sees
+    `"value": 0` rather than a missing key; int64 stay strings and enums names, as proto3 JSON says.
+    """
+    doc = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    if route.response_field is not None:
+        return doc.get(route.response_field.json_name)
+    return doc
+
+
+def dumps(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Invoker:
+    """One generic multi-callable per RPC, made once: the request path stays free of descriptor work."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+        self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[Message, Message]] = {}
+        self._stream: dict[str, grpc.aio.UnaryStreamMultiCallable[Message, Message]] = {}
+
+    def unary(self, route: Route) -> grpc.aio.UnaryUnaryMultiCallable[Message, Message]:
+        call = self._unary.get(route.grpc_path)
+        if call is None:
+            call = self._unary[route.grpc_path] = self._channel.unary_unary(
+                route.grpc_path,
+                request_serializer=_serialize,
+                response_deserializer=message_class(route.method.output_type).FromString,
+            )
+        return call
+
+    def stream(self, route: Route) -> grpc.aio.UnaryStreamMultiCallable[Message, Message]:
+        call = self._stream.get(route.grpc_path)
+        if call is None:
+            call = self._stream[route.grpc_path] = self._channel.unary_stream(
+                route.grpc_path,
+                request_serializer=_serialize,
+                response_deserializer=message_class(route.method.output_type).FromString,
+            )
+        return call
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+async def call_unary(invoker: Invoker, route: Route, request: Message, metadata: Metadata, deadline_s: float) -> bytes:
+    """The JSON body of a unary answer; HttpError carrying the service's status otherwise."""
+    try:
+        response = await invoker.unary(route)(request, metadata=metadata, timeout=deadline_s)
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc) from None
+    return dumps(to_json(route, response))
+
+
+async def open_stream(
+    invoker: Invoker, route: Route, request: Message, metadata: Metadata, deadline_s: float | None
+) -> tuple[grpc.aio.UnaryStreamCall[Message, Message], Message | None]:
+    """Start a server stream and wait for its first message.
+
+    An error before the first message (validation, NOT_FOUND, UNIMPLEMENTED) is still answered with
+    its proper HTTP status, because no header has been sent yet. EMMA's streams send their current
+    state first, so this wait is short.
+    """
+    call = invoker.stream(route)(request, metadata=metadata, timeout=deadline_s)
+    try:
+        first = await call.read()
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc) from None
+    except BaseException:
+        call.cancel()
+        raise
+    if first is EOF:
+        return call, None
+    assert isinstance(first, Message)
+    return call, first
+
+
+def wants_sse(accept: str) -> bool:
+    return any(part.split(";", 1)[0].strip().lower() == SSE for part in accept.split(","))
+
+
+class StreamResponse:
+    """An ASGI response that relays a server stream as SSE or NDJSON until it ends or the client leaves."""
+
+    def __init__(
+        self,
+        route: Route,
+        call: grpc.aio.UnaryStreamCall[Message, Message],
+        first: Message | None,
+        *,
+        sse: bool,
+        keepalive_s: float,
+        on_close: Callable[[BaseException | None], None] = lambda _: None,
+    ) -> None:
+        self._route = route
+        self._call = call
+        self._first = first
+        self._sse = sse
+        self._keepalive_s = keepalive_s
+        self._on_close = on_close
+
+    def _frame(self, message: Message) -> bytes:
+        doc = to_json(self._route, message)
+        if self._sse:
+            return b"data: " + dumps(doc) + b"\n\n"
+        return dumps({"result": doc}) + b"\n"
+
+    def _error_frame(self, error: HttpError) -> bytes:
+        if self._sse:
+            return b"event: error\ndata: " + error.json_bytes() + b"\n\n"
+        return error.json_bytes() + b"\n"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [
+            (b"content-type", (SSE if self._sse else NDJSON).encode()),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),  # nginx and similar proxies would otherwise hold events back
+        ]
+        gone = asyncio.ensure_future(_client_gone(receive))
+        error: BaseException | None = None
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await self._relay(send, gone)
+        except OSError:
+            pass  # the client left while an event was being written: same as a disconnect
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            gone.cancel()
+            # A no-op when the stream already ended; otherwise the service sees its call cancelled.
+            self._call.cancel()
+            self._on_close(error)
+
+    async def _relay(self, send: Send, gone: asyncio.Future[None]) -> None:
+        if self._first is not None:
+            await send({"type": "http.response.body", "body": self._frame(self._first), "more_body": True})
+        keepalive = self._keepalive_s if self._sse else None
+        while True:
+            read: asyncio.Future[Any] = asyncio.ensure_future(self._call.read())
+            waiting: set[asyncio.Future[Any]] = {read, gone}
+            while True:
+                done, _ = await asyncio.wait(waiting, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED)
+                if gone in done:
+                    read.cancel()
+                    return
+                if read in done:
+                    break
+                await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
+            try:
+                message = read.result()
+            except grpc.aio.AioRpcError as exc:
+                frame = self._error_frame(from_rpc_error(exc))
+                await send({"type": "http.response.body", "body": frame, "more_body": False})
+                return
+            except asyncio.CancelledError:
+                return  # the call was cancelled under us (shutdown)
+            if message is EOF:
+                break
+            assert isinstance(message, Message)
+            await send({"type": "http.response.body", "body": self._frame(message), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _client_gone(receive: Receive) -> None:
+    """Returns when the client disconnects (servers deliver http.disconnect to receive())."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+__all__ = ["Invoker", "StreamResponse", "call_unary", "open_stream", "to_json", "wants_sse"]
