@@ -61,9 +61,14 @@ async def run_one(period_s: float, seconds: float) -> dict[str, float]:
         daemon.stop()
         await task
     cpu = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / (t1 - t0)
-    return {"p50_ms": percentile(lateness, 0.5), "p99_ms": percentile(lateness, 0.99),
-            "max_ms": max(lateness), "cycles": cycles, "cpu_percent_of_one_core": 100 * cpu,
-            "overruns": daemon.cycle.stats.overruns}
+    return {
+        "p50_ms": percentile(lateness, 0.5),
+        "p99_ms": percentile(lateness, 0.99),
+        "max_ms": max(lateness),
+        "cycles": cycles,
+        "cpu_percent_of_one_core": 100 * cpu,
+        "overruns": daemon.cycle.stats.overruns,
+    }
 
 
 def main() -> None:
@@ -75,17 +80,23 @@ def main() -> None:
         print(json.dumps(asyncio.run(run_one(args.child[0], args.child[1]))))
         return
     runs = 3
-    result: dict[str, object] = {"machine": describe(), "command": "python -m bench.edge_cycle"
-                                 + (" --quick" if args.quick else "")}
+    result: dict[str, object] = {
+        "machine": describe(),
+        "command": "python -m bench.edge_cycle" + (" --quick" if args.quick else ""),
+    }
     for period, seconds in ((0.1, 20 if args.quick else 60), (1.0, 30 if args.quick else 120)):
         figures = []
         for _ in range(runs):
-            out = subprocess.run([sys.executable, "-m", "bench.edge_cycle", "--child", str(period), str(seconds)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-m", "bench.edge_cycle", "--child", str(period), str(seconds)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             figures.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        result[f"period_{int(period * 1000)}ms"] = {
-            key: summary([f[key] for f in figures]) for key in figures[0]
-        } | {"seconds_per_run": seconds}
+        result[f"period_{int(period * 1000)}ms"] = {key: summary([f[key] for f in figures]) for key in figures[0]} | {
+            "seconds_per_run": seconds
+        }
     print(json.dumps(result, indent=2))
     print(f"written to {write_result('edge_cycle', result)}")
 

@@ -15,9 +15,8 @@ import sys
 import time
 
 import grpc
-from google.protobuf import timestamp_pb2
-
 from emma.edge.v1 import edge_link_pb2
+from google.protobuf import timestamp_pb2
 
 METHOD = "/emma.edge.v1.EdgeLinkService/Connect"
 T0 = time.perf_counter()
@@ -58,26 +57,39 @@ class BatchFactory:
 def hello(edge: str, key: str, channels: int) -> bytes:
     return edge_link_pb2.ConnectRequest(
         hello=edge_link_pb2.Hello(
-            edge=edge, api_key=key, agent_version="bench", protocol_version=1,
-            channel_table=[edge_link_pb2.ChannelDescriptor(index=i, channel=f"dev{i // 10}/Ch{i}", unit="W")
-                           for i in range(channels)],
+            edge=edge,
+            api_key=key,
+            agent_version="bench",
+            protocol_version=1,
+            channel_table=[
+                edge_link_pb2.ChannelDescriptor(index=i, channel=f"dev{i // 10}/Ch{i}", unit="W")
+                for i in range(channels)
+            ],
         )
     ).SerializeToString()
 
 
-async def run_edge(port: int, edge: str, key: str, factory: BatchFactory, batches: int, rate: float,
-                   duration: float, latencies: list[tuple[float, float]], counts: dict[str, int]) -> None:
-    channel = grpc.aio.insecure_channel(
-        f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
-    )
+async def run_edge(
+    port: int,
+    edge: str,
+    key: str,
+    factory: BatchFactory,
+    batches: int,
+    rate: float,
+    duration: float,
+    latencies: list[tuple[float, float]],
+    counts: dict[str, int],
+) -> None:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
     outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
 
     async def requests():  # type: ignore[no-untyped-def]
         while (item := await outbox.get()) is not None:
             yield item
 
-    call = channel.stream_stream(METHOD, request_serializer=None,
-                                 response_deserializer=edge_link_pb2.ConnectResponse.FromString)(requests())
+    call = channel.stream_stream(
+        METHOD, request_serializer=None, response_deserializer=edge_link_pb2.ConnectResponse.FromString
+    )(requests())
     await outbox.put(hello(edge, key, 50))
     welcome = await call.read()
     window = asyncio.Semaphore(max(1, welcome.welcome.max_unacked_batches))  # type: ignore[union-attr]
@@ -118,7 +130,7 @@ async def run_edge(port: int, edge: str, key: str, factory: BatchFactory, batche
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
-    keys = json.loads(open(args.keys).read())[args.first: args.first + args.edges]
+    keys = json.loads(open(args.keys).read())[args.first : args.first + args.edges]
     factory = BatchFactory(channels=50, points=args.points)
     latencies: list[tuple[float, float]] = []
     counts = {"acked": 0, "points": 0, "errors": 0}

@@ -68,12 +68,17 @@ async def migrate(dsn: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def cloud_process(dsn: str, services: str = "edge", env: dict[str, str] | None = None) -> AsyncIterator[tuple[int, int, list[dict[str, object]]]]:
+async def cloud_process(
+    dsn: str, services: str = "edge", env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[int, int, list[dict[str, object]]]]:
     """`emma serve <services>` as a separate process on a free port; yields (port, pid)."""
     proc = subprocess.Popen(
         [EMMA, "--log-level", "INFO", "serve", *services.split(), "--port", "0"],
         env={**os.environ, "DATABASE_URL": dsn, **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     assert proc.stdout is not None
     port = 0

@@ -19,11 +19,11 @@ import time
 import asyncpg
 import grpc
 import numpy as np
+from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from bench.harness import cloud_process, database, migrate, percentile, write_result
 from bench.machine import describe
-from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from services.edgelink.copy_binary import samples_copy_payload
 from services.names import EdgeName
 from services.provisioning import ensure_edge
@@ -40,9 +40,13 @@ async def load(dsn: str, step_s: int) -> tuple[EdgeName, int]:
         pk = await ensure_edge(conn, edge, time_zone="Europe/Madrid")
         ids = []
         for i in range(CHANNELS):
-            ids.append(await conn.fetchval(
-                "INSERT INTO telemetry.series (edge_pk, channel, unit) VALUES ($1, $2, 'W') RETURNING id",
-                pk, f"meter_{i // 10}/Power{i}"))
+            ids.append(
+                await conn.fetchval(
+                    "INSERT INTO telemetry.series (edge_pk, channel, unit) VALUES ($1, $2, 'W') RETURNING id",
+                    pk,
+                    f"meter_{i // 10}/Power{i}",
+                )
+            )
         end = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
         start = end - dt.timedelta(days=DAYS)
         times = np.arange(int(start.timestamp()), int(end.timestamp()), step_s, dtype=np.int64) * 1_000_000
@@ -50,24 +54,34 @@ async def load(dsn: str, step_s: int) -> tuple[EdgeName, int]:
         for sid in ids:  # one COPY per channel: ~260k rows at 10 s
             values = np.sin(np.arange(len(times)) / 500.0) * 3000 + np.random.rand(len(times)) * 100
 
-            async def chunk(p: bytes = samples_copy_payload(np.full(len(times), sid, dtype=np.int64), times, values)):  # type: ignore[no-untyped-def]  # noqa: E501
+            async def chunk(p: bytes = samples_copy_payload(np.full(len(times), sid, dtype=np.int64), times, values)):  # type: ignore[no-untyped-def]
                 yield p
 
-            await conn.copy_to_table("samples", schema_name="telemetry", source=chunk(), format="binary",
-                                     columns=["series_id", "time", "value"])
+            await conn.copy_to_table(
+                "samples",
+                schema_name="telemetry",
+                source=chunk(),
+                format="binary",
+                columns=["series_id", "time", "value"],
+            )
         load_s = time.perf_counter() - t0
         # Mark every bucket dirty, as ingest would have, and let the worker's code roll them up.
         await conn.execute(
             """INSERT INTO telemetry.rollup_dirty (edge_pk, bucket)
                SELECT $1, b FROM generate_series($2::timestamptz, $3::timestamptz - interval '15 minutes',
                                                  interval '15 minutes') b""",
-            pk, start, end)
+            pk,
+            start,
+            end,
+        )
         t0 = time.perf_counter()
         while await roll_up_closed_buckets(conn, grace_s=0, limit=500):
             pass
         await conn.execute("ANALYZE telemetry.samples; ANALYZE telemetry.rollup_15m; ANALYZE telemetry.rollup_1h")
-        print(f"loaded {len(times) * CHANNELS} rows in {load_s:.0f} s, rolled up in {time.perf_counter() - t0:.0f} s",
-              flush=True)
+        print(
+            f"loaded {len(times) * CHANNELS} rows in {load_s:.0f} s, rolled up in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
         return edge, len(times) * CHANNELS
     finally:
         await conn.close()
@@ -92,16 +106,23 @@ async def measure(port: int, edge: EdgeName, requests: int) -> dict[str, object]
                 request = telemetry_pb2.QueryHistoryRequest(
                     site=str(edge.site_name),
                     channels=[f"{edge}/devices/meter_{(i % CHANNELS) // 10}/channels/Power{i % CHANNELS}"],
-                    start_time=ts(start), end_time=ts(end), interval=duration_pb2.Duration(seconds=60 * minutes),
-                    aggregation=telemetry_pb2.AGGREGATION_AVERAGE, align_to_site_time_zone=align,
+                    start_time=ts(start),
+                    end_time=ts(end),
+                    interval=duration_pb2.Duration(seconds=60 * minutes),
+                    aggregation=telemetry_pb2.AGGREGATION_AVERAGE,
+                    align_to_site_time_zone=align,
                 )
                 t0 = time.perf_counter()
                 reply = await stub.QueryHistory(request)
                 latencies.append((time.perf_counter() - t0) * 1000)
                 points = len(reply.series[0].points)
-            results[label] = {"p50_ms": percentile(latencies, 0.5), "p99_ms": percentile(latencies, 0.99),
-                              "points_per_answer": points, "requests": requests,
-                              "source": telemetry_pb2.HistorySource.Name(reply.series[0].source)}
+            results[label] = {
+                "p50_ms": percentile(latencies, 0.5),
+                "p99_ms": percentile(latencies, 0.99),
+                "points_per_answer": points,
+                "requests": requests,
+                "source": telemetry_pb2.HistorySource.Name(reply.series[0].source),
+            }
     return results
 
 
@@ -111,8 +132,14 @@ async def main_async(quick: bool) -> dict[str, object]:
         edge, rows = await load(dsn, 60 if quick else 10)
         async with cloud_process(dsn, "telemetry") as (port, _pid, _stats):
             figures = await measure(port, edge, 100 if quick else 300)
-    return {"machine": describe(version), "command": "python -m bench.history" + (" --quick" if quick else ""),
-            "table_rows": rows, "channels": CHANNELS, "days": DAYS, **figures}
+    return {
+        "machine": describe(version),
+        "command": "python -m bench.history" + (" --quick" if quick else ""),
+        "table_rows": rows,
+        "channels": CHANNELS,
+        "days": DAYS,
+        **figures,
+    }
 
 
 def main() -> None:

@@ -50,12 +50,24 @@ async def provision(dsn: str, count: int, prefix: str) -> Path:
     return path
 
 
-async def run_generators(port: int, keys: Path, edges: int, processes: int, extra: list[str]) -> list[dict[str, object]]:
+async def run_generators(
+    port: int, keys: Path, edges: int, processes: int, extra: list[str]
+) -> list[dict[str, object]]:
     per = edges // processes
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.edge_load", "--port", str(port), "--keys", str(keys),
-            "--first", str(i * per), "--edges", str(per), *extra,
+            sys.executable,
+            "-m",
+            "bench.edge_load",
+            "--port",
+            str(port),
+            "--keys",
+            str(keys),
+            "--first",
+            str(i * per),
+            "--edges",
+            str(per),
+            *extra,
             stdout=subprocess.PIPE,
         )
         for i in range(processes)
@@ -90,8 +102,13 @@ async def raw_copy(dsn: str, rows: int, group_rows: int) -> float:
                 yield p
 
             async with conn.transaction():
-                await conn.copy_to_table("samples", schema_name="telemetry", source=chunks(), format="binary",
-                                         columns=["series_id", "time", "value"])
+                await conn.copy_to_table(
+                    "samples",
+                    schema_name="telemetry",
+                    source=chunks(),
+                    format="binary",
+                    columns=["series_id", "time", "value"],
+                )
             done += n
         return rows / (time.perf_counter() - start)
     finally:
@@ -111,8 +128,9 @@ async def throughput(dsn: str, quick: bool) -> dict[str, object]:
             t0 = time.perf_counter()
             # Each run continues the edges' batch_seq? No: fresh edges per run keep dedup honest.
             run_keys = keys if run == 0 else await provision(dsn, edges, f"tput{run}")
-            results = await run_generators(port, run_keys, edges, processes,
-                                           ["--points", "1000", "--batches", str(batches)])
+            results = await run_generators(
+                port, run_keys, edges, processes, ["--points", "1000", "--batches", str(batches)]
+            )
             elapsed = time.perf_counter() - t0
             stored = await stored_points(dsn) - before
             sent = sum(int(r["points"]) for r in results)  # type: ignore[call-overload]
@@ -143,8 +161,9 @@ async def fleet(dsn: str, edges: int, duration: float) -> dict[str, object]:
                 await asyncio.sleep(1)
 
         watcher = asyncio.create_task(watch_memory())
-        results = await run_generators(port, keys, edges, processes,
-                                       ["--points", "50", "--rate", "1", "--duration", str(duration)])
+        results = await run_generators(
+            port, keys, edges, processes, ["--points", "50", "--rate", "1", "--duration", str(duration)]
+        )
         watcher.cancel()
     pairs = [(t, ms) for r in results for t, ms in r["latencies_ms"]]  # type: ignore[attr-defined]
     latencies = [ms for _, ms in pairs]
@@ -155,21 +174,32 @@ async def fleet(dsn: str, edges: int, duration: float) -> dict[str, object]:
         "duration_s": duration,
         "acked_batches": sum(int(r["acked"]) for r in results),  # type: ignore[call-overload]
         "errors": sum(int(r["errors"]) for r in results),  # type: ignore[call-overload]
-        "ack_latency_ms": {"p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
-                           "max": max(latencies) if latencies else float("nan")},
-        "steady_ack_latency_ms": {"p50": percentile(steady, 0.5), "p99": percentile(steady, 0.99),
-                                  "after_s": WARM_UP_S},
+        "ack_latency_ms": {
+            "p50": percentile(latencies, 0.5),
+            "p99": percentile(latencies, 0.99),
+            "max": max(latencies) if latencies else float("nan"),
+        },
+        "steady_ack_latency_ms": {
+            "p50": percentile(steady, 0.5),
+            "p99": percentile(steady, 0.99),
+            "after_s": WARM_UP_S,
+        },
         "server_stats": stats,
-        "server_rss_mib": {"start": rss_start, "peak": max(samples, default=rss_start),
-                           "end": samples[-1] if samples else rss_start},
+        "server_rss_mib": {
+            "start": rss_start,
+            "peak": max(samples, default=rss_start),
+            "end": samples[-1] if samples else rss_start,
+        },
     }
 
 
 async def main_async(quick: bool) -> dict[str, object]:
     with database() as dsn:
         version = await migrate(dsn)
-        result: dict[str, object] = {"machine": describe(version), "command": "python -m bench.ingest"
-                                     + (" --quick" if quick else "")}
+        result: dict[str, object] = {
+            "machine": describe(version),
+            "command": "python -m bench.ingest" + (" --quick" if quick else ""),
+        }
         result["throughput"] = await throughput(dsn, quick)
         duration = 20.0 if quick else 60.0
         result["fleet_100"] = await fleet(dsn, 100, duration)

@@ -17,7 +17,7 @@ from typing import Any
 from bench.machine import describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ["edge_cycle", "ingest", "history"]
+BENCHMARKS = ["edge_cycle", "ingest", "commands", "history"]
 
 
 def _fmt(x: Any, digits: int = 1) -> str:
@@ -35,32 +35,81 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         r = results["edge_cycle"]
         for key, label in (("period_100ms", "100 ms"), ("period_1000ms", "1 s")):
             c = r[key]
-            out.append((f"edge cycle lateness p50 / p99 at {label}, 20 devices (ms)",
-                        f"{_fmt(c['p50_ms'], 2)} / {_fmt(c['p99_ms'], 2)}", "p99 < 5", r["command"]))
-            out.append((f"edge CPU at {label}, 20 devices (% of one core)", _fmt(c["cpu_percent_of_one_core"], 2),
-                        "< 2 (at 1 s)", r["command"]))
+            out.append(
+                (
+                    f"edge cycle lateness p50 / p99 at {label}, 20 devices (ms)",
+                    f"{_fmt(c['p50_ms'], 2)} / {_fmt(c['p99_ms'], 2)}",
+                    "p99 < 5",
+                    r["command"],
+                )
+            )
+            out.append(
+                (
+                    f"edge CPU at {label}, 20 devices (% of one core)",
+                    _fmt(c["cpu_percent_of_one_core"], 2),
+                    "< 2 (at 1 s)",
+                    r["command"],
+                )
+            )
     if "ingest" in results:
         r = results["ingest"]
         t = r["throughput"]
-        out.append(("ingest end to end (points/s)", _fmt(t["end_to_end_points_per_s"], 0), ">= 100,000",
-                    r["command"]))
-        out.append(("raw binary COPY, same table, same run (rows/s)", _fmt(t["raw_copy_rows_per_s"], 0),
-                    "reference", r["command"]))
+        out.append(("ingest end to end (points/s)", _fmt(t["end_to_end_points_per_s"], 0), ">= 100,000", r["command"]))
+        out.append(
+            (
+                "raw binary COPY, same table, same run (rows/s)",
+                _fmt(t["raw_copy_rows_per_s"], 0),
+                "reference",
+                r["command"],
+            )
+        )
         out.append(("ingest / raw COPY", _fmt(t["ratio_to_raw_copy"], 2), ">= 0.6", r["command"]))
         for key in ("fleet_100", "fleet_1000"):
             f = r[key]
-            out.append((f"{f['edges']} edges at 1 batch/s: ack p50 / p99 steady (ms)",
-                        f"{_fmt(f['steady_ack_latency_ms']['p50'])} / {_fmt(f['steady_ack_latency_ms']['p99'])}",
-                        "p99 < 200 (1,000 edges)", r["command"]))
-            out.append((f"{f['edges']} edges: ack p99 incl. connection storm (ms); server RSS start→end (MiB)",
-                        f"{_fmt(f['ack_latency_ms']['p99'])}; {_fmt(f['server_rss_mib']['start'], 0)}→"
-                        f"{_fmt(f['server_rss_mib']['end'], 0)}", "stable memory", r["command"]))
+            out.append(
+                (
+                    f"{f['edges']} edges at 1 batch/s: ack p50 / p99 steady (ms)",
+                    f"{_fmt(f['steady_ack_latency_ms']['p50'])} / {_fmt(f['steady_ack_latency_ms']['p99'])}",
+                    "p99 < 200 (1,000 edges)",
+                    r["command"],
+                )
+            )
+            out.append(
+                (
+                    f"{f['edges']} edges: ack p99 incl. connection storm (ms); server RSS start→end (MiB)",
+                    f"{_fmt(f['ack_latency_ms']['p99'])}; {_fmt(f['server_rss_mib']['start'], 0)}→"
+                    f"{_fmt(f['server_rss_mib']['end'], 0)}",
+                    "stable memory",
+                    r["command"],
+                )
+            )
+    if "commands" in results:
+        r = results["commands"]
+        for key, label, goal in (
+            ("idle", "idle", "p50 < 10, p99 < 50"),
+            ("under_1000_edge_load", "under the 1,000-edge load", "p99 < 250"),
+        ):
+            c = r[key]
+            out.append(
+                (
+                    f"command round trip to EXECUTED, {label}: p50 / p99 (ms)",
+                    f"{_fmt(c['p50_ms'])} / {_fmt(c['p99_ms'])}",
+                    goal,
+                    r["command"],
+                )
+            )
     if "history" in results:
         r = results["history"]
         for key, label in (("15min", "15 min"), ("1h_local", "1 h, local"), ("1d_local", "1 day, local")):
             h = r[key]
-            out.append((f"30-day history, {label} buckets: p50 / p99 (ms)",
-                        f"{_fmt(h['p50_ms'])} / {_fmt(h['p99_ms'])}", "p99 < 100 (15 min)", r["command"]))
+            out.append(
+                (
+                    f"30-day history, {label} buckets: p50 / p99 (ms)",
+                    f"{_fmt(h['p50_ms'])} / {_fmt(h['p99_ms'])}",
+                    "p99 < 100 (15 min)",
+                    r["command"],
+                )
+            )
     return out
 
 

@@ -7,6 +7,8 @@ announcement commit together or not at all.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import uuid
 from typing import Any
 
@@ -127,15 +129,21 @@ def transition_proto(ev: Any) -> command_pb2.CommandTransition:
 
 
 async def load(conn: Conn, command_id: uuid.UUID, with_events: bool = True) -> command_pb2.Command | None:
+    """The command and its transitions, read in ONE statement so state and history agree."""
     row = await conn.fetchrow(
-        f"SELECT {COMMAND_COLUMNS} FROM app.commands c JOIN app.edges e ON e.pk = c.edge_pk WHERE c.id = $1",
+        f"""SELECT {COMMAND_COLUMNS},
+               CASE WHEN $2 THEN (SELECT coalesce(json_agg(json_build_object(
+                   'from_state', v.from_state, 'to_state', v.to_state,
+                   'event_time', to_char(v.event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+                   'reason', v.reason, 'message', v.message) ORDER BY v.id), '[]')
+                   FROM app.command_events v WHERE v.command_id = c.id) END AS events
+            FROM app.commands c JOIN app.edges e ON e.pk = c.edge_pk WHERE c.id = $1""",
         command_id,
+        with_events,
     )
     if row is None:
         return None
-    events = (
-        await conn.fetch("SELECT * FROM app.command_events WHERE command_id = $1 ORDER BY id", command_id)
-        if with_events
-        else []
-    )
-    return to_proto(row, list(events))
+    events = json.loads(row["events"]) if row["events"] else []
+    for ev in events:
+        ev["event_time"] = dt.datetime.fromisoformat(ev["event_time"])
+    return to_proto(row, events)
