@@ -25,13 +25,13 @@ import numpy as np
 
 from bench.harness import cloud_process, cpu_seconds, database, migrate, percentile, rss_mib, summary, write_result
 from bench.machine import describe
-
-WARM_UP_S = 5.0
-STATS_EVERY_5_S = {"EMMA_INGEST_STATS_INTERVAL_S": "5"}
 from services.edgelink.copy_binary import samples_copy_payload
 from services.edgelink.keys import issue_edge_key
 from services.names import EdgeName
 from services.provisioning import ensure_edge
+
+WARM_UP_S = 5.0
+STATS_EVERY_5_S = {"EMMA_INGEST_STATS_INTERVAL_S": "5"}
 
 
 async def provision(dsn: str, count: int, prefix: str) -> Path:
@@ -121,7 +121,7 @@ async def throughput(dsn: str, quick: bool) -> dict[str, object]:
     batches = 60 if quick else 250
     keys = await provision(dsn, edges, "tput")
     e2e, raw, server_cpu = [], [], []
-    async with cloud_process(dsn, "edge", env=STATS_EVERY_5_S) as (port, pid, stats):
+    async with cloud_process(dsn, "edge", env=STATS_EVERY_5_S) as (port, pid, _stats):
         for run in range(3):
             before = await stored_points(dsn)
             cpu0 = cpu_seconds(pid)

@@ -116,7 +116,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 def markdown(results: dict[str, Any], machine: dict[str, Any]) -> str:
     lines = [
         f"Machine: {machine['cpu_count']} × {machine['cpu_model']}, {machine['memory_gib']} GiB, "
-        f"Python {machine['python']}, PostgreSQL {results.get('ingest', {}).get('machine', {}).get('postgres', '?')}",
+        f"Python {machine['python']}, "
+        f"PostgreSQL {results.get('ingest', {}).get('machine', {}).get('postgres', '?')}",
         "",
         "| figure | median (min–max over runs) | goal | command |",
         "|---|---|---|---|",
