@@ -130,7 +130,8 @@ async def run_edge(
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
-    keys = json.loads(open(args.keys).read())[args.first : args.first + args.edges]
+    with open(args.keys) as f:
+        keys = json.load(f)[args.first : args.first + args.edges]
     factory = BatchFactory(channels=50, points=args.points)
     latencies: list[tuple[float, float]] = []
     counts = {"acked": 0, "points": 0, "errors": 0}
