@@ -273,4 +273,3 @@ async def list_dispatches(
         fleet_dispatches=[await _to_proto(conn, r) for r in rows[:size]],
         next_page_token=encode_token("ListFleetDispatches", offset + size) if len(rows) > size else "",
     )
-

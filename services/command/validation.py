@@ -29,8 +29,8 @@ def _error(code: grpc.StatusCode, reason: int, message: str, **metadata: str) ->
     return ApiError(code, reason, message, metadata=metadata)
 
 
-async def channel_spec(conn: Conn, edge_pk: int, address: str) -> types_pb2.ChannelSpec:
-    """The declaration of `device/Channel` on the edge, or CHANNEL_NOT_FOUND."""
+def check_address(address: str) -> str:
+    """The device id of a `device/Channel` address, or FIELD_INVALID."""
     if not CHANNEL_ADDRESS.match(address):
         raise _error(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -38,19 +38,21 @@ async def channel_spec(conn: Conn, edge_pk: int, address: str) -> types_pb2.Chan
             f"command.channel {address!r} is not a device/Channel address",
             field="command.channel",
         )
+    return address.split("/", 1)[0]
+
+
+def spec_in_inventory(inventory: bytes | None, address: str) -> types_pb2.ChannelSpec:
+    """The declaration of `device/Channel` in the device's inventory entry, or CHANNEL_NOT_FOUND."""
     device_id, name = address.split("/", 1)
-    blob = await conn.fetchval(
-        "SELECT channels FROM app.edge_inventory WHERE edge_pk = $1 AND device_id = $2", edge_pk, device_id
-    )
-    if blob is not None:
-        item = edge_link_pb2.DeviceInventoryItem.FromString(bytes(blob))
+    if inventory is not None:
+        item = edge_link_pb2.DeviceInventoryItem.FromString(bytes(inventory))
         for spec in item.channels:
             if spec.name == name:
                 return spec
     raise _error(
         grpc.StatusCode.NOT_FOUND,
         errors_pb2.ERROR_REASON_CHANNEL_NOT_FOUND,
-        f"the edge has no channel {address}" if blob is not None else f"the edge has no device {device_id}",
+        f"the edge has no channel {address}" if inventory is not None else f"the edge has no device {device_id}",
         channel=address,
     )
 
@@ -134,28 +136,18 @@ def check_issued_time(issued: dt.datetime, now: dt.datetime) -> None:
         )
 
 
-async def check_rate(conn: Conn, creator: str) -> None:
-    recent = await conn.fetchval(
-        "SELECT count(*) FROM app.commands WHERE creator = $1 AND create_time > now() - interval '1 second'", creator
+def rate_limited() -> ApiError:
+    return _error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        errors_pb2.ERROR_REASON_RATE_LIMITED,
+        f"at most {RATE_LIMIT_PER_S} commands per second per caller",
+        retry_after_ms="1000",
     )
-    if recent >= RATE_LIMIT_PER_S:
-        raise _error(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            errors_pb2.ERROR_REASON_RATE_LIMITED,
-            f"at most {RATE_LIMIT_PER_S} commands per second per caller",
-            retry_after_ms="1000",
-        )
 
 
-async def check_queue(conn: Conn, edge_pk: int) -> None:
-    queued = await conn.fetchval(
-        "SELECT count(*) FROM (SELECT 1 FROM app.commands WHERE edge_pk = $1 AND state = 'QUEUED' LIMIT $2) q",
-        edge_pk,
-        QUEUE_CAP,
+def queue_full() -> ApiError:
+    return _error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        errors_pb2.ERROR_REASON_EDGE_QUEUE_FULL,
+        f"the edge already has {QUEUE_CAP} queued commands",
     )
-    if queued >= QUEUE_CAP:
-        raise _error(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            errors_pb2.ERROR_REASON_EDGE_QUEUE_FULL,
-            f"the edge already has {QUEUE_CAP} queued commands",
-        )
