@@ -254,13 +254,24 @@ async def test_refused_key_keeps_the_site_running_and_the_outbox_filling(
         daemon = EdgeDaemon(config, uplink=uplink)
         runner = asyncio.create_task(daemon.run())
         try:
-            await until(lambda: uplink.stats.auth_failures >= 3, what="repeated refusals")
+            await until(lambda: daemon.outbox is not None, what="outbox open")
             assert daemon.outbox is not None
-            cycles, queued = daemon.cycle.stats.cycles, len(daemon.outbox)
-            await until(lambda: uplink.stats.auth_failures >= 5, what="more refusals")
-            # The control cycle kept running and the outbox kept filling while the cloud said no.
-            assert daemon.cycle.stats.cycles > cycles
-            assert len(daemon.outbox) > queued >= 1
+            outbox = daemon.outbox
+            await until(lambda: uplink.stats.auth_failures >= 3 and len(outbox) >= 1, what="refusals")
+            cycles, queued = daemon.cycle.stats.cycles, len(outbox)
+
+            def outbox_len() -> int:
+                return len(outbox)
+
+            # The control cycle keeps running and the outbox keeps filling while the cloud says no.
+            await until(
+                lambda: (
+                    uplink.stats.auth_failures >= 5
+                    and daemon.cycle.stats.cycles > cycles
+                    and outbox_len() > queued >= 1
+                ),
+                what="cycles and batches during further refusals",
+            )
             assert uplink.stats.sessions == 0 and uplink.stats.batches_sent == 0
             assert uplink.stats.last_end is not None
             assert uplink.stats.last_end.reason == "EDGE_KEY_INVALID"
