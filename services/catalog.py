@@ -83,6 +83,24 @@ def _command(runtime: Runtime) -> Any:
     return CommandServicer(runtime)
 
 
+def _registry(runtime: Runtime) -> Any:
+    from services.registry.servicer import RegistryServicer
+
+    return RegistryServicer(runtime)
+
+
+def _identity(runtime: Runtime) -> Any:
+    from services.identity.servicer import IdentityServicer
+
+    return IdentityServicer(runtime)
+
+
+def _audit(runtime: Runtime) -> Any:
+    from services.identity.audit import AuditServicer
+
+    return AuditServicer(runtime)
+
+
 def _telemetry(runtime: Runtime) -> Any:
     from services.telemetry.servicer import TelemetryServicer
 
@@ -123,6 +141,7 @@ SERVICES: dict[str, ServiceSpec] = {
             "RegistryService",
             registry_pb2_grpc.add_RegistryServiceServicer_to_server,
             "issue 6, tenancy and identity",
+            _registry,
         ),
         _spec(
             "identity",
@@ -130,6 +149,7 @@ SERVICES: dict[str, ServiceSpec] = {
             "IdentityService",
             identity_pb2_grpc.add_IdentityServiceServicer_to_server,
             "issue 6, tenancy and identity",
+            _identity,
         ),
         _spec(
             "audit",
@@ -137,6 +157,7 @@ SERVICES: dict[str, ServiceSpec] = {
             "AuditService",
             identity_pb2_grpc.add_AuditServiceServicer_to_server,
             "issue 6, tenancy and identity",
+            _audit,
         ),
     )
 }

@@ -103,21 +103,30 @@ def build_parser() -> argparse.ArgumentParser:
     admin_sub.required = True
     org = admin_sub.add_parser("create-org", help="create an organization", description="Create an organization.")
     org.add_argument("org_id")
-    org.add_argument("--display-name")
+    org.add_argument("--display-name", help="the name shown to people (default: the id)")
     user = admin_sub.add_parser(
         "create-user",
         help="create a user with a role in an organization",
         description="Create a user with a role in an organization.",
     )
     user.add_argument("email")
-    user.add_argument("--org", required=True)
+    user.add_argument("--org", required=True, help="the organization id the user joins")
     user.add_argument("--role", choices=["viewer", "operator", "admin"], default="viewer")
+    user.add_argument("--display-name", help="the name shown to people")
+    user.add_argument(
+        "--platform-admin", action="store_true", help="may create and delete organizations (operators of EMMA only)"
+    )
+    user.epilog = (
+        "The password comes from EMMA_ADMIN_PASSWORD, else a prompt on a terminal, else it is generated and "
+        "printed once."
+    )
     key = admin_sub.add_parser(
         "create-edge-key",
         help="create an API key for an edge",
         description="Create an API key for an edge; the secret is printed once.",
     )
     key.add_argument("edge", help="organizations/{org}/sites/{site}/edges/{edge}")
+    key.add_argument("--display-name", help='where the key is used, for example "gateway pc in the basement"')
     return parser
 
 
@@ -175,7 +184,9 @@ def _run(args: argparse.Namespace) -> int:
 
         return run_edge(args.config, args.simulate, args.data_dir)
     if args.command == "admin":
-        return _not_yet(f"admin {args.admin_command}", "issue 6, tenancy and identity")
+        from services.identity.admin_cli import run_admin
+
+        return asyncio.run(run_admin(args, config))
     raise AssertionError(args.command)
 
 

@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from services import catalog
+from services.auth.interceptor import AuthInterceptor
+from services.auth.state import auth_state_for
 from services.platform import db, migrations
 from services.platform.config import PlatformConfig, ServerConfig
 from services.platform.server import HostedServer, create_server, start_server, wait_for_shutdown_signal
@@ -47,11 +50,14 @@ async def hosted_services(
                 total = len(await migrations.applied_versions(conn))
                 log.info("migrations: %d applied now, %d in total", len(applied), total)
         runtime = Runtime(config=config, pool=pool, dsn=dsn or config.database.url or "")
-        server = create_server(server_config)
+        # One interceptor authenticates, authorizes and audits every RPC (services/auth/).
+        auth = auth_state_for(runtime)
+        auth_interceptor = AuthInterceptor(auth)
+        server = create_server(server_config, [auth_interceptor])
         servicers = catalog.add_services(server, specs, runtime)
-        # Background work (ingest writer, sweepers) starts before the first call can arrive and
-        # stops after the last one drained.
-        lifecycle = [s for s in servicers if hasattr(s, "start")]
+        # Background work (ingest writer, sweepers, the revocation listener) starts before the first
+        # call can arrive and stops after the last one drained.
+        lifecycle: list[Any] = [auth, *(s for s in servicers if hasattr(s, "start"))]
         for s in lifecycle:
             await s.start()
         try:
@@ -60,6 +66,7 @@ async def hosted_services(
                 yield hosted, runtime
             finally:
                 await hosted.drain(server_config.shutdown_grace_s)
+                await auth_interceptor.drain()
         finally:
             for s in reversed(lifecycle):
                 await s.stop()

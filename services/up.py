@@ -1,7 +1,8 @@
 """`emma up`: the whole stack on one machine.
 
 Embedded PostgreSQL under the state folder (unless DATABASE_URL is set), migrations, every cloud
-service in one gRPC server. Ctrl-C stops everything; a second run reuses the data.
+service in one gRPC server, a demo organization with its admin. Ctrl-C stops everything; a second run
+reuses the data.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import asyncio
 import sys
 
 from services import catalog
-from services.cloud import serve_until_signal
+from services.cloud import hosted_services
 from services.platform.config import PlatformConfig
 from services.platform.embedded_pg import EmbeddedPostgres, start_embedded_postgres
-from services.platform.server import HostedServer
+from services.platform.server import HostedServer, wait_for_shutdown_signal
 
 
 def _say(line: str) -> None:
@@ -40,7 +41,14 @@ async def run_up(config: PlatformConfig) -> None:
             _say(f"emma up: database {where}; state in {config.state.state_dir}")
             _say("emma up: ready; press Ctrl-C to stop")
 
-        await serve_until_signal(["all"], config, dsn=dsn, apply_migrations=True, announce=announce)
+        async with hosted_services(["all"], config, dsn=dsn, apply_migrations=True) as (hosted, runtime):
+            # The demo organization, its admin (password printed once) and its edge's key.
+            from services.identity.admin_cli import ensure_demo
+
+            async with runtime.pool.acquire() as conn:
+                await ensure_demo(conn, config, _say)
+            announce(hosted)
+            await wait_for_shutdown_signal()
         _say("emma up: stopped")
     finally:
         if embedded is not None:

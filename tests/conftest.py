@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
@@ -9,6 +10,14 @@ import pytest
 
 from services.platform import migrations
 from tests.pg import SessionPostgres
+
+# Key material and cheap password hashing for the test session (inherited by `emma` subprocesses);
+# a deployment gets its keys from the environment or the state folder's 0600 secrets file.
+os.environ.setdefault("EMMA_JWT_SIGNING_KEY", "test-signing-key-not-a-secret-0123456789abcdef")
+os.environ.setdefault("EMMA_PSEUDONYM_KEY", "test-pseudonym-key-not-a-secret-0123456789abcd")
+os.environ.setdefault("EMMA_ARGON2_TIME_COST", "1")
+os.environ.setdefault("EMMA_ARGON2_MEMORY_KIB", "8192")
+os.environ.setdefault("EMMA_ARGON2_PARALLELISM", "1")
 
 
 @pytest.fixture(scope="session")

@@ -39,10 +39,17 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
     ]
 
 
-def create_server(config: ServerConfig | None = None) -> grpc.aio.Server:
-    """A grpc.aio server with the platform interceptor and explicit transport options."""
+def create_server(
+    config: ServerConfig | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
+) -> grpc.aio.Server:
+    """A grpc.aio server with the platform interceptor and explicit transport options.
+
+    `interceptors` run inside the platform interceptor (so their ApiErrors become rich statuses and
+    they see the call's trace); cloud processes pass the auth interceptor here (services/cloud.py).
+    """
     config = config or ServerConfig()
-    return grpc.aio.server(interceptors=[PlatformInterceptor()], options=server_options(config))
+    return grpc.aio.server(interceptors=[PlatformInterceptor(), *interceptors], options=server_options(config))
 
 
 @dataclass

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
+import hmac
 from collections.abc import AsyncIterator
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -13,6 +15,8 @@ from emma.common.v1 import errors_pb2
 from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from google.protobuf import timestamp_pb2
 
+from services.auth.context import caller
+from services.auth.state import auth_state_for
 from services.errors import ApiError, invalid_field, not_found
 from services.names import Scope, parse_channel, parse_scope, parse_site
 from services.pagination import decode_token, encode_token, page_size
@@ -22,6 +26,8 @@ from services.telemetry.maintenance import TelemetryMaintenance
 
 MAX_HISTORY_POINTS = 100_000
 MAX_HISTORY_CHANNELS = 100
+EXPORT_MIN_INTERVAL = dt.timedelta(minutes=15)
+EXPORT_MAX_PERIOD = dt.timedelta(days=366)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -90,6 +96,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self, request: telemetry_pb2.ListLatestValuesRequest, context: Context
     ) -> telemetry_pb2.ListLatestValuesResponse:
         scope = parse_scope(request.parent)
+        caller(context).require_org(scope.org, resource=request.parent)
         await self._site_exists(scope.org, scope.site)
         rows = await self._latest(scope, set(request.channel_ids) or None)
         return telemetry_pb2.ListLatestValuesResponse(
@@ -100,6 +107,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self, request: telemetry_pb2.ListChannelsRequest, context: Context
     ) -> telemetry_pb2.ListChannelsResponse:
         scope = parse_scope(request.parent)
+        caller(context).require_org(scope.org, resource=request.parent)
         await self._site_exists(scope.org, scope.site)
         size = page_size(request.page_size, default=100)
         offset = decode_token("ListChannels", request.page_token)
@@ -137,6 +145,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self, request: telemetry_pb2.QueryHistoryRequest, context: Context
     ) -> telemetry_pb2.QueryHistoryResponse:
         site = parse_site(request.site, "site")
+        caller(context).require_org(site.org, resource=request.site)
         if not request.channels:
             raise invalid_field("channels", "name at least one channel")
         if len(request.channels) > MAX_HISTORY_CHANNELS:
@@ -197,6 +206,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self, request: telemetry_pb2.StreamLiveValuesRequest, context: Context
     ) -> AsyncIterator[telemetry_pb2.StreamLiveValuesResponse]:
         site = parse_site(request.site, "site")
+        caller(context).require_org(site.org, resource=request.site)
         await self._site_exists(site.org, site.site)
         wanted = set(request.channels)
         seen: dict[int, dt.datetime] = {}
@@ -220,13 +230,68 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     async def ExportSiteTelemetry(
         self, request: telemetry_pb2.ExportSiteTelemetryRequest, context: Context
     ) -> AsyncIterator[telemetry_pb2.ExportSiteTelemetryResponse]:
-        raise ApiError(
-            grpc.StatusCode.UNIMPLEMENTED,
-            errors_pb2.ERROR_REASON_METHOD_NOT_IMPLEMENTED,
-            "emma.telemetry.v1.TelemetryService/ExportSiteTelemetry is part of the v1 contract but not "
-            "implemented in this release yet (issue 6, GDPR exports)",
-        )
-        yield  # pragma: no cover  (makes this an async generator like the other stream methods)
+        """Per-interval averages of every channel of the site; pseudonymized on request (GDPR)."""
+        site = parse_site(request.site, "site")
+        caller(context).require_org(site.org, resource=request.site)
+        if not request.HasField("start_time") or not request.HasField("end_time"):
+            raise invalid_field("start_time", "start_time and end_time are required")
+        start = request.start_time.ToDatetime(dt.UTC)
+        end = request.end_time.ToDatetime(dt.UTC)
+        if end <= start:
+            raise invalid_field("end_time", "must be after start_time")
+        width = request.interval.ToTimedelta() if request.HasField("interval") else dt.timedelta()
+        if width < EXPORT_MIN_INTERVAL or width % dt.timedelta(minutes=1):
+            raise invalid_field("interval", "must be a whole number of minutes, at least 15 minutes")
+        if end - start > EXPORT_MAX_PERIOD:
+            raise invalid_field("end_time", f"export at most {EXPORT_MAX_PERIOD.days} days per call")
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT latitude_deg, longitude_deg FROM app.sites WHERE org_id = $1 AND site_id = $2",
+                site.org,
+                site.site,
+            )
+            if row is None:
+                raise not_found(request.site)
+            series = await conn.fetch(
+                """SELECT r.id, r.channel, r.unit, e.pk, e.edge_id FROM telemetry.series r
+                   JOIN app.edges e ON e.pk = r.edge_pk
+                   WHERE e.org_id = $1 AND e.site_id = $2 ORDER BY e.edge_id, r.channel""",
+                site.org,
+                site.site,
+            )
+        pseudo = request.pseudonymize
+        key = auth_state_for(self._runtime).config.pseudonym_key
+        site_id = pseudonym(key, "site", str(site)) if pseudo else site.site
+        lat, lon = row["latitude_deg"], row["longitude_deg"]
+        if pseudo:  # about 11 km: a region, not a house
+            lat, lon = round(lat, 1), round(lon, 1)
+        p = history.plan(start, end, width, None)
+        for s in series:
+            device, channel_id = s["channel"].split("/", 1)
+            if pseudo:
+                device_ref = f"organizations/{site.org}/sites/{site.site}/edges/{s['edge_id']}/devices/{device}"
+                channel = f"{pseudonym(key, 'device', device_ref)}/{channel_id}"
+            else:
+                channel = f"{s['edge_id']}/{s['channel']}"
+            async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                buckets, _ = await history.query_series(conn, s["id"], s["pk"], p, telemetry_pb2.AGGREGATION_AVERAGE)
+            for b in buckets:
+                yield telemetry_pb2.ExportSiteTelemetryResponse(
+                    site_id=site_id,
+                    latitude_deg=lat,
+                    longitude_deg=lon,
+                    channel=channel,
+                    interval_start_time=_ts(b.start),
+                    average_value=b.value,
+                    unit=s["unit"],
+                )
+
+
+def pseudonym(key: bytes, kind: str, name: str) -> str:
+    """A stable pseudonymous id: HMAC-SHA256 with the deployment's pseudonym key, so the same site or
+    device gets the same id in every export while the id cannot be reversed without the key."""
+    digest = hmac.new(key, f"{kind}:{name}".encode(), hashlib.sha256).hexdigest()
+    return f"{kind}-{digest[:20]}"
 
 
 def _too_many(points: int) -> ApiError:

@@ -16,6 +16,7 @@ from services.platform.config import DatabaseConfig, IngestConfig, PlatformConfi
 from services.platform.server import HostedServer
 from services.provisioning import ensure_edge
 from services.runtime import Runtime
+from tests.identity.fixtures import grant
 
 Host = Callable[..., AbstractAsyncContextManager[tuple[HostedServer, Runtime]]]
 
@@ -46,6 +47,12 @@ async def db(migrated_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def token(db: asyncpg.Connection) -> str:
+    """An access token of a new admin of organizations/acme, the organization new_edge provisions."""
+    return (await grant(db, "acme", "admin")).token
 
 
 async def new_edge(conn: asyncpg.Connection, name: str, time_zone: str = "Europe/Madrid") -> tuple[EdgeName, int, str]:

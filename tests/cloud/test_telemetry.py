@@ -22,6 +22,7 @@ from services.errors import error_info_of
 from services.telemetry.maintenance import roll_up_closed_buckets
 from tests.cloud.conftest import Host, new_edge
 from tests.cloud.edge_client import EdgeStream, batch, hello
+from tests.identity.fixtures import authed_channel
 
 UTC = dt.UTC
 MADRID = ZoneInfo("Europe/Madrid")
@@ -91,7 +92,7 @@ def _channel(edge: object, address: str) -> str:
 
 
 async def test_history_from_rollups_equals_aggregates_of_raw_rows(
-    host: Host, db: asyncpg.Connection, migrated_url: str
+    host: Host, db: asyncpg.Connection, migrated_url: str, token: str
 ) -> None:
     edge, pk, _ = await new_edge(db, "history", time_zone="UTC")
     sid = await _series(db, pk, "meter/GridPower")
@@ -113,7 +114,7 @@ async def test_history_from_rollups_equals_aggregates_of_raw_rows(
 
     async with (
         host(["telemetry"], rollup_interval_s=0.1) as (server, _),
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch,
+        authed_channel(server.port, token) as ch,
     ):
         stub = telemetry_pb2_grpc.TelemetryServiceStub(ch)
         # Before the rollup worker ran, answers come from raw rows and are already right.
@@ -181,7 +182,7 @@ async def test_rollups_are_recomputed_when_late_data_arrives(db: asyncpg.Connect
 
 
 async def test_dst_days_in_madrid_have_23_and_25_hourly_buckets(
-    host: Host, db: asyncpg.Connection, migrated_url: str
+    host: Host, db: asyncpg.Connection, migrated_url: str, token: str
 ) -> None:
     edge, pk, _ = await new_edge(db, "madrid-dst", time_zone="Europe/Madrid")
     sid = await _series(db, pk, "meter/GridPower")
@@ -198,7 +199,7 @@ async def test_dst_days_in_madrid_have_23_and_25_hourly_buckets(
         # A long retention so the maintenance loop leaves 2024's partitions alone during the test.
         async with (
             host(["telemetry"], retention_days=5000) as (server, _),
-            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch,
+            authed_channel(server.port, token) as ch,
         ):
             stub = telemetry_pb2_grpc.TelemetryServiceStub(ch)
             for interval, expected in (
@@ -221,7 +222,9 @@ async def test_dst_days_in_madrid_have_23_and_25_hourly_buckets(
                 assert {p.value for p in reply.series[0].points} == {float(n) for _, n in expected}
 
 
-async def test_latest_values_live_stream_channels_and_bad_requests(host: Host, db: asyncpg.Connection) -> None:
+async def test_latest_values_live_stream_channels_and_bad_requests(
+    host: Host, db: asyncpg.Connection, token: str
+) -> None:
     edge, _, key = await new_edge(db, "live")
     async with host(["edge", "telemetry"], live_poll_interval_s=0.1) as (server, _):
         stream = EdgeStream(server.port)
@@ -230,7 +233,7 @@ async def test_latest_values_live_stream_channels_and_bad_requests(host: Host, d
         now = time.time()
         await stream.send(batch(1, now - 1, [(0, 0, 55.0), (1, 0, -1200.0), (2, 0, 300.0)]))
         await stream.recv_ack()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        async with authed_channel(server.port, token) as ch:
             stub = telemetry_pb2_grpc.TelemetryServiceStub(ch)
             latest = await stub.ListLatestValues(telemetry_pb2.ListLatestValuesRequest(parent=str(edge.site_name)))
             assert {(v.channel.rsplit("/devices/", 1)[1], v.value, v.unit) for v in latest.values} == {

@@ -1,0 +1,90 @@
+"""Identity and authorization settings, from EMMA_* environment variables (docs/configuration.md)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.errors import ConfigError
+from services.platform.secrets import local_secret
+
+MIN_KEY_BYTES = 32
+
+
+def _num(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+def _key(env: Mapping[str, str], name: str, state_dir: Path, secret_name: str) -> bytes:
+    raw = env.get(name, "")
+    if raw:
+        if len(raw.encode()) < MIN_KEY_BYTES:
+            raise ConfigError(f"{name} must be at least {MIN_KEY_BYTES} bytes long")
+        return raw.encode()
+    return local_secret(state_dir, secret_name).encode()
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Token lifetimes, login limits, key material. Keys never come from the repository."""
+
+    jwt_signing_key: bytes
+    # Older signing keys still accepted for verification during a key rotation.
+    jwt_verify_keys: tuple[bytes, ...] = ()
+    pseudonym_key: bytes = b""
+    access_token_ttl_s: float = 900.0  # 15 minutes
+    refresh_token_ttl_s: float = 7 * 86400.0  # 7 days
+    login_window_s: float = 900.0
+    login_max_failures_per_user: int = 5
+    login_max_failures_per_address: int = 50
+    # Revocation arrives by NOTIFY within milliseconds; cached sessions are re-read at least this
+    # often anyway, a safety net for a notification lost with a dropped connection.
+    auth_cache_ttl_s: float = 30.0
+    # Behind the REST gateway the peer is the gateway; trust its x-forwarded-for then.
+    trust_forwarded_for: bool = False
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    argon2_parallelism: int = 4
+
+    @classmethod
+    def from_env(cls, state_dir: Path, env: Mapping[str, str] = os.environ) -> AuthConfig:
+        previous = tuple(k.encode() for k in env.get("EMMA_JWT_PREVIOUS_SIGNING_KEYS", "").split(",") if k)
+        return cls(
+            jwt_signing_key=_key(env, "EMMA_JWT_SIGNING_KEY", state_dir, "jwt_signing_key"),
+            jwt_verify_keys=previous,
+            pseudonym_key=_key(env, "EMMA_PSEUDONYM_KEY", state_dir, "pseudonym_key"),
+            access_token_ttl_s=_num(env, "EMMA_ACCESS_TOKEN_TTL_S", cls.access_token_ttl_s, 1),
+            refresh_token_ttl_s=_num(env, "EMMA_REFRESH_TOKEN_TTL_S", cls.refresh_token_ttl_s, 60),
+            login_window_s=_num(env, "EMMA_LOGIN_WINDOW_S", cls.login_window_s, 1),
+            login_max_failures_per_user=int(
+                _num(env, "EMMA_LOGIN_MAX_FAILURES_PER_USER", cls.login_max_failures_per_user, 1)
+            ),
+            login_max_failures_per_address=int(
+                _num(env, "EMMA_LOGIN_MAX_FAILURES_PER_ADDRESS", cls.login_max_failures_per_address, 1)
+            ),
+            auth_cache_ttl_s=_num(env, "EMMA_AUTH_CACHE_TTL_S", cls.auth_cache_ttl_s, 0),
+            trust_forwarded_for=_flag(env, "EMMA_TRUST_FORWARDED_FOR"),
+            argon2_time_cost=int(_num(env, "EMMA_ARGON2_TIME_COST", cls.argon2_time_cost, 1)),
+            argon2_memory_kib=int(_num(env, "EMMA_ARGON2_MEMORY_KIB", cls.argon2_memory_kib, 8)),
+            argon2_parallelism=int(_num(env, "EMMA_ARGON2_PARALLELISM", cls.argon2_parallelism, 1)),
+        )

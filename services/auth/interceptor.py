@@ -1,0 +1,430 @@
+"""The one interceptor that authenticates, authorizes and audits every RPC of every service.
+
+Order: PlatformInterceptor (errors, tracing) wraps this one, so an ApiError raised here becomes a rich
+status and the audit row carries the call's trace id.
+
+- PUBLIC methods (login, refresh, health, reflection) pass without credentials.
+- EdgeLinkService.Connect is authenticated by the edge API key in its Hello (the servicer checks it);
+  this interceptor notes the key id and closes the stream as soon as the key is revoked anywhere.
+- Every other call needs "authorization: Bearer <jwt>"; the method's minimum role from
+  services/auth/policy.py is checked against the caller's role in the organization named by the
+  request's http path field. Not a member: NOT_FOUND (no tenant names leak). Unknown methods are
+  refused.
+- Mutating calls (every http verb but GET) write an audit row after the call with the redacted
+  request, the result code and the trace id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import grpc
+from emma.common.v1 import errors_pb2
+from emma.edge.v1 import edge_link_pb2
+
+from services.auth import policy
+from services.auth.context import (
+    ANONYMOUS,
+    Caller,
+    CallState,
+    reset_call_state,
+    set_call_state,
+)
+from services.auth.redact import redacted_json
+from services.auth.state import AuthState
+from services.errors import ApiError, invalid_field
+from services.identity.audit import write_entries
+from services.names import EdgeName
+from services.platform.interceptors import current_trace_id
+
+log = logging.getLogger("emma.auth")
+
+Behavior = Callable[..., Any]
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _metadata(context: Context) -> dict[str, str]:
+    return {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+def client_address(context: Context, trust_forwarded_for: bool) -> str:
+    """The caller's IP address without port ("127.0.0.1", "::1")."""
+    if trust_forwarded_for:
+        forwarded = _metadata(context).get("x-forwarded-for", "")
+        if forwarded:
+            # The rightmost entry is the one our own proxy (the gateway) added.
+            return forwarded.split(",")[-1].strip()[:100]
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return peer[:100]
+
+
+def _result(exc: BaseException, context: Context) -> tuple[int, str]:
+    if isinstance(exc, ApiError):
+        return int(exc.code.value[0]), exc.message
+    if isinstance(exc, asyncio.CancelledError):
+        return int(grpc.StatusCode.CANCELLED.value[0]), "cancelled"
+    if isinstance(exc, grpc.aio.AbortError):
+        code = None
+        with contextlib.suppress(Exception):
+            code = context.code()
+        value = code.value[0] if isinstance(code, grpc.StatusCode) else int(code or 2)
+        details = ""
+        with contextlib.suppress(Exception):
+            details = str(context.details() or "")
+        return int(value), details
+    return int(grpc.StatusCode.INTERNAL.value[0]), "internal error"
+
+
+def _edge_key_id(api_key: str) -> str | None:
+    if not api_key.startswith("emma_") or api_key.count("_") < 2:
+        return None
+    return api_key[len("emma_") :].split("_", 1)[0] or None
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(self, state: AuthState) -> None:
+        self.state = state
+        self._audit_tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        info = policy.method_info(method)
+        if info is not None and info.access == policy.PUBLIC and not info.mutating:
+            return handler  # health and reflection
+        ser = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(self._unary(method, info, handler.unary_unary), **ser)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(self._server_stream(method, info, handler.unary_stream), **ser)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(self._client_stream(method, info, handler.stream_unary), **ser)
+        if handler.stream_stream:
+            if info is not None and info.access == policy.EDGE:
+                behavior = self._edge_stream(method, handler.stream_stream)
+            else:
+                behavior = self._bidi_stream(method, info, handler.stream_stream)
+            return grpc.stream_stream_rpc_method_handler(behavior, **ser)
+        return handler
+
+    async def _authorize(self, method: str, info: policy.MethodInfo | None, request: Any, context: Context) -> Caller:
+        if info is None:
+            raise ApiError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                errors_pb2.ERROR_REASON_ROLE_INSUFFICIENT,
+                f"{method} has no entry in the access policy and is refused",
+            )
+        if info.access == policy.PUBLIC:
+            return ANONYMOUS
+        if info.access == policy.EDGE:
+            return Caller(kind="edge")
+        md = _metadata(context)
+        caller = await self.state.authenticate_bearer(md.get("authorization"))
+        if info.access == policy.USER:
+            return caller
+        if info.access == policy.PLATFORM_ADMIN:
+            if not caller.platform_admin:
+                raise ApiError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    errors_pb2.ERROR_REASON_ROLE_INSUFFICIENT,
+                    "only platform administrators may do this",
+                    metadata={"required_role": "platform_admin"},
+                )
+            return caller
+        # An organization role: the organization comes from the request's http path field.
+        assert info.resource_field is not None, method
+        resource = policy.field_value(request, info.resource_field) if request is not None else ""
+        org = policy.org_of(resource)
+        if org is None:
+            raise invalid_field(info.resource_field, f"{resource!r} does not match {info.resource_pattern}")
+        caller.require_org(org, int(info.access), resource=resource)
+        return caller
+
+    def _call_state(self, method: str, context: Context) -> CallState:
+        return CallState(
+            caller=ANONYMOUS,
+            method=method,
+            client_address=client_address(context, self.state.config.trust_forwarded_for),
+        )
+
+    # ------------------------------------------------------------------ behaviours
+
+    def _unary(self, method: str, info: policy.MethodInfo | None, inner: Behavior) -> Behavior:
+        async def behavior(request: Any, context: Context) -> Any:
+            call = self._call_state(method, context)
+            token = set_call_state(call)
+            outcome: tuple[int, str] = (0, "")
+            try:
+                call.caller = await self._authorize(method, info, request, context)
+                return await inner(request, context)
+            except BaseException as exc:
+                outcome = _result(exc, context)
+                raise
+            finally:
+                reset_call_state(token)
+                if info is not None and info.mutating:
+                    await self._audit(info, request, call, outcome)
+
+        return behavior
+
+    def _server_stream(self, method: str, info: policy.MethodInfo | None, inner: Behavior) -> Behavior:
+        async def behavior(request: Any, context: Context) -> AsyncIterator[Any]:
+            call = self._call_state(method, context)
+            token = set_call_state(call)
+            outcome: tuple[int, str] = (0, "")
+            try:
+                call.caller = await self._authorize(method, info, request, context)
+                result = inner(request, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        yield item
+                elif inspect.isawaitable(result):
+                    await result
+            except BaseException as exc:
+                outcome = _result(exc, context)
+                raise
+            finally:
+                reset_call_state(token)
+                if info is not None and info.mutating:
+                    await self._audit(info, request, call, outcome)
+
+        return behavior
+
+    def _client_stream(self, method: str, info: policy.MethodInfo | None, inner: Behavior) -> Behavior:
+        async def behavior(request_iterator: Any, context: Context) -> Any:
+            call = self._call_state(method, context)
+            token = set_call_state(call)
+            try:
+                call.caller = await self._authorize(method, info, None, context)
+                return await inner(request_iterator, context)
+            finally:
+                reset_call_state(token)
+
+        return behavior
+
+    def _bidi_stream(self, method: str, info: policy.MethodInfo | None, inner: Behavior) -> Behavior:
+        async def behavior(request_iterator: Any, context: Context) -> AsyncIterator[Any]:
+            call = self._call_state(method, context)
+            token = set_call_state(call)
+            try:
+                call.caller = await self._authorize(method, info, None, context)
+                result = inner(request_iterator, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        yield item
+                elif inspect.isawaitable(result):
+                    await result
+            finally:
+                reset_call_state(token)
+
+        return behavior
+
+    def _edge_stream(self, method: str, inner: Behavior) -> Behavior:
+        """EdgeLink Connect: note the Hello's key id; end the stream when that key is revoked."""
+        state = self.state
+
+        async def behavior(request_iterator: Any, context: Context) -> AsyncIterator[Any]:
+            call = self._call_state(method, context)
+            call.caller = Caller(kind="edge")
+            token = set_call_state(call)
+            revoked = asyncio.Event()
+            watched: list[str] = []
+            hello: list[edge_link_pb2.Hello] = []
+
+            async def tap() -> AsyncIterator[Any]:
+                async for request in request_iterator:
+                    if not hello and request.WhichOneof("message") == "hello":
+                        hello.append(request.hello)
+                        key_id = _edge_key_id(request.hello.api_key)
+                        if key_id:
+                            watched.append(key_id)
+                            state.watch_edge_key(key_id, revoked)
+                    yield request
+
+            responses = inner(tap(), context)
+            waiter = asyncio.ensure_future(revoked.wait())
+            step: asyncio.Future[Any] | None = None
+            sent = 0
+            outcome: tuple[int, str] = (0, "")
+            try:
+                while True:
+                    if revoked.is_set():
+                        raise ApiError(
+                            grpc.StatusCode.UNAUTHENTICATED,
+                            errors_pb2.ERROR_REASON_EDGE_KEY_REVOKED,
+                            "the API key was revoked",
+                        )
+                    step = asyncio.ensure_future(anext(responses))
+                    done, _ = await asyncio.wait({step, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    if step not in done:
+                        step.cancel()
+                        with contextlib.suppress(BaseException):
+                            await step
+                        continue  # raises EDGE_KEY_REVOKED above
+                    try:
+                        item = step.result()
+                    except StopAsyncIteration:
+                        break
+                    sent += 1
+                    yield item
+            except BaseException as exc:
+                outcome = _result(exc, context)
+                raise
+            finally:
+                waiter.cancel()
+                if step is not None and not step.done():
+                    step.cancel()
+                    with contextlib.suppress(BaseException):
+                        await step
+                with contextlib.suppress(BaseException):
+                    await responses.aclose()
+                for key_id in watched:
+                    state.unwatch_edge_key(key_id, revoked)
+                reset_call_state(token)
+                if sent and watched and hello:  # the Hello was accepted: the edge is known
+                    self._track(self._audit_edge(method, watched[0], hello[0], call, outcome))
+
+        return behavior
+
+    # ------------------------------------------------------------------ audit
+
+    def _orgs_for(self, actor: Caller, resource: str) -> list[str | None]:
+        org = policy.org_of(resource)
+        if actor.kind == "user":
+            if org is not None and (actor.is_member(org) or actor.platform_admin):
+                return [org]
+            return list(actor.orgs()) or [None]
+        if actor.kind == "edge" and actor.edge is not None:
+            return [actor.edge.org]
+        return [org]
+
+    async def _audit(self, info: policy.MethodInfo, request: Any, call: CallState, outcome: tuple[int, str]) -> None:
+        if call.audit_written:
+            return
+        actor = call.audit_actor or call.caller
+        if actor.kind == "anonymous" and info.access != policy.PUBLIC:
+            # Unauthenticated attempts are not attributable; they are logged, not audited, so
+            # anonymous traffic cannot flood the audit log.
+            log.info("unauthenticated call refused", extra={"method": info.name, "client": call.client_address})
+            return
+        resource = call.audit_resource
+        if resource is None and info.resource_field and request is not None:
+            resource = policy.field_value(request, info.resource_field)
+        resource = resource or ""
+        try:
+            request_json = redacted_json(request) if request is not None else "{}"
+        except Exception:
+            request_json = '{"unserializable":true}'
+        await self._write(
+            self._orgs_for(actor, resource),
+            actor=actor,
+            method=info.name,
+            resource=resource,
+            request_json=request_json,
+            outcome=outcome,
+            client=call.client_address,
+        )
+
+    async def _audit_edge(
+        self, method: str, key_id: str, hello: edge_link_pb2.Hello, call: CallState, outcome: tuple[int, str]
+    ) -> None:
+        try:
+            async with self.state.pool.acquire() as conn:
+                row = await conn.fetchrow(
+                    """SELECT e.org_id, e.site_id, e.edge_id FROM identity.edge_api_keys k
+                       JOIN app.edges e ON e.pk = k.edge_pk WHERE k.key_id = $1""",
+                    key_id,
+                )
+        except asyncpg.InterfaceError:  # the process is shutting down and the pool is closed
+            log.info("edge stream ended at shutdown; no audit row", extra={"key_id": key_id})
+            return
+        except Exception:
+            log.warning("could not resolve the edge of a closed stream for the audit log", exc_info=True)
+            return
+        if row is None:  # the edge was erased meanwhile
+            return
+        edge = EdgeName(row["org_id"], row["site_id"], row["edge_id"])
+        actor = Caller(kind="edge", edge=edge, key_id=key_id)
+        request = edge_link_pb2.ConnectRequest(hello=hello)
+        request.hello.ClearField("channel_table")  # the table is data, not the call
+        await self._write(
+            [edge.org],
+            actor=actor,
+            method=method,
+            resource=str(edge),
+            request_json=redacted_json(request),
+            outcome=outcome,
+            client=call.client_address,
+        )
+
+    async def _write(
+        self,
+        orgs: list[str | None],
+        *,
+        actor: Caller,
+        method: str,
+        resource: str,
+        request_json: str,
+        outcome: tuple[int, str],
+        client: str,
+    ) -> None:
+        trace_id = current_trace_id()
+
+        async def write() -> None:
+            try:
+                async with self.state.pool.acquire() as conn:
+                    await write_entries(
+                        conn,
+                        orgs,
+                        actor_kind=actor.actor_kind,
+                        actor=actor.actor,
+                        method=method,
+                        resource=resource,
+                        request_json=request_json,
+                        result_code=outcome[0],
+                        result_message=outcome[1] if outcome[0] else "",
+                        trace_id=trace_id,
+                        client_address=client,
+                    )
+            except Exception:
+                log.error("AUDIT WRITE FAILED", extra={"method": method, "actor": actor.actor}, exc_info=True)
+
+        # Shielded: a client cancelling its call must not cancel the audit row of what already happened.
+        task = self._track(write())
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+
+    def _track(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._audit_tasks.add(task)
+        task.add_done_callback(self._audit_tasks.discard)
+        return task
+
+    async def drain(self) -> None:
+        """Wait for audit rows still being written (at shutdown, before the pool closes)."""
+        for _ in range(3):  # handlers cancelled by the server's stop finish their finally blocks
+            await asyncio.sleep(0)
+        while self._audit_tasks:
+            await asyncio.gather(*list(self._audit_tasks), return_exceptions=True)

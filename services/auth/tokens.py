@@ -1,0 +1,107 @@
+"""Access tokens (JWT, HS256) and refresh tokens (opaque, stored as SHA-256).
+
+HS256: the same deployment issues and verifies every token, nobody else needs to verify them, and a
+symmetric key is one secret to provision (EMMA_JWT_SIGNING_KEY); RS256/EdDSA would only pay off when
+third parties verify tokens without being able to mint them. Verification pins the algorithm, the
+issuer and the audience, and requires exp, iat, sub and sid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import grpc
+import jwt
+from emma.common.v1 import errors_pb2
+
+from services.errors import ApiError
+
+ISSUER = "emma"
+AUDIENCE = "emma-api"
+ALGORITHM = "HS256"
+REFRESH_PREFIX = "emma_rt_"
+LEEWAY_S = 5
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    user_id: str
+    session_id: str
+    token_id: str
+    expires: dt.datetime
+
+
+def token_invalid(message: str = "the access token is not valid") -> ApiError:
+    return ApiError(grpc.StatusCode.UNAUTHENTICATED, errors_pb2.ERROR_REASON_TOKEN_INVALID, message)
+
+
+def sign_access_token(key: bytes, user_id: str, session_id: str, expires: dt.datetime) -> str:
+    now = dt.datetime.now(dt.UTC)
+    claims = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": user_id,
+        "sid": session_id,
+        "jti": uuid.uuid4().hex,
+        "iat": int(now.timestamp()),
+        "exp": int(expires.timestamp()),
+    }
+    return jwt.encode(claims, key, algorithm=ALGORITHM)
+
+
+def verify_access_token(keys: tuple[bytes, ...], token: str) -> AccessClaims:
+    """The claims of a valid token; UNAUTHENTICATED with TOKEN_INVALID or TOKEN_EXPIRED otherwise."""
+    last: Exception | None = None
+    for key in keys:
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                leeway=LEEWAY_S,
+                options={"require": ["exp", "iat", "sub", "sid", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise ApiError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                errors_pb2.ERROR_REASON_TOKEN_EXPIRED,
+                "the access token has expired; use RefreshToken",
+            ) from None
+        except jwt.InvalidSignatureError as exc:  # try the previous keys of a rotation
+            last = exc
+            continue
+        except jwt.PyJWTError:
+            raise token_invalid() from None
+        if not isinstance(claims.get("sub"), str) or not isinstance(claims.get("sid"), str):
+            raise token_invalid()
+        return AccessClaims(
+            user_id=claims["sub"],
+            session_id=claims["sid"],
+            token_id=str(claims.get("jti", "")),
+            expires=dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC),
+        )
+    del last
+    raise token_invalid()
+
+
+def new_refresh_token(session_id: str) -> tuple[str, bytes]:
+    """(token, its SHA-256). The token names its session so lookups need no scan."""
+    token = f"{REFRESH_PREFIX}{session_id}_{secrets.token_urlsafe(32)}"
+    return token, hashlib.sha256(token.encode()).digest()
+
+
+def parse_refresh_token(token: str) -> tuple[str, bytes] | None:
+    """(session id, SHA-256 of the token), or None when it is not shaped like a refresh token."""
+    if not token.startswith(REFRESH_PREFIX):
+        return None
+    rest = token[len(REFRESH_PREFIX) :]
+    session_id, sep, secret = rest.partition("_")
+    if not sep or not session_id or len(secret) < 32 or len(token) > 200:
+        return None
+    return session_id, hashlib.sha256(token.encode()).digest()

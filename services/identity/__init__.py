@@ -1,0 +1,1 @@
+"""Identity (issue 6)."""

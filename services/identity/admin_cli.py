@@ -1,0 +1,199 @@
+"""`emma admin` tasks against DATABASE_URL, and the demo organization of `emma up`.
+
+Each task writes an audit row (actor kind SYSTEM, actor "cli:<os user>"), so changes made outside
+the API are traceable too. Secrets (a generated password, an edge key) are printed once and never
+stored in clear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from emma.identity.v1 import identity_pb2
+
+from services.auth.config import AuthConfig
+from services.edgelink.keys import issue_edge_key
+from services.errors import ConfigError, ServiceError
+from services.identity import accounts
+from services.identity.audit import write_entries
+from services.identity.passwords import Passwords, password_problem
+from services.names import ID_PATTERN, EdgeName, parse_edge
+from services.platform import db
+from services.platform.config import PlatformConfig
+from services.platform.migrations import Conn
+from services.platform.secrets import local_secret
+from services.provisioning import ensure_edge
+
+DEMO_ORG = "demo"
+DEMO_ADMIN = "admin@emma.local"
+DEMO_EDGE = EdgeName("demo", "demo", "gw-1")
+
+
+def _passwords(config: PlatformConfig) -> Passwords:
+    auth = AuthConfig.from_env(config.state.state_dir)
+    return Passwords(auth.argon2_time_cost, auth.argon2_memory_kib, auth.argon2_parallelism)
+
+
+async def _audit(conn: Conn, org: str | None, task: str, resource: str, details: dict[str, object]) -> None:
+    await write_entries(
+        conn,
+        [org],
+        actor_kind=identity_pb2.ACTOR_KIND_SYSTEM,
+        actor=f"cli:{getpass.getuser()}",
+        method=f"emma admin {task}",
+        resource=resource,
+        request_json=json.dumps(details, sort_keys=True, separators=(",", ":")),
+        result_code=0,
+    )
+
+
+def _password_from_env_or_prompt() -> tuple[str, bool]:
+    """(password, generated). EMMA_ADMIN_PASSWORD, else a prompt on a terminal, else generated."""
+    password = os.environ.get("EMMA_ADMIN_PASSWORD", "")
+    if password:
+        return password, False
+    if sys.stdin.isatty():
+        first = getpass.getpass("password (empty: generate one): ")
+        if first:
+            if getpass.getpass("again: ") != first:
+                raise ConfigError("the passwords differ")
+            return first, False
+    return secrets.token_urlsafe(18), True
+
+
+async def run_admin(args: argparse.Namespace, config: PlatformConfig) -> int:
+    if config.database.url is None:
+        raise ConfigError("DATABASE_URL is not set")
+    pool = await db.create_pool(config.database)
+    try:
+        async with pool.acquire() as conn:
+            if args.admin_command == "create-org":
+                return await _create_org(conn, args)
+            if args.admin_command == "create-user":
+                return await _create_user(conn, args, _passwords(config))
+            if args.admin_command == "create-edge-key":
+                return await _create_edge_key(conn, args)
+    finally:
+        await pool.close()
+    raise AssertionError(args.admin_command)
+
+
+async def _create_org(conn: Conn, args: argparse.Namespace) -> int:
+    if not ID_PATTERN.match(args.org_id):
+        raise ConfigError(f"{args.org_id!r} is not an organization id (lowercase letters, digits, hyphens)")
+    async with conn.transaction():
+        if not await accounts.create_org(conn, args.org_id, args.display_name or args.org_id):
+            raise ServiceError(f"organizations/{args.org_id} exists already")
+        await _audit(conn, args.org_id, "create-org", f"organizations/{args.org_id}", {"org_id": args.org_id})
+    print(f"created organizations/{args.org_id}")
+    return 0
+
+
+async def _create_user(conn: Conn, args: argparse.Namespace, passwords: Passwords) -> int:
+    email = accounts.normalize_email(args.email)
+    if not accounts.EMAIL.match(email):
+        raise ConfigError(f"{args.email!r} is not an e-mail address")
+    if await conn.fetchval("SELECT 1 FROM app.organizations WHERE org_id = $1", args.org) is None:
+        raise ServiceError(f"organizations/{args.org} does not exist (emma admin create-org {args.org})")
+    existing = await accounts.user_by_email(conn, email)
+    password, generated = ("", False) if existing is not None else _password_from_env_or_prompt()
+    if existing is None and (problem := password_problem(password)):
+        raise ConfigError(f"the password {problem}")
+    role = accounts.ROLES[args.role]
+    async with conn.transaction():
+        user_id, created = await accounts.ensure_user(
+            conn,
+            passwords,
+            email=email,
+            password=password,
+            org_id=args.org,
+            role=role,
+            display_name=args.display_name or "",
+            platform_admin=args.platform_admin,
+        )
+        await _audit(
+            conn,
+            args.org,
+            "create-user",
+            f"users/{user_id}",
+            {"email": email, "org": args.org, "role": args.role, "platform_admin": args.platform_admin},
+        )
+    if created:
+        print(f"created users/{user_id} ({email}) as {args.role} of organizations/{args.org}")
+        if generated:
+            print(f"password: {password}  (shown once; change it with UpdateUser)")
+    else:
+        print(f"users/{user_id} ({email}) exists; now {args.role} of organizations/{args.org}")
+    return 0
+
+
+async def _create_edge_key(conn: Conn, args: argparse.Namespace) -> int:
+    try:
+        edge = parse_edge(args.edge, "edge")
+    except ServiceError as exc:
+        raise ConfigError(str(exc).split(": ", 1)[-1]) from None
+    pk = await conn.fetchval(
+        "SELECT pk FROM app.edges WHERE org_id = $1 AND site_id = $2 AND edge_id = $3", edge.org, edge.site, edge.edge
+    )
+    if pk is None:
+        raise ServiceError(f"{edge} does not exist")
+    async with conn.transaction():
+        key_id, key = await issue_edge_key(conn, int(pk), args.display_name or "")
+        await _audit(conn, edge.org, "create-edge-key", f"{edge}/apiKeys/{key_id}", {"edge": str(edge)})
+    print(f"created {edge}/apiKeys/{key_id}")
+    print(f"key: {key}  (shown once)")
+    return 0
+
+
+async def ensure_demo(conn: Conn, config: PlatformConfig, say: Callable[[str], None] = print) -> None:
+    """The demo organization, its admin and the key of its simulated edge (`emma up`), once.
+
+    The admin's password is EMMA_ADMIN_PASSWORD, or generated into the state folder's 0600 secrets
+    file and printed when the admin is created.
+    """
+    out = say
+    state_dir = config.state.state_dir
+    from_env = bool(os.environ.get("EMMA_ADMIN_PASSWORD"))
+    password = os.environ.get("EMMA_ADMIN_PASSWORD") or local_secret(state_dir, "demo_admin_password", 18)
+    await accounts.create_org(conn, DEMO_ORG, "Demo organization")
+    user_id, created = await accounts.ensure_user(
+        conn,
+        _passwords(config),
+        email=DEMO_ADMIN,
+        password=password,
+        org_id=DEMO_ORG,
+        role=accounts.ROLES["admin"],
+        display_name="Demo admin",
+        platform_admin=True,
+    )
+    if created:
+        await _audit(conn, DEMO_ORG, "up: demo admin", f"users/{user_id}", {"email": DEMO_ADMIN})
+        shown = "from EMMA_ADMIN_PASSWORD" if from_env else f"password {password}"
+        out(f"emma up: created organizations/{DEMO_ORG} and its admin {DEMO_ADMIN} ({shown}; shown once)")
+    else:
+        where = "EMMA_ADMIN_PASSWORD" if from_env else f"{state_dir / 'secrets.json'}"
+        out(f"emma up: demo admin {DEMO_ADMIN} (password in {where})")
+    pk = await ensure_edge(
+        conn, DEMO_EDGE, time_zone="Europe/Berlin", latitude_deg=52.52, longitude_deg=13.405, country_code="DE"
+    )
+    key_file = Path(state_dir) / "edge-demo" / "edge.key"
+    if not key_file.exists():
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE identity.edge_api_keys SET revoke_time = now() WHERE edge_pk = $1 AND revoke_time IS NULL", pk
+            )
+            key_id, key = await issue_edge_key(conn, pk, "emma up demo edge")
+            await _audit(conn, DEMO_ORG, "up: demo edge key", f"{DEMO_EDGE}/apiKeys/{key_id}", {})
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        out(f"emma up: API key of {DEMO_EDGE} written to {key_file}")
+

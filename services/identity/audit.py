@@ -1,0 +1,150 @@
+"""The audit log: rows written for every mutating call, and AuditService to read them.
+
+Rows are append-only: no API changes or deletes them, and a trigger (migration 0005) refuses UPDATE,
+DELETE and TRUNCATE in SQL too (the only exception is GDPR erasure, see services/registry/erase.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from emma.identity.v1 import identity_pb2, identity_pb2_grpc
+from google.protobuf import timestamp_pb2
+
+from services.auth.context import ADMIN, caller
+from services.errors import invalid_field, not_found
+from services.pagination import decode_token, encode_token, page_size
+from services.platform.migrations import Conn
+from services.runtime import Runtime
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_INSERT = """
+INSERT INTO identity.audit_entries (org_id, actor_kind, actor, method, resource, request_json, result_code,
+                                    result_message, trace_id, client_address)
+SELECT o, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM unnest($1::text[]) AS o
+RETURNING id, org_id
+"""
+
+
+async def write_entries(
+    conn: Conn,
+    orgs: Sequence[str | None],
+    *,
+    actor_kind: int,
+    actor: str,
+    method: str,
+    resource: str,
+    request_json: str,
+    result_code: int,
+    result_message: str = "",
+    trace_id: str = "",
+    client_address: str = "",
+) -> list[str]:
+    """One row per organization (None: a platform-level row); returns the entries' resource names."""
+    rows = await conn.fetch(
+        _INSERT,
+        list(orgs) or [None],
+        actor_kind,
+        actor,
+        method,
+        resource,
+        request_json,
+        result_code,
+        result_message[:2000],
+        trace_id,
+        client_address,
+    )
+    return [entry_name(r["org_id"], r["id"]) for r in rows]
+
+
+def entry_name(org: str | None, entry_id: int) -> str:
+    return f"organizations/{org}/auditEntries/{entry_id}" if org else f"auditEntries/{entry_id}"
+
+
+def _ts(t: dt.datetime) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(t)
+    return out
+
+
+def entry_message(row: Any) -> identity_pb2.AuditEntry:
+    return identity_pb2.AuditEntry(
+        name=entry_name(row["org_id"], row["id"]),
+        entry_time=_ts(row["entry_time"]),
+        actor_kind=row["actor_kind"],
+        actor=row["actor"],
+        method=row["method"],
+        resource=row["resource"],
+        request_json=row["request_json"],
+        result_code=row["result_code"],
+        result_message=row["result_message"],
+        trace_id=row["trace_id"],
+        client_address=row["client_address"],
+    )
+
+
+_ORG = re.compile(r"^organizations/([a-z][a-z0-9-]{0,62})$")
+_ENTRY = re.compile(r"^organizations/([a-z][a-z0-9-]{0,62})/auditEntries/([0-9]{1,18})$")
+
+
+class AuditServicer(identity_pb2_grpc.AuditServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self._pool = runtime.pool
+
+    async def ListAuditEntries(
+        self, request: identity_pb2.ListAuditEntriesRequest, context: Context
+    ) -> identity_pb2.ListAuditEntriesResponse:
+        m = _ORG.match(request.parent)
+        if not m:
+            raise invalid_field("parent", f"{request.parent!r} is not organizations/{{organization}}")
+        org = m.group(1)
+        caller(context).require_org(org, ADMIN, resource=request.parent)
+        size = page_size(request.page_size)
+        # Newest first with a keyset cursor (the last id seen), so new entries do not shift pages.
+        cursor = decode_token("ListAuditEntries", request.page_token)
+        start = request.start_time.ToDatetime(dt.UTC) if request.HasField("start_time") else None
+        end = request.end_time.ToDatetime(dt.UTC) if request.HasField("end_time") else None
+        if start and end and end <= start:
+            raise invalid_field("end_time", "must be after start_time")
+        method = request.method.strip()
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT * FROM identity.audit_entries
+                   WHERE org_id = $1 AND ($2::bigint = 0 OR id < $2)
+                     AND ($3::text = '' OR actor = $3)
+                     AND ($4::text = '' OR method = $4 OR method LIKE '%/' || $4)
+                     AND ($5::timestamptz IS NULL OR entry_time >= $5)
+                     AND ($6::timestamptz IS NULL OR entry_time < $6)
+                   ORDER BY id DESC LIMIT $7""",
+                org,
+                cursor,
+                request.actor,
+                method,
+                start,
+                end,
+                size + 1,
+            )
+        entries = [entry_message(r) for r in rows[:size]]
+        token = encode_token("ListAuditEntries", int(rows[size - 1]["id"])) if len(rows) > size else ""
+        return identity_pb2.ListAuditEntriesResponse(audit_entries=entries, next_page_token=token)
+
+    async def GetAuditEntry(
+        self, request: identity_pb2.GetAuditEntryRequest, context: Context
+    ) -> identity_pb2.AuditEntry:
+        m = _ENTRY.match(request.name)
+        if not m:
+            raise invalid_field("name", f"{request.name!r} is not organizations/{{organization}}/auditEntries/{{id}}")
+        org, entry_id = m.group(1), int(m.group(2))
+        caller(context).require_org(org, ADMIN, resource=request.name)
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM identity.audit_entries WHERE org_id = $1 AND id = $2", org, entry_id
+            )
+        if row is None:
+            raise not_found(request.name)
+        return entry_message(row)

@@ -1,0 +1,63 @@
+"""Failed-login limits per user name and per client address, counted in PostgreSQL.
+
+One row per failure in identity.login_failures; a key is limited while it has at least `limit`
+failures in the sliding window. Because the rows live in the database, every replica enforces the
+same budget. A success clears the user's count but not the address's (an attacker with one valid
+account cannot reset the budget of the address they spray from).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from services.platform.migrations import Conn
+
+_last_sweep = 0.0
+
+
+def user_key(email: str) -> str:
+    return f"user:{email}"
+
+
+def address_key(address: str) -> str:
+    return f"addr:{address}"
+
+
+async def retry_after_s(conn: Conn, limits: dict[str, int], window_s: float) -> float | None:
+    """Seconds until every key is below its limit again, or None when none is limited now."""
+    rows = await conn.fetch(
+        """SELECT key, count(*) AS n, array_agg(failure_time ORDER BY failure_time DESC) AS times
+           FROM identity.login_failures
+           WHERE key = ANY($1::text[]) AND failure_time > clock_timestamp() - make_interval(secs => $2)
+           GROUP BY key""",
+        list(limits),
+        window_s,
+    )
+    now = dt.datetime.now(dt.UTC)
+    wait = 0.0
+    for r in rows:
+        limit = limits[r["key"]]
+        if r["n"] >= limit:
+            # The key is free again once its limit-th newest failure leaves the window.
+            oldest_that_counts = r["times"][limit - 1]
+            wait = max(wait, (oldest_that_counts + dt.timedelta(seconds=window_s) - now).total_seconds())
+    return max(wait, 0.001) if wait > 0 else None
+
+
+async def record_failure(conn: Conn, keys: list[str], window_s: float) -> None:
+    global _last_sweep
+    await conn.execute(
+        "INSERT INTO identity.login_failures (key) SELECT unnest($1::text[])",
+        keys,
+    )
+    if time.monotonic() - _last_sweep > 60:
+        _last_sweep = time.monotonic()
+        await conn.execute(
+            "DELETE FROM identity.login_failures WHERE failure_time < clock_timestamp() - make_interval(secs => $1)",
+            window_s,
+        )
+
+
+async def clear(conn: Conn, key: str) -> None:
+    await conn.execute("DELETE FROM identity.login_failures WHERE key = $1", key)
