@@ -247,12 +247,12 @@ class ChannelSpec(_message.Message):
     max_value: _builtins.float
     """The largest allowed value in the channel's unit, when there is one (a static limit)."""
     dynamic_max_channel: _builtins.str
-    """For writable channels: the name of the input channel of the same device whose latest value is a
-    dynamic upper limit of the absolute value written (for example "MaxChargePower").
+    """For writable channels: the name of the input channel of the same device whose latest value limits
+    positive values (for a battery's SetActivePower, where positive discharges: "MaxDischargePower").
     """
     dynamic_min_channel: _builtins.str
-    """For writable channels: the name of the input channel whose latest value limits negative values
-    (for example "MaxDischargePower", compared against the absolute value).
+    """For writable channels: the name of the input channel whose latest value limits negative values,
+    compared against their absolute value (for a battery's SetActivePower: "MaxChargePower").
     """
     description: _builtins.str
     """Free text for people."""

@@ -655,14 +655,14 @@ class ChannelSpec(betterproto2.Message):
 
     dynamic_max_channel: "str" = betterproto2.field(9, betterproto2.TYPE_STRING)
     """
-    For writable channels: the name of the input channel of the same device whose latest value is a
-    dynamic upper limit of the absolute value written (for example "MaxChargePower").
+    For writable channels: the name of the input channel of the same device whose latest value limits
+    positive values (for a battery's SetActivePower, where positive discharges: "MaxDischargePower").
     """
 
     dynamic_min_channel: "str" = betterproto2.field(10, betterproto2.TYPE_STRING)
     """
-    For writable channels: the name of the input channel whose latest value limits negative values
-    (for example "MaxDischargePower", compared against the absolute value).
+    For writable channels: the name of the input channel whose latest value limits negative values,
+    compared against their absolute value (for a battery's SetActivePower: "MaxChargePower").
     """
 
     description: "str" = betterproto2.field(11, betterproto2.TYPE_STRING)
