@@ -81,8 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the REST/JSON gateway for browsers",
         description="Serve REST/JSON generated from the contracts' HTTP annotations.",
     )
-    gw.add_argument("--target", default="127.0.0.1:50051", help="gRPC address of the services")
-    gw.add_argument("--port", type=int, default=8080, help="HTTP port")
+    # dest names differ from the server flags' so _apply_server_flags leaves EMMA_GRPC_* alone.
+    gw.add_argument(
+        "--target", help="gRPC address of the services, host:port (EMMA_GATEWAY_TARGET, default 127.0.0.1:50051)"
+    )
+    gw.add_argument("--host", dest="http_host", help="interface to listen on (EMMA_GATEWAY_HOST, default 127.0.0.1)")
+    gw.add_argument(
+        "--port", dest="http_port", type=int, help="HTTP port, 0 picks a free one (EMMA_GATEWAY_PORT, default 8080)"
+    )
 
     edge = sub.add_parser(
         "edge",
@@ -178,7 +184,16 @@ def _run(args: argparse.Namespace) -> int:
         print(f"emma migrate: applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
         return 0
     if args.command == "gateway":
-        return _not_yet("gateway", "issue 7, REST gateway")
+        from gateway.config import GatewayConfig
+        from gateway.server import serve as serve_gateway
+
+        gateway_config = GatewayConfig.from_env(target=args.target, host=args.http_host, port=args.http_port)
+
+        def announce_gateway(url: str) -> None:
+            print(f"emma gateway: {url} (docs {url}/docs) -> gRPC {gateway_config.target}", flush=True)
+
+        asyncio.run(serve_gateway(gateway_config, announce=announce_gateway))
+        return 0
     if args.command == "edge":
         from edge_daemon.main import run as run_edge
 
