@@ -244,16 +244,44 @@ def validate_org(o: registry_pb2.Organization, prefix: str = "organization") -> 
         raise invalid_field(f"{prefix}.display_name", "at most 200 characters")
 
 
-def validate_site(s: registry_pb2.Site, prefix: str = "site") -> None:
+def validate_site(s: registry_pb2.Site, prefix: str = "site", fields: set[str] | None = None) -> None:
+    """FIELD_INVALID (TIME_ZONE_INVALID) for the first bad field; `fields`: only these (an update)."""
+
+    def checks(name: str) -> bool:
+        return fields is None or name in fields
+
+    if checks("display_name"):
+        _site_display_name(s, prefix)
+    if checks("location"):
+        _site_location(s, prefix)
+    if checks("time_zone"):
+        _site_time_zone(s, prefix)
+    if checks("country_code") and not COUNTRY.match(s.country_code):
+        raise invalid_field(f"{prefix}.country_code", "must be an ISO 3166-1 alpha-2 code such as ES")
+    if checks("bidding_zone") and not BIDDING_ZONE.match(s.bidding_zone):
+        raise invalid_field(f"{prefix}.bidding_zone", "must be a bidding zone code such as ES or DE-LU")
+    for f in ("grid_import_limit_w", "grid_export_limit_w"):
+        v = getattr(s, f)
+        if checks(f) and not (math.isfinite(v) and v >= 0):
+            raise invalid_field(f"{prefix}.{f}", "must be a finite number of watts, at least 0")
+
+
+def _site_display_name(s: registry_pb2.Site, prefix: str) -> None:
     if not s.display_name.strip():
         raise invalid_field(f"{prefix}.display_name", "is required")
     if len(s.display_name) > 200:
         raise invalid_field(f"{prefix}.display_name", "at most 200 characters")
+
+
+def _site_location(s: registry_pb2.Site, prefix: str) -> None:
     lat, lon = s.location.latitude_deg, s.location.longitude_deg
     if not (math.isfinite(lat) and -90 <= lat <= 90):
         raise invalid_field(f"{prefix}.location.latitude_deg", "must be between -90 and 90")
     if not (math.isfinite(lon) and -180 <= lon <= 180):
         raise invalid_field(f"{prefix}.location.longitude_deg", "must be between -180 and 180")
+
+
+def _site_time_zone(s: registry_pb2.Site, prefix: str) -> None:
     if s.time_zone not in ZONES:
         raise ApiError(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -262,14 +290,6 @@ def validate_site(s: registry_pb2.Site, prefix: str = "site") -> None:
             metadata={"field": f"{prefix}.time_zone"},
             field_violations=[(f"{prefix}.time_zone", "not an IANA time zone")],
         )
-    if not COUNTRY.match(s.country_code):
-        raise invalid_field(f"{prefix}.country_code", "must be an ISO 3166-1 alpha-2 code such as ES")
-    if not BIDDING_ZONE.match(s.bidding_zone):
-        raise invalid_field(f"{prefix}.bidding_zone", "must be a bidding zone code such as ES or DE-LU")
-    for f in ("grid_import_limit_w", "grid_export_limit_w"):
-        v = getattr(s, f)
-        if not (math.isfinite(v) and v >= 0):
-            raise invalid_field(f"{prefix}.{f}", "must be a finite number of watts, at least 0")
 
 
 def validate_display_name(value: str, field: str) -> None:
@@ -482,7 +502,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             if row is None:
                 raise not_found(request.site.name)
             s = apply_mask(site_message(row), request.site, request.update_mask, updatable, "Site")
-            validate_site(s)
+            paths = list(request.update_mask.paths)
+            validate_site(s, fields=None if not paths or paths == ["*"] else {p.split(".")[0] for p in paths})
             row = await conn.fetchrow(
                 """UPDATE app.sites SET display_name = $3, latitude_deg = $4, longitude_deg = $5, time_zone = $6,
                        country_code = $7, bidding_zone = $8, grid_import_limit_w = $9, grid_export_limit_w = $10,
