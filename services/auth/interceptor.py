@@ -96,6 +96,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, state: AuthState) -> None:
         self.state = state
         self._audit_tasks: set[asyncio.Task[None]] = set()
+        self._auditing_calls = 0  # mutating calls between their start and their audit row
 
     # ------------------------------------------------------------------ plumbing
 
@@ -176,6 +177,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             call = self._call_state(method, context)
             token = set_call_state(call)
             outcome: tuple[int, str] = (0, "")
+            audited = info is not None and info.mutating
+            self._auditing_calls += audited
             try:
                 call.caller = await self._authorize(method, info, request, context)
                 return await inner(request, context)
@@ -184,8 +187,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 raise
             finally:
                 reset_call_state(token)
-                if info is not None and info.mutating:
-                    await self._audit(info, request, call, outcome)
+                try:
+                    if info is not None and audited:
+                        await self._audit(info, request, call, outcome)
+                finally:
+                    self._auditing_calls -= audited
 
         return behavior
 
@@ -422,9 +428,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         task.add_done_callback(self._audit_tasks.discard)
         return task
 
-    async def drain(self) -> None:
-        """Wait for audit rows still being written (at shutdown, before the pool closes)."""
-        for _ in range(3):  # handlers cancelled by the server's stop finish their finally blocks
-            await asyncio.sleep(0)
-        while self._audit_tasks:
-            await asyncio.gather(*list(self._audit_tasks), return_exceptions=True)
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Wait for audit rows still being written (at shutdown, before the pool closes).
+
+        Handlers cancelled by the server's stop may still be in their finally blocks; wait for those
+        too, a bounded time.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        await asyncio.sleep(0)
+        while (self._audit_tasks or self._auditing_calls) and asyncio.get_running_loop().time() < deadline:
+            if self._audit_tasks:
+                await asyncio.wait(
+                    list(self._audit_tasks), timeout=max(0.0, deadline - asyncio.get_running_loop().time())
+                )
+            else:
+                await asyncio.sleep(0.01)
