@@ -26,6 +26,7 @@ from services.errors import error_info_of
 from services.names import EdgeName
 from tests.cloud.conftest import Host, new_edge
 from tests.cloud.edge_client import EdgeStream, batch, battery_inventory, hello
+from tests.identity.fixtures import authed_channel
 
 # Channel table of the test edge: the battery's dynamic limits come first.
 CHANNELS = [("battery_1/MaxDischargePower", "W"), ("battery_1/MaxChargePower", "W"), ("battery_1/Soc", "%")]
@@ -80,9 +81,11 @@ def reason_of(exc: grpc.aio.AioRpcError) -> str:
     return info.reason
 
 
-async def test_a_command_travels_queued_delivered_received_executed(host: Host, db: asyncpg.Connection) -> None:
+async def test_a_command_travels_queued_delivered_received_executed(
+    host: Host, db: asyncpg.Connection, token: str
+) -> None:
     edge, _, key = await new_edge(db, "cmd-happy")
-    async with host(["edge", "command"]) as (server, _), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+    async with host(["edge", "command"]) as (server, _), authed_channel(server.port, token) as ch:
         stub = command_pb2_grpc.CommandServiceStub(ch)
         stream = await online_edge(server.port, edge, key)
         created = await stub.CreateCommand(create(edge, "battery_1/SetActivePower", -3000.0))
@@ -110,10 +113,10 @@ async def test_a_command_travels_queued_delivered_received_executed(host: Host, 
         await stream.close()
 
 
-async def test_every_rejection_reason(host: Host, db: asyncpg.Connection) -> None:
+async def test_every_rejection_reason(host: Host, db: asyncpg.Connection, token: str) -> None:
     edge, pk, key = await new_edge(db, "cmd-reject")
     stale_edge, _, stale_key = await new_edge(db, "cmd-stale")
-    async with host(["edge", "command"]) as (server, _), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+    async with host(["edge", "command"]) as (server, _), authed_channel(server.port, token) as ch:
         stub = command_pb2_grpc.CommandServiceStub(ch)
         stream = await online_edge(server.port, edge, key)
         stale = await online_edge(server.port, stale_edge, stale_key, limits_age_s=45)
@@ -186,9 +189,11 @@ async def test_every_rejection_reason(host: Host, db: asyncpg.Connection) -> Non
         await stale.close()
 
 
-async def test_a_repeated_request_id_returns_the_original_command(host: Host, db: asyncpg.Connection) -> None:
+async def test_a_repeated_request_id_returns_the_original_command(
+    host: Host, db: asyncpg.Connection, token: str
+) -> None:
     edge, pk, key = await new_edge(db, "cmd-idem")
-    async with host(["edge", "command"]) as (server, _), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+    async with host(["edge", "command"]) as (server, _), authed_channel(server.port, token) as ch:
         stub = command_pb2_grpc.CommandServiceStub(ch)
         stream = await online_edge(server.port, edge, key)
         request = create(edge, "battery_1/SetActivePower", 1500.0, request_id="retry-me")
@@ -201,9 +206,9 @@ async def test_a_repeated_request_id_returns_the_original_command(host: Host, db
         await stream.close()
 
 
-async def test_ttl_in_queue_fails_and_is_never_delivered(host: Host, db: asyncpg.Connection) -> None:
+async def test_ttl_in_queue_fails_and_is_never_delivered(host: Host, db: asyncpg.Connection, token: str) -> None:
     edge, _, key = await new_edge(db, "cmd-ttl")
-    async with host(["edge", "command"]) as (server, _), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+    async with host(["edge", "command"]) as (server, _), authed_channel(server.port, token) as ch:
         stub = command_pb2_grpc.CommandServiceStub(ch)
         stream = await online_edge(server.port, edge, key)
         await stream.close()  # the edge goes offline; its limits are fresh for 30 s
@@ -224,10 +229,10 @@ async def test_ttl_in_queue_fails_and_is_never_delivered(host: Host, db: asyncpg
 
 
 async def test_no_final_ack_within_5_s_fails_with_edge_timeout_and_cancel_rules(
-    host: Host, db: asyncpg.Connection
+    host: Host, db: asyncpg.Connection, token: str
 ) -> None:
     edge, _, key = await new_edge(db, "cmd-timeout")
-    async with host(["edge", "command"]) as (server, _), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+    async with host(["edge", "command"]) as (server, _), authed_channel(server.port, token) as ch:
         stub = command_pb2_grpc.CommandServiceStub(ch)
         stream = await online_edge(server.port, edge, key)
         created = await stub.CreateCommand(create(edge, "battery_1/SetActivePower", 700.0))
@@ -249,12 +254,14 @@ async def test_no_final_ack_within_5_s_fails_with_edge_timeout_and_cancel_rules(
         assert (await stub.CancelCommand(S.CancelCommandRequest(name=queued.name))).state == S.COMMAND_STATE_CANCELLED
 
 
-async def test_offline_edge_gets_its_queue_in_order_from_another_replica(host: Host, db: asyncpg.Connection) -> None:
+async def test_offline_edge_gets_its_queue_in_order_from_another_replica(
+    host: Host, db: asyncpg.Connection, token: str
+) -> None:
     edge, _, key = await new_edge(db, "cmd-replicas")
     async with (
         host(["edge", "command"]) as (a, _),
         host(["edge"]) as (b, _),
-        grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as ch,
+        authed_channel(a.port, token) as ch,
     ):
         stub = command_pb2_grpc.CommandServiceStub(ch)
         first = await online_edge(a.port, edge, key)
@@ -284,11 +291,11 @@ async def test_offline_edge_gets_its_queue_in_order_from_another_replica(host: H
         await third.close()
 
 
-async def test_command_service_restart_between_delivery_and_ack(host: Host, db: asyncpg.Connection) -> None:
+async def test_command_service_restart_between_delivery_and_ack(host: Host, db: asyncpg.Connection, token: str) -> None:
     edge, _, key = await new_edge(db, "cmd-restart")
     async with host(["edge"]) as (link, _):
         stream = await online_edge(link.port, edge, key)
-        async with host(["command"]) as (cmd, _), grpc.aio.insecure_channel(f"127.0.0.1:{cmd.port}") as ch:
+        async with host(["command"]) as (cmd, _), authed_channel(cmd.port, token) as ch:
             executed = await command_pb2_grpc.CommandServiceStub(ch).CreateCommand(
                 create(edge, "battery_1/SetActivePower", 300.0)
             )
@@ -300,7 +307,7 @@ async def test_command_service_restart_between_delivery_and_ack(host: Host, db: 
         # The command service is down: the edge's acks still land (EdgeLink records them) ...
         await ack(stream, executed.name, edge_link_pb2.COMMAND_ACK_STATUS_EXECUTED, applied=300.0)
         await asyncio.sleep(6)  # ... and the silent one passes its 5 s deadline while nobody watches.
-        async with host(["command"]) as (cmd, _), grpc.aio.insecure_channel(f"127.0.0.1:{cmd.port}") as ch:
+        async with host(["command"]) as (cmd, _), authed_channel(cmd.port, token) as ch:
             stub = command_pb2_grpc.CommandServiceStub(ch)
             assert (await wait_state(stub, executed.name, S.COMMAND_STATE_EXECUTED)).applied_value == 300.0
             assert (await wait_state(stub, silent.name, S.COMMAND_STATE_FAILED)).state_reason == "EDGE_TIMEOUT"
@@ -308,10 +315,10 @@ async def test_command_service_restart_between_delivery_and_ack(host: Host, db: 
 
 
 async def test_fleet_dispatch_creates_one_command_per_edge_and_reports_the_aggregate(
-    host: Host, db: asyncpg.Connection
+    host: Host, db: asyncpg.Connection, token: str
 ) -> None:
     edges = [await new_edge(db, f"fleet-{i}") for i in range(3)]
-    async with host(["edge", "command"]) as (server, _), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+    async with host(["edge", "command"]) as (server, _), authed_channel(server.port, token) as ch:
         stub = command_pb2_grpc.CommandServiceStub(ch)
         streams = [await online_edge(server.port, e, k) for e, _, k in edges[:2]]
         lonely = EdgeStream(server.port)  # the third edge has no battery

@@ -19,6 +19,7 @@ from edge_daemon.uplink import create_uplink
 from services.names import EdgeName
 from tests.cloud.conftest import Host, new_edge
 from tests.edge.uplink_support import SETPOINT, TcpRelay, site_config, until
+from tests.identity.fixtures import authed_channel
 
 S = command_pb2
 
@@ -58,7 +59,7 @@ def edge_log() -> Iterator[list[logging.LogRecord]]:
 
 
 @pytest.fixture
-async def site(host: Host, db: asyncpg.Connection, tmp_path: Path) -> AsyncIterator[Site]:
+async def site(host: Host, db: asyncpg.Connection, token: str, tmp_path: Path) -> AsyncIterator[Site]:
     edge, _, key = await new_edge(db, f"e2e-{uuid.uuid4().hex[:6]}")
     async with host(["edge", "command"], heartbeat_interval_s=1.0) as (server, _):
         relay = TcpRelay()  # lets a test cut the edge's connection
@@ -69,7 +70,7 @@ async def site(host: Host, db: asyncpg.Connection, tmp_path: Path) -> AsyncItera
         daemon = EdgeDaemon(config, uplink=create_uplink(config))
         runner = asyncio.create_task(daemon.run())
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            async with authed_channel(server.port, token) as channel:
                 stub = command_pb2_grpc.CommandServiceStub(channel)
                 # Ready when the cloud knows the battery and has fresh limits from its telemetry.
                 await until(
