@@ -25,6 +25,7 @@ from edge_daemon.cycle import MAX_PERIOD_S, MIN_PERIOD_S
 from edge_daemon.devices import factory as device_factory
 from edge_daemon.devices.base import Access, validate_device_id
 from edge_daemon.devices.site import SiteDevices
+from edge_daemon.drivers import factory as drivers
 from edge_daemon.errors import ChannelError, ConfigError
 from edge_daemon.params import ParamReader
 
@@ -161,6 +162,10 @@ def parse_config(data: Mapping[str, Any], path: Path | str) -> SiteConfig:
     )
     tel_r.finish()
     devices = _devices(root)
+    drivers.check_shared_lines(
+        str(path),
+        [(i, d.device_id, d.params) for i, d in enumerate(devices) if isinstance(d.params, drivers.DriverParams)],
+    )
     controllers = _controllers(root)
     root.finish()
     config = SiteConfig(path, site, cycle, cloud, outbox, telemetry, devices, controllers)

@@ -12,9 +12,11 @@ from edge_daemon.devices.ev_charger import EvChargerParams, SimEvCharger, parse_
 from edge_daemon.devices.grid_meter import GridMeterParams, SimGridMeter, parse_grid_meter
 from edge_daemon.devices.load import LoadParams, SimLoad, parse_load
 from edge_daemon.devices.pv import PvParams, SimPvInverter, parse_pv
+from edge_daemon.drivers import factory as drivers
 from edge_daemon.params import ParamReader
 
-DeviceParams = BatteryParams | PvParams | LoadParams | EvChargerParams | GridMeterParams
+SimParams = BatteryParams | PvParams | LoadParams | EvChargerParams | GridMeterParams
+DeviceParams = SimParams | drivers.DriverParams
 
 PARSERS: dict[str, Callable[[ParamReader], DeviceParams]] = {
     SimBattery.type_name: parse_battery,
@@ -22,6 +24,7 @@ PARSERS: dict[str, Callable[[ParamReader], DeviceParams]] = {
     SimLoad.type_name: parse_load,
     SimEvCharger.type_name: parse_ev_charger,
     SimGridMeter.type_name: parse_grid_meter,
+    **drivers.PARSERS,
 }
 
 
@@ -34,7 +37,7 @@ class SiteContext:
     timezone: ZoneInfo
 
 
-def build_device(device_id: str, params: DeviceParams, site: SiteContext) -> Device:
+def build_device(device_id: str, params: SimParams, site: SiteContext) -> Device:
     if isinstance(params, BatteryParams):
         return SimBattery(device_id, params)
     if isinstance(params, PvParams):
@@ -47,7 +50,13 @@ def build_device(device_id: str, params: DeviceParams, site: SiteContext) -> Dev
 
 
 def build_devices(specs: Sequence[tuple[str, DeviceParams]], site: SiteContext) -> list[Device]:
-    devices = [build_device(device_id, params, site) for device_id, params in specs]
+    # Drivers are built together: devices on one serial line share its connection.
+    driver_specs = [(i, p) for i, p in specs if isinstance(p, drivers.DriverParams)]
+    built = iter(drivers.build_drivers(driver_specs))
+    devices = [
+        next(built) if isinstance(params, drivers.DriverParams) else build_device(device_id, params, site)
+        for device_id, params in specs
+    ]
     for device in devices:
         if isinstance(device, SimGridMeter):
             device.bind(devices)

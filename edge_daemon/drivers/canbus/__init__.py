@@ -1,0 +1,1 @@
+"""CAN bus drivers (python-can), decoding frames with DBC files (cantools)."""

@@ -1,0 +1,73 @@
+"""SunSpec discovery: find the "SunS" marker, then walk the model chain to the end marker.
+
+The map starts with the two registers 0x5375 0x6E53 ("SunS") at one of a few well-known addresses,
+followed by models, each `ID, L, <L registers>`, until a model ID of 0xFFFF. Devices are inconsistent
+about whether "40001" in their manual is a PDU address or a 1-based register number, so both the
+standard bases and their off-by-one variants are tried.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+from edge_daemon.drivers.modbus.link import ModbusDeviceError, ModbusLink, RetryPolicy
+from edge_daemon.drivers.modbus.registers import Function
+
+log = logging.getLogger(__name__)
+
+SUNS: Final = (0x5375, 0x6E53)
+BASE_ADDRESSES: Final = (40000, 40001, 50000, 50001, 0, 1)
+END_MODEL_ID: Final = 0xFFFF
+MAX_MODELS: Final = 256  # a chain longer than this is a device bug (or a loop of zero lengths)
+
+
+class DiscoveryError(Exception):
+    """The device answers but is not (recognisably) a SunSpec device."""
+
+
+@dataclass(frozen=True, slots=True)
+class FoundModel:
+    id: int
+    address: int  # of its ID register
+    length: int  # L: registers after ID and L
+
+
+@dataclass(frozen=True, slots=True)
+class SunSpecMap:
+    base: int
+    models: tuple[FoundModel, ...]
+
+    def first(self, model_id: int) -> FoundModel | None:
+        return next((m for m in self.models if m.id == model_id), None)
+
+
+async def discover(
+    link: ModbusLink, unit: int, policy: RetryPolicy, bases: tuple[int, ...] = BASE_ADDRESSES
+) -> SunSpecMap:
+    """Raises CommunicationError when the device does not answer, DiscoveryError when no marker is found."""
+    for base in bases:
+        try:
+            marker = await link.read(unit, Function.HOLDING, base, 2, policy)
+        except ModbusDeviceError:
+            continue  # nothing there on this device: try the next base
+        if tuple(marker) == SUNS:
+            return SunSpecMap(base, await _walk(link, unit, policy, base + 2))
+    raise DiscoveryError(f"no SunS marker at {', '.join(map(str, bases))}")
+
+
+async def _walk(link: ModbusLink, unit: int, policy: RetryPolicy, address: int) -> tuple[FoundModel, ...]:
+    models: list[FoundModel] = []
+    while len(models) < MAX_MODELS and address + 2 <= 0x10000:
+        try:
+            model_id, length = await link.read(unit, Function.HOLDING, address, 2, policy)
+        except ModbusDeviceError as exc:
+            # Some devices end the map without the end marker; what was found so far is usable.
+            log.warning("SunSpec chain ends without end marker", extra={"address": address, "error": str(exc)})
+            break
+        if model_id == END_MODEL_ID:
+            break
+        models.append(FoundModel(model_id, address, length))
+        address += 2 + length
+    return tuple(models)
