@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -90,6 +90,40 @@ def _edge_key_id(api_key: str) -> str | None:
     if not api_key.startswith("emma_") or api_key.count("_") < 2:
         return None
     return api_key[len("emma_") :].split("_", 1)[0] or None
+
+
+async def _race(responses: Any, alarm: asyncio.Event, on_alarm: Callable[[], Awaitable[None]]) -> AsyncGenerator[Any]:
+    """Yield from the async generator `responses`. Whenever `alarm` is set, clear it and await
+    `on_alarm()` (a re-check) while the stream keeps waiting; if it raises, the stream ends with that
+    error and the inner generator is closed."""
+    step: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            if step is None:
+                step = asyncio.ensure_future(anext(responses))
+            waiter = asyncio.ensure_future(alarm.wait())
+            try:
+                done, _ = await asyncio.wait({step, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            if alarm.is_set():
+                alarm.clear()
+                await on_alarm()
+            if step in done:
+                try:
+                    item = step.result()
+                except StopAsyncIteration:
+                    step = None
+                    return
+                step = None
+                yield item
+    finally:
+        if step is not None and not step.done():
+            step.cancel()
+            with contextlib.suppress(BaseException):
+                await step
+        with contextlib.suppress(BaseException):
+            await responses.aclose()
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -204,8 +238,24 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 call.caller = await self._authorize(method, info, request, context)
                 result = inner(request, context)
                 if inspect.isasyncgen(result):
-                    async for item in result:
-                        yield item
+                    if call.caller.kind == "user":
+                        # A long stream (live values, command watch) ends when its session is revoked
+                        # or the caller loses access: re-checked on every change of the user.
+                        alarm = asyncio.Event()
+                        self.state.watch_session(call.caller.session_id, call.caller.user_id, alarm)
+
+                        async def recheck() -> None:
+                            call.caller = await self._authorize(method, info, request, context)
+
+                        try:
+                            async with contextlib.aclosing(_race(result, alarm, recheck)) as stream:
+                                async for item in stream:
+                                    yield item
+                        finally:
+                            self.state.unwatch_session(alarm)
+                    else:
+                        async for item in result:
+                            yield item
                 elif inspect.isawaitable(result):
                     await result
             except BaseException as exc:
@@ -270,42 +320,25 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     yield request
 
             responses = inner(tap(), context)
-            waiter = asyncio.ensure_future(revoked.wait())
-            step: asyncio.Future[Any] | None = None
             sent = 0
             outcome: tuple[int, str] = (0, "")
+
+            async def refuse() -> None:
+                raise ApiError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    errors_pb2.ERROR_REASON_EDGE_KEY_REVOKED,
+                    "the API key was revoked",
+                )
+
             try:
-                while True:
-                    if revoked.is_set():
-                        raise ApiError(
-                            grpc.StatusCode.UNAUTHENTICATED,
-                            errors_pb2.ERROR_REASON_EDGE_KEY_REVOKED,
-                            "the API key was revoked",
-                        )
-                    step = asyncio.ensure_future(anext(responses))
-                    done, _ = await asyncio.wait({step, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                    if step not in done:
-                        step.cancel()
-                        with contextlib.suppress(BaseException):
-                            await step
-                        continue  # raises EDGE_KEY_REVOKED above
-                    try:
-                        item = step.result()
-                    except StopAsyncIteration:
-                        break
-                    sent += 1
-                    yield item
+                async with contextlib.aclosing(_race(responses, revoked, refuse)) as stream:
+                    async for item in stream:
+                        sent += 1
+                        yield item
             except BaseException as exc:
                 outcome = _result(exc, context)
                 raise
             finally:
-                waiter.cancel()
-                if step is not None and not step.done():
-                    step.cancel()
-                    with contextlib.suppress(BaseException):
-                        await step
-                with contextlib.suppress(BaseException):
-                    await responses.aclose()
                 for key_id in watched:
                     state.unwatch_edge_key(key_id, revoked)
                 reset_call_state(token)

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,7 @@ class AuthState:
         self.passwords = Passwords(config.argon2_time_cost, config.argon2_memory_kib, config.argon2_parallelism)
         self._sessions: OrderedDict[str, Principal] = OrderedDict()
         self._edge_streams: dict[str, set[asyncio.Event]] = {}
+        self._user_streams: dict[asyncio.Event, tuple[str, str]] = {}
         self._generation = 0
         self._listening = False
         self._task: asyncio.Task[None] | None = None
@@ -125,6 +126,7 @@ class AuthState:
                             await asyncio.wait_for(conn.fetchval("SELECT 1"), LIVENESS_PERIOD_S)
                             if time.monotonic() - last_sweep >= max(self.config.auth_cache_ttl_s, 1.0):
                                 await self._recheck_edge_streams(conn)
+                                self._poke_streams(lambda _sid, _uid: True)
                                 last_sweep = time.monotonic()
                     finally:
                         self._listening = False
@@ -165,9 +167,11 @@ class AuthState:
         self._generation += 1
         if kind == "session":
             self._sessions.pop(ident, None)
+            self._poke_streams(lambda sid, _uid: sid == ident)
         elif kind == "user":
             for sid in [s for s, p in self._sessions.items() if p.user_id == ident]:
                 self._sessions.pop(sid, None)
+            self._poke_streams(lambda _sid, uid: uid == ident)
         elif kind == "edge_key":
             self._revoke_edge_key(ident)
         else:
@@ -176,6 +180,21 @@ class AuthState:
     def _invalidate_all(self) -> None:
         self._generation += 1
         self._sessions.clear()
+        self._poke_streams(lambda _sid, _uid: True)
+
+    # ------------------------------------------------------------------ users' open streams
+
+    def watch_session(self, session_id: str, user_id: str, event: asyncio.Event) -> None:
+        """Set `event` whenever the session or its user may have changed: the stream re-checks."""
+        self._user_streams[event] = (session_id, user_id)
+
+    def unwatch_session(self, event: asyncio.Event) -> None:
+        self._user_streams.pop(event, None)
+
+    def _poke_streams(self, match: Callable[[str, str], bool]) -> None:
+        for event, (sid, uid) in list(self._user_streams.items()):
+            if match(sid, uid):
+                event.set()
 
     # ------------------------------------------------------------------ users
 

@@ -244,3 +244,43 @@ async def test_failed_logins_are_limited_per_user_and_address_and_never_tell_who
         await db.execute("UPDATE identity.login_failures SET failure_time = failure_time - interval '1 hour'")
         ok = await identity.Login(identity_pb2.LoginRequest(email="grace@acme.test", password=PASSWORD))
         assert ok.access_token
+
+
+async def test_open_streams_end_when_the_session_is_revoked_or_access_is_lost(
+    host: Host, db: asyncpg.Connection
+) -> None:
+    from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+
+    from tests.cloud.conftest import new_edge
+
+    edge, _, _ = await new_edge(db, "streamed")
+    first = await grant(db, "acme", "viewer")
+    second = await grant(db, "acme", "viewer")
+    async with host(["telemetry"], live_poll_interval_s=0.1) as (server, _):
+        streams = []
+        for creds in (first, second):
+            ch = authed_channel(server.port, creds.token)
+            live = telemetry_pb2_grpc.TelemetryServiceStub(ch).StreamLiveValues(
+                telemetry_pb2.StreamLiveValuesRequest(site=str(edge.site_name))
+            )
+            await asyncio.wait_for(live.read(), 5)
+            streams.append((ch, live))
+        # A change of the user that keeps access (a promotion) does not disturb the stream.
+        await db.execute("UPDATE identity.memberships SET role = 2 WHERE user_id = $1", first.user_id)
+        await asyncio.sleep(0.3)
+        assert not streams[0][1].done()
+
+        async def ended(live: Any) -> tuple[grpc.StatusCode, str]:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                while True:
+                    await asyncio.wait_for(live.read(), 1.0)
+            status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+            info = error_info_of(status) if status else None
+            return caught.value.code(), info.reason if info else ""
+
+        await db.execute("UPDATE identity.sessions SET revoke_time = now() WHERE session_id = $1", first.session_id)
+        assert await ended(streams[0][1]) == (grpc.StatusCode.UNAUTHENTICATED, "SESSION_REVOKED")
+        await db.execute("DELETE FROM identity.memberships WHERE user_id = $1", second.user_id)
+        assert await ended(streams[1][1]) == (grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND")
+        for ch, _ in streams:
+            await ch.close()
