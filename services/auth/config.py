@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from pathlib import Path
 
 from services.errors import ConfigError
 from services.platform.secrets import local_secret
+
+log = logging.getLogger("emma.auth")
 
 MIN_KEY_BYTES = 32
 
@@ -41,6 +44,12 @@ def _key(env: Mapping[str, str], name: str, state_dir: Path, secret_name: str) -
         if len(raw.encode()) < MIN_KEY_BYTES:
             raise ConfigError(f"{name} must be at least {MIN_KEY_BYTES} bytes long")
         return raw.encode()
+    log.warning(
+        "%s is not set: using the key generated in %s (fine on one machine; every replica of a "
+        "deployment needs the same key from the environment)",
+        name,
+        state_dir / "secrets.json",
+    )
     return local_secret(state_dir, secret_name).encode()
 
 
@@ -67,7 +76,17 @@ class AuthConfig:
     argon2_parallelism: int = 4
 
     @classmethod
+    def argon2_from_env(cls, env: Mapping[str, str] = os.environ) -> tuple[int, int, int]:
+        """(time cost, memory KiB, parallelism) of new password hashes, without touching any key."""
+        return (
+            int(_num(env, "EMMA_ARGON2_TIME_COST", cls.argon2_time_cost, 1)),
+            int(_num(env, "EMMA_ARGON2_MEMORY_KIB", cls.argon2_memory_kib, 8)),
+            int(_num(env, "EMMA_ARGON2_PARALLELISM", cls.argon2_parallelism, 1)),
+        )
+
+    @classmethod
     def from_env(cls, state_dir: Path, env: Mapping[str, str] = os.environ) -> AuthConfig:
+        argon2 = cls.argon2_from_env(env)
         previous = tuple(k.encode() for k in env.get("EMMA_JWT_PREVIOUS_SIGNING_KEYS", "").split(",") if k)
         return cls(
             jwt_signing_key=_key(env, "EMMA_JWT_SIGNING_KEY", state_dir, "jwt_signing_key"),
@@ -84,7 +103,7 @@ class AuthConfig:
             ),
             auth_cache_ttl_s=_num(env, "EMMA_AUTH_CACHE_TTL_S", cls.auth_cache_ttl_s, 0),
             trust_forwarded_for=_flag(env, "EMMA_TRUST_FORWARDED_FOR"),
-            argon2_time_cost=int(_num(env, "EMMA_ARGON2_TIME_COST", cls.argon2_time_cost, 1)),
-            argon2_memory_kib=int(_num(env, "EMMA_ARGON2_MEMORY_KIB", cls.argon2_memory_kib, 8)),
-            argon2_parallelism=int(_num(env, "EMMA_ARGON2_PARALLELISM", cls.argon2_parallelism, 1)),
+            argon2_time_cost=argon2[0],
+            argon2_memory_kib=argon2[1],
+            argon2_parallelism=argon2[2],
         )

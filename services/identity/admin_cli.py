@@ -37,8 +37,7 @@ DEMO_EDGE = EdgeName("demo", "demo", "gw-1")
 
 
 def _passwords(config: PlatformConfig) -> Passwords:
-    auth = AuthConfig.from_env(config.state.state_dir)
-    return Passwords(auth.argon2_time_cost, auth.argon2_memory_kib, auth.argon2_parallelism)
+    return Passwords(*AuthConfig.argon2_from_env())
 
 
 async def _audit(conn: Conn, org: str | None, task: str, resource: str, details: dict[str, object]) -> None:

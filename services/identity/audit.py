@@ -117,7 +117,7 @@ class AuditServicer(identity_pb2_grpc.AuditServiceServicer):
                 """SELECT * FROM identity.audit_entries
                    WHERE org_id = $1 AND ($2::bigint = 0 OR id < $2)
                      AND ($3::text = '' OR actor = $3)
-                     AND ($4::text = '' OR method = $4 OR method LIKE '%/' || $4)
+                     AND ($4::text = '' OR method = $4 OR right(method, length($4) + 1) = '/' || $4)
                      AND ($5::timestamptz IS NULL OR entry_time >= $5)
                      AND ($6::timestamptz IS NULL OR entry_time < $6)
                    ORDER BY id DESC LIMIT $7""",
