@@ -3,6 +3,7 @@ revoked key's open stream is closed at once, on whichever replica holds it."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 
@@ -72,6 +73,22 @@ async def test_create_list_revoke_and_the_revoked_stream_is_closed(host: Host, d
         assert info is not None and info.reason == "EDGE_KEY_REVOKED"
         assert took < 1.0, took
         await stream.close()
+
+        # The stream is on record, attributed to the edge, with its key redacted.
+        async def connect_rows() -> list[asyncpg.Record]:
+            return await db.fetch(
+                """SELECT * FROM identity.audit_entries WHERE method = '/emma.edge.v1.EdgeLinkService/Connect'
+                   AND actor = $1""",
+                str(edge),
+            )
+
+        deadline = time.monotonic() + 5
+        while not (rows := await connect_rows()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(rows) == 1 and rows[0]["org_id"] == "acme"
+        assert rows[0]["actor_kind"] == identity_pb2.ACTOR_KIND_EDGE
+        assert rows[0]["result_code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
+        assert key not in rows[0]["request_json"] and '"apiKey":"[REDACTED]"' in rows[0]["request_json"]
 
         # And the key cannot open a new stream.
         again = EdgeStream(b.port)
