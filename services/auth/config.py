@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from collections.abc import Mapping
@@ -38,6 +39,17 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
 
 
+def _networks(env: Mapping[str, str], name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    out = []
+    for item in env.get(name, "").split(","):
+        if item.strip():
+            try:
+                out.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(f"{name}: {item.strip()!r} is not an IP address or network") from None
+    return tuple(out)
+
+
 def _key(env: Mapping[str, str], name: str, state_dir: Path, secret_name: str) -> bytes:
     raw = env.get(name, "")
     if raw:
@@ -71,6 +83,8 @@ class AuthConfig:
     auth_cache_ttl_s: float = 30.0
     # Behind the REST gateway the peer is the gateway; trust its x-forwarded-for then.
     trust_forwarded_for: bool = False
+    # Peers whose x-forwarded-for is believed (the gateway's addresses); empty: any peer.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     argon2_parallelism: int = 4
@@ -103,6 +117,7 @@ class AuthConfig:
             ),
             auth_cache_ttl_s=_num(env, "EMMA_AUTH_CACHE_TTL_S", cls.auth_cache_ttl_s, 0),
             trust_forwarded_for=_flag(env, "EMMA_TRUST_FORWARDED_FOR"),
+            trusted_proxies=_networks(env, "EMMA_TRUSTED_PROXIES"),
             argon2_time_cost=argon2[0],
             argon2_memory_kib=argon2[1],
             argon2_parallelism=argon2[2],

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import ipaddress
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -29,6 +30,7 @@ from emma.common.v1 import errors_pb2
 from emma.edge.v1 import edge_link_pb2
 
 from services.auth import policy
+from services.auth.config import AuthConfig
 from services.auth.context import (
     ANONYMOUS,
     Caller,
@@ -53,20 +55,35 @@ def _metadata(context: Context) -> dict[str, str]:
     return {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
-def client_address(context: Context, trust_forwarded_for: bool) -> str:
-    """The caller's IP address without port ("127.0.0.1", "::1")."""
-    if trust_forwarded_for:
-        forwarded = _metadata(context).get("x-forwarded-for", "")
-        if forwarded:
-            # The rightmost entry is the one our own proxy (the gateway) added.
-            return forwarded.split(",")[-1].strip()[:100]
+def client_address(context: Context, config: AuthConfig) -> str:
+    """The caller's IP address without port ("127.0.0.1", "::1").
+
+    Behind the gateway (EMMA_TRUST_FORWARDED_FOR) it is the rightmost x-forwarded-for entry, the one
+    the gateway added, if the peer is one of EMMA_TRUSTED_PROXIES (any peer when that is empty).
+    """
     peer = context.peer() or ""
     kind, _, rest = peer.partition(":")
     if kind == "ipv4":
-        return rest.rsplit(":", 1)[0]
-    if kind == "ipv6":
-        return rest.rsplit(":", 1)[0].strip("[]")
-    return peer[:100]
+        address = rest.rsplit(":", 1)[0]
+    elif kind == "ipv6":
+        address = rest.rsplit(":", 1)[0].strip("[]")
+    else:
+        address = peer[:100]
+    if config.trust_forwarded_for:
+        forwarded = _metadata(context).get("x-forwarded-for", "")
+        if forwarded and _trusted(address, config):
+            return forwarded.split(",")[-1].strip()[:100]
+    return address
+
+
+def _trusted(address: str, config: AuthConfig) -> bool:
+    if not config.trusted_proxies:
+        return True
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in config.trusted_proxies)
 
 
 def _result(exc: BaseException, context: Context) -> tuple[int, str]:
@@ -201,7 +218,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return CallState(
             caller=ANONYMOUS,
             method=method,
-            client_address=client_address(context, self.state.config.trust_forwarded_for),
+            client_address=client_address(context, self.state.config),
         )
 
     # ------------------------------------------------------------------ behaviours
