@@ -380,6 +380,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if call.audit_written:
             return
         actor = call.audit_actor or call.caller
+        if actor.kind == "anonymous" and outcome[0] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]:
+            # Refused by a rate limit before anything was looked at: rows here would let a flood of
+            # requests grow the audit log at the flood's rate.
+            return
         if actor.kind == "anonymous" and info.access != policy.PUBLIC:
             # Unauthenticated attempts are not attributable; they are logged, not audited, so
             # anonymous traffic cannot flood the audit log.
