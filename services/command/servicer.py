@@ -14,6 +14,7 @@ import grpc
 from emma.command.v1 import command_pb2, command_pb2_grpc
 from emma.common.v1 import errors_pb2
 
+from services.auth.context import caller
 from services.command import fleet, states, store, validation
 from services.command.watch import CommandWatcher
 from services.command.workers import CommandWorkers
@@ -31,9 +32,12 @@ MAX_TTL = dt.timedelta(hours=24)
 
 
 def caller_name(context: Context) -> str:
-    """Who is calling, for rate limits and `creator`: the client address until authentication lands."""
-    peer = context.peer() or "unknown"
-    return f"anonymous@{peer.rsplit(':', 1)[0]}"
+    """Who is calling (users/{id}), for `creator` and the per-caller rate limit.
+
+    The auth interceptor already checked the caller's role in the organization of the request's
+    path; fleet targets of other organizations are refused in fleet.py.
+    """
+    return caller(context).actor
 
 
 def traceparent_of(context: Context) -> str:
