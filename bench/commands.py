@@ -21,14 +21,14 @@ import uuid
 import grpc
 from emma.command.v1 import command_pb2, command_pb2_grpc
 
-from bench.harness import cloud_process, database, migrate, percentile, write_result
+from bench.harness import BENCH_ENV, cloud_process, database, login, migrate, percentile, write_result
 from bench.ingest import provision, run_generators
 from bench.machine import describe
 
 S = command_pb2
 
 
-async def round_trips(port: int, edge: str, count: int) -> list[float]:
+async def round_trips(port: int, edge: str, count: int, auth: list[tuple[str, str]]) -> list[float]:
     latencies = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = command_pb2_grpc.CommandServiceStub(channel)
@@ -39,10 +39,11 @@ async def round_trips(port: int, edge: str, count: int) -> list[float]:
                     parent=edge,
                     request_id=str(uuid.uuid4()),
                     command=S.Command(channel="battery_1/SetActivePower", value=float(-100 - i % 50)),
-                )
+                ),
+                metadata=auth,
             )
             final = None
-            async for update in stub.WatchCommand(S.WatchCommandRequest(name=created.name)):
+            async for update in stub.WatchCommand(S.WatchCommandRequest(name=created.name), metadata=auth):
                 final = update.command
             assert final is not None and final.state == S.COMMAND_STATE_EXECUTED, final
             latencies.append((time.perf_counter() - started) * 1000)
@@ -60,7 +61,8 @@ async def main_async(quick: bool) -> dict[str, object]:
             "machine": describe(version),
             "command": "python -m bench.commands" + (" --quick" if quick else ""),
         }
-        async with cloud_process(dsn, "edge command") as (port, _pid, _stats):
+        async with cloud_process(dsn, "edge command identity", env=BENCH_ENV) as (port, _pid, _stats):
+            auth = await login(dsn, port, "bench")
             edge = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -75,7 +77,7 @@ async def main_async(quick: bool) -> dict[str, object]:
             )
             try:
                 await asyncio.sleep(2)  # Hello and the first limits
-                idle = await round_trips(port, keys[0]["edge"], count)
+                idle = await round_trips(port, keys[0]["edge"], count, auth)
                 duration = count / 8 + 15
                 load = asyncio.create_task(
                     run_generators(
@@ -83,7 +85,7 @@ async def main_async(quick: bool) -> dict[str, object]:
                     )
                 )
                 await asyncio.sleep(8)  # past the fleet's connection storm
-                loaded = await round_trips(port, keys[0]["edge"], count)
+                loaded = await round_trips(port, keys[0]["edge"], count, auth)
                 await load
             finally:
                 edge.kill()

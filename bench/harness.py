@@ -134,3 +134,38 @@ def write_result(name: str, result: dict[str, object]) -> Path:
     path = out / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, default=str))
     return path
+
+
+BENCH_ENV = {"EMMA_JWT_SIGNING_KEY": "bench-signing-key-" + "x" * 32}
+
+
+async def login(dsn: str, port: int, org: str) -> list[tuple[str, str]]:
+    """An admin of `org` logged in through IdentityService.Login: the call metadata to send."""
+    import secrets as pysecrets
+
+    from emma.identity.v1 import identity_pb2, identity_pb2_grpc
+
+    from services.identity import accounts
+    from services.identity.passwords import Passwords
+
+    email, password = f"bench-{pysecrets.token_hex(4)}@{org}.bench", pysecrets.token_urlsafe(18)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await accounts.create_org(conn, org, org)
+        await accounts.ensure_user(
+            conn,
+            Passwords(time_cost=1, memory_kib=8192, parallelism=1),
+            email=email,
+            password=password,
+            org_id=org,
+            role=3,
+        )
+    finally:
+        await conn.close()
+    import grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = await identity_pb2_grpc.IdentityServiceStub(channel).Login(
+            identity_pb2.LoginRequest(email=email, password=password)
+        )
+    return [("authorization", f"Bearer {reply.access_token}")]

@@ -22,7 +22,7 @@ import numpy as np
 from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from bench.harness import cloud_process, database, migrate, percentile, write_result
+from bench.harness import BENCH_ENV, cloud_process, database, login, migrate, percentile, write_result
 from bench.machine import describe
 from services.edgelink.copy_binary import samples_copy_payload
 from services.names import EdgeName
@@ -87,7 +87,7 @@ async def load(dsn: str, step_s: int) -> tuple[EdgeName, int]:
         await conn.close()
 
 
-async def measure(port: int, edge: EdgeName, requests: int) -> dict[str, object]:
+async def measure(port: int, edge: EdgeName, requests: int, auth: list[tuple[str, str]]) -> dict[str, object]:
     end = dt.datetime.now(dt.UTC)
     start = end - dt.timedelta(days=DAYS)
 
@@ -113,7 +113,7 @@ async def measure(port: int, edge: EdgeName, requests: int) -> dict[str, object]
                     align_to_site_time_zone=align,
                 )
                 t0 = time.perf_counter()
-                reply = await stub.QueryHistory(request)
+                reply = await stub.QueryHistory(request, metadata=auth)
                 latencies.append((time.perf_counter() - t0) * 1000)
                 points = len(reply.series[0].points)
             results[label] = {
@@ -130,8 +130,8 @@ async def main_async(quick: bool) -> dict[str, object]:
     with database() as dsn:
         version = await migrate(dsn)
         edge, rows = await load(dsn, 60 if quick else 10)
-        async with cloud_process(dsn, "telemetry") as (port, _pid, _stats):
-            figures = await measure(port, edge, 100 if quick else 300)
+        async with cloud_process(dsn, "telemetry identity", env=BENCH_ENV) as (port, _pid, _stats):
+            figures = await measure(port, edge, 100 if quick else 300, await login(dsn, port, edge.org))
     return {
         "machine": describe(version),
         "command": "python -m bench.history" + (" --quick" if quick else ""),
