@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import socket
 import sqlite3
 import time
@@ -22,6 +21,7 @@ from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
 from google.protobuf import duration_pb2
 
 from edge_daemon.config import SiteConfig, demo_site_dict, parse_config
+from edge_daemon.site_toml import write_site_toml
 from edge_daemon.uplink.wire import timestamp, wire_channel
 from services.cloud import hosted_services
 from services.platform.config import ServerConfig
@@ -66,31 +66,7 @@ def site_config(tmp: Path, **kwargs: Any) -> SiteConfig:
 
 
 def write_toml(path: Path, doc: Mapping[str, Any]) -> Path:
-    """A minimal TOML writer for site documents (tables, arrays of tables, scalars)."""
-
-    def scalar(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, int | float):
-            return repr(value)
-        if isinstance(value, str):
-            return json.dumps(value)
-        raise TypeError(f"cannot write {value!r}")
-
-    lines: list[str] = []
-    for key, value in doc.items():
-        if isinstance(value, Mapping):
-            lines.append(f"[{key}]")
-            lines += [f"{k} = {scalar(v)}" for k, v in value.items()]
-        elif isinstance(value, list):
-            for item in value:
-                lines.append(f"[[{key}]]")
-                lines += [f"{k} = {scalar(v)}" for k, v in item.items()]
-        else:
-            raise TypeError(f"top-level {key} must be a table")
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
+    return write_site_toml(path, doc)
 
 
 def closed_port() -> int:
