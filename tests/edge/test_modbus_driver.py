@@ -22,7 +22,11 @@ from edge_daemon.config import parse_config
 from edge_daemon.cycle import ControlCycle
 from edge_daemon.devices.factory import build_devices
 from edge_daemon.devices.site import SiteDevices
+from edge_daemon.drivers.modbus.codec import DataType, EncodeError, decode_raw, encode_raw, scaled, unscaled
 from edge_daemon.drivers.modbus.device import ModbusDevice
+from edge_daemon.drivers.modbus.planner import plan, split
+from edge_daemon.drivers.modbus.registers import Function, Point, RegisterMap
+from edge_daemon.errors import ConfigError
 from tests.edge.modbus_peer import ModbusPeer, PtyLine, Unit
 
 DATA = Path(__file__).parent / "data"
@@ -343,3 +347,85 @@ async def test_rtu_over_a_pseudo_terminal_with_two_units_on_one_line(tmp_path: P
         await b.stop()
         await peer.stop()
         line.close()
+
+
+def inline(**register: Any) -> dict[str, Any]:
+    return tcp_device(502, profile=None, registers=[{"name": "Soc", "address": 0, "type": "u16", **register}])
+
+
+@pytest.mark.parametrize(
+    ("device", "key", "reason"),
+    [
+        (inline(type="u17"), "devices[0].registers[0].type", "expected one of u16, s16"),
+        (inline(function="input", access="write"), "devices[0].registers[0].access", "read-only in Modbus"),
+        (inline(scale_register="Nope"), "devices[0].registers[0].scale_register", "no register named 'Nope'"),
+        (inline(adress=5), "devices[0].registers[0].adress", "unknown key"),
+        (inline(name="bad name"), "devices[0].registers[0].name", "not a channel name"),
+        (inline(type="string"), "devices[0].registers[0].length", "required key is missing"),
+        (inline(bit=16), "devices[0].registers[0].bit", "at most 15"),
+        (inline(address=65535, type="u32"), "devices[0].registers[0].address", "runs past 65535"),
+        (tcp_device(502, unit_id=0), "devices[0].unit_id", "at least 1"),
+        (tcp_device(502, transport="rtu"), "devices[0].host", 'only for transport = "tcp"'),
+        (tcp_device(502, max_registers_per_read=200), "devices[0].max_registers_per_read", "at most 125"),
+        (tcp_device(502, profile="missing.toml"), "devices[0].profile", "cannot read"),
+    ],
+)
+def test_config_errors_name_device_and_key(tmp_path: Path, device: dict[str, Any], key: str, reason: str) -> None:
+    if device.get("profile") is None:
+        device.pop("profile", None)
+    with pytest.raises(ConfigError) as info:
+        build(tmp_path, device)
+    assert info.value.key == key
+    assert reason in info.value.reason and "device 'bess_1'" in info.value.reason
+
+
+def test_an_error_inside_a_profile_names_the_profile_file(tmp_path: Path) -> None:
+    profile = tmp_path / "p.toml"
+    profile.write_text(PROFILE.read_text().replace('type = "s32"', 'type = "i32"', 1))
+    with pytest.raises(ConfigError) as info:
+        build(tmp_path, tcp_device(502, profile=str(profile)))
+    assert info.value.path == str(profile)
+    assert info.value.key == "registers[2].type" and "device 'bess_1'" in info.value.reason
+
+
+def test_devices_sharing_a_serial_port_must_agree_on_its_settings(tmp_path: Path) -> None:
+    rtu = {"type": "modbus", "transport": "rtu", "serial_port": "/dev/ttyUSB0", "profile": str(PROFILE)}
+    with pytest.raises(ConfigError) as info:
+        build(tmp_path, {"id": "a", **rtu}, {"id": "b", **rtu, "unit_id": 2, "baudrate": 19200})
+    assert info.value.key == "devices[1].baudrate"
+    assert "device 'b'" in info.value.reason and "shared with device 'a'" in info.value.reason
+
+
+def test_codec_word_orders_types_and_strings() -> None:
+    assert decode_raw(DataType.S32, [0xFFFF, 0xFFFE]) == -2
+    assert decode_raw(DataType.U32, [0x0001, 0x0002], "little") == 0x0002_0001
+    assert decode_raw(DataType.FLOAT32, _f32(1.5)) == 1.5
+    assert decode_raw(DataType.S64, [0xFFFF] * 4) == -1
+    assert decode_raw(DataType.STRING, _text("AB C", 4)) == "AB C"
+    for dtype, value in [(DataType.S16, -7), (DataType.U32, 70000), (DataType.FLOAT64, 2.25)]:
+        for order in ("big", "little"):
+            assert decode_raw(dtype, encode_raw(dtype, value, order), order) == value
+    with pytest.raises(EncodeError):
+        encode_raw(DataType.U16, 70000)
+    assert scaled(2305, 0.1, 0, 0) == 230.5
+    assert scaled(5, 1, 0, 0) == 5 and isinstance(scaled(5, 1, 0, 0), int)
+    assert unscaled(230.5, DataType.U16, 0.1, 0, 0) == 2305
+    assert unscaled(300.0, DataType.U16, 1, 1, 0) == 30  # 10^1 per count
+
+
+def test_planner_limits_gaps_and_splits() -> None:
+    def p(name: str, address: int, length: int = 1) -> Point:
+        return Point(name, address, Function.HOLDING, DataType.U16, length)
+
+    points = [p("a", 0), p("b", 1, 2), p("c", 5), p("d", 200)]
+    assert [(b.address, b.count) for b in plan(points, RegisterMap(tuple(points)))] == [(0, 3), (5, 1), (200, 1)]
+    wide = RegisterMap(tuple(points), max_gap=2, max_registers_per_read=6)
+    blocks = plan(points, wide)
+    assert [(b.address, b.count) for b in blocks] == [(0, 6), (200, 1)]
+    assert [(b.address, b.count) for b in split(blocks[0])] == [(0, 3), (5, 1)]  # at the hole first
+    assert [(b.address, b.count) for b in split(split(blocks[0])[0])] == [(0, 1), (1, 2)]  # then per point
+
+
+def test_the_documented_worked_example_is_the_tested_profile() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "device-profiles.md").read_text()
+    assert "```toml\n" + PROFILE.read_text() + "```" in doc
