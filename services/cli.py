@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_server_flags(up)
     up.add_argument("--state-dir", help="where data and local secrets live (EMMA_STATE_DIR, default .emma)")
+    up.add_argument("--gateway-port", type=int, help="REST gateway port, 0 picks one (EMMA_GATEWAY_PORT, default 8080)")
 
     serve = sub.add_parser(
         "serve",
@@ -144,6 +145,8 @@ def _apply_server_flags(args: argparse.Namespace) -> None:
         os.environ["EMMA_GRPC_PORT"] = str(args.port)
     if getattr(args, "state_dir", None):
         os.environ["EMMA_STATE_DIR"] = args.state_dir
+    if getattr(args, "gateway_port", None) is not None:
+        os.environ["EMMA_GATEWAY_PORT"] = str(args.gateway_port)
 
 
 def _not_yet(command: str, issue: str) -> int:

@@ -1,54 +1,160 @@
 """`emma up`: the whole stack on one machine.
 
 Embedded PostgreSQL under the state folder (unless DATABASE_URL is set), migrations, every cloud
-service in one gRPC server, a demo organization with its admin. Ctrl-C stops everything; a second run
-reuses the data.
+service in one gRPC server, the REST gateway in the same process, a demo organization with its admin,
+and two simulated sites whose edge daemons run as separate processes with their own API keys. Ctrl-C
+stops everything; a second run reuses the data, the keys and the edges' outboxes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
 import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
 
+from edge_daemon.config import demo_site_dict
+from edge_daemon.site_toml import write_site_toml
+from gateway.config import GatewayConfig
+from gateway.server import running_gateway
 from services import catalog
 from services.cloud import hosted_services
+from services.identity.admin_cli import DEMO_ADMIN, DEMO_EDGE, ensure_demo, ensure_edge_key_file
+from services.names import EdgeName
 from services.platform.config import PlatformConfig
 from services.platform.embedded_pg import EmbeddedPostgres, start_embedded_postgres
-from services.platform.server import HostedServer, wait_for_shutdown_signal
+from services.platform.server import wait_for_shutdown_signal
+
+EMMA = str(Path(sys.executable).with_name("emma"))
+EDGE_STOP_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class DemoSite:
+    edge: EdgeName
+    time_zone: str
+    latitude_deg: float
+    longitude_deg: float
+    country_code: str
+
+
+# Two sites in different bidding zones and time zones, so the demo shows both.
+DEMO_SITES = (
+    DemoSite(DEMO_EDGE, "Europe/Berlin", 52.52, 13.405, "DE"),
+    DemoSite(EdgeName("demo", "madrid", "gw-2"), "Europe/Madrid", 40.4168, -3.7038, "ES"),
+)
 
 
 def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def edge_dir(state_dir: Path, site: DemoSite) -> Path:
+    # The first site keeps the folder the identity issue gave it (edge-demo), so old state is reused.
+    return state_dir / ("edge-demo" if site.edge == DEMO_EDGE else f"edge-{site.edge.edge}")
+
+
+def write_site_file(folder: Path, site: DemoSite, grpc_port: int) -> Path:
+    """The site TOML of a simulated edge pointing at this run's gRPC port (rewritten every run)."""
+    doc = demo_site_dict(
+        period_s=1.0,
+        latitude=site.latitude_deg,
+        longitude=site.longitude_deg,
+        timezone=site.time_zone,
+        outbox_path="outbox.sqlite",
+    )
+    doc["site"]["id"] = site.edge.site
+    doc["site"]["name"] = f"Demo site {site.edge.site}"
+    doc["telemetry"] = {"batch_interval_s": 1.0}
+    doc["cloud"] = {
+        "endpoint": f"127.0.0.1:{grpc_port}",
+        "edge": str(site.edge),
+        "key_file": "edge.key",
+        "tls": False,
+        "reconnect_min_s": 0.5,
+        "reconnect_max_s": 5.0,
+    }
+    return write_site_toml(folder / "site.toml", doc)
+
+
+@contextlib.asynccontextmanager
+async def edge_processes(configs: list[Path], say: Callable[[str], None]) -> AsyncIterator[None]:
+    """`emma edge --config …` per site, each its own process, logging to a file next to its config."""
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        for config in configs:
+            log = (config.parent / "edge.log").open("ab")
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    EMMA, "edge", "--config", str(config), stdout=log, stderr=log, start_new_session=True
+                )
+            )
+            log.close()
+            say(f"  edge daemon pid {procs[-1].pid}: {config} (log: {config.parent / 'edge.log'})")
+        yield
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                await asyncio.wait_for(proc.wait(), EDGE_STOP_GRACE_S)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
 async def run_up(config: PlatformConfig) -> None:
-    config.state.state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = config.state.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # The gateway forwards the browser's address; the login rate limit must see it, not 127.0.0.1.
+    os.environ.setdefault("EMMA_TRUST_FORWARDED_FOR", "1")
     embedded: EmbeddedPostgres | None = None
     dsn = config.database.url
     if dsn is None:
-        _say(f"emma up: starting embedded PostgreSQL in {config.state.state_dir / 'pgdata'}")
-        embedded = await asyncio.to_thread(start_embedded_postgres, config.state.state_dir)
+        _say(f"emma up: starting embedded PostgreSQL in {state_dir / 'pgdata'}")
+        embedded = await asyncio.to_thread(start_embedded_postgres, state_dir)
         dsn = embedded.uri()
     try:
-
-        def announce(hosted: HostedServer) -> None:
-            _say(f"emma up: gRPC services on {config.server.host}:{hosted.port}")
-            for spec in catalog.resolve(["all"]):
-                state = "serving" if spec.factory else f"UNIMPLEMENTED until {spec.issue}"
-                _say(f"  {spec.full_name:<36} {state}")
-            _say("  grpc.health.v1.Health and server reflection are on")
-            where = "embedded" if embedded else "external"
-            _say(f"emma up: database {where}; state in {config.state.state_dir}")
-            _say("emma up: ready; press Ctrl-C to stop")
-
         async with hosted_services(["all"], config, dsn=dsn, apply_migrations=True) as (hosted, runtime):
-            # The demo organization, its admin (password printed once) and its edge's key.
-            from services.identity.admin_cli import ensure_demo
-
+            grpc_address = f"{config.server.host}:{hosted.port}"
+            site_files = []
             async with runtime.pool.acquire() as conn:
                 await ensure_demo(conn, config, _say)
-            announce(hosted)
-            await wait_for_shutdown_signal()
+                for site in DEMO_SITES:
+                    folder = edge_dir(state_dir, site)
+                    await ensure_edge_key_file(
+                        conn,
+                        site.edge,
+                        folder / "edge.key",
+                        _say,
+                        time_zone=site.time_zone,
+                        latitude_deg=site.latitude_deg,
+                        longitude_deg=site.longitude_deg,
+                        country_code=site.country_code,
+                    )
+                    site_files.append(write_site_file(folder, site, hosted.port))
+            gateway_config = dataclasses.replace(GatewayConfig.from_env(), target=grpc_address)
+            async with running_gateway(gateway_config) as http_port:
+                base = f"http://{gateway_config.host}:{http_port}"
+                _say(f"emma up: gRPC services on {grpc_address}")
+                for spec in catalog.resolve(["all"]):
+                    state = "serving" if spec.factory else f"UNIMPLEMENTED until {spec.issue}"
+                    _say(f"  {spec.full_name:<36} {state}")
+                _say("  grpc.health.v1.Health and server reflection are on")
+                _say(f"emma up: REST gateway on {base} (API docs {base}/docs, OpenAPI {base}/openapi.json)")
+                _say(f"emma up: simulated sites {', '.join(str(s.edge.site_name) for s in DEMO_SITES)}:")
+                async with edge_processes(site_files, _say):
+                    where = "embedded" if embedded else "external"
+                    _say(f"emma up: database {where}; state in {state_dir}")
+                    _say(f"emma up: log in as {DEMO_ADMIN} (see README: the first five minutes)")
+                    _say("emma up: ready; press Ctrl-C to stop")
+                    await wait_for_shutdown_signal()
         _say("emma up: stopped")
     finally:
         if embedded is not None:

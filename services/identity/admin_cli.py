@@ -15,6 +15,7 @@ import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from emma.identity.v1 import identity_pb2
 
@@ -179,20 +180,41 @@ async def ensure_demo(conn: Conn, config: PlatformConfig, say: Callable[[str], N
     else:
         where = "EMMA_ADMIN_PASSWORD" if from_env else f"{state_dir / 'secrets.json'}"
         out(f"emma up: demo admin {DEMO_ADMIN} (password in {where})")
-    pk = await ensure_edge(
-        conn, DEMO_EDGE, time_zone="Europe/Berlin", latitude_deg=52.52, longitude_deg=13.405, country_code="DE"
+    await ensure_edge_key_file(
+        conn,
+        DEMO_EDGE,
+        Path(state_dir) / "edge-demo" / "edge.key",
+        out,
+        time_zone="Europe/Berlin",
+        latitude_deg=52.52,
+        longitude_deg=13.405,
+        country_code="DE",
     )
-    key_file = Path(state_dir) / "edge-demo" / "edge.key"
-    if not key_file.exists():
-        async with conn.transaction():
-            await conn.execute(
-                "UPDATE identity.edge_api_keys SET revoke_time = now() WHERE edge_pk = $1 AND revoke_time IS NULL", pk
-            )
-            key_id, key = await issue_edge_key(conn, pk, "emma up demo edge")
-            await _audit(conn, DEMO_ORG, "up: demo edge key", f"{DEMO_EDGE}/apiKeys/{key_id}", {})
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key + "\n")
-        out(f"emma up: API key of {DEMO_EDGE} written to {key_file}")
 
+
+async def ensure_edge_key_file(
+    conn: Conn,
+    edge: EdgeName,
+    key_file: Path,
+    say: Callable[[str], None] = print,
+    **site: Any,
+) -> None:
+    """The edge (with its organization and site) and an API key for it in a 0600 file, once.
+
+    When the file is missing, the edge's older keys are revoked and a new one is written; a present
+    file is reused, so a second `emma up` keeps its edges' identities.
+    """
+    pk = await ensure_edge(conn, edge, **site)
+    if key_file.exists():  # noqa: ASYNC240 (one stat of a local file at start-up)
+        return
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE identity.edge_api_keys SET revoke_time = now() WHERE edge_pk = $1 AND revoke_time IS NULL", pk
+        )
+        key_id, key = await issue_edge_key(conn, pk, "emma up demo edge")
+        await _audit(conn, edge.org, "up: demo edge key", f"{edge}/apiKeys/{key_id}", {})
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    say(f"emma up: API key of {edge} written to {key_file}")
