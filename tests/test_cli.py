@@ -89,7 +89,12 @@ def _health(port: int) -> int:
 
 
 def test_emma_up_serves_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> None:
-    env = {"EMMA_STATE_DIR": str(tmp_path / "state"), "EMMA_GRPC_PORT": "0", "DATABASE_URL": ""}
+    env = {
+        "EMMA_STATE_DIR": str(tmp_path / "state"),
+        "EMMA_GRPC_PORT": "0",
+        "EMMA_GATEWAY_PORT": "0",
+        "DATABASE_URL": "",
+    }
     for run in (1, 2):
         proc = EmmaProcess("up", env=env)
         try:

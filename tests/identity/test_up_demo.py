@@ -25,7 +25,13 @@ def _login(port: int, password: str) -> identity_pb2.LoginResponse:
 
 def test_emma_up_creates_the_demo_organization_and_admin(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    env = {"EMMA_STATE_DIR": str(state), "EMMA_GRPC_PORT": "0", "DATABASE_URL": "", "EMMA_ADMIN_PASSWORD": ""}
+    env = {
+        "EMMA_STATE_DIR": str(state),
+        "EMMA_GRPC_PORT": "0",
+        "EMMA_GATEWAY_PORT": "0",
+        "DATABASE_URL": "",
+        "EMMA_ADMIN_PASSWORD": "",
+    }
     password = ""
     for run in (1, 2):
         proc = EmmaProcess("up", env=env)
@@ -50,7 +56,7 @@ def test_emma_up_creates_the_demo_organization_and_admin(tmp_path: Path) -> None
                     metadata=[("authorization", f"Bearer {login.access_token}")],
                     timeout=10,
                 )
-            assert [s.name for s in sites.sites] == ["organizations/demo/sites/demo"]
+            assert [s.name for s in sites.sites] == ["organizations/demo/sites/demo", "organizations/demo/sites/madrid"]
         finally:
             assert proc.stop(signal.SIGINT) == 0, "\n".join(proc.lines)
     secrets_file = state / "secrets.json"
