@@ -50,6 +50,13 @@ def test_the_readme_walkthrough_works_against_emma_up(tmp_path: Path) -> None:
     finally:
         assert proc.stop(signal.SIGINT) == 0, "\n".join(proc.lines)
 
+    try:
+        check_output(out)
+    except (AssertionError, ValueError, KeyError, IndexError) as exc:
+        raise AssertionError(f"{exc!r}\n--- walkthrough output ---\n{out}") from exc
+
+
+def check_output(out: str) -> None:
     # Sites: both demo sites, as proto3 JSON.
     sites = json.loads(out.split("\n", 1)[0])
     assert [s["name"] for s in sites["sites"]] == ["organizations/demo/sites/demo", "organizations/demo/sites/madrid"]
