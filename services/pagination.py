@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence, Sized
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 from emma.common.v1 import errors_pb2
@@ -12,6 +15,7 @@ from emma.common.v1 import errors_pb2
 from services.errors import ApiError, invalid_field
 
 MAX_PAGE_SIZE = 1000
+T = TypeVar("T")
 
 
 def page_size(requested: int, default: int = 50) -> int:
@@ -39,3 +43,29 @@ def decode_token(method: str, token: str) -> int:
             errors_pb2.ERROR_REASON_PAGE_TOKEN_INVALID,
             "page_token was not issued by this method",
         ) from None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of an offset-paginated List method: fetch `limit` rows at `offset`, answer `rows(...)`.
+
+    One row more than the page is fetched: its presence is what says a next page exists.
+    """
+
+    method: str
+    size: int
+    offset: int
+
+    @classmethod
+    def of(cls, method: str, request: Any, default: int = 50) -> Page:
+        return cls(method, page_size(request.page_size, default), decode_token(method, request.page_token))
+
+    @property
+    def limit(self) -> int:
+        return self.size + 1
+
+    def rows(self, rows: Sequence[T]) -> Sequence[T]:
+        return rows[: self.size]
+
+    def next_token(self, rows: Sized) -> str:
+        return encode_token(self.method, self.offset + self.size) if len(rows) > self.size else ""

@@ -25,7 +25,7 @@ from google.protobuf import timestamp_pb2
 from services.command import states
 from services.errors import ApiError, invalid_field, not_found
 from services.names import ID_PATTERN, EdgeName, parse_edge, parse_site
-from services.pagination import decode_token, encode_token, page_size
+from services.pagination import Page
 from services.platform.migrations import Conn
 
 if TYPE_CHECKING:
@@ -261,15 +261,14 @@ async def list_dispatches(
     conn: Conn, request: command_pb2.ListFleetDispatchesRequest
 ) -> command_pb2.ListFleetDispatchesResponse:
     org = _org(request.parent)
-    size = page_size(request.page_size)
-    offset = decode_token("ListFleetDispatches", request.page_token)
+    page = Page.of("ListFleetDispatches", request)
     rows = await conn.fetch(
         "SELECT * FROM app.fleet_dispatches WHERE org_id = $1 ORDER BY create_time DESC, id OFFSET $2 LIMIT $3",
         org,
-        offset,
-        size + 1,
+        page.offset,
+        page.limit,
     )
     return command_pb2.ListFleetDispatchesResponse(
-        fleet_dispatches=[await _to_proto(conn, r) for r in rows[:size]],
-        next_page_token=encode_token("ListFleetDispatches", offset + size) if len(rows) > size else "",
+        fleet_dispatches=[await _to_proto(conn, r) for r in page.rows(rows)],
+        next_page_token=page.next_token(rows),
     )

@@ -20,7 +20,7 @@ from services.command.watch import CommandWatcher
 from services.command.workers import CommandWorkers
 from services.errors import ApiError, invalid_field, not_found
 from services.names import EdgeName, parse_edge, parse_site
-from services.pagination import decode_token, encode_token, page_size
+from services.pagination import Page
 from services.platform.migrations import Conn
 from services.runtime import Runtime
 
@@ -274,8 +274,7 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
             edge = EdgeName(site.org, site.site, "-")
         else:
             edge = parse_edge(request.parent, "parent")
-        size = page_size(request.page_size)
-        offset = decode_token("ListCommands", request.page_token)
+        page = Page.of("ListCommands", request)
         state = states.from_proto(request.state) if request.state else None
         start = request.start_time.ToDatetime(dt.UTC) if request.HasField("start_time") else None
         end = request.end_time.ToDatetime(dt.UTC) if request.HasField("end_time") else None
@@ -293,12 +292,12 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
                 state,
                 start,
                 end,
-                offset,
-                size + 1,
+                page.offset,
+                page.limit,
             )
         return command_pb2.ListCommandsResponse(
-            commands=[store.to_proto(r) for r in rows[:size]],
-            next_page_token=encode_token("ListCommands", offset + size) if len(rows) > size else "",
+            commands=[store.to_proto(r) for r in page.rows(rows)],
+            next_page_token=page.next_token(rows),
         )
 
     async def WatchCommand(

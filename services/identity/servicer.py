@@ -21,7 +21,7 @@ from services.errors import ApiError, invalid_field, not_found
 from services.identity import accounts, ratelimit
 from services.identity.passwords import password_problem
 from services.names import parse_edge
-from services.pagination import decode_token, encode_token, page_size
+from services.pagination import Page
 from services.platform.migrations import Conn
 from services.registry.idempotency import run_once
 from services.runtime import Runtime
@@ -286,18 +286,17 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         me = caller(context)
         org = _parse_org(request.parent)
         me.require_org(org, ADMIN, resource=request.parent)
-        size = page_size(request.page_size)
-        offset = decode_token("ListUsers", request.page_token)
+        page = Page.of("ListUsers", request)
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 """SELECT u.* FROM identity.users u JOIN identity.memberships m ON m.user_id = u.user_id
                    WHERE m.org_id = $1 ORDER BY u.email OFFSET $2 LIMIT $3""",
                 org,
-                offset,
-                size + 1,
+                page.offset,
+                page.limit,
             )
-            users = [self._user_message(r, await _memberships(conn, r["user_id"]), me) for r in rows[:size]]
-        token = encode_token("ListUsers", offset + size) if len(rows) > size else ""
+            users = [self._user_message(r, await _memberships(conn, r["user_id"]), me) for r in page.rows(rows)]
+        token = page.next_token(rows)
         return identity_pb2.ListUsersResponse(users=users, next_page_token=token)
 
     async def CreateUser(self, request: identity_pb2.CreateUserRequest, context: Context) -> identity_pb2.User:
@@ -463,8 +462,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.ListSessionsRequest, context: Context
     ) -> identity_pb2.ListSessionsResponse:
         me = caller(context)
-        size = page_size(request.page_size)
-        offset = decode_token("ListSessions", request.page_token)
+        page = Page.of("ListSessions", request)
         async with self._pool.acquire() as conn:
             row, roles = await self._visible_user(conn, me, request.parent, "parent")
             if row["user_id"] != me.user_id and not _can_manage(me, row["user_id"], roles):
@@ -473,12 +471,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 """SELECT * FROM identity.sessions WHERE user_id = $1
                    ORDER BY create_time DESC, session_id OFFSET $2 LIMIT $3""",
                 row["user_id"],
-                offset,
-                size + 1,
+                page.offset,
+                page.limit,
             )
-        token = encode_token("ListSessions", offset + size) if len(rows) > size else ""
+        token = page.next_token(rows)
         return identity_pb2.ListSessionsResponse(
-            sessions=[_session_message(r) for r in rows[:size]], next_page_token=token
+            sessions=[_session_message(r) for r in page.rows(rows)], next_page_token=token
         )
 
     async def RevokeSession(self, request: identity_pb2.RevokeSessionRequest, context: Context) -> identity_pb2.Session:
@@ -552,20 +550,19 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.ListEdgeApiKeysRequest, context: Context
     ) -> identity_pb2.ListEdgeApiKeysResponse:
         me = caller(context)
-        size = page_size(request.page_size)
-        offset = decode_token("ListEdgeApiKeys", request.page_token)
+        page = Page.of("ListEdgeApiKeys", request)
         async with self._pool.acquire() as conn:
             pk = await self._edge_pk(conn, me, request.parent)
             rows = await conn.fetch(
                 """SELECT * FROM identity.edge_api_keys WHERE edge_pk = $1
                    ORDER BY create_time DESC, key_id OFFSET $2 LIMIT $3""",
                 pk,
-                offset,
-                size + 1,
+                page.offset,
+                page.limit,
             )
-        token = encode_token("ListEdgeApiKeys", offset + size) if len(rows) > size else ""
+        token = page.next_token(rows)
         return identity_pb2.ListEdgeApiKeysResponse(
-            edge_api_keys=[_key_message(r, request.parent) for r in rows[:size]], next_page_token=token
+            edge_api_keys=[_key_message(r, request.parent) for r in page.rows(rows)], next_page_token=token
         )
 
     async def RevokeEdgeApiKey(

@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 from services.auth.context import ADMIN, Caller, caller, note_audit
 from services.errors import ApiError, invalid_field, not_found
 from services.names import ID_PATTERN
-from services.pagination import decode_token, encode_token, page_size
+from services.pagination import Page
 from services.platform.migrations import Conn
 from services.registry import bulk, erase, profiles
 from services.registry.idempotency import run_once
@@ -338,18 +338,17 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.ListOrganizationsRequest, context: Context
     ) -> registry_pb2.ListOrganizationsResponse:
         me = caller(context)
-        size = page_size(request.page_size)
-        offset = decode_token("ListOrganizations", request.page_token)
+        page = Page.of("ListOrganizations", request)
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT * FROM app.organizations WHERE org_id = ANY($1::text[]) ORDER BY org_id OFFSET $2 LIMIT $3",
                 me.orgs(),
-                offset,
-                size + 1,
+                page.offset,
+                page.limit,
             )
-        token = encode_token("ListOrganizations", offset + size) if len(rows) > size else ""
+        token = page.next_token(rows)
         return registry_pb2.ListOrganizationsResponse(
-            organizations=[org_message(r) for r in rows[:size]], next_page_token=token
+            organizations=[org_message(r) for r in page.rows(rows)], next_page_token=token
         )
 
     async def CreateOrganization(
@@ -438,14 +437,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.ListSitesResponse:
         org = parse_org(request.parent, "parent")
         caller(context).require_org(org, resource=request.parent)
-        size = page_size(request.page_size)
-        offset = decode_token("ListSites", request.page_token)
+        page = Page.of("ListSites", request)
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT * FROM app.sites WHERE org_id = $1 ORDER BY site_id OFFSET $2 LIMIT $3", org, offset, size + 1
+                "SELECT * FROM app.sites WHERE org_id = $1 ORDER BY site_id OFFSET $2 LIMIT $3",
+                org,
+                page.offset,
+                page.limit,
             )
-        token = encode_token("ListSites", offset + size) if len(rows) > size else ""
-        return registry_pb2.ListSitesResponse(sites=[site_message(r) for r in rows[:size]], next_page_token=token)
+        token = page.next_token(rows)
+        return registry_pb2.ListSitesResponse(sites=[site_message(r) for r in page.rows(rows)], next_page_token=token)
 
     async def CreateSite(self, request: registry_pb2.CreateSiteRequest, context: Context) -> registry_pb2.Site:
         me = caller(context)
@@ -565,8 +566,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.ListEdgesResponse:
         org, site = parse_site(request.parent, "parent")
         caller(context).require_org(org, resource=request.parent)
-        size = page_size(request.page_size)
-        offset = decode_token("ListEdges", request.page_token)
+        page = Page.of("ListEdges", request)
         async with self._pool.acquire() as conn:
             if await conn.fetchval("SELECT 1 FROM app.sites WHERE org_id = $1 AND site_id = $2", org, site) is None:
                 raise not_found(request.parent)
@@ -574,11 +574,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 _EDGE_SELECT + " WHERE e.org_id = $1 AND e.site_id = $2 ORDER BY e.edge_id OFFSET $3 LIMIT $4",
                 org,
                 site,
-                offset,
-                size + 1,
+                page.offset,
+                page.limit,
             )
-        token = encode_token("ListEdges", offset + size) if len(rows) > size else ""
-        return registry_pb2.ListEdgesResponse(edges=[edge_message(r) for r in rows[:size]], next_page_token=token)
+        token = page.next_token(rows)
+        return registry_pb2.ListEdgesResponse(edges=[edge_message(r) for r in page.rows(rows)], next_page_token=token)
 
     async def CreateEdge(self, request: registry_pb2.CreateEdgeRequest, context: Context) -> registry_pb2.Edge:
         me = caller(context)
@@ -671,8 +671,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.ListDevicesResponse:
         org, site, edge = parse_edge(request.parent, "parent")
         caller(context).require_org(org, resource=request.parent)
-        size = page_size(request.page_size)
-        offset = decode_token("ListDevices", request.page_token)
+        page = Page.of("ListDevices", request)
         async with self._pool.acquire() as conn:
             pk = await conn.fetchval(
                 "SELECT pk FROM app.edges WHERE org_id = $1 AND site_id = $2 AND edge_id = $3", org, site, edge
@@ -680,10 +679,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             if pk is None:
                 raise not_found(request.parent)
             rows = await conn.fetch(
-                _DEVICE_SELECT + " WHERE d.edge_pk = $1 ORDER BY d.device_id OFFSET $2 LIMIT $3", pk, offset, size + 1
+                _DEVICE_SELECT + " WHERE d.edge_pk = $1 ORDER BY d.device_id OFFSET $2 LIMIT $3",
+                pk,
+                page.offset,
+                page.limit,
             )
-        token = encode_token("ListDevices", offset + size) if len(rows) > size else ""
-        return registry_pb2.ListDevicesResponse(devices=[device_message(r) for r in rows[:size]], next_page_token=token)
+        token = page.next_token(rows)
+        return registry_pb2.ListDevicesResponse(
+            devices=[device_message(r) for r in page.rows(rows)], next_page_token=token
+        )
 
     async def CreateDevice(self, request: registry_pb2.CreateDeviceRequest, context: Context) -> registry_pb2.Device:
         me = caller(context)
@@ -779,17 +783,18 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.ListDeviceProfilesResponse:
         org = parse_org(request.parent, "parent")
         caller(context).require_org(org, resource=request.parent)
-        size = page_size(request.page_size)
-        offset = decode_token("ListDeviceProfiles", request.page_token)
+        page = Page.of("ListDeviceProfiles", request)
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT * FROM app.device_profiles WHERE org_id = $1 ORDER BY profile_id OFFSET $2 LIMIT $3",
                 org,
-                offset,
-                size + 1,
+                page.offset,
+                page.limit,
             )
-            items = [profile_message(r, await profiles.load_channels(conn, org, r["profile_id"])) for r in rows[:size]]
-        token = encode_token("ListDeviceProfiles", offset + size) if len(rows) > size else ""
+            items = [
+                profile_message(r, await profiles.load_channels(conn, org, r["profile_id"])) for r in page.rows(rows)
+            ]
+        token = page.next_token(rows)
         return registry_pb2.ListDeviceProfilesResponse(device_profiles=items, next_page_token=token)
 
     async def CreateDeviceProfile(

@@ -19,7 +19,7 @@ from services.auth.context import caller
 from services.auth.state import auth_state_for
 from services.errors import ApiError, invalid_field, not_found
 from services.names import Scope, parse_channel, parse_scope, parse_site
-from services.pagination import decode_token, encode_token, page_size
+from services.pagination import Page
 from services.runtime import Runtime
 from services.telemetry import history
 from services.telemetry.maintenance import TelemetryMaintenance
@@ -109,8 +109,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         scope = parse_scope(request.parent)
         caller(context).require_org(scope.org, resource=request.parent)
         await self._site_exists(scope.org, scope.site)
-        size = page_size(request.page_size, default=100)
-        offset = decode_token("ListChannels", request.page_token)
+        page = Page.of("ListChannels", request, default=100)
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 """SELECT e.org_id, e.site_id, e.edge_id, r.channel, r.unit,
@@ -125,11 +124,11 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
                 scope.site,
                 scope.edge,
                 scope.device,
-                offset,
-                size + 1,
+                page.offset,
+                page.limit,
             )
         channels = []
-        for r in rows[:size]:
+        for r in page.rows(rows):
             ch = telemetry_pb2.Channel(
                 name=_channel_resource(r["org_id"], r["site_id"], r["edge_id"], r["channel"]), unit=r["unit"]
             )
@@ -138,7 +137,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             if r["last_time"] is not None:
                 ch.last_sample_time.CopyFrom(_ts(r["last_time"]))
             channels.append(ch)
-        token = encode_token("ListChannels", offset + size) if len(rows) > size else ""
+        token = page.next_token(rows)
         return telemetry_pb2.ListChannelsResponse(channels=channels, next_page_token=token)
 
     async def QueryHistory(
