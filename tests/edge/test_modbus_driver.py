@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from edge_daemon.channels import Category, ChannelStore
-from edge_daemon.config import parse_config
+from edge_daemon.config import load_config, parse_config
 from edge_daemon.cycle import ControlCycle
 from edge_daemon.devices.factory import build_devices
 from edge_daemon.devices.site import SiteDevices
@@ -429,3 +429,19 @@ def test_planner_limits_gaps_and_splits() -> None:
 def test_the_documented_worked_example_is_the_tested_profile() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "device-profiles.md").read_text()
     assert "```toml\n" + PROFILE.read_text() + "```" in doc
+
+
+def test_a_site_file_finds_its_profile_relative_to_itself(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "acme_bi5.toml").write_text(PROFILE.read_text())
+    (tmp_path / "site.toml").write_text(
+        '[site]\nid = "s"\ntimezone = "UTC"\nlatitude = 0\nlongitude = 0\n\n'
+        '[[devices]]\nid = "bess_1"\ntype = "modbus"\nprofile = "profiles/acme_bi5.toml"\n'
+        'host = "192.0.2.10"\nunit_id = 3\n'
+    )
+    config = load_config(tmp_path / "site.toml")
+    (device,) = build_devices([(d.device_id, d.params) for d in config.devices], config.site_context())
+    assert isinstance(device, ModbusDevice)
+    specs = {s.name: s for s in device.channels}
+    assert specs["SetActivePower"].minimum == -5000 and specs["SetActivePower"].category is Category.OUTPUT
+    assert {"CommunicationLost", "CommunicationErrors", "ModbusExceptions"} <= specs.keys()
