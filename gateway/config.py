@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.errors import GatewayConfigError
+from services.platform.env import env_float, env_int
 
 
 def _text(env: Mapping[str, str], name: str, default: str) -> str:
@@ -18,30 +19,11 @@ def _text(env: Mapping[str, str], name: str, default: str) -> str:
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None = None) -> int:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise GatewayConfigError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise GatewayConfigError(f"{name}={value} must be {bound}")
-    return value
+    return env_int(env, name, default, minimum, maximum, error=GatewayConfigError)
 
 
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise GatewayConfigError(f"{name}={raw!r} is not a number") from None
-    if not value >= minimum:  # also refuses NaN
-        raise GatewayConfigError(f"{name}={value} must be at least {minimum}")
-    return value
+    return env_float(env, name, default, minimum, error=GatewayConfigError)
 
 
 def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:

@@ -10,33 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.errors import ConfigError
+from services.platform.env import env_flag, env_float
 from services.platform.secrets import local_secret
 
 log = logging.getLogger("emma.auth")
 
 MIN_KEY_BYTES = 32
-
-
-def _num(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be at least {minimum}")
-    return value
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
 
 
 def _networks(env: Mapping[str, str], name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -93,9 +72,9 @@ class AuthConfig:
     def argon2_from_env(cls, env: Mapping[str, str] = os.environ) -> tuple[int, int, int]:
         """(time cost, memory KiB, parallelism) of new password hashes, without touching any key."""
         return (
-            int(_num(env, "EMMA_ARGON2_TIME_COST", cls.argon2_time_cost, 1)),
-            int(_num(env, "EMMA_ARGON2_MEMORY_KIB", cls.argon2_memory_kib, 8)),
-            int(_num(env, "EMMA_ARGON2_PARALLELISM", cls.argon2_parallelism, 1)),
+            int(env_float(env, "EMMA_ARGON2_TIME_COST", cls.argon2_time_cost, 1)),
+            int(env_float(env, "EMMA_ARGON2_MEMORY_KIB", cls.argon2_memory_kib, 8)),
+            int(env_float(env, "EMMA_ARGON2_PARALLELISM", cls.argon2_parallelism, 1)),
         )
 
     @classmethod
@@ -106,17 +85,17 @@ class AuthConfig:
             jwt_signing_key=_key(env, "EMMA_JWT_SIGNING_KEY", state_dir, "jwt_signing_key"),
             jwt_verify_keys=previous,
             pseudonym_key=_key(env, "EMMA_PSEUDONYM_KEY", state_dir, "pseudonym_key"),
-            access_token_ttl_s=_num(env, "EMMA_ACCESS_TOKEN_TTL_S", cls.access_token_ttl_s, 1),
-            refresh_token_ttl_s=_num(env, "EMMA_REFRESH_TOKEN_TTL_S", cls.refresh_token_ttl_s, 60),
-            login_window_s=_num(env, "EMMA_LOGIN_WINDOW_S", cls.login_window_s, 1),
+            access_token_ttl_s=env_float(env, "EMMA_ACCESS_TOKEN_TTL_S", cls.access_token_ttl_s, 1),
+            refresh_token_ttl_s=env_float(env, "EMMA_REFRESH_TOKEN_TTL_S", cls.refresh_token_ttl_s, 60),
+            login_window_s=env_float(env, "EMMA_LOGIN_WINDOW_S", cls.login_window_s, 1),
             login_max_failures_per_user=int(
-                _num(env, "EMMA_LOGIN_MAX_FAILURES_PER_USER", cls.login_max_failures_per_user, 1)
+                env_float(env, "EMMA_LOGIN_MAX_FAILURES_PER_USER", cls.login_max_failures_per_user, 1)
             ),
             login_max_failures_per_address=int(
-                _num(env, "EMMA_LOGIN_MAX_FAILURES_PER_ADDRESS", cls.login_max_failures_per_address, 1)
+                env_float(env, "EMMA_LOGIN_MAX_FAILURES_PER_ADDRESS", cls.login_max_failures_per_address, 1)
             ),
-            auth_cache_ttl_s=_num(env, "EMMA_AUTH_CACHE_TTL_S", cls.auth_cache_ttl_s, 0),
-            trust_forwarded_for=_flag(env, "EMMA_TRUST_FORWARDED_FOR"),
+            auth_cache_ttl_s=env_float(env, "EMMA_AUTH_CACHE_TTL_S", cls.auth_cache_ttl_s, 0),
+            trust_forwarded_for=env_flag(env, "EMMA_TRUST_FORWARDED_FOR"),
             trusted_proxies=_networks(env, "EMMA_TRUSTED_PROXIES"),
             argon2_time_cost=argon2[0],
             argon2_memory_kib=argon2[1],

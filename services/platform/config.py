@@ -12,32 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.errors import ConfigError
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be at least {minimum}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be at least {minimum}")
-    return value
+from services.platform.env import env_float, env_int
 
 
 @dataclass(frozen=True)
@@ -58,19 +33,19 @@ class ServerConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServerConfig:
-        port = _int(env, "EMMA_GRPC_PORT", cls.port)
+        port = env_int(env, "EMMA_GRPC_PORT", cls.port)
         if port > 65535:
             raise ConfigError(f"EMMA_GRPC_PORT={port} is not a TCP port")
         return cls(
             host=env.get("EMMA_GRPC_HOST", cls.host),
             port=port,
-            max_message_bytes=_int(env, "EMMA_GRPC_MAX_MESSAGE_BYTES", cls.max_message_bytes, 1024),
-            keepalive_time_ms=_int(env, "EMMA_GRPC_KEEPALIVE_TIME_MS", cls.keepalive_time_ms, 1000),
-            keepalive_timeout_ms=_int(env, "EMMA_GRPC_KEEPALIVE_TIMEOUT_MS", cls.keepalive_timeout_ms, 1000),
-            min_client_ping_interval_ms=_int(
+            max_message_bytes=env_int(env, "EMMA_GRPC_MAX_MESSAGE_BYTES", cls.max_message_bytes, 1024),
+            keepalive_time_ms=env_int(env, "EMMA_GRPC_KEEPALIVE_TIME_MS", cls.keepalive_time_ms, 1000),
+            keepalive_timeout_ms=env_int(env, "EMMA_GRPC_KEEPALIVE_TIMEOUT_MS", cls.keepalive_timeout_ms, 1000),
+            min_client_ping_interval_ms=env_int(
                 env, "EMMA_GRPC_MIN_CLIENT_PING_INTERVAL_MS", cls.min_client_ping_interval_ms, 1000
             ),
-            shutdown_grace_s=_float(env, "EMMA_SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
+            shutdown_grace_s=env_float(env, "EMMA_SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
             replica_id=env.get("EMMA_REPLICA_ID") or f"{os.uname().nodename}-{os.getpid()}",
         )
 
@@ -92,9 +67,9 @@ class DatabaseConfig:
         return cls(
             url=env.get("EMMA_DATABASE_URL") or env.get("DATABASE_URL") or None,
             migrations_dir=Path(env["EMMA_MIGRATIONS_DIR"]) if env.get("EMMA_MIGRATIONS_DIR") else None,
-            pool_min_size=_int(env, "EMMA_DB_POOL_MIN", cls.pool_min_size, 0),
-            pool_max_size=_int(env, "EMMA_DB_POOL_MAX", cls.pool_max_size, 1),
-            connect_timeout_s=_float(env, "EMMA_DB_CONNECT_TIMEOUT_S", cls.connect_timeout_s, 0.1),
+            pool_min_size=env_int(env, "EMMA_DB_POOL_MIN", cls.pool_min_size, 0),
+            pool_max_size=env_int(env, "EMMA_DB_POOL_MAX", cls.pool_max_size, 1),
+            connect_timeout_s=env_float(env, "EMMA_DB_CONNECT_TIMEOUT_S", cls.connect_timeout_s, 0.1),
         )
 
 
@@ -135,19 +110,19 @@ class IngestConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> IngestConfig:
         return cls(
-            heartbeat_interval_s=_float(env, "EMMA_EDGE_HEARTBEAT_S", cls.heartbeat_interval_s, 0.1),
-            offline_after_s=_float(env, "EMMA_EDGE_OFFLINE_AFTER_S", cls.offline_after_s, 0.5),
-            clock_drift_warn_ms=_float(env, "EMMA_EDGE_CLOCK_DRIFT_WARN_MS", cls.clock_drift_warn_ms),
-            max_batch_points=_int(env, "EMMA_EDGE_MAX_BATCH_POINTS", cls.max_batch_points, 1),
-            max_unacked_batches=_int(env, "EMMA_EDGE_MAX_UNACKED_BATCHES", cls.max_unacked_batches, 1),
-            writer_queue_batches=_int(env, "EMMA_INGEST_QUEUE_BATCHES", cls.writer_queue_batches, 1),
-            max_group_points=_int(env, "EMMA_INGEST_MAX_GROUP_POINTS", cls.max_group_points, 1),
-            retention_days=_int(env, "EMMA_TELEMETRY_RETENTION_DAYS", cls.retention_days, 1),
-            max_future_s=_float(env, "EMMA_TELEMETRY_MAX_FUTURE_S", cls.max_future_s),
-            rollup_interval_s=_float(env, "EMMA_ROLLUP_INTERVAL_S", cls.rollup_interval_s, 0.05),
-            rollup_grace_s=_float(env, "EMMA_ROLLUP_GRACE_S", cls.rollup_grace_s),
-            live_poll_interval_s=_float(env, "EMMA_LIVE_POLL_INTERVAL_S", cls.live_poll_interval_s, 0.05),
-            stats_interval_s=_float(env, "EMMA_INGEST_STATS_INTERVAL_S", cls.stats_interval_s, 0.5),
+            heartbeat_interval_s=env_float(env, "EMMA_EDGE_HEARTBEAT_S", cls.heartbeat_interval_s, 0.1),
+            offline_after_s=env_float(env, "EMMA_EDGE_OFFLINE_AFTER_S", cls.offline_after_s, 0.5),
+            clock_drift_warn_ms=env_float(env, "EMMA_EDGE_CLOCK_DRIFT_WARN_MS", cls.clock_drift_warn_ms),
+            max_batch_points=env_int(env, "EMMA_EDGE_MAX_BATCH_POINTS", cls.max_batch_points, 1),
+            max_unacked_batches=env_int(env, "EMMA_EDGE_MAX_UNACKED_BATCHES", cls.max_unacked_batches, 1),
+            writer_queue_batches=env_int(env, "EMMA_INGEST_QUEUE_BATCHES", cls.writer_queue_batches, 1),
+            max_group_points=env_int(env, "EMMA_INGEST_MAX_GROUP_POINTS", cls.max_group_points, 1),
+            retention_days=env_int(env, "EMMA_TELEMETRY_RETENTION_DAYS", cls.retention_days, 1),
+            max_future_s=env_float(env, "EMMA_TELEMETRY_MAX_FUTURE_S", cls.max_future_s),
+            rollup_interval_s=env_float(env, "EMMA_ROLLUP_INTERVAL_S", cls.rollup_interval_s, 0.05),
+            rollup_grace_s=env_float(env, "EMMA_ROLLUP_GRACE_S", cls.rollup_grace_s),
+            live_poll_interval_s=env_float(env, "EMMA_LIVE_POLL_INTERVAL_S", cls.live_poll_interval_s, 0.05),
+            stats_interval_s=env_float(env, "EMMA_INGEST_STATS_INTERVAL_S", cls.stats_interval_s, 0.5),
         )
 
 
