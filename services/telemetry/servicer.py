@@ -149,13 +149,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             raise invalid_field("channels", "name at least one channel")
         if len(request.channels) > MAX_HISTORY_CHANNELS:
             raise invalid_field("channels", f"at most {MAX_HISTORY_CHANNELS} channels per query")
-        if not request.HasField("start_time") or not request.HasField("end_time"):
-            raise invalid_field("start_time", "start_time and end_time are required")
-        start = request.start_time.ToDatetime(dt.UTC)
-        end = request.end_time.ToDatetime(dt.UTC)
-        if end <= start:
-            raise invalid_field("end_time", "must be after start_time")
-        width = request.interval.ToTimedelta() if request.HasField("interval") else dt.timedelta()
+        start, end, width = _period(request)
         if width and (width < dt.timedelta(minutes=1) or width % dt.timedelta(minutes=1)):
             raise ApiError(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -232,13 +226,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         """Per-interval averages of every channel of the site; pseudonymized on request (GDPR)."""
         site = parse_site(request.site, "site")
         caller(context).require_org(site.org, resource=request.site)
-        if not request.HasField("start_time") or not request.HasField("end_time"):
-            raise invalid_field("start_time", "start_time and end_time are required")
-        start = request.start_time.ToDatetime(dt.UTC)
-        end = request.end_time.ToDatetime(dt.UTC)
-        if end <= start:
-            raise invalid_field("end_time", "must be after start_time")
-        width = request.interval.ToTimedelta() if request.HasField("interval") else dt.timedelta()
+        start, end, width = _period(request)
         if width < EXPORT_MIN_INTERVAL or width % dt.timedelta(minutes=1):
             raise invalid_field("interval", "must be a whole number of minutes, at least 15 minutes")
         if end - start > EXPORT_MAX_PERIOD:
@@ -291,6 +279,18 @@ def pseudonym(key: bytes, kind: str, name: str) -> str:
     device gets the same id in every export while the id cannot be reversed without the key."""
     digest = hmac.new(key, f"{kind}:{name}".encode(), hashlib.sha256).hexdigest()
     return f"{kind}-{digest[:20]}"
+
+
+def _period(request: Any) -> tuple[dt.datetime, dt.datetime, dt.timedelta]:
+    """start_time, end_time (required, ordered) and interval (zero when unset) of a history or export."""
+    if not request.HasField("start_time") or not request.HasField("end_time"):
+        raise invalid_field("start_time", "start_time and end_time are required")
+    start = request.start_time.ToDatetime(dt.UTC)
+    end = request.end_time.ToDatetime(dt.UTC)
+    if end <= start:
+        raise invalid_field("end_time", "must be after start_time")
+    width = request.interval.ToTimedelta() if request.HasField("interval") else dt.timedelta()
+    return start, end, width
 
 
 def _too_many(points: int) -> ApiError:
