@@ -43,7 +43,7 @@ from services.auth.state import AuthState
 from services.errors import ApiError, invalid_field
 from services.identity.audit import write_entries
 from services.names import EdgeName
-from services.platform.interceptors import current_trace_id
+from services.platform.interceptors import current_trace_id, rewrap_handler
 
 log = logging.getLogger("emma.auth")
 
@@ -163,23 +163,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         info = policy.method_info(method)
         if info is not None and info.access == policy.PUBLIC and not info.mutating:
             return handler  # health and reflection
-        ser = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(self._unary(method, info, handler.unary_unary), **ser)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(self._server_stream(method, info, handler.unary_stream), **ser)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(self._client_stream(method, info, handler.stream_unary), **ser)
-        if handler.stream_stream:
-            if info is not None and info.access == policy.EDGE:
-                behavior = self._edge_stream(method, handler.stream_stream)
-            else:
-                behavior = self._bidi_stream(method, info, handler.stream_stream)
-            return grpc.stream_stream_rpc_method_handler(behavior, **ser)
-        return handler
+        edge_stream = info is not None and info.access == policy.EDGE
+        return rewrap_handler(
+            handler,
+            unary_unary=lambda b: self._unary(method, info, b),
+            unary_stream=lambda b: self._server_stream(method, info, b),
+            stream_unary=lambda b: self._client_stream(method, info, b),
+            stream_stream=lambda b: self._edge_stream(method, b) if edge_stream else self._bidi_stream(method, info, b),
+        )
 
     async def _authorize(self, method: str, info: policy.MethodInfo | None, request: Any, context: Context) -> Caller:
         if info is None:

@@ -95,19 +95,37 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return handler
         method: str = handler_call_details.method
-        ser = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary_response(method, handler.unary_unary), **ser)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary_response(method, handler.stream_unary), **ser)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream_response(method, handler.unary_stream), **ser)
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(_wrap_stream_response(method, handler.stream_stream), **ser)
-        return handler
+        return rewrap_handler(
+            handler,
+            unary_unary=lambda b: _wrap_unary_response(method, b),
+            stream_unary=lambda b: _wrap_unary_response(method, b),
+            unary_stream=lambda b: _wrap_stream_response(method, b),
+            stream_stream=lambda b: _wrap_stream_response(method, b),
+        )
+
+
+Wrap = Callable[[Behavior], Behavior]
+
+
+def rewrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    *,
+    unary_unary: Wrap,
+    unary_stream: Wrap,
+    stream_unary: Wrap,
+    stream_stream: Wrap,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """The same method handler with its behavior wrapped by the wrapper for its kind of call."""
+    ser = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary_unary(handler.unary_unary), **ser)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(unary_stream(handler.unary_stream), **ser)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(stream_unary(handler.stream_unary), **ser)
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(stream_stream(handler.stream_stream), **ser)
+    return handler
 
 
 def current_trace_id() -> str:
