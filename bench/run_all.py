@@ -17,7 +17,7 @@ from typing import Any
 from bench.machine import describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ["edge_cycle", "ingest", "commands", "history"]
+BENCHMARKS = ["edge_cycle", "ingest", "commands", "history", "gateway", "modbus"]
 
 
 def _fmt(x: Any, digits: int = 1) -> str:
@@ -95,6 +95,49 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"command round trip to EXECUTED, {label}: p50 / p99 (ms)",
                     f"{_fmt(c['p50_ms'])} / {_fmt(c['p99_ms'])}",
                     goal,
+                    r["command"],
+                )
+            )
+    if "gateway" in results:
+        r = results["gateway"]
+        out.append(
+            (
+                "gateway GET latest values, 50 clients (req/s)",
+                _fmt(r["gateway_latest_requests_per_s"], 0),
+                ">= 1,000",
+                r["command"],
+            )
+        )
+        out.append(
+            ("gateway GET latest values, 50 clients: p99 (ms)", _fmt(r["gateway_latest_p99_ms"]), "< 50", r["command"])
+        )
+        ref = r["grpc_direct_reference"]
+        out.append(
+            (
+                "same ListLatestValues over gRPC directly, 50 callers: req/s; p99 (ms)",
+                f"{_fmt(ref['requests_per_s'], 0)}; {_fmt(ref['p99_ms'])}",
+                "reference",
+                r["command"],
+            )
+        )
+    if "modbus" in results:
+        r = results["modbus"]
+        lat = r["read_latency"]
+        out.append(
+            (
+                "Modbus: read 100 registers from a local server, p50 / p99 (ms)",
+                f"{_fmt(lat['read_100_registers_p50_ms'], 2)} / {_fmt(lat['read_100_registers_p99_ms'], 2)}",
+                "-",
+                r["command"],
+            )
+        )
+        for key, label in (("cycle_1s_10_devices_0_dead", "all answering"), ("cycle_1s_10_devices_2_dead", "2 hung")):
+            c = r[key]
+            out.append(
+                (
+                    f"cycle lateness, 1 s, 10 Modbus devices polled ({label}): p50 / p99 (ms)",
+                    f"{_fmt(c['p50_ms'], 2)} / {_fmt(c['p99_ms'], 2)}",
+                    "p99 < 5",
                     r["command"],
                 )
             )

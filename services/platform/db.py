@@ -16,6 +16,10 @@ def redact_dsn(dsn: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", dsn)
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    return None
+
+
 async def create_pool(config: DatabaseConfig, dsn: str | None = None) -> asyncpg.Pool:
     dsn = dsn or config.url
     if not dsn:
@@ -32,6 +36,11 @@ async def create_pool(config: DatabaseConfig, dsn: str | None = None) -> asyncpg
                 statement_cache_size=100,
                 # Everything is stored and bucketed in UTC; local views convert explicitly.
                 server_settings={"TimeZone": "UTC", "application_name": "emma"},
+                # asyncpg's default reset costs a round trip on every release (unlock all, CLOSE ALL,
+                # UNLISTEN, RESET ALL). EMMA never leaves session state on a pool connection: settings
+                # are SET LOCAL, LISTEN uses dedicated connections, the one session advisory lock
+                # (migrations) is released in a finally.
+                reset=_keep_session,
             ),
             timeout=config.connect_timeout_s + 1,
         )
