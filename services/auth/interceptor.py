@@ -111,34 +111,54 @@ def _edge_key_id(api_key: str) -> str | None:
 
 async def _race(responses: Any, alarm: asyncio.Event, on_alarm: Callable[[], Awaitable[None]]) -> AsyncGenerator[Any]:
     """Yield from the async generator `responses`. Whenever `alarm` is set, clear it and await
-    `on_alarm()` (a re-check) while the stream keeps waiting; if it raises, the stream ends with that
-    error and the inner generator is closed."""
-    step: asyncio.Future[Any] | None = None
+    `on_alarm()` (a re-check) while the stream keeps going; if it raises, the stream ends with that
+    error and the inner generator is closed.
+
+    One watcher task per stream does the re-checks; the messages themselves pass through without
+    extra tasks or futures (a stream may carry a thousand messages a second). If the re-check fails
+    while the stream waits for its next message, the wait is cancelled and turned into the error.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    failure: list[BaseException] = []
+    waiting = False
+
+    async def watch() -> None:
+        while True:
+            await alarm.wait()
+            alarm.clear()
+            try:
+                await on_alarm()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # the re-check's verdict, e.g. UNAUTHENTICATED
+                failure.append(exc)
+                if waiting:
+                    task.cancel()
+                return
+
+    watcher = asyncio.create_task(watch(), name="stream-recheck")
     try:
         while True:
-            if step is None:
-                step = asyncio.ensure_future(anext(responses))
-            waiter = asyncio.ensure_future(alarm.wait())
+            if failure:
+                raise failure[0]
+            waiting = True
             try:
-                done, _ = await asyncio.wait({step, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                item = await anext(responses)
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                if failure:
+                    task.uncancel()
+                    raise failure[0] from None
+                raise
             finally:
-                waiter.cancel()
-            if alarm.is_set():
-                alarm.clear()
-                await on_alarm()
-            if step in done:
-                try:
-                    item = step.result()
-                except StopAsyncIteration:
-                    step = None
-                    return
-                step = None
-                yield item
+                waiting = False
+            yield item
     finally:
-        if step is not None and not step.done():
-            step.cancel()
-            with contextlib.suppress(BaseException):
-                await step
+        watcher.cancel()
+        with contextlib.suppress(BaseException):
+            await watcher
         with contextlib.suppress(BaseException):
             await responses.aclose()
 
