@@ -13,15 +13,12 @@ only registering new channels touches the disk, so from asyncio call `indices_fo
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_daemon import sqlite_db
-from edge_daemon.clock import Clock, SystemClock
-from edge_daemon.errors import OutboxError
+from edge_daemon.clock import Clock
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS channel_registry (
@@ -41,15 +38,12 @@ class RegisteredChannel:
     unit: str
 
 
-class ChannelRegistry:
+class ChannelRegistry(sqlite_db.SqliteStore):
+    kind = "channel registry"
+
     def __init__(self, path: Path | str, *, clock: Clock | None = None) -> None:
-        self.path = Path(path)
-        self._clock: Clock = clock or SystemClock()
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = sqlite_db.connect(self.path)
-        with sqlite_db.transaction(self._conn) as conn:
-            conn.execute(_SCHEMA)
-        rows = self._conn.execute("SELECT channel_index, name, unit FROM channel_registry").fetchall()
+        super().__init__(path, _SCHEMA, clock=clock)
+        rows = self._connection().execute("SELECT channel_index, name, unit FROM channel_registry").fetchall()
         self._index: dict[tuple[str, str], int] = {(r[1], r[2]): int(r[0]) for r in rows}
 
     def index_of(self, name: str, unit: str = "") -> int | None:
@@ -85,14 +79,3 @@ class ChannelRegistry:
         with self._lock:
             items = sorted(self._index.items(), key=lambda kv: kv[1])
         return [RegisteredChannel(index, name, unit) for (name, unit), index in items]
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise OutboxError(f"channel registry {self.path} is closed")
-        return self._conn

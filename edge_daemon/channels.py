@@ -108,9 +108,7 @@ _TELEMETRY: Final = frozenset({Category.INPUT, Category.OUTPUT})
 
 def validate_name(name: str) -> str:
     if len(name) > _MAX_NAME or _NAME_RE.fullmatch(name) is None:
-        raise ChannelError(
-            f"invalid channel name {name!r}: expected 'device/Channel' (letters, digits, _ and -)"
-        )
+        raise ChannelError(f"invalid channel name {name!r}: expected 'device/Channel' (letters, digits, _ and -)")
     return name
 
 

@@ -224,9 +224,7 @@ def _cloud(r: ParamReader, base: Path) -> CloudConfig:
         reconnect_min_s=reconnect_min_s,
         reconnect_max_s=reconnect_max_s,
         auth_retry_s=r.get_float("auth_retry_s", 60.0, minimum=0, exclusive_min=True, maximum=86_400),
-        max_message_bytes=r.get_int(
-            "max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES, minimum=64 * 1024, maximum=1 << 30
-        ),
+        max_message_bytes=r.get_int("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES, minimum=64 * 1024, maximum=1 << 30),
     )
     r.finish()
     return cloud
@@ -250,9 +248,7 @@ def _devices(root: ParamReader) -> tuple[DeviceConfig, ...]:
         kind = r.get_str("type")
         parse = device_factory.PARSERS.get(kind)
         if parse is None:
-            raise r.error(
-                "type", f"unknown device type {kind!r} (known: {', '.join(sorted(device_factory.PARSERS))})"
-            )
+            raise r.error("type", f"unknown device type {kind!r} (known: {', '.join(sorted(device_factory.PARSERS))})")
         params = parse(r)
         r.finish()
         out.append(DeviceConfig(device_id, kind, params))
@@ -268,9 +264,7 @@ def _controllers(root: ParamReader) -> tuple[ControllerConfig, ...]:
         if parse is None:
             known = ", ".join(sorted(controller_factory.PARSERS))
             raise r.error("type", f"unknown controller type {kind!r} (known: {known})")
-        if kind in (ManualOverride.type_name, ScheduleFollower.type_name) and any(
-            c.type == kind for c in out
-        ):
+        if kind in (ManualOverride.type_name, ScheduleFollower.type_name) and any(c.type == kind for c in out):
             raise r.error("type", f"only one {kind} controller is allowed")
         if kind == ManualOverride.type_name and i != len(readers) - 1:
             raise r.error(

@@ -83,9 +83,7 @@ class ControlCycle:
         """Run `hook(ctx)` at the end of every cycle, after devices wrote (e.g. telemetry sampling)."""
         self.hooks.append(hook)
 
-    def run_once(
-        self, *, slot: int = -1, started: float | None = None, lateness_s: float = 0.0
-    ) -> CycleContext:
+    def run_once(self, *, slot: int = -1, started: float | None = None, lateness_s: float = 0.0) -> CycleContext:
         """One full cycle, synchronously. Tests call this directly with a manual clock to fast-forward."""
         began = self._monotonic() if started is None else started
         now = self.clock.time()

@@ -136,9 +136,7 @@ class EdgeDaemon:
             cfg = self.config.outbox
             self.outbox = await asyncio.to_thread(Outbox, cfg.path, cfg.max_bytes, clock=self.clock)
         if self.registry is None:
-            self.registry = await asyncio.to_thread(
-                ChannelRegistry, self.config.outbox.path, clock=self.clock
-            )
+            self.registry = await asyncio.to_thread(ChannelRegistry, self.config.outbox.path, clock=self.clock)
 
     async def run(self) -> None:
         """Run until `stop()`; then stop the uplink and devices and close the outbox."""

@@ -18,9 +18,7 @@ from types import MappingProxyType
 from typing import IO, Any
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-_CONTEXT: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
-    "emma_log_context", default=_EMPTY
-)
+_CONTEXT: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("emma_log_context", default=_EMPTY)
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}

@@ -24,12 +24,11 @@ threads. Methods block on disk I/O (fsync): from asyncio, call them through `asy
 from __future__ import annotations
 
 import sqlite3
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_daemon import sqlite_db
-from edge_daemon.clock import Clock, SystemClock
+from edge_daemon.clock import Clock
 from edge_daemon.errors import OutboxError
 
 _SCHEMA = """
@@ -78,27 +77,21 @@ class Gap:
     recorded_time: float
 
 
-class Outbox:
+class Outbox(sqlite_db.SqliteStore):
+    kind = "outbox"
+
     def __init__(self, path: Path | str, max_bytes: int, *, clock: Clock | None = None) -> None:
         if max_bytes <= 0:
             raise OutboxError("max_bytes must be positive")
-        self.path = Path(path)
+        super().__init__(path, _SCHEMA, clock=clock)
         self.max_bytes = max_bytes
-        self._clock: Clock = clock or SystemClock()
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = sqlite_db.connect(self.path)
-        with sqlite_db.transaction(self._conn) as conn:
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
-        row = self._conn.execute("SELECT COALESCE(SUM(size_bytes), 0), COUNT(*) FROM batches").fetchone()
+        row = self._connection().execute("SELECT COALESCE(SUM(size_bytes), 0), COUNT(*) FROM batches").fetchone()
         self._total_bytes = int(row[0])
         self._count = int(row[1])
 
     # -- batches ---------------------------------------------------------------------------------
 
-    def append(
-        self, payload: bytes, *, start_time: float | None = None, end_time: float | None = None
-    ) -> int:
+    def append(self, payload: bytes, *, start_time: float | None = None, end_time: float | None = None) -> int:
         """Store a batch durably and return its batch_seq. Returns only after the commit is on disk."""
         size = len(payload)
         if size > self.max_bytes:
@@ -117,25 +110,20 @@ class Outbox:
                 seq = cur.lastrowid
                 assert seq is not None
                 excess = self._total_bytes + size - self.max_bytes
-                dropped_bytes, dropped_count = (
-                    self._drop_oldest(conn, excess, seq, now) if excess > 0 else (0, 0)
-                )
+                dropped_bytes, dropped_count = self._drop_oldest(conn, excess, seq, now) if excess > 0 else (0, 0)
             # Only after COMMIT: a rolled-back append must not skew the running totals.
             self._total_bytes += size - dropped_bytes
             self._count += 1 - dropped_count
             return seq
 
-    def _drop_oldest(
-        self, conn: sqlite3.Connection, excess: int, new_seq: int, now: float
-    ) -> tuple[int, int]:
+    def _drop_oldest(self, conn: sqlite3.Connection, excess: int, new_seq: int, now: float) -> tuple[int, int]:
         freed = count = 0
         first_seq = last_seq = -1
         start = end = 0.0
         # The new batch fits the bound on its own, so the excess never exceeds what the older batches
         # hold; the filter states the policy (the newest data is kept) rather than relying on that.
         rows = conn.execute(
-            "SELECT batch_seq, size_bytes, start_time, end_time FROM batches WHERE batch_seq < ?"
-            " ORDER BY batch_seq",
+            "SELECT batch_seq, size_bytes, start_time, end_time FROM batches WHERE batch_seq < ? ORDER BY batch_seq",
             (new_seq,),
         )
         for seq, size, b_start, b_end in rows:
@@ -204,11 +192,7 @@ class Outbox:
     def last_seq(self) -> int:
         """The highest batch_seq ever assigned (0 if none), whether or not it was acked since."""
         with self._lock:
-            row = (
-                self._connection()
-                .execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'")
-                .fetchone()
-            )
+            row = self._connection().execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone()
         return 0 if row is None else int(row[0])
 
     def advance_seq(self, seq: int) -> None:
@@ -254,14 +238,3 @@ class Outbox:
         return deleted > 0
 
     # -- lifecycle -------------------------------------------------------------------------------
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise OutboxError(f"outbox {self.path} is closed")
-        return self._conn

@@ -109,18 +109,14 @@ class ParamReader:
             return None
         return self.get_float(name, minimum=minimum, maximum=maximum, exclusive_min=exclusive_min)
 
-    def get_float_list(
-        self, name: str, default: tuple[float, ...] | _Required = REQUIRED
-    ) -> tuple[float, ...]:
+    def get_float_list(self, name: str, default: tuple[float, ...] | _Required = REQUIRED) -> tuple[float, ...]:
         value = self._raw(name, default)
         if not isinstance(value, list | tuple):
             raise self.error(name, f"expected an array of numbers, got {_kind(value)}")
         out: list[float] = []
         for i, item in enumerate(value):
             if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
-                raise ConfigError(
-                    self.path, f"{self.key(name)}[{i}]", f"expected a number, got {_kind(item)}"
-                )
+                raise ConfigError(self.path, f"{self.key(name)}[{i}]", f"expected a number, got {_kind(item)}")
             out.append(float(item))
         return tuple(out)
 

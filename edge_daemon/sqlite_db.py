@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from edge_daemon.clock import Clock, SystemClock
 from edge_daemon.errors import OutboxError
 
 SCHEMA_VERSION = 1
@@ -34,9 +36,7 @@ def connect(path: Path | str) -> sqlite3.Connection:
         conn.execute("PRAGMA foreign_keys=ON")
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
-            raise OutboxError(
-                f"{path}: schema version {version} is newer than this daemon ({SCHEMA_VERSION})"
-            )
+            raise OutboxError(f"{path}: schema version {version} is newer than this daemon ({SCHEMA_VERSION})")
         if version < SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except BaseException:
@@ -54,3 +54,33 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+class SqliteStore:
+    """Tables in the edge's SQLite file behind one connection and one lock, schema applied on open.
+
+    The outbox, the channel registry and the uplink's command journal share the file and this way of
+    holding it; each subclass names itself in `kind` for its errors.
+    """
+
+    kind = "store"
+
+    def __init__(self, path: Path | str, schema: str, *, clock: Clock | None = None) -> None:
+        self.path = Path(path)
+        self._clock: Clock = clock or SystemClock()
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = connect(self.path)
+        with transaction(self._conn) as conn:
+            for statement in filter(str.strip, schema.split(";")):
+                conn.execute(statement)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise OutboxError(f"{self.kind} {self.path} is closed")
+        return self._conn

@@ -142,9 +142,7 @@ class ScheduleFollower(Controller):
             if (spec.minimum is not None and entry.value < spec.minimum) or (
                 spec.maximum is not None and entry.value > spec.maximum
             ):
-                raise ScheduleError(
-                    f"entries[{i}]: {entry.value:g} outside the static limits of {entry.channel}"
-                )
+                raise ScheduleError(f"entries[{i}]: {entry.value:g} outside the static limits of {entry.channel}")
             grouped.setdefault(entry.channel, []).append(entry)
         for channel, entries in grouped.items():
             entries.sort(key=lambda e: e.start)

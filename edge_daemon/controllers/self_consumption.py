@@ -58,6 +58,4 @@ class SelfConsumption(Controller):
 
     def step(self, ctx: CycleContext) -> None:
         p = self.params
-        safe_write(
-            ctx, self.setpoint_channel, setpoint_for_grid(ctx, p.battery, p.grid_meter, p.target_grid_w)
-        )
+        safe_write(ctx, self.setpoint_channel, setpoint_for_grid(ctx, p.battery, p.grid_meter, p.target_grid_w))

@@ -56,9 +56,7 @@ class ChannelSpec:
 
 def validate_device_id(device_id: str) -> str:
     if _DEVICE_ID_RE.fullmatch(device_id) is None:
-        raise ChannelError(
-            f"invalid device id {device_id!r}: letters, digits, _ and -, starting alphanumeric"
-        )
+        raise ChannelError(f"invalid device id {device_id!r}: letters, digits, _ and -, starting alphanumeric")
     return device_id
 
 

@@ -73,9 +73,7 @@ class SimBattery(Device):
                 -params.max_charge_w,
                 params.max_discharge_w,
             ),
-            ChannelSpec(
-                "MaxChargePower", "W", Access.READ, "Charge power the BMS allows now", 0, params.max_charge_w
-            ),
+            ChannelSpec("MaxChargePower", "W", Access.READ, "Charge power the BMS allows now", 0, params.max_charge_w),
             ChannelSpec(
                 "MaxDischargePower",
                 "W",
@@ -146,8 +144,6 @@ class SimBattery(Device):
         charge_headroom = self._e_max - self.energy_wh
         discharge_headroom = self.energy_wh - self._e_min
         self.max_charge_w = min(p.max_charge_w, charge_headroom * 3600 / (self._leg_efficiency * p.taper_s))
-        self.max_discharge_w = min(
-            p.max_discharge_w, discharge_headroom * 3600 * self._leg_efficiency / p.taper_s
-        )
+        self.max_discharge_w = min(p.max_discharge_w, discharge_headroom * 3600 * self._leg_efficiency / p.taper_s)
         self.max_charge_w = max(0.0, self.max_charge_w)
         self.max_discharge_w = max(0.0, self.max_discharge_w)

@@ -46,9 +46,7 @@ class SimGridMeter(Device):
 
     def bind(self, devices: Iterable[Device]) -> None:
         self._members = tuple(
-            (d.address("ActivePower"), d.site_power_sign)
-            for d in devices
-            if d is not self and d.site_power_sign != 0
+            (d.address("ActivePower"), d.site_power_sign) for d in devices if d is not self and d.site_power_sign != 0
         )
 
     @property

@@ -42,9 +42,7 @@ def parse_pv(r: ParamReader) -> PvParams:
 
 
 @functools.lru_cache(maxsize=64)
-def _clear_sky_poa(
-    latitude: float, longitude: float, tilt: float, azimuth: float, day: int
-) -> npt.NDArray[np.float64]:
+def _clear_sky_poa(latitude: float, longitude: float, tilt: float, azimuth: float, day: int) -> npt.NDArray[np.float64]:
     """Plane-of-array clear-sky irradiance (W/m2) at one-minute steps over one UTC day.
 
     pvlib's solar position and Ineichen model cost milliseconds per call, far too much per cycle and

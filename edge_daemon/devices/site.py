@@ -76,9 +76,7 @@ class SiteDevices:
             raise LimitError(f"{channel}: limits cross ({low:g} > {high:g})")
         return Limits(low, high)
 
-    def _dynamic(
-        self, device: Device, limit: DynamicLimit, snapshot: Mapping[str, ChannelValue], now: float
-    ) -> float:
+    def _dynamic(self, device: Device, limit: DynamicLimit, snapshot: Mapping[str, ChannelValue], now: float) -> float:
         name = device.address(limit.channel)
         cv = snapshot.get(name)
         if cv is None:

@@ -17,8 +17,6 @@ before) and at most `MAX_ROWS`. Thread safety: one lock around one connection; c
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -26,8 +24,7 @@ from typing import Any, Final
 from emma.edge.v1 import edge_link_pb2
 
 from edge_daemon import sqlite_db
-from edge_daemon.clock import Clock, SystemClock
-from edge_daemon.errors import OutboxError
+from edge_daemon.clock import Clock
 from edge_daemon.uplink.wire import timestamp
 
 RECEIVED: Final = edge_link_pb2.COMMAND_ACK_STATUS_RECEIVED
@@ -108,15 +105,11 @@ def to_ack(record: CommandRecord, status: edge_link_pb2.CommandAckStatus.ValueTy
     return ack
 
 
-class CommandJournal:
+class CommandJournal(sqlite_db.SqliteStore):
+    kind = "command journal"
+
     def __init__(self, path: Path | str, *, clock: Clock | None = None) -> None:
-        self.path = Path(path)
-        self._clock: Clock = clock or SystemClock()
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = sqlite_db.connect(self.path)
-        with sqlite_db.transaction(self._conn) as conn:
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
+        super().__init__(path, _SCHEMA, clock=clock)
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -261,17 +254,6 @@ class CommandJournal:
                     (max_rows,),
                 ).rowcount
         return deleted
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise OutboxError(f"command journal {self.path} is closed")
-        return self._conn
 
 
 def _record(row: Any) -> CommandRecord:
