@@ -30,7 +30,8 @@ from services.edgelink.keys import issue_edge_key
 from services.names import EdgeName
 from services.provisioning import ensure_edge
 
-WARM_UP_S = 5.0
+# Steady state starts once the 1,000-stream connection storm (Hello, auth, audit) has passed.
+WARM_UP_S = 8.0
 STATS_EVERY_5_S = {"EMMA_INGEST_STATS_INTERVAL_S": "5"}
 
 
@@ -201,7 +202,7 @@ async def main_async(quick: bool) -> dict[str, object]:
             "command": "python -m bench.ingest" + (" --quick" if quick else ""),
         }
         result["throughput"] = await throughput(dsn, quick)
-        duration = 20.0 if quick else 60.0
+        duration = 30.0 if quick else 60.0
         result["fleet_100"] = await fleet(dsn, 100, duration)
         result["fleet_1000"] = await fleet(dsn, 1000, duration)
     return result
