@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from emma.common.v1 import errors_pb2
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -97,7 +98,11 @@ class CorsMiddleware:
 
 
 def _origin_refused(origin: str) -> HttpError:
-    return bad_request("Origin", f"{origin} may not call this API (EMMA_GATEWAY_CORS_ORIGINS)")
+    return bad_request(
+        "Origin",
+        f"{origin} may not call this API (EMMA_GATEWAY_CORS_ORIGINS)",
+        errors_pb2.ERROR_REASON_ORIGIN_NOT_ALLOWED,
+    )
 
 
 async def _send_error(send: Send, error: HttpError) -> None:

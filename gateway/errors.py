@@ -136,12 +136,12 @@ def gateway_error(
     return HttpError(http_status, code, message, details, headers)
 
 
-def bad_request(field: str, description: str) -> HttpError:
+def bad_request(field: str, description: str, reason: int = errors_pb2.ERROR_REASON_FIELD_INVALID) -> HttpError:
     """400 for a malformed request: the field is a query parameter, a path variable, "body" or a header."""
     return gateway_error(
         400,
         code_pb2.INVALID_ARGUMENT,
-        errors_pb2.ERROR_REASON_FIELD_INVALID,
+        reason,
         f"{field}: {description}",
         metadata={"field": field},
         field_violations=[(field, description)],
@@ -149,11 +149,10 @@ def bad_request(field: str, description: str) -> HttpError:
 
 
 def no_route(method: str, path: str) -> HttpError:
-    # No reason in the contract fits "no such URL" better: the URL names a resource that does not exist.
     return gateway_error(
         404,
         code_pb2.NOT_FOUND,
-        errors_pb2.ERROR_REASON_RESOURCE_NOT_FOUND,
+        errors_pb2.ERROR_REASON_ROUTE_NOT_FOUND,
         f"no API method at {method} {path}; see /openapi.json",
         metadata={"path": path},
     )
@@ -164,7 +163,7 @@ def method_not_allowed(method: str, path: str, allowed: Sequence[str]) -> HttpEr
     return gateway_error(
         405,
         code_pb2.UNIMPLEMENTED,  # what grpc-gateway answers too: the method is not part of the API
-        errors_pb2.ERROR_REASON_METHOD_NOT_IMPLEMENTED,
+        errors_pb2.ERROR_REASON_HTTP_METHOD_NOT_ALLOWED,
         f"{method} is not allowed on {path}; allowed: {allow}",
         metadata={"method": method, "allow": allow},
         headers={"allow": allow},
@@ -194,7 +193,11 @@ def rate_limited(retry_after_s: float) -> HttpError:
 
 
 def unsupported_media_type(content_type: str) -> HttpError:
-    error = bad_request("Content-Type", f"{content_type!r} is not JSON; send application/json")
+    error = bad_request(
+        "Content-Type",
+        f"{content_type!r} is not JSON; send application/json",
+        errors_pb2.ERROR_REASON_MEDIA_TYPE_UNSUPPORTED,
+    )
     error.http_status = 415
     return error
 

@@ -191,4 +191,4 @@ async def test_bad_requests_over_http_are_aip_193(client: Client) -> None:
         violations = [d for d in error["details"] if d["@type"].endswith("google.rpc.BadRequest")]
         assert len(violations) == 1
     assert "bogus" in error_of(unknown)["message"]
-    assert form.status_code == 415 and reason_of(error_of(form)) == "FIELD_INVALID"
+    assert form.status_code == 415 and reason_of(error_of(form)) == "MEDIA_TYPE_UNSUPPORTED"

@@ -21,11 +21,11 @@ async def test_no_route_and_wrong_method(client: Client) -> None:
         static = await c.post("/openapi.json")
     error = error_of(missing)
     assert missing.status_code == 404 and error["status"] == "NOT_FOUND"
-    assert reason_of(error) == "RESOURCE_NOT_FOUND"
+    assert reason_of(error) == "ROUTE_NOT_FOUND"
     assert error_of(verb)["code"] == 404
     error = error_of(wrong)
     assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"
-    assert reason_of(error) == "METHOD_NOT_IMPLEMENTED"
+    assert reason_of(error) == "HTTP_METHOD_NOT_ALLOWED"
     assert head.status_code == 405 and "GET" in head.headers["allow"]
     assert static.status_code == 404 and error_of(static)["status"] == "NOT_FOUND"  # not an API method either
 
@@ -104,6 +104,7 @@ async def test_cors_allows_configured_origins_only(client: Client) -> None:
         error = error_of(r)
         assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
         assert error["details"][1]["fieldViolations"][0]["field"] == field
+        assert reason_of(error) == ("ORIGIN_NOT_ALLOWED" if field == "Origin" else "FIELD_INVALID")
     assert read_allowed.status_code == 200
     assert read_allowed.headers["access-control-allow-origin"] == allowed
     assert "retry-after" in read_allowed.headers["access-control-expose-headers"]

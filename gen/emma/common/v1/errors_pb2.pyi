@@ -120,6 +120,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """[INVALID_ARGUMENT] A bulk provisioning file has rows that fail; nothing was created."""
     ERROR_REASON_HAS_CHILDREN: _ErrorReason.ValueType  # 91
     """[FAILED_PRECONDITION] The resource still has children; delete them first or use force."""
+    ERROR_REASON_ROUTE_NOT_FOUND: _ErrorReason.ValueType  # 100
+    """[NOT_FOUND] The REST gateway has no API method at this URL (see /openapi.json)."""
+    ERROR_REASON_HTTP_METHOD_NOT_ALLOWED: _ErrorReason.ValueType  # 101
+    """[UNIMPLEMENTED] The URL exists, but not for this HTTP method; the Allow header lists the methods."""
+    ERROR_REASON_ORIGIN_NOT_ALLOWED: _ErrorReason.ValueType  # 102
+    """[INVALID_ARGUMENT] The browser origin may not call the API; the gateway allows the origins in
+    EMMA_GATEWAY_CORS_ORIGINS.
+    """
+    ERROR_REASON_MEDIA_TYPE_UNSUPPORTED: _ErrorReason.ValueType  # 103
+    """[INVALID_ARGUMENT] The request body is not JSON; send Content-Type: application/json."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Every reason EMMA puts in google.rpc.ErrorInfo.reason (AIP-193). The string sent is the value's
@@ -226,4 +236,14 @@ ERROR_REASON_CSV_ROWS_INVALID: ErrorReason.ValueType  # 90
 """[INVALID_ARGUMENT] A bulk provisioning file has rows that fail; nothing was created."""
 ERROR_REASON_HAS_CHILDREN: ErrorReason.ValueType  # 91
 """[FAILED_PRECONDITION] The resource still has children; delete them first or use force."""
+ERROR_REASON_ROUTE_NOT_FOUND: ErrorReason.ValueType  # 100
+"""[NOT_FOUND] The REST gateway has no API method at this URL (see /openapi.json)."""
+ERROR_REASON_HTTP_METHOD_NOT_ALLOWED: ErrorReason.ValueType  # 101
+"""[UNIMPLEMENTED] The URL exists, but not for this HTTP method; the Allow header lists the methods."""
+ERROR_REASON_ORIGIN_NOT_ALLOWED: ErrorReason.ValueType  # 102
+"""[INVALID_ARGUMENT] The browser origin may not call the API; the gateway allows the origins in
+EMMA_GATEWAY_CORS_ORIGINS.
+"""
+ERROR_REASON_MEDIA_TYPE_UNSUPPORTED: ErrorReason.ValueType  # 103
+"""[INVALID_ARGUMENT] The request body is not JSON; send Content-Type: application/json."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -436,6 +436,27 @@ class ErrorReason(betterproto2.Enum):
     [FAILED_PRECONDITION] The resource still has children; delete them first or use force.
     """
 
+    ROUTE_NOT_FOUND = 100
+    """
+    [NOT_FOUND] The REST gateway has no API method at this URL (see /openapi.json).
+    """
+
+    HTTP_METHOD_NOT_ALLOWED = 101
+    """
+    [UNIMPLEMENTED] The URL exists, but not for this HTTP method; the Allow header lists the methods.
+    """
+
+    ORIGIN_NOT_ALLOWED = 102
+    """
+    [INVALID_ARGUMENT] The browser origin may not call the API; the gateway allows the origins in
+    EMMA_GATEWAY_CORS_ORIGINS.
+    """
+
+    MEDIA_TYPE_UNSUPPORTED = 103
+    """
+    [INVALID_ARGUMENT] The request body is not JSON; send Content-Type: application/json.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -486,6 +507,10 @@ class ErrorReason(betterproto2.Enum):
             82: "ERROR_REASON_TIME_ZONE_INVALID",
             90: "ERROR_REASON_CSV_ROWS_INVALID",
             91: "ERROR_REASON_HAS_CHILDREN",
+            100: "ERROR_REASON_ROUTE_NOT_FOUND",
+            101: "ERROR_REASON_HTTP_METHOD_NOT_ALLOWED",
+            102: "ERROR_REASON_ORIGIN_NOT_ALLOWED",
+            103: "ERROR_REASON_MEDIA_TYPE_UNSUPPORTED",
         }
 
     @classmethod
@@ -538,6 +563,10 @@ class ErrorReason(betterproto2.Enum):
             "ERROR_REASON_TIME_ZONE_INVALID": 82,
             "ERROR_REASON_CSV_ROWS_INVALID": 90,
             "ERROR_REASON_HAS_CHILDREN": 91,
+            "ERROR_REASON_ROUTE_NOT_FOUND": 100,
+            "ERROR_REASON_HTTP_METHOD_NOT_ALLOWED": 101,
+            "ERROR_REASON_ORIGIN_NOT_ALLOWED": 102,
+            "ERROR_REASON_MEDIA_TYPE_UNSUPPORTED": 103,
         }
 
 
