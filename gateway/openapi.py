@@ -26,6 +26,7 @@ from google.protobuf import descriptor as d
 from google.rpc import code_pb2
 
 from gateway.binding import SCALAR_WKT, is_map, is_repeated, query_leaf
+from gateway.comments import comment
 from gateway.routes import Route, RouteTable, Segment, Variable, build_route_table
 
 SNAPSHOT = Path(__file__).with_name("openapi.snapshot.json")
@@ -80,22 +81,40 @@ class _Schemas:
             return self.field(m.fields_by_name["value"])
         if m.full_name not in self.components:
             self.components[m.full_name] = {}  # placeholder first: messages may refer to themselves
-            self.components[m.full_name] = self.object(m.fields)
+            schema = self.object(m.fields)
+            if text := comment(m.full_name):
+                schema = {"description": text, **schema}
+            self.components[m.full_name] = schema
         return self.ref(m.full_name)
 
     def object(self, fields: Iterable[d.FieldDescriptor], required: Sequence[str] = ()) -> dict[str, Any]:
         out: dict[str, Any] = {
             "type": "object",
-            "properties": {f.json_name: self.field(f) for f in fields},
+            "properties": {f.json_name: self._described(f) for f in fields},
             "additionalProperties": False,
         }
         if required:
             out["required"] = list(required)
         return out
 
+    def _described(self, f: d.FieldDescriptor) -> dict[str, Any]:
+        schema = self.field(f)
+        text = comment(f.full_name)
+        return {**schema, "description": text} if text else schema
+
     def enum(self, e: d.EnumDescriptor) -> dict[str, Any]:
         if e.full_name not in self.components:
-            self.components[e.full_name] = {"type": "string", "enum": [v.name for v in e.values]}
+            values = [v.name for v in e.values]
+            schema: dict[str, Any] = {"type": "string", "enum": values}
+            listed = [
+                f"{v.name}: {comment(f'{e.full_name}.{v.name}')}"
+                for v in e.values
+                if comment(f"{e.full_name}.{v.name}")
+            ]
+            text = " ".join(filter(None, [comment(e.full_name), *listed]))
+            if text:
+                schema = {"description": text, **schema}
+            self.components[e.full_name] = schema
         return self.ref(e.full_name)
 
     def field(self, f: d.FieldDescriptor) -> dict[str, Any]:
@@ -351,7 +370,8 @@ def build_openapi(table: RouteTable) -> dict[str, Any]:
         operation: dict[str, Any] = {
             "operationId": route.operation_id,
             "summary": f"{route.service.name}.{route.method.name}",
-            "description": f"gRPC `{route.grpc_path}`"
+            "description": (comment(route.method.full_name) + "\n\n" if comment(route.method.full_name) else "")
+            + f"gRPC `{route.grpc_path}`"
             + (" (server stream)" if route.server_streaming else "")
             + f"; http rule `{route.http_method} {route.template.source}`.",
             "tags": [route.service.full_name],

@@ -30,6 +30,7 @@ GEN = ROOT / "gen"
 DEPS = ROOT / "build" / "protodeps"
 BASELINE = ROOT / "buf" / "baseline.binpb"
 SDK_PACKAGE = "emma_sdk"
+DESCRIPTOR_SET = "descriptors.binpb"
 GOOGLE_DIRS = ("google/api", "google/rpc", "google/type")
 
 
@@ -124,6 +125,10 @@ def generate_into(out: Path) -> None:
             f"--plugin=protoc-gen-mypy_grpc={_bin('protoc-gen-mypy_grpc')}",
             f"--mypy_out=quiet:{out}",
             f"--mypy_grpc_out=quiet:{out}",
+            # The contracts with their comments, for the gateway's OpenAPI descriptions (the _pb2
+            # modules carry descriptors without source info).
+            f"--descriptor_set_out={out / 'emma' / DESCRIPTOR_SET}",
+            "--include_source_info",
         ],
     )
     _add_init_files(out / "emma")
@@ -148,6 +153,13 @@ def generate() -> None:
             shutil.copytree(out / name, GEN / name, ignore=shutil.ignore_patterns("__pycache__"))
 
 
+def _generated_files(folder: Path) -> list[Path]:
+    return [
+        p for p in folder.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and (p.suffix in (".py", ".pyi", ".binpb") or p.name == "py.typed")
+    ]
+
+
 def diff_generated(reference: Path = GEN) -> list[str]:
     """Regenerate into a temporary folder and list every file that differs from `reference`."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,12 +167,8 @@ def diff_generated(reference: Path = GEN) -> list[str]:
         generate_into(out)
         problems: list[str] = []
         for name in ("emma", SDK_PACKAGE):
-            fresh = {p.relative_to(out) for p in (out / name).rglob("*.py*") if "__pycache__" not in p.parts}
-            committed = {
-                p.relative_to(reference)
-                for p in (reference / name).rglob("*.py*")
-                if "__pycache__" not in p.parts
-            }
+            fresh = {p.relative_to(out) for p in _generated_files(out / name)}
+            committed = {p.relative_to(reference) for p in _generated_files(reference / name)}
             problems += [f"missing in gen/: {p}" for p in sorted(fresh - committed)]
             problems += [f"stale file in gen/: {p}" for p in sorted(committed - fresh)]
             for rel in sorted(fresh & committed):
