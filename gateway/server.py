@@ -29,7 +29,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise GatewayConfigError(f"port {port} on {host} is already in use (--port / EMMA_GATEWAY_PORT)") from None
+            where = "EMMA_GATEWAY_PORT; emma gateway --port, emma up --gateway-port"
+            raise GatewayConfigError(f"port {port} on {host} is already in use ({where})") from None
         raise GatewayConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.listen(1024)
     sock.setblocking(False)
