@@ -6,7 +6,6 @@ never ends a stream: the edge gets a REJECTED ack, drops the batch and logs why.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,7 +88,3 @@ def to_columns(
                 f"-{max_past_us / 1e6:.0f} s to +{max_future_us / 1e6:.0f} s",
             )
     return Columns(series_ids=series_lut[indexes] if n else indexes, times_unix_us=times, values=values)
-
-
-def finite(x: float) -> bool:
-    return math.isfinite(x)

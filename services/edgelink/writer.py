@@ -28,7 +28,7 @@ import numpy as np
 from emma.edge.v1 import edge_link_pb2
 
 from services.edgelink.batches import Columns
-from services.edgelink.copy_binary import PG_EPOCH_OFFSET_US, samples_copy_payload
+from services.edgelink.copy_binary import samples_copy_payload
 
 log = logging.getLogger("emma.ingest")
 
@@ -277,7 +277,3 @@ class IngestWriter:
 async def _one_chunk(payload: bytes) -> AsyncIterator[bytes]:
     """asyncpg takes an async iterable of bytes as a COPY source; the payload is one chunk."""
     yield payload
-
-
-# PG_EPOCH_OFFSET_US is re-exported for the rollup code that shares the time encoding.
-__all__ = ["PG_EPOCH_OFFSET_US", "IngestWriter", "PendingBatch", "WriterStats", "is_transient"]
