@@ -11,6 +11,8 @@ import json
 import re
 import signal
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 from tests.cli_process import EmmaProcess
@@ -22,6 +24,28 @@ def readme_block() -> str:
     text = (ROOT / "README.md").read_text()
     block = text.split("<!-- walkthrough:start -->", 1)[1].split("<!-- walkthrough:end -->", 1)[0]
     return block.strip().removeprefix("```sh").removesuffix("```").strip()
+
+
+def wait_for_battery_limits(gateway: str, state: Path, timeout: float = 60) -> None:
+    password = json.loads((state / "secrets.json").read_text())["demo_admin_password"]
+    login = urllib.request.Request(
+        f"{gateway}/v1/auth:login",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+        data=json.dumps({"email": "admin@emma.local", "password": password}).encode(),
+    )
+    with urllib.request.urlopen(login, timeout=10) as answer:
+        token = json.load(answer)["accessToken"]
+    url = f"{gateway}/v1/organizations/demo/sites/demo/edges/gw-1/devices/battery_1/latestValues"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            channels = {v["channel"].rsplit("/", 1)[1] for v in json.load(answer).get("values", [])}
+        if {"MaxChargePower", "MaxDischargePower"} <= channels:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the simulated battery's limits never reached the cloud")
 
 
 def test_the_readme_walkthrough_works_against_emma_up(tmp_path: Path) -> None:
@@ -40,8 +64,9 @@ def test_the_readme_walkthrough_works_against_emma_up(tmp_path: Path) -> None:
         script = readme_block()
         assert script.startswith("GW=http://127.0.0.1:8080\n")
         script = script.replace("GW=http://127.0.0.1:8080", f"GW={gateway}", 1).replace(".emma/", f"{state}/")
-        # Give the edges a moment to report the battery's limits (commands are checked against them).
-        subprocess.run(["sleep", "3"], check=True)
+        # As a person would: wait until the edges reported (commands are checked against the battery's
+        # reported limits), here by polling the latest values, at most 60 s.
+        wait_for_battery_limits(gateway, state)
         result = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT
         )
