@@ -51,6 +51,7 @@ class DriverDevice(PollingDevice):
         self._read_ok_at: float | None = None
         self._last_poll_failed = False
         self._published_errors = -1
+        self._published_status: dict[str, Number] = {}
 
     @property
     def extra_channels(self) -> tuple[ChannelSpec, ...]:
@@ -75,6 +76,12 @@ class DriverDevice(PollingDevice):
     def status_values(self) -> dict[str, Number]:
         """Driver counters to publish when they change (see `extra_channels`)."""
         return {}
+
+    def changed_since_published(self, now: Mapping[str, Number]) -> dict[str, Number]:
+        """The counters of `now` that differ from what was last published, marked as published."""
+        changed: dict[str, Number] = {k: v for k, v in now.items() if self._published_status.get(k) != v}
+        self._published_status.update(changed)
+        return changed
 
     async def poll(self) -> Mapping[str, Number]:
         try:

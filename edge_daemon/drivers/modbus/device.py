@@ -42,7 +42,21 @@ def poll_budget_s(connection: ConnectionParams, requests: int) -> float:
     return connection.reconnect_max_s + max(1, requests) * connection.policy.worst_case_s() + 1.0
 
 
-class ModbusDevice(DriverDevice):
+class ModbusLinkDevice(DriverDevice):
+    """A driver on a Modbus link; devices sharing one serial line share the link and take turns."""
+
+    link: ModbusLink
+
+    async def start(self) -> None:
+        self.link.acquire()
+        await super().start()
+
+    async def stop(self) -> None:
+        await super().stop()
+        self.link.release()
+
+
+class ModbusDevice(ModbusLinkDevice):
     type_name = "modbus"
 
     def __init__(
@@ -61,7 +75,6 @@ class ModbusDevice(DriverDevice):
         self.write_errors = 0
         self._retry = RetryDelay(conn.poll_interval_s, conn.reconnect_max_s)
         self._channels = params.register_map.channel_specs()
-        self._published_status: dict[str, Number] = {}
 
     @property
     def device_channels(self) -> tuple[ChannelSpec, ...]:
@@ -72,18 +85,9 @@ class ModbusDevice(DriverDevice):
         return (MODBUS_EXCEPTIONS, WRITE_ERRORS)
 
     def status_values(self) -> dict[str, Number]:
-        now = {"ModbusExceptions": self.reader.exceptions, "WriteErrors": self.write_errors}
-        changed: dict[str, Number] = {k: v for k, v in now.items() if self._published_status.get(k) != v}
-        self._published_status.update(changed)
-        return changed
-
-    async def start(self) -> None:
-        self.link.acquire()
-        await super().start()
-
-    async def stop(self) -> None:
-        await super().stop()
-        self.link.release()
+        return self.changed_since_published(
+            {"ModbusExceptions": self.reader.exceptions, "WriteErrors": self.write_errors}
+        )
 
     async def read_device(self) -> Mapping[str, Scalar]:
         await self._retry.wait()

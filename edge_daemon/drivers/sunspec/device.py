@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from edge_daemon.channels import Number, Scalar
 from edge_daemon.clock import Clock
 from edge_daemon.devices.base import Access, ChannelSpec
-from edge_daemon.drivers.base import CommunicationError, DriverDevice, RetryDelay
+from edge_daemon.drivers.base import CommunicationError, RetryDelay
 from edge_daemon.drivers.modbus.codec import EncodeError
 from edge_daemon.drivers.modbus.connection import ConnectionParams
-from edge_daemon.drivers.modbus.device import MODBUS_EXCEPTIONS, WRITE_ERRORS, poll_budget_s
+from edge_daemon.drivers.modbus.device import MODBUS_EXCEPTIONS, WRITE_ERRORS, ModbusLinkDevice, poll_budget_s
 from edge_daemon.drivers.modbus.link import ModbusDeviceError, ModbusLink
 from edge_daemon.drivers.modbus.reader import RegisterReader
 from edge_daemon.drivers.modbus.registers import MAX_REGISTERS_PER_READ, Point, RegisterMap
@@ -75,7 +75,7 @@ def parse_sunspec(r: DeviceReader, connection: ConnectionParams) -> SunSpecParam
     )
 
 
-class SunSpecDevice(DriverDevice):
+class SunSpecDevice(ModbusLinkDevice):
     type_name = "sunspec"
 
     def __init__(
@@ -95,7 +95,6 @@ class SunSpecDevice(DriverDevice):
         self.write_errors = 0
         self._exceptions_before = 0
         self._retry = RetryDelay(conn.poll_interval_s, conn.reconnect_max_s)
-        self._published_status: dict[str, Number] = {}
 
     @property
     def device_channels(self) -> tuple[ChannelSpec, ...]:
@@ -107,18 +106,9 @@ class SunSpecDevice(DriverDevice):
 
     def status_values(self) -> dict[str, Number]:
         exceptions = self._exceptions_before + (self.reader.exceptions if self.reader else 0)
-        now = {"ModbusExceptions": exceptions, "WriteErrors": self.write_errors, "Discoveries": self.discoveries}
-        changed: dict[str, Number] = {k: v for k, v in now.items() if self._published_status.get(k) != v}
-        self._published_status.update(changed)
-        return changed
-
-    async def start(self) -> None:
-        self.link.acquire()
-        await super().start()
-
-    async def stop(self) -> None:
-        await super().stop()
-        self.link.release()
+        return self.changed_since_published(
+            {"ModbusExceptions": exceptions, "WriteErrors": self.write_errors, "Discoveries": self.discoveries}
+        )
 
     async def read_device(self) -> Mapping[str, Scalar]:
         await self._retry.wait()
