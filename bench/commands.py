@@ -10,7 +10,6 @@ caller stays under the 10 commands/s rate limit.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import subprocess
@@ -21,7 +20,7 @@ import uuid
 import grpc
 from emma.command.v1 import command_pb2, command_pb2_grpc
 
-from bench.harness import BENCH_ENV, cloud_process, database, login, migrate, percentile, write_result
+from bench.harness import BENCH_ENV, cloud_process, database, login, migrate, percentile, run_benchmark
 from bench.ingest import provision, run_generators
 from bench.machine import describe
 
@@ -100,12 +99,7 @@ async def main_async(quick: bool) -> dict[str, object]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
-    result = asyncio.run(main_async(args.quick))
-    print(json.dumps(result, indent=2))
-    print(f"written to {write_result('commands', result)}")
+    run_benchmark("commands", __doc__, main_async)
 
 
 if __name__ == "__main__":

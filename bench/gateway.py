@@ -9,7 +9,6 @@ Reference in the same run: the same ListLatestValues over gRPC directly, from 50
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -23,7 +22,17 @@ from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
 from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 from bench.edge_load import BatchFactory, hello
-from bench.harness import BENCH_ENV, EMMA, cloud_process, database, login, migrate, percentile, summary, write_result
+from bench.harness import (
+    BENCH_ENV,
+    EMMA,
+    cloud_process,
+    database,
+    login,
+    migrate,
+    percentile,
+    run_benchmark,
+    summary,
+)
 from bench.ingest import provision
 from bench.machine import describe
 
@@ -133,12 +142,7 @@ async def main_async(quick: bool) -> dict[str, object]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
-    result = asyncio.run(main_async(args.quick))
-    print(json.dumps(result, indent=2))
-    print(f"written to {write_result('gateway', result)}")
+    run_benchmark("gateway", __doc__, main_async)
 
 
 if __name__ == "__main__":

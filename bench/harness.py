@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -169,3 +169,15 @@ async def login(dsn: str, port: int, org: str) -> list[tuple[str, str]]:
             identity_pb2.LoginRequest(email=email, password=password)
         )
     return [("authorization", f"Bearer {reply.access_token}")]
+
+
+def run_benchmark(name: str, doc: str | None, main_async: Callable[[bool], Awaitable[dict[str, object]]]) -> None:
+    """The command line of a benchmark: `--quick` or not, print the result, write bench/results/<name>.json."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(doc or name).splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs (what `make bench` uses)")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args.quick))
+    print(json.dumps(result, indent=2, default=str))
+    print(f"written to {write_result(name, result)}")

@@ -10,10 +10,7 @@ repeated requests give p50/p99.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import datetime as dt
-import json
 import time
 
 import asyncpg
@@ -22,7 +19,7 @@ import numpy as np
 from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from bench.harness import BENCH_ENV, cloud_process, database, login, migrate, percentile, write_result
+from bench.harness import BENCH_ENV, cloud_process, database, login, migrate, percentile, run_benchmark
 from bench.machine import describe
 from services.edgelink.copy_binary import samples_copy_payload
 from services.names import EdgeName
@@ -143,12 +140,7 @@ async def main_async(quick: bool) -> dict[str, object]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
-    result = asyncio.run(main_async(args.quick))
-    print(json.dumps(result, indent=2))
-    print(f"written to {write_result('history', result)}")
+    run_benchmark("history", __doc__, main_async)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import subprocess
@@ -23,7 +22,16 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 
-from bench.harness import cloud_process, cpu_seconds, database, migrate, percentile, rss_mib, summary, write_result
+from bench.harness import (
+    cloud_process,
+    cpu_seconds,
+    database,
+    migrate,
+    percentile,
+    rss_mib,
+    run_benchmark,
+    summary,
+)
 from bench.machine import describe
 from services.edgelink.copy_binary import samples_copy_payload
 from services.edgelink.keys import issue_edge_key
@@ -209,13 +217,7 @@ async def main_async(quick: bool) -> dict[str, object]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="shorter runs (what `make bench` uses)")
-    args = p.parse_args()
-    result = asyncio.run(main_async(args.quick))
-    path = write_result("ingest", result)
-    print(json.dumps(result, indent=2))
-    print(f"written to {path}")
+    run_benchmark("ingest", __doc__, main_async)
 
 
 if __name__ == "__main__":

@@ -48,3 +48,13 @@ async def migrated_url(database_url: str) -> str:
     finally:
         await conn.close()
     return database_url
+
+
+@pytest.fixture
+async def db(migrated_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the module's migrated database, for the test to set up and check rows."""
+    conn = await asyncpg.connect(migrated_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()

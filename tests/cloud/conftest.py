@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 import asyncpg
@@ -38,15 +38,6 @@ def host(migrated_url: str) -> Host:
         return hosted_services(keys, platform_config(migrated_url, **ingest))
 
     return start
-
-
-@pytest.fixture
-async def db(migrated_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(migrated_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
