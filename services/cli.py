@@ -149,11 +149,6 @@ def _apply_server_flags(args: argparse.Namespace) -> None:
         os.environ["EMMA_GATEWAY_PORT"] = str(args.gateway_port)
 
 
-def _not_yet(command: str, issue: str) -> int:
-    print(f"emma {command}: error: not available in this release yet ({issue})", file=sys.stderr)
-    return EXIT_FAILURE
-
-
 def _run(args: argparse.Namespace) -> int:
     from services.platform.config import PlatformConfig
 
