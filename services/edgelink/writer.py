@@ -324,7 +324,16 @@ class _GroupRows:
             order = np.lexsort((times, series, batch))
             b, s = batch[order], series[order]
             last = order[np.r_[(b[1:] != b[:-1]) | (s[1:] != s[:-1]), True]]
-            pairs = np.unique(np.stack([batch, times // ROLLUP_BUCKET_US]), axis=1)
+            # Distinct (batch, bucket) pairs, as one int64 key when the buckets' span allows it (it
+            # does for anything ingest accepts: the retention is a few thousand buckets).
+            buckets = times // ROLLUP_BUCKET_US
+            low = int(buckets.min())
+            span = int(buckets.max()) - low + 1
+            if span < 1 << 24:
+                keys = np.unique(batch * span + (buckets - low))
+                pairs = np.stack([keys // span, keys % span + low])
+            else:
+                pairs = np.unique(np.stack([batch, buckets]), axis=1)
         else:
             last = np.zeros(0, dtype=np.int64)
             pairs = np.zeros((2, 0), dtype=np.int64)
@@ -359,12 +368,22 @@ WITH batch AS (
     RETURNING edge_pk, batch_seq
 ), fresh AS (
     SELECT b.i FROM batch b JOIN stored n ON n.edge_pk = b.e AND n.batch_seq = b.s
-), newest AS (
-    INSERT INTO telemetry.latest AS l (series_id, time, value)
-    SELECT DISTINCT ON (p.sid) p.sid, timestamptz 'epoch' + p.t * interval '1 microsecond', p.v
+), candidate AS (
+    SELECT DISTINCT ON (p.sid) p.sid, timestamptz 'epoch' + p.t * interval '1 microsecond' AS t, p.v
     FROM unnest($6::bigint[], $7::bigint[], $8::bigint[], $9::float8[]) AS p(i, sid, t, v)
     WHERE p.i IN (SELECT i FROM fresh)
     ORDER BY p.sid, p.t DESC, p.i DESC
+), newer AS (
+    -- A plain UPDATE, not INSERT ... ON CONFLICT DO UPDATE: the latter first locks each existing
+    -- row (one more WAL record per row) before updating it. Same guard: never an older time.
+    UPDATE telemetry.latest AS l SET time = c.t, value = c.v
+    FROM candidate c
+    WHERE l.series_id = c.sid AND l.time <= c.t
+), first_values AS (
+    -- Series without a row yet (their first value); a concurrent first insert meets the guard.
+    INSERT INTO telemetry.latest AS l (series_id, time, value)
+    SELECT c.sid, c.t, c.v FROM candidate c
+    WHERE NOT EXISTS (SELECT FROM telemetry.latest x WHERE x.series_id = c.sid)
     ON CONFLICT (series_id) DO UPDATE SET time = EXCLUDED.time, value = EXCLUDED.value
     WHERE l.time <= EXCLUDED.time
 ), dirty AS (
