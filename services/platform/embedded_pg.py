@@ -21,6 +21,25 @@ from services.errors import StartupError
 
 DATABASE = "emma"
 
+# Server settings for write-heavy ingest (ALTER SYSTEM, so they persist in the data folder). Only
+# durability-neutral settings: fsync, synchronous_commit and full_page_writes keep their defaults.
+# - shared_buffers 128 MB -> 512 MB: today's sample partition, its index and the latest/ledger
+#   tables stay in memory instead of backends evicting dirty pages themselves (needs a restart,
+#   done once when the setting first changes).
+# - wal_buffers 16 MB: a commit group's WAL fits without waiting for WAL writes.
+# - max_wal_size 4 GB, checkpoint_timeout 15 min: fewer checkpoints, so fewer full-page images in
+#   the WAL after each one; checkpoint_completion_target 0.9 spreads a checkpoint's writes.
+# wal_compression is left off: this build has no lz4, pglz costs CPU on a small machine, and with
+# rare checkpoints there are few full-page images to compress.
+# The 1,000-edge benchmark (docs/performance.md) shows what they change.
+SERVER_SETTINGS: dict[str, str] = {
+    "shared_buffers": "512MB",
+    "wal_buffers": "16MB",
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "15min",
+    "checkpoint_completion_target": "0.9",
+}
+
 _HELPER = r"""
 import json, logging, sys, warnings
 logging.getLogger("pgserver").setLevel(logging.ERROR)
@@ -33,6 +52,23 @@ if action == "start":
     database = sys.argv[3]
     if database and "(1 row)" not in server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';"):
         server.psql(f'CREATE DATABASE "{database}";')
+    settings = json.loads(sys.argv[4])
+    for name, value in settings.items():
+        server.psql(f"ALTER SYSTEM SET {name} = '{value}';")
+    server.psql("SELECT pg_reload_conf();")
+    # The effective line of each setting in the files; "not applied" means it waits for a restart.
+    pending = server.psql(
+        "SELECT 'restart' FROM (SELECT DISTINCT ON (name) applied FROM pg_file_settings"
+        " ORDER BY name, seqno DESC) f WHERE NOT applied;"
+    )
+    if "restart" in pending:
+        from pgserver._commands import pg_ctl
+        pg_ctl(
+            ["-w", "-m", "fast", "-l", str(pgdata / "log"), "restart"],
+            pgdata=pgdata,
+            user=server.system_user or None,
+            timeout=120,
+        )
     print(json.dumps({"uri": server.get_uri("postgres"), "user": server.system_user}))
 else:
     from pgserver._commands import pg_ctl
@@ -75,7 +111,7 @@ def start_embedded_postgres(state_dir: Path, database: str = DATABASE) -> Embedd
     pgdata = state_dir / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
     try:
-        info = json.loads(_helper("start", str(pgdata), database).strip().splitlines()[-1])
+        info = json.loads(_helper("start", str(pgdata), database, json.dumps(SERVER_SETTINGS)).strip().splitlines()[-1])
     except StartupError as exc:
         log = pgdata / "log"
         tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
