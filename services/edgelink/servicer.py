@@ -8,14 +8,16 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import grpc
 from emma.common.v1 import errors_pb2
 from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
 
 from services.command.relay import CommandRelay
 from services.edgelink.session import EdgeSession, IngestCounters, record_event
-from services.edgelink.writer import IngestWriter
+from services.edgelink.writer import DEFAULT_LANES, IngestWriter
 from services.errors import ApiError
+from services.platform import db
 from services.runtime import Runtime
 
 log = logging.getLogger("emma.edgelink")
@@ -35,9 +37,17 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         self.counters = IngestCounters()
         self.relay = CommandRelay(runtime.pool, runtime.dsn, runtime.replica_id)
         self._tasks: list[asyncio.Task[None]] = []
+        self._writer_pool: asyncpg.Pool | None = None
 
     async def start(self) -> None:
-        await self.writer.start()
+        # The writer's lanes get connections of their own: a burst of stream opens or closes (1,000
+        # edges reconnecting, each a few statements on the shared pool) must not make commits, and
+        # so every stream's acks, wait for a free connection.
+        writer_db = dataclasses.replace(
+            self._runtime.config.database, pool_min_size=DEFAULT_LANES, pool_max_size=DEFAULT_LANES + 1
+        )
+        self._writer_pool = await db.create_pool(writer_db, self._runtime.dsn or None)
+        await self.writer.start(self._writer_pool)
         await self.relay.start()
         self._tasks = [
             asyncio.create_task(self._sweep_offline(), name="offline-sweeper"),
@@ -49,6 +59,9 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
             task.cancel()
         await self.relay.stop()
         await self.writer.stop()
+        if self._writer_pool is not None:
+            await self._writer_pool.close()
+            self._writer_pool = None
 
     async def _log_stats(self) -> None:
         """One structured line per interval: the ingest metrics operators and benchmarks read."""

@@ -100,7 +100,10 @@ class IngestWriter:
         self._tasks: list[asyncio.Task[None]] = []
         self.stats = WriterStats()
 
-    async def start(self) -> None:
+    async def start(self, pool: asyncpg.Pool | None = None) -> None:
+        """Start the lanes, on `pool` if given (the service gives the writer connections of its own)."""
+        if pool is not None:
+            self._pool = pool
         self._tasks = [
             asyncio.create_task(self._run(queue), name=f"ingest-writer-{n}") for n, queue in enumerate(self._queues)
         ]
