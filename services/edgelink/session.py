@@ -407,15 +407,18 @@ class EdgeSession:
             self._relay.detach(self)
         self._counters.streams_closed += 1
         try:
-            async with self._pool.acquire() as conn:
-                status = await conn.execute(
-                    """UPDATE app.edge_sessions SET online = false, disconnected_time = now()
-                       WHERE edge_pk = $1 AND session_id = $2""",
-                    self.identity.edge_pk,
-                    self.session_id,
-                )
-                if status.endswith(" 1"):
-                    await record_event(conn, self.identity.edge_pk, "info", "DISCONNECTED", "stream closed")
+            # One statement (one round trip, one commit): the session goes offline and, if it was
+            # still this stream's, the DISCONNECTED event is recorded.
+            await self._pool.execute(
+                """WITH closed AS (
+                       UPDATE app.edge_sessions SET online = false, disconnected_time = now()
+                       WHERE edge_pk = $1 AND session_id = $2
+                       RETURNING edge_pk)
+                   INSERT INTO app.edge_events (edge_pk, event_time, severity, kind, message, details)
+                   SELECT edge_pk, now(), 'info', 'DISCONNECTED', 'stream closed', '{}'::jsonb FROM closed""",
+                self.identity.edge_pk,
+                self.session_id,
+            )
         except Exception:  # the database may be down; the offline sweeper catches up later
             log.warning("could not record the end of the stream", extra={"edge": str(self.identity.name)})
         log.info("edge disconnected", extra={"edge": str(self.identity.name), "session_id": str(self.session_id)})
