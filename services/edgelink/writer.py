@@ -382,11 +382,14 @@ WITH batch AS (
     UPDATE telemetry.latest AS l SET time = c.t, value = c.v
     FROM candidate c
     WHERE l.series_id = c.sid AND l.time <= c.t
+    RETURNING l.series_id
 ), first_values AS (
-    -- Series without a row yet (their first value); a concurrent first insert meets the guard.
+    -- The candidates the UPDATE did not take: series without a row yet (their first value), and
+    -- the rare sample older than the stored one, which meets the same guard here and changes nothing.
+    -- (Not a NOT EXISTS probe of latest: that cost as much as the update itself.)
     INSERT INTO telemetry.latest AS l (series_id, time, value)
     SELECT c.sid, c.t, c.v FROM candidate c
-    WHERE NOT EXISTS (SELECT FROM telemetry.latest x WHERE x.series_id = c.sid)
+    WHERE c.sid NOT IN (SELECT series_id FROM newer)
     ON CONFLICT (series_id) DO UPDATE SET time = EXCLUDED.time, value = EXCLUDED.value
     WHERE l.time <= EXCLUDED.time
 ), dirty AS (
