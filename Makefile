@@ -19,12 +19,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# Test-only: a real TimescaleDB (PGlite with the timescaledb extension, run by Node.js) for the tests
+# of the telemetry store's TimescaleDB path. Pinned by package-lock.json; see docs/dependencies.md.
+TSDB     := tools/timescaledb_pglite
+TSDB_STAMP := $(TSDB)/node_modules/.emma-installed
+
+$(TSDB_STAMP): $(TSDB)/package-lock.json
+	@command -v npm >/dev/null || { echo "make test needs Node.js 18+ and npm for the TimescaleDB tests (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+	cd $(TSDB) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(TSDB_STAMP)
+
 venv: $(STAMP)  ## create or refresh .venv
 
 up: $(STAMP)  ## run the whole stack on an embedded PostgreSQL (DATABASE_URL selects an external one)
 	$(BIN)/emma up
 
-test: $(STAMP)  ## run every test
+test: $(STAMP) $(TSDB_STAMP)  ## run every test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 gen: $(STAMP)  ## regenerate gen/ from protos/

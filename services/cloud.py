@@ -20,11 +20,16 @@ from services.runtime import Runtime
 log = logging.getLogger("emma.cloud")
 
 
+async def _apply_migrations(conn: migrations.Conn, config: PlatformConfig) -> list[str]:
+    loaded = migrations.load_migrations(config.database.migrations_dir)
+    return await migrations.migrate(conn, loaded, config.database.migration_settings)
+
+
 async def run_migrations(config: PlatformConfig, dsn: str | None = None) -> list[str]:
     pool = await db.create_pool(config.database, dsn)
     try:
         async with pool.acquire() as conn:
-            return await migrations.migrate(conn, migrations.load_migrations(config.database.migrations_dir))
+            return await _apply_migrations(conn, config)
     finally:
         await pool.close()
 
@@ -46,7 +51,7 @@ async def hosted_services(
     try:
         if apply_migrations:
             async with pool.acquire() as conn:
-                applied = await migrations.migrate(conn, migrations.load_migrations(config.database.migrations_dir))
+                applied = await _apply_migrations(conn, config)
                 total = len(await migrations.applied_versions(conn))
                 log.info("migrations: %d applied now, %d in total", len(applied), total)
         runtime = Runtime(config=config, pool=pool, dsn=dsn or config.database.url or "")

@@ -95,6 +95,34 @@ async def test_a_failing_migration_is_rolled_back_whole(postgres: SessionPostgre
         await postgres.drop_database(dsn)
 
 
+async def test_the_telemetry_store_is_partitioned_where_timescaledb_cannot_be_created(
+    postgres: SessionPostgres,
+) -> None:
+    """The embedded PostgreSQL has no timescaledb: 'auto' keeps the plain path, 'timescaledb' fails clearly."""
+    dsn = await postgres.create_database("telemetry_store_choice")
+    conn = await asyncpg.connect(dsn)
+    try:
+        with pytest.raises(
+            migrations.MigrationError,
+            match=r"0006_telemetry_timescaledb failed and was rolled back: "
+            r"EMMA_TELEMETRY_STORE=timescaledb, but the extension cannot be created",
+        ):
+            await migrations.migrate(conn, settings={"telemetry_store": "timescaledb"})
+        assert await migrations.applied_versions(conn) == [1, 2, 3, 4, 5]
+        assert await migrations.migrate(conn, settings={"telemetry_store": "auto"}) == ["0006_telemetry_timescaledb"]
+        assert await conn.fetchval("SELECT mode FROM telemetry.storage_info") == "partitioned"
+    finally:
+        await conn.close()
+        await postgres.drop_database(dsn)
+
+
+def test_the_telemetry_store_setting_is_checked() -> None:
+    assert DatabaseConfig.from_env({}).migration_settings == {"telemetry_store": "auto"}
+    assert DatabaseConfig.from_env({"EMMA_TELEMETRY_STORE": "timescaledb"}).telemetry_store == "timescaledb"
+    with pytest.raises(ConfigError, match="EMMA_TELEMETRY_STORE='hypertable' is not one of auto, partitioned"):
+        DatabaseConfig.from_env({"EMMA_TELEMETRY_STORE": "hypertable"})
+
+
 def test_misnamed_migration_files_are_refused(tmp_path: Path) -> None:
     _write(tmp_path, "1_x.sql", "SELECT 1;")
     with pytest.raises(migrations.MigrationError, match=r"1_x\.sql is not named NNNN_description\.sql"):

@@ -155,8 +155,11 @@ def generate() -> None:
 
 def _generated_files(folder: Path) -> list[Path]:
     return [
-        p for p in folder.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and (p.suffix in (".py", ".pyi", ".binpb") or p.name == "py.typed")
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and (p.suffix in (".py", ".pyi", ".binpb") or p.name == "py.typed")
     ]
 
 

@@ -50,6 +50,9 @@ class ServerConfig:
         )
 
 
+TELEMETRY_STORES = ("auto", "partitioned", "timescaledb")
+
+
 @dataclass(frozen=True)
 class DatabaseConfig:
     """PostgreSQL. Without a URL, `emma up` starts an embedded server under the state folder."""
@@ -61,10 +64,22 @@ class DatabaseConfig:
     pool_min_size: int = 1
     pool_max_size: int = 10
     connect_timeout_s: float = 10.0
+    # Which telemetry store a new database gets (migration 0006): TimescaleDB where the extension can
+    # be created ('auto'), never ('partitioned'), or required ('timescaledb').
+    telemetry_store: str = "auto"
+
+    @property
+    def migration_settings(self) -> dict[str, str]:
+        """The choices migrations read as emma.<name> settings."""
+        return {"telemetry_store": self.telemetry_store}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> DatabaseConfig:
+        store = env.get("EMMA_TELEMETRY_STORE", cls.telemetry_store)
+        if store not in TELEMETRY_STORES:
+            raise ConfigError(f"EMMA_TELEMETRY_STORE={store!r} is not one of {', '.join(TELEMETRY_STORES)}")
         return cls(
+            telemetry_store=store,
             url=env.get("EMMA_DATABASE_URL") or env.get("DATABASE_URL") or None,
             migrations_dir=Path(env["EMMA_MIGRATIONS_DIR"]) if env.get("EMMA_MIGRATIONS_DIR") else None,
             pool_min_size=env_int(env, "EMMA_DB_POOL_MIN", cls.pool_min_size, 0),
@@ -100,6 +115,8 @@ class IngestConfig:
     max_group_points: int = 200_000
     # Samples older than the raw retention or further ahead than this are rejected as absurd.
     retention_days: int = 30
+    # TimescaleDB path: raw chunks older than this are compressed (segmented by series).
+    compress_after_days: int = 7
     max_future_s: float = 300.0
     rollup_interval_s: float = 5.0
     # A 15-minute bucket is rolled up this long after it closes, so in-flight batches land first.
@@ -118,6 +135,7 @@ class IngestConfig:
             writer_queue_batches=env_int(env, "EMMA_INGEST_QUEUE_BATCHES", cls.writer_queue_batches, 1),
             max_group_points=env_int(env, "EMMA_INGEST_MAX_GROUP_POINTS", cls.max_group_points, 1),
             retention_days=env_int(env, "EMMA_TELEMETRY_RETENTION_DAYS", cls.retention_days, 1),
+            compress_after_days=env_int(env, "EMMA_TELEMETRY_COMPRESS_AFTER_DAYS", cls.compress_after_days, 1),
             max_future_s=env_float(env, "EMMA_TELEMETRY_MAX_FUTURE_S", cls.max_future_s),
             rollup_interval_s=env_float(env, "EMMA_ROLLUP_INTERVAL_S", cls.rollup_interval_s, 0.05),
             rollup_grace_s=env_float(env, "EMMA_ROLLUP_GRACE_S", cls.rollup_grace_s),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,10 +68,18 @@ CREATE TABLE IF NOT EXISTS public.schema_migrations (
 """
 
 
-async def migrate(conn: Conn, migrations: list[Migration] | None = None) -> list[str]:
-    """Apply every pending migration; returns the names applied now."""
+async def migrate(
+    conn: Conn, migrations: list[Migration] | None = None, settings: Mapping[str, str] | None = None
+) -> list[str]:
+    """Apply every pending migration; returns the names applied now.
+
+    `settings` are choices a migration may read as `current_setting('emma.<name>', true)` (for
+    example the telemetry store path); they last for this connection's session.
+    """
     migrations = load_migrations() if migrations is None else migrations
     applied_now: list[str] = []
+    for name, value in (settings or {}).items():
+        await conn.execute("SELECT set_config($1, $2, false)", f"emma.{name}", value)
     await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_KEY)
     try:
         await conn.execute(_BOOKKEEPING)

@@ -34,8 +34,9 @@ async def delete_edges(conn: Conn, edge_pks: list[int]) -> dict[str, int]:
         return counts
     series = [r["id"] for r in await conn.fetch("SELECT id FROM telemetry.series WHERE edge_pk = ANY($1)", edge_pks)]
     if series:
-        for table in ("telemetry.samples", "telemetry.rollup_15m", "telemetry.rollup_1h"):
-            counts[table] = _count(await conn.execute(f"DELETE FROM {table} WHERE series_id = ANY($1)", series))
+        # One function for both storage paths (continuous aggregates are deleted where they are stored).
+        for row in await conn.fetch("SELECT table_name, deleted FROM telemetry.delete_series_data($1)", series):
+            counts[row["table_name"]] = int(row["deleted"])
     tables = await conn.fetch(
         """SELECT c.table_schema, c.table_name FROM information_schema.columns c
            JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name

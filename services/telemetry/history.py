@@ -128,6 +128,15 @@ def _bounds_sql(agg: str) -> str:
     return f"SELECT lo, {agg} AS value, sum(n)::bigint AS n FROM ({parts}) p GROUP BY lo ORDER BY lo"
 
 
+# Buckets not rolled up yet: dirty ones, and (TimescaleDB path) those whose refresh is under way.
+_FIRST_DIRTY = """
+SELECT min(bucket) FROM (
+    SELECT bucket FROM telemetry.rollup_dirty WHERE edge_pk = $1
+    UNION ALL
+    SELECT bucket FROM telemetry.rollup_refreshing WHERE edge_pk = $1) d
+"""
+
+
 @dataclass(frozen=True)
 class Plan:
     """How one series' buckets are computed."""
@@ -162,7 +171,7 @@ async def query_series(conn: Conn, series_id: int, edge_pk: int, p: Plan, aggreg
     agg = _AGG_SQL[aggregation]  # type: ignore[index]
     raw_from = BEGINNING
     if p.use_rollups:
-        dirty = await conn.fetchval("SELECT min(bucket) FROM telemetry.rollup_dirty WHERE edge_pk = $1", edge_pk)
+        dirty = await conn.fetchval(_FIRST_DIRTY, edge_pk)
         raw_from = dirty if dirty is not None else NEVER
     # Hourly rollups answer whole hours before the first dirty quarter; 15-minute rollups the rest of
     # the clean part; raw rows everything from the first dirty quarter on.

@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import random
 import time
 from zoneinfo import ZoneInfo
 
 import asyncpg
 import grpc
-import numpy as np
 import pytest
 from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 from grpc_status import rpc_status
 
-from services.edgelink.batches import Columns
-from services.edgelink.writer import IngestWriter, PendingBatch
 from services.errors import error_info_of
 from services.telemetry.maintenance import roll_up_closed_buckets
 from tests.cloud.conftest import Host, new_edge
 from tests.cloud.edge_client import EdgeStream, batch, hello
+from tests.cloud.telemetry_data import add_series, ingest_samples
 from tests.identity.fixtures import authed_channel
 
 UTC = dt.UTC
@@ -38,52 +35,15 @@ def minutes(n: int) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=60 * n)
 
 
-async def _series(db: asyncpg.Connection, edge_pk: int, channel: str, unit: str = "W") -> int:
-    await db.execute(
-        "INSERT INTO telemetry.series (edge_pk, channel, unit) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        edge_pk,
-        channel,
-        unit,
-    )
-    sql = "SELECT id FROM telemetry.series WHERE edge_pk = $1 AND channel = $2"
-    return int(await db.fetchval(sql, edge_pk, channel))
-
-
 async def _ingest(
     migrated_url: str, edge_pk: int, series_id: int, start: dt.datetime, count: int, step_s: int, seed: int = 1
 ) -> list[tuple[dt.datetime, float]]:
-    """Store `count` samples through the real ingest writer (ledger, COPY, latest, rollup dirt)."""
-    rng = random.Random(seed)
-    times = [start + dt.timedelta(seconds=i * step_s) for i in range(count)]
-    values = [round(rng.uniform(-5000, 5000), 3) for _ in times]
     pool = await asyncpg.create_pool(migrated_url, min_size=1, max_size=2, server_settings={"TimeZone": "UTC"})
     assert pool is not None
-    writer = IngestWriter(pool)
-    await writer.start()
     try:
-        futures = []
-        chunk = 5000
-        for n, i in enumerate(range(0, count, chunk)):
-            cols = Columns(
-                series_ids=np.full(len(times[i : i + chunk]), series_id, dtype=np.int64),
-                times_unix_us=np.array([int(t.timestamp() * 1_000_000) for t in times[i : i + chunk]], dtype=np.int64),
-                values=np.array(values[i : i + chunk], dtype=np.float64),
-            )
-            seq = (
-                int(
-                    await pool.fetchval(
-                        "SELECT coalesce(max(batch_seq), 0) FROM telemetry.batch_ledger WHERE edge_pk = $1", edge_pk
-                    )
-                )
-                + n
-                + 1
-            )
-            futures.append(await writer.submit(PendingBatch(edge_pk, seq, cols)))
-        await asyncio.gather(*futures)
+        return await ingest_samples(pool, edge_pk, series_id, start, count, step_s, seed)
     finally:
-        await writer.stop()
         await pool.close()
-    return list(zip(times, values, strict=True))
 
 
 def _channel(edge: object, address: str) -> str:
@@ -95,7 +55,7 @@ async def test_history_from_rollups_equals_aggregates_of_raw_rows(
     host: Host, db: asyncpg.Connection, migrated_url: str, token: str
 ) -> None:
     edge, pk, _ = await new_edge(db, "history", time_zone="UTC")
-    sid = await _series(db, pk, "meter/GridPower")
+    sid = await add_series(db, pk, "meter/GridPower")
     start = (dt.datetime.now(UTC) - dt.timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
     await _ingest(migrated_url, pk, sid, start, count=3 * 24 * 60, step_s=60)  # 3 days at 1 min
     channel = _channel(edge, "meter/GridPower")
@@ -164,7 +124,7 @@ async def test_history_from_rollups_equals_aggregates_of_raw_rows(
 
 async def test_rollups_are_recomputed_when_late_data_arrives(db: asyncpg.Connection, migrated_url: str) -> None:
     _, pk, _ = await new_edge(db, "late-data", time_zone="UTC")
-    sid = await _series(db, pk, "battery_1/Soc", "%")
+    sid = await add_series(db, pk, "battery_1/Soc", "%")
     start = (dt.datetime.now(UTC) - dt.timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
     await _ingest(migrated_url, pk, sid, start, count=30, step_s=60, seed=1)
     while await roll_up_closed_buckets(db, grace_s=0):
@@ -185,7 +145,7 @@ async def test_dst_days_in_madrid_have_23_and_25_hourly_buckets(
     host: Host, db: asyncpg.Connection, migrated_url: str, token: str
 ) -> None:
     edge, pk, _ = await new_edge(db, "madrid-dst", time_zone="Europe/Madrid")
-    sid = await _series(db, pk, "meter/GridPower")
+    sid = await add_series(db, pk, "meter/GridPower")
     channel = _channel(edge, "meter/GridPower")
     # 2024's transitions: 31 March (02:00 -> 03:00, 23 h) and 27 October (03:00 -> 02:00, 25 h).
     for day, hours in ((dt.date(2024, 3, 31), 23), (dt.date(2024, 10, 27), 25)):

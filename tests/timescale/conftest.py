@@ -1,0 +1,81 @@
+"""A real TimescaleDB for the tests of the telemetry store's TimescaleDB path.
+
+tools/timescaledb_pglite/server.mjs runs PGlite (PostgreSQL 17 compiled to WebAssembly) with the
+timescaledb extension and serves the PostgreSQL protocol on a loopback port. It is one database
+session: the server serves one connection at a time (resetting the session between them), so pools
+have one connection and a test closes its connection before it opens a pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.platform import migrations
+from services.platform.config import DatabaseConfig
+from services.platform.db import create_pool
+
+SERVER = Path(__file__).resolve().parents[2] / "tools" / "timescaledb_pglite" / "server.mjs"
+START_TIMEOUT_S = 120.0
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    return await asyncpg.connect(dsn, server_settings={"TimeZone": "UTC"})
+
+
+async def one_connection_pool(dsn: str) -> asyncpg.Pool:
+    """The services' own pool, with one connection. (Its release keeps the session as it is; asyncpg's
+    default RESET ALL would leave search_path at pg_catalog in PGlite once timescaledb is loaded.)"""
+    return await create_pool(DatabaseConfig(pool_min_size=1, pool_max_size=1), dsn)
+
+
+@pytest.fixture(scope="module")
+async def timescaledb_server() -> AsyncIterator[str]:
+    """A fresh in-memory TimescaleDB for the test module, nothing migrated yet."""
+    node = shutil.which("node")
+    modules = SERVER.parent / "node_modules"
+    if node is None or not modules.is_dir():
+        pytest.fail("the TimescaleDB tests need Node.js and `npm ci` in tools/timescaledb_pglite (make test does it)")
+    proc = await asyncio.create_subprocess_exec(
+        node, str(SERVER), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=SERVER.parent
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
+        try:
+            port = int(json.loads(line)["port"])
+        except (ValueError, KeyError):
+            rest = await asyncio.wait_for(proc.stdout.read(), 5)
+            pytest.fail(f"the TimescaleDB test server did not start: {(line + rest).decode(errors='replace')}")
+        # Whatever the server prints later is read, so a full pipe never blocks it.
+        drain = asyncio.create_task(proc.stdout.read())
+        dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable"
+        yield dsn
+    finally:
+        if "drain" in locals():
+            drain.cancel()
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+@pytest.fixture(scope="module")
+async def timescaledb_url(timescaledb_server: str) -> str:
+    """The module's TimescaleDB with every migration applied, as `emma migrate` would."""
+    conn = await connect(timescaledb_server)
+    try:
+        await migrations.migrate(conn, settings={"telemetry_store": "auto"})
+    finally:
+        await conn.close()
+    return timescaledb_server
