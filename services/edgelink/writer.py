@@ -49,7 +49,11 @@ _TRANSIENT_PREFIXES = ("08", "53", "57", "40")
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (OSError, ConnectionError, asyncpg.InterfaceError, asyncio.TimeoutError)):
+    # InternalClientError: a connection whose protocol state broke when the server went away mid
+    # operation (seen during a PostgreSQL restart mid-COPY); the writer drops that connection.
+    if isinstance(
+        exc, (OSError, ConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError, asyncio.TimeoutError)
+    ):
         return True
     if isinstance(exc, asyncpg.PostgresError):
         code = getattr(exc, "sqlstate", "") or ""
@@ -195,12 +199,17 @@ class IngestWriter:
         rows = _GroupRows.of(items)
 
         started = time.perf_counter()
-        async with self._pool.acquire() as conn, conn.transaction():
-            new_keys = await self._record_group(conn, items, rows)
-            fresh = [k for k, item in enumerate(items) if (item.edge_pk, item.batch_seq) in new_keys]
-            if fresh:
-                await self._copy_samples(conn, rows, fresh, len(items))
-                await self._store_events(conn, [items[k] for k in fresh])
+        async with self._pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    new_keys = await self._record_group(conn, items, rows)
+                    fresh = [k for k, item in enumerate(items) if (item.edge_pk, item.batch_seq) in new_keys]
+                    if fresh:
+                        await self._copy_samples(conn, rows, fresh, len(items))
+                        await self._store_events(conn, [items[k] for k in fresh])
+            except asyncpg.InternalClientError:
+                conn.terminate()  # its protocol state is unknown: the pool must not hand it out again
+                raise
         took = time.perf_counter() - started
         self.stats.transactions += 1
         self.stats.transaction_seconds += took
