@@ -12,6 +12,7 @@ from services import catalog
 from services.auth.interceptor import AuthInterceptor
 from services.auth.state import auth_state_for
 from services.platform import db, migrations
+from services.platform.collector import tune_garbage_collector
 from services.platform.config import PlatformConfig, ServerConfig
 from services.platform.server import HostedServer, create_server, start_server, wait_for_shutdown_signal
 from services.platform.tracing import configure_tracing
@@ -88,6 +89,7 @@ async def serve_until_signal(
     announce: Callable[[HostedServer], None] | None = None,
 ) -> None:
     async with hosted_services(keys, config, dsn=dsn, apply_migrations=apply_migrations) as (hosted, _):
+        tune_garbage_collector()
         if announce:
             announce(hosted)
         await wait_for_shutdown_signal()

@@ -26,6 +26,7 @@ from services import catalog
 from services.cloud import hosted_services
 from services.identity.admin_cli import DEMO_ADMIN, DEMO_EDGE, ensure_demo, ensure_edge_key_file
 from services.names import EdgeName
+from services.platform.collector import tune_garbage_collector
 from services.platform.config import PlatformConfig
 from services.platform.embedded_pg import EmbeddedPostgres, start_embedded_postgres
 from services.platform.server import wait_for_shutdown_signal
@@ -154,6 +155,7 @@ async def run_up(config: PlatformConfig) -> None:
                     _say(f"emma up: database {where}; state in {state_dir}")
                     _say(f"emma up: log in as {DEMO_ADMIN} (see README: the first five minutes)")
                     _say("emma up: ready; press Ctrl-C to stop")
+                    tune_garbage_collector()
                     await wait_for_shutdown_signal()
         _say("emma up: stopped")
     finally:
