@@ -68,14 +68,8 @@ ON CONFLICT (series_id, bucket) DO UPDATE SET min_value = EXCLUDED.min_value, ma
 """
 
 # Claims closed dirty buckets for a continuous-aggregate refresh (TimescaleDB path).
-_MOVE_TO_REFRESHING = """
-WITH moved AS (
-    DELETE FROM telemetry.rollup_dirty d
-    USING (SELECT edge_pk, bucket FROM telemetry.rollup_dirty
-           WHERE bucket + interval '15 minutes' + make_interval(secs => $1) <= now()
-           ORDER BY bucket LIMIT $2 FOR UPDATE SKIP LOCKED) c
-    WHERE d.edge_pk = c.edge_pk AND d.bucket = c.bucket
-    RETURNING d.edge_pk, d.bucket)
+_MOVE_TO_REFRESHING = f"""
+WITH moved AS ({_CLAIM})
 INSERT INTO telemetry.rollup_refreshing SELECT edge_pk, bucket FROM moved ON CONFLICT DO NOTHING
 """
 

@@ -59,3 +59,19 @@ async def ingest_samples(
     finally:
         await writer.stop()
     return list(zip(times, values, strict=True))
+
+
+async def raw_aggregates(
+    db: Conn, series_id: int, start: dt.datetime, end: dt.datetime, width_s: int, agg_sql: str
+) -> list[tuple[dt.datetime, float, int]]:
+    """(bucket, aggregate, count) straight from the raw rows: what history answers must equal."""
+    rows = await db.fetch(
+        f"""SELECT date_bin(make_interval(secs => $4), time, timestamptz 'epoch') AS b, {agg_sql} AS v,
+                   count(*) AS n
+            FROM telemetry.samples WHERE series_id = $1 AND time >= $2 AND time < $3 GROUP BY 1 ORDER BY 1""",
+        series_id,
+        start,
+        end,
+        width_s,
+    )
+    return [(r["b"], float(r["v"]), int(r["n"])) for r in rows]

@@ -18,7 +18,7 @@ from services.errors import error_info_of
 from services.telemetry.maintenance import roll_up_closed_buckets
 from tests.cloud.conftest import Host, new_edge
 from tests.cloud.edge_client import EdgeStream, batch, hello
-from tests.cloud.telemetry_data import add_series, ingest_samples
+from tests.cloud.telemetry_data import add_series, ingest_samples, raw_aggregates
 from tests.identity.fixtures import authed_channel
 
 UTC = dt.UTC
@@ -61,17 +61,6 @@ async def test_history_from_rollups_equals_aggregates_of_raw_rows(
     channel = _channel(edge, "meter/GridPower")
     end = start + dt.timedelta(days=2)
 
-    async def expected(width_s: int, agg: str) -> list[tuple[dt.datetime, float, int]]:
-        rows = await db.fetch(
-            f"""SELECT date_bin(make_interval(secs => $4), time, timestamptz 'epoch') AS b, {agg} AS v, count(*) AS n
-                FROM telemetry.samples WHERE series_id = $1 AND time >= $2 AND time < $3 GROUP BY 1 ORDER BY 1""",
-            sid,
-            start,
-            end,
-            width_s,
-        )
-        return [(r["b"], r["v"], r["n"]) for r in rows]
-
     async with (
         host(["telemetry"], rollup_interval_s=0.1) as (server, _),
         authed_channel(server.port, token) as ch,
@@ -105,7 +94,7 @@ async def test_history_from_rollups_equals_aggregates_of_raw_rows(
             )
             series = reply.series[0]
             got = [(p.time.ToDatetime(UTC), p.value, p.sample_count) for p in series.points]
-            want = await expected(width * 60, sql)
+            want = await raw_aggregates(db, sid, start, end, width * 60, sql)
             assert len(got) == len(want) == (2 * 24 * 60) // width + (1 if (2 * 24 * 60) % width else 0)
             for (gt, gv, gn), (wt, wv, wn) in zip(got, want, strict=True):
                 assert gt == wt

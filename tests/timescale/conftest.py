@@ -46,6 +46,7 @@ async def timescaledb_server() -> AsyncIterator[str]:
     proc = await asyncio.create_subprocess_exec(
         node, str(SERVER), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=SERVER.parent
     )
+    drain: asyncio.Task[bytes] | None = None
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
@@ -59,7 +60,7 @@ async def timescaledb_server() -> AsyncIterator[str]:
         dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable"
         yield dsn
     finally:
-        if "drain" in locals():
+        if drain is not None:
             drain.cancel()
         if proc.returncode is None:
             proc.terminate()

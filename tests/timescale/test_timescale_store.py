@@ -29,7 +29,7 @@ from services.telemetry.maintenance import (
     storage_mode,
 )
 from tests.cloud.conftest import new_edge
-from tests.cloud.telemetry_data import add_series, ingest_samples
+from tests.cloud.telemetry_data import add_series, ingest_samples, raw_aggregates
 from tests.timescale.conftest import one_connection_pool
 
 UTC = dt.UTC
@@ -60,28 +60,13 @@ async def _history(
         return await query_series(conn, sid, pk, plan(start, end, dt.timedelta(minutes=width_min), tz), agg)
 
 
-async def _raw_aggregates(
-    conn: Conn, sid: int, start: dt.datetime, end: dt.datetime, width_min: int, agg_sql: str
-) -> list[tuple[dt.datetime, float, int]]:
-    rows = await conn.fetch(
-        f"""SELECT date_bin(make_interval(mins => $4), time, timestamptz 'epoch') AS b, {agg_sql} AS v,
-                   count(*) AS n
-            FROM telemetry.samples WHERE series_id = $1 AND time >= $2 AND time < $3 GROUP BY 1 ORDER BY 1""",
-        sid,
-        start,
-        end,
-        width_min,
-    )
-    return [(r["b"], float(r["v"]), int(r["n"])) for r in rows]
-
-
 async def _assert_history_equals_raw(conn: Conn, sid: int, pk: int, start: dt.datetime, end: dt.datetime) -> set[int]:
     """Every aggregation over [start, end) equals the raw rows' aggregate; returns the sources used."""
     sources = set()
     for width, agg, agg_sql in AGGREGATIONS:
         buckets, source = await _history(conn, sid, pk, start, end, width, agg, None)
         sources.add(source)
-        want = await _raw_aggregates(conn, sid, start, end, width, agg_sql)
+        want = await raw_aggregates(conn, sid, start, end, width * 60, agg_sql)
         assert [(b.start, b.count) for b in buckets] == [(w[0], w[2]) for w in want]
         for b, w in zip(buckets, want, strict=True):
             assert b.value == pytest.approx(w[1], rel=1e-12, abs=1e-9)
