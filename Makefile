@@ -41,13 +41,13 @@ gen: $(STAMP)  ## regenerate gen/ from protos/
 	$(BIN)/python -m tools.protogen generate
 
 lint: $(STAMP)  ## ruff, mypy --strict, buf lint, buf breaking
-	$(BIN)/ruff check services gateway edge_daemon tests tools bench
+	$(BIN)/ruff check core services gateway edge_daemon launcher tests tools bench
 	$(BIN)/mypy
 	$(BIN)/python -m tools.protogen lint
 	$(BIN)/python -m tools.protogen breaking
 
 fmt: $(STAMP)  ## format hand-written code
-	$(BIN)/ruff format services gateway edge_daemon tests tools bench
+	$(BIN)/ruff format core services gateway edge_daemon launcher tests tools bench
 
 baseline: $(STAMP)  ## accept the current contracts as the buf breaking baseline (only for a new release)
 	$(BIN)/python -m tools.protogen baseline

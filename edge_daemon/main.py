@@ -1,6 +1,6 @@
 """Command-line entry of the edge daemon: `emma edge --config site.toml` / `emma edge --simulate`.
 
-`services.cli` delegates its `edge` subcommand to `main(argv)`. When the configuration has a [cloud]
+`launcher.cli` delegates its `edge` subcommand to `main(argv)`. When the configuration has a [cloud]
 section, the uplink is created by `edge_daemon.uplink.create_uplink(config)` before the daemon starts,
 so an unusable uplink setting (an unreadable key file) fails the start like any other config error.
 Without a [cloud] section the daemon runs offline, still filling the outbox.
@@ -17,10 +17,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.logs import configure_logging
 from edge_daemon.config import SiteConfig, demo_site_config, load_config
 from edge_daemon.daemon import EdgeDaemon, Uplink
 from edge_daemon.errors import ConfigError
-from edge_daemon.logs import configure_logging
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from core.env import env_float, env_int
 from gateway.errors import GatewayConfigError
-from services.platform.env import env_float, env_int
 
 
 def _text(env: Mapping[str, str], name: str, default: str) -> str:

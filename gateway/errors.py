@@ -24,7 +24,8 @@ from google.protobuf import any_pb2, json_format
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from services.errors import ERROR_DOMAIN, ConfigError, ServiceError, reason_name
+from core.errors import ConfigError, EmmaError
+from core.status import ERROR_DOMAIN, reason_name
 
 # google/rpc/code.proto documents the HTTP mapping of every code in its comments.
 HTTP_STATUS: dict[int, int] = {
@@ -50,7 +51,7 @@ HTTP_STATUS: dict[int, int] = {
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
-class GatewayError(ServiceError):
+class GatewayError(EmmaError):
     """Root of every error raised by the gateway package."""
 
 

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import uvicorn
 
+from core.tracing import configure_tracing
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayConfigError
-from services.platform.tracing import configure_tracing
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -8,14 +8,14 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from core.tracing import configure_tracing
 from services import catalog
-from services.auth.interceptor import AuthInterceptor
-from services.auth.state import auth_state_for
+from services.identity.interceptor import AuthInterceptor
+from services.identity.state import auth_state_for
 from services.platform import db, migrations
 from services.platform.collector import tune_garbage_collector
 from services.platform.config import PlatformConfig, ServerConfig
 from services.platform.server import HostedServer, create_server, start_server, wait_for_shutdown_signal
-from services.platform.tracing import configure_tracing
 from services.runtime import Runtime
 
 log = logging.getLogger("emma.cloud")
@@ -56,7 +56,7 @@ async def hosted_services(
                 total = len(await migrations.applied_versions(conn))
                 log.info("migrations: %d applied now, %d in total", len(applied), total)
         runtime = Runtime(config=config, pool=pool, dsn=dsn or config.database.url or "")
-        # One interceptor authenticates, authorizes and audits every RPC (services/auth/).
+        # One interceptor authenticates, authorizes and audits every RPC (services/identity/).
         auth = auth_state_for(runtime)
         auth_interceptor = AuthInterceptor(auth)
         server = create_server(server_config, [auth_interceptor])

@@ -7,26 +7,32 @@ from collections.abc import Mapping, Sequence
 import grpc
 from emma.common.v1 import errors_pb2
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
-ERROR_DOMAIN = "emma.energy"
+from core.errors import ConfigError, EmmaError
+from core.status import ERROR_DOMAIN, error_info_of, grpc_code_name, reason_name
+
+# Re-exported: the services' code raises and reads these through this one module.
+__all__ = [
+    "ERROR_DOMAIN",
+    "ApiError",
+    "ConfigError",
+    "ServiceError",
+    "StartupError",
+    "error_info_of",
+    "grpc_code_name",
+    "invalid_field",
+    "not_found",
+    "reason_name",
+]
 
 
-class ServiceError(Exception):
+class ServiceError(EmmaError):
     """Root of every error raised by EMMA's cloud code."""
-
-
-class ConfigError(ServiceError):
-    """An EMMA_* variable or a command-line value is invalid; the message names it."""
 
 
 class StartupError(ServiceError):
     """The service cannot start (database unreachable, port in use, migration failed)."""
-
-
-def reason_name(reason: int) -> str:
-    """ErrorReason enum value -> the string sent in ErrorInfo.reason ("TELEMETRY_STALE")."""
-    return errors_pb2.ErrorReason.Name(reason).removeprefix("ERROR_REASON_")  # type: ignore[arg-type]
 
 
 class ApiError(ServiceError):
@@ -93,16 +99,3 @@ def not_found(resource: str) -> ApiError:
         f"{resource} not found",
         metadata={"resource": resource},
     )
-
-
-def error_info_of(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
-    """The ErrorInfo inside a rich status, if any (clients and tests use this)."""
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):  # False when the detail is another type
-            return info
-    return None
-
-
-def grpc_code_name(code: int) -> str:
-    return str(code_pb2.Code.Name(code))

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.cli import build_parser
+from launcher.cli import build_parser
 from tests.cli_process import EmmaProcess, run_emma
 from tests.pg import SessionPostgres
 

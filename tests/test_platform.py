@@ -28,7 +28,7 @@ from services.platform import migrations
 from services.platform.config import DatabaseConfig, PlatformConfig, ServerConfig, StateConfig
 from services.platform.secrets import local_secret
 from services.platform.server import HostedServer, create_server, start_server
-from services.platform.tracing import configure_tracing
+from core.tracing import configure_tracing
 from services.runtime import Runtime
 from tests.pg import SessionPostgres
 

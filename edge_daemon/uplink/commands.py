@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Final
 
 from emma.edge.v1 import edge_link_pb2
 
+from core.logs import log_context
 from edge_daemon.channels import AckEvent, AckStatus
 from edge_daemon.clock import Clock
 from edge_daemon.devices.base import Access
 from edge_daemon.errors import CommandError
-from edge_daemon.logs import log_context
 from edge_daemon.uplink.journal import (
     EXECUTED,
     FAILED,

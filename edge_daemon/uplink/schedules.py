@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 from emma.edge.v1 import edge_link_pb2
 
+from core.logs import log_context
 from edge_daemon.controllers.schedule_follower import Schedule, ScheduleEntry
 from edge_daemon.errors import ScheduleError
-from edge_daemon.logs import log_context
 from edge_daemon.uplink.wire import seconds
 
 if TYPE_CHECKING:

@@ -14,11 +14,11 @@ import grpc
 from emma.command.v1 import command_pb2, command_pb2_grpc
 from emma.common.v1 import errors_pb2
 
-from services.auth.context import caller
 from services.command import fleet, states, store, validation
 from services.command.watch import CommandWatcher
 from services.command.workers import CommandWorkers
 from services.errors import ApiError, invalid_field, not_found
+from services.identity.context import caller
 from services.names import EdgeName, parse_edge, parse_site
 from services.pagination import Page
 from services.platform.migrations import Conn

@@ -15,8 +15,8 @@ import grpc
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 from google.protobuf import timestamp_pb2
 
-from services.auth.context import ADMIN, caller
 from services.errors import invalid_field, not_found
+from services.identity.context import ADMIN, caller
 from services.pagination import decode_token, encode_token, page_size
 from services.platform.migrations import Conn
 from services.runtime import Runtime

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.env import env_float, env_int
 from services.errors import ConfigError
-from services.platform.env import env_float, env_int
 
 
 @dataclass(frozen=True)

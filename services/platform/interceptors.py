@@ -19,8 +19,8 @@ from grpc_status import rpc_status
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from core.tracing import tracer
 from services.errors import ApiError
-from services.platform.tracing import tracer
 
 log = logging.getLogger("emma.rpc")
 

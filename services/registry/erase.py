@@ -10,10 +10,10 @@ from __future__ import annotations
 from emma.identity.v1 import identity_pb2
 from emma.registry.v1 import registry_pb2
 
-from services.auth.context import call_state
-from services.auth.redact import redacted_json
 from services.errors import not_found
 from services.identity.audit import write_entries
+from services.identity.context import call_state
+from services.identity.redact import redacted_json
 from services.platform.interceptors import current_trace_id
 from services.platform.migrations import Conn
 

@@ -18,8 +18,8 @@ import grpc
 from emma.common.v1 import errors_pb2
 from google.protobuf.message import Message
 
-from services.auth.redact import strip_sensitive
 from services.errors import ApiError, invalid_field
+from services.identity.redact import strip_sensitive
 from services.platform.migrations import Conn
 
 M = TypeVar("M", bound=Message)

@@ -17,7 +17,7 @@ from edge_daemon.config import demo_site_config, demo_site_dict, parse_config
 from edge_daemon.controllers.schedule_follower import Schedule, ScheduleEntry
 from edge_daemon.daemon import DROPPED_SAMPLES, EdgeDaemon
 from edge_daemon.errors import CommandError, ScheduleError
-from edge_daemon.logs import configure_logging, log_context
+from core.logs import configure_logging, log_context
 from tests.edge.sim import MIDSUMMER
 
 SETPOINT = "battery_1/SetActivePower"

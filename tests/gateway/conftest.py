@@ -35,7 +35,7 @@ from services.identity import accounts
 from services.identity.passwords import Passwords
 from services.platform.config import ServerConfig
 from services.platform.server import create_server, start_server
-from services.platform.tracing import configure_tracing
+from core.tracing import configure_tracing
 from services.runtime import Runtime
 from services.telemetry.servicer import TelemetryServicer
 from tests.cloud.conftest import new_edge, platform_config

@@ -23,8 +23,8 @@ from typing import Any
 
 import grpc
 
-from services.auth.config import AuthConfig
-from services.auth.tokens import new_refresh_token, sign_access_token
+from services.identity.config import AuthConfig
+from services.identity.tokens import new_refresh_token, sign_access_token
 from services.identity import accounts
 from services.identity.passwords import Passwords
 from services.platform.migrations import Conn

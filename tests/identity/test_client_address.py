@@ -6,8 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from services.auth.config import AuthConfig
-from services.auth.interceptor import client_address
+from services.identity.config import AuthConfig
+from services.identity.interceptor import client_address
 
 
 @dataclasses.dataclass

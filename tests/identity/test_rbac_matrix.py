@@ -19,9 +19,9 @@ import pytest
 from grpc_status import rpc_status
 
 from services import catalog
-from services.auth import policy
-from services.auth.interceptor import AuthInterceptor
-from services.auth.state import AuthState
+from services.identity import policy
+from services.identity.interceptor import AuthInterceptor
+from services.identity.state import AuthState
 from services.errors import error_info_of
 from services.platform.config import ServerConfig
 from services.platform.server import HostedServer, create_server, start_server
@@ -162,7 +162,7 @@ async def _call(port: int, m: Any, request: Any, metadata: list[tuple[str, str]]
 def test_every_rpc_of_the_contract_has_exactly_one_policy_entry() -> None:
     contract = {policy.full_method_name(m) for m in methods()}
     missing = sorted(contract - set(policy.POLICY))
-    assert not missing, f"add these RPCs to services/auth/policy.py POLICY: {missing}"
+    assert not missing, f"add these RPCs to services/identity/policy.py POLICY: {missing}"
     platform = {k for k in policy.POLICY if k.startswith("/grpc.")}
     assert set(policy.POLICY) - platform == contract, "POLICY names RPCs that are not in the contract"
     for name in contract:

@@ -7,7 +7,7 @@ status and the audit row carries the call's trace id.
 - EdgeLinkService.Connect is authenticated by the edge API key in its Hello (the servicer checks it);
   this interceptor notes the key id and closes the stream as soon as the key is revoked anywhere.
 - Every other call needs "authorization: Bearer <jwt>"; the method's minimum role from
-  services/auth/policy.py is checked against the caller's role in the organization named by the
+  services/identity/policy.py is checked against the caller's role in the organization named by the
   request's http path field. Not a member: NOT_FOUND (no tenant names leak). Unknown methods are
   refused.
 - Mutating calls (every http verb but GET) write an audit row after the call with the redacted
@@ -29,19 +29,19 @@ import grpc
 from emma.common.v1 import errors_pb2
 from emma.edge.v1 import edge_link_pb2
 
-from services.auth import policy
-from services.auth.config import AuthConfig
-from services.auth.context import (
+from services.errors import ApiError, invalid_field
+from services.identity import policy
+from services.identity.audit import write_entries
+from services.identity.config import AuthConfig
+from services.identity.context import (
     ANONYMOUS,
     Caller,
     CallState,
     reset_call_state,
     set_call_state,
 )
-from services.auth.redact import redacted_json
-from services.auth.state import AuthState
-from services.errors import ApiError, invalid_field
-from services.identity.audit import write_entries
+from services.identity.redact import redacted_json
+from services.identity.state import AuthState
 from services.names import EdgeName
 from services.platform.interceptors import current_trace_id, rewrap_handler
 

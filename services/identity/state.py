@@ -25,11 +25,11 @@ import asyncpg
 import grpc
 from emma.common.v1 import errors_pb2
 
-from services.auth.config import AuthConfig
-from services.auth.context import Caller
-from services.auth.tokens import verify_access_token
 from services.errors import ApiError
+from services.identity.config import AuthConfig
+from services.identity.context import Caller
 from services.identity.passwords import Passwords
+from services.identity.tokens import verify_access_token
 
 log = logging.getLogger("emma.auth")
 
@@ -232,8 +232,8 @@ class AuthState:
 
     async def authenticate_bearer(self, authorization: str | None) -> Caller:
         """The user behind an "authorization: Bearer <jwt>" value; UNAUTHENTICATED otherwise."""
-        from services.auth.context import credentials_missing
-        from services.auth.tokens import token_invalid
+        from services.identity.context import credentials_missing
+        from services.identity.tokens import token_invalid
 
         if not authorization:
             raise credentials_missing()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from services.errors import ConfigError
+from core.errors import ConfigError
 
 
 def env_int(

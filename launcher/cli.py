@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from services.errors import ServiceError
+from core.errors import ConfigError, EmmaError
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -155,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
     _apply_server_flags(args)
     config = PlatformConfig.from_env()
     if args.command == "up":
-        from services.up import run_up
+        from launcher.up import run_up
 
         asyncio.run(run_up(config))
         return 0
@@ -197,15 +197,13 @@ def _run(args: argparse.Namespace) -> int:
 
         return run_edge(args.config, args.simulate, args.data_dir)
     if args.command == "admin":
-        from services.identity.admin_cli import run_admin
+        from launcher.admin_cli import run_admin
 
         return asyncio.run(run_admin(args, config))
     raise AssertionError(args.command)
 
 
 def raise_config(message: str) -> NoReturn:
-    from services.errors import ConfigError
-
     raise ConfigError(message)
 
 
@@ -214,13 +212,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command != "edge":  # the edge daemon configures its own logging (with its site's fields)
         # One JSON object per line for every role, so logs of cloud and edge join on the same fields.
-        from edge_daemon.logs import configure_logging
+        from core.logs import configure_logging
 
         configure_logging(args.log_level, static={"process": "emma " + args.command})
     command = args.command + (f" {args.admin_command}" if args.command == "admin" else "")
     try:
         return _run(args)
-    except ServiceError as exc:
+    except EmmaError as exc:
         print(f"emma {command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.env import env_flag, env_float
 from services.errors import ConfigError
-from services.platform.env import env_flag, env_float
 from services.platform.secrets import local_secret
 
 log = logging.getLogger("emma.auth")

@@ -19,11 +19,11 @@ from typing import Any
 
 from emma.identity.v1 import identity_pb2
 
-from services.auth.config import AuthConfig
 from services.edgelink.keys import issue_edge_key
 from services.errors import ConfigError, ServiceError
 from services.identity import accounts
 from services.identity.audit import write_entries
+from services.identity.config import AuthConfig
 from services.identity.passwords import Passwords, password_problem
 from services.names import ID_PATTERN, EdgeName, parse_edge
 from services.platform import db

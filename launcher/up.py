@@ -22,9 +22,9 @@ from edge_daemon.config import demo_site_dict
 from edge_daemon.site_toml import write_site_toml
 from gateway.config import GatewayConfig
 from gateway.server import running_gateway
+from launcher.admin_cli import DEMO_ADMIN, DEMO_EDGE, ensure_demo, ensure_edge_key_file
 from services import catalog
 from services.cloud import hosted_services
-from services.identity.admin_cli import DEMO_ADMIN, DEMO_EDGE, ensure_demo, ensure_edge_key_file
 from services.names import EdgeName
 from services.platform.collector import tune_garbage_collector
 from services.platform.config import PlatformConfig
