@@ -145,7 +145,7 @@ async def run_up(config: PlatformConfig) -> None:
                 base = f"http://{gateway_config.host}:{http_port}"
                 _say(f"emma up: gRPC services on {grpc_address}")
                 for spec in catalog.resolve(["all"]):
-                    state = "serving" if spec.factory else f"UNIMPLEMENTED until {spec.issue}"
+                    state = "serving" if spec.factory else "UNIMPLEMENTED"
                     _say(f"  {spec.full_name:<36} {state}")
                 _say("  grpc.health.v1.Health and server reflection are on")
                 _say(f"emma up: REST gateway on {base} (API docs {base}/docs, OpenAPI {base}/openapi.json)")

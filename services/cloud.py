@@ -15,8 +15,8 @@ from services.identity.state import auth_state_for
 from services.platform import db, migrations
 from services.platform.collector import tune_garbage_collector
 from services.platform.config import PlatformConfig, ServerConfig
+from services.platform.runtime import Runtime
 from services.platform.server import HostedServer, create_server, start_server, wait_for_shutdown_signal
-from services.runtime import Runtime
 
 log = logging.getLogger("emma.cloud")
 

@@ -22,14 +22,14 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from core.tracing import configure_tracing
 from services import catalog
 from services.errors import ApiError, ConfigError, error_info_of, invalid_field
 from services.platform import migrations
 from services.platform.config import DatabaseConfig, PlatformConfig, ServerConfig, StateConfig
+from services.platform.runtime import Runtime
 from services.platform.secrets import local_secret
 from services.platform.server import HostedServer, create_server, start_server
-from core.tracing import configure_tracing
-from services.runtime import Runtime
 from tests.pg import SessionPostgres
 
 # --------------------------------------------------------------------------- migrations

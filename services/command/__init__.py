@@ -1,6 +1,29 @@
 """Commands: CommandService, fleet dispatch, and the relay of commands to the edge streams."""
 
+from __future__ import annotations
+
+from typing import Any
+
+from emma.command.v1 import command_pb2, command_pb2_grpc
+
+from services.platform.registration import ServiceSpec, service_spec
+from services.platform.runtime import Runtime
+
 # The services this domain may import (their package faces); see docs/architecture.md.
 DEPENDS_ON = ("identity", "registry", "telemetry")
 # The tables (and SQL functions) this domain alone reads and writes; other domains go through this package or its RPCs.
 TABLES = ("app.commands", "app.command_events", "app.fleet_dispatches")
+
+
+def _command(runtime: Runtime) -> Any:
+    from services.command.servicer import CommandServicer
+
+    return CommandServicer(runtime)
+
+
+# The gRPC services this domain serves (services/catalog.py hosts them).
+SERVICES: tuple[ServiceSpec, ...] = (
+    service_spec(
+        "command", command_pb2, "CommandService", command_pb2_grpc.add_CommandServiceServicer_to_server, _command
+    ),
+)

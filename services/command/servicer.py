@@ -22,7 +22,7 @@ from services.identity.context import caller
 from services.names import EdgeName, parse_edge, parse_site
 from services.pagination import Page
 from services.platform.migrations import Conn
-from services.runtime import Runtime
+from services.platform.runtime import Runtime
 
 log = logging.getLogger("emma.command")
 

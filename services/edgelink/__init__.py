@@ -1,6 +1,29 @@
 """EdgeLinkService: the cloud end of each edge's one bidirectional stream (sessions, events, ingest)."""
 
+from __future__ import annotations
+
+from typing import Any
+
+from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
+
+from services.platform.registration import ServiceSpec, service_spec
+from services.platform.runtime import Runtime
+
 # The services this domain may import (their package faces); see docs/architecture.md.
 DEPENDS_ON = ("identity", "registry", "telemetry", "command")
 # The tables (and SQL functions) this domain alone reads and writes; other domains go through this package or its RPCs.
 TABLES = ("app.edge_sessions", "app.edge_events")
+
+
+def _edge_link(runtime: Runtime) -> Any:
+    from services.edgelink.servicer import EdgeLinkServicer
+
+    return EdgeLinkServicer(runtime)
+
+
+# The gRPC services this domain serves (services/catalog.py hosts them).
+SERVICES: tuple[ServiceSpec, ...] = (
+    service_spec(
+        "edge", edge_link_pb2, "EdgeLinkService", edge_link_pb2_grpc.add_EdgeLinkServiceServicer_to_server, _edge_link
+    ),
+)

@@ -18,7 +18,7 @@ from services.edgelink.session import EdgeSession, IngestCounters, record_event
 from services.edgelink.writer import DEFAULT_LANES, IngestWriter
 from services.errors import ApiError
 from services.platform import db
-from services.runtime import Runtime
+from services.platform.runtime import Runtime
 
 log = logging.getLogger("emma.edgelink")
 

@@ -1,6 +1,15 @@
 """Identity: tenants (organizations), users, memberships and roles, sessions, edge API keys, the audit
 trail, and the authentication and authorisation of every call (the interceptor and its policy)."""
 
+from __future__ import annotations
+
+from typing import Any
+
+from emma.identity.v1 import identity_pb2, identity_pb2_grpc
+
+from services.platform.registration import ServiceSpec, service_spec
+from services.platform.runtime import Runtime
+
 # The services this domain may import (their package faces); see docs/architecture.md.
 DEPENDS_ON: tuple[str, ...] = ()
 # The tables (and SQL functions) this domain alone reads and writes; other domains go through this package or its RPCs.
@@ -19,4 +28,25 @@ TABLES = (
     "identity.notify_auth",
     "identity.sessions_changed",
     "identity.users_changed",
+)
+
+
+def _identity(runtime: Runtime) -> Any:
+    from services.identity.servicer import IdentityServicer
+
+    return IdentityServicer(runtime)
+
+
+def _audit(runtime: Runtime) -> Any:
+    from services.identity.audit import AuditServicer
+
+    return AuditServicer(runtime)
+
+
+# The gRPC services this domain serves (services/catalog.py hosts them).
+SERVICES: tuple[ServiceSpec, ...] = (
+    service_spec(
+        "identity", identity_pb2, "IdentityService", identity_pb2_grpc.add_IdentityServiceServicer_to_server, _identity
+    ),
+    service_spec("audit", identity_pb2, "AuditService", identity_pb2_grpc.add_AuditServiceServicer_to_server, _audit),
 )

@@ -19,7 +19,7 @@ from services.errors import invalid_field, not_found
 from services.identity.context import ADMIN, caller
 from services.pagination import decode_token, encode_token, page_size
 from services.platform.migrations import Conn
-from services.runtime import Runtime
+from services.platform.runtime import Runtime
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

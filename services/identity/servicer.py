@@ -23,8 +23,8 @@ from services.identity.tokens import new_refresh_token, parse_refresh_token, sig
 from services.names import parse_edge
 from services.pagination import Page
 from services.platform.migrations import Conn
+from services.platform.runtime import Runtime
 from services.registry.idempotency import run_once
-from services.runtime import Runtime
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _SVC = "/emma.identity.v1.IdentityService/"

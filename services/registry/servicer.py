@@ -27,10 +27,10 @@ from services.identity.context import ADMIN, Caller, caller, note_audit
 from services.names import ID_PATTERN
 from services.pagination import Page
 from services.platform.migrations import Conn
+from services.platform.runtime import Runtime
 from services.registry import bulk, erase, profiles
 from services.registry.idempotency import run_once
 from services.registry.profiles import DEVICE_ID
-from services.runtime import Runtime
 
 Context = grpc.aio.ServicerContext[Any, Any]
 M = TypeVar("M", bound=Message)

@@ -1,5 +1,14 @@
 """Telemetry: the store of samples (ingest writing, rollups, retention, erasure) and TelemetryService."""
 
+from __future__ import annotations
+
+from typing import Any
+
+from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+
+from services.platform.registration import ServiceSpec, service_spec
+from services.platform.runtime import Runtime
+
 # The services this domain may import (their package faces); see docs/architecture.md.
 DEPENDS_ON = ("identity", "registry")
 # The tables (and SQL functions) this domain alone reads and writes; other domains go through this package or its RPCs.
@@ -18,4 +27,22 @@ TABLES = (
     "telemetry.delete_series_data",
     "telemetry.drop_partitions_before",
     "telemetry.ensure_partitions",
+)
+
+
+def _telemetry(runtime: Runtime) -> Any:
+    from services.telemetry.servicer import TelemetryServicer
+
+    return TelemetryServicer(runtime)
+
+
+# The gRPC services this domain serves (services/catalog.py hosts them).
+SERVICES: tuple[ServiceSpec, ...] = (
+    service_spec(
+        "telemetry",
+        telemetry_pb2,
+        "TelemetryService",
+        telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server,
+        _telemetry,
+    ),
 )

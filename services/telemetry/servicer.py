@@ -20,7 +20,7 @@ from services.identity.context import caller
 from services.identity.state import auth_state_for
 from services.names import Scope, parse_channel, parse_scope, parse_site
 from services.pagination import Page
-from services.runtime import Runtime
+from services.platform.runtime import Runtime
 from services.telemetry import history
 from services.telemetry.maintenance import TelemetryMaintenance
 

@@ -13,9 +13,9 @@ from services.cloud import hosted_services
 from services.edgelink.keys import issue_edge_key
 from services.names import EdgeName
 from services.platform.config import DatabaseConfig, IngestConfig, PlatformConfig, ServerConfig, StateConfig
+from services.platform.runtime import Runtime
 from services.platform.server import HostedServer
 from services.provisioning import ensure_edge
-from services.runtime import Runtime
 from tests.identity.fixtures import grant
 
 Host = Callable[..., AbstractAsyncContextManager[tuple[HostedServer, Runtime]]]

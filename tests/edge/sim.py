@@ -65,9 +65,7 @@ class Site:
         self.clock.advance(seconds)
         return self.cycle.run_once()
 
-    def run(
-        self, cycles: int, seconds: float = 1.0, each: Callable[[CycleContext], None] | None = None
-    ) -> None:
+    def run(self, cycles: int, seconds: float = 1.0, each: Callable[[CycleContext], None] | None = None) -> None:
         for _ in range(cycles):
             ctx = self.step(seconds)
             if each is not None:

@@ -36,13 +36,9 @@ def test_sample_file_loads_and_matches_the_demo_site() -> None:
     assert isinstance(battery, BatteryParams) and battery.capacity_wh == 10_000 and battery.efficiency == 0.92
     follower = config.controllers[1].params
     assert isinstance(follower, ScheduleFollowerParams) and follower.safe_mode is SafeMode.DEFER
-    assert (
-        config.outbox.path == EXAMPLE.parent / "../../.emma/edge-example/outbox.sqlite"
-    )  # relative to the file
+    assert config.outbox.path == EXAMPLE.parent / "../../.emma/edge-example/outbox.sqlite"  # relative to the file
     assert config.cloud is None
-    assert config == parse_config(
-        demo_site_dict(outbox_path="../../.emma/edge-example/outbox.sqlite"), EXAMPLE
-    )
+    assert config == parse_config(demo_site_dict(outbox_path="../../.emma/edge-example/outbox.sqlite"), EXAMPLE)
 
 
 def test_demo_site_config_puts_the_outbox_in_the_data_dir(tmp_path: Path) -> None:
@@ -110,9 +106,7 @@ BAD = [
 
 
 @pytest.mark.parametrize(("change", "key", "reason"), BAD, ids=[b[1] for b in BAD])
-def test_bad_config_names_file_key_and_reason(
-    tmp_path: Path, change: dict[str, Any], key: str, reason: str
-) -> None:
+def test_bad_config_names_file_key_and_reason(tmp_path: Path, change: dict[str, Any], key: str, reason: str) -> None:
     path = tmp_path / "site.toml"
     with pytest.raises(ConfigError) as info:
         parse_config(_with(change), path)

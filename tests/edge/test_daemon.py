@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from core.logs import configure_logging, log_context
 from edge_daemon.channels import AckEvent, AckStatus, Sample
 from edge_daemon.clock import ManualClock
 from edge_daemon.config import demo_site_config, demo_site_dict, parse_config
 from edge_daemon.controllers.schedule_follower import Schedule, ScheduleEntry
 from edge_daemon.daemon import DROPPED_SAMPLES, EdgeDaemon
 from edge_daemon.errors import CommandError, ScheduleError
-from core.logs import configure_logging, log_context
 from tests.edge.sim import MIDSUMMER
 
 SETPOINT = "battery_1/SetActivePower"
@@ -48,9 +48,7 @@ class BatchingUplink:
             indices = await asyncio.to_thread(
                 daemon.registry.indices_for, [(s.name, units.get(s.name, "")) for s in samples]
             )
-            payload = json.dumps(
-                [[i, s.timestamp, float(s.value)] for i, s in zip(indices, samples, strict=True)]
-            )
+            payload = json.dumps([[i, s.timestamp, float(s.value)] for i, s in zip(indices, samples, strict=True)])
             seq = await asyncio.to_thread(
                 daemon.outbox.append,
                 payload.encode(),

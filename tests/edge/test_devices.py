@@ -153,9 +153,7 @@ def test_load_profile_is_local_time_and_seeded() -> None:
 
 
 def test_ev_charger_session_and_energy_need() -> None:
-    ev = SimEvCharger(
-        "ev", EvChargerParams(max_power_w=11_000, min_power_w=1_380, daily_sessions=False), BERLIN
-    )
+    ev = SimEvCharger("ev", EvChargerParams(max_power_w=11_000, min_power_w=1_380, daily_sessions=False), BERLIN)
     store = ChannelStore()
     ev.read(store, 0.0)
     assert store.get("ev/MaxPower").value == 0.0  # type: ignore[union-attr]

@@ -26,6 +26,7 @@ from emma.telemetry.v1 import telemetry_pb2
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from core.tracing import configure_tracing
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 from gateway.server import running_gateway
@@ -34,9 +35,8 @@ from services.cloud import hosted_services
 from services.identity import accounts
 from services.identity.passwords import Passwords
 from services.platform.config import ServerConfig
+from services.platform.runtime import Runtime
 from services.platform.server import create_server, start_server
-from core.tracing import configure_tracing
-from services.runtime import Runtime
 from services.telemetry.servicer import TelemetryServicer
 from tests.cloud.conftest import new_edge, platform_config
 from tests.cloud.edge_client import EdgeStream, batch, hello

@@ -23,10 +23,10 @@ from typing import Any
 
 import grpc
 
-from services.identity.config import AuthConfig
-from services.identity.tokens import new_refresh_token, sign_access_token
 from services.identity import accounts
+from services.identity.config import AuthConfig
 from services.identity.passwords import Passwords
+from services.identity.tokens import new_refresh_token, sign_access_token
 from services.platform.migrations import Conn
 
 ROLE = {"viewer": 1, "operator": 2, "admin": 3}

@@ -19,10 +19,10 @@ import pytest
 from grpc_status import rpc_status
 
 from services import catalog
+from services.errors import error_info_of
 from services.identity import policy
 from services.identity.interceptor import AuthInterceptor
 from services.identity.state import AuthState
-from services.errors import error_info_of
 from services.platform.config import ServerConfig
 from services.platform.server import HostedServer, create_server, start_server
 from tests.contract_descriptors import methods

@@ -193,9 +193,7 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
         self, request: command_pb2.GetCommandRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> command_pb2.Command:
         name = request.name
-        self.observed.metadata[name] = {
-            k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
-        }
+        self.observed.metadata[name] = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         if not name:
             raise invalid_field("name", "is required")
         command_id = name.rsplit("/", 1)[-1]
@@ -233,9 +231,7 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
             )
         self.observed.watch_done(name, context)
         self.observed.started[name].set()
-        yield command_pb2.WatchCommandResponse(
-            command=stored_command(name, state=command_pb2.COMMAND_STATE_QUEUED)
-        )
+        yield command_pb2.WatchCommandResponse(command=stored_command(name, state=command_pb2.COMMAND_STATE_QUEUED))
         self.observed.messages_sent[name] += 1
         if command_id == "failing":
             raise ApiError(
@@ -415,9 +411,7 @@ async def test_unary_calls_multiplex_on_one_channel(channel: Channel) -> None:
     assert all(r == expected_sdk_command(r.name) for r in results)
 
 
-async def test_server_streaming_delivers_every_message_in_order_then_ends(
-    loopback: Loopback, channel: Channel
-) -> None:
+async def test_server_streaming_delivers_every_message_in_order_then_ends(loopback: Loopback, channel: Channel) -> None:
     stub = CommandServiceStub(channel)
     name = f"{COMMANDS}/c-watch"
 
@@ -501,9 +495,7 @@ async def test_bidi_stream_answers_each_request_interactively(loopback: Loopback
     assert ack.result is TelemetryAckResult.STORED
     assert ack.message == f"4 points, sum {sum([50.5, -0.25, 1e300, 7.0])!r}"
 
-    await queue.put(
-        ConnectRequest(telemetry_batch=TelemetryBatch(batch_seq=7, channel_indexes=[0, 0], values=[1.0]))
-    )
+    await queue.put(ConnectRequest(telemetry_batch=TelemetryBatch(batch_seq=7, channel_indexes=[0, 0], values=[1.0])))
     rejected = (await anext(responses)).telemetry_ack
     assert rejected is not None
     assert (rejected.batch_seq, rejected.result, rejected.reason) == (
@@ -513,9 +505,7 @@ async def test_bidi_stream_answers_each_request_interactively(loopback: Loopback
     )
 
     # A request without an answer, then one with: the stream stays in step.
-    await queue.put(
-        ConnectRequest(command_ack=CommandAck(command=f"{COMMANDS}/c1", status=CommandAckStatus.EXECUTED))
-    )
+    await queue.put(ConnectRequest(command_ack=CommandAck(command=f"{COMMANDS}/c1", status=CommandAckStatus.EXECUTED)))
     await queue.put(ConnectRequest(heartbeat=Heartbeat(edge_time=edge_time, outbox_batches=3)))
     heartbeat_ack = (await anext(responses)).heartbeat_ack
     assert heartbeat_ack is not None
@@ -587,9 +577,7 @@ async def test_bidi_error_carries_error_info(loopback: Loopback, channel: Channe
     )
 
 
-async def test_deadline_expires_on_the_client_and_the_server_sees_it(
-    loopback: Loopback, channel: Channel
-) -> None:
+async def test_deadline_expires_on_the_client_and_the_server_sees_it(loopback: Loopback, channel: Channel) -> None:
     stub = CommandServiceStub(channel)
     name = f"{COMMANDS}/slow-deadline"
     timeout_s = 0.3
@@ -614,9 +602,7 @@ async def test_deadline_expires_on_the_client_and_the_server_sees_it(
     assert loopback.observed.status_sent[name] is False
 
 
-async def test_client_cancelling_a_server_stream_cancels_the_handler(
-    loopback: Loopback, channel: Channel
-) -> None:
+async def test_client_cancelling_a_server_stream_cancels_the_handler(loopback: Loopback, channel: Channel) -> None:
     stub = CommandServiceStub(channel)
     name = f"{COMMANDS}/endless-cancel"
     received: list[WatchCommandResponse] = []
@@ -645,9 +631,7 @@ async def test_client_cancelling_a_server_stream_cancels_the_handler(
     assert loopback.observed.messages_sent[name] == sent
 
 
-async def test_client_abandoning_a_server_stream_cancels_the_handler(
-    loopback: Loopback, channel: Channel
-) -> None:
+async def test_client_abandoning_a_server_stream_cancels_the_handler(loopback: Loopback, channel: Channel) -> None:
     stub = CommandServiceStub(channel)
     name = f"{COMMANDS}/endless-abandon"
 

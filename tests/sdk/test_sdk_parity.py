@@ -788,9 +788,7 @@ NON_NEGATIVE_ZERO_FINITE = FINITE.filter(lambda x: not (x == 0.0 and math.copysi
     base=AWARE_DATETIMES,
     rows=st.lists(st.tuples(st.integers(0, U32_MAX), st.integers(0, U32_MAX), FINITE), max_size=40),
 )
-def test_telemetry_batch_built_on_both_sides(
-    seq: int, base: dt.datetime, rows: list[tuple[int, int, float]]
-) -> None:
+def test_telemetry_batch_built_on_both_sides(seq: int, base: dt.datetime, rows: list[tuple[int, int, float]]) -> None:
     """Packed columns, uint64 sequence numbers and Timestamps, built independently on both sides."""
     indexes, offsets, values = [list(column) for column in zip(*rows, strict=True)] if rows else ([], [], [])
     pb = edge_link_pb2.ConnectRequest(
@@ -820,9 +818,7 @@ def test_history_point_built_on_both_sides(time: dt.datetime, value: float, coun
     target=st.sampled_from(["edges", "site", "whole_organization", None]),
     counts=st.lists(st.integers(I32_MIN, I32_MAX), min_size=5, max_size=5),
 )
-def test_fleet_dispatch_built_on_both_sides(
-    skipped: dict[str, str], target: str | None, counts: list[int]
-) -> None:
+def test_fleet_dispatch_built_on_both_sides(skipped: dict[str, str], target: str | None, counts: list[int]) -> None:
     """Oneof targets and the map; the SDK's map is filled in protobuf's deterministic order so that
     the bytes can be compared (see test_map_entry_order_is_insertion_order).
     """
@@ -836,9 +832,7 @@ def test_fleet_dispatch_built_on_both_sides(
     )
     # The key order of protobuf's deterministic encoding (the SDK parser keeps wire order; only the
     # order is taken from it, keys and values come from `skipped`).
-    order = list(
-        sdk_command.FleetDispatchStatus.parse(status_pb.SerializeToString(deterministic=True)).skipped_edges
-    )
+    order = list(sdk_command.FleetDispatchStatus.parse(status_pb.SerializeToString(deterministic=True)).skipped_edges)
     assert sorted(order) == sorted(skipped)
     in_pb_order = {key: skipped[key] for key in order}
     status_sdk = sdk_command.FleetDispatchStatus(
@@ -878,9 +872,7 @@ def test_canonical_json_spelled_out() -> None:
     assert json.loads(ack.to_json()) == {
         "telemetryAck": {"batchSeq": "18446744073709551615", "result": "TELEMETRY_ACK_RESULT_STORED"}
     }
-    cfg = sdk_edge.ConfigUpdate(
-        telemetry_interval=dt.timedelta(milliseconds=250), heartbeat_interval=dt.timedelta(0)
-    )
+    cfg = sdk_edge.ConfigUpdate(telemetry_interval=dt.timedelta(milliseconds=250), heartbeat_interval=dt.timedelta(0))
     assert cfg.to_dict() == {"telemetryInterval": "0.250s", "heartbeatInterval": "0s"}
     spec = sdk_common.ChannelSpec(min_value=0.0, max_value=math.inf)
     assert spec.to_dict() == {"minValue": 0.0, "maxValue": "Infinity"}
@@ -988,10 +980,7 @@ def test_unknown_fields_survive_sdk_parse_then_serialize() -> None:
     assert bytes(sdk_edge.ConnectRequest.parse(request)) == request
     # An SDK object edited after parsing still carries them, after the (re-encoded) known fields.
     sdk.value = 2.0
-    assert (
-        bytes(sdk)
-        == command_pb2.Command(name="c1", value=2.0, create_time=ts(T1)).SerializeToString() + UNKNOWN_ALL
-    )
+    assert bytes(sdk) == command_pb2.Command(name="c1", value=2.0, create_time=ts(T1)).SerializeToString() + UNKNOWN_ALL
 
 
 def test_unknown_fields_are_dropped_by_json_in_both_libraries() -> None:
@@ -1135,9 +1124,7 @@ def _composite_message(draw: st.DrawFn, desc: descriptor.Descriptor, depth: int)
     return message
 
 
-def _value(
-    field: descriptor.FieldDescriptor, depth: int, *, implicit_presence: bool
-) -> st.SearchStrategy[Any]:
+def _value(field: descriptor.FieldDescriptor, depth: int, *, implicit_presence: bool) -> st.SearchStrategy[Any]:
     if field.message_type is not None:
         return _messages(field.message_type, depth + 1)
     return _scalar(field, implicit_presence=implicit_presence)
@@ -1157,9 +1144,7 @@ def test_every_contract_message_has_an_sdk_class() -> None:
     for desc in ALL_MESSAGES:
         cls = sdk_class(desc)
         assert cls.__name__ == desc.name
-        assert {m.number for m in cls._betterproto.meta_by_field_name.values()} == {
-            f.number for f in desc.fields
-        }
+        assert {m.number for m in cls._betterproto.meta_by_field_name.values()} == {f.number for f in desc.fields}
 
 
 def test_contract_fields_are_declared_in_number_order() -> None:
@@ -1346,26 +1331,19 @@ def test_negative_zero_is_dropped() -> None:
     assert canonical_json(pb) == {"value": -0.0}
     assert sdk.to_dict() == {}
     # With presence (proto3 optional) and in repeated fields -0.0 is kept.
-    assert (
-        bytes(sdk_common.ChannelSpec(min_value=-0.0))
-        == types_pb2.ChannelSpec(min_value=-0.0).SerializeToString()
-    )
+    assert bytes(sdk_common.ChannelSpec(min_value=-0.0)) == types_pb2.ChannelSpec(min_value=-0.0).SerializeToString()
 
 
 def test_repeated_occurrences_of_a_message_field_replace_instead_of_merging() -> None:
     """Protobuf merges a singular message field that occurs twice (and concatenated messages merge);
     the SDK keeps only the last occurrence.
     """
-    first = command_pb2.FleetDispatch(
-        status=command_pb2.FleetDispatchStatus(total_count=3, skipped_edges={"a": "x"})
-    )
+    first = command_pb2.FleetDispatch(status=command_pb2.FleetDispatchStatus(total_count=3, skipped_edges={"a": "x"}))
     second = command_pb2.FleetDispatch(status=command_pb2.FleetDispatchStatus(failed_count=1))
     raw = first.SerializeToString() + second.SerializeToString()
 
     merged = command_pb2.FleetDispatch.FromString(raw)
-    assert merged.status == command_pb2.FleetDispatchStatus(
-        total_count=3, failed_count=1, skipped_edges={"a": "x"}
-    )
+    assert merged.status == command_pb2.FleetDispatchStatus(total_count=3, failed_count=1, skipped_edges={"a": "x"})
     sdk = sdk_command.FleetDispatch.parse(raw)
     assert sdk.status == sdk_command.FleetDispatchStatus(failed_count=1)
 
@@ -1419,15 +1397,8 @@ def test_unknown_fields_do_not_count_for_equality_and_copies_lose_them() -> None
     assert sdk == sdk_command.Command(name="c1")
     assert command_pb2.Command.FromString(raw) != command_pb2.Command(name="c1")
     # copy, deepcopy and dataclasses.replace rebuild the dataclass from known fields only.
-    assert (
-        bytes(copy.copy(sdk))
-        == bytes(copy.deepcopy(sdk))
-        == command_pb2.Command(name="c1").SerializeToString()
-    )
-    assert (
-        bytes(dataclasses.replace(sdk, value=1.0))
-        == command_pb2.Command(name="c1", value=1.0).SerializeToString()
-    )
+    assert bytes(copy.copy(sdk)) == bytes(copy.deepcopy(sdk)) == command_pb2.Command(name="c1").SerializeToString()
+    assert bytes(dataclasses.replace(sdk, value=1.0)) == command_pb2.Command(name="c1", value=1.0).SerializeToString()
     # protobuf's copies keep them; pickling the SDK object (via bytes) keeps them too.
     pb_copy = command_pb2.Command()
     pb_copy.CopyFrom(command_pb2.Command.FromString(raw))
@@ -1501,8 +1472,7 @@ def test_integer_ranges_are_not_checked() -> None:
         return int(getattr(pb_cls.FromString(bytes(sdk)), name))
 
     assert (
-        received(sdk_telemetry.HistoryPoint(sample_count=2**63), telemetry_pb2.HistoryPoint, "sample_count")
-        == I64_MIN
+        received(sdk_telemetry.HistoryPoint(sample_count=2**63), telemetry_pb2.HistoryPoint, "sample_count") == I64_MIN
     )
     assert received(sdk_edge.TelemetryAck(batch_seq=-1), edge_link_pb2.TelemetryAck, "batch_seq") == U64_MAX
     assert received(sdk_edge.TelemetryAck(batch_seq=2**64 + 5), edge_link_pb2.TelemetryAck, "batch_seq") == 5
