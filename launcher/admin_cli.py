@@ -21,16 +21,13 @@ from emma.identity.v1 import identity_pb2
 
 from services.edgelink.keys import issue_edge_key
 from services.errors import ConfigError, ServiceError
-from services.identity import accounts
-from services.identity.audit import write_entries
-from services.identity.config import AuthConfig
-from services.identity.passwords import Passwords, password_problem
+from services.identity import AuthConfig, Passwords, accounts, password_problem, write_entries
 from services.names import ID_PATTERN, EdgeName, parse_edge
 from services.platform import db
 from services.platform.config import PlatformConfig
 from services.platform.migrations import Conn
 from services.platform.secrets import local_secret
-from services.provisioning import ensure_edge
+from services.registry import ensure_edge
 
 DEMO_ORG = "demo"
 DEMO_ADMIN = "admin@emma.local"

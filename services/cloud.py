@@ -10,8 +10,7 @@ from typing import Any
 
 from core.tracing import configure_tracing
 from services import catalog
-from services.identity.interceptor import AuthInterceptor
-from services.identity.state import auth_state_for
+from services.identity import AuthInterceptor, auth_state_for
 from services.platform import db, migrations
 from services.platform.collector import tune_garbage_collector
 from services.platform.config import PlatformConfig, ServerConfig

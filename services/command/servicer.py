@@ -18,7 +18,7 @@ from services.command import fleet, states, store, validation
 from services.command.watch import CommandWatcher
 from services.command.workers import CommandWorkers
 from services.errors import ApiError, invalid_field, not_found
-from services.identity.context import caller
+from services.identity import caller
 from services.names import EdgeName, parse_edge, parse_site
 from services.pagination import Page
 from services.platform.migrations import Conn

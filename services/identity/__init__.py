@@ -7,8 +7,37 @@ from typing import Any
 
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 
+from services.identity import accounts
+from services.identity.audit import write_entries
+from services.identity.config import AuthConfig
+from services.identity.context import ADMIN, OPERATOR, VIEWER, Caller, call_state, caller, note_audit
+from services.identity.interceptor import AuthInterceptor
+from services.identity.passwords import Passwords, password_problem
+from services.identity.state import AuthState, auth_state_for
 from services.platform.registration import ServiceSpec, service_spec
 from services.platform.runtime import Runtime
+
+# What other packages may use of identity; everything else in services/identity/ is private.
+__all__ = [
+    "ADMIN",
+    "DEPENDS_ON",
+    "OPERATOR",
+    "SERVICES",
+    "TABLES",
+    "VIEWER",
+    "AuthConfig",
+    "AuthInterceptor",
+    "AuthState",
+    "Caller",
+    "Passwords",
+    "accounts",
+    "auth_state_for",
+    "call_state",
+    "caller",
+    "note_audit",
+    "password_problem",
+    "write_entries",
+]
 
 # The services this domain may import (their package faces); see docs/architecture.md.
 DEPENDS_ON: tuple[str, ...] = ()

@@ -11,8 +11,7 @@ from emma.identity.v1 import identity_pb2
 from emma.registry.v1 import registry_pb2
 
 from services.errors import not_found
-from services.identity.audit import write_entries
-from services.identity.context import call_state
+from services.identity import call_state, write_entries
 from services.identity.redact import redacted_json
 from services.platform.interceptors import current_trace_id
 from services.platform.migrations import Conn

@@ -23,7 +23,7 @@ from google.protobuf import empty_pb2, field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from services.errors import ApiError, invalid_field, not_found
-from services.identity.context import ADMIN, Caller, caller, note_audit
+from services.identity import ADMIN, Caller, caller, note_audit
 from services.names import ID_PATTERN
 from services.pagination import Page
 from services.platform.migrations import Conn

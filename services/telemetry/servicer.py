@@ -16,8 +16,7 @@ from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from google.protobuf import timestamp_pb2
 
 from services.errors import ApiError, invalid_field, not_found
-from services.identity.context import caller
-from services.identity.state import auth_state_for
+from services.identity import auth_state_for, caller
 from services.names import Scope, parse_channel, parse_scope, parse_site
 from services.pagination import Page
 from services.platform.runtime import Runtime

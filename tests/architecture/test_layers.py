@@ -35,9 +35,6 @@ KNOWN_VIOLATIONS: set[str] = {
     "module cycle: services.command.fleet <-> services.command.servicer",
     "package cycle: edge_daemon.devices <-> edge_daemon.drivers",
     "package cycle: services.command <-> services.edgelink <-> services.identity <-> services.registry",
-    "services.cloud imports services.identity.interceptor (private module of services.identity)",
-    "services.cloud imports services.identity.state (private module of services.identity)",
-    "services.command.servicer imports services.identity.context (private module of services.identity)",
     "services.edgelink.servicer imports services.command.relay (private module of services.command)",
     "services.edgelink.session imports services.command.relay (private module of services.command)",
     "services.identity.servicer imports services.edgelink.keys (private module of services.edgelink)",
@@ -45,13 +42,8 @@ KNOWN_VIOLATIONS: set[str] = {
     "services.provisioning imports services.names (services.provisioning is in no layer of services/)",
     "services.provisioning imports services.platform.migrations (services.provisioning is in no layer of services/)",
     "services.provisioning is in no layer of services/ (kernel, a domain, or the composition)",
-    "services.registry.erase imports services.identity.audit (private module of services.identity)",
-    "services.registry.erase imports services.identity.context (private module of services.identity)",
     "services.registry.erase imports services.identity.redact (private module of services.identity)",
     "services.registry.idempotency imports services.identity.redact (private module of services.identity)",
-    "services.registry.servicer imports services.identity.context (private module of services.identity)",
-    "services.telemetry.servicer imports services.identity.context (private module of services.identity)",
-    "services.telemetry.servicer imports services.identity.state (private module of services.identity)",
 }
 
 
