@@ -23,7 +23,7 @@ from bench.harness import BENCH_ENV, cloud_process, database, login, migrate, pe
 from bench.machine import describe
 from services.edgelink.copy_binary import samples_copy_payload
 from services.names import EdgeName
-from services.provisioning import ensure_edge
+from services.registry import ensure_edge
 from services.telemetry.maintenance import roll_up_closed_buckets
 
 CHANNELS = 100

@@ -27,7 +27,7 @@ from services.platform import db
 from services.platform.config import PlatformConfig
 from services.platform.migrations import Conn
 from services.platform.secrets import local_secret
-from services.registry import ensure_edge
+from services.registry import edge_pk, ensure_edge
 
 DEMO_ORG = "demo"
 DEMO_ADMIN = "admin@emma.local"
@@ -136,13 +136,11 @@ async def _create_edge_key(conn: Conn, args: argparse.Namespace) -> int:
         edge = parse_edge(args.edge, "edge")
     except ServiceError as exc:
         raise ConfigError(str(exc).split(": ", 1)[-1]) from None
-    pk = await conn.fetchval(
-        "SELECT pk FROM app.edges WHERE org_id = $1 AND site_id = $2 AND edge_id = $3", edge.org, edge.site, edge.edge
-    )
+    pk = await edge_pk(conn, edge)
     if pk is None:
         raise ServiceError(f"{edge} does not exist")
     async with conn.transaction():
-        key_id, key = await issue_edge_key(conn, int(pk), args.display_name or "")
+        key_id, key = await issue_edge_key(conn, pk, args.display_name or "")
         await _audit(conn, edge.org, "create-edge-key", f"{edge}/apiKeys/{key_id}", {"edge": str(edge)})
     print(f"created {edge}/apiKeys/{key_id}")
     print(f"key: {key}  (shown once)")

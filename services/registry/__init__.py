@@ -8,6 +8,38 @@ from emma.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from services.platform.registration import ServiceSpec, service_spec
 from services.platform.runtime import Runtime
+from services.registry.edges import (
+    edge_name,
+    edge_names,
+    edge_pk,
+    edge_with_time_zone,
+    edges_of_organization,
+    edges_of_site,
+)
+from services.registry.inventory import device_inventory, edge_inventory, store_inventory
+from services.registry.profiles import channel_spec
+from services.registry.provisioning import ensure_edge
+from services.registry.sites import site_location, site_time_zone
+
+# What other packages may use of the registry; everything else in services/registry/ is private.
+__all__ = [
+    "DEPENDS_ON",
+    "SERVICES",
+    "TABLES",
+    "channel_spec",
+    "device_inventory",
+    "edge_inventory",
+    "edge_name",
+    "edge_names",
+    "edge_pk",
+    "edge_with_time_zone",
+    "edges_of_organization",
+    "edges_of_site",
+    "ensure_edge",
+    "site_location",
+    "site_time_zone",
+    "store_inventory",
+]
 
 # The services this domain may import (their package faces); see docs/architecture.md.
 DEPENDS_ON = ("identity",)

@@ -39,9 +39,6 @@ KNOWN_VIOLATIONS: set[str] = {
     "services.edgelink.session imports services.command.relay (private module of services.command)",
     "services.identity.servicer imports services.edgelink.keys (private module of services.edgelink)",
     "services.identity.servicer imports services.registry.idempotency (private module of services.registry)",
-    "services.provisioning imports services.names (services.provisioning is in no layer of services/)",
-    "services.provisioning imports services.platform.migrations (services.provisioning is in no layer of services/)",
-    "services.provisioning is in no layer of services/ (kernel, a domain, or the composition)",
     "services.registry.erase imports services.identity.redact (private module of services.identity)",
     "services.registry.idempotency imports services.identity.redact (private module of services.identity)",
 }

@@ -15,7 +15,7 @@ from services.names import EdgeName
 from services.platform.config import DatabaseConfig, IngestConfig, PlatformConfig, ServerConfig, StateConfig
 from services.platform.runtime import Runtime
 from services.platform.server import HostedServer
-from services.provisioning import ensure_edge
+from services.registry import ensure_edge
 from tests.identity.fixtures import grant
 
 Host = Callable[..., AbstractAsyncContextManager[tuple[HostedServer, Runtime]]]

@@ -10,7 +10,7 @@ from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 
 from services.edgelink.keys import authenticate
 from services.names import EdgeName
-from services.provisioning import ensure_edge
+from services.registry import ensure_edge
 from tests.cli_process import run_emma
 from tests.cloud.conftest import Host
 

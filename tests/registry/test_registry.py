@@ -15,7 +15,7 @@ from google.protobuf import field_mask_pb2
 from grpc_status import rpc_status
 
 from services.errors import error_info_of
-from services.registry.profiles import channel_spec
+from services.registry import channel_spec
 from tests.cloud.conftest import Host
 from tests.identity.fixtures import authed_channel, grant
 
