@@ -1,6 +1,6 @@
 """Site configuration: one TOML file -> typed dataclasses, validated completely at start.
 
-Every problem is a ConfigError naming the file, the dotted key (`devices[2].capacity_wh`) and the
+Every problem is a SiteConfigError naming the file, the dotted key (`devices[2].capacity_wh`) and the
 reason. Unknown keys are errors too, so a typo cannot silently fall back to a default. Relative paths
 (outbox, key file) are relative to the configuration file's directory, so a site directory can move.
 
@@ -26,7 +26,7 @@ from edge_daemon.devices import factory as device_factory
 from edge_daemon.devices.base import Access, validate_device_id
 from edge_daemon.devices.site import SiteDevices
 from edge_daemon.drivers import factory as drivers
-from edge_daemon.errors import ChannelError, ConfigError
+from edge_daemon.errors import ChannelError, SiteConfigError
 from edge_daemon.params import ParamReader
 
 DEFAULT_OUTBOX_BYTES = 256 * 1024 * 1024
@@ -131,9 +131,9 @@ def load_config(path: Path | str) -> SiteConfig:
         with path.open("rb") as f:
             data = tomllib.load(f)
     except OSError as exc:
-        raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from exc
+        raise SiteConfigError(path, "", f"cannot read: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, "", f"invalid TOML: {exc}") from exc
+        raise SiteConfigError(path, "", f"invalid TOML: {exc}") from exc
     return parse_config(data, path)
 
 
@@ -287,9 +287,9 @@ def _check_references(config: SiteConfig, root: ParamReader) -> None:
             found = devices.spec(channel)
             key = f"controllers[{i}].{param}"
             if found is None:
-                raise ConfigError(root.path, key, f"device has no channel {channel}")
+                raise SiteConfigError(root.path, key, f"device has no channel {channel}")
             if writable and found[1].access is not Access.WRITE:
-                raise ConfigError(root.path, key, f"{channel} is not writable")
+                raise SiteConfigError(root.path, key, f"{channel} is not writable")
 
 
 def _path(base: Path, value: str) -> Path:

@@ -1,15 +1,22 @@
-"""One exception root for the edge daemon, so callers can catch everything we raise on purpose."""
+"""One exception root for the edge daemon, so callers can catch everything we raise on purpose.
+
+Every deliberate edge error derives from `EdgeError`, itself under `core.errors.EmmaError`. Errors that
+belong to one driver (a Modbus exception response, a silent CAN bus) live beside that driver and derive
+from `EdgeError` too.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from core.errors import ConfigError, EmmaError
 
-class EdgeError(Exception):
+
+class EdgeError(EmmaError):
     """Root of every error the edge daemon raises deliberately."""
 
 
-class ConfigError(EdgeError):
+class SiteConfigError(EdgeError, ConfigError):
     """A site configuration is unusable. Names the file, the dotted key and the reason."""
 
     def __init__(self, path: Path | str, key: str, reason: str) -> None:

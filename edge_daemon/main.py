@@ -20,7 +20,7 @@ from pathlib import Path
 from core.logs import configure_logging
 from edge_daemon.config import SiteConfig, demo_site_config, load_config
 from edge_daemon.daemon import EdgeDaemon, Uplink
-from edge_daemon.errors import ConfigError
+from edge_daemon.errors import SiteConfigError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = demo_site_config(args.data_dir) if args.simulate else load_config(args.config)
         uplink = load_uplink(config)
-    except ConfigError as exc:
+    except SiteConfigError as exc:
         print(f"emma edge: {exc}", file=sys.stderr)
         return 2
     asyncio.run(run_edge(config, uplink))

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from edge_daemon.errors import ConfigError
+from edge_daemon.errors import SiteConfigError
 
 
 class _Required:
@@ -31,8 +31,8 @@ class ParamReader:
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
 
-    def error(self, name: str, reason: str) -> ConfigError:
-        return ConfigError(self.path, self.key(name), reason)
+    def error(self, name: str, reason: str) -> SiteConfigError:
+        return SiteConfigError(self.path, self.key(name), reason)
 
     def has(self, name: str) -> bool:
         return name in self.table
@@ -116,7 +116,7 @@ class ParamReader:
         out: list[float] = []
         for i, item in enumerate(value):
             if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
-                raise ConfigError(self.path, f"{self.key(name)}[{i}]", f"expected a number, got {_kind(item)}")
+                raise SiteConfigError(self.path, f"{self.key(name)}[{i}]", f"expected a number, got {_kind(item)}")
             out.append(float(item))
         return tuple(out)
 
@@ -127,7 +127,7 @@ class ParamReader:
         out: dict[str, float] = {}
         for k, v in value.items():
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise ConfigError(self.path, f"{self.key(name)}.{k}", f"expected a number, got {_kind(v)}")
+                raise SiteConfigError(self.path, f"{self.key(name)}.{k}", f"expected a number, got {_kind(v)}")
             out[str(k)] = float(v)
         return out
 
@@ -146,7 +146,7 @@ class ParamReader:
         readers = []
         for i, item in enumerate(value):
             if not isinstance(item, Mapping):
-                raise ConfigError(self.path, f"{self.key(name)}[{i}]", f"expected a table, got {_kind(item)}")
+                raise SiteConfigError(self.path, f"{self.key(name)}[{i}]", f"expected a table, got {_kind(item)}")
             readers.append(ParamReader(item, self.path, f"{self.key(name)}[{i}]"))
         return readers
 

@@ -23,6 +23,7 @@ from edge_daemon.channels import Category, ChannelStore, Number, Scalar
 from edge_daemon.clock import Clock
 from edge_daemon.devices.base import Access, ChannelSpec
 from edge_daemon.devices.polling import COMMUNICATION_OK, PollingDevice
+from edge_daemon.errors import EdgeError
 
 COMMUNICATION_LOST = ChannelSpec(
     "CommunicationLost", "", Access.READ, "1 while the device does not answer (last poll failed or stale)"
@@ -30,7 +31,7 @@ COMMUNICATION_LOST = ChannelSpec(
 COMMUNICATION_ERRORS = ChannelSpec("CommunicationErrors", "", Access.READ, "Failed polls since start")
 
 
-class CommunicationError(Exception):
+class CommunicationError(EdgeError):
     """The device did not answer (timeout, connection refused, silent bus) after all retries."""
 
 

@@ -17,7 +17,7 @@ from edge_daemon.drivers.modbus.link import ModbusLink, SerialEndpoint
 from edge_daemon.drivers.modbus.profile import parse_register_map
 from edge_daemon.drivers.params import DeviceReader
 from edge_daemon.drivers.sunspec.device import SunSpecDevice, SunSpecParams, parse_sunspec
-from edge_daemon.errors import ConfigError
+from edge_daemon.errors import SiteConfigError
 from edge_daemon.params import ParamReader
 
 DriverParams = ModbusParams | SunSpecParams | CanBmsParams
@@ -81,7 +81,7 @@ def build_drivers(specs: Sequence[tuple[str, DriverParams]]) -> list[Device]:
 
 
 def check_shared_lines(path: str, devices: Sequence[tuple[int, str, DriverParams]]) -> None:
-    """Devices on one serial port must use the same line settings. Raises ConfigError naming the
+    """Devices on one serial port must use the same line settings. Raises SiteConfigError naming the
     later device and the key that differs. `devices` holds (index in [[devices]], id, params)."""
     first: dict[str, tuple[str, SerialEndpoint]] = {}
     for index, device_id, params in devices:
@@ -96,7 +96,7 @@ def check_shared_lines(path: str, devices: Sequence[tuple[int, str, DriverParams
         other_id, other = seen
         for key in ("baudrate", "parity", "stopbits", "bytesize"):
             if getattr(ep, key) != getattr(other, key):
-                raise ConfigError(
+                raise SiteConfigError(
                     path,
                     f"devices[{index}].{key}",
                     f"device {device_id!r}: {ep.port} is shared with device {other_id!r}, which uses "

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from edge_daemon.errors import ConfigError
+from edge_daemon.errors import SiteConfigError
 from edge_daemon.params import ParamReader
 
 # The cloud's channel-name part (edge_daemon/uplink/wire.py) intersected with the store's segment rule.
@@ -35,12 +35,12 @@ class DeviceReader(ParamReader):
         r.mark_used(*r.table.keys())
         return reader
 
-    def error(self, name: str, reason: str) -> ConfigError:
-        return ConfigError(self.path, self.key(name), f"device {self.device_id!r}: {reason}")
+    def error(self, name: str, reason: str) -> SiteConfigError:
+        return SiteConfigError(self.path, self.key(name), f"device {self.device_id!r}: {reason}")
 
-    def at(self, key: str, reason: str) -> ConfigError:
+    def at(self, key: str, reason: str) -> SiteConfigError:
         """An error at a full dotted key (for values inside arrays)."""
-        return ConfigError(self.path, key, f"device {self.device_id!r}: {reason}")
+        return SiteConfigError(self.path, key, f"device {self.device_id!r}: {reason}")
 
     def sub(self, name: str, *, required: bool = False) -> DeviceReader:
         r = super().sub(name, required=required)

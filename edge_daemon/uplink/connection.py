@@ -21,7 +21,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from edge_daemon.config import CloudConfig
-from edge_daemon.errors import ConfigError
+from edge_daemon.errors import SiteConfigError
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -34,19 +34,19 @@ def agent_version() -> str:
 
 
 def read_api_key(cloud: CloudConfig, source: Path | str) -> str:
-    """The edge's API key from `cloud.key_file`, stripped; a ConfigError naming the file otherwise."""
+    """The edge's API key from `cloud.key_file`, stripped; a SiteConfigError naming the file otherwise."""
     try:
         key = cloud.key_file.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(
+        raise SiteConfigError(
             source, "cloud.key_file", f"cannot read the API key from {cloud.key_file}: {exc.strerror or exc}"
         ) from exc
     except UnicodeDecodeError:
-        raise ConfigError(source, "cloud.key_file", f"{cloud.key_file} is not a text file") from None
+        raise SiteConfigError(source, "cloud.key_file", f"{cloud.key_file} is not a text file") from None
     if not key:
-        raise ConfigError(source, "cloud.key_file", f"{cloud.key_file} is empty")
+        raise SiteConfigError(source, "cloud.key_file", f"{cloud.key_file} is empty")
     if any(c.isspace() for c in key):
-        raise ConfigError(source, "cloud.key_file", f"{cloud.key_file} holds more than one word")
+        raise SiteConfigError(source, "cloud.key_file", f"{cloud.key_file} holds more than one word")
     return key
 
 
@@ -56,7 +56,7 @@ def read_root_certificates(cloud: CloudConfig, source: Path | str) -> bytes | No
     try:
         return cloud.ca_file.read_bytes()
     except OSError as exc:
-        raise ConfigError(source, "cloud.ca_file", f"cannot read {cloud.ca_file}: {exc.strerror or exc}") from exc
+        raise SiteConfigError(source, "cloud.ca_file", f"cannot read {cloud.ca_file}: {exc.strerror or exc}") from exc
 
 
 def channel_options(cloud: CloudConfig) -> list[tuple[str, Any]]:

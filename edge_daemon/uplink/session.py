@@ -35,6 +35,7 @@ from google.protobuf.message import DecodeError
 
 from edge_daemon.channel_registry import ChannelRegistry
 from edge_daemon.config import CloudConfig
+from edge_daemon.errors import EdgeError
 from edge_daemon.outbox import Batch, Outbox
 from edge_daemon.uplink.batches import BatchProducer
 from edge_daemon.uplink.commands import CommandRelay
@@ -63,7 +64,7 @@ DUPLICATE: Final = edge_link_pb2.TELEMETRY_ACK_RESULT_DUPLICATE
 REJECTED: Final = edge_link_pb2.TELEMETRY_ACK_RESULT_REJECTED
 
 
-class StreamEnded(Exception):
+class StreamEnded(EdgeError):
     def __init__(self, status: StreamStatus) -> None:
         super().__init__(f"{status.code_name} {status.reason} {status.details}".strip())
         self.status = status

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Final
 import grpc
 
 from edge_daemon.config import CloudConfig, SiteConfig
-from edge_daemon.errors import ConfigError, EdgeError
+from edge_daemon.errors import EdgeError, SiteConfigError
 from edge_daemon.uplink.backoff import Backoff
 from edge_daemon.uplink.batches import BatchProducer
 from edge_daemon.uplink.commands import CommandRelay
@@ -159,7 +159,7 @@ class GrpcUplink:
         """Re-read the key file (an operator may have replaced it); keep the last good key otherwise."""
         try:
             self.api_key = read_api_key(self.cloud, self.config.source)
-        except ConfigError as exc:
+        except SiteConfigError as exc:
             log.error("%s; using the key read earlier", exc)
         return self.api_key
 
@@ -171,7 +171,7 @@ class GrpcUplink:
 
 
 def create_uplink(config: SiteConfig) -> GrpcUplink:
-    """The uplink for a site with a [cloud] section. Raises ConfigError (e.g. an unreadable key file)."""
+    """The uplink for a site with a [cloud] section. Raises SiteConfigError (e.g. an unreadable key file)."""
     if config.cloud is None:
-        raise ConfigError(config.source, "cloud", "the uplink needs a [cloud] section")
+        raise SiteConfigError(config.source, "cloud", "the uplink needs a [cloud] section")
     return GrpcUplink(config, config.cloud, read_api_key(config.cloud, config.source))

@@ -31,7 +31,7 @@ from edge_daemon.cycle import ControlCycle
 from edge_daemon.devices.factory import build_devices
 from edge_daemon.devices.site import SiteDevices
 from edge_daemon.drivers.canbus.device import CanBmsDevice
-from edge_daemon.errors import ConfigError
+from edge_daemon.errors import SiteConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 DBC = Path(__file__).parent / "data" / "generic_bms.dbc"
@@ -209,7 +209,7 @@ async def test_selected_messages_decode_errors_and_per_message_staleness(tmp_pat
     ],
 )
 def test_config_errors_name_device_and_key(tmp_path: Path, change: dict[str, Any], key: str, reason: str) -> None:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(SiteConfigError) as info:
         build(tmp_path, bms_device(**change))
     assert info.value.key == key
     assert reason in info.value.reason and "device 'bms_1'" in info.value.reason
@@ -221,6 +221,6 @@ def test_a_malformed_dbc_is_a_config_error(tmp_path: Path) -> None:
     bad.write_text(
         'VERSION ""\nBO_ 1 X: 8 BMS\n SG_ A : 0|16@1+ (1,0) [0|1] "" EMS\n SG_ B : 8|16@1+ (1,0) [0|1] "" EMS\n'
     )
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(SiteConfigError) as info:
         build(tmp_path, bms_device(dbc=str(bad)))
     assert info.value.key == "devices[0].dbc" and "not a valid DBC file" in info.value.reason

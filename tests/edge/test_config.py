@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
+from core.errors import ConfigError
 from edge_daemon.config import demo_site_config, demo_site_dict, load_config, parse_config
 from edge_daemon.controllers.schedule_follower import SafeMode, ScheduleFollowerParams
 from edge_daemon.devices.battery import BatteryParams
-from edge_daemon.errors import ConfigError, EdgeError
+from edge_daemon.errors import EdgeError, SiteConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "edge_daemon" / "examples" / "site.toml"
 
@@ -108,7 +109,7 @@ BAD = [
 @pytest.mark.parametrize(("change", "key", "reason"), BAD, ids=[b[1] for b in BAD])
 def test_bad_config_names_file_key_and_reason(tmp_path: Path, change: dict[str, Any], key: str, reason: str) -> None:
     path = tmp_path / "site.toml"
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(SiteConfigError) as info:
         parse_config(_with(change), path)
     err = info.value
     assert err.path == str(path)
@@ -116,23 +117,24 @@ def test_bad_config_names_file_key_and_reason(tmp_path: Path, change: dict[str, 
     assert reason in err.reason
     assert str(err).startswith(f"{path}: {key}: ")
     assert isinstance(err, EdgeError)
+    assert isinstance(err, ConfigError)  # `except ConfigError` catches a bad setting in any package
 
 
 def test_cloud_endpoint_without_port(tmp_path: Path) -> None:
     doc = demo_site_dict()
     doc["cloud"] = {"endpoint": "cloud.example", "key_file": "k"}
-    with pytest.raises(ConfigError, match=r"cloud\.endpoint: expected host:port"):
+    with pytest.raises(SiteConfigError, match=r"cloud\.endpoint: expected host:port"):
         parse_config(doc, tmp_path / "site.toml")
 
 
 def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     missing = tmp_path / "missing.toml"
-    with pytest.raises(ConfigError, match="cannot read") as info:
+    with pytest.raises(SiteConfigError, match="cannot read") as info:
         load_config(missing)
     assert info.value.path == str(missing)
     broken = tmp_path / "broken.toml"
     broken.write_text("[site\nid = 1\n")
-    with pytest.raises(ConfigError, match="invalid TOML") as info:
+    with pytest.raises(SiteConfigError, match="invalid TOML") as info:
         load_config(broken)
     assert info.value.path == str(broken)
 
@@ -142,6 +144,6 @@ def test_a_bad_key_in_a_real_file(tmp_path: Path) -> None:
     path = tmp_path / "site.toml"
     path.write_text(text)
     assert tomllib.loads(text)["devices"][0]["max_charge_w"] == -1
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(SiteConfigError) as info:
         load_config(path)
     assert str(info.value) == f"{path}: devices[0].max_charge_w: must be at least 0, got -1"

@@ -26,7 +26,7 @@ from edge_daemon.drivers.modbus.codec import DataType, EncodeError, decode_raw, 
 from edge_daemon.drivers.modbus.device import ModbusDevice
 from edge_daemon.drivers.modbus.planner import plan, split
 from edge_daemon.drivers.modbus.registers import Function, Point, RegisterMap
-from edge_daemon.errors import ConfigError
+from edge_daemon.errors import SiteConfigError
 from tests.edge.modbus_peer import ModbusPeer, PtyLine, Unit
 
 DATA = Path(__file__).parent / "data"
@@ -375,7 +375,7 @@ def inline(**register: Any) -> dict[str, Any]:
 def test_config_errors_name_device_and_key(tmp_path: Path, device: dict[str, Any], key: str, reason: str) -> None:
     if device.get("profile") is None:
         device.pop("profile", None)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(SiteConfigError) as info:
         build(tmp_path, device)
     assert info.value.key == key
     assert reason in info.value.reason and "device 'bess_1'" in info.value.reason
@@ -384,7 +384,7 @@ def test_config_errors_name_device_and_key(tmp_path: Path, device: dict[str, Any
 def test_an_error_inside_a_profile_names_the_profile_file(tmp_path: Path) -> None:
     profile = tmp_path / "p.toml"
     profile.write_text(PROFILE.read_text().replace('type = "s32"', 'type = "i32"', 1))
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(SiteConfigError) as info:
         build(tmp_path, tcp_device(502, profile=str(profile)))
     assert info.value.path == str(profile)
     assert info.value.key == "registers[2].type" and "device 'bess_1'" in info.value.reason
@@ -392,7 +392,7 @@ def test_an_error_inside_a_profile_names_the_profile_file(tmp_path: Path) -> Non
 
 def test_devices_sharing_a_serial_port_must_agree_on_its_settings(tmp_path: Path) -> None:
     rtu = {"type": "modbus", "transport": "rtu", "serial_port": "/dev/ttyUSB0", "profile": str(PROFILE)}
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(SiteConfigError) as info:
         build(tmp_path, {"id": "a", **rtu}, {"id": "b", **rtu, "unit_id": 2, "baudrate": 19200})
     assert info.value.key == "devices[1].baudrate"
     assert "device 'b'" in info.value.reason and "shared with device 'a'" in info.value.reason

@@ -23,7 +23,7 @@ from edge_daemon.devices.factory import build_devices
 from edge_daemon.drivers.modbus.link import ModbusLink, RetryPolicy, TcpEndpoint
 from edge_daemon.drivers.sunspec.device import SunSpecDevice
 from edge_daemon.drivers.sunspec.discovery import DiscoveryError, discover
-from edge_daemon.errors import ConfigError
+from edge_daemon.errors import SiteConfigError
 from tests.edge.modbus_peer import ModbusPeer, Unit
 
 SUNS = [0x5375, 0x6E53]
@@ -262,7 +262,7 @@ async def test_writable_points_are_written_with_their_scale_factor(tmp_path: Pat
     ],
 )
 def test_config_errors_name_device_and_key(tmp_path: Path, change: dict[str, Any], key: str, reason: str) -> None:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(SiteConfigError) as info:
         build(tmp_path, sunspec_device(502, **change))
     assert info.value.key == key
     assert reason in info.value.reason and "device 'inv_1'" in info.value.reason

@@ -16,7 +16,7 @@ from edge_daemon.channels import Sample
 from edge_daemon.clock import ManualClock
 from edge_daemon.config import parse_config
 from edge_daemon.daemon import EdgeDaemon
-from edge_daemon.errors import ConfigError, ScheduleError
+from edge_daemon.errors import ScheduleError, SiteConfigError
 from edge_daemon.outbox import Outbox
 from edge_daemon.uplink import create_uplink
 from edge_daemon.uplink.backoff import Backoff
@@ -253,11 +253,11 @@ def test_cloud_section_keys_and_their_validation(tmp_path: Path) -> None:
     ]:
         bad = site_doc(tmp_path, endpoint="cloud.example:443", edge=EDGE, key="k")
         bad["cloud"][key] = value
-        with pytest.raises(ConfigError, match=message):
+        with pytest.raises(SiteConfigError, match=message):
             parse_config(bad, tmp_path / "site.toml")
     missing = site_doc(tmp_path, endpoint="cloud.example:443", edge=EDGE, key="k")
     del missing["cloud"]["edge"]
-    with pytest.raises(ConfigError, match=r"cloud\.edge: required key is missing"):
+    with pytest.raises(SiteConfigError, match=r"cloud\.edge: required key is missing"):
         parse_config(missing, tmp_path / "site.toml")
 
 
@@ -266,10 +266,10 @@ def test_missing_or_empty_key_file_is_a_config_error(tmp_path: Path) -> None:
     config = parse_config(doc, tmp_path / "site.toml")
     assert create_uplink(config).api_key == "emma_k_secret"  # stripped of its newline
     (tmp_path / "edge.key").write_text("  \n")
-    with pytest.raises(ConfigError, match=r"site\.toml: cloud\.key_file: .*edge\.key is empty"):
+    with pytest.raises(SiteConfigError, match=r"site\.toml: cloud\.key_file: .*edge\.key is empty"):
         create_uplink(config)
     (tmp_path / "edge.key").unlink()
-    with pytest.raises(ConfigError, match=r"cloud\.key_file: cannot read the API key from .*edge\.key"):
+    with pytest.raises(SiteConfigError, match=r"cloud\.key_file: cannot read the API key from .*edge\.key"):
         create_uplink(config)
 
 

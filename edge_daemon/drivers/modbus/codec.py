@@ -13,6 +13,7 @@ import struct
 from typing import Final
 
 from edge_daemon.channels import Scalar
+from edge_daemon.errors import EdgeError
 
 
 class DataType(enum.Enum):
@@ -60,7 +61,7 @@ _INT_FORMATS: Final = {
 _FLOAT_FORMATS: Final = {DataType.FLOAT32: ">f", DataType.FLOAT64: ">d"}
 
 
-class EncodeError(ValueError):
+class EncodeError(EdgeError, ValueError):
     """A value cannot be represented in the register type (out of range, not finite)."""
 
 

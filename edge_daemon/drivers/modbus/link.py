@@ -25,6 +25,7 @@ from pymodbus.pdu import ModbusPDU
 
 from edge_daemon.drivers.base import CommunicationError
 from edge_daemon.drivers.modbus.registers import Function
+from edge_daemon.errors import EdgeError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ EXCEPTION_NAMES = {
 }
 
 
-class ModbusDeviceError(Exception):
+class ModbusDeviceError(EdgeError):
     """The device answered with a Modbus exception (e.g. 2 = ILLEGAL DATA ADDRESS)."""
 
     def __init__(self, what: str, code: int) -> None:

@@ -17,11 +17,12 @@ from edge_daemon.drivers.modbus.codec import DataType, EncodeError, bit_of, deco
 from edge_daemon.drivers.modbus.link import ModbusDeviceError, ModbusLink, RetryPolicy
 from edge_daemon.drivers.modbus.planner import ReadBlock, plan, split
 from edge_daemon.drivers.modbus.registers import Function, Point, RegisterMap
+from edge_daemon.errors import EdgeError
 
 log = logging.getLogger(__name__)
 
 
-class ScaleUnknownError(Exception):
+class ScaleUnknownError(EdgeError):
     """A write needs a scale factor that has not been read (or is not implemented) yet."""
 
 

@@ -14,6 +14,7 @@ from typing import Final
 
 from edge_daemon.drivers.modbus.link import ModbusDeviceError, ModbusLink, RetryPolicy
 from edge_daemon.drivers.modbus.registers import Function
+from edge_daemon.errors import EdgeError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ END_MODEL_ID: Final = 0xFFFF
 MAX_MODELS: Final = 256  # a chain longer than this is a device bug (or a loop of zero lengths)
 
 
-class DiscoveryError(Exception):
+class DiscoveryError(EdgeError):
     """The device answers but is not (recognisably) a SunSpec device."""
 
 
