@@ -33,10 +33,10 @@ from bench.harness import (
     summary,
 )
 from bench.machine import describe
-from services.edgelink.copy_binary import samples_copy_payload
-from services.edgelink.keys import issue_edge_key
+from services.identity import issue_edge_key
 from services.names import EdgeName
 from services.registry import ensure_edge
+from services.telemetry import samples_copy_payload
 
 # Steady state starts once the 1,000-stream connection storm (Hello, auth, audit) has passed.
 WARM_UP_S = 8.0

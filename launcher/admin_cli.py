@@ -19,9 +19,8 @@ from typing import Any
 
 from emma.identity.v1 import identity_pb2
 
-from services.edgelink.keys import issue_edge_key
 from services.errors import ConfigError, ServiceError
-from services.identity import AuthConfig, Passwords, accounts, password_problem, write_entries
+from services.identity import AuthConfig, Passwords, accounts, issue_edge_key, password_problem, write_entries
 from services.names import ID_PATTERN, EdgeName, parse_edge
 from services.platform import db
 from services.platform.config import PlatformConfig

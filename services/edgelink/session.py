@@ -29,12 +29,14 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from services.command.relay import ACKS_PER_SECOND, CommandRelay, TokenBucket
 from services.edgelink.batches import Rejection, to_columns
-from services.edgelink.keys import EdgeIdentity, authenticate
 from services.edgelink.writer import IngestWriter, PendingBatch
 from services.errors import ApiError, invalid_field
+from services.identity import EdgeIdentity
+from services.identity import authenticate_edge_key as authenticate
 from services.names import CHANNEL_ADDRESS
 from services.platform.config import IngestConfig
 from services.platform.migrations import Conn
+from services.telemetry import last_stored_batch_seq, register_channels
 
 log = logging.getLogger("emma.edgelink")
 
@@ -159,10 +161,7 @@ class EdgeSession:
                     {"session_id": str(session.session_id), "replica_id": replica_id},
                 )
                 await session._check_clock(conn, offset_ms)
-            last_stored = await conn.fetchval(
-                "SELECT coalesce(max(batch_seq), 0) FROM telemetry.batch_ledger WHERE edge_pk = $1",
-                identity.edge_pk,
-            )
+            last_stored = await last_stored_batch_seq(conn, identity.edge_pk)
         welcome = edge_link_pb2.Welcome(
             session_id=str(session.session_id),
             server_time=now_timestamp(),
@@ -191,21 +190,7 @@ class EdgeSession:
         for entry in table:
             if not CHANNEL_ADDRESS.match(entry.channel):
                 raise invalid_field("hello.channel_table", f"{entry.channel!r} is not a device/Channel address")
-        channels = [e.channel for e in table]
-        await conn.execute(
-            """INSERT INTO telemetry.series (edge_pk, channel, unit)
-               SELECT $1, c, u FROM unnest($2::text[], $3::text[]) AS x(c, u)
-               ON CONFLICT (edge_pk, channel) DO NOTHING""",
-            self.identity.edge_pk,
-            channels,
-            [e.unit for e in table],
-        )
-        rows = await conn.fetch(
-            "SELECT id, channel FROM telemetry.series WHERE edge_pk = $1 AND channel = ANY($2::text[])",
-            self.identity.edge_pk,
-            channels,
-        )
-        ids = {r["channel"]: r["id"] for r in rows}
+        ids = await register_channels(conn, self.identity.edge_pk, [e.channel for e in table], [e.unit for e in table])
         top = max(e.index for e in table) + 1
         if top > len(self._lut):
             grown = np.full(top, -1, dtype=np.int64)

@@ -11,6 +11,7 @@ from services.identity import accounts
 from services.identity.audit import write_entries
 from services.identity.config import AuthConfig
 from services.identity.context import ADMIN, OPERATOR, VIEWER, Caller, call_state, caller, note_audit
+from services.identity.edge_keys import EdgeIdentity, authenticate_edge_key, issue_edge_key, revoke_edge_key
 from services.identity.interceptor import AuthInterceptor
 from services.identity.passwords import Passwords, password_problem
 from services.identity.state import AuthState, auth_state_for
@@ -29,13 +30,17 @@ __all__ = [
     "AuthInterceptor",
     "AuthState",
     "Caller",
+    "EdgeIdentity",
     "Passwords",
     "accounts",
     "auth_state_for",
+    "authenticate_edge_key",
     "call_state",
     "caller",
+    "issue_edge_key",
     "note_audit",
     "password_problem",
+    "revoke_edge_key",
     "write_entries",
 ]
 

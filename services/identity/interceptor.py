@@ -40,10 +40,10 @@ from services.identity.context import (
     reset_call_state,
     set_call_state,
 )
-from services.identity.redact import redacted_json
 from services.identity.state import AuthState
 from services.names import EdgeName
 from services.platform.interceptors import current_trace_id, rewrap_handler
+from services.platform.redact import redacted_json
 
 log = logging.getLogger("emma.auth")
 

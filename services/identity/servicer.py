@@ -13,18 +13,18 @@ from emma.common.v1 import errors_pb2
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
-from services.edgelink.keys import issue_edge_key, revoke_edge_key
 from services.errors import ApiError, invalid_field, not_found
 from services.identity import accounts, ratelimit
 from services.identity.context import ADMIN, Caller, call_state, caller, note_audit
+from services.identity.edge_keys import issue_edge_key, revoke_edge_key
 from services.identity.passwords import password_problem
 from services.identity.state import AuthState, auth_state_for, session_revoked
 from services.identity.tokens import new_refresh_token, parse_refresh_token, sign_access_token, token_invalid
 from services.names import parse_edge
 from services.pagination import Page
+from services.platform.idempotency import run_once
 from services.platform.migrations import Conn
 from services.platform.runtime import Runtime
-from services.registry.idempotency import run_once
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _SVC = "/emma.identity.v1.IdentityService/"

@@ -12,9 +12,9 @@ from emma.registry.v1 import registry_pb2
 
 from services.errors import not_found
 from services.identity import call_state, write_entries
-from services.identity.redact import redacted_json
 from services.platform.interceptors import current_trace_id
 from services.platform.migrations import Conn
+from services.platform.redact import redacted_json
 
 ERASED_JSON = '{"erased":true}'
 

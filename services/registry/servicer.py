@@ -26,10 +26,10 @@ from services.errors import ApiError, invalid_field, not_found
 from services.identity import ADMIN, Caller, caller, note_audit
 from services.names import ID_PATTERN
 from services.pagination import Page
+from services.platform.idempotency import run_once
 from services.platform.migrations import Conn
 from services.platform.runtime import Runtime
 from services.registry import bulk, erase, profiles
-from services.registry.idempotency import run_once
 from services.registry.profiles import DEVICE_ID
 
 Context = grpc.aio.ServicerContext[Any, Any]

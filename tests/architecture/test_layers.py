@@ -34,13 +34,8 @@ KNOWN_VIOLATIONS: set[str] = {
     "bench.command_edge imports tests.cloud.edge_client (bench may not import tests)",
     "module cycle: services.command.fleet <-> services.command.servicer",
     "package cycle: edge_daemon.devices <-> edge_daemon.drivers",
-    "package cycle: services.command <-> services.edgelink <-> services.identity <-> services.registry",
     "services.edgelink.servicer imports services.command.relay (private module of services.command)",
     "services.edgelink.session imports services.command.relay (private module of services.command)",
-    "services.identity.servicer imports services.edgelink.keys (private module of services.edgelink)",
-    "services.identity.servicer imports services.registry.idempotency (private module of services.registry)",
-    "services.registry.erase imports services.identity.redact (private module of services.identity)",
-    "services.registry.idempotency imports services.identity.redact (private module of services.identity)",
 }
 
 

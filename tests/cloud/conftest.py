@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from services.cloud import hosted_services
-from services.edgelink.keys import issue_edge_key
+from services.identity import issue_edge_key
 from services.names import EdgeName
 from services.platform.config import DatabaseConfig, IngestConfig, PlatformConfig, ServerConfig, StateConfig
 from services.platform.runtime import Runtime

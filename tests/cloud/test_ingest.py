@@ -13,8 +13,8 @@ import pytest
 from emma.edge.v1 import edge_link_pb2
 from grpc_status import rpc_status
 
-from services.edgelink.keys import revoke_edge_key
 from services.errors import error_info_of
+from services.identity import revoke_edge_key
 from tests.cloud.conftest import Host, new_edge
 from tests.cloud.edge_client import EdgeStream, batch, hello
 from tests.pg import SessionPostgres

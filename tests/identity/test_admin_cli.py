@@ -8,7 +8,7 @@ import asyncpg
 import grpc
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 
-from services.edgelink.keys import authenticate
+from services.identity.edge_keys import authenticate_edge_key as authenticate
 from services.names import EdgeName
 from services.registry import ensure_edge
 from tests.cli_process import run_emma

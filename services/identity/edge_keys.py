@@ -28,7 +28,6 @@ class EdgeIdentity:
     edge_pk: int
     name: EdgeName
     key_id: str
-    time_zone: str
 
 
 async def issue_edge_key(conn: Conn, edge_pk: int, display_name: str = "") -> tuple[str, str]:
@@ -60,16 +59,15 @@ def _invalid(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.UNAUTHENTICATED, errors_pb2.ERROR_REASON_EDGE_KEY_INVALID, message)
 
 
-async def authenticate(conn: Conn, api_key: str) -> EdgeIdentity:
+async def authenticate_edge_key(conn: Conn, api_key: str) -> EdgeIdentity:
     """The edge this key belongs to, or UNAUTHENTICATED with EDGE_KEY_INVALID / EDGE_KEY_REVOKED."""
     if not api_key.startswith(PREFIX) or api_key.count("_") < 2:
         raise _invalid("the API key is malformed")
     key_id, secret = api_key[len(PREFIX) :].split("_", 1)
     row = await conn.fetchrow(
-        """SELECT k.edge_pk, k.secret_sha256, k.revoke_time, e.org_id, e.site_id, e.edge_id, s.time_zone
+        """SELECT k.edge_pk, k.secret_sha256, k.revoke_time, e.org_id, e.site_id, e.edge_id
            FROM identity.edge_api_keys k
            JOIN app.edges e ON e.pk = k.edge_pk
-           JOIN app.sites s ON s.org_id = e.org_id AND s.site_id = e.site_id
            WHERE k.key_id = $1""",
         key_id,
     )
@@ -89,5 +87,4 @@ async def authenticate(conn: Conn, api_key: str) -> EdgeIdentity:
         edge_pk=row["edge_pk"],
         name=EdgeName(row["org_id"], row["site_id"], row["edge_id"]),
         key_id=key_id,
-        time_zone=row["time_zone"],
     )

@@ -19,8 +19,8 @@ from emma.common.v1 import errors_pb2
 from google.protobuf.message import Message
 
 from services.errors import ApiError, invalid_field
-from services.identity.redact import strip_sensitive
 from services.platform.migrations import Conn
+from services.platform.redact import strip_sensitive
 
 M = TypeVar("M", bound=Message)
 
