@@ -137,23 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _apply_server_flags(args: argparse.Namespace) -> None:
-    """Flags win over the environment; the config dataclasses read the environment."""
+def settings(args: argparse.Namespace) -> dict[str, str]:
+    """The environment with the command line's flags on top: flags win, and the config dataclasses read
+    this mapping (never os.environ directly), so no flag is passed by writing the process environment."""
+    env = dict(os.environ)
     if getattr(args, "host", None):
-        os.environ["EMMA_GRPC_HOST"] = args.host
+        env["EMMA_GRPC_HOST"] = args.host
     if getattr(args, "port", None) is not None:
-        os.environ["EMMA_GRPC_PORT"] = str(args.port)
+        env["EMMA_GRPC_PORT"] = str(args.port)
     if getattr(args, "state_dir", None):
-        os.environ["EMMA_STATE_DIR"] = args.state_dir
+        env["EMMA_STATE_DIR"] = args.state_dir
     if getattr(args, "gateway_port", None) is not None:
-        os.environ["EMMA_GATEWAY_PORT"] = str(args.gateway_port)
+        env["EMMA_GATEWAY_PORT"] = str(args.gateway_port)
+    return env
 
 
 def _run(args: argparse.Namespace) -> int:
     from services.platform.config import PlatformConfig
 
-    _apply_server_flags(args)
-    config = PlatformConfig.from_env()
+    env = settings(args)
+    config = PlatformConfig.from_env(env)
     if args.command == "up":
         from launcher.up import run_up
 
@@ -185,7 +188,7 @@ def _run(args: argparse.Namespace) -> int:
         from gateway.config import GatewayConfig
         from gateway.server import serve as serve_gateway
 
-        gateway_config = GatewayConfig.from_env(target=args.target, host=args.http_host, port=args.http_port)
+        gateway_config = GatewayConfig.from_env(env, target=args.target, host=args.http_host, port=args.http_port)
 
         def announce_gateway(url: str) -> None:
             print(f"emma gateway: {url} (docs {url}/docs) -> gRPC {gateway_config.target}", flush=True)

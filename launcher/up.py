@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -114,7 +113,7 @@ async def run_up(config: PlatformConfig) -> None:
     state_dir = config.state.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     # The gateway forwards the browser's address; the login rate limit must see it, not 127.0.0.1.
-    os.environ.setdefault("EMMA_TRUST_FORWARDED_FOR", "1")
+    config = dataclasses.replace(config, env={"EMMA_TRUST_FORWARDED_FOR": "1", **config.env})
     embedded: EmbeddedPostgres | None = None
     dsn = config.database.url
     if dsn is None:
@@ -140,7 +139,7 @@ async def run_up(config: PlatformConfig) -> None:
                         country_code=site.country_code,
                     )
                     site_files.append(write_site_file(folder, site, hosted.port))
-            gateway_config = dataclasses.replace(GatewayConfig.from_env(), target=grpc_address)
+            gateway_config = dataclasses.replace(GatewayConfig.from_env(config.env), target=grpc_address)
             async with running_gateway(gateway_config) as http_port:
                 base = f"http://{gateway_config.host}:{http_port}"
                 _say(f"emma up: gRPC services on {grpc_address}")

@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -296,7 +297,7 @@ def auth_state_for(runtime: Any) -> AuthState:
     """The one AuthState of a Runtime (shared by the interceptor and the identity servicers)."""
     state = getattr(runtime, "_emma_auth_state", None)
     if state is None:
-        config = AuthConfig.from_env(runtime.config.state.state_dir)
+        config = AuthConfig.from_env(runtime.config.state.state_dir, runtime.config.env or os.environ)
         state = AuthState(runtime.pool, config, getattr(runtime, "dsn", "") or "")
         runtime._emma_auth_state = state
     assert isinstance(state, AuthState)

@@ -152,6 +152,10 @@ class PlatformConfig:
     database: DatabaseConfig
     state: StateConfig
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    # The variables this configuration was read from (the process environment with command-line flags
+    # applied on top): domains read their own settings from it (identity's AuthConfig), so flags reach
+    # them without anyone writing os.environ. Not in repr: it holds the signing keys.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> PlatformConfig:
@@ -160,4 +164,5 @@ class PlatformConfig:
             database=DatabaseConfig.from_env(env),
             state=StateConfig.from_env(env),
             ingest=IngestConfig.from_env(env),
+            env=dict(env),
         )
