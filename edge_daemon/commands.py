@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from edge_daemon.channels import Ack, AckStatus, Category, ChannelStore, Request, ack_channel, request_channel
-from edge_daemon.devices.base import Access
+from edge_daemon.devices.base import ChannelAccess
 from edge_daemon.devices.site import SiteDevices
 from edge_daemon.errors import CommandError
 
@@ -34,7 +34,7 @@ def submit_command(
     found = devices.spec(channel)
     if found is None:
         raise CommandError(f"unknown channel {channel}")
-    if found[1].access is not Access.WRITE:
+    if found[1].access is not ChannelAccess.WRITE:
         raise CommandError(f"{channel} is not writable")
     if value is not None and (
         isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)

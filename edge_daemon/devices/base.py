@@ -21,7 +21,9 @@ from edge_daemon.errors import ChannelError
 _DEVICE_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
-class Access(enum.Enum):
+class ChannelAccess(enum.Enum):
+    """Whether a channel is only read (measurements, status) or is a setpoint controllers and commands write."""
+
     READ = "read"
     WRITE = "write"
 
@@ -42,7 +44,7 @@ class DynamicLimit:
 class ChannelSpec:
     name: str
     unit: str
-    access: Access
+    access: ChannelAccess
     description: str
     minimum: float | None = None
     maximum: float | None = None
@@ -51,7 +53,7 @@ class ChannelSpec:
 
     @property
     def category(self) -> Category:
-        return Category.INPUT if self.access is Access.READ else Category.OUTPUT
+        return Category.INPUT if self.access is ChannelAccess.READ else Category.OUTPUT
 
 
 def validate_device_id(device_id: str) -> str:

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from edge_daemon.channels import ChannelStore
-from edge_daemon.devices.base import Access, ChannelSpec, Device, DynamicLimit, publish
+from edge_daemon.devices.base import ChannelAccess, ChannelSpec, Device, DynamicLimit, publish
 from edge_daemon.params import ParamReader
 
 
@@ -64,29 +64,31 @@ class SimBattery(Device):
         self.max_discharge_w = params.max_discharge_w
         self._last: float | None = None
         self._channels = (
-            ChannelSpec("Soc", "%", Access.READ, "State of charge", 0, 100),
+            ChannelSpec("Soc", "%", ChannelAccess.READ, "State of charge", 0, 100),
             ChannelSpec(
                 "ActivePower",
                 "W",
-                Access.READ,
+                ChannelAccess.READ,
                 "AC power, positive discharging",
                 -params.max_charge_w,
                 params.max_discharge_w,
             ),
-            ChannelSpec("MaxChargePower", "W", Access.READ, "Charge power the BMS allows now", 0, params.max_charge_w),
+            ChannelSpec(
+                "MaxChargePower", "W", ChannelAccess.READ, "Charge power the BMS allows now", 0, params.max_charge_w
+            ),
             ChannelSpec(
                 "MaxDischargePower",
                 "W",
-                Access.READ,
+                ChannelAccess.READ,
                 "Discharge power the BMS allows now",
                 0,
                 params.max_discharge_w,
             ),
-            ChannelSpec("StoredEnergy", "Wh", Access.READ, "Energy stored", 0, params.capacity_wh),
+            ChannelSpec("StoredEnergy", "Wh", ChannelAccess.READ, "Energy stored", 0, params.capacity_wh),
             ChannelSpec(
                 "SetActivePower",
                 "W",
-                Access.WRITE,
+                ChannelAccess.WRITE,
                 "Power setpoint, positive discharging",
                 -params.max_charge_w,
                 params.max_discharge_w,

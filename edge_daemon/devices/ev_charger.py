@@ -11,7 +11,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from edge_daemon.channels import ChannelStore
-from edge_daemon.devices.base import Access, ChannelSpec, Device, DynamicLimit, publish
+from edge_daemon.devices.base import ChannelAccess, ChannelSpec, Device, DynamicLimit, publish
 from edge_daemon.params import ParamReader
 
 
@@ -54,14 +54,14 @@ class SimEvCharger(Device):
         self._last: float | None = None
         self._in_window: bool | None = None
         self._channels = (
-            ChannelSpec("Plugged", "", Access.READ, "A car is connected"),
-            ChannelSpec("EnergyNeeded", "Wh", Access.READ, "Energy the session still needs", 0, None),
-            ChannelSpec("ActivePower", "W", Access.READ, "Charging power", 0, params.max_power_w),
-            ChannelSpec("MaxPower", "W", Access.READ, "Charging power possible now", 0, params.max_power_w),
+            ChannelSpec("Plugged", "", ChannelAccess.READ, "A car is connected"),
+            ChannelSpec("EnergyNeeded", "Wh", ChannelAccess.READ, "Energy the session still needs", 0, None),
+            ChannelSpec("ActivePower", "W", ChannelAccess.READ, "Charging power", 0, params.max_power_w),
+            ChannelSpec("MaxPower", "W", ChannelAccess.READ, "Charging power possible now", 0, params.max_power_w),
             ChannelSpec(
                 "SetActivePower",
                 "W",
-                Access.WRITE,
+                ChannelAccess.WRITE,
                 "Charging power setpoint",
                 0,
                 params.max_power_w,

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from edge_daemon.channels import ChannelStore
-from edge_daemon.devices.base import Access, ChannelSpec, Device, publish
+from edge_daemon.devices.base import ChannelAccess, ChannelSpec, Device, publish
 from edge_daemon.params import ParamReader
 
 
@@ -35,9 +35,9 @@ class SimGridMeter(Device):
         self.power_w = 0.0
         self._members: tuple[tuple[str, int], ...] = ()
         self._channels = (
-            ChannelSpec("ActivePower", "W", Access.READ, "Grid power, positive importing"),
-            ChannelSpec("ImportPower", "W", Access.READ, "Power imported", 0, None),
-            ChannelSpec("ExportPower", "W", Access.READ, "Power exported", 0, None),
+            ChannelSpec("ActivePower", "W", ChannelAccess.READ, "Grid power, positive importing"),
+            ChannelSpec("ImportPower", "W", ChannelAccess.READ, "Power imported", 0, None),
+            ChannelSpec("ExportPower", "W", ChannelAccess.READ, "Power exported", 0, None),
         )
 
     @property

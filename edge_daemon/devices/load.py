@@ -11,7 +11,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from edge_daemon.channels import ChannelStore
-from edge_daemon.devices.base import Access, ChannelSpec, Device, publish
+from edge_daemon.devices.base import ChannelAccess, ChannelSpec, Device, publish
 from edge_daemon.params import ParamReader
 
 # Hourly shape of a residential load (relative, local time): night base, morning bump, evening peak.
@@ -78,7 +78,7 @@ class SimLoad(Device):
         self._shape = [v / mean for v in params.profile]
         self._rng = random.Random(params.seed)
         self.power_w = 0.0
-        self._channels = (ChannelSpec("ActivePower", "W", Access.READ, "Power consumed", 0, None),)
+        self._channels = (ChannelSpec("ActivePower", "W", ChannelAccess.READ, "Power consumed", 0, None),)
 
     @property
     def channels(self) -> tuple[ChannelSpec, ...]:

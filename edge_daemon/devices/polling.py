@@ -18,11 +18,11 @@ from collections.abc import Mapping
 
 from edge_daemon.channels import Category, ChannelStore, Number
 from edge_daemon.clock import Clock, SystemClock
-from edge_daemon.devices.base import Access, ChannelSpec, Device
+from edge_daemon.devices.base import ChannelAccess, ChannelSpec, Device
 
 log = logging.getLogger(__name__)
 
-COMMUNICATION_OK = ChannelSpec("CommunicationOk", "", Access.READ, "The last poll succeeded recently")
+COMMUNICATION_OK = ChannelSpec("CommunicationOk", "", ChannelAccess.READ, "The last poll succeeded recently")
 
 
 class PollingDevice(Device):
@@ -92,7 +92,7 @@ class PollingDevice(Device):
 
     def write(self, store: ChannelStore) -> None:
         for spec in self.device_channels:
-            if spec.access is not Access.WRITE:
+            if spec.access is not ChannelAccess.WRITE:
                 continue
             value = self.output_value(store, spec.name)
             if value is not None and self._applied.get(spec.name) != value:

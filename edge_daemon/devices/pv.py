@@ -15,7 +15,7 @@ import pandas as pd
 import pvlib
 
 from edge_daemon.channels import ChannelStore
-from edge_daemon.devices.base import Access, ChannelSpec, Device, publish
+from edge_daemon.devices.base import ChannelAccess, ChannelSpec, Device, publish
 from edge_daemon.params import ParamReader
 
 _DAY_S = 86_400
@@ -82,16 +82,16 @@ class SimPvInverter(Device):
         self.power_w = 0.0
         self._limit_w: float | None = None
         self._channels = (
-            ChannelSpec("ActivePower", "W", Access.READ, "AC power produced", 0, params.peak_power_w),
+            ChannelSpec("ActivePower", "W", ChannelAccess.READ, "AC power produced", 0, params.peak_power_w),
             ChannelSpec(
                 "AvailablePower",
                 "W",
-                Access.READ,
+                ChannelAccess.READ,
                 "Power the sun offers before curtailment",
                 0,
                 params.peak_power_w,
             ),
-            ChannelSpec("ActivePowerLimit", "W", Access.WRITE, "Curtailment limit", 0, params.peak_power_w),
+            ChannelSpec("ActivePowerLimit", "W", ChannelAccess.WRITE, "Curtailment limit", 0, params.peak_power_w),
         )
 
     @property

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from edge_daemon.channels import ChannelStore, ChannelValue
-from edge_daemon.devices.base import Access, ChannelSpec, Device, DynamicLimit
+from edge_daemon.devices.base import ChannelAccess, ChannelSpec, Device, DynamicLimit
 from edge_daemon.errors import ChannelError, LimitError
 
 
@@ -38,7 +38,7 @@ class SiteDevices:
             d.address(s.name): (d, s) for d in devices for s in d.channels
         }
         self.outputs: tuple[str, ...] = tuple(
-            name for name, (_, spec) in self._specs.items() if spec.access is Access.WRITE
+            name for name, (_, spec) in self._specs.items() if spec.access is ChannelAccess.WRITE
         )
 
     def __len__(self) -> int:
@@ -64,7 +64,7 @@ class SiteDevices:
         if found is None:
             raise LimitError(f"unknown channel {channel}")
         device, spec = found
-        if spec.access is not Access.WRITE:
+        if spec.access is not ChannelAccess.WRITE:
             raise LimitError(f"{channel} is not writable")
         low = -math.inf if spec.minimum is None else spec.minimum
         high = math.inf if spec.maximum is None else spec.maximum

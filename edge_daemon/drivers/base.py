@@ -21,14 +21,14 @@ from collections.abc import Mapping
 
 from edge_daemon.channels import Category, ChannelStore, Number, Scalar
 from edge_daemon.clock import Clock
-from edge_daemon.devices.base import Access, ChannelSpec
+from edge_daemon.devices.base import ChannelAccess, ChannelSpec
 from edge_daemon.devices.polling import COMMUNICATION_OK, PollingDevice
 from edge_daemon.errors import EdgeError
 
 COMMUNICATION_LOST = ChannelSpec(
-    "CommunicationLost", "", Access.READ, "1 while the device does not answer (last poll failed or stale)"
+    "CommunicationLost", "", ChannelAccess.READ, "1 while the device does not answer (last poll failed or stale)"
 )
-COMMUNICATION_ERRORS = ChannelSpec("CommunicationErrors", "", Access.READ, "Failed polls since start")
+COMMUNICATION_ERRORS = ChannelSpec("CommunicationErrors", "", ChannelAccess.READ, "Failed polls since start")
 
 
 class CommunicationError(EdgeError):

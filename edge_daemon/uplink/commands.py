@@ -1,4 +1,4 @@
-"""Command relay: EdgeCommand -> request channel, controller acks -> CommandAck, through the journal.
+"""Command handler: EdgeCommand -> request channel, controller acks -> CommandAck, through the journal.
 
 For every EdgeCommand (delivered at least once, so possibly again):
 - already known by name -> its current status goes out again; the device never sees it twice;
@@ -8,7 +8,7 @@ For every EdgeCommand (delivered at least once, so possibly again):
   the manual-override controller applies or rejects it in the next cycle and writes the final ack,
   which `pump` drains (`daemon.take_acks`) into the journal.
 
-The relay never writes to a stream itself: it records acks in the journal and sets `changed`; the
+The handler never writes to a stream itself: it records acks in the journal and sets `changed`; the
 current session sends whatever is unsent. Reasons are machine-readable (ErrorReason names where one
 fits, "expired" as the contract asks); `message` carries the edge's text for people.
 """
@@ -24,7 +24,7 @@ from emma.edge.v1 import edge_link_pb2
 from core.logs import log_context
 from edge_daemon.channels import AckEvent, AckStatus
 from edge_daemon.clock import Clock
-from edge_daemon.devices.base import Access
+from edge_daemon.devices.base import ChannelAccess
 from edge_daemon.errors import CommandError
 from edge_daemon.uplink.journal import (
     EXECUTED,
@@ -56,7 +56,7 @@ EDGE_RESTARTED: Final = "EDGE_RESTARTED"
 _STATUS: Final = {AckStatus.EXECUTED: EXECUTED, AckStatus.REJECTED: REJECTED, AckStatus.FAILED: FAILED}
 
 
-class CommandRelay:
+class CommandHandler:
     def __init__(self, daemon: EdgeDaemon, journal: CommandJournal, clock: Clock) -> None:
         self.daemon = daemon
         self.journal = journal
@@ -89,7 +89,7 @@ class CommandRelay:
             log.info("command expired", extra={"channel": channel})
             return
         found = self.daemon.devices.spec(channel)
-        if found is None or found[1].access is not Access.WRITE:
+        if found is None or found[1].access is not ChannelAccess.WRITE:
             reason = CHANNEL_NOT_FOUND if found is None else CHANNEL_NOT_WRITABLE
             text = f"unknown channel {channel}" if found is None else f"{channel} is not writable"
             await asyncio.to_thread(journal.decide, name, channel, value, REJECTED, reason, text)

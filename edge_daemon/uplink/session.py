@@ -4,7 +4,7 @@ Tasks of a session (all end together; the first failure ends the session):
 
 - writer: the only task that writes to the stream. Everything to send goes through one bounded queue,
   so a slow network blocks the producers of messages instead of growing memory.
-- reader: the only task that reads. Telemetry acks go to the acker; commands to the command relay;
+- reader: the only task that reads. Telemetry acks go to the acker; commands to the command handler;
   schedules to the schedule follower; a blocked acker or a full outbound queue stops the reading, and
   HTTP/2 flow control pushes back to the cloud.
 - telemetry: sends outbox batches in batch_seq order, starting after the cloud's last stored one, with
@@ -38,7 +38,7 @@ from edge_daemon.config import CloudConfig
 from edge_daemon.errors import EdgeError
 from edge_daemon.outbox import Batch, Outbox
 from edge_daemon.uplink.batches import BatchProducer
-from edge_daemon.uplink.commands import CommandRelay
+from edge_daemon.uplink.commands import CommandHandler
 from edge_daemon.uplink.connection import StreamStatus, open_channel, status_of_call, status_of_error
 from edge_daemon.uplink.journal import PendingAck
 from edge_daemon.uplink.schedules import apply_schedule
@@ -116,7 +116,7 @@ class Session:
         api_key: str,
         agent_version: str,
         producer: BatchProducer,
-        relay: CommandRelay,
+        commands: CommandHandler,
         stats: UplinkStats,
         root_certificates: bytes | None = None,
     ) -> None:
@@ -127,7 +127,7 @@ class Session:
         self.api_key = api_key
         self.agent_version = agent_version
         self.producer = producer
-        self.relay = relay
+        self.commands = commands
         self.stats = stats
         self.root_certificates = root_certificates
         self.session_id = ""
@@ -260,7 +260,7 @@ class Session:
             if kind == "telemetry_ack":
                 await self._acks.put(response.telemetry_ack)
             elif kind == "command":
-                await self.relay.on_command(response.command)
+                await self.commands.on_command(response.command)
             elif kind == "schedule":
                 ack = apply_schedule(self.daemon, response.schedule, self.daemon.clock.time())
                 await self._outbound.put(_Outgoing(edge_link_pb2.ConnectRequest(schedule_ack=ack)))
@@ -376,8 +376,8 @@ class Session:
     async def _command_acks(self) -> None:
         queued: set[tuple[str, int]] = set()
         while True:
-            self.relay.changed.clear()
-            for pending in await self.relay.unsent():
+            self.commands.changed.clear()
+            for pending in await self.commands.unsent():
                 key = (pending.name, int(pending.status))
                 if key in queued:
                     continue
@@ -388,13 +388,13 @@ class Session:
                         self._ack_sent_callback(pending, queued, key),
                     )
                 )
-            await self.relay.changed.wait()
+            await self.commands.changed.wait()
 
     def _ack_sent_callback(
         self, pending: PendingAck, queued: set[tuple[str, int]], key: tuple[str, int]
     ) -> Callable[[], Awaitable[None]]:
         async def sent() -> None:
-            await self.relay.mark_sent(pending)
+            await self.commands.mark_sent(pending)
             queued.discard(key)
 
         return sent

@@ -28,7 +28,7 @@ from edge_daemon.config import CloudConfig, SiteConfig
 from edge_daemon.errors import EdgeError, SiteConfigError
 from edge_daemon.uplink.backoff import Backoff
 from edge_daemon.uplink.batches import BatchProducer
-from edge_daemon.uplink.commands import CommandRelay
+from edge_daemon.uplink.commands import CommandHandler
 from edge_daemon.uplink.connection import agent_version, read_api_key, read_root_certificates
 from edge_daemon.uplink.journal import CommandJournal
 from edge_daemon.uplink.session import Session, SessionEnd, UplinkStats
@@ -52,7 +52,7 @@ class GrpcUplink:
         self.agent_version = agent_version()
         self.stats = UplinkStats()
         self.producer: BatchProducer | None = None
-        self.relay: CommandRelay | None = None
+        self.commands: CommandHandler | None = None
         self._started_time = time.time()
         self._first_run = True
 
@@ -62,16 +62,16 @@ class GrpcUplink:
             raise EdgeError("the uplink needs an open outbox and channel registry")
         journal = await asyncio.to_thread(CommandJournal, self.config.outbox.path, clock=daemon.clock)
         producer = BatchProducer(daemon, outbox, started_time=self._started_time if self._first_run else None)
-        relay = CommandRelay(daemon, journal, daemon.clock)
-        self.producer, self.relay = producer, relay
+        commands = CommandHandler(daemon, journal, daemon.clock)
+        self.producer, self.commands = producer, commands
         try:
             if self._first_run:
-                await relay.fail_unfinished()
+                await commands.fail_unfinished()
                 self._first_run = False
             tasks = [
                 asyncio.create_task(producer.run(), name="uplink-batches"),
-                asyncio.create_task(relay.pump(), name="uplink-command-acks"),
-                asyncio.create_task(self._connect_loop(daemon, producer, relay), name="uplink-connect"),
+                asyncio.create_task(commands.pump(), name="uplink-command-acks"),
+                asyncio.create_task(self._connect_loop(daemon, producer, commands), name="uplink-connect"),
                 asyncio.create_task(self._prune(journal), name="uplink-journal-prune"),
             ]
             try:
@@ -88,10 +88,10 @@ class GrpcUplink:
             with contextlib.suppress(Exception):
                 await producer.flush()
             with contextlib.suppress(Exception):
-                await relay.drain_acks()
+                await commands.drain_acks()
             await asyncio.to_thread(journal.close)
 
-    async def _connect_loop(self, daemon: EdgeDaemon, producer: BatchProducer, relay: CommandRelay) -> None:
+    async def _connect_loop(self, daemon: EdgeDaemon, producer: BatchProducer, commands: CommandHandler) -> None:
         assert daemon.outbox is not None and daemon.registry is not None
         backoff = Backoff(self.cloud.reconnect_min_s, self.cloud.reconnect_max_s)
         while True:
@@ -104,7 +104,7 @@ class GrpcUplink:
                 api_key=self._current_key(),
                 agent_version=self.agent_version,
                 producer=producer,
-                relay=relay,
+                commands=commands,
                 stats=self.stats,
                 root_certificates=self.root_certificates,
             )

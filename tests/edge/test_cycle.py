@@ -13,7 +13,7 @@ from edge_daemon.channels import Category, ChannelStore, Number
 from edge_daemon.clock import ManualClock
 from edge_daemon.controllers.base import Controller, CycleContext
 from edge_daemon.cycle import CYCLE_TIME, ERRORS, LATENESS, OVERRUNS, ControlCycle
-from edge_daemon.devices.base import Access, ChannelSpec, Device
+from edge_daemon.devices.base import ChannelAccess, ChannelSpec, Device
 from edge_daemon.devices.polling import PollingDevice
 from edge_daemon.devices.site import SiteDevices
 from tests.edge.sim import Site, site_config
@@ -33,8 +33,8 @@ class Probe(Device):
     @property
     def channels(self) -> tuple[ChannelSpec, ...]:
         return (
-            ChannelSpec("Reading", "W", Access.READ, "a reading"),
-            ChannelSpec("Setpoint", "W", Access.WRITE, "a setpoint", -100, 100),
+            ChannelSpec("Reading", "W", ChannelAccess.READ, "a reading"),
+            ChannelSpec("Setpoint", "W", ChannelAccess.WRITE, "a setpoint", -100, 100),
         )
 
     def read(self, store: ChannelStore, now: float) -> None:
@@ -134,8 +134,8 @@ class DeadDevice(PollingDevice):
     @property
     def device_channels(self) -> tuple[ChannelSpec, ...]:
         return (
-            ChannelSpec("Power", "W", Access.READ, "power"),
-            ChannelSpec("SetPower", "W", Access.WRITE, "setpoint"),
+            ChannelSpec("Power", "W", ChannelAccess.READ, "power"),
+            ChannelSpec("SetPower", "W", ChannelAccess.WRITE, "setpoint"),
         )
 
     async def poll(self) -> Mapping[str, Number]:

@@ -156,7 +156,7 @@ async def test_a_redelivered_command_is_answered_but_applied_once(linked: Linked
 
 
 async def test_a_final_ack_that_could_not_be_sent_goes_out_after_the_reconnect(linked: Linked) -> None:
-    fake, journal = linked.fake, linked.uplink.relay
+    fake, journal = linked.fake, linked.uplink.commands
     assert journal is not None
     name = f"{EDGE}/commands/offline"
 

@@ -29,13 +29,13 @@ from cantools.database.can import Database, Message
 
 from edge_daemon.channels import Number, Scalar
 from edge_daemon.clock import Clock
-from edge_daemon.devices.base import Access, ChannelSpec
+from edge_daemon.devices.base import ChannelAccess, ChannelSpec
 from edge_daemon.drivers.base import CommunicationError, DriverDevice
 from edge_daemon.drivers.params import CHANNEL_NAME_RE, DeviceReader
 
 log = logging.getLogger(__name__)
 
-DECODE_ERRORS = ChannelSpec("DecodeErrors", "", Access.READ, "Frames of known ids that did not decode")
+DECODE_ERRORS = ChannelSpec("DecodeErrors", "", ChannelAccess.READ, "Frames of known ids that did not decode")
 _RECV_POLL_S = 0.2  # how quickly the receive thread notices a stop request
 
 
@@ -68,7 +68,7 @@ def signal_specs(messages: list[Message]) -> tuple[ChannelSpec, ...]:
             description = s.comment if isinstance(s.comment, str) and s.comment else f"{m.name}.{s.name}"
             minimum = float(s.minimum) if s.minimum is not None else None
             maximum = float(s.maximum) if s.maximum is not None else None
-            specs.append(ChannelSpec(s.name, s.unit or "", Access.READ, description, minimum, maximum))
+            specs.append(ChannelSpec(s.name, s.unit or "", ChannelAccess.READ, description, minimum, maximum))
     return tuple(specs)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from edge_daemon.channels import Number, Scalar
 from edge_daemon.clock import Clock
-from edge_daemon.devices.base import Access, ChannelSpec
+from edge_daemon.devices.base import ChannelAccess, ChannelSpec
 from edge_daemon.drivers.base import CommunicationError, DriverDevice, RetryDelay
 from edge_daemon.drivers.modbus.codec import EncodeError
 from edge_daemon.drivers.modbus.connection import ConnectionParams
@@ -26,8 +26,12 @@ from edge_daemon.drivers.modbus.registers import RegisterMap
 
 log = logging.getLogger(__name__)
 
-MODBUS_EXCEPTIONS = ChannelSpec("ModbusExceptions", "", Access.READ, "Modbus exception responses to reads since start")
-WRITE_ERRORS = ChannelSpec("WriteErrors", "", Access.READ, "Setpoints the device refused or that could not be encoded")
+MODBUS_EXCEPTIONS = ChannelSpec(
+    "ModbusExceptions", "", ChannelAccess.READ, "Modbus exception responses to reads since start"
+)
+WRITE_ERRORS = ChannelSpec(
+    "WriteErrors", "", ChannelAccess.READ, "Setpoints the device refused or that could not be encoded"
+)
 
 
 @dataclass(frozen=True, slots=True)

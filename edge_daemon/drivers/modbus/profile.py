@@ -11,7 +11,7 @@ import dataclasses
 import tomllib
 from pathlib import Path
 
-from edge_daemon.devices.base import Access
+from edge_daemon.devices.base import ChannelAccess
 from edge_daemon.drivers.modbus.codec import DataType
 from edge_daemon.drivers.modbus.registers import (
     MAX_BITS_PER_READ,
@@ -96,7 +96,7 @@ def _build(owner: DeviceReader, entries: list[DeviceReader], limits: dict[str, o
         r = readers[p.name]
         if sf is None:
             raise r.error("scale_register", f"no register named {p.scale_register!r} in this map")
-        if sf.access is not Access.READ or not sf.dtype.is_integer or sf.scale_register or sf.bit is not None:
+        if sf.access is not ChannelAccess.READ or not sf.dtype.is_integer or sf.scale_register or sf.bit is not None:
             raise r.error("scale_register", f"{p.scale_register!r} must be a readable integer register")
     # A register used only as a scale factor is not a channel of its own.
     final = tuple(dataclasses.replace(p, channel=False) if p.name in scale_points else p for p in points)
@@ -116,8 +116,8 @@ def _point(r: DeviceReader, word_order: str, max_regs: int) -> Point:
     name = r.get_channel_name("name")
     function = Function(r.get_choice("function", tuple(f.value for f in Function), "holding"))
     address = r.get_int("address", minimum=0, maximum=65535)
-    access = Access.WRITE if r.get_choice("access", ("read", "write"), "read") == "write" else Access.READ
-    if access is Access.WRITE and not function.writable:
+    access = ChannelAccess.WRITE if r.get_choice("access", ("read", "write"), "read") == "write" else ChannelAccess.READ
+    if access is ChannelAccess.WRITE and not function.writable:
         raise r.error("access", f"{function.value} values are read-only in Modbus (use holding or coil)")
     if function.is_bit:
         dtype = DataType(r.get_choice("type", ("bool",), "bool"))
@@ -127,7 +127,7 @@ def _point(r: DeviceReader, word_order: str, max_regs: int) -> Point:
     length = dtype.words
     if dtype is DataType.STRING:
         length = r.get_int("length", minimum=1, maximum=max_regs)
-        if access is Access.WRITE:
+        if access is ChannelAccess.WRITE:
             raise r.error("access", "strings cannot be written")
     elif r.has("length"):
         raise r.error("length", "only strings have a length (in registers)")
@@ -138,7 +138,7 @@ def _point(r: DeviceReader, word_order: str, max_regs: int) -> Point:
         if not dtype.is_integer:
             raise r.error("bit", "bits can only be taken from integer types")
         bit = r.get_int("bit", minimum=0, maximum=16 * dtype.words - 1)
-        if access is Access.WRITE:
+        if access is ChannelAccess.WRITE:
             raise r.error("bit", "single bits of a register cannot be written (use a coil)")
     scale = r.get_float("scale", 1.0)
     if scale == 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from edge_daemon.devices.base import Access, ChannelSpec
+from edge_daemon.devices.base import ChannelAccess, ChannelSpec
 from edge_daemon.drivers.modbus.codec import DataType
 
 # Modbus limits per request (Modbus Application Protocol v1.1b3, 6.1-6.4): a device may allow fewer.
@@ -43,7 +43,7 @@ class Point:
     function: Function
     dtype: DataType
     length: int
-    access: Access = Access.READ
+    access: ChannelAccess = ChannelAccess.READ
     word_order: str = "big"
     scale: float = 1.0
     exponent: int = 0
@@ -84,8 +84,8 @@ class RegisterMap:
 
     @property
     def read_points(self) -> tuple[Point, ...]:
-        return tuple(p for p in self.points if p.access is Access.READ)
+        return tuple(p for p in self.points if p.access is ChannelAccess.READ)
 
     @property
     def write_points(self) -> dict[str, Point]:
-        return {p.name: p for p in self.points if p.access is Access.WRITE}
+        return {p.name: p for p in self.points if p.access is ChannelAccess.WRITE}

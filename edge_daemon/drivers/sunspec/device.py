@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from edge_daemon.channels import Number, Scalar
 from edge_daemon.clock import Clock
-from edge_daemon.devices.base import Access, ChannelSpec
+from edge_daemon.devices.base import ChannelAccess, ChannelSpec
 from edge_daemon.drivers.base import CommunicationError, RetryDelay
 from edge_daemon.drivers.modbus.codec import EncodeError
 from edge_daemon.drivers.modbus.connection import ConnectionParams
@@ -30,7 +30,7 @@ from edge_daemon.drivers.sunspec.models import SUPPORTED_MODELS, channel_specs, 
 
 log = logging.getLogger(__name__)
 
-DISCOVERIES = ChannelSpec("Discoveries", "", Access.READ, "Successful SunSpec discoveries since start")
+DISCOVERIES = ChannelSpec("Discoveries", "", ChannelAccess.READ, "Successful SunSpec discoveries since start")
 
 
 @dataclass(frozen=True, slots=True)

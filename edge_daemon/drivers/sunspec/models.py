@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from sunspec2 import mb as sunspec_mb  # type: ignore[import-untyped]
 
-from edge_daemon.devices.base import Access, ChannelSpec
+from edge_daemon.devices.base import ChannelAccess, ChannelSpec
 from edge_daemon.drivers.modbus.codec import DataType
 from edge_daemon.drivers.modbus.registers import Function, Point
 
@@ -163,7 +163,7 @@ def channel_specs(models: tuple[int, ...], modules: int, writable: frozenset[str
     for model_id in models:
         for name, p, _ in _point_names(model_def(model_id), modules):
             if is_channel(p) and name not in specs:
-                access = Access.WRITE if name in writable else Access.READ
+                access = ChannelAccess.WRITE if name in writable else ChannelAccess.READ
                 specs[name] = ChannelSpec(name, p.units, access, p.label)
     return tuple(specs.values())
 
@@ -223,7 +223,7 @@ def _point(
             function=Function.HOLDING,
             dtype=dtype,
             length=p.size,
-            access=Access.WRITE if name in writable else Access.READ,
+            access=ChannelAccess.WRITE if name in writable else ChannelAccess.READ,
             exponent=exponent,
             scale_register=scale_register,
             unit=p.units,
