@@ -7,7 +7,7 @@ clients and tests (which read them back).
 from __future__ import annotations
 
 from emma.common.v1 import errors_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 ERROR_DOMAIN = "emma.energy"
 
@@ -24,7 +24,3 @@ def error_info_of(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | No
         if detail.Unpack(info):  # False when the detail is another type
             return info
     return None
-
-
-def grpc_code_name(code: int) -> str:
-    return str(code_pb2.Code.Name(code))

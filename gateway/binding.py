@@ -92,10 +92,6 @@ class QueryField:
         return self.fields[-1]
 
     @property
-    def json_path(self) -> tuple[str, ...]:
-        return tuple(f.json_name for f in self.fields)
-
-    @property
     def proto_path(self) -> str:
         return ".".join(f.name for f in self.fields)
 

@@ -10,7 +10,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from core.errors import ConfigError, EmmaError
-from core.status import ERROR_DOMAIN, error_info_of, grpc_code_name, reason_name
+from core.status import ERROR_DOMAIN, error_info_of, reason_name
 
 # Re-exported: the services' code raises and reads these through this one module.
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "ServiceError",
     "StartupError",
     "error_info_of",
-    "grpc_code_name",
     "invalid_field",
     "not_found",
     "reason_name",
