@@ -21,10 +21,9 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from bench.harness import BENCH_ENV, cloud_process, database, login, migrate, percentile, run_benchmark
 from bench.machine import describe
-from services.edgelink.copy_binary import samples_copy_payload
 from services.names import EdgeName
 from services.registry import ensure_edge
-from services.telemetry.maintenance import roll_up_closed_buckets
+from services.telemetry import roll_up_closed_buckets, samples_copy_payload
 
 CHANNELS = 100
 DAYS = 30

@@ -14,25 +14,13 @@ from emma.common.v1 import errors_pb2
 from emma.edge.v1 import edge_link_pb2
 
 from services.errors import reason_name
+from services.telemetry import Columns
 
 
 @dataclass(frozen=True)
 class Rejection:
     reason: str
     message: str
-
-
-@dataclass
-class Columns:
-    """A validated batch as arrays: one element per point."""
-
-    series_ids: npt.NDArray[np.int64]
-    times_unix_us: npt.NDArray[np.int64]
-    values: npt.NDArray[np.float64]
-
-    @property
-    def size(self) -> int:
-        return len(self.values)
 
 
 def _reject(reason: int, message: str) -> Rejection:

@@ -9,11 +9,12 @@ all per edge or per series of an edge), so their transactions run side by side w
 waits: a slow commit delays only its lane, and PostgreSQL works on two transactions at a time.
 
 In a lane, every batch waiting when a transaction starts goes into that transaction (up to a point
-limit), so under load many streams share one commit. In the transaction, one statement inserts the
-ledger rows (edge, batch_seq) with ON CONFLICT DO NOTHING, which tells new batches from resent ones,
-and, for the new ones only, upserts latest values and marks rollup dirt; then one binary COPY
-writes the new batches' samples, and their events follow. Results (STORED or DUPLICATE) are
-released only after COMMIT, so an ack always means stored.
+limit), so under load many streams share one commit. In the transaction (its statements are
+telemetry's: services/telemetry/ingest.py), one statement inserts the ledger rows (edge, batch_seq)
+with ON CONFLICT DO NOTHING, which tells new batches from resent ones, and, for the new ones only,
+upserts latest values and marks rollup dirt; then one binary COPY writes the new batches' samples,
+and their events follow. Results (STORED or DUPLICATE) are released only after COMMIT, so an ack
+always means stored.
 
 A failing transaction is retried with backoff while the batches stay queued: a restarting database
 delays acks, it does not lose data, and the bounded queue stops the streams from reading meanwhile.
@@ -27,21 +28,16 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import numpy as np
-import numpy.typing as npt
 from emma.edge.v1 import edge_link_pb2
 
-from services.edgelink.batches import Columns
-from services.edgelink.copy_binary import samples_copy_payload
+from services.telemetry import Columns, SampleRows, copy_samples, create_partitions, record_batches
 
 log = logging.getLogger("emma.ingest")
-
-ROLLUP_BUCKET_US = 15 * 60 * 1_000_000
 
 # SQLSTATE classes worth retrying: connection exceptions, insufficient resources, operator
 # intervention (shutdown, restart), serialization failures and deadlocks.
@@ -182,7 +178,7 @@ class IngestWriter:
         first = dt.datetime.fromtimestamp(min(times) / 1e6, dt.UTC).date()
         last = dt.datetime.fromtimestamp(max(times) / 1e6, dt.UTC).date()
         async with self._pool.acquire() as conn:
-            created = await conn.fetchval("SELECT telemetry.ensure_partitions($1, $2)", first, last)
+            created = await create_partitions(conn, first, last)
         log.info("created %s partition(s) for %s..%s on demand", created, first, last)
         return True
 
@@ -196,16 +192,17 @@ class IngestWriter:
         unique = sorted(first.items())  # sorted: every transaction locks ledger rows in the same order
 
         items = [group[i] for _, i in unique]
-        rows = _GroupRows.of(items)
+        batches = [item.columns for item in items]
+        rows = SampleRows.of(batches)
 
         started = time.perf_counter()
         async with self._pool.acquire() as conn:
             try:
                 async with conn.transaction():
-                    new_keys = await self._record_group(conn, items, rows)
+                    new_keys = await record_batches(conn, [key for key, _ in unique], batches, rows)
                     fresh = [k for k, item in enumerate(items) if (item.edge_pk, item.batch_seq) in new_keys]
                     if fresh:
-                        await self._copy_samples(conn, rows, fresh, len(items))
+                        await copy_samples(conn, rows, fresh, len(items))
                         await self._store_events(conn, [items[k] for k in fresh])
             except asyncpg.InternalClientError:
                 conn.terminate()  # its protocol state is unknown: the pool must not hand it out again
@@ -226,56 +223,6 @@ class IngestWriter:
             else:
                 self.stats.batches_duplicate += 1
         return results
-
-    @staticmethod
-    async def _record_group(conn: Any, items: list[PendingBatch], rows: _GroupRows) -> set[tuple[int, int]]:
-        """One statement: ledger rows, then latest values and rollup dirt of the batches that are new.
-
-        The ledger insert decides which batches are new (ON CONFLICT DO NOTHING RETURNING); the
-        latest-value upsert and the dirty-bucket insert read that decision in the same statement, so a
-        resent batch touches neither. One statement instead of three saves two round trips per
-        transaction, and every round trip also waits for this process's event loop, which is busy
-        with the streams' messages: under 1,000 streams that wait, not PostgreSQL, was most of a
-        transaction's tail.
-        """
-
-        def bound(item: PendingBatch, pick: Any) -> int | None:
-            t = item.columns.times_unix_us
-            return int(pick(t)) if len(t) else None
-
-        found = await conn.fetch(
-            _RECORD_GROUP_SQL,
-            [i.edge_pk for i in items],
-            [i.batch_seq for i in items],
-            [i.columns.size for i in items],
-            [bound(i, np.min) for i in items],
-            [bound(i, np.max) for i in items],
-            rows.latest_batch.tolist(),
-            rows.latest_series.tolist(),
-            rows.latest_time.tolist(),
-            rows.latest_value.tolist(),
-            rows.dirty_batch.tolist(),
-            rows.dirty_bucket.tolist(),
-        )
-        return {(r["edge_pk"], r["batch_seq"]) for r in found}
-
-    @staticmethod
-    async def _copy_samples(conn: Any, rows: _GroupRows, fresh: list[int], batches: int) -> None:
-        """One binary COPY of the new batches' samples."""
-        if len(fresh) == batches:
-            sids, times, values = rows.series, rows.times, rows.values
-        else:
-            keep = np.isin(rows.batch, np.asarray(fresh, dtype=np.int64))
-            sids, times, values = rows.series[keep], rows.times[keep], rows.values[keep]
-        if len(sids) == 0:
-            return
-        await conn.copy_to_table(
-            "samples",
-            schema_name="telemetry",
-            columns=["series_id", "time", "value"],
-            source=_one_chunk(samples_copy_payload(sids, times, values)),
-            format="binary",
-        )
 
     @staticmethod
     async def _store_events(conn: Any, items: list[PendingBatch]) -> None:
@@ -301,118 +248,3 @@ class IngestWriter:
                    VALUES ($1, to_timestamp($2), $3, $4, $5, $6::jsonb)""",
                 rows,
             )
-
-
-@dataclass
-class _GroupRows:
-    """A transaction's points as one set of columns, with what the recording statement needs.
-
-    `batch` is each point's batch (0-based index into the transaction's unique batches); the latest
-    candidates are, per batch and series, the point with the largest time (the last one on ties);
-    the dirty buckets are the distinct (batch, 15-minute bucket) pairs. The statement keeps only
-    those of new batches.
-    """
-
-    batch: npt.NDArray[np.int64]
-    series: npt.NDArray[np.int64]
-    times: npt.NDArray[np.int64]
-    values: npt.NDArray[np.float64]
-    latest_batch: npt.NDArray[np.int64]
-    latest_series: npt.NDArray[np.int64]
-    latest_time: npt.NDArray[np.int64]
-    latest_value: npt.NDArray[np.float64]
-    dirty_batch: npt.NDArray[np.int64]
-    dirty_bucket: npt.NDArray[np.int64]
-
-    @classmethod
-    def of(cls, items: list[PendingBatch]) -> _GroupRows:
-        sizes = np.fromiter((i.columns.size for i in items), dtype=np.int64, count=len(items))
-        batch = np.repeat(np.arange(len(items), dtype=np.int64), sizes)
-        series = np.concatenate([i.columns.series_ids for i in items]).astype(np.int64, copy=False)
-        times = np.concatenate([i.columns.times_unix_us for i in items]).astype(np.int64, copy=False)
-        values = np.concatenate([i.columns.values for i in items]).astype(np.float64, copy=False)
-        if len(series):
-            # Sorted by batch, then series, then time (lexsort is stable: ties keep batch order).
-            order = np.lexsort((times, series, batch))
-            b, s = batch[order], series[order]
-            last = order[np.r_[(b[1:] != b[:-1]) | (s[1:] != s[:-1]), True]]
-            # Distinct (batch, bucket) pairs, as one int64 key when the buckets' span allows it (it
-            # does for anything ingest accepts: the retention is a few thousand buckets).
-            buckets = times // ROLLUP_BUCKET_US
-            low = int(buckets.min())
-            span = int(buckets.max()) - low + 1
-            if span < 1 << 24:
-                keys = np.unique(batch * span + (buckets - low))
-                pairs = np.stack([keys // span, keys % span + low])
-            else:
-                pairs = np.unique(np.stack([batch, buckets]), axis=1)
-        else:
-            last = np.zeros(0, dtype=np.int64)
-            pairs = np.zeros((2, 0), dtype=np.int64)
-        return cls(
-            batch=batch,
-            series=series,
-            times=times,
-            values=values,
-            latest_batch=batch[last],
-            latest_series=series[last],
-            latest_time=times[last],
-            latest_value=values[last],
-            dirty_batch=pairs[0],
-            dirty_bucket=pairs[1],
-        )
-
-
-# $1..$5: the unique batches (sorted by edge and batch_seq, so every transaction locks ledger rows in
-# the same order); $6..$9: latest candidates (batch index, series, time in µs, value); $10..$11:
-# dirty (batch index, 15-minute bucket number). Batch indexes are 0-based positions in $1..$5.
-_RECORD_GROUP_SQL = """
-WITH batch AS (
-    SELECT u.e, u.s, u.c, u.lo, u.hi, u.n - 1 AS i
-    FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::bigint[])
-         WITH ORDINALITY AS u(e, s, c, lo, hi, n)
-), stored AS (
-    INSERT INTO telemetry.batch_ledger (edge_pk, batch_seq, point_count, min_time, max_time)
-    SELECT e, s, c, timestamptz 'epoch' + lo * interval '1 microsecond',
-           timestamptz 'epoch' + hi * interval '1 microsecond'
-    FROM batch
-    ON CONFLICT DO NOTHING
-    RETURNING edge_pk, batch_seq
-), fresh AS (
-    SELECT b.i FROM batch b JOIN stored n ON n.edge_pk = b.e AND n.batch_seq = b.s
-), candidate AS (
-    SELECT DISTINCT ON (p.sid) p.sid, timestamptz 'epoch' + p.t * interval '1 microsecond' AS t, p.v
-    FROM unnest($6::bigint[], $7::bigint[], $8::bigint[], $9::float8[]) AS p(i, sid, t, v)
-    WHERE p.i IN (SELECT i FROM fresh)
-    ORDER BY p.sid, p.t DESC, p.i DESC
-), newer AS (
-    -- A plain UPDATE, not INSERT ... ON CONFLICT DO UPDATE: the latter first locks each existing
-    -- row (one more WAL record per row) before updating it. Same guard: never an older time.
-    UPDATE telemetry.latest AS l SET time = c.t, value = c.v
-    FROM candidate c
-    WHERE l.series_id = c.sid AND l.time <= c.t
-    RETURNING l.series_id
-), first_values AS (
-    -- The candidates the UPDATE did not take: series without a row yet (their first value), and
-    -- the rare sample older than the stored one, which meets the same guard here and changes nothing.
-    -- (Not a NOT EXISTS probe of latest: that cost as much as the update itself.)
-    INSERT INTO telemetry.latest AS l (series_id, time, value)
-    SELECT c.sid, c.t, c.v FROM candidate c
-    WHERE c.sid NOT IN (SELECT series_id FROM newer)
-    ON CONFLICT (series_id) DO UPDATE SET time = EXCLUDED.time, value = EXCLUDED.value
-    WHERE l.time <= EXCLUDED.time
-), dirty AS (
-    INSERT INTO telemetry.rollup_dirty (edge_pk, bucket)
-    SELECT DISTINCT b.e, to_timestamp(d.k * 900)
-    FROM unnest($10::bigint[], $11::bigint[]) AS d(i, k) JOIN batch b ON b.i = d.i
-    WHERE d.i IN (SELECT i FROM fresh)
-    ORDER BY 1, 2
-    ON CONFLICT DO NOTHING
-)
-SELECT edge_pk, batch_seq FROM stored
-"""
-
-
-async def _one_chunk(payload: bytes) -> AsyncIterator[bytes]:
-    """asyncpg takes an async iterable of bytes as a COPY source; the payload is one chunk."""
-    yield payload

@@ -8,6 +8,35 @@ from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 from services.platform.registration import ServiceSpec, service_spec
 from services.platform.runtime import Runtime
+from services.telemetry.buckets import ROLLUP_BUCKET, ROLLUP_BUCKET_US
+from services.telemetry.copy_binary import samples_copy_payload
+from services.telemetry.ingest import (
+    Columns,
+    SampleRows,
+    copy_samples,
+    last_stored_batch_seq,
+    record_batches,
+)
+from services.telemetry.maintenance import create_partitions, roll_up_closed_buckets
+from services.telemetry.series import register_channels
+
+# What other packages may use of telemetry; everything else in services/telemetry/ is private.
+__all__ = [
+    "DEPENDS_ON",
+    "ROLLUP_BUCKET",
+    "ROLLUP_BUCKET_US",
+    "SERVICES",
+    "TABLES",
+    "Columns",
+    "SampleRows",
+    "copy_samples",
+    "create_partitions",
+    "last_stored_batch_seq",
+    "record_batches",
+    "register_channels",
+    "roll_up_closed_buckets",
+    "samples_copy_payload",
+]
 
 # The services this domain may import (their package faces); see docs/architecture.md.
 DEPENDS_ON = ("identity", "registry")

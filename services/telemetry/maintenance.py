@@ -174,13 +174,16 @@ async def compress_old_chunks(conn: Conn, compress_after_days: int, today: dt.da
     return int(compressed)
 
 
+async def create_partitions(conn: Conn, first: dt.date, last: dt.date) -> int:
+    """The daily partitions of [first, last] that do not exist yet (none on TimescaleDB); returns how many."""
+    created = await conn.fetchval("SELECT telemetry.ensure_partitions($1, $2)", first, last)
+    return int(created)
+
+
 async def ensure_partitions(conn: Conn, today: dt.date | None = None) -> int:
     """Partitions for yesterday to three days ahead; older days are created on demand by ingest."""
     today = today or dt.datetime.now(dt.UTC).date()
-    created = await conn.fetchval(
-        "SELECT telemetry.ensure_partitions($1, $2)", today - dt.timedelta(days=1), today + dt.timedelta(days=3)
-    )
-    return int(created)
+    return await create_partitions(conn, today - dt.timedelta(days=1), today + dt.timedelta(days=3))
 
 
 async def drop_expired_partitions(conn: Conn, retention_days: int, today: dt.date | None = None) -> int:

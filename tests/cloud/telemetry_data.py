@@ -9,9 +9,9 @@ import random
 import asyncpg
 import numpy as np
 
-from services.edgelink.batches import Columns
 from services.edgelink.writer import IngestWriter, PendingBatch
 from services.platform.migrations import Conn
+from services.telemetry import Columns
 
 
 async def add_series(db: Conn, edge_pk: int, channel: str, unit: str = "W") -> int:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from emma.edge.v1 import edge_link_pb2
 
-from services.edgelink.batches import Columns
-from services.edgelink.writer import ROLLUP_BUCKET_US, IngestWriter, PendingBatch
+from services.edgelink.writer import IngestWriter, PendingBatch
+from services.telemetry import ROLLUP_BUCKET_US, Columns
 from tests.cloud.conftest import new_edge
 
 STORED = int(edge_link_pb2.TELEMETRY_ACK_RESULT_STORED)

@@ -1,0 +1,217 @@
+"""What ingest stores: a group of telemetry batches in one transaction of the caller's.
+
+The EdgeLink ingest writer owns the grouping, the lanes, the transaction and its retries; inside
+its transaction it calls these, in this order:
+
+1. `record_batches`: one statement inserts the ledger rows (edge, batch_seq) with ON CONFLICT DO
+   NOTHING, which tells new batches from resent ones, and, for the new ones only, upserts latest
+   values and marks rollup dirt. It returns the keys of the new batches.
+2. `copy_samples`: one binary COPY writes the new batches' samples.
+
+`SampleRows.of` lays out a group's points once for both. `create_partitions` (maintenance) makes
+the daily partitions a group of old data needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from services.platform.migrations import Conn
+from services.telemetry.buckets import ROLLUP_BUCKET_US
+from services.telemetry.copy_binary import samples_copy_payload
+
+
+@dataclass
+class Columns:
+    """A validated batch as arrays: one element per point."""
+
+    series_ids: npt.NDArray[np.int64]
+    times_unix_us: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float64]
+
+    @property
+    def size(self) -> int:
+        return len(self.values)
+
+
+@dataclass
+class SampleRows:
+    """A transaction's points as one set of columns, with what the recording statement needs.
+
+    `batch` is each point's batch (0-based index into the transaction's unique batches); the latest
+    candidates are, per batch and series, the point with the largest time (the last one on ties);
+    the dirty buckets are the distinct (batch, 15-minute bucket) pairs. The statement keeps only
+    those of new batches.
+    """
+
+    batch: npt.NDArray[np.int64]
+    series: npt.NDArray[np.int64]
+    times: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float64]
+    latest_batch: npt.NDArray[np.int64]
+    latest_series: npt.NDArray[np.int64]
+    latest_time: npt.NDArray[np.int64]
+    latest_value: npt.NDArray[np.float64]
+    dirty_batch: npt.NDArray[np.int64]
+    dirty_bucket: npt.NDArray[np.int64]
+
+    @classmethod
+    def of(cls, batches: Sequence[Columns]) -> SampleRows:
+        sizes = np.fromiter((c.size for c in batches), dtype=np.int64, count=len(batches))
+        batch = np.repeat(np.arange(len(batches), dtype=np.int64), sizes)
+        series = np.concatenate([c.series_ids for c in batches]).astype(np.int64, copy=False)
+        times = np.concatenate([c.times_unix_us for c in batches]).astype(np.int64, copy=False)
+        values = np.concatenate([c.values for c in batches]).astype(np.float64, copy=False)
+        if len(series):
+            # Sorted by batch, then series, then time (lexsort is stable: ties keep batch order).
+            order = np.lexsort((times, series, batch))
+            b, s = batch[order], series[order]
+            last = order[np.r_[(b[1:] != b[:-1]) | (s[1:] != s[:-1]), True]]
+            # Distinct (batch, bucket) pairs, as one int64 key when the buckets' span allows it (it
+            # does for anything ingest accepts: the retention is a few thousand buckets).
+            buckets = times // ROLLUP_BUCKET_US
+            low = int(buckets.min())
+            span = int(buckets.max()) - low + 1
+            if span < 1 << 24:
+                keys = np.unique(batch * span + (buckets - low))
+                pairs = np.stack([keys // span, keys % span + low])
+            else:
+                pairs = np.unique(np.stack([batch, buckets]), axis=1)
+        else:
+            last = np.zeros(0, dtype=np.int64)
+            pairs = np.zeros((2, 0), dtype=np.int64)
+        return cls(
+            batch=batch,
+            series=series,
+            times=times,
+            values=values,
+            latest_batch=batch[last],
+            latest_series=series[last],
+            latest_time=times[last],
+            latest_value=values[last],
+            dirty_batch=pairs[0],
+            dirty_bucket=pairs[1],
+        )
+
+
+async def record_batches(
+    conn: Conn, keys: Sequence[tuple[int, int]], batches: Sequence[Columns], rows: SampleRows
+) -> set[tuple[int, int]]:
+    """One statement: ledger rows, then latest values and rollup dirt of the batches that are new.
+
+    `keys` are the (edge_pk, batch_seq) of `batches`, unique and sorted (so every transaction locks
+    ledger rows in the same order); `rows` is `SampleRows.of(batches)`. Returns the keys that were new.
+
+    The ledger insert decides which batches are new (ON CONFLICT DO NOTHING RETURNING); the
+    latest-value upsert and the dirty-bucket insert read that decision in the same statement, so a
+    resent batch touches neither. One statement instead of three saves two round trips per
+    transaction, and every round trip also waits for this process's event loop, which is busy
+    with the streams' messages: under 1,000 streams that wait, not PostgreSQL, was most of a
+    transaction's tail.
+    """
+
+    def bound(columns: Columns, pick: Any) -> int | None:
+        t = columns.times_unix_us
+        return int(pick(t)) if len(t) else None
+
+    found = await conn.fetch(
+        _RECORD_GROUP_SQL,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [c.size for c in batches],
+        [bound(c, np.min) for c in batches],
+        [bound(c, np.max) for c in batches],
+        rows.latest_batch.tolist(),
+        rows.latest_series.tolist(),
+        rows.latest_time.tolist(),
+        rows.latest_value.tolist(),
+        rows.dirty_batch.tolist(),
+        rows.dirty_bucket.tolist(),
+    )
+    return {(r["edge_pk"], r["batch_seq"]) for r in found}
+
+
+async def last_stored_batch_seq(conn: Conn, edge_pk: int) -> int:
+    """The highest batch_seq stored for the edge (0 when none): where a reconnecting edge resumes."""
+    last = await conn.fetchval(
+        "SELECT coalesce(max(batch_seq), 0) FROM telemetry.batch_ledger WHERE edge_pk = $1", edge_pk
+    )
+    return int(last)
+
+
+async def copy_samples(conn: Any, rows: SampleRows, fresh: list[int], batches: int) -> None:
+    """One binary COPY of the new batches' samples (`fresh`: their indexes among the `batches`)."""
+    if len(fresh) == batches:
+        sids, times, values = rows.series, rows.times, rows.values
+    else:
+        keep = np.isin(rows.batch, np.asarray(fresh, dtype=np.int64))
+        sids, times, values = rows.series[keep], rows.times[keep], rows.values[keep]
+    if len(sids) == 0:
+        return
+    await conn.copy_to_table(
+        "samples",
+        schema_name="telemetry",
+        columns=["series_id", "time", "value"],
+        source=_one_chunk(samples_copy_payload(sids, times, values)),
+        format="binary",
+    )
+
+
+# $1..$5: the unique batches (sorted by edge and batch_seq, so every transaction locks ledger rows in
+# the same order); $6..$9: latest candidates (batch index, series, time in µs, value); $10..$11:
+# dirty (batch index, 15-minute bucket number). Batch indexes are 0-based positions in $1..$5.
+_RECORD_GROUP_SQL = """
+WITH batch AS (
+    SELECT u.e, u.s, u.c, u.lo, u.hi, u.n - 1 AS i
+    FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::bigint[])
+         WITH ORDINALITY AS u(e, s, c, lo, hi, n)
+), stored AS (
+    INSERT INTO telemetry.batch_ledger (edge_pk, batch_seq, point_count, min_time, max_time)
+    SELECT e, s, c, timestamptz 'epoch' + lo * interval '1 microsecond',
+           timestamptz 'epoch' + hi * interval '1 microsecond'
+    FROM batch
+    ON CONFLICT DO NOTHING
+    RETURNING edge_pk, batch_seq
+), fresh AS (
+    SELECT b.i FROM batch b JOIN stored n ON n.edge_pk = b.e AND n.batch_seq = b.s
+), candidate AS (
+    SELECT DISTINCT ON (p.sid) p.sid, timestamptz 'epoch' + p.t * interval '1 microsecond' AS t, p.v
+    FROM unnest($6::bigint[], $7::bigint[], $8::bigint[], $9::float8[]) AS p(i, sid, t, v)
+    WHERE p.i IN (SELECT i FROM fresh)
+    ORDER BY p.sid, p.t DESC, p.i DESC
+), newer AS (
+    -- A plain UPDATE, not INSERT ... ON CONFLICT DO UPDATE: the latter first locks each existing
+    -- row (one more WAL record per row) before updating it. Same guard: never an older time.
+    UPDATE telemetry.latest AS l SET time = c.t, value = c.v
+    FROM candidate c
+    WHERE l.series_id = c.sid AND l.time <= c.t
+    RETURNING l.series_id
+), first_values AS (
+    -- The candidates the UPDATE did not take: series without a row yet (their first value), and
+    -- the rare sample older than the stored one, which meets the same guard here and changes nothing.
+    -- (Not a NOT EXISTS probe of latest: that cost as much as the update itself.)
+    INSERT INTO telemetry.latest AS l (series_id, time, value)
+    SELECT c.sid, c.t, c.v FROM candidate c
+    WHERE c.sid NOT IN (SELECT series_id FROM newer)
+    ON CONFLICT (series_id) DO UPDATE SET time = EXCLUDED.time, value = EXCLUDED.value
+    WHERE l.time <= EXCLUDED.time
+), dirty AS (
+    INSERT INTO telemetry.rollup_dirty (edge_pk, bucket)
+    SELECT DISTINCT b.e, to_timestamp(d.k * 900)
+    FROM unnest($10::bigint[], $11::bigint[]) AS d(i, k) JOIN batch b ON b.i = d.i
+    WHERE d.i IN (SELECT i FROM fresh)
+    ORDER BY 1, 2
+    ON CONFLICT DO NOTHING
+)
+SELECT edge_pk, batch_seq FROM stored
+"""
+
+
+async def _one_chunk(payload: bytes) -> AsyncIterator[bytes]:
+    """asyncpg takes an async iterable of bytes as a COPY source; the payload is one chunk."""
+    yield payload
