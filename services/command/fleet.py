@@ -27,6 +27,7 @@ from services.errors import ApiError, invalid_field, not_found
 from services.names import ID_PATTERN, EdgeName, parse_edge, parse_site
 from services.pagination import Page
 from services.platform.migrations import Conn
+from services.telemetry import latest_value
 
 if TYPE_CHECKING:
     from services.command.servicer import CommandServicer
@@ -69,7 +70,8 @@ async def _targets(conn: Conn, org: str, dispatch: command_pb2.FleetDispatch) ->
 async def _plan(conn: Conn, edge: EdgeName, action: int, power_w: float) -> tuple[str, float]:
     """(channel, value) this edge gets for the action; ApiError when it has nothing to drive."""
     rows = await conn.fetch(
-        """SELECT i.device_id, i.kind, i.channels FROM app.edge_inventory i JOIN app.edges e ON e.pk = i.edge_pk
+        """SELECT i.edge_pk, i.device_id, i.kind, i.channels
+           FROM app.edge_inventory i JOIN app.edges e ON e.pk = i.edge_pk
            WHERE e.org_id = $1 AND e.site_id = $2 AND e.edge_id = $3 ORDER BY i.device_id""",
         edge.org,
         edge.site,
@@ -90,22 +92,14 @@ async def _plan(conn: Conn, edge: EdgeName, action: int, power_w: float) -> tupl
                 return channel, power_w
             if action == command_pb2.FLEET_ACTION_HOLD:
                 return channel, 0.0
-            current = await conn.fetchval(
-                """SELECT l.value FROM telemetry.latest l JOIN telemetry.series s ON s.id = l.series_id
-                   JOIN app.edges e ON e.pk = s.edge_pk
-                   WHERE e.org_id = $1 AND e.site_id = $2 AND e.edge_id = $3 AND s.channel = $4""",
-                edge.org,
-                edge.site,
-                edge.edge,
-                f"{row['device_id']}/ActivePower",
-            )
+            current = await latest_value(conn, row["edge_pk"], f"{row['device_id']}/ActivePower")
             if current is None:
                 raise ApiError(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     errors_pb2.ERROR_REASON_TELEMETRY_STALE,
                     f"no ActivePower of {row['device_id']} to defer from",
                 )
-            return channel, max(0.0, float(current) - power_w)
+            return channel, max(0.0, float(current[1]) - power_w)
     kind = "battery" if action in BATTERY_ACTIONS else "EV charger or flexible load"
     raise ApiError(grpc.StatusCode.NOT_FOUND, errors_pb2.ERROR_REASON_CHANNEL_NOT_FOUND, f"the edge reports no {kind}")
 

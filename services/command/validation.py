@@ -17,6 +17,7 @@ from emma.edge.v1 import edge_link_pb2
 from services.errors import ApiError
 from services.names import CHANNEL_ADDRESS
 from services.platform.migrations import Conn
+from services.telemetry import latest_value
 
 TELEMETRY_MAX_AGE = dt.timedelta(seconds=30)
 ISSUED_TIME_SKEW = dt.timedelta(seconds=60)
@@ -102,27 +103,23 @@ async def check_dynamic(
         return
     device_id = address.split("/", 1)[0]
     limit_channel = f"{device_id}/{limit_name}"
-    row = await conn.fetchrow(
-        """SELECT l.time, l.value FROM telemetry.series s JOIN telemetry.latest l ON l.series_id = s.id
-           WHERE s.edge_pk = $1 AND s.channel = $2""",
-        edge_pk,
-        limit_channel,
-    )
-    if row is None or now - row["time"] > TELEMETRY_MAX_AGE:
-        age = "no telemetry" if row is None else f"telemetry {(now - row['time']).total_seconds():.0f} s old"
+    latest = await latest_value(conn, edge_pk, limit_channel)
+    if latest is None or now - latest[0] > TELEMETRY_MAX_AGE:
+        age = "no telemetry" if latest is None else f"telemetry {(now - latest[0]).total_seconds():.0f} s old"
         raise _error(
             grpc.StatusCode.FAILED_PRECONDITION,
             errors_pb2.ERROR_REASON_TELEMETRY_STALE,
             f"cannot check {limit_channel}: {age} (at most {TELEMETRY_MAX_AGE.seconds} s)",
             limit_channel=limit_channel,
         )
-    if abs(value) > abs(row["value"]):
+    limit = latest[1]
+    if abs(value) > abs(limit):
         raise _error(
             grpc.StatusCode.FAILED_PRECONDITION,
             errors_pb2.ERROR_REASON_VALUE_EXCEEDS_DYNAMIC_LIMIT,
-            f"|{value:g}| {spec.unit} exceeds {limit_channel} = {row['value']:g}",
+            f"|{value:g}| {spec.unit} exceeds {limit_channel} = {limit:g}",
             limit_channel=limit_channel,
-            limit_value=f"{row['value']:g}",
+            limit_value=f"{limit:g}",
         )
 
 

@@ -17,6 +17,7 @@ from services.telemetry.ingest import (
     last_stored_batch_seq,
     record_batches,
 )
+from services.telemetry.latest import latest_value
 from services.telemetry.maintenance import create_partitions, roll_up_closed_buckets
 from services.telemetry.series import register_channels
 
@@ -32,6 +33,7 @@ __all__ = [
     "copy_samples",
     "create_partitions",
     "last_stored_batch_seq",
+    "latest_value",
     "record_batches",
     "register_channels",
     "roll_up_closed_buckets",
