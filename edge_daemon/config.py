@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from edge_daemon import device_types
 from edge_daemon.controllers import factory as controller_factory
 from edge_daemon.controllers.manual_override import ManualOverride
 from edge_daemon.controllers.schedule_follower import ScheduleFollower
 from edge_daemon.cycle import MAX_PERIOD_S, MIN_PERIOD_S
-from edge_daemon.devices import factory as device_factory
 from edge_daemon.devices.base import ChannelAccess, validate_device_id
 from edge_daemon.devices.site import SiteDevices
 from edge_daemon.drivers import factory as drivers
@@ -101,7 +101,7 @@ class TelemetryConfig:
 class DeviceConfig:
     device_id: str
     type: str
-    params: device_factory.DeviceParams
+    params: device_types.DeviceParams
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +121,8 @@ class SiteConfig:
     devices: tuple[DeviceConfig, ...]
     controllers: tuple[ControllerConfig, ...]
 
-    def site_context(self) -> device_factory.SiteContext:
-        return device_factory.SiteContext(self.site.latitude, self.site.longitude, self.site.tz)
+    def site_context(self) -> device_types.SiteContext:
+        return device_types.SiteContext(self.site.latitude, self.site.longitude, self.site.tz)
 
 
 def load_config(path: Path | str) -> SiteConfig:
@@ -246,9 +246,9 @@ def _devices(root: ParamReader) -> tuple[DeviceConfig, ...]:
             raise r.error("id", f"duplicate device id {device_id!r}")
         seen.add(device_id)
         kind = r.get_str("type")
-        parse = device_factory.PARSERS.get(kind)
+        parse = device_types.PARSERS.get(kind)
         if parse is None:
-            raise r.error("type", f"unknown device type {kind!r} (known: {', '.join(sorted(device_factory.PARSERS))})")
+            raise r.error("type", f"unknown device type {kind!r} (known: {', '.join(sorted(device_types.PARSERS))})")
         params = parse(r)
         r.finish()
         out.append(DeviceConfig(device_id, kind, params))
@@ -280,7 +280,7 @@ def _controllers(root: ParamReader) -> tuple[ControllerConfig, ...]:
 
 def _check_references(config: SiteConfig, root: ParamReader) -> None:
     devices = SiteDevices(
-        device_factory.build_devices([(d.device_id, d.params) for d in config.devices], config.site_context())
+        device_types.build_devices([(d.device_id, d.params) for d in config.devices], config.site_context())
     )
     for i, controller in enumerate(config.controllers):
         for param, channel, writable in controller_factory.references(controller.params):

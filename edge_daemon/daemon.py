@@ -30,8 +30,8 @@ from edge_daemon.controllers.base import Controller, CycleContext
 from edge_daemon.controllers.factory import build_controller
 from edge_daemon.controllers.schedule_follower import Schedule, ScheduleFollower
 from edge_daemon.cycle import ControlCycle
+from edge_daemon.device_types import build_devices
 from edge_daemon.devices.base import Device
-from edge_daemon.devices.factory import build_devices
 from edge_daemon.devices.site import SiteDevices
 from edge_daemon.errors import EdgeError, ScheduleError
 from edge_daemon.outbox import Outbox

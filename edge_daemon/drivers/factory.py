@@ -1,6 +1,6 @@
 """Driver type names (as written in the site config) -> parsers and constructors.
 
-`edge_daemon.devices.factory` merges these with the simulators. Devices on one serial line share one
+`edge_daemon.device_types` merges these with the simulators. Devices on one serial line share one
 `ModbusLink` (one port can only be opened once, and RS-485 carries one request at a time); the line's
 settings must then agree, which `check_shared_lines` verifies at config time.
 """

@@ -33,7 +33,6 @@ SERVICES_COMPOSITION = {"catalog", "cloud"}
 KNOWN_VIOLATIONS: set[str] = {
     "bench.command_edge imports tests.cloud.edge_client (bench may not import tests)",
     "module cycle: services.command.fleet <-> services.command.servicer",
-    "package cycle: edge_daemon.devices <-> edge_daemon.drivers",
     "services.edgelink.servicer imports services.command.relay (private module of services.command)",
     "services.edgelink.session imports services.command.relay (private module of services.command)",
 }

@@ -13,8 +13,8 @@ from edge_daemon.config import SiteConfig, demo_site_dict, parse_config
 from edge_daemon.controllers.base import Controller, CycleContext
 from edge_daemon.controllers.factory import build_controller
 from edge_daemon.cycle import ControlCycle
+from edge_daemon.device_types import build_devices
 from edge_daemon.devices.base import Device
-from edge_daemon.devices.factory import build_devices
 from edge_daemon.devices.site import SiteDevices
 
 # Midsummer in Berlin, 00:00 UTC: a full day of sun ahead.

@@ -28,7 +28,7 @@ from cantools.database.can import Database
 from edge_daemon.channels import ChannelStore
 from edge_daemon.config import parse_config
 from edge_daemon.cycle import ControlCycle
-from edge_daemon.devices.factory import build_devices
+from edge_daemon.device_types import build_devices
 from edge_daemon.devices.site import SiteDevices
 from edge_daemon.drivers.canbus.device import CanBmsDevice
 from edge_daemon.errors import SiteConfigError

@@ -20,7 +20,7 @@ import pytest
 from edge_daemon.channels import Category, ChannelStore
 from edge_daemon.config import load_config, parse_config
 from edge_daemon.cycle import ControlCycle
-from edge_daemon.devices.factory import build_devices
+from edge_daemon.device_types import build_devices
 from edge_daemon.devices.site import SiteDevices
 from edge_daemon.drivers.modbus.codec import DataType, EncodeError, decode_raw, encode_raw, scaled, unscaled
 from edge_daemon.drivers.modbus.device import ModbusDevice

@@ -19,7 +19,7 @@ from sunspec2 import mb  # type: ignore[import-untyped]
 
 from edge_daemon.channels import Category, ChannelStore
 from edge_daemon.config import parse_config
-from edge_daemon.devices.factory import build_devices
+from edge_daemon.device_types import build_devices
 from edge_daemon.drivers.modbus.link import ModbusLink, RetryPolicy, TcpEndpoint
 from edge_daemon.drivers.sunspec.device import SunSpecDevice
 from edge_daemon.drivers.sunspec.discovery import DiscoveryError, discover

@@ -1,4 +1,8 @@
-"""Device type names (as written in the site config) -> parameter parsers and constructors."""
+"""Every device type a site config may name -> its parameter parser and constructor.
+
+Simulators (`edge_daemon.devices`) and real-device drivers (`edge_daemon.drivers`) meet here, above
+both, so drivers can build on the device base without the device package knowing the drivers.
+"""
 
 from __future__ import annotations
 
