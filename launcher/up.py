@@ -22,6 +22,8 @@ from edge_daemon.site_toml import write_site_toml
 from gateway.config import GatewayConfig
 from gateway.server import running_gateway
 from launcher.admin_cli import DEMO_ADMIN, DEMO_EDGE, ensure_demo, ensure_edge_key_file
+from launcher.ports import check_free
+from launcher.state_lock import hold_state_folder
 from services import catalog
 from services.cloud import hosted_services
 from services.names import EdgeName
@@ -111,9 +113,31 @@ async def edge_processes(configs: list[Path], say: Callable[[str], None]) -> Asy
 
 async def run_up(config: PlatformConfig) -> None:
     state_dir = config.state.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
     # The gateway forwards the browser's address; the login rate limit must see it, not 127.0.0.1.
     config = dataclasses.replace(config, env={"EMMA_TRUST_FORWARDED_FOR": "1", **config.env})
+    gateway_settings = GatewayConfig.from_env(config.env)
+    with hold_state_folder(state_dir):
+        # Both ports before anything slow starts, so a clash is the first and only thing printed.
+        check_free(
+            [
+                (
+                    "the gRPC services'",
+                    config.server.host,
+                    config.server.port,
+                    "choose another with --port or EMMA_GRPC_PORT (0 picks a free one)",
+                ),
+                (
+                    "the REST gateway's",
+                    gateway_settings.host,
+                    gateway_settings.port,
+                    "choose another with --gateway-port or EMMA_GATEWAY_PORT (0 picks a free one)",
+                ),
+            ]
+        )
+        await _run_stack(config, state_dir, gateway_settings)
+
+
+async def _run_stack(config: PlatformConfig, state_dir: Path, gateway_settings: GatewayConfig) -> None:
     embedded: EmbeddedPostgres | None = None
     dsn = config.database.url
     if dsn is None:
@@ -139,7 +163,7 @@ async def run_up(config: PlatformConfig) -> None:
                         country_code=site.country_code,
                     )
                     site_files.append(write_site_file(folder, site, hosted.port))
-            gateway_config = dataclasses.replace(GatewayConfig.from_env(config.env), target=grpc_address)
+            gateway_config = dataclasses.replace(gateway_settings, target=grpc_address)
             async with running_gateway(gateway_config) as http_port:
                 base = f"http://{gateway_config.host}:{http_port}"
                 _say(f"emma up: gRPC services on {grpc_address}")

@@ -12,6 +12,7 @@ single-threaded helper process avoids that.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -92,6 +93,9 @@ class EmbeddedPostgres:
     pgdata: Path
     admin_uri: str
     system_user: str
+    # False when the server was already running (another process started it): then stop() leaves it
+    # alone, because only the process that started a server may stop it.
+    started_here: bool = True
 
     def uri(self, database: str = DATABASE) -> str:
         base, _, query = self.admin_uri.partition("?")
@@ -102,18 +106,31 @@ class EmbeddedPostgres:
         _helper("restart", str(self.pgdata), self.system_user)
 
     def stop(self) -> None:
-        if (self.pgdata / "postmaster.pid").exists():
+        if self.started_here and (self.pgdata / "postmaster.pid").exists():
             _helper("stop", str(self.pgdata), self.system_user)
+
+
+def _running(pgdata: Path) -> bool:
+    """Whether a postmaster is alive for this data folder (its pid file names a live process)."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
 
 
 def start_embedded_postgres(state_dir: Path, database: str = DATABASE) -> EmbeddedPostgres:
     """Start (or attach to) the PostgreSQL under `state_dir`/pgdata and make sure `database` exists."""
     pgdata = state_dir / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
+    already_running = _running(pgdata)
     try:
         info = json.loads(_helper("start", str(pgdata), database, json.dumps(SERVER_SETTINGS)).strip().splitlines()[-1])
     except StartupError as exc:
         log = pgdata / "log"
         tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
         raise StartupError(f"{exc}" + (f" ({tail[0]})" if tail else "") + f"; data in {pgdata}") from None
-    return EmbeddedPostgres(pgdata=pgdata, admin_uri=info["uri"], system_user=info["user"] or "")
+    return EmbeddedPostgres(
+        pgdata=pgdata, admin_uri=info["uri"], system_user=info["user"] or "", started_here=not already_running
+    )
