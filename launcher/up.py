@@ -177,9 +177,8 @@ async def _run_stack(config: PlatformConfig, state_dir: Path, gateway_settings: 
                     where = "embedded" if embedded else "external"
                     _say(f"emma up: database {where}; state in {state_dir}")
                     _say(f"emma up: log in as {DEMO_ADMIN} (see README: the first five minutes)")
-                    _say("emma up: ready; press Ctrl-C to stop")
                     tune_garbage_collector()
-                    await wait_for_shutdown_signal()
+                    await wait_for_shutdown_signal(ready=lambda: _say("emma up: ready; press Ctrl-C to stop"))
         _say("emma up: stopped")
     finally:
         if embedded is not None:

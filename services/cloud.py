@@ -9,13 +9,15 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from core.tracing import configure_tracing
-from services import catalog
-from services.identity import AuthInterceptor, auth_state_for
+from services import catalog, registry
+from services.edgelink.connections import edge_connections
+from services.identity import AuthInterceptor, auth_state_for, use_edge_directory
 from services.platform import db, migrations
 from services.platform.collector import tune_garbage_collector
 from services.platform.config import PlatformConfig, ServerConfig
 from services.platform.runtime import Runtime
 from services.platform.server import HostedServer, create_server, start_server, wait_for_shutdown_signal
+from services.telemetry.erasure import erase_edge_telemetry
 
 log = logging.getLogger("emma.cloud")
 
@@ -55,6 +57,13 @@ async def hosted_services(
                 total = len(await migrations.applied_versions(conn))
                 log.info("migrations: %d applied now, %d in total", len(applied), total)
         runtime = Runtime(config=config, pool=pool, dsn=dsn or config.database.url or "")
+        # Identity names edges (key owners, audit actors) through the registry, which owns them.
+        use_edge_directory(registry)
+        # The registry reads edges' connection state from EdgeLink and erases an edge's telemetry
+        # through these (it may not import either domain).
+        registry.use_ports(
+            registry.RegistryPorts(edge_connections=edge_connections, edge_erasers=(erase_edge_telemetry,))
+        )
         # One interceptor authenticates, authorizes and audits every RPC (services/identity/).
         auth = auth_state_for(runtime)
         auth_interceptor = AuthInterceptor(auth)
@@ -89,7 +98,5 @@ async def serve_until_signal(
 ) -> None:
     async with hosted_services(keys, config, dsn=dsn, apply_migrations=apply_migrations) as (hosted, _):
         tune_garbage_collector()
-        if announce:
-            announce(hosted)
-        await wait_for_shutdown_signal()
+        await wait_for_shutdown_signal(ready=(lambda: announce(hosted)) if announce else None)
         log.info("shutting down: health NOT_SERVING, draining for %.1f s", config.server.shutdown_grace_s)

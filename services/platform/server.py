@@ -11,7 +11,7 @@ import asyncio
 import errno
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,12 +98,18 @@ async def start_server(server: grpc.aio.Server, config: ServerConfig, service_na
     return HostedServer(server=server, health=health_servicer, port=port, service_names=list(service_names))
 
 
-async def wait_for_shutdown_signal() -> None:
-    """Return on the first SIGTERM or SIGINT."""
+async def wait_for_shutdown_signal(ready: Callable[[], None] | None = None) -> None:
+    """Return on the first SIGTERM or SIGINT.
+
+    `ready` runs once the handlers are installed: a process that announces readiness from it cannot be
+    interrupted by a signal sent right after the announcement (it would raise KeyboardInterrupt).
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready()
     try:
         await stop.wait()
     finally:
