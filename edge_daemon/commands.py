@@ -15,9 +15,8 @@ from __future__ import annotations
 import math
 
 from edge_daemon.channels import Ack, AckStatus, Category, ChannelStore, Request, ack_channel, request_channel
-from edge_daemon.devices.base import ChannelAccess
 from edge_daemon.devices.site import SiteDevices
-from edge_daemon.errors import CommandError
+from edge_daemon.errors import CommandError, NotWritableError
 
 
 def submit_command(
@@ -31,11 +30,10 @@ def submit_command(
     """Queue a command for `channel`. Returns the request it superseded, if any. Raises CommandError."""
     if not command_id:
         raise CommandError("command_id must not be empty")
-    found = devices.spec(channel)
-    if found is None:
-        raise CommandError(f"unknown channel {channel}")
-    if found[1].access is not ChannelAccess.WRITE:
-        raise CommandError(f"{channel} is not writable")
+    try:
+        devices.writable(channel)
+    except NotWritableError as exc:
+        raise CommandError(str(exc)) from exc
     if value is not None and (
         isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
     ):

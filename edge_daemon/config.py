@@ -23,7 +23,7 @@ from edge_daemon.controllers import factory as controller_factory
 from edge_daemon.controllers.manual_override import ManualOverride
 from edge_daemon.controllers.schedule_follower import ScheduleFollower
 from edge_daemon.cycle import MAX_PERIOD_S, MIN_PERIOD_S
-from edge_daemon.devices.base import ChannelAccess, validate_device_id
+from edge_daemon.devices.base import validate_device_id
 from edge_daemon.devices.site import SiteDevices
 from edge_daemon.drivers import factory as drivers
 from edge_daemon.errors import ChannelError, SiteConfigError
@@ -288,7 +288,7 @@ def _check_references(config: SiteConfig, root: ParamReader) -> None:
             key = f"controllers[{i}].{param}"
             if found is None:
                 raise SiteConfigError(root.path, key, f"device has no channel {channel}")
-            if writable and found[1].access is not ChannelAccess.WRITE:
+            if writable and not found[1].writable:
                 raise SiteConfigError(root.path, key, f"{channel} is not writable")
 
 

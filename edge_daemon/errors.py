@@ -31,6 +31,15 @@ class ChannelError(EdgeError):
     """A channel name is malformed or a channel is used against its declared category."""
 
 
+class NotWritableError(ChannelError):
+    """A command or controller targets a channel that does not exist (`known` False) or is read-only."""
+
+    def __init__(self, channel: str, *, known: bool) -> None:
+        self.channel = channel
+        self.known = known
+        super().__init__(f"{channel} is not writable" if known else f"unknown channel {channel}")
+
+
 class LimitError(EdgeError):
     """The effective limits of an output channel cannot be established (unknown, missing or stale)."""
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from edge_daemon.channels import ChannelStore, ChannelValue
-from edge_daemon.devices.base import ChannelAccess
 from edge_daemon.devices.site import Limits, SiteDevices
 from edge_daemon.errors import ChannelError
 
@@ -42,9 +41,8 @@ class CycleContext:
         return float(v)
 
     def write(self, name: str, value: float) -> None:
-        found = self.devices.spec(name)
-        if found is None or found[1].access is not ChannelAccess.WRITE:
-            raise ChannelError(f"{name} is not a writable device channel")
+        """Set a setpoint for this cycle. Raises ChannelError (NotWritableError: unknown or read-only)."""
+        self.devices.writable(name)
         if not math.isfinite(value):
             raise ChannelError(f"{name}: refusing to write {value!r}")
         self.writes[name] = value

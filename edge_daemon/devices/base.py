@@ -52,8 +52,12 @@ class ChannelSpec:
     dynamic_max: DynamicLimit | None = None
 
     @property
+    def writable(self) -> bool:
+        return self.access is ChannelAccess.WRITE
+
+    @property
     def category(self) -> Category:
-        return Category.INPUT if self.access is ChannelAccess.READ else Category.OUTPUT
+        return Category.OUTPUT if self.writable else Category.INPUT
 
 
 def validate_device_id(device_id: str) -> str:

@@ -92,7 +92,7 @@ class PollingDevice(Device):
 
     def write(self, store: ChannelStore) -> None:
         for spec in self.device_channels:
-            if spec.access is not ChannelAccess.WRITE:
+            if not spec.writable:
                 continue
             value = self.output_value(store, spec.name)
             if value is not None and self._applied.get(spec.name) != value:

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from edge_daemon.channels import ChannelStore, ChannelValue
-from edge_daemon.devices.base import ChannelAccess, ChannelSpec, Device, DynamicLimit
-from edge_daemon.errors import ChannelError, LimitError
+from edge_daemon.devices.base import ChannelSpec, Device, DynamicLimit
+from edge_daemon.errors import ChannelError, LimitError, NotWritableError
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +37,7 @@ class SiteDevices:
         self._specs: dict[str, tuple[Device, ChannelSpec]] = {
             d.address(s.name): (d, s) for d in devices for s in d.channels
         }
-        self.outputs: tuple[str, ...] = tuple(
-            name for name, (_, spec) in self._specs.items() if spec.access is ChannelAccess.WRITE
-        )
+        self.outputs: tuple[str, ...] = tuple(name for name, (_, spec) in self._specs.items() if spec.writable)
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -51,6 +49,16 @@ class SiteDevices:
     def spec(self, channel: str) -> tuple[Device, ChannelSpec] | None:
         return self._specs.get(channel)
 
+    def writable(self, channel: str) -> tuple[Device, ChannelSpec]:
+        """The device and spec of a channel that commands and controllers may write.
+
+        The one check of "exists and is writable" at the edge; raises NotWritableError saying which.
+        """
+        found = self._specs.get(channel)
+        if found is None or not found[1].writable:
+            raise NotWritableError(channel, known=found is not None)
+        return found
+
     def units(self) -> dict[str, str]:
         return {name: spec.unit for name, (_, spec) in self._specs.items()}
 
@@ -60,12 +68,10 @@ class SiteDevices:
         Raises LimitError when the channel is not writable or a dynamic limit is missing or older than
         `max_limit_age_s`: acting on a stale limit is how a dead BMS gets overdriven.
         """
-        found = self._specs.get(channel)
-        if found is None:
-            raise LimitError(f"unknown channel {channel}")
-        device, spec = found
-        if spec.access is not ChannelAccess.WRITE:
-            raise LimitError(f"{channel} is not writable")
+        try:
+            device, spec = self.writable(channel)
+        except NotWritableError as exc:
+            raise LimitError(str(exc)) from exc
         low = -math.inf if spec.minimum is None else spec.minimum
         high = math.inf if spec.maximum is None else spec.maximum
         if spec.dynamic_min is not None:

@@ -24,8 +24,7 @@ from emma.edge.v1 import edge_link_pb2
 from core.logs import log_context
 from edge_daemon.channels import AckEvent, AckStatus
 from edge_daemon.clock import Clock
-from edge_daemon.devices.base import ChannelAccess
-from edge_daemon.errors import CommandError
+from edge_daemon.errors import CommandError, NotWritableError
 from edge_daemon.uplink.journal import (
     EXECUTED,
     FAILED,
@@ -88,11 +87,11 @@ class CommandHandler:
             )
             log.info("command expired", extra={"channel": channel})
             return
-        found = self.daemon.devices.spec(channel)
-        if found is None or found[1].access is not ChannelAccess.WRITE:
-            reason = CHANNEL_NOT_FOUND if found is None else CHANNEL_NOT_WRITABLE
-            text = f"unknown channel {channel}" if found is None else f"{channel} is not writable"
-            await asyncio.to_thread(journal.decide, name, channel, value, REJECTED, reason, text)
+        try:
+            self.daemon.devices.writable(channel)
+        except NotWritableError as exc:
+            reason = CHANNEL_NOT_WRITABLE if exc.known else CHANNEL_NOT_FOUND
+            await asyncio.to_thread(journal.decide, name, channel, value, REJECTED, reason, str(exc))
             log.info("command rejected", extra={"channel": channel, "reason": reason})
             return
         # Journal first: a crash between the two leaves a RECEIVED that start-up turns into FAILED,

@@ -22,7 +22,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from edge_daemon.channel_registry import RegisteredChannel
 from edge_daemon.channels import Number
-from edge_daemon.devices.base import ChannelAccess, Device
+from edge_daemon.devices.base import Device
 
 PROTOCOL_VERSION: Final = 1
 INTERNAL_DEVICE_PREFIX: Final = "edge."
@@ -97,7 +97,7 @@ def device_inventory(devices: Sequence[Device]) -> list[edge_link_pb2.DeviceInve
     for device in devices:
         specs = []
         for spec in device.channels:
-            writable = spec.access is ChannelAccess.WRITE
+            writable = spec.writable
             cs = types_pb2.ChannelSpec(
                 name=spec.name,
                 unit=spec.unit,

@@ -21,7 +21,7 @@ from edge_daemon.controllers.schedule_follower import (
 )
 from edge_daemon.controllers.self_consumption import SelfConsumption, SelfConsumptionParams
 from edge_daemon.devices.ev_charger import SimEvCharger
-from edge_daemon.errors import CommandError, LimitError, ScheduleError
+from edge_daemon.errors import CommandError, LimitError, NotWritableError, ScheduleError
 from tests.edge.sim import MIDSUMMER, Site, site_config
 
 SETPOINT = "battery_1/SetActivePower"
@@ -151,6 +151,19 @@ def test_commands_for_unknown_or_read_only_channels_fail_at_submission(tmp_path:
         submit_command(site.store, site.devices, "battery_1/Soc", "x", 1.0)
     with pytest.raises(CommandError, match="finite"):
         submit_command(site.store, site.devices, SETPOINT, "x", float("nan"))
+
+
+def test_one_writable_check_serves_commands_controllers_and_limits(tmp_path: Path) -> None:
+    site = _site(tmp_path, [])
+    assert site.devices.writable(SETPOINT)[1].name == "SetActivePower"
+    for channel, known in (("battery_9/SetActivePower", False), ("battery_1/Soc", True)):
+        with pytest.raises(NotWritableError) as info:
+            site.devices.writable(channel)
+        assert info.value.known is known
+        with pytest.raises(NotWritableError):
+            site.step().write(channel, 1.0)
+        with pytest.raises(LimitError, match=str(info.value)):
+            site.devices.limits(channel, {}, 0.0)
 
 
 def test_stale_dynamic_limits_refuse(tmp_path: Path) -> None:
