@@ -20,7 +20,16 @@ from typing import Any
 from emma.identity.v1 import identity_pb2
 
 from services.errors import ConfigError, ServiceError
-from services.identity import AuthConfig, Passwords, accounts, issue_edge_key, password_problem, write_entries
+from services.identity import (
+    AuthConfig,
+    Passwords,
+    accounts,
+    issue_edge_key,
+    organization_exists,
+    password_problem,
+    revoke_edge_keys_of,
+    write_entries,
+)
 from services.names import ID_PATTERN, EdgeName, parse_edge
 from services.platform import db
 from services.platform.config import PlatformConfig
@@ -96,7 +105,7 @@ async def _create_user(conn: Conn, args: argparse.Namespace, passwords: Password
     email = accounts.normalize_email(args.email)
     if not accounts.EMAIL.match(email):
         raise ConfigError(f"{args.email!r} is not an e-mail address")
-    if await conn.fetchval("SELECT 1 FROM app.organizations WHERE org_id = $1", args.org) is None:
+    if not await organization_exists(conn, args.org):
         raise ServiceError(f"organizations/{args.org} does not exist (emma admin create-org {args.org})")
     existing = await accounts.user_by_email(conn, email)
     password, generated = ("", False) if existing is not None else _password_from_env_or_prompt()
@@ -202,9 +211,7 @@ async def ensure_edge_key_file(
     if key_file.exists():  # noqa: ASYNC240 (one stat of a local file at start-up)
         return
     async with conn.transaction():
-        await conn.execute(
-            "UPDATE identity.edge_api_keys SET revoke_time = now() WHERE edge_pk = $1 AND revoke_time IS NULL", pk
-        )
+        await revoke_edge_keys_of(conn, pk)
         key_id, key = await issue_edge_key(conn, pk, "emma up demo edge")
         await _audit(conn, edge.org, "up: demo edge key", f"{edge}/apiKeys/{key_id}", {})
     key_file.parent.mkdir(parents=True, exist_ok=True)

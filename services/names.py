@@ -100,3 +100,127 @@ def parse_channel(name: str, field: str = "channels") -> ChannelName:
         raise invalid_field(field, f"{name!r} is not .../edges/{{edge}}/devices/{{device}}/channels/{{channel}}")
     org, site, edge, device, channel = m.groups()
     return ChannelName(EdgeName(org, site, edge), device, channel)
+
+
+# Registry resources (organizations, devices, device profiles); sites and edges are above.
+_ORGANIZATION = re.compile(rf"^organizations/({_ID})$")
+_DEVICE = re.compile(rf"^organizations/({_ID})/sites/({_ID})/edges/({_ID})/devices/({_DEVICE_ID})$")
+_DEVICE_PROFILE = re.compile(rf"^organizations/({_ID})/deviceProfiles/({_ID})$")
+DEVICE_ID_PATTERN = re.compile(rf"^{_DEVICE_ID}$")
+
+
+def parse_organization(name: str, field: str = "name") -> str:
+    """organizations/{organization} -> the organization id."""
+    m = _ORGANIZATION.match(name)
+    if not m:
+        raise invalid_field(field, f"{name!r} is not organizations/{{organization}}")
+    return m.group(1)
+
+
+@dataclass(frozen=True)
+class DeviceName:
+    edge: EdgeName
+    device: str
+
+    def __str__(self) -> str:
+        return f"{self.edge}/devices/{self.device}"
+
+
+def parse_device(name: str, field: str = "name") -> DeviceName:
+    m = _DEVICE.match(name)
+    if not m:
+        raise invalid_field(field, f"{name!r} is not .../edges/{{edge}}/devices/{{device}}")
+    org, site, edge, device = m.groups()
+    return DeviceName(EdgeName(org, site, edge), device)
+
+
+@dataclass(frozen=True)
+class DeviceProfileName:
+    org: str
+    profile: str
+
+    def __str__(self) -> str:
+        return f"organizations/{self.org}/deviceProfiles/{self.profile}"
+
+
+def parse_device_profile(name: str, field: str = "name") -> DeviceProfileName:
+    m = _DEVICE_PROFILE.match(name)
+    if not m:
+        raise invalid_field(field, f"{name!r} is not organizations/{{organization}}/deviceProfiles/{{device_profile}}")
+    return DeviceProfileName(*m.groups())
+
+
+# Identity resources: users ("users/me" is the caller), sessions, memberships, edge API keys, audit entries.
+_USER_ID = r"[a-z0-9]{1,64}"
+_USER = re.compile(rf"^users/({_USER_ID}|me)$")
+_SESSION = re.compile(rf"^users/({_USER_ID}|me)/sessions/({_USER_ID})$")
+_MEMBERSHIP = re.compile(rf"^organizations/({_ID})/memberships/({_USER_ID})$")
+# The edge part is checked by parse_edge, so a bad edge gets the edge's own message.
+_EDGE_API_KEY = re.compile(r"^(organizations/[^/]+/sites/[^/]+/edges/[^/]+)/apiKeys/([a-z0-9]{1,32})$")
+_AUDIT_ENTRY = re.compile(rf"^organizations/({_ID})/auditEntries/([0-9]{{1,18}})$")
+
+
+def parse_user(name: str, field: str = "name", *, allow_me: bool = True) -> str:
+    """users/{user} -> the user id, or "me" (the caller) where allow_me."""
+    m = _USER.match(name)
+    if not m or (m.group(1) == "me" and not allow_me):
+        raise invalid_field(field, f"{name!r} is not users/{{user}}" + (" or users/me" if allow_me else ""))
+    return m.group(1)
+
+
+@dataclass(frozen=True)
+class SessionName:
+    user: str  # a user id or "me"
+    session: str
+
+
+def parse_session(name: str, field: str = "name") -> SessionName:
+    m = _SESSION.match(name)
+    if not m:
+        raise invalid_field(field, f"{name!r} is not users/{{user}}/sessions/{{session}}")
+    return SessionName(*m.groups())
+
+
+@dataclass(frozen=True)
+class MembershipName:
+    org: str
+    user: str
+
+    def __str__(self) -> str:
+        return f"organizations/{self.org}/memberships/{self.user}"
+
+
+def parse_membership(name: str, field: str = "name") -> MembershipName:
+    m = _MEMBERSHIP.match(name)
+    if not m:
+        raise invalid_field(field, f"{name!r} is not organizations/{{organization}}/memberships/{{user}}")
+    return MembershipName(*m.groups())
+
+
+@dataclass(frozen=True)
+class EdgeApiKeyName:
+    edge: EdgeName
+    key_id: str
+
+    def __str__(self) -> str:
+        return f"{self.edge}/apiKeys/{self.key_id}"
+
+
+def parse_edge_api_key(name: str, field: str = "name") -> EdgeApiKeyName:
+    m = _EDGE_API_KEY.match(name)
+    if not m:
+        raise invalid_field(field, f"{name!r} is not .../edges/{{edge}}/apiKeys/{{api_key}}")
+    return EdgeApiKeyName(parse_edge(m.group(1), field), m.group(2))
+
+
+@dataclass(frozen=True)
+class AuditEntryName:
+    org: str
+    entry_id: int
+
+
+def parse_audit_entry(name: str, field: str = "name") -> AuditEntryName:
+    m = _AUDIT_ENTRY.match(name)
+    if not m:
+        raise invalid_field(field, f"{name!r} is not organizations/{{organization}}/auditEntries/{{id}}")
+    return AuditEntryName(m.group(1), int(m.group(2)))

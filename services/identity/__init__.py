@@ -8,10 +8,26 @@ from typing import Any
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 
 from services.identity import accounts
+from services.identity.accounts import (
+    create_organization,
+    delete_organization,
+    organization,
+    organization_exists,
+    organizations,
+    rename_organization,
+    set_membership,
+)
 from services.identity.audit import write_entries
 from services.identity.config import AuthConfig
 from services.identity.context import ADMIN, OPERATOR, VIEWER, Caller, call_state, caller, note_audit
-from services.identity.edge_keys import EdgeIdentity, authenticate_edge_key, issue_edge_key, revoke_edge_key
+from services.identity.edge_directory import EdgeDirectory, use_edge_directory
+from services.identity.edge_keys import (
+    EdgeIdentity,
+    authenticate_edge_key,
+    issue_edge_key,
+    revoke_edge_key,
+    revoke_edge_keys_of,
+)
 from services.identity.interceptor import AuthInterceptor
 from services.identity.passwords import Passwords, password_problem
 from services.identity.state import AuthState, auth_state_for
@@ -30,6 +46,7 @@ __all__ = [
     "AuthInterceptor",
     "AuthState",
     "Caller",
+    "EdgeDirectory",
     "EdgeIdentity",
     "Passwords",
     "accounts",
@@ -37,10 +54,19 @@ __all__ = [
     "authenticate_edge_key",
     "call_state",
     "caller",
+    "create_organization",
+    "delete_organization",
     "issue_edge_key",
     "note_audit",
+    "organization",
+    "organization_exists",
+    "organizations",
     "password_problem",
+    "rename_organization",
     "revoke_edge_key",
+    "revoke_edge_keys_of",
+    "set_membership",
+    "use_edge_directory",
     "write_entries",
 ]
 

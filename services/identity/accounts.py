@@ -12,6 +12,7 @@ from services.platform.migrations import Conn
 
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 ROLES = {"viewer": 1, "operator": 2, "admin": 3}
+ADMIN = ROLES["admin"]
 
 
 def normalize_email(email: str) -> str:
@@ -30,6 +31,55 @@ async def create_org(conn: Conn, org_id: str, display_name: str) -> bool:
         display_name or org_id,
     )
     return status.endswith(" 1")
+
+
+async def organization_exists(conn: Conn, org_id: str) -> bool:
+    return await conn.fetchval("SELECT 1 FROM app.organizations WHERE org_id = $1", org_id) is not None
+
+
+async def organization(conn: Conn, org_id: str, *, for_update: bool = False) -> asyncpg.Record | None:
+    """The organization's row (org_id, display_name, create_time, update_time); `for_update` locks it
+    until the caller's transaction ends."""
+    lock = " FOR UPDATE" if for_update else ""
+    return await conn.fetchrow(f"SELECT * FROM app.organizations WHERE org_id = $1{lock}", org_id)
+
+
+async def organizations(conn: Conn, org_ids: list[str], offset: int, limit: int) -> list[asyncpg.Record]:
+    """Rows of these organizations in id order, a page of them."""
+    return list(
+        await conn.fetch(
+            "SELECT * FROM app.organizations WHERE org_id = ANY($1::text[]) ORDER BY org_id OFFSET $2 LIMIT $3",
+            org_ids,
+            offset,
+            limit,
+        )
+    )
+
+
+async def create_organization(conn: Conn, org_id: str, display_name: str, admin_user_id: str) -> asyncpg.Record | None:
+    """Create the organization with `admin_user_id` as its admin; its row, or None when it exists already."""
+    row = await conn.fetchrow(
+        """INSERT INTO app.organizations (org_id, display_name) VALUES ($1, $2)
+           ON CONFLICT DO NOTHING RETURNING *""",
+        org_id,
+        display_name,
+    )
+    if row is not None:
+        await set_membership(conn, org_id, admin_user_id, ADMIN)
+    return row
+
+
+async def rename_organization(conn: Conn, org_id: str, display_name: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "UPDATE app.organizations SET display_name = $2, update_time = now() WHERE org_id = $1 RETURNING *",
+        org_id,
+        display_name,
+    )
+
+
+async def delete_organization(conn: Conn, org_id: str) -> None:
+    """Delete the organization (its memberships go with it)."""
+    await conn.execute("DELETE FROM app.organizations WHERE org_id = $1", org_id)
 
 
 async def user_by_email(conn: Conn, email: str) -> asyncpg.Record | None:

@@ -7,21 +7,18 @@ DELETE and TRUNCATE in SQL too (the only exception is GDPR erasure, see services
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Sequence
 from typing import Any
 
-import grpc
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
-from google.protobuf import timestamp_pb2
 
 from services.errors import invalid_field, not_found
 from services.identity.context import ADMIN, caller
+from services.names import parse_audit_entry, parse_organization
 from services.pagination import decode_token, encode_token, page_size
 from services.platform.migrations import Conn
+from services.platform.rpc import Context, timestamp
 from services.platform.runtime import Runtime
-
-Context = grpc.aio.ServicerContext[Any, Any]
 
 _INSERT = """
 INSERT INTO identity.audit_entries (org_id, actor_kind, actor, method, resource, request_json, result_code,
@@ -66,16 +63,10 @@ def entry_name(org: str | None, entry_id: int) -> str:
     return f"organizations/{org}/auditEntries/{entry_id}" if org else f"auditEntries/{entry_id}"
 
 
-def _ts(t: dt.datetime) -> timestamp_pb2.Timestamp:
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(t)
-    return out
-
-
 def entry_message(row: Any) -> identity_pb2.AuditEntry:
     return identity_pb2.AuditEntry(
         name=entry_name(row["org_id"], row["id"]),
-        entry_time=_ts(row["entry_time"]),
+        entry_time=timestamp(row["entry_time"]),
         actor_kind=row["actor_kind"],
         actor=row["actor"],
         method=row["method"],
@@ -88,10 +79,6 @@ def entry_message(row: Any) -> identity_pb2.AuditEntry:
     )
 
 
-_ORG = re.compile(r"^organizations/([a-z][a-z0-9-]{0,62})$")
-_ENTRY = re.compile(r"^organizations/([a-z][a-z0-9-]{0,62})/auditEntries/([0-9]{1,18})$")
-
-
 class AuditServicer(identity_pb2_grpc.AuditServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._pool = runtime.pool
@@ -99,10 +86,7 @@ class AuditServicer(identity_pb2_grpc.AuditServiceServicer):
     async def ListAuditEntries(
         self, request: identity_pb2.ListAuditEntriesRequest, context: Context
     ) -> identity_pb2.ListAuditEntriesResponse:
-        m = _ORG.match(request.parent)
-        if not m:
-            raise invalid_field("parent", f"{request.parent!r} is not organizations/{{organization}}")
-        org = m.group(1)
+        org = parse_organization(request.parent, "parent")
         caller(context).require_org(org, ADMIN, resource=request.parent)
         size = page_size(request.page_size)
         # Newest first with a keyset cursor (the last id seen), so new entries do not shift pages.
@@ -136,10 +120,8 @@ class AuditServicer(identity_pb2_grpc.AuditServiceServicer):
     async def GetAuditEntry(
         self, request: identity_pb2.GetAuditEntryRequest, context: Context
     ) -> identity_pb2.AuditEntry:
-        m = _ENTRY.match(request.name)
-        if not m:
-            raise invalid_field("name", f"{request.name!r} is not organizations/{{organization}}/auditEntries/{{id}}")
-        org, entry_id = m.group(1), int(m.group(2))
+        entry = parse_audit_entry(request.name)
+        org, entry_id = entry.org, entry.entry_id
         caller(context).require_org(org, ADMIN, resource=request.name)
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(

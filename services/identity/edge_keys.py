@@ -15,6 +15,7 @@ import grpc
 from emma.common.v1 import errors_pb2
 
 from services.errors import ApiError
+from services.identity.edge_directory import edge_directory
 from services.names import EdgeName
 from services.platform.migrations import Conn
 
@@ -55,26 +56,48 @@ async def revoke_edge_key(conn: Conn, key_id: str) -> bool:
     return status.endswith(" 1")
 
 
+async def revoke_edge_keys_of(conn: Conn, edge_pk: int) -> None:
+    """Revoke every key of the edge (before a new one replaces them)."""
+    await conn.execute(
+        "UPDATE identity.edge_api_keys SET revoke_time = now() WHERE edge_pk = $1 AND revoke_time IS NULL", edge_pk
+    )
+
+
+async def edge_of_key(conn: Conn, key_id: str) -> EdgeName | None:
+    """The edge a key belongs to (revoked keys too), or None when the key or its edge is gone."""
+    edge_pk = await conn.fetchval("SELECT edge_pk FROM identity.edge_api_keys WHERE key_id = $1", key_id)
+    return None if edge_pk is None else await edge_directory().edge_name(conn, int(edge_pk))
+
+
+def parse_api_key(api_key: str) -> tuple[str, str] | None:
+    """ "emma_<key_id>_<secret>" -> (key_id, secret); None when the key does not have that form."""
+    if not api_key.startswith(PREFIX) or api_key.count("_") < 2:
+        return None
+    key_id, secret = api_key[len(PREFIX) :].split("_", 1)
+    return key_id, secret
+
+
 def _invalid(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.UNAUTHENTICATED, errors_pb2.ERROR_REASON_EDGE_KEY_INVALID, message)
 
 
 async def authenticate_edge_key(conn: Conn, api_key: str) -> EdgeIdentity:
     """The edge this key belongs to, or UNAUTHENTICATED with EDGE_KEY_INVALID / EDGE_KEY_REVOKED."""
-    if not api_key.startswith(PREFIX) or api_key.count("_") < 2:
+    parsed = parse_api_key(api_key)
+    if parsed is None:
         raise _invalid("the API key is malformed")
-    key_id, secret = api_key[len(PREFIX) :].split("_", 1)
+    key_id, secret = parsed
     row = await conn.fetchrow(
-        """SELECT k.edge_pk, k.secret_sha256, k.revoke_time, e.org_id, e.site_id, e.edge_id
-           FROM identity.edge_api_keys k
-           JOIN app.edges e ON e.pk = k.edge_pk
-           WHERE k.key_id = $1""",
+        "SELECT edge_pk, secret_sha256, revoke_time FROM identity.edge_api_keys WHERE key_id = $1",
         key_id,
     )
     digest = hashlib.sha256(secret.encode()).digest()
     # Compare even when the key id is unknown, so timing does not tell which key ids exist.
     expected = bytes(row["secret_sha256"]) if row else b"\0" * 32
     if not hmac.compare_digest(digest, expected) or row is None:
+        raise _invalid("the API key is not valid")
+    name = await edge_directory().edge_name(conn, row["edge_pk"])
+    if name is None:  # the edge is being erased (its keys go with it)
         raise _invalid("the API key is not valid")
     if row["revoke_time"] is not None:
         raise ApiError(
@@ -85,6 +108,6 @@ async def authenticate_edge_key(conn: Conn, api_key: str) -> EdgeIdentity:
     await conn.execute("UPDATE identity.edge_api_keys SET last_use_time = now() WHERE key_id = $1", key_id)
     return EdgeIdentity(
         edge_pk=row["edge_pk"],
-        name=EdgeName(row["org_id"], row["site_id"], row["edge_id"]),
+        name=name,
         key_id=key_id,
     )

@@ -40,15 +40,15 @@ from services.identity.context import (
     reset_call_state,
     set_call_state,
 )
+from services.identity.edge_keys import edge_of_key, parse_api_key
 from services.identity.state import AuthState
-from services.names import EdgeName
 from services.platform.interceptors import current_trace_id, rewrap_handler
 from services.platform.redact import redacted_json
+from services.platform.rpc import Context
 
 log = logging.getLogger("emma.auth")
 
 Behavior = Callable[..., Any]
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _metadata(context: Context) -> dict[str, str]:
@@ -101,12 +101,6 @@ def _result(exc: BaseException, context: Context) -> tuple[int, str]:
             details = str(context.details() or "")
         return int(value), details
     return int(grpc.StatusCode.INTERNAL.value[0]), "internal error"
-
-
-def _edge_key_id(api_key: str) -> str | None:
-    if not api_key.startswith("emma_") or api_key.count("_") < 2:
-        return None
-    return api_key[len("emma_") :].split("_", 1)[0] or None
 
 
 async def _race(responses: Any, alarm: asyncio.Event, on_alarm: Callable[[], Awaitable[None]]) -> AsyncGenerator[Any]:
@@ -341,7 +335,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 async for request in request_iterator:
                     if not hello and request.WhichOneof("message") == "hello":
                         hello.append(request.hello)
-                        key_id = _edge_key_id(request.hello.api_key)
+                        parsed = parse_api_key(request.hello.api_key)
+                        key_id = parsed[0] if parsed else ""
                         if key_id:
                             watched.append(key_id)
                             state.watch_edge_key(key_id, revoked)
@@ -423,20 +418,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> None:
         try:
             async with self.state.pool.acquire() as conn:
-                row = await conn.fetchrow(
-                    """SELECT e.org_id, e.site_id, e.edge_id FROM identity.edge_api_keys k
-                       JOIN app.edges e ON e.pk = k.edge_pk WHERE k.key_id = $1""",
-                    key_id,
-                )
+                edge = await edge_of_key(conn, key_id)
         except asyncpg.InterfaceError:  # the process is shutting down and the pool is closed
             log.info("edge stream ended at shutdown; no audit row", extra={"key_id": key_id})
             return
         except Exception:
             log.warning("could not resolve the edge of a closed stream for the audit log", exc_info=True)
             return
-        if row is None:  # the edge was erased meanwhile
+        if edge is None:  # the edge was erased meanwhile
             return
-        edge = EdgeName(row["org_id"], row["site_id"], row["edge_id"])
         actor = Caller(kind="edge", edge=edge, key_id=key_id)
         request = edge_link_pb2.ConnectRequest(hello=hello)
         request.hello.ClearField("channel_table")  # the table is data, not the call

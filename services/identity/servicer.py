@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
 from typing import Any
 
@@ -11,35 +10,31 @@ import asyncpg
 import grpc
 from emma.common.v1 import errors_pb2
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 
 from services.errors import ApiError, invalid_field, not_found
 from services.identity import accounts, ratelimit
 from services.identity.context import ADMIN, Caller, call_state, caller, note_audit
+from services.identity.edge_directory import edge_directory
 from services.identity.edge_keys import issue_edge_key, revoke_edge_key
 from services.identity.passwords import password_problem
 from services.identity.state import AuthState, auth_state_for, session_revoked
 from services.identity.tokens import new_refresh_token, parse_refresh_token, sign_access_token, token_invalid
-from services.names import parse_edge
+from services.names import (
+    parse_edge,
+    parse_edge_api_key,
+    parse_membership,
+    parse_organization,
+    parse_session,
+    parse_user,
+)
 from services.pagination import Page
 from services.platform.idempotency import run_once
 from services.platform.migrations import Conn
+from services.platform.rpc import Context, timestamp
 from services.platform.runtime import Runtime
 
-Context = grpc.aio.ServicerContext[Any, Any]
 _SVC = "/emma.identity.v1.IdentityService/"
-
-_USER = re.compile(r"^users/([a-z0-9]{1,64}|me)$")
-_SESSION = re.compile(r"^users/([a-z0-9]{1,64}|me)/sessions/([a-z0-9]{1,64})$")
-_ORG = re.compile(r"^organizations/([a-z][a-z0-9-]{0,62})$")
-_MEMBERSHIP = re.compile(r"^organizations/([a-z][a-z0-9-]{0,62})/memberships/([a-z0-9]{1,64})$")
-_KEY = re.compile(r"^(organizations/[^/]+/sites/[^/]+/edges/[^/]+)/apiKeys/([a-z0-9]{1,32})$")
-
-
-def _ts(t: dt.datetime) -> timestamp_pb2.Timestamp:
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(t)
-    return out
 
 
 def _login_failed() -> ApiError:
@@ -50,22 +45,15 @@ def _login_failed() -> ApiError:
     )
 
 
-def _parse_org(name: str, field: str = "parent") -> str:
-    m = _ORG.match(name)
-    if not m:
-        raise invalid_field(field, f"{name!r} is not organizations/{{organization}}")
-    return m.group(1)
-
-
 def _session_message(row: Any) -> identity_pb2.Session:
     s = identity_pb2.Session(
         name=f"users/{row['user_id']}/sessions/{row['session_id']}",
-        create_time=_ts(row["create_time"]),
-        expire_time=_ts(row["expire_time"]),
+        create_time=timestamp(row["create_time"]),
+        expire_time=timestamp(row["expire_time"]),
         client_address=row["client_address"],
     )
     if row["revoke_time"] is not None:
-        s.revoke_time.CopyFrom(_ts(row["revoke_time"]))
+        s.revoke_time.CopyFrom(timestamp(row["revoke_time"]))
     return s
 
 
@@ -74,12 +62,12 @@ def _key_message(row: Any, edge: str) -> identity_pb2.EdgeApiKey:
         name=f"{edge}/apiKeys/{row['key_id']}",
         display_name=row["display_name"],
         key_prefix=row["key_prefix"],
-        create_time=_ts(row["create_time"]),
+        create_time=timestamp(row["create_time"]),
     )
     if row["revoke_time"] is not None:
-        k.revoke_time.CopyFrom(_ts(row["revoke_time"]))
+        k.revoke_time.CopyFrom(timestamp(row["revoke_time"]))
     if row["last_use_time"] is not None:
-        k.last_use_time.CopyFrom(_ts(row["last_use_time"]))
+        k.last_use_time.CopyFrom(timestamp(row["last_use_time"]))
     return k
 
 
@@ -125,15 +113,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 )
                 for org, role in sorted(roles.items())
             ],
-            create_time=_ts(row["create_time"]),
-            update_time=_ts(row["update_time"]),
+            create_time=timestamp(row["create_time"]),
+            update_time=timestamp(row["update_time"]),
         )
 
     async def _visible_user(self, conn: Conn, me: Caller, name: str, field: str = "name") -> tuple[Any, dict[str, int]]:
-        m = _USER.match(name)
-        if not m:
-            raise invalid_field(field, f"{name!r} is not users/{{user}} or users/me")
-        user_id = me.user_id if m.group(1) == "me" else m.group(1)
+        user = parse_user(name, field)
+        user_id = me.user_id if user == "me" else user
         row = await conn.fetchrow("SELECT * FROM identity.users WHERE user_id = $1", user_id)
         roles = await _memberships(conn, user_id) if row is not None else {}
         if row is None or not _can_see(me, user_id, roles):
@@ -198,9 +184,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         note_audit(f"users/{row['user_id']}/sessions/{session_id}")
         return identity_pb2.LoginResponse(
             access_token=access,
-            access_token_expire_time=_ts(access_expire),
+            access_token_expire_time=timestamp(access_expire),
             refresh_token=refresh,
-            refresh_token_expire_time=_ts(expire),
+            refresh_token_expire_time=timestamp(expire),
             session=_session_message(session),
             user=self._user_message(row, roles, None),
         )
@@ -255,9 +241,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             access, access_expire = await self._issue(conn, row["user_id"], session_id, expire)
         return identity_pb2.RefreshTokenResponse(
             access_token=access,
-            access_token_expire_time=_ts(access_expire),
+            access_token_expire_time=timestamp(access_expire),
             refresh_token=new_token,
-            refresh_token_expire_time=_ts(expire),
+            refresh_token_expire_time=timestamp(expire),
         )
 
     async def Logout(self, request: identity_pb2.LogoutRequest, context: Context) -> empty_pb2.Empty:
@@ -284,7 +270,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.ListUsersRequest, context: Context
     ) -> identity_pb2.ListUsersResponse:
         me = caller(context)
-        org = _parse_org(request.parent)
+        org = parse_organization(request.parent, "parent")
         me.require_org(org, ADMIN, resource=request.parent)
         page = Page.of("ListUsers", request)
         async with self._pool.acquire() as conn:
@@ -301,7 +287,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
     async def CreateUser(self, request: identity_pb2.CreateUserRequest, context: Context) -> identity_pb2.User:
         me = caller(context)
-        org = _parse_org(request.parent)
+        org = parse_organization(request.parent, "parent")
         me.require_org(org, ADMIN, resource=request.parent)
         email = accounts.normalize_email(request.user.email)
         if not accounts.EMAIL.match(email):
@@ -416,12 +402,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.SetMembershipRequest, context: Context
     ) -> identity_pb2.Membership:
         me = caller(context)
-        org = _parse_org(request.parent)
+        org = parse_organization(request.parent, "parent")
         me.require_org(org, ADMIN, resource=request.parent)
-        m = _USER.match(request.user)
-        if not m or m.group(1) == "me":
-            raise invalid_field("user", f"{request.user!r} is not users/{{user}}")
-        user_id = m.group(1)
+        user_id = parse_user(request.user, "user", allow_me=False)
         if request.role not in (identity_pb2.ROLE_VIEWER, identity_pb2.ROLE_OPERATOR, identity_pb2.ROLE_ADMIN):
             raise invalid_field("role", "must be ROLE_VIEWER, ROLE_OPERATOR or ROLE_ADMIN")
         name = f"organizations/{org}/memberships/{user_id}"
@@ -439,10 +422,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.DeleteMembershipRequest, context: Context
     ) -> empty_pb2.Empty:
         me = caller(context)
-        m = _MEMBERSHIP.match(request.name)
-        if not m:
-            raise invalid_field("name", f"{request.name!r} is not organizations/{{organization}}/memberships/{{user}}")
-        org, user_id = m.groups()
+        membership = parse_membership(request.name)
+        org, user_id = membership.org, membership.user
         me.require_org(org, ADMIN, resource=request.name)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT 1 FROM app.organizations WHERE org_id = $1 FOR UPDATE", org)
@@ -481,22 +462,22 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
     async def RevokeSession(self, request: identity_pb2.RevokeSessionRequest, context: Context) -> identity_pb2.Session:
         me = caller(context)
-        m = _SESSION.match(request.name)
-        if not m:
-            raise invalid_field("name", f"{request.name!r} is not users/{{user}}/sessions/{{session}}")
+        session_name = parse_session(request.name)
         async with self._pool.acquire() as conn:
-            row, roles = await self._visible_user(conn, me, f"users/{m.group(1)}")
+            row, roles = await self._visible_user(conn, me, f"users/{session_name.user}")
             if row["user_id"] != me.user_id and not _can_manage(me, row["user_id"], roles):
                 raise not_found(request.name)
-            note_audit(f"users/{row['user_id']}/sessions/{m.group(2)}")
+            note_audit(f"users/{row['user_id']}/sessions/{session_name.session}")
             await conn.execute(
                 """UPDATE identity.sessions SET revoke_time = now(), revoke_reason = 'revoked'
                    WHERE session_id = $1 AND user_id = $2 AND revoke_time IS NULL""",
-                m.group(2),
+                session_name.session,
                 row["user_id"],
             )
             session = await conn.fetchrow(
-                "SELECT * FROM identity.sessions WHERE session_id = $1 AND user_id = $2", m.group(2), row["user_id"]
+                "SELECT * FROM identity.sessions WHERE session_id = $1 AND user_id = $2",
+                session_name.session,
+                row["user_id"],
             )
         if session is None:
             raise not_found(request.name)
@@ -507,15 +488,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     async def _edge_pk(self, conn: Conn, me: Caller, name: str, field: str = "parent") -> int:
         edge = parse_edge(name, field)
         me.require_org(edge.org, ADMIN, resource=name)
-        pk = await conn.fetchval(
-            "SELECT pk FROM app.edges WHERE org_id = $1 AND site_id = $2 AND edge_id = $3",
-            edge.org,
-            edge.site,
-            edge.edge,
-        )
+        pk = await edge_directory().edge_pk(conn, edge)
         if pk is None:
             raise not_found(name)
-        return int(pk)
+        return pk
 
     async def CreateEdgeApiKey(
         self, request: identity_pb2.CreateEdgeApiKeyRequest, context: Context
@@ -569,10 +545,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.RevokeEdgeApiKeyRequest, context: Context
     ) -> identity_pb2.EdgeApiKey:
         me = caller(context)
-        m = _KEY.match(request.name)
-        if not m:
-            raise invalid_field("name", f"{request.name!r} is not .../edges/{{edge}}/apiKeys/{{api_key}}")
-        edge_name, key_id = m.groups()
+        key_name = parse_edge_api_key(request.name)
+        edge_name, key_id = str(key_name.edge), key_name.key_id
         async with self._pool.acquire() as conn:
             pk = await self._edge_pk(conn, me, edge_name, "name")
             row = await conn.fetchrow(

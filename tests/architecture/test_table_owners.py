@@ -24,8 +24,6 @@ _NOT_A_TABLE = re.compile(r"_p\d|_default$")
 
 # Debt being paid down by issue 13; see test_layers.KNOWN_VIOLATIONS for how this list works.
 KNOWN_VIOLATIONS: set[str] = {
-    "launcher.admin_cli uses app.organizations (owned by services.identity)",
-    "launcher.admin_cli uses identity.edge_api_keys (owned by services.identity)",
     "services.command.fleet uses app.edge_inventory (owned by services.registry)",
     "services.command.fleet uses app.edges (owned by services.registry)",
     "services.command.fleet uses app.organizations (owned by services.identity)",
@@ -34,9 +32,6 @@ KNOWN_VIOLATIONS: set[str] = {
     "services.command.store uses app.edges (owned by services.registry)",
     "services.edgelink.session uses app.edge_inventory (owned by services.registry)",
     "services.edgelink.session uses identity.edge_api_keys (owned by services.identity)",
-    "services.identity.edge_keys uses app.edges (owned by services.registry)",
-    "services.identity.interceptor uses app.edges (owned by services.registry)",
-    "services.identity.servicer uses app.edges (owned by services.registry)",
     "services.registry.erase uses app.idempotency_keys (owned by services.platform)",
     "services.registry.erase uses identity.audit_entries (owned by services.identity)",
     "services.registry.erase uses telemetry.delete_series_data (owned by services.telemetry)",

@@ -8,7 +8,7 @@ import asyncpg
 import grpc
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 
-from services.identity.edge_keys import authenticate_edge_key as authenticate
+from services.identity import authenticate_edge_key
 from services.names import EdgeName
 from services.registry import ensure_edge
 from tests.cli_process import run_emma
@@ -64,7 +64,7 @@ async def test_create_org_user_and_edge_key(host: Host, db: asyncpg.Connection, 
     assert key.returncode == 0, key.stderr
     found = re.search(r"key: (emma_\S+)", key.stdout)
     assert found is not None
-    assert (await authenticate(db, found.group(1))).name == edge
+    assert (await authenticate_edge_key(db, found.group(1))).name == edge
     assert run_emma("admin", "create-edge-key", "organizations/northwind/sites/hq/edges/nope", env=env).returncode == 1
     bad = run_emma("admin", "create-edge-key", "not-an-edge", env=env)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
