@@ -33,8 +33,8 @@ $(TSDB_STAMP): $(TSDB)/package-lock.json $(STAMP)
 
 venv: $(STAMP)  ## create or refresh .venv
 
-up: $(STAMP)  ## run the whole stack on an embedded PostgreSQL (DATABASE_URL selects an external one)
-	$(BIN)/emma up
+up: $(STAMP)  ## run the whole stack on an embedded PostgreSQL (DATABASE_URL selects an external one; ARGS="--gateway-port 8081")
+	$(BIN)/emma up $(ARGS)
 
 test: $(STAMP) $(TSDB_STAMP)  ## run every test
 	$(NODE_PATH_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
