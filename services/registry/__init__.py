@@ -8,6 +8,7 @@ from emma.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from services.platform.registration import ServiceSpec, service_spec
 from services.platform.runtime import Runtime
+from services.registry.device_profiles import channel_spec
 from services.registry.edges import (
     edge_name,
     edge_names,
@@ -17,7 +18,7 @@ from services.registry.edges import (
     edges_of_site,
 )
 from services.registry.inventory import device_inventory, edge_inventory, store_inventory
-from services.registry.profiles import channel_spec
+from services.registry.ports import EdgeConnection, EdgeConnections, EdgeDataEraser, RegistryPorts, use_ports
 from services.registry.provisioning import ensure_edge
 from services.registry.sites import site_location, site_time_zone
 
@@ -26,6 +27,10 @@ __all__ = [
     "DEPENDS_ON",
     "SERVICES",
     "TABLES",
+    "EdgeConnection",
+    "EdgeConnections",
+    "EdgeDataEraser",
+    "RegistryPorts",
     "channel_spec",
     "device_inventory",
     "edge_inventory",
@@ -39,6 +44,7 @@ __all__ = [
     "site_location",
     "site_time_zone",
     "store_inventory",
+    "use_ports",
 ]
 
 # The services this domain may import (their package faces); see docs/architecture.md.

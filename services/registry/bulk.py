@@ -15,9 +15,8 @@ from emma.common.v1 import errors_pb2
 from emma.registry.v1 import registry_pb2
 
 from services.errors import ApiError, invalid_field, not_found, reason_name
-from services.names import ID_PATTERN
+from services.names import DEVICE_ID_PATTERN, ID_PATTERN
 from services.platform.migrations import Conn
-from services.registry.profiles import DEVICE_ID
 
 HEADER = ["kind", "edge_id", "device_id", "display_name", "device_profile"]
 MAX_ROWS = 10_000
@@ -110,7 +109,7 @@ async def provision(
                 else:
                     new_edges[edge_id] = display_name
             elif kind == "device":
-                if not DEVICE_ID.match(device_id):
+                if not DEVICE_ID_PATTERN.match(device_id):
                     _fail(result, errors_pb2.ERROR_REASON_FIELD_INVALID, f"device_id {device_id!r} is not a valid id")
                     continue
                 result.resource_name = f"{edge_name}/devices/{device_id}"

@@ -2,7 +2,8 @@
 
 Tables that reference an edge by an `edge_pk` column are found in the catalog, so tables added by
 later migrations (commands, inventories, ...) are erased too, whether or not their foreign key
-cascades. Raw samples and rollups reference series, not edges, and are deleted explicitly.
+cascades. What other domains keep of an edge beyond such rows (telemetry's samples and rollups
+reference series, not edges) is deleted by the erasers the composition supplies (RegistryPorts).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from services.identity import call_state, write_entries
 from services.platform.interceptors import current_trace_id
 from services.platform.migrations import Conn
 from services.platform.redact import redacted_json
+from services.registry.ports import RegistryPorts
 
 ERASED_JSON = '{"erased":true}'
 
@@ -26,16 +28,14 @@ def _count(status: str) -> int:
         return 0
 
 
-async def delete_edges(conn: Conn, edge_pks: list[int]) -> dict[str, int]:
+async def delete_edges(conn: Conn, edge_pks: list[int], ports: RegistryPorts) -> dict[str, int]:
     """Delete the edges and everything of theirs; returns rows deleted per table ("telemetry.samples")."""
     counts: dict[str, int] = {}
     if not edge_pks:
         return counts
-    series = [r["id"] for r in await conn.fetch("SELECT id FROM telemetry.series WHERE edge_pk = ANY($1)", edge_pks)]
-    if series:
-        # One function for both storage paths (continuous aggregates are deleted where they are stored).
-        for row in await conn.fetch("SELECT table_name, deleted FROM telemetry.delete_series_data($1)", series):
-            counts[row["table_name"]] = int(row["deleted"])
+    for eraser in ports.edge_erasers:
+        for table, n in (await eraser(conn, edge_pks)).items():
+            counts[table] = counts.get(table, 0) + n
     tables = await conn.fetch(
         """SELECT c.table_schema, c.table_name FROM information_schema.columns c
            JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name
@@ -54,21 +54,21 @@ async def delete_edges(conn: Conn, edge_pks: list[int]) -> dict[str, int]:
     return counts
 
 
-async def delete_site_data(conn: Conn, org: str, site: str) -> dict[str, int]:
+async def delete_site_data(conn: Conn, org: str, site: str, ports: RegistryPorts) -> dict[str, int]:
     pks = [r["pk"] for r in await conn.fetch("SELECT pk FROM app.edges WHERE org_id = $1 AND site_id = $2", org, site)]
-    counts = await delete_edges(conn, pks)
+    counts = await delete_edges(conn, pks, ports)
     await conn.execute("DELETE FROM app.sites WHERE org_id = $1 AND site_id = $2", org, site)
     return counts
 
 
 async def erase_site(
-    conn: Conn, org: str, site: str, request: registry_pb2.EraseSiteRequest
+    conn: Conn, org: str, site: str, request: registry_pb2.EraseSiteRequest, ports: RegistryPorts
 ) -> registry_pb2.EraseSiteResponse:
     """Erase the site in the caller's transaction and record the erasure in the audit log."""
     name = f"organizations/{org}/sites/{site}"
     if await conn.fetchval("SELECT 1 FROM app.sites WHERE org_id = $1 AND site_id = $2 FOR UPDATE", org, site) is None:
         raise not_found(name)
-    counts = await delete_site_data(conn, org, site)
+    counts = await delete_site_data(conn, org, site, ports)
     # Personal data the site left elsewhere: request payloads of its audit entries (names, addresses,
     # locations) are replaced (the trigger allows exactly this inside an erasure), and stored
     # idempotent responses that mention the site are dropped.

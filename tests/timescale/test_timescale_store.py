@@ -17,7 +17,7 @@ import pytest
 from emma.telemetry.v1 import telemetry_pb2
 
 from services.platform.migrations import Conn
-from services.registry.erase import delete_edges
+from services.telemetry.erasure import erase_edge_telemetry
 from services.telemetry.history import Bucket, plan, query_series
 from services.telemetry.maintenance import (
     claim_for_refresh,
@@ -253,7 +253,7 @@ async def test_erasing_an_edge_deletes_raw_rows_and_materialized_rollups(pool: a
         await _refresh_all(conn)
         await compress_old_chunks(conn, 7, today=dt.date(2025, 7, 1))  # erasure reaches compressed rows too
         async with conn.transaction():
-            counts = await delete_edges(conn, [pk])
+            counts = await erase_edge_telemetry(conn, [pk])
         assert counts["telemetry.samples"] == 24 * 4
         assert counts["telemetry.rollup_15m"] == 24 * 4
         assert counts["telemetry.rollup_1h"] == 24
