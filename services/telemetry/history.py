@@ -20,9 +20,9 @@ from zoneinfo import ZoneInfo
 from emma.telemetry.v1 import telemetry_pb2
 
 from services.platform.migrations import Conn
+from services.telemetry.buckets import ROLLUP_BUCKET
 
 UTC = dt.UTC
-QUARTER = dt.timedelta(minutes=15)
 HOUR = dt.timedelta(hours=1)
 DAY = dt.timedelta(days=1)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
@@ -156,7 +156,7 @@ class Plan:
 
 
 def plan(start: dt.datetime, end: dt.datetime, width: dt.timedelta, tz: ZoneInfo | None) -> Plan:
-    on_quarter_grid = width % QUARTER == dt.timedelta()
+    on_quarter_grid = width % ROLLUP_BUCKET == dt.timedelta()
     if tz is not None and not (width < DAY and zone_is_on_grid(tz, width, start, end)):
         bounds = local_bounds(start, end, width, tz)
         on_hours = all(b.minute == 0 and b.second == 0 for b in bounds)

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.platform.migrations import Conn
-from services.telemetry.buckets import ROLLUP_BUCKET_US
+from services.telemetry.buckets import ROLLUP_BUCKET_S, ROLLUP_BUCKET_US
 from services.telemetry.copy_binary import samples_copy_payload
 
 
@@ -165,7 +165,7 @@ async def copy_samples(conn: Any, rows: SampleRows, fresh: list[int], batches: i
 # $1..$5: the unique batches (sorted by edge and batch_seq, so every transaction locks ledger rows in
 # the same order); $6..$9: latest candidates (batch index, series, time in µs, value); $10..$11:
 # dirty (batch index, 15-minute bucket number). Batch indexes are 0-based positions in $1..$5.
-_RECORD_GROUP_SQL = """
+_RECORD_GROUP_SQL = f"""
 WITH batch AS (
     SELECT u.e, u.s, u.c, u.lo, u.hi, u.n - 1 AS i
     FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::bigint[])
@@ -202,7 +202,7 @@ WITH batch AS (
     WHERE l.time <= EXCLUDED.time
 ), dirty AS (
     INSERT INTO telemetry.rollup_dirty (edge_pk, bucket)
-    SELECT DISTINCT b.e, to_timestamp(d.k * 900)
+    SELECT DISTINCT b.e, to_timestamp(d.k * {ROLLUP_BUCKET_S})
     FROM unnest($10::bigint[], $11::bigint[]) AS d(i, k) JOIN batch b ON b.i = d.i
     WHERE d.i IN (SELECT i FROM fresh)
     ORDER BY 1, 2

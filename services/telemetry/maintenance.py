@@ -24,15 +24,16 @@ import asyncpg
 
 from services.platform.config import IngestConfig
 from services.platform.migrations import Conn
+from services.telemetry.buckets import ROLLUP_BUCKET, ROLLUP_BUCKET_SQL
 
 log = logging.getLogger("emma.telemetry.maintenance")
 
 PARTITION_CHECK_INTERVAL_S = 3600.0
 
-_CLAIM = """
+_CLAIM = f"""
 DELETE FROM telemetry.rollup_dirty d
 USING (SELECT edge_pk, bucket FROM telemetry.rollup_dirty
-       WHERE bucket + interval '15 minutes' + make_interval(secs => $1) <= now()
+       WHERE bucket + {ROLLUP_BUCKET_SQL} + make_interval(secs => $1) <= now()
        ORDER BY bucket LIMIT $2 FOR UPDATE SKIP LOCKED) c
 WHERE d.edge_pk = c.edge_pk AND d.bucket = c.bucket
 RETURNING d.edge_pk, d.bucket
@@ -41,11 +42,11 @@ RETURNING d.edge_pk, d.bucket
 # Recomputing a clean bucket from raw rows gives the same row again, so a run of claimed buckets is
 # recomputed whole for every series of the edges involved: one index range scan per series instead
 # of one probe per (series, bucket).
-_ROLLUP_15M = """
+_ROLLUP_15M = f"""
 INSERT INTO telemetry.rollup_15m AS r
        (series_id, bucket, min_value, max_value, sum_value, count, last_time, last_value)
-SELECT series_id, date_bin('15 minutes', time, timestamptz 'epoch'), min(value), max(value), sum(value), count(*),
-       max(time), (array_agg(value ORDER BY time DESC))[1]
+SELECT series_id, date_bin({ROLLUP_BUCKET_SQL}, time, timestamptz 'epoch'), min(value), max(value), sum(value),
+       count(*), max(time), (array_agg(value ORDER BY time DESC))[1]
 FROM telemetry.samples
 WHERE series_id = ANY($1::bigint[]) AND time >= $2::timestamptz AND time < $3::timestamptz
 GROUP BY 1, 2
@@ -78,7 +79,6 @@ _REFRESH = "CALL refresh_continuous_aggregate($1::regclass, $2::timestamptz, $3:
 # "TELE" in ASCII: one replica refreshes the continuous aggregates at a time.
 REFRESH_LOCK_KEY = 0x54454C45
 
-QUARTER = dt.timedelta(minutes=15)
 HOUR = dt.timedelta(hours=1)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -88,9 +88,9 @@ def _runs(buckets: list[dt.datetime]) -> list[tuple[dt.datetime, dt.datetime]]:
     runs: list[tuple[dt.datetime, dt.datetime]] = []
     for b in sorted(set(buckets)):
         if runs and b - runs[-1][1] <= HOUR:
-            runs[-1] = (runs[-1][0], b + QUARTER)
+            runs[-1] = (runs[-1][0], b + ROLLUP_BUCKET)
         else:
-            runs.append((b, b + QUARTER))
+            runs.append((b, b + ROLLUP_BUCKET))
     return runs
 
 
