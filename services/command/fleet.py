@@ -14,23 +14,22 @@ import hashlib
 import json
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import asyncpg
 import grpc
 from emma.command.v1 import command_pb2
 from emma.common.v1 import errors_pb2, types_pb2
 from emma.edge.v1 import edge_link_pb2
-from google.protobuf import timestamp_pb2
 
 from services.command import states
+from services.command.creation import create_one
 from services.errors import ApiError, invalid_field, not_found
 from services.names import ID_PATTERN, EdgeName, parse_edge, parse_site
 from services.pagination import Page
 from services.platform.migrations import Conn
+from services.platform.rpc import timestamp
 from services.telemetry import latest_value
-
-if TYPE_CHECKING:
-    from services.command.servicer import CommandServicer
 
 log = logging.getLogger("emma.command.fleet")
 
@@ -105,7 +104,11 @@ async def _plan(conn: Conn, edge: EdgeName, action: int, power_w: float) -> tupl
 
 
 async def create(
-    servicer: CommandServicer, request: command_pb2.CreateFleetDispatchRequest, creator: str, traceparent: str
+    pool: asyncpg.Pool,
+    replica_id: str,
+    request: command_pb2.CreateFleetDispatchRequest,
+    creator: str,
+    traceparent: str,
 ) -> command_pb2.FleetDispatch:
     org = _org(request.parent)
     dispatch = request.fleet_dispatch
@@ -117,7 +120,7 @@ async def create(
         raise invalid_field("fleet_dispatch.power_kw", "must be positive")
     ttl = dispatch.ttl.ToTimedelta() if dispatch.HasField("ttl") else DEFAULT_TTL
     digest = hashlib.sha256(dispatch.SerializeToString(deterministic=True)).hexdigest()
-    async with servicer._pool.acquire() as conn:
+    async with pool.acquire() as conn:
         existing = await conn.fetchrow(
             "SELECT id, request_hash FROM app.fleet_dispatches WHERE org_id = $1 AND request_id = $2",
             org,
@@ -168,7 +171,7 @@ async def create(
         for edge in edges:
             try:
                 channel, value = await _plan(conn, edge, dispatch.action, dispatch.power_kw * 1000)
-                await servicer.create_one(
+                await create_one(
                     conn,
                     edge,
                     channel,
@@ -181,6 +184,7 @@ async def create(
                     digest=f"fleet/{dispatch_id}",
                     traceparent=traceparent,
                     fleet_dispatch=dispatch_id,
+                    replica_id=replica_id,
                 )
             except ApiError as exc:
                 skipped[str(edge)] = f"{exc.reason}: {exc.message}"
@@ -203,19 +207,13 @@ def _parse(name: str) -> tuple[str, uuid.UUID]:
         raise invalid_field("name", f"{name!r} is not organizations/{{organization}}/fleetDispatches/{{id}}") from None
 
 
-def _ts(value: Any) -> timestamp_pb2.Timestamp:
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
-    return out
-
-
 async def _to_proto(conn: Conn, row: Any) -> command_pb2.FleetDispatch:
     requested = command_pb2.FleetDispatch.FromString(bytes(row["request"]))
     out = command_pb2.FleetDispatch(
         name=f"organizations/{row['org_id']}/fleetDispatches/{row['id']}",
         action=row["action"],
         power_kw=row["power_kw"],
-        create_time=_ts(row["create_time"]),
+        create_time=timestamp(row["create_time"]),
         creator=row["creator"],
     )
     which = requested.WhichOneof("targets")

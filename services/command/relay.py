@@ -18,33 +18,16 @@ from typing import Any, Protocol
 
 import asyncpg
 from emma.edge.v1 import edge_link_pb2
-from google.protobuf import timestamp_pb2
 
-from services.command import states, store
+from services.command import states
+from services.command.transitions import DELIVER_LIMIT, EDGE_CHANNEL, deliver_queued, transition
 from services.platform.notify import Listener
+from services.platform.rpc import timestamp
 
 log = logging.getLogger("emma.command.relay")
 
 POLL_INTERVAL_S = 2.0
 ACKS_PER_SECOND = 100.0
-
-_DELIVER = """
-WITH picked AS (
-    SELECT id FROM app.commands
-    WHERE edge_pk = $1 AND state = 'QUEUED' AND expire_time > now()
-    ORDER BY seq FOR UPDATE SKIP LOCKED LIMIT 100
-),
-upd AS (
-    UPDATE app.commands c SET state = 'DELIVERED', delivered_time = now(), update_time = now()
-    FROM picked WHERE c.id = picked.id
-    RETURNING c.id, c.seq, c.channel, c.value, c.expire_time, c.create_time, c.traceparent
-),
-ev AS (
-    INSERT INTO app.command_events (command_id, from_state, to_state, replica_id)
-    SELECT id, 'QUEUED', 'DELIVERED', $2 FROM upd
-)
-SELECT upd.*, pg_notify('emma_command_events', upd.id::text) FROM upd ORDER BY seq
-"""
 
 _IN_FLIGHT = """
 SELECT id, seq, channel, value, expire_time, create_time, traceparent FROM app.commands
@@ -71,20 +54,14 @@ class CommandSink(Protocol):
     async def send(self, response: edge_link_pb2.ConnectResponse) -> None: ...
 
 
-def _ts(value: Any) -> timestamp_pb2.Timestamp:
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
-    return out
-
-
 def _edge_command(edge_name: str, row: Any) -> edge_link_pb2.ConnectResponse:
     return edge_link_pb2.ConnectResponse(
         command=edge_link_pb2.EdgeCommand(
             name=f"{edge_name}/commands/{row['id']}",
             channel=row["channel"],
             value=row["value"],
-            expire_time=_ts(row["expire_time"]),
-            create_time=_ts(row["create_time"]),
+            expire_time=timestamp(row["expire_time"]),
+            create_time=timestamp(row["create_time"]),
             traceparent=row["traceparent"],
         )
     )
@@ -115,7 +92,7 @@ class CommandRelay:
         self._sinks: dict[int, CommandSink] = {}
         self._pending: dict[int, asyncio.Task[None]] = {}
         self._again: set[int] = set()
-        self._listener = Listener(dsn, [store.EDGE_CHANNEL], self._on_notify, self._deliver_all)
+        self._listener = Listener(dsn, [EDGE_CHANNEL], self._on_notify, self._deliver_all)
         self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -173,14 +150,14 @@ class CommandRelay:
                     # Losing DELIVERED in a database crash only means delivering again, which the edge
                     # deduplicates; so this commit need not wait for the disk.
                     await conn.execute("SET LOCAL synchronous_commit = off")
-                    rows = await conn.fetch(_DELIVER, edge_pk, self._replica_id)
+                    rows = await deliver_queued(conn, edge_pk, self._replica_id)
             except Exception:
                 log.warning("command delivery failed; the poll retries", exc_info=True)
                 return
             for row in rows:
                 log.info("command delivered", extra={"command_id": str(row["id"]), "edge": sink.edge_name})
                 await sink.send(_edge_command(sink.edge_name, row))
-            if len(rows) < 100 and edge_pk not in self._again:
+            if len(rows) < DELIVER_LIMIT and edge_pk not in self._again:
                 return
 
     async def _deliver_all(self) -> None:
@@ -214,7 +191,7 @@ class CommandRelay:
             return
         applied = ack.applied_value if to_state == states.EXECUTED else None
         async with self._pool.acquire() as conn:
-            previous = await store.transition(
+            previous = await transition(
                 conn,
                 command_id,
                 to_state,

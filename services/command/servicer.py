@@ -7,14 +7,13 @@ import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
-import asyncpg
 import grpc
 from emma.command.v1 import command_pb2, command_pb2_grpc
 from emma.common.v1 import errors_pb2
 
-from services.command import fleet, states, store, validation
+from services.command import fleet, states, store, transitions
+from services.command.creation import create_one
 from services.command.watch import CommandWatcher
 from services.command.workers import CommandWorkers
 from services.errors import ApiError, invalid_field, not_found
@@ -22,11 +21,11 @@ from services.identity import caller
 from services.names import EdgeName, parse_edge, parse_site
 from services.pagination import Page
 from services.platform.migrations import Conn
+from services.platform.rpc import Context
 from services.platform.runtime import Runtime
 
 log = logging.getLogger("emma.command")
 
-Context = grpc.aio.ServicerContext[Any, Any]
 DEFAULT_TTL = dt.timedelta(minutes=5)
 MAX_TTL = dt.timedelta(hours=24)
 
@@ -62,42 +61,6 @@ def request_hash(parent: str, command: command_pb2.Command) -> str:
     return hashlib.sha256(f"{parent}|{command.channel}|{command.value!r}|{ttl}".encode()).hexdigest()
 
 
-# The edge, an earlier command with this request_id, and the device's declared channels, in one trip.
-_LOOKUP = """
-SELECT e.pk, c.id AS existing_id, c.request_hash, i.channels AS inventory
-FROM app.edges e
-LEFT JOIN app.commands c ON c.edge_pk = e.pk AND c.request_id = $4
-LEFT JOIN app.edge_inventory i ON i.edge_pk = e.pk AND i.device_id = $5
-WHERE e.org_id = $1 AND e.site_id = $2 AND e.edge_id = $3
-"""
-
-# Rate and queue checks, the command, its first event and the notification of the replica holding the
-# edge, in one statement (run after the caller's advisory lock, so its snapshot sees every command of
-# this caller that committed before). Nothing is inserted when a limit is reached.
-_INSERT = """
-WITH rate AS (
-    SELECT count(*) AS n FROM app.commands WHERE creator = $7 AND create_time > now() - interval '1 second'
-),
-queue AS (
-    SELECT count(*) AS n FROM (SELECT 1 FROM app.commands WHERE edge_pk = $2 AND state = 'QUEUED' LIMIT $14) q
-),
-ins AS (
-    INSERT INTO app.commands (id, edge_pk, channel, value, state, issued_time, expire_time, creator, request_id,
-                              request_hash, fleet_dispatch, traceparent)
-    SELECT $1, $2, $3, $4, 'QUEUED', $5, now() + $6::interval, $7, $8, $9, $10, $11
-    FROM rate, queue WHERE rate.n < $13 AND queue.n < $14
-    RETURNING id, create_time, expire_time
-),
-ev AS (
-    INSERT INTO app.command_events (command_id, from_state, to_state, replica_id)
-    SELECT id, '', 'QUEUED', $12 FROM ins
-)
-SELECT rate.n AS rate_n, queue.n AS queue_n, ins.create_time, ins.expire_time,
-       CASE WHEN ins.id IS NOT NULL THEN pg_notify('emma_edge_commands', $2::text) END AS notified
-FROM rate CROSS JOIN queue LEFT JOIN ins ON true
-"""
-
-
 class CommandServicer(command_pb2_grpc.CommandServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -125,7 +88,7 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
         if not dt.timedelta(seconds=1) <= ttl <= MAX_TTL:
             raise invalid_field("command.ttl", "must be between 1 s and 24 h")
         async with self._pool.acquire() as conn:
-            command = await self.create_one(
+            command = await create_one(
                 conn,
                 edge,
                 request.command.channel,
@@ -138,121 +101,8 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
                 request_id=request.request_id,
                 digest=request_hash(request.parent, request.command),
                 traceparent=traceparent_of(context),
+                replica_id=self._runtime.replica_id,
             )
-        return command
-
-    async def create_one(
-        self,
-        conn: Conn,
-        edge: EdgeName,
-        channel: str,
-        value: float,
-        ttl: dt.timedelta,
-        *,
-        issued: dt.datetime | None,
-        creator: str,
-        request_id: str,
-        digest: str,
-        traceparent: str = "",
-        fleet_dispatch: uuid.UUID | None = None,
-    ) -> command_pb2.Command:
-        """Validate and store one command (also used by fleet dispatch); idempotent on request_id.
-
-        Few round trips on purpose (this is the latency an operator feels): one lookup, the dynamic
-        limit when the channel has one, then one transaction of a lock and one statement.
-        """
-        device_id = validation.check_address(channel)
-        row = await conn.fetchrow(_LOOKUP, edge.org, edge.site, edge.edge, request_id, device_id)
-        if row is None:
-            raise not_found(str(edge))
-        pk = int(row["pk"])
-        if row["existing_id"] is not None:
-            return await self._replay(conn, row["existing_id"], row["request_hash"], digest, request_id)
-        now = dt.datetime.now(dt.UTC)
-        validation.check_issued_time(issued or now, now)
-        spec = validation.spec_in_inventory(row["inventory"], channel)
-        validation.check_static(spec, channel, value)
-        await validation.check_dynamic(conn, pk, spec, channel, value, now)
-        command_id = uuid.uuid4()
-        try:
-            async with conn.transaction():
-                # Serialise this caller's creations so the rate limit counts what concurrent requests
-                # commit (one caller's commands are few per second; other callers are not blocked).
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", creator)
-                stored = await conn.fetchrow(
-                    _INSERT,
-                    command_id,
-                    pk,
-                    channel,
-                    value,
-                    issued or now,
-                    ttl,
-                    creator,
-                    request_id,
-                    digest,
-                    fleet_dispatch,
-                    traceparent,
-                    self._runtime.replica_id,
-                    validation.RATE_LIMIT_PER_S,
-                    validation.QUEUE_CAP,
-                )
-                assert stored is not None
-                if stored["create_time"] is None:
-                    raise (
-                        validation.rate_limited()
-                        if stored["rate_n"] >= validation.RATE_LIMIT_PER_S
-                        else (validation.queue_full())
-                    )
-        except asyncpg.UniqueViolationError:
-            # The same request_id raced in from a retry on another connection: answer with the first.
-            again = await conn.fetchrow(
-                "SELECT id, request_hash FROM app.commands WHERE edge_pk = $1 AND request_id = $2", pk, request_id
-            )
-            assert again is not None
-            return await self._replay(conn, again["id"], again["request_hash"], digest, request_id)
-        log.info(
-            "command queued",
-            extra={"command_id": str(command_id), "edge": str(edge), "channel": channel, "value": value},
-        )
-        created = {
-            "id": command_id,
-            "channel": channel,
-            "value": value,
-            "state": states.QUEUED,
-            "state_reason": "",
-            "applied_value": None,
-            "issued_time": issued or now,
-            "create_time": stored["create_time"],
-            "update_time": stored["create_time"],
-            "expire_time": stored["expire_time"],
-            "creator": creator,
-            "fleet_dispatch": fleet_dispatch,
-            "org_id": edge.org,
-            "site_id": edge.site,
-            "edge_id": edge.edge,
-        }
-        event = {
-            "from_state": "",
-            "to_state": states.QUEUED,
-            "event_time": stored["create_time"],
-            "reason": "",
-            "message": "",
-        }
-        return store.to_proto(created, [event])
-
-    @staticmethod
-    async def _replay(
-        conn: Conn, command_id: uuid.UUID, stored_hash: str, digest: str, request_id: str
-    ) -> command_pb2.Command:
-        if stored_hash != digest:
-            raise ApiError(
-                grpc.StatusCode.ALREADY_EXISTS,
-                errors_pb2.ERROR_REASON_REQUEST_ID_REUSED,
-                f"request_id {request_id!r} was used for a different command",
-                metadata={"request_id": request_id},
-            )
-        command = await store.load(conn, command_id)
-        assert command is not None
         return command
 
     # ------------------------------------------------------------------ read
@@ -331,7 +181,7 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
                 raise not_found(request.name)
             if current.state == command_pb2.COMMAND_STATE_CANCELLED:
                 return await self._loaded(conn, command_id)  # a retried cancel (AIP-155)
-            previous = await store.transition(
+            previous = await transitions.transition(
                 conn,
                 command_id,
                 states.CANCELLED,
@@ -360,7 +210,9 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
     async def CreateFleetDispatch(
         self, request: command_pb2.CreateFleetDispatchRequest, context: Context
     ) -> command_pb2.FleetDispatch:
-        return await fleet.create(self, request, caller_name(context), traceparent_of(context))
+        return await fleet.create(
+            self._pool, self._runtime.replica_id, request, caller_name(context), traceparent_of(context)
+        )
 
     async def GetFleetDispatch(
         self, request: command_pb2.GetFleetDispatchRequest, context: Context

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
-from services.command import store
+from services.command.transitions import EVENTS_CHANNEL
 from services.platform.notify import Listener
 
 # Watchers also re-read on this period, so a notification lost while LISTEN reconnects costs a second.
@@ -33,7 +33,7 @@ class Subscription:
 class CommandWatcher:
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._subs: dict[uuid.UUID, set[Subscription]] = defaultdict(set)
-        self._listener = Listener(dsn, [store.EVENTS_CHANNEL], self._on_notify, self._on_reconnect)
+        self._listener = Listener(dsn, [EVENTS_CHANNEL], self._on_notify, self._on_reconnect)
 
     async def start(self) -> None:
         await self._listener.start()

@@ -11,20 +11,21 @@ import logging
 
 import asyncpg
 
-from services.command import states, store
+from services.command import states
+from services.command.transitions import bulk_transition_sql
 
 log = logging.getLogger("emma.command.workers")
 
 EDGE_TIMEOUT_S = 5.0
 INTERVAL_S = 0.5
 
-EXPIRE_QUEUED = store.bulk_transition_sql(
+EXPIRE_QUEUED = bulk_transition_sql(
     states.FAILED,
     "expire_time <= now() AND state = 'QUEUED'",
     "TIMEOUT_IN_QUEUE",
     "the TTL passed before the edge was reachable",
 )
-TIME_OUT_DELIVERED = store.bulk_transition_sql(
+TIME_OUT_DELIVERED = bulk_transition_sql(
     states.FAILED,
     f"state IN ('DELIVERED', 'RECEIVED') AND delivered_time <= now() - interval '{EDGE_TIMEOUT_S} seconds'",
     "EDGE_TIMEOUT",

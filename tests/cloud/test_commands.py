@@ -21,7 +21,7 @@ from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.command import states, store
+from services.command import states, transitions
 from services.errors import error_info_of
 from services.names import EdgeName
 from tests.cloud.conftest import Host, new_edge
@@ -389,7 +389,7 @@ async def test_state_machine_property_no_two_finals_and_never_backwards(
     async def attempt(targets: list[str]) -> None:
         async with pool.acquire() as conn:
             for target in targets:
-                await store.transition(conn, command_id, target)
+                await transitions.transition(conn, command_id, target)
 
     try:
         await asyncio.gather(*(attempt(b) for b in batches))

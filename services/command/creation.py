@@ -1,0 +1,153 @@
+"""Creating one command: validate, store QUEUED, notify the edge's replica; idempotent on request_id.
+
+Used by CreateCommand and by fleet dispatch (one child command per edge).
+
+Idempotency (AIP-155) here is the command's own, not the platform's `run_once`: the request_id and
+the request's hash are columns of the command row, unique per edge, written by the one statement
+that also enforces the rate and queue limits. A retry answers with the command as it is *now*
+(its current state and transitions), where `run_once` replays a stored response snapshot; and the
+create path stays one lookup plus one statement (the latency an operator feels), with no second
+table to write in the same transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+
+import asyncpg
+import grpc
+from emma.command.v1 import command_pb2
+from emma.common.v1 import errors_pb2
+
+from services.command import states, store, transitions, validation
+from services.errors import ApiError, not_found
+from services.names import EdgeName
+from services.platform.migrations import Conn
+
+log = logging.getLogger("emma.command")
+
+# The edge, an earlier command with this request_id, and the device's declared channels, in one trip.
+_LOOKUP = """
+SELECT e.pk, c.id AS existing_id, c.request_hash, i.channels AS inventory
+FROM app.edges e
+LEFT JOIN app.commands c ON c.edge_pk = e.pk AND c.request_id = $4
+LEFT JOIN app.edge_inventory i ON i.edge_pk = e.pk AND i.device_id = $5
+WHERE e.org_id = $1 AND e.site_id = $2 AND e.edge_id = $3
+"""
+
+
+async def create_one(
+    conn: Conn,
+    edge: EdgeName,
+    channel: str,
+    value: float,
+    ttl: dt.timedelta,
+    *,
+    issued: dt.datetime | None,
+    creator: str,
+    request_id: str,
+    digest: str,
+    traceparent: str = "",
+    fleet_dispatch: uuid.UUID | None = None,
+    replica_id: str,
+) -> command_pb2.Command:
+    """Validate and store one command (also used by fleet dispatch); idempotent on request_id.
+
+    Few round trips on purpose (this is the latency an operator feels): one lookup, the dynamic
+    limit when the channel has one, then one transaction of a lock and one statement.
+    """
+    device_id = validation.check_address(channel)
+    row = await conn.fetchrow(_LOOKUP, edge.org, edge.site, edge.edge, request_id, device_id)
+    if row is None:
+        raise not_found(str(edge))
+    pk = int(row["pk"])
+    if row["existing_id"] is not None:
+        return await _replay(conn, row["existing_id"], row["request_hash"], digest, request_id)
+    now = dt.datetime.now(dt.UTC)
+    validation.check_issued_time(issued or now, now)
+    spec = validation.spec_in_inventory(row["inventory"], channel)
+    validation.check_static(spec, channel, value)
+    await validation.check_dynamic(conn, pk, spec, channel, value, now)
+    command_id = uuid.uuid4()
+    try:
+        async with conn.transaction():
+            # Serialise this caller's creations so the rate limit counts what concurrent requests
+            # commit (one caller's commands are few per second; other callers are not blocked).
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", creator)
+            stored = await transitions.create_queued(
+                conn,
+                command_id,
+                pk,
+                channel,
+                value,
+                issued or now,
+                ttl,
+                creator=creator,
+                request_id=request_id,
+                digest=digest,
+                fleet_dispatch=fleet_dispatch,
+                traceparent=traceparent,
+                replica_id=replica_id,
+                rate_limit_per_s=validation.RATE_LIMIT_PER_S,
+                queue_cap=validation.QUEUE_CAP,
+            )
+            assert stored is not None
+            if stored["create_time"] is None:
+                raise (
+                    validation.rate_limited()
+                    if stored["rate_n"] >= validation.RATE_LIMIT_PER_S
+                    else (validation.queue_full())
+                )
+    except asyncpg.UniqueViolationError:
+        # The same request_id raced in from a retry on another connection: answer with the first.
+        again = await conn.fetchrow(
+            "SELECT id, request_hash FROM app.commands WHERE edge_pk = $1 AND request_id = $2", pk, request_id
+        )
+        assert again is not None
+        return await _replay(conn, again["id"], again["request_hash"], digest, request_id)
+    log.info(
+        "command queued",
+        extra={"command_id": str(command_id), "edge": str(edge), "channel": channel, "value": value},
+    )
+    created = {
+        "id": command_id,
+        "channel": channel,
+        "value": value,
+        "state": states.QUEUED,
+        "state_reason": "",
+        "applied_value": None,
+        "issued_time": issued or now,
+        "create_time": stored["create_time"],
+        "update_time": stored["create_time"],
+        "expire_time": stored["expire_time"],
+        "creator": creator,
+        "fleet_dispatch": fleet_dispatch,
+        "org_id": edge.org,
+        "site_id": edge.site,
+        "edge_id": edge.edge,
+    }
+    event = {
+        "from_state": "",
+        "to_state": states.QUEUED,
+        "event_time": stored["create_time"],
+        "reason": "",
+        "message": "",
+    }
+    return store.to_proto(created, [event])
+
+
+async def _replay(
+    conn: Conn, command_id: uuid.UUID, stored_hash: str, digest: str, request_id: str
+) -> command_pb2.Command:
+    if stored_hash != digest:
+        raise ApiError(
+            grpc.StatusCode.ALREADY_EXISTS,
+            errors_pb2.ERROR_REASON_REQUEST_ID_REUSED,
+            f"request_id {request_id!r} was used for a different command",
+            metadata={"request_id": request_id},
+        )
+    command = await store.load(conn, command_id)
+    assert command is not None
+    return command
