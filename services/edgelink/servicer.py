@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import grpc
@@ -18,6 +17,7 @@ from services.edgelink.session import EdgeSession, IngestCounters, record_event
 from services.edgelink.writer import DEFAULT_LANES, IngestWriter
 from services.errors import ApiError
 from services.platform import db
+from services.platform.rpc import Context
 from services.platform.runtime import Runtime
 
 log = logging.getLogger("emma.edgelink")
@@ -95,7 +95,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
     async def Connect(
         self,
         request_iterator: AsyncIterator[edge_link_pb2.ConnectRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: Context,
     ) -> AsyncIterator[edge_link_pb2.ConnectResponse]:
         requests = aiter(request_iterator)
         try:

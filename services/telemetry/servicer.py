@@ -13,12 +13,12 @@ from zoneinfo import ZoneInfo
 import grpc
 from emma.common.v1 import errors_pb2
 from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
-from google.protobuf import timestamp_pb2
 
 from services.errors import ApiError, invalid_field, not_found
 from services.identity import auth_state_for, caller
 from services.names import Scope, parse_channel, parse_scope, parse_site
 from services.pagination import Page
+from services.platform.rpc import Context, timestamp
 from services.platform.runtime import Runtime
 from services.telemetry import history
 from services.telemetry.maintenance import TelemetryMaintenance
@@ -27,14 +27,6 @@ MAX_HISTORY_POINTS = 100_000
 MAX_HISTORY_CHANNELS = 100
 EXPORT_MIN_INTERVAL = dt.timedelta(minutes=15)
 EXPORT_MAX_PERIOD = dt.timedelta(days=366)
-
-Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _ts(t: dt.datetime) -> timestamp_pb2.Timestamp:
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(t)
-    return out
 
 
 def _channel_resource(org: str, site: str, edge: str, address: str) -> str:
@@ -88,7 +80,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             channel=_channel_resource(row["org_id"], row["site_id"], row["edge_id"], row["channel"]),
             value=row["value"],
             unit=row["unit"],
-            sample_time=_ts(row["time"]),
+            sample_time=timestamp(row["time"]),
         )
 
     async def ListLatestValues(
@@ -100,7 +92,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         if not rows:  # values prove the site exists; only an empty answer needs the check
             await self._site_exists(scope.org, scope.site)
         return telemetry_pb2.ListLatestValuesResponse(
-            values=[self._latest_value(r) for r in rows], read_time=_ts(dt.datetime.now(dt.UTC))
+            values=[self._latest_value(r) for r in rows], read_time=timestamp(dt.datetime.now(dt.UTC))
         )
 
     async def ListChannels(
@@ -133,9 +125,9 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
                 name=_channel_resource(r["org_id"], r["site_id"], r["edge_id"], r["channel"]), unit=r["unit"]
             )
             if r["first_time"] is not None:
-                ch.first_sample_time.CopyFrom(_ts(r["first_time"]))
+                ch.first_sample_time.CopyFrom(timestamp(r["first_time"]))
             if r["last_time"] is not None:
-                ch.last_sample_time.CopyFrom(_ts(r["last_time"]))
+                ch.last_sample_time.CopyFrom(timestamp(r["last_time"]))
             channels.append(ch)
         token = page.next_token(rows)
         return telemetry_pb2.ListChannelsResponse(channels=channels, next_page_token=token)
@@ -186,12 +178,12 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
                     if len(points) > MAX_HISTORY_POINTS:
                         raise _too_many(len(points))
                     for t, v in points:
-                        series.points.add(time=_ts(t), value=v, sample_count=1)
+                        series.points.add(time=timestamp(t), value=v, sample_count=1)
                     series.source = telemetry_pb2.HISTORY_SOURCE_RAW
                     continue
                 buckets, source = await history.query_series(conn, row["id"], row["pk"], p, request.aggregation)
                 for b in buckets:
-                    series.points.add(time=_ts(b.start), value=b.value, sample_count=b.count)
+                    series.points.add(time=timestamp(b.start), value=b.value, sample_count=b.count)
                 series.source = source  # type: ignore[assignment]
         return response
 
@@ -268,7 +260,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
                     latitude_deg=lat,
                     longitude_deg=lon,
                     channel=channel,
-                    interval_start_time=_ts(b.start),
+                    interval_start_time=timestamp(b.start),
                     average_value=b.value,
                     unit=s["unit"],
                 )
