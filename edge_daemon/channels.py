@@ -44,6 +44,25 @@ class AckStatus(enum.Enum):
     FAILED = "failed"
 
 
+class AckReason(enum.StrEnum):
+    """Why a command was refused or failed, decided where the verdict is made (never parsed from text).
+
+    The value is the reason string of the contract (CommandAck.reason, stored by the edge's journal and
+    by the cloud); the name is the CommandAckReason value without its prefix (see `uplink.wire`).
+    """
+
+    EXPIRED = "expired"
+    CHANNEL_NOT_FOUND = "CHANNEL_NOT_FOUND"
+    CHANNEL_NOT_WRITABLE = "CHANNEL_NOT_WRITABLE"
+    FIELD_INVALID = "FIELD_INVALID"
+    VALUE_OUT_OF_RANGE = "VALUE_OUT_OF_RANGE"
+    VALUE_EXCEEDS_DYNAMIC_LIMIT = "VALUE_EXCEEDS_DYNAMIC_LIMIT"
+    SUPERSEDED = "SUPERSEDED"
+    EDGE_REJECTED = "EDGE_REJECTED"
+    EDGE_FAILED = "EDGE_FAILED"
+    EDGE_RESTARTED = "EDGE_RESTARTED"
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """A command waiting on a request channel. `value=None` releases a manual override."""
@@ -55,12 +74,16 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """The final status of a command, written once to the ack channel of the output it targeted."""
+    """The final status of a command, written once to the ack channel of the output it targeted.
+
+    `reason` is text for people; `code` says why a REJECTED or FAILED command was refused.
+    """
 
     command_id: str
     status: AckStatus
     reason: str = ""
     applied_value: float | None = None
+    code: AckReason | None = None
 
 
 Value: TypeAlias = Scalar | Request | Ack

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 import math
 
-from edge_daemon.channels import Ack, AckStatus, Category, ChannelStore, Request, ack_channel, request_channel
+from edge_daemon.channels import (
+    Ack,
+    AckReason,
+    AckStatus,
+    Category,
+    ChannelStore,
+    Request,
+    ack_channel,
+    request_channel,
+)
 from edge_daemon.devices.site import SiteDevices
 from edge_daemon.errors import CommandError, NotWritableError
 
@@ -46,7 +55,12 @@ def submit_command(
     if isinstance(displaced, Request) and displaced.command_id != command_id:
         store.set(
             ack_channel(channel),
-            Ack(displaced.command_id, AckStatus.REJECTED, f"superseded by command {command_id}"),
+            Ack(
+                displaced.command_id,
+                AckStatus.REJECTED,
+                f"superseded by command {command_id}",
+                code=AckReason.SUPERSEDED,
+            ),
             category=Category.ACK,
         )
         return displaced

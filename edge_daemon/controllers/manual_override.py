@@ -9,8 +9,8 @@ Protocol (per writable channel `X`, e.g. `battery_1/SetActivePower`):
 3. Accepted: the value is written to `X` and held there for `hold_s` (default from the config), so
    lower-priority controllers cannot undo it next cycle. `value=None` releases the hold.
 4. The request is cleared (compare-and-clear, so a newer request is never lost) and the final
-   `Ack(command_id, EXECUTED, applied_value=...)` or `Ack(..., REJECTED, reason=...)` is written to
-   `X/Ack`.
+   `Ack(command_id, EXECUTED, applied_value=...)` or `Ack(..., REJECTED, reason=..., code=AckReason...)`
+   is written to `X/Ack`.
 
 A command id that was already processed is never applied again; its earlier final ack is written
 once more, because the cloud redelivers a command exactly when it missed that ack. The memory of
@@ -27,7 +27,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from edge_daemon.channels import Ack, AckStatus, Category, Request, ack_channel, request_channel
+from edge_daemon.channels import Ack, AckReason, AckStatus, Category, Request, ack_channel, request_channel
 from edge_daemon.controllers.base import Controller, CycleContext
 from edge_daemon.errors import LimitError
 from edge_daemon.params import ParamReader
@@ -92,7 +92,7 @@ class ManualOverride(Controller):
             # The request is already gone from its channel: without a final status here the cloud would
             # only learn of the failure from its own timeout.
             log.exception("command failed", extra={"command_id": request.command_id, "channel": output})
-            ack = Ack(request.command_id, AckStatus.FAILED, f"internal error: {exc!r}")
+            ack = Ack(request.command_id, AckStatus.FAILED, f"internal error: {exc!r}", code=AckReason.EDGE_FAILED)
         self._remember(request.command_id, ack_channel(output), ack)
         ctx.store.set(ack_channel(output), ack, ts=ctx.now, category=Category.ACK)
         log.info(
@@ -113,20 +113,18 @@ class ManualOverride(Controller):
             return Ack(cid, AckStatus.EXECUTED, "override released", None)
         value = request.value
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            return Ack(cid, AckStatus.REJECTED, f"value {value!r} is not a finite number")
+            return Ack(cid, AckStatus.REJECTED, f"value {value!r} is not a finite number", code=AckReason.FIELD_INVALID)
         hold_s = self.params.default_hold_s if request.hold_s is None else request.hold_s
         if not 0 < hold_s <= self.params.max_hold_s:
-            return Ack(cid, AckStatus.REJECTED, f"hold_s {hold_s:g} outside 0..{self.params.max_hold_s:g}")
+            text = f"hold_s {hold_s:g} outside 0..{self.params.max_hold_s:g}"
+            return Ack(cid, AckStatus.REJECTED, text, code=AckReason.FIELD_INVALID)
         try:
             limits = ctx.limits(output)
         except LimitError as exc:
-            return Ack(cid, AckStatus.REJECTED, str(exc))
+            return Ack(cid, AckStatus.REJECTED, str(exc), code=_refusal(ctx, output, value))
         if value not in limits:
-            return Ack(
-                cid,
-                AckStatus.REJECTED,
-                f"{value:g} outside limits {limits.low:g}..{limits.high:g} of {output}",
-            )
+            text = f"{value:g} outside limits {limits.low:g}..{limits.high:g} of {output}"
+            return Ack(cid, AckStatus.REJECTED, text, code=_refusal(ctx, output, value))
         self.holds[output] = _Hold(cid, float(value), ctx.now + hold_s)
         ctx.write(output, float(value))
         return Ack(cid, AckStatus.EXECUTED, "", float(value))
@@ -151,3 +149,12 @@ class ManualOverride(Controller):
         self._done[command_id] = (channel, ack)
         while len(self._done) > self.params.remembered_commands:
             self._done.popitem(last=False)
+
+
+def _refusal(ctx: CycleContext, output: str, value: float) -> AckReason:
+    """Why a value the limits refused was refused: the channel's static range, or only this cycle's
+    dynamic limits (which may also be unknown or stale)."""
+    spec = ctx.devices.writable(output)[1]
+    if (spec.minimum is not None and value < spec.minimum) or (spec.maximum is not None and value > spec.maximum):
+        return AckReason.VALUE_OUT_OF_RANGE
+    return AckReason.VALUE_EXCEEDS_DYNAMIC_LIMIT

@@ -9,8 +9,8 @@ For every EdgeCommand (delivered at least once, so possibly again):
   which `pump` drains (`daemon.take_acks`) into the journal.
 
 The handler never writes to a stream itself: it records acks in the journal and sets `changed`; the
-current session sends whatever is unsent. Reasons are machine-readable (ErrorReason names where one
-fits, "expired" as the contract asks); `message` carries the edge's text for people.
+current session sends whatever is unsent. Reasons are `AckReason`s, decided where the verdict is made
+(here, in `submit_command` or by the controller); `message` carries the edge's text for people.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 from emma.edge.v1 import edge_link_pb2
 
 from core.logs import log_context
-from edge_daemon.channels import AckEvent, AckStatus
+from edge_daemon.channels import Ack, AckEvent, AckReason, AckStatus
 from edge_daemon.clock import Clock
 from edge_daemon.errors import CommandError, NotWritableError
 from edge_daemon.uplink.journal import (
@@ -30,7 +30,6 @@ from edge_daemon.uplink.journal import (
     FAILED,
     REJECTED,
     CommandJournal,
-    CommandRecord,
     PendingAck,
 )
 from edge_daemon.uplink.wire import seconds
@@ -41,16 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ACK_POLL_S: Final = 0.05
-EXPIRED: Final = "expired"
-CHANNEL_NOT_FOUND: Final = "CHANNEL_NOT_FOUND"
-CHANNEL_NOT_WRITABLE: Final = "CHANNEL_NOT_WRITABLE"
-FIELD_INVALID: Final = "FIELD_INVALID"
-VALUE_OUT_OF_RANGE: Final = "VALUE_OUT_OF_RANGE"
-VALUE_EXCEEDS_DYNAMIC_LIMIT: Final = "VALUE_EXCEEDS_DYNAMIC_LIMIT"
-SUPERSEDED: Final = "SUPERSEDED"
-EDGE_REJECTED: Final = "EDGE_REJECTED"
-EDGE_FAILED: Final = "EDGE_FAILED"
-EDGE_RESTARTED: Final = "EDGE_RESTARTED"
 
 _STATUS: Final = {AckStatus.EXECUTED: EXECUTED, AckStatus.REJECTED: REJECTED, AckStatus.FAILED: FAILED}
 
@@ -83,16 +72,22 @@ class CommandHandler:
             return
         if command.HasField("expire_time") and seconds(command.expire_time) <= self.clock.time():
             await asyncio.to_thread(
-                journal.decide, name, channel, value, FAILED, EXPIRED, "the command expired before it arrived"
+                journal.decide,
+                name,
+                channel,
+                value,
+                FAILED,
+                AckReason.EXPIRED.value,
+                "the command expired before it arrived",
             )
             log.info("command expired", extra={"channel": channel})
             return
         try:
             self.daemon.devices.writable(channel)
         except NotWritableError as exc:
-            reason = CHANNEL_NOT_WRITABLE if exc.known else CHANNEL_NOT_FOUND
-            await asyncio.to_thread(journal.decide, name, channel, value, REJECTED, reason, str(exc))
-            log.info("command rejected", extra={"channel": channel, "reason": reason})
+            reason = AckReason.CHANNEL_NOT_WRITABLE if exc.known else AckReason.CHANNEL_NOT_FOUND
+            await asyncio.to_thread(journal.decide, name, channel, value, REJECTED, reason.value, str(exc))
+            log.info("command rejected", extra={"channel": channel, "reason": reason.value})
             return
         # Journal first: a crash between the two leaves a RECEIVED that start-up turns into FAILED,
         # never a command that reached the device without a trace.
@@ -100,8 +95,9 @@ class CommandHandler:
         try:
             self.daemon.submit_command(channel, name, value)
         except CommandError as exc:
-            await asyncio.to_thread(journal.finish, name, REJECTED, FIELD_INVALID, str(exc))
-            log.info("command rejected", extra={"channel": channel, "reason": FIELD_INVALID})
+            reason = AckReason.FIELD_INVALID
+            await asyncio.to_thread(journal.finish, name, REJECTED, reason.value, str(exc))
+            log.info("command rejected", extra={"channel": channel, "reason": reason.value})
 
     async def pump(self) -> None:
         """Move final acks from the channel store into the journal; never returns."""
@@ -125,7 +121,7 @@ class CommandHandler:
             if known is None or known.final:
                 log.debug("ack for a command the uplink did not submit or already settled")
                 return
-            reason = self._reason(known, ack.reason, status)
+            reason = _reason(ack)
             record = await asyncio.to_thread(
                 self.journal.finish, ack.command_id, status, reason, ack.reason, ack.applied_value
             )
@@ -137,30 +133,10 @@ class CommandHandler:
                 extra={"channel": record.channel, "applied_value": ack.applied_value, "reason": reason or None},
             )
 
-    def _reason(self, record: CommandRecord, text: str, status: edge_link_pb2.CommandAckStatus.ValueType) -> str:
-        """A machine-readable reason for a controller's verdict (its text goes into `message`)."""
-        if status == EXECUTED:
-            return ""
-        if status == FAILED:
-            return EDGE_FAILED
-        if text.startswith("superseded"):
-            return SUPERSEDED
-        found = self.daemon.devices.spec(record.channel)
-        if found is not None:
-            spec = found[1]
-            if (spec.minimum is not None and record.value < spec.minimum) or (
-                spec.maximum is not None and record.value > spec.maximum
-            ):
-                return VALUE_OUT_OF_RANGE
-        if "limit" in text:
-            # Within the static range but refused: the dynamic limits of this cycle (or their absence).
-            return VALUE_EXCEEDS_DYNAMIC_LIMIT
-        return EDGE_REJECTED
-
     async def fail_unfinished(self) -> None:
         names = await asyncio.to_thread(
             self.journal.fail_unfinished,
-            EDGE_RESTARTED,
+            AckReason.EDGE_RESTARTED.value,
             "the edge daemon restarted before the command was applied",
         )
         for name in names:
@@ -179,3 +155,13 @@ class CommandHandler:
                 "command ack sent",
                 extra={"status": edge_link_pb2.CommandAckStatus.Name(pending.status)},
             )
+
+
+def _reason(ack: Ack) -> str:
+    """The journal's reason string for a controller's verdict (its text goes into `message`)."""
+    if ack.status is AckStatus.EXECUTED:
+        return ""
+    if ack.code is not None:
+        return ack.code.value
+    # A verdict without a code (a controller that does not say why) is still refused or failed.
+    return (AckReason.EDGE_FAILED if ack.status is AckStatus.FAILED else AckReason.EDGE_REJECTED).value

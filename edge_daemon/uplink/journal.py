@@ -25,7 +25,7 @@ from emma.edge.v1 import edge_link_pb2
 
 from edge_daemon import sqlite_db
 from edge_daemon.clock import Clock
-from edge_daemon.uplink.wire import timestamp
+from edge_daemon.uplink.wire import ack_reason_code, timestamp
 
 RECEIVED: Final = edge_link_pb2.COMMAND_ACK_STATUS_RECEIVED
 EXECUTED: Final = edge_link_pb2.COMMAND_ACK_STATUS_EXECUTED
@@ -98,6 +98,7 @@ def to_ack(record: CommandRecord, status: edge_link_pb2.CommandAckStatus.ValueTy
         ack.ack_time.CopyFrom(timestamp(record.received_time))
         return ack
     ack.reason = record.reason
+    ack.reason_code = ack_reason_code(record.reason)
     ack.message = record.message
     if record.applied_value is not None:
         ack.applied_value = record.applied_value

@@ -21,7 +21,7 @@ from emma.edge.v1 import edge_link_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from edge_daemon.channel_registry import RegisteredChannel
-from edge_daemon.channels import Number
+from edge_daemon.channels import AckReason, Number
 from edge_daemon.devices.base import Device
 
 PROTOCOL_VERSION: Final = 1
@@ -50,6 +50,16 @@ def wire_channel(name: str) -> str | None:
         if CLOUD_CHANNEL_RE.fullmatch(mapped):
             return mapped
     return None
+
+
+def ack_reason_code(reason: str) -> edge_link_pb2.CommandAckReason.ValueType:
+    """CommandAck.reason_code for a reason string the journal holds; UNSPECIFIED for "" (EXECUTED) and
+    for strings no AckReason has (the string still travels in CommandAck.reason)."""
+    try:
+        member = AckReason(reason)
+    except ValueError:
+        return edge_link_pb2.COMMAND_ACK_REASON_UNSPECIFIED
+    return edge_link_pb2.CommandAckReason.Value(f"COMMAND_ACK_REASON_{member.name}")
 
 
 def wire_value(value: Number) -> float | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_daemon.channels import Ack, AckStatus, Category, ChannelValue, request_channel
+from edge_daemon.channels import Ack, AckReason, AckStatus, Category, ChannelValue, request_channel
 from edge_daemon.commands import submit_command
 from edge_daemon.controllers.base import Controller
 from edge_daemon.controllers.manual_override import ManualOverride, ManualOverrideParams
@@ -75,6 +75,7 @@ def test_out_of_limit_command_is_rejected_with_a_reason(tmp_path: Path) -> None:
     assert ack.status is AckStatus.REJECTED
     assert ack.command_id == "too-much"
     assert "6000" in ack.reason and "outside limits" in ack.reason
+    assert ack.code is AckReason.VALUE_OUT_OF_RANGE  # beyond the battery's 5 kW rating
     assert site.value(SETPOINT) is None  # nothing was written
     assert site.value(request_channel(SETPOINT)) is None
 
@@ -95,6 +96,7 @@ def test_command_is_checked_against_dynamic_limits(tmp_path: Path) -> None:
     assert acks["charge"].status is AckStatus.REJECTED
     assert f"{-max_charge:g}" in acks["charge"].reason
     assert acks["ev"].status is AckStatus.REJECTED and "0..0" in acks["ev"].reason
+    assert acks["charge"].code is acks["ev"].code is AckReason.VALUE_EXCEEDS_DYNAMIC_LIMIT
 
 
 def test_duplicate_command_id_is_applied_once(tmp_path: Path) -> None:
@@ -127,7 +129,8 @@ def test_a_second_command_before_the_cycle_supersedes_the_first(tmp_path: Path) 
         ("old", AckStatus.REJECTED),
         ("new", AckStatus.EXECUTED),
     ]
-    assert "superseded" in acks[0].reason
+    assert "superseded" in acks[0].reason and acks[0].code is AckReason.SUPERSEDED
+    assert acks[1].code is None
     assert site.value(SETPOINT) == 500.0
 
 

@@ -111,6 +111,7 @@ async def test_command_reaches_the_device_and_the_final_ack_reports_the_applied_
     final = await linked.final_ack("c1")
     assert [a.status for a in linked.acks("c1")] == [RECEIVED, EXECUTED]
     assert final.applied_value == -1_000.0 and final.reason == ""
+    assert final.reason_code == edge_link_pb2.COMMAND_ACK_REASON_UNSPECIFIED
     assert final.HasField("ack_time")
     assert linked.setpoint() == -1_000.0
     await until(lambda: linked.battery.power_w == -1_000.0, what="battery charging at 1 kW")
@@ -121,12 +122,14 @@ async def test_out_of_limit_unknown_and_expired_commands_are_refused_with_reason
     final = await linked.final_ack("too-much")
     assert [a.status for a in linked.acks("too-much")] == [RECEIVED, REJECTED]
     assert final.reason == "VALUE_OUT_OF_RANGE"
+    assert final.reason_code == edge_link_pb2.COMMAND_ACK_REASON_VALUE_OUT_OF_RANGE
     assert "outside limits" in final.message
 
     await linked.command("nowhere", 10.0, channel="battery_1/NoSuchChannel")
     final = await linked.final_ack("nowhere")
     assert [a.status for a in linked.acks("nowhere")] == [REJECTED]  # refused before RECEIVED
     assert final.reason == "CHANNEL_NOT_FOUND"
+    assert final.reason_code == edge_link_pb2.COMMAND_ACK_REASON_CHANNEL_NOT_FOUND
 
     await linked.command("read-only", 10.0, channel="battery_1/Soc")
     assert (await linked.final_ack("read-only")).reason == "CHANNEL_NOT_WRITABLE"
@@ -135,6 +138,7 @@ async def test_out_of_limit_unknown_and_expired_commands_are_refused_with_reason
     final = await linked.final_ack("late")
     assert [a.status for a in linked.acks("late")] == [FAILED]
     assert final.reason == "expired"
+    assert final.reason_code == edge_link_pb2.COMMAND_ACK_REASON_EXPIRED
     await linked.cycles(3)
     assert linked.setpoint() != -500.0  # neither the expired nor the refused ones were applied
 

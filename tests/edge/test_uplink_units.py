@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from emma.edge.v1 import edge_link_pb2
 
-from edge_daemon.channels import Sample
+from edge_daemon.channels import AckReason, Sample
 from edge_daemon.clock import ManualClock
 from edge_daemon.config import parse_config
 from edge_daemon.daemon import EdgeDaemon
@@ -24,7 +24,7 @@ from edge_daemon.uplink.batches import BatchProducer, LatenessWindow, Point, bui
 from edge_daemon.uplink.connection import channel_options
 from edge_daemon.uplink.journal import EXECUTED, FAILED, RECEIVED, REJECTED, CommandJournal
 from edge_daemon.uplink.schedules import schedule_from_proto
-from edge_daemon.uplink.wire import timestamp, wire_channel, wire_value
+from edge_daemon.uplink.wire import ack_reason_code, timestamp, wire_channel, wire_value
 from tests.edge.sim import MIDSUMMER
 from tests.edge.uplink_support import read_outbox, site_doc
 
@@ -167,6 +167,12 @@ def test_journal_keeps_unsent_acks_and_dedups_across_restarts(tmp_path: Path) ->
         ("c3", RECEIVED, 0.0, ""),
         ("c3", FAILED, 0.0, "EDGE_RESTARTED"),
     ]
+    assert [p.ack.reason_code for p in journal.unsent()] == [
+        edge_link_pb2.COMMAND_ACK_REASON_UNSPECIFIED,
+        edge_link_pb2.COMMAND_ACK_REASON_CHANNEL_NOT_WRITABLE,
+        edge_link_pb2.COMMAND_ACK_REASON_UNSPECIFIED,
+        edge_link_pb2.COMMAND_ACK_REASON_EDGE_RESTARTED,
+    ]
     for p in journal.unsent():
         journal.mark_sent(p.name, p.status)
     assert journal.unsent() == []
@@ -289,3 +295,13 @@ def test_emma_edge_refuses_to_start_without_its_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"emma edge: {config_path}: cloud.key_file: cannot read")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_every_ack_reason_has_its_contract_value_and_back() -> None:
+    for reason in AckReason:
+        code = ack_reason_code(reason.value)
+        assert code != edge_link_pb2.COMMAND_ACK_REASON_UNSPECIFIED, reason
+        assert edge_link_pb2.CommandAckReason.Name(code) == f"COMMAND_ACK_REASON_{reason.name}"
+    assert len(edge_link_pb2.CommandAckReason.values()) == len(AckReason) + 1  # + UNSPECIFIED
+    # EXECUTED carries no reason, and a string from an older journal that no AckReason has still parses.
+    assert ack_reason_code("") == ack_reason_code("SOMETHING_ELSE") == edge_link_pb2.COMMAND_ACK_REASON_UNSPECIFIED

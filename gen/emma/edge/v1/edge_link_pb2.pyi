@@ -122,6 +122,69 @@ COMMAND_ACK_STATUS_FAILED: CommandAckStatus.ValueType  # 4
 """The edge accepted it but could not apply it (device error); reason says why."""
 Global___CommandAckStatus: _TypeAlias = CommandAckStatus  # noqa: Y015
 
+class _CommandAckReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CommandAckReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CommandAckReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COMMAND_ACK_REASON_UNSPECIFIED: _CommandAckReason.ValueType  # 0
+    """Not set: EXECUTED and RECEIVED acks, and edges older than this enum (read CommandAck.reason)."""
+    COMMAND_ACK_REASON_EXPIRED: _CommandAckReason.ValueType  # 1
+    """FAILED: expire_time had passed when the command arrived."""
+    COMMAND_ACK_REASON_CHANNEL_NOT_FOUND: _CommandAckReason.ValueType  # 2
+    """REJECTED: the edge has no such channel."""
+    COMMAND_ACK_REASON_CHANNEL_NOT_WRITABLE: _CommandAckReason.ValueType  # 3
+    """REJECTED: the channel exists but is read-only."""
+    COMMAND_ACK_REASON_FIELD_INVALID: _CommandAckReason.ValueType  # 4
+    """REJECTED: the command is malformed (a value that is not a finite number, an invalid hold)."""
+    COMMAND_ACK_REASON_VALUE_OUT_OF_RANGE: _CommandAckReason.ValueType  # 5
+    """REJECTED: the value is outside the channel's static minimum and maximum."""
+    COMMAND_ACK_REASON_VALUE_EXCEEDS_DYNAMIC_LIMIT: _CommandAckReason.ValueType  # 6
+    """REJECTED: the value is within the static range but outside this cycle's dynamic limits, or those
+    limits are unknown or stale.
+    """
+    COMMAND_ACK_REASON_SUPERSEDED: _CommandAckReason.ValueType  # 7
+    """REJECTED: a newer command for the same channel arrived before this one was applied."""
+    COMMAND_ACK_REASON_EDGE_REJECTED: _CommandAckReason.ValueType  # 8
+    """REJECTED for another reason; message says why."""
+    COMMAND_ACK_REASON_EDGE_FAILED: _CommandAckReason.ValueType  # 9
+    """FAILED: the edge accepted the command but applying it raised an error; message says which."""
+    COMMAND_ACK_REASON_EDGE_RESTARTED: _CommandAckReason.ValueType  # 10
+    """FAILED: the edge daemon restarted after RECEIVED and before applying the command."""
+
+class CommandAckReason(_CommandAckReason, metaclass=_CommandAckReasonEnumTypeWrapper):
+    """Why the edge refused a command (REJECTED) or could not apply it (FAILED). Values are only ever
+    added. Each value's reason string (CommandAck.reason) is its name without the
+    "COMMAND_ACK_REASON_" prefix, except EXPIRED, whose string is "expired".
+    """
+
+COMMAND_ACK_REASON_UNSPECIFIED: CommandAckReason.ValueType  # 0
+"""Not set: EXECUTED and RECEIVED acks, and edges older than this enum (read CommandAck.reason)."""
+COMMAND_ACK_REASON_EXPIRED: CommandAckReason.ValueType  # 1
+"""FAILED: expire_time had passed when the command arrived."""
+COMMAND_ACK_REASON_CHANNEL_NOT_FOUND: CommandAckReason.ValueType  # 2
+"""REJECTED: the edge has no such channel."""
+COMMAND_ACK_REASON_CHANNEL_NOT_WRITABLE: CommandAckReason.ValueType  # 3
+"""REJECTED: the channel exists but is read-only."""
+COMMAND_ACK_REASON_FIELD_INVALID: CommandAckReason.ValueType  # 4
+"""REJECTED: the command is malformed (a value that is not a finite number, an invalid hold)."""
+COMMAND_ACK_REASON_VALUE_OUT_OF_RANGE: CommandAckReason.ValueType  # 5
+"""REJECTED: the value is outside the channel's static minimum and maximum."""
+COMMAND_ACK_REASON_VALUE_EXCEEDS_DYNAMIC_LIMIT: CommandAckReason.ValueType  # 6
+"""REJECTED: the value is within the static range but outside this cycle's dynamic limits, or those
+limits are unknown or stale.
+"""
+COMMAND_ACK_REASON_SUPERSEDED: CommandAckReason.ValueType  # 7
+"""REJECTED: a newer command for the same channel arrived before this one was applied."""
+COMMAND_ACK_REASON_EDGE_REJECTED: CommandAckReason.ValueType  # 8
+"""REJECTED for another reason; message says why."""
+COMMAND_ACK_REASON_EDGE_FAILED: CommandAckReason.ValueType  # 9
+"""FAILED: the edge accepted the command but applying it raised an error; message says which."""
+COMMAND_ACK_REASON_EDGE_RESTARTED: CommandAckReason.ValueType  # 10
+"""FAILED: the edge daemon restarted after RECEIVED and before applying the command."""
+Global___CommandAckReason: _TypeAlias = CommandAckReason  # noqa: Y015
+
 @_typing.final
 class ConnectRequest(_message.Message):
     """A message from the edge to the cloud."""
@@ -639,16 +702,21 @@ class CommandAck(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     APPLIED_VALUE_FIELD_NUMBER: _builtins.int
     ACK_TIME_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
     command: _builtins.str
     """The command's resource name."""
     status: Global___CommandAckStatus.ValueType
     """The phase reached."""
     reason: _builtins.str
-    """Machine-readable reason for REJECTED or FAILED, for example "VALUE_EXCEEDS_DYNAMIC_LIMIT"."""
+    """Machine-readable reason for REJECTED or FAILED, for example "VALUE_EXCEEDS_DYNAMIC_LIMIT": the
+    string of reason_code (see CommandAckReason). Still sent for clouds that predate reason_code.
+    """
     message: _builtins.str
     """Details for people."""
     applied_value: _builtins.float
     """For EXECUTED: the value actually written, in the channel's unit (it may be clamped)."""
+    reason_code: Global___CommandAckReason.ValueType
+    """Why, for REJECTED or FAILED; UNSPECIFIED from edges that predate it, whose reason string counts."""
     @_builtins.property
     def ack_time(self) -> _timestamp_pb2.Timestamp:
         """The edge's clock when the phase was reached."""
@@ -662,10 +730,11 @@ class CommandAck(_message.Message):
         message: _builtins.str = ...,
         applied_value: _builtins.float = ...,
         ack_time: _timestamp_pb2.Timestamp | None = ...,
+        reason_code: Global___CommandAckReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ack_time", b"ack_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_time", b"ack_time", "applied_value", b"applied_value", "command", b"command", "message", b"message", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_time", b"ack_time", "applied_value", b"applied_value", "command", b"command", "message", b"message", "reason", b"reason", "reason_code", b"reason_code", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

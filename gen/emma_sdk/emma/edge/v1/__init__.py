@@ -7,6 +7,7 @@ __all__ = (
     "ChannelDescriptor",
     "ChannelTableAppend",
     "CommandAck",
+    "CommandAckReason",
     "CommandAckStatus",
     "ConfigUpdate",
     "ConnectRequest",
@@ -47,6 +48,102 @@ if TYPE_CHECKING:
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
+
+
+class CommandAckReason(betterproto2.Enum):
+    """
+    Why the edge refused a command (REJECTED) or could not apply it (FAILED). Values are only ever
+    added. Each value's reason string (CommandAck.reason) is its name without the
+    "COMMAND_ACK_REASON_" prefix, except EXPIRED, whose string is "expired".
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not set: EXECUTED and RECEIVED acks, and edges older than this enum (read CommandAck.reason).
+    """
+
+    EXPIRED = 1
+    """
+    FAILED: expire_time had passed when the command arrived.
+    """
+
+    CHANNEL_NOT_FOUND = 2
+    """
+    REJECTED: the edge has no such channel.
+    """
+
+    CHANNEL_NOT_WRITABLE = 3
+    """
+    REJECTED: the channel exists but is read-only.
+    """
+
+    FIELD_INVALID = 4
+    """
+    REJECTED: the command is malformed (a value that is not a finite number, an invalid hold).
+    """
+
+    VALUE_OUT_OF_RANGE = 5
+    """
+    REJECTED: the value is outside the channel's static minimum and maximum.
+    """
+
+    VALUE_EXCEEDS_DYNAMIC_LIMIT = 6
+    """
+    REJECTED: the value is within the static range but outside this cycle's dynamic limits, or those
+    limits are unknown or stale.
+    """
+
+    SUPERSEDED = 7
+    """
+    REJECTED: a newer command for the same channel arrived before this one was applied.
+    """
+
+    EDGE_REJECTED = 8
+    """
+    REJECTED for another reason; message says why.
+    """
+
+    EDGE_FAILED = 9
+    """
+    FAILED: the edge accepted the command but applying it raised an error; message says which.
+    """
+
+    EDGE_RESTARTED = 10
+    """
+    FAILED: the edge daemon restarted after RECEIVED and before applying the command.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "COMMAND_ACK_REASON_UNSPECIFIED",
+            1: "COMMAND_ACK_REASON_EXPIRED",
+            2: "COMMAND_ACK_REASON_CHANNEL_NOT_FOUND",
+            3: "COMMAND_ACK_REASON_CHANNEL_NOT_WRITABLE",
+            4: "COMMAND_ACK_REASON_FIELD_INVALID",
+            5: "COMMAND_ACK_REASON_VALUE_OUT_OF_RANGE",
+            6: "COMMAND_ACK_REASON_VALUE_EXCEEDS_DYNAMIC_LIMIT",
+            7: "COMMAND_ACK_REASON_SUPERSEDED",
+            8: "COMMAND_ACK_REASON_EDGE_REJECTED",
+            9: "COMMAND_ACK_REASON_EDGE_FAILED",
+            10: "COMMAND_ACK_REASON_EDGE_RESTARTED",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "COMMAND_ACK_REASON_UNSPECIFIED": 0,
+            "COMMAND_ACK_REASON_EXPIRED": 1,
+            "COMMAND_ACK_REASON_CHANNEL_NOT_FOUND": 2,
+            "COMMAND_ACK_REASON_CHANNEL_NOT_WRITABLE": 3,
+            "COMMAND_ACK_REASON_FIELD_INVALID": 4,
+            "COMMAND_ACK_REASON_VALUE_OUT_OF_RANGE": 5,
+            "COMMAND_ACK_REASON_VALUE_EXCEEDS_DYNAMIC_LIMIT": 6,
+            "COMMAND_ACK_REASON_SUPERSEDED": 7,
+            "COMMAND_ACK_REASON_EDGE_REJECTED": 8,
+            "COMMAND_ACK_REASON_EDGE_FAILED": 9,
+            "COMMAND_ACK_REASON_EDGE_RESTARTED": 10,
+        }
 
 
 class CommandAckStatus(betterproto2.Enum):
@@ -276,7 +373,8 @@ class CommandAck(betterproto2.Message):
 
     reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
     """
-    Machine-readable reason for REJECTED or FAILED, for example "VALUE_EXCEEDS_DYNAMIC_LIMIT".
+    Machine-readable reason for REJECTED or FAILED, for example "VALUE_EXCEEDS_DYNAMIC_LIMIT": the
+    string of reason_code (see CommandAckReason). Still sent for clouds that predate reason_code.
     """
 
     message: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
@@ -297,6 +395,13 @@ class CommandAck(betterproto2.Message):
     )
     """
     The edge's clock when the phase was reached.
+    """
+
+    reason_code: "CommandAckReason" = betterproto2.field(
+        7, betterproto2.TYPE_ENUM, default_factory=lambda: CommandAckReason(0)
+    )
+    """
+    Why, for REJECTED or FAILED; UNSPECIFIED from edges that predate it, whose reason string counts.
     """
 
 
