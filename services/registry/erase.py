@@ -13,12 +13,11 @@ from emma.registry.v1 import registry_pb2
 
 from services.errors import not_found
 from services.identity import call_state, write_entries
+from services.identity.erasure import erase_audit_requests
 from services.platform.interceptors import current_trace_id
 from services.platform.migrations import Conn
 from services.platform.redact import redacted_json
 from services.registry.ports import RegistryPorts
-
-ERASED_JSON = '{"erased":true}'
 
 
 def _count(status: str) -> int:
@@ -72,15 +71,7 @@ async def erase_site(
     # Personal data the site left elsewhere: request payloads of its audit entries (names, addresses,
     # locations) are replaced (the trigger allows exactly this inside an erasure), and stored
     # idempotent responses that mention the site are dropped.
-    await conn.execute("SELECT set_config('emma.erasing_site', $1, true)", name)
-    await conn.execute(
-        """UPDATE identity.audit_entries SET request_json = $3
-           WHERE org_id = $1 AND (resource = $2 OR resource LIKE $2 || '/%') AND request_json <> $3""",
-        org,
-        name,
-        ERASED_JSON,
-    )
-    await conn.execute("SELECT set_config('emma.erasing_site', '', true)")
+    await erase_audit_requests(conn, org, name)
     await conn.execute("DELETE FROM app.idempotency_keys WHERE position(convert_to($1, 'UTF8') IN response) > 0", name)
     state = call_state()
     actor = state.caller if state else None

@@ -1,4 +1,5 @@
-"""Organizations as the RegistryService shows them: mapping, validation, and their reads and changes."""
+"""Organizations as the RegistryService shows them: mapping and validation; identity owns their rows
+(app.organizations) and memberships, so reads and changes go through its package face."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from emma.registry.v1 import registry_pb2
 from google.protobuf import field_mask_pb2
 
+from services import identity
 from services.errors import not_found
 from services.pagination import Page
 from services.platform.migrations import Conn
@@ -34,19 +36,14 @@ def validate_organization(o: registry_pb2.Organization, prefix: str = "organizat
 
 
 async def get_organization(conn: Conn, org: str) -> registry_pb2.Organization:
-    row = await conn.fetchrow("SELECT * FROM app.organizations WHERE org_id = $1", org)
+    row = await identity.organization(conn, org)
     if row is None:
         raise not_found(f"organizations/{org}")
     return organization_message(row)
 
 
 async def list_organizations(conn: Conn, orgs: list[str], page: Page) -> registry_pb2.ListOrganizationsResponse:
-    rows = await conn.fetch(
-        "SELECT * FROM app.organizations WHERE org_id = ANY($1::text[]) ORDER BY org_id OFFSET $2 LIMIT $3",
-        orgs,
-        page.offset,
-        page.limit,
-    )
+    rows = await identity.organizations(conn, orgs, page.offset, page.limit)
     token = page.next_token(rows)
     return registry_pb2.ListOrganizationsResponse(
         organizations=[organization_message(r) for r in page.rows(rows)], next_page_token=token
@@ -57,17 +54,9 @@ async def create_organization(
     conn: Conn, org: str, o: registry_pb2.Organization, creator_user_id: str
 ) -> registry_pb2.Organization:
     """Create it with its creator as administrator (who can then invite its people)."""
-    row = await conn.fetchrow(
-        """INSERT INTO app.organizations (org_id, display_name) VALUES ($1, $2)
-           ON CONFLICT DO NOTHING RETURNING *""",
-        org,
-        o.display_name,
-    )
+    row = await identity.create_organization(conn, org, o.display_name, creator_user_id)
     if row is None:
         raise already_exists(f"organizations/{org}")
-    await conn.execute(
-        "INSERT INTO identity.memberships (org_id, user_id, role) VALUES ($1, $2, 3)", org, creator_user_id
-    )
     return organization_message(row)
 
 
@@ -75,23 +64,17 @@ async def update_organization(
     conn: Conn, org: str, patch: registry_pb2.Organization, mask: field_mask_pb2.FieldMask
 ) -> registry_pb2.Organization:
     """In the caller's transaction (the row is locked while the mask is applied)."""
-    row = await conn.fetchrow("SELECT * FROM app.organizations WHERE org_id = $1 FOR UPDATE", org)
+    row = await identity.organization(conn, org, for_update=True)
     if row is None:
         raise not_found(f"organizations/{org}")
     merged = apply_mask(organization_message(row), patch, mask, UPDATABLE, "Organization")
     validate_organization(merged)
-    row = await conn.fetchrow(
-        "UPDATE app.organizations SET display_name = $2, update_time = now() WHERE org_id = $1 RETURNING *",
-        org,
-        merged.display_name,
-    )
-    return organization_message(row)
+    return organization_message(await identity.rename_organization(conn, org, merged.display_name))
 
 
 async def delete_organization(conn: Conn, org: str, force: bool, ports: RegistryPorts) -> None:
     """In the caller's transaction; with `force`, its sites (and everything on them) go too."""
-    row = await conn.fetchrow("SELECT 1 FROM app.organizations WHERE org_id = $1 FOR UPDATE", org)
-    if row is None:
+    if await identity.organization(conn, org, for_update=True) is None:
         raise not_found(f"organizations/{org}")
     sites = await conn.fetch("SELECT site_id FROM app.sites WHERE org_id = $1", org)
     profiles_n = await conn.fetchval("SELECT count(*) FROM app.device_profiles WHERE org_id = $1", org)
@@ -99,4 +82,4 @@ async def delete_organization(conn: Conn, org: str, force: bool, ports: Registry
         raise has_children(f"organizations/{org}", "sites or device profiles")
     for s in sites:
         await erase.delete_site_data(conn, org, s["site_id"], ports)
-    await conn.execute("DELETE FROM app.organizations WHERE org_id = $1", org)
+    await identity.delete_organization(conn, org)

@@ -6,6 +6,7 @@ same statements.
 
 from __future__ import annotations
 
+from services import identity
 from services.names import EdgeName
 from services.platform.migrations import Conn
 
@@ -21,10 +22,7 @@ async def ensure_edge(
 ) -> int:
     """Create the organization, site and edge if missing; return the edge's pk."""
     async with conn.transaction():
-        await conn.execute(
-            "INSERT INTO app.organizations (org_id, display_name) VALUES ($1, $1) ON CONFLICT DO NOTHING",
-            edge.org,
-        )
+        await identity.accounts.create_org(conn, edge.org, edge.org)
         await conn.execute(
             """INSERT INTO app.sites (org_id, site_id, display_name, time_zone, latitude_deg, longitude_deg,
                                       country_code)

@@ -34,10 +34,6 @@ KNOWN_VIOLATIONS: set[str] = {
     "services.edgelink.session uses app.edge_inventory (owned by services.registry)",
     "services.edgelink.session uses identity.edge_api_keys (owned by services.identity)",
     "services.registry.erase uses app.idempotency_keys (owned by services.platform)",
-    "services.registry.erase uses identity.audit_entries (owned by services.identity)",
-    "services.registry.organizations uses app.organizations (owned by services.identity)",
-    "services.registry.organizations uses identity.memberships (owned by services.identity)",
-    "services.registry.provisioning uses app.organizations (owned by services.identity)",
     "services.telemetry.servicer uses app.edges (owned by services.registry)",
     "services.telemetry.servicer uses app.sites (owned by services.registry)",
 }
