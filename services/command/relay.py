@@ -190,17 +190,18 @@ class CommandRelay:
             log.warning("malformed command ack ignored", extra={"edge": sink.edge_name, "command": ack.command})
             return
         applied = ack.applied_value if to_state == states.EXECUTED else None
+        reason = ack_reason(ack)
         async with self._pool.acquire() as conn:
             previous = await transition(
                 conn,
                 command_id,
                 to_state,
-                reason=ack.reason,
+                reason=reason,
                 message=ack.message,
                 applied_value=applied,
                 replica_id=self._replica_id,
             )
-        extra = {"command_id": str(command_id), "edge": sink.edge_name, "state": to_state, "reason": ack.reason}
+        extra = {"command_id": str(command_id), "edge": sink.edge_name, "state": to_state, "reason": reason}
         if previous is None:
             # Late or repeated (a duplicate delivery, or after edge_timeout): the state machine said no.
             log.info("command ack did not change the state", extra=extra)
@@ -216,6 +217,17 @@ def _command_id(edge_name: str, name: str) -> uuid.UUID | None:
         return uuid.UUID(name[len(prefix) :])
     except ValueError:
         return None
+
+
+def ack_reason(ack: edge_link_pb2.CommandAck) -> str:
+    """The reason string stored for an ack: its reason_code's (the name without the prefix, "expired"
+    for EXPIRED), or the edge's own string when it sent no code (edges before it) or one we do not know."""
+    code = ack.reason_code
+    if code == edge_link_pb2.COMMAND_ACK_REASON_UNSPECIFIED or code not in edge_link_pb2.CommandAckReason.values():
+        return ack.reason
+    if code == edge_link_pb2.COMMAND_ACK_REASON_EXPIRED:
+        return "expired"
+    return edge_link_pb2.CommandAckReason.Name(code).removeprefix("COMMAND_ACK_REASON_")
 
 
 AckHandler = Callable[[CommandSink, edge_link_pb2.CommandAck], Awaitable[None]]

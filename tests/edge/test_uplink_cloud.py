@@ -20,10 +20,12 @@ import pytest
 from emma.edge.v1 import edge_link_pb2
 
 from edge_daemon.channel_registry import ChannelRegistry
+from edge_daemon.channels import AckReason
 from edge_daemon.daemon import EdgeDaemon
 from edge_daemon.outbox import Outbox
 from edge_daemon.uplink import GrpcUplink, create_uplink
-from edge_daemon.uplink.wire import timestamp
+from edge_daemon.uplink.wire import ack_reason_code, timestamp
+from services.command.relay import ack_reason
 from tests.cloud.conftest import new_edge
 from tests.edge.uplink_support import (
     OutboxContent,
@@ -382,3 +384,19 @@ async def test_commands_queued_in_the_cloud_are_executed_or_rejected_by_the_edge
     )
     path = await db.fetch("SELECT to_state FROM app.command_events WHERE command_id = $1 ORDER BY id", ids["ok"])
     assert [r["to_state"] for r in path][-3:] == ["DELIVERED", "RECEIVED", "EXECUTED"]
+
+
+def test_the_cloud_stores_the_same_reason_from_edges_with_and_without_reason_code() -> None:
+    for reason in AckReason:
+        new_edge_ack = edge_link_pb2.CommandAck(reason=reason.value, reason_code=ack_reason_code(reason.value))
+        assert ack_reason(new_edge_ack) == reason.value
+        assert ack_reason(edge_link_pb2.CommandAck(reason_code=ack_reason_code(reason.value))) == reason.value
+        # An edge from before reason_code: its serialized ack has no field 7 and still parses.
+        old_edge_ack = edge_link_pb2.CommandAck.FromString(
+            edge_link_pb2.CommandAck(reason=reason.value).SerializeToString()
+        )
+        assert old_edge_ack.reason_code == edge_link_pb2.COMMAND_ACK_REASON_UNSPECIFIED
+        assert ack_reason(old_edge_ack) == reason.value
+    # A code newer than this cloud: the edge's string counts.
+    future = edge_link_pb2.CommandAck(reason="SOMETHING_NEW", reason_code=99)  # type: ignore[arg-type]
+    assert ack_reason(future) == "SOMETHING_NEW"
