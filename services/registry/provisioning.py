@@ -1,7 +1,6 @@
-"""Creating organizations, sites and edges directly in the database.
+"""Creating an edge with its site and organization when missing, without the RegistryService.
 
-Used by `emma up` for its demo sites, by `emma admin`, and by tests; the RegistryService builds on the
-same statements.
+Used by `emma up` for its demo sites, by `emma admin`, by the benchmarks and by tests.
 """
 
 from __future__ import annotations

@@ -49,7 +49,6 @@ _SVC = "/emma.registry.v1.RegistryService/"
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._pool = runtime.pool
-        self._runtime = runtime
         self._ports = current_ports()
 
     async def _once(
