@@ -1,4 +1,5 @@
-"""Edge API keys: issue (shown once), verify (constant time), revoke.
+"""Edge API keys: issue (shown once), verify (constant time), revoke, and the keys as IdentityService
+shows them.
 
 Format: "emma_<key_id>_<secret>". key_id finds the row; the secret's SHA-256 is compared in constant
 time. A secret of 256 random bits makes a slow hash unnecessary (see migration 0002).
@@ -10,16 +11,21 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from emma.common.v1 import errors_pb2
+from emma.identity.v1 import identity_pb2
 
-from services.errors import ApiError
+from services.errors import ApiError, invalid_field, not_found
 from services.identity.edge_directory import edge_directory
 from services.names import EdgeName
+from services.pagination import Page
 from services.platform.migrations import Conn
+from services.platform.rpc import timestamp
 
 PREFIX = "emma_"
+MAX_DISPLAY_NAME_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -111,3 +117,71 @@ async def authenticate_edge_key(conn: Conn, api_key: str) -> EdgeIdentity:
         name=name,
         key_id=key_id,
     )
+
+
+# ---------------------------------------------------------------------- the keys as resources
+
+
+def key_message(row: Any, edge: EdgeName) -> identity_pb2.EdgeApiKey:
+    k = identity_pb2.EdgeApiKey(
+        name=f"{edge}/apiKeys/{row['key_id']}",
+        display_name=row["display_name"],
+        key_prefix=row["key_prefix"],
+        create_time=timestamp(row["create_time"]),
+    )
+    if row["revoke_time"] is not None:
+        k.revoke_time.CopyFrom(timestamp(row["revoke_time"]))
+    if row["last_use_time"] is not None:
+        k.last_use_time.CopyFrom(timestamp(row["last_use_time"]))
+    return k
+
+
+def check_display_name(display_name: str) -> None:
+    if len(display_name) > MAX_DISPLAY_NAME_CHARS:
+        raise invalid_field("edge_api_key.display_name", f"at most {MAX_DISPLAY_NAME_CHARS} characters")
+
+
+async def edge_pk_of(conn: Conn, edge: EdgeName) -> int:
+    """The pk of the named edge; NOT_FOUND when there is none."""
+    pk = await edge_directory().edge_pk(conn, edge)
+    if pk is None:
+        raise not_found(str(edge))
+    return pk
+
+
+async def create_key(conn: Conn, edge: EdgeName, display_name: str) -> identity_pb2.EdgeApiKey:
+    """A new key of the edge, with its secret (the only time it is shown)."""
+    edge_pk = await edge_pk_of(conn, edge)
+    key_id, key = await issue_edge_key(conn, edge_pk, display_name)
+    row = await conn.fetchrow("SELECT * FROM identity.edge_api_keys WHERE key_id = $1", key_id)
+    message = key_message(row, edge)
+    message.key = key
+    return message
+
+
+async def list_keys(conn: Conn, edge: EdgeName, page: Page) -> identity_pb2.ListEdgeApiKeysResponse:
+    edge_pk = await edge_pk_of(conn, edge)
+    rows = await conn.fetch(
+        """SELECT * FROM identity.edge_api_keys WHERE edge_pk = $1
+           ORDER BY create_time DESC, key_id OFFSET $2 LIMIT $3""",
+        edge_pk,
+        page.offset,
+        page.limit,
+    )
+    return identity_pb2.ListEdgeApiKeysResponse(
+        edge_api_keys=[key_message(r, edge) for r in page.rows(rows)], next_page_token=page.next_token(rows)
+    )
+
+
+async def revoke_key(conn: Conn, edge: EdgeName, key_id: str, name: str) -> identity_pb2.EdgeApiKey:
+    """Revoke the edge's key `name`; NOT_FOUND when the edge has no such key."""
+    edge_pk = await edge_pk_of(conn, edge)
+    row = await conn.fetchrow(
+        "SELECT * FROM identity.edge_api_keys WHERE key_id = $1 AND edge_pk = $2", key_id, edge_pk
+    )
+    if row is None:
+        raise not_found(name)
+    # The UPDATE's trigger NOTIFYs every replica; the one holding the edge's stream closes it.
+    await revoke_edge_key(conn, key_id)
+    row = await conn.fetchrow("SELECT * FROM identity.edge_api_keys WHERE key_id = $1", key_id)
+    return key_message(row, edge)
