@@ -1,4 +1,5 @@
-"""The one interceptor that authenticates, authorizes and audits every RPC of every service.
+"""The one interceptor that authenticates and authorizes every RPC of every service, and hands each
+call's outcome to the audit writer (services/identity/call_audit.py).
 
 Order: PlatformInterceptor (errors, tracing) wraps this one, so an ApiError raised here becomes a rich
 status and the audit row carries the call's trace id.
@@ -10,8 +11,7 @@ status and the audit row carries the call's trace id.
   services/identity/policy.py is checked against the caller's role in the organization named by the
   request's http path field. Not a member: NOT_FOUND (no tenant names leak). Unknown methods are
   refused.
-- Mutating calls (every http verb but GET) write an audit row after the call with the redacted
-  request, the result code and the trace id.
+- Mutating calls (every http verb but GET) get an audit row after the call (CallAuditor).
 """
 
 from __future__ import annotations
@@ -20,18 +20,16 @@ import asyncio
 import contextlib
 import inspect
 import ipaddress
-import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import grpc
 from emma.common.v1 import errors_pb2
 from emma.edge.v1 import edge_link_pb2
 
 from services.errors import ApiError, invalid_field
 from services.identity import policy
-from services.identity.audit import write_entries
+from services.identity.call_audit import CallAuditor, outcome_of
 from services.identity.config import AuthConfig
 from services.identity.context import (
     ANONYMOUS,
@@ -40,13 +38,10 @@ from services.identity.context import (
     reset_call_state,
     set_call_state,
 )
-from services.identity.edge_keys import edge_of_key, parse_api_key
+from services.identity.edge_keys import parse_api_key
 from services.identity.state import AuthState
-from services.platform.interceptors import current_trace_id, rewrap_handler
-from services.platform.redact import redacted_json
+from services.platform.interceptors import rewrap_handler
 from services.platform.rpc import Context
-
-log = logging.getLogger("emma.auth")
 
 Behavior = Callable[..., Any]
 
@@ -84,23 +79,6 @@ def _trusted(address: str, config: AuthConfig) -> bool:
     except ValueError:
         return False
     return any(ip in network for network in config.trusted_proxies)
-
-
-def _result(exc: BaseException, context: Context) -> tuple[int, str]:
-    if isinstance(exc, ApiError):
-        return int(exc.code.value[0]), exc.message
-    if isinstance(exc, asyncio.CancelledError):
-        return int(grpc.StatusCode.CANCELLED.value[0]), "cancelled"
-    if isinstance(exc, grpc.aio.AbortError):
-        code = None
-        with contextlib.suppress(Exception):
-            code = context.code()
-        value = code.value[0] if isinstance(code, grpc.StatusCode) else int(code or 2)
-        details = ""
-        with contextlib.suppress(Exception):
-            details = str(context.details() or "")
-        return int(value), details
-    return int(grpc.StatusCode.INTERNAL.value[0]), "internal error"
 
 
 async def _race(responses: Any, alarm: asyncio.Event, on_alarm: Callable[[], Awaitable[None]]) -> AsyncGenerator[Any]:
@@ -160,8 +138,7 @@ async def _race(responses: Any, alarm: asyncio.Event, on_alarm: Callable[[], Awa
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, state: AuthState) -> None:
         self.state = state
-        self._audit_tasks: set[asyncio.Task[None]] = set()
-        self._auditing_calls = 0  # mutating calls between their start and their audit row
+        self.auditor = CallAuditor(state.pool)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -234,20 +211,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             token = set_call_state(call)
             outcome: tuple[int, str] = (0, "")
             audited = info is not None and info.mutating
-            self._auditing_calls += audited
+            self.auditor.calls_in_flight += audited
             try:
                 call.caller = await self._authorize(method, info, request, context)
                 return await inner(request, context)
             except BaseException as exc:
-                outcome = _result(exc, context)
+                outcome = outcome_of(exc, context)
                 raise
             finally:
                 reset_call_state(token)
                 try:
                     if info is not None and audited:
-                        await self._audit(info, request, call, outcome)
+                        await self.auditor.audit(info, request, call, outcome)
                 finally:
-                    self._auditing_calls -= audited
+                    self.auditor.calls_in_flight -= audited
 
         return behavior
 
@@ -281,12 +258,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 elif inspect.isawaitable(result):
                     await result
             except BaseException as exc:
-                outcome = _result(exc, context)
+                outcome = outcome_of(exc, context)
                 raise
             finally:
                 reset_call_state(token)
                 if info is not None and info.mutating:
-                    await self._audit(info, request, call, outcome)
+                    await self.auditor.audit(info, request, call, outcome)
 
         return behavior
 
@@ -359,142 +336,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                         sent += 1
                         yield item
             except BaseException as exc:
-                outcome = _result(exc, context)
+                outcome = outcome_of(exc, context)
                 raise
             finally:
                 for key_id in watched:
                     state.unwatch_edge_key(key_id, revoked)
                 reset_call_state(token)
                 if sent and watched and hello:  # the Hello was accepted: the edge is known
-                    self._track(self._audit_edge(method, watched[0], hello[0], call, outcome))
+                    self.auditor.track(self.auditor.audit_edge(method, watched[0], hello[0], call, outcome))
 
         return behavior
 
-    # ------------------------------------------------------------------ audit
-
-    def _orgs_for(self, actor: Caller, resource: str) -> list[str | None]:
-        org = policy.org_of(resource)
-        if actor.kind == "user":
-            if org is not None and (actor.is_member(org) or actor.platform_admin):
-                return [org]
-            return list(actor.orgs()) or [None]
-        if actor.kind == "edge" and actor.edge is not None:
-            return [actor.edge.org]
-        return [org]
-
-    async def _audit(self, info: policy.MethodInfo, request: Any, call: CallState, outcome: tuple[int, str]) -> None:
-        if call.audit_written:
-            return
-        actor = call.audit_actor or call.caller
-        if actor.kind == "anonymous" and outcome[0] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]:
-            # Refused by a rate limit before anything was looked at: rows here would let a flood of
-            # requests grow the audit log at the flood's rate.
-            return
-        if actor.kind == "anonymous" and info.access != policy.PUBLIC:
-            # Unauthenticated attempts are not attributable; they are logged, not audited, so
-            # anonymous traffic cannot flood the audit log.
-            log.info("unauthenticated call refused", extra={"method": info.name, "client": call.client_address})
-            return
-        resource = call.audit_resource
-        if resource is None and info.resource_field and request is not None:
-            resource = policy.field_value(request, info.resource_field)
-        resource = resource or ""
-        try:
-            request_json = redacted_json(request) if request is not None else "{}"
-        except Exception:
-            request_json = '{"unserializable":true}'
-        await self._write(
-            self._orgs_for(actor, resource),
-            actor=actor,
-            method=info.name,
-            resource=resource,
-            request_json=request_json,
-            outcome=outcome,
-            client=call.client_address,
-        )
-
-    async def _audit_edge(
-        self, method: str, key_id: str, hello: edge_link_pb2.Hello, call: CallState, outcome: tuple[int, str]
-    ) -> None:
-        try:
-            async with self.state.pool.acquire() as conn:
-                edge = await edge_of_key(conn, key_id)
-        except asyncpg.InterfaceError:  # the process is shutting down and the pool is closed
-            log.info("edge stream ended at shutdown; no audit row", extra={"key_id": key_id})
-            return
-        except Exception:
-            log.warning("could not resolve the edge of a closed stream for the audit log", exc_info=True)
-            return
-        if edge is None:  # the edge was erased meanwhile
-            return
-        actor = Caller(kind="edge", edge=edge, key_id=key_id)
-        request = edge_link_pb2.ConnectRequest(hello=hello)
-        request.hello.ClearField("channel_table")  # the table is data, not the call
-        await self._write(
-            [edge.org],
-            actor=actor,
-            method=method,
-            resource=str(edge),
-            request_json=redacted_json(request),
-            outcome=outcome,
-            client=call.client_address,
-        )
-
-    async def _write(
-        self,
-        orgs: list[str | None],
-        *,
-        actor: Caller,
-        method: str,
-        resource: str,
-        request_json: str,
-        outcome: tuple[int, str],
-        client: str,
-    ) -> None:
-        trace_id = current_trace_id()
-
-        async def write() -> None:
-            try:
-                async with self.state.pool.acquire() as conn:
-                    await write_entries(
-                        conn,
-                        orgs,
-                        actor_kind=actor.actor_kind,
-                        actor=actor.actor,
-                        method=method,
-                        resource=resource,
-                        request_json=request_json,
-                        result_code=outcome[0],
-                        result_message=outcome[1] if outcome[0] else "",
-                        trace_id=trace_id,
-                        client_address=client,
-                    )
-            except Exception:
-                log.error("AUDIT WRITE FAILED", extra={"method": method, "actor": actor.actor}, exc_info=True)
-
-        # Shielded: a client cancelling its call must not cancel the audit row of what already happened.
-        task = self._track(write())
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(task)
-
-    def _track(self, coro: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._audit_tasks.add(task)
-        task.add_done_callback(self._audit_tasks.discard)
-        return task
-
     async def drain(self, timeout_s: float = 5.0) -> None:
-        """Wait for audit rows still being written (at shutdown, before the pool closes).
-
-        Handlers cancelled by the server's stop may still be in their finally blocks; wait for those
-        too, a bounded time.
-        """
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        await asyncio.sleep(0)
-        while (self._audit_tasks or self._auditing_calls) and asyncio.get_running_loop().time() < deadline:
-            if self._audit_tasks:
-                await asyncio.wait(
-                    list(self._audit_tasks), timeout=max(0.0, deadline - asyncio.get_running_loop().time())
-                )
-            else:
-                await asyncio.sleep(0.01)
+        """Wait for audit rows still being written (at shutdown, before the pool closes)."""
+        await self.auditor.drain(timeout_s)

@@ -1,0 +1,178 @@
+"""Audit rows of calls: written after every mutating call (and each accepted edge stream) with the
+redacted request, the result code and the trace id.
+
+Rows are written on tasks of their own, shielded from the call's cancellation (a client cancelling
+must not cancel the row of what already happened); drain() waits for them at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import asyncpg
+import grpc
+from emma.edge.v1 import edge_link_pb2
+
+from services.errors import ApiError
+from services.identity import policy
+from services.identity.audit import write_entries
+from services.identity.context import Caller, CallState
+from services.identity.edge_keys import edge_of_key
+from services.platform.interceptors import current_trace_id
+from services.platform.redact import redacted_json
+from services.platform.rpc import Context
+
+log = logging.getLogger("emma.auth")
+
+
+def outcome_of(exc: BaseException, context: Context) -> tuple[int, str]:
+    """(gRPC status code, message) of a call that ended with `exc`."""
+    if isinstance(exc, ApiError):
+        return int(exc.code.value[0]), exc.message
+    if isinstance(exc, asyncio.CancelledError):
+        return int(grpc.StatusCode.CANCELLED.value[0]), "cancelled"
+    if isinstance(exc, grpc.aio.AbortError):
+        code = None
+        with contextlib.suppress(Exception):
+            code = context.code()
+        value = code.value[0] if isinstance(code, grpc.StatusCode) else int(code or 2)
+        details = ""
+        with contextlib.suppress(Exception):
+            details = str(context.details() or "")
+        return int(value), details
+    return int(grpc.StatusCode.INTERNAL.value[0]), "internal error"
+
+
+class CallAuditor:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls_in_flight = 0  # mutating calls between their start and their audit row
+
+    def _orgs_for(self, actor: Caller, resource: str) -> list[str | None]:
+        org = policy.org_of(resource)
+        if actor.kind == "user":
+            if org is not None and (actor.is_member(org) or actor.platform_admin):
+                return [org]
+            return list(actor.orgs()) or [None]
+        if actor.kind == "edge" and actor.edge is not None:
+            return [actor.edge.org]
+        return [org]
+
+    async def audit(self, info: policy.MethodInfo, request: Any, call: CallState, outcome: tuple[int, str]) -> None:
+        if call.audit_written:
+            return
+        actor = call.audit_actor or call.caller
+        if actor.kind == "anonymous" and outcome[0] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]:
+            # Refused by a rate limit before anything was looked at: rows here would let a flood of
+            # requests grow the audit log at the flood's rate.
+            return
+        if actor.kind == "anonymous" and info.access != policy.PUBLIC:
+            # Unauthenticated attempts are not attributable; they are logged, not audited, so
+            # anonymous traffic cannot flood the audit log.
+            log.info("unauthenticated call refused", extra={"method": info.name, "client": call.client_address})
+            return
+        resource = call.audit_resource
+        if resource is None and info.resource_field and request is not None:
+            resource = policy.field_value(request, info.resource_field)
+        resource = resource or ""
+        try:
+            request_json = redacted_json(request) if request is not None else "{}"
+        except Exception:
+            request_json = '{"unserializable":true}'
+        await self._write(
+            self._orgs_for(actor, resource),
+            actor=actor,
+            method=info.name,
+            resource=resource,
+            request_json=request_json,
+            outcome=outcome,
+            client=call.client_address,
+        )
+
+    async def audit_edge(
+        self, method: str, key_id: str, hello: edge_link_pb2.Hello, call: CallState, outcome: tuple[int, str]
+    ) -> None:
+        try:
+            async with self.pool.acquire() as conn:
+                edge = await edge_of_key(conn, key_id)
+        except asyncpg.InterfaceError:  # the process is shutting down and the pool is closed
+            log.info("edge stream ended at shutdown; no audit row", extra={"key_id": key_id})
+            return
+        except Exception:
+            log.warning("could not resolve the edge of a closed stream for the audit log", exc_info=True)
+            return
+        if edge is None:  # the edge was erased meanwhile
+            return
+        actor = Caller(kind="edge", edge=edge, key_id=key_id)
+        request = edge_link_pb2.ConnectRequest(hello=hello)
+        request.hello.ClearField("channel_table")  # the table is data, not the call
+        await self._write(
+            [edge.org],
+            actor=actor,
+            method=method,
+            resource=str(edge),
+            request_json=redacted_json(request),
+            outcome=outcome,
+            client=call.client_address,
+        )
+
+    async def _write(
+        self,
+        orgs: list[str | None],
+        *,
+        actor: Caller,
+        method: str,
+        resource: str,
+        request_json: str,
+        outcome: tuple[int, str],
+        client: str,
+    ) -> None:
+        trace_id = current_trace_id()
+
+        async def write() -> None:
+            try:
+                async with self.pool.acquire() as conn:
+                    await write_entries(
+                        conn,
+                        orgs,
+                        actor_kind=actor.actor_kind,
+                        actor=actor.actor,
+                        method=method,
+                        resource=resource,
+                        request_json=request_json,
+                        result_code=outcome[0],
+                        result_message=outcome[1] if outcome[0] else "",
+                        trace_id=trace_id,
+                        client_address=client,
+                    )
+            except Exception:
+                log.error("AUDIT WRITE FAILED", extra={"method": method, "actor": actor.actor}, exc_info=True)
+
+        # Shielded: a client cancelling its call must not cancel the audit row of what already happened.
+        task = self.track(write())
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+
+    def track(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Wait for audit rows still being written (at shutdown, before the pool closes).
+
+        Handlers cancelled by the server's stop may still be in their finally blocks; wait for those
+        too, a bounded time.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        await asyncio.sleep(0)
+        while (self._tasks or self.calls_in_flight) and asyncio.get_running_loop().time() < deadline:
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+            else:
+                await asyncio.sleep(0.01)
