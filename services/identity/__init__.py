@@ -28,6 +28,7 @@ from services.identity.edge_keys import (
     revoke_edge_key,
     revoke_edge_keys_of,
 )
+from services.identity.erasure import erase_audit_requests
 from services.identity.interceptor import AuthInterceptor
 from services.identity.passwords import Passwords, password_problem
 from services.identity.state import AuthState, auth_state_for
@@ -56,6 +57,7 @@ __all__ = [
     "caller",
     "create_organization",
     "delete_organization",
+    "erase_audit_requests",
     "issue_edge_key",
     "note_audit",
     "organization",

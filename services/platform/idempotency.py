@@ -90,3 +90,9 @@ async def run_once(
     previous = await _stored(conn, actor, method, request_id, digest, response_type)
     assert previous is not None
     return previous
+
+
+async def forget_responses_naming(conn: Conn, name: str) -> None:
+    """Drop the stored responses that mention `name` (a resource being erased), so no retry replays
+    its data."""
+    await conn.execute("DELETE FROM app.idempotency_keys WHERE position(convert_to($1, 'UTF8') IN response) > 0", name)

@@ -12,8 +12,7 @@ from emma.identity.v1 import identity_pb2
 from emma.registry.v1 import registry_pb2
 
 from services.errors import not_found
-from services.identity import call_state, write_entries
-from services.identity.erasure import erase_audit_requests
+from services.identity import call_state, erase_audit_requests, write_entries
 from services.platform.interceptors import current_trace_id
 from services.platform.migrations import Conn
 from services.platform.redact import redacted_json

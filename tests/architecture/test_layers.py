@@ -36,7 +36,6 @@ KNOWN_VIOLATIONS: set[str] = {
     "services.cloud imports services.telemetry.erasure (private module of services.telemetry)",
     "services.edgelink.servicer imports services.command.relay (private module of services.command)",
     "services.edgelink.session imports services.command.relay (private module of services.command)",
-    "services.registry.erase imports services.identity.erasure (private module of services.identity)",
 }
 
 
