@@ -25,17 +25,12 @@ from services.command import states, store, transitions, validation
 from services.errors import ApiError, not_found
 from services.names import EdgeName
 from services.platform.migrations import Conn
+from services.registry import device_inventory, edge_pk
 
 log = logging.getLogger("emma.command")
 
-# The edge, an earlier command with this request_id, and the device's declared channels, in one trip.
-_LOOKUP = """
-SELECT e.pk, c.id AS existing_id, c.request_hash, i.channels AS inventory
-FROM app.edges e
-LEFT JOIN app.commands c ON c.edge_pk = e.pk AND c.request_id = $4
-LEFT JOIN app.edge_inventory i ON i.edge_pk = e.pk AND i.device_id = $5
-WHERE e.org_id = $1 AND e.site_id = $2 AND e.edge_id = $3
-"""
+# An earlier command of this edge with the same request_id.
+_EARLIER = "SELECT id, request_hash FROM app.commands WHERE edge_pk = $1 AND request_id = $2"
 
 
 async def create_one(
@@ -55,19 +50,20 @@ async def create_one(
 ) -> command_pb2.Command:
     """Validate and store one command (also used by fleet dispatch); idempotent on request_id.
 
-    Few round trips on purpose (this is the latency an operator feels): one lookup, the dynamic
-    limit when the channel has one, then one transaction of a lock and one statement.
+    Few round trips on purpose (this is the latency an operator feels): the edge (registry), an
+    earlier command with this request_id, the device's declaration (registry), the dynamic limit
+    when the channel has one (telemetry), then one transaction of a lock and one statement.
     """
     device_id = validation.check_address(channel)
-    row = await conn.fetchrow(_LOOKUP, edge.org, edge.site, edge.edge, request_id, device_id)
-    if row is None:
+    pk = await edge_pk(conn, edge)
+    if pk is None:
         raise not_found(str(edge))
-    pk = int(row["pk"])
-    if row["existing_id"] is not None:
-        return await _replay(conn, row["existing_id"], row["request_hash"], digest, request_id)
+    earlier = await conn.fetchrow(_EARLIER, pk, request_id)
+    if earlier is not None:
+        return await _replay(conn, earlier["id"], earlier["request_hash"], digest, request_id)
     now = dt.datetime.now(dt.UTC)
     validation.check_issued_time(issued or now, now)
-    spec = validation.spec_in_inventory(row["inventory"], channel)
+    spec = validation.spec_in_inventory(await device_inventory(conn, pk, device_id), channel)
     validation.check_static(spec, channel, value)
     await validation.check_dynamic(conn, pk, spec, channel, value, now)
     command_id = uuid.uuid4()
@@ -102,9 +98,7 @@ async def create_one(
                 )
     except asyncpg.UniqueViolationError:
         # The same request_id raced in from a retry on another connection: answer with the first.
-        again = await conn.fetchrow(
-            "SELECT id, request_hash FROM app.commands WHERE edge_pk = $1 AND request_id = $2", pk, request_id
-        )
+        again = await conn.fetchrow(_EARLIER, pk, request_id)
         assert again is not None
         return await _replay(conn, again["id"], again["request_hash"], digest, request_id)
     log.info(
@@ -124,9 +118,6 @@ async def create_one(
         "expire_time": stored["expire_time"],
         "creator": creator,
         "fleet_dispatch": fleet_dispatch,
-        "org_id": edge.org,
-        "site_id": edge.site,
-        "edge_id": edge.edge,
     }
     event = {
         "from_state": "",
@@ -135,7 +126,7 @@ async def create_one(
         "reason": "",
         "message": "",
     }
-    return store.to_proto(created, [event])
+    return store.to_proto(created, edge, [event])
 
 
 async def _replay(

@@ -20,15 +20,16 @@ import asyncpg
 import grpc
 from emma.command.v1 import command_pb2
 from emma.common.v1 import errors_pb2, types_pb2
-from emma.edge.v1 import edge_link_pb2
 
 from services.command import states
 from services.command.creation import create_one
 from services.errors import ApiError, invalid_field, not_found
+from services.identity import organization_exists
 from services.names import ID_PATTERN, EdgeName, parse_edge, parse_site
 from services.pagination import Page
 from services.platform.migrations import Conn
 from services.platform.rpc import timestamp
+from services.registry import edge_inventory, edge_names, edge_pk, edges_of_organization, edges_of_site
 from services.telemetry import latest_value
 
 log = logging.getLogger("emma.command.fleet")
@@ -56,47 +57,37 @@ async def _targets(conn: Conn, org: str, dispatch: command_pb2.FleetDispatch) ->
         site = parse_site(dispatch.site, "fleet_dispatch.site")
         if site.org != org:
             raise invalid_field("fleet_dispatch.site", f"not in organizations/{org}")
-        rows = await conn.fetch(
-            "SELECT edge_id FROM app.edges WHERE org_id = $1 AND site_id = $2 ORDER BY edge_id", org, site.site
-        )
-        return [EdgeName(org, site.site, r["edge_id"]) for r in rows]
+        return list((await edges_of_site(conn, site)).values())
     if which == "whole_organization" and dispatch.whole_organization:
-        rows = await conn.fetch("SELECT site_id, edge_id FROM app.edges WHERE org_id = $1 ORDER BY 1, 2", org)
-        return [EdgeName(org, r["site_id"], r["edge_id"]) for r in rows]
+        return await edges_of_organization(conn, org)
     return []
 
 
 async def _plan(conn: Conn, edge: EdgeName, action: int, power_w: float) -> tuple[str, float]:
     """(channel, value) this edge gets for the action; ApiError when it has nothing to drive."""
-    rows = await conn.fetch(
-        """SELECT i.edge_pk, i.device_id, i.kind, i.channels
-           FROM app.edge_inventory i JOIN app.edges e ON e.pk = i.edge_pk
-           WHERE e.org_id = $1 AND e.site_id = $2 AND e.edge_id = $3 ORDER BY i.device_id""",
-        edge.org,
-        edge.site,
-        edge.edge,
-    )
+    pk = await edge_pk(conn, edge)
+    devices = [] if pk is None else await edge_inventory(conn, pk)
     wanted = (
         {types_pb2.DEVICE_KIND_BATTERY}
         if action in BATTERY_ACTIONS
         else {types_pb2.DEVICE_KIND_EV_CHARGER, types_pb2.DEVICE_KIND_FLEXIBLE_LOAD}
     )
-    for row in rows:
-        item = edge_link_pb2.DeviceInventoryItem.FromString(bytes(row["channels"]))
-        if row["kind"] in wanted and any(c.name == "SetActivePower" for c in item.channels):
-            channel = f"{row['device_id']}/SetActivePower"
+    for item in devices:
+        if item.kind in wanted and any(c.name == "SetActivePower" for c in item.channels):
+            channel = f"{item.device_id}/SetActivePower"
             if action == command_pb2.FLEET_ACTION_CHARGE:
                 return channel, -power_w
             if action == command_pb2.FLEET_ACTION_DISCHARGE:
                 return channel, power_w
             if action == command_pb2.FLEET_ACTION_HOLD:
                 return channel, 0.0
-            current = await latest_value(conn, row["edge_pk"], f"{row['device_id']}/ActivePower")
+            assert pk is not None
+            current = await latest_value(conn, pk, f"{item.device_id}/ActivePower")
             if current is None:
                 raise ApiError(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     errors_pb2.ERROR_REASON_TELEMETRY_STALE,
-                    f"no ActivePower of {row['device_id']} to defer from",
+                    f"no ActivePower of {item.device_id} to defer from",
                 )
             return channel, max(0.0, float(current[1]) - power_w)
     kind = "battery" if action in BATTERY_ACTIONS else "EV charger or flexible load"
@@ -134,7 +125,7 @@ async def create(
                     f"request_id {request.request_id!r} was used for a different fleet dispatch",
                 )
             return await load(conn, f"organizations/{org}/fleetDispatches/{existing['id']}")
-        if not await conn.fetchval("SELECT 1 FROM app.organizations WHERE org_id = $1", org):
+        if not await organization_exists(conn, org):
             raise not_found(request.parent)
         edges = await _targets(conn, org, dispatch)
         if not edges:
@@ -223,15 +214,14 @@ async def _to_proto(conn: Conn, row: Any) -> command_pb2.FleetDispatch:
         out.site = requested.site
     elif which == "whole_organization":
         out.whole_organization = requested.whole_organization
-    children = await conn.fetch(
-        """SELECT c.id, c.state, e.org_id, e.site_id, e.edge_id FROM app.commands c JOIN app.edges e ON e.pk = c.edge_pk
-           WHERE c.fleet_dispatch = $1 ORDER BY e.site_id, e.edge_id""",
-        row["id"],
+    rows = await conn.fetch("SELECT id, state, edge_pk FROM app.commands WHERE fleet_dispatch = $1", row["id"])
+    names = await edge_names(conn, [c["edge_pk"] for c in rows])
+    # Commands of edges deleted since (no name any more) drop out, as the join with app.edges did.
+    children = sorted(
+        ((names[c["edge_pk"]], c) for c in rows if c["edge_pk"] in names), key=lambda n: (n[0].site, n[0].edge)
     )
-    out.commands.extend(
-        f"organizations/{c['org_id']}/sites/{c['site_id']}/edges/{c['edge_id']}/commands/{c['id']}" for c in children
-    )
-    by_state = [c["state"] for c in children]
+    out.commands.extend(f"{edge}/commands/{c['id']}" for edge, c in children)
+    by_state = [c["state"] for _, c in children]
     out.status.total_count = len(children)
     out.status.pending_count = sum(s not in states.FINAL for s in by_state)
     out.status.executed_count = by_state.count(states.EXECUTED)

@@ -23,6 +23,7 @@ from services.pagination import Page
 from services.platform.migrations import Conn
 from services.platform.rpc import Context
 from services.platform.runtime import Runtime
+from services.registry import edges_of_site
 
 log = logging.getLogger("emma.command")
 
@@ -129,16 +130,15 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
         start = request.start_time.ToDatetime(dt.UTC) if request.HasField("start_time") else None
         end = request.end_time.ToDatetime(dt.UTC) if request.HasField("end_time") else None
         async with self._pool.acquire() as conn:
+            edges = await edges_of_site(conn, edge.site_name, None if all_edges else edge.edge)
             rows = await conn.fetch(
-                f"""SELECT {store.COMMAND_COLUMNS} FROM app.commands c JOIN app.edges e ON e.pk = c.edge_pk
-                    WHERE e.org_id = $1 AND e.site_id = $2 AND ($3::text IS NULL OR e.edge_id = $3)
-                      AND ($4::text IS NULL OR c.state = $4)
-                      AND ($5::timestamptz IS NULL OR c.create_time >= $5)
-                      AND ($6::timestamptz IS NULL OR c.create_time < $6)
-                    ORDER BY c.create_time DESC, c.seq DESC OFFSET $7 LIMIT $8""",
-                edge.org,
-                edge.site,
-                None if all_edges else edge.edge,
+                f"""SELECT {store.COMMAND_COLUMNS} FROM app.commands c
+                    WHERE c.edge_pk = ANY($1::bigint[])
+                      AND ($2::text IS NULL OR c.state = $2)
+                      AND ($3::timestamptz IS NULL OR c.create_time >= $3)
+                      AND ($4::timestamptz IS NULL OR c.create_time < $4)
+                    ORDER BY c.create_time DESC, c.seq DESC OFFSET $5 LIMIT $6""",
+                list(edges),
                 state,
                 start,
                 end,
@@ -146,7 +146,7 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
                 page.limit,
             )
         return command_pb2.ListCommandsResponse(
-            commands=[store.to_proto(r) for r in page.rows(rows)],
+            commands=[store.to_proto(r, edges[r["edge_pk"]]) for r in page.rows(rows)],
             next_page_token=page.next_token(rows),
         )
 

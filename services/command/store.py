@@ -10,21 +10,19 @@ from typing import Any
 from emma.command.v1 import command_pb2
 
 from services.command import states
+from services.names import EdgeName
 from services.platform.migrations import Conn
 from services.platform.rpc import timestamp
+from services.registry import edge_name
 
 COMMAND_COLUMNS = """c.id, c.channel, c.value, c.state, c.state_reason, c.applied_value, c.issued_time,
-    c.create_time, c.update_time, c.expire_time, c.creator, c.fleet_dispatch, c.edge_pk, c.seq, c.traceparent,
-    e.org_id, e.site_id, e.edge_id"""
+    c.create_time, c.update_time, c.expire_time, c.creator, c.fleet_dispatch, c.edge_pk, c.seq, c.traceparent"""
 
 
-def command_name(row: Any) -> str:
-    return f"organizations/{row['org_id']}/sites/{row['site_id']}/edges/{row['edge_id']}/commands/{row['id']}"
-
-
-def to_proto(row: Any, events: list[Any] | None = None) -> command_pb2.Command:
+def to_proto(row: Any, edge: EdgeName, events: list[Any] | None = None) -> command_pb2.Command:
+    """A command row of `edge` (and its transitions) as the API's Command."""
     cmd = command_pb2.Command(
-        name=command_name(row),
+        name=f"{edge}/commands/{row['id']}",
         channel=row["channel"],
         value=row["value"],
         state=states.to_proto(row["state"]),
@@ -37,7 +35,7 @@ def to_proto(row: Any, events: list[Any] | None = None) -> command_pb2.Command:
         creator=row["creator"],
     )
     if row["fleet_dispatch"] is not None:
-        cmd.fleet_dispatch = f"organizations/{row['org_id']}/fleetDispatches/{row['fleet_dispatch']}"
+        cmd.fleet_dispatch = f"organizations/{edge.org}/fleetDispatches/{row['fleet_dispatch']}"
     for ev in events or []:
         cmd.transitions.append(transition_proto(ev))
     return cmd
@@ -62,13 +60,16 @@ async def load(conn: Conn, command_id: uuid.UUID, with_events: bool = True) -> c
                    'event_time', to_char(v.event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
                    'reason', v.reason, 'message', v.message) ORDER BY v.id), '[]')
                    FROM app.command_events v WHERE v.command_id = c.id) END AS events
-            FROM app.commands c JOIN app.edges e ON e.pk = c.edge_pk WHERE c.id = $1""",
+            FROM app.commands c WHERE c.id = $1""",
         command_id,
         with_events,
     )
     if row is None:
         return None
+    edge = await edge_name(conn, row["edge_pk"])
+    if edge is None:  # the edge is being deleted with its commands
+        return None
     events = json.loads(row["events"]) if row["events"] else []
     for ev in events:
         ev["event_time"] = dt.datetime.fromisoformat(ev["event_time"])
-    return to_proto(row, events)
+    return to_proto(row, edge, events)

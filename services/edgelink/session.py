@@ -36,6 +36,7 @@ from services.identity import authenticate_edge_key as authenticate
 from services.names import CHANNEL_ADDRESS
 from services.platform.config import IngestConfig
 from services.platform.migrations import Conn
+from services.registry import store_inventory
 from services.telemetry import last_stored_batch_seq, register_channels
 
 log = logging.getLogger("emma.edgelink")
@@ -201,15 +202,7 @@ class EdgeSession:
 
     async def _store_inventory(self, conn: Conn, devices: Any) -> None:
         """Keep what the edge says it runs; commands are validated against these declarations."""
-        if not devices:
-            return
-        await conn.executemany(
-            """INSERT INTO app.edge_inventory (edge_pk, device_id, kind, driver, model, channels)
-               VALUES ($1, $2, $3, $4, $5, $6)
-               ON CONFLICT (edge_pk, device_id) DO UPDATE SET kind = EXCLUDED.kind, driver = EXCLUDED.driver,
-                   model = EXCLUDED.model, channels = EXCLUDED.channels, update_time = now()""",
-            [(self.identity.edge_pk, d.device_id, d.kind, d.driver, d.model, d.SerializeToString()) for d in devices],
-        )
+        await store_inventory(conn, self.identity.edge_pk, devices)
 
     # ------------------------------------------------------------------ commands (CommandSink)
 
