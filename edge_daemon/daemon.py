@@ -33,7 +33,7 @@ from edge_daemon.cycle import ControlCycle
 from edge_daemon.device_types import build_devices
 from edge_daemon.devices.base import Device
 from edge_daemon.devices.site import SiteDevices
-from edge_daemon.errors import EdgeError, ScheduleError
+from edge_daemon.errors import ScheduleError
 from edge_daemon.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,6 @@ class EdgeDaemon:
         self.started = asyncio.Event()
 
     # -- uplink surface --------------------------------------------------------------------------
-
-    def attach_uplink(self, uplink: Uplink) -> None:
-        if self.started.is_set():
-            raise EdgeError("attach the uplink before run()")
-        self._uplink = uplink
 
     def take_samples(self) -> list[Sample]:
         """Every sample taken since the previous call, oldest first. Safe from any thread."""

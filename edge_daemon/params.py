@@ -120,17 +120,6 @@ class ParamReader:
             out.append(float(item))
         return tuple(out)
 
-    def get_float_map(self, name: str) -> dict[str, float]:
-        value = self._raw(name, {})
-        if not isinstance(value, Mapping):
-            raise self.error(name, f"expected a table, got {_kind(value)}")
-        out: dict[str, float] = {}
-        for k, v in value.items():
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise SiteConfigError(self.path, f"{self.key(name)}.{k}", f"expected a number, got {_kind(v)}")
-            out[str(k)] = float(v)
-        return out
-
     def sub(self, name: str, *, required: bool = False) -> ParamReader:
         """A reader for the nested table `name` (an empty one when absent and not required)."""
         value = self._raw(name, REQUIRED if required else {})

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from pathlib import Path
 
 from edge_daemon.devices.base import ChannelAccess
 from edge_daemon.drivers.modbus.codec import DataType
@@ -172,9 +171,3 @@ def _point(r: DeviceReader, word_order: str, max_regs: int) -> Point:
         invalid=frozenset(invalid),
         static=r.get_bool("static", False),
     )
-
-
-def load_profile(path: Path | str, device_id: str = "profile") -> RegisterMap:
-    """A profile file on its own (for tools and tests): the same checks as from a site config."""
-    path = Path(path)
-    return parse_register_map(DeviceReader({"id": device_id, "profile": str(path.resolve())}, path, "", device_id))
