@@ -19,7 +19,7 @@ from services.identity.accounts import (
 )
 from services.identity.audit import write_entries
 from services.identity.config import AuthConfig
-from services.identity.context import ADMIN, OPERATOR, VIEWER, Caller, call_state, caller, note_audit
+from services.identity.context import ADMIN, Caller, call_state, caller, note_audit
 from services.identity.edge_directory import EdgeDirectory, use_edge_directory
 from services.identity.edge_keys import (
     EdgeIdentity,
@@ -39,10 +39,8 @@ from services.platform.runtime import Runtime
 __all__ = [
     "ADMIN",
     "DEPENDS_ON",
-    "OPERATOR",
     "SERVICES",
     "TABLES",
-    "VIEWER",
     "AuthConfig",
     "AuthInterceptor",
     "AuthState",
