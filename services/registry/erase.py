@@ -13,6 +13,7 @@ from emma.registry.v1 import registry_pb2
 
 from services.errors import not_found
 from services.identity import call_state, erase_audit_requests, write_entries
+from services.platform.idempotency import forget_responses_naming
 from services.platform.interceptors import current_trace_id
 from services.platform.migrations import Conn
 from services.platform.redact import redacted_json
@@ -71,7 +72,7 @@ async def erase_site(
     # locations) are replaced (the trigger allows exactly this inside an erasure), and stored
     # idempotent responses that mention the site are dropped.
     await erase_audit_requests(conn, org, name)
-    await conn.execute("DELETE FROM app.idempotency_keys WHERE position(convert_to($1, 'UTF8') IN response) > 0", name)
+    await forget_responses_naming(conn, name)
     state = call_state()
     actor = state.caller if state else None
     entries = await write_entries(
