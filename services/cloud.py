@@ -10,14 +10,14 @@ from typing import Any
 
 from core.tracing import configure_tracing
 from services import catalog, registry
-from services.edgelink.connections import edge_connections
+from services.edgelink import edge_connections
 from services.identity import AuthInterceptor, auth_state_for, use_edge_directory
 from services.platform import db, migrations
 from services.platform.collector import tune_garbage_collector
 from services.platform.config import PlatformConfig, ServerConfig
 from services.platform.runtime import Runtime
 from services.platform.server import HostedServer, create_server, start_server, wait_for_shutdown_signal
-from services.telemetry.erasure import erase_edge_telemetry
+from services.telemetry import erase_edge_telemetry
 
 log = logging.getLogger("emma.cloud")
 

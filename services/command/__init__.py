@@ -6,8 +6,20 @@ from typing import Any
 
 from emma.command.v1 import command_pb2, command_pb2_grpc
 
+from services.command.relay import ACKS_PER_SECOND, CommandRelay, CommandSink, TokenBucket
 from services.platform.registration import ServiceSpec, service_spec
 from services.platform.runtime import Runtime
+
+# What other packages may use of commands; everything else in services/command/ is private.
+__all__ = [
+    "ACKS_PER_SECOND",
+    "DEPENDS_ON",
+    "SERVICES",
+    "TABLES",
+    "CommandRelay",
+    "CommandSink",
+    "TokenBucket",
+]
 
 # The services this domain may import (their package faces); see docs/architecture.md.
 DEPENDS_ON = ("identity", "registry", "telemetry")

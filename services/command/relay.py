@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import asyncpg
@@ -228,6 +227,3 @@ def ack_reason(ack: edge_link_pb2.CommandAck) -> str:
     if code == edge_link_pb2.COMMAND_ACK_REASON_EXPIRED:
         return "expired"
     return edge_link_pb2.CommandAckReason.Name(code).removeprefix("COMMAND_ACK_REASON_")
-
-
-AckHandler = Callable[[CommandSink, edge_link_pb2.CommandAck], Awaitable[None]]

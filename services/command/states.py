@@ -35,10 +35,6 @@ PREDECESSORS: Final[dict[str, frozenset[str]]] = {
 }
 
 
-def can_transition(from_state: str, to_state: str) -> bool:
-    return from_state in PREDECESSORS.get(to_state, frozenset())
-
-
 def to_proto(state: str) -> command_pb2.CommandState.ValueType:
     return command_pb2.CommandState.Value(f"COMMAND_STATE_{state}")
 

@@ -6,8 +6,12 @@ from typing import Any
 
 from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
 
+from services.edgelink.connections import edge_connections
 from services.platform.registration import ServiceSpec, service_spec
 from services.platform.runtime import Runtime
+
+# What other packages may use of EdgeLink; everything else in services/edgelink/ is private.
+__all__ = ["DEPENDS_ON", "SERVICES", "TABLES", "edge_connections"]
 
 # The services this domain may import (their package faces); see docs/architecture.md.
 DEPENDS_ON = ("identity", "registry", "telemetry", "command")

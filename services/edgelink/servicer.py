@@ -12,7 +12,7 @@ import grpc
 from emma.common.v1 import errors_pb2
 from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
 
-from services.command.relay import CommandRelay
+from services.command import CommandRelay
 from services.edgelink.session import EdgeSession, IngestCounters, record_event
 from services.edgelink.writer import DEFAULT_LANES, IngestWriter
 from services.errors import ApiError

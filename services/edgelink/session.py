@@ -27,7 +27,7 @@ from emma.common.v1 import errors_pb2
 from emma.edge.v1 import edge_link_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from services.command.relay import ACKS_PER_SECOND, CommandRelay, TokenBucket
+from services.command import ACKS_PER_SECOND, CommandRelay, TokenBucket
 from services.edgelink.batches import Rejection, to_columns
 from services.edgelink.writer import IngestWriter, PendingBatch
 from services.errors import ApiError, invalid_field

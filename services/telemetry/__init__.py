@@ -8,8 +8,9 @@ from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 from services.platform.registration import ServiceSpec, service_spec
 from services.platform.runtime import Runtime
-from services.telemetry.buckets import ROLLUP_BUCKET, ROLLUP_BUCKET_US
+from services.telemetry.buckets import ROLLUP_BUCKET_US
 from services.telemetry.copy_binary import samples_copy_payload
+from services.telemetry.erasure import erase_edge_telemetry
 from services.telemetry.ingest import (
     Columns,
     SampleRows,
@@ -24,7 +25,6 @@ from services.telemetry.series import register_channels
 # What other packages may use of telemetry; everything else in services/telemetry/ is private.
 __all__ = [
     "DEPENDS_ON",
-    "ROLLUP_BUCKET",
     "ROLLUP_BUCKET_US",
     "SERVICES",
     "TABLES",
@@ -32,6 +32,7 @@ __all__ = [
     "SampleRows",
     "copy_samples",
     "create_partitions",
+    "erase_edge_telemetry",
     "last_stored_batch_seq",
     "latest_value",
     "record_batches",
