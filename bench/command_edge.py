@@ -1,22 +1,54 @@
 """One simulated edge for the command benchmark, as its own process: `python -m bench.command_edge`.
 
-It says Hello with a battery, reports the battery's dynamic limits every second (so the cloud's
-validation finds fresh telemetry), and answers every EdgeCommand at once with RECEIVED and EXECUTED:
-the round trip measured is the cloud's and the wire's, not a control cycle's.
+It says Hello with a battery (the edge daemon's own simulated battery, declared as the daemon
+declares it), reports the battery's dynamic limits every second (so the cloud's validation finds
+fresh telemetry), and answers every EdgeCommand at once with RECEIVED and EXECUTED: the round trip
+measured is the cloud's and the wire's, not a control cycle's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 
 import grpc
 from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
+from google.protobuf import timestamp_pb2
 
-from tests.cloud.edge_client import batch, battery_inventory, hello
+from edge_daemon.devices.battery import BatteryParams, SimBattery
+from edge_daemon.uplink.wire import device_inventory
 
 CHANNELS = [("battery_1/MaxDischargePower", "W"), ("battery_1/MaxChargePower", "W")]
+BATTERY = SimBattery("battery_1", BatteryParams(capacity_wh=10_000, max_charge_w=5_000, max_discharge_w=5_000))
+
+
+def hello(edge: str, key: str) -> edge_link_pb2.ConnectRequest:
+    now = timestamp_pb2.Timestamp()
+    now.GetCurrentTime()
+    return edge_link_pb2.ConnectRequest(
+        hello=edge_link_pb2.Hello(
+            edge=edge,
+            api_key=key,
+            agent_version="bench",
+            protocol_version=1,
+            edge_time=now,
+            channel_table=[
+                edge_link_pb2.ChannelDescriptor(index=i, channel=c, unit=u) for i, (c, u) in enumerate(CHANNELS)
+            ],
+            devices=device_inventory([BATTERY]),
+        )
+    )
+
+
+def limits_batch(seq: int) -> edge_link_pb2.ConnectRequest:
+    """Both limits at 5 kW, stamped now."""
+    now = timestamp_pb2.Timestamp()
+    now.GetCurrentTime()
+    return edge_link_pb2.ConnectRequest(
+        telemetry_batch=edge_link_pb2.TelemetryBatch(
+            batch_seq=seq, base_time=now, channel_indexes=[0, 1], time_offsets_ms=[0, 0], values=[5000.0, 5000.0]
+        )
+    )
 
 
 async def main_async(port: int, edge: str, key: str) -> None:
@@ -28,13 +60,13 @@ async def main_async(port: int, edge: str, key: str) -> None:
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = edge_link_pb2_grpc.EdgeLinkServiceStub(channel).Connect(requests())
-        await out.put(hello(edge, key, CHANNELS, devices=[battery_inventory()]))
+        await out.put(hello(edge, key))
 
         async def limits() -> None:
             seq = 0
             while True:
                 seq += 1
-                await out.put(batch(seq, time.time(), [(0, 0, 5000.0), (1, 0, 5000.0)]))
+                await out.put(limits_batch(seq))
                 await asyncio.sleep(1.0)
 
         task = asyncio.create_task(limits())
