@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from typing import Any
 
 from services.platform.migrations import Conn
 
@@ -16,3 +18,18 @@ async def latest_value(conn: Conn, edge_pk: int, channel: str) -> tuple[dt.datet
         channel,
     )
     return None if row is None else (row["time"], row["value"])
+
+
+async def latest_of_edges(conn: Conn, edge_pks: Sequence[int], device: str | None = None) -> list[Any]:
+    """Latest values of the edges' series (edge_pk, series_id, channel, unit, time, value), in the order of
+    `edge_pks`, then by channel; `device` narrows to that device's channels."""
+    return list(
+        await conn.fetch(
+            """SELECT r.edge_pk, r.id AS series_id, r.channel, r.unit, l.time, l.value
+               FROM telemetry.series r JOIN telemetry.latest l ON l.series_id = r.id
+               WHERE r.edge_pk = ANY($1::bigint[]) AND ($2::text IS NULL OR r.channel LIKE $2 || '/%')
+               ORDER BY array_position($1::bigint[], r.edge_pk), r.channel""",
+            list(edge_pks),
+            device,
+        )
+    )

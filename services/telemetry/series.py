@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from services.platform.migrations import Conn
 
@@ -23,3 +24,43 @@ async def register_channels(conn: Conn, edge_pk: int, channels: Sequence[str], u
         list(channels),
     )
     return {r["channel"]: r["id"] for r in rows}
+
+
+async def series_of_channel(conn: Conn, edge_pk: int, channel: str) -> tuple[int, str] | None:
+    """(series id, unit) of the edge's `device/Channel`, or None when the edge never declared it."""
+    row = await conn.fetchrow(
+        "SELECT id, unit FROM telemetry.series WHERE edge_pk = $1 AND channel = $2", edge_pk, channel
+    )
+    return None if row is None else (int(row["id"]), str(row["unit"]))
+
+
+async def series_of_edges(conn: Conn, edge_pks: Sequence[int]) -> list[Any]:
+    """The edges' series (id, edge_pk, channel, unit), in the order of `edge_pks`, then by channel."""
+    return list(
+        await conn.fetch(
+            """SELECT r.id, r.edge_pk, r.channel, r.unit FROM telemetry.series r
+               WHERE r.edge_pk = ANY($1::bigint[]) ORDER BY array_position($1::bigint[], r.edge_pk), r.channel""",
+            list(edge_pks),
+        )
+    )
+
+
+async def channels_of_edges(
+    conn: Conn, edge_pks: Sequence[int], device: str | None, offset: int, limit: int
+) -> list[Any]:
+    """A page of the edges' channels (edge_pk, channel, unit, first_time, last_time), in the order of
+    `edge_pks`, then by channel; `device` narrows to that device's channels."""
+    return list(
+        await conn.fetch(
+            """SELECT r.edge_pk, r.channel, r.unit,
+                      (SELECT min(time) FROM telemetry.samples s WHERE s.series_id = r.id) AS first_time,
+                      l.time AS last_time
+               FROM telemetry.series r LEFT JOIN telemetry.latest l ON l.series_id = r.id
+               WHERE r.edge_pk = ANY($1::bigint[]) AND ($2::text IS NULL OR r.channel LIKE $2 || '/%')
+               ORDER BY array_position($1::bigint[], r.edge_pk), r.channel OFFSET $3 LIMIT $4""",
+            list(edge_pks),
+            device,
+            offset,
+            limit,
+        )
+    )

@@ -16,12 +16,15 @@ from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 from services.errors import ApiError, invalid_field, not_found
 from services.identity import auth_state_for, caller
-from services.names import Scope, parse_channel, parse_scope, parse_site
+from services.names import EdgeName, Scope, SiteName, parse_channel, parse_scope, parse_site
 from services.pagination import Page
 from services.platform.rpc import Context, timestamp
 from services.platform.runtime import Runtime
+from services.registry import edge_pk, edges_of_site, site_location, site_time_zone
 from services.telemetry import history
+from services.telemetry.latest import latest_of_edges
 from services.telemetry.maintenance import TelemetryMaintenance
+from services.telemetry.series import channels_of_edges, series_of_channel, series_of_edges
 
 MAX_HISTORY_POINTS = 100_000
 MAX_HISTORY_CHANNELS = 100
@@ -32,18 +35,6 @@ EXPORT_MAX_PERIOD = dt.timedelta(days=366)
 def _channel_resource(org: str, site: str, edge: str, address: str) -> str:
     device, channel = address.split("/", 1)
     return f"organizations/{org}/sites/{site}/edges/{edge}/devices/{device}/channels/{channel}"
-
-
-# Latest values of a scope; $3/$4 narrow to an edge and a device ("device/%" prefix) when given.
-_LATEST = """
-SELECT e.org_id, e.site_id, e.edge_id, r.id AS series_id, r.channel, r.unit, l.time, l.value
-FROM app.edges e
-JOIN telemetry.series r ON r.edge_pk = e.pk
-JOIN telemetry.latest l ON l.series_id = r.id
-WHERE e.org_id = $1 AND e.site_id = $2 AND ($3::text IS NULL OR e.edge_id = $3)
-  AND ($4::text IS NULL OR r.channel LIKE $4 || '/%')
-ORDER BY e.edge_id, r.channel
-"""
 
 
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
@@ -61,15 +52,16 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     async def _site_exists(self, org: str, site: str) -> str:
         """The site's time zone; NOT_FOUND when the site does not exist."""
         async with self._pool.acquire() as conn:
-            tz = await conn.fetchval("SELECT time_zone FROM app.sites WHERE org_id = $1 AND site_id = $2", org, site)
+            tz = await site_time_zone(conn, SiteName(org, site))
         if tz is None:
             raise not_found(f"organizations/{org}/sites/{site}")
-        return str(tz)
+        return tz
 
     async def _latest(self, scope: Scope, channel_ids: set[str] | None = None) -> list[dict[str, Any]]:
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(_LATEST, scope.org, scope.site, scope.edge, scope.device)
-        out = [dict(r) for r in rows]
+            edges = await edges_of_site(conn, SiteName(scope.org, scope.site), scope.edge)
+            rows = await latest_of_edges(conn, list(edges), scope.device)
+        out = [{**dict(r), **_edge_columns(edges[r["edge_pk"]])} for r in rows]
         if channel_ids:
             out = [r for r in out if r["channel"].split("/", 1)[1] in channel_ids]
         return out
@@ -103,22 +95,9 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         await self._site_exists(scope.org, scope.site)
         page = Page.of("ListChannels", request, default=100)
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                """SELECT e.org_id, e.site_id, e.edge_id, r.channel, r.unit,
-                          (SELECT min(time) FROM telemetry.samples s WHERE s.series_id = r.id) AS first_time,
-                          l.time AS last_time
-                   FROM app.edges e JOIN telemetry.series r ON r.edge_pk = e.pk
-                   LEFT JOIN telemetry.latest l ON l.series_id = r.id
-                   WHERE e.org_id = $1 AND e.site_id = $2 AND ($3::text IS NULL OR e.edge_id = $3)
-                     AND ($4::text IS NULL OR r.channel LIKE $4 || '/%')
-                   ORDER BY e.edge_id, r.channel OFFSET $5 LIMIT $6""",
-                scope.org,
-                scope.site,
-                scope.edge,
-                scope.device,
-                page.offset,
-                page.limit,
-            )
+            edges = await edges_of_site(conn, SiteName(scope.org, scope.site), scope.edge)
+            found = await channels_of_edges(conn, list(edges), scope.device, page.offset, page.limit)
+        rows = [{**dict(r), **_edge_columns(edges[r["edge_pk"]])} for r in found]
         channels = []
         for r in page.rows(rows):
             ch = telemetry_pb2.Channel(
@@ -161,27 +140,25 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
 
         response = telemetry_pb2.QueryHistoryResponse()
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            pks: dict[EdgeName, int | None] = {}
             for name, ch in zip(request.channels, channels, strict=True):
-                row = await conn.fetchrow(
-                    """SELECT r.id, r.unit, e.pk FROM telemetry.series r JOIN app.edges e ON e.pk = r.edge_pk
-                       WHERE e.org_id = $1 AND e.site_id = $2 AND e.edge_id = $3 AND r.channel = $4""",
-                    ch.edge.org,
-                    ch.edge.site,
-                    ch.edge.edge,
-                    ch.address,
-                )
-                if row is None:
+                if ch.edge not in pks:
+                    pks[ch.edge] = await edge_pk(conn, ch.edge)
+                pk = pks[ch.edge]
+                found = None if pk is None else await series_of_channel(conn, pk, ch.address)
+                if pk is None or found is None:
                     raise not_found(name)
-                series = response.series.add(channel=name, unit=row["unit"])
+                series_id, unit = found
+                series = response.series.add(channel=name, unit=unit)
                 if p is None:
-                    points = await history.raw_points(conn, row["id"], start, end, MAX_HISTORY_POINTS + 1)
+                    points = await history.raw_points(conn, series_id, start, end, MAX_HISTORY_POINTS + 1)
                     if len(points) > MAX_HISTORY_POINTS:
                         raise _too_many(len(points))
                     for t, v in points:
                         series.points.add(time=timestamp(t), value=v, sample_count=1)
                     series.source = telemetry_pb2.HISTORY_SOURCE_RAW
                     continue
-                buckets, source = await history.query_series(conn, row["id"], row["pk"], p, request.aggregation)
+                buckets, source = await history.query_series(conn, series_id, pk, p, request.aggregation)
                 for b in buckets:
                     series.points.add(time=timestamp(b.start), value=b.value, sample_count=b.count)
                 series.source = source  # type: ignore[assignment]
@@ -224,24 +201,18 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         if end - start > EXPORT_MAX_PERIOD:
             raise invalid_field("end_time", f"export at most {EXPORT_MAX_PERIOD.days} days per call")
         async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT latitude_deg, longitude_deg FROM app.sites WHERE org_id = $1 AND site_id = $2",
-                site.org,
-                site.site,
-            )
-            if row is None:
+            location = await site_location(conn, site)
+            if location is None:
                 raise not_found(request.site)
-            series = await conn.fetch(
-                """SELECT r.id, r.channel, r.unit, e.pk, e.edge_id FROM telemetry.series r
-                   JOIN app.edges e ON e.pk = r.edge_pk
-                   WHERE e.org_id = $1 AND e.site_id = $2 ORDER BY e.edge_id, r.channel""",
-                site.org,
-                site.site,
-            )
+            edges = await edges_of_site(conn, site)
+            series = [
+                {**dict(r), "pk": r["edge_pk"], "edge_id": edges[r["edge_pk"]].edge}
+                for r in await series_of_edges(conn, list(edges))
+            ]
         pseudo = request.pseudonymize
         key = auth_state_for(self._runtime).config.pseudonym_key
         site_id = pseudonym(key, "site", str(site)) if pseudo else site.site
-        lat, lon = row["latitude_deg"], row["longitude_deg"]
+        lat, lon = location
         if pseudo:  # about 11 km: a region, not a house
             lat, lon = round(lat, 1), round(lon, 1)
         p = history.plan(start, end, width, None)
@@ -264,6 +235,10 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
                     average_value=b.value,
                     unit=s["unit"],
                 )
+
+
+def _edge_columns(edge: EdgeName) -> dict[str, str]:
+    return {"org_id": edge.org, "site_id": edge.site, "edge_id": edge.edge}
 
 
 def pseudonym(key: bytes, kind: str, name: str) -> str:
