@@ -112,6 +112,8 @@ async def create(
     ttl = dispatch.ttl.ToTimedelta() if dispatch.HasField("ttl") else DEFAULT_TTL
     digest = hashlib.sha256(dispatch.SerializeToString(deterministic=True)).hexdigest()
     async with pool.acquire() as conn:
+        # The request_id lives on the dispatch row and a retry answers with the dispatch as it is now,
+        # like a command's (creation.py says why that is not the platform's run_once).
         existing = await conn.fetchrow(
             "SELECT id, request_hash FROM app.fleet_dispatches WHERE org_id = $1 AND request_id = $2",
             org,
