@@ -31,8 +31,7 @@ from services.command import ACKS_PER_SECOND, CommandRelay, TokenBucket
 from services.edgelink.batches import Rejection, to_columns
 from services.edgelink.writer import IngestWriter, PendingBatch
 from services.errors import ApiError, invalid_field
-from services.identity import EdgeIdentity
-from services.identity import authenticate_edge_key as authenticate
+from services.identity import EdgeIdentity, authenticate_edge_key, edge_key_revoked
 from services.names import CHANNEL_ADDRESS
 from services.platform.config import IngestConfig
 from services.platform.migrations import Conn
@@ -117,7 +116,7 @@ class EdgeSession:
         relay: CommandRelay | None = None,
     ) -> tuple[EdgeSession, edge_link_pb2.Welcome]:
         async with pool.acquire() as conn:
-            identity = await authenticate(conn, hello.api_key)
+            identity = await authenticate_edge_key(conn, hello.api_key)
             if hello.edge and hello.edge != str(identity.name):
                 raise ApiError(
                     grpc.StatusCode.PERMISSION_DENIED,
@@ -340,22 +339,20 @@ class EdgeSession:
     async def _on_heartbeat(self, hb: edge_link_pb2.Heartbeat) -> None:
         offset_ms = (_ts_seconds(hb.edge_time) - time.time()) * 1000 if hb.HasField("edge_time") else 0.0
         async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
+            updated = await conn.fetchval(
                 """UPDATE app.edge_sessions SET last_seen_time = now(), online = true, clock_offset_ms = $3
-                   WHERE edge_pk = $1 AND session_id = $2
-                   RETURNING (SELECT revoke_time FROM identity.edge_api_keys WHERE key_id = $4) AS revoked""",
+                   WHERE edge_pk = $1 AND session_id = $2 RETURNING true""",
                 self.identity.edge_pk,
                 self.session_id,
                 offset_ms,
-                self.identity.key_id,
             )
-            if row is None:
+            if updated is None:
                 raise ApiError(
                     grpc.StatusCode.ABORTED,
                     errors_pb2.ERROR_REASON_SESSION_REPLACED,
                     "a newer stream of this edge took over the session",
                 )
-            if row["revoked"] is not None:
+            if await edge_key_revoked(conn, self.identity.key_id):
                 raise ApiError(
                     grpc.StatusCode.UNAUTHENTICATED,
                     errors_pb2.ERROR_REASON_EDGE_KEY_REVOKED,

@@ -24,6 +24,7 @@ from services.identity.edge_directory import EdgeDirectory, use_edge_directory
 from services.identity.edge_keys import (
     EdgeIdentity,
     authenticate_edge_key,
+    edge_key_revoked,
     issue_edge_key,
     revoke_edge_key,
     revoke_edge_keys_of,
@@ -55,6 +56,7 @@ __all__ = [
     "caller",
     "create_organization",
     "delete_organization",
+    "edge_key_revoked",
     "erase_audit_requests",
     "issue_edge_key",
     "note_audit",

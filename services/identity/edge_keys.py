@@ -69,6 +69,15 @@ async def revoke_edge_keys_of(conn: Conn, edge_pk: int) -> None:
     )
 
 
+async def edge_key_revoked(conn: Conn, key_id: str) -> bool:
+    """Whether a key was revoked since it authenticated a stream: EdgeLink's heartbeat asks, a second line
+    behind the revocation NOTIFY, which a replica may miss while its LISTEN reconnects."""
+    revoked = await conn.fetchval(
+        "SELECT revoke_time IS NOT NULL FROM identity.edge_api_keys WHERE key_id = $1", key_id
+    )
+    return bool(revoked)
+
+
 async def edge_of_key(conn: Conn, key_id: str) -> EdgeName | None:
     """The edge a key belongs to (revoked keys too), or None when the key or its edge is gone."""
     edge_pk = await conn.fetchval("SELECT edge_pk FROM identity.edge_api_keys WHERE key_id = $1", key_id)

@@ -28,10 +28,6 @@ TOP_LAYERS: dict[str, set[str]] = {
 SERVICES_KERNEL = {"errors", "names", "pagination", "platform", "migrations"}
 SERVICES_COMPOSITION = {"catalog", "cloud"}
 
-# Debt being paid down by issue 13; each entry is a violation that still exists. The test fails on a
-# violation not listed here and on a listed one that is gone, so this set can only shrink.
-KNOWN_VIOLATIONS: set[str] = set()
-
 
 def _unit(name: str) -> str:
     """services.registry.servicer -> services.registry; edge_daemon.drivers.modbus.link -> edge_daemon.drivers."""
@@ -142,10 +138,4 @@ def test_every_domain_declares_its_dependencies_and_tables() -> None:
 def test_layer_map_holds(check: object) -> None:
     assert callable(check)
     found = check()
-    new = sorted(found - KNOWN_VIOLATIONS)
-    assert new == [], "imports that break the layer map (docs/architecture.md):\n" + "\n".join(new)
-
-
-def test_known_violations_still_exist() -> None:
-    found = violations() | package_cycles() | module_cycles()
-    assert sorted(KNOWN_VIOLATIONS - found) == [], "fixed: remove these from KNOWN_VIOLATIONS"
+    assert sorted(found) == [], "imports that break the layer map (docs/architecture.md):\n" + "\n".join(sorted(found))

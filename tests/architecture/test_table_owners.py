@@ -22,12 +22,6 @@ _CREATED = re.compile(
 # Partitions and chunks are created under their parent's name by the parent's owner.
 _NOT_A_TABLE = re.compile(r"_p\d|_default$")
 
-# Debt being paid down by issue 13; see test_layers.KNOWN_VIOLATIONS for how this list works.
-KNOWN_VIOLATIONS: set[str] = {
-    "services.edgelink.session uses identity.edge_api_keys (owned by services.identity)",
-}
-
-
 def owners() -> dict[str, list[str]]:
     """table -> the units that claim it (services.<domain> or services.platform)."""
     claims: dict[str, list[str]] = {}
@@ -73,9 +67,5 @@ def test_every_table_has_exactly_one_owner() -> None:
 
 
 def test_only_the_owner_names_a_table_in_sql() -> None:
-    new = sorted(foreign_sql() - KNOWN_VIOLATIONS)
-    assert new == [], "SQL on another domain's tables (go through the owner's package face):\n" + "\n".join(new)
-
-
-def test_known_violations_still_exist() -> None:
-    assert sorted(KNOWN_VIOLATIONS - foreign_sql()) == [], "fixed: remove these from KNOWN_VIOLATIONS"
+    found = sorted(foreign_sql())
+    assert found == [], "SQL on another domain's tables (go through the owner's package face):\n" + "\n".join(found)
