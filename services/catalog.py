@@ -27,6 +27,10 @@ DOMAINS = (edgelink, telemetry, command, registry, identity)
 
 SERVICES: dict[str, ServiceSpec] = {spec.key: spec for domain in DOMAINS for spec in domain.SERVICES}
 
+# Every hosted RPC's minimum role, from the domain that serves it (deny by default for the rest).
+for _domain in DOMAINS:
+    identity.register_policy(_domain.POLICY)
+
 
 def unimplemented_servicer(spec: ServiceSpec) -> Any:
     """A servicer whose every method answers UNIMPLEMENTED with a message naming the method."""

@@ -7,6 +7,7 @@ from typing import Any
 from emma.command.v1 import command_pb2, command_pb2_grpc
 
 from services.command.relay import ACKS_PER_SECOND, CommandRelay, CommandSink, TokenBucket
+from services.identity import Access
 from services.platform.registration import ServiceSpec, service_spec
 from services.platform.runtime import Runtime
 
@@ -14,6 +15,7 @@ from services.platform.runtime import Runtime
 __all__ = [
     "ACKS_PER_SECOND",
     "DEPENDS_ON",
+    "POLICY",
     "SERVICES",
     "TABLES",
     "CommandRelay",
@@ -39,3 +41,17 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "command", command_pb2, "CommandService", command_pb2_grpc.add_CommandServiceServicer_to_server, _command
     ),
 )
+
+
+_CMD = "/emma.command.v1.CommandService/"
+# The minimum role of each RPC (services.identity.Access); the catalog registers it with the interceptor.
+POLICY: dict[str, Access] = {
+    _CMD + "CreateCommand": Access.OPERATOR,
+    _CMD + "GetCommand": Access.VIEWER,
+    _CMD + "ListCommands": Access.VIEWER,
+    _CMD + "WatchCommand": Access.VIEWER,
+    _CMD + "CancelCommand": Access.OPERATOR,
+    _CMD + "CreateFleetDispatch": Access.OPERATOR,
+    _CMD + "GetFleetDispatch": Access.VIEWER,
+    _CMD + "ListFleetDispatches": Access.VIEWER,
+}

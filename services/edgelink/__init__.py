@@ -7,11 +7,12 @@ from typing import Any
 from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
 
 from services.edgelink.connections import edge_connections
+from services.identity import Access
 from services.platform.registration import ServiceSpec, service_spec
 from services.platform.runtime import Runtime
 
 # What other packages may use of EdgeLink; everything else in services/edgelink/ is private.
-__all__ = ["DEPENDS_ON", "SERVICES", "TABLES", "edge_connections"]
+__all__ = ["DEPENDS_ON", "POLICY", "SERVICES", "TABLES", "edge_connections"]
 
 # The services this domain may import (their package faces); see docs/architecture.md.
 DEPENDS_ON = ("identity", "registry", "telemetry", "command")
@@ -31,3 +32,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "edge", edge_link_pb2, "EdgeLinkService", edge_link_pb2_grpc.add_EdgeLinkServiceServicer_to_server, _edge_link
     ),
 )
+
+# The minimum role of each RPC (services.identity.Access); the catalog registers it with the interceptor.
+# The edge stream is authenticated by the API key inside its Hello.
+POLICY: dict[str, Access] = {"/emma.edge.v1.EdgeLinkService/Connect": Access.EDGE}

@@ -32,6 +32,7 @@ from services.identity.edge_keys import (
 from services.identity.erasure import erase_audit_requests
 from services.identity.interceptor import AuthInterceptor
 from services.identity.passwords import Passwords, password_problem
+from services.identity.policy import Access, register_policy
 from services.identity.state import AuthState, auth_state_for
 from services.platform.registration import ServiceSpec, service_spec
 from services.platform.runtime import Runtime
@@ -40,8 +41,10 @@ from services.platform.runtime import Runtime
 __all__ = [
     "ADMIN",
     "DEPENDS_ON",
+    "POLICY",
     "SERVICES",
     "TABLES",
+    "Access",
     "AuthConfig",
     "AuthInterceptor",
     "AuthState",
@@ -64,6 +67,7 @@ __all__ = [
     "organization_exists",
     "organizations",
     "password_problem",
+    "register_policy",
     "rename_organization",
     "revoke_edge_key",
     "revoke_edge_keys_of",
@@ -112,3 +116,27 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ),
     service_spec("audit", identity_pb2, "AuditService", identity_pb2_grpc.add_AuditServiceServicer_to_server, _audit),
 )
+
+_ID = "/emma.identity.v1.IdentityService/"
+_AUD = "/emma.identity.v1.AuditService/"
+# The minimum role of each RPC; the catalog registers it with the interceptor (policy.py: the roles).
+# USER methods act on users/{user}: the servicer allows the caller themself, or an admin of every
+# organization the target user belongs to.
+POLICY: dict[str, Access] = {
+    _ID + "Login": Access.PUBLIC,
+    _ID + "RefreshToken": Access.PUBLIC,
+    _ID + "Logout": Access.USER,
+    _ID + "GetUser": Access.USER,
+    _ID + "ListUsers": Access.ADMIN,
+    _ID + "CreateUser": Access.ADMIN,
+    _ID + "UpdateUser": Access.USER,
+    _ID + "SetMembership": Access.ADMIN,
+    _ID + "DeleteMembership": Access.ADMIN,
+    _ID + "ListSessions": Access.USER,
+    _ID + "RevokeSession": Access.USER,
+    _ID + "CreateEdgeApiKey": Access.ADMIN,
+    _ID + "ListEdgeApiKeys": Access.ADMIN,
+    _ID + "RevokeEdgeApiKey": Access.ADMIN,
+    _AUD + "ListAuditEntries": Access.ADMIN,
+    _AUD + "GetAuditEntry": Access.ADMIN,
+}

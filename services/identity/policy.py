@@ -1,7 +1,8 @@
-"""Who may call what: the one declarative table of every RPC's minimum role.
+"""Who may call what: the declarative table of every RPC's minimum role.
 
-Every RPC the server hosts must have an entry; a method without one is refused (deny by default) and
-tests/identity/test_rbac_matrix.py fails for it. The organization a call acts on is read from the
+Each domain declares its RPCs' entries in its package face (POLICY) and the catalog registers them
+here, next to the platform plumbing below. Every RPC the server hosts must have an entry; a method
+without one is refused (deny by default) and tests/identity/test_rbac_matrix.py fails for it. The organization a call acts on is read from the
 request field bound in the method's google.api.http path ("{parent=organizations/*}"), so the table
 only says the minimum role.
 
@@ -16,17 +17,15 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from emma.command.v1 import command_pb2
-from emma.edge.v1 import edge_link_pb2
 from emma.identity.v1 import identity_pb2
-from emma.registry.v1 import registry_pb2
-from emma.telemetry.v1 import telemetry_pb2
 from google.api import annotations_pb2
 from google.protobuf import descriptor as pb_descriptor
+from google.protobuf import descriptor_pool
 
 
 class Access(enum.IntEnum):
@@ -46,100 +45,36 @@ class Access(enum.IntEnum):
 PUBLIC, EDGE, USER = Access.PUBLIC, Access.EDGE, Access.USER
 VIEWER, OPERATOR, ADMIN, PLATFORM_ADMIN = Access.VIEWER, Access.OPERATOR, Access.ADMIN, Access.PLATFORM_ADMIN
 
-_REG = "/emma.registry.v1.RegistryService/"
-_ID = "/emma.identity.v1.IdentityService/"
-_AUD = "/emma.identity.v1.AuditService/"
-_TEL = "/emma.telemetry.v1.TelemetryService/"
-_CMD = "/emma.command.v1.CommandService/"
-
+# Platform plumbing every server hosts. The domains' RPCs are registered by the catalog from each
+# domain's package face (its POLICY), so a new domain brings its own entries.
 POLICY: dict[str, Access] = {
-    # Platform plumbing.
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PUBLIC,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": PUBLIC,
-    # The edge stream: the API key inside the Hello authenticates it.
-    "/emma.edge.v1.EdgeLinkService/Connect": EDGE,
-    # Registry.
-    _REG + "GetOrganization": VIEWER,
-    _REG + "ListOrganizations": USER,
-    _REG + "CreateOrganization": PLATFORM_ADMIN,
-    _REG + "UpdateOrganization": ADMIN,
-    _REG + "DeleteOrganization": PLATFORM_ADMIN,
-    _REG + "GetSite": VIEWER,
-    _REG + "ListSites": VIEWER,
-    _REG + "CreateSite": ADMIN,
-    _REG + "UpdateSite": ADMIN,
-    _REG + "DeleteSite": ADMIN,
-    _REG + "GetEdge": VIEWER,
-    _REG + "ListEdges": VIEWER,
-    _REG + "CreateEdge": ADMIN,
-    _REG + "UpdateEdge": ADMIN,
-    _REG + "DeleteEdge": ADMIN,
-    _REG + "GetDevice": VIEWER,
-    _REG + "ListDevices": VIEWER,
-    _REG + "CreateDevice": ADMIN,
-    _REG + "UpdateDevice": ADMIN,
-    _REG + "DeleteDevice": ADMIN,
-    _REG + "GetDeviceProfile": VIEWER,
-    _REG + "ListDeviceProfiles": VIEWER,
-    _REG + "CreateDeviceProfile": ADMIN,
-    _REG + "UpdateDeviceProfile": ADMIN,
-    _REG + "DeleteDeviceProfile": ADMIN,
-    _REG + "BulkProvision": ADMIN,
-    _REG + "EraseSite": ADMIN,
-    # Identity. USER methods act on users/{user}: the servicer allows the caller themself, or an admin
-    # of every organization the target user belongs to.
-    _ID + "Login": PUBLIC,
-    _ID + "RefreshToken": PUBLIC,
-    _ID + "Logout": USER,
-    _ID + "GetUser": USER,
-    _ID + "ListUsers": ADMIN,
-    _ID + "CreateUser": ADMIN,
-    _ID + "UpdateUser": USER,
-    _ID + "SetMembership": ADMIN,
-    _ID + "DeleteMembership": ADMIN,
-    _ID + "ListSessions": USER,
-    _ID + "RevokeSession": USER,
-    _ID + "CreateEdgeApiKey": ADMIN,
-    _ID + "ListEdgeApiKeys": ADMIN,
-    _ID + "RevokeEdgeApiKey": ADMIN,
-    # Audit.
-    _AUD + "ListAuditEntries": ADMIN,
-    _AUD + "GetAuditEntry": ADMIN,
-    # Telemetry.
-    _TEL + "ListLatestValues": VIEWER,
-    _TEL + "QueryHistory": VIEWER,
-    _TEL + "StreamLiveValues": VIEWER,
-    _TEL + "ListChannels": VIEWER,
-    _TEL + "ExportSiteTelemetry": VIEWER,
-    # Commands.
-    _CMD + "CreateCommand": OPERATOR,
-    _CMD + "GetCommand": VIEWER,
-    _CMD + "ListCommands": VIEWER,
-    _CMD + "WatchCommand": VIEWER,
-    _CMD + "CancelCommand": OPERATOR,
-    _CMD + "CreateFleetDispatch": OPERATOR,
-    _CMD + "GetFleetDispatch": VIEWER,
-    _CMD + "ListFleetDispatches": VIEWER,
 }
 
-CONTRACT_FILES = [
-    edge_link_pb2.DESCRIPTOR,
-    telemetry_pb2.DESCRIPTOR,
-    command_pb2.DESCRIPTOR,
-    registry_pb2.DESCRIPTOR,
-    identity_pb2.DESCRIPTOR,
-]
+
+def register_policy(entries: Mapping[str, Access]) -> None:
+    """Add a domain's entries; a method may be given one access only."""
+    for method, access in entries.items():
+        if POLICY.setdefault(method, access) != access:
+            raise ValueError(f"{method} has two policy entries: {POLICY[method].name} and {access.name}")
+    method_info.cache_clear()  # an earlier lookup may have cached "no entry"
 
 
 def full_method_name(method: pb_descriptor.MethodDescriptor) -> str:
     return f"/{method.containing_service.full_name}/{method.name}"
 
 
-@cache
-def contract_methods() -> dict[str, pb_descriptor.MethodDescriptor]:
-    return {full_method_name(m): m for f in CONTRACT_FILES for s in f.services_by_name.values() for m in s.methods}
+def contract_method(name: str) -> pb_descriptor.MethodDescriptor | None:
+    """ "/emma.registry.v1.RegistryService/GetSite" -> its descriptor (the generated modules of every
+    hosted domain are imported by then); None for methods outside the contracts (health, reflection)."""
+    service, _, method = name.strip("/").partition("/")
+    try:
+        return descriptor_pool.Default().FindServiceByName(service).methods_by_name.get(method)
+    except KeyError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -168,7 +103,7 @@ def method_info(name: str) -> MethodInfo | None:
     access = POLICY.get(name)
     if access is None:
         return None
-    desc = contract_methods().get(name)
+    desc = contract_method(name)
     if desc is None:  # health, reflection
         return MethodInfo(name, access, "", None, None, None)
     rule: Any = desc.GetOptions().Extensions[annotations_pb2.http]  # type: ignore[index]

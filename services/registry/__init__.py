@@ -6,6 +6,7 @@ from typing import Any
 
 from emma.registry.v1 import registry_pb2, registry_pb2_grpc
 
+from services.identity import Access
 from services.platform.registration import ServiceSpec, service_spec
 from services.platform.runtime import Runtime
 from services.registry.device_profiles import channel_spec
@@ -25,6 +26,7 @@ from services.registry.sites import site_location, site_time_zone
 # What other packages may use of the registry; everything else in services/registry/ is private.
 __all__ = [
     "DEPENDS_ON",
+    "POLICY",
     "SERVICES",
     "TABLES",
     "EdgeConnection",
@@ -72,3 +74,36 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "registry", registry_pb2, "RegistryService", registry_pb2_grpc.add_RegistryServiceServicer_to_server, _registry
     ),
 )
+
+
+_REG = "/emma.registry.v1.RegistryService/"
+# The minimum role of each RPC (services.identity.Access); the catalog registers it with the interceptor.
+POLICY: dict[str, Access] = {
+    _REG + "GetOrganization": Access.VIEWER,
+    _REG + "ListOrganizations": Access.USER,
+    _REG + "CreateOrganization": Access.PLATFORM_ADMIN,
+    _REG + "UpdateOrganization": Access.ADMIN,
+    _REG + "DeleteOrganization": Access.PLATFORM_ADMIN,
+    _REG + "GetSite": Access.VIEWER,
+    _REG + "ListSites": Access.VIEWER,
+    _REG + "CreateSite": Access.ADMIN,
+    _REG + "UpdateSite": Access.ADMIN,
+    _REG + "DeleteSite": Access.ADMIN,
+    _REG + "GetEdge": Access.VIEWER,
+    _REG + "ListEdges": Access.VIEWER,
+    _REG + "CreateEdge": Access.ADMIN,
+    _REG + "UpdateEdge": Access.ADMIN,
+    _REG + "DeleteEdge": Access.ADMIN,
+    _REG + "GetDevice": Access.VIEWER,
+    _REG + "ListDevices": Access.VIEWER,
+    _REG + "CreateDevice": Access.ADMIN,
+    _REG + "UpdateDevice": Access.ADMIN,
+    _REG + "DeleteDevice": Access.ADMIN,
+    _REG + "GetDeviceProfile": Access.VIEWER,
+    _REG + "ListDeviceProfiles": Access.VIEWER,
+    _REG + "CreateDeviceProfile": Access.ADMIN,
+    _REG + "UpdateDeviceProfile": Access.ADMIN,
+    _REG + "DeleteDeviceProfile": Access.ADMIN,
+    _REG + "BulkProvision": Access.ADMIN,
+    _REG + "EraseSite": Access.ADMIN,
+}

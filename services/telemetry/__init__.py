@@ -6,6 +6,7 @@ from typing import Any
 
 from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
+from services.identity import Access
 from services.platform.registration import ServiceSpec, service_spec
 from services.platform.runtime import Runtime
 from services.telemetry.buckets import ROLLUP_BUCKET_US
@@ -25,6 +26,7 @@ from services.telemetry.series import register_channels
 # What other packages may use of telemetry; everything else in services/telemetry/ is private.
 __all__ = [
     "DEPENDS_ON",
+    "POLICY",
     "ROLLUP_BUCKET_US",
     "SERVICES",
     "TABLES",
@@ -78,3 +80,14 @@ SERVICES: tuple[ServiceSpec, ...] = (
         _telemetry,
     ),
 )
+
+
+_TEL = "/emma.telemetry.v1.TelemetryService/"
+# The minimum role of each RPC (services.identity.Access); the catalog registers it with the interceptor.
+POLICY: dict[str, Access] = {
+    _TEL + "ListLatestValues": Access.VIEWER,
+    _TEL + "QueryHistory": Access.VIEWER,
+    _TEL + "StreamLiveValues": Access.VIEWER,
+    _TEL + "ListChannels": Access.VIEWER,
+    _TEL + "ExportSiteTelemetry": Access.VIEWER,
+}
