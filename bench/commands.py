@@ -1,4 +1,4 @@
-"""Command round trip (issue 5): CreateCommand -> EXECUTED visible to the caller, p50/p99.
+"""Command round trip: CreateCommand -> EXECUTED visible to the caller, p50/p99.
 
     python -m bench.commands [--quick]
 

@@ -1,4 +1,4 @@
-"""Edge control-cycle lateness and CPU (issue 3): 20 simulated devices at 100 ms and at 1 s.
+"""Edge control-cycle lateness and CPU: 20 simulated devices at 100 ms and at 1 s.
 
     python -m bench.edge_cycle [--quick]
 

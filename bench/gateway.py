@@ -1,4 +1,4 @@
-"""Gateway throughput (issue 7): GET latest values through the REST gateway at 50 concurrent clients.
+"""Gateway throughput: GET latest values through the REST gateway at 50 concurrent clients.
 
     python -m bench.gateway [--quick]
 

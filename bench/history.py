@@ -1,4 +1,4 @@
-"""History query latency (issue 4): 30 days of one channel at 15-minute resolution, from rollups.
+"""History query latency: 30 days of one channel at 15-minute resolution, from rollups.
 
     python -m bench.history [--quick]
 

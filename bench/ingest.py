@@ -1,4 +1,4 @@
-"""Ingest benchmarks (issue 4): end-to-end points/s against raw COPY, and a fleet of edge streams.
+"""Ingest benchmarks: end-to-end points/s against raw COPY, and a fleet of edge streams.
 
     python -m bench.ingest [--quick]
 

@@ -1,4 +1,4 @@
-"""Modbus driver (issue 8): read latency of 100 registers, and cycle lateness with 10 polled devices.
+"""Modbus driver: read latency of 100 registers, and cycle lateness with 10 polled devices.
 
     python -m bench.modbus [--quick]
 

@@ -57,7 +57,7 @@ def _say(line: str) -> None:
 
 
 def edge_dir(state_dir: Path, site: DemoSite) -> Path:
-    # The first site keeps the folder the identity issue gave it (edge-demo), so old state is reused.
+    # The first site keeps the folder earlier releases gave it (edge-demo), so old state is reused.
     return state_dir / ("edge-demo" if site.edge == DEMO_EDGE else f"edge-{site.edge.edge}")
 
 

@@ -1,4 +1,4 @@
-"""The command state machine (ARCHITECTURE.md section 5), the one place that says what may follow what.
+"""The command state machine, the one place that says what may follow what.
 
 QUEUED -> DELIVERED -> RECEIVED -> EXECUTED | REJECTED_BY_EDGE | FAILED, plus QUEUED -> CANCELLED and
 QUEUED -> FAILED(TIMEOUT_IN_QUEUE). DELIVERED may jump straight to a final state when the edge's

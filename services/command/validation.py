@@ -1,4 +1,4 @@
-"""Checks a new command must pass before it is stored (issue 5), each failing with its ErrorInfo reason.
+"""Checks a new command must pass before it is stored, each failing with its ErrorInfo reason.
 
 The channel declaration comes from what the edge reported in its Hello (app.edge_inventory): the
 device's channels with units, static limits, enums, access and the input channels that carry its
