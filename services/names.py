@@ -17,6 +17,14 @@ _CHANNEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
 CHANNEL_ADDRESS = re.compile(rf"^({_DEVICE_ID})/({_CHANNEL_NAME})$")
 
 
+def _groups(pattern: re.Pattern[str], name: str, field: str, refusal: str) -> tuple[str, ...]:
+    """The pattern's groups in `name`, or INVALID_ARGUMENT on `field` saying what was expected."""
+    m = pattern.match(name)
+    if not m:
+        raise invalid_field(field, refusal)
+    return m.groups()
+
+
 @dataclass(frozen=True)
 class SiteName:
     org: str
@@ -41,17 +49,13 @@ class EdgeName:
 
 
 def parse_site(name: str, field: str = "name") -> SiteName:
-    m = _SITE.match(name)
-    if not m:
-        raise invalid_field(field, f"{name!r} is not organizations/{{organization}}/sites/{{site}}")
-    return SiteName(*m.groups())
+    return SiteName(*_groups(_SITE, name, field, f"{name!r} is not organizations/{{organization}}/sites/{{site}}"))
 
 
 def parse_edge(name: str, field: str = "name") -> EdgeName:
-    m = _EDGE.match(name)
-    if not m:
-        raise invalid_field(field, f"{name!r} is not organizations/{{organization}}/sites/{{site}}/edges/{{edge}}")
-    return EdgeName(*m.groups())
+    return EdgeName(
+        *_groups(_EDGE, name, field, f"{name!r} is not organizations/{{organization}}/sites/{{site}}/edges/{{edge}}")
+    )
 
 
 def channel_resource(edge: EdgeName, address: str) -> str:
@@ -77,10 +81,7 @@ class Scope:
 
 
 def parse_scope(name: str, field: str = "parent") -> Scope:
-    m = _SCOPE.match(name)
-    if not m:
-        raise invalid_field(field, f"{name!r} is not a site, edge or device resource name")
-    return Scope(*m.groups())
+    return Scope(*_groups(_SCOPE, name, field, f"{name!r} is not a site, edge or device resource name"))
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,7 @@ class DeviceName:
 
 
 def parse_device(name: str, field: str = "name") -> DeviceName:
-    m = _DEVICE.match(name)
-    if not m:
-        raise invalid_field(field, f"{name!r} is not .../edges/{{edge}}/devices/{{device}}")
-    org, site, edge, device = m.groups()
+    org, site, edge, device = _groups(_DEVICE, name, field, f"{name!r} is not .../edges/{{edge}}/devices/{{device}}")
     return DeviceName(EdgeName(org, site, edge), device)
 
 
@@ -144,10 +142,14 @@ class DeviceProfileName:
 
 
 def parse_device_profile(name: str, field: str = "name") -> DeviceProfileName:
-    m = _DEVICE_PROFILE.match(name)
-    if not m:
-        raise invalid_field(field, f"{name!r} is not organizations/{{organization}}/deviceProfiles/{{device_profile}}")
-    return DeviceProfileName(*m.groups())
+    return DeviceProfileName(
+        *_groups(
+            _DEVICE_PROFILE,
+            name,
+            field,
+            f"{name!r} is not organizations/{{organization}}/deviceProfiles/{{device_profile}}",
+        )
+    )
 
 
 # Identity resources: users ("users/me" is the caller), sessions, memberships, edge API keys, audit entries.
@@ -175,10 +177,7 @@ class SessionName:
 
 
 def parse_session(name: str, field: str = "name") -> SessionName:
-    m = _SESSION.match(name)
-    if not m:
-        raise invalid_field(field, f"{name!r} is not users/{{user}}/sessions/{{session}}")
-    return SessionName(*m.groups())
+    return SessionName(*_groups(_SESSION, name, field, f"{name!r} is not users/{{user}}/sessions/{{session}}"))
 
 
 @dataclass(frozen=True)
@@ -191,10 +190,9 @@ class MembershipName:
 
 
 def parse_membership(name: str, field: str = "name") -> MembershipName:
-    m = _MEMBERSHIP.match(name)
-    if not m:
-        raise invalid_field(field, f"{name!r} is not organizations/{{organization}}/memberships/{{user}}")
-    return MembershipName(*m.groups())
+    return MembershipName(
+        *_groups(_MEMBERSHIP, name, field, f"{name!r} is not organizations/{{organization}}/memberships/{{user}}")
+    )
 
 
 @dataclass(frozen=True)
@@ -207,10 +205,8 @@ class EdgeApiKeyName:
 
 
 def parse_edge_api_key(name: str, field: str = "name") -> EdgeApiKeyName:
-    m = _EDGE_API_KEY.match(name)
-    if not m:
-        raise invalid_field(field, f"{name!r} is not .../edges/{{edge}}/apiKeys/{{api_key}}")
-    return EdgeApiKeyName(parse_edge(m.group(1), field), m.group(2))
+    edge, key_id = _groups(_EDGE_API_KEY, name, field, f"{name!r} is not .../edges/{{edge}}/apiKeys/{{api_key}}")
+    return EdgeApiKeyName(parse_edge(edge, field), key_id)
 
 
 @dataclass(frozen=True)
@@ -220,7 +216,7 @@ class AuditEntryName:
 
 
 def parse_audit_entry(name: str, field: str = "name") -> AuditEntryName:
-    m = _AUDIT_ENTRY.match(name)
-    if not m:
-        raise invalid_field(field, f"{name!r} is not organizations/{{organization}}/auditEntries/{{id}}")
-    return AuditEntryName(m.group(1), int(m.group(2)))
+    org, entry = _groups(
+        _AUDIT_ENTRY, name, field, f"{name!r} is not organizations/{{organization}}/auditEntries/{{id}}"
+    )
+    return AuditEntryName(org, int(entry))
