@@ -9,7 +9,14 @@ import asyncpg
 import pytest
 
 from services.platform import migrations
-from tests.pg import SessionPostgres
+
+# The shared helpers' asserts explain a failure like a test's (registered before they are imported).
+pytest.register_assert_rewrite("tests.support")
+
+from tests.support.pg import SessionPostgres  # noqa: E402
+
+# Fixtures shared across test packages (host, token), registered once here.
+pytest_plugins = ["tests.support.cloud"]
 
 # Key material and cheap password hashing for the test session (inherited by `emma` subprocesses);
 # a deployment gets its keys from the environment or the state folder's 0600 secrets file.

@@ -2,7 +2,7 @@
 
 Each domain declares its RPCs' entries in its package face (POLICY) and the catalog registers them
 here, next to the platform plumbing below. Every RPC the server hosts must have an entry; a method
-without one is refused (deny by default) and tests/identity/test_rbac_matrix.py fails for it. The
+without one is refused (deny by default) and tests/services/identity/test_rbac_matrix.py fails for it. The
 organization a call acts on is read from the request field bound in the method's google.api.http
 path ("{parent=organizations/*}"), so the table only says the minimum role.
 

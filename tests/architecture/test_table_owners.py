@@ -22,6 +22,7 @@ _CREATED = re.compile(
 # Partitions and chunks are created under their parent's name by the parent's owner.
 _NOT_A_TABLE = re.compile(r"_p\d|_default$")
 
+
 def owners() -> dict[str, list[str]]:
     """table -> the units that claim it (services.<domain> or services.platform)."""
     claims: dict[str, list[str]] = {}

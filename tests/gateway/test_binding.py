@@ -15,8 +15,8 @@ from gateway.binding import bind_request
 from gateway.errors import HttpError
 from gateway.routes import RouteTable, build_route_table
 from gateway.transcode import to_json
-from tests.gateway.conftest import SITE, Client, error_of, reason_of
-from tests.gateway.synthetic import service
+from tests.support.gateway import SITE, Client, error_of, reason_of
+from tests.support.synthetic import service
 
 TABLE = build_route_table()
 

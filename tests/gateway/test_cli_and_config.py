@@ -10,8 +10,8 @@ import pytest
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayConfigError
-from tests.cli_process import EmmaProcess, run_emma
-from tests.gateway.conftest import SITE, Stack, error_of
+from tests.support.cli_process import EmmaProcess, run_emma
+from tests.support.gateway import SITE, Stack, error_of
 
 
 async def test_emma_gateway_serves_the_api_and_stops_on_sigint(stack: Stack) -> None:

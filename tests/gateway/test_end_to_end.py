@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tests.gateway.conftest import EDGE, SITE, Client, Stack, error_of, http_client, push_telemetry, reason_of
+from tests.support.gateway import EDGE, SITE, Client, Stack, error_of, http_client, push_telemetry, reason_of
 
 
 def rfc3339(seconds: float) -> str:

@@ -9,7 +9,7 @@ from opentelemetry import trace
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig
-from tests.gateway.conftest import SITE, Client, Stack, error_of, reason_of, stand_ins
+from tests.support.gateway import SITE, Client, Stack, error_of, reason_of, stand_ins
 
 
 async def test_no_route_and_wrong_method(client: Client) -> None:

@@ -8,7 +8,7 @@ import sys
 
 from gateway.openapi import SNAPSHOT, build_openapi, render
 from gateway.routes import build_route_table
-from tests.gateway.conftest import Client
+from tests.support.gateway import Client
 
 
 def test_snapshot_is_current() -> None:

@@ -14,7 +14,7 @@ from google.protobuf import descriptor as d
 
 from gateway.errors import HttpError, RouteError
 from gateway.routes import RouteTable, Segment, Variable, build_route, build_route_table, parse_template
-from tests.gateway.conftest import Client, Stack
+from tests.support.gateway import Client, Stack
 
 HTTP: Any = annotations_pb2.http
 
@@ -119,7 +119,7 @@ def test_bad_templates_are_refused(template: str) -> None:
 
 def _synthetic_service() -> d.ServiceDescriptor:
     """A service shaped like none of EMMA's yet: '**', a nested path field, response_body, custom verb."""
-    from tests.gateway.synthetic import service
+    from tests.support.synthetic import service
 
     return service()
 

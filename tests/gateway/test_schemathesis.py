@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig
-from tests.gateway.conftest import create_user, hosted, login
+from tests.support.gateway import create_user, hosted, login
 
 MAX_EXAMPLES = 20
 # Operations that would end the test user's session (the run keeps one login).

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 
-from tests.cli_process import EmmaProcess, run_emma
+from tests.support.cli_process import EmmaProcess, run_emma
 
 
 def _env(state: Path) -> dict[str, str]:

@@ -1,0 +1,67 @@
+"""`emma up` creates a demo organization with an admin (password printed once, kept in the 0600
+secrets file for re-runs) and the API key of its demo edge."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import stat
+from pathlib import Path
+
+import grpc
+from emma.identity.v1 import identity_pb2, identity_pb2_grpc
+from emma.registry.v1 import registry_pb2, registry_pb2_grpc
+
+from tests.support.cli_process import EmmaProcess
+
+
+def _login(port: int, password: str) -> identity_pb2.LoginResponse:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        return identity_pb2_grpc.IdentityServiceStub(ch).Login(
+            identity_pb2.LoginRequest(email="admin@emma.local", password=password), timeout=10
+        )
+
+
+def test_emma_up_creates_the_demo_organization_and_admin(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {
+        "EMMA_STATE_DIR": str(state),
+        "EMMA_GRPC_PORT": "0",
+        "EMMA_GATEWAY_PORT": "0",
+        "DATABASE_URL": "",
+        "EMMA_ADMIN_PASSWORD": "",
+    }
+    password = ""
+    for run in (1, 2):
+        proc = EmmaProcess("up", env=env)
+        try:
+            port = int(proc.wait_for("gRPC services on 127.0.0.1:", timeout=120).rsplit(":", 1)[1])
+            if run == 1:
+                line = proc.wait_for("created organizations/demo and its admin admin@emma.local")
+                found = re.search(r"password (\S+);", line)
+                assert found is not None, line
+                password = found.group(1)
+            else:
+                line = proc.wait_for("emma up: demo admin admin@emma.local (password in")
+                assert password not in line  # printed once only
+            proc.wait_for("ready; press Ctrl-C to stop")
+            login = _login(port, password)
+            assert [(m.name.split("/")[1], m.role) for m in login.user.memberships] == [
+                ("demo", identity_pb2.ROLE_ADMIN)
+            ]
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                sites = registry_pb2_grpc.RegistryServiceStub(ch).ListSites(
+                    registry_pb2.ListSitesRequest(parent="organizations/demo"),
+                    metadata=[("authorization", f"Bearer {login.access_token}")],
+                    timeout=10,
+                )
+            assert [s.name for s in sites.sites] == ["organizations/demo/sites/demo", "organizations/demo/sites/madrid"]
+        finally:
+            assert proc.stop(signal.SIGINT) == 0, "\n".join(proc.lines)
+    secrets_file = state / "secrets.json"
+    key_file = state / "edge-demo" / "edge.key"
+    for path in (secrets_file, key_file):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert key_file.read_text().startswith("emma_")
+    assert password in secrets_file.read_text()
