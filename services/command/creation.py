@@ -25,7 +25,7 @@ from services.command import states, store, transitions, validation
 from services.errors import ApiError, not_found
 from services.names import EdgeName
 from services.platform.migrations import Conn
-from services.registry import device_inventory, edge_pk
+from services.registry import edge_with_device
 
 log = logging.getLogger("emma.command")
 
@@ -50,20 +50,21 @@ async def create_one(
 ) -> command_pb2.Command:
     """Validate and store one command (also used by fleet dispatch); idempotent on request_id.
 
-    Few round trips on purpose (this is the latency an operator feels): the edge (registry), an
-    earlier command with this request_id, the device's declaration (registry), the dynamic limit
-    when the channel has one (telemetry), then one transaction of a lock and one statement.
+    Few round trips on purpose (this is the latency an operator feels): the edge with the device's
+    declaration (registry), an earlier command with this request_id, the dynamic limit when the
+    channel has one (telemetry), then one transaction of a lock and one statement.
     """
     device_id = validation.check_address(channel)
-    pk = await edge_pk(conn, edge)
-    if pk is None:
+    found = await edge_with_device(conn, edge, device_id)
+    if found is None:
         raise not_found(str(edge))
+    pk, declaration = found
     earlier = await conn.fetchrow(_EARLIER, pk, request_id)
     if earlier is not None:
         return await _replay(conn, earlier["id"], earlier["request_hash"], digest, request_id)
     now = dt.datetime.now(dt.UTC)
     validation.check_issued_time(issued or now, now)
-    spec = validation.spec_in_inventory(await device_inventory(conn, pk, device_id), channel)
+    spec = validation.spec_in_inventory(declaration, channel)
     validation.check_static(spec, channel, value)
     await validation.check_dynamic(conn, pk, spec, channel, value, now)
     command_id = uuid.uuid4()

