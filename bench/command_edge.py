@@ -70,7 +70,12 @@ async def main_async(port: int, edge: str, key: str) -> None:
                 await asyncio.sleep(1.0)
 
         task = asyncio.create_task(limits())
+        ready = False
         async for msg in call:
+            if not ready and msg.WhichOneof("message") == "telemetry_ack":
+                # Hello (with the inventory) and the first limits are stored: commands can be validated.
+                print("ready", flush=True)
+                ready = True
             if msg.WhichOneof("message") == "command":
                 cmd = msg.command
                 for status in (edge_link_pb2.COMMAND_ACK_STATUS_RECEIVED, edge_link_pb2.COMMAND_ACK_STATUS_EXECUTED):

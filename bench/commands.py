@@ -72,10 +72,14 @@ async def main_async(quick: bool) -> dict[str, object]:
                 keys[0]["edge"],
                 "--key",
                 keys[0]["key"],
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
             )
             try:
-                await asyncio.sleep(2)  # Hello and the first limits
+                # It says "ready" once its Hello and first limits are stored (its imports take a while).
+                assert edge.stdout is not None
+                line = await asyncio.wait_for(edge.stdout.readline(), 60)
+                if line.strip() != b"ready":
+                    raise RuntimeError(f"the simulated edge did not start: {line!r}")
                 idle = await round_trips(port, keys[0]["edge"], count, auth)
                 duration = count / 8 + 15
                 load = asyncio.create_task(
