@@ -164,7 +164,7 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
             while states.from_proto(command.state) not in states.FINAL:
                 await changes.wait_for_change()
                 async with self._pool.acquire() as conn:
-                    latest = await store.load(conn, command_id)
+                    latest = await store.load(conn, command_id, edge=edge)
                 assert latest is not None
                 for transition in latest.transitions[seen:]:
                     yield command_pb2.WatchCommandResponse(command=latest, transition=transition)

@@ -51,8 +51,14 @@ def transition_proto(ev: Any) -> command_pb2.CommandTransition:
     )
 
 
-async def load(conn: Conn, command_id: uuid.UUID, with_events: bool = True) -> command_pb2.Command | None:
-    """The command and its transitions, read in ONE statement so state and history agree."""
+async def load(
+    conn: Conn, command_id: uuid.UUID, with_events: bool = True, edge: EdgeName | None = None
+) -> command_pb2.Command | None:
+    """The command and its transitions, read in ONE statement so state and history agree.
+
+    `edge`: the command's edge when the caller has already established it (WatchCommand reloading the
+    command it loaded first), which saves the registry lookup of the edge's name on every transition.
+    """
     row = await conn.fetchrow(
         f"""SELECT {COMMAND_COLUMNS},
                CASE WHEN $2 THEN (SELECT coalesce(json_agg(json_build_object(
@@ -66,7 +72,8 @@ async def load(conn: Conn, command_id: uuid.UUID, with_events: bool = True) -> c
     )
     if row is None:
         return None
-    edge = await edge_name(conn, row["edge_pk"])
+    if edge is None:
+        edge = await edge_name(conn, row["edge_pk"])
     if edge is None:  # the edge is being deleted with its commands
         return None
     events = json.loads(row["events"]) if row["events"] else []
