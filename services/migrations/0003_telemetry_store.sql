@@ -1,4 +1,4 @@
--- The telemetry store (ARCHITECTURE.md section 6), plain PostgreSQL path.
+-- The telemetry store (docs/telemetry-store.md), plain PostgreSQL path.
 --
 -- series: one row per (edge, channel). samples: (series_id, time, value), range-partitioned by day so
 -- retention drops whole partitions instead of deleting rows. The batch ledger makes ingest exactly

@@ -1,4 +1,4 @@
--- Commands (ARCHITECTURE.md section 5): durable before CreateCommand returns, every transition a row.
+-- Commands (docs/commands.md): durable before CreateCommand returns, every transition a row.
 -- `seq` orders an edge's queue (FIFO on reconnect). Idempotency (AIP-155) is per edge and request_id;
 -- request_hash tells a retry of the same request from a reused request_id.
 

@@ -1,5 +1,5 @@
 -- Identity (users, memberships, sessions, failed logins), the rest of the registry (device profiles,
--- devices, idempotency keys) and the audit log (issue 6).
+-- devices, idempotency keys) and the audit log (docs/security.md).
 --
 -- Revocation reaches every replica through NOTIFY on the channel emma_auth, sent by triggers, so a
 -- change made by any path (the API, `emma admin`, plain SQL) is announced, and only once it commits.

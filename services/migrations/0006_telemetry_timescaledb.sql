@@ -1,4 +1,4 @@
--- The TimescaleDB path of the telemetry store (ARCHITECTURE.md section 6, docs/telemetry-store.md).
+-- The TimescaleDB path of the telemetry store (docs/telemetry-store.md).
 --
 -- Where the timescaledb extension can be created and the store is still empty (a new installation),
 -- samples become a hypertable of 1-day chunks, compressed per series once they are a few days old,

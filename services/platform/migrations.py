@@ -3,7 +3,8 @@
 Files live in services/migrations as NNNN_description.sql. Each file runs in its own transaction
 together with its row in schema_migrations, so a failing migration leaves nothing half-applied. The
 advisory lock lets several replicas start at once: one applies, the others wait and then find
-nothing to do. An applied file whose checksum changed is an error: migrations are append-only.
+nothing to do. An applied file whose statements changed is an error: migrations are append-only.
+The checksum covers the statements, not whole-line `--` comments, so a comment may be corrected.
 """
 
 from __future__ import annotations
@@ -25,6 +26,18 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # An arbitrary constant shared by every EMMA process: "EMMA" in ASCII.
 ADVISORY_LOCK_KEY = 0x454D4D41
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_COMMENT_LINE = re.compile(r"^\s*--.*$\n?", re.MULTILINE)
+
+# Ledgers written before checksums left comments out hold the SHA-256 of the whole file as released.
+# They are recognised here and rewritten to the statements-only checksum on the next start.
+_WHOLE_FILE_CHECKSUMS: dict[int, str] = {
+    1: "5cf1d6cd99e0fb39767db5b0dd7cd71501db23497376d086cfcef7ab47101d1d",
+    2: "c76cf8eae98bbebb611ed51915084a30d896dee5c7c195ed5ca163d69bc890e5",
+    3: "ce079e5e355101a4750641ae6b67ab89c2567c18af9badf1aa86406880090d5a",
+    4: "529b75b7fedcbbeb8fd361e2e14fae73c0c3d2ce2f2f254b24decc3c3a5ac9b0",
+    5: "a256797e64606649612eff65ea4832eaa0bef5c2a42d879ddb3049958237854a",
+    6: "4a7844115394470559df4af0d3aa7203b8d7feab902d6743c18d8cbc7bce225a",
+}
 
 
 class MigrationError(StartupError):
@@ -39,7 +52,8 @@ class Migration:
 
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
+        """SHA-256 of the statements: whole-line comments are left out, they change nothing that runs."""
+        return hashlib.sha256(_COMMENT_LINE.sub("", self.sql).encode()).hexdigest()
 
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:
@@ -87,7 +101,12 @@ async def migrate(
         done = {r["version"]: r for r in rows}
         for m in migrations:
             if m.version in done:
-                if done[m.version]["checksum"] != m.checksum:
+                stored = done[m.version]["checksum"]
+                if stored == _WHOLE_FILE_CHECKSUMS.get(m.version):
+                    await conn.execute(
+                        "UPDATE public.schema_migrations SET checksum = $2 WHERE version = $1", m.version, m.checksum
+                    )
+                elif stored != m.checksum:
                     raise MigrationError(
                         f"migration {m.name} was changed after it was applied; add a new migration instead"
                     )

@@ -95,6 +95,41 @@ async def test_a_failing_migration_is_rolled_back_whole(postgres: SessionPostgre
         await postgres.drop_database(dsn)
 
 
+async def test_a_comment_may_change_but_a_statement_may_not(postgres: SessionPostgres, tmp_path: Path) -> None:
+    dsn = await postgres.create_database("comment_migrate")
+    folder = tmp_path / "m"
+    _write(folder, "0001_good.sql", "-- Why this table exists.\nCREATE TABLE good (id int);")
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await migrations.migrate(conn, migrations.load_migrations(folder)) == ["0001_good"]
+        _write(folder, "0001_good.sql", "-- Why this table exists, said better.\nCREATE TABLE good (id int);")
+        assert await migrations.migrate(conn, migrations.load_migrations(folder)) == []
+        _write(folder, "0001_good.sql", "-- Why this table exists, said better.\nCREATE TABLE good (id bigint);")
+        with pytest.raises(migrations.MigrationError, match="changed after it was applied"):
+            await migrations.migrate(conn, migrations.load_migrations(folder))
+    finally:
+        await conn.close()
+        await postgres.drop_database(dsn)
+
+
+async def test_a_ledger_of_whole_file_checksums_is_taken_over(migrated_url: str) -> None:
+    """Databases migrated before comments were left out of checksums hold whole-file checksums of the
+    files as released; they start as before and their ledger gets the statements-only checksums."""
+    conn = await asyncpg.connect(migrated_url)
+    try:
+        released = migrations._WHOLE_FILE_CHECKSUMS
+        for version, checksum in released.items():
+            await conn.execute(
+                "UPDATE public.schema_migrations SET checksum = $2 WHERE version = $1", version, checksum
+            )
+        assert await migrations.migrate(conn) == []
+        stored = dict(await conn.fetch("SELECT version, checksum FROM public.schema_migrations"))
+        assert stored == {m.version: m.checksum for m in migrations.load_migrations()}
+        assert all(stored[v] != released[v] for v in released)
+    finally:
+        await conn.close()
+
+
 async def test_the_telemetry_store_is_partitioned_where_timescaledb_cannot_be_created(
     postgres: SessionPostgres,
 ) -> None:
