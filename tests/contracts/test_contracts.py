@@ -1,4 +1,4 @@
-"""The v1 contracts: buf lint and breaking, gen/ in sync, and the API rules of ARCHITECTURE.md §2."""
+"""The v1 contracts: buf lint and breaking, gen/ in sync, and the API rules of docs/contracts.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""kill -9 of the ingest server mid-stream (issue 4): a real `emma serve edge` process is killed while a
+"""kill -9 of the ingest server mid-stream: a real `emma serve edge` process is killed while a
 real edge daemon streams to it; a new server starts on the same port; every batch the edge measured is
 stored exactly once."""
 
