@@ -16,7 +16,7 @@ from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 from services.errors import ApiError, invalid_field, not_found
 from services.identity import auth_state_for, caller
-from services.names import EdgeName, Scope, SiteName, parse_channel, parse_scope, parse_site
+from services.names import EdgeName, Scope, SiteName, channel_resource, parse_channel, parse_scope, parse_site
 from services.pagination import Page
 from services.platform.rpc import Context, timestamp
 from services.platform.runtime import Runtime
@@ -32,9 +32,9 @@ EXPORT_MIN_INTERVAL = dt.timedelta(minutes=15)
 EXPORT_MAX_PERIOD = dt.timedelta(days=366)
 
 
-def _channel_resource(org: str, site: str, edge: str, address: str) -> str:
-    device, channel = address.split("/", 1)
-    return f"organizations/{org}/sites/{site}/edges/{edge}/devices/{device}/channels/{channel}"
+def _channel_resource(row: Any) -> str:
+    """A latest-value or channel row (with its edge's ids) -> the channel's resource name."""
+    return channel_resource(EdgeName(row["org_id"], row["site_id"], row["edge_id"]), row["channel"])
 
 
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
@@ -69,7 +69,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     @staticmethod
     def _latest_value(row: dict[str, Any]) -> telemetry_pb2.LatestValue:
         return telemetry_pb2.LatestValue(
-            channel=_channel_resource(row["org_id"], row["site_id"], row["edge_id"], row["channel"]),
+            channel=_channel_resource(row),
             value=row["value"],
             unit=row["unit"],
             sample_time=timestamp(row["time"]),
@@ -100,9 +100,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         rows = [{**dict(r), **_edge_columns(edges[r["edge_pk"]])} for r in found]
         channels = []
         for r in page.rows(rows):
-            ch = telemetry_pb2.Channel(
-                name=_channel_resource(r["org_id"], r["site_id"], r["edge_id"], r["channel"]), unit=r["unit"]
-            )
+            ch = telemetry_pb2.Channel(name=_channel_resource(r), unit=r["unit"])
             if r["first_time"] is not None:
                 ch.first_sample_time.CopyFrom(timestamp(r["first_time"]))
             if r["last_time"] is not None:
