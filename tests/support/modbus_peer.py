@@ -2,7 +2,9 @@
 
 Runs in the test's event loop. Registers exist only where blocks are defined, so reading anything else
 gets a real ILLEGAL DATA ADDRESS exception from pymodbus. `pause()` makes the server stop answering
-(requests are received and never answered, like a device that hung), `requests` records what the
+(requests are received and never answered, like a device that hung); a unit's `silent` holding
+addresses are never answered at all, like a device that ignores reads at addresses it does not
+implement instead of refusing them with an exception. `requests` records what the
 client asked for, so tests can count how reads were grouped.
 """
 
@@ -18,6 +20,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator.simdevice import SimAction
 
 _KINDS = {"coil": "c", "discrete": "d", "holding": "h", "input": "i"}
 _READ_CODES = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
@@ -33,6 +36,7 @@ class Unit:
     coils: dict[int, list[bool]] = field(default_factory=dict)
     discrete: dict[int, list[bool]] = field(default_factory=dict)
     readonly: set[int] = field(default_factory=set)  # holding addresses that refuse writes
+    silent: set[int] = field(default_factory=set)  # holding addresses whose reads are never answered
 
 
 class ModbusPeer:
@@ -42,6 +46,7 @@ class ModbusPeer:
         self.writes: list[tuple[int, int, list[int] | list[bool]]] = []
         self._running = asyncio.Event()
         self._running.set()
+        self._stopping = asyncio.Event()
         self.server: ModbusTcpServer | ModbusSerialServer | None = None
         self.port = 0
 
@@ -53,11 +58,28 @@ class ModbusPeer:
                 or [SimData(60000, values=[False] * 16, datatype=DataType.BITS)],
                 [SimData(a, values=v, datatype=DataType.BITS) for a, v in u.discrete.items()]
                 or [SimData(60000, values=[False] * 16, datatype=DataType.BITS)],
-                _register_blocks(u.holding, u.readonly) or [SimData(65000, values=0, datatype=DataType.REGISTERS)],
+                _register_blocks(_with_silent(u.holding, u.silent), u.readonly)
+                or [SimData(65000, values=0, datatype=DataType.REGISTERS)],
                 _register_blocks(u.input, set()) or [SimData(65000, values=0, datatype=DataType.REGISTERS)],
             )
-            devices.append(SimDevice(u.unit_id, simdata=blocks, action=self._action))
+            devices.append(SimDevice(u.unit_id, simdata=blocks, action=self._unit_action(u)))
         return devices
+
+    def _unit_action(self, unit: Unit) -> SimAction:
+        # pymodbus calls the action only for defined addresses, so silent ones get a (never read) block.
+        async def action(
+            function_code: int,
+            start_address: int,
+            address: int,
+            count: int,
+            registers: list[int],
+            set_values: list[int] | list[bool] | None,
+        ) -> ExcCodes | None:
+            if function_code == 3 and unit.silent.intersection(range(address, address + count)):
+                await self._stopping.wait()
+            return await self._action(function_code, start_address, address, count, registers, set_values)
+
+        return action
 
     async def _action(
         self,
@@ -93,6 +115,7 @@ class ModbusPeer:
 
     async def stop(self) -> None:
         self._running.set()
+        self._stopping.set()
         if self.server is not None:
             await self.server.shutdown()  # type: ignore[no-untyped-call]
             self.server = None
@@ -117,6 +140,13 @@ class ModbusPeer:
     def get(self, table: str, address: int, count: int = 1, unit_id: int = 1) -> list[int]:
         start, registers = self.registers(table, unit_id)
         return registers[address - start : address - start + count]
+
+
+def _with_silent(table: dict[int, list[int]], silent: set[int]) -> dict[int, list[int]]:
+    # A silent address and the one after it exist, so a two-register read there reaches the action.
+    covered = {a + i for a, values in table.items() for i in range(len(values))}
+    wanted = {a + i for a in silent for i in range(2)} - covered
+    return table | {a: [0] for a in sorted(wanted)}
 
 
 def _register_blocks(table: dict[int, list[int]], readonly: set[int]) -> list[SimData]:

@@ -20,6 +20,7 @@ from sunspec2 import mb  # type: ignore[import-untyped]
 from edge_daemon.channels import Category, ChannelStore
 from edge_daemon.config import parse_config
 from edge_daemon.device_types import build_devices
+from edge_daemon.drivers.base import CommunicationError
 from edge_daemon.drivers.modbus.link import ModbusLink, RetryPolicy, TcpEndpoint
 from edge_daemon.drivers.sunspec.device import SunSpecDevice
 from edge_daemon.drivers.sunspec.discovery import DiscoveryError, discover
@@ -148,6 +149,50 @@ async def test_discovery_finds_the_marker_and_walks_the_chain(base: int) -> None
     assert [(m.id, m.length) for m in found.models] == [(1, 66), (103, 50), (160, 8 + 2 * 20), (802, 62)]
     assert found.models[0].address == base + 2
     assert found.models[1].address == base + 2 + 68
+
+
+@pytest.mark.parametrize(("base", "silent"), [(50000, {40000, 40001}), (0, {40000, 40001, 50000, 50001})])
+async def test_a_base_that_does_not_answer_counts_as_not_here(base: int, silent: set[int]) -> None:
+    # The device ignores reads at the standard bases it does not implement instead of refusing them.
+    peer = ModbusPeer([Unit(holding={base: sunspec_image([COMMON, INVERTER])}, silent=silent)])
+    port = await peer.start_tcp()
+    link = ModbusLink(TcpEndpoint("127.0.0.1", port), timeout_s=0.5)
+    try:
+        found = await discover(link, 1, RetryPolicy(timeout_s=0.5, retries=2))
+    finally:
+        link.close()
+        await peer.stop()
+    assert found.base == base
+    assert [m.id for m in found.models] == [1, 103]
+    # Each silent base was asked once: the probe does not spend the configured retries on it.
+    asked = [address for table, address, count in peer.requests if address in silent]
+    assert sorted(asked) == sorted(silent)
+
+
+async def test_a_device_silent_at_every_base_is_a_communication_error() -> None:
+    bases = (40000, 50000)
+    peer = ModbusPeer([Unit(holding={60000: [1, 2]}, silent=set(bases))])
+    port = await peer.start_tcp()
+    link = ModbusLink(TcpEndpoint("127.0.0.1", port), timeout_s=0.5)
+    try:
+        with pytest.raises(CommunicationError, match="no answer at any SunSpec base"):
+            await discover(link, 1, RetryPolicy(timeout_s=0.5, retries=1), bases)
+    finally:
+        link.close()
+        await peer.stop()
+
+
+async def test_the_device_discovers_behind_a_silent_base(tmp_path: Path) -> None:
+    peer = ModbusPeer([Unit(holding={50000: sunspec_image([COMMON, INVERTER])}, silent={40000, 40001})])
+    port = await peer.start_tcp()
+    device = build(tmp_path, sunspec_device(port, models=[1, 103]))
+    try:
+        got = await read_all(device, ChannelStore())
+    finally:
+        device.link.close()
+        await peer.stop()
+    assert device.map is not None and device.map.base == 50000
+    assert got["Inverter_W"] == pytest.approx(1234.5)
 
 
 async def test_not_a_sunspec_device_is_a_clear_error() -> None:
