@@ -129,12 +129,23 @@ class CallState:
 _STATE: contextvars.ContextVar[CallState | None] = contextvars.ContextVar("emma_call_state", default=None)
 
 
-def set_call_state(state: CallState | None) -> contextvars.Token[CallState | None]:
-    return _STATE.set(state)
+def enter_call_state(state: CallState) -> CallState | None:
+    """Make `state` the current call's; returns the state it replaces, for leave_call_state."""
+    previous = _STATE.get()
+    _STATE.set(state)
+    return previous
 
 
-def reset_call_state(token: contextvars.Token[CallState | None]) -> None:
-    _STATE.reset(token)
+def leave_call_state(previous: CallState | None) -> None:
+    """Put back the state enter_call_state replaced.
+
+    By value, not by resetting a ContextVar token: when a client goes away while a server stream is
+    blocked sending, grpc.aio drops the stream's generator unfinished and the event loop's
+    async-generator finalizer closes it later in a task of its own, i.e. in another context, where
+    resetting the token would raise ValueError ("Task exception was never retrieved"). Setting a
+    value is valid in any context; in the call's own context it restores exactly what was there.
+    """
+    _STATE.set(previous)
 
 
 def call_state() -> CallState | None:

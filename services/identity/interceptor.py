@@ -35,8 +35,8 @@ from services.identity.context import (
     ANONYMOUS,
     Caller,
     CallState,
-    reset_call_state,
-    set_call_state,
+    enter_call_state,
+    leave_call_state,
 )
 from services.identity.edge_keys import parse_api_key
 from services.identity.state import AuthState
@@ -208,7 +208,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _unary(self, method: str, info: policy.MethodInfo | None, inner: Behavior) -> Behavior:
         async def behavior(request: Any, context: Context) -> Any:
             call = self._call_state(method, context)
-            token = set_call_state(call)
+            previous = enter_call_state(call)
             outcome: tuple[int, str] = (0, "")
             audited = info is not None and info.mutating
             self.auditor.calls_in_flight += audited
@@ -219,7 +219,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 outcome = outcome_of(exc, context)
                 raise
             finally:
-                reset_call_state(token)
+                leave_call_state(previous)
                 try:
                     if info is not None and audited:
                         await self.auditor.audit(info, request, call, outcome)
@@ -231,7 +231,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _server_stream(self, method: str, info: policy.MethodInfo | None, inner: Behavior) -> Behavior:
         async def behavior(request: Any, context: Context) -> AsyncIterator[Any]:
             call = self._call_state(method, context)
-            token = set_call_state(call)
+            previous = enter_call_state(call)
             outcome: tuple[int, str] = (0, "")
             try:
                 call.caller = await self._authorize(method, info, request, context)
@@ -261,7 +261,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 outcome = outcome_of(exc, context)
                 raise
             finally:
-                reset_call_state(token)
+                leave_call_state(previous)
                 if info is not None and info.mutating:
                     await self.auditor.audit(info, request, call, outcome)
 
@@ -270,19 +270,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _client_stream(self, method: str, info: policy.MethodInfo | None, inner: Behavior) -> Behavior:
         async def behavior(request_iterator: Any, context: Context) -> Any:
             call = self._call_state(method, context)
-            token = set_call_state(call)
+            previous = enter_call_state(call)
             try:
                 call.caller = await self._authorize(method, info, None, context)
                 return await inner(request_iterator, context)
             finally:
-                reset_call_state(token)
+                leave_call_state(previous)
 
         return behavior
 
     def _bidi_stream(self, method: str, info: policy.MethodInfo | None, inner: Behavior) -> Behavior:
         async def behavior(request_iterator: Any, context: Context) -> AsyncIterator[Any]:
             call = self._call_state(method, context)
-            token = set_call_state(call)
+            previous = enter_call_state(call)
             try:
                 call.caller = await self._authorize(method, info, None, context)
                 result = inner(request_iterator, context)
@@ -292,7 +292,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 elif inspect.isawaitable(result):
                     await result
             finally:
-                reset_call_state(token)
+                leave_call_state(previous)
 
         return behavior
 
@@ -303,7 +303,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         async def behavior(request_iterator: Any, context: Context) -> AsyncIterator[Any]:
             call = self._call_state(method, context)
             call.caller = Caller(kind="edge")
-            token = set_call_state(call)
+            previous = enter_call_state(call)
             revoked = asyncio.Event()
             watched: list[str] = []
             hello: list[edge_link_pb2.Hello] = []
@@ -341,7 +341,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             finally:
                 for key_id in watched:
                     state.unwatch_edge_key(key_id, revoked)
-                reset_call_state(token)
+                leave_call_state(previous)
                 if sent and watched and hello:  # the Hello was accepted: the edge is known
                     self.auditor.track(self.auditor.audit_edge(method, watched[0], hello[0], call, outcome))
 
