@@ -1,9 +1,11 @@
 """The server interceptor every EMMA service runs behind.
 
-It turns ApiError into a rich google.rpc.Status (ErrorInfo, BadRequest), turns unexpected exceptions
-into INTERNAL without leaking internals, and opens one OpenTelemetry span per unary RPC with the
-caller's trace context taken from the `traceparent` metadata. Streams get no endless span: stream
-handlers open spans per message batch themselves.
+It refuses a request message holding a value no method accepts (services/platform/validation.py)
+before any other interceptor or servicer runs, turns ApiError into a rich google.rpc.Status
+(ErrorInfo, BadRequest), turns unexpected exceptions into INTERNAL without leaking internals, and
+opens one OpenTelemetry span per unary RPC with the caller's trace context taken from the
+`traceparent` metadata. Streams get no endless span: stream handlers open spans per message batch
+themselves.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from core.tracing import tracer
 from services.errors import ApiError
+from services.platform.validation import check_request
 
 log = logging.getLogger("emma.rpc")
 
@@ -45,13 +48,17 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: 
     await ctx.abort_with_status(rpc_status.to_status(internal.to_status()))
 
 
-def _wrap_unary_response(method: str, inner: Behavior) -> Behavior:
+def _wrap_unary_response(method: str, inner: Behavior, *, check: bool) -> Behavior:
+    """`check`: the call has one request message (unary), which is validated before `inner` runs."""
+
     async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         parent = propagate.extract(_metadata_dict(context))
         with tracer().start_as_current_span(method, context=parent, kind=SpanKind.SERVER) as span:
             span.set_attribute("rpc.system", "grpc")
             span.set_attribute("rpc.method", method)
             try:
+                if check:
+                    check_request(request)
                 return await inner(request, context)
             except grpc.aio.AbortError:
                 raise
@@ -66,9 +73,14 @@ def _wrap_unary_response(method: str, inner: Behavior) -> Behavior:
     return behavior
 
 
-def _wrap_stream_response(method: str, inner: Behavior) -> Behavior:
+def _wrap_stream_response(method: str, inner: Behavior, *, check: bool) -> Behavior:
+    """`check`: the call has one request message (server stream), validated before `inner` runs;
+    a bidi stream's messages are its servicer's to check."""
+
     async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
+            if check:
+                check_request(request)
             result = inner(request, context)
             if inspect.isasyncgen(result):
                 async for item in result:
@@ -84,7 +96,11 @@ def _wrap_stream_response(method: str, inner: Behavior) -> Behavior:
 
 
 class PlatformInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Error mapping and tracing for every RPC of every service."""
+    """Request validation, error mapping and tracing for every RPC of every service.
+
+    It is the first interceptor (services/platform/server.py), so its wrapper runs outermost: a
+    request is validated before the auth interceptor authenticates it or writes an audit row.
+    """
 
     async def intercept_service(
         self,
@@ -97,10 +113,10 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method: str = handler_call_details.method
         return rewrap_handler(
             handler,
-            unary_unary=lambda b: _wrap_unary_response(method, b),
-            stream_unary=lambda b: _wrap_unary_response(method, b),
-            unary_stream=lambda b: _wrap_stream_response(method, b),
-            stream_stream=lambda b: _wrap_stream_response(method, b),
+            unary_unary=lambda b: _wrap_unary_response(method, b, check=True),
+            stream_unary=lambda b: _wrap_unary_response(method, b, check=False),
+            unary_stream=lambda b: _wrap_stream_response(method, b, check=True),
+            stream_stream=lambda b: _wrap_stream_response(method, b, check=False),
         )
 
 
