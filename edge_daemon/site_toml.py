@@ -7,10 +7,11 @@ write it, and the site format needs only tables, arrays of tables and scalars.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from edge_daemon.private_files import write_private_text
 
 
 def _scalar(value: Any) -> str:
@@ -40,8 +41,6 @@ def dump_site_toml(doc: Mapping[str, Any]) -> str:
 
 
 def write_site_toml(path: Path, doc: Mapping[str, Any]) -> Path:
-    """Write the file atomically (a daemon may be reading the previous version)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(dump_site_toml(doc))
-    os.replace(tmp, path)
-    return path
+    """Write the file atomically (a daemon may be reading the previous version), 0600: it names the
+    cloud endpoint, the edge and its key file."""
+    return write_private_text(path, dump_site_toml(doc))

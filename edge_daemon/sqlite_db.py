@@ -4,6 +4,9 @@ Durability: WAL journal with `synchronous=FULL`. WAL with NORMAL survives a kill
 pages sit in the OS cache) but may roll back the last commits on power loss or a kernel crash, and edge
 boxes lose power. FULL fsyncs the WAL on every commit; we commit once per telemetry batch (seconds
 apart), so the fsync costs nothing that matters and a batch the outbox reported as appended is on disk.
+
+The file holds the site's measurements: it is created 0600 in folders created 0700 before SQLite opens
+it, and SQLite gives its -wal and -shm files the database file's mode.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ from pathlib import Path
 
 from edge_daemon.clock import Clock, SystemClock
 from edge_daemon.errors import OutboxError
+from edge_daemon.private_files import restrict_file, touch_private
 
 SCHEMA_VERSION = 1
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    touch_private(path)
+    for companion in ("-wal", "-shm"):  # left by an earlier release with the umask's mode
+        restrict_file(path.with_name(path.name + companion))
     # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so the write lock is taken up front
     # instead of upgrading mid-transaction (the classic SQLITE_BUSY deadlock between two writers).
     # check_same_thread=False: callers serialise access with their own lock and may run us from

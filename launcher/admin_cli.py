@@ -19,6 +19,7 @@ from typing import Any
 
 from emma.identity.v1 import identity_pb2
 
+from edge_daemon.private_files import private_dir, restrict_file
 from services.errors import ConfigError, ServiceError
 from services.identity import (
     AuthConfig,
@@ -209,12 +210,13 @@ async def ensure_edge_key_file(
     """
     pk = await ensure_edge(conn, edge, **site)
     if key_file.exists():  # noqa: ASYNC240 (one stat of a local file at start-up)
+        restrict_file(key_file)  # an earlier release may have left it wider
         return
     async with conn.transaction():
         await revoke_edge_keys_of(conn, pk)
         key_id, key = await issue_edge_key(conn, pk, "emma up demo edge")
         await _audit(conn, edge.org, "up: demo edge key", f"{edge}/apiKeys/{key_id}", {})
-    key_file.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(key_file.parent)
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")

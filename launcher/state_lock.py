@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.errors import ConfigError
+from edge_daemon.private_files import restrict_dir
 
 LOCK_NAME = "emma-up.lock"
 
@@ -35,8 +36,11 @@ def _holder(path: Path) -> str:
 
 @contextlib.contextmanager
 def hold_state_folder(state_dir: Path) -> Iterator[None]:
-    """Hold the folder's lock until the block ends; StateFolderInUse at once when it is taken."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    """Hold the folder's lock until the block ends; StateFolderInUse at once when it is taken.
+
+    The folder holds the database, the secrets, the edges' keys and outboxes: it is made 0700 (also
+    when an earlier release created it with the umask's 0755)."""
+    restrict_dir(state_dir)
     path = state_dir / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

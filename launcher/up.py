@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_daemon.config import demo_site_dict
+from edge_daemon.private_files import open_private_append, restrict_dir
 from edge_daemon.site_toml import write_site_toml
 from gateway.config import GatewayConfig
 from gateway.server import running_gateway
@@ -50,6 +52,13 @@ DEMO_SITES = (
     DemoSite(DEMO_EDGE, "Europe/Berlin", 52.52, 13.405, "DE"),
     DemoSite(EdgeName("demo", "madrid", "gw-2"), "Europe/Madrid", 40.4168, -3.7038, "ES"),
 )
+
+
+def narrow_state_folder(state_dir: Path, embedded: EmbeddedPostgres) -> None:
+    """Undo what pgserver does when started as root: it makes every folder above its data world-readable
+    so the unprivileged user it runs PostgreSQL as can reach the data. That user needs to pass through
+    the state folder, not to list it: 0711 then, else 0700. Everything inside stays 0700 / 0600."""
+    os.chmod(state_dir, 0o711 if embedded.system_user else 0o700)
 
 
 def _say(line: str) -> None:
@@ -90,7 +99,7 @@ async def edge_processes(configs: list[Path], say: Callable[[str], None]) -> Asy
     procs: list[asyncio.subprocess.Process] = []
     try:
         for config in configs:
-            log = (config.parent / "edge.log").open("ab")
+            log = open_private_append(config.parent / "edge.log")
             procs.append(
                 await asyncio.create_subprocess_exec(
                     EMMA, "edge", "--config", str(config), stdout=log, stderr=log, start_new_session=True
@@ -144,6 +153,7 @@ async def _run_stack(config: PlatformConfig, state_dir: Path, gateway_settings: 
         _say(f"emma up: starting embedded PostgreSQL in {state_dir / 'pgdata'}")
         embedded = await asyncio.to_thread(start_embedded_postgres, state_dir)
         dsn = embedded.uri()
+        narrow_state_folder(state_dir, embedded)
     try:
         async with hosted_services(["all"], config, dsn=dsn, apply_migrations=True) as (hosted, runtime):
             grpc_address = f"{config.server.host}:{hosted.port}"
@@ -151,7 +161,7 @@ async def _run_stack(config: PlatformConfig, state_dir: Path, gateway_settings: 
             async with runtime.pool.acquire() as conn:
                 await ensure_demo(conn, config, _say)
                 for site in DEMO_SITES:
-                    folder = edge_dir(state_dir, site)
+                    folder = restrict_dir(edge_dir(state_dir, site))
                     await ensure_edge_key_file(
                         conn,
                         site.edge,

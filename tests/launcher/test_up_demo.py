@@ -1,5 +1,6 @@
 """`emma up` creates a demo organization with an admin (password printed once, kept in the 0600
-secrets file for re-runs) and the API key of its demo edge."""
+secrets file for re-runs) and the API key of its demo edge; its state folder is 0700 and the files in
+it 0600 (also those an earlier run left wider)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import re
 import signal
 import stat
+import time
 from pathlib import Path
 
 import grpc
@@ -23,6 +25,17 @@ def _login(port: int, password: str) -> identity_pb2.LoginResponse:
         )
 
 
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def _wait_for_file(path: Path, proc: EmmaProcess, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared:\n" + "\n".join(proc.lines)
+        time.sleep(0.2)
+
+
 def test_emma_up_creates_the_demo_organization_and_admin(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = {
@@ -34,7 +47,7 @@ def test_emma_up_creates_the_demo_organization_and_admin(tmp_path: Path) -> None
     }
     password = ""
     for run in (1, 2):
-        proc = EmmaProcess("up", env=env)
+        proc = EmmaProcess("up", env=env, umask=0o022)  # the usual umask: 0755 folders, 0644 files
         try:
             port = int(proc.wait_for("gRPC services on 127.0.0.1:", timeout=120).rsplit(":", 1)[1])
             if run == 1:
@@ -57,8 +70,28 @@ def test_emma_up_creates_the_demo_organization_and_admin(tmp_path: Path) -> None
                     timeout=10,
                 )
             assert [s.name for s in sites.sites] == ["organizations/demo/sites/demo", "organizations/demo/sites/madrid"]
+            for edge in ("edge-demo", "edge-gw-2"):
+                _wait_for_file(state / edge / "outbox.sqlite-wal", proc)
         finally:
             assert proc.stop(signal.SIGINT) == 0, "\n".join(proc.lines)
+        private = [state, state / "edge-demo", state / "edge-gw-2"]
+        files = [p for folder in private[1:] for p in folder.iterdir()] + [state / "secrets.json"]
+        assert {p.name for p in (state / "edge-demo").iterdir()} >= {
+            "site.toml",
+            "edge.key",
+            "edge.log",
+            "outbox.sqlite",
+        }
+        # As root, the embedded PostgreSQL runs as an unprivileged user that must pass through the state
+        # folder to its data (traverse, not list); for everyone else the folder is theirs alone.
+        assert _mode(state) == (0o711 if os.geteuid() == 0 else 0o700)
+        assert {str(p): _mode(p) for p in private[1:]} == {str(p): 0o700 for p in private[1:]}
+        assert {str(p): _mode(p) for p in files} == {str(p): 0o600 for p in files}
+        if run == 1:  # as an earlier release left them: the second run narrows them again
+            for p in private:
+                os.chmod(p, 0o755)
+            for p in files:
+                os.chmod(p, 0o644)
     secrets_file = state / "secrets.json"
     key_file = state / "edge-demo" / "edge.key"
     for path in (secrets_file, key_file):
