@@ -55,8 +55,16 @@ class AuthConfig:
     access_token_ttl_s: float = 900.0  # 15 minutes
     refresh_token_ttl_s: float = 7 * 86400.0  # 7 days
     login_window_s: float = 900.0
+    # Failures of one account from one client address: the budget that refuses a guesser.
     login_max_failures_per_user: int = 5
+    # Failures of one client address, whatever the accounts.
     login_max_failures_per_address: int = 50
+    # Failures of one account from all addresses together: past it, only addresses the account has
+    # logged in from before may still try, so a spread-out attack is slowed without locking the
+    # owner out (docs/security.md, "Failed logins").
+    login_max_failures_per_account: int = 50
+    # How long a successful login makes its address "known" to the account for the budget above.
+    login_known_address_s: float = 90 * 86400.0
     # Revocation arrives by NOTIFY within milliseconds; cached sessions are re-read at least this
     # often anyway, a safety net for a notification lost with a dropped connection.
     auth_cache_ttl_s: float = 30.0
@@ -94,6 +102,10 @@ class AuthConfig:
             login_max_failures_per_address=int(
                 env_float(env, "EMMA_LOGIN_MAX_FAILURES_PER_ADDRESS", cls.login_max_failures_per_address, 1)
             ),
+            login_max_failures_per_account=int(
+                env_float(env, "EMMA_LOGIN_MAX_FAILURES_PER_ACCOUNT", cls.login_max_failures_per_account, 1)
+            ),
+            login_known_address_s=env_float(env, "EMMA_LOGIN_KNOWN_ADDRESS_S", cls.login_known_address_s, 0),
             auth_cache_ttl_s=env_float(env, "EMMA_AUTH_CACHE_TTL_S", cls.auth_cache_ttl_s, 0),
             trust_forwarded_for=env_flag(env, "EMMA_TRUST_FORWARDED_FOR"),
             trusted_proxies=_networks(env, "EMMA_TRUSTED_PROXIES"),

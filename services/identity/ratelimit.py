@@ -1,9 +1,18 @@
-"""Failed-login limits per user name and per client address, counted in PostgreSQL.
+"""Failed-login limits, counted in PostgreSQL.
 
-One row per failure in identity.login_failures; a key is limited while it has at least `limit`
-failures in the sliding window. Because the rows live in the database, every replica enforces the
-same budget. A success clears the user's count but not the address's (an attacker with one valid
-account cannot reset the budget of the address they spray from).
+One row per failure and key in identity.login_failures; a key is limited while it has at least
+`limit` failures in the sliding window. Because the rows live in the database, every replica
+enforces the same budget. Three keys per attempt:
+
+- the account from one client address (small budget): refuses a guesser without touching the
+  owner, who logs in from elsewhere;
+- the client address (whatever the accounts): refuses one address spraying many accounts;
+- the account from all addresses (larger budget): once spent, only addresses the account has
+  logged in from before may still try, so an attack spread over many addresses is slowed to that
+  budget while the owner, at their usual address, is not locked out.
+
+A success clears the account-and-address count only: an attacker with one valid account cannot
+reset the budget of the address they spray from, nor the account's overall budget.
 """
 
 from __future__ import annotations
@@ -17,7 +26,13 @@ _last_sweep = 0.0
 
 
 def user_key(email: str) -> str:
+    """The account from all addresses."""
     return f"user:{email}"
+
+
+def user_address_key(email: str, address: str) -> str:
+    """The account from one client address."""
+    return f"user:{email}|addr:{address}"
 
 
 def address_key(address: str) -> str:

@@ -60,15 +60,24 @@ async def login(
 ) -> identity_pb2.LoginResponse:
     """A new session for the user with this e-mail address and password.
 
-    Failures count per user and per client address; past the limit the answer is RESOURCE_EXHAUSTED
-    before any password is looked at. The audit row names the user even when the login fails.
+    Failures count per account and client address, per client address, and per account; past a
+    limit the answer is RESOURCE_EXHAUSTED before any password is looked at (ratelimit.py: which
+    budget refuses whom). The audit row names the user even when the login fails.
     """
     email = accounts.normalize_email(request.email)
-    limits = {ratelimit.user_key(email): config.login_max_failures_per_user}
+    account = ratelimit.user_key(email)
+    limits = {ratelimit.user_address_key(email, address): config.login_max_failures_per_user}
     if address:
         limits[ratelimit.address_key(address)] = config.login_max_failures_per_address
     async with pool.acquire() as conn:
         wait = await ratelimit.retry_after_s(conn, limits, config.login_window_s)
+        if wait is None:
+            # The account's overall budget binds only addresses it has not logged in from.
+            wait = await ratelimit.retry_after_s(
+                conn, {account: config.login_max_failures_per_account}, config.login_window_s
+            )
+            if wait is not None and await _known_address(conn, email, address, config.login_known_address_s):
+                wait = None
         if wait is not None:
             raise ApiError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -86,9 +95,9 @@ async def login(
             roles = await memberships_of(conn, row["user_id"])
             note_audit(actor=Caller(kind="user", user_id=row["user_id"], roles=roles))
         if not ok or row is None or row["disabled"]:
-            await ratelimit.record_failure(conn, list(limits), config.login_window_s)
+            await ratelimit.record_failure(conn, [*limits, account], config.login_window_s)
             raise _login_failed()
-        await ratelimit.clear(conn, ratelimit.user_key(email))
+        await ratelimit.clear(conn, ratelimit.user_address_key(email, address))
         if rehash:
             await conn.execute(
                 "UPDATE identity.users SET password_hash = $2 WHERE user_id = $1",
@@ -117,6 +126,22 @@ async def login(
         session=session_message(session),
         user=user_message(row, roles, None),
     )
+
+
+async def _known_address(conn: Conn, email: str, address: str, within_s: float) -> bool:
+    """Whether the account logged in successfully from `address` within the last `within_s`."""
+    if not address:
+        return False
+    found = await conn.fetchval(
+        """SELECT 1 FROM identity.sessions s JOIN identity.users u USING (user_id)
+           WHERE lower(u.email) = $1 AND s.client_address = $2
+             AND s.create_time > now() - make_interval(secs => $3)
+           LIMIT 1""",
+        email,
+        address,
+        within_s,
+    )
+    return found is not None
 
 
 async def refresh(pool: asyncpg.Pool, config: AuthConfig, refresh_token: str) -> identity_pb2.RefreshTokenResponse:

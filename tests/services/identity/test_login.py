@@ -284,3 +284,50 @@ async def test_open_streams_end_when_the_session_is_revoked_or_access_is_lost(
         assert await ended(streams[1][1]) == (grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND")
         for ch, _ in streams:
             await ch.close()
+
+
+async def test_an_attacker_cannot_lock_the_owner_out_of_their_account(
+    host: Host, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Failures count per account and address; the account's overall budget binds only addresses
+    it has not logged in from, so wrong passwords from elsewhere never lock the owner (here an
+    admin) out of their usual address."""
+    await db.execute("DELETE FROM identity.login_failures")
+    await grant(db, "acme", "admin", email="owner@acme.test")
+    monkeypatch.setenv("EMMA_TRUST_FORWARDED_FOR", "true")
+    monkeypatch.setenv("EMMA_LOGIN_MAX_FAILURES_PER_ACCOUNT", "8")
+    home, attacker = "198.51.100.7", "203.0.113.66"
+    async with host(["identity"]) as (server, _), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        identity = identity_pb2_grpc.IdentityServiceStub(ch)
+
+        def login(password: str, address: str) -> Any:
+            return identity.Login(
+                identity_pb2.LoginRequest(email="owner@acme.test", password=password),
+                metadata=[("x-forwarded-for", address)],
+            )
+
+        first = await login(PASSWORD, home)  # the owner's usual address
+        assert first.session.client_address == home
+
+        for i in range(5):
+            code, reason, _, _ = await _error(login(f"guess-{i}", attacker))
+            assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "LOGIN_FAILED")
+        # The attacker's address is refused for this account, even with the right password ...
+        code, reason, _, _ = await _error(login(PASSWORD, attacker))
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "LOGIN_RATE_LIMITED")
+        # ... while the owner logs in from home as usual.
+        assert (await login(PASSWORD, home)).access_token
+
+        # Spread over more addresses, the guesses spend the account's overall budget (8): past it,
+        # every address the account has not logged in from is refused, so a distributed guesser is
+        # held to that budget per window ...
+        for i in range(3):
+            code, reason, _, _ = await _error(login("another-guess", f"203.0.113.{i + 1}"))
+            assert reason == "LOGIN_FAILED"
+        code, reason, _, metadata = await _error(login(PASSWORD, "203.0.113.99"))
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "LOGIN_RATE_LIMITED")
+        assert 0 < int(metadata["retry_after_ms"]) <= 900_000
+        # ... and the owner still gets in from home, and still may mistype there.
+        code, reason, _, _ = await _error(login("typo", home))
+        assert reason == "LOGIN_FAILED"
+        assert (await login(PASSWORD, home)).access_token
