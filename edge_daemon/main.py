@@ -3,7 +3,10 @@
 `launcher.cli` delegates its `edge` subcommand to `main(argv)`. When the configuration has a [cloud]
 section, the uplink is created by `edge_daemon.uplink.create_uplink(config)` before the daemon starts,
 so an unusable uplink setting (an unreadable key file) fails the start like any other config error.
-Without a [cloud] section the daemon runs offline, still filling the outbox.
+Without a [cloud] section the daemon runs offline, still filling the outbox, and says so in one line
+at start; `--simulate` is such a site. Its default data folder (`.emma/edge-sim`) is its own: the
+demo edge of `emma up` keeps its outbox, key and site file in `.emma/edge-demo`, and two daemons on
+one outbox would take each other's batch numbers.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from edge_daemon.errors import SiteConfigError
 
 log = logging.getLogger(__name__)
 
+SIMULATE_DATA_DIR = ".emma/edge-sim"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emma edge", description="Run the EMMA edge daemon.")
@@ -33,11 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(".emma/edge-demo"),
-        help="where --simulate keeps its outbox (default: .emma/edge-demo)",
+        default=Path(SIMULATE_DATA_DIR),
+        help=f"where --simulate keeps its outbox (default: {SIMULATE_DATA_DIR})",
     )
     parser.add_argument("--log-level", default="INFO")
     return parser
+
+
+def offline_notice(config: SiteConfig, simulated: bool) -> str:
+    why = "the simulated demo site has no cloud" if simulated else f"{config.source} has no [cloud] section"
+    return (
+        f"emma edge: running OFFLINE ({why}): nothing is sent; telemetry waits in the outbox "
+        f"{config.outbox.path} (to connect a site to a cloud: docs/connect-a-site.md)"
+    )
 
 
 def load_uplink(config: SiteConfig) -> Uplink | None:
@@ -75,11 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SiteConfigError as exc:
         print(f"emma edge: {exc}", file=sys.stderr)
         return 2
+    if config.cloud is None:
+        print(offline_notice(config, args.simulate), file=sys.stderr, flush=True)
     asyncio.run(run_edge(config, uplink))
     return 0
 
 
-def run(config: str | Path | None, simulate: bool, data_dir: str | Path = ".emma/edge-demo") -> int:
+def run(config: str | Path | None, simulate: bool, data_dir: str | Path = SIMULATE_DATA_DIR) -> int:
     """What `emma edge --config PATH | --simulate` calls after parsing its own arguments."""
     argv = ["--simulate", "--data-dir", str(data_dir)] if simulate else ["--config", str(config)]
     return main(argv)

@@ -21,9 +21,35 @@ EXIT_FAILURE = 1
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line that points at --help."""
+    """argparse, but a usage error is one line that points at --help and names every unknown flag.
+
+    argparse reports a missing required argument (the COMMAND, `--config`) before unrecognized ones,
+    so `emma --bogus` would only say a COMMAND is required; the unknown flags are named first.
+    """
+
+    _argv: list[str] = []
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def _unknown_flags(self) -> list[str]:
+        commands = {name for a in self._actions if isinstance(a, argparse._SubParsersAction) for name in a.choices}
+        unknown: list[str] = []
+        for token in self._argv:
+            if token in commands or token == "--":
+                break  # the rest is the subcommand's to judge
+            flag = token.split("=", 1)[0]
+            if flag.startswith("-") and len(flag) > 1 and flag not in self._option_string_actions:
+                unknown.append(token)
+        return unknown
 
     def error(self, message: str) -> NoReturn:
+        unknown = self._unknown_flags()
+        if "required" in message and unknown:
+            message = f"unrecognized arguments: {' '.join(unknown)}; {message}"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
@@ -99,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     src = edge.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="the site's TOML file")
     src.add_argument("--simulate", action="store_true", help="run a ready-made simulated demo site")
-    edge.add_argument("--data-dir", default=".emma/edge-demo", help="where --simulate keeps its outbox")
+    edge.add_argument(
+        "--data-dir",
+        default=".emma/edge-sim",
+        help="where --simulate keeps its outbox (default .emma/edge-sim; `emma up`'s demo edge has .emma/edge-demo)",
+    )
 
     admin = sub.add_parser(
         "admin",

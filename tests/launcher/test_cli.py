@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import socket
+import time
 from pathlib import Path
 
 import grpc
@@ -47,6 +48,14 @@ def _one_line_error(result: object, code: int, needle: str) -> None:
 def test_a_bad_flag_is_one_line_and_exit_2() -> None:
     _one_line_error(run_emma("migrate", "--bogus"), 2, "unrecognized arguments: --bogus")
     _one_line_error(run_emma("serve", "nosuch", "--port", "x"), 2, "invalid int value: 'x'")
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [(("--bogus",), "--bogus"), (("--bogus=1", "up"), "--bogus=1"), (("edge", "--bogus"), "--bogus")],
+)
+def test_an_unknown_flag_is_named_even_when_something_required_is_missing(args: tuple[str, ...], flag: str) -> None:
+    _one_line_error(run_emma(*args), 2, f"unrecognized arguments: {flag}")
 
 
 def test_an_unknown_service_is_one_line() -> None:
@@ -109,3 +118,19 @@ def test_emma_up_serves_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> N
         assert code == 0, "\n".join(proc.lines)
         assert "emma up: stopped" in proc.lines
         assert (tmp_path / "state" / "pgdata" / "PG_VERSION").exists()
+
+
+def test_emma_edge_simulate_says_it_is_offline_and_keeps_its_own_data_folder(tmp_path: Path) -> None:
+    proc = EmmaProcess("edge", "--simulate", cwd=tmp_path)
+    try:
+        line = proc.wait_for("running OFFLINE", timeout=60)
+        outbox = tmp_path / ".emma" / "edge-sim" / "outbox.sqlite"
+        assert str(Path(".emma") / "edge-sim" / "outbox.sqlite") in line
+        deadline = time.monotonic() + 60
+        while not outbox.exists():
+            assert time.monotonic() < deadline, "\n".join(proc.lines)
+            time.sleep(0.2)
+    finally:
+        assert proc.stop(signal.SIGINT) == 0, "\n".join(proc.lines)
+    # `emma up`'s demo edge keeps its key, site file and outbox in edge-demo; the simulation stays out.
+    assert not (tmp_path / ".emma" / "edge-demo").exists()

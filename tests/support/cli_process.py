@@ -24,9 +24,12 @@ def run_emma(*args: str, env: Mapping[str, str] | None = None, timeout: float = 
 class EmmaProcess:
     """A long-running `emma` subprocess whose stdout+stderr lines are collected in the background."""
 
-    def __init__(self, *args: str, env: Mapping[str, str] | None = None, umask: int = -1) -> None:
+    def __init__(
+        self, *args: str, env: Mapping[str, str] | None = None, umask: int = -1, cwd: Path | None = None
+    ) -> None:
         self.proc = subprocess.Popen(
             [EMMA, *args],
+            cwd=cwd,
             env={**os.environ, **(env or {})},
             umask=umask,  # -1: inherit the test's
             stdout=subprocess.PIPE,
