@@ -121,7 +121,7 @@ _ID = "/emma.identity.v1.IdentityService/"
 _AUD = "/emma.identity.v1.AuditService/"
 # The minimum role of each RPC; the catalog registers it with the interceptor (policy.py: the roles).
 # USER methods act on users/{user}: the servicer allows the caller themself, or an admin of every
-# organization the target user belongs to.
+# organization the target user belongs to (never the platform-admin flag; users.py).
 POLICY: dict[str, Access] = {
     _ID + "Login": Access.PUBLIC,
     _ID + "RefreshToken": Access.PUBLIC,

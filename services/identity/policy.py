@@ -9,7 +9,11 @@ path ("{parent=organizations/*}"), so the table only says the minimum role.
   PUBLIC          no credentials (login, refresh, health, reflection)
   EDGE            an edge daemon, authenticated by the API key in its Hello (EdgeLink Connect)
   USER            any signed-in user; the servicer scopes what it returns to the caller
-  PLATFORM_ADMIN  a user with the platform-admin flag (creating and deleting organizations)
+  PLATFORM_ADMIN  a user with the platform-admin flag. These entries are the flag's only powers
+                  (today: creating and deleting organizations, RegistryService); everywhere else a
+                  platform admin is an ordinary user: it reads or changes an organization's data,
+                  users included, only through a membership of that organization, and its own
+                  account can be changed by no one but itself (services/identity/users.py)
   VIEWER / OPERATOR / ADMIN   at least this role in the organization named by the request
 """
 

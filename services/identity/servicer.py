@@ -61,7 +61,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         page = Page.of("ListSessions", request)
         async with self._pool.acquire() as conn:
             row, roles = await users.visible_user(conn, me, request.parent, "parent")
-            if row["user_id"] != me.user_id and not users.can_manage(me, row["user_id"], roles):
+            if row["user_id"] != me.user_id and not users.can_manage(me, row, roles):
                 raise not_found(request.parent)
             return await sessions.list_sessions(conn, row["user_id"], page)
 
@@ -70,7 +70,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         name = parse_session(request.name)
         async with self._pool.acquire() as conn:
             row, roles = await users.visible_user(conn, me, f"users/{name.user}")
-            if row["user_id"] != me.user_id and not users.can_manage(me, row["user_id"], roles):
+            if row["user_id"] != me.user_id and not users.can_manage(me, row, roles):
                 raise not_found(request.name)
             note_audit(f"users/{row['user_id']}/sessions/{name.session}")
             session = await sessions.revoke(conn, row["user_id"], name.session)
@@ -128,7 +128,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             row, roles = await users.visible_user(conn, me, request.user.name, "user.name")
             user_id = row["user_id"]
             note_audit(f"users/{user_id}")
-            users.check_may_update(me, user_id, roles, paths)
+            users.check_may_update(me, row, roles, paths)
             new_hash = None
             if "password" in paths:
                 problem = password_problem(request.user.password)

@@ -23,22 +23,29 @@ UPDATABLE = ("display_name", "password", "disabled")
 
 
 def can_see(me: Caller, user_id: str, their_orgs: dict[str, int]) -> bool:
-    """Self, a platform admin, or an admin of an organization the user belongs to."""
-    return me.user_id == user_id or me.platform_admin or any(me.role_in(o) >= ADMIN for o in their_orgs)
+    """Self, or an admin of an organization the user belongs to.
+
+    The platform-admin flag gives no sight of users: a platform admin sees an organization's people
+    only through a membership of that organization, like anyone else (docs/security.md).
+    """
+    return me.user_id == user_id or any(me.role_in(o) >= ADMIN for o in their_orgs)
 
 
-def can_manage(me: Caller, user_id: str, their_orgs: dict[str, int]) -> bool:
-    """A platform admin, or an admin of every organization the user belongs to (so an admin of one
-    tenant cannot lock out a member of another)."""
-    if me.platform_admin:
-        return True
+def can_manage(me: Caller, row: Any, their_orgs: dict[str, int]) -> bool:
+    """Whether `me` may change another user (password, disabled flag, sessions): an admin of every
+    organization the user belongs to, so that an admin of one tenant cannot take over the user's
+    access to another. A platform admin's account is changed by no one but its owner (and `emma
+    admin`): an organization admin who could re-password it would gain the platform's powers.
+    The caller's own platform-admin flag counts for nothing here."""
+    if row["platform_admin"]:
+        return False
     return bool(their_orgs) and all(me.role_in(o) >= ADMIN for o in their_orgs)
 
 
 def user_message(row: Any, roles: dict[str, int], me: Caller | None) -> identity_pb2.User:
     """`me` (the caller) sees only the memberships in organizations they administer, unless it is
-    themselves or a platform admin; None: all of them."""
-    if me is not None and me.user_id != row["user_id"] and not me.platform_admin:
+    themselves; None: all of them."""
+    if me is not None and me.user_id != row["user_id"]:
         roles = {o: r for o, r in roles.items() if me.role_in(o) >= ADMIN}  # no other tenants' names
     return identity_pb2.User(
         name=f"users/{row['user_id']}",
@@ -124,9 +131,9 @@ def update_paths(request: identity_pb2.UpdateUserRequest) -> list[str]:
     return paths
 
 
-def check_may_update(me: Caller, user_id: str, roles: dict[str, int], paths: list[str]) -> None:
-    """Users change their own name and password; the rest needs an admin of every organization of theirs."""
-    if not can_manage(me, user_id, roles) and (user_id != me.user_id or "disabled" in paths):
+def check_may_update(me: Caller, row: Any, roles: dict[str, int], paths: list[str]) -> None:
+    """Users change their own name and password; the rest needs can_manage."""
+    if not can_manage(me, row, roles) and (row["user_id"] != me.user_id or "disabled" in paths):
         raise ApiError(
             grpc.StatusCode.PERMISSION_DENIED,
             errors_pb2.ERROR_REASON_ROLE_INSUFFICIENT,

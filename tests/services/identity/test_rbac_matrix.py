@@ -4,7 +4,9 @@ The real auth interceptor (real JWTs, real sessions and memberships in PostgreSQ
 probe servicers that answer every method with an empty response, so the outcome is the
 interceptor's decision alone: OK, UNAUTHENTICATED, PERMISSION_DENIED ROLE_INSUFFICIENT, or NOT_FOUND
 RESOURCE_NOT_FOUND for an organization the caller is not a member of. The servicers' own scoping is
-tested against the real services in test_tenancy.py.
+tested against the real services in test_tenancy.py; the identity RPCs that act on a user, whose
+answer depends on the target user's organizations, are tested against the real IdentityService at
+the end of this file (USER_MATRIX).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from emma.identity.v1 import identity_pb2, identity_pb2_grpc
+from google.protobuf import field_mask_pb2
 from grpc_status import rpc_status
 
 from services import catalog
@@ -25,8 +29,9 @@ from services.identity.interceptor import AuthInterceptor
 from services.identity.state import AuthState
 from services.platform.config import ServerConfig
 from services.platform.server import HostedServer, create_server, start_server
+from tests.support.cloud import Host
 from tests.support.contract_descriptors import methods
-from tests.support.identity import Credentials, auth_config, grant
+from tests.support.identity import Credentials, auth_config, authed_channel, grant, new_session
 
 OK = "OK"
 UNAUTHENTICATED = "UNAUTHENTICATED"
@@ -233,3 +238,165 @@ async def test_bad_tokens_are_refused(probe_server: tuple[HostedServer, dict[str
         got = await _call(hosted.port, m, request, [("authorization", f"Bearer {bad}")])
         assert got == UNAUTHENTICATED, bad
     assert await _call(hosted.port, m, request, [("authorization", token)]) == UNAUTHENTICATED  # no "Bearer"
+
+
+# ---------------------------------------------------------------------------------------------
+# The identity RPCs that act on users/{user}, against the real IdentityService: what each caller may
+# do to users of one organization, of two organizations, and to a platform admin. The platform-admin
+# flag gives no power over users (only the PLATFORM_ADMIN RPCs: creating and deleting
+# organizations); an admin changes a user only as admin of every organization of that user.
+
+USER_OPS = ["get", "rename", "repassword", "disable", "list_sessions", "revoke_session"]
+USER_ACTORS = ["self", "alpha_admin", "beta_admin", "both_admin", "platform_admin", "peer"]
+
+# target -> operation -> outcome per actor, in USER_ACTORS order.
+_O, _H, _D = OK, HIDDEN, DENIED
+USER_MATRIX: dict[str, dict[str, list[str]]] = {
+    # a viewer of alpha only
+    "single": {
+        "get": [_O, _O, _H, _O, _H, _H],
+        "rename": [_O, _O, _H, _O, _H, _H],
+        "repassword": [_O, _O, _H, _O, _H, _H],
+        "disable": [_D, _O, _H, _O, _H, _H],
+        "list_sessions": [_O, _O, _H, _O, _H, _H],
+        "revoke_session": [_O, _O, _H, _O, _H, _H],
+    },
+    # a viewer of alpha and an operator of beta: only an admin of both manages them
+    "multi": {
+        "get": [_O, _O, _O, _O, _H, _H],
+        "rename": [_O, _D, _D, _O, _H, _H],
+        "repassword": [_O, _D, _D, _O, _H, _H],
+        "disable": [_D, _D, _D, _O, _H, _H],
+        "list_sessions": [_O, _H, _H, _O, _H, _H],
+        "revoke_session": [_O, _H, _H, _O, _H, _H],
+    },
+    # a platform admin who is a viewer of alpha: their account is theirs alone
+    "platform_target": {
+        "get": [_O, _O, _H, _O, _H, _H],
+        "rename": [_O, _D, _H, _D, _H, _H],
+        "repassword": [_O, _D, _H, _D, _H, _H],
+        "disable": [_D, _D, _H, _D, _H, _H],
+        "list_sessions": [_O, _H, _H, _H, _H, _H],
+        "revoke_session": [_O, _H, _H, _H, _H, _H],
+    },
+}
+
+
+async def _outcome(call: Any) -> str:
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        info = error_info_of(status) if status else None
+        reason = info.reason if info else ""
+        if (exc.code(), reason) == (grpc.StatusCode.PERMISSION_DENIED, "ROLE_INSUFFICIENT"):
+            return DENIED
+        if (exc.code(), reason) == (grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND"):
+            return HIDDEN
+        return f"{exc.code().name} {reason}: {exc.details()}"
+    return OK
+
+
+def test_only_organization_creation_and_deletion_need_the_platform_admin_flag() -> None:
+    """The platform admin's powers, stated once: these RPCs and no others."""
+    powers = sorted(name for name, access in policy.POLICY.items() if access == policy.PLATFORM_ADMIN)
+    assert powers == [
+        "/emma.registry.v1.RegistryService/CreateOrganization",
+        "/emma.registry.v1.RegistryService/DeleteOrganization",
+    ]
+
+
+async def test_who_may_read_and_change_which_user(host: Host, db: asyncpg.Connection) -> None:
+    actors = {
+        "alpha_admin": await grant(db, "rb-alpha", "admin"),
+        "beta_admin": await grant(db, "rb-beta", "admin"),
+        "both_admin": await grant(db, "rb-alpha", "admin"),
+        "platform_admin": await grant(db, "rb-gamma", "admin", platform_admin=True),
+        "peer": await grant(db, "rb-alpha", "viewer"),
+    }
+    await db.execute(
+        "INSERT INTO identity.memberships (org_id, user_id, role) VALUES ('rb-beta', $1, 3)",
+        actors["both_admin"].user_id,
+    )
+    targets = {
+        "single": await grant(db, "rb-alpha", "viewer"),
+        "multi": await grant(db, "rb-alpha", "viewer"),
+        "platform_target": await grant(db, "rb-alpha", "viewer", platform_admin=True),
+    }
+    await db.execute(
+        "INSERT INTO identity.memberships (org_id, user_id, role) VALUES ('rb-beta', $1, 2)",
+        targets["multi"].user_id,
+    )
+
+    def operation(stub: Any, op: str, target: Credentials, session: str) -> Any:
+        def update(paths: list[str], **fields: Any) -> Any:
+            return stub.UpdateUser(
+                identity_pb2.UpdateUserRequest(
+                    user=identity_pb2.User(name=target.name, **fields),
+                    update_mask=field_mask_pb2.FieldMask(paths=paths),
+                )
+            )
+
+        return {
+            "get": lambda: stub.GetUser(identity_pb2.GetUserRequest(name=target.name)),
+            "rename": lambda: update(["display_name"], display_name="Renamed"),
+            "repassword": lambda: update(["password"], password="a new password of some length"),
+            "disable": lambda: update(["disabled"], disabled=False),
+            "list_sessions": lambda: stub.ListSessions(identity_pb2.ListSessionsRequest(parent=target.name)),
+            "revoke_session": lambda: stub.RevokeSession(
+                identity_pb2.RevokeSessionRequest(name=f"{target.name}/sessions/{session}")
+            ),
+        }[op]()
+
+    mismatches = []
+    async with host(["identity"]) as (server, _):
+        for target_name, ops in USER_MATRIX.items():
+            target = targets[target_name]
+            for op in USER_OPS:
+                for who, want in zip(USER_ACTORS, ops[op], strict=True):
+                    # Fresh sessions: a new password or a revocation ends earlier ones.
+                    creds = await new_session(db, (target if who == "self" else actors[who]).user_id)
+                    victim_session = (await new_session(db, target.user_id)).session_id
+                    async with authed_channel(server.port, creds.token) as ch:
+                        stub = identity_pb2_grpc.IdentityServiceStub(ch)
+                        got = await _outcome(operation(stub, op, target, victim_session))
+                    if got != want:
+                        mismatches.append(f"{op} of {target_name} by {who}: expected {want}, got {got}")
+        assert not mismatches, "\n".join(mismatches)
+
+        # What each admin sees of the two-organization user: memberships of organizations they
+        # administer only; a platform admin's own view of themselves is complete.
+        async def seen(who: str, target: Credentials) -> list[str]:
+            async with authed_channel(server.port, (await new_session(db, actors[who].user_id)).token) as ch:
+                user = await identity_pb2_grpc.IdentityServiceStub(ch).GetUser(
+                    identity_pb2.GetUserRequest(name=target.name)
+                )
+            return [m.name.split("/")[1] for m in user.memberships]
+
+        assert await seen("alpha_admin", targets["multi"]) == ["rb-alpha"]
+        assert await seen("beta_admin", targets["multi"]) == ["rb-beta"]
+        assert await seen("both_admin", targets["multi"]) == ["rb-alpha", "rb-beta"]
+        platform_self = await new_session(db, actors["platform_admin"].user_id)
+        async with authed_channel(server.port, platform_self.token) as ch:
+            me = await identity_pb2_grpc.IdentityServiceStub(ch).GetUser(identity_pb2.GetUserRequest(name="users/me"))
+        assert [m.name.split("/")[1] for m in me.memberships] == ["rb-gamma"]
+
+        # The platform admin cannot list, create or add users of an organization it is not in.
+        async with authed_channel(server.port, platform_self.token) as ch:
+            stub = identity_pb2_grpc.IdentityServiceStub(ch)
+            for call in (
+                stub.ListUsers(identity_pb2.ListUsersRequest(parent="organizations/rb-alpha")),
+                stub.CreateUser(
+                    identity_pb2.CreateUserRequest(
+                        parent="organizations/rb-alpha",
+                        user=identity_pb2.User(email="spy@rb.test", password="long enough password"),
+                        role=identity_pb2.ROLE_ADMIN,
+                    )
+                ),
+                stub.SetMembership(
+                    identity_pb2.SetMembershipRequest(
+                        parent="organizations/rb-alpha", user=platform_self.name, role=identity_pb2.ROLE_ADMIN
+                    )
+                ),
+            ):
+                assert await _outcome(call) == HIDDEN
