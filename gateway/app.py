@@ -37,6 +37,10 @@ from gateway.transcode import Invoker, StreamResponse, call_unary, dumps, open_s
 log = logging.getLogger("emma.gateway")
 
 JSON = "application/json"
+# EMMA's access tokens are JWTs of a few hundred bytes. A longer Authorization header cannot hold one,
+# and gRPC's metadata limit (8 KiB for all headers of a call) would refuse it as RESOURCE_EXHAUSTED,
+# which a client would read as 429 and retry.
+MAX_AUTHORIZATION_BYTES = 4096
 
 
 def channel_options(config: GatewayConfig) -> list[tuple[str, Any]]:
@@ -112,6 +116,8 @@ class Gateway:
         metadata = [("x-forwarded-for", client)]
         authorization = _ascii_header(request, "authorization")
         if authorization is not None:
+            if len(authorization) > MAX_AUTHORIZATION_BYTES:
+                raise errors.token_too_long(MAX_AUTHORIZATION_BYTES)
             metadata.append(("authorization", authorization))
         # Continue the caller's trace when it sent traceparent, else start one here; either way the
         # service's span becomes a child of the gateway's.

@@ -44,6 +44,25 @@ SCALAR_WKT = frozenset(
     }
 )
 _PARSE_ERRORS = (json_format.ParseError, ValueError, TypeError, OverflowError, RecursionError, AttributeError)
+_FD = d.FieldDescriptor
+_NUMERIC = frozenset(
+    {
+        _FD.TYPE_DOUBLE,
+        _FD.TYPE_FLOAT,
+        _FD.TYPE_INT32,
+        _FD.TYPE_INT64,
+        _FD.TYPE_UINT32,
+        _FD.TYPE_UINT64,
+        _FD.TYPE_SINT32,
+        _FD.TYPE_SINT64,
+        _FD.TYPE_FIXED32,
+        _FD.TYPE_FIXED64,
+        _FD.TYPE_SFIXED32,
+        _FD.TYPE_SFIXED64,
+    }
+)
+# Well-known types whose JSON is any JSON: nothing below them is typed by a descriptor.
+_FREE_JSON = frozenset({"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"})
 
 
 @cache
@@ -143,7 +162,9 @@ def _put(doc: dict[str, Any], keys: Sequence[tuple[str, str]], value: Any, name:
         node = existing
     json_name, proto_name = keys[-1]
     for key in (json_name, proto_name):
-        if key in node and node[key] != value:
+        # The path names the resource; a body that leaves its name empty (as a client that sends the
+        # whole resource back with name "" does) names the same one.
+        if key in node and node[key] != value and not (source == "path" and node[key] == ""):
             raise bad_request(name, f"the body says {node[key]!r} but the {source} says {value!r}")
     node.pop(proto_name, None)
     node[json_name] = value
@@ -152,6 +173,7 @@ def _put(doc: dict[str, Any], keys: Sequence[tuple[str, str]], value: Any, name:
 def bind_request(route: Route, path_values: dict[str, str], query: Sequence[tuple[str, str]], body: bytes) -> Message:
     """The request message for `route` from the decoded path values, the query items and the body."""
     doc = _body_document(route, body)
+    _check_json_types(doc, route.method.input_type, "")
     for v in route.variables:
         keys = [(f.json_name, f.name) for f in v.fields]
         _put(doc, keys, path_values[v.field_path], v.field_path, "path")
@@ -177,6 +199,48 @@ def bind_request(route: Route, path_values: dict[str, str], query: Sequence[tupl
     except _PARSE_ERRORS as exc:
         raise bad_request("body" if route.body else "request", _parse_message(exc)) from None
     return request
+
+
+def _check_json_types(value: Any, message: d.Descriptor, path: str) -> None:
+    """400 for JSON values json_format would quietly coerce: `true` for a number (it reads 1.0 for a
+    double) and `true` or a fraction for an enum (it reads int(value), so `true` is value 1 and 2.5
+    is 2). A setpoint of `true` watts is a client bug to report, not a command to send."""
+    if not isinstance(value, dict) or message.full_name in _FREE_JSON or message.full_name == "google.protobuf.Any":
+        return
+    fields = _fields_by_any_name(message)
+    for key, item in value.items():
+        f = fields.get(key) if isinstance(key, str) else None
+        if f is None or item is None:
+            continue  # json_format reports unknown fields itself
+        where = f"{path}.{f.json_name}" if path else f.json_name
+        if is_map(f):
+            assert f.message_type is not None
+            value_field = f.message_type.fields_by_name["value"]
+            if isinstance(item, dict):
+                for k, v in item.items():
+                    _check_json_value(v, value_field, f"{where}[{json.dumps(k)}]")
+        elif is_repeated(f) and isinstance(item, list):
+            for i, v in enumerate(item):
+                _check_json_value(v, f, f"{where}[{i}]")
+        else:
+            _check_json_value(item, f, where)
+
+
+def _check_json_value(value: Any, f: d.FieldDescriptor, where: str) -> None:
+    target = f
+    if f.message_type is not None:
+        wrapped = f.message_type.fields_by_name.get("value")
+        if f.message_type.full_name in SCALAR_WKT and wrapped is not None:
+            target = wrapped  # a wrapper's JSON (DoubleValue...) is its value's JSON
+        elif f.message_type.full_name in SCALAR_WKT:
+            return  # Timestamp, Duration, FieldMask: strings json_format parses strictly
+        else:
+            _check_json_types(value, f.message_type, where)
+            return
+    if target.type in _NUMERIC and isinstance(value, bool):
+        raise bad_request(where, f"expected a number, not {json.dumps(value)}")
+    if target.type == _FD.TYPE_ENUM and isinstance(value, bool | float):
+        raise bad_request(where, f"expected an enum value name (or its number), not {json.dumps(value)}")
 
 
 def _check_query_value(route: Route, qf: QueryField, name: str, value: Any) -> None:

@@ -203,6 +203,18 @@ def unsupported_media_type(content_type: str) -> HttpError:
     return error
 
 
+def token_too_long(limit: int) -> HttpError:
+    """401 for an Authorization header longer than any token EMMA issues: it cannot be valid, and
+    sent on as gRPC metadata it would exceed the metadata size limit and come back as 429."""
+    return gateway_error(
+        401,
+        code_pb2.UNAUTHENTICATED,
+        errors_pb2.ERROR_REASON_TOKEN_INVALID,
+        f"the Authorization header is longer than {limit} bytes, which no EMMA token is",
+        metadata={"max_authorization_bytes": str(limit)},
+    )
+
+
 def internal_error() -> HttpError:
     return gateway_error(
         500,

@@ -17,12 +17,14 @@ from typing import Any
 
 import grpc
 from emma.common.v1 import errors_pb2
+from google.protobuf.message import Message
 from grpc_status import rpc_status
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from core.tracing import tracer
 from services.errors import ApiError
+from services.platform.redact import clear_input_only
 from services.platform.validation import check_request
 
 log = logging.getLogger("emma.rpc")
@@ -48,6 +50,13 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: 
     await ctx.abort_with_status(rpc_status.to_status(internal.to_status()))
 
 
+def _output(response: Any) -> Any:
+    """A response as it may leave the server: INPUT_ONLY fields (a password) are never sent back."""
+    if isinstance(response, Message):
+        clear_input_only(response)
+    return response
+
+
 def _wrap_unary_response(method: str, inner: Behavior, *, check: bool) -> Behavior:
     """`check`: the call has one request message (unary), which is validated before `inner` runs."""
 
@@ -59,7 +68,7 @@ def _wrap_unary_response(method: str, inner: Behavior, *, check: bool) -> Behavi
             try:
                 if check:
                     check_request(request)
-                return await inner(request, context)
+                return _output(await inner(request, context))
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # every error becomes a status, never a crash
@@ -84,7 +93,7 @@ def _wrap_stream_response(method: str, inner: Behavior, *, check: bool) -> Behav
             result = inner(request, context)
             if inspect.isasyncgen(result):
                 async for item in result:
-                    yield item
+                    yield _output(item)
             elif inspect.isawaitable(result):
                 await result
         except grpc.aio.AbortError:

@@ -1,15 +1,19 @@
-"""Requests as proto3 JSON with every field marked [(emma.common.v1.sensitive) = true] redacted.
+"""Requests as proto3 JSON with every field marked [(emma.common.v1.sensitive) = true] redacted, and
+responses without their INPUT_ONLY fields.
 
 The walk follows the descriptors (nested messages, repeated fields, maps), so a new secret field needs
-only the option in the contract to stay out of audit rows and logs.
+only the option in the contract to stay out of audit rows and logs, and a field marked
+`(google.api.field_behavior) = INPUT_ONLY` (a password, a command's ttl) is never sent back.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
 from emma.common.v1 import types_pb2
+from google.api import field_behavior_pb2
 from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -92,3 +96,46 @@ def _clear(message: Message) -> None:
                     _clear(v)
             else:
                 _clear(value)
+
+
+# types-protobuf types extensions as generic descriptors the googleapis stubs do not declare.
+_FIELD_BEHAVIOR: Any = field_behavior_pb2.field_behavior
+
+
+def _is_input_only(field: pb_descriptor.FieldDescriptor) -> bool:
+    return field_behavior_pb2.INPUT_ONLY in field.GetOptions().Extensions[_FIELD_BEHAVIOR]
+
+
+@functools.cache
+def _reaches_input_only(desc: pb_descriptor.Descriptor) -> bool:
+    """Whether any INPUT_ONLY field can occur inside a message of this type (so the many responses
+    without one are not walked)."""
+    seen: set[str] = set()
+
+    def walk(d: pb_descriptor.Descriptor) -> bool:
+        if d.full_name in seen:
+            return False
+        seen.add(d.full_name)
+        return any(_is_input_only(f) or (f.message_type is not None and walk(f.message_type)) for f in d.fields)
+
+    return walk(desc)
+
+
+def clear_input_only(message: Message) -> None:
+    """Clear every INPUT_ONLY field in `message`, in place (AIP-203: such fields are not output)."""
+    if not _reaches_input_only(message.DESCRIPTOR):
+        return
+    for field, value in message.ListFields():
+        if _is_input_only(field):
+            message.ClearField(field.name)
+        elif field.message_type is not None:
+            if field.message_type.GetOptions().map_entry:
+                vf = field.message_type.fields_by_name["value"]
+                if vf.message_type is not None:
+                    for v in value.values():
+                        clear_input_only(v)
+            elif field.is_repeated:
+                for v in value:
+                    clear_input_only(v)
+            else:
+                clear_input_only(value)

@@ -30,6 +30,9 @@ MAX_HISTORY_POINTS = 100_000
 MAX_HISTORY_CHANNELS = 100
 EXPORT_MIN_INTERVAL = dt.timedelta(minutes=15)
 EXPORT_MAX_PERIOD = dt.timedelta(days=366)
+# The widest bucket: a year of calendar days. Wider ones would start or end outside the years 1 to
+# 9999 that datetimes (and protobuf Timestamps) can hold.
+MAX_HISTORY_INTERVAL = dt.timedelta(days=366)
 
 
 def _channel_resource(row: Any) -> str:
@@ -119,20 +122,27 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         if len(request.channels) > MAX_HISTORY_CHANNELS:
             raise invalid_field("channels", f"at most {MAX_HISTORY_CHANNELS} channels per query")
         start, end, width = _period(request)
-        if width and (width < dt.timedelta(minutes=1) or width % dt.timedelta(minutes=1)):
+        if width and (
+            width < dt.timedelta(minutes=1) or width % dt.timedelta(minutes=1) or width > MAX_HISTORY_INTERVAL
+        ):
             raise ApiError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 errors_pb2.ERROR_REASON_HISTORY_INTERVAL_INVALID,
-                "interval must be a whole number of minutes (or unset for raw samples)",
+                f"interval must be a whole number of minutes, at most {MAX_HISTORY_INTERVAL.days} days "
+                "(or unset for raw samples)",
                 metadata={"interval_s": str(width.total_seconds())},
             )
+        if width and (end - start) // width * len(request.channels) > MAX_HISTORY_POINTS:
+            # Refused before the buckets are planned: a calendar plan lists every boundary, and a
+            # century of minutes is not a list to build before counting it.
+            raise _too_many((end - start) // width * len(request.channels))
         tz_name = await self._site_exists(site.org, site.site)
         channels = [parse_channel(c) for c in request.channels]
         for name, ch in zip(request.channels, channels, strict=True):
             if ch.edge.site_name != site:
                 raise invalid_field("channels", f"{name} is not a channel of {request.site}")
         tz = ZoneInfo(tz_name) if request.align_to_site_time_zone else None
-        p = history.plan(start, end, width, tz) if width else None
+        p = _plan(start, end, width, tz) if width else None
         if p is not None and p.bucket_count * len(channels) > MAX_HISTORY_POINTS:
             raise _too_many(p.bucket_count * len(channels))
 
@@ -194,8 +204,11 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         site = parse_site(request.site, "site")
         caller(context).require_org(site.org, resource=request.site)
         start, end, width = _period(request)
-        if width < EXPORT_MIN_INTERVAL or width % dt.timedelta(minutes=1):
-            raise invalid_field("interval", "must be a whole number of minutes, at least 15 minutes")
+        if width < EXPORT_MIN_INTERVAL or width % dt.timedelta(minutes=1) or width > MAX_HISTORY_INTERVAL:
+            raise invalid_field(
+                "interval",
+                f"must be a whole number of minutes, at least 15 minutes, at most {MAX_HISTORY_INTERVAL.days} days",
+            )
         if end - start > EXPORT_MAX_PERIOD:
             raise invalid_field("end_time", f"export at most {EXPORT_MAX_PERIOD.days} days per call")
         async with self._pool.acquire() as conn:
@@ -213,7 +226,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         lat, lon = location
         if pseudo:  # about 11 km: a region, not a house
             lat, lon = round(lat, 1), round(lon, 1)
-        p = history.plan(start, end, width, None)
+        p = _plan(start, end, width, None)
         for s in series:
             device, channel_id = s["channel"].split("/", 1)
             if pseudo:
@@ -256,6 +269,17 @@ def _period(request: Any) -> tuple[dt.datetime, dt.datetime, dt.timedelta]:
         raise invalid_field("end_time", "must be after start_time")
     width = request.interval.ToTimedelta() if request.HasField("interval") else dt.timedelta()
     return start, end, width
+
+
+def _plan(start: dt.datetime, end: dt.datetime, width: dt.timedelta, tz: ZoneInfo | None) -> history.Plan:
+    """history.plan, with a period whose outer buckets fall outside the years 1 to 9999 (a start in
+    year 1, an end in 9999, a local time zone ahead of either) refused instead of overflowing."""
+    try:
+        return history.plan(start, end, width, tz)
+    except OverflowError:
+        raise invalid_field(
+            "start_time", "the period's buckets would begin before year 1 or end after year 9999; narrow the period"
+        ) from None
 
 
 def _too_many(points: int) -> ApiError:
