@@ -142,22 +142,38 @@ class Membership(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    INVITATION_TOKEN_FIELD_NUMBER: _builtins.int
+    INVITATION_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, organizations/{organization}/memberships/{user id}."""
     user: _builtins.str
     """The user, users/{user}."""
     role: Global___Role.ValueType
     """The role."""
+    pending: _builtins.bool
+    """True for an invitation: the user is not a member until they accept it (AcceptInvitation)."""
+    invitation_token: _builtins.str
+    """Only in SetMembership's answer for an invitation: the secret to give the invited user, who
+    passes it to AcceptInvitation. It is stored nowhere.
+    """
+    @_builtins.property
+    def invitation_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the invitation expires (invitations only)."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         user: _builtins.str = ...,
         role: Global___Role.ValueType = ...,
+        pending: _builtins.bool = ...,
+        invitation_token: _builtins.str = ...,
+        invitation_expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invitation_expire_time", b"invitation_expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "role", b"role", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitation_expire_time", b"invitation_expire_time", "invitation_token", b"invitation_token", "name", b"name", "pending", b"pending", "role", b"role", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -530,6 +546,32 @@ class DeleteMembershipRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteMembershipRequest: _TypeAlias = DeleteMembershipRequest  # noqa: Y015
+
+@_typing.final
+class AcceptInvitationRequest(_message.Message):
+    """The request of AcceptInvitation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVITATION_TOKEN_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    invitation_token: _builtins.str
+    """The invitation_token of the pending membership SetMembership returned."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    def __init__(
+        self,
+        *,
+        invitation_token: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitation_token", b"invitation_token", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcceptInvitationRequest: _TypeAlias = AcceptInvitationRequest  # noqa: Y015
 
 @_typing.final
 class Session(_message.Message):

@@ -85,6 +85,11 @@ class IdentityServiceStub:
                 request_serializer=emma_dot_identity_dot_v1_dot_identity__pb2.DeleteMembershipRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.AcceptInvitation = channel.unary_unary(
+                '/emma.identity.v1.IdentityService/AcceptInvitation',
+                request_serializer=emma_dot_identity_dot_v1_dot_identity__pb2.AcceptInvitationRequest.SerializeToString,
+                response_deserializer=emma_dot_identity_dot_v1_dot_identity__pb2.Membership.FromString,
+                _registered_method=True)
         self.ListSessions = channel.unary_unary(
                 '/emma.identity.v1.IdentityService/ListSessions',
                 request_serializer=emma_dot_identity_dot_v1_dot_identity__pb2.ListSessionsRequest.SerializeToString,
@@ -173,8 +178,9 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetMembership(self, request, context):
-        """Sets a user's role in an organization (adding the user to it if needed).
-        Errors: RESOURCE_NOT_FOUND, FIELD_INVALID.
+        """Sets the role of a member of an organization. For a user who is not a member yet, nothing
+        changes until they consent: the answer is a pending membership carrying an invitation token,
+        which the user passes to AcceptInvitation. Errors: RESOURCE_NOT_FOUND, FIELD_INVALID.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,6 +188,16 @@ class IdentityServiceServicer:
 
     def DeleteMembership(self, request, context):
         """Removes a user from an organization. Errors: RESOURCE_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptInvitation(self, request, context):
+        """Accepts an invitation that SetMembership issued to the caller: the caller becomes a member of
+        the organization with the role it names. An invitation is valid once, until it expires, while
+        the admin who issued it is still an admin there, and until the user's account changes.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND, STATE_CONFLICT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -271,6 +287,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.DeleteMembership,
                     request_deserializer=emma_dot_identity_dot_v1_dot_identity__pb2.DeleteMembershipRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'AcceptInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptInvitation,
+                    request_deserializer=emma_dot_identity_dot_v1_dot_identity__pb2.AcceptInvitationRequest.FromString,
+                    response_serializer=emma_dot_identity_dot_v1_dot_identity__pb2.Membership.SerializeToString,
             ),
             'ListSessions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSessions,
@@ -546,6 +567,33 @@ class IdentityService:
             '/emma.identity.v1.IdentityService/DeleteMembership',
             emma_dot_identity_dot_v1_dot_identity__pb2.DeleteMembershipRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.identity.v1.IdentityService/AcceptInvitation',
+            emma_dot_identity_dot_v1_dot_identity__pb2.AcceptInvitationRequest.SerializeToString,
+            emma_dot_identity_dot_v1_dot_identity__pb2.Membership.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,11 +60,18 @@ class IdentityServiceStub:
     of the user at once. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
     """
     SetMembership: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SetMembershipRequest, _identity_pb2.Membership]
-    """Sets a user's role in an organization (adding the user to it if needed).
-    Errors: RESOURCE_NOT_FOUND, FIELD_INVALID.
+    """Sets the role of a member of an organization. For a user who is not a member yet, nothing
+    changes until they consent: the answer is a pending membership carrying an invitation token,
+    which the user passes to AcceptInvitation. Errors: RESOURCE_NOT_FOUND, FIELD_INVALID.
     """
     DeleteMembership: _grpc.UnaryUnaryMultiCallable[_identity_pb2.DeleteMembershipRequest, _empty_pb2.Empty]
     """Removes a user from an organization. Errors: RESOURCE_NOT_FOUND."""
+    AcceptInvitation: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AcceptInvitationRequest, _identity_pb2.Membership]
+    """Accepts an invitation that SetMembership issued to the caller: the caller becomes a member of
+    the organization with the role it names. An invitation is valid once, until it expires, while
+    the admin who issued it is still an admin there, and until the user's account changes.
+    Errors: FIELD_INVALID, RESOURCE_NOT_FOUND, STATE_CONFLICT.
+    """
     ListSessions: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListSessionsRequest, _identity_pb2.ListSessionsResponse]
     """Lists a user's sessions. Errors: PAGE_TOKEN_INVALID."""
     RevokeSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RevokeSessionRequest, _identity_pb2.Session]
@@ -111,11 +118,18 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     of the user at once. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
     """
     SetMembership: _aio.UnaryUnaryMultiCallable[_identity_pb2.SetMembershipRequest, _identity_pb2.Membership]  # type: ignore[assignment]
-    """Sets a user's role in an organization (adding the user to it if needed).
-    Errors: RESOURCE_NOT_FOUND, FIELD_INVALID.
+    """Sets the role of a member of an organization. For a user who is not a member yet, nothing
+    changes until they consent: the answer is a pending membership carrying an invitation token,
+    which the user passes to AcceptInvitation. Errors: RESOURCE_NOT_FOUND, FIELD_INVALID.
     """
     DeleteMembership: _aio.UnaryUnaryMultiCallable[_identity_pb2.DeleteMembershipRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Removes a user from an organization. Errors: RESOURCE_NOT_FOUND."""
+    AcceptInvitation: _aio.UnaryUnaryMultiCallable[_identity_pb2.AcceptInvitationRequest, _identity_pb2.Membership]  # type: ignore[assignment]
+    """Accepts an invitation that SetMembership issued to the caller: the caller becomes a member of
+    the organization with the role it names. An invitation is valid once, until it expires, while
+    the admin who issued it is still an admin there, and until the user's account changes.
+    Errors: FIELD_INVALID, RESOURCE_NOT_FOUND, STATE_CONFLICT.
+    """
     ListSessions: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListSessionsRequest, _identity_pb2.ListSessionsResponse]  # type: ignore[assignment]
     """Lists a user's sessions. Errors: PAGE_TOKEN_INVALID."""
     RevokeSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.RevokeSessionRequest, _identity_pb2.Session]  # type: ignore[assignment]
@@ -207,8 +221,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.SetMembershipRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.Membership, _abc.Awaitable[_identity_pb2.Membership]]:
-        """Sets a user's role in an organization (adding the user to it if needed).
-        Errors: RESOURCE_NOT_FOUND, FIELD_INVALID.
+        """Sets the role of a member of an organization. For a user who is not a member yet, nothing
+        changes until they consent: the answer is a pending membership carrying an invitation token,
+        which the user passes to AcceptInvitation. Errors: RESOURCE_NOT_FOUND, FIELD_INVALID.
         """
 
     @_abc_1.abstractmethod
@@ -218,6 +233,18 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Removes a user from an organization. Errors: RESOURCE_NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def AcceptInvitation(
+        self,
+        request: _identity_pb2.AcceptInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.Membership, _abc.Awaitable[_identity_pb2.Membership]]:
+        """Accepts an invitation that SetMembership issued to the caller: the caller becomes a member of
+        the organization with the role it names. An invitation is valid once, until it expires, while
+        the admin who issued it is still an admin there, and until the user's account changes.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND, STATE_CONFLICT.
+        """
 
     @_abc_1.abstractmethod
     def ListSessions(

@@ -4,6 +4,7 @@
 # This file has been @generated
 
 __all__ = (
+    "AcceptInvitationRequest",
     "ActorKind",
     "AuditEntry",
     "AuditServiceStub",
@@ -143,6 +144,28 @@ class Role(betterproto2.Enum):
             "ROLE_OPERATOR": 2,
             "ROLE_ADMIN": 3,
         }
+
+
+@dataclass(eq=False, repr=False)
+class AcceptInvitationRequest(betterproto2.Message):
+    """
+    The request of AcceptInvitation.
+    """
+
+    invitation_token: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The invitation_token of the pending membership SetMembership returned.
+    """
+
+    request_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Idempotency key (AIP-155).
+    """
+
+
+default_message_pool.register_message(
+    "emma.identity.v1", "AcceptInvitationRequest", AcceptInvitationRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -748,6 +771,27 @@ class Membership(betterproto2.Message):
     The role.
     """
 
+    pending: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    True for an invitation: the user is not a member until they accept it (AcceptInvitation).
+    """
+
+    invitation_token: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    Only in SetMembership's answer for an invitation: the secret to give the invited user, who
+    passes it to AcceptInvitation. It is stored nowhere.
+    """
+
+    invitation_expire_time: "datetime.datetime | None" = betterproto2.field(
+        6,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    When the invitation expires (invitations only).
+    """
+
 
 default_message_pool.register_message("emma.identity.v1", "Membership", Membership)
 
@@ -1209,8 +1253,9 @@ class IdentityServiceSyncStub:
 
     def set_membership(self, message: "SetMembershipRequest") -> "Membership":
         """
-        Sets a user's role in an organization (adding the user to it if needed).
-        Errors: RESOURCE_NOT_FOUND, FIELD_INVALID.
+        Sets the role of a member of an organization. For a user who is not a member yet, nothing
+        changes until they consent: the answer is a pending membership carrying an invitation token,
+        which the user passes to AcceptInvitation. Errors: RESOURCE_NOT_FOUND, FIELD_INVALID.
         """
 
         return self._channel.unary_unary(
@@ -1230,6 +1275,20 @@ class IdentityServiceSyncStub:
             "/emma.identity.v1.IdentityService/DeleteMembership",
             DeleteMembershipRequest.SerializeToString,
             ___google__protobuf__.Empty.FromString,
+        )(message)
+
+    def accept_invitation(self, message: "AcceptInvitationRequest") -> "Membership":
+        """
+        Accepts an invitation that SetMembership issued to the caller: the caller becomes a member of
+        the organization with the role it names. An invitation is valid once, until it expires, while
+        the admin who issued it is still an admin there, and until the user's account changes.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND, STATE_CONFLICT.
+        """
+
+        return self._channel.unary_unary(
+            "/emma.identity.v1.IdentityService/AcceptInvitation",
+            AcceptInvitationRequest.SerializeToString,
+            Membership.FromString,
         )(message)
 
     def list_sessions(self, message: "ListSessionsRequest") -> "ListSessionsResponse":
@@ -1460,8 +1519,9 @@ class IdentityServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "Membership":
         """
-        Sets a user's role in an organization (adding the user to it if needed).
-        Errors: RESOURCE_NOT_FOUND, FIELD_INVALID.
+        Sets the role of a member of an organization. For a user who is not a member yet, nothing
+        changes until they consent: the answer is a pending membership carrying an invitation token,
+        which the user passes to AcceptInvitation. Errors: RESOURCE_NOT_FOUND, FIELD_INVALID.
         """
 
         return await self._unary_unary(
@@ -1489,6 +1549,30 @@ class IdentityServiceStub(betterproto2_grpclib.ServiceStub):
             "/emma.identity.v1.IdentityService/DeleteMembership",
             message,
             ___google__protobuf__.Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def accept_invitation(
+        self,
+        message: "AcceptInvitationRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "Membership":
+        """
+        Accepts an invitation that SetMembership issued to the caller: the caller becomes a member of
+        the organization with the role it names. An invitation is valid once, until it expires, while
+        the admin who issued it is still an admin there, and until the user's account changes.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND, STATE_CONFLICT.
+        """
+
+        return await self._unary_unary(
+            "/emma.identity.v1.IdentityService/AcceptInvitation",
+            message,
+            Membership,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
