@@ -1,4 +1,12 @@
-"""Devices on an edge: mapping and the RegistryService's reads and changes."""
+"""Devices on an edge: mapping and the RegistryService's reads and changes.
+
+An edge's devices are those registered through the API (`app.devices`, with a device profile) and
+those the edge itself reports in its Hello (`app.edge_inventory`). Reading shows both: a device the
+edge reports but nobody registered is listed with an empty `device_profile`, the kind the edge
+reported and its model (or id) as display name, so `ListDevices` of a running edge is never empty.
+Registering it (CreateDevice with the same id) gives it a profile; the registered entry then wins.
+Update and delete act on registered devices only: what an edge reports changes with its site file.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +36,21 @@ JOIN app.device_profiles p ON p.org_id = d.org_id AND p.profile_id = d.profile_i
 """
 
 
+# Registered devices, then reported ones nobody registered, as one ordered list of the same columns.
+_EDGE_DEVICES = """
+SELECT device_id, display_name, profile_id, kind, create_time, update_time FROM (
+    SELECT d.device_id, d.display_name, d.profile_id, p.kind, d.create_time, d.update_time
+    FROM app.devices d JOIN app.device_profiles p ON p.org_id = d.org_id AND p.profile_id = d.profile_id
+    WHERE d.edge_pk = $1
+    UNION ALL
+    SELECT i.device_id, COALESCE(NULLIF(i.model, ''), i.device_id), NULL, i.kind, i.update_time, i.update_time
+    FROM app.edge_inventory i
+    WHERE i.edge_pk = $1
+      AND NOT EXISTS (SELECT 1 FROM app.devices d WHERE d.edge_pk = i.edge_pk AND d.device_id = i.device_id)
+) edge_devices
+"""
+
+
 def validate_new_device(d: registry_pb2.Device) -> None:
     validate_display_name(d.display_name, "device.display_name")
     if not d.device_profile:
@@ -39,6 +62,18 @@ def device_message(r: Any) -> registry_pb2.Device:
         name=f"organizations/{r['org_id']}/sites/{r['site_id']}/edges/{r['edge_id']}/devices/{r['device_id']}",
         display_name=r["display_name"],
         device_profile=f"organizations/{r['org_id']}/deviceProfiles/{r['profile_id']}",
+        kind=r["kind"],
+        create_time=timestamp(r["create_time"]),
+        update_time=timestamp(r["update_time"]),
+    )
+
+
+def edge_device_message(edge: EdgeName, r: Any) -> registry_pb2.Device:
+    """A row of _EDGE_DEVICES: registered (with its profile) or only reported by the edge (without)."""
+    return registry_pb2.Device(
+        name=str(DeviceName(edge, r["device_id"])),
+        display_name=r["display_name"],
+        device_profile="" if r["profile_id"] is None else f"organizations/{edge.org}/deviceProfiles/{r['profile_id']}",
         kind=r["kind"],
         create_time=timestamp(r["create_time"]),
         update_time=timestamp(r["update_time"]),
@@ -60,21 +95,22 @@ async def _device_row(conn: Conn, device: DeviceName) -> Any:
 
 
 async def get_device(conn: Conn, device: DeviceName) -> registry_pb2.Device:
-    return device_message(await _device_row(conn, device))
+    pk = await edge_pk(conn, device.edge)
+    row = None if pk is None else await conn.fetchrow(_EDGE_DEVICES + " WHERE device_id = $2", pk, device.device)
+    if row is None:
+        raise not_found(str(device))
+    return edge_device_message(device.edge, row)
 
 
 async def list_devices(conn: Conn, edge: EdgeName, page: Page) -> registry_pb2.ListDevicesResponse:
     pk = await edge_pk(conn, edge)
     if pk is None:
         raise not_found(str(edge))
-    rows = await conn.fetch(
-        _DEVICE_SELECT + " WHERE d.edge_pk = $1 ORDER BY d.device_id OFFSET $2 LIMIT $3",
-        pk,
-        page.offset,
-        page.limit,
-    )
+    rows = await conn.fetch(_EDGE_DEVICES + " ORDER BY device_id OFFSET $2 LIMIT $3", pk, page.offset, page.limit)
     token = page.next_token(rows)
-    return registry_pb2.ListDevicesResponse(devices=[device_message(r) for r in page.rows(rows)], next_page_token=token)
+    return registry_pb2.ListDevicesResponse(
+        devices=[edge_device_message(edge, r) for r in page.rows(rows)], next_page_token=token
+    )
 
 
 async def create_device(conn: Conn, device: DeviceName, d: registry_pb2.Device) -> registry_pb2.Device:
