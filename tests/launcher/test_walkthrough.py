@@ -2,12 +2,14 @@
 
 `emma up` runs as a subprocess (embedded PostgreSQL, services, gateway, two edge daemons as their own
 processes); the README's shell block runs in bash with two substitutions only: the gateway address
-(port 0 here, so tests never collide with a real 8080) and the state folder.
+(port 0 here, so tests never collide with a real 8080) and the state folder. It runs with a `date`
+that, like macOS's, knows no GNU options, so the block stays portable.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -48,6 +50,27 @@ def wait_for_battery_limits(gateway: str, state: Path, timeout: float = 60) -> N
     raise AssertionError("the simulated battery's limits never reached the cloud")
 
 
+def bsd_date(folder: Path) -> Path:
+    """A `date` that refuses GNU's options the way BSD date (macOS) does: `-d` is not relative time there."""
+    folder.mkdir()
+    shim = folder / "date"
+    shim.write_text(
+        "#!/usr/bin/env bash\n"
+        'for a in "$@"; do case "$a" in -d|--date*) echo "date: illegal option -- d" >&2; exit 1;; esac; done\n'
+        'exec /bin/date "$@"\n'
+    )
+    shim.chmod(0o755)
+    return folder
+
+
+def test_the_readme_names_the_demo_sites_by_their_ids() -> None:
+    # The sites' ids are what every URL uses; "Berlin" is where `demo` is, not its name.
+    block = readme_block()
+    for site_id in ("demo", "madrid"):
+        assert f"`{site_id}`" in block
+    assert "Berlin and Madrid" not in block
+
+
 def test_the_readme_walkthrough_works_against_emma_up(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = {
@@ -68,7 +91,12 @@ def test_the_readme_walkthrough_works_against_emma_up(tmp_path: Path) -> None:
         # reported limits), here by polling the latest values, at most 60 s.
         wait_for_battery_limits(gateway, state)
         result = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT
+            ["bash", "-euo", "pipefail", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env={**os.environ, "PATH": f"{bsd_date(tmp_path / 'bin')}:{os.environ['PATH']}"},
         )
         assert result.returncode == 0, result.stderr
         out = result.stdout
@@ -83,8 +111,13 @@ def test_the_readme_walkthrough_works_against_emma_up(tmp_path: Path) -> None:
 
 def check_output(out: str) -> None:
     # Sites: both demo sites, as proto3 JSON.
-    sites = json.loads(out.split("\n", 1)[0])
+    first, second = out.split("\n", 2)[:2]
+    sites = json.loads(first)
     assert [s["name"] for s in sites["sites"]] == ["organizations/demo/sites/demo", "organizations/demo/sites/madrid"]
+    # Devices: what the demo edge reports, although none was registered through the API.
+    devices = {d["name"].rsplit("/", 1)[1]: d for d in json.loads(second)["devices"]}
+    assert {"battery_1", "pv_1", "grid_1"} <= set(devices)
+    assert devices["battery_1"]["kind"] == "DEVICE_KIND_BATTERY"
     # Live values: SSE events with the battery's channels and their sample times.
     events = [json.loads(line[len("data: ") :]) for line in out.splitlines() if line.startswith("data: ")]
     live = [v for e in events if "values" in e for v in e["values"]]
