@@ -132,6 +132,7 @@ POLICY: dict[str, Access] = {
     _ID + "UpdateUser": Access.USER,
     _ID + "SetMembership": Access.ADMIN,
     _ID + "DeleteMembership": Access.ADMIN,
+    _ID + "AcceptInvitation": Access.USER,  # the invited user, named in the token
     _ID + "ListSessions": Access.USER,
     _ID + "RevokeSession": Access.USER,
     _ID + "CreateEdgeApiKey": Access.ADMIN,

@@ -149,11 +149,20 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         me.require_org(org, ADMIN, resource=request.parent)
         user_id = parse_user(request.user, "user", allow_me=False)
         memberships.check_role(request.role)
-        name = f"organizations/{org}/memberships/{user_id}"
-        note_audit(name)
+        note_audit(f"organizations/{org}/memberships/{user_id}")
         async with self._pool.acquire() as conn:
-            await memberships.set_role(conn, org, user_id, int(request.role), request.user)
-        return identity_pb2.Membership(name=name, user=f"users/{user_id}", role=request.role)
+            return await memberships.set_role(
+                conn, self._config.jwt_signing_key, me, org, user_id, int(request.role), request.user
+            )
+
+    async def AcceptInvitation(
+        self, request: identity_pb2.AcceptInvitationRequest, context: Context
+    ) -> identity_pb2.Membership:
+        me = caller(context)
+        me.require_user()
+        keys = (self._config.jwt_signing_key, *self._config.jwt_verify_keys)
+        async with self._pool.acquire() as conn:
+            return await memberships.accept(conn, keys, me, request.invitation_token)
 
     async def DeleteMembership(
         self, request: identity_pb2.DeleteMembershipRequest, context: Context

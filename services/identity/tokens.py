@@ -18,7 +18,7 @@ import grpc
 import jwt
 from emma.common.v1 import errors_pb2
 
-from services.errors import ApiError
+from services.errors import ApiError, invalid_field
 
 ISSUER = "emma"
 AUDIENCE = "emma-api"
@@ -105,3 +105,78 @@ def parse_refresh_token(token: str) -> tuple[str, bytes] | None:
     if not sep or not session_id or len(secret) < 32 or len(token) > 200:
         return None
     return session_id, hashlib.sha256(token.encode()).digest()
+
+
+# Invitations to an organization (SetMembership for a user who is not a member). They are signed, not
+# stored: the token names the user, the organization, the role and the admin who issued it, and the
+# version (update_time) of the user's row when it was issued. Accepting one bumps that version, so a
+# token works once; any other change of the account voids it too.
+INVITATION_AUDIENCE = "emma-invitation"  # never accepted where an access token is expected, nor the reverse
+INVITATION_PREFIX = "emma_inv_"
+
+
+@dataclass(frozen=True)
+class Invitation:
+    user_id: str
+    org: str
+    role: int
+    inviter: str
+    version: str
+    expires: dt.datetime
+
+
+def sign_invitation(key: bytes, invitation: Invitation) -> str:
+    claims = {
+        "iss": ISSUER,
+        "aud": INVITATION_AUDIENCE,
+        "sub": invitation.user_id,
+        "org": invitation.org,
+        "role": invitation.role,
+        "by": invitation.inviter,
+        "ver": invitation.version,
+        "jti": uuid.uuid4().hex,
+        "iat": int(dt.datetime.now(dt.UTC).timestamp()),
+        "exp": int(invitation.expires.timestamp()),
+    }
+    return INVITATION_PREFIX + jwt.encode(claims, key, algorithm=ALGORITHM)
+
+
+def verify_invitation(keys: tuple[bytes, ...], token: str) -> Invitation:
+    """The invitation a token carries; FIELD_INVALID when it is not one of ours, STATE_CONFLICT when
+    it has expired."""
+    bad = invalid_field("invitation_token", "not an invitation token of this deployment")
+    if not token.startswith(INVITATION_PREFIX) or len(token) > 2000:
+        raise bad
+    for key in keys:
+        try:
+            claims = jwt.decode(
+                token[len(INVITATION_PREFIX) :],
+                key,
+                algorithms=[ALGORITHM],
+                audience=INVITATION_AUDIENCE,
+                issuer=ISSUER,
+                leeway=LEEWAY_S,
+                options={"require": ["exp", "iat", "sub", "iss", "aud", "org", "role", "by", "ver"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise invitation_void("this invitation has expired; ask for a new one") from None
+        except jwt.InvalidSignatureError:  # try the previous keys of a rotation
+            continue
+        except jwt.PyJWTError:
+            raise bad from None
+        fields = (claims["sub"], claims["org"], claims["by"], claims["ver"])
+        if not all(isinstance(f, str) for f in fields) or not isinstance(claims["role"], int):
+            raise bad
+        return Invitation(
+            user_id=claims["sub"],
+            org=claims["org"],
+            role=claims["role"],
+            inviter=claims["by"],
+            version=claims["ver"],
+            expires=dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC),
+        )
+    raise bad
+
+
+def invitation_void(message: str = "this invitation is no longer valid; ask for a new one") -> ApiError:
+    return ApiError(grpc.StatusCode.FAILED_PRECONDITION, errors_pb2.ERROR_REASON_STATE_CONFLICT, message)

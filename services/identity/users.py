@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from typing import Any
 
 import asyncpg
@@ -20,6 +22,8 @@ from services.platform.migrations import Conn
 from services.platform.rpc import timestamp
 
 UPDATABLE = ("display_name", "password", "disabled")
+
+log = logging.getLogger("emma.auth")
 
 
 def can_see(me: Caller, user_id: str, their_orgs: dict[str, int]) -> bool:
@@ -107,17 +111,53 @@ def validate_new_user(request: identity_pb2.CreateUserRequest) -> str:
 async def create_user(
     conn: Conn, me: Caller, org: str, email: str, password_hash: str, display_name: str, role: int
 ) -> identity_pb2.User:
-    """Insert the user with a membership of `org` (in the caller's transaction)."""
+    """Insert the user with a membership of `org` (in the caller's transaction).
+
+    An e-mail address that belongs to a user the caller administers answers ALREADY_EXISTS, which
+    tells the caller nothing new. One of a user the caller cannot see (another tenant's) gets the
+    answer a creation gets, and nothing changes: neither an error nor a different answer may tell an
+    admin which addresses exist in other tenants, and the existing account must keep its password
+    and join no organization without consenting (invite them with SetMembership instead).
+    """
+    existing = await accounts.user_by_email(conn, email)
+    if existing is not None:
+        if can_see(me, existing["user_id"], await memberships_of(conn, existing["user_id"])):
+            raise _user_exists(email)
+        log.info(
+            "CreateUser named the e-mail address of a user in another organization: answered as if "
+            "created, nothing changed",
+            extra={"actor": me.actor, "organization": f"organizations/{org}", "existing": existing["user_id"]},
+        )
+        now = timestamp(dt.datetime.now(dt.UTC))
+        lookalike = accounts.new_user_id()  # no trace of the existing account, not even its id
+        return identity_pb2.User(
+            name=f"users/{lookalike}",
+            email=email,
+            display_name=display_name,
+            memberships=[
+                identity_pb2.Membership(
+                    name=f"organizations/{org}/memberships/{lookalike}",
+                    user=f"users/{lookalike}",
+                    role=role,  # type: ignore[arg-type]
+                )
+            ],
+            create_time=now,
+            update_time=now,
+        )
     try:
         user_id = await accounts.insert_user(conn, email=email, password_hash=password_hash, display_name=display_name)
-    except asyncpg.UniqueViolationError:
-        raise ApiError(
-            grpc.StatusCode.ALREADY_EXISTS,
-            errors_pb2.ERROR_REASON_RESOURCE_EXISTS,
-            f"a user with the e-mail address {email} exists already",
-        ) from None
+    except asyncpg.UniqueViolationError:  # created concurrently since the look-up above
+        raise _user_exists(email) from None
     await accounts.set_membership(conn, org, user_id, role)
     return user_message(await user_row(conn, user_id), {org: role}, me)
+
+
+def _user_exists(email: str) -> ApiError:
+    return ApiError(
+        grpc.StatusCode.ALREADY_EXISTS,
+        errors_pb2.ERROR_REASON_RESOURCE_EXISTS,
+        f"a user with the e-mail address {email} exists already",
+    )
 
 
 def update_paths(request: identity_pb2.UpdateUserRequest) -> list[str]:

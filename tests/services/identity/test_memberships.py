@@ -31,12 +31,18 @@ async def test_set_and_delete_membership_and_list_users(host: Host, db: asyncpg.
             viewer.name,
             identity_pb2.ROLE_OPERATOR,
         )
-        # The outsider joins as viewer; as seen by this admin, only tenant-m's membership shows.
-        await identity.SetMembership(
+        # The outsider is invited as viewer and accepts (test_invitations.py: consent); as seen by
+        # this admin, only tenant-m's membership shows.
+        invitation = await identity.SetMembership(
             identity_pb2.SetMembershipRequest(
                 parent="organizations/tenant-m", user=outsider.name, role=identity_pb2.ROLE_VIEWER
             )
         )
+        assert invitation.pending
+        async with authed_channel(server.port, outsider.token) as outsider_ch:
+            await identity_pb2_grpc.IdentityServiceStub(outsider_ch).AcceptInvitation(
+                identity_pb2.AcceptInvitationRequest(invitation_token=invitation.invitation_token)
+            )
         seen = await identity.GetUser(identity_pb2.GetUserRequest(name=outsider.name))
         assert [m.name for m in seen.memberships] == [f"organizations/tenant-m/memberships/{outsider.user_id}"]
 
