@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an edge daemon for one site",
         description="Run the site daemon: devices, control cycle, outbox, uplink.",
     )
-    src = edge.add_mutually_exclusive_group(required=True)
+    # Not required by argparse: `emma edge init` needs neither; main() asks for one when running a site.
+    src = edge.add_mutually_exclusive_group()
     src.add_argument("--config", help="the site's TOML file")
     src.add_argument("--simulate", action="store_true", help="run a ready-made simulated demo site")
     edge.add_argument(
@@ -130,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=".emma/edge-sim",
         help="where --simulate keeps its outbox (default .emma/edge-sim; `emma up`'s demo edge has .emma/edge-demo)",
     )
+    edge.epilog = "To connect a new site to a cloud: `emma edge init --help` (docs/connect-a-site.md)."
+    edge_sub = edge.add_subparsers(dest="edge_command", metavar="TASK", parser_class=_Parser)
+    from launcher.edge_init import add_init_parser
+
+    add_init_parser(edge_sub)
 
     admin = sub.add_parser(
         "admin",
@@ -225,6 +231,10 @@ def _run(args: argparse.Namespace) -> int:
 
         asyncio.run(serve_gateway(gateway_config, announce=announce_gateway))
         return 0
+    if args.command == "edge" and args.edge_command == "init":
+        from launcher.edge_init import run_init
+
+        return asyncio.run(run_init(args, env))
     if args.command == "edge":
         from edge_daemon.main import run as run_edge
 
@@ -243,12 +253,17 @@ def raise_config(message: str) -> NoReturn:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "edge" and args.edge_command is None and not (args.config or args.simulate):
+        edge_parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["edge"]
+        edge_parser.error("one of the arguments --config --simulate is required (or the task init)")
     if args.command != "edge":  # the edge daemon configures its own logging (with its site's fields)
         # One JSON object per line for every role, so logs of cloud and edge join on the same fields.
         from core.logs import configure_logging
 
         configure_logging(args.log_level, static={"process": "emma " + args.command})
     command = args.command + (f" {args.admin_command}" if args.command == "admin" else "")
+    if args.command == "edge" and args.edge_command:
+        command += f" {args.edge_command}"
     try:
         return _run(args)
     except EmmaError as exc:
