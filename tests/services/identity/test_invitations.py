@@ -4,6 +4,7 @@ belongs to another tenant's user."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
@@ -30,6 +31,22 @@ async def _error(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
 async def _orgs(db: asyncpg.Connection, user: Credentials) -> dict[str, int]:
     rows = await db.fetch("SELECT org_id, role FROM identity.memberships WHERE user_id = $1", user.user_id)
     return {r["org_id"]: r["role"] for r in rows}
+
+
+async def _audit_row(db: asyncpg.Connection, method: str, actor: str) -> asyncpg.Record:
+    """The newest audit row of `method` by `actor`; the call's audit row is written on a task of its
+    own, so it may land just after the answer."""
+    for _ in range(200):
+        row = await db.fetchrow(
+            """SELECT * FROM identity.audit_entries WHERE method LIKE '%/' || $1 AND actor = $2
+               ORDER BY id DESC LIMIT 1""",
+            method,
+            actor,
+        )
+        if row is not None:
+            return row
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no audit row of {method} by {actor}")
 
 
 def _stub(ch: grpc.aio.Channel) -> identity_pb2_grpc.IdentityServiceStub:
@@ -91,6 +108,10 @@ async def test_adding_an_existing_user_takes_their_consent(host: Host, db: async
         )
         assert (joined.name, joined.role, joined.pending) == (invitation.name, identity_pb2.ROLE_ADMIN, False)
         assert await _orgs(db, bob) == {"inv-b": 1, "inv-a": 3}
+        # The joined organization's audit log has the acceptance, without the token.
+        row = await _audit_row(db, "AcceptInvitation", bob.name)
+        assert (row["org_id"], row["resource"], row["result_code"]) == ("inv-a", invitation.name, 0)
+        assert invitation.invitation_token not in row["request_json"] and "[REDACTED]" in row["request_json"]
         seen = await _stub(admin_ch).GetUser(identity_pb2.GetUserRequest(name=bob.name))
         assert [m.name for m in seen.memberships] == [invitation.name]  # inv-b stays hidden
         await _stub(admin_ch).DeleteMembership(identity_pb2.DeleteMembershipRequest(name=invitation.name))
