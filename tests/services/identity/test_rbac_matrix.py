@@ -400,3 +400,15 @@ async def test_who_may_read_and_change_which_user(host: Host, db: asyncpg.Connec
                 ),
             ):
                 assert await _outcome(call) == HIDDEN
+
+        # What an admin may do to a user they share with another organization: remove them from
+        # their own (not from the other).
+        membership = f"organizations/rb-alpha/memberships/{targets['multi'].user_id}"
+        for who, want in (("beta_admin", HIDDEN), ("platform_admin", HIDDEN), ("alpha_admin", OK)):
+            async with authed_channel(server.port, (await new_session(db, actors[who].user_id)).token) as ch:
+                removal = identity_pb2_grpc.IdentityServiceStub(ch).DeleteMembership(
+                    identity_pb2.DeleteMembershipRequest(name=membership)
+                )
+                assert await _outcome(removal) == want, who
+        rows = await db.fetch("SELECT org_id FROM identity.memberships WHERE user_id = $1", targets["multi"].user_id)
+        assert [r["org_id"] for r in rows] == ["rb-beta"]
