@@ -1,5 +1,7 @@
 """The contracts' comments, by full name, for the OpenAPI document and the docs page.
 
+Oneofs are named like fields (`emma.command.v1.FleetDispatch.targets`).
+
 The generated _pb2 modules carry descriptors without source info; `make gen` also writes
 gen/emma/descriptors.binpb with it, and this module reads the leading comment of every service,
 method, message, field, enum and enum value from there.
@@ -17,7 +19,7 @@ DESCRIPTOR_SET = "descriptors.binpb"
 
 # FileDescriptorProto / DescriptorProto field numbers used in source-info paths.
 _MESSAGE, _ENUM, _SERVICE = 4, 5, 6
-_FIELD, _NESTED, _NESTED_ENUM, _METHOD, _VALUE = 2, 3, 4, 2, 2
+_FIELD, _NESTED, _NESTED_ENUM, _ONEOF, _METHOD, _VALUE = 2, 3, 4, 8, 2, 2
 
 
 def _clean(text: str) -> str:
@@ -36,6 +38,8 @@ def _names(file: descriptor_pb2.FileDescriptorProto) -> Iterator[tuple[tuple[int
             yield here, name
             for j, f in enumerate(m.field):
                 yield (*here, _FIELD, j), f"{name}.{f.name}"
+            for j, o in enumerate(m.oneof_decl):
+                yield (*here, _ONEOF, j), f"{name}.{o.name}"
             yield from messages(m.nested_type, (*here, _NESTED), name)
             yield from enums(m.enum_type, (*here, _NESTED_ENUM), name)
 

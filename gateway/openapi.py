@@ -5,6 +5,8 @@ is exactly the URL a client sends for `{parent=organizations/*/sites/*}`; the pa
 the contracts' google.api.resource patterns. Schemas follow the proto3 JSON mapping: lowerCamelCase
 names, int64 as strings, enums by name, Timestamps as RFC 3339 date-times, Durations as "3600s".
 Unknown fields are rejected by the gateway, so every object says additionalProperties: false.
+The limits the contracts state in their comments (`[limits: 0..1000]`, gateway/constraints.py) become
+minimum/maximum, minLength/maxLength, minItems/maxItems and oneOf, and a sentence in the description.
 
 The generated document is committed as gateway/openapi.snapshot.json so contract changes show up in
 review as API changes; refresh it with `python -m gateway.openapi --write`.
@@ -25,6 +27,7 @@ from google.api import field_behavior_pb2, resource_pb2
 from google.protobuf import descriptor as d
 from google.rpc import code_pb2
 
+from gateway import constraints
 from gateway.binding import SCALAR_WKT, is_map, is_repeated, query_leaf
 from gateway.comments import comment
 from gateway.routes import Route, RouteTable, Segment, Variable, build_route_table
@@ -82,7 +85,10 @@ class _Schemas:
         if m.full_name not in self.components:
             self.components[m.full_name] = {}  # placeholder first: messages may refer to themselves
             schema = self.object(m.fields)
-            if text := comment(m.full_name):
+            one_of = _required_oneofs(m)
+            if one_of:
+                schema["oneOf"] = one_of
+            if text := constraints.without_tags(comment(m.full_name)):
                 schema = {"description": text, **schema}
             self.components[m.full_name] = schema
         return self.ref(m.full_name)
@@ -99,7 +105,7 @@ class _Schemas:
 
     def _described(self, f: d.FieldDescriptor) -> dict[str, Any]:
         schema = self.field(f)
-        text = comment(f.full_name)
+        text = field_description(f)
         return {**schema, "description": text} if text else schema
 
     def enum(self, e: d.EnumDescriptor) -> dict[str, Any]:
@@ -126,6 +132,7 @@ class _Schemas:
             schema = {"type": "array", "items": self.single(f)}
         else:
             schema = self.single(f)
+        schema = _apply_limits(f, schema)
         behaviors = _behaviors(f)
         if field_behavior_pb2.OUTPUT_ONLY in behaviors:
             schema = {**schema, "readOnly": True} if "$ref" not in schema else {"allOf": [schema], "readOnly": True}
@@ -156,6 +163,99 @@ class _Schemas:
         if t == _FD.TYPE_BYTES:
             return {"type": "string", "format": "byte", "contentEncoding": "base64"}
         return {"type": "string"}
+
+
+def field_description(f: d.FieldDescriptor) -> str:
+    """The field's comment without its limits tag, and the limits in words (Durations and int64 are
+    JSON strings, so for them the words are all a client gets)."""
+    text = constraints.without_tags(comment(f.full_name))
+    limits = _limits(f)
+    if not limits.empty:
+        text = f"{text} Limits: {_limits_text(limits)}.".strip()
+    return text
+
+
+def _limits(f: d.FieldDescriptor) -> constraints.Limits:
+    return constraints.parse(comment(f.full_name), f.full_name)
+
+
+def _limits_text(limits: constraints.Limits) -> str:
+    parts = []
+    if limits.value is not None:
+        parts.append(limits.value.text())
+    if limits.length is not None:
+        parts.append(f"length {limits.length.text()} characters")
+    if limits.items is not None:
+        parts.append(f"{limits.items.text()} items")
+    return "; ".join(parts)
+
+
+def _apply_limits(f: d.FieldDescriptor, schema: dict[str, Any]) -> dict[str, Any]:
+    """The field's schema with the keywords its `[limits: ...]` tag states (see gateway/constraints.py)."""
+    limits = _limits(f)
+    if limits.empty:
+        return schema
+    if limits.required:
+        raise constraints.LimitsSyntaxError(f"{f.full_name}: 'required' belongs on a oneof, not a field")
+    if is_map(f):
+        raise constraints.LimitsSyntaxError(f"{f.full_name}: a map field takes no limits")
+    if is_repeated(f):
+        out = dict(schema)
+        if limits.items is not None:
+            if limits.items.minimum is not None:
+                out["minItems"] = int(limits.items.minimum)
+            if limits.items.maximum is not None:
+                out["maxItems"] = int(limits.items.maximum)
+        item_limits = constraints.Limits(value=limits.value, length=limits.length)
+        if not item_limits.empty:
+            out["items"] = _single_limits(f, out["items"], item_limits)
+        return out
+    if limits.items is not None:
+        raise constraints.LimitsSyntaxError(f"{f.full_name}: 'items' needs a repeated field")
+    return _single_limits(f, schema, limits)
+
+
+def _single_limits(f: d.FieldDescriptor, schema: dict[str, Any], limits: constraints.Limits) -> dict[str, Any]:
+    out = dict(schema)
+    duration = f.message_type is not None and f.message_type.full_name == "google.protobuf.Duration"
+    if limits.value is not None:
+        numeric = out.get("type") in ("integer", "number")
+        int64 = out.get("format") in ("int64", "uint64") and out.get("type") == "string"
+        if limits.value.seconds != duration or not (numeric or int64 or duration):
+            what = "Duration bounds written with 's'" if duration else "a number field"
+            raise constraints.LimitsSyntaxError(f"{f.full_name}: a MIN..MAX limit here needs {what}")
+        if numeric:  # int64 and Durations are JSON strings: their bounds are in the description
+            if limits.value.minimum is not None:
+                out["minimum"] = _whole(limits.value.minimum, out)
+            if limits.value.maximum is not None:
+                out["maximum"] = _whole(limits.value.maximum, out)
+    if limits.length is not None:
+        if f.type != d.FieldDescriptor.TYPE_STRING:
+            raise constraints.LimitsSyntaxError(f"{f.full_name}: 'length' needs a string field")
+        if limits.length.minimum is not None:
+            out["minLength"] = int(limits.length.minimum)
+        if limits.length.maximum is not None:
+            out["maxLength"] = int(limits.length.maximum)
+    return out
+
+
+def _whole(bound: float, schema: dict[str, Any]) -> int | float:
+    return int(bound) if schema.get("type") == "integer" or bound == int(bound) else bound
+
+
+def _required_oneofs(m: d.Descriptor) -> list[dict[str, Any]]:
+    """JSON Schema for the oneofs marked `[limits: required]`: exactly one of their fields present."""
+    alternatives: list[dict[str, Any]] = []
+    for oneof in m.oneofs:
+        limits = constraints.parse(comment(f"{m.full_name}.{oneof.name}"), f"{m.full_name}.{oneof.name}")
+        if not limits.required:
+            continue
+        if alternatives or not limits == constraints.Limits(required=True):
+            raise constraints.LimitsSyntaxError(
+                f"{m.full_name}.{oneof.name}: one required oneof per message, only 'required'"
+            )
+        alternatives = [{"required": [f.json_name]} for f in oneof.fields]
+    return alternatives
 
 
 def _resource_segment_names(services: Iterable[d.ServiceDescriptor]) -> dict[str, str]:
@@ -255,6 +355,8 @@ def _query_parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
             name = prefix + f.json_name
             if query_leaf(f):
                 param: dict[str, Any] = {"name": name, "in": "query", "schema": schemas.field(f)}
+                if text := field_description(f):
+                    param["description"] = text
                 if depth == 0 and _required(f):
                     param["required"] = True
                 if is_repeated(f):

@@ -148,14 +148,21 @@ def stored_command(name: str, state: int = command_pb2.COMMAND_STATE_EXECUTED) -
     )
 
 
+def sent_command(name: str) -> command_pb2.Command:
+    """What the server sends of stored_command: its INPUT_ONLY ttl never leaves the server
+    (services/platform/interceptors.py, AIP-203)."""
+    sent = stored_command(name)
+    sent.ClearField("ttl")
+    return sent
+
+
 def expected_sdk_command(name: str) -> Command:
-    """The same command built independently with the SDK dataclasses."""
+    """The command the client receives (sent_command), built independently with the SDK dataclasses."""
     return Command(
         name=name,
         channel="battery_1/SetActivePower",
         value=-2500.5,
         issued_time=ISSUED,
-        ttl=dt.timedelta(minutes=5),
         expire_time=CREATED + dt.timedelta(seconds=300),
         state=CommandState.EXECUTED,
         applied_value=-2500.0,
@@ -389,14 +396,14 @@ async def test_unary_returns_the_servers_message_field_by_field(loopback: Loopba
 
     assert isinstance(got, Command)
     assert got == expected_sdk_command(name)
-    # Timestamps arrive as aware UTC datetimes and Durations as timedeltas; enums as SDK enum members.
+    # Timestamps arrive as aware UTC datetimes and enums as SDK enum members (Durations: see the Welcome).
     assert got.issued_time is not None
     assert got.issued_time.tzinfo is not None
     assert got.issued_time.utcoffset() == dt.timedelta(0)
-    assert got.ttl == dt.timedelta(seconds=300)
+    assert got.ttl is None  # INPUT_ONLY: set by the servicer, cleared on the way out
     assert got.state is CommandState.EXECUTED
     # The SDK message re-encodes to exactly what the server sent.
-    assert bytes(got) == stored_command(name).SerializeToString(deterministic=True)
+    assert bytes(got) == sent_command(name).SerializeToString(deterministic=True)
     # Call metadata reached the servicer.
     assert loopback.observed.metadata[name]["x-request-id"] == "req-123"
 
@@ -742,7 +749,7 @@ async def test_sync_stub_unary(loopback: Loopback) -> None:
 
     assert isinstance(got, Command)
     assert got == expected_sdk_command(name)
-    assert bytes(got) == stored_command(name).SerializeToString(deterministic=True)
+    assert bytes(got) == sent_command(name).SerializeToString(deterministic=True)
 
 
 async def test_sync_stub_error_carries_error_info(loopback: Loopback) -> None:

@@ -183,7 +183,9 @@ class Command(_message.Message):
 
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
-        """How long the command may wait for delivery (default 5 minutes, at most 24 hours)."""
+        """How long the command may wait for delivery (default 5 minutes, at most 24 hours).
+        [limits: 1s..86400s]
+        """
 
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
@@ -298,7 +300,7 @@ class ListCommandsRequest(_message.Message):
     state: Global___CommandState.ValueType
     """Only commands in this state."""
     page_size: _builtins.int
-    """At most this many results (default 50, at most 1000)."""
+    """At most this many results (default 50, at most 1000). [limits: 0..1000]"""
     page_token: _builtins.str
     """The next_page_token of the previous page."""
     @_builtins.property
@@ -661,7 +663,7 @@ class ListFleetDispatchesRequest(_message.Message):
     parent: _builtins.str
     """The organization."""
     page_size: _builtins.int
-    """At most this many results (default 50, at most 1000)."""
+    """At most this many results (default 50, at most 1000). [limits: 0..1000]"""
     page_token: _builtins.str
     """The next_page_token of the previous page."""
     def __init__(

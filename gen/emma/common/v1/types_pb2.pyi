@@ -168,9 +168,9 @@ class GeoLocation(_message.Message):
     LATITUDE_DEG_FIELD_NUMBER: _builtins.int
     LONGITUDE_DEG_FIELD_NUMBER: _builtins.int
     latitude_deg: _builtins.float
-    """Latitude in degrees, -90 to 90."""
+    """Latitude in degrees, -90 to 90. [limits: -90..90]"""
     longitude_deg: _builtins.float
-    """Longitude in degrees, -180 to 180."""
+    """Longitude in degrees, -180 to 180. [limits: -180..180]"""
     def __init__(
         self,
         *,

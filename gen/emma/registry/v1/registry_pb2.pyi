@@ -63,7 +63,7 @@ class Organization(_message.Message):
     name: _builtins.str
     """The resource name, organizations/{organization}."""
     display_name: _builtins.str
-    """The name shown to people."""
+    """The name shown to people. [limits: length ..200]"""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
@@ -107,7 +107,7 @@ class Site(_message.Message):
     name: _builtins.str
     """The resource name, organizations/{organization}/sites/{site}."""
     display_name: _builtins.str
-    """The name shown to people."""
+    """The name shown to people. [limits: length ..200]"""
     time_zone: _builtins.str
     """The IANA time zone, for example "Europe/Madrid": local views, day boundaries and billing days."""
     country_code: _builtins.str
@@ -115,9 +115,9 @@ class Site(_message.Message):
     bidding_zone: _builtins.str
     """The market bidding zone, for example "ES" or "DE-LU"."""
     grid_import_limit_w: _builtins.float
-    """The grid connection's import limit in watts (0: unknown)."""
+    """The grid connection's import limit in watts (0: unknown). [limits: 0..]"""
     grid_export_limit_w: _builtins.float
-    """The grid connection's export limit in watts (0: unknown)."""
+    """The grid connection's export limit in watts (0: unknown). [limits: 0..]"""
     @_builtins.property
     def location(self) -> _types_pb2.GeoLocation:
         """Where it is (used for the sun's position and for maps)."""
@@ -169,7 +169,7 @@ class Edge(_message.Message):
     name: _builtins.str
     """The resource name, organizations/{organization}/sites/{site}/edges/{edge}."""
     display_name: _builtins.str
-    """The name shown to people."""
+    """The name shown to people. [limits: length ..200]"""
     connection_state: Global___EdgeConnectionState.ValueType
     """Whether its stream is up."""
     agent_version: _builtins.str
@@ -223,7 +223,7 @@ class Device(_message.Message):
     name: _builtins.str
     """The resource name; its last segment is the device id used in channel addresses ("battery_1")."""
     display_name: _builtins.str
-    """The name shown to people."""
+    """The name shown to people. [limits: length ..200]"""
     device_profile: _builtins.str
     """The profile that declares its channels and limits,
     organizations/{organization}/deviceProfiles/{device_profile}.
@@ -275,16 +275,16 @@ class DeviceProfile(_message.Message):
     name: _builtins.str
     """The resource name, organizations/{organization}/deviceProfiles/{device_profile}."""
     display_name: _builtins.str
-    """The name shown to people."""
+    """The name shown to people. [limits: length ..200]"""
     kind: _types_pb2.DeviceKind.ValueType
     """What kind of device it describes."""
     manufacturer: _builtins.str
-    """The manufacturer."""
+    """The manufacturer. [limits: length ..200]"""
     model: _builtins.str
-    """The model."""
+    """The model. [limits: length ..200]"""
     @_builtins.property
     def channels(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ChannelSpec]:
-        """The channels; names are unique within a profile."""
+        """The channels; names are unique within a profile. [limits: items 1..1000]"""
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -345,7 +345,7 @@ class ListOrganizationsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """At most this many results (default 50, at most 1000)."""
+    """At most this many results (default 50, at most 1000). [limits: 0..1000]"""
     page_token: _builtins.str
     """The next_page_token of the previous page."""
     def __init__(
@@ -522,7 +522,7 @@ class ListSitesRequest(_message.Message):
     parent: _builtins.str
     """The parent's resource name."""
     page_size: _builtins.int
-    """At most this many results (default 50, at most 1000)."""
+    """At most this many results (default 50, at most 1000). [limits: 0..1000]"""
     page_token: _builtins.str
     """The next_page_token of the previous page."""
     def __init__(
@@ -704,7 +704,7 @@ class ListEdgesRequest(_message.Message):
     parent: _builtins.str
     """The parent's resource name."""
     page_size: _builtins.int
-    """At most this many results (default 50, at most 1000)."""
+    """At most this many results (default 50, at most 1000). [limits: 0..1000]"""
     page_token: _builtins.str
     """The next_page_token of the previous page."""
     def __init__(
@@ -886,7 +886,7 @@ class ListDevicesRequest(_message.Message):
     parent: _builtins.str
     """The parent's resource name."""
     page_size: _builtins.int
-    """At most this many results (default 50, at most 1000)."""
+    """At most this many results (default 50, at most 1000). [limits: 0..1000]"""
     page_token: _builtins.str
     """The next_page_token of the previous page."""
     def __init__(
@@ -1068,7 +1068,7 @@ class ListDeviceProfilesRequest(_message.Message):
     parent: _builtins.str
     """The parent's resource name."""
     page_size: _builtins.int
-    """At most this many results (default 50, at most 1000)."""
+    """At most this many results (default 50, at most 1000). [limits: 0..1000]"""
     page_token: _builtins.str
     """The next_page_token of the previous page."""
     def __init__(

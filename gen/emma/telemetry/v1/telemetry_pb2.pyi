@@ -238,7 +238,7 @@ class QueryHistoryRequest(_message.Message):
     """Align buckets to the site's time zone instead of UTC."""
     @_builtins.property
     def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The channels' resource names, at most 100."""
+        """The channels' resource names, at most 100. [limits: items 1..100]"""
 
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -251,7 +251,7 @@ class QueryHistoryRequest(_message.Message):
     @_builtins.property
     def interval(self) -> _duration_pb2.Duration:
         """The bucket width, a whole number of minutes; unset or zero returns raw samples. Intervals of a
-        day or more are calendar days in the bucket time zone.
+        day or more are calendar days in the bucket time zone. At most 366 days. [limits: 0s..31622400s]
         """
 
     def __init__(
@@ -429,7 +429,7 @@ class ListChannelsRequest(_message.Message):
     parent: _builtins.str
     """A site, an edge or a device."""
     page_size: _builtins.int
-    """At most this many results (default 100, at most 1000)."""
+    """At most this many results (default 100, at most 1000). [limits: 0..1000]"""
     page_token: _builtins.str
     """The next_page_token of the previous page."""
     def __init__(
@@ -492,7 +492,7 @@ class ExportSiteTelemetryRequest(_message.Message):
     """Replace names and the exact location with stable pseudonymous ids."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """Start of the period (inclusive)."""
+        """Start of the period (inclusive). The period is at most 366 days."""
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
@@ -500,7 +500,9 @@ class ExportSiteTelemetryRequest(_message.Message):
 
     @_builtins.property
     def interval(self) -> _duration_pb2.Duration:
-        """The resolution; at least 15 minutes."""
+        """The resolution, a whole number of minutes; at least 15 minutes, at most 366 days.
+        [limits: 900s..31622400s]
+        """
 
     def __init__(
         self,

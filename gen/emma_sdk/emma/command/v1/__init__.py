@@ -231,6 +231,7 @@ class Command(betterproto2.Message):
     )
     """
     How long the command may wait for delivery (default 5 minutes, at most 24 hours).
+    [limits: 1s..86400s]
     """
 
     expire_time: "datetime.datetime | None" = betterproto2.field(
@@ -426,7 +427,7 @@ class FleetDispatch(betterproto2.Message):
     One action sent to many edges at once.
 
     Oneofs:
-        - targets: Which edges.
+        - targets: Which edges: exactly one of the three. [limits: required]
     """
 
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
@@ -632,7 +633,7 @@ class ListCommandsRequest(betterproto2.Message):
 
     page_size: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
     """
-    At most this many results (default 50, at most 1000).
+    At most this many results (default 50, at most 1000). [limits: 0..1000]
     """
 
     page_token: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
@@ -683,7 +684,7 @@ class ListFleetDispatchesRequest(betterproto2.Message):
 
     page_size: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
     """
-    At most this many results (default 50, at most 1000).
+    At most this many results (default 50, at most 1000). [limits: 0..1000]
     """
 
     page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)

@@ -731,12 +731,12 @@ class GeoLocation(betterproto2.Message):
 
     latitude_deg: "float" = betterproto2.field(1, betterproto2.TYPE_DOUBLE)
     """
-    Latitude in degrees, -90 to 90.
+    Latitude in degrees, -90 to 90. [limits: -90..90]
     """
 
     longitude_deg: "float" = betterproto2.field(2, betterproto2.TYPE_DOUBLE)
     """
-    Longitude in degrees, -180 to 180.
+    Longitude in degrees, -180 to 180. [limits: -180..180]
     """
 
 

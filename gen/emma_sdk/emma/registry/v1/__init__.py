@@ -524,7 +524,7 @@ class Device(betterproto2.Message):
 
     display_name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
-    The name shown to people.
+    The name shown to people. [limits: length ..200]
     """
 
     device_profile: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
@@ -578,7 +578,7 @@ class DeviceProfile(betterproto2.Message):
 
     display_name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
-    The name shown to people.
+    The name shown to people. [limits: length ..200]
     """
 
     kind: "__common__v1__.DeviceKind" = betterproto2.field(
@@ -590,19 +590,19 @@ class DeviceProfile(betterproto2.Message):
 
     manufacturer: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
     """
-    The manufacturer.
+    The manufacturer. [limits: length ..200]
     """
 
     model: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
     """
-    The model.
+    The model. [limits: length ..200]
     """
 
     channels: "list[__common__v1__.ChannelSpec]" = betterproto2.field(
         6, betterproto2.TYPE_MESSAGE, repeated=True
     )
     """
-    The channels; names are unique within a profile.
+    The channels; names are unique within a profile. [limits: items 1..1000]
     """
 
     create_time: "datetime.datetime | None" = betterproto2.field(
@@ -644,7 +644,7 @@ class Edge(betterproto2.Message):
 
     display_name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
-    The name shown to people.
+    The name shown to people. [limits: length ..200]
     """
 
     connection_state: "EdgeConnectionState" = betterproto2.field(
@@ -845,7 +845,7 @@ class ListDeviceProfilesRequest(betterproto2.Message):
 
     page_size: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
     """
-    At most this many results (default 50, at most 1000).
+    At most this many results (default 50, at most 1000). [limits: 0..1000]
     """
 
     page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
@@ -896,7 +896,7 @@ class ListDevicesRequest(betterproto2.Message):
 
     page_size: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
     """
-    At most this many results (default 50, at most 1000).
+    At most this many results (default 50, at most 1000). [limits: 0..1000]
     """
 
     page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
@@ -947,7 +947,7 @@ class ListEdgesRequest(betterproto2.Message):
 
     page_size: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
     """
-    At most this many results (default 50, at most 1000).
+    At most this many results (default 50, at most 1000). [limits: 0..1000]
     """
 
     page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
@@ -993,7 +993,7 @@ class ListOrganizationsRequest(betterproto2.Message):
 
     page_size: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
     """
-    At most this many results (default 50, at most 1000).
+    At most this many results (default 50, at most 1000). [limits: 0..1000]
     """
 
     page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
@@ -1044,7 +1044,7 @@ class ListSitesRequest(betterproto2.Message):
 
     page_size: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
     """
-    At most this many results (default 50, at most 1000).
+    At most this many results (default 50, at most 1000). [limits: 0..1000]
     """
 
     page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
@@ -1095,7 +1095,7 @@ class Organization(betterproto2.Message):
 
     display_name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
-    The name shown to people.
+    The name shown to people. [limits: length ..200]
     """
 
     create_time: "datetime.datetime | None" = betterproto2.field(
@@ -1135,7 +1135,7 @@ class Site(betterproto2.Message):
 
     display_name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
-    The name shown to people.
+    The name shown to people. [limits: length ..200]
     """
 
     location: "__common__v1__.GeoLocation | None" = betterproto2.field(
@@ -1162,12 +1162,12 @@ class Site(betterproto2.Message):
 
     grid_import_limit_w: "float" = betterproto2.field(7, betterproto2.TYPE_DOUBLE)
     """
-    The grid connection's import limit in watts (0: unknown).
+    The grid connection's import limit in watts (0: unknown). [limits: 0..]
     """
 
     grid_export_limit_w: "float" = betterproto2.field(8, betterproto2.TYPE_DOUBLE)
     """
-    The grid connection's export limit in watts (0: unknown).
+    The grid connection's export limit in watts (0: unknown). [limits: 0..]
     """
 
     create_time: "datetime.datetime | None" = betterproto2.field(

@@ -203,7 +203,7 @@ class ExportSiteTelemetryRequest(betterproto2.Message):
         optional=True,
     )
     """
-    Start of the period (inclusive).
+    Start of the period (inclusive). The period is at most 366 days.
     """
 
     end_time: "datetime.datetime | None" = betterproto2.field(
@@ -223,7 +223,8 @@ class ExportSiteTelemetryRequest(betterproto2.Message):
         optional=True,
     )
     """
-    The resolution; at least 15 minutes.
+    The resolution, a whole number of minutes; at least 15 minutes, at most 366 days.
+    [limits: 900s..31622400s]
     """
 
     pseudonymize: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
@@ -403,7 +404,7 @@ class ListChannelsRequest(betterproto2.Message):
 
     page_size: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
     """
-    At most this many results (default 100, at most 1000).
+    At most this many results (default 100, at most 1000). [limits: 0..1000]
     """
 
     page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
@@ -509,7 +510,7 @@ class QueryHistoryRequest(betterproto2.Message):
         2, betterproto2.TYPE_STRING, repeated=True
     )
     """
-    The channels' resource names, at most 100.
+    The channels' resource names, at most 100. [limits: items 1..100]
     """
 
     start_time: "datetime.datetime | None" = betterproto2.field(
@@ -540,7 +541,7 @@ class QueryHistoryRequest(betterproto2.Message):
     )
     """
     The bucket width, a whole number of minutes; unset or zero returns raw samples. Intervals of a
-    day or more are calendar days in the bucket time zone.
+    day or more are calendar days in the bucket time zone. At most 366 days. [limits: 0s..31622400s]
     """
 
     aggregation: "Aggregation" = betterproto2.field(
