@@ -18,21 +18,29 @@ reset the budget of the address they spray from, nor the account's overall budge
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 
 from services.platform.migrations import Conn
 
 _last_sweep = 0.0
+MAX_EMAIL = 320  # accounts.EMAIL: 64 characters, "@", 255
+
+
+def _bounded(email: str) -> str:
+    """The e-mail address as a key part of bounded length: no account has a longer address, and a
+    megabyte-long one must not become a megabyte-long row per failure."""
+    return email if len(email) <= MAX_EMAIL else "sha256:" + hashlib.sha256(email.encode()).hexdigest()
 
 
 def user_key(email: str) -> str:
     """The account from all addresses."""
-    return f"user:{email}"
+    return f"user:{_bounded(email)}"
 
 
 def user_address_key(email: str, address: str) -> str:
     """The account from one client address."""
-    return f"user:{email}|addr:{address}"
+    return f"user:{_bounded(email)}|addr:{address}"
 
 
 def address_key(address: str) -> str:

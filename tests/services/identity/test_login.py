@@ -331,3 +331,15 @@ async def test_an_attacker_cannot_lock_the_owner_out_of_their_account(
         code, reason, _, _ = await _error(login("typo", home))
         assert reason == "LOGIN_FAILED"
         assert (await login(PASSWORD, home)).access_token
+
+
+async def test_a_huge_login_name_is_counted_under_a_key_of_bounded_size(host: Host, db: asyncpg.Connection) -> None:
+    await db.execute("DELETE FROM identity.login_failures")
+    huge = "x" * 200_000 + "@acme.test"
+    async with host(["identity"]) as (server, _), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        code, reason, _, _ = await _error(
+            identity_pb2_grpc.IdentityServiceStub(ch).Login(identity_pb2.LoginRequest(email=huge, password="nope"))
+        )
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "LOGIN_FAILED")
+    lengths = [r["n"] for r in await db.fetch("SELECT length(key) AS n FROM identity.login_failures")]
+    assert len(lengths) == 3 and max(lengths) < 500, lengths
