@@ -40,7 +40,12 @@ class _Commands(command_pb2_grpc.CommandServiceServicer):
 
     async def CreateFleetDispatch(self, request: command_pb2.CreateFleetDispatchRequest, context: Any) -> Any:
         self.calls.append(request)
-        return command_pb2.FleetDispatch(name="organizations/o/fleetDispatches/f")
+        # Echoes the request's INPUT_ONLY ttl, as a careless servicer would.
+        return command_pb2.FleetDispatch(name="organizations/o/fleetDispatches/f", ttl=request.fleet_dispatch.ttl)
+
+    async def GetCommand(self, request: command_pb2.GetCommandRequest, context: Any) -> Any:
+        self.calls.append(request)
+        return command_pb2.Command(name=request.name, value=5.0, ttl=duration_pb2.Duration(seconds=60))
 
 
 class _Telemetry(telemetry_pb2_grpc.TelemetryServiceServicer):
@@ -195,3 +200,17 @@ async def test_login_with_a_nul_byte_is_refused_without_credentials(host: Host) 
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await stub.Login(identity_pb2.LoginRequest(email="admin@example.com", password="x"))
         assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_input_only_fields_never_leave_the_server(servers: Any) -> None:
+    s, commands, _, _ = servers
+    stub = command_pb2_grpc.CommandServiceStub(s.channel)
+    command = await stub.GetCommand(command_pb2.GetCommandRequest(name="c"))
+    assert command.value == 5.0 and command.name == "c"
+    assert not command.HasField("ttl")
+    dispatch = command_pb2.FleetDispatch(site="s", ttl=duration_pb2.Duration(seconds=30))
+    created = await stub.CreateFleetDispatch(
+        command_pb2.CreateFleetDispatchRequest(parent="o", fleet_dispatch=dispatch, request_id="r")
+    )
+    assert created.name == "organizations/o/fleetDispatches/f" and not created.HasField("ttl")
+    assert commands.calls[-1].fleet_dispatch.ttl.seconds == 30  # the servicer got it; it only stays in
