@@ -44,9 +44,18 @@ def restrict_file(path: Path) -> None:
 
 
 def touch_private(path: Path) -> Path:
-    """Create the file 0600 if missing (so whatever opens it next inherits the mode), else narrow it."""
+    """Create the file 0600 if missing (so whatever opens it next inherits the mode), else narrow it.
+
+    An existing file is changed by path, never opened: closing any descriptor of a file drops every
+    POSIX lock this process holds on it, and SQLite locks its database that way, so opening and closing
+    an outbox another connection of this process has open would break that connection's locking.
+    """
     private_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        os.chmod(path, FILE_MODE)
+        return path
     try:
         os.fchmod(fd, FILE_MODE)
     finally:
