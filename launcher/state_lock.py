@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.errors import ConfigError
-from edge_daemon.private_files import restrict_dir
+from edge_daemon.private_files import private_dir, restrict_dir
 
 LOCK_NAME = "emma-up.lock"
 
@@ -39,8 +39,10 @@ def hold_state_folder(state_dir: Path) -> Iterator[None]:
     """Hold the folder's lock until the block ends; StateFolderInUse at once when it is taken.
 
     The folder holds the database, the secrets, the edges' keys and outboxes: it is made 0700 (also
-    when an earlier release created it with the umask's 0755)."""
-    restrict_dir(state_dir)
+    when an earlier release created it with the umask's 0755), but only once the lock is ours: a
+    refused second start must not change the folder under the running stack, whose PostgreSQL may run
+    as another user that passes through it (launcher.up.narrow_state_folder)."""
+    private_dir(state_dir)
     path = state_dir / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -51,6 +53,7 @@ def hold_state_folder(state_dir: Path) -> Iterator[None]:
                 f"the state folder {state_dir} is in use by a running emma up ({_holder(path)}); stop that one, "
                 "or give this one its own folder with --state-dir or EMMA_STATE_DIR"
             ) from None
+        restrict_dir(state_dir)
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "started": time.time()}).encode())
         yield
