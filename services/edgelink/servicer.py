@@ -11,11 +11,13 @@ import asyncpg
 import grpc
 from emma.common.v1 import errors_pb2
 from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
+from google.protobuf.message import DecodeError
 
 from services.command import CommandRelay
+from services.edgelink.log_limit import LogLimiter
 from services.edgelink.session import EdgeSession, IngestCounters, record_event
 from services.edgelink.writer import DEFAULT_LANES, IngestWriter
-from services.errors import ApiError
+from services.errors import ApiError, invalid_field
 from services.platform import db
 from services.platform.rpc import Context
 from services.platform.runtime import Runtime
@@ -23,6 +25,10 @@ from services.platform.runtime import Runtime
 log = logging.getLogger("emma.edgelink")
 
 HELLO_TIMEOUT_S = 30.0
+# One WARNING a minute at most for undecodable messages, whoever sends them (see log_limit.py).
+UNDECODABLE_LOG_INTERVAL_S = 60.0
+# How long stop() waits for the ends of streams to be recorded before the pool closes.
+CLOSE_WAIT_S = 10.0
 
 
 class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
@@ -38,6 +44,11 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         self.relay = CommandRelay(runtime.pool, runtime.dsn, runtime.replica_id)
         self._tasks: list[asyncio.Task[None]] = []
         self._writer_pool: asyncpg.Pool | None = None
+        # The stream each edge has on this replica, so a newer one can end the older one at once.
+        self._streams: dict[int, EdgeSession] = {}
+        # Ends of streams still being recorded; stop() waits for them before the pool closes.
+        self._closing: set[asyncio.Task[None]] = set()
+        self._undecodable_log = LogLimiter(UNDECODABLE_LOG_INTERVAL_S)
 
     async def start(self) -> None:
         # The writer's lanes get connections of their own: a burst of stream opens or closes (1,000
@@ -57,6 +68,8 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=CLOSE_WAIT_S)
         await self.relay.stop()
         await self.writer.stop()
         if self._writer_pool is not None:
@@ -97,7 +110,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         request_iterator: AsyncIterator[edge_link_pb2.ConnectRequest],
         context: Context,
     ) -> AsyncIterator[edge_link_pb2.ConnectResponse]:
-        requests = aiter(request_iterator)
+        requests = aiter(self._decoded(request_iterator))
         try:
             first = await asyncio.wait_for(anext(requests), HELLO_TIMEOUT_S)
         except (TimeoutError, StopAsyncIteration):
@@ -121,7 +134,22 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
             self._runtime.replica_id,
             self.relay,
         )
+
+        older = self._streams.get(session.edge_pk)
+        self._streams[session.edge_pk] = session
+        if older is not None:
+            older.replaced()
         reader = asyncio.create_task(session.read_loop(requests), name=f"reader-{session.identity.name}")
+
+        # When the call has ended, however it ended, the reader stops and the end is recorded. The
+        # finally below does both too, but a handler cancelled while the server writes a response
+        # is not resumed, so its finally may run late or never.
+        def call_ended(_: Context) -> None:
+            reader.cancel()
+            self._close(session)
+
+        # grpc-stubs declare the callback as a class of their own; grpc calls any callable.
+        context.add_done_callback(call_ended)  # type: ignore[arg-type]
         try:
             yield edge_link_pb2.ConnectResponse(welcome=welcome)
             await session.attach_commands()  # after the Welcome: commands in flight, then the queue
@@ -129,7 +157,41 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
                 yield response
         finally:
             reader.cancel()
-            await session.close()
+            await asyncio.shield(self._close(session))
+
+    def _close(self, session: EdgeSession) -> asyncio.Task[None]:
+        """Start (or join) recording the end of `session`'s stream; stop() waits for it."""
+        if self._streams.get(session.edge_pk) is session:
+            del self._streams[session.edge_pk]
+        closing = session.close()
+        if not closing.done():
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        return closing
+
+    async def _decoded(
+        self, requests: AsyncIterator[edge_link_pb2.ConnectRequest]
+    ) -> AsyncIterator[edge_link_pb2.ConnectRequest]:
+        """The edge's messages; bytes that are not a ConnectRequest end the stream with INVALID_ARGUMENT.
+
+        gRPC decodes each message when the handler asks for the next one, so a DecodeError surfaces
+        here, not before the handler; unhandled it became INTERNAL with a traceback per stream.
+        """
+        iterator = aiter(requests)
+        while True:
+            try:
+                request = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            except DecodeError as exc:
+                held_back = self._undecodable_log.allow()
+                if held_back is not None:
+                    log.warning(
+                        "undecodable message on an edge stream refused",
+                        extra={"error": str(exc), "held_back": held_back},
+                    )
+                raise invalid_field("request", f"not a valid emma.edge.v1.ConnectRequest ({exc})") from None
+            yield request
 
     async def _sweep_offline(self) -> None:
         """Mark edges offline whose heartbeats stopped; safe on every replica at once."""

@@ -28,9 +28,10 @@ from emma.edge.v1 import edge_link_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from services.command import ACKS_PER_SECOND, CommandRelay, TokenBucket
-from services.edgelink.batches import Rejection, to_columns
+from services.edgelink.batches import Rejection, to_columns, to_events
+from services.edgelink.hello import check_channel_indexes, check_text
 from services.edgelink.writer import IngestWriter, PendingBatch
-from services.errors import ApiError, invalid_field
+from services.errors import ApiError, invalid_field, reason_name
 from services.identity import EdgeIdentity, authenticate_edge_key, edge_key_revoked
 from services.names import CHANNEL_ADDRESS
 from services.platform.config import IngestConfig
@@ -42,6 +43,24 @@ log = logging.getLogger("emma.edgelink")
 
 PROTOCOL_VERSION = 1
 _CLOSE = object()  # outbound sentinel: the edge closed its side and every ack was sent
+
+# Text from an edge that is only logged or stored for people is cut to a bounded length: one edge
+# must not be able to write megabytes into every log line or row (docs/telemetry-store.md).
+MAX_LOGGED_CHARS = 200
+# A command's name is organizations/{o}/sites/{s}/edges/{e}/commands/{uuid}: well under this.
+MAX_COMMAND_NAME_CHARS = 300
+MAX_ACK_REASON_CHARS = 100
+MAX_ACK_MESSAGE_CHARS = 1_000
+
+
+def clipped(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _storable(text: str, limit: int) -> str:
+    """Text PostgreSQL can hold (no NUL character: U+FFFD instead) of at most `limit` characters."""
+    return text.replace("\x00", "\ufffd")[:limit]
 
 
 def now_timestamp() -> timestamp_pb2.Timestamp:
@@ -101,6 +120,7 @@ class EdgeSession:
         self._in_flight = asyncio.Semaphore(config.max_unacked_batches)
         self._acks: asyncio.Queue[tuple[int, asyncio.Future[int]] | None] = asyncio.Queue()
         self._drifting = False
+        self._closing: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ handshake
 
@@ -121,8 +141,11 @@ class EdgeSession:
                 raise ApiError(
                     grpc.StatusCode.PERMISSION_DENIED,
                     errors_pb2.ERROR_REASON_EDGE_MISMATCH,
-                    f"the API key belongs to {identity.name}, not {hello.edge}",
+                    f"the API key belongs to {identity.name}, not {clipped(hello.edge)}",
                 )
+            # Before anything of the Hello is stored (see hello.py).
+            check_text(hello, "hello.")
+            check_channel_indexes((e.index for e in hello.channel_table), "hello.channel_table")
             if hello.protocol_version != PROTOCOL_VERSION:
                 raise ApiError(
                     grpc.StatusCode.FAILED_PRECONDITION,
@@ -222,6 +245,25 @@ class EdgeSession:
 
     async def _on_command_ack(self, ack: edge_link_pb2.CommandAck) -> None:
         await self._ack_pace.take()  # at most ACKS_PER_SECOND per edge; excess waits, never dropped
+        if len(ack.command) > MAX_COMMAND_NAME_CHARS:
+            log.warning(
+                "command ack with an over-long command name ignored",
+                extra={"edge": self.edge_name, "command": clipped(ack.command), "status": int(ack.status)},
+            )
+            return
+        # The ack's status is what counts and cannot be asked for again, so its text is made storable
+        # rather than the ack refused: NUL characters become U+FFFD, long texts are cut.
+        if (
+            len(ack.reason) > MAX_ACK_REASON_CHARS
+            or len(ack.message) > MAX_ACK_MESSAGE_CHARS
+            or "\x00" in (ack.command + ack.reason + ack.message)
+        ):
+            cleaned = edge_link_pb2.CommandAck()
+            cleaned.CopyFrom(ack)
+            cleaned.command = _storable(ack.command, MAX_COMMAND_NAME_CHARS)
+            cleaned.reason = _storable(ack.reason, MAX_ACK_REASON_CHARS)
+            cleaned.message = _storable(ack.message, MAX_ACK_MESSAGE_CHARS)
+            ack = cleaned
         if self._relay is not None:
             await self._relay.on_ack(self, ack)
         else:
@@ -255,8 +297,11 @@ class EdgeSession:
                 elif kind == "command_ack":
                     await self._on_command_ack(request.command_ack)
                 elif kind == "channel_table_append":
+                    append = request.channel_table_append
+                    check_text(append, "channel_table_append.")
+                    check_channel_indexes((e.index for e in append.channels), "channel_table_append.channels")
                     async with self._pool.acquire() as conn:
-                        await self._add_channels(conn, request.channel_table_append.channels)
+                        await self._add_channels(conn, append.channels)
                 elif kind == "hello":
                     raise ApiError(
                         grpc.StatusCode.FAILED_PRECONDITION,
@@ -272,6 +317,8 @@ class EdgeSession:
             await self.outbound.put(_CLOSE)
         except ApiError as exc:
             await self.outbound.put(exc)
+        except grpc.aio.AbortError:  # the call already ended with its status; nothing is left to read
+            pass
         except Exception as exc:
             log.exception("edge stream reader failed", extra={"edge": str(self.identity.name)})
             await self.outbound.put(exc)
@@ -291,8 +338,12 @@ class EdgeSession:
         if isinstance(checked, Rejection):
             await self._reject(batch.batch_seq, checked)
             return
+        events = to_events(batch.events)
+        if isinstance(events, Rejection):
+            await self._reject(batch.batch_seq, events)
+            return
         await self._in_flight.acquire()  # at most max_unacked_batches per stream in the writer
-        item = PendingBatch(self.identity.edge_pk, batch.batch_seq, checked, list(batch.events))
+        item = PendingBatch(self.identity.edge_pk, batch.batch_seq, checked, events)
         future = await self._writer.submit(item)
         await self._acks.put((batch.batch_seq, future))
 
@@ -302,15 +353,18 @@ class EdgeSession:
             "telemetry batch rejected",
             extra={"edge": str(self.identity.name), "batch_seq": batch_seq, "reason": rejection.reason},
         )
-        async with self._pool.acquire() as conn:
-            await record_event(
-                conn,
-                self.identity.edge_pk,
-                "warning",
-                "BATCH_REJECTED",
-                rejection.message,
-                {"batch_seq": batch_seq, "reason": rejection.reason},
-            )
+        try:
+            async with self._pool.acquire() as conn:
+                await record_event(
+                    conn,
+                    self.identity.edge_pk,
+                    "warning",
+                    "BATCH_REJECTED",
+                    rejection.message,
+                    {"batch_seq": batch_seq, "reason": rejection.reason},
+                )
+        except Exception:  # the event is for people; the ack is what the edge waits for
+            log.warning("could not record a rejected batch", extra={"edge": self.edge_name}, exc_info=True)
         await self.outbound.put(
             edge_link_pb2.ConnectResponse(
                 telemetry_ack=edge_link_pb2.TelemetryAck(
@@ -328,6 +382,18 @@ class EdgeSession:
             seq, future = entry
             try:
                 result = await future
+            except Exception as exc:
+                # The writer could not store a batch that passed every check (it logged why). An
+                # answer ends it all the same: without one the edge would resend it forever and
+                # its window would never move past it.
+                await self._reject(
+                    seq,
+                    Rejection(
+                        reason_name(errors_pb2.ERROR_REASON_UNSPECIFIED),
+                        f"the cloud could not store this batch ({type(exc).__name__}); its log says why",
+                    ),
+                )
+                continue
             finally:
                 self._in_flight.release()
             await self.outbound.put(
@@ -377,7 +443,35 @@ class EdgeSession:
                 raise item
             yield item
 
-    async def close(self) -> None:
+    def replaced(self) -> None:
+        """A newer stream of this edge opened on this replica: end this one now with SESSION_REPLACED.
+
+        What was still queued for this edge (acks, commands) is dropped: the edge resends unacked
+        batches on its newer stream, and the relay redelivers commands in flight when it attaches.
+        Emptying the queue first makes room, so the error is the next thing the handler takes.
+        """
+        while not self.outbound.empty():
+            self.outbound.get_nowait()
+        self.outbound.put_nowait(
+            ApiError(
+                grpc.StatusCode.ABORTED,
+                errors_pb2.ERROR_REASON_SESSION_REPLACED,
+                "a newer stream of this edge took over the session",
+            )
+        )
+
+    def close(self) -> asyncio.Task[None]:
+        """Record the end of the stream, once however often it is asked, in a task of its own.
+
+        Callers await it shielded: the handler that closes a stream is often being cancelled (the
+        edge went away, the server is stopping), and a cancellation must not cut the database write
+        short, or the edge would stay online until the offline sweeper noticed.
+        """
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close(), name=f"close-{self.edge_name}")
+        return self._closing
+
+    async def _close(self) -> None:
         if self._relay is not None:
             self._relay.detach(self)
         self._counters.streams_closed += 1

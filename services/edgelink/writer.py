@@ -35,6 +35,7 @@ from typing import Any
 import asyncpg
 from emma.edge.v1 import edge_link_pb2
 
+from services.edgelink.batches import EventRow
 from services.telemetry import Columns, SampleRows, copy_samples, create_partitions, record_batches
 
 log = logging.getLogger("emma.ingest")
@@ -62,7 +63,7 @@ class PendingBatch:
     edge_pk: int
     batch_seq: int
     columns: Columns
-    events: Sequence[edge_link_pb2.EdgeEvent] = ()
+    events: Sequence[EventRow] = ()
     result: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -226,22 +227,11 @@ class IngestWriter:
 
     @staticmethod
     async def _store_events(conn: Any, items: list[PendingBatch]) -> None:
-        rows = []
-        for item in items:
-            for ev in item.events:
-                kind = edge_link_pb2.EdgeEventKind.Name(ev.kind).removeprefix("EDGE_EVENT_KIND_")
-                severity = "warning" if ev.kind == edge_link_pb2.EDGE_EVENT_KIND_TELEMETRY_GAP else "info"
-                details = json.dumps(
-                    {
-                        "first_batch_seq": ev.first_batch_seq,
-                        "last_batch_seq": ev.last_batch_seq,
-                        "device_id": ev.device_id,
-                        "end_time_unix_s": ev.end_time.seconds + ev.end_time.nanos / 1e9,
-                    }
-                )
-                stamp = ev.event_time
-                event_time = stamp.seconds + stamp.nanos / 1e9 if ev.HasField("event_time") else time.time()
-                rows.append((item.edge_pk, event_time, severity, kind, ev.message, details))
+        rows = [
+            (item.edge_pk, ev.event_time_s, ev.severity, ev.kind, ev.message, json.dumps(ev.details))
+            for item in items
+            for ev in item.events
+        ]
         if rows:
             await conn.executemany(
                 """INSERT INTO app.edge_events (edge_pk, event_time, severity, kind, message, details)
