@@ -81,6 +81,18 @@ async def test_devices_the_edge_reports_are_listed_and_registering_one_gives_it_
                     break
             assert pages == [[("Basement battery", profile.name)], [("Acme HX-10", "")]]
 
+            # Another organization's admin sees none of them, not even that they exist.
+            stranger = await grant(db, "other-org", "admin")
+            async with authed_channel(server.port, stranger.token) as other_ch:
+                other = registry_pb2_grpc.RegistryServiceStub(other_ch)
+                for call in (
+                    other.ListDevices(registry_pb2.ListDevicesRequest(parent=str(edge))),
+                    other.GetDevice(registry_pb2.GetDeviceRequest(name=f"{edge}/devices/pv_1")),
+                ):
+                    with pytest.raises(grpc.aio.AioRpcError) as denied:
+                        await call
+                    assert denied.value.code() == grpc.StatusCode.NOT_FOUND  # not even its existence
+
             # Neither registered nor reported: still not found.
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await reg.GetDevice(registry_pb2.GetDeviceRequest(name=f"{edge}/devices/ev_1"))
