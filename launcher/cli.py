@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     from launcher.edge_init import add_init_parser
 
     add_init_parser(edge_sub)
+    from launcher.market_cli import add_market_parser
+
+    add_market_parser(sub)
 
     admin = sub.add_parser(
         "admin",
@@ -191,6 +194,10 @@ def settings(args: argparse.Namespace) -> dict[str, str]:
 def _run(args: argparse.Namespace) -> int:
     from services.platform.config import PlatformConfig
 
+    if args.command == "market":  # reads a file; needs no settings, so a bad EMMA_* cannot stop it
+        from launcher.market_cli import run_market
+
+        return run_market(args)
     env = settings(args)
     config = PlatformConfig.from_env(env)
     if args.command == "up":

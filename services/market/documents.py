@@ -1,0 +1,43 @@
+"""The one entry point for a market document of any source: detect what it is, parse it, or raise a
+DocumentError that names the document and the field."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from services.market.entsoe_xml import is_entsoe, parse_entsoe, parse_xml
+from services.market.model import DocumentError, MarketDocument
+from services.market.ree_json import error_body, parse_esios, parse_json, parse_redata
+
+# The largest document accepted: a year of 15-minute prices for one zone is ~3 MB of ENTSO-E XML.
+MAX_DOCUMENT_BYTES = 32 * 1024 * 1024
+
+
+def parse_document(data: bytes, name: str) -> MarketDocument:
+    """The normalised content of `data`; `name` (a file name, a URL) is what errors call it by.
+
+    ENTSO-E XML is told by its root element and IEC 62325-451 namespace; REE JSON by its top-level
+    keys (REData: data + included; ESIOS: indicator; an error body: errors or message).
+    """
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise DocumentError(name, "(document)", f"{len(data)} bytes is more than {MAX_DOCUMENT_BYTES}")
+    head = data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if head == b"<":
+        root = parse_xml(data, name)
+        if not is_entsoe(root):
+            raise DocumentError(name, "(root)", f"{root.tag[:80]!r} is not an ENTSO-E (IEC 62325-451) document")
+        return parse_entsoe(root, name)
+    if head in (b"{", b"["):
+        body = parse_json(data, name)
+        if not isinstance(body, Mapping):
+            raise DocumentError(name, "(document)", "a JSON document that is not an object")
+        refused = error_body(body, name)
+        if refused is not None:
+            raise refused
+        if "indicator" in body:
+            return parse_esios(body, name)
+        if "included" in body and "data" in body:
+            return parse_redata(body, name)
+        keys = ", ".join(sorted(str(k)[:30] for k in body)[:10])
+        raise DocumentError(name, "(document)", f"unknown JSON document (keys: {keys})")
+    raise DocumentError(name, "(document)", "neither XML nor JSON" if data.strip() else "empty")

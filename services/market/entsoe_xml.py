@@ -1,0 +1,340 @@
+"""ENTSO-E Transparency Platform XML (IEC 62325-451): day-ahead and intraday auction prices (A44),
+physical flows (A11), forecasted transfer capacities (A61) and the Acknowledgement it answers with
+when a query matches nothing.
+
+Rules, all from the publication's own conventions:
+- Each Period's timeInterval is authoritative (a document's period.timeInterval may be shorter).
+- Its resolution splits the interval into positions 1..n; a position outside that range, a repeated
+  position or an interval that is not a whole number of resolutions is a DocumentError naming it.
+- Curve type A01: each Point is its own slot; a missing position is a gap and stays one.
+  Curve type A03: a Point's value holds until the next Point's position, the last to the Period's end.
+- classificationSequence (two day-ahead results of one zone, e.g. the hourly and the 15-minute
+  coupling) and the auction are kept apart as series of their own, never merged or averaged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from xml.etree.ElementTree import Element, ParseError
+
+from defusedxml import DefusedXmlException  # type: ignore[import-untyped]
+from defusedxml.ElementTree import fromstring as _defused_fromstring  # type: ignore[import-untyped]
+
+from services.market.model import (
+    CapacitySeries,
+    DocumentError,
+    DocumentKind,
+    FlowSeries,
+    MarketDocument,
+    PriceSeries,
+    Product,
+    Slot,
+    Source,
+)
+from services.market.zones import checked_zone
+
+# Every IEC 62325-451 document lives under this namespace family (publication, acknowledgement, GL).
+_NAMESPACE_PREFIX = "urn:iec62325.351:tc57wg16:451-"
+NO_DATA_REASON = "999"
+_CONTRACTS = {"A01": Product.DAY_AHEAD, "A07": Product.INTRADAY_AUCTION}
+_DURATION = re.compile(r"PT(?:(\d{1,3})H)?(?:(\d{1,4})M)?")
+# The SIDC intraday auctions are IDA1..IDA3; ENTSO-E names the auction in auction.mRID where it does.
+_AUCTION_NUMBER = re.compile(r"(?:IDA)?([1-9])", re.IGNORECASE)
+# A Period holds at most a year of 15-minute slots; more positions than that is not a real document.
+_MAX_POSITIONS = 366 * 96
+
+
+def parse_xml(data: bytes, document: str) -> Element:
+    """The root element; DTDs, entity declarations and external references are refused, not expanded."""
+    try:
+        root: Element = _defused_fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException as exc:
+        raise DocumentError(document, "(document)", f"refused XML construct: {type(exc).__name__}") from None
+    except ParseError as exc:
+        raise DocumentError(document, "(document)", f"malformed XML: {exc}") from None
+    return root
+
+
+def _split(tag: str) -> tuple[str, str]:
+    if tag.startswith("{"):
+        ns, _, local = tag[1:].partition("}")
+        return ns, local
+    return "", tag
+
+
+def is_entsoe(root: Element) -> bool:
+    return _split(root.tag)[0].startswith(_NAMESPACE_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    """Finds children in the document's namespace and names every field it complains about."""
+
+    ns: str
+    document: str
+
+    def q(self, name: str) -> str:
+        return f"{{{self.ns}}}{name}" if self.ns else name
+
+    def all(self, el: Element, name: str) -> list[Element]:
+        return el.findall(self.q(name))
+
+    def text(self, el: Element, name: str, path: str) -> str:
+        child = el.find(self.q(name))
+        if child is None or not (child.text or "").strip():
+            raise DocumentError(self.document, f"{path}.{name}" if path else name, "missing")
+        return (child.text or "").strip()
+
+    def optional(self, el: Element, name: str) -> str | None:
+        child = el.find(self.q(name))
+        if child is None or not (child.text or "").strip():
+            return None
+        return (child.text or "").strip()
+
+    def error(self, path: str, problem: str) -> DocumentError:
+        return DocumentError(self.document, path, problem)
+
+    def time(self, el: Element, name: str, path: str) -> datetime:
+        raw = self.text(el, name, path)
+        try:
+            value = datetime.fromisoformat(raw)
+        except ValueError:
+            raise self.error(f"{path}.{name}", f"{raw[:40]!r} is not an ISO 8601 time") from None
+        if value.tzinfo is None:
+            raise self.error(f"{path}.{name}", f"{raw!r} has no time zone (ENTSO-E times are UTC)")
+        return value.astimezone(UTC)
+
+    def integer(self, el: Element, name: str, path: str) -> int:
+        raw = self.text(el, name, path)
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
+            raise self.error(f"{path}.{name}", f"{raw[:40]!r} is not a whole number")
+        return int(raw)
+
+    def number(self, el: Element, name: str, path: str) -> float:
+        raw = self.text(el, name, path)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise self.error(f"{path}.{name}", f"{raw[:40]!r} is not a number") from None
+        if not math.isfinite(value):
+            raise self.error(f"{path}.{name}", f"{raw!r} is not a finite number")
+        return value
+
+
+def parse_resolution(raw: str, document: str, path: str) -> timedelta:
+    """PT15M, PT30M, PT60M, PT1H: the minute and hour durations ENTSO-E publishes."""
+    m = _DURATION.fullmatch(raw)
+    if m is None or not (m.group(1) or m.group(2)):
+        raise DocumentError(document, path, f"{raw[:40]!r} is not a supported resolution (PTnM or PTnH)")
+    step = timedelta(hours=int(m.group(1) or 0), minutes=int(m.group(2) or 0))
+    if step <= timedelta(0) or step > timedelta(days=1):
+        raise DocumentError(document, path, f"{raw!r} is not a usable resolution")
+    return step
+
+
+@dataclass(frozen=True, slots=True)
+class _Period:
+    start: datetime
+    end: datetime
+    resolution: timedelta
+    slots: tuple[Slot, ...]
+
+
+def _period(r: _Reader, el: Element, path: str, curve: str, value_field: str) -> _Period:
+    interval = el.find(r.q("timeInterval"))
+    if interval is None:
+        raise r.error(f"{path}.timeInterval", "missing")
+    start = r.time(interval, "start", f"{path}.timeInterval")
+    end = r.time(interval, "end", f"{path}.timeInterval")
+    resolution = parse_resolution(r.text(el, "resolution", path), r.document, f"{path}.resolution")
+    if end <= start:
+        raise r.error(f"{path}.timeInterval", f"end {end.isoformat()} is not after start {start.isoformat()}")
+    count, rest = divmod(end - start, resolution)
+    if rest:
+        raise r.error(f"{path}.timeInterval", f"{end - start} is not a whole number of {resolution} slots")
+    if count > _MAX_POSITIONS:
+        raise r.error(f"{path}.timeInterval", f"{count} slots of {resolution} is more than a year")
+    points = r.all(el, "Point")
+    if len(points) > count:
+        raise r.error(f"{path}.Point", f"{len(points)} points do not fit {count} slots of {resolution}")
+    values: dict[int, float] = {}
+    for i, point in enumerate(points):
+        ppath = f"{path}.Point[{i}]"
+        position = r.integer(point, "position", ppath)
+        if not 1 <= position <= count:
+            raise r.error(f"{ppath}.position", f"position {position} is outside 1..{count} of the Period's interval")
+        if position in values:
+            raise r.error(f"{ppath}.position", f"position {position} appears twice")
+        values[position] = r.number(point, value_field, ppath)
+    if not values:
+        raise r.error(f"{path}.Point", "a Period without points")
+    positions = sorted(values)
+    slots: list[Slot] = []
+    if curve == "A03":
+        # A03 ("variable sized blocks"): omitted positions repeat the previous point's value up to the
+        # next point or the Period's end. Position 1 must be given: there is nothing before it.
+        if positions[0] != 1:
+            raise r.error(f"{path}.Point", f"curve type A03 starts at position {positions[0]}, not 1")
+        bounds = [*positions, count + 1]
+        for p, nxt in zip(positions, bounds[1:], strict=True):
+            slots.extend(Slot(start + (q - 1) * resolution, values[p]) for q in range(p, nxt))
+    else:
+        slots = [Slot(start + (p - 1) * resolution, values[p]) for p in positions]
+    return _Period(start, end, resolution, tuple(slots))
+
+
+def _curve(r: _Reader, ts: Element, path: str) -> str:
+    curve = r.optional(ts, "curveType") or "A01"
+    if curve not in ("A01", "A03"):
+        raise r.error(f"{path}.curveType", f"curve type {curve[:20]!r} is not supported (A01, A03)")
+    return curve
+
+
+def _merge(r: _Reader, path: str, slots: list[Slot]) -> tuple[Slot, ...]:
+    """One series' slots in time order; two Periods giving the same slot is a document error."""
+    slots.sort(key=lambda s: s.start)
+    for a, b in itertools.pairwise(slots):
+        if a.start == b.start:
+            raise r.error(path, f"two Periods give the slot at {a.start.isoformat()}")
+    return tuple(slots)
+
+
+def _domain(r: _Reader, ts: Element, side: str, path: str) -> str:
+    # Publication documents say in_Domain/out_Domain; GL documents inBiddingZone_Domain/outBiddingZone_Domain.
+    for name in (f"{side}_Domain.mRID", f"{side}BiddingZone_Domain.mRID"):
+        code = r.optional(ts, name)
+        if code is not None:
+            return checked_zone(code, r.document, f"{path}.{name}")
+    raise r.error(f"{path}.{side}_Domain.mRID", "missing")
+
+
+def _prices(r: _Reader, root: Element) -> tuple[tuple[PriceSeries, ...], list[_Period]]:
+    groups: dict[tuple[str, Product, int, int, timedelta, str, str], list[Slot]] = {}
+    periods: list[_Period] = []
+    for t, ts in enumerate(r.all(root, "TimeSeries")):
+        path = f"TimeSeries[{t}]"
+        zone = _domain(r, ts, "in", path)
+        contract = r.optional(ts, "contract_MarketAgreement.type") or "A01"
+        product = _CONTRACTS.get(contract)
+        if product is None:
+            raise r.error(f"{path}.contract_MarketAgreement.type", f"{contract[:20]!r} is neither A01 nor A07")
+        auction = 0
+        if product is Product.INTRADAY_AUCTION:
+            named = r.optional(ts, "auction.mRID")
+            m = _AUCTION_NUMBER.fullmatch(named) if named else None
+            auction = int(m.group(1)) if m else 0
+        sequence = 1
+        if r.optional(ts, "classificationSequence_AttributeInstanceComponent.position") is not None:
+            sequence = r.integer(ts, "classificationSequence_AttributeInstanceComponent.position", path)
+        currency = r.optional(ts, "currency_Unit.name") or "EUR"
+        unit = r.optional(ts, "price_Measure_Unit.name") or "MWH"
+        curve = _curve(r, ts, path)
+        for p, el in enumerate(r.all(ts, "Period")):
+            period = _period(r, el, f"{path}.Period[{p}]", curve, "price.amount")
+            periods.append(period)
+            key = (zone, product, auction, sequence, period.resolution, currency, unit)
+            groups.setdefault(key, []).extend(period.slots)
+    series = tuple(
+        PriceSeries(
+            zone=zone,
+            product=product,
+            resolution=resolution,
+            slots=_merge(r, f"TimeSeries(zone {zone}, sequence {sequence}, {resolution})", slots),
+            auction=auction,
+            sequence=sequence,
+            currency=currency,
+            unit=unit,
+        )
+        for (zone, product, auction, sequence, resolution, currency, unit), slots in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][1].value, kv[0][2], kv[0][3], kv[0][4])
+        )
+    )
+    return series, periods
+
+
+def _directed(r: _Reader, root: Element) -> tuple[dict[tuple[str, str, timedelta], tuple[Slot, ...]], list[_Period]]:
+    """Flows and capacities: one series per direction (out_Domain -> in_Domain) and resolution."""
+    groups: dict[tuple[str, str, timedelta], list[Slot]] = {}
+    periods: list[_Period] = []
+    for t, ts in enumerate(r.all(root, "TimeSeries")):
+        path = f"TimeSeries[{t}]"
+        out_zone = _domain(r, ts, "out", path)
+        in_zone = _domain(r, ts, "in", path)
+        curve = _curve(r, ts, path)
+        for p, el in enumerate(r.all(ts, "Period")):
+            period = _period(r, el, f"{path}.Period[{p}]", curve, "quantity")
+            periods.append(period)
+            groups.setdefault((out_zone, in_zone, period.resolution), []).extend(period.slots)
+    merged = {
+        key: _merge(r, f"TimeSeries({key[0]} -> {key[1]}, {key[2]})", slots) for key, slots in sorted(groups.items())
+    }
+    return merged, periods
+
+
+def _interval(periods: list[_Period]) -> tuple[datetime, datetime] | None:
+    if not periods:
+        return None
+    return min(p.start for p in periods), max(p.end for p in periods)
+
+
+def parse_entsoe(root: Element, document: str) -> MarketDocument:
+    """A parsed ENTSO-E document (root from parse_xml, namespace already known to be IEC 62325-451)."""
+    ns, local = _split(root.tag)
+    r = _Reader(ns, document)
+    if local == "Acknowledgement_MarketDocument":
+        return _acknowledgement(r, root)
+    if local not in ("Publication_MarketDocument", "GL_MarketDocument"):
+        raise r.error("(root)", f"{local[:60]!r} is not a document EMMA reads")
+    doc_type = r.text(root, "type", "")
+    document_id = r.text(root, "mRID", "")
+    revision = r.integer(root, "revisionNumber", "") if r.optional(root, "revisionNumber") else 1
+    created = r.time(root, "createdDateTime", "") if r.optional(root, "createdDateTime") else None
+    if doc_type == "A44":
+        prices, periods = _prices(r, root)
+        return MarketDocument(
+            Source.ENTSOE,
+            DocumentKind.PRICES,
+            document_id,
+            revision,
+            created,
+            prices=prices,
+            interval=_interval(periods),
+        )
+    if doc_type == "A11":
+        groups, periods = _directed(r, root)
+        flows = tuple(FlowSeries(o, i, res, slots) for (o, i, res), slots in groups.items())
+        return MarketDocument(
+            Source.ENTSOE, DocumentKind.FLOWS, document_id, revision, created, flows=flows, interval=_interval(periods)
+        )
+    if doc_type == "A61":
+        groups, periods = _directed(r, root)
+        caps = tuple(CapacitySeries(o, i, res, slots) for (o, i, res), slots in groups.items())
+        return MarketDocument(
+            Source.ENTSOE,
+            DocumentKind.CAPACITIES,
+            document_id,
+            revision,
+            created,
+            capacities=caps,
+            interval=_interval(periods),
+        )
+    raise r.error("type", f"document type {doc_type[:20]!r} is not one EMMA reads (A44, A11, A61)")
+
+
+def _acknowledgement(r: _Reader, root: Element) -> MarketDocument:
+    """Reason 999 is ENTSO-E's "no matching data": an answer, not a failure. Any other reason is a
+    refused request (bad parameters, too large a query), which is an error of the document's."""
+    reasons = r.all(root, "Reason")
+    if not reasons:
+        raise r.error("Reason", "an Acknowledgement without a Reason")
+    code = r.text(reasons[0], "code", "Reason[0]")
+    text = r.optional(reasons[0], "text") or ""
+    if code != NO_DATA_REASON:
+        raise r.error("Reason[0].code", f"acknowledgement reason {code[:20]}: {text[:200]}")
+    created = r.time(root, "createdDateTime", "") if r.optional(root, "createdDateTime") else None
+    document_id = r.optional(root, "mRID") or ""
+    return MarketDocument(Source.ENTSOE, DocumentKind.NO_DATA, document_id, 0, created, no_data_reason=text)
