@@ -13,10 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import grpc
+from emma.common.v1 import errors_pb2
 from emma.registry.v1 import registry_pb2
 from google.protobuf import field_mask_pb2
 
-from services.errors import invalid_field, not_found
+from services.errors import ApiError, invalid_field, not_found
 from services.names import DeviceName, EdgeName
 from services.pagination import Page
 from services.platform.migrations import Conn
@@ -90,8 +92,29 @@ async def _device_row(conn: Conn, device: DeviceName) -> Any:
         device.device,
     )
     if row is None:
-        raise not_found(str(device))
+        raise await _not_registered(conn, device)
     return row
+
+
+async def _not_registered(conn: Conn, device: DeviceName) -> ApiError:
+    """NOT_FOUND for a device without a registration; for one its edge reports, saying how to register it."""
+    edge = device.edge
+    reported = await conn.fetchval(
+        """SELECT 1 FROM app.edge_inventory i JOIN app.edges e ON e.pk = i.edge_pk
+           WHERE e.org_id = $1 AND e.site_id = $2 AND e.edge_id = $3 AND i.device_id = $4""",
+        edge.org,
+        edge.site,
+        edge.edge,
+        device.device,
+    )
+    if not reported:
+        return not_found(str(device))
+    return ApiError(
+        grpc.StatusCode.NOT_FOUND,
+        errors_pb2.ERROR_REASON_RESOURCE_NOT_FOUND,
+        f"{device} is reported by its edge but not registered; CreateDevice with a device profile registers it",
+        metadata={"resource": str(device)},
+    )
 
 
 async def get_device(conn: Conn, device: DeviceName) -> registry_pb2.Device:

@@ -12,6 +12,7 @@ import pytest
 from emma.common.v1 import types_pb2
 from emma.edge.v1 import edge_link_pb2
 from emma.registry.v1 import registry_pb2, registry_pb2_grpc
+from google.protobuf import field_mask_pb2
 
 from tests.support.cloud import Host, new_edge
 from tests.support.edge_client import EdgeStream, battery_inventory, hello
@@ -80,6 +81,17 @@ async def test_devices_the_edge_reports_are_listed_and_registering_one_gives_it_
                 if not (token := page.next_page_token):
                     break
             assert pages == [[("Basement battery", profile.name)], [("Acme HX-10", "")]]
+
+            # A reported device is changed by registering it, not by updating it; the error says so.
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await reg.UpdateDevice(
+                    registry_pb2.UpdateDeviceRequest(
+                        device=registry_pb2.Device(name=f"{edge}/devices/pv_1", display_name="Roof"),
+                        update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+                    )
+                )
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "reported by its edge but not registered; CreateDevice" in (caught.value.details() or "")
 
             # Another organization's admin sees none of them, not even that they exist.
             stranger = await grant(db, "other-org", "admin")
