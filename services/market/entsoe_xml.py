@@ -46,6 +46,9 @@ _DURATION = re.compile(r"PT(?:(\d{1,3})H)?(?:(\d{1,4})M)?")
 _AUCTION_NUMBER = re.compile(r"(?:IDA)?([1-9])", re.IGNORECASE)
 # A Period holds at most a year of 15-minute slots; more positions than that is not a real document.
 _MAX_POSITIONS = 366 * 96
+# An A03 curve expands one Point to a whole Period, so a small document could ask for billions of
+# slots; a document may hold at most this many (a year of 15-minute prices for 25 zones is 880 000).
+MAX_SLOTS = 1_000_000
 
 
 def parse_xml(data: bytes, document: str) -> Element:
@@ -187,6 +190,13 @@ def _period(r: _Reader, el: Element, path: str, curve: str, value_field: str) ->
     return _Period(start, end, resolution, tuple(slots))
 
 
+def _count(r: _Reader, seen: int, period: _Period, path: str) -> int:
+    seen += len(period.slots)
+    if seen > MAX_SLOTS:
+        raise r.error(path, f"the document holds more than {MAX_SLOTS} slots")
+    return seen
+
+
 def _curve(r: _Reader, ts: Element, path: str) -> str:
     curve = r.optional(ts, "curveType") or "A01"
     if curve not in ("A01", "A03"):
@@ -215,6 +225,7 @@ def _domain(r: _Reader, ts: Element, side: str, path: str) -> str:
 def _prices(r: _Reader, root: Element) -> tuple[tuple[PriceSeries, ...], list[_Period]]:
     groups: dict[tuple[str, Product, int, int, timedelta, str, str], list[Slot]] = {}
     periods: list[_Period] = []
+    seen = 0
     for t, ts in enumerate(r.all(root, "TimeSeries")):
         path = f"TimeSeries[{t}]"
         zone = _domain(r, ts, "in", path)
@@ -236,6 +247,7 @@ def _prices(r: _Reader, root: Element) -> tuple[tuple[PriceSeries, ...], list[_P
         for p, el in enumerate(r.all(ts, "Period")):
             period = _period(r, el, f"{path}.Period[{p}]", curve, "price.amount")
             periods.append(period)
+            seen = _count(r, seen, period, f"{path}.Period[{p}]")
             key = (zone, product, auction, sequence, period.resolution, currency, unit)
             groups.setdefault(key, []).extend(period.slots)
     series = tuple(
@@ -260,6 +272,7 @@ def _directed(r: _Reader, root: Element) -> tuple[dict[tuple[str, str, timedelta
     """Flows and capacities: one series per direction (out_Domain -> in_Domain) and resolution."""
     groups: dict[tuple[str, str, timedelta], list[Slot]] = {}
     periods: list[_Period] = []
+    seen = 0
     for t, ts in enumerate(r.all(root, "TimeSeries")):
         path = f"TimeSeries[{t}]"
         out_zone = _domain(r, ts, "out", path)
@@ -268,6 +281,7 @@ def _directed(r: _Reader, root: Element) -> tuple[dict[tuple[str, str, timedelta
         for p, el in enumerate(r.all(ts, "Period")):
             period = _period(r, el, f"{path}.Period[{p}]", curve, "quantity")
             periods.append(period)
+            seen = _count(r, seen, period, f"{path}.Period[{p}]")
             groups.setdefault((out_zone, in_zone, period.resolution), []).extend(period.slots)
     merged = {
         key: _merge(r, f"TimeSeries({key[0]} -> {key[1]}, {key[2]})", slots) for key, slots in sorted(groups.items())

@@ -4,12 +4,14 @@ crash, a silent gap or a guess. Most are a real document with one thing broken."
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from services.market import DocumentError
 from services.market.documents import MAX_DOCUMENT_BYTES, parse_document
+from services.market.entsoe_xml import MAX_SLOTS
 
 DATA = Path(__file__).parent / "data"
 A44 = (DATA / "A44_DE-LU_2024-10-06_07_dayahead_PT60M+PT15M_negative.xml").read_bytes()
@@ -200,3 +202,26 @@ def test_redata_value_time_without_offset_is_refused() -> None:
     body["included"][1]["attributes"]["values"][2]["datetime"] = "2023-11-29T02:00:00.000"
     e = refused(json.dumps(body).encode())
     assert e.field_path == "included[1].attributes.values[2].datetime"
+
+
+def test_a03_expanding_beyond_the_slot_limit_is_refused() -> None:
+    # 29 Periods of 366 days at PT15M, one Point each: a 10 kB document that A03 would expand to
+    # 29 x 35 136 = 1 018 944 slots.
+    start = datetime(2000, 1, 1, tzinfo=UTC)
+    periods = []
+    for _ in range(29):
+        end = start + timedelta(days=366)
+        periods.append(
+            f"<Period><timeInterval><start>{start:%Y-%m-%dT%H:%MZ}</start><end>{end:%Y-%m-%dT%H:%MZ}</end>"
+            "</timeInterval><resolution>PT15M</resolution><Point><position>1</position>"
+            "<price.amount>1</price.amount></Point></Period>"
+        )
+        start = end
+    body = (
+        '<Publication_MarketDocument xmlns="urn:iec62325.351:tc57wg16:451-3:publicationdocument:7:3">'
+        "<mRID>x</mRID><type>A44</type><TimeSeries><in_Domain.mRID>10YNL----------L</in_Domain.mRID>"
+        f"<curveType>A03</curveType>{''.join(periods)}</TimeSeries></Publication_MarketDocument>"
+    ).encode()
+    assert len(body) < 20_000 and MAX_SLOTS < 29 * 366 * 96
+    e = refused(body)
+    assert e.field_path.startswith("TimeSeries[0].Period[") and str(MAX_SLOTS) in e.problem

@@ -255,3 +255,16 @@ def test_ree_error_bodies_are_document_errors(body: bytes, field: str, needle: s
     with pytest.raises(DocumentError) as caught:
         parse_document(body, "ree.json")
     assert caught.value.field_path == field and needle in caught.value.problem
+
+
+def test_gl_market_document_flows_name_zones_by_bidding_zone_domain() -> None:
+    # The same flows in the GL_MarketDocument shape (inBiddingZone_Domain / outBiddingZone_Domain).
+    body = (DATA / "derived_A11_FR-DE-LU_2024-10-07_flows_gap.xml").read_bytes()
+    body = body.replace(b"Publication_MarketDocument", b"GL_MarketDocument")
+    body = body.replace(b"in_Domain.mRID", b"inBiddingZone_Domain.mRID")
+    body = body.replace(b"out_Domain.mRID", b"outBiddingZone_Domain.mRID")
+    doc = parse_document(body, "gl.xml")
+    assert {(f.out_zone, f.in_zone, len(f.slots)) for f in doc.flows} == {
+        ("10YFR-RTE------C", DE_LU, 22),
+        (DE_LU, "10YFR-RTE------C", 24),
+    }
