@@ -95,7 +95,8 @@ def run_market(args: argparse.Namespace) -> int:
         for line in document_lines(parse_document(data, path.name)):
             sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
     except DocumentError as exc:
-        print(f"emma market parse: error: {exc}", file=sys.stderr)
+        # One line, whatever the document put in its error text or its name.
+        print(f"emma market parse: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_BAD_DOCUMENT
     except OSError as exc:
         print(f"emma market parse: error: {path}: cannot read: {exc.strerror or exc}", file=sys.stderr)

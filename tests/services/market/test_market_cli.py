@@ -79,3 +79,15 @@ def test_a_missing_file_is_one_line_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert "absent.xml" in line and "cannot read" in line
+
+
+def test_an_error_body_with_line_breaks_is_still_one_line(tmp_path: Path) -> None:
+    body = tmp_path / "esios.json"
+    body.write_text('{"message": "HTTP Token:\\nAccess denied.\\r\\nRetry later"}', encoding="utf-8")
+    result = run_emma("market", "parse", str(body))
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line == (
+        "emma market parse: error: esios.json: message: "
+        "the API answered with an error: HTTP Token: Access denied. Retry later"
+    )
