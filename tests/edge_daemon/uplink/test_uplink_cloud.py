@@ -12,12 +12,13 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 from emma.edge.v1 import edge_link_pb2
+from google.protobuf import timestamp_pb2
 
 from edge_daemon.channel_registry import ChannelRegistry
 from edge_daemon.channels import AckReason
@@ -287,22 +288,61 @@ async def test_refused_key_keeps_the_site_running_and_the_outbox_filling(
     assert seqs == list(range(1, len(seqs) + 1))
 
 
-async def test_a_batch_the_cloud_rejects_is_dropped_with_its_reason_and_blocks_nothing(
-    tmp_path: Path, db: asyncpg.Connection, migrated_url: str, captured_logs: list[logging.LogRecord]
-) -> None:
-    edge, pk, key = await new_edge(db, "rejects")
-    # Before the daemon ever ran, its outbox got a batch from 40 days ago: beyond the cloud's retention.
-    outbox_path = tmp_path / "outbox.sqlite"
-    registry = ChannelRegistry(outbox_path)
-    box = Outbox(outbox_path, 1 << 20)
-    index = registry.index_for("battery_1/Soc", "%")
-    stale = edge_link_pb2.TelemetryBatch(
+def _stale(index: int) -> edge_link_pb2.TelemetryBatch:
+    """From 40 days ago: beyond the cloud's retention."""
+    return edge_link_pb2.TelemetryBatch(
         batch_seq=1,
         base_time=timestamp(time.time() - 40 * 86_400),
         channel_indexes=[index],
         time_offsets_ms=[0],
         values=[50.0],
     )
+
+
+def _nul_in_event(index: int) -> edge_link_pb2.TelemetryBatch:
+    """An event whose device id PostgreSQL cannot store; this used to fail the stream on every resend."""
+    poison = edge_link_pb2.TelemetryBatch(
+        batch_seq=1, base_time=timestamp(time.time()), channel_indexes=[index], time_offsets_ms=[0], values=[50.0]
+    )
+    poison.events.add(kind=edge_link_pb2.EDGE_EVENT_KIND_DEVICE_COMMUNICATION_LOST, device_id="battery\x001")
+    return poison
+
+
+def _base_time_beyond_int64(index: int) -> edge_link_pb2.TelemetryBatch:
+    """A base_time whose microseconds overflow int64; this used to fail the stream on every resend."""
+    return edge_link_pb2.TelemetryBatch(
+        batch_seq=1,
+        base_time=timestamp_pb2.Timestamp(seconds=2**62),
+        channel_indexes=[index],
+        time_offsets_ms=[0],
+        values=[50.0],
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (_stale, "BATCH_TIME_OUT_OF_RANGE"),
+        (_nul_in_event, "FIELD_INVALID"),
+        (_base_time_beyond_int64, "BATCH_TIME_OUT_OF_RANGE"),
+    ],
+    ids=["stale", "nul-in-event", "base-time-beyond-int64"],
+)
+async def test_a_batch_the_cloud_rejects_is_dropped_with_its_reason_and_blocks_nothing(
+    tmp_path: Path,
+    db: asyncpg.Connection,
+    migrated_url: str,
+    captured_logs: list[logging.LogRecord],
+    make: Callable[[int], edge_link_pb2.TelemetryBatch],
+    reason: str,
+) -> None:
+    edge, pk, key = await new_edge(db, f"rejects-{make.__name__.strip('_').replace('_', '-')}")
+    # Before the daemon ever ran, its outbox got a batch the cloud refuses.
+    outbox_path = tmp_path / "outbox.sqlite"
+    registry = ChannelRegistry(outbox_path)
+    box = Outbox(outbox_path, 1 << 20)
+    index = registry.index_for("battery_1/Soc", "%")
+    stale = make(index)
     assert box.append(stale.SerializeToString()) == 1
     box.close()
     registry.close()
@@ -323,14 +363,12 @@ async def test_a_batch_the_cloud_rejects_is_dropped_with_its_reason_and_blocks_n
         finally:
             daemon.stop()
             await asyncio.gather(runner, return_exceptions=True)
-    assert uplink.stats.rejections == [(1, "BATCH_TIME_OUT_OF_RANGE")]
+    assert uplink.stats.rejections == [(1, reason)]
     seqs = [r.batch_seq for r in await ledger(db, pk)]
     assert 1 not in seqs and seqs == list(range(2, len(seqs) + 2))
     assert 1 not in read_outbox(outbox_path).batches  # dropped: resending cannot fix it
     rejected = [r for r in captured_logs if r.getMessage().startswith("telemetry batch rejected")]
-    assert [(getattr(r, "batch_seq", None), getattr(r, "reason", None)) for r in rejected] == [
-        (1, "BATCH_TIME_OUT_OF_RANGE")
-    ]
+    assert [(getattr(r, "batch_seq", None), getattr(r, "reason", None)) for r in rejected] == [(1, reason)]
 
 
 async def test_commands_queued_in_the_cloud_are_executed_or_rejected_by_the_edge(
