@@ -4,12 +4,13 @@ A03 forward fill, sequences apart, resolution changes, DST days, PVPC missing, n
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from services.market import DocumentError, DocumentKind, PriceSeries, Product, Source
+from services.market import DocumentError, DocumentKind, MarketDocument, PriceSeries, Product, Source
 from services.market.documents import parse_document
 
 DATA = Path(__file__).parent / "data"
@@ -19,7 +20,7 @@ H = timedelta(hours=1)
 Q = timedelta(minutes=15)
 
 
-def parse(name: str):  # type: ignore[no-untyped-def]
+def parse(name: str) -> MarketDocument:
     return parse_document((DATA / name).read_bytes(), name)
 
 
@@ -268,3 +269,18 @@ def test_gl_market_document_flows_name_zones_by_bidding_zone_domain() -> None:
         ("10YFR-RTE------C", DE_LU, 22),
         (DE_LU, "10YFR-RTE------C", 24),
     }
+
+
+def test_redata_pvpc_without_values_is_missing_too() -> None:
+    body = json.loads((DATA / "redata_precios-mercados-tiempo-real_2023-11-29_pvpc+spot.json").read_bytes())
+    [pvpc] = [i for i in body["included"] if i["id"] == "1001"]
+    pvpc["attributes"]["values"] = []
+    doc = parse_document(json.dumps(body).encode(), "redata.json")
+    assert [s.product for s in doc.prices] == [Product.SPOT]
+
+
+def test_esios_without_values_is_missing_not_an_error() -> None:
+    body = json.loads((DATA / "esios_indicator_1001_PVPC_2024-03-09.json").read_bytes())
+    body["indicator"]["values"] = []
+    doc = parse_document(json.dumps(body).encode(), "esios.json")
+    assert (doc.kind, doc.prices, doc.interval) == (DocumentKind.PRICES, (), None)
