@@ -18,7 +18,7 @@ import httpx
 
 from services.market.model import Source
 from services.market.sources.config import SourcesConfig
-from services.market.sources.errors import QueryRefused, TokenRefused
+from services.market.sources.errors import QueryRefused, SourceConfigError
 from services.market.sources.fetch import (
     Dialect,
     Fetched,
@@ -75,7 +75,7 @@ class EntsoeClient:
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         if not config.entsoe_token:
-            raise TokenRefused(Source.ENTSOE.value, "EMMA_ENTSOE_TOKEN is not set")
+            raise SourceConfigError("EMMA_ENTSOE_TOKEN is not set: the source refuses every request without it")
         self._token = config.entsoe_token
         self._url = config.entsoe_url.rstrip("/")
         self._own_client = client is None

@@ -19,7 +19,7 @@ import httpx
 
 from services.market.model import Source
 from services.market.sources.config import SourcesConfig
-from services.market.sources.errors import QueryRefused, TokenRefused
+from services.market.sources.errors import QueryRefused, SourceConfigError
 from services.market.sources.fetch import (
     Dialect,
     Fetched,
@@ -126,7 +126,7 @@ class EsiosClient(_Client):
         self, config: SourcesConfig, client: httpx.AsyncClient | None = None, sleep: Sleep = asyncio.sleep
     ) -> None:
         if not config.esios_token:
-            raise TokenRefused(Source.REE_ESIOS.value, "EMMA_ESIOS_TOKEN is not set")
+            raise SourceConfigError("EMMA_ESIOS_TOKEN is not set: the source refuses every request without it")
         super().__init__(client, config)
         self._token = config.esios_token
         self._url = config.esios_url.rstrip("/")

@@ -12,7 +12,15 @@ import pytest
 
 from core.errors import ConfigError
 from launcher.market_replay.recordings import RECORDINGS
-from services.market.sources import BadResponse, EntsoeClient, SourceConfigError, SourcesConfig, TokenBucket
+from services.market.sources import (
+    BadResponse,
+    EntsoeClient,
+    EsiosClient,
+    SourceConfigError,
+    SourcesConfig,
+    TokenBucket,
+)
+from services.market.sources.entsoe import EntsoeDialect
 from services.market.sources.fetch import retry_after_s, unzip_documents
 from tests.support.market_replay import replay_server, sources_config
 
@@ -104,3 +112,23 @@ async def test_an_answer_over_the_size_limit_is_a_bad_response() -> None:
                 "10Y1001A1001A82H", datetime(2024, 10, 5, 22, tzinfo=UTC), datetime(2024, 10, 6, 22, tzinfo=UTC)
             )
     assert len(server.seen) == 1
+
+
+def test_a_client_without_its_token_is_a_config_error_before_any_request() -> None:
+    with pytest.raises(SourceConfigError, match="EMMA_ENTSOE_TOKEN is not set"):
+        EntsoeClient(SourcesConfig())
+    with pytest.raises(SourceConfigError, match="EMMA_ESIOS_TOKEN is not set"):
+        EsiosClient(SourcesConfig(entsoe_token="set"))
+
+
+def test_an_acknowledgement_999_no_matching_data_is_no_data_also_with_http_400() -> None:
+    # Older API deployments answered "no data" with HTTP 400 and the same document as today's 200.
+    ack = (RECORDINGS / "entsoe" / "Acknowledgement_999_no_matching_data.xml").read_bytes()
+    assert EntsoeDialect().no_data(400, "application/xml", ack)
+    assert EntsoeDialect().no_data(200, "application/xml", ack)
+    other = ack.replace(b"No matching data found", b"The amount of requested data exceeds allowed limit")
+    assert not EntsoeDialect().no_data(400, "application/xml", other)
+    assert (
+        EntsoeDialect().explain(other)
+        == "Acknowledgement reason 999: The amount of requested data exceeds allowed limit"
+    )
