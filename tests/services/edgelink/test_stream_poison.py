@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 
 import asyncpg
 import grpc
 import pytest
+from emma.command.v1 import command_pb2, command_pb2_grpc
 from emma.common.v1 import types_pb2
 from emma.edge.v1 import edge_link_pb2
 from google.protobuf import timestamp_pb2
@@ -20,6 +22,7 @@ from grpc_status import rpc_status
 from services.errors import error_info_of
 from tests.support.cloud import Host, new_edge
 from tests.support.edge_client import EdgeStream, batch, battery_inventory, hello
+from tests.support.identity import authed_channel
 
 STORED = edge_link_pb2.TELEMETRY_ACK_RESULT_STORED
 DUPLICATE = edge_link_pb2.TELEMETRY_ACK_RESULT_DUPLICATE
@@ -404,3 +407,45 @@ async def test_the_end_of_a_stream_is_recorded_when_the_server_stops(
     assert not row["online"]
     kinds = [r["kind"] for r in await db.fetch("SELECT kind FROM app.edge_events WHERE edge_pk = $1 ORDER BY id", pk)]
     assert kinds[-1] == "DISCONNECTED"
+
+
+async def test_a_command_ack_with_nul_characters_and_long_text_is_stored_cleaned(
+    host: Host, db: asyncpg.Connection, token: str
+) -> None:
+    edge, _, key = await new_edge(db, "ack-text")
+    async with host(["edge", "command"]) as (server, _), authed_channel(server.port, token) as channel:
+        stub = command_pb2_grpc.CommandServiceStub(channel)
+        stream = EdgeStream(server.port)
+        await stream.send(hello(str(edge), key, devices=[battery_inventory()]))
+        await stream.recv_kind("welcome")
+        created = await stub.CreateCommand(
+            command_pb2.CreateCommandRequest(
+                parent=str(edge),
+                request_id=str(uuid.uuid4()),
+                command=command_pb2.Command(channel="battery_1/SetMode", value=1.0),
+            )
+        )
+        delivered = (await stream.recv_kind("command")).command
+        assert delivered.name == created.name
+        for status, reason, message in (
+            (edge_link_pb2.COMMAND_ACK_STATUS_RECEIVED, "", ""),
+            (edge_link_pb2.COMMAND_ACK_STATUS_REJECTED, "NO\x00PE" * 100, "m\x00" * 5_000),
+        ):
+            ack = edge_link_pb2.CommandAck(command=delivered.name, status=status, reason=reason, message=message)
+            await stream.send(edge_link_pb2.ConnectRequest(command_ack=ack))
+        for _ in range(200):
+            command = await stub.GetCommand(command_pb2.GetCommandRequest(name=created.name))
+            if command.state == command_pb2.COMMAND_STATE_REJECTED_BY_EDGE:
+                break
+            await asyncio.sleep(0.05)
+        assert command.state == command_pb2.COMMAND_STATE_REJECTED_BY_EDGE
+        assert command.state_reason == ("NO\ufffdPE" * 100)[:100]
+        # The stream lived through it.
+        await stream.send(edge_link_pb2.ConnectRequest(heartbeat=edge_link_pb2.Heartbeat()))
+        assert (await stream.recv_kind("heartbeat_ack")).HasField("heartbeat_ack")
+        await stream.close()
+    stored = await db.fetchval(
+        "SELECT message FROM app.command_events WHERE command_id = $1::uuid AND to_state = 'REJECTED_BY_EDGE'",
+        created.name.rsplit("/", 1)[1],
+    )
+    assert stored == ("m\ufffd" * 5_000)[:1_000]
