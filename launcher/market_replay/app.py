@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from launcher.market_replay.recordings import Catalog, Recording, etag, http_date, parse_time, redate
@@ -62,6 +62,7 @@ class Fault:
     status: int | None = None  # answer this status (503, 429, ...)
     retry_after: str | None = None  # with this Retry-After header
     hang_s: float = 0.0  # wait this long first (or until the server stops)
+    trickle_s: float = 0.0  # send the answer in 16 pieces, this long apart (a slow or stalling server)
     count: int = 1
     source: str | None = None  # "entsoe", "redata", "esios"; None: any
 
@@ -254,6 +255,20 @@ async def esios(request: Request) -> Response:
     return _document(request, data, "application/json", recording.last_modified)
 
 
+def _trickle(response: Response, pause_s: float, closing: asyncio.Event) -> Response:
+    body = bytes(response.body)
+    step = max(1, -(-len(body) // 16))
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for at in range(0, len(body), step):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closing.wait(), pause_s)
+            yield body[at : at + step]
+
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return StreamingResponse(pieces(), status_code=response.status_code, headers=headers)
+
+
 _SOURCES = {"entsoe": entsoe, "redata": redata, "esios": esios}
 
 
@@ -271,6 +286,8 @@ def _api(source: str) -> Callable[[Request], Awaitable[Response]]:
             response = Response(f"replayed fault: HTTP {fault.status}\n", status_code=fault.status, headers=headers)
         else:
             response = await handler(request)
+        if fault is not None and fault.trickle_s > 0:
+            response = _trickle(response, fault.trickle_s, state.closing)
         params = {k: v for k, v in request.query_params.items() if k.lower() != "securitytoken"}
         conditional = "if-none-match" in request.headers or "if-modified-since" in request.headers
         state.seen.append(Seen(source, request.url.path, params, response.status_code, conditional))
@@ -287,12 +304,17 @@ async def add_fault(request: Request) -> Response:
             status=int(body["status"]) if body.get("status") is not None else None,
             retry_after=str(body["retry_after"]) if body.get("retry_after") is not None else None,
             hang_s=float(body.get("hang_s", 0.0)),
+            trickle_s=float(body.get("trickle_s", 0.0)),
             count=int(body.get("count", 1)),
             source=body.get("source"),
         )
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         return JSONResponse({"error": f"bad fault: {exc}"}, status_code=400)
-    if fault.source not in (None, *_SOURCES) or fault.count < 1 or (fault.status is None and fault.hang_s <= 0):
+    if (
+        fault.source not in (None, *_SOURCES)
+        or fault.count < 1
+        or (fault.status is None and fault.hang_s <= 0 and fault.trickle_s <= 0)
+    ):
         return JSONResponse({"error": "a fault needs a status or hang_s, count >= 1, a known source"}, status_code=400)
     state.faults.append(fault)
     return JSONResponse(asdict(fault), status_code=201)

@@ -57,6 +57,9 @@ class SourcesConfig:
     esios_url: str = ESIOS_URL
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
+    # The longest one attempt may take in all: the read timeout is per read, so a server sending a
+    # byte now and then could otherwise hold a request (and a worker) for ever.
+    request_deadline_s: float = 300.0
     # Attempts after the first one, for 429, 5xx, timeouts and refused connections.
     retries: int = 4
     backoff_s: float = 1.0
@@ -82,6 +85,7 @@ class SourcesConfig:
             esios_url=checked_base_url("EMMA_ESIOS_URL", env.get("EMMA_ESIOS_URL") or ESIOS_URL),
             connect_timeout_s=num("EMMA_MARKET_CONNECT_TIMEOUT_S", 10.0, minimum=0.001),
             read_timeout_s=num("EMMA_MARKET_READ_TIMEOUT_S", 30.0, minimum=0.001),
+            request_deadline_s=num("EMMA_MARKET_REQUEST_DEADLINE_S", 300.0, minimum=0.001),
             retries=whole("EMMA_MARKET_RETRIES", 4, minimum=0, maximum=20),
             backoff_s=num("EMMA_MARKET_BACKOFF_S", 1.0),
             backoff_max_s=num("EMMA_MARKET_BACKOFF_MAX_S", 60.0),

@@ -88,6 +88,7 @@ class EntsoeClient:
             config.max_response_bytes,
             EntsoeDialect(),
             sleep=sleep,
+            deadline_s=config.request_deadline_s,
         )
 
     async def aclose(self) -> None:

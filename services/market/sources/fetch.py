@@ -236,6 +236,7 @@ class Fetcher:
         dialect: Dialect | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        deadline_s: float = 300.0,
     ) -> None:
         install_log_redaction()
         self.source = source
@@ -246,6 +247,7 @@ class Fetcher:
         self.dialect = dialect or Dialect()
         self._sleep = sleep
         self._rng = rng
+        self.deadline_s = deadline_s
 
     async def get(
         self,
@@ -262,7 +264,11 @@ class Fetcher:
             attempt += 1
             await self.bucket.acquire()
             try:
-                return await self._once(url, name, params, request_headers, validators, attempt, shown)
+                try:
+                    async with asyncio.timeout(self.deadline_s):
+                        return await self._once(url, name, params, request_headers, validators, attempt, shown)
+                except TimeoutError:
+                    raise _Retry(f"no complete answer within {self.deadline_s:g} s") from None
             except _Retry as retry:
                 if attempt > self.policy.retries:
                     raise SourceUnavailable(

@@ -101,6 +101,7 @@ class RedataClient(_Client):
             config.max_response_bytes,
             RedataDialect(),
             sleep=sleep,
+            deadline_s=config.request_deadline_s,
         )
 
     async def __aenter__(self) -> RedataClient:
@@ -138,6 +139,7 @@ class EsiosClient(_Client):
             config.max_response_bytes,
             EsiosDialect(),
             sleep=sleep,
+            deadline_s=config.request_deadline_s,
         )
 
     async def __aenter__(self) -> EsiosClient:

@@ -74,6 +74,17 @@ async def test_a_hang_times_out_and_the_retry_gets_the_document() -> None:
     assert fetched.status == 200 and fetched.attempts == 2
 
 
+async def test_a_server_trickling_its_answer_is_cut_off_at_the_deadline_and_retried() -> None:
+    # Each piece arrives well within the read timeout; only the per-attempt deadline stops the attempt.
+    async with (
+        replay_server(Fault(trickle_s=0.2, source="redata")) as server,
+        RedataClient(sources_config(server.url, read_timeout_s=2.0, request_deadline_s=0.5)) as client,
+    ):
+        fetched = await client.market_prices(*REDATA_DAY)
+    assert fetched.status == 200 and fetched.attempts == 2
+    assert len(server.seen) == 2
+
+
 @pytest.mark.parametrize("source", ["entsoe", "esios"])
 async def test_a_refused_token_is_token_refused_and_never_retried(source: str) -> None:
     async with replay_server() as server:
