@@ -11,7 +11,7 @@ contract type whose delivery period overlaps the requested one; the recording is
 unchanged. With `redate` (a demo aid, off by default) a query for days no recording covers gets the
 closest matching recording moved by whole days onto the requested days, values unchanged.
 
-Tests can inject faults (an HTTP status, a 429 with Retry-After, a hang) through the constructor,
+Tests can inject faults (an HTTP status, a 429 with Retry-After, a hang, a trickled answer) through the constructor,
 `inject()`, or POST /_replay/faults when the control endpoints are on.
 """
 
