@@ -47,6 +47,7 @@ STEPS: Final = (QUARTER_HOUR, HOUR)
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _US: Final = timedelta(microseconds=1)
+_LONGEST: Final = timedelta(days=1)
 
 S = TypeVar("S", PriceSeries, FlowSeries, CapacitySeries)
 
@@ -62,7 +63,7 @@ def resample(series: S, step: timedelta) -> S:
     """`series` on the `step` grid (15 minutes or one hour), with the module's rules: complete
     coverage or a gap, time-weighted mean to a coarser step, the value repeated to a finer one.
 
-    Raises AnalyticsError for another step, a resolution that is not positive, a slot time without a
+    Raises AnalyticsError for another step, a resolution not above 0 or above a day, a slot time without a
     time zone, or two slots of the series that overlap (the parser never produces them)."""
     return replace(series, resolution=step, slots=resample_slots(series.slots, series.resolution, step))
 
@@ -73,6 +74,9 @@ def resample_slots(slots: tuple[Slot, ...], resolution: timedelta, step: timedel
         raise AnalyticsError(f"step {step} is not supported: resample to 15 minutes or 1 hour")
     if resolution <= timedelta(0):
         raise AnalyticsError(f"series resolution {resolution} is not positive")
+    if resolution > _LONGEST:
+        # The parsers accept up to a day; a longer slot would expand into an unbounded number of targets.
+        raise AnalyticsError(f"series resolution {resolution} is longer than a day")
     return _resample(slots, resolution, step)
 
 

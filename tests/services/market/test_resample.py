@@ -121,6 +121,8 @@ def test_bad_requests_are_refused_with_the_reason() -> None:
         resample(series, timedelta(minutes=30))
     with pytest.raises(AnalyticsError, match="not positive"):
         resample(PriceSeries(NL, Product.DAY_AHEAD, timedelta(0), series.slots), HOUR)
+    with pytest.raises(AnalyticsError, match="longer than a day"):
+        resample(PriceSeries(NL, Product.DAY_AHEAD, timedelta(days=3650), series.slots), QUARTER_HOUR)
     naive = PriceSeries(NL, Product.DAY_AHEAD, HOUR, (Slot(datetime(2025, 1, 1), 1.0),))
     with pytest.raises(AnalyticsError, match="no time zone"):
         resample(naive, QUARTER_HOUR)
