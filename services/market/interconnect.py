@@ -53,6 +53,15 @@ class InterconnectConfig:
     saturation_threshold: float = DEFAULT_SATURATION_THRESHOLD  # utilisation at or above which a border is saturated
     spread_threshold_eur_mwh: float = DEFAULT_SPREAD_THRESHOLD_EUR_MWH  # |spread| above which prices decoupled
 
+    def __post_init__(self) -> None:
+        # Built by code as well as from the environment: a NaN threshold would silently never warn.
+        if not (0.0 < self.saturation_threshold < math.inf):
+            raise MarketConfigError(f"saturation_threshold={self.saturation_threshold} must be a finite number above 0")
+        if not (0.0 <= self.spread_threshold_eur_mwh < math.inf):
+            raise MarketConfigError(
+                f"spread_threshold_eur_mwh={self.spread_threshold_eur_mwh} must be a finite number of at least 0"
+            )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> InterconnectConfig:
         """EMMA_MARKET_SATURATION_THRESHOLD (a fraction above 0, 0.90 = 90 %) and

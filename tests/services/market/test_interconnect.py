@@ -190,3 +190,11 @@ def test_bad_settings_name_the_variable(name: str, value: str, problem: str) -> 
         InterconnectConfig.from_env({name: value})
     assert isinstance(caught.value, ConfigError)
     assert problem in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("saturation", "spread"), [(float("nan"), 20.0), (0.0, 20.0), (0.9, float("nan")), (0.9, -1.0), (0.9, float("inf"))]
+)
+def test_a_config_built_by_code_is_checked_too(saturation: float, spread: float) -> None:
+    with pytest.raises(MarketConfigError, match="must be a finite number"):
+        InterconnectConfig(saturation_threshold=saturation, spread_threshold_eur_mwh=spread)
