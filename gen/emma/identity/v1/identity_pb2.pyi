@@ -371,7 +371,7 @@ class ListUsersRequest(_message.Message):
     parent: _builtins.str
     """The organization, organizations/{organization}."""
     page_size: _builtins.int
-    """At most this many results (default 50, at most 1000)."""
+    """At most this many results (default 50, at most 1000). [limits: 0..1000]"""
     page_token: _builtins.str
     """The next_page_token of the previous page."""
     def __init__(
@@ -629,7 +629,7 @@ class ListSessionsRequest(_message.Message):
     parent: _builtins.str
     """The user, users/{user} or users/me."""
     page_size: _builtins.int
-    """At most this many results (default 50, at most 1000)."""
+    """At most this many results (default 50, at most 1000). [limits: 0..1000]"""
     page_token: _builtins.str
     """The next_page_token of the previous page."""
     def __init__(
@@ -717,7 +717,7 @@ class EdgeApiKey(_message.Message):
     name: _builtins.str
     """The resource name, organizations/{organization}/sites/{site}/edges/{edge}/apiKeys/{api_key}."""
     display_name: _builtins.str
-    """The name shown to people, for example "gateway pc in the basement"."""
+    """The name shown to people, for example "gateway pc in the basement". [limits: length ..200]"""
     key: _builtins.str
     """The secret, "emma_<key id>_<random>": only in CreateEdgeApiKey's response."""
     key_prefix: _builtins.str
@@ -797,7 +797,7 @@ class ListEdgeApiKeysRequest(_message.Message):
     parent: _builtins.str
     """The edge."""
     page_size: _builtins.int
-    """At most this many results (default 50, at most 1000)."""
+    """At most this many results (default 50, at most 1000). [limits: 0..1000]"""
     page_token: _builtins.str
     """The next_page_token of the previous page."""
     def __init__(
@@ -953,7 +953,7 @@ class ListAuditEntriesRequest(_message.Message):
     method: _builtins.str
     """Only entries of this method (full name or just the RPC name, for example "CreateCommand")."""
     page_size: _builtins.int
-    """At most this many results (default 50, at most 1000)."""
+    """At most this many results (default 50, at most 1000). [limits: 0..1000]"""
     page_token: _builtins.str
     """The next_page_token of the previous page."""
     @_builtins.property

@@ -340,7 +340,7 @@ class EdgeApiKey(betterproto2.Message):
 
     display_name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
-    The name shown to people, for example "gateway pc in the basement".
+    The name shown to people, for example "gateway pc in the basement". [limits: length ..200]
     """
 
     key: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
@@ -464,7 +464,7 @@ class ListAuditEntriesRequest(betterproto2.Message):
 
     page_size: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
     """
-    At most this many results (default 50, at most 1000).
+    At most this many results (default 50, at most 1000). [limits: 0..1000]
     """
 
     page_token: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
@@ -515,7 +515,7 @@ class ListEdgeApiKeysRequest(betterproto2.Message):
 
     page_size: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
     """
-    At most this many results (default 50, at most 1000).
+    At most this many results (default 50, at most 1000). [limits: 0..1000]
     """
 
     page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
@@ -566,7 +566,7 @@ class ListSessionsRequest(betterproto2.Message):
 
     page_size: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
     """
-    At most this many results (default 50, at most 1000).
+    At most this many results (default 50, at most 1000). [limits: 0..1000]
     """
 
     page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
@@ -617,7 +617,7 @@ class ListUsersRequest(betterproto2.Message):
 
     page_size: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
     """
-    At most this many results (default 50, at most 1000).
+    At most this many results (default 50, at most 1000). [limits: 0..1000]
     """
 
     page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
