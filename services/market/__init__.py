@@ -11,6 +11,11 @@ by their stable key. docs/market.md, "Storage and service", has the rules.
 
 from __future__ import annotations
 
+from typing import Any
+
+from emma.market.v1 import market_pb2, market_pb2_grpc
+
+from services.identity import Access
 from services.market.model import (
     CapacitySeries,
     DocumentError,
@@ -24,7 +29,8 @@ from services.market.model import (
     Source,
 )
 from services.market.store import SaveOutcome, SaveResult, StoreError, save_document, save_warnings
-from services.platform.registration import ServiceSpec
+from services.platform.registration import ServiceSpec, service_spec
+from services.platform.runtime import Runtime
 
 # What other packages may use of market; everything else in services/market/ is private.
 __all__ = [
@@ -49,8 +55,9 @@ __all__ = [
     "save_warnings",
 ]
 
-# The services this domain may import (their package faces); see docs/architecture.md.
-DEPENDS_ON: tuple[str, ...] = ()
+# The services this domain may import (their package faces); see docs/architecture.md. Only
+# identity, for the Access values of POLICY: market data belongs to no organization.
+DEPENDS_ON: tuple[str, ...] = ("identity",)
 # The tables this domain alone reads and writes (services/migrations/0007_market.sql).
 TABLES: tuple[str, ...] = (
     "market.capacities",
@@ -59,7 +66,37 @@ TABLES: tuple[str, ...] = (
     "market.prices",
     "market.warnings",
 )
-# The gRPC services this domain serves: none yet.
-SERVICES: tuple[ServiceSpec, ...] = ()
-# The minimum role of each RPC: none yet.
-POLICY: dict[str, object] = {}
+
+
+def _market(runtime: Runtime) -> Any:
+    from services.market.servicer import MarketDataServicer
+
+    return MarketDataServicer(runtime)
+
+
+# The gRPC services this domain serves (services/catalog.py hosts them).
+SERVICES: tuple[ServiceSpec, ...] = (
+    service_spec(
+        "market",
+        market_pb2,
+        "MarketDataService",
+        market_pb2_grpc.add_MarketDataServiceServicer_to_server,
+        _market,
+    ),
+)
+
+_MKT = "/emma.market.v1.MarketDataService/"
+# Market data is reference data, the same for every organization and secret to none: any signed-in
+# user may read it, also one without a membership (USER). Not PUBLIC: an anonymous caller could
+# otherwise use EMMA as a free relay of the sources' rate-limited APIs. Not EDGE: edges get prices
+# through their site's schedules, not by asking.
+POLICY: dict[str, Access] = {
+    _MKT + "ListBiddingZones": Access.USER,
+    _MKT + "ListProducts": Access.USER,
+    _MKT + "GetPriceCurve": Access.USER,
+    _MKT + "GetLatestPublishedDay": Access.USER,
+    _MKT + "ListBorderFlows": Access.USER,
+    _MKT + "GetMarketSummary": Access.USER,
+    _MKT + "BatchGetMarketSummaries": Access.USER,
+    _MKT + "WatchPublications": Access.USER,
+}
