@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from services.errors import invalid_field
 
 _ID = r"[a-z][a-z0-9-]{0,62}"
-ID_PATTERN = re.compile(rf"^{_ID}$")
-_EDGE = re.compile(rf"^organizations/({_ID})/sites/({_ID})/edges/({_ID})$")
-_SITE = re.compile(rf"^organizations/({_ID})/sites/({_ID})$")
+ID_PATTERN = re.compile(rf"^{_ID}\Z")
+_EDGE = re.compile(rf"^organizations/({_ID})/sites/({_ID})/edges/({_ID})\Z")
+_SITE = re.compile(rf"^organizations/({_ID})/sites/({_ID})\Z")
 # Device ids and channel names come from devices and configuration files: allow underscores/capitals.
 _DEVICE_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
 _CHANNEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
-CHANNEL_ADDRESS = re.compile(rf"^({_DEVICE_ID})/({_CHANNEL_NAME})$")
+CHANNEL_ADDRESS = re.compile(rf"^({_DEVICE_ID})/({_CHANNEL_NAME})\Z")
 
 
 def _groups(pattern: re.Pattern[str], name: str, field: str, refusal: str) -> tuple[str, ...]:
@@ -64,9 +64,9 @@ def channel_resource(edge: EdgeName, address: str) -> str:
     return f"{edge}/devices/{device}/channels/{channel}"
 
 
-_SCOPE = re.compile(rf"^organizations/({_ID})/sites/({_ID})(?:/edges/({_ID})(?:/devices/({_DEVICE_ID}))?)?$")
+_SCOPE = re.compile(rf"^organizations/({_ID})/sites/({_ID})(?:/edges/({_ID})(?:/devices/({_DEVICE_ID}))?)?\Z")
 _CHANNEL = re.compile(
-    rf"^organizations/({_ID})/sites/({_ID})/edges/({_ID})/devices/({_DEVICE_ID})/channels/({_CHANNEL_NAME})$"
+    rf"^organizations/({_ID})/sites/({_ID})/edges/({_ID})/devices/({_DEVICE_ID})/channels/({_CHANNEL_NAME})\Z"
 )
 
 
@@ -104,10 +104,10 @@ def parse_channel(name: str, field: str = "channels") -> ChannelName:
 
 
 # Registry resources (organizations, devices, device profiles); sites and edges are above.
-_ORGANIZATION = re.compile(rf"^organizations/({_ID})$")
-_DEVICE = re.compile(rf"^organizations/({_ID})/sites/({_ID})/edges/({_ID})/devices/({_DEVICE_ID})$")
-_DEVICE_PROFILE = re.compile(rf"^organizations/({_ID})/deviceProfiles/({_ID})$")
-DEVICE_ID_PATTERN = re.compile(rf"^{_DEVICE_ID}$")
+_ORGANIZATION = re.compile(rf"^organizations/({_ID})\Z")
+_DEVICE = re.compile(rf"^organizations/({_ID})/sites/({_ID})/edges/({_ID})/devices/({_DEVICE_ID})\Z")
+_DEVICE_PROFILE = re.compile(rf"^organizations/({_ID})/deviceProfiles/({_ID})\Z")
+DEVICE_ID_PATTERN = re.compile(rf"^{_DEVICE_ID}\Z")
 
 
 def parse_organization(name: str, field: str = "name") -> str:
@@ -154,12 +154,12 @@ def parse_device_profile(name: str, field: str = "name") -> DeviceProfileName:
 
 # Identity resources: users ("users/me" is the caller), sessions, memberships, edge API keys, audit entries.
 _USER_ID = r"[a-z0-9]{1,64}"
-_USER = re.compile(rf"^users/({_USER_ID}|me)$")
-_SESSION = re.compile(rf"^users/({_USER_ID}|me)/sessions/({_USER_ID})$")
-_MEMBERSHIP = re.compile(rf"^organizations/({_ID})/memberships/({_USER_ID})$")
+_USER = re.compile(rf"^users/({_USER_ID}|me)\Z")
+_SESSION = re.compile(rf"^users/({_USER_ID}|me)/sessions/({_USER_ID})\Z")
+_MEMBERSHIP = re.compile(rf"^organizations/({_ID})/memberships/({_USER_ID})\Z")
 # The edge part is checked by parse_edge, so a bad edge gets the edge's own message.
-_EDGE_API_KEY = re.compile(r"^(organizations/[^/]+/sites/[^/]+/edges/[^/]+)/apiKeys/([a-z0-9]{1,32})$")
-_AUDIT_ENTRY = re.compile(rf"^organizations/({_ID})/auditEntries/([0-9]{{1,18}})$")
+_EDGE_API_KEY = re.compile(r"^(organizations/[^/]+/sites/[^/]+/edges/[^/]+)/apiKeys/([a-z0-9]{1,32})\Z")
+_AUDIT_ENTRY = re.compile(rf"^organizations/({_ID})/auditEntries/([0-9]{{1,18}})\Z")
 
 
 def parse_user(name: str, field: str = "name", *, allow_me: bool = True) -> str:

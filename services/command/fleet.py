@@ -9,7 +9,6 @@ queue) is skipped with its reason in status.skipped_edges; the others proceed.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -23,6 +22,7 @@ from emma.common.v1 import errors_pb2, types_pb2
 
 from services.command import states
 from services.command.creation import create_one
+from services.command.validation import ttl_of
 from services.errors import ApiError, invalid_field, not_found
 from services.identity import organization_exists
 from services.names import ID_PATTERN, EdgeName, parse_edge, parse_site
@@ -35,7 +35,6 @@ from services.telemetry import latest_value
 log = logging.getLogger("emma.command.fleet")
 
 BATTERY_ACTIONS = {command_pb2.FLEET_ACTION_CHARGE, command_pb2.FLEET_ACTION_DISCHARGE, command_pb2.FLEET_ACTION_HOLD}
-DEFAULT_TTL = dt.timedelta(minutes=5)
 
 
 def _org(parent: str) -> str:
@@ -109,7 +108,7 @@ async def create(
         raise invalid_field("fleet_dispatch.action", "required")
     if dispatch.action != command_pb2.FLEET_ACTION_HOLD and not dispatch.power_kw > 0:
         raise invalid_field("fleet_dispatch.power_kw", "must be positive")
-    ttl = dispatch.ttl.ToTimedelta() if dispatch.HasField("ttl") else DEFAULT_TTL
+    ttl = ttl_of(dispatch.ttl if dispatch.HasField("ttl") else None, "fleet_dispatch.ttl")
     digest = hashlib.sha256(dispatch.SerializeToString(deterministic=True)).hexdigest()
     async with pool.acquire() as conn:
         # The request_id lives on the dispatch row and a retry answers with the dispatch as it is now,

@@ -14,6 +14,7 @@ from emma.common.v1 import errors_pb2
 
 from services.command import fleet, states, store, transitions
 from services.command.creation import create_one
+from services.command.validation import ttl_of
 from services.command.watch import CommandWatcher
 from services.command.workers import CommandWorkers
 from services.errors import ApiError, invalid_field, not_found
@@ -26,9 +27,6 @@ from services.platform.runtime import Runtime
 from services.registry import edges_of_site
 
 log = logging.getLogger("emma.command")
-
-DEFAULT_TTL = dt.timedelta(minutes=5)
-MAX_TTL = dt.timedelta(hours=24)
 
 
 def caller_name(context: Context) -> str:
@@ -85,9 +83,7 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
             raise invalid_field("request_id", "required: a unique id (for example a UUID) per request")
         if not request.HasField("command"):
             raise invalid_field("command", "required")
-        ttl = request.command.ttl.ToTimedelta() if request.command.HasField("ttl") else DEFAULT_TTL
-        if not dt.timedelta(seconds=1) <= ttl <= MAX_TTL:
-            raise invalid_field("command.ttl", "must be between 1 s and 24 h")
+        ttl = ttl_of(request.command.ttl if request.command.HasField("ttl") else None, "command.ttl")
         async with self._pool.acquire() as conn:
             command = await create_one(
                 conn,

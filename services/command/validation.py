@@ -13,8 +13,9 @@ import math
 import grpc
 from emma.common.v1 import errors_pb2, types_pb2
 from emma.edge.v1 import edge_link_pb2
+from google.protobuf import duration_pb2
 
-from services.errors import ApiError
+from services.errors import ApiError, invalid_field
 from services.names import CHANNEL_ADDRESS
 from services.platform.migrations import Conn
 from services.telemetry import latest_value
@@ -23,11 +24,35 @@ TELEMETRY_MAX_AGE = dt.timedelta(seconds=30)
 ISSUED_TIME_SKEW = dt.timedelta(seconds=60)
 QUEUE_CAP = 10_000
 RATE_LIMIT_PER_S = 10
+# How long a command (or each child of a fleet dispatch) may wait for delivery.
+DEFAULT_TTL = dt.timedelta(minutes=5)
+MIN_TTL = dt.timedelta(seconds=1)
+MAX_TTL = dt.timedelta(hours=24)
+# An address is echoed in a refusal only up to this many characters (it may be huge).
+_ECHO_CHARS = 80
 WRITABLE = {types_pb2.CHANNEL_ACCESS_READ_WRITE, types_pb2.CHANNEL_ACCESS_WRITE_ONLY}
 
 
 def _error(code: grpc.StatusCode, reason: int, message: str, **metadata: str) -> ApiError:
     return ApiError(code, reason, message, metadata=metadata)
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= _ECHO_CHARS else text[:_ECHO_CHARS] + "…"
+
+
+def ttl_of(ttl: duration_pb2.Duration | None, field: str) -> dt.timedelta:
+    """A command's ttl (None: not set, the default), or FIELD_INVALID outside MIN_TTL..MAX_TTL.
+
+    Both CreateCommand and CreateFleetDispatch use it: an unchecked ttl of thousands of years would
+    overflow when the expiry is computed.
+    """
+    if ttl is None:
+        return DEFAULT_TTL
+    value = ttl.ToTimedelta()
+    if not MIN_TTL <= value <= MAX_TTL:
+        raise invalid_field(field, "must be between 1 s and 24 h")
+    return value
 
 
 def check_address(address: str) -> str:
@@ -36,7 +61,7 @@ def check_address(address: str) -> str:
         raise _error(
             grpc.StatusCode.INVALID_ARGUMENT,
             errors_pb2.ERROR_REASON_FIELD_INVALID,
-            f"command.channel {address!r} is not a device/Channel address",
+            f"command.channel {_clipped(address)!r} is not a device/Channel address",
             field="command.channel",
         )
     return address.split("/", 1)[0]

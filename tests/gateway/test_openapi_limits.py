@@ -11,7 +11,7 @@ import pytest
 from gateway.constraints import Limits, LimitsSyntaxError, Range, parse, without_tags
 from gateway.openapi import build_openapi
 from gateway.routes import build_route_table
-from services.command.servicer import MAX_TTL
+from services.command.validation import MAX_TTL
 from services.identity.edge_keys import MAX_DISPLAY_NAME_CHARS
 from services.pagination import MAX_PAGE_SIZE
 from services.registry.fields import MAX_DISPLAY_NAME

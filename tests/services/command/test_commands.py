@@ -403,3 +403,43 @@ async def test_state_machine_property_no_two_finals_and_never_backwards(
     assert all(states.ORDER[a] < states.ORDER[b] for a, b in itertools.pairwise(path))
     assert all(e["from_state"] == prev for e, prev in zip(events[1:], path, strict=False))
     assert await db.fetchval("SELECT state FROM app.commands WHERE id = $1", command_id) == path[-1]
+
+
+async def test_a_fleet_dispatch_ttl_outside_one_second_to_a_day_is_refused_naming_the_field(
+    host: Host, db: asyncpg.Connection, token: str
+) -> None:
+    """A dispatch's ttl obeys the same range as a command's; thousands of years used to overflow the expiry (500)."""
+    edge, _, _ = await new_edge(db, "fleet-ttl")
+    async with host(["command"]) as (server, _), authed_channel(server.port, token) as ch:
+        stub = command_pb2_grpc.CommandServiceStub(ch)
+        for seconds in (0, 86_401, 300_000_000_000):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.CreateFleetDispatch(
+                    S.CreateFleetDispatchRequest(
+                        parent="organizations/acme",
+                        request_id=f"ttl-{seconds}",
+                        fleet_dispatch=S.FleetDispatch(
+                            edges=S.EdgeList(edges=[str(edge)]),
+                            action=S.FLEET_ACTION_HOLD,
+                            ttl=duration_pb2.Duration(seconds=seconds),
+                        ),
+                    )
+                )
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert reason_of(refused.value) == "FIELD_INVALID"
+            assert "fleet_dispatch.ttl" in (refused.value.details() or "")
+
+
+async def test_an_address_with_a_trailing_newline_is_not_an_address(
+    host: Host, db: asyncpg.Connection, token: str
+) -> None:
+    """`$` in a pattern also matches before a final newline; names end at the end of the string."""
+    edge, _, _ = await new_edge(db, "cmd-newline")
+    async with host(["command"]) as (server, _), authed_channel(server.port, token) as ch:
+        stub = command_pb2_grpc.CommandServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.CreateCommand(create(edge, "battery_1/SetActivePower\n", 100.0))
+        assert reason_of(refused.value) == "FIELD_INVALID"
+        with pytest.raises(grpc.aio.AioRpcError) as long_address:
+            await stub.CreateCommand(create(edge, "x" * 100_000, 100.0))
+        assert len(long_address.value.details() or "") < 300  # the refusal does not echo 100 KB back

@@ -558,7 +558,9 @@ class FleetDispatch(_message.Message):
 
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
-        """How long each child command may wait for delivery (default 5 minutes)."""
+        """How long each child command may wait for delivery (default 5 minutes, at most 24 hours).
+        [limits: 1s..86400s]
+        """
 
     @_builtins.property
     def commands(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -475,7 +475,8 @@ class FleetDispatch(betterproto2.Message):
         optional=True,
     )
     """
-    How long each child command may wait for delivery (default 5 minutes).
+    How long each child command may wait for delivery (default 5 minutes, at most 24 hours).
+    [limits: 1s..86400s]
     """
 
     commands: "list[str]" = betterproto2.field(
