@@ -140,14 +140,13 @@ class Gateway:
                 _end_span(span, None)
                 return Response(content, media_type=JSON)
             timeout = self.config.stream_deadline_s or None
-            call, first = await open_stream(self.invoker(), route, message, metadata, timeout)
+            opened = await open_stream(self.invoker(), route, message, metadata, timeout)
         except BaseException as exc:
             _end_span(span, exc)
             raise
         return StreamResponse(
             route,
-            call,
-            first,
+            opened,
             sse=wants_sse(request.headers.get("accept", "")),
             keepalive_s=self.config.sse_keepalive_s,
             on_close=lambda exc: _end_span(span, exc),

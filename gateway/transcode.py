@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -142,27 +143,52 @@ async def call_unary(invoker: Invoker, route: Route, request: Message, metadata:
     return dumps(to_json(route, response))
 
 
-async def open_stream(
-    invoker: Invoker, route: Route, request: Message, metadata: Metadata, deadline_s: float | None
-) -> tuple[grpc.aio.UnaryStreamCall[Message, Message], Message | None]:
-    """Start a server stream and wait for its first message.
+# How long a stream may take to send its first message before the HTTP response starts anyway.
+FIRST_MESSAGE_WAIT_S = 1.0
 
-    An error before the first message (validation, NOT_FOUND, UNIMPLEMENTED) is still answered with
-    its proper HTTP status, because no header has been sent yet. EMMA's streams send their current
-    state first, so this wait is short.
+
+@dataclass
+class OpenedStream:
+    """A started server stream: its first message, or the read still waiting for it."""
+
+    call: grpc.aio.UnaryStreamCall[Message, Message]
+    first: Message | None
+    pending: asyncio.Future[Any] | None = None
+
+
+async def open_stream(
+    invoker: Invoker,
+    route: Route,
+    request: Message,
+    metadata: Metadata,
+    deadline_s: float | None,
+    first_wait_s: float = FIRST_MESSAGE_WAIT_S,
+) -> OpenedStream:
+    """Start a server stream and wait (briefly) for its first message.
+
+    An error before the first message (validation, NOT_FOUND, UNIMPLEMENTED) is answered with its
+    proper HTTP status, because no header has been sent yet; services refuse bad requests at once,
+    and most of EMMA's streams send their current state first. A stream with nothing to say yet (a
+    watch of publications that have not happened) starts its 200 response after `first_wait_s`
+    instead of holding the client without headers until the first event or its deadline.
     """
     call = invoker.stream(route)(request, metadata=metadata, timeout=deadline_s)
+    read: asyncio.Future[Any] = asyncio.ensure_future(call.read())
     try:
-        first = await call.read()
+        done, _ = await asyncio.wait({read}, timeout=first_wait_s)
+        if not done:
+            return OpenedStream(call, None, pending=read)
+        first = read.result()
     except grpc.aio.AioRpcError as exc:
         raise from_rpc_error(exc) from None
     except BaseException:
+        read.cancel()
         call.cancel()
         raise
     if first is EOF:
-        return call, None
+        return OpenedStream(call, None)
     assert isinstance(first, Message)
-    return call, first
+    return OpenedStream(call, first)
 
 
 def wants_sse(accept: str) -> bool:
@@ -175,16 +201,16 @@ class StreamResponse:
     def __init__(
         self,
         route: Route,
-        call: grpc.aio.UnaryStreamCall[Message, Message],
-        first: Message | None,
+        opened: OpenedStream,
         *,
         sse: bool,
         keepalive_s: float,
         on_close: Callable[[BaseException | None], None] = lambda _: None,
     ) -> None:
         self._route = route
-        self._call = call
-        self._first = first
+        self._call = opened.call
+        self._first = opened.first
+        self._pending = opened.pending
         self._sse = sse
         self._keepalive_s = keepalive_s
         self._on_close = on_close
@@ -227,7 +253,8 @@ class StreamResponse:
             await send({"type": "http.response.body", "body": self._frame(self._first), "more_body": True})
         keepalive = self._keepalive_s if self._sse else None
         while True:
-            read: asyncio.Future[Any] = asyncio.ensure_future(self._call.read())
+            read: asyncio.Future[Any] = self._pending or asyncio.ensure_future(self._call.read())
+            self._pending = None
             waiting: set[asyncio.Future[Any]] = {read, gone}
             while True:
                 done, _ = await asyncio.wait(waiting, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED)
@@ -260,4 +287,13 @@ async def _client_gone(receive: Receive) -> None:
             return
 
 
-__all__ = ["Invoker", "StreamResponse", "call_unary", "open_stream", "to_json", "wants_sse"]
+__all__ = [
+    "FIRST_MESSAGE_WAIT_S",
+    "Invoker",
+    "OpenedStream",
+    "StreamResponse",
+    "call_unary",
+    "open_stream",
+    "to_json",
+    "wants_sse",
+]

@@ -22,6 +22,7 @@ EXPECTED_SERVICES = {
     "emma.registry.v1.RegistryService",
     "emma.identity.v1.IdentityService",
     "emma.identity.v1.AuditService",
+    "emma.market.v1.MarketDataService",
 }
 
 

@@ -31,7 +31,8 @@ async def test_a_store_that_holds_data_stays_partitioned_unless_timescaledb_is_r
             await migrations.migrate(conn, loaded, settings={"telemetry_store": "timescaledb"})
         notices: list[str] = []
         conn.add_log_listener(lambda _c, msg: notices.append(str(msg)))
-        assert await migrations.migrate(conn, loaded, settings={"telemetry_store": "auto"}) == [timescale.name]
+        # 0006 first; later domains' migrations follow it.
+        assert (await migrations.migrate(conn, loaded, settings={"telemetry_store": "auto"}))[0] == timescale.name
         assert await conn.fetchval("SELECT mode FROM telemetry.storage_info") == "partitioned"
         assert any("staying on the plain PostgreSQL path" in n for n in notices)
         assert await conn.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'") == 0
