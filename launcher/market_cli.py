@@ -7,14 +7,20 @@ and exit code 2, so a script can tell a bad document (2) from a failure of EMMA'
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from core.errors import ConfigError
 from services.market import CapacitySeries, DocumentError, FlowSeries, MarketDocument, PriceSeries, Product
+
+if TYPE_CHECKING:
+    from services.market.scheduler import Outcome
 
 EXIT_BAD_DOCUMENT = 2
 # ENTSO-E's contract_MarketAgreement.type of each auction product; REE's products have none.
@@ -34,6 +40,35 @@ def add_market_parser(sub: Any) -> None:
         "normalised series as JSON lines (times in UTC). Exit code 2 if the document cannot be read.",
     )
     parse.add_argument("file", help="the document to parse")
+    backfill = market_sub.add_parser(
+        "backfill",
+        help="fetch a zone's documents for past days and store them",
+        description="Fetch and store a bidding zone's documents for each delivery day of --from..--to (CET days, "
+        "both included) through the scheduler's own fetch code, printing one line per document. The database is "
+        "DATABASE_URL, else the embedded PostgreSQL of an `emma up` running on the state folder. Exit code 1 if "
+        "any fetch failed.",
+    )
+    backfill.add_argument("--zone", required=True, help="bidding zone by short name (ES, DE-LU) or EIC")
+    backfill.add_argument("--from", dest="first", required=True, type=_day, help="first delivery day, YYYY-MM-DD")
+    backfill.add_argument("--to", dest="last", required=True, type=_day, help="last delivery day, YYYY-MM-DD")
+    backfill.add_argument(
+        "--product",
+        action="append",
+        choices=("day-ahead", "intraday", "redata", "esios"),
+        help="only this product (repeatable; default: every product the zone has)",
+    )
+    backfill.add_argument("--state-dir", help="the running emma up's state folder (EMMA_STATE_DIR, default .emma)")
+
+
+# More days than this in one backfill is a typo more often than a plan (and a burst on the source).
+MAX_BACKFILL_DAYS = 366
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def _utc(t: datetime) -> str:
@@ -86,6 +121,8 @@ def document_lines(doc: MarketDocument) -> Iterator[dict[str, object]]:
 
 
 def run_market(args: argparse.Namespace) -> int:
+    if args.market_command == "backfill":
+        return asyncio.run(run_backfill_command(args))
     from services.market.documents import MAX_DOCUMENT_BYTES, parse_document
 
     path = Path(args.file)
@@ -102,3 +139,60 @@ def run_market(args: argparse.Namespace) -> int:
         print(f"emma market parse: error: {path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_BAD_DOCUMENT
     return 0
+
+
+async def _backfill_dsn(env: dict[str, str]) -> tuple[str, str]:
+    """(DSN, where it came from): DATABASE_URL, else a running `emma up`'s embedded PostgreSQL."""
+    from services.platform.config import PlatformConfig
+    from services.platform.embedded_pg import start_embedded_postgres
+
+    config = PlatformConfig.from_env(env)
+    if config.database.url is not None:
+        return config.database.url, "DATABASE_URL"
+    state_dir = config.state.state_dir
+    if not (state_dir / "pgdata" / "postmaster.pid").exists():
+        raise ConfigError(f"DATABASE_URL is not set and no emma up is running on {state_dir} (see --state-dir)")
+    # Attaches to the running server (and leaves it running: only its starter stops it).
+    embedded = await asyncio.to_thread(start_embedded_postgres, state_dir)
+    return embedded.uri(), f"the emma up in {state_dir}"
+
+
+async def run_backfill_command(args: argparse.Namespace) -> int:
+    from services.market.scheduler import (
+        SchedulerConfig,
+        backfill_jobs,
+        run_backfill,
+        zone_code,
+        zone_products,
+    )
+    from services.market.sources import SourcesConfig
+    from services.platform import db
+    from services.platform.config import PlatformConfig
+
+    if args.last < args.first:
+        raise ConfigError(f"--to {args.last} is before --from {args.first}")
+    if (args.last - args.first).days + 1 > MAX_BACKFILL_DAYS:
+        raise ConfigError(f"--from..--to spans more than {MAX_BACKFILL_DAYS} days; split it")
+    env = dict(os.environ)
+    if args.state_dir:
+        env["EMMA_STATE_DIR"] = args.state_dir
+    zone = zone_code(args.zone)
+    sources = SourcesConfig.from_env(env)
+    scheduler_config = SchedulerConfig.from_env(env)
+    products = tuple(args.product) if args.product else zone_products(zone, sources)
+    dsn, where = await _backfill_dsn(env)
+    config = PlatformConfig.from_env(env)
+    pool = await db.create_pool(config.database, dsn)
+    failed = 0
+    try:
+        jobs = backfill_jobs(zone, products, args.first, args.last, datetime.now(UTC))
+        print(f"emma market backfill: {len(jobs)} fetch(es) for {args.zone} into {where}", flush=True)
+
+        def say(outcome: Outcome) -> None:
+            print(outcome.line(), flush=True)
+
+        outcomes = await run_backfill(pool, sources, jobs, f"backfill-{os.getpid()}", scheduler_config, say=say)
+        failed = sum(1 for o in outcomes if o.status in ("failed", "lost"))
+    finally:
+        await pool.close()
+    return 1 if failed else 0

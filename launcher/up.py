@@ -4,6 +4,11 @@ Embedded PostgreSQL under the state folder (unless DATABASE_URL is set), migrati
 service in one gRPC server, the REST gateway in the same process, a demo organization with its admin,
 and two simulated sites whose edge daemons run as separate processes with their own API keys. Ctrl-C
 stops everything; a second run reuses the data, the keys and the edges' outboxes.
+
+Market data: unless EMMA_ENTSOE_TOKEN is set (then the real APIs, or the EMMA_*_URL given, are used),
+the market replay server (launcher/market_replay) runs in this process on a free loopback port with
+`redate` on, so the demo has prices for today, and fresh random tokens that are good for nothing else;
+the market scheduler (started with the market service) fetches from it.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +30,12 @@ from edge_daemon.site_toml import write_site_toml
 from gateway.config import GatewayConfig
 from gateway.server import running_gateway
 from launcher.admin_cli import DEMO_ADMIN, DEMO_EDGE, ensure_demo, ensure_edge_key_file
+from launcher.market_replay import ReplayServer
 from launcher.ports import check_free
 from launcher.state_lock import hold_state_folder
 from services import catalog
 from services.cloud import hosted_services
+from services.market.scheduler import MarketScheduler
 from services.names import EdgeName
 from services.platform.collector import tune_garbage_collector
 from services.platform.config import PlatformConfig
@@ -120,6 +128,34 @@ async def edge_processes(configs: list[Path], say: Callable[[str], None]) -> Asy
                 await proc.wait()
 
 
+@contextlib.asynccontextmanager
+async def market_sources(env: Mapping[str, str], say: Callable[[str], None]) -> AsyncIterator[dict[str, str]]:
+    """The EMMA_* variables pointing the market clients at their sources: `env`'s own when it gives a real
+    ENTSO-E token, else those of a replay server started here (stopped when the block exits)."""
+    if env.get("EMMA_ENTSOE_TOKEN", "").strip():
+        say("emma up: market data from the real sources (EMMA_ENTSOE_TOKEN is set; EMMA_*_URL where given)")
+        yield {}
+        return
+    # Generated per run: the replay checks tokens like the real APIs, and a real token never goes near it.
+    entsoe_token, esios_token = "replay-" + secrets.token_hex(16), "replay-" + secrets.token_hex(16)
+    server = ReplayServer(entsoe_token, esios_token, redate=True)
+    await server.start()
+    try:
+        say(
+            f"emma up: market data from the replay server on {server.url} (recorded days moved onto today; "
+            "set EMMA_ENTSOE_TOKEN for the real APIs)"
+        )
+        yield {
+            "EMMA_ENTSOE_TOKEN": entsoe_token,
+            "EMMA_ESIOS_TOKEN": esios_token,
+            "EMMA_ENTSOE_URL": f"{server.url}/api",
+            "EMMA_REDATA_URL": server.url,
+            "EMMA_ESIOS_URL": server.url,
+        }
+    finally:
+        await server.stop()
+
+
 async def run_up(config: PlatformConfig) -> None:
     state_dir = config.state.state_dir
     # The gateway forwards the browser's address; the login rate limit must see it, not 127.0.0.1.
@@ -155,7 +191,12 @@ async def _run_stack(config: PlatformConfig, state_dir: Path, gateway_settings: 
         dsn = embedded.uri()
         narrow_state_folder(state_dir, embedded)
     try:
-        async with hosted_services(["all"], config, dsn=dsn, apply_migrations=True) as (hosted, runtime):
+        async with (
+            market_sources(config.env, _say) as market_env,
+            hosted_services(
+                ["all"], dataclasses.replace(config, env={**config.env, **market_env}), dsn=dsn, apply_migrations=True
+            ) as (hosted, runtime),
+        ):
             grpc_address = f"{config.server.host}:{hosted.port}"
             site_files = []
             async with runtime.pool.acquire() as conn:
@@ -183,12 +224,19 @@ async def _run_stack(config: PlatformConfig, state_dir: Path, gateway_settings: 
                 _say("  grpc.health.v1.Health and server reflection are on")
                 _say(f"emma up: REST gateway on {base} (API docs {base}/docs, OpenAPI {base}/openapi.json)")
                 _say(f"emma up: simulated sites {', '.join(str(s.edge.site_name) for s in DEMO_SITES)}:")
-                async with edge_processes(site_files, _say):
-                    where = "embedded" if embedded else "external"
-                    _say(f"emma up: database {where}; state in {state_dir}")
-                    _say(f"emma up: log in as {DEMO_ADMIN} (see README: the first five minutes)")
-                    tune_garbage_collector()
-                    await wait_for_shutdown_signal(ready=lambda: _say("emma up: ready; press Ctrl-C to stop"))
+                # The market fetch scheduler for the demo, fetching from what market_sources chose. The
+                # market servicer does not start one yet; when it does, this goes (two are safe: they claim).
+                scheduler = MarketScheduler.from_env(runtime.pool, runtime.replica_id, runtime.config.env)
+                await scheduler.start()
+                try:
+                    async with edge_processes(site_files, _say):
+                        where = "embedded" if embedded else "external"
+                        _say(f"emma up: database {where}; state in {state_dir}")
+                        _say(f"emma up: log in as {DEMO_ADMIN} (see README: the first five minutes)")
+                        tune_garbage_collector()
+                        await wait_for_shutdown_signal(ready=lambda: _say("emma up: ready; press Ctrl-C to stop"))
+                finally:
+                    await scheduler.stop()
         _say("emma up: stopped")
     finally:
         if embedded is not None:

@@ -62,8 +62,11 @@ DEPENDS_ON: tuple[str, ...] = ("identity",)
 TABLES: tuple[str, ...] = (
     "market.capacities",
     "market.documents",
+    "market.fetch_jobs",  # the fetch scheduler's (0008_market_fetch.sql)
+    "market.fetch_queries",
     "market.flows",
     "market.prices",
+    "market.source_status",
     "market.warnings",
 )
 
