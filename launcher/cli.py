@@ -208,10 +208,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from services import catalog
         from services.cloud import serve_until_signal
+        from services.platform.server import check_port_free
 
         catalog.resolve(args.services)  # unknown names fail before anything starts
         if config.database.url is None:
             raise_config("DATABASE_URL is not set (or use `emma up` for an embedded PostgreSQL)")
+        # Before the services' background work starts (and logs), so a clash is the only line printed.
+        check_port_free(config.server.host, config.server.port)
 
         def announce(hosted: object) -> None:
             port = getattr(hosted, "port", "?")

@@ -67,7 +67,7 @@ class HostedServer:
         await self.server.stop(grace_s)
 
 
-def _check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int) -> None:
     """Fail with a clear message before gRPC does, because gRPC's own bind error is opaque."""
     if port == 0:
         return
@@ -88,7 +88,7 @@ async def start_server(server: grpc.aio.Server, config: ServerConfig, service_na
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
-    _check_port_free(config.host, config.port)
+    check_port_free(config.host, config.port)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise StartupError(f"cannot listen on {config.host}:{config.port}")
