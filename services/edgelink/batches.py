@@ -27,6 +27,7 @@ from emma.edge.v1 import edge_link_pb2
 from google.protobuf import timestamp_pb2
 
 from services.errors import reason_name
+from services.platform.validation import TIMESTAMP_MAX_S, TIMESTAMP_MIN_S
 from services.telemetry import Columns
 
 # batch_seq is uint64 on the wire and bigint in the ledger.
@@ -34,9 +35,6 @@ MAX_BATCH_SEQ = 2**63 - 1
 MAX_EVENTS_PER_BATCH = 1_000
 MAX_EVENT_MESSAGE_CHARS = 1_000
 MAX_EVENT_DEVICE_ID_CHARS = 128
-# google/protobuf/timestamp.proto's range, 0001-01-01 to 9999-12-31: what PostgreSQL's timestamptz holds.
-TIMESTAMP_MIN_S = -62_135_596_800
-TIMESTAMP_MAX_S = 253_402_300_799
 
 
 @dataclass(frozen=True)
@@ -65,6 +63,7 @@ def _field_invalid(path: str, problem: str) -> Rejection:
 
 
 def _timestamp_problem(ts: timestamp_pb2.Timestamp) -> str:
+    # Timestamp's own range (years 1 to 9999), which is what PostgreSQL's timestamptz holds.
     if not TIMESTAMP_MIN_S <= ts.seconds <= TIMESTAMP_MAX_S or not 0 <= ts.nanos < 1_000_000_000:
         return "must be a time between 0001-01-01 and 9999-12-31"
     return ""

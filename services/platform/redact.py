@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
 from emma.common.v1 import types_pb2
@@ -77,25 +78,26 @@ def strip_sensitive(message: Message) -> Message:
     """A copy with every sensitive field cleared (for responses kept by the idempotency store)."""
     copy = type(message)()
     copy.CopyFrom(message)
-    _clear(copy)
+    _clear(copy, _is_sensitive)
     return copy
 
 
-def _clear(message: Message) -> None:
+def _clear(message: Message, clears: Callable[[pb_descriptor.FieldDescriptor], bool]) -> None:
+    """Clear, in place and recursively, every field `clears` picks."""
     for field, value in message.ListFields():
-        if _is_sensitive(field):
+        if clears(field):
             message.ClearField(field.name)
         elif field.message_type is not None:
             if field.message_type.GetOptions().map_entry:
                 vf = field.message_type.fields_by_name["value"]
                 if vf.message_type is not None:
                     for v in value.values():
-                        _clear(v)
+                        _clear(v, clears)
             elif field.is_repeated:
                 for v in value:
-                    _clear(v)
+                    _clear(v, clears)
             else:
-                _clear(value)
+                _clear(value, clears)
 
 
 # types-protobuf types extensions as generic descriptors the googleapis stubs do not declare.
@@ -123,19 +125,5 @@ def _reaches_input_only(desc: pb_descriptor.Descriptor) -> bool:
 
 def clear_input_only(message: Message) -> None:
     """Clear every INPUT_ONLY field in `message`, in place (AIP-203: such fields are not output)."""
-    if not _reaches_input_only(message.DESCRIPTOR):
-        return
-    for field, value in message.ListFields():
-        if _is_input_only(field):
-            message.ClearField(field.name)
-        elif field.message_type is not None:
-            if field.message_type.GetOptions().map_entry:
-                vf = field.message_type.fields_by_name["value"]
-                if vf.message_type is not None:
-                    for v in value.values():
-                        clear_input_only(v)
-            elif field.is_repeated:
-                for v in value:
-                    clear_input_only(v)
-            else:
-                clear_input_only(value)
+    if _reaches_input_only(message.DESCRIPTOR):
+        _clear(message, _is_input_only)
