@@ -17,20 +17,12 @@ from datetime import UTC, datetime, timedelta
 import httpx
 
 from services.market.model import Source
+from services.market.sources.base import SourceClient
 from services.market.sources.config import SourcesConfig
 from services.market.sources.errors import QueryRefused, SourceConfigError
-from services.market.sources.fetch import (
-    Dialect,
-    Fetched,
-    Fetcher,
-    RetryPolicy,
-    Sleep,
-    TokenBucket,
-    Validators,
-    new_http_client,
-)
+from services.market.sources.fetch import Dialect, Fetched, Sleep, Validators
+from services.market.zones import is_eic
 
-_EIC = re.compile(r"[0-9A-Z][0-9A-Z][0-9A-Z-]{13}[0-9A-Z-]")
 _REASON = re.compile(rb"<Reason>\s*<code>([^<]*)</code>\s*(?:<text>([^<]*)</text>)?", re.DOTALL)
 # The API's longest period for these document types is one year.
 MAX_PERIOD = timedelta(days=366)
@@ -65,7 +57,7 @@ class EntsoeDialect(Dialect):
         return super().explain(body)
 
 
-class EntsoeClient:
+class EntsoeClient(SourceClient):
     """Day-ahead and intraday prices (A44), physical flows (A11), forecasted transfer capacity (A61)."""
 
     def __init__(
@@ -76,30 +68,9 @@ class EntsoeClient:
     ) -> None:
         if not config.entsoe_token:
             raise SourceConfigError("EMMA_ENTSOE_TOKEN is not set: the source refuses every request without it")
+        super().__init__(Source.ENTSOE, config, client, config.entsoe_per_minute, EntsoeDialect(), sleep)
         self._token = config.entsoe_token
         self._url = config.entsoe_url.rstrip("/")
-        self._own_client = client is None
-        self._client = client or new_http_client(config)
-        self._fetcher = Fetcher(
-            Source.ENTSOE,
-            self._client,
-            TokenBucket(config.entsoe_per_minute),
-            RetryPolicy.of(config),
-            config.max_response_bytes,
-            EntsoeDialect(),
-            sleep=sleep,
-            deadline_s=config.request_deadline_s,
-        )
-
-    async def aclose(self) -> None:
-        if self._own_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> EntsoeClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def day_ahead_prices(
         self, zone: str, start: datetime, end: datetime, validators: Validators | None = None
@@ -143,7 +114,7 @@ class EntsoeClient:
         return await self._query(params, start, end, validators)
 
     def _zone(self, code: str) -> str:
-        if _EIC.fullmatch(code) is None:
+        if not is_eic(code):
             raise QueryRefused(Source.ENTSOE.value, f"{code[:40]!r} is not an EIC code; query not sent")
         return code
 

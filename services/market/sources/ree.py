@@ -18,18 +18,10 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from services.market.model import Source
+from services.market.sources.base import SourceClient
 from services.market.sources.config import SourcesConfig
 from services.market.sources.errors import QueryRefused, SourceConfigError
-from services.market.sources.fetch import (
-    Dialect,
-    Fetched,
-    Fetcher,
-    RetryPolicy,
-    Sleep,
-    TokenBucket,
-    Validators,
-    new_http_client,
-)
+from services.market.sources.fetch import Dialect, Fetched, Sleep, Validators
 
 MADRID = ZoneInfo("Europe/Madrid")
 PVPC_INDICATOR = 1001
@@ -75,40 +67,14 @@ def _checked_period(source: Source, start: datetime, end: datetime) -> None:
         raise QueryRefused(source.value, f"period {start.isoformat()}..{end.isoformat()} is empty or over a year")
 
 
-class _Client:
-    def __init__(self, client: httpx.AsyncClient | None, config: SourcesConfig) -> None:
-        self._own_client = client is None
-        self._client = client or new_http_client(config)
-
-    async def aclose(self) -> None:
-        if self._own_client:
-            await self._client.aclose()
-
-
-class RedataClient(_Client):
+class RedataClient(SourceClient):
     """REData's real-time market prices (PVPC and spot), hourly."""
 
     def __init__(
         self, config: SourcesConfig, client: httpx.AsyncClient | None = None, sleep: Sleep = asyncio.sleep
     ) -> None:
-        super().__init__(client, config)
+        super().__init__(Source.REE_REDATA, config, client, config.ree_per_minute, RedataDialect(), sleep)
         self._url = config.redata_url.rstrip("/") + REDATA_PRICES_PATH
-        self._fetcher = Fetcher(
-            Source.REE_REDATA,
-            self._client,
-            TokenBucket(config.ree_per_minute),
-            RetryPolicy.of(config),
-            config.max_response_bytes,
-            RedataDialect(),
-            sleep=sleep,
-            deadline_s=config.request_deadline_s,
-        )
-
-    async def __aenter__(self) -> RedataClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def market_prices(self, start: datetime, end: datetime, validators: Validators | None = None) -> Fetched:
         """Prices of [start, end); REData's end is inclusive to the minute, so it gets end - 1 minute."""
@@ -120,7 +86,7 @@ class RedataClient(_Client):
         return await self._fetcher.get(self._url, name, params, {"Accept": "application/json"}, validators)
 
 
-class EsiosClient(_Client):
+class EsiosClient(SourceClient):
     """ESIOS indicators (1001: the PVPC 2.0TD for each geography)."""
 
     def __init__(
@@ -128,25 +94,9 @@ class EsiosClient(_Client):
     ) -> None:
         if not config.esios_token:
             raise SourceConfigError("EMMA_ESIOS_TOKEN is not set: the source refuses every request without it")
-        super().__init__(client, config)
+        super().__init__(Source.REE_ESIOS, config, client, config.ree_per_minute, EsiosDialect(), sleep)
         self._token = config.esios_token
         self._url = config.esios_url.rstrip("/")
-        self._fetcher = Fetcher(
-            Source.REE_ESIOS,
-            self._client,
-            TokenBucket(config.ree_per_minute),
-            RetryPolicy.of(config),
-            config.max_response_bytes,
-            EsiosDialect(),
-            sleep=sleep,
-            deadline_s=config.request_deadline_s,
-        )
-
-    async def __aenter__(self) -> EsiosClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def indicator(
         self, start: datetime, end: datetime, indicator_id: int = PVPC_INDICATOR, validators: Validators | None = None
