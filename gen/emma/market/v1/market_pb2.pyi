@@ -1093,6 +1093,7 @@ class Publication(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     ZONES_FIELD_NUMBER: _builtins.int
     INTERVAL_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     """What kind of document ("prices", "flows", "capacities")."""
     outcome: Global___PublicationOutcome.ValueType
@@ -1109,6 +1110,13 @@ class Publication(_message.Message):
     def interval(self) -> Global___TimeInterval:
         """The delivery interval it covers."""
 
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___MarketWarning]:
+        """The border warnings this publication raised or changed (evaluated when flows, capacities or
+        day-ahead prices of a border arrive). Other services subscribe here: the alarms domain turns them
+        into alarms. A publication with no effect on any border has none.
+        """
+
     def __init__(
         self,
         *,
@@ -1117,10 +1125,11 @@ class Publication(_message.Message):
         outcome: Global___PublicationOutcome.ValueType = ...,
         zones: _abc.Iterable[_builtins.str] | None = ...,
         interval: Global___TimeInterval | None = ...,
+        warnings: _abc.Iterable[Global___MarketWarning] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "interval", b"interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "interval", b"interval", "kind", b"kind", "outcome", b"outcome", "zones", b"zones"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "interval", b"interval", "kind", b"kind", "outcome", b"outcome", "warnings", b"warnings", "zones", b"zones"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1030,6 +1030,15 @@ class Publication(betterproto2.Message):
     The delivery interval it covers.
     """
 
+    warnings: "list[MarketWarning]" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    The border warnings this publication raised or changed (evaluated when flows, capacities or
+    day-ahead prices of a border arrive). Other services subscribe here: the alarms domain turns them
+    into alarms. A publication with no effect on any border has none.
+    """
+
 
 default_message_pool.register_message("emma.market.v1", "Publication", Publication)
 
