@@ -23,6 +23,7 @@ EXPECTED_SERVICES = {
     "emma.identity.v1.IdentityService",
     "emma.identity.v1.AuditService",
     "emma.market.v1.MarketDataService",
+    "emma.forecast.v1.ForecastService",
 }
 
 

@@ -104,6 +104,7 @@ class Site(_message.Message):
     GRID_EXPORT_LIMIT_W_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    PV_SYSTEM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, organizations/{organization}/sites/{site}."""
     display_name: _builtins.str
@@ -130,6 +131,13 @@ class Site(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When it was last changed."""
 
+    @_builtins.property
+    def pv_system(self) -> Global___PvSystem:
+        """The site's photovoltaic plant, which the PV forecast models; unset when the site has none (or it
+        is not described yet: the forecast service then answers FAILED_PRECONDITION for PV). Set or
+        cleared by CreateSite and UpdateSite ("pv_system" in update_mask).
+        """
+
     def __init__(
         self,
         *,
@@ -143,14 +151,89 @@ class Site(_message.Message):
         grid_export_limit_w: _builtins.float = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        pv_system: Global___PvSystem | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "location", b"location", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "location", b"location", "pv_system", b"pv_system", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bidding_zone", b"bidding_zone", "country_code", b"country_code", "create_time", b"create_time", "display_name", b"display_name", "grid_export_limit_w", b"grid_export_limit_w", "grid_import_limit_w", b"grid_import_limit_w", "location", b"location", "name", b"name", "time_zone", b"time_zone", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bidding_zone", b"bidding_zone", "country_code", b"country_code", "create_time", b"create_time", "display_name", b"display_name", "grid_export_limit_w", b"grid_export_limit_w", "grid_import_limit_w", b"grid_import_limit_w", "location", b"location", "name", b"name", "pv_system", b"pv_system", "time_zone", b"time_zone", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Site: _TypeAlias = Site  # noqa: Y015
+
+@_typing.final
+class PvArray(_message.Message):
+    """One array of PV modules: modules of one orientation feeding the site's inverters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TILT_DEG_FIELD_NUMBER: _builtins.int
+    AZIMUTH_DEG_FIELD_NUMBER: _builtins.int
+    PEAK_POWER_KW_FIELD_NUMBER: _builtins.int
+    LOSSES_FRACTION_FIELD_NUMBER: _builtins.int
+    tilt_deg: _builtins.float
+    """The modules' tilt from horizontal in degrees: 0 flat, 90 vertical. [limits: 0..90]"""
+    azimuth_deg: _builtins.float
+    """The direction the modules face, compass degrees: 0 north, 90 east, 180 south, 270 west.
+    [limits: 0..360]
+    """
+    peak_power_kw: _builtins.float
+    """The array's rated DC power at standard test conditions, kWp. [limits: 0.01..100000]"""
+    losses_fraction: _builtins.float
+    """The DC-side losses as a fraction (soiling, wiring, mismatch, ageing); 0.14 when unset.
+    [limits: 0..0.9]
+    """
+    def __init__(
+        self,
+        *,
+        tilt_deg: _builtins.float = ...,
+        azimuth_deg: _builtins.float = ...,
+        peak_power_kw: _builtins.float = ...,
+        losses_fraction: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_losses_fraction", b"_losses_fraction", "losses_fraction", b"losses_fraction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_losses_fraction", b"_losses_fraction", "azimuth_deg", b"azimuth_deg", "losses_fraction", b"losses_fraction", "peak_power_kw", b"peak_power_kw", "tilt_deg", b"tilt_deg"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__losses_fraction: _TypeAlias = _typing.Literal["losses_fraction"]  # noqa: Y015
+    _WhichOneofArgType__losses_fraction: _TypeAlias = _typing.Literal["_losses_fraction", b"_losses_fraction"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__losses_fraction) -> _WhichOneofReturnType__losses_fraction | None: ...
+
+Global___PvArray: _TypeAlias = PvArray  # noqa: Y015
+
+@_typing.final
+class PvSystem(_message.Message):
+    """A site's photovoltaic plant: its arrays and the inverters' AC limit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARRAYS_FIELD_NUMBER: _builtins.int
+    INVERTER_LIMIT_W_FIELD_NUMBER: _builtins.int
+    ALTITUDE_M_FIELD_NUMBER: _builtins.int
+    inverter_limit_w: _builtins.float
+    """The inverters' combined AC output limit in watts, where production is clipped; 0: no limit
+    known (the arrays' DC power is not clipped). [limits: 0..1000000000]
+    """
+    altitude_m: _builtins.float
+    """The site's altitude above sea level in metres (the clear-sky model's air mass). [limits: -500..9000]"""
+    @_builtins.property
+    def arrays(self) -> _containers.RepeatedCompositeFieldContainer[Global___PvArray]:
+        """The arrays, at least one. [limits: items 1..20]"""
+
+    def __init__(
+        self,
+        *,
+        arrays: _abc.Iterable[Global___PvArray] | None = ...,
+        inverter_limit_w: _builtins.float = ...,
+        altitude_m: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["altitude_m", b"altitude_m", "arrays", b"arrays", "inverter_limit_w", b"inverter_limit_w"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PvSystem: _TypeAlias = PvSystem  # noqa: Y015
 
 @_typing.final
 class Edge(_message.Message):

@@ -39,6 +39,8 @@ __all__ = (
     "ListSitesRequest",
     "ListSitesResponse",
     "Organization",
+    "PvArray",
+    "PvSystem",
     "RegistryServiceStub",
     "RegistryServiceSyncStub",
     "Site",
@@ -1123,6 +1125,68 @@ default_message_pool.register_message("emma.registry.v1", "Organization", Organi
 
 
 @dataclass(eq=False, repr=False)
+class PvArray(betterproto2.Message):
+    """
+    One array of PV modules: modules of one orientation feeding the site's inverters.
+    """
+
+    tilt_deg: "float" = betterproto2.field(1, betterproto2.TYPE_DOUBLE)
+    """
+    The modules' tilt from horizontal in degrees: 0 flat, 90 vertical. [limits: 0..90]
+    """
+
+    azimuth_deg: "float" = betterproto2.field(2, betterproto2.TYPE_DOUBLE)
+    """
+    The direction the modules face, compass degrees: 0 north, 90 east, 180 south, 270 west.
+    [limits: 0..360]
+    """
+
+    peak_power_kw: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
+    """
+    The array's rated DC power at standard test conditions, kWp. [limits: 0.01..100000]
+    """
+
+    losses_fraction: "float | None" = betterproto2.field(
+        4, betterproto2.TYPE_DOUBLE, optional=True
+    )
+    """
+    The DC-side losses as a fraction (soiling, wiring, mismatch, ageing); 0.14 when unset.
+    [limits: 0..0.9]
+    """
+
+
+default_message_pool.register_message("emma.registry.v1", "PvArray", PvArray)
+
+
+@dataclass(eq=False, repr=False)
+class PvSystem(betterproto2.Message):
+    """
+    A site's photovoltaic plant: its arrays and the inverters' AC limit.
+    """
+
+    arrays: "list[PvArray]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    The arrays, at least one. [limits: items 1..20]
+    """
+
+    inverter_limit_w: "float" = betterproto2.field(2, betterproto2.TYPE_DOUBLE)
+    """
+    The inverters' combined AC output limit in watts, where production is clipped; 0: no limit
+    known (the arrays' DC power is not clipped). [limits: 0..1000000000]
+    """
+
+    altitude_m: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
+    """
+    The site's altitude above sea level in metres (the clear-sky model's air mass). [limits: -500..9000]
+    """
+
+
+default_message_pool.register_message("emma.registry.v1", "PvSystem", PvSystem)
+
+
+@dataclass(eq=False, repr=False)
 class Site(betterproto2.Message):
     """
     A place with a grid connection: a building, a plant, a community's feeder.
@@ -1188,6 +1252,15 @@ class Site(betterproto2.Message):
     )
     """
     When it was last changed.
+    """
+
+    pv_system: "PvSystem | None" = betterproto2.field(
+        11, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The site's photovoltaic plant, which the PV forecast models; unset when the site has none (or it
+    is not described yet: the forecast service then answers FAILED_PRECONDITION for PV). Set or
+    cleared by CreateSite and UpdateSite ("pv_system" in update_mask).
     """
 
 
