@@ -8,7 +8,8 @@ stops everything; a second run reuses the data, the keys and the edges' outboxes
 Market data: unless EMMA_ENTSOE_TOKEN is set (then the real APIs, or the EMMA_*_URL given, are used),
 the market replay server (launcher/market_replay) runs in this process on a free loopback port with
 `redate` on, so the demo has prices for today, and fresh random tokens that are good for nothing else;
-the market scheduler (started with the market service) fetches from it.
+the market fetch scheduler, a background worker of the market service that hosted_services starts
+as `emma serve market` does, fetches from it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from launcher.ports import check_free
 from launcher.state_lock import hold_state_folder
 from services import catalog
 from services.cloud import hosted_services
-from services.market.scheduler import MarketScheduler
 from services.names import EdgeName
 from services.platform.collector import tune_garbage_collector
 from services.platform.config import PlatformConfig
@@ -224,19 +224,12 @@ async def _run_stack(config: PlatformConfig, state_dir: Path, gateway_settings: 
                 _say("  grpc.health.v1.Health and server reflection are on")
                 _say(f"emma up: REST gateway on {base} (API docs {base}/docs, OpenAPI {base}/openapi.json)")
                 _say(f"emma up: simulated sites {', '.join(str(s.edge.site_name) for s in DEMO_SITES)}:")
-                # The market fetch scheduler for the demo, fetching from what market_sources chose. The
-                # market servicer does not start one yet; when it does, this goes (two are safe: they claim).
-                scheduler = MarketScheduler.from_env(runtime.pool, runtime.replica_id, runtime.config.env)
-                await scheduler.start()
-                try:
-                    async with edge_processes(site_files, _say):
-                        where = "embedded" if embedded else "external"
-                        _say(f"emma up: database {where}; state in {state_dir}")
-                        _say(f"emma up: log in as {DEMO_ADMIN} (see README: the first five minutes)")
-                        tune_garbage_collector()
-                        await wait_for_shutdown_signal(ready=lambda: _say("emma up: ready; press Ctrl-C to stop"))
-                finally:
-                    await scheduler.stop()
+                async with edge_processes(site_files, _say):
+                    where = "embedded" if embedded else "external"
+                    _say(f"emma up: database {where}; state in {state_dir}")
+                    _say(f"emma up: log in as {DEMO_ADMIN} (see README: the first five minutes)")
+                    tune_garbage_collector()
+                    await wait_for_shutdown_signal(ready=lambda: _say("emma up: ready; press Ctrl-C to stop"))
         _say("emma up: stopped")
     finally:
         if embedded is not None:

@@ -15,6 +15,7 @@ from services.identity import AuthInterceptor, auth_state_for, use_edge_director
 from services.platform import db, migrations
 from services.platform.collector import tune_garbage_collector
 from services.platform.config import PlatformConfig, ServerConfig
+from services.platform.registration import build_workers, running_workers
 from services.platform.runtime import Runtime
 from services.platform.server import HostedServer, create_server, start_server, wait_for_shutdown_signal
 from services.telemetry import erase_edge_telemetry
@@ -69,6 +70,8 @@ async def hosted_services(
         auth_interceptor = AuthInterceptor(auth)
         server = create_server(server_config, [auth_interceptor])
         servicers = catalog.add_services(server, specs, runtime)
+        # Built here, so a bad setting of theirs fails before the server binds its port.
+        workers = build_workers(specs, runtime)
         # Background work (ingest writer, sweepers, the revocation listener) starts before the first
         # call can arrive and stops after the last one drained.
         lifecycle: list[Any] = [auth, *(s for s in servicers if hasattr(s, "start"))]
@@ -76,10 +79,20 @@ async def hosted_services(
             await s.start()
         try:
             hosted = await start_server(server, server_config, [spec.full_name for spec in specs])
+            drained = False
             try:
-                yield hosted, runtime
+                # The domains' own workers (the market fetch scheduler) only once the port is ours: a
+                # second process on a busy port must fail without fetching or writing anything.
+                # They stop after the drain (health says NOT_SERVING at once) and before the pool closes.
+                async with running_workers(workers):
+                    try:
+                        yield hosted, runtime
+                    finally:
+                        drained = True
+                        await hosted.drain(server_config.shutdown_grace_s)
             finally:
-                await hosted.drain(server_config.shutdown_grace_s)
+                if not drained:  # a worker failed to start: the server still stops
+                    await hosted.drain(server_config.shutdown_grace_s)
                 await auth_interceptor.drain()
         finally:
             for s in reversed(lifecycle):

@@ -11,6 +11,7 @@ by their stable key. docs/market.md, "Storage and service", has the rules.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from emma.market.v1 import market_pb2, market_pb2_grpc
@@ -29,7 +30,7 @@ from services.market.model import (
     Source,
 )
 from services.market.store import SaveOutcome, SaveResult, StoreError, save_document, save_warnings
-from services.platform.registration import ServiceSpec, service_spec
+from services.platform.registration import ServiceSpec, Worker, service_spec
 from services.platform.runtime import Runtime
 
 # What other packages may use of market; everything else in services/market/ is private.
@@ -77,7 +78,15 @@ def _market(runtime: Runtime) -> Any:
     return MarketDataServicer(runtime)
 
 
-# The gRPC services this domain serves (services/catalog.py hosts them).
+def _scheduler(runtime: Runtime) -> Worker:
+    # The fetch scheduler runs wherever the market service runs (`emma serve market`, `emma up`);
+    # EMMA_MARKET_SCHEDULER=off leaves it idle. Replicas share the work through market.fetch_jobs.
+    from services.market.scheduler import MarketScheduler
+
+    return MarketScheduler.from_env(runtime.pool, runtime.replica_id, runtime.config.env or os.environ)
+
+
+# The gRPC services this domain serves (services/catalog.py hosts them) and their background workers.
 SERVICES: tuple[ServiceSpec, ...] = (
     service_spec(
         "market",
@@ -85,6 +94,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "MarketDataService",
         market_pb2_grpc.add_MarketDataServiceServicer_to_server,
         _market,
+        workers=(_scheduler,),
     ),
 )
 

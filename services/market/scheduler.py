@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from core.env import env_float, env_int
+from core.env import env_flag, env_float, env_int
 from core.errors import ConfigError
 from services.market.documents import parse_document
 from services.market.model import DocumentError, MarketError
@@ -149,13 +149,10 @@ class SchedulerConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> SchedulerConfig:
         env = os.environ if env is None else env
         err = SchedulerConfigError
-        raw_enabled = env.get("EMMA_MARKET_SCHEDULER", "").strip().lower()
-        if raw_enabled not in ("", "0", "1", "true", "false", "on", "off", "yes", "no"):
-            raise err(f"EMMA_MARKET_SCHEDULER={raw_enabled!r} is not a boolean (true/false)")
         zones_raw = env.get("EMMA_MARKET_ZONES")
         borders_raw = env.get("EMMA_MARKET_BORDERS")
         return cls(
-            enabled=raw_enabled not in ("0", "false", "off", "no"),
+            enabled=env_flag(env, "EMMA_MARKET_SCHEDULER", cls.enabled, err),
             zones=_zones(zones_raw, "EMMA_MARKET_ZONES") if zones_raw is not None else cls.zones,
             borders=_borders(borders_raw, "EMMA_MARKET_BORDERS") if borders_raw is not None else cls.borders,
             interval_s=env_float(env, "EMMA_MARKET_SCHEDULER_INTERVAL_S", cls.interval_s, 0.01, err),
@@ -574,15 +571,20 @@ class MarketScheduler:
         return self._task is not None and not self._task.done()
 
     async def start(self) -> None:
-        if self.config.enabled and not self.sources.entsoe_token:
+        if not self.config.enabled:
+            log.info("market scheduler off (EMMA_MARKET_SCHEDULER): nothing is fetched")
+            return
+        if not self.sources.entsoe_token:
             log.warning("EMMA_ENTSOE_TOKEN is not set: ENTSO-E prices, flows and capacities are not fetched")
-        if self.config.enabled:
-            self._task = asyncio.create_task(self._run(), name="market-scheduler")
+        self._task = asyncio.create_task(self._run(), name="market-scheduler")
+        log.info("market scheduler started", extra={"replica": self.replica})
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+            log.info("market scheduler stopped", extra={"replica": self.replica})
         await self.clients.aclose()
 
     async def run_once(self) -> list[Outcome]:

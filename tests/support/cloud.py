@@ -6,6 +6,7 @@ imported by tests and other helpers."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -30,6 +31,9 @@ def platform_config(dsn: str, **ingest: float) -> PlatformConfig:
         database=DatabaseConfig(url=dsn, pool_min_size=1, pool_max_size=8),
         state=StateConfig(),
         ingest=dataclasses.replace(IngestConfig(), **ingest),
+        # The process environment as it is now (what the services read when env is empty), with the
+        # market fetch scheduler off: a hosted test fetches nothing unless it turns the scheduler on.
+        env={**os.environ, "EMMA_MARKET_SCHEDULER": "off"},
     )
 
 
