@@ -21,7 +21,7 @@ from services.registry.edges import (
 from services.registry.inventory import edge_inventory, edge_with_device, store_inventory
 from services.registry.ports import EdgeConnection, EdgeConnections, EdgeDataEraser, RegistryPorts, use_ports
 from services.registry.provisioning import ensure_edge
-from services.registry.sites import site_location, site_time_zone
+from services.registry.sites import SiteProfile, all_sites, site_location, site_profile, site_time_zone
 
 # What other packages may use of the registry; everything else in services/registry/ is private.
 __all__ = [
@@ -33,6 +33,8 @@ __all__ = [
     "EdgeConnections",
     "EdgeDataEraser",
     "RegistryPorts",
+    "SiteProfile",
+    "all_sites",
     "channel_spec",
     "edge_inventory",
     "edge_name",
@@ -44,6 +46,7 @@ __all__ = [
     "edges_of_site",
     "ensure_edge",
     "site_location",
+    "site_profile",
     "site_time_zone",
     "store_inventory",
     "use_ports",

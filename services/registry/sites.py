@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import zoneinfo
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -24,6 +25,7 @@ from services.registry.errors import already_exists, has_children
 from services.registry.fields import require_display_name
 from services.registry.masks import apply_mask, masked_fields
 from services.registry.ports import RegistryPorts
+from services.registry.pv import pv_from_json, pv_to_json, validate_pv_system
 
 COUNTRY = re.compile(r"^[A-Z]{2}$")
 BIDDING_ZONE = re.compile(r"^[A-Z0-9-]{0,16}$")
@@ -36,11 +38,12 @@ UPDATABLE = {
     "bidding_zone",
     "grid_import_limit_w",
     "grid_export_limit_w",
+    "pv_system",
 }
 
 
 def site_message(r: Any) -> registry_pb2.Site:
-    return registry_pb2.Site(
+    site = registry_pb2.Site(
         name=f"organizations/{r['org_id']}/sites/{r['site_id']}",
         display_name=r["display_name"],
         location=types_pb2.GeoLocation(latitude_deg=r["latitude_deg"], longitude_deg=r["longitude_deg"]),
@@ -52,6 +55,10 @@ def site_message(r: Any) -> registry_pb2.Site:
         create_time=timestamp(r["create_time"]),
         update_time=timestamp(r["update_time"]),
     )
+    pv = pv_from_json(r["pv_system"])
+    if pv is not None:
+        site.pv_system.CopyFrom(pv)
+    return site
 
 
 def validate_site(s: registry_pb2.Site, prefix: str = "site", fields: set[str] | None = None) -> None:
@@ -74,6 +81,8 @@ def validate_site(s: registry_pb2.Site, prefix: str = "site", fields: set[str] |
         v = getattr(s, f)
         if checks(f) and not (math.isfinite(v) and v >= 0):
             raise invalid_field(f"{prefix}.{f}", "must be a finite number of watts, at least 0")
+    if checks("pv_system") and s.HasField("pv_system"):
+        validate_pv_system(s.pv_system, f"{prefix}.pv_system")
 
 
 def _check_location(s: registry_pb2.Site, prefix: str) -> None:
@@ -124,8 +133,8 @@ async def create_site(conn: Conn, site: SiteName, s: registry_pb2.Site) -> regis
     try:
         row = await conn.fetchrow(
             """INSERT INTO app.sites (org_id, site_id, display_name, latitude_deg, longitude_deg, time_zone,
-                   country_code, bidding_zone, grid_import_limit_w, grid_export_limit_w)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *""",
+                   country_code, bidding_zone, grid_import_limit_w, grid_export_limit_w, pv_system)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb) RETURNING *""",
             site.org,
             site.site,
             s.display_name,
@@ -136,6 +145,7 @@ async def create_site(conn: Conn, site: SiteName, s: registry_pb2.Site) -> regis
             s.bidding_zone,
             s.grid_import_limit_w,
             s.grid_export_limit_w,
+            pv_to_json(s),
         )
     except asyncpg.UniqueViolationError:
         raise already_exists(str(site)) from None
@@ -158,7 +168,7 @@ async def update_site(
     row = await conn.fetchrow(
         """UPDATE app.sites SET display_name = $3, latitude_deg = $4, longitude_deg = $5, time_zone = $6,
                country_code = $7, bidding_zone = $8, grid_import_limit_w = $9, grid_export_limit_w = $10,
-               update_time = now()
+               pv_system = $11::jsonb, update_time = now()
            WHERE org_id = $1 AND site_id = $2 RETURNING *""",
         site.org,
         site.site,
@@ -170,6 +180,7 @@ async def update_site(
         s.bidding_zone,
         s.grid_import_limit_w,
         s.grid_export_limit_w,
+        pv_to_json(s),
     )
     return site_message(row)
 
@@ -201,3 +212,46 @@ async def site_location(conn: Conn, site: SiteName) -> tuple[float, float] | Non
         "SELECT latitude_deg, longitude_deg FROM app.sites WHERE org_id = $1 AND site_id = $2", site.org, site.site
     )
     return None if row is None else (row["latitude_deg"], row["longitude_deg"])
+
+
+@dataclass(frozen=True)
+class SiteProfile:
+    """What the forecast needs of a site: where it is, its calendar and its PV plant (None: none
+    described). A location of exactly (0, 0) is the unset default, not a site in the Gulf of Guinea."""
+
+    site: SiteName
+    latitude_deg: float
+    longitude_deg: float
+    time_zone: str
+    country_code: str
+    pv_system: registry_pb2.PvSystem | None
+
+    @property
+    def has_location(self) -> bool:
+        return (self.latitude_deg, self.longitude_deg) != (0.0, 0.0)
+
+
+async def site_profile(conn: Conn, site: SiteName) -> SiteProfile | None:
+    """The site's profile, or None when there is no such site."""
+    row = await conn.fetchrow(
+        """SELECT latitude_deg, longitude_deg, time_zone, country_code, pv_system FROM app.sites
+           WHERE org_id = $1 AND site_id = $2""",
+        site.org,
+        site.site,
+    )
+    if row is None:
+        return None
+    return SiteProfile(
+        site,
+        row["latitude_deg"],
+        row["longitude_deg"],
+        row["time_zone"],
+        row["country_code"],
+        pv_from_json(row["pv_system"]),
+    )
+
+
+async def all_sites(conn: Conn) -> list[SiteName]:
+    """Every site of every organization, in name order (the forecast scheduler's round)."""
+    rows = await conn.fetch("SELECT org_id, site_id FROM app.sites ORDER BY org_id, site_id")
+    return [SiteName(r["org_id"], r["site_id"]) for r in rows]
