@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.errors import EmmaError
+from core.errors import ConfigError, EmmaError
 
 
 class ForecastError(EmmaError):
@@ -25,3 +25,7 @@ class WeatherError(ForecastError):
     def __init__(self, message: str, retry: bool) -> None:
         super().__init__(message)
         self.retry = retry
+
+
+class WeatherConfigError(ForecastError, ConfigError):
+    """An EMMA_WEATHER_* variable is invalid; the message names it."""

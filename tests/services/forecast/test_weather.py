@@ -1,0 +1,154 @@
+"""The Open-Meteo client against the weather replay server (a real HTTP server on loopback serving a
+real recorded answer): values as recorded, retries after 5xx/429, a down source, a refused query."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from launcher.weather_replay import Fault, WeatherReplayServer, running_weather_replay
+from launcher.weather_replay.app import RECORDING
+from services.forecast.errors import WeatherConfigError, WeatherError
+from services.forecast.model import PvArray, PvSystem
+from services.forecast.pv import forecast_pv
+from services.forecast.weather import OpenMeteoClient, WeatherConfig
+
+START = datetime(2026, 12, 5, tzinfo=UTC)
+
+
+def _config(url: str, retries: int = 3, read_timeout_s: float = 5.0) -> WeatherConfig:
+    return WeatherConfig(url=url, retries=retries, backoff_s=0.01, backoff_max_s=0.02, read_timeout_s=read_timeout_s)
+
+
+async def test_fetch_returns_the_recorded_values_re_dated_to_the_requested_window() -> None:
+    recorded = json.loads(RECORDING.read_text(encoding="utf-8"))["hourly"]
+    async with running_weather_replay() as server:
+        client = OpenMeteoClient(_config(server.url))
+        try:
+            series = await client.fetch(52.52, 13.41, START, 48)
+        finally:
+            await client.aclose()
+        asked = server.requests[0]
+    assert (
+        asked["hourly"] == "shortwave_radiation,direct_normal_irradiance,diffuse_radiation,temperature_2m,cloud_cover"
+    )
+    assert asked["timezone"] == "GMT" and asked["start_date"] == "2026-12-05" and asked["end_date"] == "2026-12-07"
+    assert series.source == "open-meteo"
+    assert series.times[0] == START and series.times[1] - series.times[0] == timedelta(hours=1)
+    assert len(series.times) == 72
+    assert list(series.ghi_w_m2[:48]) == [float(v) for v in recorded["shortwave_radiation"]]
+    assert list(series.dni_w_m2[:48]) == [float(v) for v in recorded["direct_normal_irradiance"]]
+    assert list(series.dhi_w_m2[:48]) == [float(v) for v in recorded["diffuse_radiation"]]
+    assert list(series.temp_air_c[:48]) == [float(v) for v in recorded["temperature_2m"]]
+    assert list(series.cloud_cover_pct[:48]) == [float(v) for v in recorded["cloud_cover"]]
+    assert series.ghi_w_m2[48] == recorded["shortwave_radiation"][0]  # the recording repeats
+
+
+async def test_the_shift_is_stated_in_a_header() -> None:
+    async with running_weather_replay() as server, httpx.AsyncClient() as http:
+        answer = await http.get(
+            f"{server.url}/v1/forecast",
+            params={
+                "latitude": "1",
+                "longitude": "2",
+                "hourly": "cloud_cover",
+                "start_date": "2026-12-05",
+                "end_date": "2026-12-05",
+            },
+        )
+    assert answer.status_code == 200
+    assert "re-dated to 2026-12-05T00:00..2026-12-05T23:00" in answer.headers["x-replay-shift"]
+
+
+async def test_5xx_and_429_are_retried_then_the_answer_is_used() -> None:
+    async with running_weather_replay() as server:
+        server.inject(Fault(status=500))
+        server.inject(Fault(status=429))
+        client = OpenMeteoClient(_config(server.url))
+        try:
+            series = await client.fetch(52.52, 13.41, START, 24)
+        finally:
+            await client.aclose()
+        assert len(server.requests) == 3
+    assert len(series.times) == 48
+
+
+async def test_a_source_that_stays_down_is_a_retryable_weather_error() -> None:
+    async with running_weather_replay() as server:
+        server.inject(Fault(status=503, count=10))
+        client = OpenMeteoClient(_config(server.url, retries=2))
+        try:
+            with pytest.raises(WeatherError) as down:
+                await client.fetch(52.52, 13.41, START, 24)
+        finally:
+            await client.aclose()
+        assert len(server.requests) == 3
+    assert down.value.retry is True and "HTTP 503 after 3 attempts" in str(down.value)
+
+
+async def test_a_hanging_source_times_out_and_is_retryable() -> None:
+    async with WeatherReplayServer(faults=[Fault(hang_s=5.0, count=10)]) as server:
+        client = OpenMeteoClient(_config(server.url, retries=1, read_timeout_s=0.2))
+        try:
+            with pytest.raises(WeatherError) as slow:
+                await client.fetch(52.52, 13.41, START, 24)
+        finally:
+            await client.aclose()
+    assert slow.value.retry is True and "timeout" in str(slow.value)
+
+
+async def test_nothing_listening_is_retryable() -> None:
+    async with running_weather_replay() as server:
+        url = server.url
+    client = OpenMeteoClient(_config(url, retries=1))
+    try:
+        with pytest.raises(WeatherError) as refused:
+            await client.fetch(52.52, 13.41, START, 24)
+    finally:
+        await client.aclose()
+    assert refused.value.retry is True and "connection failed" in str(refused.value)
+
+
+async def test_an_error_body_is_a_refused_query_not_retried() -> None:
+    async with running_weather_replay() as server:
+        client = OpenMeteoClient(_config(server.url))
+        try:
+            with pytest.raises(WeatherError) as refused:
+                # 16 days is the most Open-Meteo forecasts: the replay refuses like the API does.
+                await client.fetch(52.52, 13.41, START, 16 * 24)
+        finally:
+            await client.aclose()
+        assert len(server.requests) == 1
+    assert refused.value.retry is False and "HTTP 400" in str(refused.value) and "within 16 days" in str(refused.value)
+
+
+async def test_the_fetched_weather_drives_the_pv_forecast() -> None:
+    """Horizontal array: each recorded hour's GHI comes back as that hour's energy (within the
+    temperature and incidence effects), computed here from the recording alone."""
+    recorded = json.loads(RECORDING.read_text(encoding="utf-8"))["hourly"]
+    async with running_weather_replay() as server:
+        client = OpenMeteoClient(_config(server.url))
+        try:
+            series = await client.fetch(52.52, 13.41, START, 24)
+        finally:
+            await client.aclose()
+    system = PvSystem(52.52, 13.41, 38.0, (PvArray(0.0, 180.0, 10.0, 0.14),))
+    forecast = forecast_pv(system, START, 96, series)
+    assert not forecast.degraded
+    # Hour labelled T is the mean over (T-1h, T]: the recorded day is labels 01:00 .. 24:00.
+    ghi_wh = sum(float(v) for v in recorded["shortwave_radiation"][1:25])
+    expected_wh = ghi_wh / 1000.0 * 10_000.0 * (1 - 0.14)
+    model_wh = sum(forecast.p50) / 4.0
+    assert model_wh == pytest.approx(expected_wh, rel=0.05)
+
+
+def test_config_from_env() -> None:
+    assert WeatherConfig.from_env({}).url == "https://api.open-meteo.com"
+    assert WeatherConfig.from_env({"EMMA_WEATHER_URL": "http://127.0.0.1:9000/"}).url == "http://127.0.0.1:9000"
+    with pytest.raises(WeatherConfigError, match="EMMA_WEATHER_URL"):
+        WeatherConfig.from_env({"EMMA_WEATHER_URL": "http://weather.example.com"})
+    with pytest.raises(WeatherConfigError, match="EMMA_WEATHER_RETRIES"):
+        WeatherConfig.from_env({"EMMA_WEATHER_RETRIES": "many"})
