@@ -137,13 +137,20 @@ class SchedulerConfig:
     # Borders as (out zone, in zone): flows and capacities are directed.
     borders: tuple[tuple[str, str], ...] = (("10YES-REE------0", "10YFR-RTE------C"), ("10YFR-RTE------C", SPAIN))
     interval_s: float = 30.0  # how often a replica plans and looks for due jobs
-    lease_s: float = 900.0  # a claimed job is another replica's again after this (a crashed replica)
+    # A claimed job is another replica's again after this (a crashed replica). None: the longest a
+    # fetch may take with all its retries plus LEASE_MARGIN_S (fetch_lease_s); a lease shorter than
+    # that would let a second replica fetch a document the first is still retrying.
+    lease_s: float | None = None
     no_data_retry_s: float = 900.0  # "no data yet": ask again this much later, until the round's deadline
     no_data_deadline_h: float = 12.0  # after the expected publication, "no data" is final
     retry_s: float = 60.0  # first backoff after SourceUnavailable, doubling, with jitter
     retry_max_s: float = 3600.0
     max_attempts: int = 8  # SourceUnavailable this many times: abandoned with the last reason
     batch: int = 20  # jobs one replica claims per pass
+    # Finished (done or abandoned) jobs and the validators of queries not asked for this long are
+    # deleted. At least MIN_RETENTION_DAYS: the planner still plans a day's jobs until two days after
+    # it (yesterday's DA-final round), and a deleted job it still plans would be fetched again.
+    retention_days: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SchedulerConfig:
@@ -156,14 +163,49 @@ class SchedulerConfig:
             zones=_zones(zones_raw, "EMMA_MARKET_ZONES") if zones_raw is not None else cls.zones,
             borders=_borders(borders_raw, "EMMA_MARKET_BORDERS") if borders_raw is not None else cls.borders,
             interval_s=env_float(env, "EMMA_MARKET_SCHEDULER_INTERVAL_S", cls.interval_s, 0.01, err),
-            lease_s=env_float(env, "EMMA_MARKET_FETCH_LEASE_S", cls.lease_s, 1.0, err),
+            lease_s=env_float(env, "EMMA_MARKET_FETCH_LEASE_S", 0.0, 1.0, err)
+            if env.get("EMMA_MARKET_FETCH_LEASE_S")
+            else None,
             no_data_retry_s=env_float(env, "EMMA_MARKET_NO_DATA_RETRY_S", cls.no_data_retry_s, 0.01, err),
             no_data_deadline_h=env_float(env, "EMMA_MARKET_NO_DATA_DEADLINE_H", cls.no_data_deadline_h, 0.0, err),
             retry_s=env_float(env, "EMMA_MARKET_FETCH_RETRY_S", cls.retry_s, 0.001, err),
             retry_max_s=env_float(env, "EMMA_MARKET_FETCH_RETRY_MAX_S", cls.retry_max_s, 0.001, err),
             max_attempts=env_int(env, "EMMA_MARKET_FETCH_MAX_ATTEMPTS", cls.max_attempts, 1, 100, err),
             batch=env_int(env, "EMMA_MARKET_FETCH_BATCH", cls.batch, 1, 1000, err),
+            retention_days=env_float(
+                env, "EMMA_MARKET_FETCH_JOB_RETENTION_DAYS", cls.retention_days, MIN_RETENTION_DAYS, err
+            ),
         )
+
+
+LEASE_MARGIN_S = 60.0  # rate-limit waits, parsing and the save, on top of the HTTP attempts
+MIN_RETENTION_DAYS = 3.0
+CLEANUP_INTERVAL_S = 3600.0  # how often a replica deletes old jobs (any replica may; deletes are idempotent)
+
+
+def worst_case_fetch_s(sources: SourcesConfig) -> float:
+    """The longest one job's fetch may take: every attempt up to its deadline, and between attempts
+    the longest wait the fetch layer accepts (a Retry-After up to its cap, or the backoff's cap)."""
+    attempts = sources.retries + 1
+    longest_wait = max(sources.backoff_max_s, sources.retry_after_max_s)
+    return attempts * sources.request_deadline_s + sources.retries * longest_wait
+
+
+def fetch_lease_s(config: SchedulerConfig, sources: SourcesConfig) -> float:
+    """The lease a claimed job is held for: the configured one, which must exceed the worst-case fetch
+    (SchedulerConfigError otherwise), or that worst case plus LEASE_MARGIN_S."""
+    worst = worst_case_fetch_s(sources)
+    if config.lease_s is None:
+        return worst + LEASE_MARGIN_S
+    if config.lease_s <= worst:
+        raise SchedulerConfigError(
+            f"EMMA_MARKET_FETCH_LEASE_S={config.lease_s:g} must exceed the longest a fetch may take with its "
+            f"retries, {worst:g} s ({sources.retries + 1} attempts of EMMA_MARKET_REQUEST_DEADLINE_S="
+            f"{sources.request_deadline_s:g} and {sources.retries} waits of up to "
+            f"{max(sources.backoff_max_s, sources.retry_after_max_s):g} s, EMMA_MARKET_RETRY_AFTER_MAX_S or "
+            "EMMA_MARKET_BACKOFF_MAX_S); otherwise a second replica fetches a document the first is still retrying"
+        )
+    return config.lease_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +413,20 @@ async def claim_job(conn: Conn, job: Job, replica: str, lease_s: float) -> bool:
     return True
 
 
+async def delete_old_jobs(conn: Conn, retention_days: float, now: datetime) -> int:
+    """Delete finished jobs (done, abandoned) that finished more than `retention_days` before `now`, and
+    the validators of queries last answered as long ago; the number of jobs deleted."""
+    cutoff = now - timedelta(days=retention_days)
+    async with conn.transaction():
+        deleted = await conn.fetchval(
+            "WITH gone AS (DELETE FROM market.fetch_jobs WHERE state IN ('done', 'abandoned') AND finished_at < $1"
+            " RETURNING 1) SELECT count(*) FROM gone",
+            cutoff,
+        )
+        await conn.execute("DELETE FROM market.fetch_queries WHERE fetched_at < $1", cutoff)
+    return int(deleted)
+
+
 class Runner:
     """Runs claimed jobs: fetch (outside any transaction), parse, save and finish in one transaction."""
 
@@ -557,9 +613,11 @@ class MarketScheduler:
         self.sources = sources
         self.clock = clock
         self._sleep = sleep
+        self.lease_s = fetch_lease_s(config, sources)  # refuses a lease shorter than a fetch may take
         self.clients = Clients(sources)
         self.runner = Runner(pool, self.clients, config, replica)
         self._task: asyncio.Task[None] | None = None
+        self._cleaned_at: datetime | None = None
         self.outcomes: list[Outcome] = []  # what this replica did, most recent last (bounded)
 
     @classmethod
@@ -592,10 +650,15 @@ class MarketScheduler:
         now = self.clock()
         async with self.pool.acquire() as conn:
             await add_jobs(conn, plan(self.config, self.sources, now))
+            if self._cleaned_at is None or (now - self._cleaned_at).total_seconds() >= CLEANUP_INTERVAL_S:
+                deleted = await delete_old_jobs(conn, self.config.retention_days, now)
+                self._cleaned_at = now
+                if deleted:
+                    log.info("market fetch jobs deleted", extra={"deleted": deleted})
         done: list[Outcome] = []
         while True:
             async with self.pool.acquire() as conn:
-                claimed = await claim_due(conn, self.replica, now, self.config.batch, self.config.lease_s)
+                claimed = await claim_due(conn, self.replica, now, self.config.batch, self.lease_s)
             if not claimed:
                 break
             for job, attempt in claimed:
@@ -624,13 +687,14 @@ async def run_backfill(
 ) -> list[Outcome]:
     """Fetch `jobs` now, through the scheduler's runner (one attempt each, "no data" final)."""
     config = replace(config or SchedulerConfig(), max_attempts=1)
+    lease_s = fetch_lease_s(config, sources)
     clients = Clients(sources)
     runner = Runner(pool, clients, config, replica)
     outcomes: list[Outcome] = []
     try:
         for job in jobs:
             async with pool.acquire() as conn:
-                claimed = await claim_job(conn, job, replica, config.lease_s)
+                claimed = await claim_job(conn, job, replica, lease_s)
             if not claimed:
                 outcome = Outcome(job, "failed", "another replica is fetching it right now")
             else:
