@@ -127,6 +127,12 @@ FACES: dict[str, list[str]] = {
         "save_document",
         "save_warnings",
     ],
+    "services.forecast": [
+        "DEPENDS_ON",
+        "POLICY",
+        "SERVICES",
+        "TABLES",
+    ],
     "services.edgelink": [
         "DEPENDS_ON",
         "POLICY",
