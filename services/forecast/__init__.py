@@ -25,6 +25,7 @@ TABLES: tuple[str, ...] = (
     "forecast.forecast_values",
     "forecast.forecasts",
     "forecast.runs",
+    "forecast.schedule",
     "forecast.scores",
 )
 

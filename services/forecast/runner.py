@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -14,7 +15,9 @@ from services.forecast.errors import ForecastError, WeatherError
 from services.forecast.load import forecast_load
 from services.forecast.model import SLOT, Forecast, PvArray, PvSystem, WeatherSeries
 from services.forecast.pv import forecast_pv
-from services.forecast.store import MadeForecast
+from services.forecast.store import MadeForecast, save_run
+from services.forecast.weather import OpenMeteoClient, WeatherConfig
+from services.platform.migrations import Conn
 from services.registry import SiteProfile
 
 log = logging.getLogger("emma.forecast")
@@ -118,3 +121,35 @@ async def make_forecasts(
             pv_made.weather_fetch_time,
         )
     return [made[k] for k in ("pv_power", "site_load", "net_load") if k in kinds]
+
+
+async def run_site(
+    conn: Conn,
+    profile: SiteProfile,
+    kinds: set[str],
+    slots: int,
+    weather_config: WeatherConfig,
+    *,
+    issue_time: datetime,
+    trigger: str,
+    creator: str,
+    request_id: str | None = None,
+) -> uuid.UUID:
+    """One run: forecast, then store it in one transaction; returns the run id. MissingSiteData and
+    ForecastInputError before anything is stored."""
+    weather = OpenMeteoClient(weather_config)
+    try:
+        made = await make_forecasts(profile, kinds, issue_time, slots, [], weather)
+    finally:
+        await weather.aclose()
+    async with conn.transaction():
+        return await save_run(
+            conn, profile.site, issue_time, made, trigger=trigger, creator=creator, request_id=request_id
+        )
+
+
+def kinds_for(profile: SiteProfile) -> set[str]:
+    """What the scheduler forecasts: everything for a site with PV and a location, its load otherwise."""
+    if profile.pv_system is not None and profile.has_location:
+        return {"pv_power", "site_load", "net_load"}
+    return {"site_load"}

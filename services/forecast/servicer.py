@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import asyncpg
 import grpc
 from emma.common.v1 import errors_pb2
 from emma.forecast.v1 import forecast_pb2, forecast_pb2_grpc
@@ -14,9 +15,8 @@ from services.errors import ApiError, invalid_field, not_found
 from services.forecast import queries
 from services.forecast.errors import ForecastInputError
 from services.forecast.model import MAX_HORIZON_SLOTS, SLOT
-from services.forecast.runner import MissingSiteData, make_forecasts
-from services.forecast.store import save_run
-from services.forecast.weather import OpenMeteoClient, WeatherConfig
+from services.forecast.runner import MissingSiteData, run_site
+from services.forecast.weather import WeatherConfig
 from services.identity import Access, caller, note_audit
 from services.names import SiteName, parse_site
 from services.pagination import Page
@@ -119,10 +119,18 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
             profile = await site_profile(conn, site)
             if profile is None:
                 raise not_found(request.site)
-            issue_time = dt.datetime.now(dt.UTC)
-            weather = OpenMeteoClient(self._weather)
             try:
-                made = await make_forecasts(profile, kinds, issue_time, slots, [], weather)
+                run_id = await run_site(
+                    conn,
+                    profile,
+                    kinds,
+                    slots,
+                    self._weather,
+                    issue_time=dt.datetime.now(dt.UTC),
+                    trigger="on_demand",
+                    creator=me.actor,
+                    request_id=request.request_id,
+                )
             except MissingSiteData as exc:
                 raise missing(exc, site) from None
             except ForecastInputError as exc:
@@ -132,18 +140,12 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
                     f"{request.site}: the site's description cannot be forecast: {exc}",
                     metadata={"site": request.site, "missing": exc.field},
                 ) from None
-            finally:
-                await weather.aclose()
-            async with conn.transaction():
-                run_id = await save_run(
-                    conn,
-                    site,
-                    issue_time,
-                    made,
-                    trigger="on_demand",
-                    creator=me.actor,
-                    request_id=request.request_id,
-                )
+            except asyncpg.UniqueViolationError:
+                # A concurrent call with the same request_id stored its run first: answer with that one.
+                previous = await queries.run_of_request(conn, me.actor, request.request_id)
+                if previous is None:
+                    raise
+                run_id = previous
             return await queries.run_message(conn, run_id)
 
     async def GetForecastAccuracy(

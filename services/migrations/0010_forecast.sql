@@ -62,3 +62,19 @@ CREATE TABLE forecast.scores (
     scored_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (forecast_id, band_start_h)
 );
+
+-- The scheduler's rounds: one row per site and round (the round's start, every EMMA_FORECAST_INTERVAL).
+-- Replicas insert with ON CONFLICT DO NOTHING and claim with FOR UPDATE SKIP LOCKED and a lease, so
+-- each site is forecast once per round; an expired lease (a replica that died mid-run) lets another
+-- take it. state: pending, done, failed (reason says why).
+CREATE TABLE forecast.schedule (
+    org_id      text NOT NULL,
+    site_id     text NOT NULL,
+    round_start timestamptz NOT NULL,
+    state       text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed')),
+    lease_until timestamptz,
+    claimed_by  text,
+    run_id      uuid,
+    reason      text NOT NULL DEFAULT '',
+    PRIMARY KEY (org_id, site_id, round_start)
+);
