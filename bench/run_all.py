@@ -17,7 +17,7 @@ from typing import Any
 from bench.machine import describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ["edge_cycle", "ingest", "commands", "history", "gateway", "modbus"]
+BENCHMARKS = ["edge_cycle", "ingest", "commands", "history", "gateway", "modbus", "market"]
 
 
 def _fmt(x: Any, digits: int = 1) -> str:
@@ -150,6 +150,42 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"30-day history, {label} buckets: p50 / p99 (ms)",
                     f"{_fmt(h['p50_ms'])} / {_fmt(h['p99_ms'])}",
                     "p99 < 100 (15 min)",
+                    r["command"],
+                )
+            )
+    if "market" in results:
+        r = results["market"]
+        s = r["store"]
+        out.append(
+            (
+                f"market: parse + store A44 documents, one transaction each, {s['connections']} connections "
+                "(documents/s; rows/s)",
+                f"{_fmt(s['store_documents_per_s'], 0)}; {_fmt(s['store_rows_per_s'], 0)}",
+                "-",
+                r["command"],
+            )
+        )
+        out.append(("market: parse alone (documents/s)", _fmt(s["parse_documents_per_s"], 0), "-", r["command"]))
+        out.append(
+            (
+                "market: raw binary COPY, same rows, best of 1/2/4 connections (rows/s)",
+                _fmt(s["best_copy_rows_per_s"], 0),
+                "reference",
+                r["command"],
+            )
+        )
+        out.append(("market: store / raw COPY", _fmt(s["ratio_to_best_copy"], 2), ">= 0.5", r["command"]))
+        for key, label in (
+            ("curve", "GetPriceCurve, one zone and day"),
+            ("batch", "BatchGetMarketSummaries, 40 zones"),
+            ("parallel", "40 GetMarketSummary at once"),
+        ):
+            q = r["read"][key]
+            out.append(
+                (
+                    f"market: {label}, open loop {q['rate_per_s']:g}/s: p50 / p99 (ms)",
+                    f"{_fmt(q['p50_ms'])} / {_fmt(q['p99_ms'])}",
+                    q["goal"],
                     r["command"],
                 )
             )
