@@ -1,0 +1,38 @@
+"""bench/market.py runs end to end on tiny sizes (3 zones, 2 days, a few requests) against a fresh
+database of the test PostgreSQL, as a process of its own (tests never import bench/); only the
+structure of its result is checked, never a timing. The bench itself asserts that every generated
+document was parsed and STORED and that the rows in market.prices are the rows save_document wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_runs_end_to_end_on_tiny_sizes(database_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "market.json"
+    subprocess.run(
+        [sys.executable, "-m", "bench.market", "--zones", "3", "--days", "2", "--samples", "10", "--output", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        check=True,
+        capture_output=True,
+        timeout=240,
+    )
+    result = json.loads(out.read_text())
+    assert set(result) >= {"machine", "command", "dataset", "store", "read"}
+    assert result["dataset"]["documents"] == 6
+    store = result["store"]
+    for key in ("parse_documents_per_s", "store_rows_per_s", "best_copy_rows_per_s", "ratio_to_best_copy"):
+        assert store[key]["runs"] == 3 and store[key]["min"] > 0
+    assert len(store["runs"]) == 3 and isinstance(store["met"], bool)
+    for kind in ("curve", "batch", "parallel"):
+        read = result["read"][kind]
+        assert read["p99_ms"]["runs"] == 3 and isinstance(read["met"], bool)
+        assert all(run["samples"] == 10 and run["errors"] == {} for run in read["runs"])
+    assert result["read"]["batch"]["zones"] == 40
