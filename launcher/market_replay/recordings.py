@@ -146,6 +146,7 @@ class Catalog:
 
 
 _DATE = re.compile(rb"(\d{4}-\d{2}-\d{2})(?=T\d{2}:\d{2})")
+_FIRST_MRID = re.compile(rb"(<(?:\w+:)?mRID>)([^<]*)(</(?:\w+:)?mRID>)")
 
 
 def redate(data: bytes, days: int) -> bytes:
@@ -158,4 +159,10 @@ def redate(data: bytes, days: int) -> bytes:
         day = datetime.strptime(match.group(1).decode(), "%Y-%m-%d") + timedelta(days=days)
         return day.strftime("%Y-%m-%d").encode()
 
-    return _DATE.sub(move, data)
+    moved = _DATE.sub(move, data)
+    if days == 0:
+        return moved
+    # A moved document is another publication: under the recorded id and revision, the store would take
+    # a second day moved from one recording for the first one again (UNCHANGED) and keep none of it.
+    # ENTSO-E's document id is the root's first mRID; REE's ids already carry the (moved) day.
+    return _FIRST_MRID.sub(lambda m: m.group(1) + m.group(2) + b"-d" + str(days).encode() + m.group(3), moved, count=1)

@@ -34,6 +34,18 @@ async def test_redate_moves_the_recorded_days_onto_the_requested_days_with_value
     assert shifted.interval is not None and shifted.interval[0] == start
 
 
+async def test_each_day_moved_from_one_recording_is_a_publication_of_its_own() -> None:
+    # Two days moved from one recording under the recorded id and revision: the store took the second for
+    # the first again (UNCHANGED) and the demo had no prices for it.
+    first = datetime(2026, 12, 4, 23, tzinfo=UTC)
+    async with replay_server(redate=True) as server, EntsoeClient(sources_config(server.url)) as client:
+        one = await client.day_ahead_prices(DE_LU, first, first + timedelta(days=1))
+        two = await client.day_ahead_prices(DE_LU, first + timedelta(days=1), first + timedelta(days=2))
+    original = parse_document(RECORDED.read_bytes(), RECORDED.name)
+    ids = [parse_document(f.data, f.name).document_id for f in (one, two)]
+    assert ids[0] != ids[1] and all(i.startswith(original.document_id + "-d") for i in ids)
+
+
 async def test_faults_can_be_injected_over_http_when_the_control_endpoints_are_on() -> None:
     async with replay_server(control=True) as server, httpx.AsyncClient(base_url=server.url) as control:
         added = await control.post("/_replay/faults", json={"status": 503, "count": 2, "source": "entsoe"})
