@@ -158,6 +158,7 @@ async def _backfill_dsn(env: dict[str, str]) -> tuple[str, str]:
 
 
 async def run_backfill_command(args: argparse.Namespace) -> int:
+    from services.market.interconnect import InterconnectConfig
     from services.market.scheduler import (
         SchedulerConfig,
         backfill_jobs,
@@ -179,6 +180,7 @@ async def run_backfill_command(args: argparse.Namespace) -> int:
     zone = zone_code(args.zone)
     sources = SourcesConfig.from_env(env)
     scheduler_config = SchedulerConfig.from_env(env)
+    interconnect = InterconnectConfig.from_env(env)  # a bad threshold fails before anything is fetched
     products = tuple(args.product) if args.product else zone_products(zone, sources)
     dsn, where = await _backfill_dsn(env)
     config = PlatformConfig.from_env(env)
@@ -191,7 +193,9 @@ async def run_backfill_command(args: argparse.Namespace) -> int:
         def say(outcome: Outcome) -> None:
             print(outcome.line(), flush=True)
 
-        outcomes = await run_backfill(pool, sources, jobs, f"backfill-{os.getpid()}", scheduler_config, say=say)
+        outcomes = await run_backfill(
+            pool, sources, jobs, f"backfill-{os.getpid()}", scheduler_config, say=say, interconnect=interconnect
+        )
         failed = sum(1 for o in outcomes if o.status in ("failed", "lost"))
     finally:
         await pool.close()

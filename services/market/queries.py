@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 import asyncpg
 
 from services.market.model import CapacitySeries, FlowSeries, PriceSeries, Product, Slot
-from services.market.store import Conn
+from services.platform.migrations import Conn
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -166,6 +166,23 @@ async def load_warnings(conn: Conn, zone: str, days: list[date]) -> list[StoredW
             r["delivery_day"],
             r["message"],
             r["evidence"],
+        )
+        for r in rows
+    ]
+
+
+async def load_warnings_of(conn: Conn, source: str, document_id: str, revision: int) -> list[StoredWarning]:
+    """The stored border warnings the document last raised or changed, by key."""
+    rows = await conn.fetch(
+        "SELECT warning_key, kind, out_zone, in_zone, delivery_day, message, evidence::text AS evidence"
+        " FROM market.warnings WHERE source = $1 AND document_id = $2 AND revision = $3 ORDER BY warning_key",
+        source,
+        document_id,
+        revision,
+    )
+    return [
+        StoredWarning(
+            r["warning_key"], r["kind"], r["out_zone"], r["in_zone"], r["delivery_day"], r["message"], r["evidence"]
         )
         for r in rows
     ]

@@ -37,7 +37,9 @@ import asyncpg
 
 from core.env import env_flag, env_float, env_int
 from core.errors import ConfigError
+from services.market.assessment import WarningPolicy
 from services.market.documents import parse_document
+from services.market.interconnect import InterconnectConfig
 from services.market.model import DocumentError, MarketError
 from services.market.sources import (
     BadResponse,
@@ -437,12 +439,14 @@ class Runner:
         config: SchedulerConfig,
         replica: str,
         rng: Callable[[], float] = random.random,
+        warnings: WarningPolicy | None = None,
     ) -> None:
         self.pool = pool
         self.clients = clients
         self.config = config
         self.replica = replica
         self._rng = rng
+        self.warnings = warnings or WarningPolicy(borders=config.borders)
 
     async def run(self, job: Job, attempt: int, now: datetime) -> Outcome:
         async with self.pool.acquire() as conn:
@@ -472,7 +476,7 @@ class Runner:
                 if not await self._still_ours(conn, job):
                     return Outcome(job, "lost", "another replica took the job over (lease expired)")
                 for doc in docs:
-                    results.append((await save_document(conn, doc, fetched_at)).outcome.value)
+                    results.append((await save_document(conn, doc, fetched_at, self.warnings)).outcome.value)
                 status = _combined(results)
                 await self._finish_in(conn, job, status, "", fetched, source, fetched_at)
         except StoreError as exc:  # the store refused the document: storing it again cannot help
@@ -606,6 +610,7 @@ class MarketScheduler:
         sources: SourcesConfig,
         clock: Clock = _utcnow,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        interconnect: InterconnectConfig | None = None,
     ) -> None:
         self.pool = pool
         self.replica = replica
@@ -615,14 +620,22 @@ class MarketScheduler:
         self._sleep = sleep
         self.lease_s = fetch_lease_s(config, sources)  # refuses a lease shorter than a fetch may take
         self.clients = Clients(sources)
-        self.runner = Runner(pool, self.clients, config, replica)
+        # Stored flows, capacities and day-ahead prices re-assess their borders' warnings.
+        policy = WarningPolicy(interconnect or InterconnectConfig(), config.borders)
+        self.runner = Runner(pool, self.clients, config, replica, warnings=policy)
         self._task: asyncio.Task[None] | None = None
         self._cleaned_at: datetime | None = None
         self.outcomes: list[Outcome] = []  # what this replica did, most recent last (bounded)
 
     @classmethod
     def from_env(cls, pool: asyncpg.Pool, replica: str, env: Mapping[str, str]) -> MarketScheduler:
-        return cls(pool, replica, SchedulerConfig.from_env(env), SourcesConfig.from_env(env))
+        return cls(
+            pool,
+            replica,
+            SchedulerConfig.from_env(env),
+            SourcesConfig.from_env(env),
+            interconnect=InterconnectConfig.from_env(env),
+        )
 
     @property
     def running(self) -> bool:
@@ -684,12 +697,15 @@ async def run_backfill(
     replica: str,
     config: SchedulerConfig | None = None,
     say: Callable[[Outcome], None] | None = None,
+    interconnect: InterconnectConfig | None = None,
 ) -> list[Outcome]:
-    """Fetch `jobs` now, through the scheduler's runner (one attempt each, "no data" final)."""
+    """Fetch `jobs` now, through the scheduler's runner (one attempt each, "no data" final); stored
+    documents assess their borders' warnings as the scheduler's do."""
     config = replace(config or SchedulerConfig(), max_attempts=1)
     lease_s = fetch_lease_s(config, sources)
     clients = Clients(sources)
-    runner = Runner(pool, clients, config, replica)
+    policy = WarningPolicy(interconnect or InterconnectConfig(), config.borders)
+    runner = Runner(pool, clients, config, replica, warnings=policy)
     outcomes: list[Outcome] = []
     try:
         for job in jobs:

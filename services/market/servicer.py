@@ -28,10 +28,12 @@ from services.market.queries import (
     Provenance,
     SeriesKey,
     StoredPrices,
+    StoredWarning,
     load_border,
     load_latest_prices,
     load_prices,
     load_warnings,
+    load_warnings_of,
 )
 from services.market.resample import HOUR, QUARTER_HOUR, Aggregation, AnalyticsError, aggregation_for, resample_slots
 from services.market.store import NOTIFY_CHANNEL, Publication, SaveOutcome
@@ -453,16 +455,7 @@ class MarketDataServicer(market_pb2_grpc.MarketDataServiceServicer):
         lengths = {slot.start: s.resolution for s in series for slot in s.slots}
         currency, unit = (stored.currency, stored.unit) if stored.series else (latest.currency, latest.unit)
         out = _summary_message(summary, currency, unit, lengths)
-        for w in warnings:
-            out.warnings.add(
-                key=w.key,
-                kind=w.kind,
-                out_zone=w.out_zone,
-                in_zone=w.in_zone,
-                delivery_day=w.delivery_day.isoformat(),
-                message=w.message,
-                evidence_json=w.evidence_json,
-            )
+        out.warnings.extend(_warning_message(w) for w in warnings)
         return out
 
     async def WatchPublications(
@@ -486,10 +479,30 @@ class MarketDataServicer(market_pb2_grpc.MarketDataServiceServicer):
                     )
                 if wanted and not wanted.intersection(publication.zones):
                     continue
-                yield _publication_message(publication)
+                warnings: list[StoredWarning] = []
+                if publication.warnings:
+                    # Read back by origin: the NOTIFY payload cannot carry evidence (8000 bytes at most). A
+                    # warning changed again since by a later document is carried by that one's publication.
+                    async with self._pool.acquire() as conn:
+                        warnings = await load_warnings_of(
+                            conn, publication.source, publication.document_id, publication.revision
+                        )
+                yield _publication_message(publication, warnings)
 
 
-def _publication_message(p: Publication) -> market_pb2.Publication:
+def _warning_message(w: StoredWarning) -> market_pb2.MarketWarning:
+    return market_pb2.MarketWarning(
+        key=w.key,
+        kind=w.kind,
+        out_zone=w.out_zone,
+        in_zone=w.in_zone,
+        delivery_day=w.delivery_day.isoformat(),
+        message=w.message,
+        evidence_json=w.evidence_json,
+    )
+
+
+def _publication_message(p: Publication, warnings: list[StoredWarning]) -> market_pb2.Publication:
     out = market_pb2.Publication(
         document=market_pb2.PublicationRef(
             source=p.source, document_id=p.document_id, revision=p.revision, fetch_time=timestamp(p.fetched_at)
@@ -502,6 +515,7 @@ def _publication_message(p: Publication) -> market_pb2.Publication:
     )
     if p.interval is not None:
         out.interval.CopyFrom(_interval(*p.interval))
+    out.warnings.extend(_warning_message(w) for w in warnings)
     return out
 
 

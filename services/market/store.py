@@ -16,8 +16,12 @@ What a save does, in order, under a transaction-scoped advisory lock on the docu
    the new revision no longer gives disappears instead of surviving from the old one.
 3. The outcome compares what was deleted with what was written: equal values are UNCHANGED (the
    fetch is still recorded), values written where there were none STORED, anything else REVISED.
-4. A STORED or REVISED document is announced with NOTIFY on `emma_market` (delivered on commit, to
-   every replica: WatchPublications listens there).
+4. A STORED or REVISED flows, capacities or day-ahead price document has the borders it affects
+   assessed again in the same transaction (services/market/assessment.py): their warnings are
+   upserted, and those raised or changed name this document as their origin.
+5. A STORED or REVISED document is announced with NOTIFY on `emma_market` (delivered on commit, to
+   every replica: WatchPublications listens there); the payload counts the warnings it raised or
+   changed, which the service reads back by origin (a payload must stay under 8000 bytes).
 
 Any error (a bad series, the database) rolls the whole document back: nothing is half-stored.
 Values are written with one `INSERT ... SELECT FROM unnest(...)` per series: one round trip for a
@@ -37,6 +41,7 @@ from typing import Final
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from services.market.assessment import WarningPolicy, assess_stored, upsert_warnings
 from services.market.interconnect import BorderWarning
 from services.market.model import (
     CapacitySeries,
@@ -47,6 +52,7 @@ from services.market.model import (
     PriceSeries,
     Slot,
 )
+from services.market.resample import AnalyticsError
 
 Conn = asyncpg.Connection | PoolConnectionProxy
 
@@ -80,6 +86,7 @@ class SaveResult:
     interval: tuple[datetime, datetime] | None
     written: int  # value rows written (0 for UNCHANGED and OUTDATED)
     replaced: int  # value rows deleted because the document covers them
+    warnings: tuple[str, ...] = ()  # keys of the border warnings this save raised or changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,7 @@ class Publication:
     fetched_at: datetime
     zones: tuple[str, ...]
     interval: tuple[datetime, datetime] | None
+    warnings: int = 0  # border warnings raised or changed; read back by this document (market.warnings)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -106,6 +114,7 @@ class Publication:
                 "fetched_at": self.fetched_at.isoformat(),
                 "zones": list(self.zones[:_MAX_NOTIFIED_ZONES]),
                 "interval": [t.isoformat() for t in self.interval] if self.interval else None,
+                "warnings": self.warnings,
             },
             separators=(",", ":"),
         )
@@ -123,6 +132,7 @@ class Publication:
             fetched_at=datetime.fromisoformat(data["fetched_at"]),
             zones=tuple(str(z) for z in data["zones"]),
             interval=(datetime.fromisoformat(interval[0]), datetime.fromisoformat(interval[1])) if interval else None,
+            warnings=int(data.get("warnings", 0)),
         )
 
 
@@ -175,10 +185,13 @@ def _span(doc: MarketDocument) -> tuple[datetime, datetime] | None:
 _Row = tuple[str, tuple[object, ...], datetime, int, float]
 
 
-async def save_document(conn: Conn, doc: MarketDocument, fetched_at: datetime) -> SaveResult:
+async def save_document(
+    conn: Conn, doc: MarketDocument, fetched_at: datetime, warnings: WarningPolicy | None = None
+) -> SaveResult:
     """Store `doc`, fetched at `fetched_at` (timezone-aware), in one transaction; see the module's
-    docstring for the rules. Raises StoreError for a document the store refuses, asyncpg errors for a
-    database that fails; either way nothing of the document stays stored."""
+    docstring for the rules. `warnings` gives the thresholds and configured borders the affected borders
+    are assessed with (defaults otherwise). Raises StoreError for a document the store refuses, asyncpg
+    errors for a database that fails; either way nothing of the document stays stored."""
     fetched = _aware(fetched_at, "fetched_at")
     source = doc.source.value
     zones = _zones(doc)
@@ -193,9 +206,21 @@ async def save_document(conn: Conn, doc: MarketDocument, fetched_at: datetime) -
         )
         span = _span(doc)
 
-        def result(outcome: SaveOutcome, written: int = 0, replaced: int = 0) -> SaveResult:
+        def result(
+            outcome: SaveOutcome, written: int = 0, replaced: int = 0, raised: tuple[str, ...] = ()
+        ) -> SaveResult:
             return SaveResult(
-                outcome, source, doc.document_id, doc.revision, doc.kind.value, fetched, zones, span, written, replaced
+                outcome,
+                source,
+                doc.document_id,
+                doc.revision,
+                doc.kind.value,
+                fetched,
+                zones,
+                span,
+                written,
+                replaced,
+                raised,
             )
 
         if held is not None and held == doc.revision:
@@ -232,9 +257,18 @@ async def save_document(conn: Conn, doc: MarketDocument, fetched_at: datetime) -
         if old == new:
             return result(SaveOutcome.UNCHANGED, len(new), len(old))
         outcome = SaveOutcome.REVISED if old else SaveOutcome.STORED
-        publication = Publication(source, doc.document_id, doc.revision, doc.kind.value, outcome, fetched, zones, span)
+        raised: tuple[str, ...] = ()
+        if span is not None:
+            origin = (source, doc.document_id, doc.revision)
+            try:
+                raised = tuple(await assess_stored(conn, doc, span, warnings or WarningPolicy(), origin))
+            except AnalyticsError as exc:  # the document goes back with its warnings: nothing half-stored
+                raise StoreError(f"{doc.document_id}: assessing its borders: {exc}") from None
+        publication = Publication(
+            source, doc.document_id, doc.revision, doc.kind.value, outcome, fetched, zones, span, len(raised)
+        )
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, publication.to_json())
-        return result(outcome, len(new), len(old))
+        return result(outcome, len(new), len(old), raised)
 
 
 async def _delete_document(conn: Conn, source: str, document_id: str, old: set[_Row]) -> None:
@@ -372,45 +406,7 @@ async def _insert_border(
 
 
 async def save_warnings(conn: Conn, warnings: Sequence[BorderWarning]) -> int:
-    """Upsert border warnings by their stable key, with their evidence as jsonb; the number written."""
-    if not warnings:
-        return 0
-    rows = [
-        (
-            str(w.key),
-            w.key.kind,
-            w.key.border.out_zone,
-            w.key.border.in_zone,
-            w.key.delivery_day,
-            w.message,
-            json.dumps(_evidence(w), separators=(",", ":")),
-        )
-        for w in warnings
-    ]
-    await conn.executemany(
-        "INSERT INTO market.warnings (warning_key, kind, out_zone, in_zone, delivery_day, message, evidence)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)"
-        " ON CONFLICT (warning_key) DO UPDATE SET message = EXCLUDED.message, evidence = EXCLUDED.evidence,"
-        " update_time = now()",
-        rows,
-    )
-    return len(rows)
-
-
-def _evidence(w: BorderWarning) -> dict[str, object]:
-    return {
-        "saturation_threshold": w.saturation_threshold,
-        "spread_threshold_eur_mwh": w.spread_threshold_eur_mwh,
-        "hours": [
-            {
-                "start": h.start.astimezone(UTC).isoformat(),
-                "flow_mw": h.flow_mw,
-                "capacity_mw": h.capacity_mw,
-                "utilisation": h.utilisation,
-                "out_price": h.out_price,
-                "in_price": h.in_price,
-                "spread": h.spread,
-            }
-            for h in w.hours
-        ],
-    }
+    """Upsert border warnings by their stable key, with their evidence as jsonb and no origin
+    document; the number given."""
+    await upsert_warnings(conn, warnings, None)
+    return len(warnings)
