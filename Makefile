@@ -36,8 +36,12 @@ venv: $(STAMP)  ## create or refresh .venv
 up: $(STAMP)  ## run the whole stack on an embedded PostgreSQL (DATABASE_URL selects an external one; ARGS="--gateway-port 8081")
 	$(BIN)/emma up $(ARGS)
 
-test: $(STAMP) $(TSDB_STAMP)  ## run every test
-	$(NODE_PATH_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+# The suite runs on every core with pytest-xdist; a test file runs whole on one worker, and every
+# worker has its own PostgreSQL, tmp_path and ports (docs/contributing.md, "How the suite runs").
+# TEST_WORKERS=0 runs it in this one process; PYTEST_ARGS="tests/x.py -n 0" one file serially.
+TEST_WORKERS ?= auto
+test: $(STAMP) $(TSDB_STAMP)  ## run every test (TEST_WORKERS=auto: one worker per core)
+	$(NODE_PATH_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 gen: $(STAMP)  ## regenerate gen/ from protos/
 	$(BIN)/python -m tools.protogen generate

@@ -1,4 +1,10 @@
-"""Session-wide fixtures: one real PostgreSQL per test session, a fresh database per test module."""
+"""Session-wide fixtures: one real PostgreSQL per test process, a fresh database per test module.
+
+`make test` runs the suite on every core with pytest-xdist (docs/contributing.md, "How the suite
+runs"): each worker is a test process of its own, so it starts its own PostgreSQL, gets its own
+tmp_path root and binds its own ports (port 0). What workers do share (files in the checkout) is
+prepared once, in the controller, before any worker starts (tests/support/parallel.py).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +21,9 @@ pytest.register_assert_rewrite("tests.support")
 
 from tests.support.pg import SessionPostgres  # noqa: E402
 
-# Fixtures shared across test packages (host, token), registered once here.
-pytest_plugins = ["tests.support.cloud"]
+# Fixtures shared across test packages (host, token), and how xdist shares the suite out among its
+# workers (tests/support/parallel.py), registered once here.
+pytest_plugins = ["tests.support.cloud", "tests.support.parallel"]
 
 # Key material and cheap password hashing for the test session (inherited by `emma` subprocesses);
 # a deployment gets its keys from the environment or the state folder's 0600 secrets file.

@@ -27,6 +27,9 @@ class SessionPostgres:
     admin_dsn: str
     embedded: EmbeddedPostgres | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+    # The databases this session created: an external server may be shared with other test
+    # processes (xdist workers, a colleague's run), whose databases are none of this session's business.
+    _databases: set[str] = field(default_factory=set, repr=False)
 
     @classmethod
     def start(cls) -> SessionPostgres:
@@ -44,6 +47,7 @@ class SessionPostgres:
             await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()
+        self._databases.add(name)
         return with_database(self.admin_dsn, name)
 
     async def drop_database(self, dsn: str) -> None:
@@ -53,13 +57,15 @@ class SessionPostgres:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
+        self._databases.discard(name)
 
     async def restart(self) -> None:
         """Restart the server under the tests' feet (what an operator's failover does to us).
 
-        The embedded server is really restarted (pg_ctl restart). An external DATABASE_URL server
-        cannot be restarted from here, so every other connection to it is terminated instead, which is
-        what clients see of a restart.
+        The embedded server (this test process's own) is really restarted (pg_ctl restart). An
+        external DATABASE_URL server cannot be restarted from here, and other test processes may be
+        using it, so every connection to the databases this session created is terminated instead,
+        which is what our clients see of a restart.
         """
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.restart)
@@ -68,7 +74,8 @@ class SessionPostgres:
         try:
             await conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
+                "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend' AND datname = ANY($1::text[])",
+                sorted(self._databases),
             )
         finally:
             await conn.close()
