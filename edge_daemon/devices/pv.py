@@ -8,15 +8,15 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-
-import numpy as np
-import numpy.typing as npt
-import pandas as pd
-import pvlib
+from typing import TYPE_CHECKING
 
 from edge_daemon.channels import ChannelStore
 from edge_daemon.devices.base import ChannelAccess, ChannelSpec, Device, publish
 from edge_daemon.params import ParamReader
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 _DAY_S = 86_400
 _STEP_S = 60
@@ -49,6 +49,12 @@ def _clear_sky_poa(latitude: float, longitude: float, tilt: float, azimuth: floa
     per device; one vectorised call per day and a linear interpolation per cycle cost microseconds,
     and the cache shares the day between inverters on the same roof.
     """
+    # Imported here, not at module level: pvlib pulls in pandas and scipy (over 100 MiB and a second of
+    # start-up), which only a site with a simulated inverter needs; every daemon imports this module.
+    import numpy as np
+    import pandas as pd
+    import pvlib
+
     times = pd.date_range(
         pd.Timestamp(day * _DAY_S, unit="s", tz="UTC"), periods=_DAY_S // _STEP_S + 1, freq=f"{_STEP_S}s"
     )

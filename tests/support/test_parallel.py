@@ -30,6 +30,7 @@ def run_suite(suite: Path, log: Path) -> subprocess.CompletedProcess[str]:
     }
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "tests.support.parallel", "-n", "2", "--dist", "loadfile",
+         "--basetemp", str(suite.parent / "child-tmp"),
          "-p", "no:cacheprovider", "-q", "--rootdir", str(suite), str(suite)],
         cwd=suite, env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
