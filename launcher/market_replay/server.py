@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Sequence
 
-import uvicorn
-
+from launcher.in_process_server import InProcessServer
 from launcher.market_replay.app import Fault, ReplayState, Seen, create_app
 from launcher.market_replay.recordings import Catalog
 
 
-class ReplayServer:
+class ReplayServer(InProcessServer):
     """`async with ReplayServer(entsoe_token=..., esios_token=...) as server:` then `server.url`."""
 
     def __init__(
@@ -30,18 +27,7 @@ class ReplayServer:
         if not entsoe_token or not esios_token:
             raise ValueError("the replay server checks tokens like the real APIs: give both tokens")
         self.state = ReplayState(catalog or Catalog.load(), entsoe_token, esios_token, redate, list(faults))
-        self.app = create_app(self.state, control)
-        self._config = uvicorn.Config(
-            self.app, host=host, port=port, lifespan="off", log_level="warning", timeout_graceful_shutdown=2
-        )
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.port = port
-        self.host = host
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        super().__init__(create_app(self.state, control), self.state, host, port, "replay server")
 
     @property
     def seen(self) -> list[Seen]:
@@ -49,30 +35,3 @@ class ReplayServer:
 
     def inject(self, fault: Fault) -> None:
         self.state.faults.append(fault)
-
-    async def start(self) -> None:
-        self.state.closing = asyncio.Event()
-        server = uvicorn.Server(self._config)
-        self._server = server
-        self._task = asyncio.create_task(server.serve())
-        while not server.started:
-            if self._task.done():
-                await self._task  # raises what stopped it (port taken, ...)
-                raise RuntimeError("the replay server stopped while starting")
-            await asyncio.sleep(0.01)
-        self.port = server.servers[0].sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self.state.closing.set()  # hanging answers end now
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._server = self._task = None
-
-    async def __aenter__(self) -> ReplayServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()

@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
-import uvicorn
-
+from launcher.in_process_server import InProcessServer
 from launcher.weather_replay.app import Fault, ReplayState, create_app, load_recording
 
 
-class WeatherReplayServer:
+class WeatherReplayServer(InProcessServer):
     """`async with WeatherReplayServer() as server:` then `server.url` (EMMA_WEATHER_URL)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, control: bool = False, faults: Sequence[Fault] = ()):
         self.state = ReplayState(load_recording(), list(faults))
-        self.app = create_app(self.state, control)
-        self._config = uvicorn.Config(
-            self.app, host=host, port=port, lifespan="off", log_level="warning", timeout_graceful_shutdown=2
-        )
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.host = host
-        self.port = port
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        super().__init__(create_app(self.state, control), self.state, host, port, "weather replay server")
 
     @property
     def requests(self) -> list[dict[str, str]]:
@@ -35,33 +22,6 @@ class WeatherReplayServer:
 
     def inject(self, fault: Fault) -> None:
         self.state.faults.append(fault)
-
-    async def start(self) -> None:
-        self.state.closing = asyncio.Event()
-        server = uvicorn.Server(self._config)
-        self._server = server
-        self._task = asyncio.create_task(server.serve())
-        while not server.started:
-            if self._task.done():
-                await self._task  # raises what stopped it (port taken, ...)
-                raise RuntimeError("the weather replay server stopped while starting")
-            await asyncio.sleep(0.01)
-        self.port = server.servers[0].sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self.state.closing.set()  # hanging answers end now
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._server = self._task = None
-
-    async def __aenter__(self) -> WeatherReplayServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
 
 @contextlib.asynccontextmanager
