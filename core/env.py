@@ -6,7 +6,9 @@ reported the same way everywhere: one line, the variable, the value, what was ex
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from core.errors import ConfigError
 
@@ -56,3 +58,27 @@ def env_flag(env: Mapping[str, str], name: str, default: bool = False, error: ty
     if raw in ("1", "true", "yes", "on"):
         return True
     raise error(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def checked_base_url(name: str, value: str, error: type[Exception] = ConfigError) -> str:
+    """An outside API's base URL (from variable `name`) without a trailing slash: https, or plain http on
+    the loopback interface only (a local replay server); a plain-http URL to another host would send the
+    API's token in clear."""
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise error(f"{name}={value!r} is not an http(s) URL")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise error(f"{name}={value!r} must not carry a query, fragment or credentials")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise error(f"{name}={value!r}: plain http is allowed only on the loopback interface")
+    return value.rstrip("/")

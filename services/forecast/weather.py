@@ -10,7 +10,6 @@ WeatherError with retry=True. A refused query (Open-Meteo answers 400 with {"err
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import math
@@ -21,11 +20,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
-from core.env import env_float, env_int
+from core.env import checked_base_url, env_float, env_int
 from services.forecast.errors import WeatherConfigError, WeatherError
 from services.forecast.model import WeatherSeries
 
@@ -38,22 +36,6 @@ HOURLY = ("shortwave_radiation", "direct_normal_irradiance", "diffuse_radiation"
 MAX_HOURS = 16 * 24
 
 Sleep = Callable[[float], Awaitable[None]]
-
-
-def _checked_url(name: str, value: str) -> str:
-    """https, or http on the loopback interface only (the replay server)."""
-    parts = urlsplit(value.strip())
-    host = parts.hostname or ""
-    if parts.scheme not in ("http", "https") or not host or parts.query or parts.username or parts.password:
-        raise WeatherConfigError(f"{name}={value!r} is not an http(s) base URL without query or credentials")
-    if parts.scheme == "http":
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise WeatherConfigError(f"{name}={value!r}: plain http is allowed only on the loopback interface")
-    return value.strip().rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -74,7 +56,7 @@ class WeatherConfig:
         num = partial(env_float, env, error=WeatherConfigError)
         whole = partial(env_int, env, error=WeatherConfigError)
         return cls(
-            url=_checked_url("EMMA_WEATHER_URL", env.get("EMMA_WEATHER_URL") or OPEN_METEO_URL),
+            url=checked_base_url("EMMA_WEATHER_URL", env.get("EMMA_WEATHER_URL") or OPEN_METEO_URL, WeatherConfigError),
             connect_timeout_s=num("EMMA_WEATHER_CONNECT_TIMEOUT_S", 5.0, minimum=0.001),
             read_timeout_s=num("EMMA_WEATHER_READ_TIMEOUT_S", 20.0, minimum=0.001),
             retries=whole("EMMA_WEATHER_RETRIES", 3, minimum=0, maximum=10),

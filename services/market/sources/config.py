@@ -7,43 +7,17 @@ the ENTSO-E token (a query parameter) and the ESIOS key in clear.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from urllib.parse import urlsplit
 
-from core.env import env_float, env_int
+from core.env import checked_base_url, env_float, env_int
 from services.market.sources.errors import SourceConfigError
 
 ENTSOE_URL = "https://web-api.tp.entsoe.eu/api"
 REDATA_URL = "https://apidatos.ree.es"
 ESIOS_URL = "https://api.esios.ree.es"
-
-_LOOPBACK_NAMES = frozenset({"localhost"})
-
-
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def checked_base_url(name: str, value: str) -> str:
-    """`value` without a trailing slash if it is an https URL (or http on loopback), else an error naming `name`."""
-    parts = urlsplit(value.strip())
-    host = parts.hostname or ""
-    if parts.scheme not in ("http", "https") or not host:
-        raise SourceConfigError(f"{name}={value!r} is not an http(s) URL")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise SourceConfigError(f"{name}={value!r} must not carry a query, fragment or credentials")
-    if parts.scheme == "http" and not _is_loopback(host):
-        raise SourceConfigError(f"{name}={value!r}: plain http is allowed only on the loopback interface")
-    return value.strip().rstrip("/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +54,9 @@ class SourcesConfig:
         return cls(
             entsoe_token=env.get("EMMA_ENTSOE_TOKEN", "").strip(),
             esios_token=env.get("EMMA_ESIOS_TOKEN", "").strip(),
-            entsoe_url=checked_base_url("EMMA_ENTSOE_URL", env.get("EMMA_ENTSOE_URL") or ENTSOE_URL),
-            redata_url=checked_base_url("EMMA_REDATA_URL", env.get("EMMA_REDATA_URL") or REDATA_URL),
-            esios_url=checked_base_url("EMMA_ESIOS_URL", env.get("EMMA_ESIOS_URL") or ESIOS_URL),
+            entsoe_url=checked_base_url("EMMA_ENTSOE_URL", env.get("EMMA_ENTSOE_URL") or ENTSOE_URL, SourceConfigError),
+            redata_url=checked_base_url("EMMA_REDATA_URL", env.get("EMMA_REDATA_URL") or REDATA_URL, SourceConfigError),
+            esios_url=checked_base_url("EMMA_ESIOS_URL", env.get("EMMA_ESIOS_URL") or ESIOS_URL, SourceConfigError),
             connect_timeout_s=num("EMMA_MARKET_CONNECT_TIMEOUT_S", 10.0, minimum=0.001),
             read_timeout_s=num("EMMA_MARKET_READ_TIMEOUT_S", 30.0, minimum=0.001),
             request_deadline_s=num("EMMA_MARKET_REQUEST_DEADLINE_S", 300.0, minimum=0.001),
@@ -101,4 +75,4 @@ class SourcesConfig:
             ("EMMA_REDATA_URL", self.redata_url),
             ("EMMA_ESIOS_URL", self.esios_url),
         ):
-            checked_base_url(name, url)
+            checked_base_url(name, url, SourceConfigError)
