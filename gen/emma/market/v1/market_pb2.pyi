@@ -852,7 +852,10 @@ class MarketWarning(_message.Message):
     key: _builtins.str
     """The warning's stable key (the same warning keeps its key when re-evaluated)."""
     kind: _builtins.str
-    """What it says: "saturated", "spread" or "saturated-decoupling"."""
+    """What it says: "saturation" (flow at or above the threshold of the transfer capacity),
+    "price-spread" (day-ahead prices of the two zones apart by more than the threshold) or
+    "decoupling" (both in the same hours).
+    """
     out_zone: _builtins.str
     """The zone the flow leaves (EIC)."""
     in_zone: _builtins.str
@@ -909,6 +912,7 @@ class MarketSummary(_message.Message):
     STALE_FIELD_NUMBER: _builtins.int
     STALE_SINCE_TIME_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
     zone: _builtins.str
     """The zone's EIC code."""
     zone_name: _builtins.str
@@ -965,6 +969,12 @@ class MarketSummary(_message.Message):
     def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___MarketWarning]:
         """Border warnings involving the zone for today and the latest delivery day."""
 
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceHealth]:
+        """The health of each source the zone's prices come from; a source that keeps failing shows here
+        with the time it last succeeded, so a reader sees "stale since" before prices run out.
+        """
+
     def __init__(
         self,
         *,
@@ -989,16 +999,59 @@ class MarketSummary(_message.Message):
         stale: _builtins.bool = ...,
         stale_since_time: _timestamp_pb2.Timestamp | None = ...,
         warnings: _abc.Iterable[Global___MarketWarning] | None = ...,
+        sources: _abc.Iterable[Global___SourceHealth] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_today_mean", b"_today_mean", "current", b"current", "read_time", b"read_time", "stale_since_time", b"stale_since_time", "today_maximum", b"today_maximum", "today_mean", b"today_mean", "today_minimum", b"today_minimum"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_today_mean", b"_today_mean", "currency", b"currency", "current", b"current", "latest_delivery_day", b"latest_delivery_day", "local_day", b"local_day", "negative_intervals", b"negative_intervals", "negative_slot_count", b"negative_slot_count", "product", b"product", "read_time", b"read_time", "sequence", b"sequence", "stale", b"stale", "stale_since_time", b"stale_since_time", "time_zone", b"time_zone", "today_complete", b"today_complete", "today_maximum", b"today_maximum", "today_mean", b"today_mean", "today_minimum", b"today_minimum", "today_slot_count", b"today_slot_count", "unit", b"unit", "warnings", b"warnings", "zone", b"zone", "zone_name", b"zone_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_today_mean", b"_today_mean", "currency", b"currency", "current", b"current", "latest_delivery_day", b"latest_delivery_day", "local_day", b"local_day", "negative_intervals", b"negative_intervals", "negative_slot_count", b"negative_slot_count", "product", b"product", "read_time", b"read_time", "sequence", b"sequence", "sources", b"sources", "stale", b"stale", "stale_since_time", b"stale_since_time", "time_zone", b"time_zone", "today_complete", b"today_complete", "today_maximum", b"today_maximum", "today_mean", b"today_mean", "today_minimum", b"today_minimum", "today_slot_count", b"today_slot_count", "unit", b"unit", "warnings", b"warnings", "zone", b"zone", "zone_name", b"zone_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__today_mean: _TypeAlias = _typing.Literal["today_mean"]  # noqa: Y015
     _WhichOneofArgType__today_mean: _TypeAlias = _typing.Literal["_today_mean", b"_today_mean"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__today_mean) -> _WhichOneofReturnType__today_mean | None: ...
 
 Global___MarketSummary: _TypeAlias = MarketSummary  # noqa: Y015
+
+@_typing.final
+class SourceHealth(_message.Message):
+    """The fetch health of one market data source."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    LAST_SUCCESS_TIME_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_TIME_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    FAILING_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """The source ("entsoe", "ree-redata", "ree-esios")."""
+    last_error: _builtins.str
+    """The last failure's message; empty when none."""
+    failing: _builtins.bool
+    """Whether its last fetch failed (last_error_time after last_success_time)."""
+    @_builtins.property
+    def last_success_time(self) -> _timestamp_pb2.Timestamp:
+        """When a fetch from it last succeeded; unset when none has."""
+
+    @_builtins.property
+    def last_error_time(self) -> _timestamp_pb2.Timestamp:
+        """When a fetch from it last failed; unset when none has."""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        last_success_time: _timestamp_pb2.Timestamp | None = ...,
+        last_error_time: _timestamp_pb2.Timestamp | None = ...,
+        last_error: _builtins.str = ...,
+        failing: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_error_time", b"last_error_time", "last_success_time", b"last_success_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failing", b"failing", "last_error", b"last_error", "last_error_time", b"last_error_time", "last_success_time", b"last_success_time", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SourceHealth: _TypeAlias = SourceHealth  # noqa: Y015
 
 @_typing.final
 class BatchGetMarketSummariesRequest(_message.Message):
@@ -1094,6 +1147,7 @@ class Publication(_message.Message):
     ZONES_FIELD_NUMBER: _builtins.int
     INTERVAL_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    CLEARED_WARNING_KEYS_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     """What kind of document ("prices", "flows", "capacities")."""
     outcome: Global___PublicationOutcome.ValueType
@@ -1117,6 +1171,12 @@ class Publication(_message.Message):
         into alarms. A publication with no effect on any border has none.
         """
 
+    @_builtins.property
+    def cleared_warning_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The keys of warnings this publication cleared: the border was re-evaluated for their delivery day
+        and no longer meets the condition. Subscribers close what they opened for these keys.
+        """
+
     def __init__(
         self,
         *,
@@ -1126,10 +1186,11 @@ class Publication(_message.Message):
         zones: _abc.Iterable[_builtins.str] | None = ...,
         interval: Global___TimeInterval | None = ...,
         warnings: _abc.Iterable[Global___MarketWarning] | None = ...,
+        cleared_warning_keys: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "interval", b"interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "interval", b"interval", "kind", b"kind", "outcome", b"outcome", "warnings", b"warnings", "zones", b"zones"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleared_warning_keys", b"cleared_warning_keys", "document", b"document", "interval", b"interval", "kind", b"kind", "outcome", b"outcome", "warnings", b"warnings", "zones", b"zones"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -33,6 +33,7 @@ __all__ = (
     "PublishedDay",
     "Resolution",
     "SeriesSelector",
+    "SourceHealth",
     "TimeInterval",
     "WatchPublicationsRequest",
 )
@@ -766,6 +767,14 @@ class MarketSummary(betterproto2.Message):
     Border warnings involving the zone for today and the latest delivery day.
     """
 
+    sources: "list[SourceHealth]" = betterproto2.field(
+        22, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    The health of each source the zone's prices come from; a source that keeps failing shows here
+    with the time it last succeeded, so a reader sees "stale since" before prices run out.
+    """
+
 
 default_message_pool.register_message("emma.market.v1", "MarketSummary", MarketSummary)
 
@@ -783,7 +792,9 @@ class MarketWarning(betterproto2.Message):
 
     kind: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
-    What it says: "saturated", "spread" or "saturated-decoupling".
+    What it says: "saturation" (flow at or above the threshold of the transfer capacity),
+    "price-spread" (day-ahead prices of the two zones apart by more than the threshold) or
+    "decoupling" (both in the same hours).
     """
 
     out_zone: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
@@ -1039,6 +1050,14 @@ class Publication(betterproto2.Message):
     into alarms. A publication with no effect on any border has none.
     """
 
+    cleared_warning_keys: "list[str]" = betterproto2.field(
+        7, betterproto2.TYPE_STRING, repeated=True
+    )
+    """
+    The keys of warnings this publication cleared: the border was re-evaluated for their delivery day
+    and no longer meets the condition. Subscribers close what they opened for these keys.
+    """
+
 
 default_message_pool.register_message("emma.market.v1", "Publication", Publication)
 
@@ -1173,6 +1192,51 @@ class SeriesSelector(betterproto2.Message):
 default_message_pool.register_message(
     "emma.market.v1", "SeriesSelector", SeriesSelector
 )
+
+
+@dataclass(eq=False, repr=False)
+class SourceHealth(betterproto2.Message):
+    """
+    The fetch health of one market data source.
+    """
+
+    source: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The source ("entsoe", "ree-redata", "ree-esios").
+    """
+
+    last_success_time: "datetime.datetime | None" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    When a fetch from it last succeeded; unset when none has.
+    """
+
+    last_error_time: "datetime.datetime | None" = betterproto2.field(
+        3,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    When a fetch from it last failed; unset when none has.
+    """
+
+    last_error: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The last failure's message; empty when none.
+    """
+
+    failing: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
+    """
+    Whether its last fetch failed (last_error_time after last_success_time).
+    """
+
+
+default_message_pool.register_message("emma.market.v1", "SourceHealth", SourceHealth)
 
 
 @dataclass(eq=False, repr=False)
