@@ -22,6 +22,7 @@ from services.telemetry.ingest import (
 from services.telemetry.latest import latest_value
 from services.telemetry.maintenance import create_partitions, roll_up_closed_buckets
 from services.telemetry.series import register_channels
+from services.telemetry.site_history import ChannelMeans, site_channel_means, site_channels
 
 # What other packages may use of telemetry; everything else in services/telemetry/ is private.
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "ROLLUP_BUCKET_US",
     "SERVICES",
     "TABLES",
+    "ChannelMeans",
     "Columns",
     "SampleRows",
     "copy_samples",
@@ -41,6 +43,8 @@ __all__ = [
     "register_channels",
     "roll_up_closed_buckets",
     "samples_copy_payload",
+    "site_channel_means",
+    "site_channels",
 ]
 
 # The services this domain may import (their package faces); see docs/architecture.md.
