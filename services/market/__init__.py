@@ -62,6 +62,7 @@ DEPENDS_ON: tuple[str, ...] = ("identity",)
 # The tables this domain alone reads and writes (services/migrations/0007_market.sql).
 TABLES: tuple[str, ...] = (
     "market.capacities",
+    "market.cleared_warnings",  # warnings a publication cleared (0014_market_cleared_warnings.sql)
     "market.documents",
     "market.fetch_jobs",  # the fetch scheduler's (0008_market_fetch.sql)
     "market.fetch_queries",

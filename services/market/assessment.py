@@ -70,13 +70,23 @@ async def affected_borders(
     return sorted(found)
 
 
+@dataclass(frozen=True, slots=True)
+class Assessed:
+    """The keys of the warnings an assessment raised or changed, and of those it cleared, sorted."""
+
+    changed: tuple[str, ...] = ()
+    cleared: tuple[str, ...] = ()
+
+
 async def assess_stored(
     conn: Conn, doc: MarketDocument, span: tuple[datetime, datetime], policy: WarningPolicy, origin: Origin
-) -> list[str]:
+) -> Assessed:
     """Assess the borders `doc` affects on the days of `span` and store their warnings; the keys of
-    the warnings raised or changed, sorted. Runs in the caller's transaction."""
+    the warnings raised or changed and of those cleared (deleted, and recorded under `origin` in
+    market.cleared_warnings so the publication can announce them). Runs in the caller's transaction."""
     days = market_days(span)
     changed: list[str] = []
+    cleared: list[str] = []
     for out_zone, in_zone in await affected_borders(conn, doc, days, policy):
         for day in days:
             start, end = _day_bounds(day)
@@ -90,15 +100,23 @@ async def assess_stored(
                 _, warnings = assess_border(flow, capacity, out_prices, in_prices, policy.interconnect)
             kept = [w for w in warnings if w.key.delivery_day == day]
             changed.extend(await upsert_warnings(conn, kept, origin))
-            await conn.execute(
+            gone = await conn.fetch(
                 "DELETE FROM market.warnings WHERE out_zone = $1 AND in_zone = $2 AND delivery_day = $3"
-                " AND NOT (warning_key = ANY($4::text[]))",
+                " AND NOT (warning_key = ANY($4::text[])) RETURNING warning_key",
                 out_zone,
                 in_zone,
                 day,
                 [str(w.key) for w in kept],
             )
-    return sorted(changed)
+            cleared.extend(r["warning_key"] for r in gone)
+    if cleared:
+        await conn.execute(
+            "INSERT INTO market.cleared_warnings (source, document_id, revision, warning_key)"
+            " SELECT $1, $2, $3, k FROM unnest($4::text[]) AS k ON CONFLICT DO NOTHING",
+            *origin,
+            cleared,
+        )
+    return Assessed(tuple(sorted(changed)), tuple(sorted(cleared)))
 
 
 async def upsert_warnings(conn: Conn, warnings: Sequence[BorderWarning], origin: Origin | None) -> list[str]:

@@ -426,6 +426,7 @@ async def delete_old_jobs(conn: Conn, retention_days: float, now: datetime) -> i
             cutoff,
         )
         await conn.execute("DELETE FROM market.fetch_queries WHERE fetched_at < $1", cutoff)
+        await conn.execute("DELETE FROM market.cleared_warnings WHERE cleared_at < $1", cutoff)
     return int(deleted)
 
 

@@ -12,7 +12,7 @@ import asyncio
 import bisect
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Final
 from zoneinfo import ZoneInfo
 
@@ -27,13 +27,17 @@ from services.market.model import CapacitySeries, FlowSeries, PriceSeries, Produ
 from services.market.queries import (
     Provenance,
     SeriesKey,
+    SourceStatus,
     StoredPrices,
     StoredWarning,
     load_border,
+    load_cleared_of,
     load_latest_prices,
     load_prices,
-    load_warnings,
+    load_source_status,
+    load_summary_prices,
     load_warnings_of,
+    load_zone_warnings,
 )
 from services.market.resample import HOUR, QUARTER_HOUR, Aggregation, AnalyticsError, aggregation_for, resample_slots
 from services.market.store import NOTIFY_CHANNEL, Publication, SaveOutcome
@@ -64,6 +68,9 @@ _PRODUCTS: Final = (
     (market_pb2.MARKET_PRODUCT_PVPC, "PVPC, Spain's regulated consumer price", ("ree-redata", "ree-esios")),
     (market_pb2.MARKET_PRODUCT_SPOT, "Spain's day-ahead spot price (REE)", ("ree-redata",)),
 )
+# The sources each product's prices come from (a summary reports their health).
+_PRODUCT_SOURCES: Final[dict[Product, tuple[str, ...]]] = {Product(p): tuple(src) for p, _, src in _PRODUCTS}
+_MARKET_DAY_ZONE: Final = ZoneInfo(MARKET_DAY_TZ)
 _AGGREGATION: Final = {
     Aggregation.AS_PUBLISHED: market_pb2.AGGREGATION_AS_PUBLISHED,
     Aggregation.TIME_WEIGHTED_MEAN: market_pb2.AGGREGATION_TIME_WEIGHTED_MEAN,
@@ -413,7 +420,8 @@ class MarketDataServicer(market_pb2_grpc.MarketDataServiceServicer):
         self, request: market_pb2.GetMarketSummaryRequest, context: Context
     ) -> market_pb2.MarketSummary:
         zone = parse_zone(request.zone, "zone", listed_only=True)
-        return await self._summary(zone, request.product, _sequence(request.sequence, "sequence"), "zone")
+        summaries = await self._summaries([zone], request.product, _sequence(request.sequence, "sequence"), ["zone"])
+        return summaries[0]
 
     async def BatchGetMarketSummaries(
         self, request: market_pb2.BatchGetMarketSummariesRequest, context: Context
@@ -422,41 +430,67 @@ class MarketDataServicer(market_pb2_grpc.MarketDataServiceServicer):
             raise invalid_field("zones", f"between 1 and {MAX_BATCH_ZONES} zones")
         zones = [parse_zone(z, f"zones[{i}]", listed_only=True) for i, z in enumerate(request.zones)]
         sequence = _sequence(request.sequence, "sequence")
-        out = market_pb2.BatchGetMarketSummariesResponse()
-        for i, zone in enumerate(zones):
-            out.summaries.append(await self._summary(zone, request.product, sequence, f"zones[{i}]"))
-        return out
+        fields = [f"zones[{i}]" for i in range(len(zones))]
+        return market_pb2.BatchGetMarketSummariesResponse(
+            summaries=await self._summaries(zones, request.product, sequence, fields)
+        )
 
-    async def _summary(self, zone: str, product_value: int, sequence: int, field: str) -> market_pb2.MarketSummary:
+    async def _summaries(
+        self, zones: list[str], product_value: int, sequence: int, fields: list[str]
+    ) -> list[market_pb2.MarketSummary]:
+        """The summaries of `zones` (in order, repeats allowed) from three queries whatever their
+        number: the prices of every zone's window and newest slot, the warnings, the sources' health."""
         product = _product(product_value)
         if product is Product.INTRADAY_AUCTION:
             raise invalid_field("product", "a summary is of a product with one price per slot, not INTRADAY_AUCTION")
-        tz = _timezone(zone, field)
         geography = _PVPC_PENINSULA if product is Product.PVPC else ""
-        if product is Product.PVPC and zone != ES_PENINSULA:
-            raise invalid_field(field, "PVPC is published for the ES bidding zone only")
-        key = SeriesKey(zone, product, 0, sequence, geography)
+        timezones: dict[str, ZoneInfo] = {}
+        for zone, field in zip(zones, fields, strict=True):
+            timezones[zone] = _timezone(zone, field)
+            if product is Product.PVPC and zone != ES_PENINSULA:
+                raise invalid_field(field, "PVPC is published for the ES bidding zone only")
         now = datetime.now(UTC)
-        today = now.astimezone(tz).date()
-        day_start = datetime.combine(today, time(0), tz).astimezone(UTC)
+        market_day = now.astimezone(_MARKET_DAY_ZONE).date()
+        windows: list[tuple[str, datetime, datetime]] = []
+        for zone, tz in timezones.items():
+            # Today's local day is all a summary reads besides the newest slot (read apart): the
+            # current slot lies in it, and staleness needs only the newest slot.
+            today = now.astimezone(tz).date()
+            day_start = datetime.combine(today, time(0), tz).astimezone(UTC)
+            day_end = datetime.combine(today + timedelta(days=1), time(0), tz).astimezone(UTC)
+            windows.append((zone, day_start, day_end))
         async with self._pool.acquire() as conn:
-            stored = await load_prices(conn, key, day_start, day_start + timedelta(days=3))
-            latest = await load_latest_prices(conn, key)
-            series = _merge(stored.series, latest.series)
-            try:
-                summary = summarise(zone, series, now, product=product, sequence=sequence, geography=geography)
-            except AnalyticsError as exc:
-                raise ApiError(
-                    grpc.StatusCode.FAILED_PRECONDITION, errors_pb2.ERROR_REASON_STATE_CONFLICT, str(exc)
-                ) from None
-            days = [today, *([summary.latest_delivery_day] if summary.latest_delivery_day else [])]
-            market_days = sorted({*days, now.astimezone(ZoneInfo(MARKET_DAY_TZ)).date()})
-            warnings = await load_warnings(conn, zone, market_days)
-        lengths = {slot.start: s.resolution for s in series for slot in s.slots}
-        currency, unit = (stored.currency, stored.unit) if stored.series else (latest.currency, latest.unit)
-        out = _summary_message(summary, currency, unit, lengths)
-        out.warnings.extend(_warning_message(w) for w in warnings)
-        return out
+            prices = await load_summary_prices(conn, windows, product, 0, sequence, geography)
+            built: dict[str, tuple[MarketSummary, list[PriceSeries], StoredPrices, list[date]]] = {}
+            for zone, tz in timezones.items():
+                read = prices[zone]
+                series = _merge(read.window.series, read.latest.series)
+                try:
+                    summary = summarise(
+                        zone, series, now, product=product, sequence=sequence, geography=geography, timezone=tz
+                    )
+                except AnalyticsError as exc:
+                    raise ApiError(
+                        grpc.StatusCode.FAILED_PRECONDITION, errors_pb2.ERROR_REASON_STATE_CONFLICT, str(exc)
+                    ) from None
+                wanted = {summary.local_day, market_day}
+                if summary.latest_delivery_day:
+                    wanted.add(summary.latest_delivery_day)
+                built[zone] = (summary, series, read.window if read.window.series else read.latest, sorted(wanted))
+            every_day = sorted({d for _, _, _, days in built.values() for d in days})
+            warnings = await load_zone_warnings(conn, list(timezones), every_day)
+            sources = _PRODUCT_SOURCES[product]
+            health = await load_source_status(conn, sources)
+        messages: dict[str, market_pb2.MarketSummary] = {}
+        for zone, (summary, series, stored, days) in built.items():
+            lengths = {slot.start: s.resolution for s in series for slot in s.slots}
+            out = _summary_message(summary, stored.currency, stored.unit, lengths)
+            out.warnings.extend(
+                _warning_message(w) for w in warnings if zone in (w.out_zone, w.in_zone) and w.delivery_day in days
+            )
+            out.sources.extend(_source_health(health.get(source), source) for source in sources)
+            messages[zone] = out
+        return [messages[zone] for zone in zones]
 
     async def WatchPublications(
         self, request: market_pb2.WatchPublicationsRequest, context: Context
@@ -480,14 +514,17 @@ class MarketDataServicer(market_pb2_grpc.MarketDataServiceServicer):
                 if wanted and not wanted.intersection(publication.zones):
                     continue
                 warnings: list[StoredWarning] = []
-                if publication.warnings:
+                cleared: list[str] = []
+                if publication.warnings or publication.cleared:
                     # Read back by origin: the NOTIFY payload cannot carry evidence (8000 bytes at most). A
                     # warning changed again since by a later document is carried by that one's publication.
+                    origin = (publication.source, publication.document_id, publication.revision)
                     async with self._pool.acquire() as conn:
-                        warnings = await load_warnings_of(
-                            conn, publication.source, publication.document_id, publication.revision
-                        )
-                yield _publication_message(publication, warnings)
+                        if publication.warnings:
+                            warnings = await load_warnings_of(conn, *origin)
+                        if publication.cleared:
+                            cleared = await load_cleared_of(conn, *origin)
+                yield _publication_message(publication, warnings, cleared)
 
 
 def _warning_message(w: StoredWarning) -> market_pb2.MarketWarning:
@@ -502,7 +539,21 @@ def _warning_message(w: StoredWarning) -> market_pb2.MarketWarning:
     )
 
 
-def _publication_message(p: Publication, warnings: list[StoredWarning]) -> market_pb2.Publication:
+def _source_health(status: SourceStatus | None, source: str) -> market_pb2.SourceHealth:
+    """A source's health; one never fetched from has no times and is not failing."""
+    out = market_pb2.SourceHealth(source=source)
+    if status is None:
+        return out
+    if status.last_success_at is not None:
+        out.last_success_time.CopyFrom(timestamp(status.last_success_at))
+    if status.last_error_at is not None:
+        out.last_error_time.CopyFrom(timestamp(status.last_error_at))
+    out.last_error = status.last_error
+    out.failing = status.failing
+    return out
+
+
+def _publication_message(p: Publication, warnings: list[StoredWarning], cleared: list[str]) -> market_pb2.Publication:
     out = market_pb2.Publication(
         document=market_pb2.PublicationRef(
             source=p.source, document_id=p.document_id, revision=p.revision, fetch_time=timestamp(p.fetched_at)
@@ -516,6 +567,7 @@ def _publication_message(p: Publication, warnings: list[StoredWarning]) -> marke
     if p.interval is not None:
         out.interval.CopyFrom(_interval(*p.interval))
     out.warnings.extend(_warning_message(w) for w in warnings)
+    out.cleared_warning_keys.extend(cleared)
     return out
 
 

@@ -41,7 +41,7 @@ from typing import Final
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from services.market.assessment import WarningPolicy, assess_stored, upsert_warnings
+from services.market.assessment import Assessed, WarningPolicy, assess_stored, upsert_warnings
 from services.market.interconnect import BorderWarning
 from services.market.model import (
     CapacitySeries,
@@ -87,6 +87,7 @@ class SaveResult:
     written: int  # value rows written (0 for UNCHANGED and OUTDATED)
     replaced: int  # value rows deleted because the document covers them
     warnings: tuple[str, ...] = ()  # keys of the border warnings this save raised or changed
+    cleared: tuple[str, ...] = ()  # keys of the border warnings this save cleared
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,7 @@ class Publication:
     zones: tuple[str, ...]
     interval: tuple[datetime, datetime] | None
     warnings: int = 0  # border warnings raised or changed; read back by this document (market.warnings)
+    cleared: int = 0  # border warnings cleared; read back by this document (market.cleared_warnings)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -115,6 +117,7 @@ class Publication:
                 "zones": list(self.zones[:_MAX_NOTIFIED_ZONES]),
                 "interval": [t.isoformat() for t in self.interval] if self.interval else None,
                 "warnings": self.warnings,
+                "cleared": self.cleared,
             },
             separators=(",", ":"),
         )
@@ -133,6 +136,7 @@ class Publication:
             zones=tuple(str(z) for z in data["zones"]),
             interval=(datetime.fromisoformat(interval[0]), datetime.fromisoformat(interval[1])) if interval else None,
             warnings=int(data.get("warnings", 0)),
+            cleared=int(data.get("cleared", 0)),
         )
 
 
@@ -207,7 +211,7 @@ async def save_document(
         span = _span(doc)
 
         def result(
-            outcome: SaveOutcome, written: int = 0, replaced: int = 0, raised: tuple[str, ...] = ()
+            outcome: SaveOutcome, written: int = 0, replaced: int = 0, assessed: Assessed | None = None
         ) -> SaveResult:
             return SaveResult(
                 outcome,
@@ -220,7 +224,8 @@ async def save_document(
                 span,
                 written,
                 replaced,
-                raised,
+                assessed.changed if assessed else (),
+                assessed.cleared if assessed else (),
             )
 
         if held is not None and held == doc.revision:
@@ -257,18 +262,27 @@ async def save_document(
         if old == new:
             return result(SaveOutcome.UNCHANGED, len(new), len(old))
         outcome = SaveOutcome.REVISED if old else SaveOutcome.STORED
-        raised: tuple[str, ...] = ()
+        assessed = Assessed()
         if span is not None:
             origin = (source, doc.document_id, doc.revision)
             try:
-                raised = tuple(await assess_stored(conn, doc, span, warnings or WarningPolicy(), origin))
+                assessed = await assess_stored(conn, doc, span, warnings or WarningPolicy(), origin)
             except AnalyticsError as exc:  # the document goes back with its warnings: nothing half-stored
                 raise StoreError(f"{doc.document_id}: assessing its borders: {exc}") from None
         publication = Publication(
-            source, doc.document_id, doc.revision, doc.kind.value, outcome, fetched, zones, span, len(raised)
+            source,
+            doc.document_id,
+            doc.revision,
+            doc.kind.value,
+            outcome,
+            fetched,
+            zones,
+            span,
+            len(assessed.changed),
+            len(assessed.cleared),
         )
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, publication.to_json())
-        return result(outcome, len(new), len(old), raised)
+        return result(outcome, len(new), len(old), assessed)
 
 
 async def _delete_document(conn: Conn, source: str, document_id: str, old: set[_Row]) -> None:

@@ -18,6 +18,7 @@ Pure functions over the normalised model: the caller passes the price series it 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -56,6 +57,7 @@ _ZONE_TZ: Final[dict[str, str]] = {
 }
 
 
+@functools.cache
 def zone_timezone(zone: str) -> ZoneInfo:
     """The time zone of a bidding zone's local day, by EIC. AnalyticsError for a zone not listed in
     services/market/zones.py (a control area has no local day EMMA could vouch for)."""

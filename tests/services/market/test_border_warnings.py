@@ -11,6 +11,7 @@ saturated at 9-12 (0.95) and 18 (exactly 0.90); spread above 20 at 9-12 (55) and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import shutil
@@ -66,7 +67,7 @@ async def pool(migrated_url: str) -> AsyncIterator[asyncpg.Pool]:
     assert pool is not None
     await pool.execute(
         "TRUNCATE market.fetch_jobs, market.fetch_queries, market.source_status, market.documents, market.prices,"
-        " market.flows, market.capacities, market.warnings"
+        " market.flows, market.capacities, market.warnings, market.cleared_warnings"
     )
     try:
         yield pool
@@ -141,3 +142,52 @@ async def test_a_saturated_border_with_a_spread_is_warned_in_the_summary_and_on_
             again = await save_document(conn, parse_document(fetched.data, fetched.name), datetime.now(UTC))
         assert (again.outcome.value, again.warnings) == ("unchanged", ())
         assert await pool.fetch("SELECT warning_key, update_time FROM market.warnings ORDER BY 1") == before
+
+
+async def test_a_revision_that_ends_the_saturation_announces_the_cleared_warnings(
+    host: Host, token: str, pool: asyncpg.Pool, replay: ReplayServer
+) -> None:
+    today = datetime.now(CET).date()
+    day = today.isoformat()
+    config = SchedulerConfig(zones=(ES, FR), borders=((ES, FR),), retry_s=0.01, retry_max_s=0.02)
+    sources = sources_config(replay.url, esios_token="")
+    async with host(["market"]) as (server, _), authed_channel(server.port, token) as channel:
+        stub = market_pb2_grpc.MarketDataServiceStub(channel)
+        call = stub.WatchPublications(market_pb2.WatchPublicationsRequest(zones=["ES"]))
+        await call.initial_metadata()
+        sched = MarketScheduler(pool, "r1", config, sources)
+        try:
+            await sched.run_once()
+        finally:
+            await sched.stop()
+        await _read_until_warned(call, day)
+
+        # The flows document revised: 2000 MW every hour (0.67 of 3000 MW), so no hour is saturated.
+        clients = Clients(sources)
+        try:
+            fetched = await clients.fetch(Query(FLOWS, today, out_zone=ES, in_zone=FR), None)
+        finally:
+            await clients.aclose()
+        flows = parse_document(fetched.data, fetched.name)
+        calm = tuple(
+            dataclasses.replace(s, slots=tuple(dataclasses.replace(slot, value=2000.0) for slot in s.slots))
+            for s in flows.flows
+        )
+        revised = dataclasses.replace(flows, revision=flows.revision + 1, flows=calm)
+        async with pool.acquire() as conn:
+            result = await save_document(conn, revised, datetime.now(UTC))
+        gone = {f"{ES}>{FR}:saturation:{day}", f"{ES}>{FR}:decoupling:{day}"}
+        assert result.outcome.value == "revised"
+        assert set(result.cleared) == gone
+
+        while True:
+            publication = await asyncio.wait_for(call.read(), timeout=20)
+            assert isinstance(publication, market_pb2.Publication)
+            if publication.document.revision == revised.revision:
+                break
+        call.cancel()
+        assert publication.document.document_id == revised.document_id
+        assert set(publication.cleared_warning_keys) == gone
+        # What stays: the price spread, which the flows do not change.
+        left = {r["warning_key"] for r in await pool.fetch("SELECT warning_key FROM market.warnings")}
+        assert f"{ES}>{FR}:price-spread:{day}" in left and not gone & left
