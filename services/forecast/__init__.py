@@ -18,8 +18,8 @@ from services.platform.runtime import Runtime
 __all__ = ["DEPENDS_ON", "POLICY", "SERVICES", "TABLES"]
 
 # The services this domain may import (their package faces); see docs/architecture.md. The registry
-# for a site's location, calendar and PV description.
-DEPENDS_ON: tuple[str, ...] = ("identity", "registry")
+# for a site's location, calendar and PV description; telemetry for its measured load and PV.
+DEPENDS_ON: tuple[str, ...] = ("identity", "registry", "telemetry")
 # The tables this domain alone reads and writes (services/migrations/0010_forecast.sql).
 TABLES: tuple[str, ...] = (
     "forecast.forecast_values",

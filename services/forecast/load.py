@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -29,6 +29,7 @@ MODEL_VERSION = "load-1 same-type-day weighted median"
 
 SLOTS_PER_DAY = 96
 LOOKBACK_DAYS = 28
+NO_COUNTRY = "no country code (Site.country_code): no public holidays used"
 # A day's weight halves with each week back (the last 7 days weigh 1, the week before 0.5, ...):
 # recent weeks describe the household best, and steps of a whole week keep the last Sunday as
 # heavy as yesterday's Saturday.
@@ -85,6 +86,10 @@ def _calendar(country: str, time_zone: str, subdivision: str | None) -> _Calenda
         zone = ZoneInfo(time_zone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ForecastInputError("time_zone", f"unknown IANA time zone {time_zone!r}") from None
+    if country == "":
+        # A site without a country code still has a load: forecast it with no holidays (a degraded
+        # reason says so) rather than refuse; holidays only move a few days a year.
+        return _Calendar(zone, holidays.HolidayBase())
     if not isinstance(country, str) or len(country) != 2 or not country.isalpha():
         raise ForecastInputError("country", f"must be an ISO 3166-1 alpha-2 code, got {country!r}")
     try:
@@ -170,6 +175,12 @@ class _Profile:
         return result
 
 
+def _no_country(country: str) -> tuple[str, ...]:
+    if country:
+        return ()
+    return (NO_COUNTRY,)
+
+
 def _cold_start(start: datetime, slots: int, zone: ZoneInfo, mean_w: float, reason: str) -> Forecast:
     local = pd.date_range(start + SLOT / 2, periods=slots, freq=pd.Timedelta(SLOT)).tz_convert(zone)
     p50 = np.array([COLD_START_SHAPE[h] / _SHAPE_MEAN * mean_w for h in local.hour])
@@ -226,7 +237,8 @@ def forecast_load(
             f"cold start: {known / 4:.1f} h of measured load (less than a day); "
             f"default residential profile scaled to a mean of {mean_w:.0f} W"
         )
-        return _cold_start(start, slots, calendar.zone, mean_w, reason)
+        forecast = _cold_start(start, slots, calendar.zone, mean_w, reason)
+        return replace(forecast, degraded=forecast.degraded + _no_country(country))
     hist = _History(values, first, calendar)
     profile = _Profile(hist, calendar)
     degraded: list[str] = []
@@ -256,6 +268,7 @@ def forecast_load(
     p10 = np.clip(p10, floor, p50)
     p90 = np.maximum(p90, p50)
     degraded.extend(sorted(profile.notes))
+    degraded.extend(_no_country(country))
     return Forecast(
         start=start,
         step=SLOT,

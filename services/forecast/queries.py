@@ -88,6 +88,15 @@ async def run_of_request(conn: Conn, creator: str, request_id: str) -> uuid.UUID
     return None if value is None else uuid.UUID(str(value))
 
 
+async def run_request(conn: Conn, run_id: uuid.UUID) -> tuple[SiteName, set[str], int]:
+    """What a stored run was asked for: its site, kinds and horizon in slots (a request_id's content)."""
+    run = await conn.fetchrow("SELECT org_id, site_id FROM forecast.runs WHERE run_id = $1", run_id)
+    assert run is not None
+    rows = await conn.fetch("SELECT kind, slot_count FROM forecast.forecasts WHERE run_id = $1", run_id)
+    slots = max((int(r["slot_count"]) for r in rows), default=0)
+    return SiteName(run["org_id"], run["site_id"]), {str(r["kind"]) for r in rows}, slots
+
+
 async def latest(
     conn: Conn, site: SiteName, kind: str, as_of: datetime, horizon: timedelta | None
 ) -> forecast_pb2.Forecast | None:

@@ -3,22 +3,30 @@ the PV forecast degraded, never missing), the models, and the net load derived f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import uuid
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Protocol
 
+import asyncpg
 from emma.registry.v1 import registry_pb2
 
 from services.forecast.errors import ForecastError, WeatherError
-from services.forecast.load import forecast_load
+from services.forecast.load import LOOKBACK_DAYS, forecast_load
+from services.forecast.measured import Measured, read_measured
 from services.forecast.model import SLOT, Forecast, PvArray, PvSystem, WeatherSeries
-from services.forecast.pv import forecast_pv
+from services.forecast.pv import LEARN_DAYS, forecast_pv, learn_correction
 from services.forecast.store import MadeForecast, save_run
 from services.forecast.weather import OpenMeteoClient, WeatherConfig
+from services.names import SiteName
 from services.platform.migrations import Conn
-from services.registry import SiteProfile
+from services.registry import SiteProfile, site_profile
 
 log = logging.getLogger("emma.forecast")
 
@@ -78,39 +86,37 @@ def net_load(load: Forecast, pv: Forecast) -> Forecast:
     )
 
 
-async def make_forecasts(
+# The models are CPU work (about 13 ms PV and 24 ms load per site, docs/performance.md): they run
+# in an executor so the event loop keeps serving RPCs and ingest while a round of sites is forecast.
+_DEFAULT_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast-model")
+
+
+def compute_forecasts(
     profile: SiteProfile,
+    system: PvSystem | None,
     kinds: set[str],
-    issue_time: datetime,
+    start: datetime,
     slots: int,
-    load_history: list[tuple[datetime, float]],
-    weather: WeatherSource | None,
+    load_history: Sequence[tuple[datetime, float]],
+    pv_history: Sequence[tuple[datetime, float]],
+    series: WeatherSeries | None,
+    weather_reasons: tuple[str, ...],
+    notes: Sequence[str] = (),
 ) -> list[MadeForecast]:
-    """The requested kinds for the site. MissingSiteData before anything is computed."""
-    start = first_slot(issue_time)
-    system = pv_system_of(profile) if kinds & {"pv_power", "net_load"} else None
+    """The models, synchronously (run it in an executor): PV with the correction learnt from the
+    measured PV, load from the measured load, and their net load. `notes` are degraded reasons of the
+    inputs (e.g. the site has no load channel) added to the load forecast."""
     made: dict[str, MadeForecast] = {}
     if system is not None:
-        series: WeatherSeries | None = None
-        reasons: tuple[str, ...] = ()
-        if weather is None:
-            reasons = ("weather unavailable: no weather source configured; clear sky used",)
-        else:
-            try:
-                hours = math.ceil((start - issue_time + SLOT * slots) / timedelta(hours=1)) + 1
-                series = await weather.fetch(system.latitude, system.longitude, issue_time, hours)
-            except WeatherError as exc:
-                log.warning("weather unavailable for %s: %s", profile.site, exc)
-                reasons = (f"weather unavailable: {exc}",)
-        pv = forecast_pv(system, start, slots, series)
-        pv = Forecast(
-            pv.start, pv.step, pv.p10, pv.p50, pv.p90, tuple(dict.fromkeys(reasons + pv.degraded)), pv.model_version
-        )
+        correction, _ = learn_correction(system, pv_history) if pv_history else (1.0, "")
+        pv = forecast_pv(system, start, slots, series, correction)
+        pv = replace(pv, degraded=tuple(dict.fromkeys(weather_reasons + pv.degraded)))
         made["pv_power"] = MadeForecast(
             "pv_power", pv, series.source if series else "", series.fetched_at if series else None
         )
     if kinds & {"site_load", "net_load"}:
         load = forecast_load(load_history, start, slots, profile.country_code, profile.time_zone)
+        load = replace(load, degraded=tuple(dict.fromkeys(tuple(notes) + load.degraded)))
         made["site_load"] = MadeForecast("site_load", load)
     if "net_load" in kinds:
         pv_made = made["pv_power"]
@@ -123,8 +129,70 @@ async def make_forecasts(
     return [made[k] for k in ("pv_power", "site_load", "net_load") if k in kinds]
 
 
+async def _weather(
+    system: PvSystem, weather: WeatherSource | None, site: SiteName, issue_time: datetime, start: datetime, slots: int
+) -> tuple[WeatherSeries | None, tuple[str, ...]]:
+    if weather is None:
+        return None, ("weather unavailable: no weather source configured; clear sky used",)
+    try:
+        hours = math.ceil((start - issue_time + SLOT * slots) / timedelta(hours=1)) + 1
+        return await weather.fetch(system.latitude, system.longitude, issue_time, hours), ()
+    except WeatherError as exc:
+        log.warning("weather unavailable for %s: %s", site, exc)
+        return None, (f"weather unavailable: {exc}",)
+
+
+async def make_forecasts(
+    profile: SiteProfile,
+    kinds: set[str],
+    issue_time: datetime,
+    slots: int,
+    load_history: Sequence[tuple[datetime, float]],
+    weather: WeatherSource | None,
+    pv_history: Sequence[tuple[datetime, float]] = (),
+    *,
+    notes: Sequence[str] = (),
+    executor: Executor | None = None,
+) -> list[MadeForecast]:
+    """The requested kinds for the site: the weather fetched here, the models run in `executor` (a
+    shared one-thread pool by default). MissingSiteData before anything is computed."""
+    start = first_slot(issue_time)
+    system = pv_system_of(profile) if kinds & {"pv_power", "net_load"} else None
+    series: WeatherSeries | None = None
+    reasons: tuple[str, ...] = ()
+    if system is not None:
+        series, reasons = await _weather(system, weather, profile.site, issue_time, start, slots)
+    work = partial(
+        compute_forecasts,
+        profile,
+        system,
+        kinds,
+        start,
+        slots,
+        load_history,
+        pv_history,
+        series,
+        reasons,
+        notes,
+    )
+    return await asyncio.get_running_loop().run_in_executor(executor or _DEFAULT_EXECUTOR, work)
+
+
+async def measured_history(conn: Conn, site: SiteName, issue_time: datetime) -> tuple[Measured, tuple[str, ...]]:
+    """The site's measured load (LOOKBACK_DAYS) and PV (LEARN_DAYS) before the first forecast slot, and
+    the notes to attach when the site has no load channel."""
+    start = first_slot(issue_time)
+    measured = await read_measured(conn, site, start - timedelta(days=max(LOOKBACK_DAYS, LEARN_DAYS)), start)
+    pv_from = start - timedelta(days=LEARN_DAYS)
+    measured = replace(measured, pv=[(t, v) for t, v in measured.pv if t >= pv_from])
+    notes: tuple[str, ...] = ()
+    if not measured.load_channels:
+        notes = ("no measured load: the site's edges have no load*/ActivePower channel (docs/forecasting.md)",)
+    return measured, notes
+
+
 async def run_site(
-    conn: Conn,
+    pool: asyncpg.Pool,
     profile: SiteProfile,
     kinds: set[str],
     slots: int,
@@ -134,18 +202,70 @@ async def run_site(
     trigger: str,
     creator: str,
     request_id: str | None = None,
+    executor: Executor | None = None,
+    weather: WeatherSource | None = None,
 ) -> uuid.UUID:
-    """One run: forecast, then store it in one transaction; returns the run id. MissingSiteData and
-    ForecastInputError before anything is stored."""
-    weather = OpenMeteoClient(weather_config)
+    """One run: read the measured history, fetch the weather (no database connection held while
+    waiting for it), run the models off the event loop, store the run in one transaction; returns
+    the run id. MissingSiteData and ForecastInputError before anything is stored. `weather` replaces
+    the client made from `weather_config` (a test's or a replay's source)."""
+    if kinds & {"pv_power", "net_load"}:
+        pv_system_of(profile)  # refuse before reading anything
+    async with pool.acquire() as conn:
+        measured, notes = await measured_history(conn, profile.site, issue_time)
+    client = OpenMeteoClient(weather_config) if weather is None else None
     try:
-        made = await make_forecasts(profile, kinds, issue_time, slots, [], weather)
+        made = await make_forecasts(
+            profile,
+            kinds,
+            issue_time,
+            slots,
+            measured.load,
+            weather or client,
+            measured.pv,
+            notes=notes,
+            executor=executor,
+        )
     finally:
-        await weather.aclose()
-    async with conn.transaction():
+        if client is not None:
+            await client.aclose()
+    async with pool.acquire() as conn, conn.transaction():
         return await save_run(
             conn, profile.site, issue_time, made, trigger=trigger, creator=creator, request_id=request_id
         )
+
+
+async def forecast_site(
+    pool: asyncpg.Pool,
+    site: SiteName,
+    weather_config: WeatherConfig,
+    *,
+    kinds: set[str] | None = None,
+    slots: int = 4 * 48,
+    issue_time: datetime | None = None,
+    creator: str = "scheduler",
+    executor: Executor | None = None,
+    weather: WeatherSource | None = None,
+) -> uuid.UUID:
+    """Forecast one site now (a scheduled-style run, for the CLI and the bench): `kinds` defaults to
+    what the scheduler would run (kinds_for). Raises MissingSiteData, ForecastInputError, and
+    ForecastError("no such site") for an unknown site."""
+    async with pool.acquire() as conn:
+        profile = await site_profile(conn, site)
+    if profile is None:
+        raise ForecastError(f"{site}: no such site")
+    return await run_site(
+        pool,
+        profile,
+        kinds if kinds is not None else kinds_for(profile),
+        slots,
+        weather_config,
+        issue_time=issue_time or datetime.now(UTC),
+        trigger="scheduled",
+        creator=creator,
+        executor=executor,
+        weather=weather,
+    )
 
 
 def kinds_for(profile: SiteProfile) -> set[str]:

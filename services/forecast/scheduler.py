@@ -88,23 +88,24 @@ class ForecastScheduler:
         state, reason, run_id = "done", "", None
         async with self._pool.acquire() as conn:
             profile = await site_profile(conn, site)
-            if profile is None:
-                state, reason = "failed", "the site was deleted"
-            else:
-                try:
-                    run_id = await run_site(
-                        conn,
-                        profile,
-                        kinds_for(profile),
-                        self._config.horizon_slots,
-                        self._weather,
-                        issue_time=now,
-                        trigger="scheduled",
-                        creator="scheduler",
-                    )
-                except ForecastError as exc:
-                    state, reason = "failed", str(exc)
-                    log.warning("forecast of %s failed: %s", site, exc)
+        if profile is None:
+            state, reason = "failed", "the site was deleted"
+        else:
+            try:
+                run_id = await run_site(
+                    self._pool,
+                    profile,
+                    kinds_for(profile),
+                    self._config.horizon_slots,
+                    self._weather,
+                    issue_time=now,
+                    trigger="scheduled",
+                    creator="scheduler",
+                )
+            except ForecastError as exc:
+                state, reason = "failed", str(exc)
+                log.warning("forecast of %s failed: %s", site, exc)
+        async with self._pool.acquire() as conn:
             await conn.execute(
                 """UPDATE forecast.schedule SET state = $4, reason = $5, run_id = $6
                    WHERE org_id = $1 AND site_id = $2 AND round_start = $3""",

@@ -4,6 +4,7 @@ request_id) and the accuracy of scored forecasts. Parses, checks access, delegat
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 import asyncpg
 import grpc
@@ -21,6 +22,7 @@ from services.identity import Access, caller, note_audit
 from services.names import SiteName, parse_site
 from services.pagination import Page
 from services.platform.idempotency import MAX_REQUEST_ID_CHARS
+from services.platform.migrations import Conn
 from services.platform.rpc import Context
 from services.platform.runtime import Runtime
 from services.registry import site_profile
@@ -115,38 +117,58 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
         async with self._pool.acquire() as conn:
             previous = await queries.run_of_request(conn, me.actor, request.request_id)
             if previous is not None:
-                return await queries.run_message(conn, previous)
+                return await self._replay(conn, previous, site, kinds, slots, request.request_id)
             profile = await site_profile(conn, site)
-            if profile is None:
-                raise not_found(request.site)
-            try:
-                run_id = await run_site(
-                    conn,
-                    profile,
-                    kinds,
-                    slots,
-                    self._weather,
-                    issue_time=dt.datetime.now(dt.UTC),
-                    trigger="on_demand",
-                    creator=me.actor,
-                    request_id=request.request_id,
-                )
-            except MissingSiteData as exc:
-                raise missing(exc, site) from None
-            except ForecastInputError as exc:
-                raise ApiError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    errors_pb2.ERROR_REASON_STATE_CONFLICT,
-                    f"{request.site}: the site's description cannot be forecast: {exc}",
-                    metadata={"site": request.site, "missing": exc.field},
-                ) from None
-            except asyncpg.UniqueViolationError:
-                # A concurrent call with the same request_id stored its run first: answer with that one.
+        if profile is None:
+            raise not_found(request.site)
+        try:
+            # No connection is held here: the run reads history, waits for the weather and runs the
+            # models with connections of its own, each only as long as its query.
+            run_id = await run_site(
+                self._pool,
+                profile,
+                kinds,
+                slots,
+                self._weather,
+                issue_time=dt.datetime.now(dt.UTC),
+                trigger="on_demand",
+                creator=me.actor,
+                request_id=request.request_id,
+            )
+        except MissingSiteData as exc:
+            raise missing(exc, site) from None
+        except ForecastInputError as exc:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                errors_pb2.ERROR_REASON_STATE_CONFLICT,
+                f"{request.site}: the site's description cannot be forecast: {exc}",
+                metadata={"site": request.site, "missing": exc.field},
+            ) from None
+        except asyncpg.UniqueViolationError:
+            # A concurrent call with the same request_id stored its run first: answer with that one.
+            async with self._pool.acquire() as conn:
                 previous = await queries.run_of_request(conn, me.actor, request.request_id)
                 if previous is None:
                     raise
-                run_id = previous
+                return await self._replay(conn, previous, site, kinds, slots, request.request_id)
+        async with self._pool.acquire() as conn:
             return await queries.run_message(conn, run_id)
+
+    @staticmethod
+    async def _replay(
+        conn: Conn, run_id: uuid.UUID, site: SiteName, kinds: set[str], slots: int, request_id: str
+    ) -> forecast_pb2.ForecastRun:
+        """The stored run of a repeated request_id, or ALREADY_EXISTS REQUEST_ID_REUSED when the
+        request asked for another site, other kinds or another horizon (the command domain's rule)."""
+        stored = await queries.run_request(conn, run_id)
+        if stored != (site, kinds, slots):
+            raise ApiError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                errors_pb2.ERROR_REASON_REQUEST_ID_REUSED,
+                f"request_id {request_id!r} was used for a different forecast run",
+                metadata={"request_id": request_id},
+            )
+        return await queries.run_message(conn, run_id)
 
     async def GetForecastAccuracy(
         self, request: forecast_pb2.GetForecastAccuracyRequest, context: Context
