@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     from launcher.market_cli import add_market_parser
 
     add_market_parser(sub)
+    from launcher.forecast_cli import add_forecast_parser
+
+    add_forecast_parser(sub)
 
     admin = sub.add_parser(
         "admin",
@@ -249,6 +252,10 @@ def _run(args: argparse.Namespace) -> int:
         from edge_daemon.main import run as run_edge
 
         return run_edge(args.config, args.simulate, args.data_dir)
+    if args.command == "forecast":
+        from launcher.forecast_cli import run_forecast_cli
+
+        return asyncio.run(run_forecast_cli(args, env))
     if args.command == "admin":
         from launcher.admin_cli import run_admin
 
@@ -272,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure_logging(args.log_level, static={"process": "emma " + args.command})
     command = args.command + (f" {args.admin_command}" if args.command == "admin" else "")
+    if args.command == "forecast":
+        command += f" {args.forecast_command}"
     if args.command == "edge" and args.edge_command:
         command += f" {args.edge_command}"
     try:

@@ -1,0 +1,251 @@
+"""`emma forecast run`: ask the running cloud's ForecastService for a forecast of a site now and print
+the stored run, each forecast with its energy over the horizon (p10/p50/p90).
+
+It goes through the API as `emma edge init` does (a login as --email, the password from EMMA_PASSWORD
+or a prompt), so the caller's role is checked (an operator's action), the run is audited and stored
+like any other, and the same command works against `emma up` and a cloud elsewhere. A run that failed
+exits 1; an error the cloud answered (an unknown site, a site without PV description) is one line
+naming it, exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import UTC, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from emma.forecast.v1 import forecast_pb2, forecast_pb2_grpc
+from emma.identity.v1 import identity_pb2, identity_pb2_grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from core.errors import ConfigError, EmmaError
+from launcher.market_cli import _utc
+from services.errors import ServiceError
+from services.names import parse_site
+
+PASSWORD_ENV = "EMMA_PASSWORD"
+CALL_TIMEOUT_S = 60.0
+_LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+KINDS = {
+    "pv": forecast_pb2.FORECAST_KIND_PV_POWER,
+    "load": forecast_pb2.FORECAST_KIND_SITE_LOAD,
+    "net": forecast_pb2.FORECAST_KIND_NET_LOAD,
+}
+MAX_HORIZON_H = 72.0
+SLOT_S = 900
+
+
+class ForecastCliError(EmmaError):
+    """The cloud refused or could not be reached; the message says which call and why."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    cloud: str
+    email: str
+    password: str
+    tls: bool
+    ca_file: Path | None
+
+
+def add_forecast_parser(sub: Any) -> None:
+    forecast = sub.add_parser(
+        "forecast",
+        help="run and check forecasts of a site's PV and load",
+        description="Forecasts of a site's PV production, load and net load (docs/forecasting.md).",
+    )
+    forecast_sub = forecast.add_subparsers(dest="forecast_command", metavar="TASK", parser_class=type(forecast))
+    forecast_sub.required = True
+    run = forecast_sub.add_parser(
+        "run",
+        help="run a forecast of a site now and print the run",
+        description="Ask the cloud's ForecastService for a forecast run of --site now (an operator's action) and "
+        "print the stored run: its state, why it is degraded if it is, and each forecast's energy over the horizon. "
+        "Logs in as --email; the password comes from EMMA_PASSWORD, else a prompt on a terminal. Exit code 1 if "
+        "the run failed or the cloud refused it.",
+    )
+    _add_site_flags(run)
+    run.add_argument(
+        "--kind",
+        action="append",
+        choices=sorted(KINDS),
+        help="only this kind (repeatable; default every kind; a site without PV description needs --kind load)",
+    )
+    run.add_argument("--horizon-hours", type=float, default=48.0, help="how far ahead, 0.25..72 (default 48)")
+    run.add_argument(
+        "--request-id", help="idempotency key: the same id again returns the stored run (default: a new UUID)"
+    )
+
+
+def _add_site_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--site", required=True, help="organizations/{org}/sites/{site}, e.g. organizations/demo/sites/demo")
+    p.add_argument("--cloud", default="127.0.0.1:50051", help="the cloud's gRPC address (default 127.0.0.1:50051)")
+    p.add_argument("--email", required=True, help="a user of the site's organization, e.g. admin@emma.local")
+    p.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TLS to the cloud (default: off for 127.0.0.1/localhost, on otherwise)",
+    )
+    p.add_argument("--ca-file", type=Path, help="CA certificate to trust for TLS (default: the system's)")
+
+
+def connection_from_args(args: argparse.Namespace, env: dict[str, str]) -> Connection:
+    password = env.get(PASSWORD_ENV, "")
+    if not password and sys.stdin.isatty():
+        password = getpass.getpass(f"password of {args.email}: ")
+    if not password:
+        raise ConfigError(f"no password: set {PASSWORD_ENV} or run on a terminal to be asked")
+    host = args.cloud.rsplit(":", 1)[0]
+    return Connection(
+        cloud=args.cloud,
+        email=args.email,
+        password=password,
+        tls=args.tls if args.tls is not None else host not in _LOOPBACK,
+        ca_file=args.ca_file,
+    )
+
+
+def site_of(text: str) -> str:
+    try:
+        return str(parse_site(text, "--site"))
+    except ServiceError:
+        raise ConfigError(f"--site {text!r} is not organizations/{{organization}}/sites/{{site}}") from None
+
+
+def horizon_of(hours: float) -> duration_pb2.Duration:
+    seconds = hours * 3600
+    # Checked here too so a typo is named by its flag, not by the contract's field.
+    if not (SLOT_S <= seconds <= MAX_HORIZON_H * 3600) or seconds % SLOT_S:
+        raise ConfigError(f"--horizon-hours {hours:g} is not whole quarter hours between 0.25 and {MAX_HORIZON_H:g}")
+    return duration_pb2.Duration(seconds=int(seconds))
+
+
+def _channel(c: Connection) -> grpc.aio.Channel:
+    if not c.tls:
+        return grpc.aio.insecure_channel(c.cloud)
+    try:
+        roots = c.ca_file.read_bytes() if c.ca_file is not None else None
+    except OSError as exc:
+        raise ConfigError(f"--ca-file {c.ca_file}: {exc.strerror}") from None
+    return grpc.aio.secure_channel(c.cloud, grpc.ssl_channel_credentials(roots))
+
+
+def failed(what: str, exc: grpc.aio.AioRpcError, cloud: str) -> ForecastCliError:
+    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return ForecastCliError(f"{what}: cannot reach the cloud at {cloud} ({exc.details()}); is it running?")
+    return ForecastCliError(f"{what}: {exc.code().name}: {exc.details()}")
+
+
+def _kind(kind: forecast_pb2.ForecastKind.ValueType) -> str:
+    return forecast_pb2.ForecastKind.Name(kind).removeprefix("FORECAST_KIND_").lower()
+
+
+def _hours(d: duration_pb2.Duration) -> str:
+    return f"{d.seconds / 3600:g} h"
+
+
+def _time(t: timestamp_pb2.Timestamp) -> str:
+    return _utc(t.ToDatetime(tzinfo=UTC).replace(microsecond=0))
+
+
+def energy_kwh(slots: Sequence[forecast_pb2.ForecastSlot]) -> tuple[float, float, float]:
+    """(p10, p50, p90) energy over the slots in kWh: each slot is 15 minutes of mean power."""
+    quarter_h = 0.25 / 1000
+    return (
+        sum(s.p10_w for s in slots) * quarter_h,
+        sum(s.p50_w for s in slots) * quarter_h,
+        sum(s.p90_w for s in slots) * quarter_h,
+    )
+
+
+def run_lines(run: forecast_pb2.ForecastRun, full: dict[str, forecast_pb2.Forecast]) -> list[str]:
+    """The run as a person reads it: a header, its degraded reasons, then one line per forecast."""
+    state = forecast_pb2.ForecastRunState.Name(run.state).removeprefix("FORECAST_RUN_STATE_").lower()
+    trigger = forecast_pb2.ForecastTrigger.Name(run.trigger).removeprefix("FORECAST_TRIGGER_").lower()
+    lines = [f"{run.name} {state} issued {_time(run.issue_time)} ({trigger}, by {run.creator})"]
+    if run.state_reason:
+        lines.append(f"  reason: {run.state_reason}")
+    lines += [f"  degraded: {r}" for r in run.degraded_reasons]
+    for f in run.forecasts:
+        slots = full[f.name].slots if f.name in full else []
+        p10, p50, p90 = energy_kwh(slots)
+        weather = f.weather_source or "none"
+        lines.append(
+            f"  {_kind(f.kind):<9} {_hours(f.horizon)} from {_time(f.start_time)}: "
+            f"{p50:.2f} kWh (p10 {p10:.2f}, p90 {p90:.2f}) in {len(slots)} slots; "
+            f"model {f.model_version}; weather {weather}" + ("; degraded" if f.degraded_reasons else "")
+        )
+    return lines
+
+
+async def run_forecast(
+    c: Connection,
+    site: str,
+    kinds: Sequence[forecast_pb2.ForecastKind.ValueType],
+    horizon: duration_pb2.Duration,
+    request_id: str,
+    say: Callable[[str], None] = print,
+) -> forecast_pb2.ForecastRun:
+    step = f"logging in as {c.email}"
+    async with _channel(c) as channel:
+        try:
+            login = await identity_pb2_grpc.IdentityServiceStub(channel).Login(
+                identity_pb2.LoginRequest(email=c.email, password=c.password), timeout=CALL_TIMEOUT_S
+            )
+            auth = (("authorization", f"Bearer {login.access_token}"),)
+            stub = forecast_pb2_grpc.ForecastServiceStub(channel)
+            step = f"running a forecast of {site}"
+            run = await stub.RunForecast(
+                forecast_pb2.RunForecastRequest(site=site, kinds=kinds, horizon=horizon, request_id=request_id),
+                metadata=auth,
+                timeout=CALL_TIMEOUT_S,
+            )
+            # The run carries its forecasts without slots; read them with the slots to show energies.
+            step = f"reading the forecasts of {run.name}"
+            full: dict[str, forecast_pb2.Forecast] = {}
+            start = timestamp_pb2.Timestamp()
+            start.FromDatetime(run.issue_time.ToDatetime())
+            end = timestamp_pb2.Timestamp()
+            end.FromDatetime(run.issue_time.ToDatetime() + timedelta(microseconds=1))
+            if run.forecasts:
+                listed = await stub.ListForecasts(
+                    forecast_pb2.ListForecastsRequest(
+                        parent=site,
+                        start_time=start,
+                        end_time=end,
+                        view=forecast_pb2.FORECAST_VIEW_FULL,
+                        page_size=1000,
+                    ),
+                    metadata=auth,
+                    timeout=CALL_TIMEOUT_S,
+                )
+                full = {f.name: f for f in listed.forecasts if f.run == run.name}
+        except grpc.aio.AioRpcError as exc:
+            raise failed(step, exc, c.cloud) from None
+    for line in run_lines(run, full):
+        say(line)
+    return run
+
+
+async def run_forecast_command(args: argparse.Namespace, env: dict[str, str]) -> int:
+    site = site_of(args.site)
+    horizon = horizon_of(args.horizon_hours)
+    kinds = [KINDS[k] for k in dict.fromkeys(args.kind or [])]
+    request_id = args.request_id or str(uuid.uuid4())
+    connection = connection_from_args(args, env)
+    run = await run_forecast(connection, site, kinds, horizon, request_id)
+    return 0 if run.state == forecast_pb2.FORECAST_RUN_STATE_SUCCEEDED else 1
+
+
+def run_forecast_cli(args: argparse.Namespace, env: dict[str, str]) -> Coroutine[Any, Any, int]:
+    if args.forecast_command == "run":
+        return run_forecast_command(args, env)
+    raise AssertionError(args.forecast_command)
