@@ -17,7 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from emma.identity.v1 import identity_pb2
+import grpc
+from emma.identity.v1 import identity_pb2, identity_pb2_grpc
+from emma.registry.v1 import registry_pb2, registry_pb2_grpc
+from google.protobuf import field_mask_pb2
 
 from edge_daemon.private_files import private_dir, restrict_file
 from services.errors import ConfigError, ServiceError
@@ -165,7 +168,7 @@ async def ensure_demo(conn: Conn, config: PlatformConfig, say: Callable[[str], N
     out = say
     state_dir = config.state.state_dir
     from_env = bool(os.environ.get("EMMA_ADMIN_PASSWORD"))
-    password = os.environ.get("EMMA_ADMIN_PASSWORD") or local_secret(state_dir, "demo_admin_password", 18)
+    password = demo_admin_password(config)
     await accounts.create_org(conn, DEMO_ORG, "Demo organization")
     user_id, created = await accounts.ensure_user(
         conn,
@@ -194,6 +197,84 @@ async def ensure_demo(conn: Conn, config: PlatformConfig, say: Callable[[str], N
         longitude_deg=13.405,
         country_code="DE",
     )
+
+
+def demo_admin_password(config: PlatformConfig) -> str:
+    """EMMA_ADMIN_PASSWORD, else the one generated into the state folder's 0600 secrets file."""
+    return os.environ.get("EMMA_ADMIN_PASSWORD") or local_secret(config.state.state_dir, "demo_admin_password", 18)
+
+
+def simulated_pv_system(site_doc: dict[str, Any], altitude_m: float) -> registry_pb2.PvSystem | None:
+    """The PV description of what a site file's simulated inverters (`sim_pv`) produce: one array per
+    inverter with its tilt, azimuth, peak power and losses, and their summed peak as the AC limit (a
+    simulated inverter never gives more than its peak). None when the site simulates no PV."""
+    arrays = []
+    limit_w = 0.0
+    for device in site_doc.get("devices", []):
+        if device.get("type") != "sim_pv":
+            continue
+        peak_w = float(device["peak_power_w"])
+        arrays.append(
+            registry_pb2.PvArray(
+                tilt_deg=float(device.get("tilt_deg", 30.0)),
+                azimuth_deg=float(device.get("azimuth_deg", 180.0)),
+                peak_power_kw=peak_w / 1000.0,
+                losses_fraction=float(device.get("system_losses", 0.14)),
+            )
+        )
+        limit_w += peak_w
+    if not arrays:
+        return None
+    return registry_pb2.PvSystem(arrays=arrays, inverter_limit_w=limit_w, altitude_m=altitude_m)
+
+
+DEMO_CALL_TIMEOUT_S = 15.0
+
+
+async def ensure_demo_pv(
+    grpc_address: str,
+    password: str,
+    sites: list[tuple[str, registry_pb2.PvSystem | None, str]],
+    say: Callable[[str], None] = print,
+) -> None:
+    """Give each demo site (name, PV description, country code) the PV description and country it lacks,
+    through the registry's API as the demo admin, so the change is validated and audited like any other.
+
+    A site that has a PV description or a country keeps it: an operator may have changed them. A login
+    that fails (the admin's password was changed) leaves the sites as they are and says so; the demo
+    then forecasts load only, and `emma up` goes on.
+    """
+    async with grpc.aio.insecure_channel(grpc_address) as channel:
+        try:
+            login = await identity_pb2_grpc.IdentityServiceStub(channel).Login(
+                identity_pb2.LoginRequest(email=DEMO_ADMIN, password=password), timeout=DEMO_CALL_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            say(f"emma up: demo sites' PV descriptions left as they are: login as {DEMO_ADMIN}: {exc.details()}")
+            return
+        auth = (("authorization", f"Bearer {login.access_token}"),)
+        registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        for name, pv, country in sites:
+            site = await registry.GetSite(
+                registry_pb2.GetSiteRequest(name=name), metadata=auth, timeout=DEMO_CALL_TIMEOUT_S
+            )
+            paths = []
+            update = registry_pb2.Site(name=name)
+            if pv is not None and not site.HasField("pv_system"):
+                update.pv_system.CopyFrom(pv)
+                paths.append("pv_system")
+            if country and not site.country_code:
+                update.country_code = country
+                paths.append("country_code")
+            if not paths:
+                continue
+            await registry.UpdateSite(
+                registry_pb2.UpdateSiteRequest(site=update, update_mask=field_mask_pb2.FieldMask(paths=paths)),
+                metadata=auth,
+                timeout=DEMO_CALL_TIMEOUT_S,
+            )
+            kwp = sum(a.peak_power_kw for a in pv.arrays) if pv is not None else 0.0
+            say(f"emma up: {name}: set {', '.join(paths)} ({kwp:g} kWp as simulated; {country or 'no country'})")
 
 
 async def ensure_edge_key_file(

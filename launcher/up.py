@@ -10,6 +10,12 @@ the market replay server (launcher/market_replay) runs in this process on a free
 `redate` on, so the demo has prices for today, and fresh random tokens that are good for nothing else;
 the market fetch scheduler, a background worker of the market service that hosted_services starts
 as `emma serve market` does, fetches from it.
+
+Weather: unless EMMA_WEATHER_URL is set, the weather replay server (launcher/weather_replay) runs in
+this process on a free loopback port and EMMA_WEATHER_URL points the forecast service at it, so the
+demo's PV forecasts have weather without internet. The demo sites get a PV description matching
+their simulated inverters and a country code (for the load model's holidays), so every kind of
+forecast can be made for them.
 """
 
 from __future__ import annotations
@@ -24,16 +30,26 @@ import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge_daemon.config import demo_site_dict
 from edge_daemon.private_files import open_private_append, restrict_dir
 from edge_daemon.site_toml import write_site_toml
 from gateway.config import GatewayConfig
 from gateway.server import running_gateway
-from launcher.admin_cli import DEMO_ADMIN, DEMO_EDGE, ensure_demo, ensure_edge_key_file
+from launcher.admin_cli import (
+    DEMO_ADMIN,
+    DEMO_EDGE,
+    demo_admin_password,
+    ensure_demo,
+    ensure_demo_pv,
+    ensure_edge_key_file,
+    simulated_pv_system,
+)
 from launcher.market_replay import ReplayServer
 from launcher.ports import check_free
 from launcher.state_lock import hold_state_folder
+from launcher.weather_replay import running_weather_replay
 from services import catalog
 from services.cloud import hosted_services
 from services.names import EdgeName
@@ -53,12 +69,13 @@ class DemoSite:
     latitude_deg: float
     longitude_deg: float
     country_code: str
+    altitude_m: float
 
 
 # Two sites in different bidding zones and time zones, so the demo shows both.
 DEMO_SITES = (
-    DemoSite(DEMO_EDGE, "Europe/Berlin", 52.52, 13.405, "DE"),
-    DemoSite(EdgeName("demo", "madrid", "gw-2"), "Europe/Madrid", 40.4168, -3.7038, "ES"),
+    DemoSite(DEMO_EDGE, "Europe/Berlin", 52.52, 13.405, "DE", 34.0),
+    DemoSite(EdgeName("demo", "madrid", "gw-2"), "Europe/Madrid", 40.4168, -3.7038, "ES", 657.0),
 )
 
 
@@ -78,8 +95,8 @@ def edge_dir(state_dir: Path, site: DemoSite) -> Path:
     return state_dir / ("edge-demo" if site.edge == DEMO_EDGE else f"edge-{site.edge.edge}")
 
 
-def write_site_file(folder: Path, site: DemoSite, grpc_port: int) -> Path:
-    """The site TOML of a simulated edge pointing at this run's gRPC port (rewritten every run)."""
+def site_doc(site: DemoSite) -> dict[str, Any]:
+    """The simulated site's TOML document, without its cloud section."""
     doc = demo_site_dict(
         period_s=1.0,
         latitude=site.latitude_deg,
@@ -90,6 +107,12 @@ def write_site_file(folder: Path, site: DemoSite, grpc_port: int) -> Path:
     doc["site"]["id"] = site.edge.site
     doc["site"]["name"] = f"Demo site {site.edge.site}"
     doc["telemetry"] = {"batch_interval_s": 1.0}
+    return doc
+
+
+def write_site_file(folder: Path, site: DemoSite, grpc_port: int) -> Path:
+    """The site TOML of a simulated edge pointing at this run's gRPC port (rewritten every run)."""
+    doc = site_doc(site)
     doc["cloud"] = {
         "endpoint": f"127.0.0.1:{grpc_port}",
         "edge": str(site.edge),
@@ -156,6 +179,22 @@ async def market_sources(env: Mapping[str, str], say: Callable[[str], None]) -> 
         await server.stop()
 
 
+@contextlib.asynccontextmanager
+async def weather_sources(env: Mapping[str, str], say: Callable[[str], None]) -> AsyncIterator[dict[str, str]]:
+    """EMMA_WEATHER_URL for the forecast service: `env`'s own when set, else that of a weather replay
+    server started here (stopped when the block exits)."""
+    if env.get("EMMA_WEATHER_URL", "").strip():
+        say(f"emma up: weather from {env['EMMA_WEATHER_URL']} (EMMA_WEATHER_URL is set)")
+        yield {}
+        return
+    async with running_weather_replay() as server:
+        say(
+            f"emma up: weather from the replay server on {server.url} (a recorded forecast moved onto the "
+            "requested days; set EMMA_WEATHER_URL=https://api.open-meteo.com for the real one)"
+        )
+        yield {"EMMA_WEATHER_URL": server.url}
+
+
 async def run_up(config: PlatformConfig) -> None:
     state_dir = config.state.state_dir
     # The gateway forwards the browser's address; the login rate limit must see it, not 127.0.0.1.
@@ -193,8 +232,12 @@ async def _run_stack(config: PlatformConfig, state_dir: Path, gateway_settings: 
     try:
         async with (
             market_sources(config.env, _say) as market_env,
+            weather_sources(config.env, _say) as weather_env,
             hosted_services(
-                ["all"], dataclasses.replace(config, env={**config.env, **market_env}), dsn=dsn, apply_migrations=True
+                ["all"],
+                dataclasses.replace(config, env={**config.env, **market_env, **weather_env}),
+                dsn=dsn,
+                apply_migrations=True,
             ) as (hosted, runtime),
         ):
             grpc_address = f"{config.server.host}:{hosted.port}"
@@ -214,6 +257,15 @@ async def _run_stack(config: PlatformConfig, state_dir: Path, gateway_settings: 
                         country_code=site.country_code,
                     )
                     site_files.append(write_site_file(folder, site, hosted.port))
+            await ensure_demo_pv(
+                grpc_address,
+                demo_admin_password(config),
+                [
+                    (str(s.edge.site_name), simulated_pv_system(site_doc(s), s.altitude_m), s.country_code)
+                    for s in DEMO_SITES
+                ],
+                _say,
+            )
             gateway_config = dataclasses.replace(gateway_settings, target=grpc_address)
             async with running_gateway(gateway_config) as http_port:
                 base = f"http://{gateway_config.host}:{http_port}"

@@ -1,6 +1,8 @@
 """`emma up` creates a demo organization with an admin (password printed once, kept in the 0600
 secrets file for re-runs) and the API key of its demo edge; its state folder is 0700 and the files in
-it 0600 (also those an earlier run left wider)."""
+it 0600 (also those an earlier run left wider). Its demo sites get a PV description matching their
+simulated inverters and a country, once, and the weather replay serves the forecast service, so a
+forecast of a demo site has weather."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 import grpc
+from emma.forecast.v1 import forecast_pb2, forecast_pb2_grpc
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 from emma.registry.v1 import registry_pb2, registry_pb2_grpc
 
@@ -34,6 +37,36 @@ def _wait_for_file(path: Path, proc: EmmaProcess, timeout: float = 60) -> None:
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} never appeared:\n" + "\n".join(proc.lines)
         time.sleep(0.2)
+
+
+def _check_demo_forecasts(
+    port: int, token: str, sites: list[registry_pb2.Site], proc: EmmaProcess, first_run: bool
+) -> None:
+    """Each demo site as its simulated devices are (edge_daemon.config.demo_site_dict: one sim_pv of
+    8 kW, 30 degrees, south, 14 % losses), set on the first run only; a forecast run has weather."""
+    proc.wait_for("emma up: weather from the replay server on http://127.0.0.1:")
+    set_lines = [line for line in proc.lines if ": set pv_system" in line]
+    assert len(set_lines) == (2 if first_run else 0), proc.lines
+    altitudes = {"demo": 34.0, "madrid": 657.0}
+    countries = {"demo": "DE", "madrid": "ES"}
+    for site in sites:
+        short = site.name.rsplit("/", 1)[1]
+        assert site.country_code == countries[short]
+        pv = site.pv_system
+        assert [(a.tilt_deg, a.azimuth_deg, a.peak_power_kw, a.losses_fraction) for a in pv.arrays] == [
+            (30.0, 180.0, 8.0, 0.14)
+        ]
+        assert (pv.inverter_limit_w, pv.altitude_m) == (8000.0, altitudes[short])
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        run = forecast_pb2_grpc.ForecastServiceStub(ch).RunForecast(
+            forecast_pb2.RunForecastRequest(site=sites[1].name, request_id=f"up-demo-{first_run}"),
+            metadata=[("authorization", f"Bearer {token}")],
+            timeout=60,
+        )
+    assert run.state == forecast_pb2.FORECAST_RUN_STATE_SUCCEEDED, run
+    pv_forecast = next(f for f in run.forecasts if f.kind == forecast_pb2.FORECAST_KIND_PV_POWER)
+    assert pv_forecast.weather_source == "open-meteo"
+    assert not [r for r in run.degraded_reasons if r.startswith("weather")], run.degraded_reasons
 
 
 def test_emma_up_creates_the_demo_organization_and_admin(tmp_path: Path) -> None:
@@ -70,6 +103,7 @@ def test_emma_up_creates_the_demo_organization_and_admin(tmp_path: Path) -> None
                     timeout=10,
                 )
             assert [s.name for s in sites.sites] == ["organizations/demo/sites/demo", "organizations/demo/sites/madrid"]
+            _check_demo_forecasts(port, login.access_token, sites.sites, proc, first_run=run == 1)
             for edge in ("edge-demo", "edge-gw-2"):
                 _wait_for_file(state / edge / "outbox.sqlite-wal", proc)
         finally:
