@@ -57,9 +57,8 @@ from services.market.documents import parse_document
 from services.market.store import save_document
 from services.market.zones import BIDDING_ZONES
 
-# The 39 bidding zones services/market/zones.py lists, and IE(SEM), a real bidding zone with a valid
-# EIC it does not list (documents naming it are stored as published).
-ZONES: tuple[str, ...] = (*BIDDING_ZONES, "10Y1001A1001A59C")
+# The first 40 bidding zones services/market/zones.py lists (the SDAC zones and IE-SEM).
+ZONES: tuple[str, ...] = tuple(BIDDING_ZONES)[:40]
 SUMMARY_COUNT = 40
 # The SDAC delivery day is the CET/CEST day for every zone here.
 MARKET_TZ = ZoneInfo("Europe/Brussels")
@@ -458,8 +457,8 @@ async def run_client(port: int, token: str, kind: str, zones: Sequence[str], day
 
 
 def summary_zones(zones: Sequence[str]) -> list[str]:
-    """40 zones for the summaries, which need a zone's local day, so only listed ones: of the 40, the
-    39 services/market/zones.py lists and the first of them again."""
+    """40 zones for the summaries, which need a zone's local day, so only listed ones (all 40 stored
+    zones are; with --zones N fewer, they repeat)."""
     listed = [z for z in zones if z in BIDDING_ZONES]
     return [listed[i % len(listed)] for i in range(SUMMARY_COUNT)]
 

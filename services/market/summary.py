@@ -54,6 +54,18 @@ _ZONE_TZ: Final[dict[str, str]] = {
     "EE": "Europe/Tallinn",
     "LV": "Europe/Riga",
     "LT": "Europe/Vilnius",
+    "IE-SEM": "Europe/Dublin",
+    "GB": "Europe/London",
+    "ME": "Europe/Podgorica",
+    "RS": "Europe/Belgrade",
+    "MK": "Europe/Skopje",
+    "BA": "Europe/Sarajevo",
+    "AL": "Europe/Tirane",
+    "XK": "Europe/Belgrade",  # the IANA database gives Kosovo no zone of its own
+    "MT": "Europe/Malta",
+    "CY": "Europe/Nicosia",
+    "UA": "Europe/Kyiv",
+    "MD": "Europe/Chisinau",
 }
 
 

@@ -53,6 +53,20 @@ BIDDING_ZONES: Final[dict[str, tuple[str, str]]] = {
     "10Y1001A1001A39I": ("EE", "Estonia"),
     "10YLV-1001A00074": ("LV", "Latvia"),
     "10YLT-1001A0008Q": ("LT", "Lithuania"),
+    # The rest of Europe's bidding zones ENTSO-E lists ("BZ"): Ireland's single market, Great Britain
+    # (outside the EU's market coupling since 2021), South-East Europe, the islands, Ukraine, Moldova.
+    "10Y1001A1001A59C": ("IE-SEM", "Ireland and Northern Ireland (SEM)"),
+    "10YGB----------A": ("GB", "Great Britain"),
+    "10YCS-CG-TSO---S": ("ME", "Montenegro"),
+    "10YCS-SERBIATSOV": ("RS", "Serbia"),
+    "10YMK-MEPSO----8": ("MK", "North Macedonia"),
+    "10YBA-JPCC-----D": ("BA", "Bosnia and Herzegovina"),
+    "10YAL-KESH-----5": ("AL", "Albania"),
+    "10Y1001C--00100H": ("XK", "Kosovo"),
+    "10Y1001A1001A93C": ("MT", "Malta"),
+    "10YCY-1001A0003J": ("CY", "Cyprus"),
+    "10Y1001C--00003F": ("UA", "Ukraine (IPS)"),
+    "10Y1001A1001A990": ("MD", "Moldova"),
 }
 
 # The zone REE's prices belong to: the Spanish peninsular system is the ES bidding zone.
