@@ -1,0 +1,49 @@
+"""bench/forecast.py runs end to end on tiny sizes (5 sites, 8 days of history, one round, a short
+ingest baseline) against a fresh database of the test PostgreSQL, as a process of its own (tests never
+import bench/); only the structure of its result is checked, never a timing. The bench itself fails
+when a run fails, lacks weather or starts cold."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_runs_end_to_end_on_tiny_sizes(database_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "forecast.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.forecast",
+            "--sites",
+            "5",
+            "--days",
+            "8",
+            "--runs",
+            "1",
+            "--baseline-s",
+            "2",
+            "--output",
+            str(out),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result) >= {"machine", "command", "setup", "seed", "runs", "total_s", "site_p99_s", "met"}
+    assert result["setup"]["sites"] == 5
+    assert result["seed"]["rows"] == 5 * 2 * 8 * 96
+    [run] = result["runs"]
+    for key in ("total_s", "site_p50_s", "site_p99_s", "ingest_points_per_s_without", "ingest_points_per_s_during"):
+        assert run[key] > 0, key
+    assert result["total_s"]["runs"] == 1 and isinstance(result["met"], bool)
