@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from services.forecast.config import SchedulerConfig
 from services.forecast.errors import ForecastError
 from services.forecast.runner import kinds_for, run_site
+from services.forecast.scorer import score_due
 from services.forecast.weather import WeatherConfig
 from services.names import SiteName
 from services.platform.runtime import Runtime
@@ -117,10 +119,19 @@ class ForecastScheduler:
                 run_id,
             )
 
+    async def score_due(self) -> list[uuid.UUID]:
+        """Score the stored forecasts whose actuals have arrived (scorer.py); returns their ids."""
+        return await score_due(self._pool, self._clock(), timedelta(seconds=self._config.score_delay_s))
+
+    async def tick(self) -> None:
+        """One pass of the worker: this round's unclaimed sites, then the forecasts due for scoring."""
+        await self.run_due()
+        await self.score_due()
+
     async def _loop(self) -> None:
         while True:
             try:
-                await self.run_due()
+                await self.tick()
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("forecast scheduler: %s; retrying", exc)
             await asyncio.sleep(self._config.poll_s)
