@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.emma-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up test gen lint fmt baseline bench clean
+.PHONY: help venv up test gen lint fmt baseline bench clean image
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -60,6 +60,20 @@ baseline: $(STAMP)  ## accept the current contracts as the buf breaking baseline
 
 bench: $(STAMP)  ## run the quick benchmarks
 	$(BIN)/python -m bench.run_all
+
+# The one OCI image of every role (Containerfile), with whichever builder this machine has.
+IMAGE   ?= emma
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# The remote's URL without any user:token@ part, so no credential ends up in an image label.
+SOURCE  ?= $(or $(shell git config --get remote.origin.url 2>/dev/null | sed -E 's#://[^@/]*@#://#'),unknown)
+REVISION := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+BUILDER := $(firstword $(foreach tool,podman buildah docker,$(if $(shell command -v $(tool) 2>/dev/null),$(tool))))
+
+image:  ## build the OCI image emma:<version> with podman, buildah or docker (IMAGE=registry/emma)
+	@if [ -z "$(BUILDER)" ]; then \
+	  echo "make image: no container builder found: install podman, buildah or docker (none is on PATH)" >&2; exit 1; fi
+	$(BUILDER) $(if $(filter buildah,$(BUILDER)),bud,build) -f Containerfile -t $(IMAGE):$(VERSION) \
+	  --build-arg VERSION=$(VERSION) --build-arg SOURCE=$(SOURCE) --build-arg REVISION=$(REVISION) .
 
 clean:  ## remove the virtual environment and caches (keeps .emma/ data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build
