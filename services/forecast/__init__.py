@@ -11,7 +11,7 @@ from typing import Any
 from emma.forecast.v1 import forecast_pb2, forecast_pb2_grpc
 
 from services.identity import Access
-from services.platform.registration import ServiceSpec, service_spec
+from services.platform.registration import ServiceSpec, Worker, service_spec
 from services.platform.runtime import Runtime
 
 # What other packages may use of forecast; everything else in services/forecast/ is private.
@@ -36,7 +36,15 @@ def _forecast(runtime: Runtime) -> Any:
     return ForecastServicer(runtime)
 
 
-# The gRPC services this domain serves (services/catalog.py hosts them).
+def _scheduler(runtime: Runtime) -> Worker:
+    # The scheduler (every site once per round, then scoring) runs wherever the forecast service runs;
+    # EMMA_FORECAST_SCHEDULER=off leaves it idle. Replicas share the work through forecast.schedule.
+    from services.forecast.scheduler import scheduler_of
+
+    return scheduler_of(runtime)
+
+
+# The gRPC services this domain serves (services/catalog.py hosts them) and their background worker.
 SERVICES: tuple[ServiceSpec, ...] = (
     service_spec(
         "forecast",
@@ -44,6 +52,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "ForecastService",
         forecast_pb2_grpc.add_ForecastServiceServicer_to_server,
         _forecast,
+        workers=(_scheduler,),
     ),
 )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -152,7 +153,7 @@ class ForecastScheduler:
 
 def scheduler_of(runtime: Runtime) -> ForecastScheduler:
     """The worker factory ServiceSpec names: settings from the process's environment."""
-    env = runtime.config.env
+    env = runtime.config.env or os.environ
     return ForecastScheduler(
         runtime.pool, runtime.replica_id, SchedulerConfig.from_env(env), WeatherConfig.from_env(env)
     )

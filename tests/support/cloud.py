@@ -32,8 +32,9 @@ def platform_config(dsn: str, **ingest: float) -> PlatformConfig:
         state=StateConfig(),
         ingest=dataclasses.replace(IngestConfig(), **ingest),
         # The process environment as it is now (what the services read when env is empty), with the
-        # market fetch scheduler off: a hosted test fetches nothing unless it turns the scheduler on.
-        env={**os.environ, "EMMA_MARKET_SCHEDULER": "off"},
+        # market fetch scheduler and the forecast scheduler off: a hosted test fetches or forecasts
+        # nothing unless it turns the scheduler on.
+        env={**os.environ, "EMMA_MARKET_SCHEDULER": "off", "EMMA_FORECAST_SCHEDULER": "off"},
     )
 
 
