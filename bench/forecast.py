@@ -15,7 +15,9 @@ CONCURRENCY requests in flight; total time, and per-site latency p50/p99 (one RP
 weather fetch, models, store). Meanwhile 100 simulated edges (separate processes, bench.edge_load)
 each send one 50-point batch per second; the ingest rate is the points stored per second (rows
 counted in PostgreSQL) during the forecast round, next to the same count over a window before it
-without forecasting. Every run must succeed, with weather and without cold start, or the bench fails.
+without forecasting; and a health check every 0.1 s shows how long the server's event loop (which
+acks that ingest) kept a ready request waiting, without and during the round. Every run must
+succeed, with weather and without cold start, or the bench fails.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import numpy as np
 from emma.forecast.v1 import forecast_pb2, forecast_pb2_grpc
 from emma.registry.v1 import registry_pb2, registry_pb2_grpc
 from google.protobuf import duration_pb2, field_mask_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.harness import (
     BENCH_ENV,
@@ -63,6 +66,7 @@ HORIZON = duration_pb2.Duration(seconds=48 * 3600)
 INGEST_EDGES = 100
 INGEST_POINTS = 50
 INGEST_WARM_UP_S = 8.0
+PROBE_EVERY_S = 0.1
 SLOT_S = 900
 COUNTRIES = (("DE", "Europe/Berlin"), ("FR", "Europe/Paris"), ("ES", "Europe/Madrid"), ("IT", "Europe/Rome"))
 SERVICES = "edge telemetry registry identity forecast"
@@ -230,6 +234,37 @@ async def forecast_round(port: int, metadata: list[tuple[str, str]], sites: int)
     }
 
 
+class LoopProbe:
+    """A health check every PROBE_EVERY_S on its own connection: its latency is how long the server's
+    event loop (which also acks ingest) kept a ready request waiting."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.latencies_ms: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                t0 = time.perf_counter()
+                await stub.Check(health_pb2.HealthCheckRequest(), timeout=60)
+                self.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                await asyncio.sleep(PROBE_EVERY_S)
+
+    def take(self) -> dict[str, float]:
+        taken, self.latencies_ms = self.latencies_ms, []
+        return {"p50": percentile(taken, 0.5), "p99": percentile(taken, 0.99), "max": max(taken, default=math.nan)}
+
+    def __enter__(self) -> LoopProbe:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 async def start_ingest(port: int, keys: Path, duration: float) -> list[asyncio.subprocess.Process]:
     per = INGEST_EDGES // 2
     return [
@@ -274,13 +309,16 @@ async def measured_run(
     try:
         since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
         await asyncio.sleep(INGEST_WARM_UP_S)
-        n0, t0 = await ingested_since(conn, since), time.perf_counter()
-        await asyncio.sleep(baseline_s)
-        n1, t1 = await ingested_since(conn, since), time.perf_counter()
-        server_cpu, own_cpu = cpu_seconds(pid), time.process_time()
-        round_result = await forecast_round(port, metadata, sites)
-        n2, t2 = await ingested_since(conn, since), time.perf_counter()
-        server_cpu, own_cpu = cpu_seconds(pid) - server_cpu, time.process_time() - own_cpu
+        with LoopProbe(port) as probe:
+            n0, t0 = await ingested_since(conn, since), time.perf_counter()
+            await asyncio.sleep(baseline_s)
+            n1, t1 = await ingested_since(conn, since), time.perf_counter()
+            probe_without = probe.take()
+            server_cpu, own_cpu = cpu_seconds(pid), time.process_time()
+            round_result = await forecast_round(port, metadata, sites)
+            n2, t2 = await ingested_since(conn, since), time.perf_counter()
+            server_cpu, own_cpu = cpu_seconds(pid) - server_cpu, time.process_time() - own_cpu
+            probe_during = probe.take()
     finally:
         await stop(procs)
         await conn.close()
@@ -290,6 +328,8 @@ async def measured_run(
         "ingest_points_per_s_without": (n1 - n0) / (t1 - t0),
         "ingest_points_per_s_during": (n2 - n1) / (t2 - t1),
         "ingest_offered_points_per_s": offered,
+        "loop_probe_ms_without": probe_without,
+        "loop_probe_ms_during": probe_during,
         # Where the time went: the server's CPU (ingest included) and this process's (client and
         # weather replay), in cores over the round.
         "server_cpu_cores": server_cpu / (t2 - t1),
@@ -316,7 +356,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             },
         }
         result["seed"] = await seed(dsn, sites, days)
-        keys = await provision(dsn, INGEST_EDGES, "fc-ingest")
         async with running_weather_replay() as weather:
             env = {
                 **BENCH_ENV,
@@ -327,9 +366,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             async with cloud_process(dsn, SERVICES, env=env) as (port, pid, _stats):
                 metadata = await login(dsn, port, ORG)
                 await describe_sites(port, metadata, sites)
-                runs = [
-                    await measured_run(dsn, port, pid, metadata, keys, sites, args.baseline_s) for _ in range(args.runs)
-                ]
+                runs = []
+                for run in range(args.runs):
+                    # Fresh edges per round: the same edges again would resend batch_seq 1, 2, ... and
+                    # the ledger would (rightly) store none of it.
+                    keys = await provision(dsn, INGEST_EDGES, f"fc-ingest{run}")
+                    runs.append(await measured_run(dsn, port, pid, metadata, keys, sites, args.baseline_s))
         result["runs"] = runs
         result["total_s"] = summary([float(r["total_s"]) for r in runs])  # type: ignore[arg-type]
         result["site_p50_s"] = summary([float(r["site_p50_s"]) for r in runs])  # type: ignore[arg-type]
