@@ -1,4 +1,4 @@
-"""A local replay of Open-Meteo's /v1/forecast serving a real recorded answer (tests/data/weather/)
+"""A local replay of Open-Meteo's /v1/forecast serving a real recorded answer (recordings/)
 re-dated to any requested window, for tests and for `emma up` without internet."""
 
 from __future__ import annotations

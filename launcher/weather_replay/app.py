@@ -20,13 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-RECORDING = (
-    Path(__file__).resolve().parents[2]
-    / "tests"
-    / "data"
-    / "weather"
-    / "open-meteo_forecast_berlin_2023-01-01_02_gmt.json"
-)
+# Beside the code, so an installed `emma up` (which starts this server) finds it: recordings/SOURCES.md.
+RECORDING = Path(__file__).with_name("recordings") / "open-meteo_forecast_berlin_2023-01-01_02_gmt.json"
 MAX_DAYS = 16
 
 

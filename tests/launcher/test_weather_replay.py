@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
 from launcher.weather_replay import running_weather_replay
@@ -40,3 +42,14 @@ async def test_faults_over_http_with_control() -> None:
         assert len(third.json()["hourly"]["temperature_2m"]) == 24
         assert len((await http.get("/_replay/requests")).json()) == 3
         assert (await http.delete("/_replay/faults")).status_code == 204
+
+
+def test_the_recording_ships_with_the_launcher_package() -> None:
+    # `emma up` starts the replay server; an installed distribution has the launcher package and not
+    # tests/, so the recording must live inside the package (pyproject's package-data lists it).
+    import launcher.weather_replay
+    from launcher.weather_replay.app import RECORDING, load_recording
+
+    package = Path(launcher.weather_replay.__file__).parent
+    assert RECORDING.is_relative_to(package) and "tests" not in RECORDING.relative_to(package).parts
+    assert len(load_recording()["hourly"]["time"]) == 48
