@@ -235,3 +235,21 @@ def test_cnpg_takes_the_database_url_from_the_operators_secret() -> None:
         cluster["metadata"]["namespace"] == "emma"
         and "timescaledb" in cluster["spec"]["postgresql"]["shared_preload_libraries"]
     )
+
+
+def test_only_the_pods_behind_the_gateway_trust_x_forwarded_for() -> None:
+    objects = rendered("prod")
+    (config,) = by_kind(objects, "ConfigMap").values()
+    assert "EMMA_TRUST_FORWARDED_FOR" not in config["data"]
+    trusting = {
+        obj["metadata"]["name"]
+        for obj in objects
+        for container in containers(obj)
+        for var in container.get("env", [])
+        if var["name"] == "EMMA_TRUST_FORWARDED_FOR" and var.get("value") == "1"
+    }
+    assert trusting == {"emma-api"}
+    (api,) = allowed_ingress(
+        objects, by_kind(objects, "Deployment")["emma-api"]["spec"]["template"]["metadata"]["labels"]
+    )
+    assert api["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "emma-gateway"}}}]
