@@ -8,6 +8,7 @@ listing the constraint families whose slack had to be used.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pyomo.environ as pyo  # type: ignore[import-untyped]  # pyomo ships no type information
@@ -16,6 +17,7 @@ from pyomo.contrib.appsi.solvers import Highs  # type: ignore[import-untyped]
 
 from services.optimizer.baseline import baseline, outcome
 from services.optimizer.checks import precheck
+from services.optimizer.direct import DirectInfeasible, DirectNoPlan, build_direct, solve_built
 from services.optimizer.errors import InfeasibleError, SolverError
 from services.optimizer.inputs import SLOT_H, Problem
 from services.optimizer.model import build
@@ -40,7 +42,33 @@ def _highs(p: Problem) -> Any:
 
 
 def solve(p: Problem) -> Plan:
-    """The optimal (or, at the time limit, best found) plan of `p`; InfeasibleError naming the conflicts."""
+    """The optimal (or, at the time limit, best found) plan of `p`; InfeasibleError naming the conflicts.
+
+    Built as HiGHS arrays with lazy binaries (direct.py); solve_pyomo gives the same objective.
+    """
+    conflicts = precheck(p)
+    if conflicts:
+        raise InfeasibleError(conflicts)
+    t0 = time.perf_counter()
+    built = build_direct(p)
+    t1 = time.perf_counter()
+    try:
+        res = solve_built(p, built)
+    except DirectInfeasible:
+        raise InfeasibleError(explain(p)) from None
+    except DirectNoPlan as e:
+        raise SolverError(f"HiGHS gave no usable plan: {e}") from None
+    t2 = time.perf_counter()
+    values = res.values
+
+    def get(kind: str, name: str, t: int) -> float:
+        return values.get((kind, name, t), 0.0)
+
+    return _read(p, get, res.objective, t1 - t0, t2 - t1, res.mip_gap, res.optimal)
+
+
+def solve_pyomo(p: Problem) -> Plan:
+    """`p` solved through the pyomo model (model.py) with every binary from the start: the reference."""
     conflicts = precheck(p)
     if conflicts:
         raise InfeasibleError(conflicts)
@@ -59,7 +87,13 @@ def solve(p: Problem) -> Plan:
     obj = float(res.best_feasible_objective)
     bound = res.best_objective_bound
     gap = 0.0 if bound is None else abs(obj - float(bound)) / max(1e-9, abs(obj))
-    return _read(p, m, obj, t1 - t0, t2 - t1, gap, tc is TerminationCondition.optimal)
+    var = {"ch": m.ch, "dis": m.dis, "soc": m.soc, "pv": m.pv, "ev": m.ev, "flex": m.flex, "imp": m.imp, "exp": m.exp}
+
+    def get(kind: str, name: str, t: int) -> float:
+        v = var[kind]
+        return float(pyo.value(v[name, t])) if (name, t) in v else 0.0
+
+    return _read(p, get, obj, t1 - t0, t2 - t1, gap, tc is TerminationCondition.optimal)
 
 
 def explain(p: Problem) -> list[str]:
@@ -130,32 +164,27 @@ def explain(p: Problem) -> list[str]:
     return out or ["the inputs admit no schedule (no single constraint family could be named)"]
 
 
-def _read(p: Problem, m: Any, obj: float, build_s: float, solve_s: float, gap: float, optimal: bool) -> Plan:
-    n = p.slots
-    T = range(n)
+def _read(
+    p: Problem, get: Callable[[str, str, int], float], obj: float, build_s: float, solve_s: float, gap: float, ok: bool
+) -> Plan:
+    T = range(p.slots)
 
-    def series(var: Any, key: str, ts: range = T) -> tuple[float, ...]:
-        return tuple(_clean(pyo.value(var[key, t])) for t in ts)
+    def series(kind: str, name: str) -> tuple[float, ...]:
+        return tuple(_clean(get(kind, name, t)) for t in T)
 
     bats = {
-        b.name: BatterySchedule(series(m.ch, b.name), series(m.dis, b.name), series(m.soc, b.name)) for b in p.batteries
+        b.name: BatterySchedule(series("ch", b.name), series("dis", b.name), series("soc", b.name)) for b in p.batteries
     }
     pvs = {}
     for a in p.pv:
-        used = series(m.pv, a.name)
+        used = series("pv", a.name)
         pvs[a.name] = PvSchedule(used, tuple(_clean(f - u) for f, u in zip(a.forecast_kw, used, strict=True)))
-    evs = {
-        e.name: tuple(_clean(pyo.value(m.ev[e.name, t])) if e.arrival_slot <= t < e.departure_slot else 0.0 for t in T)
-        for e in p.evs
-    }
-    fls = {
-        f.name: tuple(
-            _clean(pyo.value(m.flex[f.name, t])) if f.window_start_slot <= t < f.window_end_slot else 0.0 for t in T
-        )
-        for f in p.flexible_loads
-    }
-    grid = {s.name: GridSchedule(series(m.imp, s.name), series(m.exp, s.name), 0.0) for s in p.sites}
-    grid = {k: GridSchedule(g.import_kw, g.export_kw, max(g.import_kw)) for k, g in grid.items()}
+    evs = {e.name: series("ev", e.name) for e in p.evs}
+    fls = {f.name: series("flex", f.name) for f in p.flexible_loads}
+    grid = {}
+    for s in p.sites:
+        imp = series("imp", s.name)
+        grid[s.name] = GridSchedule(imp, series("exp", s.name), max(imp))
     expected = outcome(
         p,
         {k: list(g.import_kw) for k, g in grid.items()},
@@ -175,7 +204,7 @@ def _read(p: Problem, m: Any, obj: float, build_s: float, solve_s: float, gap: f
         build_s=build_s,
         solve_s=solve_s,
         mip_gap=gap,
-        optimal=optimal,
+        optimal=ok,
         solver="HiGHS",
         solver_version=solver_version(),
     )
@@ -187,4 +216,4 @@ def _clean(x: float | None) -> float:
     return 0.0 if abs(v) < 1e-9 else v
 
 
-__all__ = ["Outcome", "explain", "solve", "solver_version"]
+__all__ = ["Outcome", "explain", "solve", "solve_pyomo", "solver_version"]

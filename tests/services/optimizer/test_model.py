@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pyomo.environ as pyo
@@ -22,10 +23,20 @@ from services.optimizer.inputs import (
     Site,
 )
 from services.optimizer.model import build
-from services.optimizer.solve import solve
+from services.optimizer.plan import Plan
+from services.optimizer.solve import solve, solve_pyomo
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 TOL = 1e-6
+
+Engine = Callable[[Problem], Plan]
+
+
+@pytest.fixture(params=[solve, solve_pyomo], ids=["highs-arrays", "pyomo"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Every case runs on both builds of the model: HiGHS arrays with lazy binaries, and pyomo."""
+    fn: Engine = request.param
+    return fn
 
 
 def prices(market: list[float], feed_in: list[float] | None = None, **kw: float) -> Prices:
@@ -36,7 +47,7 @@ def site(name: str, load: list[float], imp: float = 100.0, exp: float = 100.0, *
     return Site(name, tuple(load), imp, exp, **kw)
 
 
-def test_one_battery_charges_cheap_and_discharges_dear() -> None:
+def test_one_battery_charges_cheap_and_discharges_dear(engine: Engine) -> None:
     # 4 kW for two cheap slots at 90 % charge efficiency stores 2 x 4 x 0.25 x 0.9 = 1.8 kWh; the two
     # dear slots need 2 x 4 x 0.25 = 2 kWh, so 0.2 kWh is still imported at 0.30.
     p = Problem(
@@ -46,7 +57,7 @@ def test_one_battery_charges_cheap_and_discharges_dear() -> None:
         (site("s1", [0, 0, 4, 4]),),
         batteries=(Battery("b1", "s1", 10, 0, 4, 4, charge_efficiency=0.9, discharge_efficiency=1.0),),
     )
-    plan = solve(p)
+    plan = engine(p)
     charged_kwh = 2 * 4 * SLOT_H
     stored = charged_kwh * 0.9
     expected = charged_kwh * 0.10 + (2 * 4 * SLOT_H - stored) * 0.30
@@ -70,8 +81,8 @@ def _negative_afternoon() -> Problem:
     )
 
 
-def test_negative_prices_curtail_pv_and_absorb_without_burning_energy() -> None:
-    plan = solve(_negative_afternoon())
+def test_negative_prices_curtail_pv_and_absorb_without_burning_energy(engine: Engine) -> None:
+    plan = engine(_negative_afternoon())
     # Slots 1-2 pay 0.20/kWh for importing: all PV is curtailed (using it would mean importing less),
     # nothing is exported (feed-in costs 0.10), the battery fills: 1 kWh / 0.8 = 1.25 kWh bought.
     # Slot 3: the full battery gives 0.8 kWh: 0.25 kWh for the load, 0.55 kWh exported at 0.05.
@@ -104,7 +115,7 @@ def test_without_the_binary_an_lp_would_burn_energy_at_negative_prices() -> None
     assert lp.best_feasible_objective < solve(p).objective - 0.01
 
 
-def test_ev_charges_in_the_cheapest_slots_before_departure() -> None:
+def test_ev_charges_in_the_cheapest_slots_before_departure(engine: Engine) -> None:
     p = Problem(
         START,
         8,
@@ -112,7 +123,7 @@ def test_ev_charges_in_the_cheapest_slots_before_departure() -> None:
         (site("s1", [0] * 8),),
         evs=(EvCharger("ev_1", "s1", 3.0, 0, 6, 11.0),),
     )
-    plan = solve(p)
+    plan = engine(p)
     # Slots 6-7 are cheapest but after departure; 2 x 11 kW x 0.25 h = 5.5 kWh fit in slots 2-3.
     assert plan.objective == pytest.approx(3.0 * 0.1, abs=TOL)
     assert sum(plan.evs["ev_1"][2:4]) * SLOT_H == pytest.approx(3.0, abs=TOL)
@@ -121,7 +132,7 @@ def test_ev_charges_in_the_cheapest_slots_before_departure() -> None:
     assert plan.baseline.energy_eur == pytest.approx(3.0 * 0.3, abs=TOL)
 
 
-def test_ev_minimum_power_is_all_or_nothing() -> None:
+def test_ev_minimum_power_is_all_or_nothing(engine: Engine) -> None:
     # 1.5 kWh at exactly 4 kW (1 kWh a slot) takes two whole cheap slots: 2 kWh at 0.10, not 1.5.
     p = Problem(
         START,
@@ -130,12 +141,12 @@ def test_ev_minimum_power_is_all_or_nothing() -> None:
         (site("s1", [0] * 4),),
         evs=(EvCharger("ev_1", "s1", 1.5, 0, 4, 4.0, min_kw=4.0),),
     )
-    plan = solve(p)
+    plan = engine(p)
     assert plan.objective == pytest.approx(2 * 4 * SLOT_H * 0.1, abs=TOL)
     assert all(kw <= TOL or kw >= 4 - TOL for kw in plan.evs["ev_1"])
 
 
-def test_flexible_load_moves_to_the_cheap_part_of_its_window() -> None:
+def test_flexible_load_moves_to_the_cheap_part_of_its_window(engine: Engine) -> None:
     p = Problem(
         START,
         4,
@@ -143,7 +154,7 @@ def test_flexible_load_moves_to_the_cheap_part_of_its_window() -> None:
         (site("s1", [0] * 4),),
         flexible_loads=(FlexibleLoad("heat", "s1", 1.0, 1, 4, 2.0),),
     )
-    plan = solve(p)
+    plan = engine(p)
     # Slot 0 is outside the window; 2 kW x 0.25 h = 0.5 kWh at 0.10, the other 0.5 kWh at 0.20.
     assert plan.objective == pytest.approx(0.5 * 0.1 + 0.5 * 0.2, abs=TOL)
     assert plan.flexible_loads["heat"] == pytest.approx((0, 0, 2, 2), abs=TOL)
@@ -164,8 +175,8 @@ def _two_sites(shared_import_kw: float) -> Problem:
     )
 
 
-def test_shared_connection_limit_across_two_sites() -> None:
-    plan = solve(_two_sites(10.0))
+def test_shared_connection_limit_across_two_sites(engine: Engine) -> None:
+    plan = engine(_two_sites(10.0))
     # 12 kW of load behind a 10 kW connection: the battery gives exactly the 2 kW missing (its energy is
     # worth 0.20 kept, more than the 0.10 a kWh costs to import), imports are 10 kW in both slots.
     assert plan.batteries["bb"].discharge_kw == pytest.approx((2, 2), abs=TOL)
@@ -174,7 +185,7 @@ def test_shared_connection_limit_across_two_sites() -> None:
     assert plan.objective == pytest.approx(10 * 2 * SLOT_H * 0.1 - (2 - 2 * 2 * SLOT_H) * 0.2, abs=TOL)
 
 
-def test_peak_demand_charge_is_shaved_with_the_battery() -> None:
+def test_peak_demand_charge_is_shaved_with_the_battery(engine: Engine) -> None:
     p = Problem(
         START,
         4,
@@ -182,7 +193,7 @@ def test_peak_demand_charge_is_shaved_with_the_battery() -> None:
         (site("s1", [2, 8, 2, 2], peak_eur_per_kw=1.0),),
         batteries=(Battery("b1", "s1", 4, 1, 4, 4, charge_efficiency=1.0, discharge_efficiency=1.0),),
     )
-    plan = solve(p)
+    plan = engine(p)
     # The battery's 1 kWh goes into slot 1 at 4 kW: peak 8 - 4 = 4 kW; imports 2, 4, 2, 2 kW.
     assert plan.grid["s1"].peak_kw == pytest.approx(4.0, abs=TOL)
     assert plan.objective == pytest.approx(4 * 1.0 + (2 + 4 + 2 + 2) * SLOT_H * 0.1, abs=TOL)
@@ -190,7 +201,7 @@ def test_peak_demand_charge_is_shaved_with_the_battery() -> None:
     assert plan.baseline.peak_eur == pytest.approx(8 - 0.5 / SLOT_H, abs=TOL)
 
 
-def test_carbon_price_moves_consumption_to_clean_slots() -> None:
+def test_carbon_price_moves_consumption_to_clean_slots(engine: Engine) -> None:
     p = Problem(
         START,
         2,
@@ -199,20 +210,20 @@ def test_carbon_price_moves_consumption_to_clean_slots() -> None:
         evs=(EvCharger("ev_1", "s1", 2.0, 0, 2, 11.0),),
         objective=Objective.COST_AND_CARBON,
     )
-    plan = solve(p)
+    plan = engine(p)
     assert plan.evs["ev_1"] == pytest.approx((0, 8), abs=TOL)
     assert plan.expected.co2_kg == pytest.approx(2.0 * 0.1, abs=TOL)
     assert plan.objective == pytest.approx(2.0 * 0.1 + 0.1 * 2.0 * 0.1, abs=TOL)
 
 
-def test_import_price_adds_network_tax_and_vat() -> None:
+def test_import_price_adds_network_tax_and_vat(engine: Engine) -> None:
     p = Problem(
         START, 1, prices([0.1], network_eur_per_kwh=0.05, tax_eur_per_kwh=0.02, vat_rate=0.2), (site("s1", [4]),)
     )
-    assert solve(p).objective == pytest.approx(4 * SLOT_H * (0.1 + 0.05 + 0.02) * 1.2, abs=TOL)
+    assert engine(p).objective == pytest.approx(4 * SLOT_H * (0.1 + 0.05 + 0.02) * 1.2, abs=TOL)
 
 
-def test_ev_that_cannot_reach_its_energy_is_named() -> None:
+def test_ev_that_cannot_reach_its_energy_is_named(engine: Engine) -> None:
     p = Problem(
         START,
         32,
@@ -221,11 +232,11 @@ def test_ev_that_cannot_reach_its_energy_is_named() -> None:
         evs=(EvCharger("ev_1", "s1", 40.0, 24, 28, 11.0),),
     )
     with pytest.raises(InfeasibleError) as err:
-        solve(p)
+        engine(p)
     assert err.value.conflicts == ["EV ev_1 cannot reach 40 kWh by 07:00 with 11 kW (at most 11 kWh from 06:00)"]
 
 
-def test_flexible_load_and_terminal_soc_conflicts_are_named_together() -> None:
+def test_flexible_load_and_terminal_soc_conflicts_are_named_together(engine: Engine) -> None:
     p = Problem(
         START,
         4,
@@ -235,36 +246,36 @@ def test_flexible_load_and_terminal_soc_conflicts_are_named_together() -> None:
         flexible_loads=(FlexibleLoad("pump", "s1", 3.0, 0, 2, 2.0),),
     )
     with pytest.raises(InfeasibleError) as err:
-        solve(p)
+        engine(p)
     assert err.value.conflicts == [
         "flexible load pump cannot consume 3 kWh between 00:00 and 00:30 at 2 kW (at most 1 kWh)",
         "battery b1 cannot reach 5 kWh by 01:00 from 0 kWh (at most 2 kWh with 2 kW and max SoC 10 kWh)",
     ]
 
 
-def test_load_above_the_import_limit_is_named() -> None:
+def test_load_above_the_import_limit_is_named(engine: Engine) -> None:
     p = Problem(START, 2, prices([0.1, 0.1]), (site("s1", [5, 12], imp=10),))
     with pytest.raises(InfeasibleError) as err:
-        solve(p)
+        engine(p)
     assert err.value.conflicts == ["site s1 needs 12 kW from the grid at 00:15 but its import limit is 10 kW"]
 
 
-def test_shared_limit_that_no_battery_can_cover_is_named() -> None:
+def test_shared_limit_that_no_battery_can_cover_is_named(engine: Engine) -> None:
     # 12 kW of load, 4 kW from the battery: 8 kW must come through a 5 kW connection.
     with pytest.raises(InfeasibleError) as err:
-        solve(_two_sites(5.0))
+        engine(_two_sites(5.0))
     assert err.value.conflicts == [
         "the sites need 8 kW together at 00:00 but the shared connection's import limit is 5 kW"
     ]
 
 
-def test_ev_blocked_by_the_connection_is_named() -> None:
+def test_ev_blocked_by_the_connection_is_named(engine: Engine) -> None:
     # The EV alone could take 11 kW, but the site may import only 3 kW and has 2 kW of load.
     p = Problem(
         START, 4, prices([0.1] * 4), (site("s1", [2] * 4, imp=3),), evs=(EvCharger("ev_1", "s1", 2.0, 0, 4, 11.0),)
     )
     with pytest.raises(InfeasibleError) as err:
-        solve(p)
+        engine(p)
     assert err.value.conflicts == ["EV ev_1 cannot reach 2 kWh by 01:00 within the site's grid limits (short by 1 kWh)"]
 
 
