@@ -13,11 +13,13 @@ import json
 import os
 import secrets
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
+from emma.forecast.v1 import forecast_pb2, forecast_pb2_grpc
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 from emma.registry.v1 import registry_pb2, registry_pb2_grpc
 from google.protobuf import field_mask_pb2
@@ -240,9 +242,11 @@ async def ensure_demo_pv(
     """Give each demo site (name, PV description, country code) the PV description and country it lacks,
     through the registry's API as the demo admin, so the change is validated and audited like any other.
 
-    A site that has a PV description or a country keeps it: an operator may have changed them. A login
-    that fails (the admin's password was changed) leaves the sites as they are and says so; the demo
-    then forecasts load only, and `emma up` goes on.
+    A site that has a PV description or a country keeps it: an operator may have changed them. A site
+    just described is forecast at once (RunForecast): the forecast scheduler may have run it, without
+    PV, in this round already, and the next round can be hours away. A login that fails (the admin's
+    password was changed) leaves the sites as they are and says so; `emma up` goes on, as it does when
+    that first forecast fails.
     """
     async with grpc.aio.insecure_channel(grpc_address) as channel:
         try:
@@ -275,6 +279,15 @@ async def ensure_demo_pv(
             )
             kwp = sum(a.peak_power_kw for a in pv.arrays) if pv is not None else 0.0
             say(f"emma up: {name}: set {', '.join(paths)} ({kwp:g} kWp as simulated; {country or 'no country'})")
+            try:
+                run = await forecast_pb2_grpc.ForecastServiceStub(channel).RunForecast(
+                    forecast_pb2.RunForecastRequest(site=name, request_id=f"emma-up-{uuid.uuid4()}"),
+                    metadata=auth,
+                    timeout=DEMO_CALL_TIMEOUT_S * 4,
+                )
+                say(f"emma up: {name}: first forecast {run.name}")
+            except grpc.aio.AioRpcError as exc:
+                say(f"emma up: {name}: no first forecast ({exc.code().name}: {exc.details()}); the scheduler will try")
 
 
 async def ensure_edge_key_file(

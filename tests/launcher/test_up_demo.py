@@ -43,7 +43,7 @@ def _check_demo_forecasts(
     port: int, token: str, sites: list[registry_pb2.Site], proc: EmmaProcess, first_run: bool
 ) -> None:
     """Each demo site as its simulated devices are (edge_daemon.config.demo_site_dict: one sim_pv of
-    8 kW, 30 degrees, south, 14 % losses), set on the first run only; a forecast run has weather."""
+    8 kW, 30 degrees, south, 14 % losses), set on the first run only and forecast at once, with weather."""
     proc.wait_for("emma up: weather from the replay server on http://127.0.0.1:")
     set_lines = [line for line in proc.lines if ": set pv_system" in line]
     assert len(set_lines) == (2 if first_run else 0), proc.lines
@@ -57,16 +57,20 @@ def _check_demo_forecasts(
             (30.0, 180.0, 8.0, 0.14)
         ]
         assert (pv.inverter_limit_w, pv.altitude_m) == (8000.0, altitudes[short])
+    # Each site described on the first run was forecast at once: its latest PV forecast has weather.
+    if first_run:
+        for site in sites:
+            proc.wait_for(f"emma up: {site.name}: first forecast ")
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        run = forecast_pb2_grpc.ForecastServiceStub(ch).RunForecast(
-            forecast_pb2.RunForecastRequest(site=sites[1].name, request_id=f"up-demo-{first_run}"),
-            metadata=[("authorization", f"Bearer {token}")],
-            timeout=60,
-        )
-    assert run.state == forecast_pb2.FORECAST_RUN_STATE_SUCCEEDED, run
-    pv_forecast = next(f for f in run.forecasts if f.kind == forecast_pb2.FORECAST_KIND_PV_POWER)
-    assert pv_forecast.weather_source == "open-meteo"
-    assert not [r for r in run.degraded_reasons if r.startswith("weather")], run.degraded_reasons
+        stub = forecast_pb2_grpc.ForecastServiceStub(ch)
+        for site in sites:
+            latest = stub.GetLatestForecast(
+                forecast_pb2.GetLatestForecastRequest(site=site.name, kind=forecast_pb2.FORECAST_KIND_PV_POWER),
+                metadata=[("authorization", f"Bearer {token}")],
+                timeout=30,
+            )
+            assert len(latest.slots) == 192 and latest.weather_source == "open-meteo", latest.degraded_reasons
+            assert not [r for r in latest.degraded_reasons if r.startswith("weather")], latest.degraded_reasons
 
 
 def test_emma_up_creates_the_demo_organization_and_admin(tmp_path: Path) -> None:
