@@ -51,7 +51,7 @@ async def affected_borders(
     if doc.kind in (DocumentKind.FLOWS, DocumentKind.CAPACITIES):
         directed: Sequence[FlowSeries | CapacitySeries] = (*doc.flows, *doc.capacities)
         return sorted({(s.out_zone, s.in_zone) for s in directed})
-    zones = sorted({p.zone for p in doc.prices if _day_ahead(p)})
+    zones = sorted({p.zone for p in doc.prices if day_ahead(p)})
     if doc.kind is not DocumentKind.PRICES or not zones or not days:
         return []
     start, end = _day_bounds(days[0])[0], _day_bounds(days[-1])[1]
@@ -168,7 +168,8 @@ def evidence(w: BorderWarning) -> dict[str, object]:
     }
 
 
-def _day_ahead(p: PriceSeries) -> bool:
+def day_ahead(p: PriceSeries) -> bool:
+    """Whether `p` is the day-ahead auction's price (sequence 1), the one borders are assessed with."""
     return p.product is Product.DAY_AHEAD and p.sequence == 1 and p.auction == 0 and not p.geography
 
 

@@ -54,7 +54,7 @@ from services.market.sources import (
     TokenRefused,
     Validators,
 )
-from services.market.store import StoreError, save_document
+from services.market.store import StoreError, save_documents
 from services.market.zones import BIDDING_ZONES, is_eic
 from services.platform.migrations import Conn
 
@@ -476,8 +476,8 @@ class Runner:
             async with self.pool.acquire() as conn, conn.transaction():
                 if not await self._still_ours(conn, job):
                     return Outcome(job, "lost", "another replica took the job over (lease expired)")
-                for doc in docs:
-                    results.append((await save_document(conn, doc, fetched_at, self.warnings)).outcome.value)
+                saved = await save_documents(conn, docs, fetched_at, self.warnings)
+                results.extend(r.outcome.value for r in saved)
                 status = _combined(results)
                 await self._finish_in(conn, job, status, "", fetched, source, fetched_at)
         except StoreError as exc:  # the store refused the document: storing it again cannot help

@@ -34,14 +34,14 @@ import enum
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from services.market.assessment import Assessed, WarningPolicy, assess_stored, upsert_warnings
+from services.market.assessment import Assessed, WarningPolicy, assess_stored, day_ahead, upsert_warnings
 from services.market.interconnect import BorderWarning
 from services.market.model import (
     CapacitySeries,
@@ -187,6 +187,110 @@ def _span(doc: MarketDocument) -> tuple[datetime, datetime] | None:
 
 # (table, series identity, delivery start, resolution in seconds, value): what a save compares.
 _Row = tuple[str, tuple[object, ...], datetime, int, float]
+PriceIdent = tuple[str, int, int, int, str]  # zone, product, auction, sequence, geography
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """One document checked and turned into columns before anything is written."""
+
+    index: int  # its position in the call
+    doc: MarketDocument
+    source: str
+    zones: tuple[str, ...]
+    span: tuple[datetime, datetime] | None
+    created: datetime | None
+    # identity, resolution s, starts, values, currency, unit
+    prices: list[tuple[PriceIdent, int, list[datetime], list[float], str, str]]
+    # table, (out zone, in zone), resolution s, starts, values
+    borders: list[tuple[str, tuple[str, str], int, list[datetime], list[float]]]
+    old: set[_Row] = field(default_factory=set)
+
+    @property
+    def lock(self) -> str:
+        return f"market:{self.source}:{self.doc.document_id}"
+
+    @property
+    def rows(self) -> int:
+        return sum(len(p[2]) for p in self.prices) + sum(len(b[3]) for b in self.borders)
+
+    def new(self) -> set[_Row]:
+        out: set[_Row] = set()
+        for ident, res, starts, values, _, _ in self.prices:
+            out.update(("prices", ident, s, res, v) for s, v in zip(starts, values, strict=True))
+        for table, border, res, starts, values in self.borders:
+            out.update((table, border, s, res, v) for s, v in zip(starts, values, strict=True))
+        return out
+
+    def replaced(self) -> set[tuple[object, ...]]:
+        """What the document's values replace: its price identities and its borders per table."""
+        return {("prices", *p[0]) for p in self.prices} | {(b[0], *b[1]) for b in self.borders}
+
+
+def _prepare(index: int, doc: MarketDocument) -> _Prepared:
+    """Check everything the store refuses (StoreError) before a single row is written."""
+    prices = []
+    for i, p in enumerate(doc.prices):
+        what = f"{doc.document_id}: prices[{i}]"
+        res = _resolution_s(p.resolution, what)
+        starts, values = _columns(p.slots, what)
+        prices.append(
+            ((p.zone, p.product.value, p.auction, p.sequence, p.geography), res, starts, values, p.currency, p.unit)
+        )
+    borders = []
+    by_table: tuple[tuple[str, tuple[FlowSeries | CapacitySeries, ...]], ...] = (
+        ("flows", doc.flows),
+        ("capacities", doc.capacities),
+    )
+    for table, series in by_table:
+        for i, b in enumerate(series):
+            what = f"{doc.document_id}: {table}[{i}]"
+            res = _resolution_s(b.resolution, what)
+            starts, values = _columns(b.slots, what)
+            borders.append((table, (b.out_zone, b.in_zone), res, starts, values))
+    created = _aware(doc.created_at, "created_at") if doc.created_at is not None else None
+    span = _span(doc)
+    given: list[tuple[str, tuple[object, ...], int, list[datetime]]] = [
+        ("prices", ident, res, starts) for ident, res, starts, *_ in prices
+    ]
+    given += [(table, border, res, starts) for table, border, res, starts, _ in borders]
+    seen: set[tuple[str, tuple[object, ...], int]] = set()
+    for i, (table, ident, res, starts) in enumerate(given):
+        # What lets the values be written without an upsert: a document replaces exactly its span.
+        if (table, ident, res) in seen:
+            raise StoreError(f"{doc.document_id}: two {table} series of {ident} at {res} s; a series is given once")
+        seen.add((table, ident, res))
+        if starts and span is not None and (min(starts) < span[0] or max(starts) + timedelta(seconds=res) > span[1]):
+            raise StoreError(
+                f"{doc.document_id}: {table} series {i} has slots outside the document's interval"
+                f" {span[0].isoformat()}..{span[1].isoformat()}"
+            )
+    return _Prepared(index, doc, doc.source.value, _zones(doc), span, created, prices, borders)
+
+
+def _waves(prepared: Sequence[_Prepared]) -> list[list[_Prepared]]:
+    """Consecutive groups whose documents touch nothing another of the group touches (the same
+    document id, or the same series identity over overlapping spans), so a group can be written with
+    one statement per step and give what saving its documents one after another gives."""
+    waves: list[list[_Prepared]] = []
+    ids: set[tuple[str, str]] = set()
+    spans: dict[tuple[object, ...], list[tuple[datetime, datetime]]] = {}
+    for p in prepared:
+        ident = (p.source, p.doc.document_id)
+        clash = ident in ids or any(
+            p.span is not None and any(a < p.span[1] and p.span[0] < b for a, b in spans.get(k, ()))
+            for k in p.replaced()
+        )
+        if clash or not waves:
+            waves.append([])
+            ids.clear()
+            spans.clear()
+        waves[-1].append(p)
+        ids.add(ident)
+        if p.span is not None:
+            for k in p.replaced():
+                spans.setdefault(k, []).append(p.span)
+    return waves
 
 
 async def save_document(
@@ -196,227 +300,291 @@ async def save_document(
     docstring for the rules. `warnings` gives the thresholds and configured borders the affected borders
     are assessed with (defaults otherwise). Raises StoreError for a document the store refuses, asyncpg
     errors for a database that fails; either way nothing of the document stays stored."""
+    return (await save_documents(conn, [doc], fetched_at, warnings))[0]
+
+
+async def save_documents(
+    conn: Conn, docs: Sequence[MarketDocument], fetched_at: datetime, warnings: WarningPolicy | None = None
+) -> list[SaveResult]:
+    """Store `docs` in one transaction, each by the rules of `save_document`, with a few statements
+    for all of them instead of several per document; the results in the order given. Every document
+    is checked before anything is written: a StoreError for any of them writes none, and a database
+    error rolls all of them back, so no document is ever half-stored (a caller that wants the others
+    stored anyway saves them again without the one named)."""
     fetched = _aware(fetched_at, "fetched_at")
-    source = doc.source.value
-    zones = _zones(doc)
+    prepared = [_prepare(i, doc) for i, doc in enumerate(docs)]
+    results: list[SaveResult | None] = [None] * len(prepared)
+    policy = warnings or WarningPolicy()
     async with conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"market:{source}:{doc.document_id}"
-        )
-        held = await conn.fetchval(
-            "SELECT max(revision) FROM market.documents WHERE source = $1 AND document_id = $2",
-            source,
-            doc.document_id,
-        )
-        span = _span(doc)
+        for wave in _waves(prepared):
+            for p, result in await _save_wave(conn, wave, fetched, policy):
+                results[p.index] = result
+    return [r for r in results if r is not None]
 
-        def result(
-            outcome: SaveOutcome, written: int = 0, replaced: int = 0, assessed: Assessed | None = None
-        ) -> SaveResult:
-            return SaveResult(
-                outcome,
-                source,
-                doc.document_id,
-                doc.revision,
-                doc.kind.value,
-                fetched,
-                zones,
-                span,
-                written,
-                replaced,
-                assessed.changed if assessed else (),
-                assessed.cleared if assessed else (),
-            )
 
-        if held is not None and held == doc.revision:
-            return result(SaveOutcome.UNCHANGED)
-        if held is not None and held > doc.revision:
-            return result(SaveOutcome.OUTDATED)
-        created = _aware(doc.created_at, "created_at") if doc.created_at is not None else None
-        old: set[_Row] = set()
-        new: set[_Row] = set()
-        if held is not None:
-            # An earlier revision of this document: its values go, also those of a series the new
-            # revision no longer has at all.
-            await _delete_document(conn, source, doc.document_id, old)
-        if span is not None:
-            await _replace(conn, doc, span, old, new)
-        await conn.execute(
-            "INSERT INTO market.documents (source, document_id, revision, kind, fetched_at, created_at,"
-            " interval_start, interval_end, no_data_reason, zones, value_count)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            source,
-            doc.document_id,
-            doc.revision,
-            doc.kind.value,
-            fetched,
-            created,
-            span[0] if span else None,
-            span[1] if span else None,
-            doc.no_data_reason,
-            list(zones),
-            len(new),
-        )
-        if doc.kind is DocumentKind.NO_DATA or (not new and not old):
-            return result(SaveOutcome.STORED if doc.kind is DocumentKind.NO_DATA else SaveOutcome.UNCHANGED)
-        if old == new:
-            return result(SaveOutcome.UNCHANGED, len(new), len(old))
-        outcome = SaveOutcome.REVISED if old else SaveOutcome.STORED
+def _result(
+    p: _Prepared,
+    fetched: datetime,
+    outcome: SaveOutcome,
+    written: int = 0,
+    replaced: int = 0,
+    assessed: Assessed | None = None,
+) -> SaveResult:
+    return SaveResult(
+        outcome,
+        p.source,
+        p.doc.document_id,
+        p.doc.revision,
+        p.doc.kind.value,
+        fetched,
+        p.zones,
+        p.span,
+        written,
+        replaced,
+        assessed.changed if assessed else (),
+        assessed.cleared if assessed else (),
+    )
+
+
+async def _save_wave(
+    conn: Conn, wave: list[_Prepared], fetched: datetime, policy: WarningPolicy
+) -> list[tuple[_Prepared, SaveResult]]:
+    # Locks in one order whoever takes them, so two savers of overlapping batches never deadlock.
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::text[]) AS k",
+        sorted({p.lock for p in wave}),
+    )
+    rows = await conn.fetch(
+        "SELECT d.source, d.document_id, max(d.revision) AS held FROM market.documents d"
+        " JOIN unnest($1::text[], $2::text[]) AS k(s, i) ON d.source = k.s AND d.document_id = k.i GROUP BY 1, 2",
+        [p.source for p in wave],
+        [p.doc.document_id for p in wave],
+    )
+    held = {(r["source"], r["document_id"]): r["held"] for r in rows}
+    done: list[tuple[_Prepared, SaveResult]] = []
+    live: list[_Prepared] = []
+    earlier: list[_Prepared] = []
+    for p in wave:
+        revision = held.get((p.source, p.doc.document_id))
+        if revision is not None and revision == p.doc.revision:
+            done.append((p, _result(p, fetched, SaveOutcome.UNCHANGED)))
+        elif revision is not None and revision > p.doc.revision:
+            done.append((p, _result(p, fetched, SaveOutcome.OUTDATED)))
+        else:
+            live.append(p)
+            if revision is not None:
+                earlier.append(p)
+    if not live:
+        return done
+    if earlier:
+        # An earlier revision of these documents: its values go, also those of a series the new
+        # revision no longer has at all.
+        await _delete_documents(conn, earlier)
+    await _replace(conn, [p for p in live if p.span is not None])
+    await _insert(conn, live)
+    await conn.execute(
+        "INSERT INTO market.documents (source, document_id, revision, kind, fetched_at, created_at,"
+        " interval_start, interval_end, no_data_reason, zones, value_count)"
+        " SELECT s, i, r, k, $1, c, a, b, n, ARRAY(SELECT jsonb_array_elements_text(z::jsonb)), v"
+        " FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::timestamptz[], $7::timestamptz[],"
+        " $8::timestamptz[], $9::text[], $10::text[], $11::int[]) AS t(s, i, r, k, c, a, b, n, z, v)",
+        fetched,
+        [p.source for p in live],
+        [p.doc.document_id for p in live],
+        [p.doc.revision for p in live],
+        [p.doc.kind.value for p in live],
+        [p.created for p in live],
+        [p.span[0] if p.span else None for p in live],
+        [p.span[1] if p.span else None for p in live],
+        [p.doc.no_data_reason for p in live],
+        [json.dumps(list(p.zones)) for p in live],
+        [p.rows for p in live],
+    )
+    changed: list[tuple[_Prepared, SaveOutcome]] = []
+    for p in live:
+        written, replaced = p.rows, len(p.old)
+        if p.doc.kind is DocumentKind.NO_DATA:
+            done.append((p, _result(p, fetched, SaveOutcome.STORED)))
+        elif not written and not replaced:
+            done.append((p, _result(p, fetched, SaveOutcome.UNCHANGED)))
+        elif p.old and p.old == p.new():
+            done.append((p, _result(p, fetched, SaveOutcome.UNCHANGED, written, replaced)))
+        else:
+            changed.append((p, SaveOutcome.REVISED if p.old else SaveOutcome.STORED))
+    assess = await _assessed(conn, [p for p, _ in changed], policy)
+    payloads: list[str] = []
+    for p, outcome in changed:
         assessed = Assessed()
-        if span is not None:
-            origin = (source, doc.document_id, doc.revision)
+        if p.span is not None and p.index in assess:
+            origin = (p.source, p.doc.document_id, p.doc.revision)
             try:
-                assessed = await assess_stored(conn, doc, span, warnings or WarningPolicy(), origin)
+                assessed = await assess_stored(conn, p.doc, p.span, policy, origin)
             except AnalyticsError as exc:  # the document goes back with its warnings: nothing half-stored
-                raise StoreError(f"{doc.document_id}: assessing its borders: {exc}") from None
+                raise StoreError(f"{p.doc.document_id}: assessing its borders: {exc}") from None
         publication = Publication(
-            source,
-            doc.document_id,
-            doc.revision,
-            doc.kind.value,
+            p.source,
+            p.doc.document_id,
+            p.doc.revision,
+            p.doc.kind.value,
             outcome,
             fetched,
-            zones,
-            span,
+            p.zones,
+            p.span,
             len(assessed.changed),
             len(assessed.cleared),
         )
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, publication.to_json())
-        return result(outcome, len(new), len(old), assessed)
+        payloads.append(publication.to_json())
+        done.append((p, _result(p, fetched, outcome, p.rows, len(p.old), assessed)))
+    if payloads:
+        await conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", NOTIFY_CHANNEL, payloads)
+    return done
 
 
-async def _delete_document(conn: Conn, source: str, document_id: str, old: set[_Row]) -> None:
-    rows = await conn.fetch(
-        "DELETE FROM market.prices WHERE source = $1 AND document_id = $2"
-        " RETURNING zone, product, auction, sequence, geography, delivery_start, resolution_s, value",
-        source,
-        document_id,
+async def _assessed(conn: Conn, changed: list[_Prepared], policy: WarningPolicy) -> set[int]:
+    """The documents (by index) whose borders need assessing: every flows or capacities document, and a
+    day-ahead price document when a configured border or a stored flow or capacity touches its zone on
+    its days (one query for all of them; most backfilled prices have none)."""
+    wanted = {p.index for p in changed if p.doc.kind in (DocumentKind.FLOWS, DocumentKind.CAPACITIES)}
+    priced = [p for p in changed if p.doc.kind is DocumentKind.PRICES and p.span is not None]
+    zones = {s.zone for p in priced for s in p.doc.prices if day_ahead(s)}
+    if not zones:
+        return wanted
+    configured = {z for b in policy.borders for z in b}
+    spans = [p.span for p in priced if p.span is not None]
+    start = min(s[0] for s in spans) - timedelta(days=1)
+    end = max(s[1] for s in spans) + timedelta(days=1)
+    touching = (
+        "(out_zone = ANY($1::text[]) OR in_zone = ANY($1::text[])) AND delivery_start >= $2 AND delivery_start < $3"
     )
-    old.update(("prices", (r[0], r[1], r[2], r[3], r[4]), r[5], r[6], r[7]) for r in rows)
+    rows = await conn.fetch(
+        f"SELECT out_zone, in_zone FROM market.flows WHERE {touching}"
+        f" UNION SELECT out_zone, in_zone FROM market.capacities WHERE {touching}",
+        sorted(zones),
+        start,
+        end,
+    )
+    bordered = configured | {r["out_zone"] for r in rows} | {r["in_zone"] for r in rows}
+    wanted.update(p.index for p in priced if any(day_ahead(s) and s.zone in bordered for s in p.doc.prices))
+    return wanted
+
+
+async def _delete_documents(conn: Conn, docs: list[_Prepared]) -> None:
+    by_n = {n: p for n, p in enumerate(docs)}
+    keys = ([n for n in by_n], [p.source for p in docs], [p.doc.document_id for p in docs])
+    rows = await conn.fetch(
+        "DELETE FROM market.prices p USING unnest($1::int[], $2::text[], $3::text[]) AS k(n, s, i)"
+        " WHERE p.source = k.s AND p.document_id = k.i"
+        " RETURNING k.n, p.zone, p.product, p.auction, p.sequence, p.geography, p.delivery_start, p.resolution_s,"
+        " p.value",
+        *keys,
+    )
+    for r in rows:
+        by_n[r[0]].old.add(("prices", (r[1], r[2], r[3], r[4], r[5]), r[6], r[7], r[8]))
     for table in ("flows", "capacities"):
         rows = await conn.fetch(
-            f"DELETE FROM market.{table} WHERE source = $1 AND document_id = $2"
-            " RETURNING out_zone, in_zone, delivery_start, resolution_s, value",
-            source,
-            document_id,
+            f"DELETE FROM market.{table} p USING unnest($1::int[], $2::text[], $3::text[]) AS k(n, s, i)"
+            " WHERE p.source = k.s AND p.document_id = k.i"
+            " RETURNING k.n, p.out_zone, p.in_zone, p.delivery_start, p.resolution_s, p.value",
+            *keys,
         )
-        old.update((table, (r[0], r[1]), r[2], r[3], r[4]) for r in rows)
+        for r in rows:
+            by_n[r[0]].old.add((table, (r[1], r[2]), r[3], r[4], r[5]))
 
 
-async def _replace(
-    conn: Conn, doc: MarketDocument, span: tuple[datetime, datetime], old: set[_Row], new: set[_Row]
-) -> None:
-    """Delete the values of the document's series identities inside `span` (into `old`) and write the
-    document's slots (into `new`)."""
-    start, end = span
-    source, document_id, revision = doc.source.value, doc.document_id, doc.revision
-    price_ids = {(s.zone, s.product.value, s.auction, s.sequence, s.geography) for s in doc.prices}
-    for ident in sorted(price_ids):
-        zone, product, auction, sequence, geography = ident
+async def _replace(conn: Conn, docs: list[_Prepared]) -> None:
+    """Delete the values of each document's series identities inside its span (into its `old`)."""
+    by_n = {n: p for n, p in enumerate(docs)}
+    idents = sorted({(n, ident) for n, p in by_n.items() for ident, *_ in p.prices})
+    if idents:
         rows = await conn.fetch(
-            "DELETE FROM market.prices WHERE zone = $1 AND product = $2 AND auction = $3 AND sequence = $4"
-            " AND geography = $5 AND delivery_start >= $6 AND delivery_start < $7"
-            " RETURNING delivery_start, resolution_s, value",
-            zone,
-            product,
-            auction,
-            sequence,
-            geography,
-            start,
-            end,
+            "DELETE FROM market.prices p USING unnest($1::int[], $2::text[], $3::smallint[], $4::smallint[],"
+            " $5::int[], $6::text[], $7::timestamptz[], $8::timestamptz[])"
+            " AS k(n, zone, product, auction, sequence, geography, s, e)"
+            " WHERE p.zone = k.zone AND p.product = k.product AND p.auction = k.auction AND p.sequence = k.sequence"
+            " AND p.geography = k.geography AND p.delivery_start >= k.s AND p.delivery_start < k.e"
+            " RETURNING k.n, p.zone, p.product, p.auction, p.sequence, p.geography, p.delivery_start,"
+            " p.resolution_s, p.value",
+            [n for n, _ in idents],
+            *([ident[i] for _, ident in idents] for i in range(5)),
+            [_span_of(by_n[n])[0] for n, _ in idents],
+            [_span_of(by_n[n])[1] for n, _ in idents],
         )
-        old.update(("prices", ident, r[0], r[1], r[2]) for r in rows)
-    for i, p in enumerate(doc.prices):
-        what = f"{document_id}: prices[{i}]"
-        res = _resolution_s(p.resolution, what)
-        starts, values = _columns(p.slots, what)
-        await _insert_prices(conn, p, res, starts, values, source, document_id, revision)
-        ident = (p.zone, p.product.value, p.auction, p.sequence, p.geography)
-        new.update(("prices", ident, s, res, v) for s, v in zip(starts, values, strict=True))
-    borders_by_table: tuple[tuple[str, tuple[FlowSeries | CapacitySeries, ...]], ...] = (
-        ("flows", doc.flows),
-        ("capacities", doc.capacities),
-    )
-    for table, series in borders_by_table:
-        borders = {(s.out_zone, s.in_zone) for s in series}
-        for out_zone, in_zone in sorted(borders):
-            rows = await conn.fetch(
-                f"DELETE FROM market.{table} WHERE out_zone = $1 AND in_zone = $2"
-                " AND delivery_start >= $3 AND delivery_start < $4 RETURNING delivery_start, resolution_s, value",
-                out_zone,
-                in_zone,
-                start,
-                end,
-            )
-            old.update((table, (out_zone, in_zone), r[0], r[1], r[2]) for r in rows)
-        for i, b in enumerate(series):
-            what = f"{document_id}: {table}[{i}]"
-            res = _resolution_s(b.resolution, what)
-            starts, values = _columns(b.slots, what)
-            await _insert_border(conn, table, b, res, starts, values, source, document_id, revision)
-            new.update((table, (b.out_zone, b.in_zone), s, res, v) for s, v in zip(starts, values, strict=True))
+        for r in rows:
+            by_n[r[0]].old.add(("prices", (r[1], r[2], r[3], r[4], r[5]), r[6], r[7], r[8]))
+    for table in ("flows", "capacities"):
+        borders = sorted({(n, b[1]) for n, p in by_n.items() for b in p.borders if b[0] == table})
+        if not borders:
+            continue
+        rows = await conn.fetch(
+            f"DELETE FROM market.{table} p USING unnest($1::int[], $2::text[], $3::text[], $4::timestamptz[],"
+            " $5::timestamptz[]) AS k(n, o, i, s, e)"
+            " WHERE p.out_zone = k.o AND p.in_zone = k.i AND p.delivery_start >= k.s AND p.delivery_start < k.e"
+            " RETURNING k.n, p.out_zone, p.in_zone, p.delivery_start, p.resolution_s, p.value",
+            [n for n, _ in borders],
+            [b[0] for _, b in borders],
+            [b[1] for _, b in borders],
+            [_span_of(by_n[n])[0] for n, _ in borders],
+            [_span_of(by_n[n])[1] for n, _ in borders],
+        )
+        for r in rows:
+            by_n[r[0]].old.add((table, (r[1], r[2]), r[3], r[4], r[5]))
 
 
-async def _insert_prices(
-    conn: Conn,
-    p: PriceSeries,
-    resolution_s: int,
-    starts: list[datetime],
-    values: list[float],
-    source: str,
-    document_id: str,
-    revision: int,
-) -> None:
-    await conn.execute(
-        "INSERT INTO market.prices (zone, product, auction, sequence, geography, delivery_start, resolution_s,"
-        " value, currency, unit, source, document_id, revision)"
-        " SELECT $1, $2, $3, $4, $5, t.s, $6, t.v, $7, $8, $9, $10, $11"
-        " FROM unnest($12::timestamptz[], $13::float8[]) AS t(s, v)"
-        " ON CONFLICT (zone, product, auction, sequence, geography, delivery_start, resolution_s) DO UPDATE SET"
-        " value = EXCLUDED.value, currency = EXCLUDED.currency, unit = EXCLUDED.unit, source = EXCLUDED.source,"
-        " document_id = EXCLUDED.document_id, revision = EXCLUDED.revision",
-        p.zone,
-        p.product.value,
-        p.auction,
-        p.sequence,
-        p.geography,
-        resolution_s,
-        p.currency,
-        p.unit,
-        source,
-        document_id,
-        revision,
-        starts,
-        values,
-    )
+def _span_of(p: _Prepared) -> tuple[datetime, datetime]:
+    assert p.span is not None  # only documents with a span have values to replace
+    return p.span
 
 
-async def _insert_border(
-    conn: Conn,
-    table: str,
-    b: FlowSeries | CapacitySeries,
-    resolution_s: int,
-    starts: list[datetime],
-    values: list[float],
-    source: str,
-    document_id: str,
-    revision: int,
-) -> None:
-    await conn.execute(
-        f"INSERT INTO market.{table} (out_zone, in_zone, delivery_start, resolution_s, value, source,"
-        " document_id, revision)"
-        " SELECT $1, $2, t.s, $3, t.v, $4, $5, $6 FROM unnest($7::timestamptz[], $8::float8[]) AS t(s, v)"
-        " ON CONFLICT (out_zone, in_zone, delivery_start, resolution_s) DO UPDATE SET value = EXCLUDED.value,"
-        " source = EXCLUDED.source, document_id = EXCLUDED.document_id, revision = EXCLUDED.revision",
-        b.out_zone,
-        b.in_zone,
-        resolution_s,
-        source,
-        document_id,
-        revision,
-        starts,
-        values,
-    )
+_PRICE_COLUMNS: Final = (
+    "zone",
+    "product",
+    "auction",
+    "sequence",
+    "geography",
+    "delivery_start",
+    "resolution_s",
+    "value",
+    "currency",
+    "unit",
+    "source",
+    "document_id",
+    "revision",
+)
+_BORDER_COLUMNS: Final = (
+    "out_zone",
+    "in_zone",
+    "delivery_start",
+    "resolution_s",
+    "value",
+    "source",
+    "document_id",
+    "revision",
+)
+
+
+async def _insert(conn: Conn, docs: list[_Prepared]) -> None:
+    """Write every document's slots with COPY, one per table. No slot can meet a stored row: each lies
+    inside its document's span (checked by _prepare), whose rows of the same series were deleted just
+    before, and no two documents of a group share a series over overlapping spans (_waves); were one to
+    meet, the unique key refuses it and the whole call rolls back, never a silent overwrite."""
+    prices = [
+        (*ident, t, res, v, currency, unit, p.source, p.doc.document_id, p.doc.revision)
+        for p in docs
+        for ident, res, starts, values, currency, unit in p.prices
+        for t, v in zip(starts, values, strict=True)
+    ]
+    if prices:
+        await conn.copy_records_to_table("prices", schema_name="market", records=prices, columns=_PRICE_COLUMNS)
+    for table in ("flows", "capacities"):
+        rows = [
+            (out_zone, in_zone, t, res, v, p.source, p.doc.document_id, p.doc.revision)
+            for p in docs
+            for name, (out_zone, in_zone), res, starts, values in p.borders
+            if name == table
+            for t, v in zip(starts, values, strict=True)
+        ]
+        if rows:
+            await conn.copy_records_to_table(table, schema_name="market", records=rows, columns=_BORDER_COLUMNS)
 
 
 async def save_warnings(conn: Conn, warnings: Sequence[BorderWarning]) -> int:

@@ -19,7 +19,16 @@ import pytest
 from services.market import MarketDocument, PriceSeries, Product, Slot
 from services.market.documents import parse_document
 from services.market.interconnect import Border, BorderHour, BorderWarning, WarningKey
-from services.market.store import NOTIFY_CHANNEL, Publication, SaveOutcome, StoreError, save_document, save_warnings
+from services.market.store import (
+    NOTIFY_CHANNEL,
+    Publication,
+    SaveOutcome,
+    SaveResult,
+    StoreError,
+    save_document,
+    save_documents,
+    save_warnings,
+)
 
 DATA = Path(__file__).parent / "data"
 DE_LU = "10Y1001A1001A82H"
@@ -210,3 +219,120 @@ async def test_warnings_are_upserted_by_their_stable_key_with_their_evidence(con
     evidence = json.loads(rows[0]["evidence"])
     assert [h["start"] for h in evidence["hours"]] == [start.isoformat(), (start + timedelta(hours=1)).isoformat()]
     assert evidence["hours"][0]["utilisation"] == 0.95 and evidence["saturation_threshold"] == 0.9
+
+
+async def _state(conn: asyncpg.Connection) -> dict[str, object]:
+    """Everything a save leaves behind but the times it was written at."""
+    tables = {
+        "prices": "SELECT * FROM market.prices ORDER BY 1, 2, 3, 4, 5, 6, 7",
+        "flows": "SELECT * FROM market.flows ORDER BY 1, 2, 3, 4",
+        "capacities": "SELECT * FROM market.capacities ORDER BY 1, 2, 3, 4",
+        "documents": "SELECT source, document_id, revision, kind, fetched_at, created_at, interval_start,"
+        " interval_end, no_data_reason, zones, value_count FROM market.documents ORDER BY 1, 2, 3",
+        "warnings": "SELECT warning_key, message, evidence::text FROM market.warnings ORDER BY 1",
+    }
+    return {name: [tuple(r) for r in await conn.fetch(sql)] for name, sql in tables.items()}
+
+
+def _sequence_of_saves() -> list[MarketDocument]:
+    """Stored, unchanged, revised, outdated, the same values under a new id, no data, a border whose
+    flows, capacities and both zones' prices raise warnings, and a republished day."""
+    a = _doc("A44_DE-LU_2024-10-06_07_dayahead_PT60M+PT15M_negative.xml")
+    b = _doc("A44_DE-LU_2026-02-02_03_dayahead_PT15M_two_sequences.xml")
+    a_revised = replace(
+        a,
+        revision=a.revision + 1,
+        prices=tuple(replace(s, slots=tuple(Slot(x.start, x.value + 1) for x in s.slots)) for s in a.prices),
+    )
+    first = b.prices[0]
+    republished = replace(
+        b, document_id="another-mrid", prices=(replace(first, slots=(Slot(first.slots[0].start, -5.0),)), *b.prices[1:])
+    )
+    return [
+        a,
+        b,
+        a,
+        a_revised,
+        a,
+        replace(b, document_id=b.document_id + "-again"),
+        _doc("Acknowledgement_999_no_matching_data.xml"),
+        _doc("derived_A11_ES-FR_2024-10-07_flows_saturated.xml"),
+        _doc("derived_A61_ES-FR_2024-10-07_capacity.xml"),
+        _doc("derived_A44_ES_2024-10-07_dayahead.xml"),
+        _doc("derived_A44_FR_2024-10-07_dayahead.xml"),
+        republished,
+    ]
+
+
+async def test_a_batch_leaves_what_saving_its_documents_one_after_another_leaves(conn: asyncpg.Connection) -> None:
+    docs = _sequence_of_saves()
+    one_by_one = [await save_document(conn, doc, FETCHED) for doc in docs]
+    expected = await _state(conn)
+    await conn.execute("TRUNCATE market.documents, market.prices, market.flows, market.capacities, market.warnings")
+
+    batch = await save_documents(conn, docs, FETCHED)
+
+    def summary(r: SaveResult) -> tuple[object, ...]:
+        return (r.outcome, r.document_id, r.revision, r.written, r.replaced, r.zones, r.interval)
+
+    assert [summary(r) for r in batch] == [summary(r) for r in one_by_one]
+    assert [r.outcome.value for r in batch] == [
+        "stored", "stored", "unchanged", "revised", "outdated", "unchanged", "stored",
+        "stored", "stored", "stored", "stored", "revised",
+    ]  # fmt: skip
+    assert await _state(conn) == expected
+    # The same warnings raised; which document of one batch is named as raising one may differ (the
+    # batch assesses after writing all of its group, so the first document of the border raises them).
+    assert {k for r in batch for k in r.warnings} == {k for r in one_by_one for k in r.warnings} != set()
+
+
+async def test_a_batch_with_a_refused_document_writes_none_of_them(conn: asyncpg.Connection) -> None:
+    good = _doc("A44_DE-LU_2024-10-06_07_dayahead_PT60M+PT15M_negative.xml")
+    doc = _doc("A44_DE-LU_2026-02-02_03_dayahead_PT15M_two_sequences.xml")
+    second = doc.prices[1]
+    bad = replace(doc, prices=(doc.prices[0], replace(second, slots=(Slot(second.slots[0].start, math.inf),))))
+    with pytest.raises(StoreError, match=rf"{doc.document_id}: prices\[1\].*inf"):
+        await save_documents(conn, [good, bad], FETCHED)
+    assert await _state(conn) == {"prices": [], "flows": [], "capacities": [], "documents": [], "warnings": []}
+
+
+async def test_a_batch_the_database_refuses_midway_is_rolled_back_whole(conn: asyncpg.Connection) -> None:
+    good = _doc("A44_DE-LU_2024-10-06_07_dayahead_PT60M+PT15M_negative.xml")
+    doc = _doc("A44_DE-LU_2026-02-02_03_dayahead_PT15M_two_sequences.xml")
+    await save_document(conn, doc, FETCHED)
+    before = await _state(conn)
+    start = doc.prices[0].slots[0].start
+    broken = PriceSeries("bad\x00zone", Product.DAY_AHEAD, timedelta(hours=1), (Slot(start, 1),))
+    revised = replace(doc, revision=doc.revision + 1, prices=(*doc.prices, broken))
+    with pytest.raises(asyncpg.PostgresError):
+        await save_documents(conn, [good, revised], FETCHED)
+    assert await _state(conn) == before
+
+
+async def test_a_batch_announces_each_stored_document_in_order(conn: asyncpg.Connection, migrated_url: str) -> None:
+    received: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(migrated_url)
+    try:
+        await listener.add_listener(NOTIFY_CHANNEL, lambda _c, _p, _ch, payload: received.put_nowait(str(payload)))
+        a = _doc("A44_DE-LU_2024-10-06_07_dayahead_PT60M+PT15M_negative.xml")
+        b = _doc("A44_DE-LU_2026-02-02_03_dayahead_PT15M_two_sequences.xml")
+        await save_documents(conn, [a, b, a], FETCHED)
+        await conn.execute("SELECT pg_notify($1, 'marker')", NOTIFY_CHANNEL)
+        payloads = [await asyncio.wait_for(received.get(), timeout=10) for _ in range(3)]
+        assert [Publication.from_json(p).document_id for p in payloads[:2]] == [a.document_id, b.document_id]
+        assert payloads[2] == "marker"  # the unchanged third save announced nothing
+    finally:
+        await listener.close()
+
+
+async def test_a_slot_outside_the_documents_interval_is_refused(conn: asyncpg.Connection) -> None:
+    # A document replaces exactly its interval; a slot beyond it would overwrite what it does not replace.
+    doc = _doc("A44_DE-LU_2024-10-06_07_dayahead_PT60M+PT15M_negative.xml")
+    assert doc.interval is not None
+    narrowed = replace(doc, interval=(doc.interval[0], doc.interval[1] - timedelta(hours=1)))
+    with pytest.raises(StoreError, match="outside the document's interval"):
+        await save_document(conn, narrowed, FETCHED)
+    twice = replace(doc, prices=(doc.prices[0], doc.prices[0]))
+    with pytest.raises(StoreError, match="a series is given once"):
+        await save_document(conn, twice, FETCHED)
+    assert await _prices(conn) == {}
