@@ -6,16 +6,36 @@ site's registry description, and store.py/queries.py keep and read what they mad
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from concurrent.futures import Executor
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
 
+import asyncpg
 from emma.forecast.v1 import forecast_pb2, forecast_pb2_grpc
 
+from services.forecast.errors import ForecastError, ForecastInputError, MissingSiteData
 from services.identity import Access
+from services.names import SiteName
 from services.platform.registration import ServiceSpec, Worker, service_spec
 from services.platform.runtime import Runtime
 
+if TYPE_CHECKING:
+    from services.forecast.backtest import BacktestResult
+    from services.forecast.weather import WeatherConfig
+
 # What other packages may use of forecast; everything else in services/forecast/ is private.
-__all__ = ["DEPENDS_ON", "POLICY", "SERVICES", "TABLES"]
+__all__ = [
+    "DEPENDS_ON",
+    "POLICY",
+    "SERVICES",
+    "TABLES",
+    "ForecastError",
+    "ForecastInputError",
+    "MissingSiteData",
+    "backtest_site",
+    "forecast_site",
+]
 
 # The services this domain may import (their package faces); see docs/architecture.md. The registry
 # for a site's location, calendar and PV description; telemetry for its measured load and PV.
@@ -65,3 +85,64 @@ POLICY: dict[str, Access] = {
     _FC + "RunForecast": Access.OPERATOR,
     _FC + "GetForecastAccuracy": Access.VIEWER,
 }
+
+
+# Entry points for the CLI and the bench. The models (pvlib, pandas) load on first use, so a process
+# that only hosts other services does not pay for importing them.
+
+
+async def forecast_site(
+    pool: asyncpg.Pool,
+    site: SiteName,
+    weather: WeatherConfig | None = None,
+    *,
+    kinds: set[str] | None = None,
+    slots: int = 4 * 48,
+    issue_time: datetime | None = None,
+    creator: str = "scheduler",
+    executor: Executor | None = None,
+) -> uuid.UUID:
+    """Forecast one site now (as the scheduler does) and store the run; returns its id.
+
+    `weather`: the source's settings (default: from the process's EMMA_WEATHER_* variables); `kinds`
+    (pv_power, site_load, net_load) default to all for a site with PV and a location, its load
+    otherwise; `slots` of 15 minutes (1..288); `issue_time` default now; `executor` runs the models
+    (default: the domain's one-thread pool). Raises ForecastError (unknown site), MissingSiteData
+    (PV without description or location) or ForecastInputError (a description the models refuse)."""
+    import os
+
+    from services.forecast.runner import forecast_site as run
+    from services.forecast.weather import WeatherConfig
+
+    return await run(
+        pool,
+        site,
+        weather or WeatherConfig.from_env(os.environ),
+        kinds=kinds,
+        slots=slots,
+        issue_time=issue_time,
+        creator=creator,
+        executor=executor,
+    )
+
+
+async def backtest_site(
+    pool: asyncpg.Pool,
+    site: SiteName,
+    model: Literal["load", "pv"],
+    start: datetime,
+    end: datetime,
+    *,
+    issue_every: timedelta = timedelta(hours=6),
+    horizon_slots: int = 4 * 48,
+    executor: Executor | None = None,
+) -> BacktestResult:
+    """Replay the site's measured load or PV over [start, end) as if live (issues from one day after
+    `start`, every `issue_every`); returns the scores per horizon band next to persistence, same time
+    yesterday and last week (services/forecast/backtest.py BacktestResult). Raises ForecastError,
+    MissingSiteData or ForecastInputError (e.g. no measured history)."""
+    from services.forecast.site_backtest import backtest_site as run
+
+    return await run(
+        pool, site, model, start, end, issue_every=issue_every, horizon_slots=horizon_slots, executor=executor
+    )

@@ -18,6 +18,14 @@ class ForecastInputError(ForecastError):
         self.message = message
 
 
+class MissingSiteData(ForecastError):
+    """The site lacks what a requested kind needs: `missing` is "pv_system" or "location"."""
+
+    def __init__(self, missing: str, message: str) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
 class WeatherError(ForecastError):
     """The weather source gave no usable answer. `retry` says whether asking again later can help
     (True for 429/5xx/timeouts/refused connections, False for a refused query or an unreadable answer)."""

@@ -17,7 +17,7 @@ from typing import Protocol
 import asyncpg
 from emma.registry.v1 import registry_pb2
 
-from services.forecast.errors import ForecastError, WeatherError
+from services.forecast.errors import ForecastError, MissingSiteData, WeatherError
 from services.forecast.load import LOOKBACK_DAYS, forecast_load
 from services.forecast.measured import Measured, read_measured
 from services.forecast.model import SLOT, Forecast, PvArray, PvSystem, WeatherSeries
@@ -35,14 +35,6 @@ NET_LOAD_MODEL = "net-load/1"
 
 class WeatherSource(Protocol):
     async def fetch(self, latitude: float, longitude: float, start: datetime, hours: int) -> WeatherSeries: ...
-
-
-class MissingSiteData(ForecastError):
-    """The site lacks what a requested kind needs: `missing` is "pv_system" or "location"."""
-
-    def __init__(self, missing: str, message: str) -> None:
-        super().__init__(message)
-        self.missing = missing
 
 
 def first_slot(issue_time: datetime) -> datetime:

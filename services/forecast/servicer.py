@@ -14,9 +14,9 @@ from google.protobuf import duration_pb2
 
 from services.errors import ApiError, invalid_field, not_found
 from services.forecast import queries
-from services.forecast.errors import ForecastInputError
+from services.forecast.errors import ForecastInputError, MissingSiteData
 from services.forecast.model import MAX_HORIZON_SLOTS, SLOT
-from services.forecast.runner import MissingSiteData, run_site
+from services.forecast.runner import run_site
 from services.forecast.weather import WeatherConfig
 from services.identity import Access, caller, note_audit
 from services.names import SiteName, parse_site
