@@ -5,16 +5,48 @@ checks.py, model.py, baseline.py, solve.py, plan.py) is pure: no I/O, no clock.
 
 from __future__ import annotations
 
+from typing import Any
+
+from emma.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
+
 from services.identity import Access
-from services.platform.registration import ServiceSpec
+from services.platform.registration import ServiceSpec, service_spec
+from services.platform.runtime import Runtime
 
 # What other packages may use of optimizer; everything else in services/optimizer/ is private.
 __all__ = ["DEPENDS_ON", "POLICY", "SERVICES", "TABLES"]
 
-# The services this domain may import (their package faces); see docs/architecture.md.
-DEPENDS_ON: tuple[str, ...] = ("identity",)
-# The tables this domain alone reads and writes (none yet: runs are not stored in this release).
-TABLES: tuple[str, ...] = ()
+# The services this domain may import (their package faces); see docs/architecture.md. The registry
+# to check that a run's sites exist.
+DEPENDS_ON: tuple[str, ...] = ("identity", "registry")
+# The tables this domain alone reads and writes (services/migrations/0013_optimizer.sql).
+TABLES: tuple[str, ...] = ("optimizer.runs",)
+
+
+def _optimizer(runtime: Runtime) -> Any:
+    from services.optimizer.servicer import OptimizerServicer
+
+    return OptimizerServicer(runtime)
+
+
 # The gRPC services this domain serves (services/catalog.py hosts them).
-SERVICES: tuple[ServiceSpec, ...] = ()
-POLICY: dict[str, Access] = {}
+SERVICES: tuple[ServiceSpec, ...] = (
+    service_spec(
+        "optimizer",
+        optimizer_pb2,
+        "OptimizerService",
+        optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server,
+        _optimizer,
+    ),
+)
+
+_OPT = "/emma.optimizer.v1.OptimizerService/"
+# Runs and schedules are their organization's data: members read them (VIEWER); a run costs CPU and
+# a schedule steers devices, so running or replaying one is an operator's action.
+POLICY: dict[str, Access] = {
+    _OPT + "RunOptimization": Access.OPERATOR,
+    _OPT + "GetOptimizationRun": Access.VIEWER,
+    _OPT + "ListOptimizationRuns": Access.VIEWER,
+    _OPT + "ReplayOptimizationRun": Access.OPERATOR,
+    _OPT + "GetActiveSchedule": Access.VIEWER,
+}

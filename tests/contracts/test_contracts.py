@@ -24,6 +24,7 @@ EXPECTED_SERVICES = {
     "emma.identity.v1.AuditService",
     "emma.market.v1.MarketDataService",
     "emma.forecast.v1.ForecastService",
+    "emma.optimizer.v1.OptimizerService",
 }
 
 

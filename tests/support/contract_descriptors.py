@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from emma.command.v1 import command_pb2
 from emma.common.v1 import errors_pb2, types_pb2
 from emma.edge.v1 import edge_link_pb2
-from emma.identity.v1 import identity_pb2
 from emma.forecast.v1 import forecast_pb2
+from emma.identity.v1 import identity_pb2
 from emma.market.v1 import market_pb2
+from emma.optimizer.v1 import optimizer_pb2
 from emma.registry.v1 import registry_pb2
 from emma.telemetry.v1 import telemetry_pb2
 from google.protobuf import descriptor as d
@@ -24,6 +25,7 @@ FILES = [
     identity_pb2.DESCRIPTOR,
     market_pb2.DESCRIPTOR,
     forecast_pb2.DESCRIPTOR,
+    optimizer_pb2.DESCRIPTOR,
 ]
 
 

@@ -1,0 +1,103 @@
+"""The optimizer domain's SQL: runs with their inputs, written once and never changed."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+from emma.optimizer.v1 import optimizer_pb2 as pb
+
+from services.platform.migrations import Conn
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    run_id: uuid.UUID
+    org: str
+    inputs: pb.OptimizationInputs
+    result: pb.OptimizationRun  # without inputs
+    creator: str
+    request_id: str | None
+
+
+async def save_run(
+    conn: Conn,
+    run: pb.OptimizationRun,
+    inputs: pb.OptimizationInputs,
+    *,
+    run_id: uuid.UUID,
+    org: str,
+    start: datetime,
+    end: datetime,
+    replay_of: uuid.UUID | None,
+    creator: str,
+    request_id: str | None,
+) -> None:
+    state = "succeeded" if run.state == pb.OPTIMIZATION_RUN_STATE_SUCCEEDED else "failed"
+    await conn.execute(
+        """INSERT INTO optimizer.runs (run_id, org_id, site_names, state, create_time, start_time, end_time,
+                                       objective, replay_of, creator, request_id, inputs, result)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
+        run_id,
+        org,
+        list(run.sites),
+        state,
+        run.create_time.ToDatetime().replace(tzinfo=start.tzinfo),
+        start,
+        end,
+        run.objective_value if state == "succeeded" else None,
+        replay_of,
+        creator,
+        request_id,
+        inputs.SerializeToString(deterministic=True),
+        run.SerializeToString(deterministic=True),
+    )
+
+
+def _stored(row: asyncpg.Record) -> StoredRun:
+    inputs = pb.OptimizationInputs()
+    inputs.ParseFromString(bytes(row["inputs"]))
+    result = pb.OptimizationRun()
+    result.ParseFromString(bytes(row["result"]))
+    return StoredRun(
+        uuid.UUID(str(row["run_id"])), str(row["org_id"]), inputs, result, str(row["creator"]), row["request_id"]
+    )
+
+
+async def get_run(conn: Conn, org: str, run_id: uuid.UUID) -> StoredRun | None:
+    row = await conn.fetchrow("SELECT * FROM optimizer.runs WHERE org_id = $1 AND run_id = $2", org, run_id)
+    return None if row is None else _stored(row)
+
+
+async def run_of_request(conn: Conn, creator: str, request_id: str) -> StoredRun | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM optimizer.runs WHERE creator = $1 AND request_id = $2", creator, request_id
+    )
+    return None if row is None else _stored(row)
+
+
+async def list_runs(conn: Conn, org: str, site: str | None, offset: int, limit: int) -> list[StoredRun]:
+    rows = await conn.fetch(
+        """SELECT * FROM optimizer.runs
+           WHERE org_id = $1 AND ($2::text IS NULL OR site_names @> ARRAY[$2::text])
+           ORDER BY create_time DESC, run_id DESC OFFSET $3 LIMIT $4""",
+        org,
+        site,
+        offset,
+        limit,
+    )
+    return [_stored(r) for r in rows]
+
+
+async def active_run(conn: Conn, site: str, now: datetime) -> StoredRun | None:
+    """The newest successful run that plans `site` and whose horizon has not ended."""
+    row = await conn.fetchrow(
+        """SELECT * FROM optimizer.runs
+           WHERE site_names @> ARRAY[$1::text] AND state = 'succeeded' AND start_time <= $2 AND end_time > $2
+           ORDER BY create_time DESC, run_id DESC LIMIT 1""",
+        site,
+        now,
+    )
+    return None if row is None else _stored(row)
