@@ -441,15 +441,21 @@ class Runner:
         replica: str,
         rng: Callable[[], float] = random.random,
         warnings: WarningPolicy | None = None,
+        lease_s: float | None = None,
     ) -> None:
         self.pool = pool
         self.clients = clients
         self.config = config
         self.replica = replica
+        self.lease_s = lease_s
         self._rng = rng
         self.warnings = warnings or WarningPolicy(borders=config.borders)
 
     async def run(self, job: Job, attempt: int, now: datetime) -> Outcome:
+        if self.lease_s is not None and not await self._renew(job, self.lease_s):
+            # Claimed with a batch whose earlier fetches outlasted this job's lease: another replica
+            # has it now, so fetching it here too would fetch one document twice.
+            return Outcome(job, "lost", "another replica took the job over (lease expired before its fetch began)")
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT etag, last_modified FROM market.fetch_queries WHERE query_key = $1", job.query.key
@@ -483,6 +489,20 @@ class Runner:
         except StoreError as exc:  # the store refused the document: storing it again cannot help
             return await self._failed(job, attempt, now, source, f"StoreError: {exc}", retry=False)
         return Outcome(job, status, ", ".join(f"{d.document_id} revision {d.revision}" for d in docs))
+
+    async def _renew(self, job: Job, lease_s: float) -> bool:
+        """Start the job's lease again as its fetch begins: the lease covers one fetch, and the jobs of a
+        claimed batch run one after another. False when another replica has claimed it since (its lease
+        ran out); a job no one took meanwhile is still this replica's, and the renewal keeps it so."""
+        async with self.pool.acquire() as conn:
+            renewed = await conn.fetchval(
+                "UPDATE market.fetch_jobs SET lease_until = now() + make_interval(secs => $3)"
+                " WHERE job_key = $1 AND claimed_by = $2 RETURNING true",
+                job.key,
+                self.replica,
+                lease_s,
+            )
+        return bool(renewed)
 
     async def _still_ours(self, conn: Conn, job: Job) -> bool:
         holder = await conn.fetchval("SELECT claimed_by FROM market.fetch_jobs WHERE job_key = $1 FOR UPDATE", job.key)
@@ -623,7 +643,7 @@ class MarketScheduler:
         self.clients = Clients(sources)
         # Stored flows, capacities and day-ahead prices re-assess their borders' warnings.
         policy = WarningPolicy(interconnect or InterconnectConfig(), config.borders)
-        self.runner = Runner(pool, self.clients, config, replica, warnings=policy)
+        self.runner = Runner(pool, self.clients, config, replica, warnings=policy, lease_s=self.lease_s)
         self._task: asyncio.Task[None] | None = None
         self._cleaned_at: datetime | None = None
         self.outcomes: list[Outcome] = []  # what this replica did, most recent last (bounded)
@@ -706,7 +726,7 @@ async def run_backfill(
     lease_s = fetch_lease_s(config, sources)
     clients = Clients(sources)
     policy = WarningPolicy(interconnect or InterconnectConfig(), config.borders)
-    runner = Runner(pool, clients, config, replica, warnings=policy)
+    runner = Runner(pool, clients, config, replica, warnings=policy, lease_s=lease_s)
     outcomes: list[Outcome] = []
     try:
         for job in jobs:

@@ -17,7 +17,15 @@ import pytest
 
 from launcher.market_replay import Fault
 from launcher.market_replay.recordings import RECORDINGS, Catalog
-from services.market.scheduler import MarketScheduler, Outcome, SchedulerConfig, SchedulerConfigError, plan
+from services.market.scheduler import (
+    MarketScheduler,
+    Outcome,
+    SchedulerConfig,
+    SchedulerConfigError,
+    add_jobs,
+    claim_due,
+    plan,
+)
 from services.market.sources import SourcesConfig
 from tests.support.market_replay import ENTSOE_TOKEN, ESIOS_TOKEN, replay_server, sources_config
 
@@ -291,3 +299,28 @@ def test_the_plan_follows_the_publications() -> None:
     # Without an ENTSO-E token only REE is asked (ENTSO-E would refuse every request).
     ree_only = plan(config, SourcesConfig(), datetime(2025, 10, 6, 20, 45, tzinfo=CET))
     assert {j.query.product for j in ree_only} == {"redata"}
+
+
+async def test_a_job_taken_over_before_its_fetch_began_is_not_fetched_twice(pool: asyncpg.Pool) -> None:
+    # The jobs of a claimed batch run one after another, each lease covering one fetch: the last job of a
+    # batch behind slow fetches can see its lease run out and another replica take it before it starts.
+    at = [AFTER_AUCTION]
+    async with replay_server() as server:
+        sources = sources_config(server.url)
+        one = scheduler(pool, sources, at, "replica-1")
+        two = scheduler(pool, sources, at, "replica-2")
+        try:
+            async with pool.acquire() as conn:
+                await add_jobs(conn, plan(CONFIG, sources, at[0]))
+                claimed = await claim_due(conn, "replica-1", at[0], 2, lease_s=0.001)
+            await asyncio.sleep(0.05)  # replica-1's leases have run out (as behind slow fetches)
+            async with pool.acquire() as conn:
+                taken = await claim_due(conn, "replica-2", at[0], 100, two.lease_s)
+            assert {job.key for job, _ in claimed} <= {job.key for job, _ in taken}
+            job, attempt = claimed[-1]
+            outcome = await one.runner.run(job, attempt, at[0])
+        finally:
+            await one.stop()
+            await two.stop()
+    assert outcome.status == "lost"
+    assert server.seen == []  # replica-1 asked the source nothing for a job it no longer held
