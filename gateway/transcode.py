@@ -13,18 +13,15 @@ import asyncio
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import grpc
-from google.api import field_behavior_pb2
-from google.protobuf import descriptor as d
-from google.protobuf import json_format
 from google.protobuf.message import Message
 from starlette.types import Receive, Scope, Send
 
 from gateway.binding import message_class
 from gateway.errors import HttpError, from_rpc_error
+from gateway.json_encoder import message_to_dict
 from gateway.routes import Route
 
 Metadata = Sequence[tuple[str, str]]
@@ -36,53 +33,6 @@ SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
 
 
-# types-protobuf types extensions as generic descriptors the googleapis stubs do not declare.
-_FIELD_BEHAVIOR: Any = field_behavior_pb2.field_behavior
-
-
-def _is_input_only(f: d.FieldDescriptor) -> bool:
-    return field_behavior_pb2.INPUT_ONLY in f.GetOptions().Extensions[_FIELD_BEHAVIOR]
-
-
-@cache
-def _reaches_input_only(message: d.Descriptor) -> bool:
-    seen: set[str] = set()
-
-    def walk(m: d.Descriptor) -> bool:
-        if m.full_name in seen:
-            return False
-        seen.add(m.full_name)
-        return any(_is_input_only(f) or (f.message_type is not None and walk(f.message_type)) for f in m.fields)
-
-    return walk(message)
-
-
-def _drop_input_only(message: Any, doc: Any) -> None:
-    """Delete every INPUT_ONLY field from a message's JSON: AIP-203 says they are not output, and
-    printing fields with their defaults would otherwise show `"password": ""` to every client."""
-    if not isinstance(doc, dict) or not _reaches_input_only(message):
-        return
-    for f in message.fields:
-        if f.json_name not in doc:
-            continue
-        if _is_input_only(f):
-            del doc[f.json_name]
-            continue
-        if f.message_type is None:
-            continue
-        value = doc[f.json_name]
-        if f.message_type.GetOptions().map_entry:
-            value_type = f.message_type.fields_by_name["value"].message_type
-            if value_type is not None and isinstance(value, dict):
-                for item in value.values():
-                    _drop_input_only(value_type, item)
-        elif isinstance(value, list):
-            for item in value:
-                _drop_input_only(f.message_type, item)
-        else:
-            _drop_input_only(f.message_type, value)
-
-
 def to_json(route: Route, message: Message) -> Any:
     """proto3 canonical JSON (json_format) of an answer, narrowed to response_body when the rule has one.
 
@@ -90,8 +40,7 @@ def to_json(route: Route, message: Message) -> Any:
     `"value": 0` rather than a missing key; int64 stay strings and enums names, as proto3 JSON says.
     INPUT_ONLY fields are never printed.
     """
-    doc = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
-    _drop_input_only(message.DESCRIPTOR, doc)
+    doc = message_to_dict(message)
     if route.response_field is not None:
         return doc.get(route.response_field.json_name)
     return doc
