@@ -28,6 +28,7 @@ from core.errors import ConfigError, EmmaError
 from edge_daemon.config import demo_site_dict
 from edge_daemon.private_files import restrict_dir, write_private_text
 from edge_daemon.site_toml import dump_site_toml
+from launcher.cloud_client import cloud_channel, failure_text
 from services.names import ID_PATTERN
 
 PASSWORD_ENV = "EMMA_PASSWORD"
@@ -118,22 +119,6 @@ def request_from_args(args: argparse.Namespace, env: dict[str, str]) -> InitRequ
     )
 
 
-def _channel(req: InitRequest) -> grpc.aio.Channel:
-    if not req.tls:
-        return grpc.aio.insecure_channel(req.cloud)
-    try:
-        roots = req.ca_file.read_bytes() if req.ca_file is not None else None
-    except OSError as exc:
-        raise ConfigError(f"--ca-file {req.ca_file}: {exc.strerror}") from None
-    return grpc.aio.secure_channel(req.cloud, grpc.ssl_channel_credentials(roots))
-
-
-def _failed(what: str, exc: grpc.aio.AioRpcError, cloud: str) -> EdgeInitError:
-    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return EdgeInitError(f"{what}: cannot reach the cloud at {cloud} ({exc.details()}); is it running?")
-    return EdgeInitError(f"{what}: {exc.code().name}: {exc.details()}")
-
-
 async def _existing(call: Callable[[], Any]) -> Any | None:
     """The resource, or None when the cloud says NOT_FOUND."""
     try:
@@ -174,7 +159,7 @@ async def init_edge(req: InitRequest, say: Callable[[str], None] = print) -> Pat
     key_file = req.folder / "edge.key"
     site_file = req.folder / "site.toml"
     step = f"logging in as {req.email}"
-    async with _channel(req) as channel:
+    async with cloud_channel(req.cloud, req.tls, req.ca_file) as channel:
         try:
             login = await identity_pb2_grpc.IdentityServiceStub(channel).Login(
                 identity_pb2.LoginRequest(email=req.email, password=req.password), timeout=CALL_TIMEOUT_S
@@ -235,7 +220,7 @@ async def init_edge(req: InitRequest, say: Callable[[str], None] = print) -> Pat
                 write_private_text(key_file, key.key + "\n")
                 say(f"emma edge init: created {key.name}; key written to {key_file} (0600)")
         except grpc.aio.AioRpcError as exc:
-            raise _failed(step, exc, req.cloud) from None
+            raise EdgeInitError(failure_text(step, exc, req.cloud)) from None
 
     if site_file.exists():
         say(f"emma edge init: {site_file} exists; left as it is (delete it to generate it again)")

@@ -26,6 +26,7 @@ from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from core.errors import ConfigError, EmmaError
+from launcher.cloud_client import cloud_channel, failure_text
 from launcher.market_cli import _utc
 from services.errors import ServiceError
 from services.names import parse_site
@@ -128,22 +129,6 @@ def horizon_of(hours: float) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=int(seconds))
 
 
-def _channel(c: Connection) -> grpc.aio.Channel:
-    if not c.tls:
-        return grpc.aio.insecure_channel(c.cloud)
-    try:
-        roots = c.ca_file.read_bytes() if c.ca_file is not None else None
-    except OSError as exc:
-        raise ConfigError(f"--ca-file {c.ca_file}: {exc.strerror}") from None
-    return grpc.aio.secure_channel(c.cloud, grpc.ssl_channel_credentials(roots))
-
-
-def failed(what: str, exc: grpc.aio.AioRpcError, cloud: str) -> ForecastCliError:
-    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return ForecastCliError(f"{what}: cannot reach the cloud at {cloud} ({exc.details()}); is it running?")
-    return ForecastCliError(f"{what}: {exc.code().name}: {exc.details()}")
-
-
 def _kind(kind: forecast_pb2.ForecastKind.ValueType) -> str:
     return forecast_pb2.ForecastKind.Name(kind).removeprefix("FORECAST_KIND_").lower()
 
@@ -195,7 +180,7 @@ async def run_forecast(
     say: Callable[[str], None] = print,
 ) -> forecast_pb2.ForecastRun:
     step = f"logging in as {c.email}"
-    async with _channel(c) as channel:
+    async with cloud_channel(c.cloud, c.tls, c.ca_file) as channel:
         try:
             login = await identity_pb2_grpc.IdentityServiceStub(channel).Login(
                 identity_pb2.LoginRequest(email=c.email, password=c.password), timeout=CALL_TIMEOUT_S
@@ -229,7 +214,7 @@ async def run_forecast(
                 )
                 full = {f.name: f for f in listed.forecasts if f.run == run.name}
         except grpc.aio.AioRpcError as exc:
-            raise failed(step, exc, c.cloud) from None
+            raise ForecastCliError(failure_text(step, exc, c.cloud)) from None
     for line in run_lines(run, full):
         say(line)
     return run
