@@ -16,7 +16,7 @@ import sys
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from core.errors import ConfigError, EmmaError
 from launcher.cloud_client import cloud_channel, failure_text
-from launcher.market_cli import _utc
+from launcher.market_cli import _utc, day_of, operator_dsn
 from services.errors import ServiceError
 from services.names import parse_site
 
@@ -83,6 +83,21 @@ def add_forecast_parser(sub: Any) -> None:
     run.add_argument(
         "--request-id", help="idempotency key: the same id again returns the stored run (default: a new UUID)"
     )
+
+    backtest = forecast_sub.add_parser(
+        "backtest",
+        help="replay a site's measured history as if live and score the forecasts",
+        description="Forecast --site's measured load (or PV) every --every-hours over --from..--to (UTC days) as if "
+        "live: each forecast sees only what was measured before its issue time and is scored against what was "
+        "measured after it, next to persistence, the same time yesterday and last week, per horizon band. Reads the "
+        "database directly (DATABASE_URL, else the running emma up's); changes nothing.",
+    )
+    backtest.add_argument("--site", required=True, help="organizations/{org}/sites/{site}")
+    backtest.add_argument("--from", dest="first", required=True, type=day_of, help="first day, YYYY-MM-DD (UTC)")
+    backtest.add_argument("--to", dest="last", required=True, type=day_of, help="last day, YYYY-MM-DD (UTC), included")
+    backtest.add_argument("--model", choices=("load", "pv"), default="load", help="which series (default load)")
+    backtest.add_argument("--every-hours", type=float, default=6.0, help="hours between issues (default 6)")
+    backtest.add_argument("--state-dir", help="the running emma up's state folder (EMMA_STATE_DIR, default .emma)")
 
 
 def _add_site_flags(p: argparse.ArgumentParser) -> None:
@@ -230,7 +245,65 @@ async def run_forecast_command(args: argparse.Namespace, env: dict[str, str]) ->
     return 0 if run.state == forecast_pb2.FORECAST_RUN_STATE_SUCCEEDED else 1
 
 
+def _score(s: Any) -> str:
+    # services.forecast's Scores (n, mae_w, rmse_w, nmae, bias_w, skill); None where not computed.
+    if s is None:
+        return "-"
+    nmae = "-" if s.nmae is None else f"{s.nmae:.3f}"
+    skill = "-" if s.skill is None else f"{s.skill:+.3f}"
+    return f"MAE {s.mae_w:.1f} W, RMSE {s.rmse_w:.1f} W, nMAE {nmae}, bias {s.bias_w:+.1f} W, skill {skill}"
+
+
+def backtest_lines(site: str, result: Any) -> list[str]:
+    """What `emma forecast backtest` prints: the replay, then per horizon band the model's scores (skill
+    against persistence) and each reference's own."""
+    lines = [
+        f"{site}: {result.model} backtest, {result.issues} forecasts issued "
+        f"{_utc(result.first_issue)} .. {_utc(result.last_issue)}"
+    ]
+    for band in result.bands:
+        lines.append(f"  {band.label}: model: {_score(band.model)} (n {band.model.n})")
+        lines.append(f"  {band.label}: persistence: {_score(band.persistence)}")
+        if band.model_vs_yesterday is not None:
+            lines.append(f"  {band.label}: skill vs same time yesterday {_score(band.model_vs_yesterday)}")
+        if band.model_vs_last_week is not None:
+            lines.append(f"  {band.label}: skill vs same time last week {_score(band.model_vs_last_week)}")
+    lines.extend(f"  degraded: {reason}" for reason in result.degraded)
+    return lines
+
+
+async def run_backtest_command(args: argparse.Namespace, env: dict[str, str]) -> int:
+    from services.forecast import ForecastError, ForecastInputError, MissingSiteData, backtest_site
+    from services.platform import db
+    from services.platform.config import PlatformConfig
+
+    site = parse_site(site_of(args.site), "--site")
+    if args.last < args.first:
+        raise ConfigError(f"--to {args.last} is before --from {args.first}")
+    if not 0.25 <= args.every_hours <= 168:
+        raise ConfigError(f"--every-hours {args.every_hours:g} is not between 0.25 and 168")
+    if args.state_dir:
+        env = {**env, "EMMA_STATE_DIR": args.state_dir}
+    start = datetime.combine(args.first, time(), UTC)
+    end = datetime.combine(args.last, time(), UTC) + timedelta(days=1)
+    dsn, _where = await operator_dsn(env)
+    pool = await db.create_pool(PlatformConfig.from_env(env).database, dsn)
+    try:
+        result = await backtest_site(pool, site, args.model, start, end, issue_every=timedelta(hours=args.every_hours))
+    except MissingSiteData as exc:
+        raise ForecastCliError(f"{args.site}: no {exc.missing} in the registry: {exc}") from None
+    except (ForecastInputError, ForecastError) as exc:
+        raise ForecastCliError(f"{args.site}: {exc}") from None
+    finally:
+        await pool.close()
+    for line in backtest_lines(args.site, result):
+        print(line, flush=True)
+    return 0
+
+
 def run_forecast_cli(args: argparse.Namespace, env: dict[str, str]) -> Coroutine[Any, Any, int]:
     if args.forecast_command == "run":
         return run_forecast_command(args, env)
+    if args.forecast_command == "backtest":
+        return run_backtest_command(args, env)
     raise AssertionError(args.forecast_command)

@@ -49,8 +49,8 @@ def add_market_parser(sub: Any) -> None:
         "any fetch failed.",
     )
     backfill.add_argument("--zone", required=True, help="bidding zone by short name (ES, DE-LU) or EIC")
-    backfill.add_argument("--from", dest="first", required=True, type=_day, help="first delivery day, YYYY-MM-DD")
-    backfill.add_argument("--to", dest="last", required=True, type=_day, help="last delivery day, YYYY-MM-DD")
+    backfill.add_argument("--from", dest="first", required=True, type=day_of, help="first delivery day, YYYY-MM-DD")
+    backfill.add_argument("--to", dest="last", required=True, type=day_of, help="last delivery day, YYYY-MM-DD")
     backfill.add_argument(
         "--product",
         action="append",
@@ -64,7 +64,7 @@ def add_market_parser(sub: Any) -> None:
 MAX_BACKFILL_DAYS = 366
 
 
-def _day(text: str) -> date:
+def day_of(text: str) -> date:
     try:
         return date.fromisoformat(text)
     except ValueError:
@@ -141,7 +141,7 @@ def run_market(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _backfill_dsn(env: dict[str, str]) -> tuple[str, str]:
+async def operator_dsn(env: dict[str, str]) -> tuple[str, str]:
     """(DSN, where it came from): DATABASE_URL, else a running `emma up`'s embedded PostgreSQL."""
     from services.platform.config import PlatformConfig
     from services.platform.embedded_pg import start_embedded_postgres
@@ -182,7 +182,7 @@ async def run_backfill_command(args: argparse.Namespace) -> int:
     scheduler_config = SchedulerConfig.from_env(env)
     interconnect = InterconnectConfig.from_env(env)  # a bad threshold fails before anything is fetched
     products = tuple(args.product) if args.product else zone_products(zone, sources)
-    dsn, where = await _backfill_dsn(env)
+    dsn, where = await operator_dsn(env)
     config = PlatformConfig.from_env(env)
     pool = await db.create_pool(config.database, dsn)
     failed = 0
