@@ -12,8 +12,6 @@ so the same command works against `emma up` and a cloud elsewhere, with the same
 from __future__ import annotations
 
 import argparse
-import getpass
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +26,10 @@ from core.errors import ConfigError, EmmaError
 from edge_daemon.config import demo_site_dict
 from edge_daemon.private_files import restrict_dir, write_private_text
 from edge_daemon.site_toml import dump_site_toml
-from launcher.cloud_client import cloud_channel, failure_text
+from launcher.cloud_client import cloud_channel, failure_text, operator_password, tls_for
 from services.names import ID_PATTERN
 
-PASSWORD_ENV = "EMMA_PASSWORD"
 CALL_TIMEOUT_S = 15.0
-_LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
 
 class EdgeInitError(EmmaError):
@@ -94,12 +90,7 @@ def request_from_args(args: argparse.Namespace, env: dict[str, str]) -> InitRequ
     for flag, value in (("--organization", args.organization), ("--site", args.site), ("--edge", args.edge)):
         if not ID_PATTERN.match(value):
             raise ConfigError(f"{flag} {value!r} is not an id (lowercase letters, digits, hyphens)")
-    password = env.get(PASSWORD_ENV, "")
-    if not password and sys.stdin.isatty():
-        password = getpass.getpass(f"password of {args.email}: ")
-    if not password:
-        raise ConfigError(f"no password: set {PASSWORD_ENV} or run on a terminal to be asked")
-    host = args.cloud.rsplit(":", 1)[0]
+    password = operator_password(env, args.email)
     return InitRequest(
         cloud=args.cloud,
         email=args.email,
@@ -109,7 +100,7 @@ def request_from_args(args: argparse.Namespace, env: dict[str, str]) -> InitRequ
         edge=args.edge,
         # Under .emma by default: ignored by git, so the key file cannot be committed by accident.
         folder=args.dir if args.dir is not None else Path(".emma") / "sites" / args.site,
-        tls=args.tls if args.tls is not None else host not in _LOOPBACK,
+        tls=tls_for(args.cloud, args.tls),
         ca_file=args.ca_file,
         site_name=args.site_name,
         time_zone=args.time_zone,

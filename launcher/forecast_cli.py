@@ -11,8 +11,6 @@ naming it, exit 1.
 from __future__ import annotations
 
 import argparse
-import getpass
-import sys
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -26,14 +24,12 @@ from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from core.errors import ConfigError, EmmaError
-from launcher.cloud_client import cloud_channel, failure_text
+from launcher.cloud_client import cloud_channel, failure_text, operator_password, tls_for
 from launcher.market_cli import _utc, day_of, operator_dsn
 from services.errors import ServiceError
 from services.names import parse_site
 
-PASSWORD_ENV = "EMMA_PASSWORD"
 CALL_TIMEOUT_S = 60.0
-_LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 KINDS = {
     "pv": forecast_pb2.FORECAST_KIND_PV_POWER,
     "load": forecast_pb2.FORECAST_KIND_SITE_LOAD,
@@ -114,17 +110,12 @@ def _add_site_flags(p: argparse.ArgumentParser) -> None:
 
 
 def connection_from_args(args: argparse.Namespace, env: dict[str, str]) -> Connection:
-    password = env.get(PASSWORD_ENV, "")
-    if not password and sys.stdin.isatty():
-        password = getpass.getpass(f"password of {args.email}: ")
-    if not password:
-        raise ConfigError(f"no password: set {PASSWORD_ENV} or run on a terminal to be asked")
-    host = args.cloud.rsplit(":", 1)[0]
+    password = operator_password(env, args.email)
     return Connection(
         cloud=args.cloud,
         email=args.email,
         password=password,
-        tls=args.tls if args.tls is not None else host not in _LOOPBACK,
+        tls=tls_for(args.cloud, args.tls),
         ca_file=args.ca_file,
     )
 
