@@ -230,13 +230,13 @@ class _Compiler:
         printed = [f for f in descriptor.fields if not is_input_only(f)]
         by_number = sorted(printed, key=lambda f: f.number)
         puts = {f.number: self._field(f) for f in printed}
-        ordered = [(f.json_name, puts[f.number][0]) for f in by_number]
+        ordered = [puts[f.number][0] for f in by_number]
         # Unset fields without presence, printed after the set ones in declaration order.
         defaults = [(f.json_name, puts[f.number][1]) for f in printed if f.is_repeated or not f.has_presence]
 
         def encode(message: Any) -> dict[str, Any]:
             doc: dict[str, Any] = {}
-            for _key, put in ordered:
+            for put in ordered:
                 put(message, doc)
             for key, default in defaults:
                 if key not in doc:
