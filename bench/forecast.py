@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import math
 import signal
 import sys
@@ -46,11 +45,13 @@ from bench.harness import (
     BENCH_ENV,
     ROOT,
     cloud_process,
+    copy_samples,
     cpu_seconds,
     database,
     login,
     migrate,
     percentile,
+    print_and_write,
     summary,
 )
 from bench.ingest import provision
@@ -137,16 +138,7 @@ async def seed(dsn: str, sites: int, days: int) -> dict[str, object]:
             stamps = np.concatenate([times_s, times_s]) * 1_000_000
             payload = samples_copy_payload(series, stamps, np.concatenate([load, pv]).astype(np.float64))
 
-            async def chunk(p: bytes = payload):  # type: ignore[no-untyped-def]
-                yield p
-
-            await conn.copy_to_table(
-                "samples",
-                schema_name="telemetry",
-                source=chunk(),
-                format="binary",
-                columns=["series_id", "time", "value"],
-            )
+            await copy_samples(conn, payload)
             # Every bucket dirty, as ingest would have left it; the worker's own code rolls them up.
             await conn.execute(
                 """INSERT INTO telemetry.rollup_dirty (edge_pk, bucket)
@@ -397,10 +389,7 @@ def main() -> None:
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "forecast.json")
     args = p.parse_args()
     result = asyncio.run(main_async(args))
-    print(json.dumps(result, indent=2, default=str))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2, default=str))
-    print(f"written to {args.output}")
+    print_and_write(result, args.output)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,29 @@ def write_result(name: str, result: dict[str, object]) -> Path:
     return path
 
 
+def print_and_write(result: dict[str, object], output: Path) -> None:
+    """Print a benchmark's result and keep it at `output` (a script's --output)."""
+    print(json.dumps(result, indent=2, default=str))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2, default=str))
+    print(f"written to {output}")
+
+
+async def copy_samples(conn: asyncpg.Connection, payload: bytes) -> None:
+    """Load a binary COPY payload (services.telemetry's samples_copy_payload) into telemetry.samples."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield payload
+
+    await conn.copy_to_table(
+        "samples",
+        schema_name="telemetry",
+        source=chunks(),
+        format="binary",
+        columns=["series_id", "time", "value"],
+    )
+
+
 BENCH_ENV = {"EMMA_JWT_SIGNING_KEY": "bench-signing-key-" + "x" * 32}
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from bench.harness import BENCH_ENV, cloud_process, database, login, migrate, percentile, run_benchmark
+from bench.harness import BENCH_ENV, cloud_process, copy_samples, database, login, migrate, percentile, run_benchmark
 from bench.machine import describe
 from services.names import EdgeName
 from services.registry import ensure_edge
@@ -50,16 +50,7 @@ async def load(dsn: str, step_s: int) -> tuple[EdgeName, int]:
         for sid in ids:  # one COPY per channel: ~260k rows at 10 s
             values = np.sin(np.arange(len(times)) / 500.0) * 3000 + np.random.rand(len(times)) * 100
 
-            async def chunk(p: bytes = samples_copy_payload(np.full(len(times), sid, dtype=np.int64), times, values)):  # type: ignore[no-untyped-def]
-                yield p
-
-            await conn.copy_to_table(
-                "samples",
-                schema_name="telemetry",
-                source=chunk(),
-                format="binary",
-                columns=["series_id", "time", "value"],
-            )
+            await copy_samples(conn, samples_copy_payload(np.full(len(times), sid, dtype=np.int64), times, values))
         load_s = time.perf_counter() - t0
         # Mark every bucket dirty, as ingest would have, and let the worker's code roll them up.
         await conn.execute(

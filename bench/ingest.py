@@ -24,6 +24,7 @@ import numpy as np
 
 from bench.harness import (
     cloud_process,
+    copy_samples,
     cpu_seconds,
     database,
     migrate,
@@ -106,18 +107,8 @@ async def raw_copy(dsn: str, rows: int, group_rows: int) -> float:
             n = min(group_rows, rows - done)
             idx = np.arange(done, done + n)
             payload = samples_copy_payload(sids[idx % 50], now_us - 3_600_000_000 + idx * 1000, np.random.rand(n))
-
-            async def chunks(p: bytes = payload):  # type: ignore[no-untyped-def]
-                yield p
-
             async with conn.transaction():
-                await conn.copy_to_table(
-                    "samples",
-                    schema_name="telemetry",
-                    source=chunks(),
-                    format="binary",
-                    columns=["series_id", "time", "value"],
-                )
+                await copy_samples(conn, payload)
             done += n
         return rows / (time.perf_counter() - start)
     finally:

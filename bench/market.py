@@ -50,6 +50,7 @@ from bench.harness import (
     login,
     migrate,
     percentile,
+    print_and_write,
     summary,
 )
 from bench.machine import describe
@@ -621,10 +622,7 @@ def main() -> None:
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "market.json")
     args = p.parse_args()
     result = asyncio.run(main_async(args))
-    print(json.dumps(result, indent=2, default=str))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2, default=str))
-    print(f"written to {args.output}")
+    print_and_write(result, args.output)
 
 
 if __name__ == "__main__":
