@@ -15,7 +15,7 @@ import grpc
 from emma.common.v1 import errors_pb2
 from google.protobuf import descriptor as pb_descriptor
 
-from services import command, edgelink, forecast, identity, market, optimizer, registry, telemetry
+from services import alarm, command, edgelink, forecast, identity, market, optimizer, registry, telemetry
 from services.errors import ApiError, ConfigError
 from services.platform.registration import ServiceSpec
 from services.platform.runtime import Runtime
@@ -23,7 +23,7 @@ from services.platform.runtime import Runtime
 __all__ = ["DOMAINS", "SERVICES", "ServiceSpec", "add_services", "resolve", "unimplemented_servicer"]
 
 # Every domain whose services a cloud process can host, in the order `emma serve all` adds them.
-DOMAINS = (edgelink, telemetry, command, registry, identity, market, forecast, optimizer)
+DOMAINS = (edgelink, telemetry, command, registry, identity, market, forecast, optimizer, alarm)
 
 SERVICES: dict[str, ServiceSpec] = {spec.key: spec for domain in DOMAINS for spec in domain.SERVICES}
 

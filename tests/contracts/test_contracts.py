@@ -25,6 +25,7 @@ EXPECTED_SERVICES = {
     "emma.market.v1.MarketDataService",
     "emma.forecast.v1.ForecastService",
     "emma.optimizer.v1.OptimizerService",
+    "emma.alarm.v1.AlarmService",
 }
 
 

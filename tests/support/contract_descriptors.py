@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from emma.alarm.v1 import alarm_pb2
 from emma.command.v1 import command_pb2
 from emma.common.v1 import errors_pb2, types_pb2
 from emma.edge.v1 import edge_link_pb2
@@ -26,6 +27,7 @@ FILES = [
     market_pb2.DESCRIPTOR,
     forecast_pb2.DESCRIPTOR,
     optimizer_pb2.DESCRIPTOR,
+    alarm_pb2.DESCRIPTOR,
 ]
 
 

@@ -130,6 +130,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_MEDIA_TYPE_UNSUPPORTED: _ErrorReason.ValueType  # 103
     """[INVALID_ARGUMENT] The request body is not JSON; send Content-Type: application/json."""
+    ERROR_REASON_ALARM_THRESHOLDS_CROSSED: _ErrorReason.ValueType  # 110
+    """[INVALID_ARGUMENT] An alarm rule's levels cross: a warning level beyond its critical level, or a
+    low level at or above a high one; metadata "field" names the level.
+    """
+    ERROR_REASON_ALARM_NOT_CLEARABLE: _ErrorReason.ValueType  # 111
+    """[FAILED_PRECONDITION] The alarm's rule does not allow clearing it by hand; it clears when its
+    condition ends.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Every reason EMMA puts in google.rpc.ErrorInfo.reason (AIP-193). The string sent is the value's
@@ -246,4 +254,12 @@ EMMA_GATEWAY_CORS_ORIGINS.
 """
 ERROR_REASON_MEDIA_TYPE_UNSUPPORTED: ErrorReason.ValueType  # 103
 """[INVALID_ARGUMENT] The request body is not JSON; send Content-Type: application/json."""
+ERROR_REASON_ALARM_THRESHOLDS_CROSSED: ErrorReason.ValueType  # 110
+"""[INVALID_ARGUMENT] An alarm rule's levels cross: a warning level beyond its critical level, or a
+low level at or above a high one; metadata "field" names the level.
+"""
+ERROR_REASON_ALARM_NOT_CLEARABLE: ErrorReason.ValueType  # 111
+"""[FAILED_PRECONDITION] The alarm's rule does not allow clearing it by hand; it clears when its
+condition ends.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -457,6 +457,18 @@ class ErrorReason(betterproto2.Enum):
     [INVALID_ARGUMENT] The request body is not JSON; send Content-Type: application/json.
     """
 
+    ALARM_THRESHOLDS_CROSSED = 110
+    """
+    [INVALID_ARGUMENT] An alarm rule's levels cross: a warning level beyond its critical level, or a
+    low level at or above a high one; metadata "field" names the level.
+    """
+
+    ALARM_NOT_CLEARABLE = 111
+    """
+    [FAILED_PRECONDITION] The alarm's rule does not allow clearing it by hand; it clears when its
+    condition ends.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -511,6 +523,8 @@ class ErrorReason(betterproto2.Enum):
             101: "ERROR_REASON_HTTP_METHOD_NOT_ALLOWED",
             102: "ERROR_REASON_ORIGIN_NOT_ALLOWED",
             103: "ERROR_REASON_MEDIA_TYPE_UNSUPPORTED",
+            110: "ERROR_REASON_ALARM_THRESHOLDS_CROSSED",
+            111: "ERROR_REASON_ALARM_NOT_CLEARABLE",
         }
 
     @classmethod
@@ -567,6 +581,8 @@ class ErrorReason(betterproto2.Enum):
             "ERROR_REASON_HTTP_METHOD_NOT_ALLOWED": 101,
             "ERROR_REASON_ORIGIN_NOT_ALLOWED": 102,
             "ERROR_REASON_MEDIA_TYPE_UNSUPPORTED": 103,
+            "ERROR_REASON_ALARM_THRESHOLDS_CROSSED": 110,
+            "ERROR_REASON_ALARM_NOT_CLEARABLE": 111,
         }
 
 

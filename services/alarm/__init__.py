@@ -1,0 +1,47 @@
+"""Alarms: rules on channels, edges and market warnings; the engine that evaluates them on committed
+telemetry outside the ingest path; alarms with every transition stored (docs/alarms.md).
+"""
+
+from __future__ import annotations
+
+from emma.alarm.v1 import alarm_pb2, alarm_pb2_grpc
+
+from services.identity import Access
+from services.platform.registration import ServiceSpec, service_spec
+
+# What other packages may use of alarm; everything else in services/alarm/ is private.
+__all__ = ["DEPENDS_ON", "POLICY", "SERVICES", "TABLES"]
+
+# The services this domain may import (their package faces); see docs/architecture.md. The registry
+# to resolve a rule's channel, edge and device type inside the caller's organization; telemetry for
+# the committed samples and latest values the engine judges.
+DEPENDS_ON: tuple[str, ...] = ("identity", "registry", "telemetry")
+# The tables this domain alone reads and writes (none yet: the contract comes first).
+TABLES: tuple[str, ...] = ()
+
+# The gRPC services this domain serves (services/catalog.py hosts them); served UNIMPLEMENTED until the servicer lands.
+SERVICES: tuple[ServiceSpec, ...] = (
+    service_spec(
+        "alarm",
+        alarm_pb2,
+        "AlarmService",
+        alarm_pb2_grpc.add_AlarmServiceServicer_to_server,
+    ),
+)
+
+_AL = "/emma.alarm.v1.AlarmService/"
+# Alarms are their organization's data: members read them (VIEWER). Rules decide who gets woken up,
+# and acknowledging, shelving or clearing takes an alarm off the operators' screens: OPERATOR.
+POLICY: dict[str, Access] = {
+    _AL + "CreateAlarmRule": Access.OPERATOR,
+    _AL + "GetAlarmRule": Access.VIEWER,
+    _AL + "ListAlarmRules": Access.VIEWER,
+    _AL + "UpdateAlarmRule": Access.OPERATOR,
+    _AL + "DeleteAlarmRule": Access.OPERATOR,
+    _AL + "GetAlarm": Access.VIEWER,
+    _AL + "ListAlarms": Access.VIEWER,
+    _AL + "AcknowledgeAlarm": Access.OPERATOR,
+    _AL + "ShelveAlarm": Access.OPERATOR,
+    _AL + "ClearAlarm": Access.OPERATOR,
+    _AL + "WatchAlarms": Access.VIEWER,
+}
