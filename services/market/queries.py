@@ -145,8 +145,13 @@ async def load_summary_prices(
     its newest slot, in one query for all zones (a summary of 40 zones is one round trip)."""
     rows = await conn.fetch(
         "WITH z AS (SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS z(zone, s, e))"
-        f" SELECT z.zone, false AS latest, {_SUMMARY_COLUMNS} FROM z JOIN market.prices p"
-        f" ON {_SUMMARY_SERIES} AND p.delivery_start >= z.s AND p.delivery_start < z.e"
+        # Each zone's window as a LATERAL subquery kept apart by OFFSET 0: flattened into a plain join,
+        # the planner cannot estimate the per-zone range `delivery_start >= z.s` and hashes a
+        # sequential scan of every stored price (80 ms for a year of 40 zones), where one primary key
+        # range scan per zone reads a day's rows (about 1 ms; EXPLAIN in docs/market.md).
+        f" SELECT z.zone, false AS latest, w.* FROM z CROSS JOIN LATERAL"
+        f" (SELECT {_SUMMARY_COLUMNS} FROM market.prices p"
+        f" WHERE {_SUMMARY_SERIES} AND p.delivery_start >= z.s AND p.delivery_start < z.e OFFSET 0) w"
         " UNION ALL"
         " SELECT z.zone, true, l.* FROM z CROSS JOIN LATERAL"
         f" (SELECT {_SUMMARY_COLUMNS} FROM market.prices p WHERE {_SUMMARY_SERIES}"
