@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.emma-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up test gen lint fmt baseline bench clean image
+.PHONY: help venv up test gen lint fmt baseline bench clean image web
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -30,6 +30,19 @@ NODE_PATH_ENV := PATH="$(abspath $(BIN)):$$PATH"
 $(TSDB_STAMP): $(TSDB)/package-lock.json $(STAMP)
 	cd $(TSDB) && $(NODE_PATH_ENV) npm ci --no-audit --no-fund --loglevel=error
 	@touch $(TSDB_STAMP)
+
+# The dashboard (web/, docs/dashboard.md): npm packages pinned by web/package-lock.json, API types
+# generated from the gateway's OpenAPI snapshot, type-checked, bundled by esbuild into web/dist
+# (committed, so `make up` needs no Node.js; tests/web/test_build.py fails when it is stale).
+WEB       := web
+WEB_STAMP := $(WEB)/node_modules/.emma-installed
+
+$(WEB_STAMP): $(WEB)/package-lock.json $(STAMP)
+	cd $(WEB) && $(NODE_PATH_ENV) npm ci --no-audit --no-fund --loglevel=error
+	@touch $(WEB_STAMP)
+
+web: $(WEB_STAMP)  ## rebuild the dashboard into web/dist (types from gateway/openapi.snapshot.json, tsc, esbuild)
+	cd $(WEB) && $(NODE_PATH_ENV) npm run --silent gen && $(NODE_PATH_ENV) npm run --silent check && $(NODE_PATH_ENV) npm run --silent build
 
 venv: $(STAMP)  ## create or refresh .venv
 

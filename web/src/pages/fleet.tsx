@@ -1,0 +1,108 @@
+// Fleet overview: every site of the organization with its state and grid power now. One request per
+// site for edges and latest values; a fleet summary RPC replaces this when fleets get large.
+import { lastSegment, type Site } from "../api";
+import { gridPowerW, latestValues, listEdges, listSites, siteState, type SiteState } from "../data";
+import * as fmt from "../format";
+import { useLoad } from "../load";
+import { onLinkClick } from "../router";
+
+interface Row {
+  site: Site;
+  id: string;
+  state: SiteState;
+  gridW: number | undefined;
+  lastSeen: string | undefined;
+  problem: string | undefined;
+}
+
+async function fleet(org: string): Promise<Row[]> {
+  const sites = await listSites(org);
+  return Promise.all(
+    sites.map(async (site): Promise<Row> => {
+      const id = lastSegment(site.name);
+      const [edges, values] = await Promise.allSettled([listEdges(org, id), latestValues(org, id)]);
+      const edgeList = edges.status === "fulfilled" ? edges.value : [];
+      const seen = edgeList.map((e) => e.lastSeenTime ?? "").filter(Boolean).sort();
+      const problems = [edges, values].filter((r) => r.status === "rejected").map((r) => String((r as PromiseRejectedResult).reason?.message ?? r));
+      return {
+        site,
+        id,
+        state: siteState(edgeList),
+        gridW: values.status === "fulfilled" ? gridPowerW(values.value) : undefined,
+        lastSeen: seen[seen.length - 1],
+        problem: problems.join("; ") || undefined,
+      };
+    }),
+  );
+}
+
+export function FleetPage({ org }: { org: string }) {
+  const rows = useLoad(() => fleet(org), [org], 10_000);
+  const data = rows.data ?? [];
+  const online = data.filter((r) => r.state === "online").length;
+  const withPower = data.filter((r) => r.gridW !== undefined);
+  const totalW = withPower.reduce((sum, r) => sum + (r.gridW ?? 0), 0);
+  return (
+    <section aria-labelledby="fleet-title">
+      <h1 id="fleet-title">Fleet overview</h1>
+      {rows.error && (
+        <p role="alert" class="error">
+          Could not load the sites: {rows.error}
+        </p>
+      )}
+      {rows.loading && !rows.data && <p aria-busy="true">Loading sites…</p>}
+      {rows.data && (
+        <>
+          <dl class="totals" aria-live="polite">
+            <div>
+              <dt>Sites</dt>
+              <dd>{data.length}</dd>
+            </div>
+            <div>
+              <dt>Online</dt>
+              <dd>{online}</dd>
+            </div>
+            <div>
+              <dt>Grid power now</dt>
+              <dd>{withPower.length ? fmt.power(totalW) : "–"}</dd>
+            </div>
+          </dl>
+          {data.length === 0 ? (
+            <p>This organization has no sites yet.</p>
+          ) : (
+            <div class="table-scroll">
+              <table class="sites">
+                <caption class="sr-only">Sites with their state and grid power now</caption>
+                <thead>
+                  <tr>
+                    <th scope="col">Site</th>
+                    <th scope="col">State</th>
+                    <th scope="col" class="num">Grid power now</th>
+                    <th scope="col">Last seen</th>
+                  </tr>
+                </thead>
+                <tbody>
+                  {data.map((r) => (
+                    <tr key={r.id} data-site={r.id}>
+                      <th scope="row">
+                        <a href={`/organizations/${org}/sites/${r.id}`} onClick={onLinkClick}>
+                          {r.site.displayName || r.id}
+                        </a>
+                        {r.problem && <span class="error small"> ({r.problem})</span>}
+                      </th>
+                      <td>
+                        <span class={`state state-${r.state.replace(/ /g, "-")}`}>{r.state}</span>
+                      </td>
+                      <td class="num">{fmt.power(r.gridW)}</td>
+                      <td>{fmt.time(r.lastSeen, r.site.timeZone)}</td>
+                    </tr>
+                  ))}
+                </tbody>
+              </table>
+            </div>
+          )}
+        </>
+      )}
+    </section>
+  );
+}
