@@ -107,7 +107,7 @@ def _weighted_quantiles(values: Floats, weights: Floats, qs: Sequence[float]) ->
     total = cum[-1]
     # Midpoint rule: each value owns the middle of its weight, so equal weights give the usual quantiles.
     positions = (cum - weights[order] / 2.0) / total
-    return [float(np.interp(q, positions, v)) for q in qs]
+    return [float(x) for x in np.interp(np.asarray(qs, dtype=np.float64), positions, v)]
 
 
 class _History:
@@ -140,6 +140,9 @@ class _Profile:
         self.calendar = calendar
         self.notes: set[str] = set()
         self._cache: dict[tuple[date, int], tuple[float, float, float]] = {}
+        # Per target day: the reference values of every quarter-hour's window and their weights,
+        # (96, reference days x window) each; computed once per day instead of once per slot.
+        self._days: dict[date, tuple[Floats, Floats] | None] = {}
 
     def _reference(self, day: date) -> tuple[Ints, Floats]:
         kind = self.calendar.day_type(day)
@@ -161,18 +164,30 @@ class _Profile:
         key = (day, tod)
         if key in self._cache:
             return self._cache[key]
-        rows, weights = self._reference(day)
         result = (math.nan, math.nan, math.nan)
-        if len(rows):
-            cols = np.array([(tod + k) % SLOTS_PER_DAY for k in range(-WINDOW, WINDOW + 1)], dtype=np.intp)
-            block = self.history.matrix[np.ix_(rows, cols)]
-            w = np.repeat(weights, len(cols)).reshape(block.shape)
-            known = ~np.isnan(block)
+        blocks = self._day_blocks(day)
+        if blocks is not None:
+            values, weights = blocks[0][tod], blocks[1][tod]
+            known = ~np.isnan(values)
             if known.any():
-                q10, q50, q90 = _weighted_quantiles(block[known], w[known], (0.1, 0.5, 0.9))
+                q10, q50, q90 = _weighted_quantiles(values[known], weights[known], (0.1, 0.5, 0.9))
                 result = (q10, q50, q90)
         self._cache[key] = result
         return result
+
+    def _day_blocks(self, day: date) -> tuple[Floats, Floats] | None:
+        """Row `tod` holds the values of quarter-hours tod-WINDOW..tod+WINDOW of each reference day
+        (reference day major, the order the quantiles' tie-breaking has always seen) and their weights."""
+        if day not in self._days:
+            rows, weights = self._reference(day)
+            if not len(rows):
+                self._days[day] = None
+            else:
+                cols = (np.arange(SLOTS_PER_DAY)[:, None] + np.arange(-WINDOW, WINDOW + 1)[None, :]) % SLOTS_PER_DAY
+                block = self.history.matrix[rows][:, cols].transpose(1, 0, 2)  # (tod, reference day, window)
+                w = np.broadcast_to(weights[None, :, None], block.shape)
+                self._days[day] = (block.reshape(SLOTS_PER_DAY, -1), w.reshape(SLOTS_PER_DAY, -1))
+        return self._days[day]
 
 
 def _no_country(country: str) -> tuple[str, ...]:

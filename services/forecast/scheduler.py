@@ -20,9 +20,9 @@ import asyncpg
 
 from services.forecast.config import SchedulerConfig
 from services.forecast.errors import ForecastError
-from services.forecast.runner import kinds_for, run_site
+from services.forecast.runner import WeatherSource, kinds_for, run_site
 from services.forecast.scorer import score_due
-from services.forecast.weather import WeatherConfig
+from services.forecast.weather import SharedWeather, WeatherConfig
 from services.names import SiteName
 from services.platform.runtime import Runtime
 from services.registry import all_sites, site_profile
@@ -46,11 +46,14 @@ class ForecastScheduler:
         config: SchedulerConfig,
         weather: WeatherConfig,
         clock: Clock = lambda: datetime.now(UTC),
+        source: WeatherSource | None = None,
     ) -> None:
         self._pool = pool
         self._replica = replica
         self._config = config
         self._weather = weather
+        # The process's shared weather client (scheduler_of); None: a client per run from `weather`.
+        self._source = source
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
 
@@ -104,6 +107,7 @@ class ForecastScheduler:
                     issue_time=now,
                     trigger="scheduled",
                     creator="scheduler",
+                    weather=self._source,
                 )
             except ForecastError as exc:
                 state, reason = "failed", str(exc)
@@ -154,6 +158,11 @@ class ForecastScheduler:
 def scheduler_of(runtime: Runtime) -> ForecastScheduler:
     """The worker factory ServiceSpec names: settings from the process's environment."""
     env = runtime.config.env or os.environ
+    weather = WeatherConfig.from_env(env)
     return ForecastScheduler(
-        runtime.pool, runtime.replica_id, SchedulerConfig.from_env(env), WeatherConfig.from_env(env)
+        runtime.pool,
+        runtime.replica_id,
+        SchedulerConfig.from_env(env),
+        weather,
+        source=SharedWeather.of(runtime, weather),
     )

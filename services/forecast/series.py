@@ -64,14 +64,17 @@ def to_slots(series: Sequence[tuple[datetime, float | None]], field: str) -> Slo
     neither a divisor nor a multiple of 15 minutes."""
     if len(series) == 0:
         return SlotSeries(None, np.zeros(0), 0, SLOT)
-    times: list[datetime] = []
-    values: list[float] = []
-    for i, item in enumerate(series):
-        when, value = item
-        if not isinstance(when, datetime) or when.tzinfo is None or when.utcoffset() is None:
+    times = [item[0] for item in series]
+    raw = [item[1] for item in series]
+    for i, when in enumerate(times):
+        if not isinstance(when, datetime) or when.utcoffset() is None:
             raise ForecastInputError(f"{field}[{i}]", "time must be timezone-aware")
-        times.append(when.astimezone(UTC))
-        values.append(_value(field, i, value))
+    # The common case (a store's floats) in one numpy conversion; anything else checked item by item.
+    if all(type(v) is float for v in raw):
+        vals = np.array(raw, dtype=np.float64)
+        vals[~np.isfinite(vals)] = np.nan
+    else:
+        vals = np.array([_value(field, i, v) for i, v in enumerate(raw)], dtype=np.float64)
     seconds = np.array([t.timestamp() for t in times])
     diffs = np.diff(seconds)
     if (diffs <= 0).any():
@@ -95,7 +98,6 @@ def to_slots(series: Sequence[tuple[datetime, float | None]], field: str) -> Slo
     sums = np.zeros(n)
     counts = np.zeros(n)
     index = ((seconds - start.timestamp()) // slot_s).astype(np.intp)
-    vals = np.array(values)
     known = ~np.isnan(vals)
     for k in range(cover):
         np.add.at(sums, index[known] + k, vals[known])

@@ -17,7 +17,7 @@ from services.forecast import queries
 from services.forecast.errors import ForecastInputError, MissingSiteData
 from services.forecast.model import MAX_HORIZON_SLOTS, SLOT
 from services.forecast.runner import run_site
-from services.forecast.weather import WeatherConfig
+from services.forecast.weather import SharedWeather, WeatherConfig
 from services.identity import Access, caller, note_audit
 from services.names import SiteName, parse_site
 from services.pagination import Page
@@ -60,6 +60,8 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
         self._pool = runtime.pool
         # Read once: a bad EMMA_WEATHER_* value stops the start-up instead of the first run.
         self._weather = WeatherConfig.from_env(runtime.config.env)
+        # One HTTP client for every run of this process, closed when the process stops.
+        self._source = SharedWeather.of(runtime, self._weather)
 
     async def GetLatestForecast(
         self, request: forecast_pb2.GetLatestForecastRequest, context: Context
@@ -134,6 +136,7 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
                 trigger="on_demand",
                 creator=me.actor,
                 request_id=request.request_id,
+                weather=self._source,
             )
         except MissingSiteData as exc:
             raise missing(exc, site) from None

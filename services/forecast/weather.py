@@ -26,6 +26,7 @@ import httpx
 from core.env import checked_base_url, env_float, env_int
 from services.forecast.errors import WeatherConfigError, WeatherError
 from services.forecast.model import WeatherSeries
+from services.platform.runtime import Runtime
 
 log = logging.getLogger("emma.forecast.weather")
 
@@ -210,3 +211,38 @@ class OpenMeteoClient:
                 reason = body[:200].decode("utf-8", "replace")
             raise WeatherError(f"open-meteo refused the query with HTTP {status}: {reason}", retry=False)
         return body
+
+
+class SharedWeather:
+    """One OpenMeteoClient for all of a process's runs: building an httpx client (its TLS context,
+    its connection pool) for every run was a fifth of a 1,000-site round's CPU (docs/performance.md).
+
+    The client is made on the first fetch, so in the event loop that serves the runs; `aclose` closes
+    it (a later fetch would make a new one). `of(runtime)` gives the runtime's one instance, closed
+    with the process (Runtime.on_close)."""
+
+    def __init__(self, config: WeatherConfig) -> None:
+        self.config = config
+        self._client: OpenMeteoClient | None = None
+
+    @classmethod
+    def of(cls, runtime: Runtime, config: WeatherConfig) -> SharedWeather:
+        """The instance the servicer and the scheduler of one process share (the first one registered
+        with the runtime's closers, so it is also closed with it)."""
+        for close in runtime.closers:
+            owner = getattr(close, "__self__", None)
+            if isinstance(owner, SharedWeather):
+                return owner
+        shared = cls(config)
+        runtime.on_close(shared.aclose)
+        return shared
+
+    async def fetch(self, latitude: float, longitude: float, start: datetime, hours: int) -> WeatherSeries:
+        if self._client is None:
+            self._client = OpenMeteoClient(self.config)
+        return await self._client.fetch(latitude, longitude, start, hours)
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()

@@ -70,7 +70,21 @@ def service_spec(
 def build_workers(specs: Iterable[ServiceSpec], runtime: Runtime) -> list[Worker]:
     """One worker per factory named by `specs` (a factory two hosted services share runs once)."""
     factories = dict.fromkeys(factory for spec in specs for factory in spec.workers)
-    return [factory(runtime) for factory in factories]
+    workers = [factory(runtime) for factory in factories]
+    # First in the list, so it stops last: the runtime's closers (servicers' shared clients) run once
+    # every other worker, which may still use them, has stopped.
+    return [_RuntimeClosers(runtime), *workers] if runtime.closers else workers
+
+
+class _RuntimeClosers:
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        await self._runtime.close()
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,10 @@ from launcher.weather_replay.app import RECORDING
 from services.forecast.errors import WeatherConfigError, WeatherError
 from services.forecast.model import PvArray, PvSystem
 from services.forecast.pv import forecast_pv
-from services.forecast.weather import OpenMeteoClient, WeatherConfig
+from services.forecast.weather import OpenMeteoClient, SharedWeather, WeatherConfig
+from services.platform.registration import build_workers, running_workers
+from services.platform.runtime import Runtime
+from tests.support.cloud import platform_config
 
 START = datetime(2026, 12, 5, tzinfo=UTC)
 
@@ -152,3 +155,22 @@ def test_config_from_env() -> None:
         WeatherConfig.from_env({"EMMA_WEATHER_URL": "http://weather.example.com"})
     with pytest.raises(WeatherConfigError, match="EMMA_WEATHER_RETRIES"):
         WeatherConfig.from_env({"EMMA_WEATHER_RETRIES": "many"})
+
+
+async def test_a_process_shares_one_client_and_closes_it_after_its_workers_stop() -> None:
+    # One httpx client (its TLS context and connection pool) for all runs of a process, not one per run.
+    runtime = Runtime(config=platform_config(""), pool=None)  # type: ignore[arg-type]
+    async with running_weather_replay() as server:
+        config = _config(server.url)
+        shared = SharedWeather.of(runtime, config)
+        assert SharedWeather.of(runtime, config) is shared  # the scheduler finds the servicer's instance
+        await shared.fetch(52.5, 13.4, START, 48)
+        client = shared._client
+        await shared.fetch(48.1, 11.6, START, 24)
+        assert client is not None and shared._client is client
+        workers = build_workers([], runtime)
+        assert len(workers) == 1  # the closer, which stops last
+        async with running_workers(workers):
+            assert not client._client.is_closed
+        assert client._client.is_closed and shared._client is None and runtime.closers == []
+        assert build_workers([], runtime) == []  # nothing left to close: no worker
