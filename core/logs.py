@@ -1,7 +1,8 @@
 """Structured JSON logging: one JSON object per line, with correlation fields.
 
-Fields come from three places, later ones winning: static fields given to `configure_logging` (edge,
-site), the ambient `log_context(...)` (e.g. the uplink wraps the handling of one command in
+Fields come from four places, later ones winning: static fields given to `configure_logging` (edge,
+site), the active OpenTelemetry span (`trace_id`, `span_id`, so a log line leads to its trace), the
+ambient `log_context(...)` (e.g. the uplink wraps the handling of one command in
 `with log_context(command_id=...)`), and `extra=` on the call itself.
 """
 
@@ -16,6 +17,8 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import IO, Any
+
+from core.tracing import current_ids
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _CONTEXT: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("emma_log_context", default=_EMPTY)
@@ -47,6 +50,10 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         doc.update(self.static)
+        trace_id, span_id = current_ids()
+        if trace_id:
+            doc["trace_id"] = trace_id
+            doc["span_id"] = span_id
         doc.update(_CONTEXT.get())
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):

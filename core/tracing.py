@@ -1,8 +1,9 @@
 """OpenTelemetry set-up: a tracer provider whose exporter follows the standard OTEL_* variables.
 
 With none of them set nothing is exported (spans are still created, so trace ids reach the logs and
-the audit trail). OTEL_TRACES_EXPORTER=otlp (or an OTEL_EXPORTER_OTLP_*ENDPOINT) exports over OTLP/gRPC;
-OTEL_TRACES_EXPORTER=console prints spans, which helps when debugging locally.
+the audit trail). OTEL_TRACES_EXPORTER=otlp (or an OTEL_EXPORTER_OTLP_*ENDPOINT) exports over OTLP,
+by gRPC unless OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL says http/protobuf; OTEL_TRACES_EXPORTER=console
+prints spans, which helps when debugging locally.
 """
 
 from __future__ import annotations
@@ -15,7 +16,24 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
+from core.errors import ConfigError
+
 _configured: TracerProvider | None = None
+
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+
+
+def otlp_protocol(env: Mapping[str, str], signal: str) -> str:
+    """OTEL_EXPORTER_OTLP_<signal>_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL, else grpc.
+
+    gRPC stays the default (it was the only transport before); http/json is not offered by the
+    Python exporters, so it is refused rather than silently sent as something else.
+    """
+    name = f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"
+    value = (env.get(name) or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc").strip().lower()
+    if value not in OTLP_PROTOCOLS:
+        raise ConfigError(f"{name} (or OTEL_EXPORTER_OTLP_PROTOCOL)={value!r}: use one of {', '.join(OTLP_PROTOCOLS)}")
+    return value
 
 
 def _exporter_from_env(env: Mapping[str, str]) -> SpanExporter | None:
@@ -26,10 +44,14 @@ def _exporter_from_env(env: Mapping[str, str]) -> SpanExporter | None:
     if choice == "console":
         return ConsoleSpanExporter()
     if choice == "otlp" or endpoint:
-        # Imported lazily: the OTLP exporter pulls in its own gRPC client we need only when exporting.
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        # Imported lazily: the exporters pull in transports we need only when exporting.
+        if otlp_protocol(env, "TRACES") == "http/protobuf":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
-        return OTLPSpanExporter()
+            return HttpExporter()
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter()
     return None
 
 
@@ -49,3 +71,11 @@ def configure_tracing(service_name: str, env: Mapping[str, str] = os.environ) ->
 
 def tracer() -> trace.Tracer:
     return trace.get_tracer("emma.services")
+
+
+def current_ids() -> tuple[str, str]:
+    """(trace id, span id) of the active span in hex, or ("", "") outside a trace."""
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return "", ""
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")

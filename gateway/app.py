@@ -2,12 +2,16 @@
 
 Request path of an API call: CORS -> write rate limit -> route match (404/405) -> body (413) ->
 binding (400) -> gRPC call with deadline, Authorization, client address and traceparent as metadata
--> JSON, SSE or NDJSON. Every error on the way is an HttpError rendered as an AIP-193 body.
+-> JSON, SSE or NDJSON. Every error on the way is an HttpError rendered as an AIP-193 body. Every
+answer counts in emma.gateway.requests (and a unary one's time in emma.gateway.duration); GET
+/metrics serves them as Prometheus text.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,9 +27,10 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route as StarletteRoute
 from starlette.types import Scope
 
+from core import metrics
 from gateway import errors
 from gateway.binding import bind_request, read_body
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, IPNetwork
 from gateway.cors import ALLOWED_METHODS, CorsMiddleware
 from gateway.docs import render_docs
 from gateway.errors import HttpError
@@ -52,7 +57,37 @@ def channel_options(config: GatewayConfig) -> list[tuple[str, Any]]:
         # Idle periods between requests must not let a dead connection go unnoticed.
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # The target is usually a headless Service (every api pod's address): spread calls over all
+        # of them rather than gRPC's default pick_first, which sends everything to one pod.
+        ("grpc.lb_policy_name", "round_robin"),
     ]
+
+
+def _trusted(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]) -> str:
+    """The client: the peer, or, while that is a trusted proxy, the hop it names in X-Forwarded-For.
+
+    Walking from the right stops at the first address no trusted proxy vouches for; entries left of
+    it are whatever the client sent and are never believed. A malformed entry ends the walk at the
+    proxy that passed it on, so nothing but an IP address reaches the rate limiter and the audit row.
+    """
+    if not peer:
+        return "unknown"
+    current = peer
+    hops = [h.strip() for h in (forwarded_for or "").split(",") if h.strip()]
+    while hops and _trusted(current, trusted):
+        try:
+            current = str(ipaddress.ip_address(hops.pop()))
+        except ValueError:
+            break
+    return current
 
 
 def _raw_path(scope: Scope) -> str:
@@ -99,9 +134,25 @@ class Gateway:
         self._channel = self._invoker = None
 
     def _client(self, request: Request) -> str:
-        return request.client.host if request.client else "unknown"
+        peer = request.client.host if request.client else None
+        return client_address(peer, request.headers.get("x-forwarded-for"), self.config.trusted_proxies)
 
     async def handle(self, request: Request) -> Response | StreamResponse:
+        started = time.perf_counter()
+        # The route's template, never the path: one series per route, not per resource name.
+        matched: list[str] = []
+        try:
+            response = await self._handle(request, matched)
+        except HttpError as exc:
+            _count(request.method, matched, exc.http_status, started)
+            raise
+        except Exception:
+            _count(request.method, matched, 500, started)
+            raise
+        _count(request.method, matched, 200, None if isinstance(response, StreamResponse) else started)
+        return response
+
+    async def _handle(self, request: Request, matched: list[str]) -> Response | StreamResponse:
         method = request.method
         client = self._client(request)
         if method in WRITE_METHODS:
@@ -110,6 +161,7 @@ class Gateway:
                 raise errors.rate_limited(wait_s)
         match = self.table.match(method, _raw_path(request.scope))
         route = match.route
+        matched.append(route.template.source)
         body = await read_body(request, self.config.max_body_bytes)
         message = bind_request(route, match.path_values, request.query_params.multi_items(), body)
 
@@ -153,6 +205,14 @@ class Gateway:
         )
 
 
+def _count(method: str, matched: list[str], status: int, started: float | None) -> None:
+    """One answer in the request counter; `started` None for a stream (its length is no latency)."""
+    labels = {"method": method, "route": matched[0] if matched else "unmatched", "status": str(status)}
+    metrics.gateway_requests.add(1, labels)
+    if started is not None:
+        metrics.gateway_duration.record(time.perf_counter() - started, labels)
+
+
 def _end_span(span: trace.Span, exc: BaseException | None) -> None:
     if isinstance(exc, HttpError):
         span.set_attribute("http.response.status_code", exc.http_status)
@@ -190,6 +250,8 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 
 def create_app(config: GatewayConfig, table: RouteTable | None = None) -> Starlette:
     """The ASGI app; its lifespan closes the gRPC channel (made lazily on the first call)."""
+    # Idempotent: in `emma up` and the tests the services' process configured it already.
+    metrics.configure_metrics("emma-gateway")
     gateway = Gateway(config, table)
     document = build_openapi(gateway.table)
     openapi_body = dumps(document)
@@ -203,6 +265,9 @@ def create_app(config: GatewayConfig, table: RouteTable | None = None) -> Starle
 
     async def healthz(request: Request) -> Response:
         return Response(b'{"status":"SERVING"}', media_type=JSON)
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.prometheus_text(), media_type=metrics.CONTENT_TYPE)
 
     async def api(request: Request) -> Response | StreamResponse:
         return await gateway.handle(request)
@@ -219,6 +284,7 @@ def create_app(config: GatewayConfig, table: RouteTable | None = None) -> Starle
             StarletteRoute("/openapi.json", openapi, methods=["GET"]),
             StarletteRoute("/docs", docs, methods=["GET"]),
             StarletteRoute("/healthz", healthz, methods=["GET"]),
+            StarletteRoute("/metrics", prometheus, methods=["GET"]),
             # Every API path: the gateway's own table decides (404 / 405 in the API's error shape).
             StarletteRoute("/{path:path}", api, methods=[*ALLOWED_METHODS, "HEAD", "OPTIONS"]),
         ],

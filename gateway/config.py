@@ -6,12 +6,15 @@ at start with one line naming the variable. Command-line flags of `emma gateway`
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from core.env import env_float, env_int
 from gateway.errors import GatewayConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _text(env: Mapping[str, str], name: str, default: str) -> str:
@@ -36,6 +39,27 @@ def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
             raise GatewayConfigError(f"{name}: {origin!r} is not an origin like https://app.example.com")
         out.append(origin)
     return tuple(out)
+
+
+def _networks(env: Mapping[str, str], name: str, default: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...]:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    if raw.strip().lower() == "none":
+        return ()
+    out = []
+    for item in raw.split(","):
+        text = item.strip()
+        if not text:
+            continue
+        try:
+            out.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise GatewayConfigError(f"{name}: {text!r} is not an IP address or CIDR like 10.0.0.0/8") from None
+    return tuple(out)
+
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
 
 
 def _target(value: str, name: str) -> str:
@@ -73,6 +97,10 @@ class GatewayConfig:
     # The services allow pings every 10 s at most (EMMA_GRPC_MIN_CLIENT_PING_INTERVAL_MS).
     keepalive_time_ms: int = 20_000
     keepalive_timeout_ms: int = 10_000
+    # Peers whose X-Forwarded-For the gateway believes (the ingress controller's pods, a load
+    # balancer): the client is the right-most address in the header not in these networks. A header
+    # from anyone else is ignored, or a client could pick its own rate-limit bucket and audit address.
+    trusted_proxies: tuple[IPNetwork, ...] = LOOPBACK
 
     @classmethod
     def from_env(
@@ -102,4 +130,5 @@ class GatewayConfig:
             max_message_bytes=_int(env, "EMMA_GATEWAY_MAX_MESSAGE_BYTES", cls.max_message_bytes, 1024),
             keepalive_time_ms=_int(env, "EMMA_GATEWAY_KEEPALIVE_TIME_MS", cls.keepalive_time_ms, 10_000),
             keepalive_timeout_ms=_int(env, "EMMA_GATEWAY_KEEPALIVE_TIMEOUT_MS", cls.keepalive_timeout_ms, 1000),
+            trusted_proxies=_networks(env, "EMMA_GATEWAY_TRUSTED_PROXIES", cls.trusted_proxies),
         )

@@ -30,6 +30,8 @@ class ServerConfig:
     min_client_ping_interval_ms: int = 10_000
     shutdown_grace_s: float = 10.0
     replica_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    # A plain-HTTP listener answering GET /metrics (Prometheus text) on `host`; None: no listener.
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServerConfig:
@@ -47,7 +49,17 @@ class ServerConfig:
             ),
             shutdown_grace_s=env_float(env, "EMMA_SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
             replica_id=env.get("EMMA_REPLICA_ID") or f"{os.uname().nodename}-{os.getpid()}",
+            metrics_port=_metrics_port(env),
         )
+
+
+def _metrics_port(env: Mapping[str, str]) -> int | None:
+    if not env.get("EMMA_METRICS_PORT", "").strip():
+        return None
+    port = env_int(env, "EMMA_METRICS_PORT", 0, 0)
+    if port > 65535:
+        raise ConfigError(f"EMMA_METRICS_PORT={port} is not a TCP port")
+    return port
 
 
 TELEMETRY_STORES = ("auto", "partitioned", "timescaledb")

@@ -7,8 +7,10 @@ import re
 
 import asyncpg
 
+from core.metrics import watch_pool
 from services.errors import StartupError
 from services.platform.config import DatabaseConfig
+from services.platform.sql_tracing import TracedConnection
 
 
 def redact_dsn(dsn: str) -> str:
@@ -20,7 +22,8 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     return None
 
 
-async def create_pool(config: DatabaseConfig, dsn: str | None = None) -> asyncpg.Pool:
+async def create_pool(config: DatabaseConfig, dsn: str | None = None, *, name: str = "main") -> asyncpg.Pool:
+    """`name` labels the pool's emma.db.pool.connections metric (a process may hold several pools)."""
     dsn = dsn or config.url
     if not dsn:
         raise StartupError("no database: set DATABASE_URL, or use `emma up` for an embedded PostgreSQL")
@@ -41,6 +44,8 @@ async def create_pool(config: DatabaseConfig, dsn: str | None = None) -> asyncpg
                 # are SET LOCAL, LISTEN uses dedicated connections, the one session advisory lock
                 # (migrations) is released in a finally.
                 reset=_keep_session,
+                # A span per statement inside a trace (services/platform/sql_tracing.py).
+                connection_class=TracedConnection,
             ),
             timeout=config.connect_timeout_s + 1,
         )
@@ -48,4 +53,5 @@ async def create_pool(config: DatabaseConfig, dsn: str | None = None) -> asyncpg
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StartupError(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {detail}") from None
     assert pool is not None
+    watch_pool(pool, name)
     return pool

@@ -5,13 +5,15 @@ before any other interceptor or servicer runs, turns ApiError into a rich google
 (ErrorInfo, BadRequest), turns unexpected exceptions into INTERNAL without leaking internals, and
 opens one OpenTelemetry span per unary RPC with the caller's trace context taken from the
 `traceparent` metadata. Streams get no endless span: stream handlers open spans per message batch
-themselves.
+themselves. Each unary RPC's time and status code go to the emma.rpc.duration histogram
+(core/metrics.py), which also covers the command RPCs' latencies.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,6 +24,7 @@ from grpc_status import rpc_status
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from core.metrics import rpc_duration
 from core.tracing import tracer
 from services.errors import ApiError
 from services.platform.redact import clear_input_only
@@ -50,6 +53,16 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: 
     await ctx.abort_with_status(rpc_status.to_status(internal.to_status()))
 
 
+def _aborted_code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The status a servicer (or an inner interceptor) aborted with."""
+    code: Any = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    # grpc.aio keeps some codes as the C core's integer.
+    by_number = {c.value[0]: c.name for c in grpc.StatusCode}
+    return by_number.get(code, "UNKNOWN") if isinstance(code, int) else "UNKNOWN"
+
+
 def _output(response: Any) -> Any:
     """A response as it may leave the server: INPUT_ONLY fields (a password) are never sent back."""
     if isinstance(response, Message):
@@ -62,6 +75,8 @@ def _wrap_unary_response(method: str, inner: Behavior, *, check: bool) -> Behavi
 
     async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         parent = propagate.extract(_metadata_dict(context))
+        started = time.perf_counter()
+        code = "OK"
         with tracer().start_as_current_span(method, context=parent, kind=SpanKind.SERVER) as span:
             span.set_attribute("rpc.system", "grpc")
             span.set_attribute("rpc.method", method)
@@ -70,14 +85,21 @@ def _wrap_unary_response(method: str, inner: Behavior, *, check: bool) -> Behavi
                     check_request(request)
                 return _output(await inner(request, context))
             except grpc.aio.AbortError:
+                code = _aborted_code(context)
                 raise
             except Exception as exc:  # every error becomes a status, never a crash
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
+                code = exc.code.name if isinstance(exc, ApiError) else "INTERNAL"
                 if isinstance(exc, ApiError):
                     span.set_attribute("rpc.grpc.status_code", exc.code.value[0])
                     span.set_attribute("emma.error_reason", exc.reason)
                 await _abort(context, method, exc)
                 raise  # unreachable: abort raises
+            except BaseException:
+                code = "CANCELLED"  # the client went away (the task was cancelled)
+                raise
+            finally:
+                rpc_duration.record(time.perf_counter() - started, {"method": method, "code": code})
 
     return behavior
 

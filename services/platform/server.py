@@ -3,6 +3,7 @@
 Health (grpc.health.v1) and reflection are always on; keepalive and message sizes are set explicitly
 (see ServerConfig); SIGTERM and SIGINT drain gracefully: health flips to NOT_SERVING first so load
 balancers and Kubernetes stop routing, then the server stops with a grace period for in-flight calls.
+With EMMA_METRICS_PORT set, a small HTTP listener next to it answers Prometheus scrapes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from core.metrics import configure_metrics, start_metrics_server
 from services.errors import StartupError
 from services.platform.config import ServerConfig
 from services.platform.interceptors import PlatformInterceptor
@@ -60,11 +62,20 @@ class HostedServer:
     health: HealthServicer
     port: int
     service_names: list[str]
+    metrics: asyncio.Server | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return int(self.metrics.sockets[0].getsockname()[1]) if self.metrics is not None else None
 
     async def drain(self, grace_s: float) -> None:
         """Health NOT_SERVING for every service, then stop with a grace period."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        if self.metrics is not None:
+            # Scrapes during the drain still see the last values; afterwards the port is free.
+            self.metrics.close()
+            await self.metrics.wait_closed()
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -83,7 +94,8 @@ def check_port_free(host: str, port: int) -> None:
 
 
 async def start_server(server: grpc.aio.Server, config: ServerConfig, service_names: Sequence[str]) -> HostedServer:
-    """Add health and reflection for `service_names`, bind, start."""
+    """Add health and reflection for `service_names`, bind, start (and the metrics listener)."""
+    configure_metrics("emma")
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
@@ -92,10 +104,24 @@ async def start_server(server: grpc.aio.Server, config: ServerConfig, service_na
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise StartupError(f"cannot listen on {config.host}:{config.port}")
-    await server.start()
+    metrics = None
+    if config.metrics_port is not None:
+        try:
+            metrics = await start_metrics_server(config.host, config.metrics_port)
+        except OSError as exc:
+            where = f"{config.host}:{config.metrics_port}"
+            raise StartupError(f"cannot listen on {where} (EMMA_METRICS_PORT): {exc.strerror}") from None
+    try:
+        await server.start()
+    except BaseException:
+        if metrics is not None:
+            metrics.close()
+        raise
     for name in [*service_names, ""]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return HostedServer(server=server, health=health_servicer, port=port, service_names=list(service_names))
+    return HostedServer(
+        server=server, health=health_servicer, port=port, service_names=list(service_names), metrics=metrics
+    )
 
 
 async def wait_for_shutdown_signal(ready: Callable[[], None] | None = None) -> None:
