@@ -18,6 +18,7 @@ from core.tracing import configure_tracing
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayConfigError
+from gateway.web import with_web
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -39,7 +40,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def _uvicorn_config(config: GatewayConfig) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(config),
+        # The dashboard (web/dist) at `/` in front of the API, same origin (gateway/web.py).
+        with_web(create_app(config)),
         lifespan="on",
         # The process configured logging already (JSON lines); uvicorn must not replace it.
         log_config=None,
