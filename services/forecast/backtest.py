@@ -10,7 +10,7 @@ precedes the slot (the model is scored again on exactly those slots for that com
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
@@ -25,6 +25,8 @@ from services.forecast.scoring import Scores, score
 from services.forecast.series import Floats, to_slots
 
 Model = Literal["load", "pv"]
+# (history known at issue time, issue time, horizon slots) -> the forecast from the issue time.
+Forecaster = Callable[[Sequence[tuple[datetime, float]], datetime, int], Forecast]
 
 DAY_SLOTS = 96
 WEEK_SLOTS = 7 * DAY_SLOTS
@@ -102,11 +104,15 @@ def backtest(
     system: PvSystem | None = None,
     min_history: timedelta = timedelta(days=1),
     bands: Sequence[tuple[int, int]] = DEFAULT_BANDS,
+    forecaster: Forecaster | None = None,
 ) -> BacktestResult:
     """Scores of `model` on `history` replayed as if live (see the module's docstring).
 
     `load` needs `country` and `time_zone`; `pv` needs `system` (its forecasts use no weather:
-    clear sky x the correction learnt from the measurements before each issue time).
+    clear sky x the correction learnt from the measurements before each issue time). `forecaster`
+    replaces EMMA's model (called with the history known at issue time, the issue time and the
+    horizon), so another model is scored by the same harness on the same slots (forecast-models.md's
+    statsforecast comparison).
     """
     if model not in ("load", "pv"):
         raise ForecastInputError("model", f"must be 'load' or 'pv', got {model!r}")
@@ -130,7 +136,10 @@ def backtest(
     for issue in issues:
         at = int((issue - series.start) / SLOT)
         known = [(t, v) for t, v in samples if t < issue]
-        forecast = _forecast(model, known, issue, horizon_slots, country, time_zone, subdivision, system)
+        if forecaster is not None:
+            forecast = forecaster(known, issue, horizon_slots)
+        else:
+            forecast = _forecast(model, known, issue, horizon_slots, country, time_zone, subdivision, system)
         reasons.update(forecast.degraded)
         past = values[:at]
         finite = past[np.isfinite(past)]

@@ -8,9 +8,10 @@ docs/forecast-models.md has the formulas and the reasons behind each constant.
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 
 import numpy as np
 import pvlib
@@ -268,19 +269,35 @@ LEARN_DAYS = 14
 
 # 1,000 sites x (LEARN_DAYS + 1) days: each entry is 96 floats (under 1 kB), so about 15 MB at most.
 _CLEAR_DAYS_CACHED = 16_384
+_clear_days: OrderedDict[tuple[PvSystem, datetime], Floats] = OrderedDict()
+# Runs may compute in several executor threads; the lock covers the cache's bookkeeping only.
+_clear_days_lock = threading.Lock()
 
 
-@lru_cache(maxsize=_CLEAR_DAYS_CACHED)
-def clear_day(system: PvSystem, day: datetime) -> Floats:
-    """The system's clear-sky AC power (20 °C air) in the 96 slots of the UTC day from `day`.
+def clear_days(system: PvSystem, first_day: datetime, days: int) -> Floats:
+    """The system's clear-sky AC power (20 °C air) in the 96 slots of each UTC day from `first_day`.
 
     Cached per system and day: a site's correction is learnt again on every run (every 6 hours)
     over the last LEARN_DAYS, and solar position for those 1,400 slots was 12 % of a 1,000-site
-    round's CPU; a day's clear sky never changes. Read-only: callers must not modify the array."""
-    grid = sky(system.latitude, system.longitude, system.altitude_m, day, 96)
-    clear = ac_power(system, grid, grid.ghi, grid.dni, grid.dhi, np.full(len(grid), DEFAULT_AIR_C))
-    clear.flags.writeable = False
-    return clear
+    round's CPU; a day's clear sky never changes. The days not cached yet are computed in one call
+    (pvlib's fixed cost per call is most of a single day's)."""
+    keys = [(system, first_day + timedelta(days=d)) for d in range(days)]
+    with _clear_days_lock:
+        known = {key: _clear_days[key] for key in keys if key in _clear_days}
+    missing = [d for d, key in enumerate(keys) if key not in known]
+    if missing:
+        lo, hi = missing[0], missing[-1] + 1
+        grid = sky(system.latitude, system.longitude, system.altitude_m, keys[lo][1], (hi - lo) * 96)
+        clear = ac_power(system, grid, grid.ghi, grid.dni, grid.dhi, np.full(len(grid), DEFAULT_AIR_C))
+        for d in range(lo, hi):
+            known[keys[d]] = clear[(d - lo) * 96 : (d - lo + 1) * 96]
+    with _clear_days_lock:
+        for key in keys:
+            _clear_days[key] = known[key]
+            _clear_days.move_to_end(key)
+        while len(_clear_days) > _CLEAR_DAYS_CACHED:
+            _clear_days.popitem(last=False)
+    return np.concatenate([known[key] for key in keys])
 
 
 def learn_correction(system: PvSystem, measured: Sequence[tuple[datetime, float]]) -> tuple[float, str]:
@@ -297,7 +314,7 @@ def learn_correction(system: PvSystem, measured: Sequence[tuple[datetime, float]
     last_end = slots.start + SLOT * len(slots.values)
     first_day = max(first_day, (last_end - timedelta(days=LEARN_DAYS)).replace(hour=0, minute=0))
     days = int((last_end - first_day) / timedelta(days=1)) + 1
-    clear = np.concatenate([clear_day(system, first_day + timedelta(days=d)) for d in range(days)])
+    clear = clear_days(system, first_day, days)
     offset = int((slots.start - first_day) / SLOT)
     values = np.full(len(clear), np.nan)
     lo = max(offset, 0)
