@@ -4,10 +4,13 @@ telemetry outside the ingest path; alarms with every transition stored (docs/ala
 
 from __future__ import annotations
 
+from typing import Any
+
 from emma.alarm.v1 import alarm_pb2, alarm_pb2_grpc
 
 from services.identity import Access
-from services.platform.registration import ServiceSpec, service_spec
+from services.platform.registration import ServiceSpec, Worker, service_spec
+from services.platform.runtime import Runtime
 
 # What other packages may use of alarm; everything else in services/alarm/ is private.
 __all__ = ["DEPENDS_ON", "POLICY", "SERVICES", "TABLES"]
@@ -16,16 +19,38 @@ __all__ = ["DEPENDS_ON", "POLICY", "SERVICES", "TABLES"]
 # to resolve a rule's channel, edge and device type inside the caller's organization; telemetry for
 # the committed samples and latest values the engine judges.
 DEPENDS_ON: tuple[str, ...] = ("identity", "registry", "telemetry")
-# The tables this domain alone reads and writes (none yet: the contract comes first).
-TABLES: tuple[str, ...] = ()
+# The tables this domain alone reads and writes (services/migrations/0016_alarm.sql).
+TABLES: tuple[str, ...] = (
+    "alarm.alarms",
+    "alarm.rule_state",
+    "alarm.rules",
+    "alarm.transitions",
+)
 
-# The gRPC services this domain serves (services/catalog.py hosts them); served UNIMPLEMENTED until the servicer lands.
+
+def _alarm(runtime: Runtime) -> Any:
+    from services.alarm.servicer import AlarmServicer
+
+    return AlarmServicer(runtime)
+
+
+def _engine(runtime: Runtime) -> Worker:
+    # The engine runs wherever the alarm service runs (`emma serve alarm`, `emma up`);
+    # EMMA_ALARM_ENGINE=off leaves it idle. Replicas take turns through an advisory lock.
+    from services.alarm.engine import engine_of
+
+    return engine_of(runtime)
+
+
+# The gRPC services this domain serves (services/catalog.py hosts them) and the engine.
 SERVICES: tuple[ServiceSpec, ...] = (
     service_spec(
         "alarm",
         alarm_pb2,
         "AlarmService",
         alarm_pb2_grpc.add_AlarmServiceServicer_to_server,
+        _alarm,
+        workers=(_engine,),
     ),
 )
 

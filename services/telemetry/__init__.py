@@ -23,6 +23,7 @@ from services.telemetry.latest import latest_value
 from services.telemetry.maintenance import create_partitions, roll_up_closed_buckets
 from services.telemetry.series import register_channels
 from services.telemetry.site_history import ChannelMeans, site_channel_means, site_channels
+from services.telemetry.watch import ChannelCursor, CommittedSample, last_batch_times, latest_times, samples_after
 
 # What other packages may use of telemetry; everything else in services/telemetry/ is private.
 __all__ = [
@@ -31,17 +32,22 @@ __all__ = [
     "ROLLUP_BUCKET_US",
     "SERVICES",
     "TABLES",
+    "ChannelCursor",
     "ChannelMeans",
     "Columns",
+    "CommittedSample",
     "SampleRows",
     "copy_samples",
     "create_partitions",
     "erase_edge_telemetry",
+    "last_batch_times",
     "last_stored_batch_seq",
+    "latest_times",
     "latest_value",
     "record_batches",
     "register_channels",
     "roll_up_closed_buckets",
+    "samples_after",
     "samples_copy_payload",
     "site_channel_means",
     "site_channels",

@@ -256,7 +256,7 @@ class AlarmRule(_message.Message):
     """
     device_type: _builtins.str
     """THRESHOLD and STALE_DATA on every device of this type in the organization, as its edge reports
-    it ("sim_battery"); with channel_id. [limits: length ..100]
+    its driver ("simulator.battery"); with channel_id. [limits: length ..100]
     """
     channel_id: _builtins.str
     """The channel of each device of device_type ("CellTemperature"). [limits: length ..100]"""

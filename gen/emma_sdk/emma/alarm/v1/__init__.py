@@ -491,7 +491,7 @@ class AlarmRule(betterproto2.Message):
     device_type: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
     """
     THRESHOLD and STALE_DATA on every device of this type in the organization, as its edge reports
-    it ("sim_battery"); with channel_id. [limits: length ..100]
+    its driver ("simulator.battery"); with channel_id. [limits: length ..100]
     """
 
     channel_id: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)

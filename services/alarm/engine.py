@@ -1,0 +1,382 @@
+"""The alarm engine: a worker that judges the enabled rules on telemetry that ingest has committed.
+
+It is a separate consumer, never part of the ingest ack path: every EMMA_ALARM_INTERVAL_S it reads,
+through the telemetry face, the samples each watched channel committed after the engine's cursor
+(alarm.rule_state.last_time), the newest sample time of channels with a STALE_DATA rule, and when each
+watched edge's newest batch arrived. One evaluation is one transaction under an advisory lock, so with
+several replicas one judges at a time and a crash leaves no half-applied judgement. Samples of a
+channel are judged in time order; a sample committed later with a time before the cursor is history
+and is not judged again (an edge sends its outbox in order, so this is the late replay of an outage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+from emma.alarm.v1 import alarm_pb2 as pb
+from emma.edge.v1 import edge_link_pb2
+
+from services.alarm import alarms
+from services.alarm.config import EngineConfig
+from services.alarm.levels import CRITICAL, NORMAL, WARNING, Judgement, Levels, judge
+from services.alarm.rules import StoredRule, enabled_rules
+from services.names import EdgeName, channel_resource, parse_channel, parse_edge
+from services.platform.migrations import Conn
+from services.platform.runtime import Runtime
+from services.registry import edge_inventory, edge_pk, edges_of_organization
+from services.telemetry import ChannelCursor, last_batch_times, latest_times, samples_after
+
+log = logging.getLogger("emma.alarm")
+
+Clock = Callable[[], dt.datetime]
+# pg_try_advisory_xact_lock key of the engine ("alarm" in ASCII), shared by every replica.
+LOCK_KEY = 0x616C61726D
+_KINDS = (pb.ALARM_RULE_KIND_THRESHOLD, pb.ALARM_RULE_KIND_STALE_DATA, pb.ALARM_RULE_KIND_EDGE_OFFLINE)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One thing a rule watches: a channel of an edge, or an edge."""
+
+    name: str  # the channel's or the edge's resource name (Alarm.source)
+    site: str
+    edge_pk: int
+    channel: str  # "device/Channel"; "" for an edge
+
+
+@dataclass
+class _State:
+    judgement: Judgement
+    last_time: dt.datetime | None
+
+
+def _levels(rule: pb.AlarmRule) -> Levels:
+    lv = rule.levels
+    return Levels(
+        warn_high=lv.warn_high if lv.HasField("warn_high") else None,
+        critical_high=lv.critical_high if lv.HasField("critical_high") else None,
+        warn_low=lv.warn_low if lv.HasField("warn_low") else None,
+        critical_low=lv.critical_low if lv.HasField("critical_low") else None,
+        hysteresis=lv.hysteresis,
+        hold=lv.hold_duration.ToTimedelta(),
+    )
+
+
+def _severity(rule: pb.AlarmRule) -> int:
+    return rule.severity if rule.severity != pb.ALARM_SEVERITY_UNSPECIFIED else pb.ALARM_SEVERITY_WARNING
+
+
+class _Resolver:
+    """Rule targets -> sources, with the registry lookups of one evaluation cached."""
+
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+        self._pks: dict[EdgeName, int | None] = {}
+        self._org_edges: dict[str, list[EdgeName]] = {}
+        self._inventory: dict[int, list[edge_link_pb2.DeviceInventoryItem]] = {}
+
+    async def pk(self, edge: EdgeName) -> int | None:
+        if edge not in self._pks:
+            self._pks[edge] = await edge_pk(self._conn, edge)
+        return self._pks[edge]
+
+    async def edges(self, org: str) -> list[EdgeName]:
+        if org not in self._org_edges:
+            self._org_edges[org] = await edges_of_organization(self._conn, org)
+        return self._org_edges[org]
+
+    async def sources(self, stored: StoredRule) -> list[Source]:
+        rule = stored.rule
+        if rule.kind == pb.ALARM_RULE_KIND_EDGE_OFFLINE:
+            edges = [parse_edge(rule.edge)] if rule.edge else await self.edges(stored.org)
+            out = []
+            for e in edges:
+                pk = await self.pk(e)
+                if pk is not None:
+                    out.append(Source(str(e), str(e.site_name), pk, ""))
+            return out
+        if rule.channel:
+            ch = parse_channel(rule.channel)
+            pk = await self.pk(ch.edge)
+            return [] if pk is None else [Source(rule.channel, str(ch.edge.site_name), pk, ch.address)]
+        out = []
+        for e in await self.edges(stored.org):
+            pk = await self.pk(e)
+            if pk is None:
+                continue
+            if pk not in self._inventory:
+                self._inventory[pk] = await edge_inventory(self._conn, pk)
+            for device in self._inventory[pk]:
+                if device.driver == rule.device_type:
+                    address = f"{device.device_id}/{rule.channel_id}"
+                    out.append(Source(channel_resource(e, address), str(e.site_name), pk, address))
+        return out
+
+
+class AlarmEngine:
+    def __init__(
+        self, pool: asyncpg.Pool, config: EngineConfig, clock: Clock = lambda: dt.datetime.now(dt.UTC)
+    ) -> None:
+        self._pool = pool
+        self._config = config
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._config.enabled:
+            self._task = asyncio.create_task(self._loop(), name="alarm-engine")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.evaluate()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A database outage or a bad row must not end the engine; the next round retries.
+                log.exception("alarm evaluation failed")
+            await asyncio.sleep(self._config.interval_s)
+
+    async def evaluate(self) -> int:
+        """One evaluation of every enabled rule; returns the number of transitions it stored (0 when
+        another replica holds the engine's lock)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", LOCK_KEY):
+                return 0
+            now = self._clock()
+            changes = await alarms.unshelve_due(conn, now)
+            resolver = _Resolver(conn)
+            watched: list[tuple[StoredRule, Source]] = []
+            for stored in await enabled_rules(conn, _KINDS):
+                watched.extend((stored, s) for s in await resolver.sources(stored))
+            states = await _load_states(conn, watched)
+            changes += await self._thresholds(
+                conn, [w for w in watched if w[0].rule.kind == pb.ALARM_RULE_KIND_THRESHOLD], states
+            )
+            changes += await self._stale(
+                conn, [w for w in watched if w[0].rule.kind == pb.ALARM_RULE_KIND_STALE_DATA], states, now
+            )
+            changes += await self._offline(
+                conn, [w for w in watched if w[0].rule.kind == pb.ALARM_RULE_KIND_EDGE_OFFLINE], states, now
+            )
+            return changes
+
+    async def _thresholds(
+        self, conn: Conn, watched: list[tuple[StoredRule, Source]], states: dict[tuple[int, str], _State]
+    ) -> int:
+        cursors: dict[tuple[int, str], dt.datetime | None] = {}
+        for stored, s in watched:
+            state = states.get((stored.pk, s.name))
+            after = state.last_time if state else None
+            key = (s.edge_pk, s.channel)
+            # Several rules on one channel read it once, from the earliest of their cursors.
+            if key not in cursors or (cursors[key] is not None and (after is None or after < cursors[key])):  # type: ignore[operator]
+                cursors[key] = after
+        samples = await samples_after(
+            conn,
+            [ChannelCursor(pk, ch, after) for (pk, ch), after in cursors.items()],
+            self._config.samples_per_channel,
+        )
+        by_channel: dict[tuple[int, str], list[tuple[dt.datetime, float, str]]] = defaultdict(list)
+        for x in samples:
+            by_channel[(x.edge_pk, x.channel)].append((x.time, x.value, x.unit))
+        changes = 0
+        for stored, s in watched:
+            key = (stored.pk, s.name)
+            state = states.get(key) or _State(Judgement(), None)
+            levels = _levels(stored.rule)
+            judgement = state.judgement
+            last_time = state.last_time
+            value: float | None = None
+            for time, value, unit in by_channel.get((s.edge_pk, s.channel), []):
+                if last_time is not None and time <= last_time:
+                    continue
+                judged = judge(levels, judgement, time, value)
+                if judged.level != judgement.level:
+                    note = _threshold_note(levels, judged.level, value, unit)
+                    message = f"{s.channel} {value:g} {unit}".rstrip() + (f": {note}" if note else " is back to normal")
+                    changes += await _apply(
+                        conn, stored, s, judgement.level, judged.level, judged.level, value, unit, time, message, note
+                    )
+                judgement, last_time = judged, time
+            if value is not None and judgement.level != NORMAL:
+                row = await alarms.open_alarm(conn, stored.pk, s.name)
+                if row is not None:
+                    await alarms.update_value(conn, row["id"], value)
+            if state.last_time != last_time or state.judgement != judgement:
+                await _save_state(conn, stored.pk, s.name, judgement, last_time)
+        return changes
+
+    async def _stale(
+        self,
+        conn: Conn,
+        watched: list[tuple[StoredRule, Source]],
+        states: dict[tuple[int, str], _State],
+        now: dt.datetime,
+    ) -> int:
+        latest = await latest_times(conn, list({(s.edge_pk, s.channel) for _, s in watched}))
+        changes = 0
+        for stored, s in watched:
+            window = stored.rule.stale_after.ToTimedelta()
+            newest = latest.get((s.edge_pk, s.channel))
+            # A channel that never reported is stale once the rule has waited a whole window for it.
+            since = newest if newest is not None else stored.rule.update_time.ToDatetime(dt.UTC)
+            stale = now - since > window
+            seconds = int((now - since).total_seconds())
+            message = (
+                f"{s.channel} sent no value for {seconds} s (allowed {int(window.total_seconds())} s)"
+                if stale
+                else f"{s.channel} reports again"
+            )
+            changes += await self._on_off(conn, stored, s, states, stale, now, message)
+        return changes
+
+    async def _offline(
+        self,
+        conn: Conn,
+        watched: list[tuple[StoredRule, Source]],
+        states: dict[tuple[int, str], _State],
+        now: dt.datetime,
+    ) -> int:
+        last = await last_batch_times(conn, list({s.edge_pk for _, s in watched}))
+        changes = 0
+        for stored, s in watched:
+            window = stored.rule.offline_after.ToTimedelta()
+            newest = last.get(s.edge_pk)
+            # An edge that never sent telemetry has not gone offline; it was never online.
+            offline = newest is not None and now - newest > window
+            message = (
+                f"{parse_edge(s.name).edge} sent no telemetry for {int((now - newest).total_seconds())} s"
+                if offline and newest is not None
+                else f"{parse_edge(s.name).edge} sends telemetry again"
+            )
+            changes += await self._on_off(conn, stored, s, states, offline, now, message)
+        return changes
+
+    @staticmethod
+    async def _on_off(
+        conn: Conn,
+        stored: StoredRule,
+        s: Source,
+        states: dict[tuple[int, str], _State],
+        condition: bool,
+        now: dt.datetime,
+        message: str,
+    ) -> int:
+        state = states.get((stored.pk, s.name)) or _State(Judgement(), None)
+        level = _severity(stored.rule) if condition else NORMAL
+        if level == state.judgement.level:
+            return 0
+        changes = await _apply(conn, stored, s, state.judgement.level, level, level, None, "", now, message, message)
+        await _save_state(conn, stored.pk, s.name, Judgement(level=level), state.last_time)
+        return changes
+
+
+def _threshold_note(levels: Levels, level: int, value: float, unit: str) -> str:
+    if level == NORMAL:
+        return ""
+    name = "critical" if level == CRITICAL else "warning"
+    high = levels.critical_high if level == CRITICAL else levels.warn_high
+    low = levels.critical_low if level == CRITICAL else levels.warn_low
+    if high is not None and value >= high - levels.hysteresis:
+        return f"{name} (>= {high:g} {unit})".replace(" )", ")")
+    if low is not None:
+        return f"{name} (<= {low:g} {unit})".replace(" )", ")")
+    return name
+
+
+async def _apply(
+    conn: Conn,
+    stored: StoredRule,
+    s: Source,
+    old: int,
+    new: int,
+    severity: int,
+    value: float | None,
+    unit: str,
+    time: dt.datetime,
+    message: str,
+    note: str,
+) -> int:
+    """Stores what a change of the judged level means for the source's alarm; returns transitions."""
+    row = await alarms.open_alarm(conn, stored.pk, s.name)
+    if new == NORMAL:
+        if row is None:
+            return 0  # cleared by hand meanwhile
+        await alarms.close(conn, row, alarms.ENGINE_ACTOR, time, value, message)
+        return 1
+    if row is not None:
+        if row["severity"] == severity:
+            return 0
+        await alarms.change_severity(conn, row, severity, value, message, time, note)
+        return 1
+    rule = stored.rule
+    new_alarm = alarms.NewAlarm(
+        org=stored.org,
+        rule_pk=stored.pk,
+        rule=rule.name,
+        rule_display_name=rule.display_name,
+        kind=rule.kind,
+        source=s.name,
+        site=s.site,
+        severity=severity if severity in (WARNING, CRITICAL) else pb.ALARM_SEVERITY_WARNING,
+        value=value,
+        unit=unit,
+        message=message,
+        remediation_steps=list(rule.remediation_steps),
+        allow_manual_clear=rule.allow_manual_clear,
+    )
+    return 1 if await alarms.raise_alarm(conn, new_alarm, time, note) is not None else 0
+
+
+async def _load_states(conn: Conn, watched: list[tuple[StoredRule, Source]]) -> dict[tuple[int, str], _State]:
+    if not watched:
+        return {}
+    rows = await conn.fetch(
+        """SELECT r.rule_pk, r.source, r.level, r.warn_since, r.critical_since, r.last_time
+           FROM alarm.rule_state r JOIN unnest($1::bigint[], $2::text[]) AS w(rule_pk, source)
+             ON r.rule_pk = w.rule_pk AND r.source = w.source""",
+        [stored.pk for stored, _ in watched],
+        [s.name for _, s in watched],
+    )
+    return {
+        (int(r["rule_pk"]), r["source"]): _State(
+            Judgement(r["level"], r["warn_since"], r["critical_since"]), r["last_time"]
+        )
+        for r in rows
+    }
+
+
+async def _save_state(conn: Conn, rule_pk: int, source: str, j: Judgement, last_time: dt.datetime | None) -> None:
+    await conn.execute(
+        """INSERT INTO alarm.rule_state (rule_pk, source, level, warn_since, critical_since, last_time)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (rule_pk, source) DO UPDATE SET level = EXCLUDED.level, warn_since = EXCLUDED.warn_since,
+               critical_since = EXCLUDED.critical_since, last_time = EXCLUDED.last_time""",
+        rule_pk,
+        source,
+        j.level,
+        j.warn_since,
+        j.critical_since,
+        last_time,
+    )
+
+
+def engine_of(runtime: Runtime) -> AlarmEngine:
+    """The worker factory ServiceSpec names: settings from the process's environment."""
+    return AlarmEngine(runtime.pool, EngineConfig.from_env(runtime.config.env or os.environ))

@@ -1,0 +1,299 @@
+"""AlarmService: parses, checks access, delegates to rules.py and alarms.py. WatchAlarms fans one
+LISTEN per process out to the streams of that process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import grpc
+from emma.alarm.v1 import alarm_pb2 as pb
+from emma.alarm.v1 import alarm_pb2_grpc
+from emma.common.v1 import errors_pb2
+from google.protobuf import empty_pb2
+
+from services.alarm import alarms, rules
+from services.errors import ApiError, invalid_field
+from services.identity import Access, caller, note_audit
+from services.names import ID_PATTERN, parse_organization, parse_site
+from services.pagination import Page
+from services.platform.idempotency import run_once
+from services.platform.migrations import Conn
+from services.platform.notify import Listener
+from services.platform.rpc import Context
+from services.platform.runtime import Runtime
+
+WATCH_QUEUE = 1000
+_OPEN = frozenset({pb.ALARM_STATE_ACTIVE, pb.ALARM_STATE_ACKNOWLEDGED, pb.ALARM_STATE_SHELVED})
+_SVC = "/emma.alarm.v1.AlarmService/"
+
+_Change = tuple[str, uuid.UUID, int]  # (org, alarm id, transition seq)
+_Act = Callable[[Conn, str, uuid.UUID, str], Awaitable[pb.Alarm]]
+
+
+class _Watchers:
+    """One LISTEN per process on the alarms' channel, fanned out to every WatchAlarms stream."""
+
+    def __init__(self, dsn: str) -> None:
+        self._queues: set[asyncio.Queue[_Change | None]] = set()
+        self._listener = Listener(dsn, [alarms.NOTIFY_CHANNEL], self._on_notify)
+
+    async def start(self) -> None:
+        await self._listener.start()
+
+    async def stop(self) -> None:
+        await self._listener.stop()
+
+    async def wait_connected(self) -> None:
+        await self._listener.connected.wait()
+
+    def _on_notify(self, _channel: str, payload: str) -> None:
+        try:
+            data = json.loads(payload)
+            change = (str(data["org"]), uuid.UUID(data["alarm"]), int(data["seq"]))
+        except (ValueError, KeyError, TypeError):
+            return
+        for queue in list(self._queues):
+            try:
+                queue.put_nowait(change)
+            except asyncio.QueueFull:
+                # Never a silent gap: the stream ends with an error the client can act on.
+                self._queues.discard(queue)
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.get_nowait()
+                    queue.put_nowait(None)
+
+    @contextlib.contextmanager
+    def subscribe(self) -> Iterator[asyncio.Queue[_Change | None]]:
+        queue: asyncio.Queue[_Change | None] = asyncio.Queue(WATCH_QUEUE)
+        self._queues.add(queue)
+        try:
+            yield queue
+        finally:
+            self._queues.discard(queue)
+
+
+def _rule_id(value: str) -> str:
+    if not ID_PATTERN.match(value):
+        raise invalid_field("alarm_rule_id", "1-63 lowercase letters, digits and hyphens, starting with a letter")
+    return value
+
+
+class AlarmServicer(alarm_pb2_grpc.AlarmServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self._pool = runtime.pool
+        self._watchers = _Watchers(runtime.dsn)
+
+    async def start(self) -> None:
+        await self._watchers.start()
+
+    async def stop(self) -> None:
+        await self._watchers.stop()
+
+    # ------------------------------------------------------------------------------------ rules
+
+    async def CreateAlarmRule(self, request: pb.CreateAlarmRuleRequest, context: Context) -> pb.AlarmRule:
+        org = parse_organization(request.parent, "parent")
+        rule_id = _rule_id(request.alarm_rule_id)
+        rules.check_rule(request.alarm_rule, org)
+        me = caller(context)
+        me.require_org(org, Access.OPERATOR, resource=request.parent)
+        note_audit(rules.rule_name(org, rule_id))
+
+        async def change(conn: Conn) -> pb.AlarmRule:
+            await rules.check_targets(conn, request.alarm_rule)
+            return await rules.create(conn, org, rule_id, request.alarm_rule)
+
+        async with self._pool.acquire() as conn:
+            return await run_once(
+                conn,
+                actor=me.actor,
+                method=_SVC + "CreateAlarmRule",
+                request=request,
+                request_id=request.request_id,
+                response_type=pb.AlarmRule,
+                change=change,
+            )
+
+    async def GetAlarmRule(self, request: pb.GetAlarmRuleRequest, context: Context) -> pb.AlarmRule:
+        org, rule_id = rules.parse_rule_name(request.name)
+        caller(context).require_org(org, Access.VIEWER, resource=request.name)
+        async with self._pool.acquire() as conn:
+            return (await rules.get(conn, org, rule_id)).rule
+
+    async def ListAlarmRules(self, request: pb.ListAlarmRulesRequest, context: Context) -> pb.ListAlarmRulesResponse:
+        org = parse_organization(request.parent, "parent")
+        page = Page.of("ListAlarmRules", request)
+        caller(context).require_org(org, Access.VIEWER, resource=request.parent)
+        async with self._pool.acquire() as conn:
+            found = await rules.list_rules(conn, org, page.offset, page.limit)
+        return pb.ListAlarmRulesResponse(alarm_rules=page.rows(found), next_page_token=page.next_token(found))
+
+    async def UpdateAlarmRule(self, request: pb.UpdateAlarmRuleRequest, context: Context) -> pb.AlarmRule:
+        org, rule_id = rules.parse_rule_name(request.alarm_rule.name, "alarm_rule.name")
+        me = caller(context)
+        me.require_org(org, Access.OPERATOR, resource=request.alarm_rule.name)
+        note_audit(request.alarm_rule.name)
+
+        async def change(conn: Conn) -> pb.AlarmRule:
+            stored = await rules.get(conn, org, rule_id, for_update=True)
+            updated = rules.merged(stored.rule, request.alarm_rule, request.update_mask)
+            rules.check_rule(updated, org)
+            return await rules.update(conn, stored, updated)
+
+        async with self._pool.acquire() as conn:
+            return await run_once(
+                conn,
+                actor=me.actor,
+                method=_SVC + "UpdateAlarmRule",
+                request=request,
+                request_id=request.request_id,
+                response_type=pb.AlarmRule,
+                change=change,
+            )
+
+    async def DeleteAlarmRule(self, request: pb.DeleteAlarmRuleRequest, context: Context) -> empty_pb2.Empty:
+        org, rule_id = rules.parse_rule_name(request.name)
+        me = caller(context)
+        me.require_org(org, Access.OPERATOR, resource=request.name)
+        note_audit(request.name)
+
+        async def change(conn: Conn) -> empty_pb2.Empty:
+            stored = await rules.get(conn, org, rule_id, for_update=True)
+            await alarms.close_open_of_rule(conn, stored.pk, me.actor, "its rule was deleted")
+            await rules.delete(conn, stored)
+            return empty_pb2.Empty()
+
+        async with self._pool.acquire() as conn:
+            return await run_once(
+                conn,
+                actor=me.actor,
+                method=_SVC + "DeleteAlarmRule",
+                request=request,
+                request_id=request.request_id,
+                response_type=empty_pb2.Empty,
+                change=change,
+            )
+
+    # ----------------------------------------------------------------------------------- alarms
+
+    async def GetAlarm(self, request: pb.GetAlarmRequest, context: Context) -> pb.Alarm:
+        org, alarm_id = alarms.parse_alarm_name(request.name)
+        caller(context).require_org(org, Access.VIEWER, resource=request.name)
+        async with self._pool.acquire() as conn:
+            return await alarms.with_transitions(conn, await alarms.get(conn, org, alarm_id))
+
+    async def ListAlarms(self, request: pb.ListAlarmsRequest, context: Context) -> pb.ListAlarmsResponse:
+        org = parse_organization(request.parent, "parent")
+        page = Page.of("ListAlarms", request)
+        if len(request.states) > 4:
+            raise invalid_field("states", "at most 4 states")
+        if pb.ALARM_STATE_UNSPECIFIED in request.states:
+            raise invalid_field("states", "ALARM_STATE_UNSPECIFIED is not a state")
+        if request.site and parse_site(request.site, "site").org != org:
+            raise invalid_field("site", f"must be a site of {request.parent}")
+        if request.rule and rules.parse_rule_name(request.rule, "rule")[0] != org:
+            raise invalid_field("rule", f"must be a rule of {request.parent}")
+        caller(context).require_org(org, Access.VIEWER, resource=request.parent)
+        f = alarms.AlarmFilter(
+            states=frozenset(request.states) or _OPEN,
+            min_severity=request.min_severity,
+            site=request.site,
+            rule=request.rule,
+            raised_after=request.raised_after_time.ToDatetime(dt.UTC)
+            if request.HasField("raised_after_time")
+            else None,
+        )
+        async with self._pool.acquire() as conn:
+            found = await alarms.list_alarms(conn, org, f, page.offset, page.limit)
+        return pb.ListAlarmsResponse(alarms=page.rows(found), next_page_token=page.next_token(found))
+
+    async def _operate(
+        self,
+        method: str,
+        request: pb.AcknowledgeAlarmRequest | pb.ShelveAlarmRequest | pb.ClearAlarmRequest,
+        context: Context,
+        act: _Act,
+    ) -> pb.Alarm:
+        org, alarm_id = alarms.parse_alarm_name(request.name)
+        alarms.check_note(request.note)
+        me = caller(context)
+        me.require_org(org, Access.OPERATOR, resource=request.name)
+        note_audit(request.name)
+
+        async def change(conn: Conn) -> pb.Alarm:
+            return await act(conn, org, alarm_id, me.actor)
+
+        async with self._pool.acquire() as conn:
+            return await run_once(
+                conn,
+                actor=me.actor,
+                method=_SVC + method,
+                request=request,
+                request_id=request.request_id,
+                response_type=pb.Alarm,
+                change=change,
+            )
+
+    async def AcknowledgeAlarm(self, request: pb.AcknowledgeAlarmRequest, context: Context) -> pb.Alarm:
+        async def act(conn: Conn, org: str, alarm_id: uuid.UUID, actor: str) -> pb.Alarm:
+            return await alarms.acknowledge(conn, org, alarm_id, actor, request.note)
+
+        return await self._operate("AcknowledgeAlarm", request, context, act)
+
+    async def ShelveAlarm(self, request: pb.ShelveAlarmRequest, context: Context) -> pb.Alarm:
+        if not request.HasField("shelve_until_time"):
+            raise invalid_field("shelve_until_time", "required")
+        until = request.shelve_until_time.ToDatetime(dt.UTC)
+        now = dt.datetime.now(dt.UTC)
+        if not now < until <= now + alarms.MAX_SHELVE:
+            raise invalid_field(
+                "shelve_until_time", f"must be in the future and at most {alarms.MAX_SHELVE.days} days ahead"
+            )
+
+        async def act(conn: Conn, org: str, alarm_id: uuid.UUID, actor: str) -> pb.Alarm:
+            return await alarms.shelve(conn, org, alarm_id, until, actor, request.note)
+
+        return await self._operate("ShelveAlarm", request, context, act)
+
+    async def ClearAlarm(self, request: pb.ClearAlarmRequest, context: Context) -> pb.Alarm:
+        async def act(conn: Conn, org: str, alarm_id: uuid.UUID, actor: str) -> pb.Alarm:
+            return await alarms.clear(conn, org, alarm_id, actor, request.note)
+
+        return await self._operate("ClearAlarm", request, context, act)
+
+    async def WatchAlarms(self, request: pb.WatchAlarmsRequest, context: Context) -> AsyncIterator[pb.AlarmChange]:
+        org = parse_organization(request.parent, "parent")
+        caller(context).require_org(org, Access.VIEWER, resource=request.parent)
+        with self._watchers.subscribe() as queue:
+            await self._watchers.wait_connected()
+            # Headers go out once the subscription is in place: a client that waits for them misses
+            # no change committed afterwards.
+            await context.send_initial_metadata(())
+            while True:
+                item = await queue.get()
+                if item is None:
+                    raise ApiError(
+                        grpc.StatusCode.ABORTED,
+                        errors_pb2.ERROR_REASON_STATE_CONFLICT,
+                        f"the stream fell more than {WATCH_QUEUE} changes behind; watch again and re-list",
+                    )
+                change_org, alarm_id, seq = item
+                if change_org != org:
+                    continue
+                async with self._pool.acquire() as conn:
+                    change = await alarms.change_of(conn, alarm_id, seq)
+                if change is None:
+                    continue
+                shelved = change.alarm.state == pb.ALARM_STATE_SHELVED
+                if (
+                    shelved
+                    and not request.include_shelved
+                    and change.transition.kind != pb.ALARM_TRANSITION_KIND_SHELVED
+                ):
+                    continue
+                yield change
