@@ -15,7 +15,8 @@ from services.platform.runtime import Runtime
 __all__ = ["DEPENDS_ON", "POLICY", "SERVICES", "TABLES", "edge_connections"]
 
 # The services this domain may import (their package faces); see docs/architecture.md.
-DEPENDS_ON = ("identity", "registry", "telemetry", "command")
+# The optimizer for its schedules, delivered like commands through a relay of the producing domain.
+DEPENDS_ON = ("identity", "registry", "telemetry", "command", "optimizer")
 # The tables (and SQL functions) this domain alone reads and writes; other domains go through this package or its RPCs.
 TABLES = ("app.edge_sessions", "app.edge_events")
 

@@ -18,6 +18,7 @@ from services.edgelink.log_limit import LogLimiter
 from services.edgelink.session import EdgeSession, IngestCounters, record_event
 from services.edgelink.writer import DEFAULT_LANES, IngestWriter
 from services.errors import ApiError, invalid_field
+from services.optimizer import ScheduleRelay
 from services.platform import db
 from services.platform.rpc import Context
 from services.platform.runtime import Runtime
@@ -42,6 +43,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         )
         self.counters = IngestCounters()
         self.relay = CommandRelay(runtime.pool, runtime.dsn, runtime.replica_id)
+        self.schedules = ScheduleRelay(runtime.pool, runtime.dsn)
         self._tasks: list[asyncio.Task[None]] = []
         self._writer_pool: asyncpg.Pool | None = None
         # The stream each edge has on this replica, so a newer one can end the older one at once.
@@ -60,6 +62,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         self._writer_pool = await db.create_pool(writer_db, self._runtime.dsn or None)
         await self.writer.start(self._writer_pool)
         await self.relay.start()
+        await self.schedules.start()
         self._tasks = [
             asyncio.create_task(self._sweep_offline(), name="offline-sweeper"),
             asyncio.create_task(self._log_stats(), name="ingest-stats"),
@@ -71,6 +74,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=CLOSE_WAIT_S)
         await self.relay.stop()
+        await self.schedules.stop()
         await self.writer.stop()
         if self._writer_pool is not None:
             await self._writer_pool.close()
@@ -133,6 +137,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
             self.counters,
             self._runtime.replica_id,
             self.relay,
+            self.schedules,
         )
 
         older = self._streams.get(session.edge_pk)
@@ -153,6 +158,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         try:
             yield edge_link_pb2.ConnectResponse(welcome=welcome)
             await session.attach_commands()  # after the Welcome: commands in flight, then the queue
+            await session.attach_schedules()  # then the plan in force, if any
             async for response in session.responses():
                 yield response
         finally:

@@ -34,6 +34,7 @@ from services.edgelink.writer import IngestWriter, PendingBatch
 from services.errors import ApiError, invalid_field, reason_name
 from services.identity import EdgeIdentity, authenticate_edge_key, edge_key_revoked
 from services.names import CHANNEL_ADDRESS
+from services.optimizer import ScheduleRelay
 from services.platform.config import IngestConfig
 from services.platform.migrations import Conn
 from services.registry import store_inventory
@@ -106,9 +107,11 @@ class EdgeSession:
         config: IngestConfig,
         counters: IngestCounters,
         relay: CommandRelay | None = None,
+        schedules: ScheduleRelay | None = None,
     ) -> None:
         self.identity = identity
         self._relay = relay
+        self._schedules = schedules
         self._ack_pace = TokenBucket(ACKS_PER_SECOND, ACKS_PER_SECOND)
         self.session_id = session_id
         self._pool = pool
@@ -134,6 +137,7 @@ class EdgeSession:
         counters: IngestCounters,
         replica_id: str,
         relay: CommandRelay | None = None,
+        schedules: ScheduleRelay | None = None,
     ) -> tuple[EdgeSession, edge_link_pb2.Welcome]:
         async with pool.acquire() as conn:
             identity = await authenticate_edge_key(conn, hello.api_key)
@@ -153,7 +157,7 @@ class EdgeSession:
                     f"protocol_version {hello.protocol_version} is not supported; this server speaks "
                     f"{PROTOCOL_VERSION}",
                 )
-            session = cls(identity, uuid.uuid4(), pool, writer, config, counters, relay)
+            session = cls(identity, uuid.uuid4(), pool, writer, config, counters, relay, schedules)
             await session._add_channels(conn, hello.channel_table)
             await session._store_inventory(conn, hello.devices)
             offset_ms = (_ts_seconds(hello.edge_time) - time.time()) * 1000 if hello.HasField("edge_time") else 0.0
@@ -243,6 +247,18 @@ class EdgeSession:
         if self._relay is not None:
             await self._relay.attach(self)
 
+    async def attach_schedules(self) -> None:
+        if self._schedules is not None:
+            await self._schedules.attach(self)
+
+    async def _on_schedule_ack(self, ack: edge_link_pb2.ScheduleAck) -> None:
+        # Paced with the command acks: one bucket bounds what an edge's acks cost the database.
+        await self._ack_pace.take()
+        if self._schedules is not None:
+            await self._schedules.on_ack(self, ack)
+        else:
+            log.warning("schedule ack without a schedule relay", extra={"edge": self.edge_name})
+
     async def _on_command_ack(self, ack: edge_link_pb2.CommandAck) -> None:
         await self._ack_pace.take()  # at most ACKS_PER_SECOND per edge; excess waits, never dropped
         if len(ack.command) > MAX_COMMAND_NAME_CHARS:
@@ -308,10 +324,12 @@ class EdgeSession:
                         errors_pb2.ERROR_REASON_STATE_CONFLICT,
                         "Hello may only be sent once per stream",
                     )
+                elif kind == "schedule_ack":
+                    await self._on_schedule_ack(request.schedule_ack)
                 else:
-                    # Schedule acknowledgements belong to the optimizer's schedules (a later issue);
-                    # until then they are logged so nothing passes unnoticed.
-                    log.info("edge message not handled yet", extra={"edge": str(self.identity.name), "kind": kind})
+                    # A message type newer than this server (or none at all): logged so nothing
+                    # passes unnoticed.
+                    log.info("edge message not handled", extra={"edge": str(self.identity.name), "kind": kind})
             await self._acks.put(None)
             await acker
             await self.outbound.put(_CLOSE)
@@ -474,6 +492,8 @@ class EdgeSession:
     async def _close(self) -> None:
         if self._relay is not None:
             self._relay.detach(self)
+        if self._schedules is not None:
+            self._schedules.detach(self)
         self._counters.streams_closed += 1
         try:
             # One statement (one round trip, one commit): the session goes offline and, if it was

@@ -10,17 +10,20 @@ from typing import Any
 from emma.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 
 from services.identity import Access
+from services.optimizer.relay import ScheduleRelay, ScheduleSink
 from services.platform.registration import ServiceSpec, service_spec
 from services.platform.runtime import Runtime
 
 # What other packages may use of optimizer; everything else in services/optimizer/ is private.
-__all__ = ["DEPENDS_ON", "POLICY", "SERVICES", "TABLES"]
+__all__ = ["DEPENDS_ON", "POLICY", "SERVICES", "TABLES", "ScheduleRelay", "ScheduleSink"]
 
 # The services this domain may import (their package faces); see docs/architecture.md. The registry
 # to check that a run's sites exist.
 DEPENDS_ON: tuple[str, ...] = ("identity", "registry")
-# The tables this domain alone reads and writes (services/migrations/0013_optimizer.sql).
-TABLES: tuple[str, ...] = ("optimizer.runs",)
+# The tables this domain alone reads and writes (services/migrations/0013_optimizer.sql and
+# 0017_optimizer_schedules.sql). EdgeLink delivers the plans through ScheduleRelay, as it delivers
+# commands through the command domain's relay: the optimizer sits below EdgeLink.
+TABLES: tuple[str, ...] = ("optimizer.runs", "optimizer.schedule_deliveries")
 
 
 def _optimizer(runtime: Runtime) -> Any:

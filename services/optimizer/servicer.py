@@ -162,6 +162,10 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
                 creator=creator,
                 request_id=request_id,
             )
+            still_valid = problem.start + SLOT * problem.slots > dt.datetime.now(dt.UTC)
+            if run.state == pb.OPTIMIZATION_RUN_STATE_SUCCEEDED and still_valid:
+                # The edges of these sites follow the new plan from now on (ScheduleRelay).
+                await store.announce_schedules(conn, sites)
         if failure is not None:
             raise failure
         run.inputs.CopyFrom(inputs)

@@ -101,3 +101,38 @@ async def active_run(conn: Conn, site: str, now: datetime) -> StoredRun | None:
         now,
     )
     return None if row is None else _stored(row)
+
+
+# -- schedules on their way to the edges (migration 0017) -------------------------------------------
+
+SCHEDULE_CHANNEL = "emma_optimizer_schedules"  # payload: a site name whose plan changed
+
+
+async def announce_schedules(conn: Conn, sites: list[str]) -> None:
+    """Tell every EdgeLink replica that these sites have a new plan (delivered after the commit)."""
+    await conn.execute(f"SELECT pg_notify('{SCHEDULE_CHANNEL}', s) FROM unnest($1::text[]) AS s", sites)
+
+
+async def record_sent(conn: Conn, run_id: uuid.UUID, edge: str, schedule_id: str) -> None:
+    await conn.execute(
+        """INSERT INTO optimizer.schedule_deliveries (run_id, edge_name, schedule_id, first_sent_time, last_sent_time)
+           VALUES ($1, $2, $3, now(), now())
+           ON CONFLICT (run_id, edge_name) DO UPDATE SET last_sent_time = now(),
+               sent_count = optimizer.schedule_deliveries.sent_count + 1""",
+        run_id,
+        edge,
+        schedule_id,
+    )
+
+
+async def record_ack(conn: Conn, edge: str, schedule_id: str, accepted: bool, reason: str) -> bool:
+    """The edge's answer to a schedule; False when no schedule of that id was sent to that edge."""
+    updated = await conn.fetchval(
+        """UPDATE optimizer.schedule_deliveries SET ack_time = now(), accepted = $3, reason = $4
+           WHERE edge_name = $1 AND schedule_id = $2 RETURNING true""",
+        edge,
+        schedule_id,
+        accepted,
+        reason or None,
+    )
+    return bool(updated)
