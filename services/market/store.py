@@ -154,8 +154,13 @@ def _resolution_s(resolution: timedelta, what: str) -> int:
 
 
 def _columns(slots: Sequence[Slot], what: str) -> tuple[list[datetime], list[float]]:
-    starts: list[datetime] = []
-    values: list[float] = []
+    starts = [s.start for s in slots]
+    values = [s.value for s in slots]
+    # What the parsers give (UTC, finite) passes in two C-speed sweeps; anything else is looked at
+    # slot by slot below, converted or refused naming the slot.
+    if all(t.tzinfo is UTC for t in starts) and all(map(math.isfinite, values)):
+        return starts, values
+    starts, values = [], []
     for i, slot in enumerate(slots):
         if not math.isfinite(slot.value):
             raise StoreError(f"{what}: slot {i} ({slot.start.isoformat()}) has the value {slot.value}")
@@ -354,13 +359,15 @@ async def _save_wave(
         "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::text[]) AS k",
         sorted({p.lock for p in wave}),
     )
+    # A subquery per document: always a primary key lookup. As a join the planner hashed a scan of
+    # every document ever stored once the table grew.
     rows = await conn.fetch(
-        "SELECT d.source, d.document_id, max(d.revision) AS held FROM market.documents d"
-        " JOIN unnest($1::text[], $2::text[]) AS k(s, i) ON d.source = k.s AND d.document_id = k.i GROUP BY 1, 2",
+        "SELECT k.s, k.i, (SELECT max(d.revision) FROM market.documents d WHERE d.source = k.s"
+        " AND d.document_id = k.i) AS held FROM unnest($1::text[], $2::text[]) AS k(s, i)",
         [p.source for p in wave],
         [p.doc.document_id for p in wave],
     )
-    held = {(r["source"], r["document_id"]): r["held"] for r in rows}
+    held = {(r["s"], r["i"]): r["held"] for r in rows if r["held"] is not None}
     done: list[tuple[_Prepared, SaveResult]] = []
     live: list[_Prepared] = []
     earlier: list[_Prepared] = []
@@ -468,27 +475,42 @@ async def _assessed(conn: Conn, changed: list[_Prepared], policy: WarningPolicy)
     return wanted
 
 
+# Finding the rows a save replaces and deleting them are two statements: the rows are found with one
+# index range scan per series and document (a LATERAL subquery the planner cannot flatten: as a
+# `DELETE ... USING unnest(...)` join it hashed a sequential scan of every stored price, so each batch
+# cost more the more was stored), locked FOR UPDATE so they stay put, and deleted by their ctid (a TID
+# scan). In a backfill nothing is found and the DELETE is skipped.
+_PRICE_FOUND = "w.tid, w.zone, w.product, w.auction, w.sequence, w.geography, w.delivery_start, w.resolution_s, w.value"
+_BORDER_FOUND = "w.tid, w.out_zone, w.in_zone, w.delivery_start, w.resolution_s, w.value"
+
+
+async def _take(conn: Conn, table: str, found: list[asyncpg.Record]) -> None:
+    if found:
+        await conn.execute(f"DELETE FROM market.{table} WHERE ctid = ANY($1::tid[])", [r["tid"] for r in found])
+
+
 async def _delete_documents(conn: Conn, docs: list[_Prepared]) -> None:
     by_n = {n: p for n, p in enumerate(docs)}
     keys = ([n for n in by_n], [p.source for p in docs], [p.doc.document_id for p in docs])
     rows = await conn.fetch(
-        "DELETE FROM market.prices p USING unnest($1::int[], $2::text[], $3::text[]) AS k(n, s, i)"
-        " WHERE p.source = k.s AND p.document_id = k.i"
-        " RETURNING k.n, p.zone, p.product, p.auction, p.sequence, p.geography, p.delivery_start, p.resolution_s,"
-        " p.value",
+        f"SELECT k.n, {_PRICE_FOUND} FROM unnest($1::int[], $2::text[], $3::text[]) AS k(n, s, i) CROSS JOIN LATERAL"
+        " (SELECT p.ctid AS tid, p.* FROM market.prices p WHERE p.source = k.s AND p.document_id = k.i"
+        " OFFSET 0 FOR UPDATE) w",
         *keys,
     )
+    await _take(conn, "prices", rows)
     for r in rows:
-        by_n[r[0]].old.add(("prices", (r[1], r[2], r[3], r[4], r[5]), r[6], r[7], r[8]))
+        by_n[r[0]].old.add(("prices", (r[2], r[3], r[4], r[5], r[6]), r[7], r[8], r[9]))
     for table in ("flows", "capacities"):
         rows = await conn.fetch(
-            f"DELETE FROM market.{table} p USING unnest($1::int[], $2::text[], $3::text[]) AS k(n, s, i)"
-            " WHERE p.source = k.s AND p.document_id = k.i"
-            " RETURNING k.n, p.out_zone, p.in_zone, p.delivery_start, p.resolution_s, p.value",
+            f"SELECT k.n, {_BORDER_FOUND} FROM unnest($1::int[], $2::text[], $3::text[]) AS k(n, s, i)"
+            f" CROSS JOIN LATERAL (SELECT p.ctid AS tid, p.* FROM market.{table} p"
+            " WHERE p.source = k.s AND p.document_id = k.i OFFSET 0 FOR UPDATE) w",
             *keys,
         )
+        await _take(conn, table, rows)
         for r in rows:
-            by_n[r[0]].old.add((table, (r[1], r[2]), r[3], r[4], r[5]))
+            by_n[r[0]].old.add((table, (r[2], r[3]), r[4], r[5], r[6]))
 
 
 async def _replace(conn: Conn, docs: list[_Prepared]) -> None:
@@ -497,37 +519,40 @@ async def _replace(conn: Conn, docs: list[_Prepared]) -> None:
     idents = sorted({(n, ident) for n, p in by_n.items() for ident, *_ in p.prices})
     if idents:
         rows = await conn.fetch(
-            "DELETE FROM market.prices p USING unnest($1::int[], $2::text[], $3::smallint[], $4::smallint[],"
+            f"SELECT k.n, {_PRICE_FOUND} FROM unnest($1::int[], $2::text[], $3::smallint[], $4::smallint[],"
             " $5::int[], $6::text[], $7::timestamptz[], $8::timestamptz[])"
-            " AS k(n, zone, product, auction, sequence, geography, s, e)"
+            " AS k(n, zone, product, auction, sequence, geography, s, e) CROSS JOIN LATERAL"
+            " (SELECT p.ctid AS tid, p.* FROM market.prices p"
             " WHERE p.zone = k.zone AND p.product = k.product AND p.auction = k.auction AND p.sequence = k.sequence"
             " AND p.geography = k.geography AND p.delivery_start >= k.s AND p.delivery_start < k.e"
-            " RETURNING k.n, p.zone, p.product, p.auction, p.sequence, p.geography, p.delivery_start,"
-            " p.resolution_s, p.value",
+            " OFFSET 0 FOR UPDATE) w",
             [n for n, _ in idents],
             *([ident[i] for _, ident in idents] for i in range(5)),
             [_span_of(by_n[n])[0] for n, _ in idents],
             [_span_of(by_n[n])[1] for n, _ in idents],
         )
+        await _take(conn, "prices", rows)
         for r in rows:
-            by_n[r[0]].old.add(("prices", (r[1], r[2], r[3], r[4], r[5]), r[6], r[7], r[8]))
+            by_n[r[0]].old.add(("prices", (r[2], r[3], r[4], r[5], r[6]), r[7], r[8], r[9]))
     for table in ("flows", "capacities"):
         borders = sorted({(n, b[1]) for n, p in by_n.items() for b in p.borders if b[0] == table})
         if not borders:
             continue
         rows = await conn.fetch(
-            f"DELETE FROM market.{table} p USING unnest($1::int[], $2::text[], $3::text[], $4::timestamptz[],"
-            " $5::timestamptz[]) AS k(n, o, i, s, e)"
+            f"SELECT k.n, {_BORDER_FOUND} FROM unnest($1::int[], $2::text[], $3::text[], $4::timestamptz[],"
+            " $5::timestamptz[]) AS k(n, o, i, s, e) CROSS JOIN LATERAL"
+            f" (SELECT p.ctid AS tid, p.* FROM market.{table} p"
             " WHERE p.out_zone = k.o AND p.in_zone = k.i AND p.delivery_start >= k.s AND p.delivery_start < k.e"
-            " RETURNING k.n, p.out_zone, p.in_zone, p.delivery_start, p.resolution_s, p.value",
+            " OFFSET 0 FOR UPDATE) w",
             [n for n, _ in borders],
             [b[0] for _, b in borders],
             [b[1] for _, b in borders],
             [_span_of(by_n[n])[0] for n, _ in borders],
             [_span_of(by_n[n])[1] for n, _ in borders],
         )
+        await _take(conn, table, rows)
         for r in rows:
-            by_n[r[0]].old.add((table, (r[1], r[2]), r[3], r[4], r[5]))
+            by_n[r[0]].old.add((table, (r[2], r[3]), r[4], r[5], r[6]))
 
 
 def _span_of(p: _Prepared) -> tuple[datetime, datetime]:
