@@ -6,6 +6,7 @@ import { api, describeError, type Role, type User } from "./api";
 
 export interface Session {
   accessToken: string;
+  accessIssued: number; // epoch ms, when this browser received it
   accessExpires: number; // epoch ms
   refreshToken: string;
   refreshExpires: number;
@@ -13,7 +14,7 @@ export interface Session {
 }
 
 const KEY = "emma.session";
-// Refresh this long before the access token expires (a fifth of its life when that is shorter).
+// Refresh this long before the access token expires (a fifth of its lifetime when that is shorter).
 const MARGIN_MS = 60_000;
 
 type Listener = (session: Session | null, reason?: string) => void;
@@ -47,8 +48,8 @@ function ms(time: string | undefined): number {
 function schedule(): void {
   window.clearTimeout(timer);
   if (!current) return;
-  const life = current.accessExpires - Date.now();
-  const delay = Math.max(0, life - Math.min(MARGIN_MS, life / 5));
+  const lifetime = current.accessExpires - current.accessIssued;
+  const delay = Math.max(0, current.accessExpires - Date.now() - Math.min(MARGIN_MS, lifetime / 5));
   timer = window.setTimeout(() => void refresh(), delay);
 }
 
@@ -72,6 +73,7 @@ export async function login(email: string, password: string): Promise<string | n
   if (!data || !data.accessToken || !data.refreshToken || !data.user) return describeError(error, response);
   store({
     accessToken: data.accessToken,
+    accessIssued: Date.now(),
     accessExpires: ms(data.accessTokenExpireTime),
     refreshToken: data.refreshToken,
     refreshExpires: ms(data.refreshTokenExpireTime),
@@ -107,6 +109,7 @@ export async function refresh(): Promise<boolean> {
         store({
           ...stored,
           accessToken: data.accessToken,
+          accessIssued: Date.now(),
           accessExpires: ms(data.accessTokenExpireTime),
           refreshToken: data.refreshToken,
           refreshExpires: ms(data.refreshTokenExpireTime),

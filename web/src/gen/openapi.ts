@@ -1676,7 +1676,7 @@ export interface components {
             kind?: components["schemas"]["emma.alarm.v1.AlarmRuleKind"];
             /** @description THRESHOLD and STALE_DATA on one channel: organizations/{organization}/sites/{site}/edges/{edge}/devices/{device}/channels/{channel}. Leave empty and set device_type and channel_id to watch that channel of every device of a type. */
             channel?: string;
-            /** @description THRESHOLD and STALE_DATA on every device of this type in the organization, as its edge reports it ("sim_battery"); with channel_id. Limits: length at most 100 characters. */
+            /** @description THRESHOLD and STALE_DATA on every device of this type in the organization, as its edge reports its driver ("simulator.battery"); with channel_id. Limits: length at most 100 characters. */
             deviceType?: string;
             /** @description The channel of each device of device_type ("CellTemperature"). Limits: length at most 100 characters. */
             channelId?: string;
