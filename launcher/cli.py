@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     from launcher.forecast_cli import add_forecast_parser
 
     add_forecast_parser(sub)
+    from launcher.optimizer_cli import add_optimize_parser
+
+    add_optimize_parser(sub)
 
     admin = sub.add_parser(
         "admin",
@@ -256,6 +259,10 @@ def _run(args: argparse.Namespace) -> int:
         from launcher.forecast_cli import run_forecast_cli
 
         return asyncio.run(run_forecast_cli(args, env))
+    if args.command == "optimize":
+        from launcher.optimizer_cli import run_optimize_cli
+
+        return asyncio.run(run_optimize_cli(args, env))
     if args.command == "admin":
         from launcher.admin_cli import run_admin
 
@@ -281,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command + (f" {args.admin_command}" if args.command == "admin" else "")
     if args.command == "forecast":
         command += f" {args.forecast_command}"
+    if args.command == "optimize":
+        command += f" {args.optimize_command}"
     if args.command == "edge" and args.edge_command:
         command += f" {args.edge_command}"
     try:
