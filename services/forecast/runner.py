@@ -179,7 +179,10 @@ async def measured_history(conn: Conn, site: SiteName, issue_time: datetime) -> 
     measured = replace(measured, pv=[(t, v) for t, v in measured.pv if t >= pv_from])
     notes: tuple[str, ...] = ()
     if not measured.load_channels:
-        notes = ("no measured load: the site's edges have no load*/ActivePower channel (docs/forecasting.md)",)
+        notes = (
+            "no measured load: the site's edges have no load*/ActivePower channel and no grid*/ActivePower "
+            "meter to derive it from (docs/forecasting.md)",
+        )
     return measured, notes
 
 
