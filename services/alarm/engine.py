@@ -39,6 +39,7 @@ log = logging.getLogger("emma.alarm")
 Clock = Callable[[], dt.datetime]
 # pg_try_advisory_xact_lock key of the engine ("alarm" in ASCII), shared by every replica.
 LOCK_KEY = 0x616C61726D
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _KINDS = (pb.ALARM_RULE_KIND_THRESHOLD, pb.ALARM_RULE_KIND_STALE_DATA, pb.ALARM_RULE_KIND_EDGE_OFFLINE)
 
 
@@ -218,7 +219,11 @@ class AlarmEngine:
                 row = await alarms.open_alarm(conn, stored.pk, s.name)
                 if row is not None:
                     await alarms.update_value(conn, row["id"], value)
-            if state.last_time != last_time or state.judgement != judgement:
+            if last_time is None:
+                # The channel has no sample yet: everything it sends from now on is new, so the
+                # cursor starts at the beginning instead of at the newest sample.
+                last_time = _EPOCH
+            if key not in states or state.last_time != last_time or state.judgement != judgement:
                 await _save_state(conn, stored.pk, s.name, judgement, last_time)
         return changes
 
