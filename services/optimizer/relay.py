@@ -31,6 +31,8 @@ log = logging.getLogger("emma.optimizer.relay")
 
 # A reason from the edge is stored for people; one edge must not write megabytes into a row.
 MAX_ACK_REASON_CHARS = 1_000
+# How often every attached stream is checked for a plan that came into force (one query per stream).
+POLL_INTERVAL_S = 60.0
 # The ids sent are run names, organizations/{o}/optimizationRuns/{uuid}: well under this.
 MAX_SCHEDULE_ID_CHARS = 300
 
@@ -61,11 +63,15 @@ class ScheduleRelay:
         self._locks: dict[int, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener = Listener(dsn, [store.SCHEDULE_CHANNEL], self._on_notify, self._deliver_all)
+        self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._listener.start()
+        self._poller = asyncio.create_task(self._poll(), name="schedule-poll")
 
     async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
         await self._listener.stop()
         for task in list(self._tasks):
             task.cancel()
@@ -95,6 +101,13 @@ class ScheduleRelay:
         for sink in list(self._sinks.values()):
             self._spawn(sink)
 
+    async def _poll(self) -> None:
+        """A run that was stored before its horizon started is announced when it is stored; this pass
+        delivers it once it comes into force (and anything a lost notification missed)."""
+        while True:
+            await asyncio.sleep(POLL_INTERVAL_S)
+            await self._deliver_all()
+
     def _spawn(self, sink: ScheduleSink) -> None:
         task = asyncio.create_task(self._deliver(sink), name=f"schedule-{sink.edge_pk}")
         self._tasks.add(task)
@@ -108,7 +121,11 @@ class ScheduleRelay:
             try:
                 now = dt.datetime.now(dt.UTC)
                 async with self._pool.acquire() as conn:
-                    found = await store.active_run(conn, _site_of(sink.edge_name), now)
+                    site = _site_of(sink.edge_name)
+                    # The plan in force; without one, the next plan (a day-ahead run), which the edge
+                    # holds until its first slot starts. The periodic pass switches to a plan once it
+                    # comes into force.
+                    found = await store.active_run(conn, site, now) or await store.next_run(conn, site, now)
                     if found is None:
                         return
                     schedule = edge_schedule(found.result, found.inputs, sink.edge_name, now)

@@ -103,6 +103,18 @@ async def active_run(conn: Conn, site: str, now: datetime) -> StoredRun | None:
     return None if row is None else _stored(row)
 
 
+async def next_run(conn: Conn, site: str, now: datetime) -> StoredRun | None:
+    """The newest successful run of the earliest start after `now` that plans `site` (a day-ahead plan)."""
+    row = await conn.fetchrow(
+        """SELECT * FROM optimizer.runs
+           WHERE site_names @> ARRAY[$1::text] AND state = 'succeeded' AND start_time > $2
+           ORDER BY start_time, create_time DESC, run_id DESC LIMIT 1""",
+        site,
+        now,
+    )
+    return None if row is None else _stored(row)
+
+
 # -- schedules on their way to the edges (migration 0017) -------------------------------------------
 
 SCHEDULE_CHANNEL = "emma_optimizer_schedules"  # payload: a site name whose plan changed
