@@ -141,6 +141,27 @@ async def test_the_dev_overlay_runs_migrates_serves_end_to_end_and_drains(
         finally:
             await stream.close()
 
+    # Prometheus, as the pods' annotations tell it: every `emma serve` pod answers on the annotated port
+    # and path, and the api pod counted the command it created. (The gateway's /metrics is shadowed by
+    # the dashboard layer until gateway/web.py lists it among the API's paths; tests/observability
+    # scrapes the gateway itself.)
+    annotations = {
+        name: d["spec"]["template"]["metadata"]["annotations"] for name, d in by_kind(render(DEV), "Deployment").items()
+    }
+    async with httpx.AsyncClient(timeout=10) as scraper:
+        for name in ("emma-edgelink", "emma-api", "emma-market-worker"):
+            meta = annotations[name]
+            assert meta["prometheus.io/scrape"] == "true", name
+            port = cluster[name].ports[int(meta["prometheus.io/port"])]
+            answer = await scraper.get(f"http://127.0.0.1:{port}{meta['prometheus.io/path']}")
+            assert answer.status_code == 200, (name, answer.text)
+            assert answer.headers["content-type"].startswith("text/plain; version=0.0.4"), name
+            assert 'emma_db_pool_connections{pool="main",state="max"}' in answer.text, (name, answer.text)
+            if name == "emma-api":
+                create = "/emma.command.v1.CommandService/CreateCommand"
+                created_ok = f'emma_rpc_duration_seconds_count{{method="{create}",code="OK"}} 1'
+                assert created_ok in answer.text, answer.text
+
     # Termination as the kubelet does it: the preStop hook (a sleep), then SIGTERM; every process must
     # drain and exit by itself before terminationGracePeriodSeconds (counted from the hook's start).
     pre_stop = {name: pod.container["lifecycle"]["preStop"]["sleep"]["seconds"] for name, pod in cluster.items()}

@@ -191,15 +191,26 @@ def test_prod_network_allows_only_the_architectures_paths() -> None:
     policies = by_kind(objects, "NetworkPolicy")
     deny = policies["emma-default-deny"]["spec"]
     assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"} and "ingress" not in deny
-    pods = {n: d["spec"]["template"]["metadata"]["labels"] for n, d in by_kind(objects, "Deployment").items()}
+    deployments = by_kind(objects, "Deployment")
+    pods = {n: d["spec"]["template"]["metadata"]["labels"] for n, d in deployments.items()}
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+
+    def app_ingress(name: str) -> list[dict[str, Any]]:
+        """The rules besides Prometheus', which reaches every Deployment on its scrape port and no other."""
+        rules = allowed_ingress(objects, pods[name])
+        scrape = [r for r in rules if r.get("from") == [monitoring]]
+        port = int(deployments[name]["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"])
+        assert [r["ports"] for r in scrape] == [[{"protocol": "TCP", "port": port}]], name
+        return [r for r in rules if r not in scrape]
+
     # The API takes calls from the gateway only; the market worker from nobody; the gateway from the
     # ingress controller; EdgeLink from anywhere (edges on the internet), on its gRPC port only.
-    (api,) = allowed_ingress(objects, pods["emma-api"])
+    (api,) = app_ingress("emma-api")
     assert api["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "emma-gateway"}}}]
-    assert allowed_ingress(objects, pods["emma-market-worker"]) == []
-    (gateway,) = allowed_ingress(objects, pods["emma-gateway"])
+    assert app_ingress("emma-market-worker") == []
+    (gateway,) = app_ingress("emma-gateway")
     assert gateway["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ingress-nginx"}
-    (edgelink,) = allowed_ingress(objects, pods["emma-edgelink"])
+    (edgelink,) = app_ingress("emma-edgelink")
     assert "from" not in edgelink and edgelink["ports"] == [{"protocol": "TCP", "port": 50051}]
     # Egress to the internet's HTTPS only for the market worker.
     https = [
@@ -249,7 +260,8 @@ def test_only_the_pods_behind_the_gateway_trust_x_forwarded_for() -> None:
         if var["name"] == "EMMA_TRUST_FORWARDED_FOR" and var.get("value") == "1"
     }
     assert trusting == {"emma-api"}
-    (api,) = allowed_ingress(
-        objects, by_kind(objects, "Deployment")["emma-api"]["spec"]["template"]["metadata"]["labels"]
-    )
+    labels = by_kind(objects, "Deployment")["emma-api"]["spec"]["template"]["metadata"]["labels"]
+    rules = allowed_ingress(objects, labels)
+    # Only the gateway reaches the gRPC port, where the metadata arrives (Prometheus only :9464).
+    (api,) = [r for r in rules if {"protocol": "TCP", "port": 50051} in r["ports"]]
     assert api["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "emma-gateway"}}}]
