@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from core.errors import EmmaError
 
@@ -65,6 +66,34 @@ class Slot:
         return Slot, (self.start, self.value)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _pack(slots: tuple[Slot, ...]) -> tuple[object, ...]:
+    """A series' slots for pickling: UTC starts as microseconds since the epoch and the values, two
+    flat lists (a Slot and its datetime pickled one by one cost most of sending a parsed document to
+    another process); other time zones as the Slots themselves."""
+    starts = [s.start for s in slots]
+    if not all(t.tzinfo is UTC for t in starts):
+        return (slots,)
+    return [(t - _EPOCH) // _MICROSECOND for t in starts], [s.value for s in slots]
+
+
+def _unpack(packed: tuple[object, ...]) -> tuple[Slot, ...]:
+    if len(packed) == 1:
+        return packed[0]  # type: ignore[return-value]
+    starts, values = packed
+    return tuple(
+        Slot(_EPOCH + timedelta(microseconds=m), v)
+        for m, v in zip(starts, values, strict=True)  # type: ignore[call-overload]
+    )
+
+
+def _price_series(packed: tuple[object, ...], *fields: Any) -> PriceSeries:
+    return PriceSeries(fields[0], fields[1], fields[2], _unpack(packed), *fields[3:])
+
+
 @dataclass(frozen=True, slots=True)
 class PriceSeries:
     zone: str  # EIC code of the bidding zone (10Y1001A1001A82H for DE-LU)
@@ -76,6 +105,19 @@ class PriceSeries:
     geography: str = ""  # PVPC's ESIOS geography ("8741" Península); "" elsewhere
     currency: str = "EUR"
     unit: str = "MWH"
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _price_series, (
+            _pack(self.slots),
+            self.zone,
+            self.product,
+            self.resolution,
+            self.auction,
+            self.sequence,
+            self.geography,
+            self.currency,
+            self.unit,
+        )
 
 
 @dataclass(frozen=True, slots=True)

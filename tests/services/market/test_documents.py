@@ -5,12 +5,13 @@ A03 forward fill, sequences apart, resolution changes, DST days, PVPC missing, n
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+import pickle
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from services.market import DocumentError, DocumentKind, MarketDocument, PriceSeries, Product, Source
+from services.market import DocumentError, DocumentKind, MarketDocument, PriceSeries, Product, Slot, Source
 from services.market.documents import parse_document
 
 DATA = Path(__file__).parent / "data"
@@ -284,3 +285,19 @@ def test_esios_without_values_is_missing_not_an_error() -> None:
     body["indicator"]["values"] = []
     doc = parse_document(json.dumps(body).encode(), "esios.json")
     assert (doc.kind, doc.prices, doc.interval) == (DocumentKind.PRICES, (), None)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.iterdir() if p.suffix in (".xml", ".json")))
+def test_a_parsed_document_crosses_a_process_boundary_unchanged(name: str) -> None:
+    # Parsed documents are pickled from a parser process to the saver; series pack their slots.
+    try:
+        doc = parse(name)
+    except DocumentError:
+        return  # an error fixture: nothing to send
+    again = pickle.loads(pickle.dumps(doc))
+    assert again == doc
+    assert [str(s.start) for p in again.prices for s in p.slots] == [str(s.start) for p in doc.prices for s in p.slots]
+    cest = timezone(timedelta(hours=2))
+    local = PriceSeries(ES, Product.SPOT, H, (Slot(datetime(2024, 6, 1, tzinfo=cest), 1.5),))
+    back = pickle.loads(pickle.dumps(local))
+    assert back == local and back.slots[0].start.tzinfo == cest
