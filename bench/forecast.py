@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import datetime as dt
 import math
+import os
 import signal
 import sys
 import time
@@ -345,6 +346,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                 "concurrency": CONCURRENCY,
                 "server": f"emma serve {SERVICES} (one process)",
                 "ingest": f"{INGEST_EDGES} edges x {INGEST_POINTS} points/s",
+                # Where the server runs the models (docs/forecasting.md): a worker process unless "off".
+                "model_process": os.environ.get("EMMA_FORECAST_MODEL_PROCESS", "on"),
             },
         }
         result["seed"] = await seed(dsn, sites, days)

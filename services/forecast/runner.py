@@ -6,9 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import multiprocessing
+import os
+import threading
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -17,6 +21,8 @@ from typing import Protocol
 import asyncpg
 from emma.registry.v1 import registry_pb2
 
+from core.env import env_flag
+from services.forecast.config import ForecastConfigError
 from services.forecast.errors import ForecastError, MissingSiteData, WeatherError
 from services.forecast.load import LOOKBACK_DAYS, forecast_load
 from services.forecast.measured import Measured, read_measured
@@ -78,9 +84,35 @@ def net_load(load: Forecast, pv: Forecast) -> Forecast:
     )
 
 
-# The models are CPU work (about 13 ms PV and 24 ms load per site, docs/performance.md): they run
-# in an executor so the event loop keeps serving RPCs and ingest while a round of sites is forecast.
-_DEFAULT_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast-model")
+# The models are CPU work (about 18 ms per site, 40 ms when the site's clear-sky days are not cached
+# yet): they run in an executor so the event loop keeps serving RPCs and ingest while a round of sites
+# is forecast. By default that is one worker process (EMMA_FORECAST_MODEL_PROCESS=on): a thread would
+# hold the GIL the event loop needs, so a 1,000-site round ran on one core; the process runs the
+# models on another core and keeps the models' caches (clear-sky days, turbidity) for the process's
+# lifetime. "off" runs them in one thread of the server process.
+_default_executor: Executor | None = None
+_default_executor_lock = threading.Lock()
+
+
+def default_executor() -> Executor:
+    """The process-wide model executor (made on first use, from EMMA_FORECAST_MODEL_PROCESS)."""
+    global _default_executor
+    with _default_executor_lock:
+        if _default_executor is None:
+            if env_flag(os.environ, "EMMA_FORECAST_MODEL_PROCESS", True, ForecastConfigError):
+                # spawn, not fork: the server process has gRPC's and asyncio's threads.
+                _default_executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            else:
+                _default_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast-model")
+        return _default_executor
+
+
+def _drop_broken(executor: Executor) -> None:
+    """Forget a process pool whose worker died, so the next run starts a new one."""
+    global _default_executor
+    with _default_executor_lock:
+        if _default_executor is executor:
+            _default_executor = None
 
 
 def compute_forecasts(
@@ -167,7 +199,12 @@ async def make_forecasts(
         reasons,
         notes,
     )
-    return await asyncio.get_running_loop().run_in_executor(executor or _DEFAULT_EXECUTOR, work)
+    chosen = executor or default_executor()
+    try:
+        return await asyncio.get_running_loop().run_in_executor(chosen, work)
+    except BrokenProcessPool as exc:
+        _drop_broken(chosen)
+        raise ForecastError(f"the forecast model process stopped ({exc}); the next run starts a new one") from None
 
 
 async def measured_history(conn: Conn, site: SiteName, issue_time: datetime) -> tuple[Measured, tuple[str, ...]]:
