@@ -32,7 +32,7 @@ log = logging.getLogger("emma.gateway")
 
 DEFAULT_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 # The API app's paths; the web layer answers none of them.
-API_PATHS = frozenset({"/v1", "/docs", "/openapi.json", "/healthz"})
+API_PATHS = frozenset({"/v1", "/docs", "/openapi.json", "/healthz", "/metrics"})
 API_PREFIXES = ("/v1/", "/v1:")
 
 # Explicit types rather than the mimetypes module, whose answers depend on the host's /etc/mime.types.

@@ -103,6 +103,10 @@ async def test_api_paths_are_never_shadowed(client: httpx.AsyncClient) -> None:
     docs = await client.get("/docs")
     assert docs.status_code == 200 and b"/openapi.json" in docs.content
     assert docs.content != (DIST / "index.html").read_bytes()
+    # The Prometheus scrape is the API's too, even when a browser-like Accept header asks.
+    scraped = await client.get("/metrics", headers={"accept": "text/html"})
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+    assert b"<html" not in scraped.content.lower()
 
 
 async def test_missing_files_and_other_methods_get_the_apis_answers(client: httpx.AsyncClient) -> None:
