@@ -97,6 +97,18 @@ market_data_age = _meter.create_gauge(
 )
 
 
+
+
+def record_alarm_raised(severity: str) -> None:
+    """One alarm raised (a rule's condition held long enough), by its severity name (e.g. WARNING)."""
+    alarms_raised.add(1, {"severity": severity})
+
+
+def record_solve(scope: str, seconds: float) -> None:
+    """One optimizer run's solver time (the solve call only, not building the model), by scope."""
+    optimizer_solve_duration.record(seconds, {"scope": scope})
+
+
 class _Pool(Protocol):
     def get_size(self) -> int: ...
     def get_idle_size(self) -> int: ...
