@@ -97,8 +97,6 @@ market_data_age = _meter.create_gauge(
 )
 
 
-
-
 def record_alarm_raised(severity: str) -> None:
     """One alarm raised (a rule's condition held long enough), by its severity name (e.g. WARNING)."""
     alarms_raised.add(1, {"severity": severity})
