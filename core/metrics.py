@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from opentelemetry import metrics
@@ -60,28 +62,27 @@ gateway_duration = _meter.create_histogram(
     explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
 )
 
-# --- for the domains to record (each names where it is called in its docstring) -------------------
+# --- for the domains to record: each through a record_*/watch_* function below, which says where ---
 edges_connected = _meter.create_up_down_counter(
     "emma.edge.connected",
-    description="Edge streams this replica holds: +1 when a Hello is accepted, -1 when the stream ends",
+    description="Edge streams this replica holds: +1 when a Hello is accepted, -1 when the stream ends, however",
 )
 ingest_points = _meter.create_counter(
-    "emma.ingest.points", description="Telemetry points stored (rate() of it is the ingest points/s)"
+    "emma.ingest.points", description="Telemetry points stored, resent ones not counted (rate() is points/s)"
 )
 ingest_batches = _meter.create_counter(
-    "emma.ingest.batches", description="Telemetry batches handled, by result (stored, duplicate, rejected)"
+    "emma.ingest.batches", description="Telemetry batches acknowledged, by result (stored, duplicate, rejected)"
 )
 ingest_ack_duration = _meter.create_histogram(
     "emma.ingest.ack.duration",
     unit="s",
-    description="From a telemetry batch's arrival to its acknowledgement being sent (after the commit)",
+    description="From a telemetry batch's arrival on its stream to its acknowledgement being handed to gRPC",
     explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
 )
-queue_depth = _meter.create_up_down_counter(
-    "emma.queue.depth", description="Items waiting in an in-process queue, by queue name"
-)
 command_transitions = _meter.create_counter(
-    "emma.command.transitions", description="Commands entering a state (PENDING, SENT, RECEIVED, EXECUTED, ...)"
+    "emma.command.transitions",
+    description="Commands entering a state after the change committed, by state (QUEUED, DELIVERED, RECEIVED, "
+    "EXECUTED, REJECTED_BY_EDGE, FAILED, CANCELLED)",
 )
 alarms_raised = _meter.create_counter("emma.alarms.raised", description="Alarms raised, by severity")
 optimizer_solve_duration = _meter.create_histogram(
@@ -90,11 +91,46 @@ optimizer_solve_duration = _meter.create_histogram(
     description="Solver time of one optimization run, by scope (site, community)",
     explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
 )
-market_data_age = _meter.create_gauge(
-    "emma.market.data.age",
-    unit="s",
-    description="Age of the newest stored market value, by source and document type (set after each fetch)",
-)
+
+# Attribute sets built once: the ingest path records per batch group and must not build dicts per call.
+_STORED = {"result": "stored"}
+_DUPLICATE = {"result": "duplicate"}
+_REJECTED = {"result": "rejected"}
+_TRANSITION_ATTRIBUTES: dict[str, dict[str, str]] = {}
+
+
+def record_edge_connected(delta: int) -> None:
+    """+1 when EdgeLink accepts a Hello, -1 when that stream's end is recorded (services/edgelink/session.py)."""
+    edges_connected.add(delta)
+
+
+def record_ingested(stored_batches: int, stored_points: int, duplicate_batches: int) -> None:
+    """One committed ingest transaction (services/edgelink/writer.py): its new batches and points, and the
+    resent batches the ledger recognised. One call per transaction, not per batch or point."""
+    if stored_batches:
+        ingest_batches.add(stored_batches, _STORED)
+        ingest_points.add(stored_points)
+    if duplicate_batches:
+        ingest_batches.add(duplicate_batches, _DUPLICATE)
+
+
+def record_rejected_batch() -> None:
+    """A telemetry batch answered REJECTED (invalid, or the writer could not store it)."""
+    ingest_batches.add(1, _REJECTED)
+
+
+def record_ack(seconds: float) -> None:
+    """A telemetry ack handed to gRPC, `seconds` after its batch arrived (any result)."""
+    ingest_ack_duration.record(seconds)
+
+
+def record_command_transition(state: str, count: int = 1) -> None:
+    """`count` commands entered `state` (a CommandState name without its prefix), after the commit
+    (services/command: creation, delivery, acks, cancel, the timers)."""
+    attributes = _TRANSITION_ATTRIBUTES.get(state)
+    if attributes is None:
+        attributes = _TRANSITION_ATTRIBUTES.setdefault(state, {"state": state})
+    command_transitions.add(count, attributes)
 
 
 def record_alarm_raised(severity: str) -> None:
@@ -105,6 +141,66 @@ def record_alarm_raised(severity: str) -> None:
 def record_solve(scope: str, seconds: float) -> None:
     """One optimizer run's solver time (the solve call only, not building the model), by scope."""
     optimizer_solve_duration.record(seconds, {"scope": scope})
+
+
+# --- read at collection: queue depths and market data age ----------------------------------------
+# Observed, not counted on every put and get: a scrape every 15 s reads a few qsize() calls, where an
+# up-down counter would cost two adds per telemetry batch on the ingest path.
+
+_queues: dict[int, tuple[str, Callable[[], int]]] = {}
+_queue_keys = itertools.count()
+
+
+def watch_queue(queue: str, depth: Callable[[], int]) -> Callable[[], None]:
+    """Report `depth()` as emma.queue.depth{queue=queue} (summed over every watcher of that name, e.g.
+    two servers in one process); returns the function that stops reporting it."""
+    key = next(_queue_keys)
+    _queues[key] = (queue, depth)
+
+    def unwatch() -> None:
+        _queues.pop(key, None)
+
+    return unwatch
+
+
+def _queue_observations(options: CallbackOptions) -> Iterable[Observation]:
+    totals: dict[str, int] = {}
+    for name, depth in list(_queues.values()):
+        totals[name] = totals.get(name, 0) + depth()
+    for name, total in totals.items():
+        yield Observation(total, {"queue": name})
+
+
+queue_depth = _meter.create_observable_gauge(
+    "emma.queue.depth",
+    callbacks=[_queue_observations],
+    description="Items waiting in an in-process queue at collection, by queue",
+)
+
+# (source, document) -> when this process last got a current document for it (Unix seconds).
+_market_fresh: dict[tuple[str, str], float] = {}
+
+
+def record_market_data(source: str, document: str, at_unix_s: float) -> None:
+    """A fetch brought `document` from `source` up to date at `at_unix_s` (stored, revised, unchanged,
+    or a 304 confirming the stored one): services/market/scheduler.py. Earlier times never win."""
+    key = (source, document)
+    if at_unix_s > _market_fresh.get(key, float("-inf")):
+        _market_fresh[key] = at_unix_s
+
+
+def _market_observations(options: CallbackOptions) -> Iterable[Observation]:
+    now = time.time()
+    for (source, document), at in list(_market_fresh.items()):
+        yield Observation(max(0.0, now - at), {"source": source, "document": document})
+
+
+market_data_age = _meter.create_observable_gauge(
+    "emma.market.data.age",
+    callbacks=[_market_observations],
+    unit="s",
+    description="Seconds since a fetch last brought this source's document type up to date, at collection",
+)
 
 
 class _Pool(Protocol):
