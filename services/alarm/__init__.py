@@ -69,4 +69,12 @@ POLICY: dict[str, Access] = {
     _AL + "ShelveAlarm": Access.OPERATOR,
     _AL + "ClearAlarm": Access.OPERATOR,
     _AL + "WatchAlarms": Access.VIEWER,
+    # Sending a command changes a device: the operator's role, checked again by CommandService.
+    _AL + "SendAlarmCommand": Access.OPERATOR,
+    # A notification channel sends the organization's alarms to an address outside EMMA: ADMIN.
+    _AL + "CreateNotificationChannel": Access.ADMIN,
+    _AL + "GetNotificationChannel": Access.VIEWER,
+    _AL + "ListNotificationChannels": Access.VIEWER,
+    _AL + "DeleteNotificationChannel": Access.ADMIN,
+    _AL + "ListNotificationDeliveries": Access.VIEWER,
 }

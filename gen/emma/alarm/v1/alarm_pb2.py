@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from emma.common.v1 import types_pb2 as emma_dot_common_dot_v1_dot_types__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import client_pb2 as google_dot_api_dot_client__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
@@ -32,7 +33,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65mma/alarm/v1/alarm.proto\x12\remma.alarm.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x02\n\x0fThresholdLevels\x12\x1c\n\twarn_high\x18\x01 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12 \n\rcritical_high\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x1b\n\x08warn_low\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x02\x88\x01\x01\x12\x1f\n\x0c\x63ritical_low\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x03\x88\x01\x01\x12\x18\n\nhysteresis\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12\x36\n\rhold_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x42\x0c\n\n_warn_highB\x10\n\x0e_critical_highB\x0b\n\t_warn_lowB\x0f\n\r_critical_low\"\xa7\x06\n\tAlarmRule\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x31\n\x04kind\x18\x03 \x01(\x0e\x32\x1c.emma.alarm.v1.AlarmRuleKindB\x05\xe2\x41\x02\x02\x05\x12.\n\x07\x63hannel\x18\x04 \x01(\tB\x1d\xe2\x41\x02\x01\x05\xfa\x41\x15\n\x13\x65mma.energy/Channel\x12\x1a\n\x0b\x64\x65vice_type\x18\x05 \x01(\tB\x05\xe2\x41\x02\x01\x05\x12\x19\n\nchannel_id\x18\x06 \x01(\tB\x05\xe2\x41\x02\x01\x05\x12(\n\x04\x65\x64ge\x18\x07 \x01(\tB\x1a\xe2\x41\x02\x01\x05\xfa\x41\x12\n\x10\x65mma.energy/Edge\x12\x1b\n\x0c\x62idding_zone\x18\x08 \x01(\tB\x05\xe2\x41\x02\x01\x05\x12\x34\n\x06levels\x18\t \x01(\x0b\x32\x1e.emma.alarm.v1.ThresholdLevelsB\x04\xe2\x41\x01\x01\x12\x34\n\x0bstale_after\x18\n \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x36\n\roffline_after\x18\x0b \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x34\n\x08severity\x18\x0c \x01(\x0e\x32\x1c.emma.alarm.v1.AlarmSeverityB\x04\xe2\x41\x01\x01\x12 \n\x12\x61llow_manual_clear\x18\r \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x1f\n\x11remediation_steps\x18\x0e \x03(\tB\x04\xe2\x41\x01\x01\x12\x15\n\x07\x65nabled\x18\x0f \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:g\xea\x41\x64\n\x15\x65mma.energy/AlarmRule\x12\x34organizations/{organization}/alarmRules/{alarm_rule}*\nalarmRules2\talarmRule\"\xd8\x01\n\x0f\x41larmTransition\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".emma.alarm.v1.AlarmTransitionKind\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12.\n\x08severity\x18\x04 \x01(\x0e\x32\x1c.emma.alarm.v1.AlarmSeverity\x12\x12\n\x05value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04note\x18\x06 \x01(\tB\x08\n\x06_value\"\x95\x07\n\x05\x41larm\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12,\n\x04rule\x18\x02 \x01(\tB\x1e\xe2\x41\x01\x03\xfa\x41\x17\n\x15\x65mma.energy/AlarmRule\x12\x1f\n\x11rule_display_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x30\n\x04kind\x18\x04 \x01(\x0e\x32\x1c.emma.alarm.v1.AlarmRuleKindB\x04\xe2\x41\x01\x03\x12\x14\n\x06source\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\'\n\x04site\x18\x06 \x01(\tB\x19\xe2\x41\x01\x03\xfa\x41\x12\n\x10\x65mma.energy/Site\x12.\n\x05state\x18\x07 \x01(\x0e\x32\x19.emma.alarm.v1.AlarmStateB\x04\xe2\x41\x01\x03\x12\x34\n\x08severity\x18\x08 \x01(\x0e\x32\x1c.emma.alarm.v1.AlarmSeverityB\x04\xe2\x41\x01\x03\x12\x18\n\x05value\x18\t \x01(\x01\x42\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x12\x12\n\x04unit\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07message\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x1f\n\x11remediation_steps\x18\x0c \x03(\tB\x04\xe2\x41\x01\x03\x12\x34\n\nraise_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12:\n\x10\x61\x63knowledge_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x61\x63knowledged_by\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03\x12;\n\x11shelve_until_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nclear_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x18\n\ncleared_by\x18\x12 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x39\n\x0btransitions\x18\x14 \x03(\x0b\x32\x1e.emma.alarm.v1.AlarmTransitionB\x04\xe2\x41\x01\x03:R\xea\x41O\n\x11\x65mma.energy/Alarm\x12+organizations/{organization}/alarms/{alarm}*\x06\x61larms2\x05\x61larmB\x08\n\x06_value\"f\n\x0b\x41larmChange\x12#\n\x05\x61larm\x18\x01 \x01(\x0b\x32\x14.emma.alarm.v1.Alarm\x12\x32\n\ntransition\x18\x02 \x01(\x0b\x32\x1e.emma.alarm.v1.AlarmTransition\"\x99\x01\n\x16\x43reateAlarmRuleRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\ralarm_rule_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x32\n\nalarm_rule\x18\x03 \x01(\x0b\x32\x18.emma.alarm.v1.AlarmRuleB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"C\n\x13GetAlarmRuleRequest\x12,\n\x04name\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15\x65mma.energy/AlarmRule\"`\n\x15ListAlarmRulesRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"`\n\x16ListAlarmRulesResponse\x12-\n\x0b\x61larm_rules\x18\x01 \x03(\x0b\x32\x18.emma.alarm.v1.AlarmRule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9d\x01\n\x16UpdateAlarmRuleRequest\x12\x32\n\nalarm_rule\x18\x01 \x01(\x0b\x32\x18.emma.alarm.v1.AlarmRuleB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"`\n\x16\x44\x65leteAlarmRuleRequest\x12,\n\x04name\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15\x65mma.energy/AlarmRule\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\";\n\x0fGetAlarmRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11\x65mma.energy/Alarm\"\xdb\x02\n\x11ListAlarmsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12/\n\x06states\x18\x04 \x03(\x0e\x32\x19.emma.alarm.v1.AlarmStateB\x04\xe2\x41\x01\x01\x12\x38\n\x0cmin_severity\x18\x05 \x01(\x0e\x32\x1c.emma.alarm.v1.AlarmSeverityB\x04\xe2\x41\x01\x01\x12\'\n\x04site\x18\x06 \x01(\tB\x19\xe2\x41\x01\x01\xfa\x41\x12\n\x10\x65mma.energy/Site\x12,\n\x04rule\x18\x07 \x01(\tB\x1e\xe2\x41\x01\x01\xfa\x41\x17\n\x15\x65mma.energy/AlarmRule\x12;\n\x11raised_after_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"S\n\x12ListAlarmsResponse\x12$\n\x06\x61larms\x18\x01 \x03(\x0b\x32\x14.emma.alarm.v1.Alarm\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"q\n\x17\x41\x63knowledgeAlarmRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11\x65mma.energy/Alarm\x12\x12\n\x04note\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"\xa9\x01\n\x12ShelveAlarmRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11\x65mma.energy/Alarm\x12;\n\x11shelve_until_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x12\n\x04note\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"k\n\x11\x43learAlarmRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11\x65mma.energy/Alarm\x12\x12\n\x04note\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"I\n\x12WatchAlarmsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0finclude_shelved\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01*\xb5\x01\n\rAlarmRuleKind\x12\x1f\n\x1b\x41LARM_RULE_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41LARM_RULE_KIND_THRESHOLD\x10\x01\x12\x1e\n\x1a\x41LARM_RULE_KIND_STALE_DATA\x10\x02\x12 \n\x1c\x41LARM_RULE_KIND_EDGE_OFFLINE\x10\x03\x12\"\n\x1e\x41LARM_RULE_KIND_MARKET_WARNING\x10\x04*h\n\rAlarmSeverity\x12\x1e\n\x1a\x41LARM_SEVERITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41LARM_SEVERITY_WARNING\x10\x01\x12\x1b\n\x17\x41LARM_SEVERITY_CRITICAL\x10\x02*\x91\x01\n\nAlarmState\x12\x1b\n\x17\x41LARM_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41LARM_STATE_ACTIVE\x10\x01\x12\x1c\n\x18\x41LARM_STATE_ACKNOWLEDGED\x10\x02\x12\x17\n\x13\x41LARM_STATE_SHELVED\x10\x03\x12\x17\n\x13\x41LARM_STATE_CLEARED\x10\x04*\xbd\x02\n\x13\x41larmTransitionKind\x12%\n!ALARM_TRANSITION_KIND_UNSPECIFIED\x10\x00\x12 \n\x1c\x41LARM_TRANSITION_KIND_RAISED\x10\x01\x12#\n\x1f\x41LARM_TRANSITION_KIND_ESCALATED\x10\x02\x12%\n!ALARM_TRANSITION_KIND_DEESCALATED\x10\x03\x12&\n\"ALARM_TRANSITION_KIND_ACKNOWLEDGED\x10\x04\x12!\n\x1d\x41LARM_TRANSITION_KIND_SHELVED\x10\x05\x12#\n\x1f\x41LARM_TRANSITION_KIND_UNSHELVED\x10\x06\x12!\n\x1d\x41LARM_TRANSITION_KIND_CLEARED\x10\x07\x32\xe4\x0c\n\x0c\x41larmService\x12\xb1\x01\n\x0f\x43reateAlarmRule\x12%.emma.alarm.v1.CreateAlarmRuleRequest\x1a\x18.emma.alarm.v1.AlarmRule\"]\xda\x41\x1fparent,alarm_rule,alarm_rule_id\x82\xd3\xe4\x93\x02\x35\"\'/v1/{parent=organizations/*}/alarmRules:\nalarm_rule\x12\x84\x01\n\x0cGetAlarmRule\x12\".emma.alarm.v1.GetAlarmRuleRequest\x1a\x18.emma.alarm.v1.AlarmRule\"6\xda\x41\x04name\x82\xd3\xe4\x93\x02)\x12\'/v1/{name=organizations/*/alarmRules/*}\x12\x97\x01\n\x0eListAlarmRules\x12$.emma.alarm.v1.ListAlarmRulesRequest\x1a%.emma.alarm.v1.ListAlarmRulesResponse\"8\xda\x41\x06parent\x82\xd3\xe4\x93\x02)\x12\'/v1/{parent=organizations/*}/alarmRules\x12\xb3\x01\n\x0fUpdateAlarmRule\x12%.emma.alarm.v1.UpdateAlarmRuleRequest\x1a\x18.emma.alarm.v1.AlarmRule\"_\xda\x41\x16\x61larm_rule,update_mask\x82\xd3\xe4\x93\x02@22/v1/{alarm_rule.name=organizations/*/alarmRules/*}:\nalarm_rule\x12\x88\x01\n\x0f\x44\x65leteAlarmRule\x12%.emma.alarm.v1.DeleteAlarmRuleRequest\x1a\x16.google.protobuf.Empty\"6\xda\x41\x04name\x82\xd3\xe4\x93\x02)*\'/v1/{name=organizations/*/alarmRules/*}\x12t\n\x08GetAlarm\x12\x1e.emma.alarm.v1.GetAlarmRequest\x1a\x14.emma.alarm.v1.Alarm\"2\xda\x41\x04name\x82\xd3\xe4\x93\x02%\x12#/v1/{name=organizations/*/alarms/*}\x12\x87\x01\n\nListAlarms\x12 .emma.alarm.v1.ListAlarmsRequest\x1a!.emma.alarm.v1.ListAlarmsResponse\"4\xda\x41\x06parent\x82\xd3\xe4\x93\x02%\x12#/v1/{parent=organizations/*}/alarms\x12\x93\x01\n\x10\x41\x63knowledgeAlarm\x12&.emma.alarm.v1.AcknowledgeAlarmRequest\x1a\x14.emma.alarm.v1.Alarm\"A\xda\x41\x04name\x82\xd3\xe4\x93\x02\x34\"//v1/{name=organizations/*/alarms/*}:acknowledge:\x01*\x12\x96\x01\n\x0bShelveAlarm\x12!.emma.alarm.v1.ShelveAlarmRequest\x1a\x14.emma.alarm.v1.Alarm\"N\xda\x41\x16name,shelve_until_time\x82\xd3\xe4\x93\x02/\"*/v1/{name=organizations/*/alarms/*}:shelve:\x01*\x12\x81\x01\n\nClearAlarm\x12 .emma.alarm.v1.ClearAlarmRequest\x1a\x14.emma.alarm.v1.Alarm\";\xda\x41\x04name\x82\xd3\xe4\x93\x02.\")/v1/{name=organizations/*/alarms/*}:clear:\x01*\x12\x8a\x01\n\x0bWatchAlarms\x12!.emma.alarm.v1.WatchAlarmsRequest\x1a\x1a.emma.alarm.v1.AlarmChange\":\xda\x41\x06parent\x82\xd3\xe4\x93\x02+\x12)/v1/{parent=organizations/*}/alarms:watch0\x01\x42\x18\n\x14\x65nergy.emma.alarm.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65mma/alarm/v1/alarm.proto\x12\remma.alarm.v1\x1a\x1a\x65mma/common/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"p\n\tFaultCode\x12\x12\n\x04\x63ode\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x34\n\x08severity\x18\x03 \x01(\x0e\x32\x1c.emma.alarm.v1.AlarmSeverityB\x04\xe2\x41\x01\x01\"\x80\x01\n\x0fProposedCommand\x12\x13\n\x05title\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63hannel\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05value\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x02\x12,\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\"\x9f\x02\n\x0fThresholdLevels\x12\x1c\n\twarn_high\x18\x01 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12 \n\rcritical_high\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x1b\n\x08warn_low\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x02\x88\x01\x01\x12\x1f\n\x0c\x63ritical_low\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x03\x88\x01\x01\x12\x18\n\nhysteresis\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12\x36\n\rhold_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x42\x0c\n\n_warn_highB\x10\n\x0e_critical_highB\x0b\n\t_warn_lowB\x0f\n\r_critical_low\"\x9f\x08\n\tAlarmRule\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x31\n\x04kind\x18\x03 \x01(\x0e\x32\x1c.emma.alarm.v1.AlarmRuleKindB\x05\xe2\x41\x02\x02\x05\x12.\n\x07\x63hannel\x18\x04 \x01(\tB\x1d\xe2\x41\x02\x01\x05\xfa\x41\x15\n\x13\x65mma.energy/Channel\x12\x1a\n\x0b\x64\x65vice_type\x18\x05 \x01(\tB\x05\xe2\x41\x02\x01\x05\x12\x19\n\nchannel_id\x18\x06 \x01(\tB\x05\xe2\x41\x02\x01\x05\x12(\n\x04\x65\x64ge\x18\x07 \x01(\tB\x1a\xe2\x41\x02\x01\x05\xfa\x41\x12\n\x10\x65mma.energy/Edge\x12\x1b\n\x0c\x62idding_zone\x18\x08 \x01(\tB\x05\xe2\x41\x02\x01\x05\x12\x34\n\x06levels\x18\t \x01(\x0b\x32\x1e.emma.alarm.v1.ThresholdLevelsB\x04\xe2\x41\x01\x01\x12\x34\n\x0bstale_after\x18\n \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x36\n\roffline_after\x18\x0b \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x34\n\x08severity\x18\x0c \x01(\x0e\x32\x1c.emma.alarm.v1.AlarmSeverityB\x04\xe2\x41\x01\x01\x12 \n\x12\x61llow_manual_clear\x18\r \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x1f\n\x11remediation_steps\x18\x0e \x03(\tB\x04\xe2\x41\x01\x01\x12\x15\n\x07\x65nabled\x18\x0f \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x33\n\x0b\x66\x61ult_codes\x18\x12 \x03(\x0b\x32\x18.emma.alarm.v1.FaultCodeB\x04\xe2\x41\x01\x01\x12\x37\n\x0e\x65scalate_after\x18\x13 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12?\n\x11proposed_commands\x18\x14 \x03(\x0b\x32\x1e.emma.alarm.v1.ProposedCommandB\x04\xe2\x41\x01\x01\x12G\n\x15notification_channels\x18\x15 \x03(\tB(\xe2\x41\x01\x01\xfa\x41!\n\x1f\x65mma.energy/NotificationChannel:g\xea\x41\x64\n\x15\x65mma.energy/AlarmRule\x12\x34organizations/{organization}/alarmRules/{alarm_rule}*\nalarmRules2\talarmRule\"\xd8\x01\n\x0f\x41larmTransition\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".emma.alarm.v1.AlarmTransitionKind\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12.\n\x08severity\x18\x04 \x01(\x0e\x32\x1c.emma.alarm.v1.AlarmSeverity\x12\x12\n\x05value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04note\x18\x06 \x01(\tB\x08\n\x06_value\"\x8f\x08\n\x05\x41larm\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12,\n\x04rule\x18\x02 \x01(\tB\x1e\xe2\x41\x01\x03\xfa\x41\x17\n\x15\x65mma.energy/AlarmRule\x12\x1f\n\x11rule_display_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x30\n\x04kind\x18\x04 \x01(\x0e\x32\x1c.emma.alarm.v1.AlarmRuleKindB\x04\xe2\x41\x01\x03\x12\x14\n\x06source\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\'\n\x04site\x18\x06 \x01(\tB\x19\xe2\x41\x01\x03\xfa\x41\x12\n\x10\x65mma.energy/Site\x12.\n\x05state\x18\x07 \x01(\x0e\x32\x19.emma.alarm.v1.AlarmStateB\x04\xe2\x41\x01\x03\x12\x34\n\x08severity\x18\x08 \x01(\x0e\x32\x1c.emma.alarm.v1.AlarmSeverityB\x04\xe2\x41\x01\x03\x12\x18\n\x05value\x18\t \x01(\x01\x42\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x12\x12\n\x04unit\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07message\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x1f\n\x11remediation_steps\x18\x0c \x03(\tB\x04\xe2\x41\x01\x03\x12\x34\n\nraise_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12:\n\x10\x61\x63knowledge_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x61\x63knowledged_by\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03\x12;\n\x11shelve_until_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nclear_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x18\n\ncleared_by\x18\x12 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x39\n\x0btransitions\x18\x14 \x03(\x0b\x32\x1e.emma.alarm.v1.AlarmTransitionB\x04\xe2\x41\x01\x03\x12?\n\x11proposed_commands\x18\x15 \x03(\x0b\x32\x1e.emma.alarm.v1.ProposedCommandB\x04\xe2\x41\x01\x03\x12\x37\n\rescalate_time\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:R\xea\x41O\n\x11\x65mma.energy/Alarm\x12+organizations/{organization}/alarms/{alarm}*\x06\x61larms2\x05\x61larmB\x08\n\x06_value\"f\n\x0b\x41larmChange\x12#\n\x05\x61larm\x18\x01 \x01(\x0b\x32\x14.emma.alarm.v1.Alarm\x12\x32\n\ntransition\x18\x02 \x01(\x0b\x32\x1e.emma.alarm.v1.AlarmTransition\"\x99\x01\n\x16\x43reateAlarmRuleRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\ralarm_rule_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x32\n\nalarm_rule\x18\x03 \x01(\x0b\x32\x18.emma.alarm.v1.AlarmRuleB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"C\n\x13GetAlarmRuleRequest\x12,\n\x04name\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15\x65mma.energy/AlarmRule\"`\n\x15ListAlarmRulesRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"`\n\x16ListAlarmRulesResponse\x12-\n\x0b\x61larm_rules\x18\x01 \x03(\x0b\x32\x18.emma.alarm.v1.AlarmRule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9d\x01\n\x16UpdateAlarmRuleRequest\x12\x32\n\nalarm_rule\x18\x01 \x01(\x0b\x32\x18.emma.alarm.v1.AlarmRuleB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"`\n\x16\x44\x65leteAlarmRuleRequest\x12,\n\x04name\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15\x65mma.energy/AlarmRule\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\";\n\x0fGetAlarmRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11\x65mma.energy/Alarm\"\xdb\x02\n\x11ListAlarmsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12/\n\x06states\x18\x04 \x03(\x0e\x32\x19.emma.alarm.v1.AlarmStateB\x04\xe2\x41\x01\x01\x12\x38\n\x0cmin_severity\x18\x05 \x01(\x0e\x32\x1c.emma.alarm.v1.AlarmSeverityB\x04\xe2\x41\x01\x01\x12\'\n\x04site\x18\x06 \x01(\tB\x19\xe2\x41\x01\x01\xfa\x41\x12\n\x10\x65mma.energy/Site\x12,\n\x04rule\x18\x07 \x01(\tB\x1e\xe2\x41\x01\x01\xfa\x41\x17\n\x15\x65mma.energy/AlarmRule\x12;\n\x11raised_after_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"S\n\x12ListAlarmsResponse\x12$\n\x06\x61larms\x18\x01 \x03(\x0b\x32\x14.emma.alarm.v1.Alarm\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"q\n\x17\x41\x63knowledgeAlarmRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11\x65mma.energy/Alarm\x12\x12\n\x04note\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"\xa9\x01\n\x12ShelveAlarmRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11\x65mma.energy/Alarm\x12;\n\x11shelve_until_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x12\n\x04note\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"k\n\x11\x43learAlarmRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11\x65mma.energy/Alarm\x12\x12\n\x04note\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"I\n\x12WatchAlarmsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0finclude_shelved\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\"}\n\x17SendAlarmCommandRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11\x65mma.energy/Alarm\x12\x1e\n\x10proposed_command\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"P\n\x18SendAlarmCommandResponse\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12#\n\x05\x61larm\x18\x02 \x01(\x0b\x32\x14.emma.alarm.v1.Alarm\"\xec\x03\n\x13NotificationChannel\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12;\n\x04kind\x18\x03 \x01(\x0e\x32&.emma.alarm.v1.NotificationChannelKindB\x05\xe2\x41\x02\x02\x05\x12\x19\n\x0bwebhook_url\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12 \n\x0ewebhook_secret\x18\x05 \x01(\tB\x08\xe2\x41\x01\x04\x88\xb5\x18\x01\x12\x1d\n\x0f\x65mail_addresses\x18\x06 \x03(\tB\x04\xe2\x41\x01\x01\x12\x38\n\x0cmin_severity\x18\x07 \x01(\x0e\x32\x1c.emma.alarm.v1.AlarmSeverityB\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:\x9a\x01\xea\x41\x96\x01\n\x1f\x65mma.energy/NotificationChannel\x12Horganizations/{organization}/notificationChannels/{notification_channel}*\x14notificationChannels2\x13notificationChannel\"\xed\x02\n\x14NotificationDelivery\x12%\n\x05\x61larm\x18\x01 \x01(\tB\x16\xfa\x41\x13\n\x11\x65mma.energy/Alarm\x12\x36\n\ntransition\x18\x02 \x01(\x0e\x32\".emma.alarm.v1.AlarmTransitionKind\x12\x37\n\x05state\x18\x03 \x01(\x0e\x32(.emma.alarm.v1.NotificationDeliveryState\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc1\x01\n CreateNotificationChannelRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12%\n\x17notification_channel_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x46\n\x14notification_channel\x18\x03 \x01(\x0b\x32\".emma.alarm.v1.NotificationChannelB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"W\n\x1dGetNotificationChannelRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1f\x65mma.energy/NotificationChannel\"j\n\x1fListNotificationChannelsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"~\n ListNotificationChannelsResponse\x12\x41\n\x15notification_channels\x18\x01 \x03(\x0b\x32\".emma.alarm.v1.NotificationChannel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"t\n DeleteNotificationChannelRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1f\x65mma.energy/NotificationChannel\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x90\x01\n!ListNotificationDeliveriesRequest\x12\x38\n\x06parent\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1f\x65mma.energy/NotificationChannel\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"v\n\"ListNotificationDeliveriesResponse\x12\x37\n\ndeliveries\x18\x01 \x03(\x0b\x32#.emma.alarm.v1.NotificationDelivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xfb\x01\n\rAlarmRuleKind\x12\x1f\n\x1b\x41LARM_RULE_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41LARM_RULE_KIND_THRESHOLD\x10\x01\x12\x1e\n\x1a\x41LARM_RULE_KIND_STALE_DATA\x10\x02\x12 \n\x1c\x41LARM_RULE_KIND_EDGE_OFFLINE\x10\x03\x12\"\n\x1e\x41LARM_RULE_KIND_MARKET_WARNING\x10\x04\x12\"\n\x1e\x41LARM_RULE_KIND_RATE_OF_CHANGE\x10\x05\x12 \n\x1c\x41LARM_RULE_KIND_DEVICE_FAULT\x10\x06*h\n\rAlarmSeverity\x12\x1e\n\x1a\x41LARM_SEVERITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41LARM_SEVERITY_WARNING\x10\x01\x12\x1b\n\x17\x41LARM_SEVERITY_CRITICAL\x10\x02*\x91\x01\n\nAlarmState\x12\x1b\n\x17\x41LARM_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41LARM_STATE_ACTIVE\x10\x01\x12\x1c\n\x18\x41LARM_STATE_ACKNOWLEDGED\x10\x02\x12\x17\n\x13\x41LARM_STATE_SHELVED\x10\x03\x12\x17\n\x13\x41LARM_STATE_CLEARED\x10\x04*\x99\x03\n\x13\x41larmTransitionKind\x12%\n!ALARM_TRANSITION_KIND_UNSPECIFIED\x10\x00\x12 \n\x1c\x41LARM_TRANSITION_KIND_RAISED\x10\x01\x12#\n\x1f\x41LARM_TRANSITION_KIND_ESCALATED\x10\x02\x12%\n!ALARM_TRANSITION_KIND_DEESCALATED\x10\x03\x12&\n\"ALARM_TRANSITION_KIND_ACKNOWLEDGED\x10\x04\x12!\n\x1d\x41LARM_TRANSITION_KIND_SHELVED\x10\x05\x12#\n\x1f\x41LARM_TRANSITION_KIND_UNSHELVED\x10\x06\x12!\n\x1d\x41LARM_TRANSITION_KIND_CLEARED\x10\x07\x12\x32\n.ALARM_TRANSITION_KIND_UNACKNOWLEDGED_ESCALATED\x10\x08\x12&\n\"ALARM_TRANSITION_KIND_COMMAND_SENT\x10\t*\x90\x01\n\x17NotificationChannelKind\x12)\n%NOTIFICATION_CHANNEL_KIND_UNSPECIFIED\x10\x00\x12%\n!NOTIFICATION_CHANNEL_KIND_WEBHOOK\x10\x01\x12#\n\x1fNOTIFICATION_CHANNEL_KIND_EMAIL\x10\x02*\xc4\x01\n\x19NotificationDeliveryState\x12+\n\'NOTIFICATION_DELIVERY_STATE_UNSPECIFIED\x10\x00\x12\'\n#NOTIFICATION_DELIVERY_STATE_PENDING\x10\x01\x12)\n%NOTIFICATION_DELIVERY_STATE_DELIVERED\x10\x02\x12&\n\"NOTIFICATION_DELIVERY_STATE_FAILED\x10\x03\x32\x88\x16\n\x0c\x41larmService\x12\xb1\x01\n\x0f\x43reateAlarmRule\x12%.emma.alarm.v1.CreateAlarmRuleRequest\x1a\x18.emma.alarm.v1.AlarmRule\"]\xda\x41\x1fparent,alarm_rule,alarm_rule_id\x82\xd3\xe4\x93\x02\x35\"\'/v1/{parent=organizations/*}/alarmRules:\nalarm_rule\x12\x84\x01\n\x0cGetAlarmRule\x12\".emma.alarm.v1.GetAlarmRuleRequest\x1a\x18.emma.alarm.v1.AlarmRule\"6\xda\x41\x04name\x82\xd3\xe4\x93\x02)\x12\'/v1/{name=organizations/*/alarmRules/*}\x12\x97\x01\n\x0eListAlarmRules\x12$.emma.alarm.v1.ListAlarmRulesRequest\x1a%.emma.alarm.v1.ListAlarmRulesResponse\"8\xda\x41\x06parent\x82\xd3\xe4\x93\x02)\x12\'/v1/{parent=organizations/*}/alarmRules\x12\xb3\x01\n\x0fUpdateAlarmRule\x12%.emma.alarm.v1.UpdateAlarmRuleRequest\x1a\x18.emma.alarm.v1.AlarmRule\"_\xda\x41\x16\x61larm_rule,update_mask\x82\xd3\xe4\x93\x02@22/v1/{alarm_rule.name=organizations/*/alarmRules/*}:\nalarm_rule\x12\x88\x01\n\x0f\x44\x65leteAlarmRule\x12%.emma.alarm.v1.DeleteAlarmRuleRequest\x1a\x16.google.protobuf.Empty\"6\xda\x41\x04name\x82\xd3\xe4\x93\x02)*\'/v1/{name=organizations/*/alarmRules/*}\x12t\n\x08GetAlarm\x12\x1e.emma.alarm.v1.GetAlarmRequest\x1a\x14.emma.alarm.v1.Alarm\"2\xda\x41\x04name\x82\xd3\xe4\x93\x02%\x12#/v1/{name=organizations/*/alarms/*}\x12\x87\x01\n\nListAlarms\x12 .emma.alarm.v1.ListAlarmsRequest\x1a!.emma.alarm.v1.ListAlarmsResponse\"4\xda\x41\x06parent\x82\xd3\xe4\x93\x02%\x12#/v1/{parent=organizations/*}/alarms\x12\x93\x01\n\x10\x41\x63knowledgeAlarm\x12&.emma.alarm.v1.AcknowledgeAlarmRequest\x1a\x14.emma.alarm.v1.Alarm\"A\xda\x41\x04name\x82\xd3\xe4\x93\x02\x34\"//v1/{name=organizations/*/alarms/*}:acknowledge:\x01*\x12\x96\x01\n\x0bShelveAlarm\x12!.emma.alarm.v1.ShelveAlarmRequest\x1a\x14.emma.alarm.v1.Alarm\"N\xda\x41\x16name,shelve_until_time\x82\xd3\xe4\x93\x02/\"*/v1/{name=organizations/*/alarms/*}:shelve:\x01*\x12\x81\x01\n\nClearAlarm\x12 .emma.alarm.v1.ClearAlarmRequest\x1a\x14.emma.alarm.v1.Alarm\";\xda\x41\x04name\x82\xd3\xe4\x93\x02.\")/v1/{name=organizations/*/alarms/*}:clear:\x01*\x12\x8a\x01\n\x0bWatchAlarms\x12!.emma.alarm.v1.WatchAlarmsRequest\x1a\x1a.emma.alarm.v1.AlarmChange\":\xda\x41\x06parent\x82\xd3\xe4\x93\x02+\x12)/v1/{parent=organizations/*}/alarms:watch0\x01\x12\xb7\x01\n\x10SendAlarmCommand\x12&.emma.alarm.v1.SendAlarmCommandRequest\x1a\'.emma.alarm.v1.SendAlarmCommandResponse\"R\xda\x41\x15name,proposed_command\x82\xd3\xe4\x93\x02\x34\"//v1/{name=organizations/*/alarms/*}:sendCommand:\x01*\x12\xf8\x01\n\x19\x43reateNotificationChannel\x12/.emma.alarm.v1.CreateNotificationChannelRequest\x1a\".emma.alarm.v1.NotificationChannel\"\x85\x01\xda\x41\x33parent,notification_channel,notification_channel_id\x82\xd3\xe4\x93\x02I\"1/v1/{parent=organizations/*}/notificationChannels:\x14notification_channel\x12\xac\x01\n\x16GetNotificationChannel\x12,.emma.alarm.v1.GetNotificationChannelRequest\x1a\".emma.alarm.v1.NotificationChannel\"@\xda\x41\x04name\x82\xd3\xe4\x93\x02\x33\x12\x31/v1/{name=organizations/*/notificationChannels/*}\x12\xbf\x01\n\x18ListNotificationChannels\x12..emma.alarm.v1.ListNotificationChannelsRequest\x1a/.emma.alarm.v1.ListNotificationChannelsResponse\"B\xda\x41\x06parent\x82\xd3\xe4\x93\x02\x33\x12\x31/v1/{parent=organizations/*}/notificationChannels\x12\xa6\x01\n\x19\x44\x65leteNotificationChannel\x12/.emma.alarm.v1.DeleteNotificationChannelRequest\x1a\x16.google.protobuf.Empty\"@\xda\x41\x04name\x82\xd3\xe4\x93\x02\x33*1/v1/{name=organizations/*/notificationChannels/*}\x12\xd2\x01\n\x1aListNotificationDeliveries\x12\x30.emma.alarm.v1.ListNotificationDeliveriesRequest\x1a\x31.emma.alarm.v1.ListNotificationDeliveriesResponse\"O\xda\x41\x06parent\x82\xd3\xe4\x93\x02@\x12>/v1/{parent=organizations/*/notificationChannels/*}/deliveriesB\x18\n\x14\x65nergy.emma.alarm.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +41,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'emma.alarm.v1.alarm_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\024energy.emma.alarm.v1P\001'
+  _globals['_FAULTCODE'].fields_by_name['code']._loaded_options = None
+  _globals['_FAULTCODE'].fields_by_name['code']._serialized_options = b'\342A\001\002'
+  _globals['_FAULTCODE'].fields_by_name['description']._loaded_options = None
+  _globals['_FAULTCODE'].fields_by_name['description']._serialized_options = b'\342A\001\001'
+  _globals['_FAULTCODE'].fields_by_name['severity']._loaded_options = None
+  _globals['_FAULTCODE'].fields_by_name['severity']._serialized_options = b'\342A\001\001'
+  _globals['_PROPOSEDCOMMAND'].fields_by_name['title']._loaded_options = None
+  _globals['_PROPOSEDCOMMAND'].fields_by_name['title']._serialized_options = b'\342A\001\002'
+  _globals['_PROPOSEDCOMMAND'].fields_by_name['channel']._loaded_options = None
+  _globals['_PROPOSEDCOMMAND'].fields_by_name['channel']._serialized_options = b'\342A\001\002'
+  _globals['_PROPOSEDCOMMAND'].fields_by_name['value']._loaded_options = None
+  _globals['_PROPOSEDCOMMAND'].fields_by_name['value']._serialized_options = b'\342A\001\002'
+  _globals['_PROPOSEDCOMMAND'].fields_by_name['ttl']._loaded_options = None
+  _globals['_PROPOSEDCOMMAND'].fields_by_name['ttl']._serialized_options = b'\342A\001\001'
   _globals['_THRESHOLDLEVELS'].fields_by_name['warn_high']._loaded_options = None
   _globals['_THRESHOLDLEVELS'].fields_by_name['warn_high']._serialized_options = b'\342A\001\001'
   _globals['_THRESHOLDLEVELS'].fields_by_name['critical_high']._loaded_options = None
@@ -86,6 +101,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ALARMRULE'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_ALARMRULE'].fields_by_name['update_time']._loaded_options = None
   _globals['_ALARMRULE'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_ALARMRULE'].fields_by_name['fault_codes']._loaded_options = None
+  _globals['_ALARMRULE'].fields_by_name['fault_codes']._serialized_options = b'\342A\001\001'
+  _globals['_ALARMRULE'].fields_by_name['escalate_after']._loaded_options = None
+  _globals['_ALARMRULE'].fields_by_name['escalate_after']._serialized_options = b'\342A\001\001'
+  _globals['_ALARMRULE'].fields_by_name['proposed_commands']._loaded_options = None
+  _globals['_ALARMRULE'].fields_by_name['proposed_commands']._serialized_options = b'\342A\001\001'
+  _globals['_ALARMRULE'].fields_by_name['notification_channels']._loaded_options = None
+  _globals['_ALARMRULE'].fields_by_name['notification_channels']._serialized_options = b'\342A\001\001\372A!\n\037emma.energy/NotificationChannel'
   _globals['_ALARMRULE']._loaded_options = None
   _globals['_ALARMRULE']._serialized_options = b'\352Ad\n\025emma.energy/AlarmRule\0224organizations/{organization}/alarmRules/{alarm_rule}*\nalarmRules2\talarmRule'
   _globals['_ALARM'].fields_by_name['name']._loaded_options = None
@@ -128,6 +151,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ALARM'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_ALARM'].fields_by_name['transitions']._loaded_options = None
   _globals['_ALARM'].fields_by_name['transitions']._serialized_options = b'\342A\001\003'
+  _globals['_ALARM'].fields_by_name['proposed_commands']._loaded_options = None
+  _globals['_ALARM'].fields_by_name['proposed_commands']._serialized_options = b'\342A\001\003'
+  _globals['_ALARM'].fields_by_name['escalate_time']._loaded_options = None
+  _globals['_ALARM'].fields_by_name['escalate_time']._serialized_options = b'\342A\001\003'
   _globals['_ALARM']._loaded_options = None
   _globals['_ALARM']._serialized_options = b'\352AO\n\021emma.energy/Alarm\022+organizations/{organization}/alarms/{alarm}*\006alarms2\005alarm'
   _globals['_CREATEALARMRULEREQUEST'].fields_by_name['parent']._loaded_options = None
@@ -198,6 +225,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHALARMSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
   _globals['_WATCHALARMSREQUEST'].fields_by_name['include_shelved']._loaded_options = None
   _globals['_WATCHALARMSREQUEST'].fields_by_name['include_shelved']._serialized_options = b'\342A\001\001'
+  _globals['_SENDALARMCOMMANDREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_SENDALARMCOMMANDREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\023\n\021emma.energy/Alarm'
+  _globals['_SENDALARMCOMMANDREQUEST'].fields_by_name['proposed_command']._loaded_options = None
+  _globals['_SENDALARMCOMMANDREQUEST'].fields_by_name['proposed_command']._serialized_options = b'\342A\001\001'
+  _globals['_SENDALARMCOMMANDREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_SENDALARMCOMMANDREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002'
+  _globals['_NOTIFICATIONCHANNEL'].fields_by_name['name']._loaded_options = None
+  _globals['_NOTIFICATIONCHANNEL'].fields_by_name['name']._serialized_options = b'\342A\001\010'
+  _globals['_NOTIFICATIONCHANNEL'].fields_by_name['display_name']._loaded_options = None
+  _globals['_NOTIFICATIONCHANNEL'].fields_by_name['display_name']._serialized_options = b'\342A\001\002'
+  _globals['_NOTIFICATIONCHANNEL'].fields_by_name['kind']._loaded_options = None
+  _globals['_NOTIFICATIONCHANNEL'].fields_by_name['kind']._serialized_options = b'\342A\002\002\005'
+  _globals['_NOTIFICATIONCHANNEL'].fields_by_name['webhook_url']._loaded_options = None
+  _globals['_NOTIFICATIONCHANNEL'].fields_by_name['webhook_url']._serialized_options = b'\342A\001\001'
+  _globals['_NOTIFICATIONCHANNEL'].fields_by_name['webhook_secret']._loaded_options = None
+  _globals['_NOTIFICATIONCHANNEL'].fields_by_name['webhook_secret']._serialized_options = b'\342A\001\004\210\265\030\001'
+  _globals['_NOTIFICATIONCHANNEL'].fields_by_name['email_addresses']._loaded_options = None
+  _globals['_NOTIFICATIONCHANNEL'].fields_by_name['email_addresses']._serialized_options = b'\342A\001\001'
+  _globals['_NOTIFICATIONCHANNEL'].fields_by_name['min_severity']._loaded_options = None
+  _globals['_NOTIFICATIONCHANNEL'].fields_by_name['min_severity']._serialized_options = b'\342A\001\001'
+  _globals['_NOTIFICATIONCHANNEL'].fields_by_name['create_time']._loaded_options = None
+  _globals['_NOTIFICATIONCHANNEL'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_NOTIFICATIONCHANNEL']._loaded_options = None
+  _globals['_NOTIFICATIONCHANNEL']._serialized_options = b'\352A\226\001\n\037emma.energy/NotificationChannel\022Horganizations/{organization}/notificationChannels/{notification_channel}*\024notificationChannels2\023notificationChannel'
+  _globals['_NOTIFICATIONDELIVERY'].fields_by_name['alarm']._loaded_options = None
+  _globals['_NOTIFICATIONDELIVERY'].fields_by_name['alarm']._serialized_options = b'\372A\023\n\021emma.energy/Alarm'
+  _globals['_CREATENOTIFICATIONCHANNELREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_CREATENOTIFICATIONCHANNELREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
+  _globals['_CREATENOTIFICATIONCHANNELREQUEST'].fields_by_name['notification_channel_id']._loaded_options = None
+  _globals['_CREATENOTIFICATIONCHANNELREQUEST'].fields_by_name['notification_channel_id']._serialized_options = b'\342A\001\002'
+  _globals['_CREATENOTIFICATIONCHANNELREQUEST'].fields_by_name['notification_channel']._loaded_options = None
+  _globals['_CREATENOTIFICATIONCHANNELREQUEST'].fields_by_name['notification_channel']._serialized_options = b'\342A\001\002'
+  _globals['_CREATENOTIFICATIONCHANNELREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_CREATENOTIFICATIONCHANNELREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_GETNOTIFICATIONCHANNELREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETNOTIFICATIONCHANNELREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A!\n\037emma.energy/NotificationChannel'
+  _globals['_LISTNOTIFICATIONCHANNELSREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_LISTNOTIFICATIONCHANNELSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
+  _globals['_LISTNOTIFICATIONCHANNELSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTNOTIFICATIONCHANNELSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTNOTIFICATIONCHANNELSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTNOTIFICATIONCHANNELSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_DELETENOTIFICATIONCHANNELREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_DELETENOTIFICATIONCHANNELREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A!\n\037emma.energy/NotificationChannel'
+  _globals['_DELETENOTIFICATIONCHANNELREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_DELETENOTIFICATIONCHANNELREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_LISTNOTIFICATIONDELIVERIESREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_LISTNOTIFICATIONDELIVERIESREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A!\n\037emma.energy/NotificationChannel'
+  _globals['_LISTNOTIFICATIONDELIVERIESREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTNOTIFICATIONDELIVERIESREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTNOTIFICATIONDELIVERIESREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTNOTIFICATIONDELIVERIESREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
   _globals['_ALARMSERVICE'].methods_by_name['CreateAlarmRule']._loaded_options = None
   _globals['_ALARMSERVICE'].methods_by_name['CreateAlarmRule']._serialized_options = b'\332A\037parent,alarm_rule,alarm_rule_id\202\323\344\223\0025\"\'/v1/{parent=organizations/*}/alarmRules:\nalarm_rule'
   _globals['_ALARMSERVICE'].methods_by_name['GetAlarmRule']._loaded_options = None
@@ -220,50 +299,92 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ALARMSERVICE'].methods_by_name['ClearAlarm']._serialized_options = b'\332A\004name\202\323\344\223\002.\")/v1/{name=organizations/*/alarms/*}:clear:\001*'
   _globals['_ALARMSERVICE'].methods_by_name['WatchAlarms']._loaded_options = None
   _globals['_ALARMSERVICE'].methods_by_name['WatchAlarms']._serialized_options = b'\332A\006parent\202\323\344\223\002+\022)/v1/{parent=organizations/*}/alarms:watch'
-  _globals['_ALARMRULEKIND']._serialized_start=4277
-  _globals['_ALARMRULEKIND']._serialized_end=4458
-  _globals['_ALARMSEVERITY']._serialized_start=4460
-  _globals['_ALARMSEVERITY']._serialized_end=4564
-  _globals['_ALARMSTATE']._serialized_start=4567
-  _globals['_ALARMSTATE']._serialized_end=4712
-  _globals['_ALARMTRANSITIONKIND']._serialized_start=4715
-  _globals['_ALARMTRANSITIONKIND']._serialized_end=5032
-  _globals['_THRESHOLDLEVELS']._serialized_start=288
-  _globals['_THRESHOLDLEVELS']._serialized_end=575
-  _globals['_ALARMRULE']._serialized_start=578
-  _globals['_ALARMRULE']._serialized_end=1385
-  _globals['_ALARMTRANSITION']._serialized_start=1388
-  _globals['_ALARMTRANSITION']._serialized_end=1604
-  _globals['_ALARM']._serialized_start=1607
-  _globals['_ALARM']._serialized_end=2524
-  _globals['_ALARMCHANGE']._serialized_start=2526
-  _globals['_ALARMCHANGE']._serialized_end=2628
-  _globals['_CREATEALARMRULEREQUEST']._serialized_start=2631
-  _globals['_CREATEALARMRULEREQUEST']._serialized_end=2784
-  _globals['_GETALARMRULEREQUEST']._serialized_start=2786
-  _globals['_GETALARMRULEREQUEST']._serialized_end=2853
-  _globals['_LISTALARMRULESREQUEST']._serialized_start=2855
-  _globals['_LISTALARMRULESREQUEST']._serialized_end=2951
-  _globals['_LISTALARMRULESRESPONSE']._serialized_start=2953
-  _globals['_LISTALARMRULESRESPONSE']._serialized_end=3049
-  _globals['_UPDATEALARMRULEREQUEST']._serialized_start=3052
-  _globals['_UPDATEALARMRULEREQUEST']._serialized_end=3209
-  _globals['_DELETEALARMRULEREQUEST']._serialized_start=3211
-  _globals['_DELETEALARMRULEREQUEST']._serialized_end=3307
-  _globals['_GETALARMREQUEST']._serialized_start=3309
-  _globals['_GETALARMREQUEST']._serialized_end=3368
-  _globals['_LISTALARMSREQUEST']._serialized_start=3371
-  _globals['_LISTALARMSREQUEST']._serialized_end=3718
-  _globals['_LISTALARMSRESPONSE']._serialized_start=3720
-  _globals['_LISTALARMSRESPONSE']._serialized_end=3803
-  _globals['_ACKNOWLEDGEALARMREQUEST']._serialized_start=3805
-  _globals['_ACKNOWLEDGEALARMREQUEST']._serialized_end=3918
-  _globals['_SHELVEALARMREQUEST']._serialized_start=3921
-  _globals['_SHELVEALARMREQUEST']._serialized_end=4090
-  _globals['_CLEARALARMREQUEST']._serialized_start=4092
-  _globals['_CLEARALARMREQUEST']._serialized_end=4199
-  _globals['_WATCHALARMSREQUEST']._serialized_start=4201
-  _globals['_WATCHALARMSREQUEST']._serialized_end=4274
-  _globals['_ALARMSERVICE']._serialized_start=5035
-  _globals['_ALARMSERVICE']._serialized_end=6671
+  _globals['_ALARMSERVICE'].methods_by_name['SendAlarmCommand']._loaded_options = None
+  _globals['_ALARMSERVICE'].methods_by_name['SendAlarmCommand']._serialized_options = b'\332A\025name,proposed_command\202\323\344\223\0024\"//v1/{name=organizations/*/alarms/*}:sendCommand:\001*'
+  _globals['_ALARMSERVICE'].methods_by_name['CreateNotificationChannel']._loaded_options = None
+  _globals['_ALARMSERVICE'].methods_by_name['CreateNotificationChannel']._serialized_options = b'\332A3parent,notification_channel,notification_channel_id\202\323\344\223\002I\"1/v1/{parent=organizations/*}/notificationChannels:\024notification_channel'
+  _globals['_ALARMSERVICE'].methods_by_name['GetNotificationChannel']._loaded_options = None
+  _globals['_ALARMSERVICE'].methods_by_name['GetNotificationChannel']._serialized_options = b'\332A\004name\202\323\344\223\0023\0221/v1/{name=organizations/*/notificationChannels/*}'
+  _globals['_ALARMSERVICE'].methods_by_name['ListNotificationChannels']._loaded_options = None
+  _globals['_ALARMSERVICE'].methods_by_name['ListNotificationChannels']._serialized_options = b'\332A\006parent\202\323\344\223\0023\0221/v1/{parent=organizations/*}/notificationChannels'
+  _globals['_ALARMSERVICE'].methods_by_name['DeleteNotificationChannel']._loaded_options = None
+  _globals['_ALARMSERVICE'].methods_by_name['DeleteNotificationChannel']._serialized_options = b'\332A\004name\202\323\344\223\0023*1/v1/{name=organizations/*/notificationChannels/*}'
+  _globals['_ALARMSERVICE'].methods_by_name['ListNotificationDeliveries']._loaded_options = None
+  _globals['_ALARMSERVICE'].methods_by_name['ListNotificationDeliveries']._serialized_options = b'\332A\006parent\202\323\344\223\002@\022>/v1/{parent=organizations/*/notificationChannels/*}/deliveries'
+  _globals['_ALARMRULEKIND']._serialized_start=6898
+  _globals['_ALARMRULEKIND']._serialized_end=7149
+  _globals['_ALARMSEVERITY']._serialized_start=7151
+  _globals['_ALARMSEVERITY']._serialized_end=7255
+  _globals['_ALARMSTATE']._serialized_start=7258
+  _globals['_ALARMSTATE']._serialized_end=7403
+  _globals['_ALARMTRANSITIONKIND']._serialized_start=7406
+  _globals['_ALARMTRANSITIONKIND']._serialized_end=7815
+  _globals['_NOTIFICATIONCHANNELKIND']._serialized_start=7818
+  _globals['_NOTIFICATIONCHANNELKIND']._serialized_end=7962
+  _globals['_NOTIFICATIONDELIVERYSTATE']._serialized_start=7965
+  _globals['_NOTIFICATIONDELIVERYSTATE']._serialized_end=8161
+  _globals['_FAULTCODE']._serialized_start=315
+  _globals['_FAULTCODE']._serialized_end=427
+  _globals['_PROPOSEDCOMMAND']._serialized_start=430
+  _globals['_PROPOSEDCOMMAND']._serialized_end=558
+  _globals['_THRESHOLDLEVELS']._serialized_start=561
+  _globals['_THRESHOLDLEVELS']._serialized_end=848
+  _globals['_ALARMRULE']._serialized_start=851
+  _globals['_ALARMRULE']._serialized_end=1906
+  _globals['_ALARMTRANSITION']._serialized_start=1909
+  _globals['_ALARMTRANSITION']._serialized_end=2125
+  _globals['_ALARM']._serialized_start=2128
+  _globals['_ALARM']._serialized_end=3167
+  _globals['_ALARMCHANGE']._serialized_start=3169
+  _globals['_ALARMCHANGE']._serialized_end=3271
+  _globals['_CREATEALARMRULEREQUEST']._serialized_start=3274
+  _globals['_CREATEALARMRULEREQUEST']._serialized_end=3427
+  _globals['_GETALARMRULEREQUEST']._serialized_start=3429
+  _globals['_GETALARMRULEREQUEST']._serialized_end=3496
+  _globals['_LISTALARMRULESREQUEST']._serialized_start=3498
+  _globals['_LISTALARMRULESREQUEST']._serialized_end=3594
+  _globals['_LISTALARMRULESRESPONSE']._serialized_start=3596
+  _globals['_LISTALARMRULESRESPONSE']._serialized_end=3692
+  _globals['_UPDATEALARMRULEREQUEST']._serialized_start=3695
+  _globals['_UPDATEALARMRULEREQUEST']._serialized_end=3852
+  _globals['_DELETEALARMRULEREQUEST']._serialized_start=3854
+  _globals['_DELETEALARMRULEREQUEST']._serialized_end=3950
+  _globals['_GETALARMREQUEST']._serialized_start=3952
+  _globals['_GETALARMREQUEST']._serialized_end=4011
+  _globals['_LISTALARMSREQUEST']._serialized_start=4014
+  _globals['_LISTALARMSREQUEST']._serialized_end=4361
+  _globals['_LISTALARMSRESPONSE']._serialized_start=4363
+  _globals['_LISTALARMSRESPONSE']._serialized_end=4446
+  _globals['_ACKNOWLEDGEALARMREQUEST']._serialized_start=4448
+  _globals['_ACKNOWLEDGEALARMREQUEST']._serialized_end=4561
+  _globals['_SHELVEALARMREQUEST']._serialized_start=4564
+  _globals['_SHELVEALARMREQUEST']._serialized_end=4733
+  _globals['_CLEARALARMREQUEST']._serialized_start=4735
+  _globals['_CLEARALARMREQUEST']._serialized_end=4842
+  _globals['_WATCHALARMSREQUEST']._serialized_start=4844
+  _globals['_WATCHALARMSREQUEST']._serialized_end=4917
+  _globals['_SENDALARMCOMMANDREQUEST']._serialized_start=4919
+  _globals['_SENDALARMCOMMANDREQUEST']._serialized_end=5044
+  _globals['_SENDALARMCOMMANDRESPONSE']._serialized_start=5046
+  _globals['_SENDALARMCOMMANDRESPONSE']._serialized_end=5126
+  _globals['_NOTIFICATIONCHANNEL']._serialized_start=5129
+  _globals['_NOTIFICATIONCHANNEL']._serialized_end=5621
+  _globals['_NOTIFICATIONDELIVERY']._serialized_start=5624
+  _globals['_NOTIFICATIONDELIVERY']._serialized_end=5989
+  _globals['_CREATENOTIFICATIONCHANNELREQUEST']._serialized_start=5992
+  _globals['_CREATENOTIFICATIONCHANNELREQUEST']._serialized_end=6185
+  _globals['_GETNOTIFICATIONCHANNELREQUEST']._serialized_start=6187
+  _globals['_GETNOTIFICATIONCHANNELREQUEST']._serialized_end=6274
+  _globals['_LISTNOTIFICATIONCHANNELSREQUEST']._serialized_start=6276
+  _globals['_LISTNOTIFICATIONCHANNELSREQUEST']._serialized_end=6382
+  _globals['_LISTNOTIFICATIONCHANNELSRESPONSE']._serialized_start=6384
+  _globals['_LISTNOTIFICATIONCHANNELSRESPONSE']._serialized_end=6510
+  _globals['_DELETENOTIFICATIONCHANNELREQUEST']._serialized_start=6512
+  _globals['_DELETENOTIFICATIONCHANNELREQUEST']._serialized_end=6628
+  _globals['_LISTNOTIFICATIONDELIVERIESREQUEST']._serialized_start=6631
+  _globals['_LISTNOTIFICATIONDELIVERIESREQUEST']._serialized_end=6775
+  _globals['_LISTNOTIFICATIONDELIVERIESRESPONSE']._serialized_start=6777
+  _globals['_LISTNOTIFICATIONDELIVERIESRESPONSE']._serialized_end=6895
+  _globals['_ALARMSERVICE']._serialized_start=8164
+  _globals['_ALARMSERVICE']._serialized_end=10988
 # @@protoc_insertion_point(module_scope)

@@ -38,6 +38,12 @@ class _AlarmRuleKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlarmRu
     """An edge whose telemetry stopped for longer than offline_after."""
     ALARM_RULE_KIND_MARKET_WARNING: _AlarmRuleKind.ValueType  # 4
     """A warning the market domain published (an interconnection at risk, a price spike)."""
+    ALARM_RULE_KIND_RATE_OF_CHANGE: _AlarmRuleKind.ValueType  # 5
+    """A channel changing too fast: `levels` apply to the change between two consecutive samples, in
+    the channel's unit per minute (warn_high for a rise; warn_low, negative, for a fall).
+    """
+    ALARM_RULE_KIND_DEVICE_FAULT: _AlarmRuleKind.ValueType  # 6
+    """A device's fault-code channel reporting a fault: any non-zero value, or one of fault_codes."""
 
 class AlarmRuleKind(_AlarmRuleKind, metaclass=_AlarmRuleKindEnumTypeWrapper):
     """What a rule watches."""
@@ -52,6 +58,12 @@ ALARM_RULE_KIND_EDGE_OFFLINE: AlarmRuleKind.ValueType  # 3
 """An edge whose telemetry stopped for longer than offline_after."""
 ALARM_RULE_KIND_MARKET_WARNING: AlarmRuleKind.ValueType  # 4
 """A warning the market domain published (an interconnection at risk, a price spike)."""
+ALARM_RULE_KIND_RATE_OF_CHANGE: AlarmRuleKind.ValueType  # 5
+"""A channel changing too fast: `levels` apply to the change between two consecutive samples, in
+the channel's unit per minute (warn_high for a rise; warn_low, negative, for a fall).
+"""
+ALARM_RULE_KIND_DEVICE_FAULT: AlarmRuleKind.ValueType  # 6
+"""A device's fault-code channel reporting a fault: any non-zero value, or one of fault_codes."""
 Global___AlarmRuleKind: _TypeAlias = AlarmRuleKind  # noqa: Y015
 
 class _AlarmSeverity:
@@ -132,6 +144,12 @@ class _AlarmTransitionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_A
     """The shelve time passed."""
     ALARM_TRANSITION_KIND_CLEARED: _AlarmTransitionKind.ValueType  # 7
     """It closed: the condition returned to normal, someone cleared it, or its rule was deleted."""
+    ALARM_TRANSITION_KIND_UNACKNOWLEDGED_ESCALATED: _AlarmTransitionKind.ValueType  # 8
+    """Nobody acknowledged it within its rule's escalate_after: its notification channels are told
+    again, once, and it is marked escalated (escalate_time). The severity does not change.
+    """
+    ALARM_TRANSITION_KIND_COMMAND_SENT: _AlarmTransitionKind.ValueType  # 9
+    """An operator sent one of its proposed commands (SendAlarmCommand); the note names the command."""
 
 class AlarmTransitionKind(_AlarmTransitionKind, metaclass=_AlarmTransitionKindEnumTypeWrapper):
     """What happened to an alarm."""
@@ -152,7 +170,136 @@ ALARM_TRANSITION_KIND_UNSHELVED: AlarmTransitionKind.ValueType  # 6
 """The shelve time passed."""
 ALARM_TRANSITION_KIND_CLEARED: AlarmTransitionKind.ValueType  # 7
 """It closed: the condition returned to normal, someone cleared it, or its rule was deleted."""
+ALARM_TRANSITION_KIND_UNACKNOWLEDGED_ESCALATED: AlarmTransitionKind.ValueType  # 8
+"""Nobody acknowledged it within its rule's escalate_after: its notification channels are told
+again, once, and it is marked escalated (escalate_time). The severity does not change.
+"""
+ALARM_TRANSITION_KIND_COMMAND_SENT: AlarmTransitionKind.ValueType  # 9
+"""An operator sent one of its proposed commands (SendAlarmCommand); the note names the command."""
 Global___AlarmTransitionKind: _TypeAlias = AlarmTransitionKind  # noqa: Y015
+
+class _NotificationChannelKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NotificationChannelKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NotificationChannelKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTIFICATION_CHANNEL_KIND_UNSPECIFIED: _NotificationChannelKind.ValueType  # 0
+    """Not set."""
+    NOTIFICATION_CHANNEL_KIND_WEBHOOK: _NotificationChannelKind.ValueType  # 1
+    """An HTTPS POST of a JSON body signed with HMAC-SHA256 (docs/alarms.md, "Webhooks")."""
+    NOTIFICATION_CHANNEL_KIND_EMAIL: _NotificationChannelKind.ValueType  # 2
+    """An e-mail through the SMTP server of EMMA_ALARM_SMTP_*."""
+
+class NotificationChannelKind(_NotificationChannelKind, metaclass=_NotificationChannelKindEnumTypeWrapper):
+    """How a notification channel delivers."""
+
+NOTIFICATION_CHANNEL_KIND_UNSPECIFIED: NotificationChannelKind.ValueType  # 0
+"""Not set."""
+NOTIFICATION_CHANNEL_KIND_WEBHOOK: NotificationChannelKind.ValueType  # 1
+"""An HTTPS POST of a JSON body signed with HMAC-SHA256 (docs/alarms.md, "Webhooks")."""
+NOTIFICATION_CHANNEL_KIND_EMAIL: NotificationChannelKind.ValueType  # 2
+"""An e-mail through the SMTP server of EMMA_ALARM_SMTP_*."""
+Global___NotificationChannelKind: _TypeAlias = NotificationChannelKind  # noqa: Y015
+
+class _NotificationDeliveryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NotificationDeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NotificationDeliveryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTIFICATION_DELIVERY_STATE_UNSPECIFIED: _NotificationDeliveryState.ValueType  # 0
+    """Not set."""
+    NOTIFICATION_DELIVERY_STATE_PENDING: _NotificationDeliveryState.ValueType  # 1
+    """Waiting for its first or next attempt."""
+    NOTIFICATION_DELIVERY_STATE_DELIVERED: _NotificationDeliveryState.ValueType  # 2
+    """The receiver accepted it (a 2xx answer; the SMTP server took the message)."""
+    NOTIFICATION_DELIVERY_STATE_FAILED: _NotificationDeliveryState.ValueType  # 3
+    """Every attempt failed; the alarm itself is kept as it is."""
+
+class NotificationDeliveryState(_NotificationDeliveryState, metaclass=_NotificationDeliveryStateEnumTypeWrapper):
+    """Where a delivery is."""
+
+NOTIFICATION_DELIVERY_STATE_UNSPECIFIED: NotificationDeliveryState.ValueType  # 0
+"""Not set."""
+NOTIFICATION_DELIVERY_STATE_PENDING: NotificationDeliveryState.ValueType  # 1
+"""Waiting for its first or next attempt."""
+NOTIFICATION_DELIVERY_STATE_DELIVERED: NotificationDeliveryState.ValueType  # 2
+"""The receiver accepted it (a 2xx answer; the SMTP server took the message)."""
+NOTIFICATION_DELIVERY_STATE_FAILED: NotificationDeliveryState.ValueType  # 3
+"""Every attempt failed; the alarm itself is kept as it is."""
+Global___NotificationDeliveryState: _TypeAlias = NotificationDeliveryState  # noqa: Y015
+
+@_typing.final
+class FaultCode(_message.Message):
+    """A fault code of a DEVICE_FAULT rule and what it means."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The code the device reports on its fault channel (non-zero)."""
+    description: _builtins.str
+    """What it means, shown in the alarm's message ("cell over-temperature"). [limits: length ..200]"""
+    severity: Global___AlarmSeverity.ValueType
+    """Its alarm's severity; unset takes the rule's."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        description: _builtins.str = ...,
+        severity: Global___AlarmSeverity.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "description", b"description", "severity", b"severity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FaultCode: _TypeAlias = FaultCode  # noqa: Y015
+
+@_typing.final
+class ProposedCommand(_message.Message):
+    """A command an operator may send from an alarm with one call (SendAlarmCommand): written to a channel
+    of the alarm's edge.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TITLE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    title: _builtins.str
+    """What it does, for people ("reduce charge power to 50 %"). [limits: length 1..200]"""
+    channel: _builtins.str
+    """The channel inside the alarm's edge, "device/Channel" ("battery_1/SetActivePower"); a channel
+    without a device ("SetActivePower") means that channel of the alarm's own device.
+    [limits: length 1..200]
+    """
+    value: _builtins.float
+    """The value in the channel's unit."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the command may wait for delivery (CommandService's default when unset)."""
+
+    def __init__(
+        self,
+        *,
+        title: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        value: _builtins.float = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "title", b"title", "ttl", b"ttl", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProposedCommand: _TypeAlias = ProposedCommand  # noqa: Y015
 
 @_typing.final
 class ThresholdLevels(_message.Message):
@@ -243,6 +390,10 @@ class AlarmRule(_message.Message):
     ENABLED_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    FAULT_CODES_FIELD_NUMBER: _builtins.int
+    ESCALATE_AFTER_FIELD_NUMBER: _builtins.int
+    PROPOSED_COMMANDS_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_CHANNELS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, organizations/{organization}/alarmRules/{alarm_rule}."""
     display_name: _builtins.str
@@ -304,6 +455,28 @@ class AlarmRule(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When it was last changed."""
 
+    @_builtins.property
+    def fault_codes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FaultCode]:
+        """DEVICE_FAULT: the codes that raise an alarm, with their meaning; empty: any non-zero value.
+        [limits: items 0..100]
+        """
+
+    @_builtins.property
+    def escalate_after(self) -> _duration_pb2.Duration:
+        """Escalate an alarm nobody acknowledged for this long (UNACKNOWLEDGED_ESCALATED, once); unset:
+        never. [limits: 60s..604800s]
+        """
+
+    @_builtins.property
+    def proposed_commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProposedCommand]:
+        """Commands an operator may send from its alarms with one call. [limits: items 0..10]"""
+
+    @_builtins.property
+    def notification_channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The notification channels told of its alarms' transitions,
+        organizations/{organization}/notificationChannels/{notification_channel}. [limits: items 0..10]
+        """
+
     def __init__(
         self,
         *,
@@ -324,10 +497,14 @@ class AlarmRule(_message.Message):
         enabled: _builtins.bool = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        fault_codes: _abc.Iterable[Global___FaultCode] | None = ...,
+        escalate_after: _duration_pb2.Duration | None = ...,
+        proposed_commands: _abc.Iterable[Global___ProposedCommand] | None = ...,
+        notification_channels: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "levels", b"levels", "offline_after", b"offline_after", "stale_after", b"stale_after", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "escalate_after", b"escalate_after", "levels", b"levels", "offline_after", b"offline_after", "stale_after", b"stale_after", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_manual_clear", b"allow_manual_clear", "bidding_zone", b"bidding_zone", "channel", b"channel", "channel_id", b"channel_id", "create_time", b"create_time", "device_type", b"device_type", "display_name", b"display_name", "edge", b"edge", "enabled", b"enabled", "kind", b"kind", "levels", b"levels", "name", b"name", "offline_after", b"offline_after", "remediation_steps", b"remediation_steps", "severity", b"severity", "stale_after", b"stale_after", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_manual_clear", b"allow_manual_clear", "bidding_zone", b"bidding_zone", "channel", b"channel", "channel_id", b"channel_id", "create_time", b"create_time", "device_type", b"device_type", "display_name", b"display_name", "edge", b"edge", "enabled", b"enabled", "escalate_after", b"escalate_after", "fault_codes", b"fault_codes", "kind", b"kind", "levels", b"levels", "name", b"name", "notification_channels", b"notification_channels", "offline_after", b"offline_after", "proposed_commands", b"proposed_commands", "remediation_steps", b"remediation_steps", "severity", b"severity", "stale_after", b"stale_after", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -405,6 +582,8 @@ class Alarm(_message.Message):
     CLEARED_BY_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     TRANSITIONS_FIELD_NUMBER: _builtins.int
+    PROPOSED_COMMANDS_FIELD_NUMBER: _builtins.int
+    ESCALATE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, organizations/{organization}/alarms/{alarm}."""
     rule: _builtins.str
@@ -459,6 +638,14 @@ class Alarm(_message.Message):
     def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___AlarmTransition]:
         """Every change, oldest first (GetAlarm; empty in lists)."""
 
+    @_builtins.property
+    def proposed_commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProposedCommand]:
+        """The rule's proposed commands when the alarm opened (SendAlarmCommand picks one by index)."""
+
+    @_builtins.property
+    def escalate_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was escalated for want of an acknowledgement; unset when it was not."""
+
     def __init__(
         self,
         *,
@@ -482,10 +669,12 @@ class Alarm(_message.Message):
         cleared_by: _builtins.str = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         transitions: _abc.Iterable[Global___AlarmTransition] | None = ...,
+        proposed_commands: _abc.Iterable[Global___ProposedCommand] | None = ...,
+        escalate_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "acknowledge_time", b"acknowledge_time", "clear_time", b"clear_time", "raise_time", b"raise_time", "shelve_until_time", b"shelve_until_time", "update_time", b"update_time", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "acknowledge_time", b"acknowledge_time", "clear_time", b"clear_time", "escalate_time", b"escalate_time", "raise_time", b"raise_time", "shelve_until_time", b"shelve_until_time", "update_time", b"update_time", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "acknowledge_time", b"acknowledge_time", "acknowledged_by", b"acknowledged_by", "clear_time", b"clear_time", "cleared_by", b"cleared_by", "kind", b"kind", "message", b"message", "name", b"name", "raise_time", b"raise_time", "remediation_steps", b"remediation_steps", "rule", b"rule", "rule_display_name", b"rule_display_name", "severity", b"severity", "shelve_until_time", b"shelve_until_time", "site", b"site", "source", b"source", "state", b"state", "transitions", b"transitions", "unit", b"unit", "update_time", b"update_time", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "acknowledge_time", b"acknowledge_time", "acknowledged_by", b"acknowledged_by", "clear_time", b"clear_time", "cleared_by", b"cleared_by", "escalate_time", b"escalate_time", "kind", b"kind", "message", b"message", "name", b"name", "proposed_commands", b"proposed_commands", "raise_time", b"raise_time", "remediation_steps", b"remediation_steps", "rule", b"rule", "rule_display_name", b"rule_display_name", "severity", b"severity", "shelve_until_time", b"shelve_until_time", "site", b"site", "source", b"source", "state", b"state", "transitions", b"transitions", "unit", b"unit", "update_time", b"update_time", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
     _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
@@ -928,3 +1117,373 @@ class WatchAlarmsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchAlarmsRequest: _TypeAlias = WatchAlarmsRequest  # noqa: Y015
+
+@_typing.final
+class SendAlarmCommandRequest(_message.Message):
+    """The request of SendAlarmCommand."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PROPOSED_COMMAND_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The alarm's resource name."""
+    proposed_command: _builtins.int
+    """The index of the command in the alarm's proposed_commands. [limits: 0..9]"""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155), passed on to CreateCommand: a retried request sends nothing again."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        proposed_command: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "proposed_command", b"proposed_command", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendAlarmCommandRequest: _TypeAlias = SendAlarmCommandRequest  # noqa: Y015
+
+@_typing.final
+class SendAlarmCommandResponse(_message.Message):
+    """The response of SendAlarmCommand."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    ALARM_FIELD_NUMBER: _builtins.int
+    command: _builtins.str
+    """The command CommandService created,
+    organizations/{organization}/sites/{site}/edges/{edge}/commands/{command}.
+    """
+    @_builtins.property
+    def alarm(self) -> Global___Alarm:
+        """The alarm after the COMMAND_SENT transition, with its transitions."""
+
+    def __init__(
+        self,
+        *,
+        command: _builtins.str = ...,
+        alarm: Global___Alarm | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alarm", b"alarm"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alarm", b"alarm", "command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendAlarmCommandResponse: _TypeAlias = SendAlarmCommandResponse  # noqa: Y015
+
+@_typing.final
+class NotificationChannel(_message.Message):
+    """Where alarm transitions are sent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    WEBHOOK_SECRET_FIELD_NUMBER: _builtins.int
+    EMAIL_ADDRESSES_FIELD_NUMBER: _builtins.int
+    MIN_SEVERITY_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, organizations/{organization}/notificationChannels/{notification_channel}."""
+    display_name: _builtins.str
+    """A name for people. [limits: length ..200]"""
+    kind: Global___NotificationChannelKind.ValueType
+    """How it delivers."""
+    webhook_url: _builtins.str
+    """WEBHOOK: the URL posted to (https; http only outside production mode). [limits: length ..2000]"""
+    webhook_secret: _builtins.str
+    """WEBHOOK: the shared secret of the HMAC-SHA256 signature, never sent back. [limits: length 16..200]"""
+    min_severity: Global___AlarmSeverity.ValueType
+    """Only transitions of alarms of this severity or worse (default: every one)."""
+    @_builtins.property
+    def email_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """EMAIL: the recipients. [limits: items 1..20]"""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        kind: Global___NotificationChannelKind.ValueType = ...,
+        webhook_url: _builtins.str = ...,
+        webhook_secret: _builtins.str = ...,
+        email_addresses: _abc.Iterable[_builtins.str] | None = ...,
+        min_severity: Global___AlarmSeverity.ValueType = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "email_addresses", b"email_addresses", "kind", b"kind", "min_severity", b"min_severity", "name", b"name", "webhook_secret", b"webhook_secret", "webhook_url", b"webhook_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotificationChannel: _TypeAlias = NotificationChannel  # noqa: Y015
+
+@_typing.final
+class NotificationDelivery(_message.Message):
+    """One alarm transition sent to one notification channel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALARM_FIELD_NUMBER: _builtins.int
+    TRANSITION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    FINISH_TIME_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    alarm: _builtins.str
+    """The alarm."""
+    transition: Global___AlarmTransitionKind.ValueType
+    """The transition it tells of."""
+    state: Global___NotificationDeliveryState.ValueType
+    """Where it is."""
+    attempts: _builtins.int
+    """Attempts made so far."""
+    last_error: _builtins.str
+    """The last attempt's failure ("HTTP 503", "connection refused"); empty once delivered."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was queued."""
+
+    @_builtins.property
+    def finish_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was delivered, or when it failed for good."""
+
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """PENDING: when the next attempt is due."""
+
+    def __init__(
+        self,
+        *,
+        alarm: _builtins.str = ...,
+        transition: Global___AlarmTransitionKind.ValueType = ...,
+        state: Global___NotificationDeliveryState.ValueType = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        finish_time: _timestamp_pb2.Timestamp | None = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "finish_time", b"finish_time", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alarm", b"alarm", "attempts", b"attempts", "create_time", b"create_time", "finish_time", b"finish_time", "last_error", b"last_error", "next_attempt_time", b"next_attempt_time", "state", b"state", "transition", b"transition"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotificationDelivery: _TypeAlias = NotificationDelivery  # noqa: Y015
+
+@_typing.final
+class CreateNotificationChannelRequest(_message.Message):
+    """The request of CreateNotificationChannel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_CHANNEL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The organization, organizations/{organization}."""
+    notification_channel_id: _builtins.str
+    """The id of the new channel: 1-63 lowercase letters, digits and hyphens, starting with a letter."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    @_builtins.property
+    def notification_channel(self) -> Global___NotificationChannel:
+        """The channel to create; its name is ignored."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        notification_channel_id: _builtins.str = ...,
+        notification_channel: Global___NotificationChannel | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["notification_channel", b"notification_channel"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notification_channel", b"notification_channel", "notification_channel_id", b"notification_channel_id", "parent", b"parent", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateNotificationChannelRequest: _TypeAlias = CreateNotificationChannelRequest  # noqa: Y015
+
+@_typing.final
+class GetNotificationChannelRequest(_message.Message):
+    """The request of GetNotificationChannel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The channel's resource name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNotificationChannelRequest: _TypeAlias = GetNotificationChannelRequest  # noqa: Y015
+
+@_typing.final
+class ListNotificationChannelsRequest(_message.Message):
+    """The request of ListNotificationChannels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The organization, organizations/{organization}."""
+    page_size: _builtins.int
+    """At most this many results (default 50, at most 1000). [limits: 0..1000]"""
+    page_token: _builtins.str
+    """The next_page_token of the previous page."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNotificationChannelsRequest: _TypeAlias = ListNotificationChannelsRequest  # noqa: Y015
+
+@_typing.final
+class ListNotificationChannelsResponse(_message.Message):
+    """The response of ListNotificationChannels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTIFICATION_CHANNELS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass this as page_token to get the next page; empty on the last page."""
+    @_builtins.property
+    def notification_channels(self) -> _containers.RepeatedCompositeFieldContainer[Global___NotificationChannel]:
+        """One page of channels."""
+
+    def __init__(
+        self,
+        *,
+        notification_channels: _abc.Iterable[Global___NotificationChannel] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "notification_channels", b"notification_channels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNotificationChannelsResponse: _TypeAlias = ListNotificationChannelsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteNotificationChannelRequest(_message.Message):
+    """The request of DeleteNotificationChannel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The channel's resource name."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteNotificationChannelRequest: _TypeAlias = DeleteNotificationChannelRequest  # noqa: Y015
+
+@_typing.final
+class ListNotificationDeliveriesRequest(_message.Message):
+    """The request of ListNotificationDeliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The channel, organizations/{organization}/notificationChannels/{notification_channel}."""
+    page_size: _builtins.int
+    """At most this many results (default 50, at most 1000). [limits: 0..1000]"""
+    page_token: _builtins.str
+    """The next_page_token of the previous page."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNotificationDeliveriesRequest: _TypeAlias = ListNotificationDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListNotificationDeliveriesResponse(_message.Message):
+    """The response of ListNotificationDeliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass this as page_token to get the next page; empty on the last page."""
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___NotificationDelivery]:
+        """One page of deliveries."""
+
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___NotificationDelivery] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNotificationDeliveriesResponse: _TypeAlias = ListNotificationDeliveriesResponse  # noqa: Y015

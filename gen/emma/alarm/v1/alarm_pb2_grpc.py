@@ -95,6 +95,36 @@ class AlarmServiceStub:
                 request_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.WatchAlarmsRequest.SerializeToString,
                 response_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.AlarmChange.FromString,
                 _registered_method=True)
+        self.SendAlarmCommand = channel.unary_unary(
+                '/emma.alarm.v1.AlarmService/SendAlarmCommand',
+                request_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.SendAlarmCommandRequest.SerializeToString,
+                response_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.SendAlarmCommandResponse.FromString,
+                _registered_method=True)
+        self.CreateNotificationChannel = channel.unary_unary(
+                '/emma.alarm.v1.AlarmService/CreateNotificationChannel',
+                request_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.CreateNotificationChannelRequest.SerializeToString,
+                response_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.NotificationChannel.FromString,
+                _registered_method=True)
+        self.GetNotificationChannel = channel.unary_unary(
+                '/emma.alarm.v1.AlarmService/GetNotificationChannel',
+                request_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.GetNotificationChannelRequest.SerializeToString,
+                response_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.NotificationChannel.FromString,
+                _registered_method=True)
+        self.ListNotificationChannels = channel.unary_unary(
+                '/emma.alarm.v1.AlarmService/ListNotificationChannels',
+                request_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationChannelsRequest.SerializeToString,
+                response_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationChannelsResponse.FromString,
+                _registered_method=True)
+        self.DeleteNotificationChannel = channel.unary_unary(
+                '/emma.alarm.v1.AlarmService/DeleteNotificationChannel',
+                request_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.DeleteNotificationChannelRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListNotificationDeliveries = channel.unary_unary(
+                '/emma.alarm.v1.AlarmService/ListNotificationDeliveries',
+                request_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationDeliveriesRequest.SerializeToString,
+                response_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationDeliveriesResponse.FromString,
+                _registered_method=True)
 
 
 class AlarmServiceServicer:
@@ -194,6 +224,59 @@ class AlarmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendAlarmCommand(self, request, context):
+        """Sends one of the alarm's proposed commands (from its rule's proposed_commands) to the alarm's
+        edge through CommandService, as the caller, in one call; the alarm gets a COMMAND_SENT transition
+        naming the command. Errors: FIELD_INVALID (no such proposed command, or the alarm is not about a
+        device of an edge), RESOURCE_NOT_FOUND, STATE_CONFLICT (the alarm is cleared), REQUEST_ID_REUSED,
+        and CommandService's own errors (a value beyond the channel's limits, the edge's queue full).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateNotificationChannel(self, request, context):
+        """Creates a notification channel: a signed webhook or e-mail through the configured SMTP server,
+        told of the transitions of the alarms of the rules that name it. Errors: FIELD_INVALID (a webhook
+        URL that is not https, or, in production mode, one that resolves to a loopback, private or
+        link-local address; an e-mail channel when no SMTP server is configured), RESOURCE_EXISTS,
+        REQUEST_ID_REUSED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNotificationChannel(self, request, context):
+        """One notification channel (never its secret). Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNotificationChannels(self, request, context):
+        """An organization's notification channels by id. Errors: FIELD_INVALID, PAGE_TOKEN_INVALID,
+        RESOURCE_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteNotificationChannel(self, request, context):
+        """Deletes a notification channel; its pending deliveries are dropped, its delivery log with it.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND, REQUEST_ID_REUSED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNotificationDeliveries(self, request, context):
+        """A notification channel's delivery log, newest first: every attempt's outcome per alarm transition.
+        Errors: FIELD_INVALID, PAGE_TOKEN_INVALID, RESOURCE_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AlarmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +334,36 @@ def add_AlarmServiceServicer_to_server(servicer, server):
                     servicer.WatchAlarms,
                     request_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.WatchAlarmsRequest.FromString,
                     response_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.AlarmChange.SerializeToString,
+            ),
+            'SendAlarmCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendAlarmCommand,
+                    request_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.SendAlarmCommandRequest.FromString,
+                    response_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.SendAlarmCommandResponse.SerializeToString,
+            ),
+            'CreateNotificationChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateNotificationChannel,
+                    request_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.CreateNotificationChannelRequest.FromString,
+                    response_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.NotificationChannel.SerializeToString,
+            ),
+            'GetNotificationChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNotificationChannel,
+                    request_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.GetNotificationChannelRequest.FromString,
+                    response_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.NotificationChannel.SerializeToString,
+            ),
+            'ListNotificationChannels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNotificationChannels,
+                    request_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationChannelsRequest.FromString,
+                    response_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationChannelsResponse.SerializeToString,
+            ),
+            'DeleteNotificationChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteNotificationChannel,
+                    request_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.DeleteNotificationChannelRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListNotificationDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNotificationDeliveries,
+                    request_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationDeliveriesRequest.FromString,
+                    response_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationDeliveriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -555,6 +668,168 @@ class AlarmService:
             '/emma.alarm.v1.AlarmService/WatchAlarms',
             emma_dot_alarm_dot_v1_dot_alarm__pb2.WatchAlarmsRequest.SerializeToString,
             emma_dot_alarm_dot_v1_dot_alarm__pb2.AlarmChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendAlarmCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.alarm.v1.AlarmService/SendAlarmCommand',
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.SendAlarmCommandRequest.SerializeToString,
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.SendAlarmCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateNotificationChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.alarm.v1.AlarmService/CreateNotificationChannel',
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.CreateNotificationChannelRequest.SerializeToString,
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.NotificationChannel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNotificationChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.alarm.v1.AlarmService/GetNotificationChannel',
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.GetNotificationChannelRequest.SerializeToString,
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.NotificationChannel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNotificationChannels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.alarm.v1.AlarmService/ListNotificationChannels',
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationChannelsRequest.SerializeToString,
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationChannelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteNotificationChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.alarm.v1.AlarmService/DeleteNotificationChannel',
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.DeleteNotificationChannelRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNotificationDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.alarm.v1.AlarmService/ListNotificationDeliveries',
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationDeliveriesRequest.SerializeToString,
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

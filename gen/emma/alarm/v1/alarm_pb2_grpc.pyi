@@ -81,6 +81,34 @@ class AlarmServiceStub:
     """A stream of the changes of an organization's alarms from now on, from every replica (each
     transition once). Ends only when the caller cancels. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
     """
+    SendAlarmCommand: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.SendAlarmCommandRequest, _alarm_pb2.SendAlarmCommandResponse]
+    """Sends one of the alarm's proposed commands (from its rule's proposed_commands) to the alarm's
+    edge through CommandService, as the caller, in one call; the alarm gets a COMMAND_SENT transition
+    naming the command. Errors: FIELD_INVALID (no such proposed command, or the alarm is not about a
+    device of an edge), RESOURCE_NOT_FOUND, STATE_CONFLICT (the alarm is cleared), REQUEST_ID_REUSED,
+    and CommandService's own errors (a value beyond the channel's limits, the edge's queue full).
+    """
+    CreateNotificationChannel: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.CreateNotificationChannelRequest, _alarm_pb2.NotificationChannel]
+    """Creates a notification channel: a signed webhook or e-mail through the configured SMTP server,
+    told of the transitions of the alarms of the rules that name it. Errors: FIELD_INVALID (a webhook
+    URL that is not https, or, in production mode, one that resolves to a loopback, private or
+    link-local address; an e-mail channel when no SMTP server is configured), RESOURCE_EXISTS,
+    REQUEST_ID_REUSED.
+    """
+    GetNotificationChannel: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.GetNotificationChannelRequest, _alarm_pb2.NotificationChannel]
+    """One notification channel (never its secret). Errors: FIELD_INVALID, RESOURCE_NOT_FOUND."""
+    ListNotificationChannels: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.ListNotificationChannelsRequest, _alarm_pb2.ListNotificationChannelsResponse]
+    """An organization's notification channels by id. Errors: FIELD_INVALID, PAGE_TOKEN_INVALID,
+    RESOURCE_NOT_FOUND.
+    """
+    DeleteNotificationChannel: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.DeleteNotificationChannelRequest, _empty_pb2.Empty]
+    """Deletes a notification channel; its pending deliveries are dropped, its delivery log with it.
+    Errors: FIELD_INVALID, RESOURCE_NOT_FOUND, REQUEST_ID_REUSED.
+    """
+    ListNotificationDeliveries: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.ListNotificationDeliveriesRequest, _alarm_pb2.ListNotificationDeliveriesResponse]
+    """A notification channel's delivery log, newest first: every attempt's outcome per alarm transition.
+    Errors: FIELD_INVALID, PAGE_TOKEN_INVALID, RESOURCE_NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class AlarmServiceAsyncStub(AlarmServiceStub):
@@ -133,6 +161,34 @@ class AlarmServiceAsyncStub(AlarmServiceStub):
     WatchAlarms: _aio.UnaryStreamMultiCallable[_alarm_pb2.WatchAlarmsRequest, _alarm_pb2.AlarmChange]  # type: ignore[assignment]
     """A stream of the changes of an organization's alarms from now on, from every replica (each
     transition once). Ends only when the caller cancels. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
+    """
+    SendAlarmCommand: _aio.UnaryUnaryMultiCallable[_alarm_pb2.SendAlarmCommandRequest, _alarm_pb2.SendAlarmCommandResponse]  # type: ignore[assignment]
+    """Sends one of the alarm's proposed commands (from its rule's proposed_commands) to the alarm's
+    edge through CommandService, as the caller, in one call; the alarm gets a COMMAND_SENT transition
+    naming the command. Errors: FIELD_INVALID (no such proposed command, or the alarm is not about a
+    device of an edge), RESOURCE_NOT_FOUND, STATE_CONFLICT (the alarm is cleared), REQUEST_ID_REUSED,
+    and CommandService's own errors (a value beyond the channel's limits, the edge's queue full).
+    """
+    CreateNotificationChannel: _aio.UnaryUnaryMultiCallable[_alarm_pb2.CreateNotificationChannelRequest, _alarm_pb2.NotificationChannel]  # type: ignore[assignment]
+    """Creates a notification channel: a signed webhook or e-mail through the configured SMTP server,
+    told of the transitions of the alarms of the rules that name it. Errors: FIELD_INVALID (a webhook
+    URL that is not https, or, in production mode, one that resolves to a loopback, private or
+    link-local address; an e-mail channel when no SMTP server is configured), RESOURCE_EXISTS,
+    REQUEST_ID_REUSED.
+    """
+    GetNotificationChannel: _aio.UnaryUnaryMultiCallable[_alarm_pb2.GetNotificationChannelRequest, _alarm_pb2.NotificationChannel]  # type: ignore[assignment]
+    """One notification channel (never its secret). Errors: FIELD_INVALID, RESOURCE_NOT_FOUND."""
+    ListNotificationChannels: _aio.UnaryUnaryMultiCallable[_alarm_pb2.ListNotificationChannelsRequest, _alarm_pb2.ListNotificationChannelsResponse]  # type: ignore[assignment]
+    """An organization's notification channels by id. Errors: FIELD_INVALID, PAGE_TOKEN_INVALID,
+    RESOURCE_NOT_FOUND.
+    """
+    DeleteNotificationChannel: _aio.UnaryUnaryMultiCallable[_alarm_pb2.DeleteNotificationChannelRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Deletes a notification channel; its pending deliveries are dropped, its delivery log with it.
+    Errors: FIELD_INVALID, RESOURCE_NOT_FOUND, REQUEST_ID_REUSED.
+    """
+    ListNotificationDeliveries: _aio.UnaryUnaryMultiCallable[_alarm_pb2.ListNotificationDeliveriesRequest, _alarm_pb2.ListNotificationDeliveriesResponse]  # type: ignore[assignment]
+    """A notification channel's delivery log, newest first: every attempt's outcome per alarm transition.
+    Errors: FIELD_INVALID, PAGE_TOKEN_INVALID, RESOURCE_NOT_FOUND.
     """
 
 class AlarmServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -249,6 +305,70 @@ class AlarmServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_alarm_pb2.AlarmChange], _abc.AsyncIterator[_alarm_pb2.AlarmChange]]:
         """A stream of the changes of an organization's alarms from now on, from every replica (each
         transition once). Ends only when the caller cancels. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def SendAlarmCommand(
+        self,
+        request: _alarm_pb2.SendAlarmCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_alarm_pb2.SendAlarmCommandResponse, _abc.Awaitable[_alarm_pb2.SendAlarmCommandResponse]]:
+        """Sends one of the alarm's proposed commands (from its rule's proposed_commands) to the alarm's
+        edge through CommandService, as the caller, in one call; the alarm gets a COMMAND_SENT transition
+        naming the command. Errors: FIELD_INVALID (no such proposed command, or the alarm is not about a
+        device of an edge), RESOURCE_NOT_FOUND, STATE_CONFLICT (the alarm is cleared), REQUEST_ID_REUSED,
+        and CommandService's own errors (a value beyond the channel's limits, the edge's queue full).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateNotificationChannel(
+        self,
+        request: _alarm_pb2.CreateNotificationChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_alarm_pb2.NotificationChannel, _abc.Awaitable[_alarm_pb2.NotificationChannel]]:
+        """Creates a notification channel: a signed webhook or e-mail through the configured SMTP server,
+        told of the transitions of the alarms of the rules that name it. Errors: FIELD_INVALID (a webhook
+        URL that is not https, or, in production mode, one that resolves to a loopback, private or
+        link-local address; an e-mail channel when no SMTP server is configured), RESOURCE_EXISTS,
+        REQUEST_ID_REUSED.
+        """
+
+    @_abc_1.abstractmethod
+    def GetNotificationChannel(
+        self,
+        request: _alarm_pb2.GetNotificationChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_alarm_pb2.NotificationChannel, _abc.Awaitable[_alarm_pb2.NotificationChannel]]:
+        """One notification channel (never its secret). Errors: FIELD_INVALID, RESOURCE_NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def ListNotificationChannels(
+        self,
+        request: _alarm_pb2.ListNotificationChannelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_alarm_pb2.ListNotificationChannelsResponse, _abc.Awaitable[_alarm_pb2.ListNotificationChannelsResponse]]:
+        """An organization's notification channels by id. Errors: FIELD_INVALID, PAGE_TOKEN_INVALID,
+        RESOURCE_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteNotificationChannel(
+        self,
+        request: _alarm_pb2.DeleteNotificationChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Deletes a notification channel; its pending deliveries are dropped, its delivery log with it.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND, REQUEST_ID_REUSED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListNotificationDeliveries(
+        self,
+        request: _alarm_pb2.ListNotificationDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_alarm_pb2.ListNotificationDeliveriesResponse, _abc.Awaitable[_alarm_pb2.ListNotificationDeliveriesResponse]]:
+        """A notification channel's delivery log, newest first: every attempt's outcome per alarm transition.
+        Errors: FIELD_INVALID, PAGE_TOKEN_INVALID, RESOURCE_NOT_FOUND.
         """
 
 def add_AlarmServiceServicer_to_server(servicer: AlarmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -17,13 +17,28 @@ __all__ = (
     "AlarmTransitionKind",
     "ClearAlarmRequest",
     "CreateAlarmRuleRequest",
+    "CreateNotificationChannelRequest",
     "DeleteAlarmRuleRequest",
+    "DeleteNotificationChannelRequest",
+    "FaultCode",
     "GetAlarmRequest",
     "GetAlarmRuleRequest",
+    "GetNotificationChannelRequest",
     "ListAlarmRulesRequest",
     "ListAlarmRulesResponse",
     "ListAlarmsRequest",
     "ListAlarmsResponse",
+    "ListNotificationChannelsRequest",
+    "ListNotificationChannelsResponse",
+    "ListNotificationDeliveriesRequest",
+    "ListNotificationDeliveriesResponse",
+    "NotificationChannel",
+    "NotificationChannelKind",
+    "NotificationDelivery",
+    "NotificationDeliveryState",
+    "ProposedCommand",
+    "SendAlarmCommandRequest",
+    "SendAlarmCommandResponse",
     "ShelveAlarmRequest",
     "ThresholdLevels",
     "UpdateAlarmRuleRequest",
@@ -79,6 +94,17 @@ class AlarmRuleKind(betterproto2.Enum):
     A warning the market domain published (an interconnection at risk, a price spike).
     """
 
+    RATE_OF_CHANGE = 5
+    """
+    A channel changing too fast: `levels` apply to the change between two consecutive samples, in
+    the channel's unit per minute (warn_high for a rise; warn_low, negative, for a fall).
+    """
+
+    DEVICE_FAULT = 6
+    """
+    A device's fault-code channel reporting a fault: any non-zero value, or one of fault_codes.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -87,6 +113,8 @@ class AlarmRuleKind(betterproto2.Enum):
             2: "ALARM_RULE_KIND_STALE_DATA",
             3: "ALARM_RULE_KIND_EDGE_OFFLINE",
             4: "ALARM_RULE_KIND_MARKET_WARNING",
+            5: "ALARM_RULE_KIND_RATE_OF_CHANGE",
+            6: "ALARM_RULE_KIND_DEVICE_FAULT",
         }
 
     @classmethod
@@ -97,6 +125,8 @@ class AlarmRuleKind(betterproto2.Enum):
             "ALARM_RULE_KIND_STALE_DATA": 2,
             "ALARM_RULE_KIND_EDGE_OFFLINE": 3,
             "ALARM_RULE_KIND_MARKET_WARNING": 4,
+            "ALARM_RULE_KIND_RATE_OF_CHANGE": 5,
+            "ALARM_RULE_KIND_DEVICE_FAULT": 6,
         }
 
 
@@ -233,6 +263,17 @@ class AlarmTransitionKind(betterproto2.Enum):
     It closed: the condition returned to normal, someone cleared it, or its rule was deleted.
     """
 
+    UNACKNOWLEDGED_ESCALATED = 8
+    """
+    Nobody acknowledged it within its rule's escalate_after: its notification channels are told
+    again, once, and it is marked escalated (escalate_time). The severity does not change.
+    """
+
+    COMMAND_SENT = 9
+    """
+    An operator sent one of its proposed commands (SendAlarmCommand); the note names the command.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -244,6 +285,8 @@ class AlarmTransitionKind(betterproto2.Enum):
             5: "ALARM_TRANSITION_KIND_SHELVED",
             6: "ALARM_TRANSITION_KIND_UNSHELVED",
             7: "ALARM_TRANSITION_KIND_CLEARED",
+            8: "ALARM_TRANSITION_KIND_UNACKNOWLEDGED_ESCALATED",
+            9: "ALARM_TRANSITION_KIND_COMMAND_SENT",
         }
 
     @classmethod
@@ -257,6 +300,89 @@ class AlarmTransitionKind(betterproto2.Enum):
             "ALARM_TRANSITION_KIND_SHELVED": 5,
             "ALARM_TRANSITION_KIND_UNSHELVED": 6,
             "ALARM_TRANSITION_KIND_CLEARED": 7,
+            "ALARM_TRANSITION_KIND_UNACKNOWLEDGED_ESCALATED": 8,
+            "ALARM_TRANSITION_KIND_COMMAND_SENT": 9,
+        }
+
+
+class NotificationChannelKind(betterproto2.Enum):
+    """
+    How a notification channel delivers.
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not set.
+    """
+
+    WEBHOOK = 1
+    """
+    An HTTPS POST of a JSON body signed with HMAC-SHA256 (docs/alarms.md, "Webhooks").
+    """
+
+    EMAIL = 2
+    """
+    An e-mail through the SMTP server of EMMA_ALARM_SMTP_*.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "NOTIFICATION_CHANNEL_KIND_UNSPECIFIED",
+            1: "NOTIFICATION_CHANNEL_KIND_WEBHOOK",
+            2: "NOTIFICATION_CHANNEL_KIND_EMAIL",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "NOTIFICATION_CHANNEL_KIND_UNSPECIFIED": 0,
+            "NOTIFICATION_CHANNEL_KIND_WEBHOOK": 1,
+            "NOTIFICATION_CHANNEL_KIND_EMAIL": 2,
+        }
+
+
+class NotificationDeliveryState(betterproto2.Enum):
+    """
+    Where a delivery is.
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not set.
+    """
+
+    PENDING = 1
+    """
+    Waiting for its first or next attempt.
+    """
+
+    DELIVERED = 2
+    """
+    The receiver accepted it (a 2xx answer; the SMTP server took the message).
+    """
+
+    FAILED = 3
+    """
+    Every attempt failed; the alarm itself is kept as it is.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "NOTIFICATION_DELIVERY_STATE_UNSPECIFIED",
+            1: "NOTIFICATION_DELIVERY_STATE_PENDING",
+            2: "NOTIFICATION_DELIVERY_STATE_DELIVERED",
+            3: "NOTIFICATION_DELIVERY_STATE_FAILED",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "NOTIFICATION_DELIVERY_STATE_UNSPECIFIED": 0,
+            "NOTIFICATION_DELIVERY_STATE_PENDING": 1,
+            "NOTIFICATION_DELIVERY_STATE_DELIVERED": 2,
+            "NOTIFICATION_DELIVERY_STATE_FAILED": 3,
         }
 
 
@@ -430,6 +556,23 @@ class Alarm(betterproto2.Message):
     Every change, oldest first (GetAlarm; empty in lists).
     """
 
+    proposed_commands: "list[ProposedCommand]" = betterproto2.field(
+        21, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    The rule's proposed commands when the alarm opened (SendAlarmCommand picks one by index).
+    """
+
+    escalate_time: "datetime.datetime | None" = betterproto2.field(
+        22,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    When it was escalated for want of an acknowledgement; unset when it was not.
+    """
+
 
 default_message_pool.register_message("emma.alarm.v1", "Alarm", Alarm)
 
@@ -585,6 +728,40 @@ class AlarmRule(betterproto2.Message):
     When it was last changed.
     """
 
+    fault_codes: "list[FaultCode]" = betterproto2.field(
+        18, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    DEVICE_FAULT: the codes that raise an alarm, with their meaning; empty: any non-zero value.
+    [limits: items 0..100]
+    """
+
+    escalate_after: "datetime.timedelta | None" = betterproto2.field(
+        19,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Duration,
+        optional=True,
+    )
+    """
+    Escalate an alarm nobody acknowledged for this long (UNACKNOWLEDGED_ESCALATED, once); unset:
+    never. [limits: 60s..604800s]
+    """
+
+    proposed_commands: "list[ProposedCommand]" = betterproto2.field(
+        20, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Commands an operator may send from its alarms with one call. [limits: items 0..10]
+    """
+
+    notification_channels: "list[str]" = betterproto2.field(
+        21, betterproto2.TYPE_STRING, repeated=True
+    )
+    """
+    The notification channels told of its alarms' transitions,
+    organizations/{organization}/notificationChannels/{notification_channel}. [limits: items 0..10]
+    """
+
 
 default_message_pool.register_message("emma.alarm.v1", "AlarmRule", AlarmRule)
 
@@ -705,6 +882,42 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class CreateNotificationChannelRequest(betterproto2.Message):
+    """
+    The request of CreateNotificationChannel.
+    """
+
+    parent: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The organization, organizations/{organization}.
+    """
+
+    notification_channel_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The id of the new channel: 1-63 lowercase letters, digits and hyphens, starting with a letter.
+    """
+
+    notification_channel: "NotificationChannel | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The channel to create; its name is ignored.
+    """
+
+    request_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Idempotency key (AIP-155).
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1",
+    "CreateNotificationChannelRequest",
+    CreateNotificationChannelRequest,
+)
+
+
+@dataclass(eq=False, repr=False)
 class DeleteAlarmRuleRequest(betterproto2.Message):
     """
     The request of DeleteAlarmRule.
@@ -724,6 +937,57 @@ class DeleteAlarmRuleRequest(betterproto2.Message):
 default_message_pool.register_message(
     "emma.alarm.v1", "DeleteAlarmRuleRequest", DeleteAlarmRuleRequest
 )
+
+
+@dataclass(eq=False, repr=False)
+class DeleteNotificationChannelRequest(betterproto2.Message):
+    """
+    The request of DeleteNotificationChannel.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The channel's resource name.
+    """
+
+    request_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Idempotency key (AIP-155).
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1",
+    "DeleteNotificationChannelRequest",
+    DeleteNotificationChannelRequest,
+)
+
+
+@dataclass(eq=False, repr=False)
+class FaultCode(betterproto2.Message):
+    """
+    A fault code of a DEVICE_FAULT rule and what it means.
+    """
+
+    code: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
+    """
+    The code the device reports on its fault channel (non-zero).
+    """
+
+    description: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    What it means, shown in the alarm's message ("cell over-temperature"). [limits: length ..200]
+    """
+
+    severity: "AlarmSeverity" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: AlarmSeverity(0)
+    )
+    """
+    Its alarm's severity; unset takes the rule's.
+    """
+
+
+default_message_pool.register_message("emma.alarm.v1", "FaultCode", FaultCode)
 
 
 @dataclass(eq=False, repr=False)
@@ -757,6 +1021,23 @@ class GetAlarmRuleRequest(betterproto2.Message):
 
 default_message_pool.register_message(
     "emma.alarm.v1", "GetAlarmRuleRequest", GetAlarmRuleRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class GetNotificationChannelRequest(betterproto2.Message):
+    """
+    The request of GetNotificationChannel.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The channel's resource name.
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1", "GetNotificationChannelRequest", GetNotificationChannelRequest
 )
 
 
@@ -894,6 +1175,340 @@ class ListAlarmsResponse(betterproto2.Message):
 
 default_message_pool.register_message(
     "emma.alarm.v1", "ListAlarmsResponse", ListAlarmsResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListNotificationChannelsRequest(betterproto2.Message):
+    """
+    The request of ListNotificationChannels.
+    """
+
+    parent: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The organization, organizations/{organization}.
+    """
+
+    page_size: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    At most this many results (default 50, at most 1000). [limits: 0..1000]
+    """
+
+    page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The next_page_token of the previous page.
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1", "ListNotificationChannelsRequest", ListNotificationChannelsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListNotificationChannelsResponse(betterproto2.Message):
+    """
+    The response of ListNotificationChannels.
+    """
+
+    notification_channels: "list[NotificationChannel]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    One page of channels.
+    """
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Pass this as page_token to get the next page; empty on the last page.
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1",
+    "ListNotificationChannelsResponse",
+    ListNotificationChannelsResponse,
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListNotificationDeliveriesRequest(betterproto2.Message):
+    """
+    The request of ListNotificationDeliveries.
+    """
+
+    parent: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The channel, organizations/{organization}/notificationChannels/{notification_channel}.
+    """
+
+    page_size: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    At most this many results (default 50, at most 1000). [limits: 0..1000]
+    """
+
+    page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The next_page_token of the previous page.
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1",
+    "ListNotificationDeliveriesRequest",
+    ListNotificationDeliveriesRequest,
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListNotificationDeliveriesResponse(betterproto2.Message):
+    """
+    The response of ListNotificationDeliveries.
+    """
+
+    deliveries: "list[NotificationDelivery]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    One page of deliveries.
+    """
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Pass this as page_token to get the next page; empty on the last page.
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1",
+    "ListNotificationDeliveriesResponse",
+    ListNotificationDeliveriesResponse,
+)
+
+
+@dataclass(eq=False, repr=False)
+class NotificationChannel(betterproto2.Message):
+    """
+    Where alarm transitions are sent.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The resource name, organizations/{organization}/notificationChannels/{notification_channel}.
+    """
+
+    display_name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    A name for people. [limits: length ..200]
+    """
+
+    kind: "NotificationChannelKind" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: NotificationChannelKind(0)
+    )
+    """
+    How it delivers.
+    """
+
+    webhook_url: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    WEBHOOK: the URL posted to (https; http only outside production mode). [limits: length ..2000]
+    """
+
+    webhook_secret: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    WEBHOOK: the shared secret of the HMAC-SHA256 signature, never sent back. [limits: length 16..200]
+    """
+
+    email_addresses: "list[str]" = betterproto2.field(
+        6, betterproto2.TYPE_STRING, repeated=True
+    )
+    """
+    EMAIL: the recipients. [limits: items 1..20]
+    """
+
+    min_severity: "AlarmSeverity" = betterproto2.field(
+        7, betterproto2.TYPE_ENUM, default_factory=lambda: AlarmSeverity(0)
+    )
+    """
+    Only transitions of alarms of this severity or worse (default: every one).
+    """
+
+    create_time: "datetime.datetime | None" = betterproto2.field(
+        8,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    When it was created.
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1", "NotificationChannel", NotificationChannel
+)
+
+
+@dataclass(eq=False, repr=False)
+class NotificationDelivery(betterproto2.Message):
+    """
+    One alarm transition sent to one notification channel.
+    """
+
+    alarm: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The alarm.
+    """
+
+    transition: "AlarmTransitionKind" = betterproto2.field(
+        2, betterproto2.TYPE_ENUM, default_factory=lambda: AlarmTransitionKind(0)
+    )
+    """
+    The transition it tells of.
+    """
+
+    state: "NotificationDeliveryState" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: NotificationDeliveryState(0)
+    )
+    """
+    Where it is.
+    """
+
+    attempts: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+    """
+    Attempts made so far.
+    """
+
+    last_error: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    The last attempt's failure ("HTTP 503", "connection refused"); empty once delivered.
+    """
+
+    create_time: "datetime.datetime | None" = betterproto2.field(
+        6,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    When it was queued.
+    """
+
+    finish_time: "datetime.datetime | None" = betterproto2.field(
+        7,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    When it was delivered, or when it failed for good.
+    """
+
+    next_attempt_time: "datetime.datetime | None" = betterproto2.field(
+        8,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    PENDING: when the next attempt is due.
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1", "NotificationDelivery", NotificationDelivery
+)
+
+
+@dataclass(eq=False, repr=False)
+class ProposedCommand(betterproto2.Message):
+    """
+    A command an operator may send from an alarm with one call (SendAlarmCommand): written to a channel
+    of the alarm's edge.
+    """
+
+    title: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    What it does, for people ("reduce charge power to 50 %"). [limits: length 1..200]
+    """
+
+    channel: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The channel inside the alarm's edge, "device/Channel" ("battery_1/SetActivePower"); a channel
+    without a device ("SetActivePower") means that channel of the alarm's own device.
+    [limits: length 1..200]
+    """
+
+    value: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
+    """
+    The value in the channel's unit.
+    """
+
+    ttl: "datetime.timedelta | None" = betterproto2.field(
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Duration,
+        optional=True,
+    )
+    """
+    How long the command may wait for delivery (CommandService's default when unset).
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1", "ProposedCommand", ProposedCommand
+)
+
+
+@dataclass(eq=False, repr=False)
+class SendAlarmCommandRequest(betterproto2.Message):
+    """
+    The request of SendAlarmCommand.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The alarm's resource name.
+    """
+
+    proposed_command: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    The index of the command in the alarm's proposed_commands. [limits: 0..9]
+    """
+
+    request_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Idempotency key (AIP-155), passed on to CreateCommand: a retried request sends nothing again.
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1", "SendAlarmCommandRequest", SendAlarmCommandRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class SendAlarmCommandResponse(betterproto2.Message):
+    """
+    The response of SendAlarmCommand.
+    """
+
+    command: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The command CommandService created,
+    organizations/{organization}/sites/{site}/edges/{edge}/commands/{command}.
+    """
+
+    alarm: "Alarm | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The alarm after the COMMAND_SENT transition, with its transitions.
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1", "SendAlarmCommandResponse", SendAlarmCommandResponse
 )
 
 
@@ -1195,6 +1810,95 @@ class AlarmServiceSyncStub:
             AlarmChange.FromString,
         )(message)
 
+    def send_alarm_command(
+        self, message: "SendAlarmCommandRequest"
+    ) -> "SendAlarmCommandResponse":
+        """
+        Sends one of the alarm's proposed commands (from its rule's proposed_commands) to the alarm's
+        edge through CommandService, as the caller, in one call; the alarm gets a COMMAND_SENT transition
+        naming the command. Errors: FIELD_INVALID (no such proposed command, or the alarm is not about a
+        device of an edge), RESOURCE_NOT_FOUND, STATE_CONFLICT (the alarm is cleared), REQUEST_ID_REUSED,
+        and CommandService's own errors (a value beyond the channel's limits, the edge's queue full).
+        """
+
+        return self._channel.unary_unary(
+            "/emma.alarm.v1.AlarmService/SendAlarmCommand",
+            SendAlarmCommandRequest.SerializeToString,
+            SendAlarmCommandResponse.FromString,
+        )(message)
+
+    def create_notification_channel(
+        self, message: "CreateNotificationChannelRequest"
+    ) -> "NotificationChannel":
+        """
+        Creates a notification channel: a signed webhook or e-mail through the configured SMTP server,
+        told of the transitions of the alarms of the rules that name it. Errors: FIELD_INVALID (a webhook
+        URL that is not https, or, in production mode, one that resolves to a loopback, private or
+        link-local address; an e-mail channel when no SMTP server is configured), RESOURCE_EXISTS,
+        REQUEST_ID_REUSED.
+        """
+
+        return self._channel.unary_unary(
+            "/emma.alarm.v1.AlarmService/CreateNotificationChannel",
+            CreateNotificationChannelRequest.SerializeToString,
+            NotificationChannel.FromString,
+        )(message)
+
+    def get_notification_channel(
+        self, message: "GetNotificationChannelRequest"
+    ) -> "NotificationChannel":
+        """
+        One notification channel (never its secret). Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
+        """
+
+        return self._channel.unary_unary(
+            "/emma.alarm.v1.AlarmService/GetNotificationChannel",
+            GetNotificationChannelRequest.SerializeToString,
+            NotificationChannel.FromString,
+        )(message)
+
+    def list_notification_channels(
+        self, message: "ListNotificationChannelsRequest"
+    ) -> "ListNotificationChannelsResponse":
+        """
+        An organization's notification channels by id. Errors: FIELD_INVALID, PAGE_TOKEN_INVALID,
+        RESOURCE_NOT_FOUND.
+        """
+
+        return self._channel.unary_unary(
+            "/emma.alarm.v1.AlarmService/ListNotificationChannels",
+            ListNotificationChannelsRequest.SerializeToString,
+            ListNotificationChannelsResponse.FromString,
+        )(message)
+
+    def delete_notification_channel(
+        self, message: "DeleteNotificationChannelRequest"
+    ) -> "___google__protobuf__.Empty":
+        """
+        Deletes a notification channel; its pending deliveries are dropped, its delivery log with it.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND, REQUEST_ID_REUSED.
+        """
+
+        return self._channel.unary_unary(
+            "/emma.alarm.v1.AlarmService/DeleteNotificationChannel",
+            DeleteNotificationChannelRequest.SerializeToString,
+            ___google__protobuf__.Empty.FromString,
+        )(message)
+
+    def list_notification_deliveries(
+        self, message: "ListNotificationDeliveriesRequest"
+    ) -> "ListNotificationDeliveriesResponse":
+        """
+        A notification channel's delivery log, newest first: every attempt's outcome per alarm transition.
+        Errors: FIELD_INVALID, PAGE_TOKEN_INVALID, RESOURCE_NOT_FOUND.
+        """
+
+        return self._channel.unary_unary(
+            "/emma.alarm.v1.AlarmService/ListNotificationDeliveries",
+            ListNotificationDeliveriesRequest.SerializeToString,
+            ListNotificationDeliveriesResponse.FromString,
+        )(message)
+
 
 class AlarmServiceStub(betterproto2_grpclib.ServiceStub):
     """
@@ -1448,6 +2152,143 @@ class AlarmServiceStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         ):
             yield response
+
+    async def send_alarm_command(
+        self,
+        message: "SendAlarmCommandRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "SendAlarmCommandResponse":
+        """
+        Sends one of the alarm's proposed commands (from its rule's proposed_commands) to the alarm's
+        edge through CommandService, as the caller, in one call; the alarm gets a COMMAND_SENT transition
+        naming the command. Errors: FIELD_INVALID (no such proposed command, or the alarm is not about a
+        device of an edge), RESOURCE_NOT_FOUND, STATE_CONFLICT (the alarm is cleared), REQUEST_ID_REUSED,
+        and CommandService's own errors (a value beyond the channel's limits, the edge's queue full).
+        """
+
+        return await self._unary_unary(
+            "/emma.alarm.v1.AlarmService/SendAlarmCommand",
+            message,
+            SendAlarmCommandResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def create_notification_channel(
+        self,
+        message: "CreateNotificationChannelRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "NotificationChannel":
+        """
+        Creates a notification channel: a signed webhook or e-mail through the configured SMTP server,
+        told of the transitions of the alarms of the rules that name it. Errors: FIELD_INVALID (a webhook
+        URL that is not https, or, in production mode, one that resolves to a loopback, private or
+        link-local address; an e-mail channel when no SMTP server is configured), RESOURCE_EXISTS,
+        REQUEST_ID_REUSED.
+        """
+
+        return await self._unary_unary(
+            "/emma.alarm.v1.AlarmService/CreateNotificationChannel",
+            message,
+            NotificationChannel,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_notification_channel(
+        self,
+        message: "GetNotificationChannelRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "NotificationChannel":
+        """
+        One notification channel (never its secret). Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
+        """
+
+        return await self._unary_unary(
+            "/emma.alarm.v1.AlarmService/GetNotificationChannel",
+            message,
+            NotificationChannel,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_notification_channels(
+        self,
+        message: "ListNotificationChannelsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListNotificationChannelsResponse":
+        """
+        An organization's notification channels by id. Errors: FIELD_INVALID, PAGE_TOKEN_INVALID,
+        RESOURCE_NOT_FOUND.
+        """
+
+        return await self._unary_unary(
+            "/emma.alarm.v1.AlarmService/ListNotificationChannels",
+            message,
+            ListNotificationChannelsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def delete_notification_channel(
+        self,
+        message: "DeleteNotificationChannelRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "___google__protobuf__.Empty":
+        """
+        Deletes a notification channel; its pending deliveries are dropped, its delivery log with it.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND, REQUEST_ID_REUSED.
+        """
+
+        return await self._unary_unary(
+            "/emma.alarm.v1.AlarmService/DeleteNotificationChannel",
+            message,
+            ___google__protobuf__.Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_notification_deliveries(
+        self,
+        message: "ListNotificationDeliveriesRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListNotificationDeliveriesResponse":
+        """
+        A notification channel's delivery log, newest first: every attempt's outcome per alarm transition.
+        Errors: FIELD_INVALID, PAGE_TOKEN_INVALID, RESOURCE_NOT_FOUND.
+        """
+
+        return await self._unary_unary(
+            "/emma.alarm.v1.AlarmService/ListNotificationDeliveries",
+            message,
+            ListNotificationDeliveriesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
 
 
 from ....google import protobuf as ___google__protobuf__
