@@ -19,9 +19,11 @@ __all__ = ["DEPENDS_ON", "POLICY", "SERVICES", "TABLES"]
 # to resolve a rule's channel, edge and device type inside the caller's organization; telemetry for
 # the committed samples and latest values the engine judges.
 DEPENDS_ON: tuple[str, ...] = ("identity", "registry", "telemetry")
-# The tables this domain alone reads and writes (services/migrations/0016_alarm.sql).
+# The tables this domain alone reads and writes (services/migrations/0016_alarm.sql, 0018).
 TABLES: tuple[str, ...] = (
     "alarm.alarms",
+    "alarm.deliveries",
+    "alarm.notification_channels",
     "alarm.rule_state",
     "alarm.rules",
     "alarm.transitions",
