@@ -44,6 +44,13 @@ def _engine(runtime: Runtime) -> Worker:
     return engine_of(runtime)
 
 
+def _notifier(runtime: Runtime) -> Worker:
+    # Next to the engine: attempts the webhook and e-mail deliveries queued with each transition.
+    from services.alarm.notify import notifier_of
+
+    return notifier_of(runtime.pool, runtime.config.env, runtime.config.server.port)
+
+
 # The gRPC services this domain serves (services/catalog.py hosts them) and the engine.
 SERVICES: tuple[ServiceSpec, ...] = (
     service_spec(
@@ -52,7 +59,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "AlarmService",
         alarm_pb2_grpc.add_AlarmServiceServicer_to_server,
         _alarm,
-        workers=(_engine,),
+        workers=(_engine, _notifier),
     ),
 )
 

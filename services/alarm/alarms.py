@@ -29,7 +29,7 @@ MAX_SHELVE = dt.timedelta(days=7)
 _COLUMNS = """a.id, a.org_id, a.rule_pk, a.rule, a.rule_display_name, a.kind, a.source, a.site, a.severity,
     a.value, a.unit,
     a.message, a.remediation_steps, a.allow_manual_clear, a.raise_time, a.acknowledge_time, a.acknowledged_by,
-    a.shelve_until_time, a.clear_time, a.cleared_by, a.update_time"""
+    a.shelve_until_time, a.clear_time, a.cleared_by, a.update_time, a.escalate_time, a.proposed_commands"""
 
 
 def alarm_name(org: str, alarm_id: uuid.UUID) -> str:
@@ -81,7 +81,8 @@ def to_message(row: asyncpg.Record, now: dt.datetime) -> pb.Alarm:
     )
     if row["value"] is not None:
         alarm.value = row["value"]
-    for field in ("acknowledge_time", "shelve_until_time", "clear_time"):
+    alarm.proposed_commands.extend(pb.ProposedCommand.FromString(bytes(c)) for c in row["proposed_commands"])
+    for field in ("acknowledge_time", "shelve_until_time", "clear_time", "escalate_time"):
         if row[field] is not None:
             getattr(alarm, field).CopyFrom(timestamp(row[field]))
     return alarm
@@ -113,6 +114,9 @@ class NewAlarm:
     message: str
     remediation_steps: Sequence[str]
     allow_manual_clear: bool
+    escalate_after: dt.timedelta | None = None
+    proposed_commands: Sequence[pb.ProposedCommand] = ()
+    notification_channels: Sequence[str] = ()  # channel ids of the alarm's organization
 
 
 async def record(
@@ -126,10 +130,20 @@ async def record(
     value: float | None = None,
     note: str = "",
 ) -> None:
-    """One transition and its announcement (call inside the transaction that changed the alarm)."""
+    """One transition, its announcement, and one delivery per notification channel of the alarm whose
+    min_severity the severity reaches (call inside the transaction that changed the alarm, so what is
+    announced and sent is exactly what committed)."""
     seq = await conn.fetchval(
-        """INSERT INTO alarm.transitions (alarm_id, kind, time, actor, severity, value, note)
-           VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq""",
+        """WITH t AS (
+               INSERT INTO alarm.transitions (alarm_id, kind, time, actor, severity, value, note)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq
+           ), d AS (
+               INSERT INTO alarm.deliveries (channel_pk, transition_seq)
+               SELECT c.pk, t.seq FROM t, alarm.alarms a
+               JOIN alarm.notification_channels c ON c.org_id = a.org_id AND c.channel_id = ANY(a.notification_channels)
+               WHERE a.id = $1 AND $5 >= c.min_severity
+           )
+           SELECT seq FROM t""",
         alarm_id,
         kind,
         time,
@@ -147,8 +161,9 @@ async def raise_alarm(conn: Conn, new: NewAlarm, time: dt.datetime, note: str) -
     alarm_id = uuid.uuid4()
     inserted = await conn.fetchval(
         """INSERT INTO alarm.alarms (id, org_id, rule_pk, rule, rule_display_name, kind, source, site, severity,
-               value, unit, message, remediation_steps, allow_manual_clear, raise_time, update_time)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)
+               value, unit, message, remediation_steps, allow_manual_clear, raise_time, update_time,
+               escalate_after, proposed_commands, notification_channels)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16, $17, $18)
            ON CONFLICT (rule_pk, source) WHERE clear_time IS NULL DO NOTHING RETURNING id""",
         alarm_id,
         new.org,
@@ -165,6 +180,9 @@ async def raise_alarm(conn: Conn, new: NewAlarm, time: dt.datetime, note: str) -
         list(new.remediation_steps),
         new.allow_manual_clear,
         time,
+        new.escalate_after,
+        [c.SerializeToString(deterministic=True) for c in new.proposed_commands],
+        list(new.notification_channels),
     )
     if inserted is None:
         return None
@@ -236,6 +254,46 @@ async def unshelve_due(conn: Conn, now: dt.datetime) -> int:
     for r in rows:
         await record(conn, r["org_id"], r["id"], pb.ALARM_TRANSITION_KIND_UNSHELVED, now, ENGINE_ACTOR, r["severity"])
     return len(rows)
+
+
+async def escalate_due(conn: Conn, now: dt.datetime) -> int:
+    """Marks the open alarms nobody acknowledged within their escalate_after (shelved ones wait until
+    they are unshelved), one UNACKNOWLEDGED_ESCALATED transition each; returns how many."""
+    rows = await conn.fetch(
+        """UPDATE alarm.alarms SET escalate_time = $1, update_time = $1
+           WHERE clear_time IS NULL AND acknowledge_time IS NULL AND escalate_time IS NULL
+             AND escalate_after IS NOT NULL AND raise_time + escalate_after <= $1
+             AND (shelve_until_time IS NULL OR shelve_until_time <= $1)
+           RETURNING id, org_id, severity, raise_time""",
+        now,
+    )
+    for r in rows:
+        minutes = (now - r["raise_time"]).total_seconds() / 60
+        note = f"not acknowledged {minutes:.0f} min after it was raised"
+        await record(
+            conn,
+            r["org_id"],
+            r["id"],
+            pb.ALARM_TRANSITION_KIND_UNACKNOWLEDGED_ESCALATED,
+            now,
+            ENGINE_ACTOR,
+            r["severity"],
+            note=note,
+        )
+    return len(rows)
+
+
+async def command_sent(conn: Conn, org: str, alarm_id: uuid.UUID, actor: str, command: str, title: str) -> pb.Alarm:
+    row = await get(conn, org, alarm_id, for_update=True)
+    now = dt.datetime.now(dt.UTC)
+    await conn.execute("UPDATE alarm.alarms SET update_time = $2 WHERE id = $1", alarm_id, now)
+    note = f"{title}: {command}"[:MAX_NOTE_CHARS]
+    await record(conn, org, alarm_id, pb.ALARM_TRANSITION_KIND_COMMAND_SENT, now, actor, row["severity"], note=note)
+    return await with_transitions(conn, await get(conn, org, alarm_id))
+
+
+def cleared_conflict(row: asyncpg.Record) -> ApiError:
+    return _cleared(row)
 
 
 # ------------------------------------------------------------------------------------------ reads

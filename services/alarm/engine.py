@@ -24,6 +24,7 @@ import asyncpg
 from emma.alarm.v1 import alarm_pb2 as pb
 from emma.edge.v1 import edge_link_pb2
 
+from core.metrics import record_alarm_raised
 from services.alarm import alarms
 from services.alarm.config import EngineConfig
 from services.alarm.levels import CRITICAL, NORMAL, WARNING, Judgement, Levels, judge
@@ -40,7 +41,11 @@ Clock = Callable[[], dt.datetime]
 # pg_try_advisory_xact_lock key of the engine ("alarm" in ASCII), shared by every replica.
 LOCK_KEY = 0x616C61726D
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_KINDS = (pb.ALARM_RULE_KIND_THRESHOLD, pb.ALARM_RULE_KIND_STALE_DATA, pb.ALARM_RULE_KIND_EDGE_OFFLINE)
+# The severity label of emma_alarms_raised_total.
+_SEVERITY_NAMES: dict[int, str] = {pb.ALARM_SEVERITY_WARNING: "WARNING", pb.ALARM_SEVERITY_CRITICAL: "CRITICAL"}
+# Kinds judged sample by sample on a channel's committed values.
+_SAMPLE_KINDS = (pb.ALARM_RULE_KIND_THRESHOLD, pb.ALARM_RULE_KIND_RATE_OF_CHANGE, pb.ALARM_RULE_KIND_DEVICE_FAULT)
+_KINDS = (*_SAMPLE_KINDS, pb.ALARM_RULE_KIND_STALE_DATA, pb.ALARM_RULE_KIND_EDGE_OFFLINE)
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,21 @@ class Source:
 class _State:
     judgement: Judgement
     last_time: dt.datetime | None
+    last_value: float | None = None
+
+
+def _fault(rule: pb.AlarmRule, value: float) -> tuple[int, str]:
+    """The level (NORMAL or a severity) and the words for a fault-code value."""
+    code = int(value)
+    if code == 0:
+        return NORMAL, ""
+    if not rule.fault_codes:
+        return _severity(rule), f"fault code {code}"
+    for fault in rule.fault_codes:
+        if fault.code == code:
+            severity = fault.severity if fault.severity != pb.ALARM_SEVERITY_UNSPECIFIED else _severity(rule)
+            return severity, f"fault code {code}" + (f" ({fault.description})" if fault.description else "")
+    return NORMAL, ""  # a code the rule does not list is not this rule's fault
 
 
 def _levels(rule: pb.AlarmRule) -> Levels:
@@ -166,18 +186,17 @@ class AlarmEngine:
             for stored in await enabled_rules(conn, _KINDS):
                 watched.extend((stored, s) for s in await resolver.sources(stored))
             states = await _load_states(conn, watched)
-            changes += await self._thresholds(
-                conn, [w for w in watched if w[0].rule.kind == pb.ALARM_RULE_KIND_THRESHOLD], states
-            )
+            changes += await self._samples(conn, [w for w in watched if w[0].rule.kind in _SAMPLE_KINDS], states)
             changes += await self._stale(
                 conn, [w for w in watched if w[0].rule.kind == pb.ALARM_RULE_KIND_STALE_DATA], states, now
             )
             changes += await self._offline(
                 conn, [w for w in watched if w[0].rule.kind == pb.ALARM_RULE_KIND_EDGE_OFFLINE], states, now
             )
+            changes += await alarms.escalate_due(conn, now)
             return changes
 
-    async def _thresholds(
+    async def _samples(
         self, conn: Conn, watched: list[tuple[StoredRule, Source]], states: dict[tuple[int, str], _State]
     ) -> int:
         cursors: dict[tuple[int, str], dt.datetime | None] = {}
@@ -200,31 +219,55 @@ class AlarmEngine:
         for stored, s in watched:
             key = (stored.pk, s.name)
             state = states.get(key) or _State(Judgement(), None)
+            kind = stored.rule.kind
             levels = _levels(stored.rule)
             judgement = state.judgement
-            last_time = state.last_time
-            value: float | None = None
+            last_time, last_value = state.last_time, state.last_value
+            judged_value: float | None = None
             for time, value, unit in by_channel.get((s.edge_pk, s.channel), []):
                 if last_time is not None and time <= last_time:
                     continue
-                judged = judge(levels, judgement, time, value)
-                if judged.level != judgement.level:
+                if kind == pb.ALARM_RULE_KIND_DEVICE_FAULT:
+                    level, words = _fault(stored.rule, value)
+                    judged = Judgement(level=level)
+                    note = words
+                    message = f"{s.channel}: {words}" if words else f"{s.channel} reports no fault"
+                    shown, shown_unit = value, unit
+                elif kind == pb.ALARM_RULE_KIND_RATE_OF_CHANGE:
+                    if last_value is None or last_time is None or last_time == _EPOCH:
+                        last_time, last_value = time, value  # the first sample has no rate yet
+                        continue
+                    minutes = (time - last_time).total_seconds() / 60
+                    rate = (value - last_value) / minutes
+                    judged = judge(levels, judgement, time, rate)
+                    shown, shown_unit = rate, f"{unit}/min" if unit else "/min"
+                    note = _threshold_note(levels, judged.level, rate, shown_unit)
+                    message = f"{s.channel} changes {rate:+g} {shown_unit}" + (
+                        f": {note}" if note else ", back to normal"
+                    )
+                else:
+                    judged = judge(levels, judgement, time, value)
+                    shown, shown_unit = value, unit
                     note = _threshold_note(levels, judged.level, value, unit)
                     message = f"{s.channel} {value:g} {unit}".rstrip() + (f": {note}" if note else " is back to normal")
-                    changes += await _apply(
-                        conn, stored, s, judgement.level, judged.level, judged.level, value, unit, time, message, note
-                    )
-                judgement, last_time = judged, time
-            if value is not None and judgement.level != NORMAL:
+                if judged.level != judgement.level:
+                    changes += await _apply(conn, stored, s, judged.level, shown, shown_unit, time, message, note)
+                judgement, last_time, last_value, judged_value = judged, time, value, shown
+            if judged_value is not None and judgement.level != NORMAL:
                 row = await alarms.open_alarm(conn, stored.pk, s.name)
                 if row is not None:
-                    await alarms.update_value(conn, row["id"], value)
+                    await alarms.update_value(conn, row["id"], judged_value)
             if last_time is None:
                 # The channel has no sample yet: everything it sends from now on is new, so the
                 # cursor starts at the beginning instead of at the newest sample.
                 last_time = _EPOCH
-            if key not in states or state.last_time != last_time or state.judgement != judgement:
-                await _save_state(conn, stored.pk, s.name, judgement, last_time)
+            if (
+                key not in states
+                or state.last_time != last_time
+                or state.judgement != judgement
+                or state.last_value != last_value
+            ):
+                await _save_state(conn, stored.pk, s.name, judgement, last_time, last_value)
         return changes
 
     async def _stale(
@@ -287,8 +330,8 @@ class AlarmEngine:
         level = _severity(stored.rule) if condition else NORMAL
         if level == state.judgement.level:
             return 0
-        changes = await _apply(conn, stored, s, state.judgement.level, level, level, None, "", now, message, message)
-        await _save_state(conn, stored.pk, s.name, Judgement(level=level), state.last_time)
+        changes = await _apply(conn, stored, s, level, None, "", now, message, message)
+        await _save_state(conn, stored.pk, s.name, Judgement(level=level), state.last_time, state.last_value)
         return changes
 
 
@@ -309,16 +352,16 @@ async def _apply(
     conn: Conn,
     stored: StoredRule,
     s: Source,
-    old: int,
     new: int,
-    severity: int,
     value: float | None,
     unit: str,
     time: dt.datetime,
     message: str,
     note: str,
 ) -> int:
-    """Stores what a change of the judged level means for the source's alarm; returns transitions."""
+    """Stores what a change of the judged level (NORMAL or a severity) means for the source's alarm;
+    returns the number of transitions."""
+    severity = new
     row = await alarms.open_alarm(conn, stored.pk, s.name)
     if new == NORMAL:
         if row is None:
@@ -345,15 +388,21 @@ async def _apply(
         message=message,
         remediation_steps=list(rule.remediation_steps),
         allow_manual_clear=rule.allow_manual_clear,
+        escalate_after=rule.escalate_after.ToTimedelta() if rule.HasField("escalate_after") else None,
+        proposed_commands=list(rule.proposed_commands),
+        notification_channels=[n.rsplit("/", 1)[-1] for n in rule.notification_channels],
     )
-    return 1 if await alarms.raise_alarm(conn, new_alarm, time, note) is not None else 0
+    if await alarms.raise_alarm(conn, new_alarm, time, note) is None:
+        return 0
+    record_alarm_raised(_SEVERITY_NAMES.get(new_alarm.severity, "WARNING"))
+    return 1
 
 
 async def _load_states(conn: Conn, watched: list[tuple[StoredRule, Source]]) -> dict[tuple[int, str], _State]:
     if not watched:
         return {}
     rows = await conn.fetch(
-        """SELECT r.rule_pk, r.source, r.level, r.warn_since, r.critical_since, r.last_time
+        """SELECT r.rule_pk, r.source, r.level, r.warn_since, r.critical_since, r.last_time, r.last_value
            FROM alarm.rule_state r JOIN unnest($1::bigint[], $2::text[]) AS w(rule_pk, source)
              ON r.rule_pk = w.rule_pk AND r.source = w.source""",
         [stored.pk for stored, _ in watched],
@@ -361,24 +410,28 @@ async def _load_states(conn: Conn, watched: list[tuple[StoredRule, Source]]) -> 
     )
     return {
         (int(r["rule_pk"]), r["source"]): _State(
-            Judgement(r["level"], r["warn_since"], r["critical_since"]), r["last_time"]
+            Judgement(r["level"], r["warn_since"], r["critical_since"]), r["last_time"], r["last_value"]
         )
         for r in rows
     }
 
 
-async def _save_state(conn: Conn, rule_pk: int, source: str, j: Judgement, last_time: dt.datetime | None) -> None:
+async def _save_state(
+    conn: Conn, rule_pk: int, source: str, j: Judgement, last_time: dt.datetime | None, last_value: float | None
+) -> None:
     await conn.execute(
-        """INSERT INTO alarm.rule_state (rule_pk, source, level, warn_since, critical_since, last_time)
-           VALUES ($1, $2, $3, $4, $5, $6)
+        """INSERT INTO alarm.rule_state (rule_pk, source, level, warn_since, critical_since, last_time, last_value)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
            ON CONFLICT (rule_pk, source) DO UPDATE SET level = EXCLUDED.level, warn_since = EXCLUDED.warn_since,
-               critical_since = EXCLUDED.critical_since, last_time = EXCLUDED.last_time""",
+               critical_since = EXCLUDED.critical_since, last_time = EXCLUDED.last_time,
+               last_value = EXCLUDED.last_value""",
         rule_pk,
         source,
         j.level,
         j.warn_since,
         j.critical_since,
         last_time,
+        last_value,
     )
 
 

@@ -4,6 +4,7 @@ plus the columns the engine and the lists select on (services/migrations/0016_al
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,14 @@ MAX_REMEDIATION_CHARS = 500
 MAX_HOLD = dt.timedelta(days=1)
 MIN_WINDOW = dt.timedelta(seconds=10)
 MAX_WINDOW = dt.timedelta(days=7)
+MIN_ESCALATE = dt.timedelta(seconds=60)
+MAX_FAULT_CODES = 100
+MAX_PROPOSED_COMMANDS = 10
+MAX_TITLE_CHARS = 200
+MAX_COMMAND_TTL = dt.timedelta(days=1)
+MAX_NOTIFICATION_CHANNELS = 10
+# "device/Channel" inside the alarm's edge, or "Channel" of the alarm's own device.
+_COMMAND_CHANNEL = re.compile(r"^[A-Za-z0-9_.-]{1,100}(/[A-Za-z0-9_.-]{1,100})?$")
 
 # Fields UpdateAlarmRule may change; kind and target are IMMUTABLE in the contract.
 UPDATABLE = (
@@ -38,8 +47,21 @@ UPDATABLE = (
     "allow_manual_clear",
     "remediation_steps",
     "enabled",
+    "fault_codes",
+    "escalate_after",
+    "proposed_commands",
+    "notification_channels",
 )
-_CHANNEL_KINDS = (pb.ALARM_RULE_KIND_THRESHOLD, pb.ALARM_RULE_KIND_STALE_DATA)
+_REPEATED = ("remediation_steps", "fault_codes", "proposed_commands", "notification_channels")
+_MESSAGES = ("levels", "stale_after", "offline_after", "escalate_after")
+_CHANNEL_KINDS = (
+    pb.ALARM_RULE_KIND_THRESHOLD,
+    pb.ALARM_RULE_KIND_STALE_DATA,
+    pb.ALARM_RULE_KIND_RATE_OF_CHANGE,
+    pb.ALARM_RULE_KIND_DEVICE_FAULT,
+)
+# Kinds whose `levels` are judged (on the value, or on its rate per minute).
+LEVEL_KINDS = (pb.ALARM_RULE_KIND_THRESHOLD, pb.ALARM_RULE_KIND_RATE_OF_CHANGE)
 
 
 def crossed(field: str, description: str) -> ApiError:
@@ -133,10 +155,12 @@ def check_rule(rule: pb.AlarmRule, org: str) -> None:
             )
     elif rule.channel or rule.device_type or rule.channel_id:
         raise invalid_field("alarm_rule.channel", f"not used by a {pb.AlarmRuleKind.Name(rule.kind)} rule")
-    if rule.kind == pb.ALARM_RULE_KIND_THRESHOLD:
+    if rule.kind in LEVEL_KINDS:
         _check_levels(rule.levels)
     elif rule.HasField("levels"):
-        raise invalid_field("alarm_rule.levels", "only a THRESHOLD rule has levels")
+        raise invalid_field("alarm_rule.levels", "only THRESHOLD and RATE_OF_CHANGE rules have levels")
+    _check_faults(rule)
+    _check_actions(rule, org)
     if rule.kind == pb.ALARM_RULE_KIND_STALE_DATA:
         _window(rule, "stale_after")
     if rule.kind == pb.ALARM_RULE_KIND_EDGE_OFFLINE:
@@ -151,12 +175,91 @@ def check_rule(rule: pb.AlarmRule, org: str) -> None:
         raise invalid_field("alarm_rule.bidding_zone", f"at most {MAX_ZONE_CHARS} characters")
 
 
+def _check_faults(rule: pb.AlarmRule) -> None:
+    if rule.kind != pb.ALARM_RULE_KIND_DEVICE_FAULT:
+        if rule.fault_codes:
+            raise invalid_field("alarm_rule.fault_codes", "only a DEVICE_FAULT rule has fault codes")
+        return
+    if len(rule.fault_codes) > MAX_FAULT_CODES:
+        raise invalid_field("alarm_rule.fault_codes", f"at most {MAX_FAULT_CODES} codes")
+    seen: set[int] = set()
+    for i, fault in enumerate(rule.fault_codes):
+        field = f"alarm_rule.fault_codes[{i}]"
+        if fault.code == 0:
+            raise invalid_field(f"{field}.code", "0 means no fault; a fault code is non-zero")
+        if fault.code in seen:
+            raise invalid_field(f"{field}.code", f"code {fault.code} is listed twice")
+        seen.add(fault.code)
+        if len(fault.description) > MAX_TITLE_CHARS:
+            raise invalid_field(f"{field}.description", f"at most {MAX_TITLE_CHARS} characters")
+
+
+def _check_actions(rule: pb.AlarmRule, org: str) -> None:
+    """Escalation, proposed commands and notification channels (their existence: check_targets)."""
+    if rule.HasField("escalate_after"):
+        after = rule.escalate_after.ToTimedelta()
+        if not MIN_ESCALATE <= after <= MAX_WINDOW:
+            raise invalid_field(
+                "alarm_rule.escalate_after",
+                f"must be between {int(MIN_ESCALATE.total_seconds())}s and {int(MAX_WINDOW.total_seconds())}s",
+            )
+    if rule.proposed_commands and rule.kind not in _CHANNEL_KINDS:
+        raise invalid_field(
+            "alarm_rule.proposed_commands", "only rules on a device's channel have a device to send a command to"
+        )
+    if len(rule.proposed_commands) > MAX_PROPOSED_COMMANDS:
+        raise invalid_field("alarm_rule.proposed_commands", f"at most {MAX_PROPOSED_COMMANDS} commands")
+    for i, command in enumerate(rule.proposed_commands):
+        field = f"alarm_rule.proposed_commands[{i}]"
+        if not command.title.strip() or len(command.title) > MAX_TITLE_CHARS:
+            raise invalid_field(f"{field}.title", f"1 to {MAX_TITLE_CHARS} characters")
+        if not _COMMAND_CHANNEL.match(command.channel):
+            raise invalid_field(f"{field}.channel", f'{command.channel!r} is not "device/Channel" or "Channel"')
+        if command.HasField("ttl") and not dt.timedelta(seconds=1) <= command.ttl.ToTimedelta() <= MAX_COMMAND_TTL:
+            raise invalid_field(f"{field}.ttl", "must be between 1s and 86400s")
+    if len(rule.notification_channels) > MAX_NOTIFICATION_CHANNELS:
+        raise invalid_field("alarm_rule.notification_channels", f"at most {MAX_NOTIFICATION_CHANNELS} channels")
+    for i, name in enumerate(rule.notification_channels):
+        channel_org, _ = parse_channel_name(name, f"alarm_rule.notification_channels[{i}]")
+        if channel_org != org:
+            raise not_found(name)
+
+
+def channel_name(org: str, channel_id: str) -> str:
+    return f"organizations/{org}/notificationChannels/{channel_id}"
+
+
+def parse_channel_name(name: str, field: str = "name") -> tuple[str, str]:
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "organizations" or parts[2] != "notificationChannels":
+        raise invalid_field(
+            field, f"{name!r} is not organizations/{{organization}}/notificationChannels/{{notification_channel}}"
+        )
+    if not ID_PATTERN.match(parts[1]) or not ID_PATTERN.match(parts[3]):
+        raise invalid_field(field, f"{name!r} has an id that is not 1-63 lowercase letters, digits and hyphens")
+    return parts[1], parts[3]
+
+
 async def check_targets(conn: Conn, rule: pb.AlarmRule) -> None:
     """The rule's channel or edge must be an edge of the organization (RESOURCE_NOT_FOUND otherwise)."""
     if rule.channel and await edge_pk(conn, parse_channel(rule.channel, "alarm_rule.channel").edge) is None:
         raise not_found(rule.channel)
     if rule.edge and await edge_pk(conn, parse_edge(rule.edge, "alarm_rule.edge")) is None:
         raise not_found(rule.edge)
+    if rule.notification_channels:
+        ids = [parse_channel_name(n)[1] for n in rule.notification_channels]
+        org = parse_channel_name(rule.notification_channels[0])[0]
+        found = {
+            r["channel_id"]
+            for r in await conn.fetch(
+                "SELECT channel_id FROM alarm.notification_channels WHERE org_id = $1 AND channel_id = ANY($2::text[])",
+                org,
+                ids,
+            )
+        }
+        for i, (name, channel_id) in enumerate(zip(rule.notification_channels, ids, strict=True)):
+            if channel_id not in found:
+                raise invalid_field(f"alarm_rule.notification_channels[{i}]", f"{name} does not exist")
 
 
 @dataclass(frozen=True)
@@ -237,13 +340,13 @@ def merged(current: pb.AlarmRule, patch: pb.AlarmRule, mask: field_mask_pb2.Fiel
     for path in paths:
         if path not in UPDATABLE:
             raise invalid_field("update_mask", f"{path!r} cannot be updated; updatable: {', '.join(UPDATABLE)}")
-        if path in ("levels", "stale_after", "offline_after"):
+        if path in _MESSAGES:
             out.ClearField(path)  # type: ignore[arg-type]
             if patch.HasField(path):  # type: ignore[arg-type]
                 getattr(out, path).CopyFrom(getattr(patch, path))
-        elif path == "remediation_steps":
-            del out.remediation_steps[:]
-            out.remediation_steps.extend(patch.remediation_steps)
+        elif path in _REPEATED:
+            out.ClearField(path)  # type: ignore[arg-type]
+            getattr(out, path).extend(getattr(patch, path))
         else:
             setattr(out, path, getattr(patch, path))
     return out

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -16,7 +17,9 @@ from emma.alarm.v1 import alarm_pb2_grpc
 from emma.common.v1 import errors_pb2
 from google.protobuf import empty_pb2
 
-from services.alarm import alarms, rules
+from services.alarm import alarms, notify, rules
+from services.alarm.commands import CommandClient, command_of
+from services.alarm.config import NotifyConfig
 from services.errors import ApiError, invalid_field
 from services.identity import Access, caller, note_audit
 from services.names import ID_PATTERN, parse_organization, parse_site
@@ -87,12 +90,15 @@ class AlarmServicer(alarm_pb2_grpc.AlarmServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._pool = runtime.pool
         self._watchers = _Watchers(runtime.dsn)
+        self._notify = NotifyConfig.from_env(runtime.config.env or os.environ, runtime.config.server.port)
+        self._commands = CommandClient(self._notify.command_target)
 
     async def start(self) -> None:
         await self._watchers.start()
 
     async def stop(self) -> None:
         await self._watchers.stop()
+        await self._commands.close()
 
     # ------------------------------------------------------------------------------------ rules
 
@@ -143,6 +149,7 @@ class AlarmServicer(alarm_pb2_grpc.AlarmServiceServicer):
             stored = await rules.get(conn, org, rule_id, for_update=True)
             updated = rules.merged(stored.rule, request.alarm_rule, request.update_mask)
             rules.check_rule(updated, org)
+            await rules.check_targets(conn, updated)
             return await rules.update(conn, stored, updated)
 
         async with self._pool.acquire() as conn:
@@ -297,3 +304,128 @@ class AlarmServicer(alarm_pb2_grpc.AlarmServiceServicer):
                 ):
                     continue
                 yield change
+
+    # ------------------------------------------------------------------------ commands from alarms
+
+    async def SendAlarmCommand(
+        self, request: pb.SendAlarmCommandRequest, context: Context
+    ) -> pb.SendAlarmCommandResponse:
+        org, alarm_id = alarms.parse_alarm_name(request.name)
+        if not request.request_id:
+            raise invalid_field("request_id", "required: a retry with the same id sends nothing again")
+        if request.proposed_command < 0:
+            raise invalid_field("proposed_command", "an index, 0 or more")
+        me = caller(context)
+        me.require_org(org, Access.OPERATOR, resource=request.name)
+        note_audit(request.name)
+        authorization = next((str(v) for k, v in context.invocation_metadata() or () if k == "authorization"), "")
+
+        async def change(conn: Conn) -> pb.SendAlarmCommandResponse:
+            row = await alarms.get(conn, org, alarm_id, for_update=True)
+            if row["clear_time"] is not None:
+                raise alarms.cleared_conflict(row)
+            alarm = alarms.to_message(row, dt.datetime.now(dt.UTC))
+            if request.proposed_command >= len(alarm.proposed_commands):
+                raise invalid_field(
+                    "proposed_command", f"{request.name} has {len(alarm.proposed_commands)} proposed commands"
+                )
+            proposed = alarm.proposed_commands[request.proposed_command]
+            edge, command = command_of(alarm, proposed)
+            created = await self._commands.create(edge, command, request.request_id, authorization)
+            updated = await alarms.command_sent(conn, org, alarm_id, me.actor, created.name, proposed.title)
+            return pb.SendAlarmCommandResponse(command=created.name, alarm=updated)
+
+        async with self._pool.acquire() as conn:
+            return await run_once(
+                conn,
+                actor=me.actor,
+                method=_SVC + "SendAlarmCommand",
+                request=request,
+                request_id=request.request_id,
+                response_type=pb.SendAlarmCommandResponse,
+                change=change,
+            )
+
+    # ------------------------------------------------------------------------ notification channels
+
+    async def CreateNotificationChannel(
+        self, request: pb.CreateNotificationChannelRequest, context: Context
+    ) -> pb.NotificationChannel:
+        org = parse_organization(request.parent, "parent")
+        if not ID_PATTERN.match(request.notification_channel_id):
+            raise invalid_field(
+                "notification_channel_id", "1-63 lowercase letters, digits and hyphens, starting with a letter"
+            )
+        me = caller(context)
+        me.require_org(org, Access.ADMIN, resource=request.parent)
+        await notify.check_channel(request.notification_channel, self._notify)
+        note_audit(rules.channel_name(org, request.notification_channel_id))
+
+        async def change(conn: Conn) -> pb.NotificationChannel:
+            return await notify.create(conn, org, request.notification_channel_id, request.notification_channel)
+
+        async with self._pool.acquire() as conn:
+            return await run_once(
+                conn,
+                actor=me.actor,
+                method=_SVC + "CreateNotificationChannel",
+                request=request,
+                request_id=request.request_id,
+                response_type=pb.NotificationChannel,
+                change=change,
+            )
+
+    async def GetNotificationChannel(
+        self, request: pb.GetNotificationChannelRequest, context: Context
+    ) -> pb.NotificationChannel:
+        org, channel_id = rules.parse_channel_name(request.name)
+        caller(context).require_org(org, Access.VIEWER, resource=request.name)
+        async with self._pool.acquire() as conn:
+            return (await notify.get(conn, org, channel_id))[1]
+
+    async def ListNotificationChannels(
+        self, request: pb.ListNotificationChannelsRequest, context: Context
+    ) -> pb.ListNotificationChannelsResponse:
+        org = parse_organization(request.parent, "parent")
+        page = Page.of("ListNotificationChannels", request)
+        caller(context).require_org(org, Access.VIEWER, resource=request.parent)
+        async with self._pool.acquire() as conn:
+            found = await notify.list_channels(conn, org, page.offset, page.limit)
+        return pb.ListNotificationChannelsResponse(
+            notification_channels=page.rows(found), next_page_token=page.next_token(found)
+        )
+
+    async def DeleteNotificationChannel(
+        self, request: pb.DeleteNotificationChannelRequest, context: Context
+    ) -> empty_pb2.Empty:
+        org, channel_id = rules.parse_channel_name(request.name)
+        me = caller(context)
+        me.require_org(org, Access.ADMIN, resource=request.name)
+        note_audit(request.name)
+
+        async def change(conn: Conn) -> empty_pb2.Empty:
+            await notify.delete(conn, org, channel_id)
+            return empty_pb2.Empty()
+
+        async with self._pool.acquire() as conn:
+            return await run_once(
+                conn,
+                actor=me.actor,
+                method=_SVC + "DeleteNotificationChannel",
+                request=request,
+                request_id=request.request_id,
+                response_type=empty_pb2.Empty,
+                change=change,
+            )
+
+    async def ListNotificationDeliveries(
+        self, request: pb.ListNotificationDeliveriesRequest, context: Context
+    ) -> pb.ListNotificationDeliveriesResponse:
+        org, channel_id = rules.parse_channel_name(request.parent, "parent")
+        page = Page.of("ListNotificationDeliveries", request)
+        caller(context).require_org(org, Access.VIEWER, resource=request.parent)
+        async with self._pool.acquire() as conn:
+            found = await notify.list_deliveries(conn, org, channel_id, page.offset, page.limit)
+        return pb.ListNotificationDeliveriesResponse(
+            deliveries=page.rows(found), next_page_token=page.next_token(found)
+        )

@@ -11,7 +11,9 @@ ALTER TABLE alarm.alarms
     ADD COLUMN escalate_time         timestamptz,
     ADD COLUMN proposed_commands     bytea[] NOT NULL DEFAULT '{}',
     ADD COLUMN notification_channels text[] NOT NULL DEFAULT '{}';
-CREATE INDEX alarms_escalation_due ON alarm.alarms ((raise_time + escalate_after))
+-- The open, unacknowledged alarms that may still escalate: few, so a partial index on raise_time is
+-- enough (timestamptz + interval is not immutable, so it cannot be the index expression).
+CREATE INDEX alarms_escalation_due ON alarm.alarms (raise_time)
     WHERE clear_time IS NULL AND acknowledge_time IS NULL AND escalate_time IS NULL AND escalate_after IS NOT NULL;
 
 -- Where transitions are sent. The webhook secret is kept to sign each body; the API never returns it.
