@@ -21,6 +21,7 @@ import grpc
 from emma.command.v1 import command_pb2
 from emma.common.v1 import errors_pb2
 
+from core.metrics import record_command_transition
 from services.command import states, store, transitions, validation
 from services.errors import ApiError, not_found
 from services.names import EdgeName
@@ -102,6 +103,7 @@ async def create_one(
         again = await conn.fetchrow(_EARLIER, pk, request_id)
         assert again is not None
         return await _replay(conn, again["id"], again["request_hash"], digest, request_id)
+    record_command_transition(states.QUEUED)  # committed: a replayed request_id returned above
     log.info(
         "command queued",
         extra={"command_id": str(command_id), "edge": str(edge), "channel": channel, "value": value},

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import asyncpg
 from emma.edge.v1 import edge_link_pb2
 
+from core.metrics import record_command_transition
 from services.command import states
 from services.command.transitions import DELIVER_LIMIT, EDGE_CHANNEL, deliver_queued, transition
 from services.platform.notify import Listener
@@ -153,6 +154,8 @@ class CommandRelay:
             except Exception:
                 log.warning("command delivery failed; the poll retries", exc_info=True)
                 return
+            if rows:
+                record_command_transition(states.DELIVERED, len(rows))
             for row in rows:
                 log.info("command delivered", extra={"command_id": str(row["id"]), "edge": sink.edge_name})
                 await sink.send(_edge_command(sink.edge_name, row))
@@ -205,6 +208,7 @@ class CommandRelay:
             # Late or repeated (a duplicate delivery, or after edge_timeout): the state machine said no.
             log.info("command ack did not change the state", extra=extra)
         else:
+            record_command_transition(to_state)
             log.info("command acknowledged", extra={**extra, "from_state": previous})
 
 

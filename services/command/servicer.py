@@ -12,6 +12,7 @@ import grpc
 from emma.command.v1 import command_pb2, command_pb2_grpc
 from emma.common.v1 import errors_pb2
 
+from core.metrics import record_command_transition
 from services.command import fleet, states, store, transitions
 from services.command.creation import create_one
 from services.command.validation import ttl_of
@@ -192,6 +193,7 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
                     f"the command is {states.from_proto(current.state)}; only QUEUED commands can be cancelled",
                     metadata={"state": states.from_proto(current.state)},
                 )
+            record_command_transition(states.CANCELLED)
             log.info("command cancelled", extra={"command_id": str(command_id)})
             return await self._loaded(conn, command_id)
 

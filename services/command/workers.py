@@ -11,6 +11,7 @@ import logging
 
 import asyncpg
 
+from core.metrics import record_command_transition
 from services.command import states
 from services.command.transitions import bulk_transition_sql
 
@@ -53,6 +54,8 @@ class CommandWorkers:
             for sql, reason in ((EXPIRE_QUEUED, "TIMEOUT_IN_QUEUE"), (TIME_OUT_DELIVERED, "EDGE_TIMEOUT")):
                 async with conn.transaction():
                     rows = await conn.fetch(sql, self._replica_id)
+                if rows:
+                    record_command_transition(states.FAILED, len(rows))
                 for r in rows:
                     log.info("command failed", extra={"command_id": str(r["id"]), "reason": reason})
                 failed += len(rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import grpc
@@ -13,6 +13,7 @@ from emma.common.v1 import errors_pb2
 from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
 from google.protobuf.message import DecodeError
 
+from core.metrics import watch_queue
 from services.command import CommandRelay
 from services.edgelink.log_limit import LogLimiter
 from services.edgelink.session import EdgeSession, IngestCounters, record_event
@@ -51,6 +52,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         # Ends of streams still being recorded; stop() waits for them before the pool closes.
         self._closing: set[asyncio.Task[None]] = set()
         self._undecodable_log = LogLimiter(UNDECODABLE_LOG_INTERVAL_S)
+        self._unwatch: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         # The writer's lanes get connections of their own: a burst of stream opens or closes (1,000
@@ -67,8 +69,16 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
             asyncio.create_task(self._sweep_offline(), name="offline-sweeper"),
             asyncio.create_task(self._log_stats(), name="ingest-stats"),
         ]
+        # Summed over this replica's streams when a scrape or an export asks, never on the stream path.
+        self._unwatch = [
+            watch_queue("edge_outbound", lambda: sum(s.outbound.qsize() for s in list(self._streams.values()))),
+            watch_queue("ingest_pending_acks", lambda: sum(s.pending_acks for s in list(self._streams.values()))),
+        ]
 
     async def stop(self) -> None:
+        for unwatch in self._unwatch:
+            unwatch()
+        self._unwatch = []
         for task in self._tasks:
             task.cancel()
         if self._closing:

@@ -26,7 +26,11 @@ import numpy.typing as npt
 from emma.common.v1 import errors_pb2
 from emma.edge.v1 import edge_link_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
+from core.metrics import record_ack, record_edge_connected, record_rejected_batch
 from services.command import ACKS_PER_SECOND, CommandRelay, TokenBucket
 from services.edgelink.batches import Rejection, to_columns, to_events
 from services.edgelink.hello import check_channel_indexes, check_text
@@ -41,6 +45,10 @@ from services.registry import store_inventory
 from services.telemetry import last_stored_batch_seq, register_channels
 
 log = logging.getLogger("emma.edgelink")
+_tracer = trace.get_tracer("emma.edgelink")
+# Each telemetry batch is a trace of its own: a stream lives for days, and one trace per stream would
+# never end (nor be exported); a batch starts from an empty context, whatever is current.
+_NO_PARENT = otel_context.Context()
 
 PROTOCOL_VERSION = 1
 _CLOSE = object()  # outbound sentinel: the edge closed its side and every ack was sent
@@ -88,6 +96,32 @@ async def record_event(
     )
 
 
+@dataclass(slots=True)
+class _Ack:
+    """A telemetry ack on its way out, with what its batch's span and the ack histogram need."""
+
+    response: edge_link_pb2.ConnectResponse
+    arrived: float  # time.perf_counter() when the batch was read off the stream
+    span: trace.Span
+    result: str  # stored, duplicate, rejected
+
+    def sent(self) -> None:
+        record_ack(time.perf_counter() - self.arrived)
+        self.span.set_attribute("emma.result", self.result)
+        self.span.end()
+
+    def dropped(self) -> None:
+        """The stream ended before this ack could be sent: the edge resends the batch."""
+        self.span.set_attribute("emma.result", "unacknowledged")
+        self.span.end()
+
+
+_RESULT_NAMES = {
+    int(edge_link_pb2.TELEMETRY_ACK_RESULT_STORED): "stored",
+    int(edge_link_pb2.TELEMETRY_ACK_RESULT_DUPLICATE): "duplicate",
+}
+
+
 @dataclass
 class IngestCounters:
     """Per-replica counters, logged and exposed for metrics."""
@@ -121,7 +155,8 @@ class EdgeSession:
         self._lut: npt.NDArray[np.int64] = np.full(0, -1, dtype=np.int64)
         self.outbound: asyncio.Queue[Any] = asyncio.Queue(maxsize=config.max_unacked_batches * 4 + 16)
         self._in_flight = asyncio.Semaphore(config.max_unacked_batches)
-        self._acks: asyncio.Queue[tuple[int, asyncio.Future[int]] | None] = asyncio.Queue()
+        # (batch_seq, its result, arrival time, its span), in arrival order; None: no more batches.
+        self._acks: asyncio.Queue[tuple[int, asyncio.Future[int], float, trace.Span] | None] = asyncio.Queue()
         self._drifting = False
         self._closing: asyncio.Task[None] | None = None
 
@@ -201,6 +236,7 @@ class EdgeSession:
             max_unacked_batches=config.max_unacked_batches,
         )
         counters.streams_opened += 1
+        record_edge_connected(1)  # from here on the servicer always closes the session (-1 in _close)
         log.info(
             "edge connected",
             extra={
@@ -344,6 +380,23 @@ class EdgeSession:
             acker.cancel()
 
     async def _on_batch(self, batch: edge_link_pb2.TelemetryBatch) -> None:
+        arrived = time.perf_counter()
+        span = _tracer.start_span(
+            "telemetry batch",
+            context=_NO_PARENT,
+            kind=SpanKind.SERVER,
+            attributes={
+                "emma.edge": self.edge_name,
+                "emma.batch_seq": batch.batch_seq,
+                "emma.points": len(batch.values),
+            },
+        )
+        # Current while the batch is checked, so a rejection's log line and event row belong to it;
+        # it ends when the ack is handed to gRPC (responses()).
+        with trace.use_span(span, end_on_exit=False):
+            await self._check_and_submit(batch, arrived, span)
+
+    async def _check_and_submit(self, batch: edge_link_pb2.TelemetryBatch, arrived: float, span: trace.Span) -> None:
         cfg = self._config
         checked = to_columns(
             batch,
@@ -354,19 +407,21 @@ class EdgeSession:
             max_future_us=int(cfg.max_future_s * 1_000_000),
         )
         if isinstance(checked, Rejection):
-            await self._reject(batch.batch_seq, checked)
+            await self._reject(batch.batch_seq, checked, arrived, span)
             return
         events = to_events(batch.events)
         if isinstance(events, Rejection):
-            await self._reject(batch.batch_seq, events)
+            await self._reject(batch.batch_seq, events, arrived, span)
             return
         await self._in_flight.acquire()  # at most max_unacked_batches per stream in the writer
-        item = PendingBatch(self.identity.edge_pk, batch.batch_seq, checked, events)
+        item = PendingBatch(self.identity.edge_pk, batch.batch_seq, checked, events, span=span)
         future = await self._writer.submit(item)
-        await self._acks.put((batch.batch_seq, future))
+        await self._acks.put((batch.batch_seq, future, arrived, span))
 
-    async def _reject(self, batch_seq: int, rejection: Rejection) -> None:
+    async def _reject(self, batch_seq: int, rejection: Rejection, arrived: float, span: trace.Span) -> None:
         self._counters.rejected[rejection.reason] += 1
+        record_rejected_batch()
+        span.set_attribute("emma.reason", rejection.reason)
         log.warning(
             "telemetry batch rejected",
             extra={"edge": str(self.identity.name), "batch_seq": batch_seq, "reason": rejection.reason},
@@ -383,21 +438,20 @@ class EdgeSession:
                 )
         except Exception:  # the event is for people; the ack is what the edge waits for
             log.warning("could not record a rejected batch", extra={"edge": self.edge_name}, exc_info=True)
-        await self.outbound.put(
-            edge_link_pb2.ConnectResponse(
-                telemetry_ack=edge_link_pb2.TelemetryAck(
-                    batch_seq=batch_seq,
-                    result=edge_link_pb2.TELEMETRY_ACK_RESULT_REJECTED,
-                    reason=rejection.reason,
-                    message=rejection.message,
-                )
+        response = edge_link_pb2.ConnectResponse(
+            telemetry_ack=edge_link_pb2.TelemetryAck(
+                batch_seq=batch_seq,
+                result=edge_link_pb2.TELEMETRY_ACK_RESULT_REJECTED,
+                reason=rejection.reason,
+                message=rejection.message,
             )
         )
+        await self.outbound.put(_Ack(response, arrived, span, "rejected"))
 
     async def _ack_loop(self) -> None:
         """Send acks in the order the batches arrived, each after its transaction committed."""
         while (entry := await self._acks.get()) is not None:
-            seq, future = entry
+            seq, future, arrived, span = entry
             try:
                 result = await future
             except Exception as exc:
@@ -410,15 +464,16 @@ class EdgeSession:
                         reason_name(errors_pb2.ERROR_REASON_UNSPECIFIED),
                         f"the cloud could not store this batch ({type(exc).__name__}); its log says why",
                     ),
+                    arrived,
+                    span,
                 )
                 continue
             finally:
                 self._in_flight.release()
-            await self.outbound.put(
-                edge_link_pb2.ConnectResponse(
-                    telemetry_ack=edge_link_pb2.TelemetryAck(batch_seq=seq, result=result)  # type: ignore[arg-type]
-                )
+            response = edge_link_pb2.ConnectResponse(
+                telemetry_ack=edge_link_pb2.TelemetryAck(batch_seq=seq, result=result)  # type: ignore[arg-type]
             )
+            await self.outbound.put(_Ack(response, arrived, span, _RESULT_NAMES.get(result, str(result))))
 
     async def _on_heartbeat(self, hb: edge_link_pb2.Heartbeat) -> None:
         offset_ms = (_ts_seconds(hb.edge_time) - time.time()) * 1000 if hb.HasField("edge_time") else 0.0
@@ -459,6 +514,10 @@ class EdgeSession:
                 return
             if isinstance(item, Exception):
                 raise item
+            if isinstance(item, _Ack):
+                item.sent()
+                yield item.response
+                continue
             yield item
 
     def replaced(self) -> None:
@@ -468,8 +527,7 @@ class EdgeSession:
         batches on its newer stream, and the relay redelivers commands in flight when it attaches.
         Emptying the queue first makes room, so the error is the next thing the handler takes.
         """
-        while not self.outbound.empty():
-            self.outbound.get_nowait()
+        self._drop_outbound()
         self.outbound.put_nowait(
             ApiError(
                 grpc.StatusCode.ABORTED,
@@ -477,6 +535,17 @@ class EdgeSession:
                 "a newer stream of this edge took over the session",
             )
         )
+
+    @property
+    def pending_acks(self) -> int:
+        """Batches read off this stream whose ack is not yet queued for sending (waiting for a commit)."""
+        return self._acks.qsize()
+
+    def _drop_outbound(self) -> None:
+        while not self.outbound.empty():
+            item = self.outbound.get_nowait()
+            if isinstance(item, _Ack):
+                item.dropped()
 
     def close(self) -> asyncio.Task[None]:
         """Record the end of the stream, once however often it is asked, in a task of its own.
@@ -495,6 +564,13 @@ class EdgeSession:
         if self._schedules is not None:
             self._schedules.detach(self)
         self._counters.streams_closed += 1
+        record_edge_connected(-1)
+        # Nobody reads this stream any more: what was waiting to go out ends its batches' spans.
+        self._drop_outbound()
+        while not self._acks.empty():
+            if (entry := self._acks.get_nowait()) is not None:
+                entry[3].set_attribute("emma.result", "unacknowledged")
+                entry[3].end()
         try:
             # One statement (one round trip, one commit): the session goes offline and, if it was
             # still this stream's, the DISCONNECTED event is recorded.

@@ -28,17 +28,21 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 from emma.edge.v1 import edge_link_pb2
+from opentelemetry import trace
+from opentelemetry.trace import Link, Status, StatusCode
 
+from core.metrics import record_ingested, watch_queue
 from services.edgelink.batches import EventRow
 from services.telemetry import Columns, SampleRows, copy_samples, create_partitions, record_batches
 
 log = logging.getLogger("emma.ingest")
+_tracer = trace.get_tracer("emma.ingest")
 
 # SQLSTATE classes worth retrying: connection exceptions, insufficient resources, operator
 # intervention (shutdown, restart), serialization failures and deadlocks.
@@ -65,6 +69,9 @@ class PendingBatch:
     columns: Columns
     events: Sequence[EventRow] = ()
     result: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    # The batch's span (session.py): the transaction that stores it is its child, or linked to it when
+    # the transaction is another batch's child.
+    span: trace.Span = trace.INVALID_SPAN
 
 
 @dataclass
@@ -99,6 +106,7 @@ class IngestWriter:
         self._queues: list[asyncio.Queue[PendingBatch]] = [asyncio.Queue(maxsize=per_lane) for _ in range(lanes)]
         self._max_group_points = max_group_points
         self._tasks: list[asyncio.Task[None]] = []
+        self._unwatch: Callable[[], None] | None = None
         self.stats = WriterStats()
 
     async def start(self, pool: asyncpg.Pool | None = None) -> None:
@@ -108,8 +116,12 @@ class IngestWriter:
         self._tasks = [
             asyncio.create_task(self._run(queue), name=f"ingest-writer-{n}") for n, queue in enumerate(self._queues)
         ]
+        self._unwatch = watch_queue("ingest_writer", lambda: self.queue_depth)
 
     async def stop(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -197,32 +209,36 @@ class IngestWriter:
         rows = SampleRows.of(batches)
 
         started = time.perf_counter()
-        async with self._pool.acquire() as conn:
-            try:
-                async with conn.transaction():
-                    new_keys = await record_batches(conn, [key for key, _ in unique], batches, rows)
-                    fresh = [k for k, item in enumerate(items) if (item.edge_pk, item.batch_seq) in new_keys]
-                    if fresh:
-                        await copy_samples(conn, rows, fresh, len(items))
-                        await self._store_events(conn, [items[k] for k in fresh])
-            except asyncpg.InternalClientError:
-                conn.terminate()  # its protocol state is unknown: the pool must not hand it out again
-                raise
+        with _transaction_span(group, len(rows.values)):
+            async with self._pool.acquire() as conn:
+                try:
+                    async with conn.transaction():
+                        new_keys = await record_batches(conn, [key for key, _ in unique], batches, rows)
+                        fresh = [k for k, item in enumerate(items) if (item.edge_pk, item.batch_seq) in new_keys]
+                        if fresh:
+                            await copy_samples(conn, rows, fresh, len(items))
+                            await self._store_events(conn, [items[k] for k in fresh])
+                except asyncpg.InternalClientError:
+                    conn.terminate()  # its protocol state is unknown: the pool must not hand it out again
+                    raise
         took = time.perf_counter() - started
         self.stats.transactions += 1
         self.stats.transaction_seconds += took
         self.stats.slowest_transaction_s = max(self.stats.slowest_transaction_s, took)
 
         results: list[int] = []
+        new_batches = new_points = 0
         for i, item in enumerate(group):
             key = (item.edge_pk, item.batch_seq)
             is_new = key in new_keys and first[key] == i
             results.append(stored if is_new else duplicate)
             if is_new:
-                self.stats.batches_stored += 1
-                self.stats.points_stored += item.columns.size
-            else:
-                self.stats.batches_duplicate += 1
+                new_batches += 1
+                new_points += item.columns.size
+        self.stats.batches_stored += new_batches
+        self.stats.points_stored += new_points
+        self.stats.batches_duplicate += len(group) - new_batches
+        record_ingested(new_batches, new_points, len(group) - new_batches)  # once per transaction
         return results
 
     @staticmethod
@@ -238,3 +254,33 @@ class IngestWriter:
                    VALUES ($1, to_timestamp($2), $3, $4, $5, $6::jsonb)""",
                 rows,
             )
+
+
+@contextlib.contextmanager
+def _transaction_span(group: Sequence[PendingBatch], points: int) -> Iterator[None]:
+    """A span for one attempt at a group's transaction, current while its SQL runs (so each statement's
+    span is its child). One transaction stores many batches and a span has one parent: it is the child
+    of the group's first traced batch and linked to the others' spans, and each of those gets a link
+    back, so every batch's trace leads to the transaction that stored it. Nothing when no batch is traced."""
+    traced = [item.span for item in group if item.span.get_span_context().is_valid]
+    if not traced:
+        yield
+        return
+    parent, others = traced[0], traced[1:]
+    with _tracer.start_as_current_span(
+        "ingest transaction",
+        context=trace.set_span_in_context(parent),
+        kind=trace.SpanKind.INTERNAL,
+        links=[Link(span.get_span_context()) for span in others],
+        attributes={"emma.batches": len(group), "emma.points": points},
+        # Exceptions are recorded by type only: a database error's text may quote a value.
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        for other in others:
+            other.add_link(span.get_span_context())
+        try:
+            yield
+        except BaseException as exc:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise

@@ -37,6 +37,7 @@ import asyncpg
 
 from core.env import env_flag, env_float, env_int
 from core.errors import ConfigError
+from core.metrics import record_market_data
 from services.market.assessment import WarningPolicy
 from services.market.documents import parse_document
 from services.market.interconnect import InterconnectConfig
@@ -415,6 +416,22 @@ async def claim_job(conn: Conn, job: Job, replica: str, lease_s: float) -> bool:
     return True
 
 
+# The latest fetch per source and product that brought a current document (any replica's): what the
+# emma.market.data.age gauge counts from. Jobs are kept for retention_days (a few thousand rows).
+_FRESHEST = """
+SELECT source, product, max(finished_at) AS at FROM market.fetch_jobs
+ WHERE outcome IN ('stored', 'revised', 'unchanged', 'not modified') AND finished_at IS NOT NULL
+ GROUP BY source, product
+"""
+
+
+async def report_freshness(conn: Conn) -> None:
+    """Feed every replica's successful fetches into this process's market data age gauge, so each
+    scheduler replica reports the same ages (and a restarted one does not start without any)."""
+    for row in await conn.fetch(_FRESHEST):
+        record_market_data(row["source"], row["product"], row["at"].timestamp())
+
+
 async def delete_old_jobs(conn: Conn, retention_days: float, now: datetime) -> int:
     """Delete finished jobs (done, abandoned) that finished more than `retention_days` before `now`, and
     the validators of queries last answered as long ago; the number of jobs deleted."""
@@ -470,7 +487,10 @@ class Runner:
             return await self._failed(job, attempt, now, source, f"{type(exc).__name__}: {exc}", retry=False)
         fetched_at = datetime.now(UTC)
         if fetched.not_modified:
-            return await self._finish(job, "not modified", "", fetched, source, fetched_at)
+            outcome = await self._finish(job, "not modified", "", fetched, source, fetched_at)
+            if outcome.status == "not modified":  # the stored document is confirmed current
+                record_market_data(source, job.query.product, fetched_at.timestamp())
+            return outcome
         if fetched.no_data:
             return await self._no_data(job, now, fetched, source, fetched_at)
         results: list[str] = []
@@ -488,6 +508,7 @@ class Runner:
                 await self._finish_in(conn, job, status, "", fetched, source, fetched_at)
         except StoreError as exc:  # the store refused the document: storing it again cannot help
             return await self._failed(job, attempt, now, source, f"StoreError: {exc}", retry=False)
+        record_market_data(source, job.query.product, fetched_at.timestamp())
         return Outcome(job, status, ", ".join(f"{d.document_id} revision {d.revision}" for d in docs))
 
     async def _renew(self, job: Job, lease_s: float) -> bool:
@@ -684,6 +705,7 @@ class MarketScheduler:
         now = self.clock()
         async with self.pool.acquire() as conn:
             await add_jobs(conn, plan(self.config, self.sources, now))
+            await report_freshness(conn)
             if self._cleaned_at is None or (now - self._cleaned_at).total_seconds() >= CLEANUP_INTERVAL_S:
                 deleted = await delete_old_jobs(conn, self.config.retention_days, now)
                 self._cleaned_at = now

@@ -19,6 +19,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.deploy.kubelet import free_port
 from tests.observability.otlp_receiver import Receiver, attributes
+from tests.observability.scrape import parse as _parse
 from tests.support.cli_process import EmmaProcess
 from tests.support.gateway import AUTH_ENV, USER_EMAIL, USER_PASSWORD, create_user
 
@@ -142,29 +143,6 @@ async def test_metrics_are_pushed_by_otlp(running: Running) -> None:
     assert {a["route"] for a, _ in requests} == {"/v1/auth:login", "/v1/{parent=organizations/*}/sites"}, requests
     pool = {a["state"]: n for a, n in seen[("emma", "emma.db.pool.connections")] if a["pool"] == "main"}
     assert set(pool) == {"in_use", "idle", "max"} and pool["max"] >= 1
-
-
-SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$')
-
-
-def _parse(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Prometheus text format 0.0.4, strictly: every sample line parses and follows its TYPE line."""
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    typed: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            typed.add(line.split()[2])
-            continue
-        if line.startswith("#"):
-            continue
-        m = SAMPLE.match(line)
-        assert m, f"not a sample line: {line!r}"
-        name = m.group(1)
-        family = re.sub(r"_(bucket|sum|count)$", "", name)
-        assert name in typed or family in typed, f"{name} before its # TYPE"
-        labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        out.setdefault(name, []).append((labels, float(m.group(3))))
-    return out
 
 
 async def test_both_processes_answer_prometheus_scrapes(running: Running) -> None:
