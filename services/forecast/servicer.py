@@ -29,6 +29,7 @@ from services.registry import site_profile
 
 DEFAULT_SLOTS = 4 * 48
 MAX_ACCURACY_RANGE = dt.timedelta(days=366)
+DEFAULT_ACCURACY_RANGE = dt.timedelta(days=30)
 
 
 def horizon_slots(horizon: duration_pb2.Duration, field: str) -> int:
@@ -179,7 +180,13 @@ class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
         site = parse_site(request.site, "site")
         kind = kind_of(request.kind)
         end = request.end_time.ToDatetime(dt.UTC) if request.HasField("end_time") else dt.datetime.now(dt.UTC)
-        start = request.start_time.ToDatetime(dt.UTC) if request.HasField("start_time") else end - dt.timedelta(days=30)
+        if request.HasField("start_time"):
+            start = request.start_time.ToDatetime(dt.UTC)
+        elif end - dt.datetime.min.replace(tzinfo=dt.UTC) < DEFAULT_ACCURACY_RANGE:
+            # The default range would start before year 1, which a datetime cannot hold.
+            raise invalid_field("end_time", "without start_time must be at least 30 days after 0001-01-01")
+        else:
+            start = end - DEFAULT_ACCURACY_RANGE
         if not start < end or end - start > MAX_ACCURACY_RANGE:
             raise invalid_field("end_time", "must be after start_time and at most 366 days after it")
         caller(context).require_org(site.org, resource=request.site)

@@ -33,8 +33,9 @@ async def backtest_site(
     executor: Executor | None = None,
 ) -> BacktestResult:
     """Replay the site's measured `model` series ("load" or "pv") over [start, end): a forecast is
-    issued every `issue_every` from one day after `start` on, each from what was measured before it,
-    and scored against what was measured after it. ForecastError for an unknown site;
+    issued every `issue_every` (on a grid from UTC midnight) from one day after the first measured
+    slot in the range on, each from what was measured before it, and scored against what was
+    measured after it. ForecastError for an unknown site;
     MissingSiteData for PV without a description; ForecastInputError when there is too little
     history (e.g. the site has no load*/pv* channel)."""
     if model not in ("load", "pv"):
@@ -50,9 +51,15 @@ async def backtest_site(
         last = floor_slot(end - timedelta(microseconds=1)) + SLOT
         measured = await read_measured(conn, site, first, last)
     history = measured.pv if model == "pv" else measured.load
-    if not any(math.isfinite(v) for _, v in history):
+    known = [i for i, (_, v) in enumerate(history) if math.isfinite(v)]
+    if not known:
         kind = "PV (pv*/ActivePower)" if model == "pv" else "load (load*/ActivePower)"
         raise ForecastInputError("history", f"{site} has no measured {kind} between {first} and {last}")
+    # The replay starts at the first measured slot, not at `start`: a range opening before the site
+    # reported would otherwise issue its first forecasts from nothing (cold starts that say nothing
+    # about the model), and the same series gives the same scores whether it is read from the store
+    # or from a file (backtest() anchors its issues on the series' first slot).
+    history = history[known[0] : known[-1] + 1]
     work = partial(
         backtest,
         history,
