@@ -15,6 +15,7 @@ import asyncpg
 from emma.forecast.v1 import forecast_pb2, forecast_pb2_grpc
 
 from services.forecast.errors import ForecastError, ForecastInputError, MissingSiteData
+from services.forecast.readers import latest_forecast_values
 from services.identity import Access
 from services.names import SiteName
 from services.platform.registration import ServiceSpec, Worker, service_spec
@@ -35,6 +36,7 @@ __all__ = [
     "MissingSiteData",
     "backtest_site",
     "forecast_site",
+    "latest_forecast_values",
 ]
 
 # The services this domain may import (their package faces); see docs/architecture.md. The registry

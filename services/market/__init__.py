@@ -29,6 +29,7 @@ from services.market.model import (
     Slot,
     Source,
 )
+from services.market.readers import zone_eic, zone_prices
 from services.market.store import SaveOutcome, SaveResult, StoreError, save_document, save_warnings
 from services.platform.registration import ServiceSpec, Worker, service_spec
 from services.platform.runtime import Runtime
@@ -54,6 +55,8 @@ __all__ = [
     "StoreError",
     "save_document",
     "save_warnings",
+    "zone_eic",
+    "zone_prices",
 ]
 
 # The services this domain may import (their package faces); see docs/architecture.md. Only
