@@ -18,8 +18,9 @@ from services.platform.runtime import Runtime
 __all__ = ["DEPENDS_ON", "POLICY", "SERVICES", "TABLES", "ScheduleRelay", "ScheduleSink"]
 
 # The services this domain may import (their package faces); see docs/architecture.md. The registry
-# to check that a run's sites exist.
-DEPENDS_ON: tuple[str, ...] = ("identity", "registry")
+# for a run's sites and their devices, telemetry for the measured state (state of charge, EV sessions,
+# the grid exchange realised), the market for prices and the forecasts for load and PV.
+DEPENDS_ON: tuple[str, ...] = ("identity", "registry", "telemetry", "market", "forecast")
 # The tables this domain alone reads and writes (services/migrations/0013_optimizer.sql and
 # 0017_optimizer_schedules.sql). EdgeLink delivers the plans through ScheduleRelay, as it delivers
 # commands through the command domain's relay: the optimizer sits below EdgeLink.
@@ -52,4 +53,5 @@ POLICY: dict[str, Access] = {
     _OPT + "ListOptimizationRuns": Access.VIEWER,
     _OPT + "ReplayOptimizationRun": Access.OPERATOR,
     _OPT + "GetActiveSchedule": Access.VIEWER,
+    _OPT + "GetRealisedSavings": Access.VIEWER,
 }

@@ -4,8 +4,8 @@ in a worker thread so the event loop keeps serving."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
+import os
 import re
 import uuid
 
@@ -16,12 +16,14 @@ from emma.optimizer.v1 import optimizer_pb2_grpc
 
 from services.errors import ApiError, invalid_field, not_found
 from services.identity import Access, caller, note_audit
-from services.names import parse_edge, parse_organization, parse_site
+from services.names import SiteName, parse_edge, parse_organization, parse_site
 from services.optimizer import convert, store
-from services.optimizer.errors import InfeasibleError, OptimizerInputError, SolverError
+from services.optimizer.assemble import assemble, missing_inputs, quarter_hour
+from services.optimizer.config import AssemblyConfig
+from services.optimizer.errors import OptimizerInputError
 from services.optimizer.inputs import SLOT, Problem
-from services.optimizer.plan import Plan
-from services.optimizer.solve import solve
+from services.optimizer.runs import solve_run, store_run
+from services.optimizer.savings import realised_savings
 from services.pagination import Page
 from services.platform.idempotency import MAX_REQUEST_ID_CHARS
 from services.platform.rpc import Context
@@ -29,6 +31,9 @@ from services.platform.runtime import Runtime
 from services.registry import site_profile
 
 MAX_SITES = 200
+DEFAULT_HORIZON = dt.timedelta(hours=24)
+MAX_HORIZON = dt.timedelta(hours=72)
+MAX_SAVINGS_PERIOD = dt.timedelta(days=31)
 _RUN = re.compile(r"organizations/([^/]+)/optimizationRuns/([0-9a-f-]{36})")
 
 
@@ -69,6 +74,7 @@ def _message(stored: store.StoredRun, full: bool = True) -> pb.OptimizationRun:
 class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._pool = runtime.pool
+        self._assembly = AssemblyConfig.from_env(runtime.config.env or os.environ)
 
     async def RunOptimization(self, request: pb.RunOptimizationRequest, context: Context) -> pb.OptimizationRun:
         org = parse_organization(request.parent, "parent")
@@ -80,9 +86,7 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
                 raise invalid_field(f"sites[{i}]", f"must be a site of {request.parent}")
         request_id = _request_id(request.request_id)
         if not request.HasField("inputs"):
-            raise invalid_field(
-                "inputs", "required in this release (assembling them from registry, market and forecasts comes later)"
-            )
+            return await self._assembled_run(request, org, sites, request_id, context)
         inputs = pb.OptimizationInputs()
         inputs.CopyFrom(request.inputs)
         if request.objective:
@@ -106,6 +110,56 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
                     raise not_found(str(s))
         return await self._run(org, list(request.sites), inputs, problem, None, me.actor, request_id)
 
+    async def _assembled_run(
+        self,
+        request: pb.RunOptimizationRequest,
+        org: str,
+        sites: list[SiteName],
+        request_id: str | None,
+        context: Context,
+    ) -> pb.OptimizationRun:
+        """A run that names only its sites: its inputs come from the platform (assemble.py), from the
+        current quarter hour on; anything the platform lacks is FAILED_PRECONDITION listing it."""
+        horizon = request.horizon.ToTimedelta() if request.HasField("horizon") else DEFAULT_HORIZON
+        if not SLOT <= horizon <= MAX_HORIZON or horizon % SLOT:
+            raise invalid_field("horizon", "a whole number of 15-minute slots, 15 minutes to 72 hours")
+        if request.objective not in convert.OBJECTIVES:
+            raise invalid_field("objective", "unknown objective")
+        me = caller(context)
+        me.require_org(org, Access.OPERATOR, resource=request.parent)
+        note_audit(request.parent)
+        now = dt.datetime.now(dt.UTC)
+        async with self._pool.acquire() as conn:
+            if request_id is not None:
+                previous = await store.run_of_request(conn, me.actor, request_id)
+                if previous is not None:
+                    if not previous.result.inputs_assembled or list(previous.result.sites) != list(request.sites):
+                        raise ApiError(
+                            grpc.StatusCode.ALREADY_EXISTS,
+                            errors_pb2.ERROR_REASON_REQUEST_ID_REUSED,
+                            f"request_id {request_id!r} was used for a different optimization",
+                            metadata={"request_id": request_id},
+                        )
+                    return _message(previous)
+            for s in sites:
+                if await site_profile(conn, s) is None:
+                    raise not_found(str(s))
+            assembled = await assemble(
+                conn,
+                sites,
+                start=quarter_hour(now),
+                slots=horizon // SLOT,
+                now=now,
+                config=self._assembly,
+                objective=request.objective,
+            )
+        if assembled.missing:
+            raise missing_inputs(assembled.missing)
+        problem = _problem(assembled.inputs)
+        return await self._run(
+            org, list(request.sites), assembled.inputs, problem, None, me.actor, request_id, assembled=True
+        )
+
     @staticmethod
     def _same_request(previous: store.StoredRun, inputs: pb.OptimizationInputs, request_id: str) -> pb.OptimizationRun:
         if previous.inputs != inputs:
@@ -126,48 +180,21 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
         replay_of: uuid.UUID | None,
         creator: str,
         request_id: str | None,
+        *,
+        assembled: bool = False,
     ) -> pb.OptimizationRun:
-        run_id = uuid.uuid4()
-        run = pb.OptimizationRun(name=f"organizations/{org}/optimizationRuns/{run_id}", sites=sites)
-        run.create_time.FromDatetime(dt.datetime.now(dt.UTC))
-        if replay_of is not None:
-            run.replay_of = f"organizations/{org}/optimizationRuns/{replay_of}"
-        failure: ApiError | None = None
-        try:
-            plan: Plan = await asyncio.to_thread(solve, problem)
-            convert.fill_run(run, plan)
-        except InfeasibleError as e:
-            run.state = pb.OPTIMIZATION_RUN_STATE_FAILED
-            run.failure_message = str(e)
-            run.conflicts.extend(e.conflicts)
-            failure = ApiError(
+        run_id, run, infeasible = await solve_run(org, sites, inputs, problem, replay_of=replay_of, assembled=assembled)
+        async with self._pool.acquire() as conn:
+            await store_run(
+                conn, run_id, run, inputs, problem, org=org, creator=creator, request_id=request_id, replay_of=replay_of
+            )
+        if infeasible is not None:
+            raise ApiError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 errors_pb2.ERROR_REASON_STATE_CONFLICT,
-                f"the inputs admit no schedule: {e}",
-                metadata={"run": run.name, "conflicts": str(e)[:1000]},
+                f"the inputs admit no schedule: {infeasible}",
+                metadata={"run": run.name, "conflicts": str(infeasible)[:1000]},
             )
-        except SolverError as e:
-            run.state = pb.OPTIMIZATION_RUN_STATE_FAILED
-            run.failure_message = str(e)
-        async with self._pool.acquire() as conn:
-            await store.save_run(
-                conn,
-                run,
-                inputs,
-                run_id=run_id,
-                org=org,
-                start=problem.start,
-                end=problem.start + SLOT * problem.slots,
-                replay_of=replay_of,
-                creator=creator,
-                request_id=request_id,
-            )
-            still_valid = problem.start + SLOT * problem.slots > dt.datetime.now(dt.UTC)
-            if run.state == pb.OPTIMIZATION_RUN_STATE_SUCCEEDED and still_valid:
-                # The edges of these sites follow the new plan from now on (ScheduleRelay).
-                await store.announce_schedules(conn, sites)
-        if failure is not None:
-            raise failure
         run.inputs.CopyFrom(inputs)
         return run
 
@@ -230,3 +257,32 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
             if s.asset.startswith(prefix) or (s.kind == pb.ASSET_KIND_GRID and s.asset == str(edge.site_name)):
                 out.schedules.append(s)
         return out
+
+    async def GetRealisedSavings(self, request: pb.GetRealisedSavingsRequest, context: Context) -> pb.RealisedSavings:
+        org = parse_organization(request.parent, "parent")
+        if not 1 <= len(request.sites) <= MAX_SITES:
+            raise invalid_field("sites", f"1 to {MAX_SITES} sites")
+        sites = [parse_site(s, f"sites[{i}]") for i, s in enumerate(request.sites)]
+        for i, s in enumerate(sites):
+            if s.org != org:
+                raise invalid_field(f"sites[{i}]", f"must be a site of {request.parent}")
+        if len(set(request.sites)) != len(request.sites):
+            raise invalid_field("sites", "each site once")
+        for field, has in (("start_time", request.HasField("start_time")), ("end_time", request.HasField("end_time"))):
+            if not has:
+                raise invalid_field(field, "required")
+        start, end = request.start_time.ToDatetime(dt.UTC), request.end_time.ToDatetime(dt.UTC)
+        for field, when in (("start_time", start), ("end_time", end)):
+            if when != quarter_hour(when):
+                raise invalid_field(field, "must be on a 15-minute boundary")
+        if end <= start:
+            raise invalid_field("end_time", "must be after start_time")
+        if end - start > MAX_SAVINGS_PERIOD:
+            raise invalid_field("end_time", f"the period is at most {MAX_SAVINGS_PERIOD.days} days")
+        caller(context).require_org(org, resource=request.parent)
+        async with self._pool.acquire() as conn:
+            for s in sites:
+                if await site_profile(conn, s) is None:
+                    raise not_found(str(s))
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return await realised_savings(conn, sites, start, end, dt.datetime.now(dt.UTC))

@@ -34,12 +34,13 @@ async def save_run(
     replay_of: uuid.UUID | None,
     creator: str,
     request_id: str | None,
+    assembled: bool = False,
 ) -> None:
     state = "succeeded" if run.state == pb.OPTIMIZATION_RUN_STATE_SUCCEEDED else "failed"
     await conn.execute(
         """INSERT INTO optimizer.runs (run_id, org_id, site_names, state, create_time, start_time, end_time,
-                                       objective, replay_of, creator, request_id, inputs, result)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
+                                       objective, replay_of, creator, request_id, inputs, result, assembled)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)""",
         run_id,
         org,
         list(run.sites),
@@ -53,6 +54,7 @@ async def save_run(
         request_id,
         inputs.SerializeToString(deterministic=True),
         run.SerializeToString(deterministic=True),
+        assembled,
     )
 
 
@@ -113,6 +115,43 @@ async def next_run(conn: Conn, site: str, now: datetime) -> StoredRun | None:
         now,
     )
     return None if row is None else _stored(row)
+
+
+async def active_assembled_runs(conn: Conn, now: datetime) -> list[StoredRun]:
+    """For each set of sites planned together, the plan in force now if it was assembled from the
+    platform (the receding horizon's work list): the newest successful run covering `now` per set,
+    kept only when no newer run of explicit inputs replaced it for one of its sites."""
+    rows = await conn.fetch(
+        """SELECT DISTINCT ON (site_names) * FROM optimizer.runs
+           WHERE assembled AND state = 'succeeded' AND start_time <= $1 AND end_time > $1
+           ORDER BY site_names, create_time DESC, run_id DESC""",
+        now,
+    )
+    out: list[StoredRun] = []
+    for r in rows:
+        stored = _stored(r)
+        # A later run of explicit inputs for any of these sites is what the edges follow: leave it.
+        for site in stored.result.sites:
+            found = await active_run(conn, site, now)
+            if found is None or found.run_id != stored.run_id:
+                break
+        else:
+            out.append(stored)
+    return out
+
+
+async def runs_in_force(conn: Conn, site: str, start: datetime, end: datetime) -> list[StoredRun]:
+    """Every successful run planning `site` whose horizon overlaps [start, end), oldest first: the
+    plan in force at a time is the newest of them created before it (what the relay sent)."""
+    rows = await conn.fetch(
+        """SELECT * FROM optimizer.runs
+           WHERE site_names @> ARRAY[$1::text] AND state = 'succeeded' AND start_time < $3 AND end_time > $2
+           ORDER BY create_time, run_id""",
+        site,
+        start,
+        end,
+    )
+    return [_stored(r) for r in rows]
 
 
 # -- schedules on their way to the edges (migration 0017) -------------------------------------------

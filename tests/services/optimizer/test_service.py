@@ -163,7 +163,6 @@ async def test_infeasible_inputs_name_the_conflict_and_the_run_is_kept(host: Hos
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        (lambda r: r.ClearField("inputs"), "inputs"),
         (lambda r: r.sites.append("organizations/other/sites/x"), "sites[1]"),
         (lambda r: r.inputs.start_time.FromSeconds(r.inputs.start_time.seconds + 60), "inputs.start_time"),
         (

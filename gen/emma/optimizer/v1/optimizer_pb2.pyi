@@ -668,6 +668,8 @@ class OptimizationRun(_message.Message):
     FAILURE_MESSAGE_FIELD_NUMBER: _builtins.int
     CONFLICTS_FIELD_NUMBER: _builtins.int
     REPLAY_OF_FIELD_NUMBER: _builtins.int
+    INPUTS_ASSEMBLED_FIELD_NUMBER: _builtins.int
+    TRIGGER_REASON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, organizations/{organization}/optimizationRuns/{optimization_run}."""
     state: Global___OptimizationRunState.ValueType
@@ -686,6 +688,15 @@ class OptimizationRun(_message.Message):
     """Why it failed; empty unless FAILED."""
     replay_of: _builtins.str
     """The run this one replays; empty for an original run."""
+    inputs_assembled: _builtins.bool
+    """Whether the inputs were assembled from the platform (the edges' inventory, measured state of
+    charge, market prices, forecasts, configured tariffs) rather than given in the request; only such
+    plans are re-optimised by the receding horizon.
+    """
+    trigger_reason: _builtins.str
+    """Why the receding-horizon worker made this run, for example "interval" or "prices moved 12.5
+    EUR/MWh at 2026-01-10T14:00:00Z"; empty for a requested run or a replay.
+    """
     @_builtins.property
     def sites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The sites it plans."""
@@ -743,10 +754,12 @@ class OptimizationRun(_message.Message):
         failure_message: _builtins.str = ...,
         conflicts: _abc.Iterable[_builtins.str] | None = ...,
         replay_of: _builtins.str = ...,
+        inputs_assembled: _builtins.bool = ...,
+        trigger_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "build_duration", b"build_duration", "create_time", b"create_time", "expected", b"expected", "inputs", b"inputs", "solve_duration", b"solve_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "build_duration", b"build_duration", "conflicts", b"conflicts", "create_time", b"create_time", "expected", b"expected", "failure_message", b"failure_message", "inputs", b"inputs", "mip_gap", b"mip_gap", "name", b"name", "objective_value", b"objective_value", "optimal", b"optimal", "replay_of", b"replay_of", "schedules", b"schedules", "sites", b"sites", "solve_duration", b"solve_duration", "solver", b"solver", "solver_version", b"solver_version", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "build_duration", b"build_duration", "conflicts", b"conflicts", "create_time", b"create_time", "expected", b"expected", "failure_message", b"failure_message", "inputs", b"inputs", "inputs_assembled", b"inputs_assembled", "mip_gap", b"mip_gap", "name", b"name", "objective_value", b"objective_value", "optimal", b"optimal", "replay_of", b"replay_of", "schedules", b"schedules", "sites", b"sites", "solve_duration", b"solve_duration", "solver", b"solver", "solver_version", b"solver_version", "state", b"state", "trigger_reason", b"trigger_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -985,3 +998,161 @@ class ActiveSchedule(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ActiveSchedule: _TypeAlias = ActiveSchedule  # noqa: Y015
+
+@_typing.final
+class GetRealisedSavingsRequest(_message.Message):
+    """The request of GetRealisedSavings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    SITES_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The organization, organizations/{organization}."""
+    @_builtins.property
+    def sites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The sites, organizations/{organization}/sites/{site}; each is compared on its own and in the total.
+        [limits: items 1..200]
+        """
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the period (on a 15-minute boundary)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the period (on a 15-minute boundary, after start_time, at most 31 days later); slots that
+        have not ended are left out.
+        """
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        sites: _abc.Iterable[_builtins.str] | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "parent", b"parent", "sites", b"sites", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRealisedSavingsRequest: _TypeAlias = GetRealisedSavingsRequest  # noqa: Y015
+
+@_typing.final
+class SiteSavings(_message.Message):
+    """What one site, or all of them together, cost and emitted over the compared slots. Energy bills
+    only: demand charges, battery wear and stored value are not part of a realised outcome.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SITE_FIELD_NUMBER: _builtins.int
+    SLOT_COUNT_FIELD_NUMBER: _builtins.int
+    MISSING_SLOT_COUNT_FIELD_NUMBER: _builtins.int
+    REALISED_FIELD_NUMBER: _builtins.int
+    PLANNED_FIELD_NUMBER: _builtins.int
+    BASELINE_FIELD_NUMBER: _builtins.int
+    SAVINGS_EUR_FIELD_NUMBER: _builtins.int
+    SAVINGS_CO2_KG_FIELD_NUMBER: _builtins.int
+    SAVINGS_EUR_PER_DAY_FIELD_NUMBER: _builtins.int
+    SAVINGS_CO2_KG_PER_DAY_FIELD_NUMBER: _builtins.int
+    site: _builtins.str
+    """The site; empty for the total of all sites."""
+    slot_count: _builtins.int
+    """The slots compared: ended, a plan in force, the grid measured."""
+    missing_slot_count: _builtins.int
+    """Ended slots of the period left out: no plan in force or no measurement."""
+    savings_eur: _builtins.float
+    """baseline minus realised, EUR."""
+    savings_co2_kg: _builtins.float
+    """baseline minus realised, kg CO2."""
+    savings_eur_per_day: _builtins.float
+    """The savings per day of compared slots (savings_eur x 96 / slot_count)."""
+    savings_co2_kg_per_day: _builtins.float
+    """The same for kg CO2."""
+    @_builtins.property
+    def realised(self) -> Global___Outcome:
+        """The measured grid exchange, priced as the plan in force priced it."""
+
+    @_builtins.property
+    def planned(self) -> Global___Outcome:
+        """What the plans in force expected for those slots."""
+
+    @_builtins.property
+    def baseline(self) -> Global___Outcome:
+        """The self-consumption controller alone on the measured consumption and production."""
+
+    def __init__(
+        self,
+        *,
+        site: _builtins.str = ...,
+        slot_count: _builtins.int = ...,
+        missing_slot_count: _builtins.int = ...,
+        realised: Global___Outcome | None = ...,
+        planned: Global___Outcome | None = ...,
+        baseline: Global___Outcome | None = ...,
+        savings_eur: _builtins.float = ...,
+        savings_co2_kg: _builtins.float = ...,
+        savings_eur_per_day: _builtins.float = ...,
+        savings_co2_kg_per_day: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "planned", b"planned", "realised", b"realised"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "missing_slot_count", b"missing_slot_count", "planned", b"planned", "realised", b"realised", "savings_co2_kg", b"savings_co2_kg", "savings_co2_kg_per_day", b"savings_co2_kg_per_day", "savings_eur", b"savings_eur", "savings_eur_per_day", b"savings_eur_per_day", "site", b"site", "slot_count", b"slot_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SiteSavings: _TypeAlias = SiteSavings  # noqa: Y015
+
+@_typing.final
+class RealisedSavings(_message.Message):
+    """The response of GetRealisedSavings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    SITES_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the period asked for."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the period asked for."""
+
+    @_builtins.property
+    def sites(self) -> _containers.RepeatedCompositeFieldContainer[Global___SiteSavings]:
+        """Each site, in the order asked."""
+
+    @_builtins.property
+    def total(self) -> Global___SiteSavings:
+        """All sites together (site empty): the slots every site could compare."""
+
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The runs whose plans were in force in the compared slots, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        sites: _abc.Iterable[Global___SiteSavings] | None = ...,
+        total: Global___SiteSavings | None = ...,
+        runs: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time", "total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "runs", b"runs", "sites", b"sites", "start_time", b"start_time", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RealisedSavings: _TypeAlias = RealisedSavings  # noqa: Y015

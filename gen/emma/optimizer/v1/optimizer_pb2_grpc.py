@@ -64,6 +64,11 @@ class OptimizerServiceStub:
                 request_serializer=emma_dot_optimizer_dot_v1_dot_optimizer__pb2.GetActiveScheduleRequest.SerializeToString,
                 response_deserializer=emma_dot_optimizer_dot_v1_dot_optimizer__pb2.ActiveSchedule.FromString,
                 _registered_method=True)
+        self.GetRealisedSavings = channel.unary_unary(
+                '/emma.optimizer.v1.OptimizerService/GetRealisedSavings',
+                request_serializer=emma_dot_optimizer_dot_v1_dot_optimizer__pb2.GetRealisedSavingsRequest.SerializeToString,
+                response_deserializer=emma_dot_optimizer_dot_v1_dot_optimizer__pb2.RealisedSavings.FromString,
+                _registered_method=True)
 
 
 class OptimizerServiceServicer:
@@ -117,6 +122,16 @@ class OptimizerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRealisedSavings(self, request, context):
+        """What the plans saved in fact: for every ended 15-minute slot of [start_time, end_time) in which a
+        plan was in force at all the sites and their grid meters measured, the measured grid exchange
+        priced as that plan priced it, next to the plan and to the self-consumption controller alone on
+        the same measured consumption and production. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +159,11 @@ def add_OptimizerServiceServicer_to_server(servicer, server):
                     servicer.GetActiveSchedule,
                     request_deserializer=emma_dot_optimizer_dot_v1_dot_optimizer__pb2.GetActiveScheduleRequest.FromString,
                     response_serializer=emma_dot_optimizer_dot_v1_dot_optimizer__pb2.ActiveSchedule.SerializeToString,
+            ),
+            'GetRealisedSavings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRealisedSavings,
+                    request_deserializer=emma_dot_optimizer_dot_v1_dot_optimizer__pb2.GetRealisedSavingsRequest.FromString,
+                    response_serializer=emma_dot_optimizer_dot_v1_dot_optimizer__pb2.RealisedSavings.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -286,6 +306,33 @@ class OptimizerService:
             '/emma.optimizer.v1.OptimizerService/GetActiveSchedule',
             emma_dot_optimizer_dot_v1_dot_optimizer__pb2.GetActiveScheduleRequest.SerializeToString,
             emma_dot_optimizer_dot_v1_dot_optimizer__pb2.ActiveSchedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRealisedSavings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.optimizer.v1.OptimizerService/GetRealisedSavings',
+            emma_dot_optimizer_dot_v1_dot_optimizer__pb2.GetRealisedSavingsRequest.SerializeToString,
+            emma_dot_optimizer_dot_v1_dot_optimizer__pb2.RealisedSavings.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,12 @@ class OptimizerServiceStub:
     """The schedule an edge follows now: its site's part of the newest successful run, with its validity.
     Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such edge, or no schedule is valid for it).
     """
+    GetRealisedSavings: _grpc.UnaryUnaryMultiCallable[_optimizer_pb2.GetRealisedSavingsRequest, _optimizer_pb2.RealisedSavings]
+    """What the plans saved in fact: for every ended 15-minute slot of [start_time, end_time) in which a
+    plan was in force at all the sites and their grid meters measured, the measured grid exchange
+    priced as that plan priced it, next to the plan and to the self-consumption controller alone on
+    the same measured consumption and production. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class OptimizerServiceAsyncStub(OptimizerServiceStub):
@@ -92,6 +98,12 @@ class OptimizerServiceAsyncStub(OptimizerServiceStub):
     GetActiveSchedule: _aio.UnaryUnaryMultiCallable[_optimizer_pb2.GetActiveScheduleRequest, _optimizer_pb2.ActiveSchedule]  # type: ignore[assignment]
     """The schedule an edge follows now: its site's part of the newest successful run, with its validity.
     Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such edge, or no schedule is valid for it).
+    """
+    GetRealisedSavings: _aio.UnaryUnaryMultiCallable[_optimizer_pb2.GetRealisedSavingsRequest, _optimizer_pb2.RealisedSavings]  # type: ignore[assignment]
+    """What the plans saved in fact: for every ended 15-minute slot of [start_time, end_time) in which a
+    plan was in force at all the sites and their grid meters measured, the measured grid exchange
+    priced as that plan priced it, next to the plan and to the self-consumption controller alone on
+    the same measured consumption and production. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
     """
 
 class OptimizerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -152,6 +164,18 @@ class OptimizerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_optimizer_pb2.ActiveSchedule, _abc.Awaitable[_optimizer_pb2.ActiveSchedule]]:
         """The schedule an edge follows now: its site's part of the newest successful run, with its validity.
         Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such edge, or no schedule is valid for it).
+        """
+
+    @_abc_1.abstractmethod
+    def GetRealisedSavings(
+        self,
+        request: _optimizer_pb2.GetRealisedSavingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_optimizer_pb2.RealisedSavings, _abc.Awaitable[_optimizer_pb2.RealisedSavings]]:
+        """What the plans saved in fact: for every ended 15-minute slot of [start_time, end_time) in which a
+        plan was in force at all the sites and their grid meters measured, the measured grid exchange
+        priced as that plan priced it, next to the plan and to the self-consumption controller alone on
+        the same measured consumption and production. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
         """
 
 def add_OptimizerServiceServicer_to_server(servicer: OptimizerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,6 +12,7 @@ __all__ = (
     "FlexibleLoadInputs",
     "GetActiveScheduleRequest",
     "GetOptimizationRunRequest",
+    "GetRealisedSavingsRequest",
     "ListOptimizationRunsRequest",
     "ListOptimizationRunsResponse",
     "OptimizationInputs",
@@ -24,10 +25,12 @@ __all__ = (
     "Outcome",
     "PriceInputs",
     "PvInputs",
+    "RealisedSavings",
     "ReplayOptimizationRunRequest",
     "RunOptimizationRequest",
     "SharedConnectionInputs",
     "SiteInputs",
+    "SiteSavings",
 )
 
 import datetime
@@ -550,6 +553,50 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class GetRealisedSavingsRequest(betterproto2.Message):
+    """
+    The request of GetRealisedSavings.
+    """
+
+    parent: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The organization, organizations/{organization}.
+    """
+
+    sites: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    """
+    The sites, organizations/{organization}/sites/{site}; each is compared on its own and in the total.
+    [limits: items 1..200]
+    """
+
+    start_time: "datetime.datetime | None" = betterproto2.field(
+        3,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    Start of the period (on a 15-minute boundary).
+    """
+
+    end_time: "datetime.datetime | None" = betterproto2.field(
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    End of the period (on a 15-minute boundary, after start_time, at most 31 days later); slots that
+    have not ended are left out.
+    """
+
+
+default_message_pool.register_message(
+    "emma.optimizer.v1", "GetRealisedSavingsRequest", GetRealisedSavingsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
 class ListOptimizationRunsRequest(betterproto2.Message):
     """
     The request of ListOptimizationRuns.
@@ -838,6 +885,19 @@ class OptimizationRun(betterproto2.Message):
     The run this one replays; empty for an original run.
     """
 
+    inputs_assembled: "bool" = betterproto2.field(19, betterproto2.TYPE_BOOL)
+    """
+    Whether the inputs were assembled from the platform (the edges' inventory, measured state of
+    charge, market prices, forecasts, configured tariffs) rather than given in the request; only such
+    plans are re-optimised by the receding horizon.
+    """
+
+    trigger_reason: "str" = betterproto2.field(20, betterproto2.TYPE_STRING)
+    """
+    Why the receding-horizon worker made this run, for example "interval" or "prices moved 12.5
+    EUR/MWh at 2026-01-10T14:00:00Z"; empty for a requested run or a replay.
+    """
+
 
 default_message_pool.register_message(
     "emma.optimizer.v1", "OptimizationRun", OptimizationRun
@@ -972,6 +1032,57 @@ class PvInputs(betterproto2.Message):
 
 
 default_message_pool.register_message("emma.optimizer.v1", "PvInputs", PvInputs)
+
+
+@dataclass(eq=False, repr=False)
+class RealisedSavings(betterproto2.Message):
+    """
+    The response of GetRealisedSavings.
+    """
+
+    start_time: "datetime.datetime | None" = betterproto2.field(
+        1,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    Start of the period asked for.
+    """
+
+    end_time: "datetime.datetime | None" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    End of the period asked for.
+    """
+
+    sites: "list[SiteSavings]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Each site, in the order asked.
+    """
+
+    total: "SiteSavings | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    All sites together (site empty): the slots every site could compare.
+    """
+
+    runs: "list[str]" = betterproto2.field(5, betterproto2.TYPE_STRING, repeated=True)
+    """
+    The runs whose plans were in force in the compared slots, oldest first.
+    """
+
+
+default_message_pool.register_message(
+    "emma.optimizer.v1", "RealisedSavings", RealisedSavings
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1121,6 +1232,73 @@ class SiteInputs(betterproto2.Message):
 default_message_pool.register_message("emma.optimizer.v1", "SiteInputs", SiteInputs)
 
 
+@dataclass(eq=False, repr=False)
+class SiteSavings(betterproto2.Message):
+    """
+    What one site, or all of them together, cost and emitted over the compared slots. Energy bills
+    only: demand charges, battery wear and stored value are not part of a realised outcome.
+    """
+
+    site: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The site; empty for the total of all sites.
+    """
+
+    slot_count: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    The slots compared: ended, a plan in force, the grid measured.
+    """
+
+    missing_slot_count: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    Ended slots of the period left out: no plan in force or no measurement.
+    """
+
+    realised: "Outcome | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The measured grid exchange, priced as the plan in force priced it.
+    """
+
+    planned: "Outcome | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    What the plans in force expected for those slots.
+    """
+
+    baseline: "Outcome | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The self-consumption controller alone on the measured consumption and production.
+    """
+
+    savings_eur: "float" = betterproto2.field(7, betterproto2.TYPE_DOUBLE)
+    """
+    baseline minus realised, EUR.
+    """
+
+    savings_co2_kg: "float" = betterproto2.field(8, betterproto2.TYPE_DOUBLE)
+    """
+    baseline minus realised, kg CO2.
+    """
+
+    savings_eur_per_day: "float" = betterproto2.field(9, betterproto2.TYPE_DOUBLE)
+    """
+    The savings per day of compared slots (savings_eur x 96 / slot_count).
+    """
+
+    savings_co2_kg_per_day: "float" = betterproto2.field(10, betterproto2.TYPE_DOUBLE)
+    """
+    The same for kg CO2.
+    """
+
+
+default_message_pool.register_message("emma.optimizer.v1", "SiteSavings", SiteSavings)
+
+
 class OptimizerServiceSyncStub:
     """
     Schedules for every battery, PV array, EV charger and flexible load of a site or a community (sites
@@ -1202,6 +1380,22 @@ class OptimizerServiceSyncStub:
             "/emma.optimizer.v1.OptimizerService/GetActiveSchedule",
             GetActiveScheduleRequest.SerializeToString,
             ActiveSchedule.FromString,
+        )(message)
+
+    def get_realised_savings(
+        self, message: "GetRealisedSavingsRequest"
+    ) -> "RealisedSavings":
+        """
+        What the plans saved in fact: for every ended 15-minute slot of [start_time, end_time) in which a
+        plan was in force at all the sites and their grid meters measured, the measured grid exchange
+        priced as that plan priced it, next to the plan and to the self-consumption controller alone on
+        the same measured consumption and production. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
+        """
+
+        return self._channel.unary_unary(
+            "/emma.optimizer.v1.OptimizerService/GetRealisedSavings",
+            GetRealisedSavingsRequest.SerializeToString,
+            RealisedSavings.FromString,
         )(message)
 
 
@@ -1322,6 +1516,30 @@ class OptimizerServiceStub(betterproto2_grpclib.ServiceStub):
             "/emma.optimizer.v1.OptimizerService/GetActiveSchedule",
             message,
             ActiveSchedule,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_realised_savings(
+        self,
+        message: "GetRealisedSavingsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "RealisedSavings":
+        """
+        What the plans saved in fact: for every ended 15-minute slot of [start_time, end_time) in which a
+        plan was in force at all the sites and their grid meters measured, the measured grid exchange
+        priced as that plan priced it, next to the plan and to the self-consumption controller alone on
+        the same measured consumption and production. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
+        """
+
+        return await self._unary_unary(
+            "/emma.optimizer.v1.OptimizerService/GetRealisedSavings",
+            message,
+            RealisedSavings,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,

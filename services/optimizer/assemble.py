@@ -1,0 +1,352 @@
+"""Inputs from the platform for a run that names only its sites (docs/optimizer.md, "Inputs from the
+platform"): the devices and their limits from the edges' inventory (registry), the measured state of
+charge and EV sessions (telemetry), the zone's day-ahead prices (market) and the sites' load and PV
+forecasts (forecast), with the price parts the market does not publish from configuration.
+
+Whatever is missing is listed, one plain sentence each; the servicer answers FAILED_PRECONDITION with
+the list. Nothing missing is ever filled with a zero: a load of 0 W or a price of 0 EUR/MWh would be
+planned as if it were true.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+import grpc
+from emma.common.v1 import errors_pb2, types_pb2
+from emma.edge.v1 import edge_link_pb2
+from emma.optimizer.v1 import optimizer_pb2 as pb
+
+from services.errors import ApiError
+from services.forecast import latest_forecast_values
+from services.market import zone_eic, zone_prices
+from services.names import EdgeName, SiteName
+from services.optimizer.config import MARKET, AssemblyConfig, per_country
+from services.optimizer.inputs import SLOT
+from services.platform.migrations import Conn
+from services.registry import edge_inventory, edges_of_site, site_profile
+from services.telemetry import latest_value
+
+# The channels the edge drivers declare (edge_daemon/devices/*.py and the SunSpec/CAN drivers).
+STORED_ENERGY = "StoredEnergy"  # battery: Wh, its maximum is the capacity
+SETPOINT = "SetActivePower"  # battery: W, discharging positive; EV charger: W
+ACTIVE_POWER = "ActivePower"  # PV: W, its maximum is the peak power
+PLUGGED = "Plugged"  # EV charger: 1 with a car
+ENERGY_NEEDED = "EnergyNeeded"  # EV charger: Wh the session still needs
+
+
+@dataclass
+class Assembled:
+    """The inputs of a run and what the platform could not give; `inputs` is usable only when
+    `missing` is empty."""
+
+    inputs: pb.OptimizationInputs
+    missing: list[str] = field(default_factory=list)
+    zone: str = ""  # the short or EIC code the prices were read for
+
+
+def quarter_hour(now: dt.datetime) -> dt.datetime:
+    """The start of the 15-minute slot `now` is in: an assembled plan starts there, from the state
+    measured now."""
+    return now - dt.timedelta(minutes=now.minute % 15, seconds=now.second, microseconds=now.microsecond)
+
+
+def missing_inputs(missing: list[str]) -> ApiError:
+    """FAILED_PRECONDITION naming everything the platform lacks for a run (never a plan with zeros)."""
+    joined = "; ".join(missing)
+    return ApiError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        errors_pb2.ERROR_REASON_STATE_CONFLICT,
+        f"the platform cannot give this run its inputs; missing: {joined}",
+        metadata={"missing": joined[:1000]},
+    )
+
+
+@dataclass
+class _Pv:
+    device: str
+    peak_w: float
+
+
+def _spec(device: edge_link_pb2.DeviceInventoryItem, name: str) -> types_pb2.ChannelSpec | None:
+    for c in device.channels:
+        if c.name == name:
+            return c
+    return None
+
+
+def _fmt_slots(start: dt.datetime, missing: list[int]) -> str:
+    first = (start + SLOT * missing[0]).strftime("%Y-%m-%d %H:%M")
+    return f"{len(missing)} slot{'s' if len(missing) != 1 else ''} from {first} UTC"
+
+
+def _ev_departure(now: dt.datetime, tz: str, at: dt.time) -> dt.datetime:
+    """The next local `at` after `now` (a car plugged in now leaves then), in UTC."""
+    local = now.astimezone(ZoneInfo(tz))
+    candidate = dt.datetime.combine(local.date(), at, tzinfo=local.tzinfo)
+    if candidate <= local:
+        candidate = dt.datetime.combine(local.date() + dt.timedelta(days=1), at, tzinfo=local.tzinfo)
+    return candidate.astimezone(dt.UTC)
+
+
+async def _devices(
+    conn: Conn,
+    site: SiteName,
+    tz: str,
+    out: Assembled,
+    pvs: list[_Pv],
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    now: dt.datetime,
+    config: AssemblyConfig,
+) -> bool:
+    """The site's batteries and EV sessions into `out.inputs`, its PV inverters into `pvs`; False when
+    the site has no edge (nothing reported, so nothing to plan)."""
+    edges: dict[int, EdgeName] = await edges_of_site(conn, site)
+    if not edges:
+        out.missing.append(f"{site}: no edge, so no devices to plan")
+        return False
+    for pk, edge in edges.items():
+        for device in await edge_inventory(conn, pk):
+            name = f"{edge}/devices/{device.device_id}"
+            if device.kind == types_pb2.DEVICE_KIND_BATTERY:
+                await _battery(conn, pk, device, name, out, now, config)
+            elif device.kind == types_pb2.DEVICE_KIND_PV_INVERTER:
+                power = _spec(device, ACTIVE_POWER)
+                if power is None or not power.HasField("max_value") or power.max_value <= 0:
+                    out.missing.append(f"PV {name}: no {ACTIVE_POWER} channel with a maximum (its peak power)")
+                else:
+                    pvs.append(_Pv(name, power.max_value))
+            elif device.kind == types_pb2.DEVICE_KIND_EV_CHARGER:
+                await _ev(conn, pk, device, name, tz, out, start=start, end=end, now=now, config=config)
+    return True
+
+
+async def _battery(
+    conn: Conn,
+    pk: int,
+    device: edge_link_pb2.DeviceInventoryItem,
+    name: str,
+    out: Assembled,
+    now: dt.datetime,
+    config: AssemblyConfig,
+) -> None:
+    stored, setpoint = _spec(device, STORED_ENERGY), _spec(device, SETPOINT)
+    if stored is None or not stored.HasField("max_value") or stored.max_value <= 0:
+        out.missing.append(f"battery {name}: no {STORED_ENERGY} channel with a maximum (its capacity)")
+        return
+    if setpoint is None or not (setpoint.HasField("min_value") and setpoint.HasField("max_value")):
+        out.missing.append(f"battery {name}: no {SETPOINT} channel with limits (its charge/discharge power)")
+        return
+    soc = await latest_value(conn, pk, f"{device.device_id}/{STORED_ENERGY}")
+    if soc is None:
+        out.missing.append(f"battery {name}: no measured {STORED_ENERGY} (its state of charge)")
+        return
+    age = (now - soc[0]).total_seconds()
+    if age > config.soc_max_age_s:
+        out.missing.append(
+            f"battery {name}: its state of charge was last measured {soc[0].isoformat()}, "
+            f"more than {config.soc_max_age_s:.0f} s ago"
+        )
+        return
+    out.inputs.batteries.append(
+        pb.BatteryInputs(
+            device=name,
+            capacity_wh=stored.max_value,
+            soc_wh=min(max(soc[1], 0.0), stored.max_value),
+            max_charge_w=max(0.0, -setpoint.min_value),
+            max_discharge_w=max(0.0, setpoint.max_value),
+        )
+    )
+
+
+async def _ev(
+    conn: Conn,
+    pk: int,
+    device: edge_link_pb2.DeviceInventoryItem,
+    name: str,
+    tz: str,
+    out: Assembled,
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    now: dt.datetime,
+    config: AssemblyConfig,
+) -> None:
+    setpoint = _spec(device, SETPOINT)
+    if setpoint is None or not setpoint.HasField("max_value") or setpoint.max_value <= 0:
+        out.missing.append(f"EV charger {name}: no {SETPOINT} channel with a maximum (its charging power)")
+        return
+    plugged = await latest_value(conn, pk, f"{device.device_id}/{PLUGGED}")
+    if plugged is None:
+        out.missing.append(f"EV charger {name}: no measured {PLUGGED} (whether a car is connected)")
+        return
+    if plugged[1] < 0.5:
+        return  # no car: the charger draws nothing and needs no plan
+    needed = await latest_value(conn, pk, f"{device.device_id}/{ENERGY_NEEDED}")
+    if needed is None:
+        out.missing.append(f"EV charger {name}: a car is connected but no {ENERGY_NEEDED} was measured")
+        return
+    if needed[1] <= 0:
+        return
+    departure = min(_ev_departure(now, tz, config.ev_departure), end)
+    departure = start + SLOT * max(1, (departure - start) // SLOT)
+    # A car that cannot get all it needs by its departure gets all it can: refusing the whole plan
+    # would leave it charging on its own, unplanned, which is worse for it and for the site.
+    hours = (departure - start) / dt.timedelta(hours=1)
+    energy = min(needed[1], setpoint.max_value * hours)
+    ev = pb.EvChargerInputs(device=name, energy_wh=energy, max_power_w=setpoint.max_value)
+    ev.arrival_time.FromDatetime(start)
+    ev.departure_time.FromDatetime(departure)
+    out.inputs.ev_chargers.append(ev)
+
+
+def _complete(values: list[float | None]) -> list[float] | None:
+    return None if any(v is None for v in values) else [float(v) for v in values if v is not None]
+
+
+async def assemble(
+    conn: Conn,
+    sites: list[SiteName],
+    *,
+    start: dt.datetime,
+    slots: int,
+    now: dt.datetime,
+    config: AssemblyConfig,
+    objective: pb.OptimizationObjective.ValueType = pb.OPTIMIZATION_OBJECTIVE_UNSPECIFIED,
+) -> Assembled:
+    """The inputs of a run of `sites` over `slots` quarter hours from `start` (on the grid), with the
+    list of everything the platform lacks for it. Unknown sites must have been refused before."""
+    end = start + SLOT * slots
+    out = Assembled(pb.OptimizationInputs(slot_count=slots, objective=objective))
+    out.inputs.start_time.FromDatetime(start)
+    out.inputs.step.FromTimedelta(SLOT)
+    countries: set[str] = set()
+    zones: set[str] = set()
+    device_power_w = 0.0
+    for site in sites:
+        profile = await site_profile(conn, site)
+        if profile is None:
+            out.missing.append(f"{site}: no such site")
+            continue
+        country = profile.country_code
+        if not country:
+            out.missing.append(f"{site}: no country_code (its VAT, tariffs and bidding zone depend on it)")
+        else:
+            countries.add(country)
+            zone = config.prices.zones.get(country)
+            if zone is None:
+                out.missing.append(
+                    f"{site}: the bidding zone of country {country} (it has several; set EMMA_OPTIMIZER_ZONES)"
+                )
+            else:
+                zones.add(zone)
+        pvs: list[_Pv] = []
+        first_battery, first_ev = len(out.inputs.batteries), len(out.inputs.ev_chargers)
+        if not await _devices(conn, site, profile.time_zone, out, pvs, start=start, end=end, now=now, config=config):
+            continue
+        kinds = {"site_load"} | ({"pv_power"} if pvs else set())
+        forecasts = await latest_forecast_values(conn, site, kinds, start, slots, as_of=now)
+        load = _complete(forecasts["site_load"])
+        if load is None:
+            gaps = [i for i, v in enumerate(forecasts["site_load"]) if v is None]
+            out.missing.append(f"{site}: a load forecast (site_load) for {_fmt_slots(start, gaps)}")
+            load = [0.0] * slots  # never solved: the run is refused for the missing forecast
+        pv_forecast: list[float] = []
+        if pvs:
+            found = _complete(forecasts["pv_power"])
+            if found is None:
+                gaps = [i for i, v in enumerate(forecasts["pv_power"]) if v is None]
+                out.missing.append(f"{site}: a PV forecast (pv_power) for {_fmt_slots(start, gaps)}")
+            else:
+                pv_forecast = found
+                # The forecast is the site's; each inverter gets its share of the peak power.
+                total_peak = sum(p.peak_w for p in pvs)
+                for p in pvs:
+                    share = p.peak_w / total_peak
+                    # PV curtailment is not sent to the edges (docs/optimizer.md), so the plan may
+                    # not count on it.
+                    out.inputs.pv_arrays.append(
+                        pb.PvInputs(device=p.device, forecast_w=[max(0.0, v) * share for v in found], curtailable=False)
+                    )
+        # No grid limits from the registry's face yet: the bound is what the site's own devices and
+        # load can draw or feed in, which no plan can exceed (docs/optimizer.md).
+        bats = list(out.inputs.batteries)[first_battery:]
+        evs = list(out.inputs.ev_chargers)[first_ev:]
+        draw = sum(b.max_charge_w for b in bats) + sum(e.max_power_w for e in evs) + max(load, default=0.0)
+        feed = sum(b.max_discharge_w for b in bats) + max(pv_forecast, default=0.0)
+        device_power_w += draw + feed
+        out.inputs.sites.append(
+            pb.SiteInputs(
+                site=str(site), load_w=load, import_limit_w=math.ceil(draw) + 1.0, export_limit_w=math.ceil(feed) + 1.0
+            )
+        )
+    await _prices(conn, out, countries, zones, start, end, config)
+    if objective == pb.OPTIMIZATION_OBJECTIVE_COST_AND_CARBON:
+        out.missing.append("carbon intensity per slot (no source on the platform yet) for COST_AND_CARBON")
+    return out
+
+
+async def _prices(
+    conn: Conn,
+    out: Assembled,
+    countries: set[str],
+    zones: set[str],
+    start: dt.datetime,
+    end: dt.datetime,
+    config: AssemblyConfig,
+) -> None:
+    inputs = out.inputs
+    if len(countries) > 1:
+        out.missing.append(f"one country for all sites (their prices, VAT and tariffs differ): {sorted(countries)}")
+    if len(zones) > 1:
+        out.missing.append(f"one bidding zone for all sites (one price series per run): {sorted(zones)}")
+    if len(zones) != 1 or len(countries) != 1:
+        return
+    zone, country = next(iter(zones)), next(iter(countries))
+    out.zone = zone
+    prices = config.prices
+    tariff, tax, vat = (
+        per_country(prices.network_tariff, country),
+        per_country(prices.tax, country),
+        per_country(prices.vat, country),
+    )
+    feed_in = per_country(prices.feed_in, country)
+    for value, what, variable in (
+        (tariff, "network tariff", "EMMA_OPTIMIZER_NETWORK_TARIFFS"),
+        (tax, "energy taxes", "EMMA_OPTIMIZER_TAXES"),
+        (vat, "VAT rate", "EMMA_OPTIMIZER_VAT"),
+        (feed_in, "feed-in price", "EMMA_OPTIMIZER_FEED_IN"),
+    ):
+        if value is None:
+            out.missing.append(f"the {what} of country {country} (set {variable})")
+    eic = zone_eic(zone)
+    if eic is None:
+        out.missing.append(f"prices of zone {zone!r}: not a bidding zone the market domain knows")
+        return
+    found = dict(await zone_prices(conn, eic, start, end))
+    market: list[float] = []
+    gaps: list[int] = []
+    for i in range(inputs.slot_count):
+        value = found.get(start + SLOT * i)
+        if value is None:
+            gaps.append(i)
+        else:
+            market.append(value)
+    if gaps:
+        out.missing.append(
+            f"day-ahead prices of {zone} for {_fmt_slots(start, gaps)} (not published or not fetched yet)"
+        )
+        return
+    if tariff is None or tax is None or vat is None or feed_in is None:
+        return
+    assert isinstance(tariff, float) and isinstance(tax, float) and isinstance(vat, float)
+    inputs.prices.market_price_eur_per_mwh.extend(market)
+    inputs.prices.feed_in_price_eur_per_mwh.extend(market if feed_in == MARKET else [float(feed_in)] * len(market))
+    inputs.prices.network_tariff_eur_per_mwh = tariff
+    inputs.prices.tax_eur_per_mwh = tax
+    inputs.prices.vat_rate = vat
