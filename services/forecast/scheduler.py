@@ -112,6 +112,11 @@ class ForecastScheduler:
             except ForecastError as exc:
                 state, reason = "failed", str(exc)
                 log.warning("forecast of %s failed: %s", site, exc)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                raise  # the database or the network: the loop retries, the lease hands the site on
+            except Exception as exc:  # a bug on one site's data must not stop every other site's forecast
+                state, reason = "failed", f"internal error ({type(exc).__name__}; the server logged it)"
+                log.exception("forecast of %s failed unexpectedly", site)
         async with self._pool.acquire() as conn:
             await conn.execute(
                 """UPDATE forecast.schedule SET state = $4, reason = $5, run_id = $6
@@ -139,6 +144,8 @@ class ForecastScheduler:
                 await self.tick()
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("forecast scheduler: %s; retrying", exc)
+            except Exception:  # the task must outlive a bug: a dead task would forecast nothing again
+                log.exception("forecast scheduler: unexpected error; retrying")
             await asyncio.sleep(self._config.poll_s)
 
     async def start(self) -> None:

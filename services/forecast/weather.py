@@ -35,6 +35,8 @@ SOURCE = "open-meteo"
 HOURLY = ("shortwave_radiation", "direct_normal_irradiance", "diffuse_radiation", "temperature_2m", "cloud_cover")
 # Open-Meteo forecasts up to 16 days.
 MAX_HOURS = 16 * 24
+# Time zones are within UTC-12..UTC+14; ISO 8601 allows up to 18 hours either way.
+MAX_UTC_OFFSET_S = 18 * 3600
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -77,6 +79,15 @@ def _number(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _utc_time(text: str, offset_s: int) -> datetime:
+    """A time of the answer in UTC: local wall time minus the answer's offset, or, when the time
+    states its own offset, that one (asked with timezone=GMT, Open-Meteo sends naive UTC times)."""
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is not None:
+        return when.astimezone(UTC)
+    return (when - timedelta(seconds=offset_s)).replace(tzinfo=UTC)
+
+
 def parse_forecast(body: bytes, fetched_at: datetime) -> WeatherSeries:
     """A WeatherSeries from an Open-Meteo /v1/forecast JSON answer; WeatherError(retry=False) if unreadable."""
     try:
@@ -89,14 +100,16 @@ def parse_forecast(body: bytes, fetched_at: datetime) -> WeatherSeries:
         raise WeatherError(f"open-meteo refused the query: {str(data.get('reason'))[:300]}", retry=False)
     hourly = data.get("hourly")
     offset = data.get("utc_offset_seconds", 0)
-    if not isinstance(hourly, dict) or not isinstance(hourly.get("time"), list) or not isinstance(offset, int):
+    if not isinstance(hourly, dict) or not isinstance(hourly.get("time"), list):
         raise WeatherError("open-meteo: answer without an hourly time series", retry=False)
+    # An offset beyond any time zone's (or a bool, which JSON's true would pass as 1) is a broken
+    # answer; unchecked, a huge one overflowed timedelta and escaped as an internal error.
+    if isinstance(offset, bool) or not isinstance(offset, int) or abs(offset) > MAX_UTC_OFFSET_S:
+        raise WeatherError(f"open-meteo: utc_offset_seconds {str(offset)[:40]} is not a UTC offset", retry=False)
     times_raw: list[Any] = hourly["time"]
     try:
-        times = tuple(
-            (datetime.fromisoformat(str(t)) - timedelta(seconds=offset)).replace(tzinfo=UTC) for t in times_raw
-        )
-    except ValueError:
+        times = tuple(_utc_time(str(t), offset) for t in times_raw)
+    except (ValueError, OverflowError):  # unreadable, or moved before year 1 or after 9999 by the offset
         raise WeatherError("open-meteo: unreadable time in the answer", retry=False) from None
 
     def column(name: str) -> tuple[float | None, ...]:

@@ -1,22 +1,30 @@
 """The Open-Meteo client against the weather replay server (a real HTTP server on loopback serving a
-real recorded answer): values as recorded, retries after 5xx/429, a down source, a refused query."""
+real recorded answer): values as recorded, retries after 5xx/429, a down source, a refused query;
+broken answers are refused WeatherErrors (never another exception) and leave the PV forecast
+degraded, not missing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from emma.registry.v1 import registry_pb2
 
 from launcher.weather_replay import Fault, WeatherReplayServer, running_weather_replay
 from launcher.weather_replay.app import RECORDING
 from services.forecast.errors import WeatherConfigError, WeatherError
 from services.forecast.model import PvArray, PvSystem
 from services.forecast.pv import forecast_pv
-from services.forecast.weather import OpenMeteoClient, SharedWeather, WeatherConfig
+from services.forecast.runner import make_forecasts
+from services.forecast.weather import OpenMeteoClient, SharedWeather, WeatherConfig, parse_forecast
+from services.names import SiteName
 from services.platform.registration import build_workers, running_workers
 from services.platform.runtime import Runtime
+from services.registry import SiteProfile
 from tests.support.cloud import platform_config
 
 START = datetime(2026, 12, 5, tzinfo=UTC)
@@ -174,3 +182,67 @@ async def test_a_process_shares_one_client_and_closes_it_after_its_workers_stop(
             assert not client._client.is_closed
         assert client._client.is_closed and shared._client is None and runtime.closers == []
         assert build_workers([], runtime) == []  # nothing left to close: no worker
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ({"utc_offset_seconds": 10**20, "hourly": {"time": ["2026-12-05T00:00"]}}, "is not a UTC offset"),
+        ({"utc_offset_seconds": True, "hourly": {"time": ["2026-12-05T00:00"]}}, "is not a UTC offset"),
+        ({"utc_offset_seconds": 3600, "hourly": {"time": ["0001-01-01T00:00"]}}, "unreadable time"),
+        ({"utc_offset_seconds": -3600, "hourly": {"time": ["9999-12-31T23:30"]}}, "unreadable time"),
+        ({"hourly": {"time": [1733356800]}}, "unreadable time"),
+        ({"hourly": {"time": ["2026-12-05T00:00"], "cloud_cover": [1, 2]}}, "one value per time"),
+        ({"hourly": {"time": ["2026-12-05T00:00", "2026-12-05T00:00"]}}, "strictly increasing"),
+        ({"hourly": {"time": ["2026-12-05T00:00"], "shortwave_radiation": [10**400]}}, "inconsistent answer"),
+    ],
+)
+def test_a_broken_answer_is_a_refused_weather_error_never_another_exception(
+    answer: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(WeatherError) as caught:
+        parse_forecast(json.dumps(answer).encode(), START)
+    assert caught.value.retry is False and problem in str(caught.value)
+
+
+def test_times_in_the_answer_are_moved_to_utc() -> None:
+    local = {"utc_offset_seconds": 3600, "hourly": {"time": ["2026-12-05T01:00"], "temperature_2m": [float("nan")]}}
+    series = parse_forecast(json.dumps(local).encode(), START)
+    assert series.times == (START,) and series.temp_air_c == (None,)  # NaN is no value
+    stated = {"utc_offset_seconds": 3600, "hourly": {"time": ["2026-12-05T05:00+05:00"]}}
+    assert parse_forecast(json.dumps(stated).encode(), START).times == (START,)
+
+
+async def test_a_source_answering_garbage_makes_the_pv_forecast_degraded_not_missing() -> None:
+    """A real HTTP server on loopback whose 200 answer is broken (an offset no time zone has): the
+    run gets the clear-sky PV forecast with the reason, as when the source is down."""
+    body = json.dumps({"utc_offset_seconds": 10**20, "hourly": {"time": ["2026-12-05T00:00"]}}).encode()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        writer.write(head.encode() + b"Connection: close\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = OpenMeteoClient(_config(f"http://127.0.0.1:{port}"))
+    profile = SiteProfile(
+        SiteName("acme", "garbage"),
+        52.52,
+        13.41,
+        "Europe/Berlin",
+        "DE",
+        registry_pb2.PvSystem(arrays=[registry_pb2.PvArray(tilt_deg=30, azimuth_deg=180, peak_power_kw=5)]),
+    )
+    executor = ThreadPoolExecutor(max_workers=1)
+    try:
+        made = await make_forecasts(profile, {"pv_power"}, START, 96, [], client, executor=executor)
+    finally:
+        executor.shutdown()
+        await client.aclose()
+        server.close()
+    (pv,) = made
+    assert pv.weather_source == "" and sum(pv.forecast.p50) > 0
+    assert any(r.startswith("weather unavailable: open-meteo: utc_offset_seconds") for r in pv.forecast.degraded)
