@@ -218,3 +218,23 @@ def test_bad_input_names_the_field() -> None:
         forecast_pv(_system(), DAY, 4, None, correction=float("nan"))
     assert correction.value.field == "correction"
     assert np.isfinite(forecast_pv(_system(), DAY, MAX_HORIZON_SLOTS, None).p50).all()
+
+
+def test_nan_inf_and_none_in_the_measured_pv_are_skipped_not_learnt_from() -> None:
+    """Days whose measurements are mostly not numbers are not used; the rest still give the factor.
+    With nothing but NaN the factor is 1.0 and the reason says why; nothing raises."""
+    system = _system()
+    start = DAY - timedelta(days=3)
+    clear = forecast_pv(system, start, 3 * 96, None).p50
+    bad: tuple[float | None, ...] = (math.nan, math.inf, -math.inf, None)
+    measured: list[tuple[datetime, float | None]] = []
+    for i, value in enumerate(clear):
+        day = i // 96
+        # Day one: every value broken. Days two and three: measured at 0.7 with one broken value in ten.
+        broken = day == 0 or i % 10 == 0
+        measured.append((start + SLOT * i, bad[i % 4] if broken else 0.7 * value))
+    factor, reason = learn_correction(system, measured)  # type: ignore[arg-type]
+    assert factor == pytest.approx(0.7, abs=0.01)
+    assert "of 2 measured days" in reason
+    nothing = [(t, math.nan) for t, _ in measured]
+    assert learn_correction(system, nothing) == (1.0, "no day with enough measured PV: correction 1.0")
