@@ -391,12 +391,7 @@ class EdgeSession:
                 "emma.points": len(batch.values),
             },
         )
-        # Current while the batch is checked, so a rejection's log line and event row belong to it;
-        # it ends when the ack is handed to gRPC (responses()).
-        with trace.use_span(span, end_on_exit=False):
-            await self._check_and_submit(batch, arrived, span)
-
-    async def _check_and_submit(self, batch: edge_link_pb2.TelemetryBatch, arrived: float, span: trace.Span) -> None:
+        # It ends when the ack is handed to gRPC (responses()); the writer's transaction is its child.
         cfg = self._config
         checked = to_columns(
             batch,
@@ -422,22 +417,25 @@ class EdgeSession:
         self._counters.rejected[rejection.reason] += 1
         record_rejected_batch()
         span.set_attribute("emma.reason", rejection.reason)
-        log.warning(
-            "telemetry batch rejected",
-            extra={"edge": str(self.identity.name), "batch_seq": batch_seq, "reason": rejection.reason},
-        )
-        try:
-            async with self._pool.acquire() as conn:
-                await record_event(
-                    conn,
-                    self.identity.edge_pk,
-                    "warning",
-                    "BATCH_REJECTED",
-                    rejection.message,
-                    {"batch_seq": batch_seq, "reason": rejection.reason},
-                )
-        except Exception:  # the event is for people; the ack is what the edge waits for
-            log.warning("could not record a rejected batch", extra={"edge": self.edge_name}, exc_info=True)
+        # Current here only (not on the accepted path, where it would cost a context switch per batch):
+        # the log line carries its trace id and the event row's SQL is its child.
+        with trace.use_span(span, end_on_exit=False):
+            log.warning(
+                "telemetry batch rejected",
+                extra={"edge": str(self.identity.name), "batch_seq": batch_seq, "reason": rejection.reason},
+            )
+            try:
+                async with self._pool.acquire() as conn:
+                    await record_event(
+                        conn,
+                        self.identity.edge_pk,
+                        "warning",
+                        "BATCH_REJECTED",
+                        rejection.message,
+                        {"batch_seq": batch_seq, "reason": rejection.reason},
+                    )
+            except Exception:  # the event is for people; the ack is what the edge waits for
+                log.warning("could not record a rejected batch", extra={"edge": self.edge_name}, exc_info=True)
         response = edge_link_pb2.ConnectResponse(
             telemetry_ack=edge_link_pb2.TelemetryAck(
                 batch_seq=batch_seq,

@@ -261,8 +261,9 @@ def _transaction_span(group: Sequence[PendingBatch], points: int) -> Iterator[No
     """A span for one attempt at a group's transaction, current while its SQL runs (so each statement's
     span is its child). One transaction stores many batches and a span has one parent: it is the child
     of the group's first traced batch and linked to the others' spans, and each of those gets a link
-    back, so every batch's trace leads to the transaction that stored it. Nothing when no batch is traced."""
-    traced = [item.span for item in group if item.span.get_span_context().is_valid]
+    back, so every batch's trace leads to the transaction that stored it. Nothing when no batch is recorded
+    (sampled out with OTEL_TRACES_SAMPLER, or no tracer provider), and so no SQL spans either."""
+    traced = [item.span for item in group if item.span.is_recording()]
     if not traced:
         yield
         return
