@@ -11,7 +11,7 @@ from emma.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 
 from services.identity import Access
 from services.optimizer.relay import ScheduleRelay, ScheduleSink
-from services.platform.registration import ServiceSpec, service_spec
+from services.platform.registration import ServiceSpec, Worker, service_spec
 from services.platform.runtime import Runtime
 
 # What other packages may use of optimizer; everything else in services/optimizer/ is private.
@@ -33,7 +33,15 @@ def _optimizer(runtime: Runtime) -> Any:
     return OptimizerServicer(runtime)
 
 
-# The gRPC services this domain serves (services/catalog.py hosts them).
+def _horizon(runtime: Runtime) -> Worker:
+    # The receding horizon runs wherever the optimizer service runs; EMMA_OPTIMIZER_SCHEDULER=off leaves
+    # it idle. Replicas take turns per set of sites through an advisory lock (horizon.py).
+    from services.optimizer.horizon import horizon_of
+
+    return horizon_of(runtime)
+
+
+# The gRPC services this domain serves (services/catalog.py hosts them) and their background worker.
 SERVICES: tuple[ServiceSpec, ...] = (
     service_spec(
         "optimizer",
@@ -41,6 +49,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "OptimizerService",
         optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server,
         _optimizer,
+        workers=(_horizon,),
     ),
 )
 

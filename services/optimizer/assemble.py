@@ -209,6 +209,26 @@ def _complete(values: list[float | None]) -> list[float] | None:
     return None if any(v is None for v in values) else [float(v) for v in values if v is not None]
 
 
+async def price_slots(conn: Conn, sites: list[SiteName], start: dt.datetime, slots: int, config: AssemblyConfig) -> int:
+    """How many of `slots` quarter hours from `start` the sites' zone has day-ahead prices for, without a
+    gap (a receding horizon plans as far as the prices reach); `slots` when the zone is not clear (the
+    assembly then names why)."""
+    zones = set()
+    for site in sites:
+        profile = await site_profile(conn, site)
+        zone = None if profile is None else config.prices.zones.get(profile.country_code)
+        zones.add(zone)
+    zone = next(iter(zones)) if len(zones) == 1 else None
+    eic = None if zone is None else zone_eic(zone)
+    if eic is None:
+        return slots
+    found = {t for t, _ in await zone_prices(conn, eic, start, start + SLOT * slots)}
+    n = 0
+    while n < slots and start + SLOT * n in found:
+        n += 1
+    return n
+
+
 async def assemble(
     conn: Conn,
     sites: list[SiteName],

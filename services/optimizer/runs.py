@@ -27,12 +27,14 @@ async def solve_run(
     replay_of: uuid.UUID | None = None,
     assembled: bool = False,
     trigger_reason: str = "",
+    created: dt.datetime | None = None,
 ) -> tuple[uuid.UUID, pb.OptimizationRun, InfeasibleError | None]:
     """Solve `problem` into a run message (not stored yet): SUCCEEDED with its plan, or FAILED with
-    why. The solver's time is recorded as emma_optimizer_solve_duration_seconds{scope}."""
+    why. The solver's time is recorded as emma_optimizer_solve_duration_seconds{scope}. `created`: the
+    run's create_time (default now; the receding horizon passes its own clock)."""
     run_id = uuid.uuid4()
     run = pb.OptimizationRun(name=f"organizations/{org}/optimizationRuns/{run_id}", sites=sites)
-    run.create_time.FromDatetime(dt.datetime.now(dt.UTC))
+    run.create_time.FromDatetime(created or dt.datetime.now(dt.UTC))
     run.inputs_assembled = assembled
     run.trigger_reason = trigger_reason
     if replay_of is not None:
