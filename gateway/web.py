@@ -11,6 +11,9 @@ which answers 404 and 405 in its own error shape.
   manifest and the icon are revalidated on every load (ETag, 304), so a new build shows at once.
 - Paths without a file extension that match no file are the app's own routes (/organizations/acme):
   they get index.html, so a bookmark or a reload of any page works.
+- The fleet map draws bundled country outlines offline; EMMA_GATEWAY_MAP_TILES names a tile server
+  (an https URL template with {z}/{x}/{y}) that index.html announces in meta tags and the
+  Content-Security-Policy admits as an image origin, and nothing else.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -59,25 +64,61 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; manifest-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
+TILE_PLACEHOLDERS = ("{z}", "{x}", "{y}")
+
+
+def csp(tile_origin: str = "") -> str:
+    """The page's policy; a configured tile server's origin is the one outside source of images."""
+    return CSP.replace("img-src 'self' data:;", f"img-src 'self' data: {tile_origin};") if tile_origin else CSP
 
 
 @dataclass(frozen=True)
 class WebConfig:
-    """EMMA_GATEWAY_WEB_DIR: the built dashboard (default: web/dist of this checkout); "off" serves none."""
+    """EMMA_GATEWAY_WEB_DIR: the built dashboard (default: web/dist of this checkout); "off" serves none.
+    EMMA_GATEWAY_MAP_TILES: a tile server for the fleet map, an https URL template with {z}, {x} and {y}
+    (unset: the bundled country outlines only, which work offline); EMMA_GATEWAY_MAP_ATTRIBUTION: the
+    credit its licence asks for, shown on the map."""
 
     directory: Path | None = DEFAULT_DIST
+    map_tiles: str = ""
+    map_attribution: str = ""
+
+    @property
+    def tile_origin(self) -> str:
+        if not self.map_tiles:
+            return ""
+        parts = urlsplit(self.map_tiles)
+        return f"{parts.scheme}://{parts.netloc}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WebConfig:
-        raw = (os.environ if env is None else env).get("EMMA_GATEWAY_WEB_DIR", "").strip()
+        env = os.environ if env is None else env
+        tiles = env.get("EMMA_GATEWAY_MAP_TILES", "").strip()
+        if tiles:
+            parts = urlsplit(tiles)
+            # https only: the page is served over TLS in production and mixed content would be blocked;
+            # http is allowed for a tile server on this machine (a local mirror).
+            local = parts.hostname in ("localhost", "127.0.0.1", "::1")
+            if parts.scheme not in ("https", "http") or (parts.scheme == "http" and not local) or not parts.netloc:
+                raise GatewayConfigError(
+                    f"EMMA_GATEWAY_MAP_TILES={tiles!r} must be an https URL (http only for localhost), "
+                    "for example https://tile.example.org/{z}/{x}/{y}.png"
+                )
+            missing = [p for p in TILE_PLACEHOLDERS if p not in tiles]
+            if missing:
+                raise GatewayConfigError(f"EMMA_GATEWAY_MAP_TILES={tiles!r} lacks {', '.join(missing)}")
+            if any(c in parts.netloc for c in "{};' "):
+                raise GatewayConfigError(f"EMMA_GATEWAY_MAP_TILES={tiles!r}: the host may not hold placeholders")
+        attribution = env.get("EMMA_GATEWAY_MAP_ATTRIBUTION", "").strip()
+        raw = env.get("EMMA_GATEWAY_WEB_DIR", "").strip()
         if raw == "":
-            return cls()
+            return cls(map_tiles=tiles, map_attribution=attribution)
         if raw.lower() == "off":
-            return cls(directory=None)
+            return cls(directory=None, map_tiles=tiles, map_attribution=attribution)
         path = Path(raw)
         if not (path / "index.html").is_file():
             raise GatewayConfigError(f"EMMA_GATEWAY_WEB_DIR={raw!r} holds no index.html (build it with `make web`)")
-        return cls(directory=path)
+        return cls(directory=path, map_tiles=tiles, map_attribution=attribution)
 
 
 @dataclass(frozen=True)
@@ -88,16 +129,30 @@ class Asset:
     cache_control: str
     etag: str
     html: bool
+    csp: str = CSP
 
 
-def load_assets(directory: Path) -> dict[str, Asset]:
-    """Every file under `directory` by its URL path; "/" is index.html."""
+def _with_map_tiles(html: bytes, tiles: str, attribution: str) -> bytes:
+    """index.html announcing the tile server to the page (read by web/src/components/map.tsx)."""
+    meta = (
+        f'<meta name="emma-map-tiles" content="{escape(tiles)}">\n'
+        f'<meta name="emma-map-attribution" content="{escape(attribution)}">\n'
+    )
+    return html.replace(b"</head>", meta.encode() + b"</head>", 1)
+
+
+def load_assets(directory: Path, map_tiles: str = "", map_attribution: str = "") -> dict[str, Asset]:
+    """Every file under `directory` by its URL path; "/" is index.html (with the tile server's meta tags
+    and CSP when `map_tiles` is set)."""
     assets: dict[str, Asset] = {}
+    policy = csp(WebConfig(map_tiles=map_tiles).tile_origin)
     for path in sorted(directory.rglob("*")):
         if not path.is_file():
             continue
         suffix = path.suffix.lower()
         body = path.read_bytes()
+        if suffix == ".html" and map_tiles:
+            body = _with_map_tiles(body, map_tiles, map_attribution)
         packed = gzip.compress(body, mtime=0) if suffix in COMPRESSIBLE else None
         url = "/" + path.relative_to(directory).as_posix()
         assets[url] = Asset(
@@ -107,6 +162,7 @@ def load_assets(directory: Path) -> dict[str, Asset]:
             cache_control=IMMUTABLE if HASHED.search(path.name) else REVALIDATE,
             etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
             html=suffix == ".html",
+            csp=policy,
         )
     if "/index.html" in assets:
         assets["/"] = assets["/index.html"]
@@ -162,7 +218,7 @@ async def _respond(asset: Asset, scope: Scope, send: Send) -> None:
     ]
     if asset.html:
         headers += [
-            (b"content-security-policy", CSP.encode()),
+            (b"content-security-policy", asset.csp.encode()),
             (b"referrer-policy", b"no-referrer"),
             (b"x-frame-options", b"DENY"),
         ]
@@ -189,7 +245,7 @@ def with_web(api: ASGIApp, config: WebConfig | None = None) -> ASGIApp:
     if not (config.directory / "index.html").is_file():
         log.warning("no dashboard at %s (run `make web`); serving the API only", config.directory)
         return api
-    return WebApp(api, load_assets(config.directory))
+    return WebApp(api, load_assets(config.directory, config.map_tiles, config.map_attribution))
 
 
-__all__ = ["WebApp", "WebConfig", "load_assets", "with_web"]
+__all__ = ["WebApp", "WebConfig", "csp", "load_assets", "with_web"]

@@ -29,6 +29,9 @@ const result = await build({
   jsxImportSource: "preact",
   charset: "utf8",
   logLevel: "warning",
+  // Leaflet's stylesheet names marker and layer-control images the app never shows (sites are circle
+  // markers, there is no layer control): left out rather than shipped.
+  loader: { ".png": "empty" },
 });
 
 const outputs = Object.keys(result.metafile.outputs).map((p) => basename(p));
@@ -39,4 +42,7 @@ if (!js || !css) throw new Error(`esbuild wrote no app bundle and stylesheet: ${
 const html = readFileSync(join(here, "src/index.html"), "utf8").replace("%CSS%", css).replace("%JS%", js);
 writeFileSync(join(outdir, "index.html"), html);
 cpSync(join(here, "public"), outdir, { recursive: true });
-console.log(`web: ${outdir}: ${[...outputs, "index.html"].sort().join(", ")}`);
+// The fleet map's offline base layer: Natural Earth 1:110m country outlines (public domain) as TopoJSON
+// from the pinned world-atlas package, fetched by the map when it first opens (not in the bundle).
+cpSync(join(here, "node_modules/world-atlas/countries-110m.json"), join(outdir, "countries-110m.json"));
+console.log(`web: ${outdir}: ${[...outputs, "index.html", "countries-110m.json"].sort().join(", ")}`);

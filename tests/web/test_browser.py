@@ -1,9 +1,14 @@
 """The dashboard in a real Chromium (Playwright) against a real gateway in front of the real services.
 
 The fleet: organizations/acme with site "gw", whose edge holds an EdgeLink stream open and has pushed a
-grid power sample, and site "north", whose edge never connected. The browser logs in, sees both with
-their state and power, switches site and organization views, refreshes its tokens before they expire,
-fits a phone's width and logs out (which revokes the session on the server).
+grid power sample; site "north", whose edge never connected; and site "home", whose edge holds a stream
+open with PV, a battery (declared with its SetActivePower limits), a grid meter and a heat pump whose
+last sample is ten minutes old, acknowledges every command it gets (RECEIVED, then EXECUTED), and sits
+in bidding zone ES, for which a day-ahead curve with two negative hours is stored, with a stored PV and
+load forecast and an alarm rule on the battery's state of charge. The browser logs in, sees the fleet
+on a map and in a table, watches live values change on the site page, sends a setpoint and sees it
+EXECUTED, reads prices and forecasts, acknowledges and shelves an alarm, fits a phone's width, passes
+axe-core, and logs out (which revokes the session on the server). A viewer sees no command buttons.
 
 The browser is the system's Chromium (Debian's `chromium`, installed by .ci/run), or Playwright's own
 download when that is present; with neither the tests fail saying so, they never skip.
@@ -11,26 +16,53 @@ download when that is present; with neither the tests fail saying so, they never
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import shutil
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import grpc
 import httpx
 import pytest
+from emma.edge.v1 import edge_link_pb2
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from gateway.config import GatewayConfig
 from gateway.server import running_gateway
+from services.forecast.model import Forecast
+from services.forecast.store import MadeForecast, save_run
+from services.market import DocumentKind, MarketDocument, PriceSeries, Product, Slot, Source, save_document
+from services.names import SiteName
 from tests.support.cloud import new_edge
-from tests.support.edge_client import EdgeStream, batch, hello
+from tests.support.edge_client import EdgeStream, batch, battery_inventory, hello, ts
 from tests.support.gateway import USER_EMAIL, USER_PASSWORD, create_user, hosted
+from tests.support.identity import grant
 
 GRID_POWER_W = -1500.0  # exporting 1.5 kW; "meter/GridPower" is channel 2 of the test hello's table
 TIMEOUT_MS = 15_000
+AXE = Path(__file__).resolve().parents[2] / "web" / "node_modules" / "axe-core" / "axe.min.js"
+VIEWER_EMAIL = "viewer@acme.test"
+VIEWER_PASSWORD = "a viewer's password, long enough"
+ES = "10YES-REE------0"
+
+# The home edge's channel table: (device/channel, unit).
+HOME_CHANNELS = [
+    ("pv_1/ActivePower", "W"),
+    ("battery_1/ActivePower", "W"),
+    ("battery_1/Soc", "%"),
+    ("grid/ActivePower", "W"),
+    ("battery_1/MaxDischargePower", "W"),
+    ("battery_1/MaxChargePower", "W"),
+    ("heatpump/ActivePower", "W"),
+]
+PV, BATTERY, SOC, GRID, MAX_DIS, MAX_CH, HEATPUMP = range(7)
 
 
 @dataclass
@@ -38,6 +70,56 @@ class Dashboard:
     url: str
     browser: Browser
     artifacts: Path
+    home: EdgeStream
+    commands: list[edge_link_pb2.Command] = field(default_factory=list)
+    seq: int = 1
+
+    async def push(self, points: list[tuple[int, float]], at: float | None = None) -> None:
+        """Send (channel index, value) samples from the home edge, measured `at` (now by default)."""
+        self.seq += 1
+        await self.home.send(batch(self.seq, at or time.time(), [(c, 0, v) for c, v in points]))
+
+
+class Relay:
+    """A TCP relay in front of the gateway whose connections the test can cut, as a lost network would
+    (Chromium's offline emulation leaves an open stream to loopback alone)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.refusing = False
+        self.open: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.open |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self.open -= {writer, up_writer}
+
+    def cut(self, refuse: bool) -> None:
+        self.refusing = refuse
+        for w in list(self.open):
+            w.close()
+
+    async def close(self) -> None:
+        self.cut(True)
+        if self.server is not None:
+            self.server.close()
 
 
 def chromium_executable() -> str | None:
@@ -49,25 +131,153 @@ def chromium_executable() -> str | None:
     return None
 
 
+async def store_prices_and_forecast(dsn: str) -> None:
+    """A day-ahead curve of zone ES around now with two negative hours, and a PV and load forecast of
+    site home, stored by the market and forecast domains' own store functions."""
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    start = hour - timedelta(hours=6)
+    values = [50.0 + i for i in range(30)]
+    values[8], values[9] = -5.0, -1.25  # two and three hours from now: negative
+    doc = MarketDocument(
+        Source.ENTSOE,
+        DocumentKind.PRICES,
+        "dashboard-es",
+        1,
+        None,
+        prices=(
+            PriceSeries(
+                ES,
+                Product.DAY_AHEAD,
+                timedelta(hours=1),
+                tuple(Slot(start + timedelta(hours=i), v) for i, v in enumerate(values)),
+            ),
+        ),
+        interval=(start, start + timedelta(hours=len(values))),
+    )
+    slots = 96
+    p50 = tuple(1000.0 + 20 * i for i in range(slots))
+    conn = await asyncpg.connect(dsn)
+    try:
+        await save_document(conn, doc, datetime.now(UTC))
+        made = [
+            MadeForecast(
+                kind,
+                Forecast(
+                    start=hour,
+                    step=timedelta(minutes=15),
+                    p10=tuple(v * 0.7 for v in p50),
+                    p50=p50,
+                    p90=tuple(v * 1.3 for v in p50),
+                    degraded=(),
+                    model_version=f"test-{kind}",
+                ),
+            )
+            for kind in ("pv_power", "site_load")
+        ]
+        await save_run(conn, SiteName("acme", "home"), hour, made, trigger="on_demand", creator="test", request_id=None)
+    finally:
+        await conn.close()
+
+
+async def answer_commands(stream: EdgeStream, seen: list[edge_link_pb2.Command]) -> None:
+    """The home edge's side of every command: RECEIVED, then EXECUTED with the value applied."""
+    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+        while True:
+            response = await stream.call.read()
+            if response is grpc.aio.EOF:
+                return
+            assert isinstance(response, edge_link_pb2.ConnectResponse)
+            if response.WhichOneof("message") != "command":
+                continue
+            command = response.command
+            seen.append(command)
+            for status in (edge_link_pb2.COMMAND_ACK_STATUS_RECEIVED, edge_link_pb2.COMMAND_ACK_STATUS_EXECUTED):
+                await asyncio.sleep(0.3)  # slow enough for the page to show each phase
+                await stream.send(
+                    edge_link_pb2.ConnectRequest(
+                        command_ack=edge_link_pb2.CommandAck(
+                            command=command.name, status=status, applied_value=command.value
+                        )
+                    )
+                )
+
+
+async def heartbeats(streams: list[EdgeStream]) -> None:
+    """Keep the edges online for the module's whole run (ingest marks a silent edge offline)."""
+    with contextlib.suppress(asyncio.CancelledError):
+        while True:
+            await asyncio.sleep(5)
+            for stream in streams:
+                await stream.send(
+                    edge_link_pb2.ConnectRequest(heartbeat=edge_link_pb2.Heartbeat(edge_time=ts(time.time())))
+                )
+
+
+async def configure(url: str) -> None:
+    """Through the gateway as the admin: the home site's bidding zone and an alarm rule on its battery."""
+    async with httpx.AsyncClient(base_url=url) as client:
+        r = await client.post("/v1/auth:login", json={"email": USER_EMAIL, "password": USER_PASSWORD})
+        assert r.status_code == 200, r.text
+        client.headers["authorization"] = f"Bearer {r.json()['accessToken']}"
+        r = await client.patch(
+            "/v1/organizations/acme/sites/home", params={"updateMask": "biddingZone"}, json={"biddingZone": "ES"}
+        )
+        assert r.status_code == 200, r.text
+        r = await client.post(
+            "/v1/organizations/acme/alarmRules",
+            params={"alarmRuleId": "soc-high"},
+            json={
+                "displayName": "Battery state of charge high",
+                "kind": "ALARM_RULE_KIND_THRESHOLD",
+                "channel": "organizations/acme/sites/home/edges/home/devices/battery_1/channels/Soc",
+                "levels": {"warnHigh": 90, "criticalHigh": 98},
+                "remediationSteps": ["Check the battery's charge limit"],
+                "enabled": True,
+            },
+        )
+        assert r.status_code == 200, r.text
+
+
 @pytest.fixture(scope="module")
 async def dashboard(migrated_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dashboard]:
     conn = await asyncpg.connect(migrated_url)
     try:
         gw, _, gw_key = await new_edge(conn, "gw")
         await new_edge(conn, "north", time_zone="Europe/Berlin")
+        home, _, home_key = await new_edge(conn, "home")
+        await grant(conn, "acme", "viewer", email=VIEWER_EMAIL, password=VIEWER_PASSWORD)
     finally:
         await conn.close()
     await create_user(migrated_url, "acme")
+    await store_prices_and_forecast(migrated_url)
     async with hosted(migrated_url) as (port, _):
         stream = EdgeStream(port)
+        home_stream = EdgeStream(port)
+        tasks: list[asyncio.Task[None]] = []
         try:
             await stream.send(hello(str(gw), gw_key))
             assert (await stream.recv()).WhichOneof("message") == "welcome"
             now = time.time()
             await stream.send(batch(1, now, [(2, 0, GRID_POWER_W), (0, 0, 61.0)]))
             await stream.recv_ack()
+            await home_stream.send(hello(str(home), home_key, HOME_CHANNELS, devices=[battery_inventory()]))
+            await home_stream.recv_kind("welcome")
+            await home_stream.send(batch(1, now - 600, [(HEATPUMP, 0, 2200.0)]))  # ten minutes old: stale
+            await home_stream.recv_ack()
+            dashboard_state = Dashboard("", None, Path(), home_stream)  # type: ignore[arg-type]
+            await dashboard_state.push(
+                [(PV, 3200.0), (BATTERY, -1000.0), (SOC, 55.0), (GRID, 300.0), (MAX_DIS, 4000.0), (MAX_CH, 4000.0)]
+            )
+            await home_stream.recv_ack()
+            tasks = [
+                asyncio.create_task(answer_commands(home_stream, dashboard_state.commands)),
+                asyncio.create_task(answer_commands(stream, [])),  # gw gets none; its answers are read
+                asyncio.create_task(heartbeats([stream, home_stream])),
+            ]
             config = GatewayConfig(target=f"127.0.0.1:{port}", host="127.0.0.1", port=0)
             async with running_gateway(config) as http_port, async_playwright() as pw:
+                url = f"http://127.0.0.1:{http_port}"
+                await configure(url)
                 executable = chromium_executable()
                 try:
                     # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
@@ -80,11 +290,16 @@ async def dashboard(migrated_url: str, tmp_path_factory: pytest.TempPathFactory)
                     )
                 artifacts = tmp_path_factory.mktemp("dashboard-screenshots")
                 (artifacts / "browser.txt").write_text(f"{executable or 'playwright chromium'} {browser.version}\n")
+                dashboard_state.url, dashboard_state.browser, dashboard_state.artifacts = url, browser, artifacts
                 try:
-                    yield Dashboard(f"http://127.0.0.1:{http_port}", browser, artifacts)
+                    yield dashboard_state
                 finally:
                     await browser.close()
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await home_stream.close()
             await stream.close()
 
 
@@ -102,9 +317,9 @@ async def page(dashboard: Dashboard) -> AsyncIterator[Page]:
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-async def log_in(page: Page, url: str, password: str = USER_PASSWORD) -> None:
+async def log_in(page: Page, url: str, password: str = USER_PASSWORD, email: str = USER_EMAIL) -> None:
     await page.goto(url + "/")
-    await page.get_by_label("E-mail address").fill(USER_EMAIL)
+    await page.get_by_label("E-mail address").fill(email)
     await page.get_by_label("Password").fill(password)
     await page.get_by_label("Password").press("Enter")  # the keyboard submits the form
 
@@ -151,15 +366,15 @@ async def test_a_wrong_password_is_refused_in_words(dashboard: Dashboard, page: 
 async def test_the_site_switcher_opens_a_site_and_a_reload_keeps_the_page(dashboard: Dashboard, page: Page) -> None:
     await log_in(page, dashboard.url)
     await expect(page.locator("tr[data-site=gw]")).to_be_visible()
-    await page.get_by_label("Site").select_option("gw")
+    await page.get_by_label("Site", exact=True).select_option("gw")
     await expect(page).to_have_url(f"{dashboard.url}/organizations/acme/sites/gw")
     await expect(page.get_by_role("heading", level=1)).to_have_text("gw")
-    await expect(page.locator("main table")).to_contain_text("meter \u203a GridPower")
-    await expect(page.locator("main table")).to_contain_text("-1,500 W")
+    await expect(page.locator("table.latest")).to_contain_text("meter \u203a GridPower")
+    await expect(page.locator("table.latest")).to_contain_text("-1,500 W")
     await page.screenshot(path=dashboard.artifacts / "site.png", full_page=True)
     await page.reload()  # the gateway answers the client route with index.html; the session survives
     await expect(page.get_by_role("heading", level=1)).to_have_text("gw")
-    await page.get_by_label("Site").select_option("")
+    await page.get_by_label("Site", exact=True).select_option("")
     await expect(page).to_have_url(f"{dashboard.url}/organizations/acme")
     await page.go_back()
     await expect(page).to_have_url(f"{dashboard.url}/organizations/acme/sites/gw")
@@ -205,12 +420,13 @@ async def test_the_header_is_reachable_by_keyboard(dashboard: Dashboard, page: P
     await expect(page.locator("tr[data-site=gw]")).to_be_visible()
     await page.locator("body").focus()
     reached = []
-    for _ in range(5):
+    for _ in range(6):
         await page.keyboard.press("Tab")
         reached.append(await page.evaluate("document.activeElement.tagName + ' ' + document.activeElement.innerText"))
-    # The skip link first, then the brand, both switchers and logout, in reading order.
-    assert [r.split(" ")[0] for r in reached] == ["A", "A", "SELECT", "SELECT", "BUTTON"], reached
-    assert reached[0] == "A Skip to content" and reached[4] == "BUTTON Log out", reached
+    # The skip link first, then the brand, both switchers, the alarms link and logout, in reading order.
+    assert [r.split(" ")[0] for r in reached] == ["A", "A", "SELECT", "SELECT", "A", "BUTTON"], reached
+    assert reached[0] == "A Skip to content" and reached[4] == "A Alarms" and reached[5] == "BUTTON Log out", reached
+    await page.keyboard.press("Shift+Tab")
     await page.keyboard.press("Shift+Tab")
     await page.keyboard.press("ArrowDown")  # the site switcher works from the keyboard
     await expect(page).to_have_url(f"{dashboard.url}/organizations/acme/sites/gw")
@@ -225,3 +441,239 @@ async def test_dark_theme_follows_the_system_setting(dashboard: Dashboard, page:
     assert dark == "rgb(13, 17, 23)" and light == "rgb(255, 255, 255)", (dark, light)
     await page.emulate_media(color_scheme="dark")
     await page.screenshot(path=dashboard.artifacts / "login-dark.png")
+
+
+HOME = "/organizations/acme/sites/home"
+
+
+async def flow_value(page: Page, node: str) -> str:
+    return (await page.locator(f"[data-flow-value={node}] dd").inner_text()).strip()
+
+
+async def test_the_site_page_shows_the_energy_flow_live_and_marks_stale_devices(
+    dashboard: Dashboard, page: Page
+) -> None:
+    await log_in(page, dashboard.url)
+    await expect(page.locator("tr[data-site=home]")).to_be_visible()
+    await page.goto(dashboard.url + HOME)
+    await expect(page.locator("[data-link]").first).to_have_attribute("data-link", "live")
+    await expect(page.locator("[data-flow-value=pv] dd")).to_contain_text("3.2 kW")
+    await expect(page.locator("[data-flow-value=battery] dd")).to_contain_text("-1 kW")
+    await expect(page.locator("[data-flow-value=battery] dd")).to_contain_text("charging · 55 %")
+    await expect(page.locator("[data-flow-value=grid] dd")).to_contain_text("importing")
+    # No load device: the home's use is the bus balance, grid + PV + battery = 0.3 + 3.2 - 1.0.
+    await expect(page.locator("[data-flow-value=load] dd")).to_contain_text("2.5 kW")
+    await expect(page.locator("svg.flow .flow-line.in")).to_have_count(2)  # PV and grid feed the bus
+    # Heartbeats: the heat pump's last sample is ten minutes old, the battery's is fresh.
+    await expect(page.locator("tr[data-device=heatpump]")).to_contain_text("stale")
+    await expect(page.locator("tr[data-device=battery_1]")).not_to_contain_text("stale")
+    await expect(page.locator("li[data-edge=home]")).to_contain_text("online")
+
+    # New values through the edge's stream reach the open page over SSE, without a reload.
+    sent = time.monotonic()
+    await dashboard.push([(PV, 4800.0), (BATTERY, 1500.0), (GRID, -2000.0)])
+    await expect(page.locator("[data-flow-value=pv] dd")).to_contain_text("4.8 kW")
+    (artifacts := dashboard.artifacts / "live-latency.txt").write_text(f"{time.monotonic() - sent:.3f} s\n")
+    assert artifacts.exists()
+    await expect(page.locator("[data-flow-value=battery] dd")).to_contain_text("discharging")
+    await expect(page.locator("[data-flow-value=grid] dd")).to_contain_text("exporting")
+    await expect(page.locator("[data-flow-value=load] dd")).to_contain_text("4.3 kW")  # -2.0 + 4.8 + 1.5
+    await page.screenshot(path=dashboard.artifacts / "site-home.png", full_page=True)
+
+
+async def test_a_lost_stream_says_so_and_reconnects(dashboard: Dashboard, page: Page) -> None:
+    relay = Relay(int(dashboard.url.rsplit(":", 1)[1]))
+    url = f"http://127.0.0.1:{await relay.start()}"
+    try:
+        await log_in(page, url)
+        await expect(page.locator("tr[data-site=home]")).to_be_visible()
+        await page.goto(url + HOME)
+        status = page.locator("[data-link]").first
+        await expect(status).to_have_attribute("data-link", "live")
+        relay.cut(refuse=True)  # the network drops: open streams end, new connections fail
+        await expect(status).to_have_attribute("data-link", "reconnecting")
+        await expect(status).to_contain_text("connection lost, reconnecting")
+        await page.screenshot(path=dashboard.artifacts / "site-reconnecting.png")
+        relay.cut(refuse=False)
+        await expect(status).to_have_attribute("data-link", "live", timeout=20_000)
+        await dashboard.push([(PV, 1234.0)])
+        await expect(page.locator("[data-flow-value=pv] dd")).to_contain_text("1.23 kW")
+    finally:
+        await relay.close()
+
+
+async def test_a_setpoint_is_confirmed_then_watched_to_executed_and_bad_input_is_refused(
+    dashboard: Dashboard, page: Page
+) -> None:
+    await log_in(page, dashboard.url)
+    await expect(page.locator("tr[data-site=home]")).to_be_visible()
+    await page.goto(dashboard.url + HOME)
+    panel = page.locator("section[aria-labelledby=commands-title]")
+    await expect(panel.get_by_label("Device")).to_contain_text("home \u203a battery_1/SetActivePower")
+    send = panel.get_by_role("button", name="Send setpoint")
+    setpoint = panel.get_by_label("Setpoint (W)")
+
+    await send.click()  # empty
+    await expect(panel.get_by_role("alert")).to_have_text("Enter a setpoint in watts.")
+    await setpoint.fill("lots")
+    await setpoint.press("Enter")
+    await expect(panel.get_by_role("alert")).to_contain_text('"lots" is not a number')
+    # Out of the battery's declared range: the API refuses it and the page says why in its words.
+    await dashboard.push([(MAX_DIS, 4000.0), (MAX_CH, 4000.0)])
+    await setpoint.fill("9000")
+    await send.click()
+    await expect(panel.get_by_role("alertdialog")).to_contain_text("Send 9,000 W to battery_1 on edge home?")
+    await panel.get_by_role("button", name="Confirm").click()
+    await expect(panel.get_by_role("alert")).to_contain_text("The command was refused:")
+    await expect(panel.get_by_role("alert")).to_contain_text("5000")
+    assert not [c for c in dashboard.commands if c.value == 9000.0]
+
+    # Cancel sends nothing.
+    await setpoint.fill("-100")
+    await send.click()
+    await panel.get_by_role("button", name="Cancel").click()
+    await expect(panel.get_by_role("alertdialog")).to_have_count(0)
+
+    await dashboard.push([(MAX_DIS, 4000.0), (MAX_CH, 4000.0)])
+    await setpoint.fill("-2000")
+    await send.click()
+    await panel.get_by_role("button", name="Confirm").click()
+    state = panel.locator("[data-state]")
+    await expect(state).to_have_attribute("data-state", "COMMAND_STATE_EXECUTED")
+    await expect(panel.locator(".lifecycle")).to_contain_text("applied -2,000 W")
+    steps = [t.split(" ")[0] for t in await panel.locator(".transitions li").all_inner_texts()]
+    assert steps == ["QUEUED", "DELIVERED", "RECEIVED", "EXECUTED"], steps
+    assert [(c.channel, c.value) for c in dashboard.commands] == [("battery_1/SetActivePower", -2000.0)]
+    await page.screenshot(path=dashboard.artifacts / "command-executed.png", full_page=True)
+
+
+async def test_a_viewer_sees_no_command_or_alarm_buttons(dashboard: Dashboard, page: Page) -> None:
+    await log_in(page, dashboard.url, password=VIEWER_PASSWORD, email=VIEWER_EMAIL)
+    await expect(page.locator("tr[data-site=home]")).to_be_visible()
+    await expect(page.locator(".role")).to_have_text("viewer")
+    await page.goto(dashboard.url + HOME)
+    await expect(page.locator("[data-flow-value=pv] dd")).not_to_have_text("no value")
+    await expect(page.get_by_role("heading", name="Commands")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Send setpoint")).to_have_count(0)
+    await page.get_by_role("link", name="Alarms").click()
+    await expect(page.get_by_role("heading", name="Alarms", level=1)).to_be_visible()
+    await expect(page.locator("[data-link]").first).to_have_attribute("data-link", "live")
+    await expect(page.get_by_role("button", name="Acknowledge")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Shelve")).to_have_count(0)
+
+
+async def test_charts_of_history_prices_with_negative_slots_and_forecast_bands(
+    dashboard: Dashboard, page: Page
+) -> None:
+    await log_in(page, dashboard.url)
+    await expect(page.locator("tr[data-site=home]")).to_be_visible()
+    await page.goto(dashboard.url + HOME)
+    prices = page.locator("[data-chart=prices]")
+    await expect(prices.locator("canvas")).to_be_visible()
+    await expect(page.locator(".negatives")).to_have_attribute("data-negative-slots", "2")
+    await expect(page.locator(".negatives")).to_contain_text("Negative prices in 2 slots")
+    await expect(page.locator(".negatives")).to_contain_text("-5 EUR/MWh")
+    await expect(page.locator(".negatives")).to_contain_text("-1.25 EUR/MWh")
+    await expect(page.locator("[data-chart=forecast] canvas")).to_be_visible()
+    await expect(page.locator("[data-forecast-kinds]")).to_have_attribute("data-forecast-kinds", "PV,Load")
+    await expect(page.locator("[data-chart=forecast]")).to_contain_text("PV p90")  # the band's edges in the legend
+    await expect(page.get_by_text("No plan in force at this site's edges.")).to_be_visible()
+
+    # History: 24 hours in 4-minute buckets; dragging across the chart loads the range again, finer.
+    history = page.locator("[data-chart=history]")
+    await expect(history.locator("canvas")).to_be_visible()
+    interval = page.locator("[data-history-interval]")
+    await expect(interval).to_have_attribute("data-history-interval", "240")
+    overlay = history.locator(".u-over")
+    await overlay.scroll_into_view_if_needed()
+    box = await overlay.bounding_box()
+    assert box is not None
+    async with page.expect_request(lambda r: "queryHistory" in r.url and "interval=" not in r.url) as zoomed:
+        await page.mouse.move(box["x"] + box["width"] * 0.95, box["y"] + box["height"] / 2)
+        await page.mouse.down()
+        await page.mouse.move(box["x"] + box["width"] * 0.99, box["y"] + box["height"] / 2, steps=5)
+        await page.mouse.up()
+    assert "startTime=" in (await zoomed.value).url
+    await expect(interval).to_have_attribute("data-history-interval", "0")  # under two hours: every sample
+    await expect(page.get_by_role("button", name="Last 24 hours")).to_be_visible()
+    await page.locator("#prices-title").scroll_into_view_if_needed()
+    await page.screenshot(path=dashboard.artifacts / "site-charts.png", full_page=True)
+
+
+async def test_the_alarms_centre_shows_a_raised_alarm_live_then_acknowledges_and_shelves_it(
+    dashboard: Dashboard, page: Page
+) -> None:
+    await log_in(page, dashboard.url)
+    await expect(page.locator("tr[data-site=home]")).to_be_visible()
+    await page.get_by_role("link", name="Alarms").click()
+    await expect(page).to_have_url(f"{dashboard.url}/organizations/acme/alarms")
+    await expect(page.locator("[data-link]").first).to_have_attribute("data-link", "live")
+    await dashboard.push([(SOC, 95.0)])  # above the rule's warning level
+    alarm = page.locator("li.alarm").filter(has_text="Battery state of charge high")
+    await expect(alarm).to_be_visible(timeout=20_000)
+    await expect(alarm).to_contain_text("warning")
+    await expect(alarm).to_have_attribute("data-state", "ALARM_STATE_ACTIVE")
+    await alarm.get_by_text("What to do").click()
+    await expect(alarm).to_contain_text("Check the battery's charge limit")
+    await alarm.get_by_role("button", name="Acknowledge").click()
+    await expect(alarm).to_have_attribute("data-state", "ALARM_STATE_ACKNOWLEDGED")
+    await expect(alarm).to_contain_text("acknowledged by")
+    await page.screenshot(path=dashboard.artifacts / "alarms.png", full_page=True)
+    await alarm.get_by_label("Shelve for").select_option("8")
+    await alarm.get_by_role("button", name="Shelve").click()
+    await expect(alarm).to_have_attribute("data-state", "ALARM_STATE_SHELVED")
+    await expect(alarm).to_contain_text("shelved until")
+
+
+async def test_the_fleet_map_draws_offline_and_opens_a_site(dashboard: Dashboard, page: Page) -> None:
+    foreign: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith((dashboard.url, "data:")) else foreign.append(r.url))
+    await log_in(page, dashboard.url)
+    await expect(page.locator(".map")).to_have_attribute("data-sites", "3")
+    await expect(page.locator(".map path.country").first).to_be_attached()
+    assert await page.locator(".map path.country").count() > 100  # Natural Earth's 1:110m countries
+    await expect(page.locator(".map path.site-marker")).to_have_count(3)
+    await page.screenshot(path=dashboard.artifacts / "fleet-map.png", full_page=True)
+    assert not foreign, f"the map reached outside the gateway: {foreign}"
+    await page.locator(".map path.site-home").dispatch_event("click")
+    await expect(page).to_have_url(dashboard.url + HOME)
+
+
+async def axe_violations(page: Page) -> list[dict[str, Any]]:
+    await page.add_script_tag(path=str(AXE))
+    result = await page.evaluate("axe.run(document, { resultTypes: ['violations'] })")
+    return [
+        {"id": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]][:5]}
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+async def test_every_page_passes_axe_core_without_serious_violations(dashboard: Dashboard) -> None:
+    assert AXE.is_file(), "axe-core is missing: run `make web` (npm ci in web/)"
+    # bypass_csp: the page's policy admits only its own scripts, and axe-core is injected by the test.
+    for scheme in ("light", "dark"):
+        context = await dashboard.browser.new_context(
+            locale="en-US", timezone_id="UTC", bypass_csp=True, color_scheme=scheme
+        )
+        context.set_default_timeout(TIMEOUT_MS)
+        page = await context.new_page()
+        found: dict[str, list[dict[str, Any]]] = {}
+        try:
+            await page.goto(dashboard.url + "/")
+            await expect(page.get_by_role("heading", name="Log in to EMMA")).to_be_visible()
+            found["login"] = await axe_violations(page)
+            await log_in(page, dashboard.url)
+            await expect(page.locator(".map path.site-marker")).to_have_count(3)
+            found["fleet"] = await axe_violations(page)
+            await page.goto(dashboard.url + HOME)
+            await expect(page.locator("[data-chart=prices] canvas")).to_be_visible()
+            await expect(page.locator("tr[data-device=battery_1]")).to_be_visible()
+            found["site"] = await axe_violations(page)
+            await page.goto(dashboard.url + "/organizations/acme/alarms")
+            await expect(page.locator("[data-link]").first).to_have_attribute("data-link", "live")
+            found["alarms"] = await axe_violations(page)
+        finally:
+            await context.close()
+        bad = {k: v for k, v in found.items() if v}
+        assert not bad, f"axe-core found serious or critical violations ({scheme} theme): {json.dumps(bad, indent=1)}"

@@ -7,6 +7,7 @@ import { useLoad } from "./load";
 import { LoginPage } from "./pages/login";
 import { FleetPage } from "./pages/fleet";
 import { SitePage } from "./pages/site";
+import { AlarmsPage } from "./pages/alarms";
 import { navigate, onLinkClick, parse, usePath } from "./router";
 
 const LAST_ORG = "emma.organization";
@@ -27,7 +28,7 @@ export function App() {
 function Shell({ session, path }: { session: Session; path: string }) {
   const route = parse(path);
   const orgs = useLoad(listOrganizations, [session.user.name]);
-  const org = route.page === "fleet" || route.page === "site" ? route.org : undefined;
+  const org = route.page === "fleet" || route.page === "site" || route.page === "alarms" ? route.org : undefined;
   const site = route.page === "site" ? route.site : undefined;
   const sites = useLoad(() => (org ? listSites(org) : Promise.resolve([])), [org]);
 
@@ -46,6 +47,7 @@ function Shell({ session, path }: { session: Session; path: string }) {
   let page;
   if (route.page === "fleet") page = <FleetPage org={route.org} />;
   else if (route.page === "site") page = <SitePage org={route.org} site={route.site} />;
+  else if (route.page === "alarms") page = <AlarmsPage org={route.org} />;
   else if (route.page === "missing")
     page = (
       <section>
@@ -70,6 +72,7 @@ function Shell({ session, path }: { session: Session; path: string }) {
         <label class="switch">
           <span>Organization</span>
           <select
+            aria-label="Organization"
             value={org ?? ""}
             onChange={(e) => navigate(`/organizations/${(e.currentTarget as HTMLSelectElement).value}`)}
           >
@@ -84,6 +87,7 @@ function Shell({ session, path }: { session: Session; path: string }) {
         <label class="switch">
           <span>Site</span>
           <select
+            aria-label="Site"
             value={site ?? ""}
             disabled={!org}
             onChange={(e) => {
@@ -99,6 +103,13 @@ function Shell({ session, path }: { session: Session; path: string }) {
             ))}
           </select>
         </label>
+        {org && (
+          <nav class="nav" aria-label="Pages">
+            <a href={`/organizations/${org}/alarms`} onClick={onLinkClick} aria-current={route.page === "alarms" ? "page" : undefined}>
+              Alarms
+            </a>
+          </nav>
+        )}
         <span class="who">
           <span class="email">{session.user.email}</span>
           {role !== "ROLE_UNSPECIFIED" && <span class="role">{role.replace("ROLE_", "").toLowerCase()}</span>}

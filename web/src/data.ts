@@ -86,3 +86,71 @@ export function gridPowerW(values: LatestValue[]): number | undefined {
   }
   return total;
 }
+
+export type HistorySeries = import("./api").Schemas["emma.telemetry.v1.HistorySeries"];
+export type PriceCurve = import("./api").Schemas["emma.market.v1.PriceCurve"];
+export type Forecast = import("./api").Schemas["emma.forecast.v1.Forecast"];
+export type ActiveSchedule = import("./api").Schemas["emma.optimizer.v1.ActiveSchedule"];
+
+/** History of channels between two times; interval in whole minutes, 0 for raw samples. */
+export async function queryHistory(
+  org: string,
+  site: string,
+  channels: string[],
+  from: Date,
+  to: Date,
+  intervalS: number,
+): Promise<HistorySeries[]> {
+  const { data, error, response } = await api.GET("/v1/organizations/{organization}/sites/{site}:queryHistory", {
+    params: {
+      path: { organization: org, site },
+      query: {
+        channels,
+        startTime: from.toISOString(),
+        endTime: to.toISOString(),
+        ...(intervalS > 0 ? { interval: `${intervalS}s`, aggregation: "AGGREGATION_AVERAGE" as const } : {}),
+      },
+    },
+  });
+  if (!data) throw new Error(describeError(error, response));
+  return data.series ?? [];
+}
+
+export async function priceCurve(zone: string, from: Date, to: Date): Promise<PriceCurve> {
+  const { data, error, response } = await api.GET("/v1/market/priceCurve", {
+    params: { query: { "series.zone": zone, startTime: from.toISOString(), endTime: to.toISOString() } },
+  });
+  if (!data) throw new Error(describeError(error, response));
+  return data;
+}
+
+/** The newest forecast of a kind, or undefined when the site has none yet (404). */
+export async function latestForecast(
+  org: string,
+  site: string,
+  kind: "FORECAST_KIND_PV_POWER" | "FORECAST_KIND_SITE_LOAD",
+): Promise<Forecast | undefined> {
+  const { data, error, response } = await api.GET("/v1/organizations/{organization}/sites/{site}:latestForecast", {
+    params: { path: { organization: org, site }, query: { kind } },
+  });
+  if (response.status === 404) return undefined;
+  if (!data) throw new Error(describeError(error, response));
+  return data;
+}
+
+/** The optimizer's plan in force at an edge, or undefined when there is none (404). */
+export async function activeSchedule(org: string, site: string, edge: string): Promise<ActiveSchedule | undefined> {
+  const { data, error, response } = await api.GET(
+    "/v1/organizations/{organization}/sites/{site}/edges/{edge}:activeSchedule",
+    { params: { path: { organization: org, site, edge } } },
+  );
+  if (response.status === 404) return undefined;
+  if (!data) throw new Error(describeError(error, response));
+  return data;
+}
+
+/** "900s" -> 900. */
+export function seconds(duration: string | undefined): number {
+  const m = (duration ?? "").match(/^(-?[0-9.]+)s$/);
+  return m ? Number(m[1]) : 0;
+}

@@ -30,6 +30,7 @@ export type Route =
   | { page: "home" }
   | { page: "fleet"; org: string }
   | { page: "site"; org: string; site: string }
+  | { page: "alarms"; org: string }
   | { page: "missing"; path: string };
 
 const ID = "([a-z0-9][a-z0-9-]*)";
@@ -39,6 +40,7 @@ export function parse(path: string): Route {
   if (path === "/" || path === "") return { page: "home" };
   if (path === "/login") return { page: "login" };
   if ((m = path.match(new RegExp(`^/organizations/${ID}/?$`)))) return { page: "fleet", org: m[1]! };
+  if ((m = path.match(new RegExp(`^/organizations/${ID}/alarms/?$`)))) return { page: "alarms", org: m[1]! };
   if ((m = path.match(new RegExp(`^/organizations/${ID}/sites/${ID}/?$`))))
     return { page: "site", org: m[1]!, site: m[2]! };
   return { page: "missing", path };

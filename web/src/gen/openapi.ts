@@ -198,6 +198,106 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/organizations/{organization}/alarms/{alarm}:sendCommand": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * AlarmService.SendAlarmCommand
+         * @description Sends one of the alarm's proposed commands (from its rule's proposed_commands) to the alarm's edge through CommandService, as the caller, in one call; the alarm gets a COMMAND_SENT transition naming the command. Errors: FIELD_INVALID (no such proposed command, or the alarm is not about a device of an edge), RESOURCE_NOT_FOUND, STATE_CONFLICT (the alarm is cleared), REQUEST_ID_REUSED, and CommandService's own errors (a value beyond the channel's limits, the edge's queue full).
+         *
+         *     gRPC `/emma.alarm.v1.AlarmService/SendAlarmCommand`; http rule `POST /v1/{name=organizations/*\/alarms/*}:sendCommand`.
+         */
+        post: operations["AlarmService_SendAlarmCommand"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/organizations/{organization}/notificationChannels": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * AlarmService.ListNotificationChannels
+         * @description An organization's notification channels by id. Errors: FIELD_INVALID, PAGE_TOKEN_INVALID, RESOURCE_NOT_FOUND.
+         *
+         *     gRPC `/emma.alarm.v1.AlarmService/ListNotificationChannels`; http rule `GET /v1/{parent=organizations/*}/notificationChannels`.
+         */
+        get: operations["AlarmService_ListNotificationChannels"];
+        put?: never;
+        /**
+         * AlarmService.CreateNotificationChannel
+         * @description Creates a notification channel: a signed webhook or e-mail through the configured SMTP server, told of the transitions of the alarms of the rules that name it. Errors: FIELD_INVALID (a webhook URL that is not https, or, in production mode, one that resolves to a loopback, private or link-local address; an e-mail channel when no SMTP server is configured), RESOURCE_EXISTS, REQUEST_ID_REUSED.
+         *
+         *     gRPC `/emma.alarm.v1.AlarmService/CreateNotificationChannel`; http rule `POST /v1/{parent=organizations/*}/notificationChannels`.
+         */
+        post: operations["AlarmService_CreateNotificationChannel"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/organizations/{organization}/notificationChannels/{notification_channel}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * AlarmService.GetNotificationChannel
+         * @description One notification channel (never its secret). Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
+         *
+         *     gRPC `/emma.alarm.v1.AlarmService/GetNotificationChannel`; http rule `GET /v1/{name=organizations/*\/notificationChannels/*}`.
+         */
+        get: operations["AlarmService_GetNotificationChannel"];
+        put?: never;
+        post?: never;
+        /**
+         * AlarmService.DeleteNotificationChannel
+         * @description Deletes a notification channel; its pending deliveries are dropped, its delivery log with it. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND, REQUEST_ID_REUSED.
+         *
+         *     gRPC `/emma.alarm.v1.AlarmService/DeleteNotificationChannel`; http rule `DELETE /v1/{name=organizations/*\/notificationChannels/*}`.
+         */
+        delete: operations["AlarmService_DeleteNotificationChannel"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/organizations/{organization}/notificationChannels/{notification_channel}/deliveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * AlarmService.ListNotificationDeliveries
+         * @description A notification channel's delivery log, newest first: every attempt's outcome per alarm transition. Errors: FIELD_INVALID, PAGE_TOKEN_INVALID, RESOURCE_NOT_FOUND.
+         *
+         *     gRPC `/emma.alarm.v1.AlarmService/ListNotificationDeliveries`; http rule `GET /v1/{parent=organizations/*\/notificationChannels/*}/deliveries`.
+         */
+        get: operations["AlarmService_ListNotificationDeliveries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/organizations/{organization}/sites/{site}/edges/{edge}/commands": {
         parameters: {
             query?: never;
@@ -1658,6 +1758,13 @@ export interface components {
             readonly updateTime?: string;
             /** @description Every change, oldest first (GetAlarm; empty in lists). */
             readonly transitions?: components["schemas"]["emma.alarm.v1.AlarmTransition"][];
+            /** @description The rule's proposed commands when the alarm opened (SendAlarmCommand picks one by index). */
+            readonly proposedCommands?: components["schemas"]["emma.alarm.v1.ProposedCommand"][];
+            /**
+             * Format: date-time
+             * @description When it was escalated for want of an acknowledgement; unset when it was not.
+             */
+            readonly escalateTime?: string;
         };
         /** @description A change of an alarm, as WatchAlarms sends it. */
         "emma.alarm.v1.AlarmChange": {
@@ -1714,12 +1821,23 @@ export interface components {
              * @description When it was last changed.
              */
             readonly updateTime?: string;
+            /** @description DEVICE_FAULT: the codes that raise an alarm, with their meaning; empty: any non-zero value. Limits: from 0 to 100 items. */
+            faultCodes?: components["schemas"]["emma.alarm.v1.FaultCode"][];
+            /**
+             * @description Escalate an alarm nobody acknowledged for this long (UNACKNOWLEDGED_ESCALATED, once); unset: never. Limits: from 60s to 604800s.
+             * @example 3600s
+             */
+            escalateAfter?: string;
+            /** @description Commands an operator may send from its alarms with one call. Limits: from 0 to 10 items. */
+            proposedCommands?: components["schemas"]["emma.alarm.v1.ProposedCommand"][];
+            /** @description The notification channels told of its alarms' transitions, organizations/{organization}/notificationChannels/{notification_channel}. Limits: from 0 to 10 items. */
+            notificationChannels?: string[];
         };
         /**
-         * @description What a rule watches. ALARM_RULE_KIND_UNSPECIFIED: Not set. ALARM_RULE_KIND_THRESHOLD: A channel's value beyond warning or critical levels (threshold). ALARM_RULE_KIND_STALE_DATA: A channel that reported no value for longer than stale_after. ALARM_RULE_KIND_EDGE_OFFLINE: An edge whose telemetry stopped for longer than offline_after. ALARM_RULE_KIND_MARKET_WARNING: A warning the market domain published (an interconnection at risk, a price spike).
+         * @description What a rule watches. ALARM_RULE_KIND_UNSPECIFIED: Not set. ALARM_RULE_KIND_THRESHOLD: A channel's value beyond warning or critical levels (threshold). ALARM_RULE_KIND_STALE_DATA: A channel that reported no value for longer than stale_after. ALARM_RULE_KIND_EDGE_OFFLINE: An edge whose telemetry stopped for longer than offline_after. ALARM_RULE_KIND_MARKET_WARNING: A warning the market domain published (an interconnection at risk, a price spike). ALARM_RULE_KIND_RATE_OF_CHANGE: A channel changing too fast: `levels` apply to the change between two consecutive samples, in the channel's unit per minute (warn_high for a rise; warn_low, negative, for a fall). ALARM_RULE_KIND_DEVICE_FAULT: A device's fault-code channel reporting a fault: any non-zero value, or one of fault_codes.
          * @enum {string}
          */
-        "emma.alarm.v1.AlarmRuleKind": "ALARM_RULE_KIND_UNSPECIFIED" | "ALARM_RULE_KIND_THRESHOLD" | "ALARM_RULE_KIND_STALE_DATA" | "ALARM_RULE_KIND_EDGE_OFFLINE" | "ALARM_RULE_KIND_MARKET_WARNING";
+        "emma.alarm.v1.AlarmRuleKind": "ALARM_RULE_KIND_UNSPECIFIED" | "ALARM_RULE_KIND_THRESHOLD" | "ALARM_RULE_KIND_STALE_DATA" | "ALARM_RULE_KIND_EDGE_OFFLINE" | "ALARM_RULE_KIND_MARKET_WARNING" | "ALARM_RULE_KIND_RATE_OF_CHANGE" | "ALARM_RULE_KIND_DEVICE_FAULT";
         /**
          * @description How bad an alarm is. ALARM_SEVERITY_UNSPECIFIED: Not set. ALARM_SEVERITY_WARNING: Needs attention soon. ALARM_SEVERITY_CRITICAL: Needs attention now.
          * @enum {string}
@@ -1752,10 +1870,22 @@ export interface components {
             note?: string;
         };
         /**
-         * @description What happened to an alarm. ALARM_TRANSITION_KIND_UNSPECIFIED: Not set. ALARM_TRANSITION_KIND_RAISED: The condition held for the rule's hold time: the alarm opened. ALARM_TRANSITION_KIND_ESCALATED: The severity rose (warning to critical). ALARM_TRANSITION_KIND_DEESCALATED: The severity fell (critical to warning) past the hysteresis. ALARM_TRANSITION_KIND_ACKNOWLEDGED: Someone acknowledged it. ALARM_TRANSITION_KIND_SHELVED: Someone shelved it. ALARM_TRANSITION_KIND_UNSHELVED: The shelve time passed. ALARM_TRANSITION_KIND_CLEARED: It closed: the condition returned to normal, someone cleared it, or its rule was deleted.
+         * @description What happened to an alarm. ALARM_TRANSITION_KIND_UNSPECIFIED: Not set. ALARM_TRANSITION_KIND_RAISED: The condition held for the rule's hold time: the alarm opened. ALARM_TRANSITION_KIND_ESCALATED: The severity rose (warning to critical). ALARM_TRANSITION_KIND_DEESCALATED: The severity fell (critical to warning) past the hysteresis. ALARM_TRANSITION_KIND_ACKNOWLEDGED: Someone acknowledged it. ALARM_TRANSITION_KIND_SHELVED: Someone shelved it. ALARM_TRANSITION_KIND_UNSHELVED: The shelve time passed. ALARM_TRANSITION_KIND_CLEARED: It closed: the condition returned to normal, someone cleared it, or its rule was deleted. ALARM_TRANSITION_KIND_UNACKNOWLEDGED_ESCALATED: Nobody acknowledged it within its rule's escalate_after: its notification channels are told again, once, and it is marked escalated (escalate_time). The severity does not change. ALARM_TRANSITION_KIND_COMMAND_SENT: An operator sent one of its proposed commands (SendAlarmCommand); the note names the command.
          * @enum {string}
          */
-        "emma.alarm.v1.AlarmTransitionKind": "ALARM_TRANSITION_KIND_UNSPECIFIED" | "ALARM_TRANSITION_KIND_RAISED" | "ALARM_TRANSITION_KIND_ESCALATED" | "ALARM_TRANSITION_KIND_DEESCALATED" | "ALARM_TRANSITION_KIND_ACKNOWLEDGED" | "ALARM_TRANSITION_KIND_SHELVED" | "ALARM_TRANSITION_KIND_UNSHELVED" | "ALARM_TRANSITION_KIND_CLEARED";
+        "emma.alarm.v1.AlarmTransitionKind": "ALARM_TRANSITION_KIND_UNSPECIFIED" | "ALARM_TRANSITION_KIND_RAISED" | "ALARM_TRANSITION_KIND_ESCALATED" | "ALARM_TRANSITION_KIND_DEESCALATED" | "ALARM_TRANSITION_KIND_ACKNOWLEDGED" | "ALARM_TRANSITION_KIND_SHELVED" | "ALARM_TRANSITION_KIND_UNSHELVED" | "ALARM_TRANSITION_KIND_CLEARED" | "ALARM_TRANSITION_KIND_UNACKNOWLEDGED_ESCALATED" | "ALARM_TRANSITION_KIND_COMMAND_SENT";
+        /** @description A fault code of a DEVICE_FAULT rule and what it means. */
+        "emma.alarm.v1.FaultCode": {
+            /**
+             * Format: int64
+             * @description The code the device reports on its fault channel (non-zero).
+             */
+            code?: string;
+            /** @description What it means, shown in the alarm's message ("cell over-temperature"). Limits: length at most 200 characters. */
+            description?: string;
+            /** @description Its alarm's severity; unset takes the rule's. */
+            severity?: components["schemas"]["emma.alarm.v1.AlarmSeverity"];
+        };
         /** @description The response of ListAlarmRules. */
         "emma.alarm.v1.ListAlarmRulesResponse": {
             /** @description One page of rules. */
@@ -1769,6 +1899,107 @@ export interface components {
             alarms?: components["schemas"]["emma.alarm.v1.Alarm"][];
             /** @description Pass this as page_token to get the next page; empty on the last page. */
             nextPageToken?: string;
+        };
+        /** @description The response of ListNotificationChannels. */
+        "emma.alarm.v1.ListNotificationChannelsResponse": {
+            /** @description One page of channels. */
+            notificationChannels?: components["schemas"]["emma.alarm.v1.NotificationChannel"][];
+            /** @description Pass this as page_token to get the next page; empty on the last page. */
+            nextPageToken?: string;
+        };
+        /** @description The response of ListNotificationDeliveries. */
+        "emma.alarm.v1.ListNotificationDeliveriesResponse": {
+            /** @description One page of deliveries. */
+            deliveries?: components["schemas"]["emma.alarm.v1.NotificationDelivery"][];
+            /** @description Pass this as page_token to get the next page; empty on the last page. */
+            nextPageToken?: string;
+        };
+        /** @description Where alarm transitions are sent. */
+        "emma.alarm.v1.NotificationChannel": {
+            /** @description The resource name, organizations/{organization}/notificationChannels/{notification_channel}. */
+            name?: string;
+            /** @description A name for people. Limits: length at most 200 characters. */
+            displayName?: string;
+            /** @description How it delivers. */
+            kind?: components["schemas"]["emma.alarm.v1.NotificationChannelKind"];
+            /** @description WEBHOOK: the URL posted to (https; http only outside production mode). Limits: length at most 2000 characters. */
+            webhookUrl?: string;
+            /** @description WEBHOOK: the shared secret of the HMAC-SHA256 signature, never sent back. Limits: length from 16 to 200 characters. */
+            webhookSecret?: string;
+            /** @description EMAIL: the recipients. Limits: from 1 to 20 items. */
+            emailAddresses?: string[];
+            /** @description Only transitions of alarms of this severity or worse (default: every one). */
+            minSeverity?: components["schemas"]["emma.alarm.v1.AlarmSeverity"];
+            /**
+             * Format: date-time
+             * @description When it was created.
+             */
+            readonly createTime?: string;
+        };
+        /**
+         * @description How a notification channel delivers. NOTIFICATION_CHANNEL_KIND_UNSPECIFIED: Not set. NOTIFICATION_CHANNEL_KIND_WEBHOOK: An HTTPS POST of a JSON body signed with HMAC-SHA256 (docs/alarms.md, "Webhooks"). NOTIFICATION_CHANNEL_KIND_EMAIL: An e-mail through the SMTP server of EMMA_ALARM_SMTP_*.
+         * @enum {string}
+         */
+        "emma.alarm.v1.NotificationChannelKind": "NOTIFICATION_CHANNEL_KIND_UNSPECIFIED" | "NOTIFICATION_CHANNEL_KIND_WEBHOOK" | "NOTIFICATION_CHANNEL_KIND_EMAIL";
+        /** @description One alarm transition sent to one notification channel. */
+        "emma.alarm.v1.NotificationDelivery": {
+            /** @description The alarm. */
+            alarm?: string;
+            /** @description The transition it tells of. */
+            transition?: components["schemas"]["emma.alarm.v1.AlarmTransitionKind"];
+            /** @description Where it is. */
+            state?: components["schemas"]["emma.alarm.v1.NotificationDeliveryState"];
+            /**
+             * Format: int32
+             * @description Attempts made so far.
+             */
+            attempts?: number;
+            /** @description The last attempt's failure ("HTTP 503", "connection refused"); empty once delivered. */
+            lastError?: string;
+            /**
+             * Format: date-time
+             * @description When it was queued.
+             */
+            createTime?: string;
+            /**
+             * Format: date-time
+             * @description When it was delivered, or when it failed for good.
+             */
+            finishTime?: string;
+            /**
+             * Format: date-time
+             * @description PENDING: when the next attempt is due.
+             */
+            nextAttemptTime?: string;
+        };
+        /**
+         * @description Where a delivery is. NOTIFICATION_DELIVERY_STATE_UNSPECIFIED: Not set. NOTIFICATION_DELIVERY_STATE_PENDING: Waiting for its first or next attempt. NOTIFICATION_DELIVERY_STATE_DELIVERED: The receiver accepted it (a 2xx answer; the SMTP server took the message). NOTIFICATION_DELIVERY_STATE_FAILED: Every attempt failed; the alarm itself is kept as it is.
+         * @enum {string}
+         */
+        "emma.alarm.v1.NotificationDeliveryState": "NOTIFICATION_DELIVERY_STATE_UNSPECIFIED" | "NOTIFICATION_DELIVERY_STATE_PENDING" | "NOTIFICATION_DELIVERY_STATE_DELIVERED" | "NOTIFICATION_DELIVERY_STATE_FAILED";
+        /** @description A command an operator may send from an alarm with one call (SendAlarmCommand): written to a channel of the alarm's edge. */
+        "emma.alarm.v1.ProposedCommand": {
+            /** @description What it does, for people ("reduce charge power to 50 %"). Limits: length from 1 to 200 characters. */
+            title?: string;
+            /** @description The channel inside the alarm's edge, "device/Channel" ("battery_1/SetActivePower"); a channel without a device ("SetActivePower") means that channel of the alarm's own device. Limits: length from 1 to 200 characters. */
+            channel?: string;
+            /**
+             * Format: double
+             * @description The value in the channel's unit.
+             */
+            value?: number;
+            /**
+             * @description How long the command may wait for delivery (CommandService's default when unset).
+             * @example 3600s
+             */
+            ttl?: string;
+        };
+        /** @description The response of SendAlarmCommand. */
+        "emma.alarm.v1.SendAlarmCommandResponse": {
+            /** @description The command CommandService created, organizations/{organization}/sites/{site}/edges/{edge}/commands/{command}. */
+            command?: string;
+            /** @description The alarm after the COMMAND_SENT transition, with its transitions. */
+            alarm?: components["schemas"]["emma.alarm.v1.Alarm"];
         };
         /** @description Warning and critical levels of a THRESHOLD rule, in the channel's unit. A level left unset is not checked; at least one must be set. Levels must not cross: warn_high <= critical_high, warn_low >= critical_low and every low level below every high level. */
         "emma.alarm.v1.ThresholdLevels": {
@@ -3934,6 +4165,192 @@ export interface operations {
                     "application/x-ndjson": {
                         result: components["schemas"]["emma.alarm.v1.AlarmChange"];
                     } | components["schemas"]["Error"];
+                };
+            };
+            default: components["responses"]["Error"];
+        };
+    };
+    AlarmService_SendAlarmCommand: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description part of `name`. */
+                organization: string;
+                /** @description part of `name`. */
+                alarm: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /**
+                     * Format: int32
+                     * @description The index of the command in the alarm's proposed_commands. Limits: from 0 to 9.
+                     */
+                    proposedCommand?: number;
+                    /** @description Idempotency key (AIP-155), passed on to CreateCommand: a retried request sends nothing again. */
+                    requestId: string;
+                };
+            };
+        };
+        responses: {
+            /** @description SendAlarmCommandResponse */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["emma.alarm.v1.SendAlarmCommandResponse"];
+                };
+            };
+            default: components["responses"]["Error"];
+        };
+    };
+    AlarmService_ListNotificationChannels: {
+        parameters: {
+            query?: {
+                /** @description At most this many results (default 50, at most 1000). Limits: from 0 to 1000. */
+                pageSize?: number;
+                /** @description The next_page_token of the previous page. */
+                pageToken?: string;
+            };
+            header?: never;
+            path: {
+                /** @description part of `parent`. */
+                organization: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description ListNotificationChannelsResponse */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["emma.alarm.v1.ListNotificationChannelsResponse"];
+                };
+            };
+            default: components["responses"]["Error"];
+        };
+    };
+    AlarmService_CreateNotificationChannel: {
+        parameters: {
+            query: {
+                /** @description The id of the new channel: 1-63 lowercase letters, digits and hyphens, starting with a letter. */
+                notificationChannelId: string;
+                /** @description Idempotency key (AIP-155). */
+                requestId?: string;
+            };
+            header?: never;
+            path: {
+                /** @description part of `parent`. */
+                organization: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["emma.alarm.v1.NotificationChannel"];
+            };
+        };
+        responses: {
+            /** @description NotificationChannel */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["emma.alarm.v1.NotificationChannel"];
+                };
+            };
+            default: components["responses"]["Error"];
+        };
+    };
+    AlarmService_GetNotificationChannel: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description part of `name`. */
+                organization: string;
+                /** @description part of `name`. */
+                notification_channel: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description NotificationChannel */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["emma.alarm.v1.NotificationChannel"];
+                };
+            };
+            default: components["responses"]["Error"];
+        };
+    };
+    AlarmService_DeleteNotificationChannel: {
+        parameters: {
+            query?: {
+                /** @description Idempotency key (AIP-155). */
+                requestId?: string;
+            };
+            header?: never;
+            path: {
+                /** @description part of `name`. */
+                organization: string;
+                /** @description part of `name`. */
+                notification_channel: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Empty */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": Record<string, never>;
+                };
+            };
+            default: components["responses"]["Error"];
+        };
+    };
+    AlarmService_ListNotificationDeliveries: {
+        parameters: {
+            query?: {
+                /** @description At most this many results (default 50, at most 1000). Limits: from 0 to 1000. */
+                pageSize?: number;
+                /** @description The next_page_token of the previous page. */
+                pageToken?: string;
+            };
+            header?: never;
+            path: {
+                /** @description part of `parent`. */
+                organization: string;
+                /** @description part of `parent`. */
+                notification_channel: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description ListNotificationDeliveriesResponse */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["emma.alarm.v1.ListNotificationDeliveriesResponse"];
                 };
             };
             default: components["responses"]["Error"];

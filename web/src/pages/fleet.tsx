@@ -1,10 +1,11 @@
-// Fleet overview: every site of the organization with its state and grid power now. One request per
+// Fleet overview: a map and a table of every site of the organization with its state and grid power now. One request per
 // site for edges and latest values; a fleet summary RPC replaces this when fleets get large.
 import { lastSegment, type Site } from "../api";
 import { gridPowerW, latestValues, listEdges, listSites, siteState, type SiteState } from "../data";
 import * as fmt from "../format";
 import { useLoad } from "../load";
-import { onLinkClick } from "../router";
+import { FleetMap } from "../components/map";
+import { navigate, onLinkClick } from "../router";
 
 interface Row {
   site: Site;
@@ -67,6 +68,22 @@ export function FleetPage({ org }: { org: string }) {
               <dd>{withPower.length ? fmt.power(totalW) : "–"}</dd>
             </div>
           </dl>
+          {data.some((r) => r.site.location) && (
+            <FleetMap
+              onOpen={(href) => navigate(href)}
+              sites={data
+                .filter((r) => r.site.location)
+                .map((r) => ({
+                  id: r.id,
+                  label: r.site.displayName || r.id,
+                  lat: r.site.location?.latitudeDeg ?? 0,
+                  lon: r.site.location?.longitudeDeg ?? 0,
+                  state: r.state,
+                  href: `/organizations/${org}/sites/${r.id}`,
+                  detail: r.gridW === undefined ? "" : `grid ${fmt.power(r.gridW)}`,
+                }))}
+            />
+          )}
           {data.length === 0 ? (
             <p>This organization has no sites yet.</p>
           ) : (

@@ -1,46 +1,215 @@
-// The site page's first cut: the site's edges with their state and every channel's latest value.
-// The energy flow, charts, prices and commands of issue 19 are added here.
-import { lastSegment } from "../api";
+// The site page: the living energy flow and the devices' heartbeats over the gateway's SSE stream
+// (`:streamLiveValues`), setpoints for operators, and the charts of history, prices, forecasts and plan.
+import { useEffect, useMemo, useState } from "preact/hooks";
+import { lastSegment, type LatestValue } from "../api";
+import { roleIn } from "../auth";
+import { ForecastChart, HistoryChart, PlanChart, PriceChart } from "../components/charts";
+import { CommandPanel, type Target } from "../components/commands";
+import { EnergyFlow } from "../components/flow";
 import { getSite, latestValues, listEdges, siteState } from "../data";
+import { flowOf, isPowerChannel, parseChannel, roleOf } from "../energy";
 import * as fmt from "../format";
+import { openStream, type LinkState } from "../live";
 import { useLoad } from "../load";
+
+type LiveMessage = import("../api").Schemas["emma.telemetry.v1.StreamLiveValuesResponse"];
+
+/** A device whose newest sample is older than this is marked stale. */
+export const STALE_MS = 120_000;
+
+function useLiveValues(org: string, site: string): { values: Map<string, LatestValue>; link: LinkState; detail: string; error?: string | undefined } {
+  const [values, setValues] = useState<Map<string, LatestValue>>(new Map());
+  const [link, setLink] = useState<LinkState>("connecting");
+  const [detail, setDetail] = useState("");
+  const [error, setError] = useState<string | undefined>();
+  useEffect(() => {
+    let live = true;
+    setValues(new Map());
+    const merge = (list: LatestValue[]) =>
+      setValues((old) => {
+        const next = new Map(old);
+        for (const v of list) {
+          if (!v.channel) continue;
+          const prev = next.get(v.channel);
+          if (!prev || (v.sampleTime ?? "") >= (prev.sampleTime ?? "")) next.set(v.channel, v);
+        }
+        return next;
+      });
+    // The snapshot first, then the stream's changes; a reconnect reads the snapshot again, so nothing
+    // sent while the stream was down is missed.
+    const snapshot = () =>
+      latestValues(org, site).then(
+        (list) => live && (merge(list), setError(undefined)),
+        (e: unknown) => live && setError(e instanceof Error ? e.message : String(e)),
+      );
+    const stop = openStream<LiveMessage>(`/v1/organizations/${org}/sites/${site}:streamLiveValues`, {
+      reconnect: true,
+      onData: (m) => merge(m.values ?? []),
+      onState: (s, d) => {
+        if (!live) return;
+        setLink(s);
+        if (d !== undefined) setDetail(d);
+        if (s === "live") void snapshot();
+      },
+    });
+    return () => {
+      live = false;
+      stop();
+    };
+  }, [org, site]);
+  return { values, link, detail, error };
+}
+
+interface DeviceRow {
+  edge: string;
+  device: string;
+  role: string;
+  lastSample: string | undefined;
+  summary: string;
+}
+
+function devicesOf(values: Iterable<LatestValue>): DeviceRow[] {
+  const byDevice = new Map<string, DeviceRow & { parts: string[] }>();
+  for (const v of values) {
+    const ref = parseChannel(v.channel);
+    if (!ref) continue;
+    const key = `${ref.edge}/${ref.device}`;
+    const row = byDevice.get(key) ?? { edge: ref.edge, device: ref.device, role: roleOf(ref.device), lastSample: undefined, summary: "", parts: [] };
+    if (!row.lastSample || (v.sampleTime ?? "") > row.lastSample) row.lastSample = v.sampleTime;
+    row.parts.push(`${ref.channel} ${isPowerChannel(ref, v.unit) ? fmt.power(v.value) : fmt.number(v.value, v.unit)}`);
+    byDevice.set(key, row);
+  }
+  return [...byDevice.values()]
+    .map((r) => ({ ...r, summary: r.parts.sort().join(" · ") }))
+    .sort((a, b) => (a.edge + a.device).localeCompare(b.edge + b.device));
+}
+
+function useNow(everyMs: number): number {
+  const [now, setNow] = useState(Date.now());
+  useEffect(() => {
+    const t = window.setInterval(() => setNow(Date.now()), everyMs);
+    return () => window.clearInterval(t);
+  }, [everyMs]);
+  return now;
+}
 
 export function SitePage({ org, site }: { org: string; site: string }) {
   const info = useLoad(() => getSite(org, site), [org, site]);
   const edges = useLoad(() => listEdges(org, site), [org, site], 10_000);
-  const values = useLoad(() => latestValues(org, site), [org, site], 5_000);
+  const live = useLiveValues(org, site);
+  const now = useNow(5_000);
   const tz = info.data?.timeZone;
+  const values = [...live.values.values()];
+  const flow = flowOf(values);
+  const devices = devicesOf(values);
+  const powerChannels = useMemo(
+    () =>
+      values
+        .filter((v) => {
+          const ref = parseChannel(v.channel);
+          return ref && isPowerChannel(ref, v.unit) && roleOf(ref.device) !== "other";
+        })
+        .map((v) => v.channel!)
+        .sort(),
+    [values.map((v) => v.channel).sort().join(",")],
+  );
+  const role = roleIn(org);
+  const canCommand = role === "ROLE_OPERATOR" || role === "ROLE_ADMIN";
+  const targets: Target[] = devices
+    .filter((d) => d.role === "battery" || d.role === "ev")
+    .map((d) => ({ edge: d.edge, device: d.device, channel: `${d.device}/SetActivePower` }));
+  const edgeIds = (edges.data ?? []).map((e) => lastSegment(e.name));
   const prefix = `organizations/${org}/sites/${site}/edges/`;
+
   return (
-    <section aria-labelledby="site-title">
+    <section aria-labelledby="site-title" class="site">
       <h1 id="site-title">{info.data?.displayName || site}</h1>
       {info.error && <p role="alert" class="error">{info.error}</p>}
-      {info.data && (
-        <p class="meta">
-          {[tz, info.data.countryCode, info.data.biddingZone && `zone ${info.data.biddingZone}`].filter(Boolean).join(" · ")}
-          {edges.data && <> · <span class="state">{siteState(edges.data)}</span></>}
-        </p>
+      <p class="meta">
+        {info.data && [tz, info.data.countryCode, info.data.biddingZone && `zone ${info.data.biddingZone}`].filter(Boolean).join(" · ")}
+        {edges.data && <> · <span class="state">{siteState(edges.data)}</span></>}{" "}
+        <span class={`link link-${live.link}`} role="status" data-link={live.link}>
+          {live.link === "live"
+            ? "● live"
+            : live.link === "reconnecting"
+              ? `connection lost, reconnecting…${live.detail ? ` (${live.detail})` : ""}`
+              : "connecting…"}
+        </span>
+      </p>
+      {live.error && <p role="alert" class="error">{live.error}</p>}
+
+      <div class="site-grid">
+        <section aria-labelledby="flow-title" class="panel">
+          <h2 id="flow-title">Energy flow</h2>
+          <EnergyFlow flow={flow} />
+        </section>
+        <section aria-labelledby="devices-title" class="panel">
+          <h2 id="devices-title">Devices</h2>
+          {devices.length === 0 && <p>No values received yet.</p>}
+          {devices.length > 0 && (
+            <div class="table-scroll">
+              <table class="devices">
+                <thead>
+                  <tr>
+                    <th scope="col">Device</th>
+                    <th scope="col">Now</th>
+                    <th scope="col">Last seen</th>
+                  </tr>
+                </thead>
+                <tbody>
+                  {devices.map((d) => {
+                    const age = d.lastSample ? now - Date.parse(d.lastSample) : Infinity;
+                    const stale = age > STALE_MS;
+                    return (
+                      <tr key={`${d.edge}/${d.device}`} data-device={d.device} class={stale ? "stale" : ""}>
+                        <th scope="row">
+                          {d.device}
+                          <span class="small meta"> {d.edge}</span>
+                        </th>
+                        <td class="wrap">{d.summary}</td>
+                        <td>
+                          {fmt.time(d.lastSample, tz)}
+                          {stale && <span class="badge bad"> stale</span>}
+                        </td>
+                      </tr>
+                    );
+                  })}
+                </tbody>
+              </table>
+            </div>
+          )}
+          <h3>Edges</h3>
+          {edges.error && <p role="alert" class="error">{edges.error}</p>}
+          <ul class="edges">
+            {(edges.data ?? []).map((e) => (
+              <li key={e.name} data-edge={lastSegment(e.name)}>
+                <strong>{e.displayName || lastSegment(e.name)}</strong>{" "}
+                {(e.connectionState ?? "EDGE_CONNECTION_STATE_UNSPECIFIED").replace("EDGE_CONNECTION_STATE_", "").replace("_", " ").toLowerCase()}
+                {" · last heartbeat "}
+                {fmt.time(e.lastSeenTime, tz)}
+              </li>
+            ))}
+          </ul>
+        </section>
+      </div>
+
+      {canCommand && (
+        <section aria-labelledby="commands-title" class="panel">
+          <h2 id="commands-title">Commands</h2>
+          <CommandPanel org={org} site={site} targets={targets} timeZone={tz} />
+        </section>
       )}
-      <h2>Edges</h2>
-      {edges.error && <p role="alert" class="error">{edges.error}</p>}
-      {edges.data && (
-        <ul class="edges">
-          {edges.data.map((e) => (
-            <li key={e.name}>
-              <strong>{e.displayName || lastSegment(e.name)}</strong>{" "}
-              {(e.connectionState ?? "EDGE_CONNECTION_STATE_UNSPECIFIED").replace("EDGE_CONNECTION_STATE_", "").replace("_", " ").toLowerCase()}
-              {" · last seen "}
-              {fmt.time(e.lastSeenTime, tz)}
-            </li>
-          ))}
-        </ul>
-      )}
+
+      <HistoryChart org={org} site={site} channels={powerChannels} timeZone={tz} />
+      {info.data && <PriceChart site={info.data} />}
+      <ForecastChart org={org} site={site} timeZone={tz} />
+      <PlanChart org={org} site={site} edges={edgeIds} timeZone={tz} measuredChannels={powerChannels} />
+
       <h2>Latest values</h2>
-      {values.error && <p role="alert" class="error">{values.error}</p>}
-      {values.data && values.data.length === 0 && <p>No values received yet.</p>}
-      {values.data && values.data.length > 0 && (
+      {values.length === 0 && <p>No values received yet.</p>}
+      {values.length > 0 && (
         <div class="table-scroll">
-          <table>
+          <table class="latest">
             <thead>
               <tr>
                 <th scope="col">Channel</th>
@@ -49,13 +218,15 @@ export function SitePage({ org, site }: { org: string; site: string }) {
               </tr>
             </thead>
             <tbody>
-              {values.data.map((v) => (
-                <tr key={v.channel}>
-                  <th scope="row">{(v.channel ?? "").replace(prefix, "").replace("/devices/", " › ").replace("/channels/", " › ")}</th>
-                  <td class="num">{fmt.number(v.value, v.unit)}</td>
-                  <td>{fmt.time(v.sampleTime, tz)}</td>
-                </tr>
-              ))}
+              {values
+                .sort((a, b) => (a.channel ?? "").localeCompare(b.channel ?? ""))
+                .map((v) => (
+                  <tr key={v.channel}>
+                    <th scope="row">{(v.channel ?? "").replace(prefix, "").replace("/devices/", " › ").replace("/channels/", " › ")}</th>
+                    <td class="num">{fmt.number(v.value, v.unit)}</td>
+                    <td>{fmt.time(v.sampleTime, tz)}</td>
+                  </tr>
+                ))}
             </tbody>
           </table>
         </div>
