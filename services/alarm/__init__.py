@@ -24,6 +24,7 @@ TABLES: tuple[str, ...] = (
     "alarm.alarms",
     "alarm.deliveries",
     "alarm.notification_channels",
+    "alarm.recommendations",
     "alarm.rule_state",
     "alarm.rules",
     "alarm.transitions",
@@ -86,4 +87,13 @@ POLICY: dict[str, Access] = {
     _AL + "ListNotificationChannels": Access.VIEWER,
     _AL + "DeleteNotificationChannel": Access.ADMIN,
     _AL + "ListNotificationDeliveries": Access.VIEWER,
+    _AL + "GetDeviceHealth": Access.VIEWER,
+    _AL + "GetSiteHealth": Access.VIEWER,
+    _AL + "GetDeviceProjection": Access.VIEWER,
+    # Identity has no service accounts yet: a recommendation service posts as a user of its own with
+    # the OPERATOR role; the posts are rate-limited per site and the creator is stored.
+    _AL + "CreateRecommendation": Access.OPERATOR,
+    _AL + "ListRecommendations": Access.VIEWER,
+    _AL + "AcceptRecommendation": Access.OPERATOR,
+    _AL + "DismissRecommendation": Access.OPERATOR,
 }

@@ -85,3 +85,17 @@ class NotifyConfig:
     def retry_delay_s(self, attempts: int) -> float:
         """The wait after the attempts-th failed attempt."""
         return float(min(self.retry_max_s, self.retry_base_s * 2 ** (attempts - 1)))
+
+
+@dataclass(frozen=True)
+class RecommendationConfig:
+    """per_hour: EMMA_ALARM_RECOMMENDATIONS_PER_HOUR, the most recommendations one site accepts in an
+    hour (a runaway recommendation service must not bury the operators)."""
+
+    per_hour: int = 60
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RecommendationConfig:
+        return cls(
+            per_hour=env_int(env, "EMMA_ALARM_RECOMMENDATIONS_PER_HOUR", cls.per_hour, 1, None, AlarmConfigError)
+        )

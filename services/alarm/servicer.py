@@ -17,9 +17,9 @@ from emma.alarm.v1 import alarm_pb2_grpc
 from emma.common.v1 import errors_pb2
 from google.protobuf import empty_pb2
 
-from services.alarm import alarms, notify, rules
+from services.alarm import alarms, health, notify, recommendations, rules
 from services.alarm.commands import CommandClient, command_of
-from services.alarm.config import NotifyConfig
+from services.alarm.config import NotifyConfig, RecommendationConfig
 from services.errors import ApiError, invalid_field
 from services.identity import Access, caller, note_audit
 from services.names import ID_PATTERN, parse_organization, parse_site
@@ -92,6 +92,7 @@ class AlarmServicer(alarm_pb2_grpc.AlarmServiceServicer):
         self._watchers = _Watchers(runtime.dsn)
         self._notify = NotifyConfig.from_env(runtime.config.env or os.environ, runtime.config.server.port)
         self._commands = CommandClient(self._notify.command_target)
+        self._recommendations = RecommendationConfig.from_env(runtime.config.env or os.environ)
 
     async def start(self) -> None:
         await self._watchers.start()
@@ -429,3 +430,98 @@ class AlarmServicer(alarm_pb2_grpc.AlarmServiceServicer):
         return pb.ListNotificationDeliveriesResponse(
             deliveries=page.rows(found), next_page_token=page.next_token(found)
         )
+
+    # ------------------------------------------------------------------------ health and projections
+
+    async def GetDeviceHealth(self, request: pb.GetDeviceHealthRequest, context: Context) -> pb.Health:
+        device = health.device_of(request.name, "health")
+        caller(context).require_org(device.edge.org, Access.VIEWER, resource=request.name)
+        async with self._pool.acquire() as conn:
+            return await health.device_health(conn, request.name)
+
+    async def GetSiteHealth(self, request: pb.GetSiteHealthRequest, context: Context) -> pb.Health:
+        site = health.site_of(request.name)
+        caller(context).require_org(site.org, Access.VIEWER, resource=request.name)
+        async with self._pool.acquire() as conn:
+            return await health.site_health(conn, site)
+
+    async def GetDeviceProjection(self, request: pb.GetDeviceProjectionRequest, context: Context) -> pb.Projection:
+        device = health.device_of(request.name, "projection")
+        window = request.window.ToTimedelta() if request.HasField("window") else health.DEFAULT_WINDOW
+        caller(context).require_org(device.edge.org, Access.VIEWER, resource=request.name)
+        async with self._pool.acquire() as conn:
+            return await health.projection(conn, request.name, window)
+
+    # ---------------------------------------------------------------------------- recommendations
+
+    async def CreateRecommendation(
+        self, request: pb.CreateRecommendationRequest, context: Context
+    ) -> pb.Recommendation:
+        site = parse_site(request.parent, "parent")
+        recommendations.check(request.recommendation, site)
+        me = caller(context)
+        me.require_org(site.org, Access.OPERATOR, resource=request.parent)
+        note_audit(request.parent)
+
+        async def change(conn: Conn) -> pb.Recommendation:
+            await recommendations.check_assets(conn, site, request.recommendation)
+            return await recommendations.create(
+                conn, site, request.recommendation, me.actor, self._recommendations.per_hour
+            )
+
+        async with self._pool.acquire() as conn:
+            return await run_once(
+                conn,
+                actor=me.actor,
+                method=_SVC + "CreateRecommendation",
+                request=request,
+                request_id=request.request_id,
+                response_type=pb.Recommendation,
+                change=change,
+            )
+
+    async def ListRecommendations(
+        self, request: pb.ListRecommendationsRequest, context: Context
+    ) -> pb.ListRecommendationsResponse:
+        site = parse_site(request.parent, "parent")
+        page = Page.of("ListRecommendations", request)
+        caller(context).require_org(site.org, Access.VIEWER, resource=request.parent)
+        async with self._pool.acquire() as conn:
+            found = await recommendations.list_site(conn, site, request.state, page.offset, page.limit)
+        return pb.ListRecommendationsResponse(recommendations=page.rows(found), next_page_token=page.next_token(found))
+
+    async def _decide(
+        self,
+        method: str,
+        request: pb.AcceptRecommendationRequest | pb.DismissRecommendationRequest,
+        state: int,
+        context: Context,
+    ) -> pb.Recommendation:
+        site, _ = recommendations.parse_name(request.name)
+        me = caller(context)
+        me.require_org(site.org, Access.OPERATOR, resource=request.name)
+        note_audit(request.name)
+
+        async def change(conn: Conn) -> pb.Recommendation:
+            return await recommendations.decide(conn, request.name, state, me.actor, request.note)
+
+        async with self._pool.acquire() as conn:
+            return await run_once(
+                conn,
+                actor=me.actor,
+                method=_SVC + method,
+                request=request,
+                request_id=request.request_id,
+                response_type=pb.Recommendation,
+                change=change,
+            )
+
+    async def AcceptRecommendation(
+        self, request: pb.AcceptRecommendationRequest, context: Context
+    ) -> pb.Recommendation:
+        return await self._decide("AcceptRecommendation", request, pb.RECOMMENDATION_STATE_ACCEPTED, context)
+
+    async def DismissRecommendation(
+        self, request: pb.DismissRecommendationRequest, context: Context
+    ) -> pb.Recommendation:
+        return await self._decide("DismissRecommendation", request, pb.RECOMMENDATION_STATE_DISMISSED, context)

@@ -1,5 +1,5 @@
 -- Alarms, second part (docs/alarms.md): rate-of-change memory, escalation when unacknowledged,
--- proposed commands and notification channels with their delivery log.
+-- proposed commands, notification channels with their delivery log, and recommendations.
 
 -- RATE_OF_CHANGE compares each sample with the one before it, which may have come in an earlier pass.
 ALTER TABLE alarm.rule_state ADD COLUMN last_value double precision;
@@ -47,3 +47,24 @@ CREATE TABLE alarm.deliveries (
 );
 CREATE INDEX deliveries_due ON alarm.deliveries (next_attempt_time) WHERE state = 1;
 CREATE INDEX deliveries_channel ON alarm.deliveries (channel_pk, id DESC);
+
+-- Advice for a site's operators from a recommendation service; accepted or dismissed by an operator
+-- (state 1 open, 2 accepted, 3 dismissed, as emma.alarm.v1.RecommendationState). Devices are the
+-- names as validated when it was posted; the rate limit counts a site's rows of the last hour.
+CREATE TABLE alarm.recommendations (
+    id            uuid PRIMARY KEY,
+    org_id        text NOT NULL REFERENCES app.organizations ON DELETE CASCADE,
+    site_id       text NOT NULL,
+    title         text NOT NULL,
+    detail        text NOT NULL DEFAULT '',
+    source        text NOT NULL,
+    confidence    double precision NOT NULL,
+    devices       text[] NOT NULL DEFAULT '{}',
+    state         smallint NOT NULL DEFAULT 1,
+    creator       text NOT NULL,
+    create_time   timestamptz NOT NULL DEFAULT now(),
+    decided_by    text NOT NULL DEFAULT '',
+    decide_time   timestamptz,
+    decision_note text NOT NULL DEFAULT ''
+);
+CREATE INDEX recommendations_site ON alarm.recommendations (org_id, site_id, create_time DESC, id);

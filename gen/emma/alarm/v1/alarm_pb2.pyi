@@ -230,6 +230,34 @@ NOTIFICATION_DELIVERY_STATE_FAILED: NotificationDeliveryState.ValueType  # 3
 """Every attempt failed; the alarm itself is kept as it is."""
 Global___NotificationDeliveryState: _TypeAlias = NotificationDeliveryState  # noqa: Y015
 
+class _RecommendationState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RecommendationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecommendationState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECOMMENDATION_STATE_UNSPECIFIED: _RecommendationState.ValueType  # 0
+    """Not set."""
+    RECOMMENDATION_STATE_OPEN: _RecommendationState.ValueType  # 1
+    """Nobody decided yet."""
+    RECOMMENDATION_STATE_ACCEPTED: _RecommendationState.ValueType  # 2
+    """An operator accepted it."""
+    RECOMMENDATION_STATE_DISMISSED: _RecommendationState.ValueType  # 3
+    """An operator dismissed it."""
+
+class RecommendationState(_RecommendationState, metaclass=_RecommendationStateEnumTypeWrapper):
+    """Where a recommendation is."""
+
+RECOMMENDATION_STATE_UNSPECIFIED: RecommendationState.ValueType  # 0
+"""Not set."""
+RECOMMENDATION_STATE_OPEN: RecommendationState.ValueType  # 1
+"""Nobody decided yet."""
+RECOMMENDATION_STATE_ACCEPTED: RecommendationState.ValueType  # 2
+"""An operator accepted it."""
+RECOMMENDATION_STATE_DISMISSED: RecommendationState.ValueType  # 3
+"""An operator dismissed it."""
+Global___RecommendationState: _TypeAlias = RecommendationState  # noqa: Y015
+
 @_typing.final
 class FaultCode(_message.Message):
     """A fault code of a DEVICE_FAULT rule and what it means."""
@@ -1487,3 +1515,441 @@ class ListNotificationDeliveriesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListNotificationDeliveriesResponse: _TypeAlias = ListNotificationDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class HealthFactor(_message.Message):
+    """One contribution to a health score."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FACTOR_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    factor: _builtins.str
+    """What it measures: "data_freshness", "alarms", "temperature", "soc_window", or for a site
+    "devices", "worst_device", "edges_reporting".
+    """
+    score: _builtins.float
+    """Its own score, 0 (bad) to 100 (good)."""
+    weight: _builtins.float
+    """Its share of the total; the weights of a score's factors add up to 1."""
+    detail: _builtins.str
+    """The numbers behind it, for people ("newest sample 12 s old", "1 critical alarm open")."""
+    def __init__(
+        self,
+        *,
+        factor: _builtins.str = ...,
+        score: _builtins.float = ...,
+        weight: _builtins.float = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "factor", b"factor", "score", b"score", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HealthFactor: _TypeAlias = HealthFactor  # noqa: Y015
+
+@_typing.final
+class Health(_message.Message):
+    """The health of a device or a site."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    FACTORS_FIELD_NUMBER: _builtins.int
+    COMPUTE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The device's or site's resource name followed by /health."""
+    score: _builtins.float
+    """0 (needs attention now) to 100 (nothing to do): the weighted sum of the factors."""
+    @_builtins.property
+    def factors(self) -> _containers.RepeatedCompositeFieldContainer[Global___HealthFactor]:
+        """What the score is made of."""
+
+    @_builtins.property
+    def compute_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was computed."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        score: _builtins.float = ...,
+        factors: _abc.Iterable[Global___HealthFactor] | None = ...,
+        compute_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compute_time", b"compute_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_time", b"compute_time", "factors", b"factors", "name", b"name", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Health: _TypeAlias = Health  # noqa: Y015
+
+@_typing.final
+class GetDeviceHealthRequest(_message.Message):
+    """The request of GetDeviceHealth."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """organizations/{organization}/sites/{site}/edges/{edge}/devices/{device}/health."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeviceHealthRequest: _TypeAlias = GetDeviceHealthRequest  # noqa: Y015
+
+@_typing.final
+class GetSiteHealthRequest(_message.Message):
+    """The request of GetSiteHealth."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """organizations/{organization}/sites/{site}/health."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSiteHealthRequest: _TypeAlias = GetSiteHealthRequest  # noqa: Y015
+
+@_typing.final
+class GetDeviceProjectionRequest(_message.Message):
+    """The request of GetDeviceProjection."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """organizations/{organization}/sites/{site}/edges/{edge}/devices/{device}/projection."""
+    @_builtins.property
+    def window(self) -> _duration_pb2.Duration:
+        """The window the line is fitted on, ending at the newest sample (default 15 minutes).
+        [limits: 60s..86400s]
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        window: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeviceProjectionRequest: _TypeAlias = GetDeviceProjectionRequest  # noqa: Y015
+
+@_typing.final
+class Projection(_message.Message):
+    """A battery's state of charge projected along a straight line fitted to a recent window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    WINDOW_START_TIME_FIELD_NUMBER: _builtins.int
+    WINDOW_END_TIME_FIELD_NUMBER: _builtins.int
+    SAMPLE_COUNT_FIELD_NUMBER: _builtins.int
+    SOC_PERCENT_FIELD_NUMBER: _builtins.int
+    SOC_RATE_PERCENT_PER_HOUR_FIELD_NUMBER: _builtins.int
+    R_SQUARED_FIELD_NUMBER: _builtins.int
+    TIME_TO_EMPTY_FIELD_NUMBER: _builtins.int
+    TIME_TO_FULL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The device's resource name followed by /projection."""
+    sample_count: _builtins.int
+    """How many samples were fitted."""
+    soc_percent: _builtins.float
+    """The fitted state of charge at window_end_time, in percent."""
+    soc_rate_percent_per_hour: _builtins.float
+    """The fitted rate, percent per hour: negative discharges, positive charges."""
+    r_squared: _builtins.float
+    """How well the line fits, 0 to 1 (R squared; 1 when the state of charge did not move)."""
+    @_builtins.property
+    def window_start_time(self) -> _timestamp_pb2.Timestamp:
+        """The first and the last sample the line was fitted on."""
+
+    @_builtins.property
+    def window_end_time(self) -> _timestamp_pb2.Timestamp:
+        """The newest sample of the window."""
+
+    @_builtins.property
+    def time_to_empty(self) -> _duration_pb2.Duration:
+        """From window_end_time until the line reaches 0 %; unset unless discharging."""
+
+    @_builtins.property
+    def time_to_full(self) -> _duration_pb2.Duration:
+        """From window_end_time until the line reaches 100 %; unset unless charging."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        window_start_time: _timestamp_pb2.Timestamp | None = ...,
+        window_end_time: _timestamp_pb2.Timestamp | None = ...,
+        sample_count: _builtins.int = ...,
+        soc_percent: _builtins.float = ...,
+        soc_rate_percent_per_hour: _builtins.float = ...,
+        r_squared: _builtins.float = ...,
+        time_to_empty: _duration_pb2.Duration | None = ...,
+        time_to_full: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time_to_empty", b"time_to_empty", "time_to_full", b"time_to_full", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "r_squared", b"r_squared", "sample_count", b"sample_count", "soc_percent", b"soc_percent", "soc_rate_percent_per_hour", b"soc_rate_percent_per_hour", "time_to_empty", b"time_to_empty", "time_to_full", b"time_to_full", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Projection: _TypeAlias = Projection  # noqa: Y015
+
+@_typing.final
+class Recommendation(_message.Message):
+    """Advice for a site's operators from a recommendation service (a learned policy, a rule engine)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATOR_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    DECIDE_TIME_FIELD_NUMBER: _builtins.int
+    DECISION_NOTE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, organizations/{organization}/sites/{site}/recommendations/{recommendation}."""
+    title: _builtins.str
+    """What to do, in a line. [limits: length 1..200]"""
+    detail: _builtins.str
+    """Why, and what it is expected to bring. [limits: length ..2000]"""
+    source: _builtins.str
+    """Which model or service produced it ("rl-dispatch-v3"). [limits: length 1..100]"""
+    confidence: _builtins.float
+    """How sure the source is, 0 to 1. [limits: 0..1]"""
+    state: Global___RecommendationState.ValueType
+    """Where it is."""
+    creator: _builtins.str
+    """Who posted it."""
+    decided_by: _builtins.str
+    """Who accepted or dismissed it."""
+    decision_note: _builtins.str
+    """The note given with the decision."""
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The devices it is about, each in the site's edges' inventories,
+        organizations/{organization}/sites/{site}/edges/{edge}/devices/{device}. [limits: items 0..50]
+        """
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was posted."""
+
+    @_builtins.property
+    def decide_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was accepted or dismissed."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        title: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        source: _builtins.str = ...,
+        confidence: _builtins.float = ...,
+        devices: _abc.Iterable[_builtins.str] | None = ...,
+        state: Global___RecommendationState.ValueType = ...,
+        creator: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        decided_by: _builtins.str = ...,
+        decide_time: _timestamp_pb2.Timestamp | None = ...,
+        decision_note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "decide_time", b"decide_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "create_time", b"create_time", "creator", b"creator", "decide_time", b"decide_time", "decided_by", b"decided_by", "decision_note", b"decision_note", "detail", b"detail", "devices", b"devices", "name", b"name", "source", b"source", "state", b"state", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Recommendation: _TypeAlias = Recommendation  # noqa: Y015
+
+@_typing.final
+class CreateRecommendationRequest(_message.Message):
+    """The request of CreateRecommendation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    RECOMMENDATION_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The site, organizations/{organization}/sites/{site}."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    @_builtins.property
+    def recommendation(self) -> Global___Recommendation:
+        """The recommendation; its name and output fields are ignored."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        recommendation: Global___Recommendation | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recommendation", b"recommendation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "recommendation", b"recommendation", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateRecommendationRequest: _TypeAlias = CreateRecommendationRequest  # noqa: Y015
+
+@_typing.final
+class ListRecommendationsRequest(_message.Message):
+    """The request of ListRecommendations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The site, organizations/{organization}/sites/{site}."""
+    page_size: _builtins.int
+    """At most this many results (default 50, at most 1000). [limits: 0..1000]"""
+    page_token: _builtins.str
+    """The next_page_token of the previous page."""
+    state: Global___RecommendationState.ValueType
+    """Only recommendations in this state (default: every state)."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        state: Global___RecommendationState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecommendationsRequest: _TypeAlias = ListRecommendationsRequest  # noqa: Y015
+
+@_typing.final
+class ListRecommendationsResponse(_message.Message):
+    """The response of ListRecommendations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECOMMENDATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass this as page_token to get the next page; empty on the last page."""
+    @_builtins.property
+    def recommendations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Recommendation]:
+        """One page of recommendations, newest first."""
+
+    def __init__(
+        self,
+        *,
+        recommendations: _abc.Iterable[Global___Recommendation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "recommendations", b"recommendations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecommendationsResponse: _TypeAlias = ListRecommendationsResponse  # noqa: Y015
+
+@_typing.final
+class AcceptRecommendationRequest(_message.Message):
+    """The request of AcceptRecommendation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The recommendation's resource name."""
+    note: _builtins.str
+    """Why, stored with the decision. [limits: length ..500]"""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        note: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "note", b"note", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcceptRecommendationRequest: _TypeAlias = AcceptRecommendationRequest  # noqa: Y015
+
+@_typing.final
+class DismissRecommendationRequest(_message.Message):
+    """The request of DismissRecommendation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The recommendation's resource name."""
+    note: _builtins.str
+    """Why, stored with the decision. [limits: length ..500]"""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        note: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "note", b"note", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DismissRecommendationRequest: _TypeAlias = DismissRecommendationRequest  # noqa: Y015

@@ -125,6 +125,41 @@ class AlarmServiceStub:
                 request_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationDeliveriesRequest.SerializeToString,
                 response_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationDeliveriesResponse.FromString,
                 _registered_method=True)
+        self.GetDeviceHealth = channel.unary_unary(
+                '/emma.alarm.v1.AlarmService/GetDeviceHealth',
+                request_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.GetDeviceHealthRequest.SerializeToString,
+                response_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.Health.FromString,
+                _registered_method=True)
+        self.GetSiteHealth = channel.unary_unary(
+                '/emma.alarm.v1.AlarmService/GetSiteHealth',
+                request_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.GetSiteHealthRequest.SerializeToString,
+                response_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.Health.FromString,
+                _registered_method=True)
+        self.GetDeviceProjection = channel.unary_unary(
+                '/emma.alarm.v1.AlarmService/GetDeviceProjection',
+                request_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.GetDeviceProjectionRequest.SerializeToString,
+                response_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.Projection.FromString,
+                _registered_method=True)
+        self.CreateRecommendation = channel.unary_unary(
+                '/emma.alarm.v1.AlarmService/CreateRecommendation',
+                request_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.CreateRecommendationRequest.SerializeToString,
+                response_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.Recommendation.FromString,
+                _registered_method=True)
+        self.ListRecommendations = channel.unary_unary(
+                '/emma.alarm.v1.AlarmService/ListRecommendations',
+                request_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.ListRecommendationsRequest.SerializeToString,
+                response_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.ListRecommendationsResponse.FromString,
+                _registered_method=True)
+        self.AcceptRecommendation = channel.unary_unary(
+                '/emma.alarm.v1.AlarmService/AcceptRecommendation',
+                request_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.AcceptRecommendationRequest.SerializeToString,
+                response_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.Recommendation.FromString,
+                _registered_method=True)
+        self.DismissRecommendation = channel.unary_unary(
+                '/emma.alarm.v1.AlarmService/DismissRecommendation',
+                request_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.DismissRecommendationRequest.SerializeToString,
+                response_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.Recommendation.FromString,
+                _registered_method=True)
 
 
 class AlarmServiceServicer:
@@ -277,6 +312,66 @@ class AlarmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDeviceHealth(self, request, context):
+        """The health of a device now: a score 0-100 with the factors it is made of (docs/alarms.md,
+        "Health index"), computed from the current telemetry and alarms on each call.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such device in the edge's inventory).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSiteHealth(self, request, context):
+        """The health of a site now: its devices' scores and its edges' connectivity.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeviceProjection(self, request, context):
+        """A battery's projection: a straight line fitted to its state of charge over a recent window
+        (least squares), and the time to empty or to full at that rate. Errors: FIELD_INVALID (a window
+        outside 60s..86400s), RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with
+        STATE_CONFLICT (fewer than 3 state-of-charge samples in the window).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateRecommendation(self, request, context):
+        """Posts a recommendation for a site's operators (a recommendation service's account, OPERATOR
+        role), validated and rate-limited per site. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or
+        a device it names is unknown), RATE_LIMITED (too many for the site this hour), REQUEST_ID_REUSED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRecommendations(self, request, context):
+        """A site's recommendations, newest first. Errors: FIELD_INVALID, PAGE_TOKEN_INVALID,
+        RESOURCE_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptRecommendation(self, request, context):
+        """Accepts an open recommendation (audited, with who and when). Errors: FIELD_INVALID,
+        RESOURCE_NOT_FOUND, STATE_CONFLICT (already decided), REQUEST_ID_REUSED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DismissRecommendation(self, request, context):
+        """Dismisses an open recommendation (audited, with who and when). Errors: FIELD_INVALID,
+        RESOURCE_NOT_FOUND, STATE_CONFLICT (already decided), REQUEST_ID_REUSED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AlarmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -364,6 +459,41 @@ def add_AlarmServiceServicer_to_server(servicer, server):
                     servicer.ListNotificationDeliveries,
                     request_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationDeliveriesRequest.FromString,
                     response_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationDeliveriesResponse.SerializeToString,
+            ),
+            'GetDeviceHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeviceHealth,
+                    request_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.GetDeviceHealthRequest.FromString,
+                    response_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.Health.SerializeToString,
+            ),
+            'GetSiteHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSiteHealth,
+                    request_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.GetSiteHealthRequest.FromString,
+                    response_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.Health.SerializeToString,
+            ),
+            'GetDeviceProjection': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeviceProjection,
+                    request_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.GetDeviceProjectionRequest.FromString,
+                    response_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.Projection.SerializeToString,
+            ),
+            'CreateRecommendation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRecommendation,
+                    request_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.CreateRecommendationRequest.FromString,
+                    response_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.Recommendation.SerializeToString,
+            ),
+            'ListRecommendations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecommendations,
+                    request_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.ListRecommendationsRequest.FromString,
+                    response_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.ListRecommendationsResponse.SerializeToString,
+            ),
+            'AcceptRecommendation': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptRecommendation,
+                    request_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.AcceptRecommendationRequest.FromString,
+                    response_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.Recommendation.SerializeToString,
+            ),
+            'DismissRecommendation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DismissRecommendation,
+                    request_deserializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.DismissRecommendationRequest.FromString,
+                    response_serializer=emma_dot_alarm_dot_v1_dot_alarm__pb2.Recommendation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -830,6 +960,195 @@ class AlarmService:
             '/emma.alarm.v1.AlarmService/ListNotificationDeliveries',
             emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationDeliveriesRequest.SerializeToString,
             emma_dot_alarm_dot_v1_dot_alarm__pb2.ListNotificationDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeviceHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.alarm.v1.AlarmService/GetDeviceHealth',
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.GetDeviceHealthRequest.SerializeToString,
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.Health.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSiteHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.alarm.v1.AlarmService/GetSiteHealth',
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.GetSiteHealthRequest.SerializeToString,
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.Health.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeviceProjection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.alarm.v1.AlarmService/GetDeviceProjection',
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.GetDeviceProjectionRequest.SerializeToString,
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.Projection.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRecommendation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.alarm.v1.AlarmService/CreateRecommendation',
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.CreateRecommendationRequest.SerializeToString,
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.Recommendation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecommendations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.alarm.v1.AlarmService/ListRecommendations',
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.ListRecommendationsRequest.SerializeToString,
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.ListRecommendationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptRecommendation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.alarm.v1.AlarmService/AcceptRecommendation',
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.AcceptRecommendationRequest.SerializeToString,
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.Recommendation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DismissRecommendation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.alarm.v1.AlarmService/DismissRecommendation',
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.DismissRecommendationRequest.SerializeToString,
+            emma_dot_alarm_dot_v1_dot_alarm__pb2.Recommendation.FromString,
             options,
             channel_credentials,
             insecure,

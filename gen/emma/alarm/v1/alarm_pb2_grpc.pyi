@@ -109,6 +109,38 @@ class AlarmServiceStub:
     """A notification channel's delivery log, newest first: every attempt's outcome per alarm transition.
     Errors: FIELD_INVALID, PAGE_TOKEN_INVALID, RESOURCE_NOT_FOUND.
     """
+    GetDeviceHealth: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.GetDeviceHealthRequest, _alarm_pb2.Health]
+    """The health of a device now: a score 0-100 with the factors it is made of (docs/alarms.md,
+    "Health index"), computed from the current telemetry and alarms on each call.
+    Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such device in the edge's inventory).
+    """
+    GetSiteHealth: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.GetSiteHealthRequest, _alarm_pb2.Health]
+    """The health of a site now: its devices' scores and its edges' connectivity.
+    Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
+    """
+    GetDeviceProjection: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.GetDeviceProjectionRequest, _alarm_pb2.Projection]
+    """A battery's projection: a straight line fitted to its state of charge over a recent window
+    (least squares), and the time to empty or to full at that rate. Errors: FIELD_INVALID (a window
+    outside 60s..86400s), RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with
+    STATE_CONFLICT (fewer than 3 state-of-charge samples in the window).
+    """
+    CreateRecommendation: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.CreateRecommendationRequest, _alarm_pb2.Recommendation]
+    """Posts a recommendation for a site's operators (a recommendation service's account, OPERATOR
+    role), validated and rate-limited per site. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or
+    a device it names is unknown), RATE_LIMITED (too many for the site this hour), REQUEST_ID_REUSED.
+    """
+    ListRecommendations: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.ListRecommendationsRequest, _alarm_pb2.ListRecommendationsResponse]
+    """A site's recommendations, newest first. Errors: FIELD_INVALID, PAGE_TOKEN_INVALID,
+    RESOURCE_NOT_FOUND.
+    """
+    AcceptRecommendation: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.AcceptRecommendationRequest, _alarm_pb2.Recommendation]
+    """Accepts an open recommendation (audited, with who and when). Errors: FIELD_INVALID,
+    RESOURCE_NOT_FOUND, STATE_CONFLICT (already decided), REQUEST_ID_REUSED.
+    """
+    DismissRecommendation: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.DismissRecommendationRequest, _alarm_pb2.Recommendation]
+    """Dismisses an open recommendation (audited, with who and when). Errors: FIELD_INVALID,
+    RESOURCE_NOT_FOUND, STATE_CONFLICT (already decided), REQUEST_ID_REUSED.
+    """
 
 @_typing.type_check_only
 class AlarmServiceAsyncStub(AlarmServiceStub):
@@ -189,6 +221,38 @@ class AlarmServiceAsyncStub(AlarmServiceStub):
     ListNotificationDeliveries: _aio.UnaryUnaryMultiCallable[_alarm_pb2.ListNotificationDeliveriesRequest, _alarm_pb2.ListNotificationDeliveriesResponse]  # type: ignore[assignment]
     """A notification channel's delivery log, newest first: every attempt's outcome per alarm transition.
     Errors: FIELD_INVALID, PAGE_TOKEN_INVALID, RESOURCE_NOT_FOUND.
+    """
+    GetDeviceHealth: _aio.UnaryUnaryMultiCallable[_alarm_pb2.GetDeviceHealthRequest, _alarm_pb2.Health]  # type: ignore[assignment]
+    """The health of a device now: a score 0-100 with the factors it is made of (docs/alarms.md,
+    "Health index"), computed from the current telemetry and alarms on each call.
+    Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such device in the edge's inventory).
+    """
+    GetSiteHealth: _aio.UnaryUnaryMultiCallable[_alarm_pb2.GetSiteHealthRequest, _alarm_pb2.Health]  # type: ignore[assignment]
+    """The health of a site now: its devices' scores and its edges' connectivity.
+    Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
+    """
+    GetDeviceProjection: _aio.UnaryUnaryMultiCallable[_alarm_pb2.GetDeviceProjectionRequest, _alarm_pb2.Projection]  # type: ignore[assignment]
+    """A battery's projection: a straight line fitted to its state of charge over a recent window
+    (least squares), and the time to empty or to full at that rate. Errors: FIELD_INVALID (a window
+    outside 60s..86400s), RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with
+    STATE_CONFLICT (fewer than 3 state-of-charge samples in the window).
+    """
+    CreateRecommendation: _aio.UnaryUnaryMultiCallable[_alarm_pb2.CreateRecommendationRequest, _alarm_pb2.Recommendation]  # type: ignore[assignment]
+    """Posts a recommendation for a site's operators (a recommendation service's account, OPERATOR
+    role), validated and rate-limited per site. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or
+    a device it names is unknown), RATE_LIMITED (too many for the site this hour), REQUEST_ID_REUSED.
+    """
+    ListRecommendations: _aio.UnaryUnaryMultiCallable[_alarm_pb2.ListRecommendationsRequest, _alarm_pb2.ListRecommendationsResponse]  # type: ignore[assignment]
+    """A site's recommendations, newest first. Errors: FIELD_INVALID, PAGE_TOKEN_INVALID,
+    RESOURCE_NOT_FOUND.
+    """
+    AcceptRecommendation: _aio.UnaryUnaryMultiCallable[_alarm_pb2.AcceptRecommendationRequest, _alarm_pb2.Recommendation]  # type: ignore[assignment]
+    """Accepts an open recommendation (audited, with who and when). Errors: FIELD_INVALID,
+    RESOURCE_NOT_FOUND, STATE_CONFLICT (already decided), REQUEST_ID_REUSED.
+    """
+    DismissRecommendation: _aio.UnaryUnaryMultiCallable[_alarm_pb2.DismissRecommendationRequest, _alarm_pb2.Recommendation]  # type: ignore[assignment]
+    """Dismisses an open recommendation (audited, with who and when). Errors: FIELD_INVALID,
+    RESOURCE_NOT_FOUND, STATE_CONFLICT (already decided), REQUEST_ID_REUSED.
     """
 
 class AlarmServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -369,6 +433,80 @@ class AlarmServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_alarm_pb2.ListNotificationDeliveriesResponse, _abc.Awaitable[_alarm_pb2.ListNotificationDeliveriesResponse]]:
         """A notification channel's delivery log, newest first: every attempt's outcome per alarm transition.
         Errors: FIELD_INVALID, PAGE_TOKEN_INVALID, RESOURCE_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDeviceHealth(
+        self,
+        request: _alarm_pb2.GetDeviceHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_alarm_pb2.Health, _abc.Awaitable[_alarm_pb2.Health]]:
+        """The health of a device now: a score 0-100 with the factors it is made of (docs/alarms.md,
+        "Health index"), computed from the current telemetry and alarms on each call.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such device in the edge's inventory).
+        """
+
+    @_abc_1.abstractmethod
+    def GetSiteHealth(
+        self,
+        request: _alarm_pb2.GetSiteHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_alarm_pb2.Health, _abc.Awaitable[_alarm_pb2.Health]]:
+        """The health of a site now: its devices' scores and its edges' connectivity.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDeviceProjection(
+        self,
+        request: _alarm_pb2.GetDeviceProjectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_alarm_pb2.Projection, _abc.Awaitable[_alarm_pb2.Projection]]:
+        """A battery's projection: a straight line fitted to its state of charge over a recent window
+        (least squares), and the time to empty or to full at that rate. Errors: FIELD_INVALID (a window
+        outside 60s..86400s), RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with
+        STATE_CONFLICT (fewer than 3 state-of-charge samples in the window).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateRecommendation(
+        self,
+        request: _alarm_pb2.CreateRecommendationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_alarm_pb2.Recommendation, _abc.Awaitable[_alarm_pb2.Recommendation]]:
+        """Posts a recommendation for a site's operators (a recommendation service's account, OPERATOR
+        role), validated and rate-limited per site. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or
+        a device it names is unknown), RATE_LIMITED (too many for the site this hour), REQUEST_ID_REUSED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRecommendations(
+        self,
+        request: _alarm_pb2.ListRecommendationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_alarm_pb2.ListRecommendationsResponse, _abc.Awaitable[_alarm_pb2.ListRecommendationsResponse]]:
+        """A site's recommendations, newest first. Errors: FIELD_INVALID, PAGE_TOKEN_INVALID,
+        RESOURCE_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def AcceptRecommendation(
+        self,
+        request: _alarm_pb2.AcceptRecommendationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_alarm_pb2.Recommendation, _abc.Awaitable[_alarm_pb2.Recommendation]]:
+        """Accepts an open recommendation (audited, with who and when). Errors: FIELD_INVALID,
+        RESOURCE_NOT_FOUND, STATE_CONFLICT (already decided), REQUEST_ID_REUSED.
+        """
+
+    @_abc_1.abstractmethod
+    def DismissRecommendation(
+        self,
+        request: _alarm_pb2.DismissRecommendationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_alarm_pb2.Recommendation, _abc.Awaitable[_alarm_pb2.Recommendation]]:
+        """Dismisses an open recommendation (audited, with who and when). Errors: FIELD_INVALID,
+        RESOURCE_NOT_FOUND, STATE_CONFLICT (already decided), REQUEST_ID_REUSED.
         """
 
 def add_AlarmServiceServicer_to_server(servicer: AlarmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,6 +4,7 @@
 # This file has been @generated
 
 __all__ = (
+    "AcceptRecommendationRequest",
     "AcknowledgeAlarmRequest",
     "Alarm",
     "AlarmChange",
@@ -18,12 +19,19 @@ __all__ = (
     "ClearAlarmRequest",
     "CreateAlarmRuleRequest",
     "CreateNotificationChannelRequest",
+    "CreateRecommendationRequest",
     "DeleteAlarmRuleRequest",
     "DeleteNotificationChannelRequest",
+    "DismissRecommendationRequest",
     "FaultCode",
     "GetAlarmRequest",
     "GetAlarmRuleRequest",
+    "GetDeviceHealthRequest",
+    "GetDeviceProjectionRequest",
     "GetNotificationChannelRequest",
+    "GetSiteHealthRequest",
+    "Health",
+    "HealthFactor",
     "ListAlarmRulesRequest",
     "ListAlarmRulesResponse",
     "ListAlarmsRequest",
@@ -32,11 +40,16 @@ __all__ = (
     "ListNotificationChannelsResponse",
     "ListNotificationDeliveriesRequest",
     "ListNotificationDeliveriesResponse",
+    "ListRecommendationsRequest",
+    "ListRecommendationsResponse",
     "NotificationChannel",
     "NotificationChannelKind",
     "NotificationDelivery",
     "NotificationDeliveryState",
+    "Projection",
     "ProposedCommand",
+    "Recommendation",
+    "RecommendationState",
     "SendAlarmCommandRequest",
     "SendAlarmCommandResponse",
     "ShelveAlarmRequest",
@@ -384,6 +397,77 @@ class NotificationDeliveryState(betterproto2.Enum):
             "NOTIFICATION_DELIVERY_STATE_DELIVERED": 2,
             "NOTIFICATION_DELIVERY_STATE_FAILED": 3,
         }
+
+
+class RecommendationState(betterproto2.Enum):
+    """
+    Where a recommendation is.
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not set.
+    """
+
+    OPEN = 1
+    """
+    Nobody decided yet.
+    """
+
+    ACCEPTED = 2
+    """
+    An operator accepted it.
+    """
+
+    DISMISSED = 3
+    """
+    An operator dismissed it.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "RECOMMENDATION_STATE_UNSPECIFIED",
+            1: "RECOMMENDATION_STATE_OPEN",
+            2: "RECOMMENDATION_STATE_ACCEPTED",
+            3: "RECOMMENDATION_STATE_DISMISSED",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "RECOMMENDATION_STATE_UNSPECIFIED": 0,
+            "RECOMMENDATION_STATE_OPEN": 1,
+            "RECOMMENDATION_STATE_ACCEPTED": 2,
+            "RECOMMENDATION_STATE_DISMISSED": 3,
+        }
+
+
+@dataclass(eq=False, repr=False)
+class AcceptRecommendationRequest(betterproto2.Message):
+    """
+    The request of AcceptRecommendation.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The recommendation's resource name.
+    """
+
+    note: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Why, stored with the decision. [limits: length ..500]
+    """
+
+    request_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Idempotency key (AIP-155).
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1", "AcceptRecommendationRequest", AcceptRecommendationRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -918,6 +1002,35 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class CreateRecommendationRequest(betterproto2.Message):
+    """
+    The request of CreateRecommendation.
+    """
+
+    parent: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The site, organizations/{organization}/sites/{site}.
+    """
+
+    recommendation: "Recommendation | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The recommendation; its name and output fields are ignored.
+    """
+
+    request_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Idempotency key (AIP-155).
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1", "CreateRecommendationRequest", CreateRecommendationRequest
+)
+
+
+@dataclass(eq=False, repr=False)
 class DeleteAlarmRuleRequest(betterproto2.Message):
     """
     The request of DeleteAlarmRule.
@@ -960,6 +1073,33 @@ default_message_pool.register_message(
     "emma.alarm.v1",
     "DeleteNotificationChannelRequest",
     DeleteNotificationChannelRequest,
+)
+
+
+@dataclass(eq=False, repr=False)
+class DismissRecommendationRequest(betterproto2.Message):
+    """
+    The request of DismissRecommendation.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The recommendation's resource name.
+    """
+
+    note: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Why, stored with the decision. [limits: length ..500]
+    """
+
+    request_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Idempotency key (AIP-155).
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1", "DismissRecommendationRequest", DismissRecommendationRequest
 )
 
 
@@ -1025,6 +1165,51 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class GetDeviceHealthRequest(betterproto2.Message):
+    """
+    The request of GetDeviceHealth.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    organizations/{organization}/sites/{site}/edges/{edge}/devices/{device}/health.
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1", "GetDeviceHealthRequest", GetDeviceHealthRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class GetDeviceProjectionRequest(betterproto2.Message):
+    """
+    The request of GetDeviceProjection.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    organizations/{organization}/sites/{site}/edges/{edge}/devices/{device}/projection.
+    """
+
+    window: "datetime.timedelta | None" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Duration,
+        optional=True,
+    )
+    """
+    The window the line is fitted on, ending at the newest sample (default 15 minutes).
+    [limits: 60s..86400s]
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1", "GetDeviceProjectionRequest", GetDeviceProjectionRequest
+)
+
+
+@dataclass(eq=False, repr=False)
 class GetNotificationChannelRequest(betterproto2.Message):
     """
     The request of GetNotificationChannel.
@@ -1039,6 +1224,91 @@ class GetNotificationChannelRequest(betterproto2.Message):
 default_message_pool.register_message(
     "emma.alarm.v1", "GetNotificationChannelRequest", GetNotificationChannelRequest
 )
+
+
+@dataclass(eq=False, repr=False)
+class GetSiteHealthRequest(betterproto2.Message):
+    """
+    The request of GetSiteHealth.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    organizations/{organization}/sites/{site}/health.
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1", "GetSiteHealthRequest", GetSiteHealthRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class Health(betterproto2.Message):
+    """
+    The health of a device or a site.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The device's or site's resource name followed by /health.
+    """
+
+    score: "float" = betterproto2.field(2, betterproto2.TYPE_DOUBLE)
+    """
+    0 (needs attention now) to 100 (nothing to do): the weighted sum of the factors.
+    """
+
+    factors: "list[HealthFactor]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    What the score is made of.
+    """
+
+    compute_time: "datetime.datetime | None" = betterproto2.field(
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    When it was computed.
+    """
+
+
+default_message_pool.register_message("emma.alarm.v1", "Health", Health)
+
+
+@dataclass(eq=False, repr=False)
+class HealthFactor(betterproto2.Message):
+    """
+    One contribution to a health score.
+    """
+
+    factor: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    What it measures: "data_freshness", "alarms", "temperature", "soc_window", or for a site
+    "devices", "worst_device", "edges_reporting".
+    """
+
+    score: "float" = betterproto2.field(2, betterproto2.TYPE_DOUBLE)
+    """
+    Its own score, 0 (bad) to 100 (good).
+    """
+
+    weight: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
+    """
+    Its share of the total; the weights of a score's factors add up to 1.
+    """
+
+    detail: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The numbers behind it, for people ("newest sample 12 s old", "1 critical alarm open").
+    """
+
+
+default_message_pool.register_message("emma.alarm.v1", "HealthFactor", HealthFactor)
 
 
 @dataclass(eq=False, repr=False)
@@ -1287,6 +1557,64 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class ListRecommendationsRequest(betterproto2.Message):
+    """
+    The request of ListRecommendations.
+    """
+
+    parent: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The site, organizations/{organization}/sites/{site}.
+    """
+
+    page_size: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    At most this many results (default 50, at most 1000). [limits: 0..1000]
+    """
+
+    page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The next_page_token of the previous page.
+    """
+
+    state: "RecommendationState" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: RecommendationState(0)
+    )
+    """
+    Only recommendations in this state (default: every state).
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1", "ListRecommendationsRequest", ListRecommendationsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListRecommendationsResponse(betterproto2.Message):
+    """
+    The response of ListRecommendations.
+    """
+
+    recommendations: "list[Recommendation]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    One page of recommendations, newest first.
+    """
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Pass this as page_token to get the next page; empty on the last page.
+    """
+
+
+default_message_pool.register_message(
+    "emma.alarm.v1", "ListRecommendationsResponse", ListRecommendationsResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class NotificationChannel(betterproto2.Message):
     """
     Where alarm transitions are sent.
@@ -1421,6 +1749,81 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class Projection(betterproto2.Message):
+    """
+    A battery's state of charge projected along a straight line fitted to a recent window.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The device's resource name followed by /projection.
+    """
+
+    window_start_time: "datetime.datetime | None" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    The first and the last sample the line was fitted on.
+    """
+
+    window_end_time: "datetime.datetime | None" = betterproto2.field(
+        3,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    The newest sample of the window.
+    """
+
+    sample_count: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+    """
+    How many samples were fitted.
+    """
+
+    soc_percent: "float" = betterproto2.field(5, betterproto2.TYPE_DOUBLE)
+    """
+    The fitted state of charge at window_end_time, in percent.
+    """
+
+    soc_rate_percent_per_hour: "float" = betterproto2.field(6, betterproto2.TYPE_DOUBLE)
+    """
+    The fitted rate, percent per hour: negative discharges, positive charges.
+    """
+
+    r_squared: "float" = betterproto2.field(7, betterproto2.TYPE_DOUBLE)
+    """
+    How well the line fits, 0 to 1 (R squared; 1 when the state of charge did not move).
+    """
+
+    time_to_empty: "datetime.timedelta | None" = betterproto2.field(
+        8,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Duration,
+        optional=True,
+    )
+    """
+    From window_end_time until the line reaches 0 %; unset unless discharging.
+    """
+
+    time_to_full: "datetime.timedelta | None" = betterproto2.field(
+        9,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Duration,
+        optional=True,
+    )
+    """
+    From window_end_time until the line reaches 100 %; unset unless charging.
+    """
+
+
+default_message_pool.register_message("emma.alarm.v1", "Projection", Projection)
+
+
+@dataclass(eq=False, repr=False)
 class ProposedCommand(betterproto2.Message):
     """
     A command an operator may send from an alarm with one call (SendAlarmCommand): written to a channel
@@ -1458,6 +1861,91 @@ class ProposedCommand(betterproto2.Message):
 default_message_pool.register_message(
     "emma.alarm.v1", "ProposedCommand", ProposedCommand
 )
+
+
+@dataclass(eq=False, repr=False)
+class Recommendation(betterproto2.Message):
+    """
+    Advice for a site's operators from a recommendation service (a learned policy, a rule engine).
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The resource name, organizations/{organization}/sites/{site}/recommendations/{recommendation}.
+    """
+
+    title: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    What to do, in a line. [limits: length 1..200]
+    """
+
+    detail: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Why, and what it is expected to bring. [limits: length ..2000]
+    """
+
+    source: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Which model or service produced it ("rl-dispatch-v3"). [limits: length 1..100]
+    """
+
+    confidence: "float" = betterproto2.field(5, betterproto2.TYPE_DOUBLE)
+    """
+    How sure the source is, 0 to 1. [limits: 0..1]
+    """
+
+    devices: "list[str]" = betterproto2.field(
+        6, betterproto2.TYPE_STRING, repeated=True
+    )
+    """
+    The devices it is about, each in the site's edges' inventories,
+    organizations/{organization}/sites/{site}/edges/{edge}/devices/{device}. [limits: items 0..50]
+    """
+
+    state: "RecommendationState" = betterproto2.field(
+        7, betterproto2.TYPE_ENUM, default_factory=lambda: RecommendationState(0)
+    )
+    """
+    Where it is.
+    """
+
+    creator: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
+    """
+    Who posted it.
+    """
+
+    create_time: "datetime.datetime | None" = betterproto2.field(
+        9,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    When it was posted.
+    """
+
+    decided_by: "str" = betterproto2.field(10, betterproto2.TYPE_STRING)
+    """
+    Who accepted or dismissed it.
+    """
+
+    decide_time: "datetime.datetime | None" = betterproto2.field(
+        11,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    When it was accepted or dismissed.
+    """
+
+    decision_note: "str" = betterproto2.field(12, betterproto2.TYPE_STRING)
+    """
+    The note given with the decision.
+    """
+
+
+default_message_pool.register_message("emma.alarm.v1", "Recommendation", Recommendation)
 
 
 @dataclass(eq=False, repr=False)
@@ -1899,6 +2387,104 @@ class AlarmServiceSyncStub:
             ListNotificationDeliveriesResponse.FromString,
         )(message)
 
+    def get_device_health(self, message: "GetDeviceHealthRequest") -> "Health":
+        """
+        The health of a device now: a score 0-100 with the factors it is made of (docs/alarms.md,
+        "Health index"), computed from the current telemetry and alarms on each call.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such device in the edge's inventory).
+        """
+
+        return self._channel.unary_unary(
+            "/emma.alarm.v1.AlarmService/GetDeviceHealth",
+            GetDeviceHealthRequest.SerializeToString,
+            Health.FromString,
+        )(message)
+
+    def get_site_health(self, message: "GetSiteHealthRequest") -> "Health":
+        """
+        The health of a site now: its devices' scores and its edges' connectivity.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
+        """
+
+        return self._channel.unary_unary(
+            "/emma.alarm.v1.AlarmService/GetSiteHealth",
+            GetSiteHealthRequest.SerializeToString,
+            Health.FromString,
+        )(message)
+
+    def get_device_projection(
+        self, message: "GetDeviceProjectionRequest"
+    ) -> "Projection":
+        """
+        A battery's projection: a straight line fitted to its state of charge over a recent window
+        (least squares), and the time to empty or to full at that rate. Errors: FIELD_INVALID (a window
+        outside 60s..86400s), RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with
+        STATE_CONFLICT (fewer than 3 state-of-charge samples in the window).
+        """
+
+        return self._channel.unary_unary(
+            "/emma.alarm.v1.AlarmService/GetDeviceProjection",
+            GetDeviceProjectionRequest.SerializeToString,
+            Projection.FromString,
+        )(message)
+
+    def create_recommendation(
+        self, message: "CreateRecommendationRequest"
+    ) -> "Recommendation":
+        """
+        Posts a recommendation for a site's operators (a recommendation service's account, OPERATOR
+        role), validated and rate-limited per site. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or
+        a device it names is unknown), RATE_LIMITED (too many for the site this hour), REQUEST_ID_REUSED.
+        """
+
+        return self._channel.unary_unary(
+            "/emma.alarm.v1.AlarmService/CreateRecommendation",
+            CreateRecommendationRequest.SerializeToString,
+            Recommendation.FromString,
+        )(message)
+
+    def list_recommendations(
+        self, message: "ListRecommendationsRequest"
+    ) -> "ListRecommendationsResponse":
+        """
+        A site's recommendations, newest first. Errors: FIELD_INVALID, PAGE_TOKEN_INVALID,
+        RESOURCE_NOT_FOUND.
+        """
+
+        return self._channel.unary_unary(
+            "/emma.alarm.v1.AlarmService/ListRecommendations",
+            ListRecommendationsRequest.SerializeToString,
+            ListRecommendationsResponse.FromString,
+        )(message)
+
+    def accept_recommendation(
+        self, message: "AcceptRecommendationRequest"
+    ) -> "Recommendation":
+        """
+        Accepts an open recommendation (audited, with who and when). Errors: FIELD_INVALID,
+        RESOURCE_NOT_FOUND, STATE_CONFLICT (already decided), REQUEST_ID_REUSED.
+        """
+
+        return self._channel.unary_unary(
+            "/emma.alarm.v1.AlarmService/AcceptRecommendation",
+            AcceptRecommendationRequest.SerializeToString,
+            Recommendation.FromString,
+        )(message)
+
+    def dismiss_recommendation(
+        self, message: "DismissRecommendationRequest"
+    ) -> "Recommendation":
+        """
+        Dismisses an open recommendation (audited, with who and when). Errors: FIELD_INVALID,
+        RESOURCE_NOT_FOUND, STATE_CONFLICT (already decided), REQUEST_ID_REUSED.
+        """
+
+        return self._channel.unary_unary(
+            "/emma.alarm.v1.AlarmService/DismissRecommendation",
+            DismissRecommendationRequest.SerializeToString,
+            Recommendation.FromString,
+        )(message)
+
 
 class AlarmServiceStub(betterproto2_grpclib.ServiceStub):
     """
@@ -2285,6 +2871,164 @@ class AlarmServiceStub(betterproto2_grpclib.ServiceStub):
             "/emma.alarm.v1.AlarmService/ListNotificationDeliveries",
             message,
             ListNotificationDeliveriesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_device_health(
+        self,
+        message: "GetDeviceHealthRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "Health":
+        """
+        The health of a device now: a score 0-100 with the factors it is made of (docs/alarms.md,
+        "Health index"), computed from the current telemetry and alarms on each call.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such device in the edge's inventory).
+        """
+
+        return await self._unary_unary(
+            "/emma.alarm.v1.AlarmService/GetDeviceHealth",
+            message,
+            Health,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_site_health(
+        self,
+        message: "GetSiteHealthRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "Health":
+        """
+        The health of a site now: its devices' scores and its edges' connectivity.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND.
+        """
+
+        return await self._unary_unary(
+            "/emma.alarm.v1.AlarmService/GetSiteHealth",
+            message,
+            Health,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_device_projection(
+        self,
+        message: "GetDeviceProjectionRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "Projection":
+        """
+        A battery's projection: a straight line fitted to its state of charge over a recent window
+        (least squares), and the time to empty or to full at that rate. Errors: FIELD_INVALID (a window
+        outside 60s..86400s), RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with
+        STATE_CONFLICT (fewer than 3 state-of-charge samples in the window).
+        """
+
+        return await self._unary_unary(
+            "/emma.alarm.v1.AlarmService/GetDeviceProjection",
+            message,
+            Projection,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def create_recommendation(
+        self,
+        message: "CreateRecommendationRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "Recommendation":
+        """
+        Posts a recommendation for a site's operators (a recommendation service's account, OPERATOR
+        role), validated and rate-limited per site. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or
+        a device it names is unknown), RATE_LIMITED (too many for the site this hour), REQUEST_ID_REUSED.
+        """
+
+        return await self._unary_unary(
+            "/emma.alarm.v1.AlarmService/CreateRecommendation",
+            message,
+            Recommendation,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_recommendations(
+        self,
+        message: "ListRecommendationsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListRecommendationsResponse":
+        """
+        A site's recommendations, newest first. Errors: FIELD_INVALID, PAGE_TOKEN_INVALID,
+        RESOURCE_NOT_FOUND.
+        """
+
+        return await self._unary_unary(
+            "/emma.alarm.v1.AlarmService/ListRecommendations",
+            message,
+            ListRecommendationsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def accept_recommendation(
+        self,
+        message: "AcceptRecommendationRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "Recommendation":
+        """
+        Accepts an open recommendation (audited, with who and when). Errors: FIELD_INVALID,
+        RESOURCE_NOT_FOUND, STATE_CONFLICT (already decided), REQUEST_ID_REUSED.
+        """
+
+        return await self._unary_unary(
+            "/emma.alarm.v1.AlarmService/AcceptRecommendation",
+            message,
+            Recommendation,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def dismiss_recommendation(
+        self,
+        message: "DismissRecommendationRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "Recommendation":
+        """
+        Dismisses an open recommendation (audited, with who and when). Errors: FIELD_INVALID,
+        RESOURCE_NOT_FOUND, STATE_CONFLICT (already decided), REQUEST_ID_REUSED.
+        """
+
+        return await self._unary_unary(
+            "/emma.alarm.v1.AlarmService/DismissRecommendation",
+            message,
+            Recommendation,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
