@@ -122,3 +122,49 @@ def test_web_dir_setting_refuses_a_folder_without_a_build(tmp_path: Path) -> Non
     assert WebConfig.from_env({"EMMA_GATEWAY_WEB_DIR": "off"}).directory is None
     assert WebConfig.from_env({"EMMA_GATEWAY_WEB_DIR": str(DIST)}).directory == DIST
     assert WebConfig.from_env({}).directory == DIST
+
+
+async def test_the_maps_offline_base_layer_is_served(client: httpx.AsyncClient) -> None:
+    r = await client.get("/countries-110m.json", headers={"accept-encoding": "gzip"})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["content-encoding"] == "gzip"
+    topology = r.json()
+    assert topology["type"] == "Topology" and len(topology["objects"]["countries"]["geometries"]) > 100
+
+
+async def test_a_configured_tile_server_is_announced_and_admitted_by_the_policy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EMMA_GATEWAY_MAP_TILES", "https://tiles.example.org/osm/{z}/{x}/{y}.png")
+    monkeypatch.setenv("EMMA_GATEWAY_MAP_ATTRIBUTION", "© OpenStreetMap contributors & <friends>")
+    config = GatewayConfig(target="127.0.0.1:1", host="127.0.0.1", port=0, deadline_s=2.0)
+    async with running_gateway(config) as port, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+        r = await c.get("/organizations/acme")
+    assert r.status_code == 200
+    assert '<meta name="emma-map-tiles" content="https://tiles.example.org/osm/{z}/{x}/{y}.png">' in r.text
+    # The attribution is escaped: a configured value never becomes markup.
+    assert 'content="© OpenStreetMap contributors &amp; &lt;friends&gt;"' in r.text
+    csp = r.headers["content-security-policy"]
+    assert "img-src 'self' data: https://tiles.example.org;" in csp
+    assert "connect-src 'self';" in csp and "script-src 'self';" in csp
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("http://tiles.example.org/{z}/{x}/{y}.png", "must be an https URL"),
+        ("tiles.example.org/{z}/{x}/{y}.png", "must be an https URL"),
+        ("https://tiles.example.org/{z}/{x}.png", "lacks {y}"),
+        ("https://{s}.tiles.example.org/{z}/{x}/{y}.png", "the host may not hold placeholders"),
+    ],
+)
+def test_a_bad_tile_server_setting_is_refused_in_words(value: str, words: str) -> None:
+    with pytest.raises(GatewayConfigError, match=re.escape(words)):
+        WebConfig.from_env({"EMMA_GATEWAY_MAP_TILES": value})
+
+
+def test_a_tile_server_on_this_machine_may_use_http() -> None:
+    config = WebConfig.from_env({"EMMA_GATEWAY_MAP_TILES": "http://localhost:8081/{z}/{x}/{y}.png"})
+    assert config.tile_origin == "http://localhost:8081"
+    assert WebConfig.from_env({}).map_tiles == ""
