@@ -148,6 +148,10 @@ class RecedingHorizon:
                 or sorted(current.result.sites) != sorted(site_names)
             ):
                 return None
+            # Fresh inputs that admitted no schedule are tried again after an interval, not every poll.
+            failed = await store.latest_failed_time(conn, site_names, CREATOR)
+            if failed is not None and (now - failed).total_seconds() < self._config.interval_s:
+                return None
             sites: list[SiteName] = [parse_site(s) for s in site_names]
             start = quarter_hour(now)
             slots = await price_slots(conn, sites, start, self._config.horizon_slots, self._assembly)

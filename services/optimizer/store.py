@@ -140,6 +140,17 @@ async def active_assembled_runs(conn: Conn, now: datetime) -> list[StoredRun]:
     return out
 
 
+async def latest_failed_time(conn: Conn, sites: list[str], creator: str) -> datetime | None:
+    """When `creator` last stored a FAILED run of exactly these sites (None: never)."""
+    found: datetime | None = await conn.fetchval(
+        """SELECT max(create_time) FROM optimizer.runs
+           WHERE site_names = $1::text[] AND creator = $2 AND state = 'failed'""",
+        sites,
+        creator,
+    )
+    return found
+
+
 async def runs_in_force(conn: Conn, site: str, start: datetime, end: datetime) -> list[StoredRun]:
     """Every successful run planning `site` whose horizon overlaps [start, end), oldest first: the
     plan in force at a time is the newest of them created before it (what the relay sent)."""

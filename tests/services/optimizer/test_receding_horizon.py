@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -19,8 +20,9 @@ from google.protobuf import duration_pb2
 
 from services.forecast.store import MadeForecast, save_run
 from services.market import Slot, save_document
+from services.optimizer import store
 from services.optimizer.config import AssemblyConfig, HorizonConfig, OptimizerConfigError
-from services.optimizer.horizon import RecedingHorizon
+from services.optimizer.horizon import CREATOR, RecedingHorizon
 from tests.services.optimizer.test_platform_inputs import (
     ACME,
     PRICE_ENV,
@@ -196,6 +198,23 @@ async def test_replicas_take_turns_and_explicit_plans_are_left_alone(
     made = await asyncio.gather(_worker(pool, clock).tick(), _worker(pool, clock).tick())
     assert sorted(len(m) for m in made) == [0, 1]  # one replica re-optimised, the other found it done
     assert await _runs(db, site) == 4
+
+    # Fresh inputs that admitted no schedule are tried again an interval later, not at every poll.
+    (newest,) = [m for m in made if m]
+    failed = pb.OptimizationRun(name=f"{ACME}/optimizationRuns/{uuid.uuid4()}", sites=[site])
+    failed.state = pb.OPTIMIZATION_RUN_STATE_FAILED
+    failed.create_time.FromDatetime(clock[0] + dt.timedelta(seconds=1))
+    begin = newest[0].inputs.start_time.ToDatetime(UTC)
+    await store.save_run(
+        db, failed, newest[0].inputs, run_id=uuid.uuid4(), org="acme", start=begin, end=begin + SLOT,
+        replay_of=None, creator=CREATOR, request_id=None, assembled=True,
+    )  # fmt: skip
+    clock[0] += dt.timedelta(seconds=900)
+    await store_samples(migrated_url, pk, {soc_series: [(clock[0] - dt.timedelta(seconds=1), 5000.0)]})
+    assert await _worker(pool, clock).tick() == []
+    clock[0] += dt.timedelta(seconds=2)
+    (run,) = await _worker(pool, clock).tick()
+    assert run.trigger_reason == "interval" and await _runs(db, site) == 6
 
 
 @pytest.mark.parametrize(
