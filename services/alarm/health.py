@@ -125,11 +125,10 @@ async def _alarm_counts(conn: Conn, org: str, prefix: str, now: dt.datetime) -> 
                   count(*) FILTER (WHERE clear_time IS NULL AND severity = 1) AS warning,
                   count(*) FILTER (WHERE clear_time IS NOT NULL) AS recent
            FROM alarm.alarms
-           WHERE org_id = $1 AND starts_with(source, $2) AND (clear_time IS NULL OR raise_time >= $3 - $4::interval)""",
+           WHERE org_id = $1 AND starts_with(source, $2) AND (clear_time IS NULL OR raise_time >= $3)""",
         org,
         prefix,
-        now,
-        ALARM_HISTORY,
+        now - ALARM_HISTORY,
     )
     assert row is not None
     return int(row["critical"]), int(row["warning"]), int(row["recent"])
@@ -153,11 +152,12 @@ async def _device_health(conn: Conn, device: _Device, now: dt.datetime) -> pb.He
     weights = DEVICE_WEIGHTS
     if device.is_battery:
         weights = BATTERY_WEIGHTS
+        # By what the device reports, not only what it declared: a BMS may send its temperature as a
+        # plain measurement outside its declared channels.
         for channel in TEMPERATURE_CHANNELS:
-            if device.has(channel):
-                found = await latest_value(conn, device.pk, f"{d}/{channel}")
-                if found is not None:
-                    factors["temperature"] = (temperature_score(found[1]), f"{channel} {found[1]:g} degC")
+            found = await latest_value(conn, device.pk, f"{d}/{channel}")
+            if found is not None:
+                factors["temperature"] = (temperature_score(found[1]), f"{channel} {found[1]:g} degC")
                 break
         socs = [
             s.value

@@ -1,0 +1,158 @@
+"""Health index, projections and recommendations against real ingest and a real AlarmService, and the
+pure scoring and fitting functions on their own."""
+
+from __future__ import annotations
+
+import time
+
+import asyncpg
+import grpc
+import pytest
+from emma.alarm.v1 import alarm_pb2 as pb
+from emma.alarm.v1 import alarm_pb2_grpc
+from google.protobuf import duration_pb2
+
+from services.alarm import health
+from tests.services.alarm.test_engine import _error, _send
+from tests.support.cloud import Host, new_edge
+from tests.support.edge_client import EdgeStream, battery_inventory, hello
+from tests.support.identity import authed_channel, grant
+
+ACME = "organizations/acme"
+CHANNELS = [("battery_1/Soc", "%"), ("battery_1/CellTemperature", "degC")]
+SOC, TEMP = 0, 1
+
+
+def test_scores_follow_the_documented_formula() -> None:
+    assert health.freshness_score(30) == 100 and health.freshness_score(900) == 0
+    assert health.freshness_score(480) == pytest.approx(50)
+    assert health.temperature_score(25) == 100 and health.temperature_score(45) == pytest.approx(50)
+    assert health.temperature_score(2.5) == pytest.approx(50) and health.temperature_score(70) == 0
+    assert health.soc_window_score([50, 50, 99, 2]) == pytest.approx(50)
+    assert health.alarm_score(1, 1, 1) == pytest.approx(35) and health.alarm_score(3, 0, 0) == 0
+    combined = health.combine("x", {"data_freshness": (100, ""), "alarms": (50, "")}, health.BATTERY_WEIGHTS)
+    # Only the factors with data count, their weights renormalised: 0.2/0.5 * 100 + 0.3/0.5 * 50.
+    assert combined.score == pytest.approx(70) and sum(f.weight for f in combined.factors) == pytest.approx(1)
+
+
+def test_the_line_fit_is_least_squares() -> None:
+    a, b, r2 = health.fit([(0, 1), (1, 3), (2, 5)])
+    assert (a, b, r2) == pytest.approx((1, 2, 1))
+    a, b, r2 = health.fit([(0, 50), (1, 50), (2, 50)])
+    assert (a, b, r2) == (50, 0, 1)
+    _, _, r2 = health.fit([(0, 0), (1, 1), (2, 0), (3, 1)])
+    assert 0 < r2 < 1
+
+
+async def test_device_and_site_health_projection_and_recommendations(
+    host: Host, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMMA_ALARM_RECOMMENDATIONS_PER_HOUR", "3")
+    edge, _, key = await new_edge(db, "healthy")
+    other, _, _ = await new_edge(db, "elsewhere")
+    operator = await grant(db, "acme", "operator")
+    viewer = await grant(db, "acme", "viewer")
+    device = f"{edge}/devices/battery_1"
+    site = str(edge.site_name)
+    async with (
+        host(["edge", "alarm"]) as (server, _),
+        authed_channel(server.port, operator.token) as channel,
+        authed_channel(server.port, viewer.token) as viewing,
+    ):
+        api = alarm_pb2_grpc.AlarmServiceStub(channel)
+        stream = EdgeStream(server.port)
+        await stream.send(hello(str(edge), key, CHANNELS, devices=[battery_inventory()]))
+        await stream.recv_kind("welcome")
+        # Discharging 1 % a minute for 10 minutes, ending now at 70 %; the cells at 45 degC.
+        end = time.time()
+        points = [(SOC, i * 60_000, 80.0 - i) for i in range(11)]
+        await _send(stream, 1, end - 600, [*points, (TEMP, 600_000, 45.0)])
+
+        projected = await api.GetDeviceProjection(pb.GetDeviceProjectionRequest(name=f"{device}/projection"))
+        assert projected.sample_count == 11 and projected.r_squared == pytest.approx(1)
+        assert projected.soc_percent == pytest.approx(70) and projected.soc_rate_percent_per_hour == pytest.approx(-60)
+        assert projected.time_to_empty.ToTimedelta().total_seconds() == pytest.approx(70 * 60, rel=1e-6)
+        assert not projected.HasField("time_to_full")
+        # Too short a window for three samples; a window out of bounds; a device that does not exist.
+        code, reason, _ = await _error(
+            api.GetDeviceProjection(
+                pb.GetDeviceProjectionRequest(name=f"{device}/projection", window=duration_pb2.Duration(seconds=90))
+            )
+        )
+        assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "STATE_CONFLICT")
+        _, reason, meta = await _error(
+            api.GetDeviceProjection(
+                pb.GetDeviceProjectionRequest(name=f"{device}/projection", window=duration_pb2.Duration(seconds=5))
+            )
+        )
+        assert (reason, meta["field"]) == ("FIELD_INVALID", "window")
+        code, _, _ = await _error(api.GetDeviceHealth(pb.GetDeviceHealthRequest(name=f"{edge}/devices/nope/health")))
+        assert code == grpc.StatusCode.NOT_FOUND
+
+        # Fresh data, no alarms, all samples inside 5..95 %, 45 degC (half marks): 0.2*100+0.3*100+0.2*50+0.3*100.
+        device_health = await alarm_pb2_grpc.AlarmServiceStub(viewing).GetDeviceHealth(
+            pb.GetDeviceHealthRequest(name=f"{device}/health")
+        )
+        factors = {f.factor: f.score for f in device_health.factors}
+        assert factors == {"data_freshness": 100, "alarms": 100, "temperature": 50, "soc_window": 100}
+        assert device_health.score == pytest.approx(90)
+        site_health = await api.GetSiteHealth(pb.GetSiteHealthRequest(name=f"{site}/health"))
+        assert {f.factor: f.score for f in site_health.factors} == {
+            "devices": 90,
+            "worst_device": 90,
+            "edges_reporting": 100,
+        }
+        assert site_health.score == pytest.approx(92)
+
+        # Recommendations: validated, rate-limited per site, decided once.
+        def post(**fields: object) -> pb.CreateRecommendationRequest:
+            rec = pb.Recommendation(title="charge at 02:00", source="rl-dispatch-v3", confidence=0.8)
+            for k, v in fields.items():
+                if k == "devices":
+                    rec.devices.extend(v)  # type: ignore[arg-type]
+                else:
+                    setattr(rec, k, v)
+            return pb.CreateRecommendationRequest(parent=site, recommendation=rec)
+
+        _, reason, meta = await _error(api.CreateRecommendation(post(confidence=1.5)))
+        assert (reason, meta["field"]) == ("FIELD_INVALID", "recommendation.confidence")
+        code, reason, meta = await _error(api.CreateRecommendation(post(devices=[f"{edge}/devices/ghost"])))
+        assert (code, reason, meta["resource"]) == (
+            grpc.StatusCode.NOT_FOUND,
+            "RESOURCE_NOT_FOUND",
+            f"{edge}/devices/ghost",
+        )
+        _, reason, meta = await _error(api.CreateRecommendation(post(devices=[f"{other}/devices/battery_1"])))
+        assert (reason, meta["field"]) == ("FIELD_INVALID", "recommendation.devices[0]")
+        code, _, _ = await _error(alarm_pb2_grpc.AlarmServiceStub(viewing).CreateRecommendation(post()))
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+
+        first = await api.CreateRecommendation(post(devices=[device], detail="prices are lowest then"))
+        assert first.state == pb.RECOMMENDATION_STATE_OPEN and first.creator == f"users/{operator.user_id}"
+        second = await api.CreateRecommendation(post(title="reduce the export limit"))
+        await api.CreateRecommendation(post(title="third"))
+        code, reason, meta = await _error(api.CreateRecommendation(post(title="fourth")))
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED") and "retry_after_ms" in meta
+
+        accepted = await api.AcceptRecommendation(pb.AcceptRecommendationRequest(name=first.name, note="scheduled"))
+        assert accepted.state == pb.RECOMMENDATION_STATE_ACCEPTED
+        assert accepted.decided_by == f"users/{operator.user_id}" and accepted.HasField("decide_time")
+        code, reason, _ = await _error(api.DismissRecommendation(pb.DismissRecommendationRequest(name=first.name)))
+        assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "STATE_CONFLICT")
+        dismissed = await api.DismissRecommendation(pb.DismissRecommendationRequest(name=second.name))
+        assert dismissed.state == pb.RECOMMENDATION_STATE_DISMISSED
+        listed = await api.ListRecommendations(pb.ListRecommendationsRequest(parent=site))
+        assert [r.title for r in listed.recommendations] == ["third", "reduce the export limit", "charge at 02:00"]
+        only_open = await api.ListRecommendations(
+            pb.ListRecommendationsRequest(parent=site, state=pb.RECOMMENDATION_STATE_OPEN)
+        )
+        assert [r.title for r in only_open.recommendations] == ["third"]
+        # The decisions are in the audit trail with who made them.
+        audited = await db.fetch(
+            "SELECT actor, method FROM identity.audit_entries WHERE resource = $1 AND result_code = 0 ORDER BY id",
+            first.name,
+        )
+        assert [(r["actor"], r["method"]) for r in audited] == [
+            (f"users/{operator.user_id}", "/emma.alarm.v1.AlarmService/AcceptRecommendation")
+        ]
+        await stream.close()
