@@ -411,6 +411,12 @@ async def test_the_app_fits_a_phone_and_is_installable(dashboard: Dashboard, pag
     overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page is {overflow}px wider than a phone's screen"
     await page.screenshot(path=dashboard.artifacts / "fleet-phone.png", full_page=True)
+    await page.goto(dashboard.url + "/organizations/acme/sites/home")
+    await expect(page.locator("[data-chart=prices] canvas")).to_be_visible()
+    await expect(page.locator("tr[data-device=battery_1]")).to_be_visible()
+    overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the site page is {overflow}px wider than a phone's screen"
+    await page.screenshot(path=dashboard.artifacts / "site-phone.png", full_page=True)
     manifest = await page.evaluate("fetch(document.querySelector('link[rel=manifest]').href).then(r => r.json())")
     assert manifest["display"] == "standalone" and manifest["icons"]
 
