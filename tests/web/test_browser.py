@@ -344,6 +344,9 @@ async def test_login_shows_the_fleet_with_state_and_power_then_logout_revokes_th
     north = page.locator("tr[data-site=north]")
     await expect(north).to_contain_text("never connected")
     await expect(page.locator(".totals")).to_contain_text("2")
+    # The VPP aggregate: home's battery charges 1 kW with 4 kW limits each way.
+    await expect(page.locator("[data-vpp=up] dd")).to_have_text("5 kW")
+    await expect(page.locator("[data-vpp=down] dd")).to_have_text("3 kW")
     await page.screenshot(path=dashboard.artifacts / "fleet.png", full_page=True)
 
     session = await stored_session(page)
@@ -549,7 +552,8 @@ async def test_a_setpoint_is_confirmed_then_watched_to_executed_and_bad_input_is
     await expect(panel.locator(".lifecycle")).to_contain_text("applied -2,000 W")
     steps = [t.split(" ")[0] for t in await panel.locator(".transitions li").all_inner_texts()]
     assert steps == ["QUEUED", "DELIVERED", "RECEIVED", "EXECUTED"], steps
-    assert [(c.channel, c.value) for c in dashboard.commands] == [("battery_1/SetActivePower", -2000.0)]
+    assert ("battery_1/SetActivePower", -2000.0) in [(c.channel, c.value) for c in dashboard.commands]
+    assert 9000.0 not in [c.value for c in dashboard.commands]
     await page.screenshot(path=dashboard.artifacts / "command-executed.png", full_page=True)
 
 
@@ -557,6 +561,8 @@ async def test_a_viewer_sees_no_command_or_alarm_buttons(dashboard: Dashboard, p
     await log_in(page, dashboard.url, password=VIEWER_PASSWORD, email=VIEWER_EMAIL)
     await expect(page.locator("tr[data-site=home]")).to_be_visible()
     await expect(page.locator(".role")).to_have_text("viewer")
+    await expect(page.locator("[data-vpp=up]")).to_be_visible()
+    await expect(page.get_by_role("heading", name="Fleet dispatch")).to_have_count(0)
     await page.goto(dashboard.url + HOME)
     await expect(page.locator("[data-flow-value=pv] dd")).not_to_have_text("no value")
     await expect(page.get_by_role("heading", name="Commands")).to_have_count(0)
@@ -684,3 +690,27 @@ async def test_every_page_passes_axe_core_without_serious_violations(dashboard: 
             await context.close()
         bad = {k: v for k, v in found.items() if v}
         assert not bad, f"axe-core found serious or critical violations ({scheme} theme): {json.dumps(bad, indent=1)}"
+
+
+async def test_a_fleet_dispatch_is_confirmed_and_shows_each_edges_result(dashboard: Dashboard, page: Page) -> None:
+    await log_in(page, dashboard.url)
+    await expect(page.locator("tr[data-site=home]")).to_be_visible()
+    panel = page.locator("section[aria-labelledby=dispatch-title]")
+    power = panel.get_by_label("Power per edge (kW)")
+    await power.fill("0")
+    await panel.get_by_role("button", name="Dispatch to the fleet").click()
+    await expect(panel.get_by_role("alert")).to_contain_text("must be more than 0 kW")
+    await dashboard.push([(MAX_DIS, 4000.0), (MAX_CH, 4000.0)])
+    await power.fill("1")
+    await panel.get_by_role("button", name="Dispatch to the fleet").click()
+    await expect(panel.get_by_role("alertdialog")).to_contain_text("Discharge 1 kW per edge at every edge")
+    await panel.get_by_role("button", name="Confirm dispatch").click()
+    home = panel.locator("tr[data-edge='organizations/acme/sites/home/edges/home']")
+    await expect(home).to_contain_text("EXECUTED")
+    await expect(home).to_contain_text("battery_1/SetActivePower 1,000 W")
+    # The edges that declared no battery got no command, and say why.
+    for edge in ("gw", "north"):
+        row = panel.locator(f"tr[data-edge='organizations/acme/sites/{edge}/edges/{edge}']")
+        await expect(row).to_contain_text("skipped: CHANNEL_NOT_FOUND: the edge reports no battery")
+    await expect(panel.locator("[data-dispatch-pending]")).to_contain_text("1 executed, 0 pending")
+    await page.screenshot(path=dashboard.artifacts / "fleet-dispatch.png", full_page=True)

@@ -74,3 +74,36 @@ export function flowOf(values: Iterable<LatestValue>): Flow {
     loadDerived,
   };
 }
+
+export interface Flexibility {
+  upW: number; // more power the batteries could feed the site (discharge more or charge less)
+  downW: number; // more power they could take (charge more or discharge less)
+  batteries: number;
+}
+
+/** The batteries' headroom from their dynamic limits (MaxDischargePower, MaxChargePower, both W > 0)
+ * and their power now (> 0 discharging): what a VPP could ask of them this minute. */
+export function flexibilityOf(values: Iterable<LatestValue>): Flexibility {
+  const byDevice = new Map<string, { p?: number; maxDis?: number; maxCh?: number }>();
+  for (const v of values) {
+    const ref = parseChannel(v.channel);
+    if (!ref || v.value === undefined || roleOf(ref.device) !== "battery") continue;
+    const key = `${ref.edge}/${ref.device}`;
+    const d = byDevice.get(key) ?? {};
+    if (ref.channel === "ActivePower") d.p = v.value;
+    else if (ref.channel === "MaxDischargePower") d.maxDis = v.value;
+    else if (ref.channel === "MaxChargePower") d.maxCh = v.value;
+    byDevice.set(key, d);
+  }
+  let upW = 0;
+  let downW = 0;
+  let batteries = 0;
+  for (const d of byDevice.values()) {
+    if (d.maxDis === undefined || d.maxCh === undefined) continue;
+    const p = d.p ?? 0;
+    upW += Math.max(0, d.maxDis - p);
+    downW += Math.max(0, d.maxCh + p);
+    batteries += 1;
+  }
+  return { upW, downW, batteries };
+}

@@ -190,9 +190,9 @@ export function ForecastChart({ org, site, timeZone }: { org: string; site: stri
   kinds.forEach((k, i) => {
     const base = i * 3 + 1;
     series.push(
-      { label: `${k.name} p10`, stroke: k.c, width: 0.5, dash: [4, 4] },
-      { label: `${k.name} p50`, stroke: k.c, width: 2 },
-      { label: `${k.name} p90`, stroke: k.c, width: 0.5, dash: [4, 4] },
+      { label: `${k.name} p10`, stroke: k.c, width: 0.5, dash: [4, 4], points: { show: false } },
+      { label: `${k.name} p50`, stroke: k.c, width: 2, points: { show: false } },
+      { label: `${k.name} p90`, stroke: k.c, width: 0.5, dash: [4, 4], points: { show: false } },
     );
     bands.push({ series: [base + 2, base], fill: k.fill });
   });

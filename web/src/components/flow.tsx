@@ -96,7 +96,7 @@ export function EnergyFlow({ flow }: { flow: Flow }) {
           <g key={n.id} class={`flow-node node-${n.id}`} data-flow={n.id}>
             <circle cx={n.x} cy={n.y} r={24} />
             <text x={n.x} y={n.y - 3} text-anchor="middle" class="flow-label">
-              {n.label}
+              {n.label.replace(" (derived)", "")}
             </text>
             <text x={n.x} y={n.y + 12} text-anchor="middle" class="flow-value" data-watts={n.watts ?? ""}>
               {n.watts === undefined ? "–" : fmt.power(Math.abs(n.watts))}

@@ -4,7 +4,10 @@ import { lastSegment, type Site } from "../api";
 import { gridPowerW, latestValues, listEdges, listSites, siteState, type SiteState } from "../data";
 import * as fmt from "../format";
 import { useLoad } from "../load";
+import { FleetDispatchPanel } from "../components/dispatch";
 import { FleetMap } from "../components/map";
+import { roleIn } from "../auth";
+import { flexibilityOf, type Flexibility } from "../energy";
 import { navigate, onLinkClick } from "../router";
 
 interface Row {
@@ -12,6 +15,7 @@ interface Row {
   id: string;
   state: SiteState;
   gridW: number | undefined;
+  flex: Flexibility;
   lastSeen: string | undefined;
   problem: string | undefined;
 }
@@ -30,6 +34,7 @@ async function fleet(org: string): Promise<Row[]> {
         id,
         state: siteState(edgeList),
         gridW: values.status === "fulfilled" ? gridPowerW(values.value) : undefined,
+        flex: flexibilityOf(values.status === "fulfilled" ? values.value : []),
         lastSeen: seen[seen.length - 1],
         problem: problems.join("; ") || undefined,
       };
@@ -43,6 +48,11 @@ export function FleetPage({ org }: { org: string }) {
   const online = data.filter((r) => r.state === "online").length;
   const withPower = data.filter((r) => r.gridW !== undefined);
   const totalW = withPower.reduce((sum, r) => sum + (r.gridW ?? 0), 0);
+  const batteries = data.reduce((n, r) => n + r.flex.batteries, 0);
+  const upW = data.reduce((n, r) => n + r.flex.upW, 0);
+  const downW = data.reduce((n, r) => n + r.flex.downW, 0);
+  const role = roleIn(org);
+  const canDispatch = role === "ROLE_OPERATOR" || role === "ROLE_ADMIN";
   return (
     <section aria-labelledby="fleet-title">
       <h1 id="fleet-title">Fleet overview</h1>
@@ -66,6 +76,14 @@ export function FleetPage({ org }: { org: string }) {
             <div>
               <dt>Grid power now</dt>
               <dd>{withPower.length ? fmt.power(totalW) : "–"}</dd>
+            </div>
+            <div data-vpp="up">
+              <dt>Flexibility up</dt>
+              <dd>{batteries ? fmt.power(upW) : "–"}</dd>
+            </div>
+            <div data-vpp="down">
+              <dt>Flexibility down</dt>
+              <dd>{batteries ? fmt.power(downW) : "–"}</dd>
             </div>
           </dl>
           {data.some((r) => r.site.location) && (
@@ -119,6 +137,15 @@ export function FleetPage({ org }: { org: string }) {
             </div>
           )}
         </>
+      )}
+      {rows.data && canDispatch && (
+        <section aria-labelledby="dispatch-title" class="panel">
+          <h2 id="dispatch-title">Fleet dispatch</h2>
+          <p class="meta small">
+            Flexibility is the batteries' headroom from their dynamic limits and their power now ({batteries} batter{batteries === 1 ? "y" : "ies"}).
+          </p>
+          <FleetDispatchPanel org={org} />
+        </section>
       )}
     </section>
   );
