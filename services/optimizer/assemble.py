@@ -247,7 +247,6 @@ async def assemble(
     out.inputs.step.FromTimedelta(SLOT)
     countries: set[str] = set()
     zones: set[str] = set()
-    device_power_w = 0.0
     for site in sites:
         profile = await site_profile(conn, site)
         if profile is None:
@@ -299,7 +298,6 @@ async def assemble(
         evs = list(out.inputs.ev_chargers)[first_ev:]
         draw = sum(b.max_charge_w for b in bats) + sum(e.max_power_w for e in evs) + max(load, default=0.0)
         feed = sum(b.max_discharge_w for b in bats) + max(pv_forecast, default=0.0)
-        device_power_w += draw + feed
         out.inputs.sites.append(
             pb.SiteInputs(
                 site=str(site), load_w=load, import_limit_w=math.ceil(draw) + 1.0, export_limit_w=math.ceil(feed) + 1.0
