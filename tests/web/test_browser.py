@@ -236,6 +236,44 @@ async def configure(url: str) -> None:
             },
         )
         assert r.status_code == 200, r.text
+        # A plan in force now for the home battery: explicit inputs, solved by the real optimizer.
+        now = datetime.now(UTC)
+        start = now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
+        slots = 8
+        r = await client.post(
+            "/v1/organizations/acme/optimizationRuns:run",
+            json={
+                "sites": ["organizations/acme/sites/home"],
+                "inputs": {
+                    "startTime": start.isoformat().replace("+00:00", "Z"),
+                    "step": "900s",
+                    "slotCount": slots,
+                    "prices": {
+                        "marketPriceEurPerMwh": [120.0, 120.0, -20.0, -20.0, 300.0, 300.0, 90.0, 90.0],
+                        "feedInPriceEurPerMwh": [50.0] * slots,
+                    },
+                    "sites": [
+                        {
+                            "site": "organizations/acme/sites/home",
+                            "loadW": [800.0] * slots,
+                            "importLimitW": 10000,
+                            "exportLimitW": 10000,
+                        }
+                    ],
+                    "batteries": [
+                        {
+                            "device": "organizations/acme/sites/home/edges/home/devices/battery_1",
+                            "capacityWh": 10000,
+                            "socWh": 5000,
+                            "maxChargeW": 4000,
+                            "maxDischargeW": 4000,
+                        }
+                    ],
+                },
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == "OPTIMIZATION_RUN_STATE_SUCCEEDED", r.text
 
 
 @pytest.fixture(scope="module")
@@ -589,7 +627,10 @@ async def test_charts_of_history_prices_with_negative_slots_and_forecast_bands(
     await expect(page.locator("[data-chart=forecast] canvas")).to_be_visible()
     await expect(page.locator("[data-forecast-kinds]")).to_have_attribute("data-forecast-kinds", "PV,Load")
     await expect(page.locator("[data-chart=forecast]")).to_contain_text("PV p90")  # the band's edges in the legend
-    await expect(page.get_by_text("No plan in force at this site's edges.")).to_be_visible()
+    # The plan in force at the home edge, per asset, against the battery power measured meanwhile.
+    await expect(page.locator("[data-plan-assets]")).to_have_attribute("data-plan-assets", "battery_1 plan,grid plan")
+    await expect(page.locator("[data-chart=plan] canvas")).to_be_visible()
+    await expect(page.locator("[data-chart=plan]")).to_contain_text("battery_1 measured")
 
     # History: 24 hours in 4-minute buckets; dragging across the chart loads the range again, finer.
     history = page.locator("[data-chart=history]")

@@ -250,7 +250,12 @@ export function PlanChart({
       const start = epoch(p.startTime);
       const step = seconds(p.step);
       const xs = (s.powerW ?? []).map((_, i) => start + i * step);
-      return { label: `${s.asset ?? "asset"} plan`, table: [xs, s.powerW ?? []] as ChartData, start, end: start + xs.length * step };
+      // The optimizer counts battery power positive when charging; telemetry (and this chart, so the
+      // plan lies on what was measured) positive when discharging.
+      const sign = s.kind === "ASSET_KIND_BATTERY" ? -1 : 1;
+      const asset = s.kind === "ASSET_KIND_GRID" ? "grid" : (s.asset ?? "asset").split("/").pop();
+      const ys = (s.powerW ?? []).map((w) => (w === 0 ? 0 : sign * w));
+      return { label: `${asset} plan`, table: [xs, ys] as ChartData, start, end: start + xs.length * step };
     }),
   );
   const from = Math.min(...assets.map((a) => a.start));
@@ -274,12 +279,23 @@ export function PlanChart({
       {plans.error && <p role="alert" class="error">{plans.error}</p>}
       {plans.data && assets.length === 0 && <p>No plan in force at this site's edges.</p>}
       {assets.length > 0 && (
+        <p class="meta small" data-plan-assets={assets.map((a) => a.label).join(",")}>
+          Run {(planned[0]?.run ?? "").split("/").pop()}, {fmt.time(planned[0]?.startTime, timeZone)} to{" "}
+          {fmt.time(planned[0]?.validUntilTime, timeZone)}; power in W (batteries positive discharging, grid positive importing, as measured).
+        </p>
+      )}
+      {assets.length > 0 && (
         <Chart
           label={`The optimizer's plan against what was measured: ${labels.join(", ")}`}
           testId="plan"
           timeZone={timeZone}
           yLabel="W"
-          series={labels.map((label, i) => ({ label, stroke: colour(i), width: 1.5, ...(i < assets.length ? { paths: uPlot.paths.stepped!({ align: 1 }) } : {}) }))}
+          series={labels.map((label, i) => ({
+            label,
+            stroke: colour(i),
+            width: 1.5,
+            ...(i < assets.length ? { paths: uPlot.paths.stepped!({ align: 1 }), points: { show: false } } : {}),
+          }))}
           data={uPlot.join(tables)}
         />
       )}
