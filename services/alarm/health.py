@@ -227,35 +227,45 @@ def fit(points: Sequence[tuple[float, float]]) -> tuple[float, float, float]:
     return a, b, r2
 
 
+async def _window_samples(
+    conn: Conn, device: _Device, channel: str, window: dt.timedelta
+) -> list[tuple[dt.datetime, float]]:
+    """The channel's samples in the window that ends at its newest sample, oldest first."""
+    address = f"{device.item.device_id}/{channel}"
+    newest = await latest_value(conn, device.pk, address)
+    if newest is None:
+        return []
+    cursor = ChannelCursor(device.pk, address, newest[0] - window - dt.timedelta(microseconds=1))
+    return [(s.time, s.value) for s in await samples_after(conn, [cursor], 10_000)]
+
+
+def _too_few(device: _Device, channel: str, count: int, window: dt.timedelta) -> ApiError:
+    return ApiError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        errors_pb2.ERROR_REASON_STATE_CONFLICT,
+        f"{device.name}: {count} {channel} samples in the {window.total_seconds():g} s before the newest; "
+        f"at least {MIN_FIT_SAMPLES} are needed",
+        metadata={"resource": str(device.name)},
+    )
+
+
 async def projection(conn: Conn, name: str, window: dt.timedelta) -> pb.Projection:
     if not MIN_WINDOW <= window <= MAX_WINDOW:
         raise invalid_field("window", "must be between 60s and 86400s")
     device = await _device(conn, device_of(name, "projection"))
+    if device.item.kind == types_pb2.DEVICE_KIND_EV_CHARGER:
+        return await _charger(conn, device, window)
     if not device.has("Soc"):
-        raise invalid_field("name", f"{device.name} has no Soc channel to project")
-    channel = f"{device.item.device_id}/Soc"
-    newest = await latest_value(conn, device.pk, channel)
-    samples = (
-        []
-        if newest is None
-        else await samples_after(
-            conn, [ChannelCursor(device.pk, channel, newest[0] - window - dt.timedelta(microseconds=1))], 10_000
-        )
-    )
+        raise invalid_field("name", f"{device.name} is neither a battery with a Soc channel nor an EV charger")
+    samples = await _window_samples(conn, device, "Soc", window)
     if len(samples) < MIN_FIT_SAMPLES:
-        raise ApiError(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            errors_pb2.ERROR_REASON_STATE_CONFLICT,
-            f"{device.name}: {len(samples)} Soc samples in the {window.total_seconds():g} s before the newest; "
-            f"at least {MIN_FIT_SAMPLES} are needed to fit a line",
-            metadata={"resource": str(device.name)},
-        )
-    end = samples[-1].time
+        raise _too_few(device, "Soc", len(samples), window)
+    end = samples[-1][0]
     # Hours before the newest sample, so the intercept is the fitted state of charge at window_end_time.
-    a, b, r2 = fit([((s.time - end).total_seconds() / 3600, s.value) for s in samples])
+    a, b, r2 = fit([((t - end).total_seconds() / 3600, v) for t, v in samples])
     out = pb.Projection(
         name=f"{device.name}/projection",
-        window_start_time=timestamp(samples[0].time),
+        window_start_time=timestamp(samples[0][0]),
         window_end_time=timestamp(end),
         sample_count=len(samples),
         soc_percent=a,
@@ -266,4 +276,29 @@ async def projection(conn: Conn, name: str, window: dt.timedelta) -> pb.Projecti
         out.time_to_empty.FromTimedelta(dt.timedelta(hours=max(0.0, a) / -b))
     elif b > 1e-9:
         out.time_to_full.FromTimedelta(dt.timedelta(hours=max(0.0, 100.0 - a) / b))
+    return out
+
+
+async def _charger(conn: Conn, device: _Device, window: dt.timedelta) -> pb.Projection:
+    spec = next((c for c in device.item.channels if c.name == "ActivePower"), None)
+    if spec is None or not spec.HasField("max_value") or spec.max_value <= 0:
+        raise ApiError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            errors_pb2.ERROR_REASON_STATE_CONFLICT,
+            f"{device.name} declares no rated power (the maximum of its ActivePower channel)",
+            metadata={"resource": str(device.name)},
+        )
+    samples = await _window_samples(conn, device, "ActivePower", window)
+    if len(samples) < MIN_FIT_SAMPLES:
+        raise _too_few(device, "ActivePower", len(samples), window)
+    out = pb.Projection(
+        name=f"{device.name}/projection",
+        window_start_time=timestamp(samples[0][0]),
+        window_end_time=timestamp(samples[-1][0]),
+        sample_count=len(samples),
+        charger_utilisation=min(1.0, max(0.0, sum(v for _, v in samples) / len(samples) / spec.max_value)),
+    )
+    plugged = await _window_samples(conn, device, "Plugged", window)
+    if plugged:
+        out.plugged_share = sum(1 for _, v in plugged if v >= 0.5) / len(plugged)
     return out

@@ -10,6 +10,8 @@ import grpc
 import pytest
 from emma.alarm.v1 import alarm_pb2 as pb
 from emma.alarm.v1 import alarm_pb2_grpc
+from emma.common.v1 import types_pb2
+from emma.edge.v1 import edge_link_pb2
 from google.protobuf import duration_pb2
 
 from services.alarm import health
@@ -155,4 +157,34 @@ async def test_device_and_site_health_projection_and_recommendations(
         assert [(r["actor"], r["method"]) for r in audited] == [
             (f"users/{operator.user_id}", "/emma.alarm.v1.AlarmService/AcceptRecommendation")
         ]
+        await stream.close()
+
+
+async def test_an_ev_chargers_utilisation_over_the_window(host: Host, db: asyncpg.Connection) -> None:
+    edge, _, key = await new_edge(db, "charging")
+    viewer = await grant(db, "acme", "viewer")
+    ro = types_pb2.CHANNEL_ACCESS_READ_ONLY
+    charger = edge_link_pb2.DeviceInventoryItem(
+        device_id="ev_1",
+        kind=types_pb2.DEVICE_KIND_EV_CHARGER,
+        driver="test",
+        channels=[
+            types_pb2.ChannelSpec(name="ActivePower", unit="W", access=ro, min_value=0, max_value=11000),
+            types_pb2.ChannelSpec(name="Plugged", unit="", access=ro),
+        ],
+    )
+    async with host(["edge", "alarm"]) as (server, _), authed_channel(server.port, viewer.token) as channel:
+        api = alarm_pb2_grpc.AlarmServiceStub(channel)
+        stream = EdgeStream(server.port)
+        await stream.send(hello(str(edge), key, [("ev_1/ActivePower", "W"), ("ev_1/Plugged", "")], devices=[charger]))
+        await stream.recv_kind("welcome")
+        powers, plugged = [11000.0, 5500.0, 0.0, 5500.0], [1.0, 1.0, 0.0, 1.0]
+        points = [(0, i * 60_000, p) for i, p in enumerate(powers)] + [
+            (1, i * 60_000, p) for i, p in enumerate(plugged)
+        ]
+        await _send(stream, 1, time.time() - 240, points)
+        projected = await api.GetDeviceProjection(pb.GetDeviceProjectionRequest(name=f"{edge}/devices/ev_1/projection"))
+        # Mean 5,500 W of a rated 11,000 W; a car connected in 3 of 4 samples.
+        assert projected.charger_utilisation == pytest.approx(0.5) and projected.plugged_share == pytest.approx(0.75)
+        assert projected.sample_count == 4 and not projected.HasField("time_to_empty")
         await stream.close()

@@ -1666,7 +1666,9 @@ Global___GetDeviceProjectionRequest: _TypeAlias = GetDeviceProjectionRequest  # 
 
 @_typing.final
 class Projection(_message.Message):
-    """A battery's state of charge projected along a straight line fitted to a recent window."""
+    """A battery's state of charge projected along a straight line fitted to a recent window, or an EV
+    charger's utilisation over it (the battery fields are then 0 and unset).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1679,6 +1681,8 @@ class Projection(_message.Message):
     R_SQUARED_FIELD_NUMBER: _builtins.int
     TIME_TO_EMPTY_FIELD_NUMBER: _builtins.int
     TIME_TO_FULL_FIELD_NUMBER: _builtins.int
+    CHARGER_UTILISATION_FIELD_NUMBER: _builtins.int
+    PLUGGED_SHARE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The device's resource name followed by /projection."""
     sample_count: _builtins.int
@@ -1689,6 +1693,14 @@ class Projection(_message.Message):
     """The fitted rate, percent per hour: negative discharges, positive charges."""
     r_squared: _builtins.float
     """How well the line fits, 0 to 1 (R squared; 1 when the state of charge did not move)."""
+    charger_utilisation: _builtins.float
+    """EV chargers: the mean of the window's ActivePower samples divided by the charger's rated power
+    (the declared maximum of its ActivePower channel), 0 to 1; unset for other devices.
+    """
+    plugged_share: _builtins.float
+    """EV chargers: the share of the window's Plugged samples with a car connected, 0 to 1; unset when
+    the charger reports no Plugged channel.
+    """
     @_builtins.property
     def window_start_time(self) -> _timestamp_pb2.Timestamp:
         """The first and the last sample the line was fitted on."""
@@ -1717,12 +1729,21 @@ class Projection(_message.Message):
         r_squared: _builtins.float = ...,
         time_to_empty: _duration_pb2.Duration | None = ...,
         time_to_full: _duration_pb2.Duration | None = ...,
+        charger_utilisation: _builtins.float | None = ...,
+        plugged_share: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time_to_empty", b"time_to_empty", "time_to_full", b"time_to_full", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_charger_utilisation", b"_charger_utilisation", "_plugged_share", b"_plugged_share", "charger_utilisation", b"charger_utilisation", "plugged_share", b"plugged_share", "time_to_empty", b"time_to_empty", "time_to_full", b"time_to_full", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "r_squared", b"r_squared", "sample_count", b"sample_count", "soc_percent", b"soc_percent", "soc_rate_percent_per_hour", b"soc_rate_percent_per_hour", "time_to_empty", b"time_to_empty", "time_to_full", b"time_to_full", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_charger_utilisation", b"_charger_utilisation", "_plugged_share", b"_plugged_share", "charger_utilisation", b"charger_utilisation", "name", b"name", "plugged_share", b"plugged_share", "r_squared", b"r_squared", "sample_count", b"sample_count", "soc_percent", b"soc_percent", "soc_rate_percent_per_hour", b"soc_rate_percent_per_hour", "time_to_empty", b"time_to_empty", "time_to_full", b"time_to_full", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__charger_utilisation: _TypeAlias = _typing.Literal["charger_utilisation"]  # noqa: Y015
+    _WhichOneofArgType__charger_utilisation: _TypeAlias = _typing.Literal["_charger_utilisation", b"_charger_utilisation"]  # noqa: Y015
+    _WhichOneofReturnType__plugged_share: _TypeAlias = _typing.Literal["plugged_share"]  # noqa: Y015
+    _WhichOneofArgType__plugged_share: _TypeAlias = _typing.Literal["_plugged_share", b"_plugged_share"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__charger_utilisation) -> _WhichOneofReturnType__charger_utilisation | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__plugged_share) -> _WhichOneofReturnType__plugged_share | None: ...
 
 Global___Projection: _TypeAlias = Projection  # noqa: Y015
 

@@ -331,9 +331,10 @@ class AlarmServiceServicer:
 
     def GetDeviceProjection(self, request, context):
         """A battery's projection: a straight line fitted to its state of charge over a recent window
-        (least squares), and the time to empty or to full at that rate. Errors: FIELD_INVALID (a window
-        outside 60s..86400s), RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with
-        STATE_CONFLICT (fewer than 3 state-of-charge samples in the window).
+        (least squares), and the time to empty or to full at that rate; an EV charger's utilisation over
+        the window. Errors: FIELD_INVALID (a window outside 60s..86400s, a device that is neither),
+        RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with STATE_CONFLICT (fewer than 3
+        samples in the window, a charger without a rated power).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

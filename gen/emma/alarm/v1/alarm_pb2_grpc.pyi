@@ -120,9 +120,10 @@ class AlarmServiceStub:
     """
     GetDeviceProjection: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.GetDeviceProjectionRequest, _alarm_pb2.Projection]
     """A battery's projection: a straight line fitted to its state of charge over a recent window
-    (least squares), and the time to empty or to full at that rate. Errors: FIELD_INVALID (a window
-    outside 60s..86400s), RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with
-    STATE_CONFLICT (fewer than 3 state-of-charge samples in the window).
+    (least squares), and the time to empty or to full at that rate; an EV charger's utilisation over
+    the window. Errors: FIELD_INVALID (a window outside 60s..86400s, a device that is neither),
+    RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with STATE_CONFLICT (fewer than 3
+    samples in the window, a charger without a rated power).
     """
     CreateRecommendation: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.CreateRecommendationRequest, _alarm_pb2.Recommendation]
     """Posts a recommendation for a site's operators (a recommendation service's account, OPERATOR
@@ -233,9 +234,10 @@ class AlarmServiceAsyncStub(AlarmServiceStub):
     """
     GetDeviceProjection: _aio.UnaryUnaryMultiCallable[_alarm_pb2.GetDeviceProjectionRequest, _alarm_pb2.Projection]  # type: ignore[assignment]
     """A battery's projection: a straight line fitted to its state of charge over a recent window
-    (least squares), and the time to empty or to full at that rate. Errors: FIELD_INVALID (a window
-    outside 60s..86400s), RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with
-    STATE_CONFLICT (fewer than 3 state-of-charge samples in the window).
+    (least squares), and the time to empty or to full at that rate; an EV charger's utilisation over
+    the window. Errors: FIELD_INVALID (a window outside 60s..86400s, a device that is neither),
+    RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with STATE_CONFLICT (fewer than 3
+    samples in the window, a charger without a rated power).
     """
     CreateRecommendation: _aio.UnaryUnaryMultiCallable[_alarm_pb2.CreateRecommendationRequest, _alarm_pb2.Recommendation]  # type: ignore[assignment]
     """Posts a recommendation for a site's operators (a recommendation service's account, OPERATOR
@@ -463,9 +465,10 @@ class AlarmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_alarm_pb2.Projection, _abc.Awaitable[_alarm_pb2.Projection]]:
         """A battery's projection: a straight line fitted to its state of charge over a recent window
-        (least squares), and the time to empty or to full at that rate. Errors: FIELD_INVALID (a window
-        outside 60s..86400s), RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with
-        STATE_CONFLICT (fewer than 3 state-of-charge samples in the window).
+        (least squares), and the time to empty or to full at that rate; an EV charger's utilisation over
+        the window. Errors: FIELD_INVALID (a window outside 60s..86400s, a device that is neither),
+        RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with STATE_CONFLICT (fewer than 3
+        samples in the window, a charger without a rated power).
         """
 
     @_abc_1.abstractmethod

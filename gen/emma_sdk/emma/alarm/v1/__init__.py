@@ -1751,7 +1751,8 @@ default_message_pool.register_message(
 @dataclass(eq=False, repr=False)
 class Projection(betterproto2.Message):
     """
-    A battery's state of charge projected along a straight line fitted to a recent window.
+    A battery's state of charge projected along a straight line fitted to a recent window, or an EV
+    charger's utilisation over it (the battery fields are then 0 and unset).
     """
 
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
@@ -1817,6 +1818,22 @@ class Projection(betterproto2.Message):
     )
     """
     From window_end_time until the line reaches 100 %; unset unless charging.
+    """
+
+    charger_utilisation: "float | None" = betterproto2.field(
+        10, betterproto2.TYPE_DOUBLE, optional=True
+    )
+    """
+    EV chargers: the mean of the window's ActivePower samples divided by the charger's rated power
+    (the declared maximum of its ActivePower channel), 0 to 1; unset for other devices.
+    """
+
+    plugged_share: "float | None" = betterproto2.field(
+        11, betterproto2.TYPE_DOUBLE, optional=True
+    )
+    """
+    EV chargers: the share of the window's Plugged samples with a car connected, 0 to 1; unset when
+    the charger reports no Plugged channel.
     """
 
 
@@ -2417,9 +2434,10 @@ class AlarmServiceSyncStub:
     ) -> "Projection":
         """
         A battery's projection: a straight line fitted to its state of charge over a recent window
-        (least squares), and the time to empty or to full at that rate. Errors: FIELD_INVALID (a window
-        outside 60s..86400s), RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with
-        STATE_CONFLICT (fewer than 3 state-of-charge samples in the window).
+        (least squares), and the time to empty or to full at that rate; an EV charger's utilisation over
+        the window. Errors: FIELD_INVALID (a window outside 60s..86400s, a device that is neither),
+        RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with STATE_CONFLICT (fewer than 3
+        samples in the window, a charger without a rated power).
         """
 
         return self._channel.unary_unary(
@@ -2931,9 +2949,10 @@ class AlarmServiceStub(betterproto2_grpclib.ServiceStub):
     ) -> "Projection":
         """
         A battery's projection: a straight line fitted to its state of charge over a recent window
-        (least squares), and the time to empty or to full at that rate. Errors: FIELD_INVALID (a window
-        outside 60s..86400s), RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with
-        STATE_CONFLICT (fewer than 3 state-of-charge samples in the window).
+        (least squares), and the time to empty or to full at that rate; an EV charger's utilisation over
+        the window. Errors: FIELD_INVALID (a window outside 60s..86400s, a device that is neither),
+        RESOURCE_NOT_FOUND (no such device), FAILED_PRECONDITION with STATE_CONFLICT (fewer than 3
+        samples in the window, a charger without a rated power).
         """
 
         return await self._unary_unary(
