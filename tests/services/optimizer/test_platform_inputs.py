@@ -7,6 +7,7 @@ missing, and nothing is stored. The two readers the optimizer uses are checked o
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import uuid
@@ -173,6 +174,17 @@ async def _site(db: asyncpg.Connection, country: str = "DE") -> tuple[EdgeName, 
     return edge, pk
 
 
+async def settled_now(margin_s: float = 20.0) -> dt.datetime:
+    """Now, at least `margin_s` before the next quarter hour: a test comparing what the service
+    assembles from its own clock with what it expects must not straddle a slot boundary."""
+    now = dt.datetime.now(UTC)
+    left = (_quarter(now) + SLOT - now).total_seconds()
+    if left < margin_s:
+        await asyncio.sleep(left + 0.1)
+        now = dt.datetime.now(UTC)
+    return now
+
+
 def _quarter(now: dt.datetime) -> dt.datetime:
     return now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
 
@@ -186,7 +198,7 @@ async def test_a_run_naming_only_its_site_is_assembled_from_the_platform(
     edge, pk = await _site(db)
     site = edge.site_name
     await store_inventory(db, pk, _inventory())
-    now = dt.datetime.now(UTC)
+    now = await settled_now()
     await store_samples(
         migrated_url,
         pk,
@@ -290,6 +302,7 @@ async def test_what_the_platform_lacks_is_listed_and_nothing_is_stored(
         },
     )
     operator = await grant(db, "acme", "operator")
+    start = _quarter(await settled_now()).strftime("%Y-%m-%d %H:%M")
     async with host(["registry", "optimizer"]) as (server, _), authed_channel(server.port, operator.token) as ch:
         code, reason, metadata, message = await _error(
             optimizer_pb2_grpc.OptimizerServiceStub(ch).RunOptimization(
@@ -298,7 +311,6 @@ async def test_what_the_platform_lacks_is_listed_and_nothing_is_stored(
         )
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "STATE_CONFLICT")
     missing = message.split("missing: ", 1)[1].split("; ")
-    start = _quarter(dt.datetime.now(UTC)).strftime("%Y-%m-%d %H:%M")
     assert missing[:2] == [
         f"battery {edge}/devices/battery_1: no StoredEnergy channel with a maximum (its capacity)",
         f"battery {edge}/devices/battery_2: its state of charge was last measured {old.isoformat()}, "

@@ -36,6 +36,7 @@ from tests.services.optimizer.test_platform_inputs import (
     _shift,
     _site,
     add_series,
+    settled_now,
     store_samples,
 )
 from tests.support.cloud import Host
@@ -65,7 +66,7 @@ async def _plan(host: Host, db: asyncpg.Connection, migrated_url: str, monkeypat
     await save_document(db, doc, dt.datetime.now(UTC))
     edge, pk = await _site(db)
     await store_inventory_without_ev(db, pk)
-    now = dt.datetime.now(UTC)
+    now = await settled_now(60.0)
     soc_series = await add_series(db, pk, "battery_1/StoredEnergy", "Wh")
     await store_samples(migrated_url, pk, {soc_series: [(now - dt.timedelta(seconds=10), 5000.0)]})
     start = _quarter(now)
