@@ -155,7 +155,12 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
             )
         if assembled.missing:
             raise missing_inputs(assembled.missing)
-        problem = _problem(assembled.inputs)
+        try:
+            problem = convert.problem(assembled.inputs)
+        except OptimizerInputError as e:
+            # Not the caller's input: what the platform holds (a forecast, a device's declaration) is
+            # not usable as it is.
+            raise missing_inputs([f"usable platform data: the assembled {e}"]) from None
         return await self._run(
             org, list(request.sites), assembled.inputs, problem, None, me.actor, request_id, assembled=True
         )
