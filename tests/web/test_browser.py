@@ -502,9 +502,12 @@ async def test_the_site_page_shows_the_energy_flow_live_and_marks_stale_devices(
 ) -> None:
     await log_in(page, dashboard.url)
     await expect(page.locator("tr[data-site=home]")).to_be_visible()
+    opened = time.monotonic()
     await page.goto(dashboard.url + HOME)
-    await expect(page.locator("[data-link]").first).to_have_attribute("data-link", "live")
     await expect(page.locator("[data-flow-value=pv] dd")).to_contain_text("3.2 kW")
+    # Recorded, never asserted (timings belong to bench/): a full load of the site page to its values.
+    (dashboard.artifacts / "site-first-render.txt").write_text(f"{time.monotonic() - opened:.3f} s\n")
+    await expect(page.locator("[data-link]").first).to_have_attribute("data-link", "live")
     await expect(page.locator("[data-flow-value=battery] dd")).to_contain_text("-1 kW")
     await expect(page.locator("[data-flow-value=battery] dd")).to_contain_text("charging · 55 %")
     await expect(page.locator("[data-flow-value=grid] dd")).to_contain_text("importing")
@@ -520,8 +523,7 @@ async def test_the_site_page_shows_the_energy_flow_live_and_marks_stale_devices(
     sent = time.monotonic()
     await dashboard.push([(PV, 4800.0), (BATTERY, 1500.0), (GRID, -2000.0)])
     await expect(page.locator("[data-flow-value=pv] dd")).to_contain_text("4.8 kW")
-    (artifacts := dashboard.artifacts / "live-latency.txt").write_text(f"{time.monotonic() - sent:.3f} s\n")
-    assert artifacts.exists()
+    (dashboard.artifacts / "live-latency.txt").write_text(f"{time.monotonic() - sent:.3f} s\n")
     await expect(page.locator("[data-flow-value=battery] dd")).to_contain_text("discharging")
     await expect(page.locator("[data-flow-value=grid] dd")).to_contain_text("exporting")
     await expect(page.locator("[data-flow-value=load] dd")).to_contain_text("4.3 kW")  # -2.0 + 4.8 + 1.5

@@ -31,3 +31,13 @@ export function useLoad<T>(load: () => Promise<T>, deps: unknown[], everyMs = 0)
   }, deps);
   return state;
 }
+
+/** Date.now(), updated every `everyMs`: re-renders a page whose view depends on the time. */
+export function useNow(everyMs: number): number {
+  const [now, setNow] = useState(Date.now());
+  useEffect(() => {
+    const t = window.setInterval(() => setNow(Date.now()), everyMs);
+    return () => window.clearInterval(t);
+  }, [everyMs]);
+  return now;
+}

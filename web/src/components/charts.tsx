@@ -14,7 +14,7 @@ import {
 } from "../data";
 import { parseChannel, roleOf } from "../energy";
 import * as fmt from "../format";
-import { useLoad } from "../load";
+import { useLoad, useNow } from "../load";
 import { Chart, cssVar, uPlot, type ChartData } from "./chart";
 
 const HOUR = 3600;
@@ -37,11 +37,9 @@ export function intervalFor(spanS: number): number {
 export function HistoryChart({ org, site, channels, timeZone }: { org: string; site: string; channels: string[]; timeZone?: string | undefined }) {
   const [range, setRange] = useState<[number, number] | null>(null);
   const key = channels.join(",");
-  const window = useMemo<[number, number]>(() => {
-    if (range) return range;
-    const now = Math.ceil(Date.now() / 1000 / 60) * 60;
-    return [now - 24 * HOUR, now];
-  }, [range, key]);
+  // The last 24 hours slide once a minute (each slide loads the window again); a zoomed range stays.
+  const minute = Math.ceil(useNow(60_000) / 60_000) * 60;
+  const window = useMemo<[number, number]>(() => range ?? [minute - 24 * HOUR, minute], [range, minute]);
   const interval = intervalFor(window[1] - window[0]);
   const history = useLoad(
     () =>
@@ -49,7 +47,6 @@ export function HistoryChart({ org, site, channels, timeZone }: { org: string; s
         ? queryHistory(org, site, channels.slice(0, 100), new Date(window[0] * 1000), new Date(window[1] * 1000), interval)
         : Promise.resolve([]),
     [org, site, key, window[0], window[1]],
-    range ? 0 : 60_000,
   );
   const series = history.data ?? [];
   const data = useMemo<ChartData>(() => {

@@ -10,7 +10,7 @@ import { getSite, latestValues, listEdges, siteState } from "../data";
 import { flowOf, isPowerChannel, parseChannel, roleOf } from "../energy";
 import * as fmt from "../format";
 import { openStream, type LinkState } from "../live";
-import { useLoad } from "../load";
+import { useLoad, useNow } from "../load";
 
 type LiveMessage = import("../api").Schemas["emma.telemetry.v1.StreamLiveValuesResponse"];
 
@@ -82,15 +82,6 @@ function devicesOf(values: Iterable<LatestValue>): DeviceRow[] {
   return [...byDevice.values()]
     .map((r) => ({ ...r, summary: r.parts.sort().join(" · ") }))
     .sort((a, b) => (a.edge + a.device).localeCompare(b.edge + b.device));
-}
-
-function useNow(everyMs: number): number {
-  const [now, setNow] = useState(Date.now());
-  useEffect(() => {
-    const t = window.setInterval(() => setNow(Date.now()), everyMs);
-    return () => window.clearInterval(t);
-  }, [everyMs]);
-  return now;
 }
 
 export function SitePage({ org, site }: { org: string; site: string }) {
