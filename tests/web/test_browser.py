@@ -650,7 +650,16 @@ async def test_charts_of_history_prices_with_negative_slots_and_forecast_bands(
         await page.mouse.up()
     assert "startTime=" in (await zoomed.value).url
     await expect(interval).to_have_attribute("data-history-interval", "0")  # under two hours: every sample
-    await expect(page.get_by_role("button", name="Last 24 hours")).to_be_visible()
+    periods = page.get_by_role("group", name="Period")
+    await expect(periods.locator("[aria-pressed=true]")).to_have_count(0)  # a dragged range is no preset
+    # The presets work from the keyboard: 30 days in buckets of 108 minutes (about 400 points).
+    await periods.get_by_role("button", name="30 days").focus()
+    async with page.expect_request(lambda r: "queryHistory" in r.url and "interval=6480s" in r.url):
+        await page.keyboard.press("Enter")
+    await expect(interval).to_have_attribute("data-history-interval", "6480")
+    await expect(periods.get_by_role("button", name="30 days")).to_have_attribute("aria-pressed", "true")
+    await periods.get_by_role("button", name="24 hours").click()
+    await expect(interval).to_have_attribute("data-history-interval", "240")
     await page.locator("#prices-title").scroll_into_view_if_needed()
     await page.screenshot(path=dashboard.artifacts / "site-charts.png", full_page=True)
 

@@ -28,6 +28,14 @@ function epoch(iso: string | undefined): number {
   return iso ? Date.parse(iso) / 1000 : NaN;
 }
 
+// Periods a keyboard can choose (dragging needs a pointer); 24 hours is the sliding default.
+const PRESETS: [string, number][] = [
+  ["2 hours", 2],
+  ["24 hours", 24],
+  ["7 days", 24 * 7],
+  ["30 days", 24 * 30],
+];
+
 /** Buckets of whole minutes giving about 400 points; raw samples for two hours or less. */
 export function intervalFor(spanS: number): number {
   if (spanS <= 2 * HOUR) return 0;
@@ -67,15 +75,23 @@ export function HistoryChart({ org, site, channels, timeZone }: { org: string; s
         {fmt.time(new Date(window[0] * 1000).toISOString(), timeZone)} – {fmt.time(new Date(window[1] * 1000).toISOString(), timeZone)}
         {" · "}
         {interval ? `${interval / 60}-minute averages` : "every sample"} · drag across the chart to zoom in
-        {range && (
-          <>
-            {" "}
-            <button type="button" class="secondary small" onClick={() => setRange(null)}>
-              Last 24 hours
-            </button>
-          </>
-        )}
       </p>
+      <div class="ranges" role="group" aria-label="Period">
+        {PRESETS.map(([label, hours]) => {
+          const current = range ? range[1] - range[0] === hours * HOUR && range[1] === minute : hours === 24;
+          return (
+            <button
+              key={label}
+              type="button"
+              class="secondary small"
+              aria-pressed={current}
+              onClick={() => setRange(hours === 24 ? null : [minute - hours * HOUR, minute])}
+            >
+              {label}
+            </button>
+          );
+        })}
+      </div>
       {history.error && <p role="alert" class="error">{history.error}</p>}
       {channels.length === 0 && <p>No power channels yet.</p>}
       {series.length > 0 && (
