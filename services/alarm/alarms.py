@@ -231,8 +231,18 @@ async def close(
     )
 
 
-async def update_value(conn: Conn, alarm_id: uuid.UUID, value: float) -> None:
-    await conn.execute("UPDATE alarm.alarms SET value = $2 WHERE id = $1", alarm_id, value)
+async def update_open_values(conn: Conn, values: Sequence[tuple[int, str, float]]) -> None:
+    """The newest judged value of the open alarms of these (rule_pk, source), in one statement."""
+    if not values:
+        return
+    await conn.execute(
+        """UPDATE alarm.alarms a SET value = v.value
+           FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS v(rule_pk, source, value)
+           WHERE a.rule_pk = v.rule_pk AND a.source = v.source AND a.clear_time IS NULL""",
+        [v[0] for v in values],
+        [v[1] for v in values],
+        [v[2] for v in values],
+    )
 
 
 async def close_open_of_rule(conn: Conn, rule_pk: int, actor: str, note: str) -> None:

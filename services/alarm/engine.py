@@ -41,6 +41,8 @@ Clock = Callable[[], dt.datetime]
 # pg_try_advisory_xact_lock key of the engine ("alarm" in ASCII), shared by every replica.
 LOCK_KEY = 0x616C61726D
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# How long the engine trusts its lookups of edges, their keys and inventories (see _Resolver).
+TARGETS_TTL = dt.timedelta(seconds=30)
 # The severity label of emma_alarms_raised_total.
 _SEVERITY_NAMES: dict[int, str] = {pb.ALARM_SEVERITY_WARNING: "WARNING", pb.ALARM_SEVERITY_CRITICAL: "CRITICAL"}
 # Kinds judged sample by sample on a channel's committed values.
@@ -96,21 +98,38 @@ def _severity(rule: pb.AlarmRule) -> int:
 
 
 class _Resolver:
-    """Rule targets -> sources, with the registry lookups of one evaluation cached."""
+    """Rule targets -> sources, with the registry lookups cached for TARGETS_TTL across evaluations:
+    looking up a thousand edges' keys and inventories on every pass would cost more than judging their
+    samples, and an edge or device that appears is picked up within the TTL."""
 
-    def __init__(self, conn: Conn) -> None:
-        self._conn = conn
-        self._pks: dict[EdgeName, int | None] = {}
+    def __init__(self) -> None:
+        self._conn: Conn | None = None
+        self._since = dt.datetime.min.replace(tzinfo=dt.UTC)
+        self._pks: dict[EdgeName, int] = {}
         self._org_edges: dict[str, list[EdgeName]] = {}
         self._inventory: dict[int, list[edge_link_pb2.DeviceInventoryItem]] = {}
 
+    def use(self, conn: Conn, now: dt.datetime) -> _Resolver:
+        self._conn = conn
+        if now - self._since > TARGETS_TTL or now < self._since:
+            self._since = now
+            self._pks.clear()
+            self._org_edges.clear()
+            self._inventory.clear()
+        return self
+
     async def pk(self, edge: EdgeName) -> int | None:
-        if edge not in self._pks:
-            self._pks[edge] = await edge_pk(self._conn, edge)
-        return self._pks[edge]
+        if edge in self._pks:
+            return self._pks[edge]
+        assert self._conn is not None
+        pk = await edge_pk(self._conn, edge)
+        if pk is not None:  # an edge not provisioned yet is asked for again on the next pass
+            self._pks[edge] = pk
+        return pk
 
     async def edges(self, org: str) -> list[EdgeName]:
         if org not in self._org_edges:
+            assert self._conn is not None
             self._org_edges[org] = await edges_of_organization(self._conn, org)
         return self._org_edges[org]
 
@@ -133,9 +152,13 @@ class _Resolver:
             pk = await self.pk(e)
             if pk is None:
                 continue
-            if pk not in self._inventory:
-                self._inventory[pk] = await edge_inventory(self._conn, pk)
-            for device in self._inventory[pk]:
+            inventory = self._inventory.get(pk)
+            if inventory is None:
+                assert self._conn is not None
+                inventory = await edge_inventory(self._conn, pk)
+                if inventory:  # an edge that has not said Hello yet is asked again on the next pass
+                    self._inventory[pk] = inventory
+            for device in inventory:
                 if device.driver == rule.device_type:
                     address = f"{device.device_id}/{rule.channel_id}"
                     out.append(Source(channel_resource(e, address), str(e.site_name), pk, address))
@@ -150,6 +173,7 @@ class AlarmEngine:
         self._config = config
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._resolver = _Resolver()
 
     async def start(self) -> None:
         if self._config.enabled:
@@ -181,7 +205,7 @@ class AlarmEngine:
                 return 0
             now = self._clock()
             changes = await alarms.unshelve_due(conn, now)
-            resolver = _Resolver(conn)
+            resolver = self._resolver.use(conn, now)
             watched: list[tuple[StoredRule, Source]] = []
             for stored in await enabled_rules(conn, _KINDS):
                 watched.extend((stored, s) for s in await resolver.sources(stored))
@@ -216,6 +240,8 @@ class AlarmEngine:
         for x in samples:
             by_channel[(x.edge_pk, x.channel)].append((x.time, x.value, x.unit))
         changes = 0
+        values: list[tuple[int, str, float]] = []
+        saves: list[tuple[int, str, Judgement, dt.datetime | None, float | None]] = []
         for stored, s in watched:
             key = (stored.pk, s.name)
             state = states.get(key) or _State(Judgement(), None)
@@ -254,9 +280,7 @@ class AlarmEngine:
                     changes += await _apply(conn, stored, s, judged.level, shown, shown_unit, time, message, note)
                 judgement, last_time, last_value, judged_value = judged, time, value, shown
             if judged_value is not None and judgement.level != NORMAL:
-                row = await alarms.open_alarm(conn, stored.pk, s.name)
-                if row is not None:
-                    await alarms.update_value(conn, row["id"], judged_value)
+                values.append((stored.pk, s.name, judged_value))
             if last_time is None:
                 # The channel has no sample yet: everything it sends from now on is new, so the
                 # cursor starts at the beginning instead of at the newest sample.
@@ -267,7 +291,11 @@ class AlarmEngine:
                 or state.judgement != judgement
                 or state.last_value != last_value
             ):
-                await _save_state(conn, stored.pk, s.name, judgement, last_time, last_value)
+                saves.append((stored.pk, s.name, judgement, last_time, last_value))
+        # One statement each for every source's new cursor and every open alarm's newest value: with
+        # thousands of rules, a statement per rule would cost more than the judging.
+        await alarms.update_open_values(conn, values)
+        await _save_states(conn, saves)
         return changes
 
     async def _stale(
@@ -414,6 +442,26 @@ async def _load_states(conn: Conn, watched: list[tuple[StoredRule, Source]]) -> 
         )
         for r in rows
     }
+
+
+async def _save_states(conn: Conn, saves: list[tuple[int, str, Judgement, dt.datetime | None, float | None]]) -> None:
+    if not saves:
+        return
+    await conn.execute(
+        """INSERT INTO alarm.rule_state (rule_pk, source, level, warn_since, critical_since, last_time, last_value)
+           SELECT * FROM unnest($1::bigint[], $2::text[], $3::smallint[], $4::timestamptz[], $5::timestamptz[],
+                                $6::timestamptz[], $7::float8[])
+           ON CONFLICT (rule_pk, source) DO UPDATE SET level = EXCLUDED.level, warn_since = EXCLUDED.warn_since,
+               critical_since = EXCLUDED.critical_since, last_time = EXCLUDED.last_time,
+               last_value = EXCLUDED.last_value""",
+        [x[0] for x in saves],
+        [x[1] for x in saves],
+        [x[2].level for x in saves],
+        [x[2].warn_since for x in saves],
+        [x[2].critical_since for x in saves],
+        [x[3] for x in saves],
+        [x[4] for x in saves],
+    )
 
 
 async def _save_state(
