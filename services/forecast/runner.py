@@ -4,6 +4,7 @@ the PV forecast degraded, never missing), the models, and the net load derived f
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import math
 import multiprocessing
@@ -102,9 +103,21 @@ def default_executor() -> Executor:
             if env_flag(os.environ, "EMMA_FORECAST_MODEL_PROCESS", True, ForecastConfigError):
                 # spawn, not fork: the server process has gRPC's and asyncio's threads.
                 _default_executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+                atexit.register(_stop_default_executor)
             else:
                 _default_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast-model")
         return _default_executor
+
+
+def _stop_default_executor() -> None:
+    """At exit, stop the model process while the interpreter is whole: left to the garbage collector
+    at the interpreter's teardown, the pool's callback found its modules gone and printed a traceback
+    ("'NoneType' object has no attribute 'debug'") on every stop of a server that had forecast."""
+    global _default_executor
+    with _default_executor_lock:
+        executor, _default_executor = _default_executor, None
+    if executor is not None:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _drop_broken(executor: Executor) -> None:
