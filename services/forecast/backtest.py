@@ -128,7 +128,13 @@ def backtest(
     values = series.values
     issues = _issue_times(series.start, series.end, min_history, issue_every)
     if not issues:
-        raise ForecastInputError("history", f"shorter than min_history ({min_history}) plus one slot")
+        hours = (series.end - series.start) / timedelta(hours=1)
+        raise ForecastInputError(
+            "history",
+            f"covers {hours:g} h from {series.start.isoformat()}: the first forecast is issued after "
+            f"{min_history / timedelta(hours=1):g} h of it (on the {issue_every / timedelta(hours=1):g} h grid from "
+            "UTC midnight) with at least one slot after it to score",
+        )
     clipped = [(a, min(b, horizon_slots)) for a, b in bands if a < horizon_slots]
     rows: dict[str, list[list[float]]] = {k: [[] for _ in clipped] for k in ("f", "a", "p", "y", "w")}
     reasons: set[str] = set()
