@@ -10,8 +10,10 @@ limit of unacknowledged batches.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import os
 import time
 import uuid
 from collections import Counter
@@ -49,6 +51,21 @@ _tracer = trace.get_tracer("emma.edgelink")
 # Each telemetry batch is a trace of its own: a stream lives for days, and one trace per stream would
 # never end (nor be exported); a batch starts from an empty context, whatever is current.
 _NO_PARENT = otel_context.Context()
+
+
+@functools.cache
+def batch_spans() -> bool:
+    """Whether telemetry batches get spans: only when this process exports traces (the standard OTEL_*
+    variables, read as core.tracing reads them). A span per batch is 1,000 spans/s at 1,000 edges, and
+    unexported they would only cost the event loop (and the ack latency) their allocations; request
+    spans stay on regardless, for the trace ids in logs and audit rows. Sampling is OTEL_TRACES_SAMPLER's."""
+    env = os.environ
+    choice = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if choice == "none":
+        return False
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return choice in ("otlp", "console") or bool(endpoint)
+
 
 PROTOCOL_VERSION = 1
 _CLOSE = object()  # outbound sentinel: the edge closed its side and every ack was sent
@@ -381,15 +398,19 @@ class EdgeSession:
 
     async def _on_batch(self, batch: edge_link_pb2.TelemetryBatch) -> None:
         arrived = time.perf_counter()
-        span = _tracer.start_span(
-            "telemetry batch",
-            context=_NO_PARENT,
-            kind=SpanKind.SERVER,
-            attributes={
-                "emma.edge": self.edge_name,
-                "emma.batch_seq": batch.batch_seq,
-                "emma.points": len(batch.values),
-            },
+        span = (
+            _tracer.start_span(
+                "telemetry batch",
+                context=_NO_PARENT,
+                kind=SpanKind.SERVER,
+                attributes={
+                    "emma.edge": self.edge_name,
+                    "emma.batch_seq": batch.batch_seq,
+                    "emma.points": len(batch.values),
+                },
+            )
+            if batch_spans()
+            else trace.INVALID_SPAN
         )
         # It ends when the ack is handed to gRPC (responses()); the writer's transaction is its child.
         cfg = self._config

@@ -260,9 +260,9 @@ class IngestWriter:
 def _transaction_span(group: Sequence[PendingBatch], points: int) -> Iterator[None]:
     """A span for one attempt at a group's transaction, current while its SQL runs (so each statement's
     span is its child). One transaction stores many batches and a span has one parent: it is the child
-    of the group's first traced batch and linked to the others' spans, and each of those gets a link
-    back, so every batch's trace leads to the transaction that stored it. Nothing when no batch is recorded
-    (sampled out with OTEL_TRACES_SAMPLER, or no tracer provider), and so no SQL spans either."""
+    of the group's first recorded batch and links to the other batches' spans. (No link back from each
+    batch: that adds a link's objects to a span in flight for every batch of every group.) Nothing when no batch is recorded (batch spans off, or sampled out by OTEL_TRACES_SAMPLER),
+    and so no SQL spans either."""
     traced = [item.span for item in group if item.span.is_recording()]
     if not traced:
         yield
@@ -278,8 +278,6 @@ def _transaction_span(group: Sequence[PendingBatch], points: int) -> Iterator[No
         record_exception=False,
         set_status_on_exception=False,
     ) as span:
-        for other in others:
-            other.add_link(span.get_span_context())
         try:
             yield
         except BaseException as exc:
