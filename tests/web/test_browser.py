@@ -36,13 +36,14 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from gateway.config import GatewayConfig
 from gateway.server import running_gateway
+from services.cloud import hosted_services
 from services.forecast.model import Forecast
 from services.forecast.store import MadeForecast, save_run
 from services.market import DocumentKind, MarketDocument, PriceSeries, Product, Slot, Source, save_document
 from services.names import SiteName
-from tests.support.cloud import new_edge
+from tests.support.cloud import new_edge, platform_config
 from tests.support.edge_client import EdgeStream, batch, battery_inventory, hello, ts
-from tests.support.gateway import USER_EMAIL, USER_PASSWORD, create_user, hosted
+from tests.support.gateway import AUTH_ENV, USER_EMAIL, USER_PASSWORD, create_user, hosted
 from tests.support.identity import grant
 
 GRID_POWER_W = -1500.0  # exporting 1.5 kW; "meter/GridPower" is channel 2 of the test hello's table
@@ -232,6 +233,7 @@ async def configure(url: str) -> None:
                 "channel": "organizations/acme/sites/home/edges/home/devices/battery_1/channels/Soc",
                 "levels": {"warnHigh": 90, "criticalHigh": 98},
                 "remediationSteps": ["Check the battery's charge limit"],
+                "proposedCommands": [{"title": "Stop charging", "channel": "battery_1/SetActivePower", "value": 0}],
                 "enabled": True,
             },
         )
@@ -278,6 +280,21 @@ async def configure(url: str) -> None:
 
 @pytest.fixture(scope="module")
 async def dashboard(migrated_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dashboard]:
+    # SendAlarmCommand reaches CommandService at EMMA_ALARM_COMMAND_TARGET, by default the alarm
+    # service's configured port, which is 0 here (the bound port is known only after the start): a
+    # CommandService of its own over the same database, as in a split deployment, gets those commands
+    # and hands them to the replica holding the edge's stream.
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in AUTH_ENV.items():
+            mp.setenv(name, value)
+        async with hosted_services(["command"], platform_config(migrated_url)) as (commands, _):
+            mp.setenv("EMMA_ALARM_COMMAND_TARGET", f"127.0.0.1:{commands.port}")
+            async with running_stack(migrated_url, tmp_path_factory) as dashboard_state:
+                yield dashboard_state
+
+
+@contextlib.asynccontextmanager
+async def running_stack(migrated_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dashboard]:
     conn = await asyncpg.connect(migrated_url)
     try:
         gw, _, gw_key = await new_edge(conn, "gw")
@@ -682,6 +699,13 @@ async def test_the_alarms_centre_shows_a_raised_alarm_live_then_acknowledges_and
     await alarm.get_by_role("button", name="Acknowledge").click()
     await expect(alarm).to_have_attribute("data-state", "ALARM_STATE_ACKNOWLEDGED")
     await expect(alarm).to_contain_text("acknowledged by")
+    # The rule's recommended action, sent from the alarm after a confirmation and watched to EXECUTED.
+    await expect(alarm.locator(".advice")).to_contain_text("Stop charging (battery_1/SetActivePower = 0)")
+    await dashboard.push([(MAX_DIS, 4000.0), (MAX_CH, 4000.0)])
+    await alarm.get_by_role("button", name="Send: Stop charging").click()
+    await alarm.get_by_role("alertdialog", name="Confirm: Stop charging").get_by_role("button", name="Confirm").click()
+    await expect(alarm.locator(".advice [data-state]")).to_have_attribute("data-state", "COMMAND_STATE_EXECUTED")
+    assert ("battery_1/SetActivePower", 0.0) in [(c.channel, c.value) for c in dashboard.commands]
     await page.screenshot(path=dashboard.artifacts / "alarms.png", full_page=True)
     await alarm.get_by_label("Shelve for").select_option("8")
     await alarm.get_by_role("button", name="Shelve").click()

@@ -171,3 +171,33 @@ export function CommandPanel({ org, site, targets, timeZone }: { org: string; si
     </div>
   );
 }
+
+/** A command by name, watched live until it is final (the alarms centre's recommended actions). */
+export function WatchedCommand({ name, timeZone }: { name: string; timeZone?: string | undefined }) {
+  const [command, setCommand] = useState<Command | null>(null);
+  const [link, setLink] = useState<LinkState | null>(null);
+  useEffect(
+    () =>
+      openStream<Watch>(`/v1/${name}:watch`, {
+        onData: (m) => {
+          if (m.command) setCommand(m.command);
+          return FINAL.has(m.command?.state ?? "");
+        },
+        onState: setLink,
+        reconnect: true,
+      }),
+    [name],
+  );
+  const state = command?.state;
+  return (
+    <p class="lifecycle small" aria-live="polite">
+      Command {command ? `${fmt.number(command.value)} to ${command.channel}` : name.split("/").pop()}:{" "}
+      <strong class={`cmd-state cmd-${stateWord(state).toLowerCase().replace(/ /g, "-")}`} data-state={state ?? ""}>
+        {command ? stateWord(state) : "…"}
+      </strong>
+      {command?.stateReason && <> ({command.stateReason})</>}
+      {command && state === "COMMAND_STATE_EXECUTED" && <> · {fmt.time(command.updateTime, timeZone)}</>}
+      {link === "reconnecting" && <> · reconnecting to the live status…</>}
+    </p>
+  );
+}

@@ -6,6 +6,7 @@ import { roleIn } from "../auth";
 import { openStream, type LinkState } from "../live";
 import * as fmt from "../format";
 import { onLinkClick } from "../router";
+import { WatchedCommand } from "../components/commands";
 
 type Alarm = Schemas["emma.alarm.v1.Alarm"];
 type AlarmChange = Schemas["emma.alarm.v1.AlarmChange"];
@@ -32,6 +33,8 @@ export function AlarmsPage({ org }: { org: string }) {
   const [link, setLink] = useState<LinkState>("connecting");
   const [busy, setBusy] = useState<string | null>(null);
   const [shelveFor, setShelveFor] = useState<Record<string, number>>({});
+  const [proposing, setProposing] = useState<{ alarm: string; index: number } | null>(null);
+  const [sent, setSent] = useState<Record<string, string>>({}); // alarm name -> command name
   const canAct = ["ROLE_OPERATOR", "ROLE_ADMIN"].includes(roleIn(org));
 
   const reload = () =>
@@ -90,6 +93,26 @@ export function AlarmsPage({ org }: { org: string }) {
     }
   }
 
+  async function sendProposed(alarm: Alarm, index: number) {
+    setBusy(alarm.name ?? null);
+    try {
+      const { data, error, response } = await api.POST("/v1/organizations/{organization}/alarms/{alarm}:sendCommand", {
+        params: { path: { organization: org, alarm: lastSegment(alarm.name) } },
+        body: { proposedCommand: index, requestId: crypto.randomUUID() },
+      });
+      if (!data?.command) setError(`Could not send the command: ${describeError(error, response)}`);
+      else {
+        setSent((old) => ({ ...old, [alarm.name ?? ""]: data.command! }));
+        const updated = data.alarm;
+        if (updated) setAlarms((old) => (old ?? []).map((x) => (x.name === updated.name ? updated : x)));
+        setError(null);
+      }
+    } finally {
+      setBusy(null);
+      setProposing(null);
+    }
+  }
+
   const sorted = [...(alarms ?? [])].sort(
     (a, b) =>
       (SEVERITY_ORDER[a.severity ?? ""] ?? 2) - (SEVERITY_ORDER[b.severity ?? ""] ?? 2) ||
@@ -141,6 +164,40 @@ export function AlarmsPage({ org }: { org: string }) {
                     ))}
                   </ol>
                 </details>
+              )}
+              {(a.proposedCommands ?? []).length > 0 && (
+                <div class="advice">
+                  <h2 class="small-heading">Recommended actions</h2>
+                  <ul>
+                    {(a.proposedCommands ?? []).map((p, i) => (
+                      <li key={i}>
+                        {p.title} <span class="meta small">({p.channel} = {fmt.number(p.value)})</span>{" "}
+                        {canAct && a.state !== "ALARM_STATE_CLEARED" && (
+                          <button
+                            type="button"
+                            class="secondary small"
+                            disabled={busy === a.name}
+                            onClick={() => setProposing({ alarm: a.name ?? "", index: i })}
+                          >
+                            Send: {p.title}
+                          </button>
+                        )}
+                        {proposing && proposing.alarm === a.name && proposing.index === i && (
+                          <span class="confirm" role="alertdialog" aria-label={`Confirm: ${p.title}`}>
+                            Send {p.channel} = {fmt.number(p.value)} to the alarm's edge?{" "}
+                            <button type="button" onClick={() => void sendProposed(a, i)}>
+                              Confirm
+                            </button>{" "}
+                            <button type="button" class="secondary" onClick={() => setProposing(null)}>
+                              Cancel
+                            </button>
+                          </span>
+                        )}
+                      </li>
+                    ))}
+                  </ul>
+                  {sent[a.name ?? ""] && <WatchedCommand name={sent[a.name ?? ""]!} />}
+                </div>
               )}
               {canAct && (
                 <div class="alarm-actions">
