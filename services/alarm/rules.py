@@ -367,9 +367,14 @@ async def delete(conn: Conn, stored: StoredRule) -> None:
     await conn.execute("DELETE FROM alarm.rules WHERE pk = $1", stored.pk)
 
 
-async def enabled_rules(conn: Conn, kinds: Sequence[int]) -> list[StoredRule]:
-    """Every enabled rule of these kinds, of every organization (what the engine judges)."""
+async def enabled_rule_versions(conn: Conn, kinds: Sequence[int]) -> dict[int, dt.datetime]:
+    """pk -> update_time of every enabled rule of these kinds (the engine re-reads only what changed)."""
     rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM alarm.rules WHERE enabled AND kind = ANY($1::smallint[]) ORDER BY pk", list(kinds)
+        "SELECT pk, update_time FROM alarm.rules WHERE enabled AND kind = ANY($1::smallint[])", list(kinds)
     )
+    return {int(r["pk"]): r["update_time"] for r in rows}
+
+
+async def rules_by_pk(conn: Conn, pks: Sequence[int]) -> list[StoredRule]:
+    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM alarm.rules WHERE pk = ANY($1::bigint[])", list(pks))
     return [_stored(r) for r in rows]
