@@ -27,7 +27,7 @@ from services.names import EdgeName, SiteName
 from services.optimizer.config import MARKET, AssemblyConfig, per_country
 from services.optimizer.inputs import SLOT
 from services.platform.migrations import Conn
-from services.registry import edge_inventory, edges_of_site, site_profile
+from services.registry import SiteProfile, edge_inventory, edges_of_site, site_profile
 from services.telemetry import latest_value
 
 # The channels the edge drivers declare (edge_daemon/devices/*.py and the SunSpec/CAN drivers).
@@ -209,6 +209,12 @@ def _complete(values: list[float | None]) -> list[float] | None:
     return None if any(v is None for v in values) else [float(v) for v in values if v is not None]
 
 
+def _zone_of(profile: SiteProfile, config: AssemblyConfig) -> str | None:
+    """The site's bidding zone as the registry states it, else the one its country has
+    (EMMA_OPTIMIZER_ZONES and the countries of one zone); None when neither says."""
+    return profile.bidding_zone or config.prices.zones.get(profile.country_code)
+
+
 async def price_slots(conn: Conn, sites: list[SiteName], start: dt.datetime, slots: int, config: AssemblyConfig) -> int:
     """How many of `slots` quarter hours from `start` the sites' zone has day-ahead prices for, without a
     gap (a receding horizon plans as far as the prices reach); `slots` when the zone is not clear (the
@@ -216,8 +222,7 @@ async def price_slots(conn: Conn, sites: list[SiteName], start: dt.datetime, slo
     zones = set()
     for site in sites:
         profile = await site_profile(conn, site)
-        zone = None if profile is None else config.prices.zones.get(profile.country_code)
-        zones.add(zone)
+        zones.add(None if profile is None else _zone_of(profile, config))
     zone = next(iter(zones)) if len(zones) == 1 else None
     eic = None if zone is None else zone_eic(zone)
     if eic is None:
@@ -257,10 +262,11 @@ async def assemble(
             out.missing.append(f"{site}: no country_code (its VAT, tariffs and bidding zone depend on it)")
         else:
             countries.add(country)
-            zone = config.prices.zones.get(country)
+            zone = _zone_of(profile, config)
             if zone is None:
                 out.missing.append(
-                    f"{site}: the bidding zone of country {country} (it has several; set EMMA_OPTIMIZER_ZONES)"
+                    f"{site}: the bidding zone of country {country}"
+                    " (it has several; set the site's bidding_zone or EMMA_OPTIMIZER_ZONES)"
                 )
             else:
                 zones.add(zone)
@@ -292,16 +298,17 @@ async def assemble(
                     out.inputs.pv_arrays.append(
                         pb.PvInputs(device=p.device, forecast_w=[max(0.0, v) * share for v in found], curtailable=False)
                     )
-        # No grid limits from the registry's face yet: the bound is what the site's own devices and
-        # load can draw or feed in, which no plan can exceed (docs/optimizer.md).
+        # The grid connection's limits as the registry states them; where it states none (0), the bound
+        # is what the site's own devices and load can draw or feed in, which no plan can exceed anyway
+        # (docs/optimizer.md).
         bats = list(out.inputs.batteries)[first_battery:]
         evs = list(out.inputs.ev_chargers)[first_ev:]
         draw = sum(b.max_charge_w for b in bats) + sum(e.max_power_w for e in evs) + max(load, default=0.0)
         feed = sum(b.max_discharge_w for b in bats) + max(pv_forecast, default=0.0)
+        import_limit = profile.grid_import_limit_w or math.ceil(draw) + 1.0
+        export_limit = profile.grid_export_limit_w or math.ceil(feed) + 1.0
         out.inputs.sites.append(
-            pb.SiteInputs(
-                site=str(site), load_w=load, import_limit_w=math.ceil(draw) + 1.0, export_limit_w=math.ceil(feed) + 1.0
-            )
+            pb.SiteInputs(site=str(site), load_w=load, import_limit_w=import_limit, export_limit_w=export_limit)
         )
     await _prices(conn, out, countries, zones, start, end, config)
     if objective == pb.OPTIMIZATION_OBJECTIVE_COST_AND_CARBON:

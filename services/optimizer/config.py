@@ -30,8 +30,8 @@ STANDARD_VAT: dict[str, float] = {
     "RO": 0.19, "SE": 0.25, "SI": 0.22, "SK": 0.23,
 }  # fmt: skip
 
-# The bidding zone of each country that has exactly one (the registry's face does not give a site's
-# own bidding_zone yet: docs/optimizer.md). Countries split into several zones (IT, NO, SE, DK) are
+# The bidding zone of each country that has exactly one, for a site whose registry entry states no
+# bidding_zone of its own. Countries split into several zones (IT, NO, SE, DK) are
 # named in EMMA_OPTIMIZER_ZONES or the run names them as missing.
 SINGLE_ZONE: dict[str, str] = {
     "AT": "AT", "BE": "BE", "BG": "BG", "CH": "CH", "CZ": "CZ", "DE": "DE-LU", "LU": "DE-LU", "EE": "EE",

@@ -225,6 +225,11 @@ class SiteProfile:
     time_zone: str
     country_code: str
     pv_system: registry_pb2.PvSystem | None
+    # The market bidding zone ("" when the site states none) and the grid connection's limits in
+    # watts (0: unknown), for the optimizer.
+    bidding_zone: str = ""
+    grid_import_limit_w: float = 0.0
+    grid_export_limit_w: float = 0.0
 
     @property
     def has_location(self) -> bool:
@@ -234,8 +239,9 @@ class SiteProfile:
 async def site_profile(conn: Conn, site: SiteName) -> SiteProfile | None:
     """The site's profile, or None when there is no such site."""
     row = await conn.fetchrow(
-        """SELECT latitude_deg, longitude_deg, time_zone, country_code, pv_system FROM app.sites
-           WHERE org_id = $1 AND site_id = $2""",
+        """SELECT latitude_deg, longitude_deg, time_zone, country_code, pv_system, bidding_zone,
+                  grid_import_limit_w, grid_export_limit_w
+           FROM app.sites WHERE org_id = $1 AND site_id = $2""",
         site.org,
         site.site,
     )
@@ -248,6 +254,9 @@ async def site_profile(conn: Conn, site: SiteName) -> SiteProfile | None:
         row["time_zone"],
         row["country_code"],
         pv_from_json(row["pv_system"]),
+        row["bidding_zone"] or "",
+        float(row["grid_import_limit_w"] or 0.0),
+        float(row["grid_export_limit_w"] or 0.0),
     )
 
 

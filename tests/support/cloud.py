@@ -32,9 +32,14 @@ def platform_config(dsn: str, **ingest: float) -> PlatformConfig:
         state=StateConfig(),
         ingest=dataclasses.replace(IngestConfig(), **ingest),
         # The process environment as it is now (what the services read when env is empty), with the
-        # market fetch scheduler and the forecast scheduler off: a hosted test fetches or forecasts
-        # nothing unless it turns the scheduler on.
-        env={**os.environ, "EMMA_MARKET_SCHEDULER": "off", "EMMA_FORECAST_SCHEDULER": "off"},
+        # market fetch scheduler, the forecast scheduler and the optimizer's receding horizon off: a
+        # hosted test fetches, forecasts or re-plans nothing unless it turns the worker on.
+        env={
+            **os.environ,
+            "EMMA_MARKET_SCHEDULER": "off",
+            "EMMA_FORECAST_SCHEDULER": "off",
+            "EMMA_OPTIMIZER_SCHEDULER": "off",
+        },
     )
 
 

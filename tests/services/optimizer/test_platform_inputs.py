@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import math
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
@@ -165,13 +166,25 @@ def _forecast(start: dt.datetime, values: list[float]) -> Forecast:
     return Forecast(start, SLOT, tuple(values), tuple(values), tuple(values), (), "test-1")
 
 
-async def _site(db: asyncpg.Connection, country: str = "DE") -> tuple[EdgeName, int]:
+async def _site(db: asyncpg.Connection, country: str = "DE", **registry: Any) -> tuple[EdgeName, int]:
     name = f"opt-{uuid.uuid4().hex[:8]}"
     edge = EdgeName("acme", name, "gw")
     pk = await ensure_edge(
-        db, edge, time_zone="Europe/Berlin", latitude_deg=52.5, longitude_deg=13.4, country_code=country
+        db, edge, time_zone="Europe/Berlin", latitude_deg=52.5, longitude_deg=13.4, country_code=country, **registry
     )
     return edge, pk
+
+
+# A site as most are registered (country only: its zone and a grid bound follow from it), and one whose
+# registry entry states its bidding zone and grid connection limits, which win over the configured zone
+# (EMMA_OPTIMIZER_ZONES sends DE elsewhere in that case) and over the devices' own bound.
+REGISTRY_CASES = {
+    "country only": ({}, {}),
+    "registry states zone and limits": (
+        {"bidding_zone": "DE-LU", "grid_import_limit_w": 7000.0, "grid_export_limit_w": 3000.0},
+        {"EMMA_OPTIMIZER_ZONES": "DE=FR"},
+    ),
+}
 
 
 async def settled_now(margin_s: float = 20.0) -> dt.datetime:
@@ -189,13 +202,17 @@ def _quarter(now: dt.datetime) -> dt.datetime:
     return now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
 
 
+@pytest.mark.parametrize("case", list(REGISTRY_CASES))
 async def test_a_run_naming_only_its_site_is_assembled_from_the_platform(
-    host: Host, db: asyncpg.Connection, migrated_url: str, price_env: None
+    host: Host, db: asyncpg.Connection, migrated_url: str, price_env: None, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
+    registry, env = REGISTRY_CASES[case]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
     doc = _shift(_document(), _days_to_today())
     result = await save_document(db, doc, dt.datetime.now(UTC))
     assert result.outcome.name in ("STORED", "UNCHANGED")
-    edge, pk = await _site(db)
+    edge, pk = await _site(db, **registry)
     site = edge.site_name
     await store_inventory(db, pk, _inventory())
     now = await settled_now()
@@ -260,6 +277,14 @@ async def test_a_run_naming_only_its_site_is_assembled_from_the_platform(
         (battery,) = inputs.batteries
         assert (battery.device, battery.capacity_wh, battery.soc_wh) == (f"{edge}/devices/battery_1", 10_000, 4200)
         assert (battery.max_charge_w, battery.max_discharge_w) == (5000, 5000)
+        limits = (inputs.sites[0].import_limit_w, inputs.sites[0].export_limit_w)
+        if registry:
+            assert limits == (7000.0, 3000.0)
+        else:  # what the battery, the car and the load can draw; the battery and the PV feed in
+            assert limits == (
+                math.ceil(5000 + 11_000 + max(inputs.sites[0].load_w)) + 1.0,
+                math.ceil(5000 + max(pv[8:])) + 1.0,
+            )
         (ev,) = inputs.ev_chargers
         local = now.astimezone(ZoneInfo("Europe/Berlin"))
         departure = dt.datetime.combine(local.date(), dt.time(7, 0), tzinfo=local.tzinfo)
