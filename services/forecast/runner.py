@@ -226,7 +226,11 @@ async def measured_history(conn: Conn, site: SiteName, issue_time: datetime) -> 
     start = first_slot(issue_time)
     measured = await read_measured(conn, site, start - timedelta(days=max(LOOKBACK_DAYS, LEARN_DAYS)), start)
     pv_from = start - timedelta(days=LEARN_DAYS)
-    measured = replace(measured, pv=[(t, v) for t, v in measured.pv if t >= pv_from])
+    # The load from its first measured slot on: the days before a site reported are not "missing"
+    # (a young site was flagged "89 % of the load history is missing" for its first three weeks),
+    # and the model then sees what a backtest of the same series sees. Gaps after it still count.
+    known = next((i for i, (_, v) in enumerate(measured.load) if math.isfinite(v)), len(measured.load))
+    measured = replace(measured, load=measured.load[known:], pv=[(t, v) for t, v in measured.pv if t >= pv_from])
     notes: tuple[str, ...] = ()
     if not measured.load_channels:
         notes = (

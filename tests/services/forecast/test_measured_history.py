@@ -7,6 +7,7 @@ forecast without holidays (said in the degraded reasons), not a refusal."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import socket
 
 import asyncpg
@@ -80,8 +81,10 @@ async def test_runs_use_the_measured_load_and_pv(host: Host, db: asyncpg.Connect
         + forecast_pv(system, first_day + SLOT * 288, max(slots - 288, 1), None).p50
     )
     times = [first_day + SLOT * i for i in range(slots)]
-    # One sample a slot, at its middle; the load misses two hours (a gap, flagged, no crash).
-    gap = {first_day + dt.timedelta(days=2, hours=3) + SLOT * i for i in range(8)}
+    # One sample a slot, at its middle; the load misses its second day (a gap: a quarter or more of
+    # the history from the first measured slot on, flagged, no crash). The 25 days before the site
+    # reported are not counted as missing.
+    gap = {first_day + dt.timedelta(days=1) + SLOT * i for i in range(96)}
     load = [(t + SLOT / 2, _load_w(t)) for t in times if t not in gap]
     pv = [(t + SLOT / 2, FACTOR * clear[i]) for i, t in enumerate(times)]
     battery = [(t + SLOT / 2, 2000.0) for t in times]  # not load: the optimizer plans batteries
@@ -123,7 +126,12 @@ async def test_runs_use_the_measured_load_and_pv(host: Host, db: asyncpg.Connect
         load_reasons = list(by_kind[forecast_pb2.FORECAST_KIND_SITE_LOAD].degraded_reasons)
         assert not any("cold start" in r for r in load_reasons), load_reasons
         assert NO_COUNTRY in load_reasons
-        assert any("of the load history is missing" in r for r in load_reasons), load_reasons
+        missing = [r for r in load_reasons if "of the load history is missing" in r]
+        assert len(missing) == 1, load_reasons
+        gap_slots, window = map(int, re.search(r"; (\d+) of (\d+) slots", missing[0]).groups())  # type: ignore[union-attr]
+        # The day's 96 slots (and the slot being measured when the run began); the window starts at
+        # the first measured slot, not 28 days back.
+        assert 96 <= gap_slots <= 97 and window <= slots + 1, missing
 
         got_load = await fc.GetLatestForecast(
             forecast_pb2.GetLatestForecastRequest(site=site, kind=forecast_pb2.FORECAST_KIND_SITE_LOAD)
