@@ -43,6 +43,14 @@ def image_env() -> dict[str, str]:
     return env
 
 
+def image_files() -> dict[str, Path]:
+    """What the final stage COPYs from the build context: {path in the image: the checkout's path}."""
+    final = (ROOT / "Containerfile").read_text().rsplit("\nFROM ", 1)[1]
+    return {
+        dest.rstrip("/"): ROOT / source for source, dest in re.findall(r"^COPY (?!--)(\S+) (\S+)$", final, re.MULTILINE)
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -110,6 +118,7 @@ def pods(objects: list[Obj], secrets: dict[str, dict[str, str]], home: Path) -> 
         ports = {p["containerPort"]: free_port() for p in container.get("ports", [])}
         pod = Pod(obj["metadata"]["name"], obj["spec"]["template"]["metadata"]["labels"], container, spec, ports)
         pod.env = {**image_env(), **_env(pod, config_maps, secrets)}
+        _image_paths(pod)
         _mount_empty_dirs(pod, home / pod.name)
         # What the image's base provides (this machine's Python stands in for it) and the pod's own folder.
         pod.env.update(PATH=os.environ["PATH"], HOME=str(home / pod.name))
@@ -119,6 +128,14 @@ def pods(objects: list[Obj], secrets: dict[str, dict[str, str]], home: Path) -> 
         for name, value in pod.env.items():
             pod.env[name] = _resolve_services(value, services, out)
     return out
+
+
+def _image_paths(pod: Pod) -> None:
+    """A path in env that names files the image was built with points at them in this checkout."""
+    for prefix, source in image_files().items():
+        for name, value in pod.env.items():
+            if value == prefix or value.startswith(prefix + "/"):
+                pod.env[name] = str(source) + value[len(prefix) :]
 
 
 def _mount_empty_dirs(pod: Pod, root: Path) -> None:

@@ -10,7 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from tests.deploy.kubelet import ROOT
+from tests.deploy.kubelet import ROOT, image_env, image_files
 
 CONTAINERFILE = (ROOT / "Containerfile").read_text()
 FINAL = CONTAINERFILE.rsplit("\nFROM ", 1)[1]
@@ -102,3 +102,19 @@ def test_the_wheel_and_the_containerfile_together_carry_every_migration(tmp_path
     # `emma up` serves the recorded market and weather answers from the installed package.
     recordings = {n for n in tracked if "_replay/recordings/" in n}
     assert recordings and recordings <= set(names)
+
+
+def test_the_image_carries_the_dashboard_where_the_gateway_looks_for_it() -> None:
+    # gateway/web.py's default (web/dist beside the packages) exists only in a checkout: the image copies
+    # the built dashboard and says where with EMMA_GATEWAY_WEB_DIR (the kubelet test serves `/` from it).
+    copied = image_files()
+    web_dir = image_env()["EMMA_GATEWAY_WEB_DIR"]
+    assert copied[web_dir] == ROOT / "web" / "dist"
+    assert (ROOT / "web" / "dist" / "index.html").is_file()
+    tracked = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "web/dist/index.html"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert tracked == ["web/dist/index.html"], "the build context is the checkout: the dashboard must be committed"
+    # The build context lets it in (.containerignore excludes everything it does not name).
+    ignore = (ROOT / ".containerignore").read_text().splitlines()
+    assert "*" in ignore and "!web/dist/" in ignore

@@ -9,6 +9,7 @@ says what is rewritten: only ports, through the variables that carry them)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import signal
 import time
@@ -99,6 +100,12 @@ async def test_the_dev_overlay_runs_migrates_serves_end_to_end_and_drains(
     edgelink = cluster["emma-edgelink"]
     base_url = f"http://127.0.0.1:{gateway.ports[8080]}"
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        # The dashboard, from where the image puts it (Containerfile: COPY web/dist, EMMA_GATEWAY_WEB_DIR).
+        page = await http.get("/")
+        assert page.status_code == 200, page.text
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
+        scripts = re.findall(r'src="/?(app-[A-Z0-9]{8}\.js)"', page.text)
+        assert scripts and all((ROOT / "web" / "dist" / name).is_file() for name in scripts), page.text
         login = await http.post("/v1/auth:login", json={"email": USER_EMAIL, "password": USER_PASSWORD})
         assert login.status_code == 200, login.text
         http.headers["authorization"] = f"Bearer {login.json()['accessToken']}"
@@ -141,14 +148,17 @@ async def test_the_dev_overlay_runs_migrates_serves_end_to_end_and_drains(
         finally:
             await stream.close()
 
-    # Prometheus, as the pods' annotations tell it: every `emma serve` pod answers on the annotated port
-    # and path, and the api pod counted the command it created. (The gateway's /metrics is shadowed by
-    # the dashboard layer until gateway/web.py lists it among the API's paths; tests/observability
-    # scrapes the gateway itself.)
+    # Prometheus, as the pods' annotations tell it: every pod answers on the annotated port and path (the
+    # gateway on its own port, next to the dashboard), the api pod counted the command it created, the
+    # edgelink pod the batch it stored and the command's transitions it saw.
     annotations = {
         name: d["spec"]["template"]["metadata"]["annotations"] for name, d in by_kind(render(DEV), "Deployment").items()
     }
     async with httpx.AsyncClient(timeout=10) as scraper:
+        meta = annotations["emma-gateway"]
+        port = gateway.ports[int(meta["prometheus.io/port"])]
+        answer = await scraper.get(f"http://127.0.0.1:{port}{meta['prometheus.io/path']}")
+        assert answer.status_code == 200 and 'emma_gateway_requests_total{method="POST"' in answer.text, answer.text
         for name in ("emma-edgelink", "emma-api", "emma-market-worker"):
             meta = annotations[name]
             assert meta["prometheus.io/scrape"] == "true", name
@@ -161,6 +171,15 @@ async def test_the_dev_overlay_runs_migrates_serves_end_to_end_and_drains(
                 create = "/emma.command.v1.CommandService/CreateCommand"
                 created_ok = f'emma_rpc_duration_seconds_count{{method="{create}",code="OK"}} 1'
                 assert created_ok in answer.text, answer.text
+                assert 'emma_command_transitions_total{state="QUEUED"} 1' in answer.text, answer.text
+            if name == "emma-edgelink":
+                for sample in (
+                    'emma_ingest_batches_total{result="stored"} 1',
+                    "emma_ingest_points_total 3",
+                    'emma_command_transitions_total{state="EXECUTED"} 1',
+                    "emma_edge_connected 0",
+                ):
+                    assert sample in answer.text, (sample, answer.text)
 
     # Termination as the kubelet does it: the preStop hook (a sleep), then SIGTERM; every process must
     # drain and exit by itself before terminationGracePeriodSeconds (counted from the hook's start).
