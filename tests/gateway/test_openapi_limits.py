@@ -93,7 +93,16 @@ def test_every_page_size_states_the_servers_bounds() -> None:
 def _list_url(path: str) -> str:
     """A document path with its ids filled in: the stack's site and edge, "x" elsewhere."""
     values = {"organization": "acme", "site": "gw", "edge": "gw"}
-    for name in ("organization", "site", "edge", "device", "device_profile", "user", "fleet_dispatch"):
+    for name in (
+        "organization",
+        "site",
+        "edge",
+        "device",
+        "device_profile",
+        "user",
+        "fleet_dispatch",
+        "notification_channel",
+    ):
         path = path.replace("{" + name + "}", values.get(name, "x"))
     return path
 
