@@ -261,8 +261,8 @@ def _transaction_span(group: Sequence[PendingBatch], points: int) -> Iterator[No
     """A span for one attempt at a group's transaction, current while its SQL runs (so each statement's
     span is its child). One transaction stores many batches and a span has one parent: it is the child
     of the group's first recorded batch and links to the other batches' spans. (No link back from each
-    batch: that adds a link's objects to a span in flight for every batch of every group.) Nothing when no batch is recorded (batch spans off, or sampled out by OTEL_TRACES_SAMPLER),
-    and so no SQL spans either."""
+    batch: that adds a link's objects to a span in flight for every batch of every group.) Nothing when
+    no batch is recorded (batch spans off, or sampled out by OTEL_TRACES_SAMPLER), so no SQL spans either."""
     traced = [item.span for item in group if item.span.is_recording()]
     if not traced:
         yield
