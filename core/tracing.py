@@ -36,23 +36,30 @@ def otlp_protocol(env: Mapping[str, str], signal: str) -> str:
     return value
 
 
-def _exporter_from_env(env: Mapping[str, str]) -> SpanExporter | None:
+def traces_exported(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether the standard OTEL_* variables make this process export traces (OTLP or console):
+    OTEL_TRACES_EXPORTER=none never does, otlp/console always, an OTLP endpoint alone does."""
     choice = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if choice == "none":
+        return False
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return choice in ("otlp", "console") or bool(endpoint)
+
+
+def _exporter_from_env(env: Mapping[str, str]) -> SpanExporter | None:
+    if not traces_exported(env):
         return None
-    if choice == "console":
+    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "console":
         return ConsoleSpanExporter()
-    if choice == "otlp" or endpoint:
-        # Imported lazily: the exporters pull in transports we need only when exporting.
-        if otlp_protocol(env, "TRACES") == "http/protobuf":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+    # OTLP, named or implied by an endpoint. Imported lazily: the exporters pull in transports we need
+    # only when exporting.
+    if otlp_protocol(env, "TRACES") == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
-            return HttpExporter()
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+        return HttpExporter()
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
-        return GrpcExporter()
-    return None
+    return GrpcExporter()
 
 
 def configure_tracing(service_name: str, env: Mapping[str, str] = os.environ) -> TracerProvider:

@@ -13,7 +13,6 @@ import asyncio
 import functools
 import json
 import logging
-import os
 import time
 import uuid
 from collections import Counter
@@ -33,6 +32,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from core.metrics import record_ack, record_edge_connected, record_rejected_batch
+from core.tracing import traces_exported
 from services.command import ACKS_PER_SECOND, CommandRelay, TokenBucket
 from services.edgelink.batches import Rejection, to_columns, to_events
 from services.edgelink.hello import check_channel_indexes, check_text
@@ -55,16 +55,11 @@ _NO_PARENT = otel_context.Context()
 
 @functools.cache
 def batch_spans() -> bool:
-    """Whether telemetry batches get spans: only when this process exports traces (the standard OTEL_*
-    variables, read as core.tracing reads them). A span per batch is 1,000 spans/s at 1,000 edges, and
-    unexported they would only cost the event loop (and the ack latency) their allocations; request
-    spans stay on regardless, for the trace ids in logs and audit rows. Sampling is OTEL_TRACES_SAMPLER's."""
-    env = os.environ
-    choice = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    if choice == "none":
-        return False
-    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    return choice in ("otlp", "console") or bool(endpoint)
+    """Whether telemetry batches get spans: only when this process exports traces. A span per batch is
+    1,000 spans/s at 1,000 edges, and unexported they would only cost the event loop (and the ack
+    latency) their allocations; request spans stay on regardless, for the trace ids in logs and audit
+    rows. Sampling is OTEL_TRACES_SAMPLER's."""
+    return traces_exported()
 
 
 PROTOCOL_VERSION = 1
