@@ -53,7 +53,7 @@ up: $(STAMP)  ## run the whole stack on an embedded PostgreSQL (DATABASE_URL sel
 # worker has its own PostgreSQL, tmp_path and ports (docs/contributing.md, "How the suite runs").
 # TEST_WORKERS=0 runs it in this one process; PYTEST_ARGS="tests/x.py -n 0" one file serially.
 TEST_WORKERS ?= auto
-test: $(STAMP) $(TSDB_STAMP)  ## run every test (TEST_WORKERS=auto: one worker per core)
+test: $(STAMP) $(TSDB_STAMP) $(WEB_STAMP)  ## run every test (TEST_WORKERS=auto: one worker per core)
 	$(NODE_PATH_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 gen: $(STAMP)  ## regenerate gen/ from protos/

@@ -139,10 +139,10 @@ async def backtest_site(
     horizon_slots: int = 4 * 48,
     executor: Executor | None = None,
 ) -> BacktestResult:
-    """Replay the site's measured load or PV over [start, end) as if live (issues from one day after
-    `start`, every `issue_every`); returns the scores per horizon band next to persistence, same time
-    yesterday and last week (services/forecast/backtest.py BacktestResult). Raises ForecastError,
-    MissingSiteData or ForecastInputError (e.g. no measured history)."""
+    """Replay the site's measured load or PV over [start, end) as if live (issues from one day after the
+    first measured slot in the range, every `issue_every`); returns the scores per horizon band next to
+    persistence, same time yesterday and last week (services/forecast/backtest.py BacktestResult). Raises
+    ForecastError, MissingSiteData or ForecastInputError (e.g. no measured history)."""
     from services.forecast.site_backtest import backtest_site as run
 
     return await run(

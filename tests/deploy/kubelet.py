@@ -118,8 +118,11 @@ def pods(objects: list[Obj], secrets: dict[str, dict[str, str]], home: Path) -> 
         ports = {p["containerPort"]: free_port() for p in container.get("ports", [])}
         pod = Pod(obj["metadata"]["name"], obj["spec"]["template"]["metadata"]["labels"], container, spec, ports)
         pod.env = {**image_env(), **_env(pod, config_maps, secrets)}
-        _image_paths(pod)
+        # Each env path is a path inside the container, mapped to this machine once: the emptyDirs
+        # first, then the image's files, whose checkout may itself lie under a mounted path such as
+        # /tmp (a clean clone in /tmp/ci) and must not be moved into the pod's folder.
         _mount_empty_dirs(pod, home / pod.name)
+        _image_paths(pod)
         # What the image's base provides (this machine's Python stands in for it) and the pod's own folder.
         pod.env.update(PATH=os.environ["PATH"], HOME=str(home / pod.name))
         out[pod.name] = pod
