@@ -182,8 +182,12 @@ class RecedingHorizon:
             if current.inputs.HasField("time_limit"):
                 inputs.time_limit.CopyFrom(current.inputs.time_limit)
             problem = convert.problem(inputs)
+            # The plan in force is the newest by create_time, a tie broken by the random run id: two
+            # plans made at one clock reading must not tie, or the older could stay in force.
+            current_created = current.result.create_time.ToDatetime(dt.UTC)
+            created = now if now != current_created else now + dt.timedelta(microseconds=1)
             run_id, run, infeasible = await solve_run(
-                current.org, site_names, inputs, problem, assembled=True, trigger_reason=reason, created=now
+                current.org, site_names, inputs, problem, assembled=True, trigger_reason=reason, created=created
             )
             await store_run(conn, run_id, run, inputs, problem, org=current.org, creator=CREATOR)
         if infeasible is not None:

@@ -161,8 +161,9 @@ async def test_a_plan_is_re_optimised_when_its_inputs_move_and_when_the_interval
     assert run.trigger_reason == f"prices moved 40.00 EUR/MWh at {hour.isoformat()}"
     assert await worker.tick() == []
 
-    # Nothing moved, but the interval is about to end (the next poll would come too late).
-    clock[0] += dt.timedelta(seconds=900 - 1)
+    # Nothing moved, but the interval is about to end (the next poll would come too late). The price
+    # plan was made at the same clock reading as the forecast plan, so it is dated 1 µs later.
+    clock[0] += dt.timedelta(seconds=900 - 1, milliseconds=1)
     await store_samples(migrated_url, pk, {soc_series: [(clock[0] - dt.timedelta(seconds=1), 3000.0)]})
     (run,) = await worker.tick()
     assert run.trigger_reason == "interval"
