@@ -12,7 +12,6 @@ and is not judged again (an edge sends its outbox in order, so this is the late 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -32,6 +31,7 @@ from services.alarm.rules import StoredRule, enabled_rule_versions, rules_by_pk
 from services.names import EdgeName, channel_resource, parse_channel, parse_edge
 from services.platform.migrations import Conn
 from services.platform.runtime import Runtime
+from services.platform.tasks import stop_task
 from services.registry import edge_inventory, edge_pk, edges_of_organization
 from services.telemetry import ChannelCursor, last_batch_times, latest_times, samples_after
 
@@ -192,11 +192,8 @@ class AlarmEngine:
             self._task = asyncio.create_task(self._loop(), name="alarm-engine")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:

@@ -9,7 +9,6 @@ that dies mid-attempt leaves the delivery to be retried when its lease ends: at 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -31,6 +30,7 @@ from services.alarm.rules import channel_name
 from services.errors import ApiError, invalid_field, not_found
 from services.platform.migrations import Conn
 from services.platform.rpc import timestamp
+from services.platform.tasks import stop_task
 
 log = logging.getLogger("emma.alarm.notify")
 
@@ -200,11 +200,8 @@ class Notifier:
             self._task = asyncio.create_task(self._loop(), name="alarm-notifier")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None

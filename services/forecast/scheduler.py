@@ -9,7 +9,6 @@ fetch scheduler's approach: with two replicas each site is forecast once per rou
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import uuid
@@ -25,6 +24,7 @@ from services.forecast.scorer import score_due
 from services.forecast.weather import SharedWeather, WeatherConfig
 from services.names import SiteName
 from services.platform.runtime import Runtime
+from services.platform.tasks import stop_task
 from services.registry import all_sites, site_profile
 
 log = logging.getLogger("emma.forecast")
@@ -155,11 +155,8 @@ class ForecastScheduler:
         self._task = asyncio.create_task(self._loop(), name="forecast-scheduler")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
 
 def scheduler_of(runtime: Runtime) -> ForecastScheduler:

@@ -31,6 +31,7 @@ from services.identity.config import AuthConfig
 from services.identity.context import Caller
 from services.identity.passwords import Passwords
 from services.identity.tokens import verify_access_token
+from services.platform.tasks import stop_task
 
 log = logging.getLogger("emma.auth")
 
@@ -93,11 +94,8 @@ class AuthState:
                 await asyncio.wait_for(self._listening_event.wait(), 5)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         self._listening = False
 
     @property

@@ -13,7 +13,6 @@ never touched (nothing could refresh its inputs), nor one a newer explicit run r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -30,6 +29,7 @@ from services.optimizer.errors import OptimizerInputError
 from services.optimizer.inputs import SLOT
 from services.optimizer.runs import solve_run, store_run
 from services.platform.runtime import Runtime
+from services.platform.tasks import stop_task
 
 log = logging.getLogger("emma.optimizer")
 
@@ -203,6 +203,8 @@ class RecedingHorizon:
                 await self.tick()
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("receding horizon: %s; retrying", exc)
+            except Exception:  # the task must outlive a bug: a dead task would re-plan nothing again
+                log.exception("receding horizon: unexpected error; retrying")
             await asyncio.sleep(self._config.poll_s)
 
     async def start(self) -> None:
@@ -212,11 +214,8 @@ class RecedingHorizon:
         self._task = asyncio.create_task(self._loop(), name="optimizer-receding-horizon")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
 
 def horizon_of(runtime: Runtime) -> RecedingHorizon:
