@@ -1,15 +1,26 @@
-"""One simulated edge for the command benchmark, as its own process: `python -m bench.command_edge`.
+"""One edge for the command benchmark, as its own process: `python -m bench.command_edge`.
 
-It says Hello with a battery (the edge daemon's own simulated battery, declared as the daemon
-declares it), reports the battery's dynamic limits every second (so the cloud's validation finds
-fresh telemetry), and answers every EdgeCommand at once with RECEIVED and EXECUTED: the round trip
-measured is the cloud's and the wire's, not a control cycle's.
+Two kinds, both as their own process so their event loop is not the caller's:
+
+- simulated (the default): it says Hello with a battery (the edge daemon's own simulated battery,
+  declared as the daemon declares it), reports the battery's dynamic limits every second (so the
+  cloud's validation finds fresh telemetry), and answers every EdgeCommand at once with RECEIVED and
+  EXECUTED: the round trip measured is the cloud's and the wire's, not a control cycle's.
+- `--daemon PERIOD_S`: the real EdgeDaemon (the demo site: simulated battery, PV, load, EV charger and
+  meter, its controllers, channel store, SQLite outbox and gRPC uplink) at that control cycle. It
+  acknowledges RECEIVED when a command arrives and EXECUTED once a control cycle applied it, so its
+  round trip includes the wait for the next cycle boundary (half a cycle on average, by design).
+
+Either prints "ready" once its Hello is answered (the simulated edge: once its first limits are
+stored too; for the daemon the benchmark itself waits for fresh limits in the database).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
+from pathlib import Path
 
 import grpc
 from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
@@ -51,7 +62,7 @@ def limits_batch(seq: int) -> edge_link_pb2.ConnectRequest:
     )
 
 
-async def main_async(port: int, edge: str, key: str) -> None:
+async def simulated(port: int, edge: str, key: str) -> None:
     out: asyncio.Queue[edge_link_pb2.ConnectRequest] = asyncio.Queue()
 
     async def requests():  # type: ignore[no-untyped-def]
@@ -89,13 +100,37 @@ async def main_async(port: int, edge: str, key: str) -> None:
         task.cancel()
 
 
+async def daemon(port: int, edge: str, key: str, period_s: float) -> None:
+    """The real edge daemon on the demo site at `period_s`, connected to the cloud on `port`."""
+    from edge_daemon.config import demo_site_dict, parse_config
+    from edge_daemon.daemon import EdgeDaemon
+    from edge_daemon.uplink import create_uplink
+
+    with tempfile.TemporaryDirectory(prefix="emma-bench-edge-") as tmp:
+        (Path(tmp) / "edge.key").write_text(key + "\n")
+        doc = demo_site_dict(period_s=period_s, outbox_path="outbox.sqlite")
+        # Limits reach the cloud within a second, so validation always finds them fresh.
+        doc["telemetry"] = {"batch_interval_s": 1.0}
+        doc["cloud"] = {"endpoint": f"127.0.0.1:{port}", "key_file": "edge.key", "edge": edge, "tls": False}
+        config = parse_config(doc, Path(tmp) / "site.toml")
+        edge_daemon = EdgeDaemon(config, uplink=create_uplink(config))
+        runner = asyncio.create_task(edge_daemon.run())
+        await edge_daemon.started.wait()
+        print("ready", flush=True)
+        await runner
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--edge", required=True)
     p.add_argument("--key", required=True)
+    p.add_argument("--daemon", type=float, metavar="PERIOD_S", help="run the real edge daemon at this cycle")
     args = p.parse_args()
-    asyncio.run(main_async(args.port, args.edge, args.key))
+    if args.daemon:
+        asyncio.run(daemon(args.port, args.edge, args.key, args.daemon))
+    else:
+        asyncio.run(simulated(args.port, args.edge, args.key))
 
 
 if __name__ == "__main__":

@@ -1,38 +1,131 @@
-"""Command round trip: CreateCommand -> EXECUTED visible to the caller, p50/p99.
+"""Command round trip: CreateCommand -> EXECUTED visible to the caller, open loop, p50/p99.
 
-    python -m bench.commands [--quick]
+    python -m bench.commands [--quick] [--runs 3] [--samples 1000] [--rate 20] [--lines idle,edge,load]
 
-`emma serve edge command` runs as its own process, one simulated edge as another (bench.command_edge,
-answering at once); the caller creates a command and watches it until EXECUTED. Measured idle, then
-while 1,000 simulated edge streams send one 50-point batch per second (the ingest fleet load). The
-caller stays under the 10 commands/s rate limit.
+`emma serve edge command identity` runs as its own process, every edge as a process of its own
+(bench.command_edge), the callers in this process. Each command is *due* at a fixed time (open loop:
+`--rate` commands per second in total, spread evenly over `--callers` logged-in users so none passes
+the 10 commands/s rate limit) and is started then, whether or not earlier ones have finished; its
+latency runs from when it was due to when WatchCommand shows EXECUTED, so a stall of the server (or
+of this process) is counted for every command it delays (no coordinated omission).
+
+Three lines per run, each with `--samples` commands after 20 unmeasured warm-up commands:
+
+- idle: a simulated edge that answers RECEIVED and EXECUTED at once (bench.command_edge);
+- edge_daemon: the real edge daemon (demo site) at a `--cycle` (100 ms) control cycle, `--edge-rate`
+  (8) commands per second. Commands are applied at cycle boundaries, so this line includes the wait
+  for the next cycle (half a cycle on average, by design); a command the next one superseded within
+  the same cycle ends REJECTED_BY_EDGE and is counted under errors;
+- under_1000_edge_load: the simulated edge again while 1,000 simulated edge streams each send one
+  50-point batch per second (the ingest fleet load), after their connection storm (8 s).
+
+Each line also gives CreateCommand's own latency (due -> response) and, from the command's stored
+transitions, the median time between its waypoints (due -> QUEUED -> DELIVERED -> RECEIVED ->
+EXECUTED -> seen by the watch), which is where the time goes. Every run starts a fresh cloud process;
+`--runs` runs give the spread (median, min, max of each run's p50 and p99 at the top).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import collections
+import contextlib
+import itertools
 import json
+import statistics
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
+import asyncpg
 import grpc
 from emma.command.v1 import command_pb2, command_pb2_grpc
 
-from bench.harness import BENCH_ENV, cloud_process, database, login, migrate, percentile, run_benchmark
+from bench.harness import BENCH_ENV, cloud_process, database, login, migrate, percentile, summary, write_result
 from bench.ingest import provision, run_generators
 from bench.machine import describe
 
 S = command_pb2
+WARM_UP = 20
+STAGES = ("QUEUED", "DELIVERED", "RECEIVED", "EXECUTED")
 
 
-async def round_trips(port: int, edge: str, count: int, auth: list[tuple[str, str]]) -> list[float]:
-    latencies = []
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = command_pb2_grpc.CommandServiceStub(channel)
-        for i in range(count):
-            started = time.perf_counter()
+@contextlib.asynccontextmanager
+async def edge_process(port: int, edge: str, key: str, daemon_period_s: float | None) -> AsyncIterator[None]:
+    """bench.command_edge in a process of its own, until it said "ready"."""
+    extra = ["--daemon", str(daemon_period_s)] if daemon_period_s else []
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.command_edge",
+        "--port",
+        str(port),
+        "--edge",
+        edge,
+        "--key",
+        key,
+        *extra,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)  # its imports take a while
+        if line.strip() != b"ready":
+            raise RuntimeError(f"the edge did not start: {line!r}")
+        yield
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+
+
+async def fresh_limits(dsn: str, edge: str, timeout_s: float = 60) -> None:
+    """Wait until the cloud holds the edge's battery limits, stamped within the last 5 s."""
+    edge_id = edge.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            fresh = await conn.fetchval(
+                """SELECT count(*) FROM telemetry.latest l JOIN telemetry.series s ON s.id = l.series_id
+                   JOIN app.edges e ON e.pk = s.edge_pk
+                   WHERE e.edge_id = $1 AND s.channel LIKE 'battery_1/Max%Power'
+                     AND l.time > now() - interval '5 seconds'""",
+                edge_id,
+            )
+            if fresh == 2:
+                return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"no fresh battery limits from {edge} within {timeout_s:.0f} s")
+    finally:
+        await conn.close()
+
+
+async def open_loop(
+    port: int, edge: str, callers: list[list[tuple[str, str]]], samples: int, rate: float
+) -> tuple[dict[str, list[float]], collections.Counter[str], list[tuple[uuid.UUID, float, float]]]:
+    """`samples` commands due every 1/rate s; (latencies, errors, (command id, due unix time, seen unix time))."""
+    loop = asyncio.get_running_loop()
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in callers]
+    stubs = [command_pb2_grpc.CommandServiceStub(c) for c in channels]
+    latencies: dict[str, list[float]] = {"round_trip": [], "create": []}
+    errors: collections.Counter[str] = collections.Counter()
+    seen: list[tuple[uuid.UUID, float, float]] = []
+    total = WARM_UP + samples
+    t0 = loop.time() + 0.5
+    wall0 = time.time() + (t0 - loop.time())
+
+    async def one(i: int) -> None:
+        due = t0 + i / rate
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        stub, auth = stubs[i % len(stubs)], callers[i % len(callers)]
+        try:
             created = await stub.CreateCommand(
                 S.CreateCommandRequest(
                     parent=edge,
@@ -41,69 +134,159 @@ async def round_trips(port: int, edge: str, count: int, auth: list[tuple[str, st
                 ),
                 metadata=auth,
             )
+            t_created = loop.time()
             final = None
             async for update in stub.WatchCommand(S.WatchCommandRequest(name=created.name), metadata=auth):
                 final = update.command
-            assert final is not None and final.state == S.COMMAND_STATE_EXECUTED, final
-            latencies.append((time.perf_counter() - started) * 1000)
-            await asyncio.sleep(max(0.0, 0.125 - (time.perf_counter() - started)))  # 8 per second
-    return latencies
+            t_done = loop.time()
+        except grpc.aio.AioRpcError as exc:
+            if i >= WARM_UP:
+                errors[exc.code().name] += 1
+            return
+        if final is None or final.state != S.COMMAND_STATE_EXECUTED:
+            if i >= WARM_UP:
+                state = "none" if final is None else S.CommandState.Name(final.state)
+                errors[f"{state} {final.state_reason if final else ''}".strip()] += 1
+            return
+        if i >= WARM_UP:
+            latencies["round_trip"].append((t_done - due) * 1000)
+            latencies["create"].append((t_created - due) * 1000)
+            seen.append((uuid.UUID(created.name.rsplit("/", 1)[1]), wall0 + (due - t0), wall0 + (t_done - t0)))
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(total)))
+    finally:
+        for c in channels:
+            await c.close()
+    return latencies, errors, seen
 
 
-async def main_async(quick: bool) -> dict[str, object]:
-    count = 60 if quick else 300
-    with database() as dsn:
-        version = await migrate(dsn)
-        keys = json.loads((await provision(dsn, 1, "cmd")).read_text())
-        fleet_keys = await provision(dsn, 1000, "cmdload")
-        result: dict[str, object] = {
-            "machine": describe(version),
-            "command": "python -m bench.commands" + (" --quick" if quick else ""),
-        }
-        async with cloud_process(dsn, "edge command identity", env=BENCH_ENV) as (port, _pid, _stats):
-            auth = await login(dsn, port, "bench")
-            edge = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bench.command_edge",
-                "--port",
-                str(port),
-                "--edge",
-                keys[0]["edge"],
-                "--key",
-                keys[0]["key"],
-                stdout=subprocess.PIPE,
-            )
-            try:
-                # It says "ready" once its Hello and first limits are stored (its imports take a while).
-                assert edge.stdout is not None
-                line = await asyncio.wait_for(edge.stdout.readline(), 60)
-                if line.strip() != b"ready":
-                    raise RuntimeError(f"the simulated edge did not start: {line!r}")
-                idle = await round_trips(port, keys[0]["edge"], count, auth)
-                duration = count / 8 + 15
+async def stage_medians(dsn: str, seen: list[tuple[uuid.UUID, float, float]]) -> dict[str, float]:
+    """Median ms between a command's waypoints, from its stored transitions (one clock: this machine's)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            """SELECT command_id, to_state, extract(epoch FROM event_time)::float8 AS t
+               FROM app.command_events WHERE command_id = ANY($1::uuid[])""",
+            [c for c, _, _ in seen],
+        )
+    finally:
+        await conn.close()
+    times: dict[uuid.UUID, dict[str, float]] = collections.defaultdict(dict)
+    for r in rows:
+        times[r["command_id"]][r["to_state"]] = r["t"]
+    steps: dict[str, list[float]] = collections.defaultdict(list)
+    for command_id, due, done in seen:
+        t = times[command_id]
+        if not all(s in t for s in STAGES):
+            continue
+        points = [("due", due), *((s, t[s]) for s in STAGES), ("seen by the watch", done)]
+        for (a, ta), (b, tb) in itertools.pairwise(points):
+            steps[f"{a} -> {b}"].append((tb - ta) * 1000)
+    return {k: round(statistics.median(v), 2) for k, v in steps.items()}
+
+
+async def line(
+    dsn: str, port: int, edge: str, callers: list[list[tuple[str, str]]], samples: int, rate: float
+) -> dict[str, object]:
+    latencies, errors, seen = await open_loop(port, edge, callers, samples, rate)
+    trip, create = latencies["round_trip"], latencies["create"]
+    return {
+        "p50_ms": percentile(trip, 0.5),
+        "p99_ms": percentile(trip, 0.99),
+        "max_ms": max(trip, default=float("nan")),
+        "commands": len(trip),
+        "errors": dict(errors),
+        "create_p50_ms": percentile(create, 0.5),
+        "create_p99_ms": percentile(create, 0.99),
+        "median_ms_between_waypoints": await stage_medians(dsn, seen),
+    }
+
+
+async def one_run(
+    dsn: str, keys: list[dict[str, str]], fleet_keys: Any, args: argparse.Namespace, callers_n: int
+) -> dict[str, object]:
+    result: dict[str, object] = {}
+    async with cloud_process(dsn, "edge command identity", env=BENCH_ENV) as (port, _pid, _stats):
+        callers = [await login(dsn, port, "bench") for _ in range(callers_n)]
+        if "idle" in args.lines:
+            async with edge_process(port, keys[0]["edge"], keys[0]["key"], None):
+                result["idle"] = await line(dsn, port, keys[0]["edge"], callers, args.samples, args.rate)
+        if "edge" in args.lines:
+            async with edge_process(port, keys[1]["edge"], keys[1]["key"], args.cycle):
+                await fresh_limits(dsn, keys[1]["edge"])
+                result["edge_daemon"] = {
+                    "cycle_s": args.cycle,
+                    "rate_per_s": args.edge_rate,
+                    **await line(dsn, port, keys[1]["edge"], callers, args.samples, args.edge_rate),
+                }
+        if "load" in args.lines:
+            async with edge_process(port, keys[0]["edge"], keys[0]["key"], None):
+                duration = args.samples / args.rate + WARM_UP / args.rate + 15
                 load = asyncio.create_task(
                     run_generators(
                         port, fleet_keys, 1000, 4, ["--points", "50", "--rate", "1", "--duration", str(duration)]
                     )
                 )
                 await asyncio.sleep(8)  # past the fleet's connection storm
-                loaded = await round_trips(port, keys[0]["edge"], count, auth)
+                result["under_1000_edge_load"] = await line(
+                    dsn, port, keys[0]["edge"], callers, args.samples, args.rate
+                )
                 await load
-            finally:
-                edge.kill()
-        for label, values in (("idle", idle), ("under_1000_edge_load", loaded)):
-            result[label] = {
-                "p50_ms": percentile(values, 0.5),
-                "p99_ms": percentile(values, 0.99),
-                "max_ms": max(values),
-                "commands": len(values),
+    return result
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, object]:
+    # At most 5 commands/s per caller: the rate limit is 10/s, and a stall that bunches a caller's
+    # commands must not make the benchmark trip it.
+    callers_n = max(1, int(-(-args.rate // 5)))
+    with database() as dsn:
+        version = await migrate(dsn)
+        keys = json.loads((await provision(dsn, 2, "cmd")).read_text())
+        fleet_keys = await provision(dsn, 1000, "cmdload") if "load" in args.lines else None
+        command = "python -m bench.commands " + " ".join(args.argv)
+        runs = [await one_run(dsn, keys, fleet_keys, args, callers_n) for _ in range(args.runs)]
+    result: dict[str, object] = {
+        "machine": describe(version),
+        "command": command.strip(),
+        "rate_per_s": args.rate,
+        "callers": callers_n,
+        "runs": runs,
+    }
+    for name in ("idle", "edge_daemon", "under_1000_edge_load"):
+        per_run = [r[name] for r in runs if name in r]
+        if per_run:
+            # Top-level figures (what bench.run_all reads): the median run's, with the spread.
+            result[name] = {
+                "p50_ms": statistics.median(r["p50_ms"] for r in per_run),
+                "p99_ms": statistics.median(r["p99_ms"] for r in per_run),
+                "p50_spread": summary([r["p50_ms"] for r in per_run]),
+                "p99_spread": summary([r["p99_ms"] for r in per_run]),
+                "commands_per_run": [r["commands"] for r in per_run],
             }
     return result
 
 
 def main() -> None:
-    run_benchmark("commands", __doc__, main_async)
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one run of 300 commands per line (what `make bench` uses)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--samples", type=int, default=1000, help="measured commands per line and run")
+    p.add_argument("--rate", type=float, default=20.0, help="commands due per second, all callers together")
+    p.add_argument("--cycle", type=float, default=0.1, help="the real edge daemon's control cycle (s)")
+    # A second command for the same channel within one cycle supersedes the first (REJECTED by the
+    # edge, by design), so the daemon's line stays under one command per cycle.
+    p.add_argument("--edge-rate", type=float, default=8.0, help="commands due per second for the real daemon")
+    p.add_argument("--lines", default="idle,edge,load", help="which of idle, edge, load to run")
+    argv = sys.argv[1:]
+    args = p.parse_args(argv)
+    args.argv = argv
+    if args.quick:
+        args.runs, args.samples = 1, 300
+    args.lines = set(args.lines.split(","))
+    result = asyncio.run(main_async(args))
+    print(json.dumps(result, indent=2, default=str))
+    print(f"written to {write_result('commands', result)}")
 
 
 if __name__ == "__main__":
