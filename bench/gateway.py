@@ -1,21 +1,38 @@
-"""Gateway throughput: GET latest values through the REST gateway at 50 concurrent clients.
+"""Gateway throughput: GET latest values (50 channels) through the REST gateway at 50 clients.
 
-    python -m bench.gateway [--quick]
+    python -m bench.gateway [--quick] [--deployment split|up|both] [--runs 3] [--profile DIR]
 
-`emma serve all` and `emma gateway` run as their own processes; one simulated edge reports 50
-channels; the load comes from a separate process (bench.http_load) with 50 keep-alive clients.
-Reference in the same run: the same ListLatestValues over gRPC directly, from 50 concurrent callers.
+Two deployments, as users run them:
+- split: `emma serve all` and `emma gateway` as processes of their own;
+- up: `emma up` (embedded demo, simulated edges, replays and all) on the benchmark's database.
+One simulated edge reports 50 channels; its site's latest values are read.
+
+The load comes from processes of their own: bench.http_load with 50 keep-alive HTTP/1.1 clients, and,
+as the reference in the same run, the same ListLatestValues over gRPC directly from 50 callers on
+several client connections (`python -m bench.gateway grpc-load`). Each run measures both at the goal's
+rate open loop (latency from each request's due time: no coordinated omission; every p99 rests on
+thousands of samples), then both closed loop (each client sends when its last answer arrived) for
+the most either path gives at 50 clients. With --profile, py-spy records the services' and the
+gateway's processes during the first open-loop run of each deployment (py-spy on PATH or in the
+venv; raw stacks, read them with `python -m bench.gateway top FILE`).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import collections
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
@@ -26,15 +43,21 @@ from bench.harness import (
     BENCH_ENV,
     EMMA,
     cloud_process,
+    cpu_seconds,
     database,
     login,
     migrate,
     percentile,
-    run_benchmark,
     summary,
+    write_result,
 )
 from bench.ingest import provision
 from bench.machine import describe
+
+CLIENTS = 50
+GRPC_CONNECTIONS = 4
+GOAL_RATE = {"split": 1500.0, "up": 1000.0}
+GOAL_P99_MS = 50.0
 
 
 async def report_once(port: int, edge: str, key: str) -> None:
@@ -60,89 +83,397 @@ async def report_once(port: int, edge: str, key: str) -> None:
     _ = edge_link_pb2_grpc  # the stub module registers the service's types
 
 
-async def grpc_reference(port: int, site: str, auth: list[tuple[str, str]], seconds: float) -> dict[str, float]:
+# --- the gRPC reference client (a process of its own) --------------------------------------------
+
+
+async def grpc_load(
+    target: str, parent: str, token: str, clients: int, connections: int, seconds: float, rate: float | None
+) -> dict[str, object]:
+    """Like bench.http_load, over gRPC: `clients` callers spread over `connections` channels."""
+    auth = (("authorization", f"Bearer {token}"),)
+    # A local subchannel pool per channel: each is its own TCP connection, not one shared underneath.
+    channels = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(connections)
+    ]
+    stubs = [telemetry_pb2_grpc.TelemetryServiceStub(c) for c in channels]
+    request = telemetry_pb2.ListLatestValuesRequest(parent=parent)
     latencies: list[float] = []
-    stop = time.perf_counter() + seconds
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
+    errors: list[str] = []
+    for ch in channels:
+        await ch.channel_ready()
+    cpu0 = time.process_time()
+    t0 = time.perf_counter() + 0.2
+    stop = t0 + seconds
+    period = clients / rate if rate else None
 
-        async def caller() -> None:
-            while time.perf_counter() < stop:
+    async def caller(c: int) -> None:
+        stub = stubs[c % len(stubs)]
+        due = t0 + c / rate if rate else None
+        while True:
+            if due is not None and period is not None:
+                # Requests due after the window are not sent, nor are those still unsent when it
+                # closes: a server that fell behind shows as a lower rate and a higher p99.
+                if due >= stop or time.perf_counter() >= stop:
+                    return
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                started = due
+                due += period
+            else:
                 started = time.perf_counter()
-                await stub.ListLatestValues(telemetry_pb2.ListLatestValuesRequest(parent=site), metadata=auth)
-                latencies.append((time.perf_counter() - started) * 1000)
+                if started >= stop:
+                    return
+            try:
+                reply = await stub.ListLatestValues(request, metadata=auth)
+            except grpc.aio.AioRpcError as exc:
+                errors.append(exc.code().name)
+                continue
+            if len(reply.values) != 50:
+                errors.append(f"{len(reply.values)} values")
+            latencies.append((time.perf_counter() - started) * 1000)
 
-        started = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(50)))
-        elapsed = time.perf_counter() - started
+    try:
+        await asyncio.gather(*(caller(c) for c in range(clients)))
+    finally:
+        for ch in channels:
+            await ch.close()
+    elapsed = time.perf_counter() - t0
     return {
+        "mode": f"open loop at {rate:g} req/s" if rate else "closed loop",
+        "requests": len(latencies),
+        "errors": len(errors),
+        "elapsed_s": elapsed,
         "requests_per_s": len(latencies) / elapsed,
         "p50_ms": percentile(latencies, 0.5),
         "p99_ms": percentile(latencies, 0.99),
+        "max_ms": max(latencies, default=float("nan")),
+        "client_cpu_s": time.process_time() - cpu0,
     }
 
 
-async def main_async(quick: bool) -> dict[str, object]:
-    seconds = 8.0 if quick else 30.0
+# --- one measurement: a load process ---------------------------------------------------------------
+
+
+async def _json_process(argv: list[str]) -> dict[str, object]:
+    out = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{argv[:4]} failed: {out.stderr[-2000:]}")
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def http_run(url: str, token: str, seconds: float, rate: float | None) -> dict[str, object]:
+    argv = [sys.executable, "-m", "bench.http_load", url, "--clients", str(CLIENTS), "--seconds", str(seconds)]
+    return await _json_process([*argv, "--token", token, "--rate", str(rate or 0)])
+
+
+async def grpc_run(target: str, parent: str, token: str, seconds: float, rate: float | None) -> dict[str, object]:
+    argv = [sys.executable, "-m", "bench.gateway", "grpc-load", "--target", target, "--parent", parent]
+    argv += ["--token", token, "--seconds", str(seconds), "--rate", str(rate or 0)]
+    return await _json_process(argv)
+
+
+def py_spy() -> str | None:
+    here = Path(sys.executable).with_name("py-spy")
+    return str(here) if here.exists() else shutil.which("py-spy")
+
+
+@contextlib.contextmanager
+def profiling(pids: dict[str, int], seconds: float, folder: Path | None) -> Iterator[None]:
+    """py-spy record on each process for `seconds` (raw collapsed stacks in `folder`)."""
+    spy = py_spy()
+    procs = []
+    if folder is not None and spy is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, pid in pids.items():
+            out = folder / f"{name}.txt"
+            argv = [spy, "record", "--format", "raw", "--rate", "200", "-d", str(int(seconds)), "-p", str(pid)]
+            procs.append(
+                subprocess.Popen([*argv, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+    try:
+        yield
+    finally:
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent not idle since boot (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pids: dict[str, int]) -> dict[str, float]:
+    out = {"machine": machine_busy_s()}
+    for name, pid in pids.items():
+        try:
+            out[name] = cpu_seconds(pid)
+        except OSError:
+            out[name] = float("nan")
+    return out
+
+
+async def measure(
+    url: str,
+    target: str,
+    parent: str,
+    token: str,
+    seconds: float,
+    rate: float,
+    pids: dict[str, int],
+    profile: Path | None,
+) -> dict[str, object]:
+    """One run: gateway and gRPC open loop at `rate`, then both closed loop; CPU of each process."""
+    run: dict[str, object] = {}
+    for kind, load in (
+        ("gateway_open", lambda: http_run(url, token, seconds, rate)),
+        ("grpc_open", lambda: grpc_run(target, parent, token, seconds, rate)),
+        ("gateway_closed", lambda: http_run(url, token, seconds, None)),
+        ("grpc_closed", lambda: grpc_run(target, parent, token, seconds, None)),
+    ):
+        before, wall = process_cpu(pids), time.perf_counter()
+        with profiling(pids, seconds, profile if kind == "gateway_open" else None):
+            run[kind] = await load()
+        after, wall = process_cpu(pids), time.perf_counter() - wall
+        # Cores each process used meanwhile (the load process's start-up included: a small understatement).
+        run[f"{kind}_cpu_cores"] = {k: round((after[k] - before[k]) / wall, 2) for k in after}
+    return run
+
+
+def _runs_summary(runs: list[dict[str, object]], rate: float) -> dict[str, object]:
+    def values(kind: str, key: str) -> list[float]:
+        return [float(r[kind][key]) for r in runs]  # type: ignore[index]
+
+    out: dict[str, object] = {}
+    for kind in ("gateway_open", "grpc_open", "gateway_closed", "grpc_closed"):
+        out[kind] = {
+            "requests_per_s": summary(values(kind, "requests_per_s")),
+            "p50_ms": summary(values(kind, "p50_ms")),
+            "p99_ms": summary(values(kind, "p99_ms")),
+            "samples_per_run_min": min(values(kind, "requests")),
+        }
+    gw = values("gateway_closed", "requests_per_s")
+    direct = values("grpc_closed", "requests_per_s")
+    out["closed_loop_gateway_to_grpc_ratio"] = summary([g / d for g, d in zip(gw, direct, strict=True)])
+    open_rates = values("gateway_open", "requests_per_s")
+    open_p99 = values("gateway_open", "p99_ms")
+    out["goal"] = f">= {rate:g} req/s (open loop at that rate, 50 clients) with p99 < {GOAL_P99_MS:g} ms"
+    # The load generator offers the goal's rate; the goal holds when every run got it served in time.
+    out["goal_met_in_runs"] = sum(
+        1 for r, p in zip(open_rates, open_p99, strict=True) if r >= 0.98 * rate and p < GOAL_P99_MS
+    )
+    return out
+
+
+# --- the deployments -----------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def split_deployment(dsn: str) -> AsyncIterator[tuple[str, str, dict[str, int]]]:
+    """`emma serve all` + `emma gateway`: yields (gateway base URL, gRPC target, pids)."""
+    async with cloud_process(dsn, "all", env={**BENCH_ENV, "EMMA_TRUST_FORWARDED_FOR": "1"}) as (port, pid, _s):
+        gateway = subprocess.Popen(
+            [EMMA, "--log-level", "WARNING", "gateway", "--target", f"127.0.0.1:{port}", "--port", "0"],
+            env={**os.environ, "EMMA_GATEWAY_WRITE_RATE_PER_S": "0"},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert gateway.stdout is not None
+            line = await asyncio.to_thread(gateway.stdout.readline)
+            base = "http://" + line.split("http://", 1)[1].split()[0]
+            yield base, f"127.0.0.1:{port}", {"services": pid, "gateway": gateway.pid}
+        finally:
+            gateway.send_signal(signal.SIGINT)
+            gateway.wait(20)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@contextlib.asynccontextmanager
+async def up_deployment(dsn: str) -> AsyncIterator[tuple[str, str, dict[str, int]]]:
+    """`emma up` on the benchmark's database: yields (gateway base URL, gRPC target, pids)."""
+    with tempfile.TemporaryDirectory(prefix="emma-bench-up-") as state:
+        env = {
+            **os.environ,
+            **BENCH_ENV,
+            "DATABASE_URL": dsn,
+            "EMMA_GATEWAY_WRITE_RATE_PER_S": "0",
+        }
+        proc = subprocess.Popen(
+            [EMMA, "--log-level", "WARNING", "up", "--state-dir", state, "--port", "0", "--gateway-port", "0"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            assert proc.stdout is not None
+            base = target = ""
+            deadline = time.monotonic() + 180
+            seen = []
+            while time.monotonic() < deadline:
+                line = await asyncio.to_thread(proc.stdout.readline)
+                if not line:
+                    raise RuntimeError("emma up stopped:\n" + "".join(seen[-30:]))
+                seen.append(line)
+                if "gRPC services on " in line:
+                    target = line.split("gRPC services on ", 1)[1].split()[0]
+                if "REST gateway on " in line:
+                    base = line.split("REST gateway on ", 1)[1].split()[0]
+                if "emma up: ready" in line:
+                    break
+            if not (base and target):
+                raise RuntimeError("emma up did not start:\n" + "".join(seen[-30:]))
+
+            def drain() -> None:
+                for _ in proc.stdout:  # type: ignore[union-attr]
+                    pass
+
+            drainer = asyncio.create_task(asyncio.to_thread(drain))
+            pids = {"up": proc.pid}
+            for child in _children(proc.pid):
+                if " gateway" in _cmdline(child):
+                    pids["gateway"] = child
+            try:
+                yield base, target, pids
+            finally:
+                drainer.cancel()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                await asyncio.to_thread(proc.wait, 60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def bench_deployment(name: str, dsn: str, seconds: float, runs: int, profile: Path | None) -> dict[str, object]:
+    keys = json.loads((await provision(dsn, 1, f"gw{name}")).read_text())
+    edge, key = keys[0]["edge"], keys[0]["key"]
+    site = edge.rsplit("/edges/", 1)[0]
+    deployment = split_deployment(dsn) if name == "split" else up_deployment(dsn)
+    async with deployment as (base, target, pids):
+        port = int(target.rsplit(":", 1)[1])
+        auth = await login(dsn, port, "bench")
+        token = auth[0][1].removeprefix("Bearer ")
+        await report_once(port, edge, key)
+        url = f"{base}/v1/{site}/latestValues"
+        rate = GOAL_RATE[name]
+        # Warm up both paths (first calls build caches, channels and encoders).
+        await http_run(url, token, 2.0, None)
+        await grpc_run(target, site, token, 1.0, None)
+        results = []
+        for i in range(runs):
+            results.append(
+                await measure(
+                    url, target, site, token, seconds, rate, pids, (profile / name) if (profile and i == 0) else None
+                )
+            )
+    for r in results:
+        for kind in ("gateway_open", "grpc_open", "gateway_closed", "grpc_closed"):
+            assert r[kind]["errors"] == 0, (kind, r[kind])  # type: ignore[index]
+    return {"deployment": name, "rate": rate, "summary": _runs_summary(results, rate), "runs": results}
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, object]:
+    seconds = args.seconds or (8.0 if args.quick else 20.0)
+    names = ["split", "up"] if args.deployment == "both" else [args.deployment]
+    out: dict[str, object] = {}
     with database() as dsn:
         version = await migrate(dsn)
-        keys = json.loads((await provision(dsn, 1, "gw")).read_text())
-        edge, key = keys[0]["edge"], keys[0]["key"]
-        site = edge.rsplit("/edges/", 1)[0]
-        async with cloud_process(dsn, "all", env={**BENCH_ENV, "EMMA_TRUST_FORWARDED_FOR": "1"}) as (port, _, _s):
-            auth = await login(dsn, port, "bench")
-            await report_once(port, edge, key)
-            gateway = subprocess.Popen(
-                [EMMA, "--log-level", "WARNING", "gateway", "--target", f"127.0.0.1:{port}", "--port", "0"],
-                env={**os.environ, "EMMA_GATEWAY_WRITE_RATE_PER_S": "0"},
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            try:
-                assert gateway.stdout is not None
-                line = await asyncio.to_thread(gateway.stdout.readline)
-                base = "http://" + line.split("http://", 1)[1].split()[0]
-                url = f"{base}/v1/{site}/latestValues"
-                runs = []
-                for _ in range(3):
-                    out = await asyncio.to_thread(
-                        subprocess.run,
-                        [
-                            sys.executable,
-                            "-m",
-                            "bench.http_load",
-                            url,
-                            "--clients",
-                            "50",
-                            "--seconds",
-                            str(seconds),
-                            "--token",
-                            auth[0][1].removeprefix("Bearer "),
-                        ],
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    )
-                    runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                reference = await grpc_reference(port, site, auth, seconds)
-            finally:
-                gateway.send_signal(signal.SIGINT)
-                gateway.wait(20)
-    assert all(r["errors"] == 0 for r in runs), runs
-    return {
-        "machine": describe(version),
-        "command": "python -m bench.gateway" + (" --quick" if quick else ""),
-        "gateway_latest_requests_per_s": summary([float(r["requests_per_s"]) for r in runs]),
-        "gateway_latest_p99_ms": summary([float(r["p99_ms"]) for r in runs]),
-        "gateway_latest_p50_ms": summary([float(r["p50_ms"]) for r in runs]),
-        "grpc_direct_reference": reference,
-        "clients": 50,
-        "seconds_per_run": seconds,
-    }
+        out["machine"] = describe(version)
+        out["command"] = "python -m bench.gateway " + " ".join(sys.argv[1:])
+        out["clients"] = CLIENTS
+        out["grpc_reference_connections"] = GRPC_CONNECTIONS
+        out["seconds_per_measurement"] = seconds
+        for name in names:
+            out[name] = await bench_deployment(name, dsn, seconds, args.runs, args.profile)
+    return out
+
+
+# --- reading a py-spy raw profile ----------------------------------------------------------------
+
+
+def top(path: Path, count: int = 30, within: str = "run_forever") -> str:
+    """The functions with the most samples in a py-spy raw file, self and inclusive, counting only stacks
+    through `within` (the event loop: the other threads' samples are mostly waits py-spy cannot tell
+    from work)."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack:
+            continue
+        k = int(n)
+        frames = stack.split(";")
+        if within and not any(within in f for f in frames):
+            continue
+        samples += k
+        own[frames[-1]] += k
+        for f in set(frames):
+            total[f] += k
+    lines = [f"{samples} samples through {within!r} in {path}", "self %  | function"]
+    lines += [f"{100 * v / samples:6.1f}  | {f}" for f, v in own.most_common(count)]
+    lines += ["inclusive %  | function"]
+    lines += [f"{100 * v / samples:6.1f}  | {f}" for f, v in total.most_common(count)]
+    return "\n".join(lines)
 
 
 def main() -> None:
-    run_benchmark("gateway", __doc__, main_async)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    load = sub.add_parser("grpc-load", help="the gRPC reference client (run by the benchmark)")
+    load.add_argument("--target", required=True)
+    load.add_argument("--parent", required=True)
+    load.add_argument("--token", required=True)
+    load.add_argument("--clients", type=int, default=CLIENTS)
+    load.add_argument("--connections", type=int, default=GRPC_CONNECTIONS)
+    load.add_argument("--seconds", type=float, default=8.0)
+    load.add_argument("--rate", type=float, default=0.0)
+    show = sub.add_parser("top", help="the top functions of a py-spy raw profile")
+    show.add_argument("file", type=Path)
+    show.add_argument("--count", type=int, default=30)
+    show.add_argument("--within", default="run_forever", help="count only stacks through this frame")
+    parser.add_argument("--quick", action="store_true", help="8 s per measurement instead of 20 s")
+    parser.add_argument("--seconds", type=float, default=0.0, help="seconds per measurement (overrides --quick)")
+    parser.add_argument("--deployment", choices=["split", "up", "both"], default="both")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profile", type=Path, help="py-spy each process during the first run into this folder")
+    args = parser.parse_args()
+    if args.command == "grpc-load":
+        result = asyncio.run(
+            grpc_load(
+                args.target, args.parent, args.token, args.clients, args.connections, args.seconds, args.rate or None
+            )
+        )
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    if args.command == "top":
+        print(top(args.file, args.count, args.within))
+        return
+    result = asyncio.run(main_async(args))
+    print(json.dumps(result, indent=2, default=str))
+    print(f"written to {write_result('gateway', result)}")
 
 
 if __name__ == "__main__":
