@@ -311,9 +311,61 @@ async def assemble(
             pb.SiteInputs(site=str(site), load_w=load, import_limit_w=import_limit, export_limit_w=export_limit)
         )
     await _prices(conn, out, countries, zones, start, end, config)
-    if objective == pb.OPTIMIZATION_OBJECTIVE_COST_AND_CARBON:
-        out.missing.append("carbon intensity per slot (no source on the platform yet) for COST_AND_CARBON")
+    if len(zones) == 1 and len(countries) == 1:
+        zone, country = next(iter(zones)), next(iter(countries))
+        if not _carbon(out.inputs, zone, country, config):
+            out.missing.append(
+                f"the carbon intensity of zone {zone} or country {country} (set EMMA_OPTIMIZER_CARBON_INTENSITY)"
+            )
     return out
+
+
+def _carbon(inputs: pb.OptimizationInputs, zone: str | None, country: str | None, config: AssemblyConfig) -> bool:
+    """The configured average carbon intensity of the zone (else the country) on every slot, and for
+    COST_AND_CARBON the configured carbon price, so the plan's expected emissions and the realised ones
+    are valued alike (docs/optimizer.md, "Carbon"). The platform has no per-slot intensity source yet.
+    False only when the objective needs an intensity and none is configured; a COST run without one
+    reports no emissions rather than being refused."""
+    needed = inputs.objective == pb.OPTIMIZATION_OBJECTIVE_COST_AND_CARBON
+    value = config.carbon.intensity(zone, country)
+    if value is None:
+        return not needed
+    inputs.prices.carbon_intensity_g_per_kwh.extend([value] * inputs.slot_count)
+    # A carbon price the inputs state (explicit inputs) stays; none (0) takes the configured one, or
+    # COST_AND_CARBON would be COST under another name.
+    if needed and inputs.prices.carbon_cost_eur_per_tonne == 0:
+        inputs.prices.carbon_cost_eur_per_tonne = config.carbon.price_eur_per_tonne
+    return True
+
+
+async def carbon_of_sites(conn: Conn, sites: list[SiteName], config: AssemblyConfig) -> tuple[str | None, str | None]:
+    """The one bidding zone and country the sites share (None for either where they differ or the
+    registry does not say): what a configured carbon intensity is looked up by."""
+    zones: set[str | None] = set()
+    countries: set[str | None] = set()
+    for site in sites:
+        profile = await site_profile(conn, site)
+        countries.add(None if profile is None else profile.country_code or None)
+        zones.add(None if profile is None else _zone_of(profile, config))
+    zone = next(iter(zones)) if len(zones) == 1 else None
+    country = next(iter(countries)) if len(countries) == 1 else None
+    return zone, country
+
+
+async def fill_carbon(
+    conn: Conn, inputs: pb.OptimizationInputs, sites: list[SiteName], config: AssemblyConfig
+) -> str | None:
+    """Explicit inputs without a carbon intensity get the configured average of their sites' zone or
+    country (the same as an assembled run); None when done or not needed, else why it could not be."""
+    if inputs.prices.carbon_intensity_g_per_kwh:
+        return None
+    zone, country = await carbon_of_sites(conn, sites, config)
+    if _carbon(inputs, zone, country, config):
+        return None
+    return (
+        f"no carbon intensity per slot in the inputs and none configured for zone {zone} or country {country}"
+        " (set EMMA_OPTIMIZER_CARBON_INTENSITY)"
+    )
 
 
 async def _prices(

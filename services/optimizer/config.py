@@ -1,6 +1,7 @@
 """The optimizer's settings from EMMA_OPTIMIZER_* variables: the price parts the market does not publish
-(network tariff, taxes, VAT, feed-in, per country), what an assembled run assumes where the platform
-says nothing (an EV's departure), and the receding-horizon worker's cadence and thresholds."""
+(network tariff, taxes, VAT, feed-in, per country), the carbon intensity and price where no run gives
+one, what an assembled run assumes where the platform says nothing (an EV's departure), and the
+receding-horizon worker's cadence and thresholds."""
 
 from __future__ import annotations
 
@@ -38,6 +39,22 @@ SINGLE_ZONE: dict[str, str] = {
     "ES": "ES", "FI": "FI", "FR": "FR", "GB": "GB", "GR": "GR", "HR": "HR", "HU": "HU", "IE": "IE-SEM",
     "LT": "LT", "LV": "LV", "NL": "NL", "PL": "PL", "PT": "PT", "RO": "RO", "SI": "SI", "SK": "SK",
 }  # fmt: skip
+
+# Yearly average carbon intensity of electricity generation, g CO2-eq/kWh (lifecycle), 2023, from Ember
+# and the Energy Institute as published by Our World in Data, "Carbon intensity of electricity
+# generation" (https://ourworldindata.org/grapher/carbon-intensity-electricity); PL, SE and NO from
+# Ember's 2023 power-sector figures (662, 41, 30). A slot without a published intensity of its own is
+# valued at its country's average: it is what the country's grid emits per kWh over a year, not at
+# that quarter hour. Countries not listed (ES, IT, NL, PT, CH, GB, ...) are set through
+# EMMA_OPTIMIZER_CARBON_INTENSITY; until then a cost-and-carbon run for them names the value missing.
+AVERAGE_CARBON_INTENSITY: dict[str, float] = {
+    "AT": 111.0, "BE": 138.0, "BG": 335.0, "CZ": 450.0, "DE": 381.0, "DK": 152.0, "EE": 417.0, "FI": 79.0,
+    "FR": 56.0, "GR": 337.0, "HR": 205.0, "HU": 204.0, "IE": 291.0, "NO": 30.0, "PL": 662.0, "SE": 41.0,
+}  # fmt: skip
+# The average price of an EU ETS allowance in 2024, EUR per tonne CO2 (Veyt, "2024 Year in Review EU
+# ETS: Flattening out": EUR 67/t): what a tonne emitted costs in a cost-and-carbon run assembled from
+# the platform, unless EMMA_OPTIMIZER_CARBON_PRICE_EUR_PER_TONNE says otherwise.
+CARBON_PRICE_EUR_PER_TONNE = 67.0
 
 ANY = "*"  # the key of a per-country value that applies to every country not listed
 MARKET = "market"  # a feed-in "price" that follows the market price of each slot
@@ -134,6 +151,54 @@ class PriceConfig:
         )
 
 
+_CARBON_ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]{0,15}|\*)=(.+)$")
+
+
+def _carbon_map(env: Mapping[str, str]) -> dict[str, float]:
+    """ "DE=381,DE-LU=370,*=300" -> g CO2/kWh per zone or country, over the built-in averages."""
+    name = "EMMA_OPTIMIZER_CARBON_INTENSITY"
+    out = dict(AVERAGE_CARBON_INTENSITY)
+    raw = env.get(name, "").strip()
+    for part in raw.split(",") if raw else []:
+        m = _CARBON_ENTRY.match(part.strip())
+        if m is None:
+            raise OptimizerConfigError(f"{name}: {part.strip()!r} is not ZONE=G_PER_KWH or COUNTRY=G_PER_KWH (DE=381)")
+        key, value = m.group(1), m.group(2).strip()
+        try:
+            number = float(value)
+        except ValueError:
+            raise OptimizerConfigError(f"{name}: {value!r} for {key} is not a number") from None
+        if not (math.isfinite(number) and 0.0 <= number <= 2_000.0):
+            raise OptimizerConfigError(f"{name}: {value!r} for {key} must be 0..2000 g CO2/kWh")
+        out[key] = number
+    return out
+
+
+@dataclass(frozen=True)
+class CarbonConfig:
+    """The carbon of grid energy where a run's inputs give none (the platform has no intensity source):
+    intensity_g_per_kwh: EMMA_OPTIMIZER_CARBON_INTENSITY, the average per bidding zone or country (a zone
+    entry wins over its country's, `*` for every other), over AVERAGE_CARBON_INTENSITY. price_eur_per_tonne:
+    EMMA_OPTIMIZER_CARBON_PRICE_EUR_PER_TONNE, what a tonne costs in an assembled COST_AND_CARBON run."""
+
+    intensity_g_per_kwh: dict[str, float] = field(default_factory=lambda: dict(AVERAGE_CARBON_INTENSITY))
+    price_eur_per_tonne: float = CARBON_PRICE_EUR_PER_TONNE
+
+    def intensity(self, zone: str | None, country: str | None) -> float | None:
+        """g CO2/kWh of the zone, else of the country, else the `*` value; None when none is known."""
+        for key in (zone, country, ANY):
+            if key and key in self.intensity_g_per_kwh:
+                return self.intensity_g_per_kwh[key]
+        return None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CarbonConfig:
+        price = env_float(
+            env, "EMMA_OPTIMIZER_CARBON_PRICE_EUR_PER_TONNE", CARBON_PRICE_EUR_PER_TONNE, 0.0, OptimizerConfigError
+        )
+        return cls(intensity_g_per_kwh=_carbon_map(env), price_eur_per_tonne=price)
+
+
 @dataclass(frozen=True)
 class AssemblyConfig:
     """What a run assembled from the platform assumes. soc_max_age_s: EMMA_OPTIMIZER_SOC_MAX_AGE_S, how
@@ -142,6 +207,7 @@ class AssemblyConfig:
     reports one)."""
 
     prices: PriceConfig = field(default_factory=PriceConfig)
+    carbon: CarbonConfig = field(default_factory=CarbonConfig)
     soc_max_age_s: float = 900.0
     ev_departure: time = time(7, 0)
 
@@ -149,6 +215,7 @@ class AssemblyConfig:
     def from_env(cls, env: Mapping[str, str]) -> AssemblyConfig:
         return cls(
             prices=PriceConfig.from_env(env),
+            carbon=CarbonConfig.from_env(env),
             soc_max_age_s=env_float(env, "EMMA_OPTIMIZER_SOC_MAX_AGE_S", cls.soc_max_age_s, 1.0, OptimizerConfigError),
             ev_departure=_departure(env),
         )

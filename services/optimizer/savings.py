@@ -21,6 +21,8 @@ from emma.optimizer.v1 import optimizer_pb2 as pb
 
 from services.names import SiteName
 from services.optimizer import store
+from services.optimizer.assemble import carbon_of_sites
+from services.optimizer.config import AssemblyConfig
 from services.optimizer.inputs import SLOT, SLOT_H
 from services.platform.migrations import Conn
 from services.registry import edge_inventory, edges_of_site
@@ -77,12 +79,14 @@ class SiteComparison:
     runs: set[str] = field(default_factory=set)
 
 
-def _prices(inputs: pb.OptimizationInputs, i: int) -> tuple[float, float, float]:
+def _prices(inputs: pb.OptimizationInputs, i: int, fallback_g_per_kwh: float) -> tuple[float, float, float]:
     pr = inputs.prices
     market = pr.market_price_eur_per_mwh[i] / K
     imp = (market + pr.network_tariff_eur_per_mwh / K + pr.tax_eur_per_mwh / K) * (1.0 + pr.vat_rate)
-    kg = pr.carbon_intensity_g_per_kwh[i] / K if len(pr.carbon_intensity_g_per_kwh) > i else 0.0
-    return imp, pr.feed_in_price_eur_per_mwh[i] / K, kg
+    # The plan's own intensity, as it valued its emissions; a plan made without one (before carbon was
+    # configured) is valued at the configured average of the site's zone or country.
+    g = pr.carbon_intensity_g_per_kwh[i] if len(pr.carbon_intensity_g_per_kwh) > i else fallback_g_per_kwh
+    return imp, pr.feed_in_price_eur_per_mwh[i] / K, g / K
 
 
 def _in_force(runs: list[store.StoredRun], slot: dt.datetime) -> tuple[store.StoredRun, int] | None:
@@ -133,8 +137,11 @@ def _planned_soc(run: store.StoredRun, device: str, index: int) -> float | None:
     return None
 
 
-async def compare_site(conn: Conn, site: SiteName, start: dt.datetime, end: dt.datetime) -> SiteComparison:
-    """Every slot of [start, end) (ended slots only: the caller cuts `end`) of one site."""
+async def compare_site(
+    conn: Conn, site: SiteName, start: dt.datetime, end: dt.datetime, fallback_g_per_kwh: float = 0.0
+) -> SiteComparison:
+    """Every slot of [start, end) (ended slots only: the caller cuts `end`) of one site; emissions at the
+    plan's carbon intensity, or `fallback_g_per_kwh` where the plan has none."""
     out = SiteComparison(str(site))
     if end <= start:
         return out
@@ -178,7 +185,7 @@ async def compare_site(conn: Conn, site: SiteName, start: dt.datetime, end: dt.d
         for s in run.result.schedules:
             if s.kind == pb.ASSET_KIND_GRID and s.asset == str(site):
                 planned_w = s.power_w[i]
-        out.slots[slot] = SlotResult(realised_w, planned_w, net_kw * K, *_prices(run.inputs, i))
+        out.slots[slot] = SlotResult(realised_w, planned_w, net_kw * K, *_prices(run.inputs, i, fallback_g_per_kwh))
         slot += SLOT
     return out
 
@@ -212,14 +219,25 @@ def summarise(
 
 
 async def realised_savings(
-    conn: Conn, sites: list[SiteName], start: dt.datetime, end: dt.datetime, now: dt.datetime
+    conn: Conn,
+    sites: list[SiteName],
+    start: dt.datetime,
+    end: dt.datetime,
+    now: dt.datetime,
+    config: AssemblyConfig | None = None,
 ) -> pb.RealisedSavings:
     """The comparison of each site and of all together over the ended slots of [start, end)."""
     out = pb.RealisedSavings()
     out.start_time.FromDatetime(start)
     out.end_time.FromDatetime(end)
     ended = min(end, now - (now - start) % SLOT) if now > start else start
-    compared = [await compare_site(conn, s, start, ended) for s in sites]
+    compared = []
+    for s in sites:
+        fallback = 0.0
+        if config is not None:
+            zone, country = await carbon_of_sites(conn, [s], config)
+            fallback = config.carbon.intensity(zone, country) or 0.0
+        compared.append(await compare_site(conn, s, start, ended, fallback))
     for c in compared:
         out.sites.append(summarise(c.site, c.slots, c.missing))
     common = set.intersection(*(set(c.slots) for c in compared)) if compared else set()

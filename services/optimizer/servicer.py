@@ -18,7 +18,7 @@ from services.errors import ApiError, invalid_field, not_found
 from services.identity import Access, caller, note_audit
 from services.names import SiteName, parse_edge, parse_organization, parse_site
 from services.optimizer import convert, store
-from services.optimizer.assemble import assemble, missing_inputs, quarter_hour
+from services.optimizer.assemble import assemble, fill_carbon, missing_inputs, quarter_hour
 from services.optimizer.config import AssemblyConfig
 from services.optimizer.errors import OptimizerInputError
 from services.optimizer.inputs import SLOT, Problem
@@ -96,18 +96,29 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
         if sorted({s.site for s in inputs.sites}) != sorted(set(request.sites)):
             raise invalid_field("inputs.sites", "must describe exactly the request's sites")
         inputs.step.FromTimedelta(SLOT)
-        problem = _problem(inputs)
+        # Inputs without a carbon intensity get the configured average of their sites (below, it needs
+        # the registry); everything else is refused before any access check or query.
+        carbon_later = (
+            not inputs.prices.carbon_intensity_g_per_kwh
+            and inputs.objective == pb.OPTIMIZATION_OBJECTIVE_COST_AND_CARBON
+        )
+        if not carbon_later:
+            _problem(inputs)
         me = caller(context)
         me.require_org(org, Access.OPERATOR, resource=request.parent)
         note_audit(request.parent)
         async with self._pool.acquire() as conn:
+            for s in sites:
+                if await site_profile(conn, s) is None:
+                    raise not_found(str(s))
+            unfilled = await fill_carbon(conn, inputs, sites, self._assembly)
+            if unfilled is not None:
+                raise invalid_field("inputs.prices.carbon_intensity_g_per_kwh", unfilled)
+            problem = _problem(inputs)
             if request_id is not None:
                 previous = await store.run_of_request(conn, me.actor, request_id)
                 if previous is not None:
                     return self._same_request(previous, inputs, request_id)
-            for s in sites:
-                if await site_profile(conn, s) is None:
-                    raise not_found(str(s))
         return await self._run(org, list(request.sites), inputs, problem, None, me.actor, request_id)
 
     async def _assembled_run(
@@ -290,4 +301,4 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
                 if await site_profile(conn, s) is None:
                     raise not_found(str(s))
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                return await realised_savings(conn, sites, start, end, dt.datetime.now(dt.UTC))
+                return await realised_savings(conn, sites, start, end, dt.datetime.now(dt.UTC), self._assembly)

@@ -269,6 +269,12 @@ async def test_a_run_naming_only_its_site_is_assembled_from_the_platform(
         assert list(inputs.prices.feed_in_price_eur_per_mwh) == [80.0] * slots
         assert (inputs.prices.network_tariff_eur_per_mwh, inputs.prices.tax_eur_per_mwh) == (95.5, 40.0)
         assert inputs.prices.vat_rate == 0.19  # Germany's standard rate, from the built-in table
+        # No carbon source on the platform: Germany's configured average on every slot, so the plan's
+        # emissions are expected next to its cost; a COST run carries no carbon price.
+        assert list(inputs.prices.carbon_intensity_g_per_kwh) == [381.0] * slots
+        assert inputs.prices.carbon_cost_eur_per_tonne == 0.0
+        assert run.expected.co2_kg == pytest.approx(run.expected.import_wh / 1000 * 0.381)
+        assert run.baseline.co2_kg == pytest.approx(run.baseline.import_wh / 1000 * 0.381)
         # Load: the newer forecast where it reaches (from slot 2), the older one before.
         assert list(inputs.sites[0].load_w) == old_load[8:10] + new_load[:-2]
         assert [a.device for a in inputs.pv_arrays] == [f"{edge}/devices/pv_1"]
@@ -300,6 +306,18 @@ async def test_a_run_naming_only_its_site_is_assembled_from_the_platform(
         again = await opt.ReplayOptimizationRun(pb.ReplayOptimizationRunRequest(name=run.name))
         assert again.objective_value == run.objective_value and not again.inputs_assembled
         assert await db.fetchval("SELECT assembled FROM optimizer.runs WHERE site_names = $1", [str(site)]) is not None
+        # Cost and carbon: the configured carbon price on the same configured intensity.
+        both = await opt.RunOptimization(
+            pb.RunOptimizationRequest(
+                parent=ACME,
+                sites=[str(site)],
+                horizon=duration_pb2.Duration(seconds=12 * 3600),
+                objective=pb.OPTIMIZATION_OBJECTIVE_COST_AND_CARBON,
+            )
+        )
+        assert both.inputs.prices.carbon_cost_eur_per_tonne == 67.0
+        assert list(both.inputs.prices.carbon_intensity_g_per_kwh) == [381.0] * slots
+        assert both.objective_value == pytest.approx(both.expected.cost_eur + 0.067 * both.expected.co2_kg, abs=1e-6)
 
 
 async def test_what_the_platform_lacks_is_listed_and_nothing_is_stored(

@@ -6,7 +6,8 @@ plan (charged 4 kW in the cheap slots, gave 4 kW in the dear ones).
 Realised: 2 kWh imported at 0.10 EUR/kWh = 0.20 EUR. Baseline: the self-consumption rule on the same
 measured demand (grid + battery = 0, 0, 4, 4 kW) with the battery empty as the plan started it, so it
 has nothing to give: 2 kWh at 0.30 EUR/kWh = 0.60 EUR. Savings 0.40 EUR over 4 slots, 9.60 EUR a
-day. Slots without a plan in force count as missing, not as zero."""
+day. Emissions the same way at the plan's intensity (0.1 kg/kWh cheap, 0.5 dear): 0.2 kg realised,
+1.0 kg baseline. Slots without a plan in force count as missing, not as zero."""
 
 from __future__ import annotations
 
@@ -56,7 +57,11 @@ async def test_savings_compare_the_measured_grid_with_the_plan_and_the_baseline(
     start = _quarter(dt.datetime.now(UTC)) - dt.timedelta(hours=3)
     inputs = pb.OptimizationInputs(
         slot_count=4,
-        prices=pb.PriceInputs(market_price_eur_per_mwh=[100, 100, 300, 300], feed_in_price_eur_per_mwh=[0] * 4),
+        prices=pb.PriceInputs(
+            market_price_eur_per_mwh=[100, 100, 300, 300],
+            feed_in_price_eur_per_mwh=[0] * 4,
+            carbon_intensity_g_per_kwh=[100, 100, 500, 500],
+        ),
         sites=[pb.SiteInputs(site=site, load_w=[0, 0, 4000, 4000], import_limit_w=50_000, export_limit_w=50_000)],
         batteries=[
             pb.BatteryInputs(
@@ -104,7 +109,12 @@ async def test_savings_compare_the_measured_grid_with_the_plan_and_the_baseline(
         # The plan expected what happened (its optimum: 2 kWh bought cheap, nothing dear).
         assert math.isclose(one.planned.grid_cost_eur, 0.20, abs_tol=1e-6)
         assert math.isclose(one.savings_eur, 0.40) and math.isclose(one.savings_eur_per_day, 9.60)
-        assert one.savings_co2_kg == 0.0  # the plan had no carbon intensities
+        # Emissions as the cost: the measured import at the plan's intensity of each slot. Realised 2 kWh
+        # x 0.1 kg = 0.2 kg; baseline 2 kWh x 0.5 kg = 1.0 kg; 0.8 kg saved, 19.2 kg a day.
+        assert math.isclose(one.realised.co2_kg, 0.2) and math.isclose(one.planned.co2_kg, 0.2, abs_tol=1e-6)
+        assert math.isclose(one.baseline.co2_kg, 1.0)
+        assert math.isclose(one.savings_co2_kg, 0.8) and math.isclose(one.savings_co2_kg_per_day, 19.2)
+        assert math.isclose(got.total.savings_co2_kg, 0.8)
         assert got.total.site == "" and got.total.slot_count == 4 and math.isclose(got.total.savings_eur, 0.40)
         assert list(got.runs) == [run.name]
 

@@ -36,12 +36,12 @@ async def _error(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str, dict[str, 
     return caught.value.code(), info.reason, dict(info.metadata), caught.value.details() or ""
 
 
-async def _site(reg: registry_pb2_grpc.RegistryServiceStub) -> str:
+async def _site(reg: registry_pb2_grpc.RegistryServiceStub, country: str = "DE") -> str:
     created = await reg.CreateSite(
         registry_pb2.CreateSiteRequest(
             parent=ACME,
             site_id=f"s-{uuid.uuid4().hex[:8]}",
-            site=registry_pb2.Site(display_name="Depot", time_zone="Europe/Berlin", country_code="DE"),
+            site=registry_pb2.Site(display_name="Depot", time_zone="Europe/Berlin", country_code=country),
         )
     )
     return created.name
@@ -142,6 +142,77 @@ async def test_run_is_stored_replayed_exactly_and_scheduled(host: Host, db: asyn
         # Another edge of the site gets the site's grid plan only: none of its devices are planned.
         other = await opt.GetActiveSchedule(pb.GetActiveScheduleRequest(edge=f"{site}/edges/other"))
         assert [s.asset for s in other.schedules] == [site]
+
+
+async def test_carbon_comes_from_the_inputs_else_from_the_configured_average(
+    host: Host, db: asyncpg.Connection
+) -> None:
+    """Expected emissions next to cost: a run's own intensity per slot when it gives one, else the
+    configured average of its sites' zone or country (Germany 381 g/kWh built in) on every slot, and the
+    cost-and-carbon objective prices them (67 EUR/t built in, unless the inputs state a price)."""
+    operator = await grant(db, "acme", "operator")
+    admin = await grant(db, "acme", "admin")
+    async with (
+        host(["registry", "optimizer"]) as (server, _),
+        authed_channel(server.port, admin.token) as admin_ch,
+        authed_channel(server.port, operator.token) as ch,
+    ):
+        reg = registry_pb2_grpc.RegistryServiceStub(admin_ch)
+        de, es = await _site(reg), await _site(reg, "ES")
+        opt = optimizer_pb2_grpc.OptimizerServiceStub(ch)
+        start = _now_slot()
+
+        cost = await opt.RunOptimization(pb.RunOptimizationRequest(parent=ACME, sites=[de], inputs=_inputs(de, start)))
+        assert list(cost.inputs.prices.carbon_intensity_g_per_kwh) == [381.0] * 4
+        assert cost.inputs.prices.carbon_cost_eur_per_tonne == 0.0  # a COST run keeps its (absent) price
+        assert cost.expected.co2_kg == pytest.approx(cost.expected.import_wh / 1000 * 0.381)
+        assert cost.baseline.co2_kg == pytest.approx(cost.baseline.import_wh / 1000 * 0.381)
+
+        both = await opt.RunOptimization(
+            pb.RunOptimizationRequest(
+                parent=ACME,
+                sites=[de],
+                inputs=_inputs(de, start),
+                objective=pb.OPTIMIZATION_OBJECTIVE_COST_AND_CARBON,
+            )
+        )
+        assert both.inputs.prices.carbon_cost_eur_per_tonne == 67.0
+        assert both.objective_value == pytest.approx(both.expected.cost_eur + 0.067 * both.expected.co2_kg, abs=1e-6)
+        replay = await opt.ReplayOptimizationRun(pb.ReplayOptimizationRunRequest(name=both.name))
+        assert replay.objective_value == both.objective_value
+
+        # The inputs' own intensity and price win: clean cheap slots, dirty dear ones, a dear tonne.
+        own = _inputs(de, start)
+        own.objective = pb.OPTIMIZATION_OBJECTIVE_COST_AND_CARBON
+        own.prices.carbon_intensity_g_per_kwh.extend([50, 50, 800, 800])
+        own.prices.carbon_cost_eur_per_tonne = 500
+        mine = await opt.RunOptimization(pb.RunOptimizationRequest(parent=ACME, sites=[de], inputs=own))
+        assert list(mine.inputs.prices.carbon_intensity_g_per_kwh) == [50, 50, 800, 800]
+        assert mine.inputs.prices.carbon_cost_eur_per_tonne == 500
+        grid = next(s for s in mine.schedules if s.kind == pb.ASSET_KIND_GRID)
+        kwh = [max(0.0, w) / 4000 for w in grid.power_w]
+        assert mine.expected.co2_kg == pytest.approx(
+            sum(k * g / 1000 for k, g in zip(kwh, [50, 50, 800, 800], strict=True)), abs=1e-6
+        )
+
+        # Spain has no built-in average: a COST run reports no emissions, COST_AND_CARBON is refused.
+        es_cost = await opt.RunOptimization(
+            pb.RunOptimizationRequest(parent=ACME, sites=[es], inputs=_inputs(es, start))
+        )
+        assert not es_cost.inputs.prices.carbon_intensity_g_per_kwh and es_cost.expected.co2_kg == 0.0
+        code, reason, metadata, message = await _error(
+            opt.RunOptimization(
+                pb.RunOptimizationRequest(
+                    parent=ACME,
+                    sites=[es],
+                    inputs=_inputs(es, start),
+                    objective=pb.OPTIMIZATION_OBJECTIVE_COST_AND_CARBON,
+                )
+            )
+        )
+        assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "FIELD_INVALID")
+        assert metadata["field"] == "inputs.prices.carbon_intensity_g_per_kwh"
+        assert "EMMA_OPTIMIZER_CARBON_INTENSITY" in message
 
 
 async def test_infeasible_inputs_name_the_conflict_and_the_run_is_kept(host: Host, db: asyncpg.Connection) -> None:
