@@ -21,6 +21,7 @@ import contextlib
 import json
 import shutil
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ import grpc
 import httpx
 import pytest
 from emma.edge.v1 import edge_link_pb2
+from google.protobuf import json_format
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from gateway.config import GatewayConfig
@@ -52,6 +54,7 @@ AXE = Path(__file__).resolve().parents[2] / "web" / "node_modules" / "axe-core" 
 VIEWER_EMAIL = "viewer@acme.test"
 VIEWER_PASSWORD = "a viewer's password, long enough"
 ES = "10YES-REE------0"
+RECOMMENDATIONS = [("Discharge the battery before noon", 0.82), ("Lower the charge limit to 80 %", 0.4)]
 
 # The home edge's channel table: (device/channel, unit).
 HOME_CHANNELS = [
@@ -238,6 +241,39 @@ async def configure(url: str) -> None:
             },
         )
         assert r.status_code == 200, r.text
+        # The home battery registered with a device profile: the setpoint form offers the profile's
+        # writable channels with their units and static limits (the edge declares the same).
+        spec = battery_inventory()
+        r = await client.post(
+            "/v1/organizations/acme/deviceProfiles",
+            params={"deviceProfileId": "battery-5kw"},
+            json={
+                "displayName": "Battery 5 kW",
+                "kind": "DEVICE_KIND_BATTERY",
+                "channels": [json_format.MessageToDict(c) for c in spec.channels],
+            },
+        )
+        assert r.status_code == 200, r.text
+        r = await client.post(
+            "/v1/organizations/acme/sites/home/edges/home/devices",
+            params={"deviceId": "battery_1"},
+            json={"displayName": "Garage battery", "deviceProfile": "organizations/acme/deviceProfiles/battery-5kw"},
+        )
+        assert r.status_code == 200, r.text
+        # Two recommendations for the home site, as a recommendation service would post them.
+        for title, confidence in RECOMMENDATIONS:
+            r = await client.post(
+                "/v1/organizations/acme/sites/home/recommendations",
+                params={"requestId": str(uuid.uuid4())},
+                json={
+                    "title": title,
+                    "detail": "Prices turn negative in two hours; a full battery cannot take the cheap energy.",
+                    "source": "rl-dispatch-test",
+                    "confidence": confidence,
+                    "devices": ["organizations/acme/sites/home/edges/home/devices/battery_1"],
+                },
+            )
+            assert r.status_code == 200, r.text
         # A plan in force now for the home battery: explicit inputs, solved by the real optimizer.
         now = datetime.now(UTC)
         start = now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
@@ -578,7 +614,21 @@ async def test_a_setpoint_is_confirmed_then_watched_to_executed_and_bad_input_is
     await expect(page.locator("tr[data-site=home]")).to_be_visible()
     await page.goto(dashboard.url + HOME)
     panel = page.locator("section[aria-labelledby=commands-title]")
-    await expect(panel.get_by_label("Device")).to_contain_text("home \u203a battery_1/SetActivePower")
+    # The registered battery's writable channels from its device profile, with their units.
+    device = panel.get_by_label("Device")
+    await expect(device).to_contain_text("home \u203a battery_1/SetActivePower (W)")
+    await expect(device).to_contain_text("home \u203a battery_1/SetMode")
+    options = await device.locator("option").all_inner_texts()
+    assert not [o for o in options if "Soc" in o or "MaxChargePower" in o], options  # read-only: not offered
+    # An enum channel offers its values, and nothing chosen is refused in the page.
+    await device.select_option(label="home \u203a battery_1/SetMode")
+    await expect(panel.get_by_label("Value")).to_contain_text("MANUAL (1)")
+    await panel.get_by_role("button", name="Send setpoint").click()
+    await expect(panel.get_by_role("alert")).to_have_text("Choose a value.")
+    await device.select_option(label="home \u203a battery_1/SetActivePower (W)")
+    help_text = panel.locator("#setpoint-help")
+    await expect(help_text).to_contain_text("From -5,000 W to 5,000 W")
+    await expect(help_text).to_contain_text("positive values up to 4,000 W (MaxDischargePower)")
     send = panel.get_by_role("button", name="Send setpoint")
     setpoint = panel.get_by_label("Setpoint (W)")
 
@@ -587,15 +637,28 @@ async def test_a_setpoint_is_confirmed_then_watched_to_executed_and_bad_input_is
     await setpoint.fill("lots")
     await setpoint.press("Enter")
     await expect(panel.get_by_role("alert")).to_contain_text('"lots" is not a number')
-    # Out of the battery's declared range: the API refuses it and the page says why in its words.
-    await dashboard.push([(MAX_DIS, 4000.0), (MAX_CH, 4000.0)])
+    # Outside the profile's static limits: refused in the page, nothing reaches the API.
     await setpoint.fill("9000")
+    posted: list[str] = []
+    page.on("request", lambda r: posted.append(r.url) if r.method == "POST" and "/commands" in r.url else None)
     await send.click()
-    await expect(panel.get_by_role("alertdialog")).to_contain_text("Send 9,000 W to battery_1 on edge home?")
+    await expect(panel.get_by_role("alert")).to_contain_text(
+        "9,000 W is above the largest value battery_1/SetActivePower takes, 5,000 W"
+    )
+    assert not posted, posted
+    await expect(panel.get_by_role("alertdialog")).to_have_count(0)
+    # Inside the static limits but above the battery's dynamic discharge limit now: the API refuses it
+    # and the page says why in the API's words.
+    await dashboard.push([(MAX_DIS, 4000.0), (MAX_CH, 4000.0)])
+    await setpoint.fill("4500")
+    await send.click()
+    await expect(panel.get_by_role("alertdialog")).to_contain_text(
+        "Send 4,500 W to SetActivePower of battery_1 on edge home?"
+    )
     await panel.get_by_role("button", name="Confirm").click()
     await expect(panel.get_by_role("alert")).to_contain_text("The command was refused:")
-    await expect(panel.get_by_role("alert")).to_contain_text("5000")
-    assert not [c for c in dashboard.commands if c.value == 9000.0]
+    await expect(panel.get_by_role("alert")).to_contain_text("exceeds battery_1/MaxDischargePower = 4000")
+    assert not [c for c in dashboard.commands if c.value in (9000.0, 4500.0)]
 
     # Cancel sends nothing.
     await setpoint.fill("-100")
@@ -613,7 +676,7 @@ async def test_a_setpoint_is_confirmed_then_watched_to_executed_and_bad_input_is
     steps = [t.split(" ")[0] for t in await panel.locator(".transitions li").all_inner_texts()]
     assert steps == ["QUEUED", "DELIVERED", "RECEIVED", "EXECUTED"], steps
     assert ("battery_1/SetActivePower", -2000.0) in [(c.channel, c.value) for c in dashboard.commands]
-    assert 9000.0 not in [c.value for c in dashboard.commands]
+    assert not {9000.0, 4500.0} & {c.value for c in dashboard.commands}
     await page.screenshot(path=dashboard.artifacts / "command-executed.png", full_page=True)
 
 
@@ -632,6 +695,11 @@ async def test_a_viewer_sees_no_command_or_alarm_buttons(dashboard: Dashboard, p
     await expect(page.locator("[data-link]").first).to_have_attribute("data-link", "live")
     await expect(page.get_by_role("button", name="Acknowledge")).to_have_count(0)
     await expect(page.get_by_role("button", name="Shelve")).to_have_count(0)
+    # The advisory panel: a viewer reads the recommendations but cannot decide them.
+    advice = page.locator("section[aria-labelledby=advice-title]")
+    await expect(advice.locator("li.recommendation")).to_have_count(len(RECOMMENDATIONS))
+    await expect(advice).to_contain_text(RECOMMENDATIONS[0][0])
+    await expect(advice.get_by_role("button")).to_have_count(0)
 
 
 async def test_charts_of_history_prices_with_negative_slots_and_forecast_bands(
@@ -793,3 +861,48 @@ async def test_a_fleet_dispatch_is_confirmed_and_shows_each_edges_result(dashboa
         await expect(row).to_contain_text("skipped: CHANNEL_NOT_FOUND: the edge reports no battery")
     await expect(panel.locator("[data-dispatch-pending]")).to_contain_text("1 executed, 0 pending")
     await page.screenshot(path=dashboard.artifacts / "fleet-dispatch.png", full_page=True)
+
+
+async def test_the_advisory_panel_lists_each_sites_recommendations_and_operators_decide_them(
+    dashboard: Dashboard, page: Page
+) -> None:
+    await log_in(page, dashboard.url)
+    await expect(page.locator("tr[data-site=home]")).to_be_visible()
+    await page.goto(dashboard.url + "/organizations/acme/alarms")
+    advice = page.locator("section[aria-labelledby=advice-title]")
+    home = advice.locator("[data-site=home]")
+    await expect(home.locator("li.recommendation")).to_have_count(len(RECOMMENDATIONS))
+    await expect(advice).to_have_attribute("data-open-recommendations", "2")
+    first = home.locator("li.recommendation").filter(has_text=RECOMMENDATIONS[0][0])
+    await expect(first).to_contain_text("rl-dispatch-test")
+    await expect(first).to_contain_text("confidence 82 %")
+    await expect(first).to_contain_text("devices battery_1")
+    await expect(first).to_contain_text("Prices turn negative in two hours")
+    await expect(advice.locator("[data-site=gw]")).to_have_count(0)  # sites without any are left out
+
+    await first.get_by_label(f"Note on {RECOMMENDATIONS[0][0]}").fill("before the negative prices")
+    await first.get_by_role("button", name=f"Accept: {RECOMMENDATIONS[0][0]}").click()
+    await expect(first).to_have_attribute("data-state", "RECOMMENDATION_STATE_ACCEPTED")
+    await expect(first).to_contain_text("accepted by")
+    await expect(first).to_contain_text("before the negative prices")
+    await expect(first.get_by_role("button")).to_have_count(0)
+
+    # Decided elsewhere meanwhile (another operator, through the API): the page's dismiss is refused
+    # and the API's reason is shown in words; the panel then shows the decision.
+    second = home.locator("li.recommendation").filter(has_text=RECOMMENDATIONS[1][0])
+    name = "organizations/acme/sites/home/recommendations/" + str(await second.get_attribute("data-recommendation"))
+    async with httpx.AsyncClient(base_url=dashboard.url) as client:
+        r = await client.post("/v1/auth:login", json={"email": USER_EMAIL, "password": USER_PASSWORD})
+        token = r.json()["accessToken"]
+        r = await client.post(
+            f"/v1/{name}:accept", json={"note": "done by phone"}, headers={"authorization": f"Bearer {token}"}
+        )
+        assert r.status_code == 200, r.text
+    await second.get_by_role("button", name=f"Dismiss: {RECOMMENDATIONS[1][0]}").click()
+    alert = advice.get_by_role("alert")
+    await expect(alert).to_contain_text(f'Could not dismiss "{RECOMMENDATIONS[1][0]}":')
+    await expect(alert).to_contain_text("already")
+    await expect(second).to_have_attribute("data-state", "RECOMMENDATION_STATE_ACCEPTED")
+    await expect(second).to_contain_text("done by phone")
+    await expect(advice).to_have_attribute("data-open-recommendations", "0")
+    await page.screenshot(path=dashboard.artifacts / "alarms-recommendations.png", full_page=True)

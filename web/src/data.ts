@@ -154,3 +154,105 @@ export function seconds(duration: string | undefined): number {
   const m = (duration ?? "").match(/^(-?[0-9.]+)s$/);
   return m ? Number(m[1]) : 0;
 }
+
+export type Device = import("./api").Schemas["emma.registry.v1.Device"];
+export type DeviceProfile = import("./api").Schemas["emma.registry.v1.DeviceProfile"];
+export type ChannelSpec = import("./api").Schemas["emma.common.v1.ChannelSpec"];
+
+/** An edge's devices: registered ones (with their profile) and those the edge reports but nobody
+ * registered (empty deviceProfile, the kind the edge reported). */
+export async function listDevices(org: string, site: string, edge: string): Promise<Device[]> {
+  return pages(async (pageToken) => {
+    const { data, error, response } = await api.GET("/v1/organizations/{organization}/sites/{site}/edges/{edge}/devices", {
+      params: { path: { organization: org, site, edge }, query: { pageSize: 1000, pageToken } },
+    });
+    if (!data) throw new Error(describeError(error, response));
+    return { items: data.devices ?? [], next: data.nextPageToken ?? "" };
+  });
+}
+
+export async function listDeviceProfiles(org: string): Promise<DeviceProfile[]> {
+  return pages(async (pageToken) => {
+    const { data, error, response } = await api.GET("/v1/organizations/{organization}/deviceProfiles", {
+      params: { path: { organization: org }, query: { pageSize: 1000, pageToken } },
+    });
+    if (!data) throw new Error(describeError(error, response));
+    return { items: data.deviceProfiles ?? [], next: data.nextPageToken ?? "" };
+  });
+}
+
+/** One writable channel a setpoint can go to. */
+export interface Writable {
+  edge: string;
+  device: string;
+  deviceLabel: string;
+  channel: string; // "<device>/<Channel>", relative to the edge (the command's address)
+  unit: string;
+  min?: number | undefined;
+  max?: number | undefined;
+  /** Input channels of the same device whose latest value limits positive / negative values. */
+  dynamicMax?: string | undefined;
+  dynamicMin?: string | undefined;
+  enumValues: { number: number; label: string }[];
+  valueType: string;
+  description: string;
+  /** False: the edge reports the device but nobody registered it, so no profile tells its limits. */
+  registered: boolean;
+}
+
+const WRITABLE_ACCESS = new Set(["CHANNEL_ACCESS_READ_WRITE", "CHANNEL_ACCESS_WRITE_ONLY"]);
+// A device only its edge reports carries no channel list in the REST API, but its kind says it takes
+// a power setpoint (the edge daemon's battery and charger drivers all write SetActivePower in W).
+const SETPOINT_KINDS = new Set(["DEVICE_KIND_BATTERY", "DEVICE_KIND_EV_CHARGER"]);
+
+/** The writable channels of a site's edges: each device's profile's writable channels with unit and
+ * static limits; a device reported but not registered, of a kind that takes a power setpoint, offers
+ * SetActivePower without limits (the server still checks the edge's own declaration). */
+export async function writableChannels(org: string, site: string, edges: string[]): Promise<Writable[]> {
+  const [profiles, ...perEdge] = await Promise.all([
+    listDeviceProfiles(org),
+    ...edges.map((edge) => listDevices(org, site, edge)),
+  ]);
+  const byName = new Map((profiles as DeviceProfile[]).map((p) => [p.name ?? "", p]));
+  const out: Writable[] = [];
+  edges.forEach((edge, i) => {
+    for (const d of (perEdge[i] ?? []) as Device[]) {
+      const device = lastSegment(d.name);
+      const deviceLabel = d.displayName && d.displayName !== device ? `${d.displayName} (${device})` : device;
+      const profile = d.deviceProfile ? byName.get(d.deviceProfile) : undefined;
+      if (profile) {
+        for (const c of profile.channels ?? []) {
+          if (!c.name || !WRITABLE_ACCESS.has(c.access ?? "")) continue;
+          out.push({
+            edge,
+            device,
+            deviceLabel,
+            channel: `${device}/${c.name}`,
+            unit: c.unit ?? "",
+            min: c.minValue,
+            max: c.maxValue,
+            dynamicMax: c.dynamicMaxChannel || undefined,
+            dynamicMin: c.dynamicMinChannel || undefined,
+            enumValues: (c.enumValues ?? []).map((e) => ({ number: Number(e.number ?? 0), label: e.label ?? String(e.number ?? 0) })),
+            valueType: c.valueType ?? "VALUE_TYPE_UNSPECIFIED",
+            description: c.description ?? "",
+            registered: true,
+          });
+        }
+      } else if (!d.deviceProfile && SETPOINT_KINDS.has(d.kind ?? "")) {
+        out.push({
+          edge,
+          device,
+          deviceLabel,
+          channel: `${device}/SetActivePower`,
+          unit: "W",
+          enumValues: [],
+          valueType: "VALUE_TYPE_DOUBLE",
+          description: "",
+          registered: false,
+        });
+      }
+    }
+  });
+  return out.sort((a, b) => (a.edge + a.channel).localeCompare(b.edge + b.channel));
+}

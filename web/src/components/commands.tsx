@@ -6,15 +6,12 @@ import { useEffect, useState } from "preact/hooks";
 import { api, describeError, type Schemas } from "../api";
 import { openStream, type LinkState } from "../live";
 import * as fmt from "../format";
+import type { Writable } from "../data";
 
 type Command = Schemas["emma.command.v1.Command"];
 type Watch = Schemas["emma.command.v1.WatchCommandResponse"];
 
-export interface Target {
-  edge: string;
-  device: string;
-  channel: string; // "<device>/SetActivePower", relative to the edge
-}
+export type Target = Writable;
 
 const FINAL = new Set([
   "COMMAND_STATE_EXECUTED",
@@ -27,15 +24,69 @@ export function stateWord(state: string | undefined): string {
   return (state ?? "COMMAND_STATE_UNSPECIFIED").replace("COMMAND_STATE_", "").replace(/_/g, " ");
 }
 
-function parseSetpoint(raw: string): number | string {
+function unitWord(unit: string): string {
+  return unit === "W" ? "watts" : unit ? unit : "the channel's unit";
+}
+
+/** The value typed for a target, or why it is refused: the page checks what the profile declares
+ * (number, integer, enum, static limits) before the API is asked, which checks again with the dynamic
+ * limits and the edge's own declaration. */
+export function parseSetpoint(raw: string, t: Target): number | string {
   const text = raw.trim().replace(/\u2212/g, "-");
-  if (!text) return "Enter a setpoint in watts.";
+  if (!text) return t.enumValues.length ? "Choose a value." : `Enter a setpoint in ${unitWord(t.unit)}.`;
   const value = Number(text);
-  if (!Number.isFinite(value)) return `"${raw.trim()}" is not a number; enter the setpoint in watts, for example -2000.`;
+  if (!Number.isFinite(value))
+    return `"${raw.trim()}" is not a number; enter the setpoint in ${unitWord(t.unit)}, for example ${t.min !== undefined && t.min < 0 ? "-2000" : "2000"}.`;
+  if (t.enumValues.length && !t.enumValues.some((e) => e.number === value))
+    return `${fmt.number(value)} is not one of ${t.channel}'s values (${t.enumValues.map((e) => `${e.number} ${e.label}`).join(", ")}).`;
+  if ((t.valueType === "VALUE_TYPE_INTEGER" || t.valueType === "VALUE_TYPE_BOOLEAN") && !Number.isInteger(value))
+    return `${t.channel} takes whole numbers; ${fmt.number(value)} is not one.`;
+  if (t.valueType === "VALUE_TYPE_BOOLEAN" && value !== 0 && value !== 1) return `${t.channel} takes 0 (off) or 1 (on).`;
+  if (t.min !== undefined && value < t.min)
+    return `${fmt.number(value, t.unit)} is below the smallest value ${t.channel} takes, ${fmt.number(t.min, t.unit)} (its device profile).`;
+  if (t.max !== undefined && value > t.max)
+    return `${fmt.number(value, t.unit)} is above the largest value ${t.channel} takes, ${fmt.number(t.max, t.unit)} (its device profile).`;
   return value;
 }
 
-export function CommandPanel({ org, site, targets, timeZone }: { org: string; site: string; targets: Target[]; timeZone?: string | undefined }) {
+/** What the form says about a target: its range, its dynamic limits now, its sign convention. */
+function targetHelp(t: Target, latest: (edge: string, channel: string) => number | undefined): string {
+  const parts: string[] = [];
+  if (!t.registered) parts.push("Reported by the edge but not registered: no limits known here, the server checks the edge's declaration");
+  else if (t.min !== undefined && t.max !== undefined) parts.push(`From ${fmt.number(t.min, t.unit)} to ${fmt.number(t.max, t.unit)}`);
+  else if (t.min !== undefined) parts.push(`At least ${fmt.number(t.min, t.unit)}`);
+  else if (t.max !== undefined) parts.push(`At most ${fmt.number(t.max, t.unit)}`);
+  else parts.push(`In ${unitWord(t.unit)}`);
+  const dyn: string[] = [];
+  const device = t.channel.split("/")[0];
+  if (t.dynamicMax) {
+    const v = latest(t.edge, `${device}/${t.dynamicMax}`);
+    dyn.push(`positive values up to ${v === undefined ? "?" : fmt.number(v, t.unit)} (${t.dynamicMax})`);
+  }
+  if (t.dynamicMin) {
+    const v = latest(t.edge, `${device}/${t.dynamicMin}`);
+    dyn.push(`negative down to ${v === undefined ? "?" : fmt.number(-Math.abs(v), t.unit)} (${t.dynamicMin})`);
+  }
+  if (dyn.length) parts.push(`now ${dyn.join(", ")}`);
+  if (/^SetActivePower$/.test(t.channel.split("/")[1] ?? "") && /^(battery|bat)/i.test(device ?? ""))
+    parts.push("for a battery positive discharges, negative charges");
+  if (t.description) parts.push(t.description);
+  return parts.join("; ") + ".";
+}
+
+export function CommandPanel({
+  org,
+  site,
+  targets,
+  timeZone,
+  latest = () => undefined,
+}: {
+  org: string;
+  site: string;
+  targets: Target[];
+  timeZone?: string | undefined;
+  latest?: (edge: string, channel: string) => number | undefined;
+}) {
   const [target, setTarget] = useState(0);
   const [raw, setRaw] = useState("");
   const [problem, setProblem] = useState<string | null>(null);
@@ -56,12 +107,20 @@ export function CommandPanel({ org, site, targets, timeZone }: { org: string; si
     });
   }, [command?.name]);
 
-  if (targets.length === 0) return <p>No device of this site takes a power setpoint.</p>;
+  if (targets.length === 0) return <p>No device of this site has a writable channel.</p>;
   const chosen = targets[Math.min(target, targets.length - 1)]!;
+  const choices = chosen.enumValues.length
+    ? chosen.enumValues
+    : chosen.valueType === "VALUE_TYPE_BOOLEAN"
+      ? [
+          { number: 0, label: "off" },
+          { number: 1, label: "on" },
+        ]
+      : [];
 
   function review(event: Event) {
     event.preventDefault();
-    const value = parseSetpoint(raw);
+    const value = parseSetpoint(raw, { ...chosen, enumValues: choices });
     if (typeof value === "string") {
       setProblem(value);
       return;
@@ -96,35 +155,61 @@ export function CommandPanel({ org, site, targets, timeZone }: { org: string; si
     }
   }
 
+  const unit = chosen.unit;
+  const unitOf = (channel: string | undefined) => targets.find((t) => t.channel === channel)?.unit ?? "";
+  const pendingUnit = pending?.target.unit ?? "";
+  const label = pending?.target.enumValues.find((e) => e.number === pending.value)?.label;
   const state = command?.state;
   return (
     <div class="commands">
       <form class="setpoint" onSubmit={review} noValidate>
         <label>
           Device
-          <select value={String(target)} onChange={(e) => setTarget(Number((e.currentTarget as HTMLSelectElement).value))}>
+          <select
+            value={String(target)}
+            onChange={(e) => {
+              setTarget(Number((e.currentTarget as HTMLSelectElement).value));
+              setRaw("");
+              setProblem(null);
+            }}
+          >
             {targets.map((t, i) => (
               <option key={`${t.edge}/${t.channel}`} value={String(i)}>
                 {t.edge} › {t.channel}
+                {t.unit ? ` (${t.unit})` : ""}
               </option>
             ))}
           </select>
         </label>
-        <label>
-          Setpoint (W)
-          <input
-            name="setpoint"
-            inputMode="decimal"
-            value={raw}
-            aria-describedby="setpoint-help"
-            onInput={(e) => setRaw((e.currentTarget as HTMLInputElement).value)}
-          />
-        </label>
+        {choices.length > 0 ? (
+          <label>
+            Value
+            <select name="setpoint" value={raw} aria-describedby="setpoint-help" onChange={(e) => setRaw((e.currentTarget as HTMLSelectElement).value)}>
+              <option value="">Choose…</option>
+              {choices.map((c) => (
+                <option key={c.number} value={String(c.number)}>
+                  {c.label} ({c.number})
+                </option>
+              ))}
+            </select>
+          </label>
+        ) : (
+          <label>
+            Setpoint{unit ? ` (${unit})` : ""}
+            <input
+              name="setpoint"
+              inputMode="decimal"
+              value={raw}
+              aria-describedby="setpoint-help"
+              onInput={(e) => setRaw((e.currentTarget as HTMLInputElement).value)}
+            />
+          </label>
+        )}
         <button type="submit" disabled={busy || pending !== null}>
           Send setpoint…
         </button>
-        <p id="setpoint-help" class="small meta">
-          Watts; for a battery positive discharges, negative charges.
+        <p id="setpoint-help" class="small meta" data-limits={`${chosen.min ?? ""}..${chosen.max ?? ""}`}>
+          {targetHelp(chosen, latest)}
         </p>
       </form>
       {problem && (
@@ -135,7 +220,8 @@ export function CommandPanel({ org, site, targets, timeZone }: { org: string; si
       {pending && (
         <div class="confirm" role="alertdialog" aria-labelledby="confirm-text">
           <p id="confirm-text">
-            Send {fmt.number(pending.value, "W")} to {pending.target.device} on edge {pending.target.edge}?
+            Send {label ? `${label} (${pending.value})` : fmt.number(pending.value, pendingUnit)} to {pending.target.channel.split("/")[1]} of{" "}
+            {pending.target.device} on edge {pending.target.edge}?
           </p>
           <button type="button" onClick={() => void send()} disabled={busy}>
             Confirm
@@ -148,13 +234,13 @@ export function CommandPanel({ org, site, targets, timeZone }: { org: string; si
       {command && (
         <div class="lifecycle" aria-live="polite">
           <p>
-            Command {fmt.number(command.value, "W")} to {command.channel}:{" "}
+            Command {fmt.number(command.value, unitOf(command.channel))} to {command.channel}:{" "}
             <strong class={`cmd-state cmd-${stateWord(state).toLowerCase().replace(/ /g, "-")}`} data-state={state}>
               {stateWord(state)}
             </strong>
             {command.stateReason && <> ({command.stateReason})</>}
             {state === "COMMAND_STATE_EXECUTED" && command.appliedValue !== undefined && (
-              <> · applied {fmt.number(command.appliedValue, "W")}</>
+              <> · applied {fmt.number(command.appliedValue, unitOf(command.channel))}</>
             )}
             {link === "reconnecting" && <span class="small"> · reconnecting to the live status…</span>}
           </p>

@@ -7,6 +7,9 @@ import { openStream, type LinkState } from "../live";
 import * as fmt from "../format";
 import { onLinkClick } from "../router";
 import { WatchedCommand } from "../components/commands";
+import { AdvicePanel } from "../components/advice";
+import { listSites } from "../data";
+import { useLoad } from "../load";
 
 type Alarm = Schemas["emma.alarm.v1.Alarm"];
 type AlarmChange = Schemas["emma.alarm.v1.AlarmChange"];
@@ -36,6 +39,7 @@ export function AlarmsPage({ org }: { org: string }) {
   const [proposing, setProposing] = useState<{ alarm: string; index: number } | null>(null);
   const [sent, setSent] = useState<Record<string, string>>({}); // alarm name -> command name
   const canAct = ["ROLE_OPERATOR", "ROLE_ADMIN"].includes(roleIn(org));
+  const sites = useLoad(() => listSites(org), [org]);
 
   const reload = () =>
     listOpen(org).then(
@@ -232,6 +236,8 @@ export function AlarmsPage({ org }: { org: string }) {
           );
         })}
       </ul>
+      {sites.error && <p role="alert" class="error">Could not list the sites: {sites.error}</p>}
+      <AdvicePanel org={org} sites={sites.data} canDecide={canAct} />
     </section>
   );
 }

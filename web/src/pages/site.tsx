@@ -6,7 +6,7 @@ import { roleIn } from "../auth";
 import { ForecastChart, HistoryChart, PlanChart, PriceChart } from "../components/charts";
 import { CommandPanel, type Target } from "../components/commands";
 import { EnergyFlow } from "../components/flow";
-import { getSite, latestValues, listEdges, siteState } from "../data";
+import { getSite, latestValues, listEdges, siteState, writableChannels } from "../data";
 import { flowOf, isPowerChannel, parseChannel, roleOf } from "../energy";
 import * as fmt from "../format";
 import { openStream, type LinkState } from "../live";
@@ -106,11 +106,18 @@ export function SitePage({ org, site }: { org: string; site: string }) {
   );
   const role = roleIn(org);
   const canCommand = role === "ROLE_OPERATOR" || role === "ROLE_ADMIN";
-  const targets: Target[] = devices
-    .filter((d) => d.role === "battery" || d.role === "ev")
-    .map((d) => ({ edge: d.edge, device: d.device, channel: `${d.device}/SetActivePower` }));
   const edgeIds = (edges.data ?? []).map((e) => lastSegment(e.name));
   const prefix = `organizations/${org}/sites/${site}/edges/`;
+  // The writable channels of the edges' devices as their device profiles declare them (re-read when
+  // the set of edges changes, not on every poll).
+  const writable = useLoad(
+    () => (canCommand && edgeIds.length ? writableChannels(org, site, edgeIds) : Promise.resolve([] as Target[])),
+    [org, site, canCommand, edgeIds.join(",")],
+  );
+  const latestOf = (edge: string, channel: string) => {
+    const [device, name] = channel.split("/");
+    return live.values.get(`${prefix}${edge}/devices/${device}/channels/${name}`)?.value;
+  };
 
   return (
     <section aria-labelledby="site-title" class="site">
@@ -187,7 +194,12 @@ export function SitePage({ org, site }: { org: string; site: string }) {
       {canCommand && (
         <section aria-labelledby="commands-title" class="panel">
           <h2 id="commands-title">Commands</h2>
-          <CommandPanel org={org} site={site} targets={targets} timeZone={tz} />
+          {writable.error && <p role="alert" class="error">Could not list the writable channels: {writable.error}</p>}
+          {edges.data && writable.data && !(writable.loading && writable.data.length === 0) ? (
+            <CommandPanel org={org} site={site} targets={writable.data} timeZone={tz} latest={latestOf} />
+          ) : (
+            !writable.error && <p aria-busy="true">Loading the devices' writable channels…</p>
+          )}
         </section>
       )}
 
