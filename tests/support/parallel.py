@@ -6,7 +6,11 @@ the only things to arrange here are the few that workers share or that cost per 
   workers start;
 - with `--dist loadfile` a test file runs on one worker, so its module-scoped fixtures (a migrated
   database, a TimescaleDB server, a running stack) are built once; files listed under the ini option
-  `shared_resource_files` with the same resource name run on one worker, one after the other.
+  `shared_resource_files` with the same resource name run on one worker, one after the other;
+- the files are handed out longest first (the ini option `test_file_seconds`, measured, else an
+  estimate from the number of tests), so the run does not end with one worker alone on a 45-second
+  file while the other idles. xdist's own order (most tests first) put the slowest files, which hold
+  one or two long tests each, last.
 
 pytest-xdist's own `xdist_group` mark (`--dist loadgroup`) is not used: xdist 3.8 passes the group
 by appending it to the test's node id, which pytest 9.2 ignores, so the mark is dropped without a
@@ -22,12 +26,22 @@ import pytest
 from tools import protogen
 
 INI_NAME = "shared_resource_files"
+SECONDS_INI = "test_file_seconds"
+DIST_KEY = "emma_dist"
+# An unmeasured file's estimate: most of the suite's many-test files take well under this per test.
+ESTIMATE_S_PER_TEST = 0.1
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         INI_NAME,
         "lines of 'RESOURCE FILE': under `--dist loadfile`, the files of one resource run on one worker, in turn",
+        type="linelist",
+        default=[],
+    )
+    parser.addini(
+        SECONDS_INI,
+        "lines of 'SECONDS FILE': a file's measured run time, so `--dist loadfile` hands it out longest first",
         type="linelist",
         default=[],
     )
@@ -53,6 +67,52 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         )
 
 
+def file_seconds(config: pytest.Config) -> dict[str, float]:
+    """File (as in a node id) -> its measured seconds, from the ini option."""
+    table: dict[str, float] = {}
+    for line in config.getini(SECONDS_INI):
+        seconds, _, path = line.partition(" ")
+        try:
+            table[path.strip()] = float(seconds)
+        except ValueError:
+            raise pytest.UsageError(f"{SECONDS_INI}: {line!r} is not 'SECONDS FILE'") from None
+    return table
+
+
+def scope_of(nodeid: str, shared: dict[str, str]) -> str:
+    """The unit `--dist loadfile` hands to one worker: the file, or the resource its file shares."""
+    path = nodeid.split("::", 1)[0]
+    return f"resource:{shared[path]}" if path in shared else path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """The controller's `--dist` goes to each worker (xdist sets a worker's own `dist` to "no")."""
+    node.workerinput[DIST_KEY] = node.config.getvalue("dist")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `--dist loadfile`, the files in the order they are handed out: longest first.
+
+    Every worker collects (only workers do), and the scheduler hands out scopes in the collection's order (xdist's own
+    reordering is switched off in `pytest_xdist_make_scheduler`). A serial run keeps file order.
+    """
+    if getattr(config, "workerinput", {}).get(DIST_KEY) != "loadfile":
+        return
+    shared, seconds = resources(config), file_seconds(config)
+    groups: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        groups.setdefault(scope_of(item.nodeid, shared), []).append(item)
+
+    def weight(scope: str) -> float:
+        files = {i.nodeid.split("::", 1)[0] for i in groups[scope]}
+        measured = sum(seconds.get(f, 0.0) for f in files)
+        return measured or ESTIMATE_S_PER_TEST * len(groups[scope])
+
+    items[:] = [i for scope in sorted(groups, key=weight, reverse=True) for i in groups[scope]]
+
+
 def resources(config: pytest.Config) -> dict[str, str]:
     """File (as in a node id) -> the name of the process-wide resource its tests use."""
     table: dict[str, str] = {}
@@ -72,10 +132,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadFileScheduling  # type: ignore[import-untyped]
 
     shared = resources(config)
+    # The collection is already longest first (pytest_collection_modifyitems); xdist's reordering by
+    # the number of tests would undo it.
+    config.option.loadscopereorder = False
 
     class FileOrResourceScheduling(LoadFileScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return f"resource:{shared[path]}" if path in shared else path
+            return scope_of(nodeid, shared)
 
     return FileOrResourceScheduling(config, log)

@@ -68,3 +68,27 @@ def test_an_xdist_group_mark_is_refused_rather_than_silently_ignored(tmp_path: P
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 error" in result.stdout
     assert "xdist_group is silently ignored" in result.stdout
+
+
+def test_the_longest_files_are_handed_out_first(tmp_path: Path) -> None:
+    # xdist's own order hands out the files with the most tests first; the measured seconds of
+    # `test_file_seconds` must win over that, so each worker starts on one of the two slow files.
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    one_test = RECORDING_TEST.replace("range(4)", "range(1)")
+    for name in ("test_e", "test_f", "test_g", "test_h"):
+        (suite / f"{name}.py").write_text(RECORDING_TEST)
+    for name in ("test_mid", "test_slow"):
+        (suite / f"{name}.py").write_text(one_test)
+    ini = "[pytest]\ntest_file_seconds =\n    50 test_slow.py\n    20 test_mid.py\n"
+    (suite / "pytest.ini").write_text(ini)
+    log = tmp_path / "workers.log"
+    result = run_suite(suite, log)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "18 passed" in result.stdout
+
+    first: dict[str, str] = {}
+    for line in log.read_text().splitlines():
+        module, worker = line.split()
+        first.setdefault(worker, module)
+    assert sorted(first.values()) == ["test_mid", "test_slow"], first
