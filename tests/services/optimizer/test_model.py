@@ -216,6 +216,76 @@ def test_carbon_price_moves_consumption_to_clean_slots(engine: Engine) -> None:
     assert plan.objective == pytest.approx(2.0 * 0.1 + 0.1 * 2.0 * 0.1, abs=TOL)
 
 
+def test_the_reserve_is_never_used(engine: Engine) -> None:
+    # 2 kWh stored, 1 kWh of it reserved for outages: an 8 kW slot at a dear price gets 4 kW (1 kWh) from
+    # the battery and no more, and the battery ends at its reserve.
+    p = Problem(
+        START,
+        1,
+        prices([0.3]),
+        (site("s1", [8]),),
+        batteries=(Battery("b1", "s1", 4, 2, 8, 8, charge_efficiency=1.0, discharge_efficiency=1.0, reserve_kwh=1.0),),
+    )
+    plan = engine(p)
+    assert plan.batteries["b1"].discharge_kw == pytest.approx((4.0,), abs=TOL)
+    assert plan.batteries["b1"].soc_kwh == pytest.approx((1.0,), abs=TOL)
+    assert plan.objective == pytest.approx(4 * SLOT_H * 0.3, abs=TOL)
+
+
+def test_wear_stops_an_arbitrage_thinner_than_it(engine: Engine) -> None:
+    # Buying at 0.10 to save 0.11 gains 0.01 per kWh shifted; each kWh shifted is 2 kWh of throughput at
+    # 0.02 of wear: the battery stays idle and the load is bought when it comes.
+    p = Problem(
+        START,
+        2,
+        prices([0.10, 0.11]),
+        (site("s1", [0, 4]),),
+        batteries=(
+            Battery(
+                "b1", "s1", 4, 0, 4, 4, charge_efficiency=1.0, discharge_efficiency=1.0, degradation_eur_per_kwh=0.02
+            ),
+        ),
+    )
+    plan = engine(p)
+    assert plan.batteries["b1"].charge_kw == pytest.approx((0.0, 0.0), abs=TOL)
+    assert plan.objective == pytest.approx(4 * SLOT_H * 0.11, abs=TOL)
+    # Without wear the same battery shifts all of it.
+    free = engine(
+        Problem(
+            START,
+            2,
+            prices([0.10, 0.11]),
+            (site("s1", [0, 4]),),
+            batteries=(Battery("b1", "s1", 4, 0, 4, 4, charge_efficiency=1.0, discharge_efficiency=1.0),),
+        )
+    )
+    assert free.objective == pytest.approx(4 * SLOT_H * 0.10, abs=TOL)
+
+
+def test_self_consumption_keeps_the_pv_for_later_where_cost_would_sell_it(engine: Engine) -> None:
+    # 4 kW of PV in slot 0, 4 kW of load in slot 1; feed-in (0.20) pays more than import costs (0.10).
+    # COST sells the PV and buys the load; SELF_CONSUMPTION stores the PV and imports nothing.
+    def problem(objective: Objective) -> Problem:
+        return Problem(
+            START,
+            2,
+            prices([0.10, 0.10], [0.20, 0.20]),
+            (site("s1", [0, 4]),),
+            batteries=(Battery("b1", "s1", 1, 0, 4, 4, charge_efficiency=1.0, discharge_efficiency=1.0),),
+            pv=(PvArray("pv1", "s1", (4.0, 0.0), curtailable=False),),
+            objective=objective,
+        )
+
+    cost = engine(problem(Objective.COST))
+    assert cost.batteries["b1"].charge_kw == pytest.approx((0.0, 0.0), abs=TOL)
+    assert cost.expected.import_kwh == pytest.approx(1.0, abs=TOL)
+    own = engine(problem(Objective.SELF_CONSUMPTION))
+    assert own.batteries["b1"].charge_kw == pytest.approx((4.0, 0.0), abs=TOL)
+    assert own.expected.import_kwh == pytest.approx(0.0, abs=TOL)
+    # Imported kWh, with cost (0 bought, nothing sold) breaking ties at 1e-3.
+    assert own.objective == pytest.approx(0.0, abs=TOL)
+
+
 def test_import_price_adds_network_tax_and_vat(engine: Engine) -> None:
     p = Problem(
         START, 1, prices([0.1], network_eur_per_kwh=0.05, tax_eur_per_kwh=0.02, vat_rate=0.2), (site("s1", [4]),)
