@@ -2,7 +2,8 @@
 
 Each simulated edge opens its own connection and EdgeLink stream, says Hello with its key, and sends
 pre-serialised columnar batches, either as fast as the server acknowledges them (throughput) or at a
-fixed rate (fleet). It prints one JSON line: batches acked, points, ack latencies.
+fixed rate (fleet). It prints one JSON line: batches acked, points, ack latencies (at a fixed rate
+from each batch's due time, with that due time's offset from the process start).
 """
 
 from __future__ import annotations
@@ -81,7 +82,11 @@ async def run_edge(
     duration: float,
     latencies: list[tuple[float, float]],
     counts: dict[str, int],
+    send_lag_ms: list[float],
 ) -> None:
+    # At a fixed rate the first batch is due when the edge starts connecting: a slow Hello during the
+    # connection storm delays it, and that delay is part of its latency.
+    start = time.perf_counter()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
     outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
 
@@ -95,6 +100,9 @@ async def run_edge(
     await outbox.put(hello(edge, key, 50))
     welcome = await call.read()
     window = asyncio.Semaphore(max(1, welcome.welcome.max_unacked_batches))  # type: ignore[union-attr]
+    # At a fixed rate a batch's latency runs from when it was due, not from when it could be sent: a
+    # server that holds the window shut delays the next sends, and that wait is part of the latency
+    # (no coordinated omission). As fast as acked, there is no due time: from the send.
     sent_at: dict[int, float] = {}
     done = asyncio.Event()
     total = batches if rate == 0 else int(duration * rate)
@@ -117,12 +125,16 @@ async def run_edge(
         done.set()
 
     read_task = asyncio.create_task(reader())
-    start = time.perf_counter()
+    if not rate:
+        start = time.perf_counter()
     for seq in range(1, total + 1):
         if rate:
-            await asyncio.sleep(max(0.0, start + (seq - 1) / rate - time.perf_counter()))
+            due = start + (seq - 1) / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
         await window.acquire()
-        sent_at[seq] = time.perf_counter()
+        sent_at[seq] = due if rate else time.perf_counter()
+        if rate:  # how late this process itself got to the send (its own CPU share, not the server's)
+            send_lag_ms.append((time.perf_counter() - due) * 1000)
         await outbox.put(factory.make(seq))
     await done.wait()
     await outbox.put(None)
@@ -136,6 +148,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         keys = json.load(f)[args.first : args.first + args.edges]
     factory = BatchFactory(channels=50, points=args.points)
     latencies: list[tuple[float, float]] = []
+    send_lag_ms: list[float] = []
     counts = {"acked": 0, "points": 0, "errors": 0}
     if args.rate:  # spread the fleet's sends over the first second
         await asyncio.sleep(0)
@@ -144,10 +157,19 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     async def one(edge: str, key: str) -> None:
         if args.rate:
             await asyncio.sleep(random.uniform(0, 1 / args.rate))
-        await run_edge(args.port, edge, key, factory, args.batches, args.rate, args.duration, latencies, counts)
+        await run_edge(
+            args.port, edge, key, factory, args.batches, args.rate, args.duration, latencies, counts, send_lag_ms
+        )
 
     await asyncio.gather(*(one(k["edge"], k["key"]) for k in keys))
-    return {"elapsed_s": time.perf_counter() - start, **counts, "latencies_ms": latencies}
+    lag = sorted(send_lag_ms)
+    own_lag = {q: lag[min(len(lag) - 1, int(len(lag) * f))] if lag else 0.0 for q, f in (("p50", 0.5), ("p99", 0.99))}
+    return {
+        "elapsed_s": time.perf_counter() - start,
+        **counts,
+        "latencies_ms": latencies,
+        "send_lag_ms": own_lag,
+    }
 
 
 def main() -> None:

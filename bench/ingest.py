@@ -4,9 +4,12 @@
 
 1. Throughput: simulated edges (separate processes) send 1,000-point batches as fast as acks allow
    through `emma serve edge` (a separate process) into PostgreSQL, with dedup and ack after commit.
-   Reference, same run, same table: one connection binary-COPYing the same rows.
-2. Fleet: 100 and 1,000 edge streams held by one replica, each sending one 50-point batch per second;
-   ack latency p50/p99 and the server's memory at the start and the end.
+   Reference, same run, same table: binary COPY of the same number of rows from 1, 2 (as many as the
+   ingest writer's lanes) and 4 connections at once; the ratio is taken against the best of them.
+2. Fleet: 100, 1,000 (3 runs) and 2,000 edge streams held by one replica, each sending one 50-point
+   batch per second; ack latency from each batch's due time, judged from 15 s on (the connection
+   storm's aftermath included), and the storm itself (the first 15 s) as a line of its own; the
+   server's memory at the start and the end.
 """
 
 from __future__ import annotations
@@ -34,13 +37,17 @@ from bench.harness import (
     summary,
 )
 from bench.machine import describe
+from services.edgelink.writer import DEFAULT_LANES
 from services.identity import issue_edge_key
 from services.names import EdgeName
 from services.registry import ensure_edge
 from services.telemetry import samples_copy_payload
 
-# Steady state starts once the 1,000-stream connection storm (Hello, auth, audit) has passed.
-WARM_UP_S = 8.0
+# The judged window starts 15 s after the streams start connecting: whatever the connection storm
+# (1,000 Hellos, key checks, audit rows) leaves behind after that counts. Its first 15 s are reported
+# as a line of their own, with a goal of their own (docs/performance.md).
+STORM_S = 15.0
+COPY_CONNECTIONS = (1, 2, 4)
 STATS_EVERY_5_S = {"EMMA_INGEST_STATS_INTERVAL_S": "5"}
 
 
@@ -94,33 +101,42 @@ async def stored_points(dsn: str) -> int:
         await conn.close()
 
 
-async def raw_copy(dsn: str, rows: int, group_rows: int) -> float:
-    """Rows/s of binary COPY of the same shape into telemetry.samples from one connection."""
-    conn = await asyncpg.connect(dsn)
+async def raw_copy(dsn: str, rows: int, group_rows: int, connections: int) -> float:
+    """Rows/s of binary COPY of the same shape into telemetry.samples, split over `connections`
+    connections copying at once (each its own 50 series, `group_rows` rows per transaction)."""
+    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
     try:
-        await conn.execute("INSERT INTO app.organizations VALUES ('rawcopy', 'raw') ON CONFLICT DO NOTHING")
+        await conns[0].execute("INSERT INTO app.organizations VALUES ('rawcopy', 'raw') ON CONFLICT DO NOTHING")
         now_us = int(time.time() * 1e6)
-        sids = np.arange(1_000_000, 1_000_000 + 50, dtype=np.int64)
+
+        async def copy(conn: asyncpg.Connection, lane: int, share: int) -> None:
+            sids = np.arange(1_000_000 + 50 * lane, 1_000_000 + 50 * (lane + 1), dtype=np.int64)
+            done = 0
+            while done < share:
+                n = min(group_rows, share - done)
+                idx = np.arange(done, done + n)
+                times = now_us - 3_600_000_000 + idx * 1000
+                payload = samples_copy_payload(sids[idx % 50], times, np.random.rand(n))
+                async with conn.transaction():
+                    await copy_samples(conn, payload)
+                done += n
+
         start = time.perf_counter()
-        done = 0
-        while done < rows:
-            n = min(group_rows, rows - done)
-            idx = np.arange(done, done + n)
-            payload = samples_copy_payload(sids[idx % 50], now_us - 3_600_000_000 + idx * 1000, np.random.rand(n))
-            async with conn.transaction():
-                await copy_samples(conn, payload)
-            done += n
-        return rows / (time.perf_counter() - start)
+        await asyncio.gather(*(copy(c, i, rows // connections) for i, c in enumerate(conns)))
+        return (rows // connections) * connections / (time.perf_counter() - start)
     finally:
-        await conn.execute("DELETE FROM telemetry.samples WHERE series_id >= 1000000")
-        await conn.close()
+        await conns[0].execute("DELETE FROM telemetry.samples WHERE series_id >= 1000000")
+        for c in conns:
+            await c.close()
 
 
 async def throughput(dsn: str, quick: bool) -> dict[str, object]:
     edges, processes = 16, 2
     batches = 60 if quick else 250
     keys = await provision(dsn, edges, "tput")
-    e2e, raw, server_cpu = [], [], []
+    e2e: list[float] = []
+    server_cpu: list[float] = []
+    raw: dict[int, list[float]] = {n: [] for n in COPY_CONNECTIONS}
     async with cloud_process(dsn, "edge", env=STATS_EVERY_5_S) as (port, pid, _stats):
         for run in range(3):
             before = await stored_points(dsn)
@@ -137,19 +153,26 @@ async def throughput(dsn: str, quick: bool) -> dict[str, object]:
             assert stored == sent, f"stored {stored} != acked {sent}"
             e2e.append(stored / elapsed)
             server_cpu.append((cpu_seconds(pid) - cpu0) / elapsed)
-            raw.append(await raw_copy(dsn, stored, 16_000))
-    ratio = [a / b for a, b in zip(e2e, raw, strict=True)]
+            for n in COPY_CONNECTIONS:
+                raw[n].append(await raw_copy(dsn, stored, 16_000, n))
+    best = [max(raw[n][i] for n in COPY_CONNECTIONS) for i in range(len(e2e))]
+    ratio = [a / b for a, b in zip(e2e, best, strict=True)]
     return {
         "end_to_end_points_per_s": summary(e2e),
-        "raw_copy_rows_per_s": summary(raw),
-        "ratio_to_raw_copy": summary(ratio),
+        **{f"raw_copy_{n}_connections_rows_per_s": summary(raw[n]) for n in COPY_CONNECTIONS},
+        "best_raw_copy_rows_per_s": summary(best),
+        "ratio_to_best_raw_copy": summary(ratio),
+        "ratio_to_raw_copy_on_as_many_connections_as_the_writer": summary(
+            [a / b for a, b in zip(e2e, raw[DEFAULT_LANES], strict=True)]
+        ),
         "server_cpu_cores": summary(server_cpu),
         "setup": f"{edges} edges in {processes} processes, 1,000-point batches, {batches} batches per edge per run",
     }
 
 
-async def fleet(dsn: str, edges: int, duration: float) -> dict[str, object]:
-    keys = await provision(dsn, edges, f"fleet{edges}")
+async def fleet_run(dsn: str, edges: int, duration: float, run: int) -> dict[str, object]:
+    """One run of `edges` fresh streams at one batch per second against a fresh server."""
+    keys = await provision(dsn, edges, f"fleet{edges}r{run}")
     processes = 4 if edges >= 400 else 2
     async with cloud_process(dsn, "edge", env=STATS_EVERY_5_S) as (port, pid, stats):
         rss_start = rss_mib(pid)
@@ -165,24 +188,28 @@ async def fleet(dsn: str, edges: int, duration: float) -> dict[str, object]:
             port, keys, edges, processes, ["--points", "50", "--rate", "1", "--duration", str(duration)]
         )
         watcher.cancel()
+    # (due time's offset from the generator's start, ms from due to ack) of every acked batch.
     pairs = [(t, ms) for r in results for t, ms in r["latencies_ms"]]  # type: ignore[attr-defined]
-    latencies = [ms for _, ms in pairs]
-    # Steady state: after every stream has said Hello (the connection storm of the first seconds).
-    steady = [ms for t, ms in pairs if t >= WARM_UP_S]
-    return {
-        "edges": edges,
-        "duration_s": duration,
-        "acked_batches": sum(int(r["acked"]) for r in results),  # type: ignore[call-overload]
-        "errors": sum(int(r["errors"]) for r in results),  # type: ignore[call-overload]
-        "ack_latency_ms": {
+
+    def window(latencies: list[float]) -> dict[str, float]:
+        return {
+            "samples": len(latencies),
             "p50": percentile(latencies, 0.5),
             "p99": percentile(latencies, 0.99),
-            "max": max(latencies) if latencies else float("nan"),
-        },
-        "steady_ack_latency_ms": {
-            "p50": percentile(steady, 0.5),
-            "p99": percentile(steady, 0.99),
-            "after_s": WARM_UP_S,
+            "max": max(latencies, default=float("nan")),
+        }
+
+    return {
+        "acked_batches": sum(int(r["acked"]) for r in results),  # type: ignore[call-overload]
+        "expected_batches": edges * int(duration),
+        "errors": sum(int(r["errors"]) for r in results),  # type: ignore[call-overload]
+        "judged_ack_ms": {"from_s": STORM_S, **window([ms for t, ms in pairs if t >= STORM_S])},
+        "storm_ack_ms": {"until_s": STORM_S, **window([ms for t, ms in pairs if t < STORM_S])},
+        # How late the load generators themselves got to their sends (they share the two cores): part
+        # of every latency above, and not the server's doing.
+        "generator_send_lag_ms": {
+            "worst_p50": max(float(r["send_lag_ms"]["p50"]) for r in results),  # type: ignore[index]
+            "worst_p99": max(float(r["send_lag_ms"]["p99"]) for r in results),  # type: ignore[index]
         },
         "server_stats": stats,
         "server_rss_mib": {
@@ -190,6 +217,22 @@ async def fleet(dsn: str, edges: int, duration: float) -> dict[str, object]:
             "peak": max(samples, default=rss_start),
             "end": samples[-1] if samples else rss_start,
         },
+    }
+
+
+async def fleet(dsn: str, edges: int, duration: float, runs: int = 1) -> dict[str, object]:
+    """`runs` runs of `edges` streams, each on fresh edges and a fresh server, with the spread."""
+    per_run = [await fleet_run(dsn, edges, duration, run) for run in range(runs)]
+
+    def spread(part: str) -> dict[str, float]:
+        return summary([float(r[part]["p99"]) for r in per_run])  # type: ignore[index]
+
+    return {
+        "edges": edges,
+        "duration_s": duration,
+        "runs": per_run,
+        "judged_p99_ms": spread("judged_ack_ms"),
+        "storm_p99_ms": spread("storm_ack_ms"),
     }
 
 
@@ -203,7 +246,8 @@ async def main_async(quick: bool) -> dict[str, object]:
         result["throughput"] = await throughput(dsn, quick)
         duration = 30.0 if quick else 60.0
         result["fleet_100"] = await fleet(dsn, 100, duration)
-        result["fleet_1000"] = await fleet(dsn, 1000, duration)
+        result["fleet_1000"] = await fleet(dsn, 1000, duration, runs=3)
+        result["fleet_2000"] = await fleet(dsn, 2000, duration)
     return result
 
 
