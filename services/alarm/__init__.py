@@ -49,7 +49,7 @@ def _notifier(runtime: Runtime) -> Worker:
     # Next to the engine: attempts the webhook and e-mail deliveries queued with each transition.
     from services.alarm.notify import notifier_of
 
-    return notifier_of(runtime.pool, runtime.config.env, runtime.config.server.port)
+    return notifier_of(runtime.pool, runtime.config.env)
 
 
 # The gRPC services this domain serves (services/catalog.py hosts them) and the engine.

@@ -41,7 +41,9 @@ class NotifyConfig:
     EMMA_ALARM_RETRY_MAX_S: a failed attempt is retried after base * 2^(attempt-1) seconds, capped.
     smtp_*: EMMA_ALARM_SMTP_HOST (empty: no e-mail channels), _PORT, _FROM, _STARTTLS, _USERNAME,
     _PASSWORD. command_target: EMMA_ALARM_COMMAND_TARGET, CommandService's address for
-    SendAlarmCommand (default: this process's own gRPC port)."""
+    SendAlarmCommand; empty (the default): the address this process's own server is bound to, found
+    when first needed (services/alarm/commands.py), since a configured port of 0 or a server config
+    other than EMMA_GRPC_PORT's says nothing about where the server really listens."""
 
     webhook_private: bool = False
     webhook_timeout_s: float = 10.0
@@ -57,7 +59,7 @@ class NotifyConfig:
     command_target: str = ""
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], grpc_port: int = 50051) -> NotifyConfig:
+    def from_env(cls, env: Mapping[str, str]) -> NotifyConfig:
         err = AlarmConfigError
         private = env.get("EMMA_ALARM_WEBHOOK_PRIVATE", "refuse").strip().lower()
         if private not in ("allow", "refuse"):
@@ -79,7 +81,7 @@ class NotifyConfig:
             smtp_starttls=env_flag(env, "EMMA_ALARM_SMTP_STARTTLS", cls.smtp_starttls, err),
             smtp_username=username,
             smtp_password=password,
-            command_target=env.get("EMMA_ALARM_COMMAND_TARGET", "").strip() or f"127.0.0.1:{grpc_port}",
+            command_target=env.get("EMMA_ALARM_COMMAND_TARGET", "").strip(),
         )
 
     def retry_delay_s(self, attempts: int) -> float:

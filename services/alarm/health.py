@@ -36,10 +36,19 @@ SOC_HISTORY_SAMPLES = 20_000
 # ALARM_HISTORY 5 (a device that keeps alarming is not healthy even when it is quiet right now).
 OPEN_CRITICAL_COST, OPEN_WARNING_COST, RAISED_COST = 40.0, 20.0, 5.0
 ALARM_HISTORY = dt.timedelta(days=7)
+# Round-trip efficiency over EFFICIENCY_WINDOW from the battery's ActivePower (positive discharging)
+# and, when reported, StoredEnergy: full marks from EFFICIENCY_GOOD, none at EFFICIENCY_POOR or below.
+# Judged only once at least EFFICIENCY_MIN_WH went in and came out: a battery that hardly cycled says
+# nothing about its losses. Two samples further apart than EFFICIENCY_MAX_GAP are a gap, not a step.
+EFFICIENCY_WINDOW = dt.timedelta(hours=24)
+EFFICIENCY_SAMPLES = 50_000
+EFFICIENCY_GOOD, EFFICIENCY_POOR = 0.90, 0.70
+EFFICIENCY_MIN_WH = 100.0
+EFFICIENCY_MAX_GAP = dt.timedelta(minutes=5)
 # An edge counts as reporting when its newest batch arrived within this.
 EDGE_REPORTING = dt.timedelta(minutes=5)
 
-BATTERY_WEIGHTS = {"data_freshness": 0.2, "alarms": 0.3, "temperature": 0.2, "soc_window": 0.3}
+BATTERY_WEIGHTS = {"data_freshness": 0.15, "alarms": 0.25, "temperature": 0.2, "soc_window": 0.2, "efficiency": 0.2}
 DEVICE_WEIGHTS = {"data_freshness": 0.4, "alarms": 0.6}
 SITE_WEIGHTS = {"devices": 0.5, "worst_device": 0.3, "edges_reporting": 0.2}
 TEMPERATURE_CHANNELS = ("CellTemperature", "Temperature", "CellTemperatureMax")
@@ -68,6 +77,52 @@ def temperature_score(celsius: float) -> float:
 def soc_window_score(socs: Sequence[float]) -> float:
     outside = sum(1 for s in socs if s < SOC_LOW or s > SOC_HIGH)
     return 100.0 * (1 - outside / len(socs))
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """energy_in_wh: AC energy charged; energy_out_wh: AC energy discharged; stored_change_wh: StoredEnergy
+    at the end minus at the start (0 when not reported); ratio: see round_trip_efficiency."""
+
+    energy_in_wh: float
+    energy_out_wh: float
+    stored_change_wh: float
+    ratio: float
+
+
+def round_trip_efficiency(
+    power: Sequence[tuple[dt.datetime, float]], stored: Sequence[tuple[dt.datetime, float]] = ()
+) -> Efficiency | None:
+    """Energy out / energy in over the samples, None when too little energy moved to tell.
+
+    E_in and E_out integrate ActivePower (W, positive discharging) held from each sample to the next
+    (a gap longer than EFFICIENCY_MAX_GAP is not integrated): E_in the charging part, E_out the
+    discharging part, in Wh. A window rarely starts and ends at the same state of charge, so the change
+    of StoredEnergy within it, dE, is settled first: energy left in the battery counts as come out
+    (ratio = (E_out + dE) / E_in when dE >= 0), energy taken from what was stored before counts as gone
+    in (ratio = E_out / (E_in - dE) when dE < 0). With dE = 0 this is E_out / E_in exactly."""
+    e_in = e_out = 0.0
+    for (t0, p), (t1, _) in zip(power, power[1:], strict=False):
+        span = t1 - t0
+        if span > EFFICIENCY_MAX_GAP:
+            continue
+        wh = p * span.total_seconds() / 3600
+        if wh >= 0:
+            e_out += wh
+        else:
+            e_in -= wh
+    inside = [v for t, v in stored if power and power[0][0] <= t <= power[-1][0]]
+    change = inside[-1] - inside[0] if len(inside) >= 2 else 0.0
+    if min(e_in, e_out) < EFFICIENCY_MIN_WH:
+        return None
+    ratio = (e_out + change) / e_in if change >= 0 else e_out / (e_in - change)
+    return Efficiency(e_in, e_out, change, ratio)
+
+
+def efficiency_score(ratio: float) -> float:
+    if ratio >= EFFICIENCY_GOOD:
+        return 100.0
+    return max(0.0, 100.0 * (ratio - EFFICIENCY_POOR) / (EFFICIENCY_GOOD - EFFICIENCY_POOR))
 
 
 def alarm_score(open_critical: int, open_warning: int, raised_recently: int) -> float:
@@ -170,6 +225,22 @@ async def _device_health(conn: Conn, device: _Device, now: dt.datetime) -> pb.He
                 soc_window_score(socs),
                 f"{len(socs)} samples in {SOC_HISTORY.total_seconds() / 3600:g} h, "
                 f"{sum(1 for s in socs if s < SOC_LOW or s > SOC_HIGH)} below {SOC_LOW:g} % or above {SOC_HIGH:g} %",
+            )
+        since = now - EFFICIENCY_WINDOW
+        read = await samples_after(
+            conn,
+            [ChannelCursor(device.pk, f"{d}/ActivePower", since), ChannelCursor(device.pk, f"{d}/StoredEnergy", since)],
+            EFFICIENCY_SAMPLES,
+        )
+        power = [(x.time, x.value) for x in read if x.channel.endswith("/ActivePower")]
+        stored = [(x.time, x.value) for x in read if x.channel.endswith("/StoredEnergy")]
+        eff = round_trip_efficiency(power, stored)
+        if eff is not None:
+            hours = (power[-1][0] - power[0][0]).total_seconds() / 3600
+            factors["efficiency"] = (
+                efficiency_score(eff.ratio),
+                f"{eff.ratio * 100:.1f} % round trip over {hours:.1f} h: {eff.energy_out_wh:.0f} Wh out, "
+                f"{eff.energy_in_wh:.0f} Wh in, stored energy {eff.stored_change_wh:+.0f} Wh",
             )
     return combine(f"{device.name}/health", factors, weights)
 

@@ -292,8 +292,8 @@ class Notifier:
             )
 
 
-def notifier_of(pool: asyncpg.Pool, env: Mapping[str, str] | None, grpc_port: int) -> Notifier:
+def notifier_of(pool: asyncpg.Pool, env: Mapping[str, str] | None) -> Notifier:
     """The worker factory ServiceSpec names: settings from the process's environment."""
     source = env or os.environ
     engine = EngineConfig.from_env(source)
-    return Notifier(pool, NotifyConfig.from_env(source, grpc_port), engine.interval_s, engine.enabled)
+    return Notifier(pool, NotifyConfig.from_env(source), engine.interval_s, engine.enabled)

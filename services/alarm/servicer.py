@@ -90,7 +90,7 @@ class AlarmServicer(alarm_pb2_grpc.AlarmServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._pool = runtime.pool
         self._watchers = _Watchers(runtime.dsn)
-        self._notify = NotifyConfig.from_env(runtime.config.env or os.environ, runtime.config.server.port)
+        self._notify = NotifyConfig.from_env(runtime.config.env or os.environ)
         self._commands = CommandClient(self._notify.command_target)
         self._recommendations = RecommendationConfig.from_env(runtime.config.env or os.environ)
 

@@ -3,6 +3,7 @@ pure scoring and fitting functions on their own."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 import asyncpg
@@ -33,8 +34,28 @@ def test_scores_follow_the_documented_formula() -> None:
     assert health.soc_window_score([50, 50, 99, 2]) == pytest.approx(50)
     assert health.alarm_score(1, 1, 1) == pytest.approx(35) and health.alarm_score(3, 0, 0) == 0
     combined = health.combine("x", {"data_freshness": (100, ""), "alarms": (50, "")}, health.BATTERY_WEIGHTS)
-    # Only the factors with data count, their weights renormalised: 0.2/0.5 * 100 + 0.3/0.5 * 50.
-    assert combined.score == pytest.approx(70) and sum(f.weight for f in combined.factors) == pytest.approx(1)
+    # Only the factors with data count, their weights renormalised: 0.15/0.4 * 100 + 0.25/0.4 * 50.
+    assert combined.score == pytest.approx(68.8) and sum(f.weight for f in combined.factors) == pytest.approx(1)
+
+
+def test_round_trip_efficiency_is_energy_out_over_energy_in_settled_for_stored_energy() -> None:
+    t0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    minutes = [t0 + dt.timedelta(minutes=i) for i in range(61)]
+    # 30 min charging at 2 kW (1,000 Wh in), 30 min discharging at 1.6 kW (800 Wh out).
+    power = [(t, -2000.0 if i < 30 else 1600.0 if i < 60 else 0.0) for i, t in enumerate(minutes)]
+    eff = health.round_trip_efficiency(power)
+    assert eff is not None and (eff.energy_in_wh, eff.energy_out_wh) == pytest.approx((1000, 800))
+    assert eff.ratio == pytest.approx(0.8) and health.efficiency_score(eff.ratio) == pytest.approx(50)
+    # 100 Wh more stored at the end than at the start: counted as come out.
+    eff = health.round_trip_efficiency(power, [(minutes[0], 5000.0), (minutes[60], 5100.0)])
+    assert eff is not None and eff.ratio == pytest.approx(0.9) and health.efficiency_score(0.95) == 100
+    # 200 Wh fewer: taken from the store, counted as gone in.
+    eff = health.round_trip_efficiency(power, [(minutes[0], 5000.0), (minutes[60], 4800.0)])
+    assert eff is not None and eff.ratio == pytest.approx(800 / 1200)
+    # A gap of an hour between two samples is not integrated; too little energy tells nothing.
+    gap = [(t0, -2000.0), (t0 + dt.timedelta(hours=1), 1600.0), (t0 + dt.timedelta(hours=1, minutes=1), 0.0)]
+    assert health.round_trip_efficiency(gap) is None
+    assert health.efficiency_score(0.6) == 0
 
 
 def test_the_line_fit_is_least_squares() -> None:
@@ -91,20 +112,21 @@ async def test_device_and_site_health_projection_and_recommendations(
         code, _, _ = await _error(api.GetDeviceHealth(pb.GetDeviceHealthRequest(name=f"{edge}/devices/nope/health")))
         assert code == grpc.StatusCode.NOT_FOUND
 
-        # Fresh data, no alarms, all samples inside 5..95 %, 45 degC (half marks): 0.2*100+0.3*100+0.2*50+0.3*100.
+        # Fresh data, no alarms, all samples inside 5..95 %, 45 degC (half marks), no power samples (no
+        # efficiency factor, the others renormalised): (0.15*100 + 0.25*100 + 0.2*50 + 0.2*100) / 0.8.
         device_health = await alarm_pb2_grpc.AlarmServiceStub(viewing).GetDeviceHealth(
             pb.GetDeviceHealthRequest(name=f"{device}/health")
         )
         factors = {f.factor: f.score for f in device_health.factors}
         assert factors == {"data_freshness": 100, "alarms": 100, "temperature": 50, "soc_window": 100}
-        assert device_health.score == pytest.approx(90)
+        assert device_health.score == pytest.approx(87.5)
         site_health = await api.GetSiteHealth(pb.GetSiteHealthRequest(name=f"{site}/health"))
         assert {f.factor: f.score for f in site_health.factors} == {
-            "devices": 90,
-            "worst_device": 90,
+            "devices": 87.5,
+            "worst_device": 87.5,
             "edges_reporting": 100,
         }
-        assert site_health.score == pytest.approx(92)
+        assert site_health.score == pytest.approx(90)
 
         # Recommendations: validated, rate-limited per site, decided once.
         def post(**fields: object) -> pb.CreateRecommendationRequest:
@@ -187,4 +209,25 @@ async def test_an_ev_chargers_utilisation_over_the_window(host: Host, db: asyncp
         # Mean 5,500 W of a rated 11,000 W; a car connected in 3 of 4 samples.
         assert projected.charger_utilisation == pytest.approx(0.5) and projected.plugged_share == pytest.approx(0.75)
         assert projected.sample_count == 4 and not projected.HasField("time_to_empty")
+        await stream.close()
+
+
+async def test_a_batterys_efficiency_factor_from_stored_power_and_energy(host: Host, db: asyncpg.Connection) -> None:
+    edge, _, key = await new_edge(db, "efficient")
+    viewer = await grant(db, "acme", "viewer")
+    channels = [("battery_1/ActivePower", "W"), ("battery_1/StoredEnergy", "Wh")]
+    async with host(["edge", "alarm"]) as (server, _), authed_channel(server.port, viewer.token) as channel:
+        stream = EdgeStream(server.port)
+        await stream.send(hello(str(edge), key, channels, devices=[battery_inventory()]))
+        await stream.recv_kind("welcome")
+        # The last hour: 30 min charging 2 kW, 30 min discharging 1.5 kW, 50 Wh more stored at the end.
+        power = [(0, i * 60_000, -2000.0 if i < 30 else 1500.0 if i < 60 else 0.0) for i in range(61)]
+        await _send(stream, 1, time.time() - 3600, [*power, (1, 0, 5000.0), (1, 3_600_000, 5050.0)])
+        found = await alarm_pb2_grpc.AlarmServiceStub(channel).GetDeviceHealth(
+            pb.GetDeviceHealthRequest(name=f"{edge}/devices/battery_1/health")
+        )
+        factor = next(f for f in found.factors if f.factor == "efficiency")
+        # (750 + 50) / 1000 = 0.8: halfway between 0.7 (0 points) and 0.9 (100 points).
+        assert factor.score == pytest.approx(50) and factor.weight > 0
+        assert "80.0 % round trip" in factor.detail and "750 Wh out, 1000 Wh in" in factor.detail
         await stream.close()

@@ -295,3 +295,49 @@ async def test_a_killed_edge_raises_its_offline_alarm_within_the_timeout_and_cle
         )
         assert _kinds(done) == ["RAISED", "CLEARED"]
         await stream.close()
+
+
+async def test_send_command_finds_the_own_servers_bound_port_when_no_target_is_set(
+    host: Host, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hosted on port 0 (tests/support/cloud.py): the port is chosen at bind time, after the servicer
+    # was built, so "127.0.0.1:$EMMA_GRPC_PORT" would be wrong. With no target set, the alarm service
+    # sends through the CommandService of its own process, wherever that server was bound.
+    monkeypatch.delenv("EMMA_ALARM_COMMAND_TARGET", raising=False)
+    edge, _, key = await new_edge(db, "ownport")
+    operator = await grant(db, "acme", "operator")
+    rule = pb.AlarmRule(
+        display_name="battery cell hot",
+        kind=pb.ALARM_RULE_KIND_THRESHOLD,
+        channel=_channel(str(edge), "battery_1/CellTemperature"),
+        levels=pb.ThresholdLevels(warn_high=45),
+        proposed_commands=[pb.ProposedCommand(title="stop charging", channel="SetActivePower", value=0)],
+        enabled=True,
+    )
+    async with host(["edge", "alarm"]) as (server, _), authed_channel(server.port, operator.token) as channel:
+        api = alarm_pb2_grpc.AlarmServiceStub(channel)
+        await api.CreateAlarmRule(pb.CreateAlarmRuleRequest(parent=ACME, alarm_rule_id="own-port", alarm_rule=rule))
+        await _until(lambda: db.fetchval("SELECT count(*) FROM alarm.rule_state WHERE source LIKE '%ownport%'"))
+        stream = await _online(server.port, str(edge), key)
+        await _send(stream, 1, time.time(), [(MAX_CHARGE, 0, 4000.0), (MAX_DISCHARGE, 0, 4000.0), (TEMP, 0, 50.0)])
+        alarm = await _until(
+            lambda: _first(api.ListAlarms(pb.ListAlarmsRequest(parent=ACME, rule=f"{ACME}/alarmRules/own-port")))
+        )
+        # This process serves no CommandService: a clear error, not a connection refused somewhere.
+        code, reason, _ = await _error(
+            api.SendAlarmCommand(pb.SendAlarmCommandRequest(name=alarm.name, request_id=str(uuid.uuid4())))
+        )
+        assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "STATE_CONFLICT")
+        await stream.close()
+    async with (
+        host(["edge", "command", "alarm"]) as (server, _),
+        authed_channel(server.port, operator.token) as channel,
+    ):
+        assert server.port != 50051
+        stream = await _online(server.port, str(edge), key)
+        sent = await alarm_pb2_grpc.AlarmServiceStub(channel).SendAlarmCommand(
+            pb.SendAlarmCommandRequest(name=alarm.name, request_id=str(uuid.uuid4()))
+        )
+        delivered = (await stream.recv_kind("command")).command
+        assert (delivered.name, delivered.channel, delivered.value) == (sent.command, "battery_1/SetActivePower", 0.0)
+        await stream.close()
