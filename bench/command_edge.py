@@ -73,16 +73,20 @@ async def simulated(port: int, edge: str, key: str) -> None:
         call = edge_link_pb2_grpc.EdgeLinkServiceStub(channel).Connect(requests())
         await out.put(hello(edge, key))
 
-        async def limits() -> None:
-            seq = 0
+        async def limits(seq: int) -> None:
             while True:
                 seq += 1
                 await out.put(limits_batch(seq))
                 await asyncio.sleep(1.0)
 
-        task = asyncio.create_task(limits())
+        task: asyncio.Task[None] | None = None
         ready = False
         async for msg in call:
+            if task is None and msg.WhichOneof("message") == "welcome":
+                # Numbered after what the cloud stored from this edge (an earlier process of it): a
+                # batch_seq it has already stored is acknowledged as a duplicate and not stored, and the
+                # limits would go stale.
+                task = asyncio.create_task(limits(msg.welcome.last_stored_batch_seq))
             if not ready and msg.WhichOneof("message") == "telemetry_ack":
                 # Hello (with the inventory) and the first limits are stored: commands can be validated.
                 print("ready", flush=True)
@@ -97,7 +101,8 @@ async def simulated(port: int, edge: str, key: str) -> None:
                             )
                         )
                     )
-        task.cancel()
+        if task is not None:
+            task.cancel()
 
 
 async def daemon(port: int, edge: str, key: str, period_s: float) -> None:

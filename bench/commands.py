@@ -44,6 +44,8 @@ from typing import Any
 import asyncpg
 import grpc
 from emma.command.v1 import command_pb2, command_pb2_grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from bench.harness import BENCH_ENV, cloud_process, database, login, migrate, percentile, summary, write_result
 from bench.ingest import provision, run_generators
@@ -107,6 +109,16 @@ async def fresh_limits(dsn: str, edge: str, timeout_s: float = 60) -> None:
         await conn.close()
 
 
+def error_reason(exc: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a refused call ("" when it has none)."""
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return ""
+
+
 async def open_loop(
     port: int, edge: str, callers: list[list[tuple[str, str]]], samples: int, rate: float
 ) -> tuple[dict[str, list[float]], collections.Counter[str], list[tuple[uuid.UUID, float, float]]]:
@@ -141,7 +153,7 @@ async def open_loop(
             t_done = loop.time()
         except grpc.aio.AioRpcError as exc:
             if i >= WARM_UP:
-                errors[exc.code().name] += 1
+                errors[f"{exc.code().name} {error_reason(exc)}".strip()] += 1
             return
         if final is None or final.state != S.COMMAND_STATE_EXECUTED:
             if i >= WARM_UP:
