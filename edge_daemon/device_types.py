@@ -13,13 +13,14 @@ from zoneinfo import ZoneInfo
 from edge_daemon.devices.base import Device
 from edge_daemon.devices.battery import BatteryParams, SimBattery, parse_battery
 from edge_daemon.devices.ev_charger import EvChargerParams, SimEvCharger, parse_ev_charger
+from edge_daemon.devices.flexible_load import FlexibleLoadParams, SimFlexibleLoad, parse_flexible_load
 from edge_daemon.devices.grid_meter import GridMeterParams, SimGridMeter, parse_grid_meter
 from edge_daemon.devices.load import LoadParams, SimLoad, parse_load
 from edge_daemon.devices.pv import PvParams, SimPvInverter, parse_pv
 from edge_daemon.drivers import factory as drivers
 from edge_daemon.params import ParamReader
 
-SimParams = BatteryParams | PvParams | LoadParams | EvChargerParams | GridMeterParams
+SimParams = BatteryParams | PvParams | LoadParams | EvChargerParams | FlexibleLoadParams | GridMeterParams
 DeviceParams = SimParams | drivers.DriverParams
 
 PARSERS: dict[str, Callable[[ParamReader], DeviceParams]] = {
@@ -27,6 +28,7 @@ PARSERS: dict[str, Callable[[ParamReader], DeviceParams]] = {
     SimPvInverter.type_name: parse_pv,
     SimLoad.type_name: parse_load,
     SimEvCharger.type_name: parse_ev_charger,
+    SimFlexibleLoad.type_name: parse_flexible_load,
     SimGridMeter.type_name: parse_grid_meter,
     **drivers.PARSERS,
 }
@@ -50,6 +52,8 @@ def build_device(device_id: str, params: SimParams, site: SiteContext) -> Device
         return SimLoad(device_id, params, site.timezone)
     if isinstance(params, EvChargerParams):
         return SimEvCharger(device_id, params, site.timezone)
+    if isinstance(params, FlexibleLoadParams):
+        return SimFlexibleLoad(device_id, params, site.timezone)
     return SimGridMeter(device_id, params)
 
 

@@ -5,7 +5,10 @@ A `Schedule` is a list of entries `(channel, start, end, value)` with epoch-seco
 previous one. Entries of one channel must not overlap, so the value at any instant is unambiguous.
 
 Each cycle, every channel with a valid entry gets its value (clamped to the channel's effective limits
-at that moment: the optimizer planned with yesterday's forecast, the BMS decides today). When the
+at that moment: the optimizer planned with yesterday's forecast, the BMS decides today). A channel
+other than the battery setpoint whose entries have ended (a PV inverter's ActivePowerLimit, an EV
+charger's or a flexible load's SetActivePower) is cleared, so a curtailment or a pause never outlives
+the schedule that asked for it. When the
 battery setpoint has no valid entry, because the schedule expired, never arrived or does not cover the
 present, the configured safe mode takes over:
 
@@ -104,6 +107,9 @@ class ScheduleFollower(Controller):
         # any thread and the cycle sees either the old or the new schedule, never a mix.
         self._compiled: _Compiled | None = None
         self.in_safe_mode: bool | None = None
+        # What this follower last wrote to each channel it set, so it can hand a channel back when its
+        # entries end (see _release).
+        self._written: dict[str, float] = {}
 
     @property
     def schedule(self) -> Schedule | None:
@@ -168,6 +174,7 @@ class ScheduleFollower(Controller):
     def step(self, ctx: CycleContext) -> None:
         compiled = self._compiled
         covered = False
+        applied: set[str] = set()
         if compiled is not None:
             for channel in compiled.entries:
                 value = self.active_value(channel, ctx.now)
@@ -175,6 +182,8 @@ class ScheduleFollower(Controller):
                     continue
                 covered |= channel == self.setpoint_channel
                 self._apply(ctx, channel, value)
+                applied.add(channel)
+        self._release(ctx, applied)
         if not covered:
             self._safe_mode(ctx)
         self._report(ctx, not covered)
@@ -184,8 +193,21 @@ class ScheduleFollower(Controller):
             limits = ctx.limits(channel)
         except LimitError:
             safe_write(ctx, channel, None)
+            self._written[channel] = ctx.writes[channel]
             return
         ctx.write(channel, limits.clamp(value))
+        self._written[channel] = ctx.writes[channel]
+
+    def _release(self, ctx: CycleContext, applied: set[str]) -> None:
+        """Hand back every channel the schedule set that no valid entry covers now (the schedule expired,
+        was replaced, or has a gap there): its value is cleared, so the device does what it does
+        unmanaged (a PV inverter without a limit produces all it can, an EV charger or a flexible load
+        without a setpoint runs at full power). A value someone else wrote since (a command's hold) stays.
+        The battery setpoint is never released: the safe mode owns it."""
+        for channel in [c for c in self._written if c not in applied]:
+            value = self._written.pop(channel)
+            if channel != self.setpoint_channel:
+                ctx.store.clear(channel, expected=value)
 
     def _safe_mode(self, ctx: CycleContext) -> None:
         p = self.params

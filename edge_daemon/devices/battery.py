@@ -64,7 +64,9 @@ class SimBattery(Device):
         self.max_discharge_w = params.max_discharge_w
         self._last: float | None = None
         self._channels = (
-            ChannelSpec("Soc", "%", ChannelAccess.READ, "State of charge", 0, 100),
+            # The BMS keeps the charge within min_soc..max_soc, so those are the channel's static limits:
+            # the cloud reads the usable window from them (the optimizer plans inside it).
+            ChannelSpec("Soc", "%", ChannelAccess.READ, "State of charge", params.min_soc, params.max_soc),
             ChannelSpec(
                 "ActivePower",
                 "W",

@@ -27,7 +27,7 @@ from services.names import EdgeName, SiteName
 from services.optimizer.config import MARKET, AssemblyConfig, per_country
 from services.optimizer.inputs import SLOT
 from services.platform.migrations import Conn
-from services.registry import SiteProfile, edge_inventory, edges_of_site, site_profile
+from services.registry import SiteProfile, channel_spec, edge_inventory, edges_of_site, site_profile
 from services.telemetry import latest_value
 
 # The channels the edge drivers declare (edge_daemon/devices/*.py and the SunSpec/CAN drivers).
@@ -36,6 +36,7 @@ SETPOINT = "SetActivePower"  # battery: W, discharging positive; EV charger: W
 ACTIVE_POWER = "ActivePower"  # PV: W, its maximum is the peak power
 PLUGGED = "Plugged"  # EV charger: 1 with a car
 ENERGY_NEEDED = "EnergyNeeded"  # EV charger: Wh the session still needs
+SOC = "Soc"  # battery: %, its static limits are the usable window
 
 
 @dataclass
@@ -153,15 +154,41 @@ async def _battery(
             f"more than {config.soc_max_age_s:.0f} s ago"
         )
         return
-    out.inputs.batteries.append(
-        pb.BatteryInputs(
-            device=name,
-            capacity_wh=stored.max_value,
-            soc_wh=min(max(soc[1], 0.0), stored.max_value),
-            max_charge_w=max(0.0, -setpoint.min_value),
-            max_discharge_w=max(0.0, setpoint.max_value),
-        )
+    capacity = stored.max_value
+    soc_wh = min(max(soc[1], 0.0), capacity)
+    battery = pb.BatteryInputs(
+        device=name,
+        capacity_wh=capacity,
+        soc_wh=soc_wh,
+        max_charge_w=max(0.0, -setpoint.min_value),
+        max_discharge_w=max(0.0, setpoint.max_value),
     )
+    low, high = _soc_window(device, await channel_spec(conn, pk, device.device_id, SOC))
+    if low > 0.0:
+        # A battery measured below its window may stay there (the model lets it not fall further).
+        battery.min_soc_wh = capacity * low / 100.0
+    if high < 100.0:
+        # Nor is one measured above it asked to be back inside by the end of the first slot.
+        battery.max_soc_wh = max(capacity * high / 100.0, soc_wh)
+    out.inputs.batteries.append(battery)
+
+
+def _soc_window(
+    device: edge_link_pb2.DeviceInventoryItem, profile: types_pb2.ChannelSpec | None
+) -> tuple[float, float]:
+    """The usable state-of-charge window of a battery, % of its capacity: the static limits of its `Soc`
+    channel (unit %) as the edge declares it (the simulator: its BMS's min_soc..max_soc) and as the
+    device's registered profile states it, the narrower of both where both say; 0..100 where neither
+    does (the BMS then clamps what the plan cannot do, and the receding horizon re-plans from it)."""
+    low, high = 0.0, 100.0
+    for spec in (_spec(device, SOC), profile):
+        if spec is None or spec.unit != "%":
+            continue
+        if spec.HasField("min_value") and 0.0 <= spec.min_value <= 100.0:
+            low = max(low, spec.min_value)
+        if spec.HasField("max_value") and 0.0 <= spec.max_value <= 100.0:
+            high = min(high, spec.max_value)
+    return (low, high) if low < high else (0.0, 100.0)
 
 
 async def _ev(
@@ -289,14 +316,19 @@ async def assemble(
                 out.missing.append(f"{site}: a PV forecast (pv_power) for {_fmt_slots(start, gaps)}")
             else:
                 pv_forecast = found
-                # The forecast is the site's; each inverter gets its share of the peak power.
+                # The forecast is the site's; each inverter gets its share of the peak power, never
+                # more than its peak (the limit the edge would refuse a curtailment above).
                 total_peak = sum(p.peak_w for p in pvs)
                 for p in pvs:
                     share = p.peak_w / total_peak
-                    # PV curtailment is not sent to the edges (docs/optimizer.md), so the plan may
-                    # not count on it.
+                    # Curtailable: the edge follows a planned ActivePowerLimit (dispatch.py) and lifts
+                    # it when the slot or the schedule ends.
                     out.inputs.pv_arrays.append(
-                        pb.PvInputs(device=p.device, forecast_w=[max(0.0, v) * share for v in found], curtailable=False)
+                        pb.PvInputs(
+                            device=p.device,
+                            forecast_w=[min(p.peak_w, max(0.0, v) * share) for v in found],
+                            curtailable=True,
+                        )
                     )
         # The grid connection's limits as the registry states them; where it states none (0), the bound
         # is what the site's own devices and load can draw or feed in, which no plan can exceed anyway

@@ -6,11 +6,14 @@ schedule follower falls back to its safe mode (self-consumption on the demo site
 
 What is sent, per asset kind (the edge's sign conventions, edge_daemon/devices/):
 - battery: `<device>/SetActivePower` = minus the planned power (the plan counts charging positive,
-  the edge counts discharging positive);
-- EV charger: `<device>/SetActivePower` = the planned charging power.
-PV curtailment and flexible loads are not sent: the edge has no schedule-able channel for a flexible
-load, and a PV limit written by a schedule would stay in force after the schedule ends (the follower
-only writes while an entry is valid), so a curtailed plan would keep curtailing once it expired.
+  the edge counts discharging positive), every slot;
+- EV charger: `<device>/SetActivePower` = the planned charging power, every slot;
+- PV inverter: `<device>/ActivePowerLimit` = the planned production, only in slots the plan curtails
+  (elsewhere the inverter produces all it can: a limit at the forecast would cut a sunnier slot);
+- flexible load: `<device>/SetActivePower` = the planned power, only in the slots of its window (before
+  and after it the load is not the plan's to pause).
+A channel's entries may have gaps; the edge's follower clears a PV limit or a setpoint whose entries
+have ended, so no curtailment or pause outlives its slots or the schedule.
 """
 
 from __future__ import annotations
@@ -28,14 +31,45 @@ SOURCE = "optimizer"
 # hair beyond a device's static limit (5000.0000001 W), which would make the edge refuse the whole
 # schedule; a tenth of a watt is far below any device's resolution.
 _DECIMALS = 1
+# Below this a PV slot counts as not curtailed: the solver's tolerance leaves crumbs that would otherwise
+# limit the inverter at its forecast.
+_CURTAILED_W = 1.0
 
 
-def _setpoints(schedule: pb.AssetSchedule, device: str) -> tuple[str, list[float]] | None:
+def _setpoints(
+    schedule: pb.AssetSchedule, device: str, windows: dict[str, tuple[int, int]]
+) -> tuple[str, list[float | None]] | None:
+    """The channel a planned asset is steered by and its value per slot (None: no entry in that slot)."""
+    values: list[float | None]
     if schedule.kind == pb.ASSET_KIND_BATTERY:
-        return f"{device}/SetActivePower", [0.0 - round(p, _DECIMALS) for p in schedule.power_w]
+        values = [0.0 - round(p, _DECIMALS) for p in schedule.power_w]
+        return f"{device}/SetActivePower", values
     if schedule.kind == pb.ASSET_KIND_EV_CHARGER:
-        return f"{device}/SetActivePower", [max(0.0, round(p, _DECIMALS)) for p in schedule.power_w]
+        values = [max(0.0, round(p, _DECIMALS)) for p in schedule.power_w]
+        return f"{device}/SetActivePower", values
+    if schedule.kind == pb.ASSET_KIND_PV:
+        values = [
+            max(0.0, round(p, _DECIMALS)) if c >= _CURTAILED_W else None
+            for p, c in zip(schedule.power_w, schedule.curtailed_w, strict=True)
+        ]
+        return f"{device}/ActivePowerLimit", values
+    if schedule.kind == pb.ASSET_KIND_FLEXIBLE_LOAD:
+        first, end = windows.get(schedule.asset, (0, len(schedule.power_w)))
+        values = [max(0.0, round(p, _DECIMALS)) if first <= t < end else None for t, p in enumerate(schedule.power_w)]
+        return f"{device}/SetActivePower", values
     return None
+
+
+def _windows(inputs: pb.OptimizationInputs) -> dict[str, tuple[int, int]]:
+    """Each flexible load's window as slot indexes [first, end) of the run."""
+    start = inputs.start_time.ToDatetime()
+    return {
+        f.device: (
+            int((f.window_start_time.ToDatetime() - start) / SLOT),
+            int((f.window_end_time.ToDatetime() - start) / SLOT),
+        )
+        for f in inputs.flexible_loads
+    }
 
 
 def edge_schedule(
@@ -44,12 +78,13 @@ def edge_schedule(
     """The part of `run` that `edge` (organizations/o/sites/s/edges/e) executes, from the slot running
     at `now` on; None when the edge has nothing to do in it or the horizon has ended."""
     prefix = f"{edge}/devices/"
-    channels: list[tuple[str, list[float]]] = []
+    channels: list[tuple[str, list[float | None]]] = []
+    windows = _windows(inputs)
     for s in run.schedules:
         if not s.asset.startswith(prefix):
             continue
-        found = _setpoints(s, s.asset[len(prefix) :])
-        if found is not None:
+        found = _setpoints(s, s.asset[len(prefix) :], windows)
+        if found is not None and any(v is not None for v in found[1]):
             channels.append(found)
     start = inputs.start_time.ToDatetime().replace(tzinfo=now.tzinfo)
     end = start + SLOT * inputs.slot_count
@@ -64,7 +99,11 @@ def edge_schedule(
             edge_link_pb2.ScheduleInterval(
                 start_time=timestamp(slot_start),
                 end_time=timestamp(slot_end),
-                setpoints=[edge_link_pb2.ScheduleSetpoint(channel=c, value=v[t]) for c, v in channels],
+                setpoints=[
+                    edge_link_pb2.ScheduleSetpoint(channel=c, value=value)
+                    for c, v in channels
+                    if (value := v[t]) is not None
+                ],
             )
         )
     return out

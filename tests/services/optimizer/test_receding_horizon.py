@@ -231,6 +231,9 @@ async def test_replicas_take_turns_and_explicit_plans_are_left_alone(
         ({"EMMA_OPTIMIZER_FEED_IN": "DE=lots"}, "EMMA_OPTIMIZER_FEED_IN"),
         ({"EMMA_OPTIMIZER_ZONES": "IT=IT North"}, "EMMA_OPTIMIZER_ZONES"),
         ({"EMMA_OPTIMIZER_EV_DEPARTURE": "7:10"}, "EMMA_OPTIMIZER_EV_DEPARTURE"),
+        ({"EMMA_OPTIMIZER_CARBON_INTENSITY": "DE=-5"}, "EMMA_OPTIMIZER_CARBON_INTENSITY"),
+        ({"EMMA_OPTIMIZER_CARBON_INTENSITY": "DE LU=300"}, "EMMA_OPTIMIZER_CARBON_INTENSITY"),
+        ({"EMMA_OPTIMIZER_CARBON_PRICE_EUR_PER_TONNE": "-1"}, "EMMA_OPTIMIZER_CARBON_PRICE_EUR_PER_TONNE"),
     ],
 )
 def test_bad_configuration_names_the_variable(env: dict[str, str], variable: str) -> None:
@@ -251,3 +254,17 @@ def test_configuration_reads_countries_and_market_feed_in() -> None:
     assert config.prices.vat["ES"] == 0.1 and config.prices.vat["DE"] == 0.19
     assert config.prices.zones["IT"] == "IT-North" and config.prices.zones["DE"] == "DE-LU"
     assert HorizonConfig.from_env({"EMMA_OPTIMIZER_SCHEDULER": "off"}).enabled is False
+
+
+def test_carbon_intensity_by_zone_then_country_then_any() -> None:
+    carbon = AssemblyConfig.from_env(
+        {"EMMA_OPTIMIZER_CARBON_INTENSITY": "DE-LU=370,ES=120,*=250", "EMMA_OPTIMIZER_CARBON_PRICE_EUR_PER_TONNE": "80"}
+    ).carbon
+    assert carbon.intensity("DE-LU", "DE") == 370.0  # the zone's own wins over its country's built-in 381
+    assert carbon.intensity("ES", "ES") == 120.0
+    assert carbon.intensity("FR", "FR") == 56.0  # built in
+    assert carbon.intensity("IT-North", "IT") == 250.0  # the * value
+    assert carbon.price_eur_per_tonne == 80.0
+    default = AssemblyConfig.from_env({}).carbon
+    assert default.intensity("DE-LU", "DE") == 381.0 and default.intensity("ES", "ES") is None
+    assert default.price_eur_per_tonne == 67.0
