@@ -26,7 +26,14 @@ __all__ = [
 # The services this domain may import (their package faces); see docs/architecture.md.
 DEPENDS_ON = ("identity", "registry", "telemetry")
 # The tables (and SQL functions) this domain alone reads and writes; other domains go through this package or its RPCs.
-TABLES = ("app.commands", "app.command_events", "app.fleet_dispatches")
+TABLES = (
+    "app.commands",
+    "app.command_events",
+    "app.fleet_dispatches",
+    "app.create_command",
+    "app.deliver_commands",
+    "app.apply_command_acks",
+)
 
 
 def _command(runtime: Runtime) -> Any:

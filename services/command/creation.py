@@ -3,11 +3,11 @@
 Used by CreateCommand and by fleet dispatch (one child command per edge).
 
 Idempotency (AIP-155) here is the command's own, not the platform's `run_once`: the request_id and
-the request's hash are columns of the command row, unique per edge, written by the one statement
-that also enforces the rate and queue limits. A retry answers with the command as it is *now*
-(its current state and transitions), where `run_once` replays a stored response snapshot; and the
-create path stays one lookup plus one statement (the latency an operator feels), with no second
-table to write in the same transaction.
+the request's hash are columns of the command row, unique per edge, written by the one call
+(app.create_command, migration 0023) that also enforces the rate and queue limits. A retry answers
+with the command as it is *now* (its current state and transitions), where `run_once` replays a
+stored response snapshot; and the create path stays two lookups plus one call (the latency an
+operator feels), with no second table to write in the same transaction.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Callable
 
 import asyncpg
 import grpc
@@ -48,61 +49,69 @@ async def create_one(
     traceparent: str = "",
     fleet_dispatch: uuid.UUID | None = None,
     replica_id: str,
+    on_stored: Callable[[int], None] | None = None,
 ) -> command_pb2.Command:
     """Validate and store one command (also used by fleet dispatch); idempotent on request_id.
 
     Few round trips on purpose (this is the latency an operator feels): the edge with the device's
-    declaration (registry), an earlier command with this request_id, the dynamic limit when the
-    channel has one (telemetry), then one transaction of a lock and one statement.
+    declaration (registry), the dynamic limit when the channel has one (telemetry), then one call of
+    app.create_command (an earlier command with this request_id, or the lock, the limits, the insert,
+    its event and the notification, committed together). `conn` must not be in a transaction: the
+    call's commit is the command's durability. `on_stored(edge_pk)` runs once a new command committed
+    (the local relay delivers it without waiting for the notification's round trip).
     """
     device_id = validation.check_address(channel)
     found = await edge_with_device(conn, edge, device_id)
     if found is None:
         raise not_found(str(edge))
     pk, declaration = found
-    earlier = await conn.fetchrow(_EARLIER, pk, request_id)
-    if earlier is not None:
-        return await _replay(conn, earlier["id"], earlier["request_hash"], digest, request_id)
     now = dt.datetime.now(dt.UTC)
-    validation.check_issued_time(issued or now, now)
-    spec = validation.spec_in_inventory(declaration, channel)
-    validation.check_static(spec, channel, value)
-    await validation.check_dynamic(conn, pk, spec, channel, value, now)
+    try:
+        validation.check_issued_time(issued or now, now)
+        spec = validation.spec_in_inventory(declaration, channel)
+        validation.check_static(spec, channel, value)
+        await validation.check_dynamic(conn, pk, spec, channel, value, now)
+    except ApiError:
+        # A retry of a stored request is answered with its command even when the request would not
+        # pass today (its limits' telemetry went stale since): the earlier command comes first. Only
+        # refusals pay this lookup; the stored path finds the earlier command in create_command.
+        earlier = await conn.fetchrow(_EARLIER, pk, request_id)
+        if earlier is not None:
+            return await _replay(conn, earlier["id"], earlier["request_hash"], digest, request_id)
+        raise
     command_id = uuid.uuid4()
     try:
-        async with conn.transaction():
-            # Serialise this caller's creations so the rate limit counts what concurrent requests
-            # commit (one caller's commands are few per second; other callers are not blocked).
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", creator)
-            stored = await transitions.create_queued(
-                conn,
-                command_id,
-                pk,
-                channel,
-                value,
-                issued or now,
-                ttl,
-                creator=creator,
-                request_id=request_id,
-                digest=digest,
-                fleet_dispatch=fleet_dispatch,
-                traceparent=traceparent,
-                replica_id=replica_id,
-                rate_limit_per_s=validation.RATE_LIMIT_PER_S,
-                queue_cap=validation.QUEUE_CAP,
-            )
-            assert stored is not None
-            if stored["create_time"] is None:
-                raise (
-                    validation.rate_limited()
-                    if stored["rate_n"] >= validation.RATE_LIMIT_PER_S
-                    else (validation.queue_full())
-                )
+        stored = await transitions.create_queued(
+            conn,
+            command_id,
+            pk,
+            channel,
+            value,
+            issued or now,
+            ttl,
+            creator=creator,
+            request_id=request_id,
+            digest=digest,
+            fleet_dispatch=fleet_dispatch,
+            traceparent=traceparent,
+            replica_id=replica_id,
+            rate_limit_per_s=validation.RATE_LIMIT_PER_S,
+            queue_cap=validation.QUEUE_CAP,
+        )
     except asyncpg.UniqueViolationError:
         # The same request_id raced in from a retry on another connection: answer with the first.
-        again = await conn.fetchrow(_EARLIER, pk, request_id)
-        assert again is not None
-        return await _replay(conn, again["id"], again["request_hash"], digest, request_id)
+        stored = await conn.fetchrow(_EARLIER, pk, request_id)
+        assert stored is not None
+        return await _replay(conn, stored["id"], stored["request_hash"], digest, request_id)
+    assert stored is not None
+    if stored["r_earlier_id"] is not None:
+        return await _replay(conn, stored["r_earlier_id"], stored["r_earlier_hash"], digest, request_id)
+    if stored["r_create_time"] is None:
+        raise (
+            validation.rate_limited() if stored["r_rate_n"] >= validation.RATE_LIMIT_PER_S else validation.queue_full()
+        )
+    if on_stored is not None:
+        on_stored(pk)
     record_command_transition(states.QUEUED)  # committed: a replayed request_id returned above
     log.info(
         "command queued",
@@ -116,16 +125,16 @@ async def create_one(
         "state_reason": "",
         "applied_value": None,
         "issued_time": issued or now,
-        "create_time": stored["create_time"],
-        "update_time": stored["create_time"],
-        "expire_time": stored["expire_time"],
+        "create_time": stored["r_create_time"],
+        "update_time": stored["r_create_time"],
+        "expire_time": stored["r_expire_time"],
         "creator": creator,
         "fleet_dispatch": fleet_dispatch,
     }
     event = {
         "from_state": "",
         "to_state": states.QUEUED,
-        "event_time": stored["create_time"],
+        "event_time": stored["r_create_time"],
         "reason": "",
         "message": "",
     }

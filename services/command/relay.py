@@ -13,14 +13,16 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import asyncpg
 from emma.edge.v1 import edge_link_pb2
 
 from core.metrics import record_command_transition
-from services.command import states
-from services.command.transitions import DELIVER_LIMIT, EDGE_CHANNEL, deliver_queued, transition
+from services.command import local, states
+from services.command.local import Change
+from services.command.transitions import DELIVER_LIMIT, EDGE_CHANNEL, Ack, apply_acks, deliver_queued
 from services.platform.notify import Listener
 from services.platform.rpc import timestamp
 
@@ -98,8 +100,13 @@ class CommandRelay:
     async def start(self) -> None:
         await self._listener.start()
         self._poller = asyncio.create_task(self._poll(), name="command-poll")
+        local.hub(self._pool).created = self._created_here
 
     async def stop(self) -> None:
+        hub = local.hub(self._pool)
+        if hub.created == self._created_here:
+            hub.created = None
+            local.leave(self._pool)
         if self._poller:
             self._poller.cancel()
         await self._listener.stop()
@@ -124,6 +131,11 @@ class CommandRelay:
 
     # ---------------------------------------------------------------- delivery
 
+    def _created_here(self, edge_pk: int) -> None:
+        """CreateCommand of this process committed a command for `edge_pk` (its NOTIFY follows)."""
+        if edge_pk in self._sinks:
+            self.trigger(edge_pk)
+
     def _on_notify(self, _channel: str, payload: str) -> None:
         try:
             edge_pk = int(payload)
@@ -146,16 +158,15 @@ class CommandRelay:
             if sink is None:
                 return
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    # Losing DELIVERED in a database crash only means delivering again, which the edge
-                    # deduplicates; so this commit need not wait for the disk.
-                    await conn.execute("SET LOCAL synchronous_commit = off")
+                # One call, committed without waiting for the disk (migration 0023 says why).
+                async with self._pool.acquire() as conn:
                     rows = await deliver_queued(conn, edge_pk, self._replica_id)
             except Exception:
                 log.warning("command delivery failed; the poll retries", exc_info=True)
                 return
             if rows:
                 record_command_transition(states.DELIVERED, len(rows))
+                self._publish(Change(row["id"], states.QUEUED, states.DELIVERED, row["event_time"]) for row in rows)
             for row in rows:
                 log.info("command delivered", extra={"command_id": str(row["id"]), "edge": sink.edge_name})
                 await sink.send(_edge_command(sink.edge_name, row))
@@ -186,30 +197,65 @@ class CommandRelay:
     # ---------------------------------------------------------------- acknowledgements
 
     async def on_ack(self, sink: CommandSink, ack: edge_link_pb2.CommandAck) -> None:
-        to_state = _ACK_TO_STATE.get(ack.status)
-        command_id = _command_id(sink.edge_name, ack.command)
-        if to_state is None or command_id is None:
-            log.warning("malformed command ack ignored", extra={"edge": sink.edge_name, "command": ack.command})
-            return
-        applied = ack.applied_value if to_state == states.EXECUTED else None
-        reason = ack_reason(ack)
-        async with self._pool.acquire() as conn:
-            previous = await transition(
-                conn,
-                command_id,
-                to_state,
-                reason=reason,
-                message=ack.message,
-                applied_value=applied,
-                replica_id=self._replica_id,
+        await self.on_acks(sink, [ack])
+
+    async def on_acks(self, sink: CommandSink, acks: list[edge_link_pb2.CommandAck]) -> None:
+        """Apply an edge's acks, in the order it sent them, in one call (one round trip, one commit)."""
+        batch: list[Ack] = []
+        for ack in acks:
+            to_state = _ACK_TO_STATE.get(ack.status)
+            command_id = _command_id(sink.edge_name, ack.command)
+            if to_state is None or command_id is None:
+                log.warning("malformed command ack ignored", extra={"edge": sink.edge_name, "command": ack.command})
+                continue
+            batch.append(
+                Ack(
+                    command_id,
+                    to_state,
+                    reason=ack_reason(ack),
+                    message=ack.message,
+                    applied_value=ack.applied_value if to_state == states.EXECUTED else None,
+                )
             )
-        extra = {"command_id": str(command_id), "edge": sink.edge_name, "state": to_state, "reason": reason}
-        if previous is None:
-            # Late or repeated (a duplicate delivery, or after edge_timeout): the state machine said no.
-            log.info("command ack did not change the state", extra=extra)
-        else:
-            record_command_transition(to_state)
-            log.info("command acknowledged", extra={**extra, "from_state": previous})
+        if not batch:
+            return
+        async with self._pool.acquire() as conn:
+            applied = await apply_acks(conn, batch, self._replica_id)
+        self._publish(
+            Change(
+                a.ack.command_id,
+                a.from_state,
+                a.ack.to_state,
+                a.event_time,
+                a.ack.reason,
+                a.ack.message,
+                a.applied_value,
+            )
+            for a in applied
+        )
+        changed = {id(a.ack): a for a in applied}
+        for item in batch:
+            extra = {
+                "command_id": str(item.command_id),
+                "edge": sink.edge_name,
+                "state": item.to_state,
+                "reason": item.reason,
+            }
+            done = changed.get(id(item))
+            if done is None:
+                # Late or repeated (a duplicate delivery, or after edge_timeout): the state machine said no.
+                log.info("command ack did not change the state", extra=extra)
+            else:
+                record_command_transition(item.to_state)
+                log.info("command acknowledged", extra={**extra, "from_state": done.from_state})
+
+    def _publish(self, changes: Iterable[Change]) -> None:
+        """Committed transitions, for the WatchCommand streams of this process (if it serves any)."""
+        changed = local.hub(self._pool).changed
+        if changed is None:
+            return
+        for change in changes:
+            changed(change)
 
 
 def _command_id(edge_name: str, name: str) -> uuid.UUID | None:

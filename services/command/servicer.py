@@ -13,10 +13,10 @@ from emma.command.v1 import command_pb2, command_pb2_grpc
 from emma.common.v1 import errors_pb2
 
 from core.metrics import record_command_transition
-from services.command import fleet, states, store, transitions
+from services.command import fleet, local, states, store, transitions
 from services.command.creation import create_one
 from services.command.validation import ttl_of
-from services.command.watch import CommandWatcher
+from services.command.watch import CommandWatcher, advance, already_shown
 from services.command.workers import CommandWorkers
 from services.errors import ApiError, invalid_field, not_found
 from services.identity import caller
@@ -28,6 +28,9 @@ from services.platform.runtime import Runtime
 from services.registry import edges_of_site
 
 log = logging.getLogger("emma.command")
+
+# Edges whose pk CreateCommand found, kept for WatchCommand; cleared when it reaches this size.
+EDGE_PK_CACHE = 10_000
 
 
 def caller_name(context: Context) -> str:
@@ -67,6 +70,7 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
         self._pool = runtime.pool
         self.workers = CommandWorkers(runtime.pool, runtime.replica_id)
         self.watcher = CommandWatcher(runtime.pool, runtime.dsn)
+        self._edge_pks: dict[EdgeName, int] = {}
 
     async def start(self) -> None:
         await self.watcher.start()
@@ -85,6 +89,15 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
         if not request.HasField("command"):
             raise invalid_field("command", "required")
         ttl = ttl_of(request.command.ttl if request.command.HasField("ttl") else None, "command.ttl")
+
+        def stored(edge_pk: int) -> None:
+            self._remember_edge(edge, edge_pk)
+            # The relay of this process (when it holds the edge's stream) delivers now, not when the
+            # notification has gone round the database; other replicas still get the NOTIFY.
+            deliver = local.hub(self._pool).created
+            if deliver is not None:
+                deliver(edge_pk)
+
         async with self._pool.acquire() as conn:
             command = await create_one(
                 conn,
@@ -100,6 +113,7 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
                 digest=request_hash(request.parent, request.command),
                 traceparent=traceparent_of(context),
                 replica_id=self._runtime.replica_id,
+                on_stored=stored,
             )
         return command
 
@@ -153,20 +167,41 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
         edge, command_id = _parse_command_name(request.name)
         async with self.watcher.subscribe(command_id) as changes:
             async with self._pool.acquire() as conn:
-                command = await store.load(conn, command_id)
+                command = await store.load(conn, command_id, known_edge=self._known_edge(edge))
             if command is None or not command.name.startswith(f"{edge}/commands/"):
                 raise not_found(request.name)
             yield command_pb2.WatchCommandResponse(command=command)
-            seen = len(command.transitions)
             while states.from_proto(command.state) not in states.FINAL:
-                await changes.wait_for_change()
-                async with self._pool.acquire() as conn:
-                    latest = await store.load(conn, command_id, edge=edge)
-                assert latest is not None
-                for transition in latest.transitions[seen:]:
-                    yield command_pb2.WatchCommandResponse(command=latest, transition=transition)
-                seen = len(latest.transitions)
-                command = latest
+                local_changes, reread = await changes.wait_for_change()
+                for change in local_changes:
+                    after = advance(command, change)
+                    if after is not None:
+                        command = after
+                        yield command_pb2.WatchCommandResponse(command=command, transition=command.transitions[-1])
+                    elif already_shown(command, change):
+                        changes.forgive()
+                    else:  # a step in between is missing: the database has it
+                        reread = True
+                if reread and states.from_proto(command.state) not in states.FINAL:
+                    seen = len(command.transitions)
+                    async with self._pool.acquire() as conn:
+                        latest = await store.load(conn, command_id, edge=edge)
+                    assert latest is not None
+                    for transition in latest.transitions[seen:]:
+                        yield command_pb2.WatchCommandResponse(command=latest, transition=transition)
+                    command = latest
+
+    def _known_edge(self, edge: EdgeName) -> tuple[EdgeName, int] | None:
+        pk = self._edge_pks.get(edge)
+        return None if pk is None else (edge, pk)
+
+    def _remember_edge(self, edge: EdgeName, pk: int) -> None:
+        """An edge's pk as CreateCommand found it, so WatchCommand can check a command's edge without the
+        registry: pks are never reused, so a command with this pk is this edge's (a stale entry only
+        misses, and the registry is asked)."""
+        if len(self._edge_pks) >= EDGE_PK_CACHE:
+            self._edge_pks.clear()
+        self._edge_pks[edge] = pk
 
     # ------------------------------------------------------------------ cancel
 

@@ -52,12 +52,18 @@ def transition_proto(ev: Any) -> command_pb2.CommandTransition:
 
 
 async def load(
-    conn: Conn, command_id: uuid.UUID, with_events: bool = True, edge: EdgeName | None = None
+    conn: Conn,
+    command_id: uuid.UUID,
+    with_events: bool = True,
+    edge: EdgeName | None = None,
+    known_edge: tuple[EdgeName, int] | None = None,
 ) -> command_pb2.Command | None:
     """The command and its transitions, read in ONE statement so state and history agree.
 
     `edge`: the command's edge when the caller has already established it (WatchCommand reloading the
     command it loaded first), which saves the registry lookup of the edge's name on every transition.
+    `known_edge`: an edge's (name, pk) the caller knows; used when the command's edge has that pk,
+    otherwise the registry names the command's edge.
     """
     row = await conn.fetchrow(
         f"""SELECT {COMMAND_COLUMNS},
@@ -72,6 +78,8 @@ async def load(
     )
     if row is None:
         return None
+    if edge is None and known_edge is not None and known_edge[1] == row["edge_pk"]:
+        edge = known_edge[0]
     if edge is None:
         edge = await edge_name(conn, row["edge_pk"])
     if edge is None:  # the edge is being deleted with its commands

@@ -9,14 +9,16 @@ together or not at all. The channels are named once, here:
   stream delivers them.
 
 The statements: `create_queued` (a new command, QUEUED), `deliver_queued` (QUEUED -> DELIVERED, on
-the edge's stream), `transition` (one command, any allowed step: acks, cancel) and
-`bulk_transition_sql` (the timers' mass steps to FAILED).
+the edge's stream), `apply_acks` (an edge's acks, several in one call), `transition` (one command,
+any allowed step: cancel) and `bulk_transition_sql` (the timers' mass steps to FAILED).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from services.command import states
@@ -31,31 +33,9 @@ def _allowed(to_state: str) -> str:
     return ", ".join(f"'{s}'" for s in sorted(states.PREDECESSORS[to_state]))
 
 
-# Rate and queue checks, the command, its first event and the notification of the replica holding the
-# edge, in one statement (run after the caller's advisory lock, so its snapshot sees every command of
-# this caller that committed before). Nothing is inserted when a limit is reached.
-_CREATE = f"""
-WITH rate AS (
-    SELECT count(*) AS n FROM app.commands WHERE creator = $7 AND create_time > now() - interval '1 second'
-),
-queue AS (
-    SELECT count(*) AS n FROM (SELECT 1 FROM app.commands WHERE edge_pk = $2 AND state = '{states.QUEUED}' LIMIT $14) q
-),
-ins AS (
-    INSERT INTO app.commands (id, edge_pk, channel, value, state, issued_time, expire_time, creator, request_id,
-                              request_hash, fleet_dispatch, traceparent)
-    SELECT $1, $2, $3, $4, '{states.QUEUED}', $5, now() + $6::interval, $7, $8, $9, $10, $11
-    FROM rate, queue WHERE rate.n < $13 AND queue.n < $14
-    RETURNING id, create_time, expire_time
-),
-ev AS (
-    INSERT INTO app.command_events (command_id, from_state, to_state, replica_id)
-    SELECT id, '', '{states.QUEUED}', $12 FROM ins
-)
-SELECT rate.n AS rate_n, queue.n AS queue_n, ins.create_time, ins.expire_time,
-       CASE WHEN ins.id IS NOT NULL THEN pg_notify('{EDGE_CHANNEL}', $2::text) END AS notified
-FROM rate CROSS JOIN queue LEFT JOIN ins ON true
-"""
+# The create and delivery steps and the edges' acks are SQL functions (migration 0023): one call is one
+# round trip and one commit; their comments there say what each guarantees.
+_CREATE = "SELECT * FROM app.create_command($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
 
 
 async def create_queued(
@@ -76,8 +56,12 @@ async def create_queued(
     rate_limit_per_s: int,
     queue_cap: int,
 ) -> Any:
-    """Insert a QUEUED command unless a limit is reached: the row has rate_n, queue_n and, when the
-    command was stored, create_time and expire_time (None when not)."""
+    """Insert a QUEUED command unless this edge has one with `request_id` already or a limit is reached.
+
+    Call it outside a transaction (its own is its commit). The row: r_earlier_id and r_earlier_hash of
+    the earlier command (nothing else done), or r_rate_n, r_queue_n and, when the command was stored,
+    r_create_time and r_expire_time (None when a limit refused it).
+    """
     return await conn.fetchrow(
         _CREATE,
         command_id,
@@ -100,28 +84,61 @@ async def create_queued(
 # How many queued commands one delivery pass takes (oldest first).
 DELIVER_LIMIT = 100
 
-_DELIVER = f"""
-WITH picked AS (
-    SELECT id FROM app.commands
-    WHERE edge_pk = $1 AND state = '{states.QUEUED}' AND expire_time > now()
-    ORDER BY seq FOR UPDATE SKIP LOCKED LIMIT {DELIVER_LIMIT}
-),
-upd AS (
-    UPDATE app.commands c SET state = '{states.DELIVERED}', delivered_time = now(), update_time = now()
-    FROM picked WHERE c.id = picked.id
-    RETURNING c.id, c.seq, c.channel, c.value, c.expire_time, c.create_time, c.traceparent
-),
-ev AS (
-    INSERT INTO app.command_events (command_id, from_state, to_state, replica_id)
-    SELECT id, '{states.QUEUED}', '{states.DELIVERED}', $2 FROM upd
-)
-SELECT upd.*, pg_notify('{EVENTS_CHANNEL}', upd.id::text) FROM upd ORDER BY seq
-"""
+_DELIVER = "SELECT * FROM app.deliver_commands($1, $2, $3)"
 
 
 async def deliver_queued(conn: Conn, edge_pk: int, replica_id: str) -> list[Any]:
-    """Mark up to DELIVER_LIMIT of the edge's unexpired queued commands DELIVERED; returns them, oldest first."""
-    return list(await conn.fetch(_DELIVER, edge_pk, replica_id))
+    """Mark up to DELIVER_LIMIT of the edge's unexpired queued commands DELIVERED; returns them, oldest first
+    (id, seq, channel, value, expire_time, create_time, traceparent, event_time). Its own transaction."""
+    return list(await conn.fetch(_DELIVER, edge_pk, replica_id, DELIVER_LIMIT))
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """One acknowledgement of an edge, as the state change it asks for."""
+
+    command_id: uuid.UUID
+    to_state: str
+    reason: str = ""
+    message: str = ""
+    applied_value: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """An ack that changed its command's state."""
+
+    ack: Ack
+    from_state: str
+    event_time: dt.datetime
+    applied_value: float | None  # the command's applied value after the change
+
+
+_APPLY_ACKS = "SELECT * FROM app.apply_command_acks($1, $2, $3, $4, $5, $6, $7, $8)"
+
+
+async def apply_acks(conn: Conn, acks: Sequence[Ack], replica_id: str) -> list[Applied]:
+    """Apply an edge's acks in order in one call (one round trip, one commit); the ones the state
+    machine refused (late, repeated, unknown command) are left out of the result.
+
+    Only a batch of RECEIVED acks commits without waiting for the disk: a RECEIVED lost in a database
+    crash leaves the command DELIVERED, from which the final ack is still allowed; a final state must
+    not be lost, because the edge sends it only once.
+    """
+    if not acks:
+        return []
+    rows = await conn.fetch(
+        _APPLY_ACKS,
+        [a.command_id for a in acks],
+        [a.to_state for a in acks],
+        [",".join(sorted(states.PREDECESSORS[a.to_state])) for a in acks],
+        [a.reason for a in acks],
+        [a.message for a in acks],
+        [a.applied_value for a in acks],
+        replica_id,
+        any(a.to_state != states.RECEIVED for a in acks),
+    )
+    return [Applied(acks[r["r_ord"] - 1], r["r_from_state"], r["r_event_time"], r["r_applied_value"]) for r in rows]
 
 
 _TRANSITION = f"""

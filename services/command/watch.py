@@ -1,4 +1,13 @@
-"""Fan-out of command state changes to WatchCommand streams: one LISTEN per process, not per stream."""
+"""Fan-out of command state changes to WatchCommand streams: one LISTEN per process, not per stream.
+
+Two sources feed a subscription. A NOTIFY (payload: the command id) says "something changed, re-read";
+it reaches every process. A `Change` from this process's relay (services/command/local.py) carries the
+committed transition itself, so the stream can show it without a round trip to the database and
+without waiting for the NOTIFY; that NOTIFY still arrives afterwards and is then not worth a re-read,
+so each local change holds back one. Whatever a stream cannot place (a change it missed one before) or
+any doubt makes it re-read, and a re-read once a second covers a notification lost while LISTEN
+reconnects.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +18,13 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 
 import asyncpg
+from emma.command.v1 import command_pb2
 
+from services.command import local, states
+from services.command.local import Change
 from services.command.transitions import EVENTS_CHANNEL
 from services.platform.notify import Listener
+from services.platform.rpc import timestamp
 
 # Watchers also re-read on this period, so a notification lost while LISTEN reconnects costs a second.
 FALLBACK_POLL_S = 1.0
@@ -20,26 +33,89 @@ FALLBACK_POLL_S = 1.0
 class Subscription:
     def __init__(self) -> None:
         self._changed = asyncio.Event()
+        self._changes: list[Change] = []
+        self._stale = False
+        # Local changes whose NOTIFY has not arrived yet: that many notifications need no re-read.
+        self._held_back = 0
 
-    def notify(self) -> None:
+    def notify(self, *, force: bool = False) -> None:
+        """A NOTIFY for this command (or, with `force`, the LISTEN connection came back)."""
+        if self._held_back and not force:
+            self._held_back -= 1
+            return
+        self._stale = True
         self._changed.set()
 
-    async def wait_for_change(self) -> None:
+    def publish(self, change: Change) -> None:
+        self._changes.append(change)
+        self._held_back += 1
+        self._changed.set()
+
+    def forgive(self) -> None:
+        """A local change was already shown (a re-read got there first): its NOTIFY came or will; if it
+        came, holding one back would swallow the next one, so do not (at worst one re-read too many)."""
+        self._held_back = max(0, self._held_back - 1)
+
+    async def wait_for_change(self) -> tuple[list[Change], bool]:
+        """The local changes since the last call, and whether the stream must re-read the command."""
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._changed.wait(), FALLBACK_POLL_S)
+        timed_out = not self._changed.is_set()
         self._changed.clear()
+        changes, self._changes = self._changes, []
+        stale, self._stale = self._stale or timed_out, False
+        return changes, stale
+
+
+def advance(command: command_pb2.Command, change: Change) -> command_pb2.Command | None:
+    """The command after `change`, as a re-read would show it; None when `change` is not its next step
+    (already shown, or one before it is missing)."""
+    if states.from_proto(command.state) != change.from_state:
+        return None
+    after = command_pb2.Command()
+    after.CopyFrom(command)
+    after.state = states.to_proto(change.to_state)
+    after.state_reason = change.reason
+    after.applied_value = change.applied_value or 0.0
+    after.update_time.CopyFrom(timestamp(change.time))
+    after.transitions.append(
+        command_pb2.CommandTransition(
+            from_state=states.to_proto(change.from_state),
+            to_state=states.to_proto(change.to_state),
+            transition_time=timestamp(change.time),
+            reason=change.reason,
+            message=change.message,
+        )
+    )
+    return after
+
+
+def already_shown(command: command_pb2.Command, change: Change) -> bool:
+    """States only move forward, so a change to a state no later than the command's is behind it."""
+    return states.ORDER[change.to_state] <= states.ORDER[states.from_proto(command.state)]
 
 
 class CommandWatcher:
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+        self._pool = pool
         self._subs: dict[uuid.UUID, set[Subscription]] = defaultdict(set)
         self._listener = Listener(dsn, [EVENTS_CHANNEL], self._on_notify, self._on_reconnect)
 
     async def start(self) -> None:
         await self._listener.start()
+        local.hub(self._pool).changed = self.publish
 
     async def stop(self) -> None:
+        hub = local.hub(self._pool)
+        if hub.changed == self.publish:
+            hub.changed = None
+            local.leave(self._pool)
         await self._listener.stop()
+
+    def publish(self, change: Change) -> None:
+        """A transition this process committed (the relay's), for the streams watching its command."""
+        for sub in self._subs.get(change.command_id, ()):
+            sub.publish(change)
 
     def _on_notify(self, _channel: str, payload: str) -> None:
         try:
@@ -52,7 +128,7 @@ class CommandWatcher:
     async def _on_reconnect(self) -> None:
         for subs in self._subs.values():
             for sub in subs:
-                sub.notify()
+                sub.notify(force=True)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, command_id: uuid.UUID) -> AsyncIterator[Subscription]:

@@ -10,6 +10,7 @@ limit of unacknowledged batches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -72,6 +73,12 @@ MAX_LOGGED_CHARS = 200
 MAX_COMMAND_NAME_CHARS = 300
 MAX_ACK_REASON_CHARS = 100
 MAX_ACK_MESSAGE_CHARS = 1_000
+# Command acks read but not yet applied, per stream; beyond this the reader waits (backpressure).
+COMMAND_ACK_QUEUE = 1_000
+# At most this many acks in one database call.
+MAX_ACKS_PER_CALL = 100
+# How long the end of a stream waits for its queued command acks to be applied.
+ACK_FLUSH_S = 5.0
 
 
 def clipped(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
@@ -171,6 +178,8 @@ class EdgeSession:
         self._acks: asyncio.Queue[tuple[int, asyncio.Future[int], float, trace.Span] | None] = asyncio.Queue()
         self._drifting = False
         self._closing: asyncio.Task[None] | None = None
+        self._command_acks: asyncio.Queue[edge_link_pb2.CommandAck] = asyncio.Queue(maxsize=COMMAND_ACK_QUEUE)
+        self._command_acker: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ handshake
 
@@ -308,7 +317,9 @@ class EdgeSession:
             log.warning("schedule ack without a schedule relay", extra={"edge": self.edge_name})
 
     async def _on_command_ack(self, ack: edge_link_pb2.CommandAck) -> None:
-        await self._ack_pace.take()  # at most ACKS_PER_SECOND per edge; excess waits, never dropped
+        """Queue the ack for the ack loop: the reader goes on at once, and acks that arrive while one
+        call is applying earlier ones are applied together in the next (RECEIVED and EXECUTED of an
+        edge that answers at once are often one call). When the queue is full the reader waits."""
         if len(ack.command) > MAX_COMMAND_NAME_CHARS:
             log.warning(
                 "command ack with an over-long command name ignored",
@@ -328,10 +339,43 @@ class EdgeSession:
             cleaned.reason = _storable(ack.reason, MAX_ACK_REASON_CHARS)
             cleaned.message = _storable(ack.message, MAX_ACK_MESSAGE_CHARS)
             ack = cleaned
-        if self._relay is not None:
-            await self._relay.on_ack(self, ack)
-        else:
+        if self._relay is None:
             log.warning("command ack without a command relay", extra={"edge": self.edge_name})
+            return
+        if self._command_acker is None:
+            self._command_acker = asyncio.create_task(self._command_ack_loop(), name=f"command-acks-{self.edge_name}")
+        await self._command_acks.put(ack)
+
+    async def _command_ack_loop(self) -> None:
+        """Apply queued command acks in arrival order, all that are waiting in one call, paced at
+        ACKS_PER_SECOND per edge (excess waits, never dropped)."""
+        assert self._relay is not None
+        while True:
+            batch = [await self._command_acks.get()]
+            # One turn of the event loop lets the reader queue an ack that is already read off the wire
+            # (an edge answering at once sends RECEIVED and EXECUTED back to back): one call for both.
+            await asyncio.sleep(0)
+            while len(batch) < MAX_ACKS_PER_CALL and not self._command_acks.empty():
+                batch.append(self._command_acks.get_nowait())
+            for _ in batch:
+                await self._ack_pace.take()
+            try:
+                await self._relay.on_acks(self, batch)
+            except Exception:
+                # The edge sends an ack once; a failed call leaves those commands to the edge timeout
+                # (or to the edge's answer when they are redelivered after a reconnect).
+                log.warning("command acks could not be stored", extra={"edge": self.edge_name}, exc_info=True)
+            finally:
+                for _ in batch:
+                    self._command_acks.task_done()
+
+    async def _flush_command_acks(self, timeout_s: float) -> None:
+        """Wait (bounded) until every queued command ack is applied, then stop the ack loop."""
+        if self._command_acker is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._command_acks.join(), timeout_s)
+        self._command_acker.cancel()
 
     async def _check_clock(self, conn: Conn, offset_ms: float) -> None:
         drifting = abs(offset_ms) > self._config.clock_drift_warn_ms
@@ -380,6 +424,7 @@ class EdgeSession:
                     log.info("edge message not handled", extra={"edge": str(self.identity.name), "kind": kind})
             await self._acks.put(None)
             await acker
+            await self._flush_command_acks(ACK_FLUSH_S)
             await self.outbound.put(_CLOSE)
         except ApiError as exc:
             await self.outbound.put(exc)
@@ -573,6 +618,8 @@ class EdgeSession:
         return self._closing
 
     async def _close(self) -> None:
+        # Acks the edge sent before the stream broke still count: the edge will not send them again.
+        await self._flush_command_acks(ACK_FLUSH_S)
         if self._relay is not None:
             self._relay.detach(self)
         if self._schedules is not None:
