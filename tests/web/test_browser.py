@@ -22,11 +22,13 @@ import json
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import grpc
@@ -67,6 +69,10 @@ HOME_CHANNELS = [
     ("heatpump/ActivePower", "W"),
 ]
 PV, BATTERY, SOC, GRID, MAX_DIS, MAX_CH, HEATPUMP = range(7)
+
+
+class BrowserUsed(UserWarning):
+    """Names the browser the dashboard tests ran in, in the warnings summary of every run."""
 
 
 @dataclass
@@ -380,7 +386,11 @@ async def running_stack(migrated_url: str, tmp_path_factory: pytest.TempPathFact
                         f" ({type(exc).__name__}: {str(exc).splitlines()[0]})"
                     )
                 artifacts = tmp_path_factory.mktemp("dashboard-screenshots")
-                (artifacts / "browser.txt").write_text(f"{executable or 'playwright chromium'} {browser.version}\n")
+                used = f"the system's Chromium {executable}" if executable else "Playwright's own Chromium download"
+                (artifacts / "browser.txt").write_text(f"{used} {browser.version}\n")
+                # A warning is what `make test` shows from its workers whatever passes: which browser ran.
+                note = f"the dashboard tests ran in {used} (version {browser.version})"
+                warnings.warn(BrowserUsed(note), stacklevel=1)
                 dashboard_state.url, dashboard_state.browser, dashboard_state.artifacts = url, browser, artifacts
                 try:
                     yield dashboard_state
@@ -511,6 +521,16 @@ async def test_the_app_fits_a_phone_and_is_installable(dashboard: Dashboard, pag
     overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the site page is {overflow}px wider than a phone's screen"
     await page.screenshot(path=dashboard.artifacts / "site-phone.png", full_page=True)
+    await page.screenshot(path=dashboard.artifacts / "site-phone-light.png")
+    await page.emulate_media(color_scheme="dark")
+    await page.screenshot(path=dashboard.artifacts / "site-phone-dark.png")
+    await page.goto(dashboard.url + "/organizations/acme/alarms")
+    await expect(page.locator("[data-link]").first).to_have_attribute("data-link", "live")
+    await expect(page.locator("li.recommendation").first).to_be_visible()
+    overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the alarms page is {overflow}px wider than a phone's screen"
+    await page.screenshot(path=dashboard.artifacts / "alarms-phone-dark.png", full_page=True)
+    await page.emulate_media(color_scheme="light")
     manifest = await page.evaluate("fetch(document.querySelector('link[rel=manifest]').href).then(r => r.json())")
     assert manifest["display"] == "standalone" and manifest["icons"]
 
@@ -778,6 +798,13 @@ async def test_the_alarms_centre_shows_a_raised_alarm_live_then_acknowledges_and
     await expect(alarm.locator(".advice [data-state]")).to_have_attribute("data-state", "COMMAND_STATE_EXECUTED")
     assert ("battery_1/SetActivePower", 0.0) in [(c.channel, c.value) for c in dashboard.commands]
     await page.screenshot(path=dashboard.artifacts / "alarms.png", full_page=True)
+    # The fleet overview counts it against its site, in the table and the totals.
+    await page.get_by_role("link", name="EMMA fleet overview").click()
+    await expect(page.locator("tr[data-site=home] td[data-alarms]")).to_have_text("1 open")
+    await expect(page.locator("tr[data-site=gw] td[data-alarms]")).to_have_text("none")
+    await expect(page.locator("[data-total=alarms] dd")).to_have_text("1")
+    await page.locator("[data-total=alarms] a").click()
+    await expect(page).to_have_url(f"{dashboard.url}/organizations/acme/alarms")
     await alarm.get_by_label("Shelve for").select_option("8")
     await alarm.get_by_role("button", name="Shelve").click()
     await expect(alarm).to_have_attribute("data-state", "ALARM_STATE_SHELVED")
@@ -814,7 +841,11 @@ async def test_every_page_passes_axe_core_without_serious_violations(dashboard: 
     # bypass_csp: the page's policy admits only its own scripts, and axe-core is injected by the test.
     for scheme in ("light", "dark"):
         context = await dashboard.browser.new_context(
-            locale="en-US", timezone_id="UTC", bypass_csp=True, color_scheme=scheme
+            locale="en-US",
+            timezone_id="UTC",
+            bypass_csp=True,
+            color_scheme=scheme,
+            viewport={"width": 1280, "height": 800},
         )
         context.set_default_timeout(TIMEOUT_MS)
         page = await context.new_page()
@@ -823,16 +854,20 @@ async def test_every_page_passes_axe_core_without_serious_violations(dashboard: 
             await page.goto(dashboard.url + "/")
             await expect(page.get_by_role("heading", name="Log in to EMMA")).to_be_visible()
             found["login"] = await axe_violations(page)
+            await page.screenshot(path=dashboard.artifacts / f"login-{scheme}.png")
             await log_in(page, dashboard.url)
             await expect(page.locator(".map path.site-marker")).to_have_count(3)
             found["fleet"] = await axe_violations(page)
+            await page.screenshot(path=dashboard.artifacts / f"fleet-{scheme}.png")
             await page.goto(dashboard.url + HOME)
             await expect(page.locator("[data-chart=prices] canvas")).to_be_visible()
             await expect(page.locator("tr[data-device=battery_1]")).to_be_visible()
             found["site"] = await axe_violations(page)
+            await page.screenshot(path=dashboard.artifacts / f"site-{scheme}.png")
             await page.goto(dashboard.url + "/organizations/acme/alarms")
             await expect(page.locator("[data-link]").first).to_have_attribute("data-link", "live")
             found["alarms"] = await axe_violations(page)
+            await page.screenshot(path=dashboard.artifacts / f"alarms-{scheme}.png")
         finally:
             await context.close()
         bad = {k: v for k, v in found.items() if v}
@@ -906,3 +941,30 @@ async def test_the_advisory_panel_lists_each_sites_recommendations_and_operators
     await expect(second).to_contain_text("done by phone")
     await expect(advice).to_have_attribute("data-open-recommendations", "0")
     await page.screenshot(path=dashboard.artifacts / "alarms-recommendations.png", full_page=True)
+
+
+async def test_numbers_follow_the_users_locale_and_times_the_sites_time_zone(dashboard: Dashboard) -> None:
+    # A German user in New York looks at a site in Tokyo: German number and date formats, Tokyo's time.
+    async with httpx.AsyncClient(base_url=dashboard.url) as client:
+        r = await client.post("/v1/auth:login", json={"email": USER_EMAIL, "password": USER_PASSWORD})
+        client.headers["authorization"] = f"Bearer {r.json()['accessToken']}"
+        r = await client.patch(
+            "/v1/organizations/acme/sites/gw", params={"updateMask": "timeZone"}, json={"timeZone": "Asia/Tokyo"}
+        )
+        assert r.status_code == 200, r.text
+        r = await client.get("/v1/organizations/acme/sites/gw/latestValues")
+        grid = next(v for v in r.json()["values"] if v["channel"].endswith("/GridPower"))
+    sampled = datetime.fromisoformat(grid["sampleTime"].replace("Z", "+00:00")).astimezone(ZoneInfo("Asia/Tokyo"))
+    context = await dashboard.browser.new_context(locale="de-DE", timezone_id="America/New_York")
+    context.set_default_timeout(TIMEOUT_MS)
+    page = await context.new_page()
+    try:
+        await log_in(page, dashboard.url)
+        await expect(page.locator("tr[data-site=gw]")).to_be_visible()
+        await page.goto(dashboard.url + "/organizations/acme/sites/gw")
+        row = page.locator("table.latest tr").filter(has_text="GridPower")
+        await expect(row).to_contain_text("-1.500 W")  # de-DE: a dot groups thousands
+        await expect(row).to_contain_text(sampled.strftime("%d.%m.%y, %H:%M:%S"))  # Tokyo's wall clock
+        await expect(page.locator(".meta").first).to_contain_text("Asia/Tokyo")
+    finally:
+        await context.close()

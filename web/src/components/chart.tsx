@@ -19,6 +19,8 @@ export interface ChartProps {
   /** The x range shown (epoch seconds); unset: the data's own. */
   xRange?: [number, number] | undefined;
   testId?: string;
+  /** Carried in the chart's User Timing marks' detail (the history's loaded interval, for the bench). */
+  mark?: Record<string, unknown>;
 }
 
 export function cssVar(name: string, fallback: string): string {
@@ -26,13 +28,14 @@ export function cssVar(name: string, fallback: string): string {
   return v || fallback;
 }
 
-export function Chart({ label, series, data, timeZone, bands, height = 240, yLabel, onZoom, xRange, testId }: ChartProps) {
+export function Chart({ label, series, data, timeZone, bands, height = 240, yLabel, onZoom, xRange, testId, mark }: ChartProps) {
   const box = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
   const zoom = useRef(onZoom);
   zoom.current = onZoom;
   const range = useRef(xRange);
   range.current = xRange;
+  const drawnDetail = useRef<Record<string, unknown>>({});
   const shape = series.map((s) => s.label).join("|") + (bands ? `#${bands.length}` : "") + (timeZone ?? "");
 
   useEffect(() => {
@@ -52,6 +55,17 @@ export function Chart({ label, series, data, timeZone, bands, height = 240, yLab
       cursor: { drag: { x: true, y: false, setScale: !onZoom } },
       legend: { live: true },
       hooks: {
+        // User Timing marks (chart:<testId>:data, chart:<testId>:drawn, with the x span drawn): what
+        // bench/dashboard.py reads to time a chart's render in the browser; a few bytes, no cost.
+        draw: [
+          (u) => {
+            if (!testId) return;
+            const xs = u.data[0] ?? [];
+            const spanS = xs.length > 1 ? (xs[xs.length - 1] ?? 0) - (xs[0] ?? 0) : 0;
+            performance.clearMarks(`chart:${testId}:drawn`); // only the latest: a long-open page keeps none
+            performance.mark(`chart:${testId}:drawn`, { detail: { ...drawnDetail.current, points: xs.length, spanS } });
+          },
+        ],
         setSelect: [
           (u) => {
             if (!zoom.current || u.select.width < 4) return;
@@ -77,7 +91,13 @@ export function Chart({ label, series, data, timeZone, bands, height = 240, yLab
   }, [shape, height]);
 
   useEffect(() => {
-    plot.current?.setData(data);
+    if (!plot.current) return;
+    if (testId) {
+      performance.clearMarks(`chart:${testId}:data`);
+      drawnDetail.current = mark ?? {};
+      performance.mark(`chart:${testId}:data`, { detail: { ...drawnDetail.current, points: data[0]?.length ?? 0 } });
+    }
+    plot.current.setData(data);
   }, [data, xRange?.[0], xRange?.[1]]);
 
   return <div class="chart" ref={box} role="img" aria-label={label} data-chart={testId} />;

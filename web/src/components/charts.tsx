@@ -98,6 +98,7 @@ export function HistoryChart({ org, site, channels, timeZone }: { org: string; s
         <Chart
           label={`Power history of ${labels.join(", ")}`}
           testId="history"
+          mark={{ interval: history.loading ? -1 : interval }}
           timeZone={timeZone}
           yLabel="W"
           series={labels.map((label, i) => ({ label, stroke: colour(i), width: 1.5 }))}

@@ -1,6 +1,6 @@
-// Fleet overview: a map and a table of every site of the organization with its state and grid power now. One request per
+// Fleet overview: a map and a table of every site of the organization with its state, open alarms and grid power now. One request per
 // site for edges and latest values; a fleet summary RPC replaces this when fleets get large.
-import { lastSegment, type Site } from "../api";
+import { api, describeError, lastSegment, type Schemas, type Site } from "../api";
 import { gridPowerW, latestValues, listEdges, listSites, siteState, type SiteState } from "../data";
 import * as fmt from "../format";
 import { useLoad } from "../load";
@@ -18,10 +18,39 @@ interface Row {
   flex: Flexibility;
   lastSeen: string | undefined;
   problem: string | undefined;
+  alarms: AlarmCount;
+}
+
+interface AlarmCount {
+  critical: number;
+  total: number;
+}
+
+/** Open alarms per site (shelved ones left out: someone decided they can wait), from one list of the
+ * organization's alarms. */
+async function alarmsPerSite(org: string): Promise<Map<string, AlarmCount>> {
+  const { data, error, response } = await api.GET("/v1/organizations/{organization}/alarms", {
+    params: { path: { organization: org }, query: { pageSize: 1000 } },
+  });
+  if (!data) throw new Error(describeError(error, response));
+  const out = new Map<string, AlarmCount>();
+  for (const a of (data.alarms ?? []) as Schemas["emma.alarm.v1.Alarm"][]) {
+    if (!a.site || a.state === "ALARM_STATE_SHELVED" || a.state === "ALARM_STATE_CLEARED") continue;
+    const c = out.get(a.site) ?? { critical: 0, total: 0 };
+    c.total += 1;
+    if (a.severity === "ALARM_SEVERITY_CRITICAL") c.critical += 1;
+    out.set(a.site, c);
+  }
+  return out;
+}
+
+function alarmWords(c: AlarmCount): string {
+  if (c.total === 0) return "none";
+  return `${c.total} open${c.critical ? `, ${c.critical} critical` : ""}`;
 }
 
 async function fleet(org: string): Promise<Row[]> {
-  const sites = await listSites(org);
+  const [sites, alarms] = await Promise.all([listSites(org), alarmsPerSite(org).catch((e: unknown) => e as Error)]);
   return Promise.all(
     sites.map(async (site): Promise<Row> => {
       const id = lastSegment(site.name);
@@ -29,6 +58,7 @@ async function fleet(org: string): Promise<Row[]> {
       const edgeList = edges.status === "fulfilled" ? edges.value : [];
       const seen = edgeList.map((e) => e.lastSeenTime ?? "").filter(Boolean).sort();
       const problems = [edges, values].filter((r) => r.status === "rejected").map((r) => String((r as PromiseRejectedResult).reason?.message ?? r));
+      if (alarms instanceof Error) problems.push(`alarms: ${alarms.message}`);
       return {
         site,
         id,
@@ -37,6 +67,7 @@ async function fleet(org: string): Promise<Row[]> {
         flex: flexibilityOf(values.status === "fulfilled" ? values.value : []),
         lastSeen: seen[seen.length - 1],
         problem: problems.join("; ") || undefined,
+        alarms: (alarms instanceof Error ? undefined : alarms.get(site.name ?? "")) ?? { critical: 0, total: 0 },
       };
     }),
   );
@@ -51,6 +82,7 @@ export function FleetPage({ org }: { org: string }) {
   const batteries = data.reduce((n, r) => n + r.flex.batteries, 0);
   const upW = data.reduce((n, r) => n + r.flex.upW, 0);
   const downW = data.reduce((n, r) => n + r.flex.downW, 0);
+  const openAlarms = data.reduce((n, r) => n + r.alarms.total, 0);
   const role = roleIn(org);
   const canDispatch = role === "ROLE_OPERATOR" || role === "ROLE_ADMIN";
   return (
@@ -77,6 +109,14 @@ export function FleetPage({ org }: { org: string }) {
               <dt>Grid power now</dt>
               <dd>{withPower.length ? fmt.power(totalW) : "–"}</dd>
             </div>
+            <div data-total="alarms">
+              <dt>Open alarms</dt>
+              <dd>
+                <a href={`/organizations/${org}/alarms`} onClick={onLinkClick}>
+                  {openAlarms}
+                </a>
+              </dd>
+            </div>
             <div data-vpp="up">
               <dt>Flexibility up</dt>
               <dd>{batteries ? fmt.power(upW) : "–"}</dd>
@@ -98,7 +138,9 @@ export function FleetPage({ org }: { org: string }) {
                   lon: r.site.location?.longitudeDeg ?? 0,
                   state: r.state,
                   href: `/organizations/${org}/sites/${r.id}`,
-                  detail: r.gridW === undefined ? "" : `grid ${fmt.power(r.gridW)}`,
+                  detail: [r.gridW === undefined ? "" : `grid ${fmt.power(r.gridW)}`, r.alarms.total ? `alarms ${alarmWords(r.alarms)}` : ""]
+                    .filter(Boolean)
+                    .join(" · "),
                 }))}
             />
           )}
@@ -107,11 +149,12 @@ export function FleetPage({ org }: { org: string }) {
           ) : (
             <div class="table-scroll">
               <table class="sites">
-                <caption class="sr-only">Sites with their state and grid power now</caption>
+                <caption class="sr-only">Sites with their state, open alarms and grid power now</caption>
                 <thead>
                   <tr>
                     <th scope="col">Site</th>
                     <th scope="col">State</th>
+                    <th scope="col">Alarms</th>
                     <th scope="col" class="num">Grid power now</th>
                     <th scope="col">Last seen</th>
                   </tr>
@@ -127,6 +170,9 @@ export function FleetPage({ org }: { org: string }) {
                       </th>
                       <td>
                         <span class={`state state-${r.state.replace(/ /g, "-")}`}>{r.state}</span>
+                      </td>
+                      <td data-alarms={r.alarms.total}>
+                        <span class={r.alarms.critical ? "bad" : r.alarms.total ? "warn" : "meta"}>{alarmWords(r.alarms)}</span>
                       </td>
                       <td class="num">{fmt.power(r.gridW)}</td>
                       <td>{fmt.time(r.lastSeen, r.site.timeZone)}</td>
