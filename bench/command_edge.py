@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -65,7 +66,7 @@ def limits_batch(seq: int) -> edge_link_pb2.ConnectRequest:
 async def simulated(port: int, edge: str, key: str) -> None:
     out: asyncio.Queue[edge_link_pb2.ConnectRequest] = asyncio.Queue()
 
-    async def requests():  # type: ignore[no-untyped-def]
+    async def requests() -> AsyncIterator[edge_link_pb2.ConnectRequest]:
         while True:
             yield await out.get()
 

@@ -169,7 +169,7 @@ async def open_loop(
         await asyncio.gather(*(one(i) for i in range(total)))
     finally:
         for c in channels:
-            await c.close()
+            await c.close(None)
     return latencies, errors, seen
 
 
@@ -244,7 +244,11 @@ async def one_run(
                 result["under_1000_edge_load"] = await line(
                     dsn, port, keys[0]["edge"], callers, args.samples, args.rate
                 )
-                await load
+                # Whether the machine kept up with the fleet meanwhile: its telemetry acks, from when
+                # each batch was due, after the connection storm.
+                acks = [ms for g in await load for t, ms in g["latencies_ms"] if t > 8]
+                result["under_1000_edge_load"]["fleet_ack_p50_ms"] = percentile(acks, 0.5)  # type: ignore[index]
+                result["under_1000_edge_load"]["fleet_ack_p99_ms"] = percentile(acks, 0.99)  # type: ignore[index]
     return result
 
 
@@ -266,7 +270,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "runs": runs,
     }
     for name in ("idle", "edge_daemon", "under_1000_edge_load"):
-        per_run = [r[name] for r in runs if name in r]
+        per_run: list[Any] = [r[name] for r in runs if name in r]
         if per_run:
             # Top-level figures (what bench.run_all reads): the median run's, with the spread.
             result[name] = {
