@@ -954,7 +954,13 @@ async def test_numbers_follow_the_users_locale_and_times_the_sites_time_zone(das
         assert r.status_code == 200, r.text
         r = await client.get("/v1/organizations/acme/sites/gw/latestValues")
         grid = next(v for v in r.json()["values"] if v["channel"].endswith("/GridPower"))
-    sampled = datetime.fromisoformat(grid["sampleTime"].replace("Z", "+00:00")).astimezone(ZoneInfo("Asia/Tokyo"))
+        r = await client.get("/v1/organizations/acme/sites/home/recommendations")
+        advice = r.json()["recommendations"][0]
+
+    def local(iso: str, zone: str) -> str:
+        at = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(ZoneInfo(zone))
+        return at.strftime("%d.%m.%y, %H:%M:%S")  # de-DE: short date, medium time
+
     context = await dashboard.browser.new_context(locale="de-DE", timezone_id="America/New_York")
     context.set_default_timeout(TIMEOUT_MS)
     page = await context.new_page()
@@ -964,7 +970,11 @@ async def test_numbers_follow_the_users_locale_and_times_the_sites_time_zone(das
         await page.goto(dashboard.url + "/organizations/acme/sites/gw")
         row = page.locator("table.latest tr").filter(has_text="GridPower")
         await expect(row).to_contain_text("-1.500 W")  # de-DE: a dot groups thousands
-        await expect(row).to_contain_text(sampled.strftime("%d.%m.%y, %H:%M:%S"))  # Tokyo's wall clock
+        await expect(row).to_contain_text(local(grid["sampleTime"], "Asia/Tokyo"))  # Tokyo's wall clock
         await expect(page.locator(".meta").first).to_contain_text("Asia/Tokyo")
+        # The alarms centre too: a recommendation of site home is dated in home's zone (Europe/Madrid).
+        await page.goto(dashboard.url + "/organizations/acme/alarms")
+        posted = page.locator(f"[data-recommendation='{advice['name'].rsplit('/', 1)[1]}']")
+        await expect(posted).to_contain_text(f"posted {local(advice['createTime'], 'Europe/Madrid')}")
     finally:
         await context.close()

@@ -40,6 +40,7 @@ export function AlarmsPage({ org }: { org: string }) {
   const [sent, setSent] = useState<Record<string, string>>({}); // alarm name -> command name
   const canAct = ["ROLE_OPERATOR", "ROLE_ADMIN"].includes(roleIn(org));
   const sites = useLoad(() => listSites(org), [org]);
+  const zones = new Map((sites.data ?? []).map((s) => [s.name ?? "", s.timeZone]));
 
   const reload = () =>
     listOpen(org).then(
@@ -138,6 +139,7 @@ export function AlarmsPage({ org }: { org: string }) {
         {sorted.map((a) => {
           const id = lastSegment(a.name);
           const site = a.site ? a.site.split("/") : [];
+          const tz = zones.get(a.site ?? ""); // times in the alarm's site's time zone, as on the site page
           return (
             <li key={a.name} class={`alarm sev-${word(a.severity, "ALARM_SEVERITY_")}`} data-alarm={id} data-state={a.state}>
               <div class="alarm-head">
@@ -147,7 +149,7 @@ export function AlarmsPage({ org }: { org: string }) {
               </div>
               <p class="alarm-body">
                 {a.message}
-                {a.value !== undefined && <> · {fmt.number(a.value, a.unit)}</>} · raised {fmt.time(a.raiseTime)}
+                {a.value !== undefined && <> · {fmt.number(a.value, a.unit)}</>} · raised {fmt.time(a.raiseTime, tz)}
                 {site.length >= 4 && (
                   <>
                     {" · "}
@@ -157,7 +159,7 @@ export function AlarmsPage({ org }: { org: string }) {
                   </>
                 )}
                 {a.state === "ALARM_STATE_ACKNOWLEDGED" && a.acknowledgedBy && <> · acknowledged by {a.acknowledgedBy}</>}
-                {a.state === "ALARM_STATE_SHELVED" && <> · shelved until {fmt.time(a.shelveUntilTime)}</>}
+                {a.state === "ALARM_STATE_SHELVED" && <> · shelved until {fmt.time(a.shelveUntilTime, tz)}</>}
               </p>
               {(a.remediationSteps ?? []).length > 0 && (
                 <details>
@@ -200,7 +202,7 @@ export function AlarmsPage({ org }: { org: string }) {
                       </li>
                     ))}
                   </ul>
-                  {sent[a.name ?? ""] && <WatchedCommand name={sent[a.name ?? ""]!} />}
+                  {sent[a.name ?? ""] && <WatchedCommand name={sent[a.name ?? ""]!} timeZone={tz} />}
                 </div>
               )}
               {canAct && (
