@@ -1,7 +1,9 @@
 """`emma up`: the whole stack on one machine.
 
 Embedded PostgreSQL under the state folder (unless DATABASE_URL is set), migrations, every cloud
-service in one gRPC server, the REST gateway in the same process, a demo organization with its admin,
+service in one gRPC server, the REST gateway as a process of its own (`emma gateway`: on a machine
+with two cores the gateway and the services each get one, instead of sharing the core of one
+Python process; the REST API served about half of what it does when split), a demo organization with its admin,
 and two simulated sites whose edge daemons run as separate processes with their own API keys. Ctrl-C
 stops everything; a second run reuses the data, the keys and the edges' outboxes.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import secrets
 import signal
@@ -32,11 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import EmmaError
 from edge_daemon.config import demo_site_dict
 from edge_daemon.private_files import open_private_append, restrict_dir
 from edge_daemon.site_toml import write_site_toml
 from gateway.config import GatewayConfig
-from gateway.server import running_gateway
 from launcher.admin_cli import (
     DEMO_ADMIN,
     DEMO_EDGE,
@@ -144,6 +147,70 @@ async def edge_processes(configs: list[Path], say: Callable[[str], None]) -> Asy
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in procs:
+            try:
+                await asyncio.wait_for(proc.wait(), EDGE_STOP_GRACE_S)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+class GatewayProcessError(EmmaError):
+    """The REST gateway's process did not start."""
+
+
+GATEWAY_START_TIMEOUT_S = 60.0
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(
+    config: GatewayConfig, env: Mapping[str, str], say: Callable[[str], None]
+) -> AsyncIterator[str]:
+    """`emma gateway` in front of `config.target` as a process of its own; yields its base URL.
+
+    Its log lines go where this process's do (stderr). If it stops while the stack runs, `emma up`
+    stops too (the API would be gone while everything else looked fine).
+    """
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    argv = ["--log-level", level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO"]
+    argv += ["gateway", "--target", config.target]
+    argv += ["--host", config.host, "--port", str(config.port)]
+    proc = await asyncio.create_subprocess_exec(
+        EMMA,
+        *argv,
+        # The process environment below the settings (PATH and the like; the settings' EMMA_* win).
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    watcher: asyncio.Task[None] | None = None
+    try:
+        try:
+            line = (await asyncio.wait_for(proc.stdout.readline(), GATEWAY_START_TIMEOUT_S)).decode()
+        except TimeoutError:
+            line = ""
+        if "http://" not in line:
+            raise GatewayProcessError(f"the REST gateway did not start (its process said {line.strip()!r})")
+        base = "http://" + line.split("http://", 1)[1].split()[0]
+
+        async def watch() -> None:
+            assert proc.stdout is not None
+            while await proc.stdout.read(65536):  # drain, so it never blocks on a full pipe
+                pass
+            code = await proc.wait()
+            say(f"emma up: the REST gateway stopped (exit code {code}); stopping")
+            os.kill(os.getpid(), signal.SIGTERM)  # the same clean shutdown as Ctrl-C
+
+        watcher = asyncio.create_task(watch(), name="gateway-watch")
+        say(f"  REST gateway pid {proc.pid}")
+        yield base
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)  # uvicorn drains open connections first
             try:
                 await asyncio.wait_for(proc.wait(), EDGE_STOP_GRACE_S)
             except TimeoutError:
@@ -267,8 +334,7 @@ async def _run_stack(config: PlatformConfig, state_dir: Path, gateway_settings: 
                 _say,
             )
             gateway_config = dataclasses.replace(gateway_settings, target=grpc_address)
-            async with running_gateway(gateway_config) as http_port:
-                base = f"http://{gateway_config.host}:{http_port}"
+            async with gateway_process(gateway_config, config.env, _say) as base:
                 _say(f"emma up: gRPC services on {grpc_address}")
                 for spec in catalog.resolve(["all"]):
                     state = "serving" if spec.factory else "UNIMPLEMENTED"

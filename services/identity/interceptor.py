@@ -2,7 +2,8 @@
 call's outcome to the audit writer (services/identity/call_audit.py).
 
 Order: PlatformInterceptor (errors, tracing) wraps this one, so an ApiError raised here becomes a rich
-status and the audit row carries the call's trace id.
+status and the audit row carries the call's trace id. create_server folds it into the platform
+interceptor (it is a HandlerWrapper): each method is wrapped once, not on every call.
 
 - PUBLIC methods (login, refresh, health, reflection) pass without credentials.
 - EdgeLinkService.Connect is authenticated by the edge API key in its Hello (the servicer checks it);
@@ -40,7 +41,7 @@ from services.identity.context import (
 )
 from services.identity.edge_keys import parse_api_key
 from services.identity.state import AuthState
-from services.platform.interceptors import rewrap_handler
+from services.platform.interceptors import HandlerCache, rewrap_handler
 from services.platform.rpc import Context
 
 Behavior = Callable[..., Any]
@@ -139,6 +140,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, state: AuthState) -> None:
         self.state = state
         self.auditor = CallAuditor(state.pool)
+        self._cache = HandlerCache()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -151,6 +153,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return handler
         method: str = handler_call_details.method
+        keys = (self.wrap_key(method),)
+        cached = self._cache.get(method, handler, keys)
+        if cached is not None:
+            return cached
+        return self._cache.put(method, handler, self.wrap_handler(method, handler), keys)
+
+    def wrap_key(self, method: str) -> object:
+        """The method's policy entry (a cached lookup): its wrapped handler is remade when it changes."""
+        return policy.method_info(method)
+
+    def wrap_handler(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        """The method's handler behind authentication, authorization and the audit (once per method:
+        services/platform/server.py folds this interceptor into the platform's, which reuses it)."""
         info = policy.method_info(method)
         if info is not None and info.access == policy.PUBLIC and not info.mutating:
             return handler  # health and reflection

@@ -4,6 +4,12 @@ HS256: the same deployment issues and verifies every token, nobody else needs to
 symmetric key is one secret to provision (EMMA_JWT_SIGNING_KEY); RS256/EdDSA would only pay off when
 third parties verify tokens without being able to mint them. Verification pins the algorithm, the
 issuer and the audience, and requires exp, iat, sub and sid.
+
+A verified token's claims are kept until the token expires (VerifiedTokens): decoding and checking a
+JWT took about 50 µs of every call, and a client sends the same token for its whole life. What the
+cache holds is only the signature check's result, which cannot change before `exp`; whether the
+session is still good is asked on every call (services/identity/state.py: sessions, dropped by the
+revocation NOTIFY), and forget_session drops a revoked session's tokens as well.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -53,8 +60,66 @@ def sign_access_token(key: bytes, user_id: str, session_id: str, expires: dt.dat
     return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
+MAX_CACHED_TOKENS = 20_000
+
+
+class VerifiedTokens:
+    """Claims of tokens that passed verification, by (verification keys, token), until they expire.
+
+    Only successes are kept (a bad token is decoded again, and refused again, every time). Past its
+    `exp` an entry is never used: the token then goes through jwt.decode, whose leeway and
+    TOKEN_EXPIRED answer stay what they were. Bounded: when full, expired entries go, and if that is
+    not enough, all of them (each costs one decode to come back).
+    """
+
+    def __init__(self, limit: int = MAX_CACHED_TOKENS) -> None:
+        self.limit = limit
+        self._claims: dict[tuple[tuple[bytes, ...], str], tuple[AccessClaims, float]] = {}
+
+    def get(self, keys: tuple[bytes, ...], token: str) -> AccessClaims | None:
+        entry = self._claims.get((keys, token))
+        if entry is None:
+            return None
+        if time.time() >= entry[1]:
+            del self._claims[(keys, token)]
+            return None
+        return entry[0]
+
+    def put(self, keys: tuple[bytes, ...], token: str, claims: AccessClaims) -> None:
+        if len(self._claims) >= self.limit:
+            now = time.time()
+            for key in [k for k, (_, exp) in self._claims.items() if exp <= now]:
+                del self._claims[key]
+            if len(self._claims) >= self.limit:
+                self._claims.clear()
+        self._claims[(keys, token)] = (claims, claims.expires.timestamp())
+
+    def forget_session(self, session_id: str) -> None:
+        """Drop the tokens of a session (revoked): they are checked from scratch if they come again."""
+        for key in [k for k, (c, _) in self._claims.items() if c.session_id == session_id]:
+            del self._claims[key]
+
+    def clear(self) -> None:
+        self._claims.clear()
+
+    def __len__(self) -> int:
+        return len(self._claims)
+
+
+# One per process: the result of verifying a token with given keys is the same for every AuthState.
+verified_tokens = VerifiedTokens()
+
+
 def verify_access_token(keys: tuple[bytes, ...], token: str) -> AccessClaims:
     """The claims of a valid token; UNAUTHENTICATED with TOKEN_INVALID or TOKEN_EXPIRED otherwise."""
+    claims = verified_tokens.get(keys, token)
+    if claims is None:
+        claims = _decode_access_token(keys, token)
+        verified_tokens.put(keys, token, claims)
+    return claims
+
+
+def _decode_access_token(keys: tuple[bytes, ...], token: str) -> AccessClaims:
     last: Exception | None = None
     for key in keys:
         try:

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from core.metrics import configure_metrics, start_metrics_server
 from services.errors import StartupError
 from services.platform.config import ServerConfig
-from services.platform.interceptors import PlatformInterceptor
+from services.platform.interceptors import HandlerWrapper, PlatformInterceptor
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
@@ -49,9 +49,20 @@ def create_server(
 
     `interceptors` run inside the platform interceptor (so their ApiErrors become rich statuses and
     they see the call's trace); cloud processes pass the auth interceptor here (services/cloud.py).
+    The leading ones that are HandlerWrappers (the auth interceptor) are folded into the platform
+    interceptor, which wraps each method once: grpc.aio would ask each interceptor for a new handler
+    on every call.
     """
     config = config or ServerConfig()
-    return grpc.aio.server(interceptors=[PlatformInterceptor(), *interceptors], options=server_options(config))
+    folded: list[HandlerWrapper] = []
+    rest = list(interceptors)
+    while rest:
+        first = rest[0]
+        if not isinstance(first, HandlerWrapper):
+            break
+        folded.append(first)
+        rest.pop(0)
+    return grpc.aio.server(interceptors=[PlatformInterceptor(folded), *rest], options=server_options(config))
 
 
 @dataclass

@@ -13,10 +13,19 @@ from zoneinfo import ZoneInfo
 import grpc
 from emma.common.v1 import errors_pb2
 from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+from google.protobuf import timestamp_pb2
 
 from services.errors import ApiError, invalid_field, not_found
 from services.identity import auth_state_for, caller
-from services.names import EdgeName, Scope, SiteName, channel_resource, parse_channel, parse_scope, parse_site
+from services.names import (
+    EdgeName,
+    Scope,
+    SiteName,
+    channel_resource,
+    parse_channel,
+    parse_scope,
+    parse_site,
+)
 from services.pagination import Page
 from services.platform.rpc import Context, timestamp
 from services.platform.runtime import Runtime
@@ -71,24 +80,33 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
 
     @staticmethod
     def _latest_value(row: dict[str, Any]) -> telemetry_pb2.LatestValue:
-        return telemetry_pb2.LatestValue(
-            channel=_channel_resource(row),
-            value=row["value"],
-            unit=row["unit"],
-            sample_time=timestamp(row["time"]),
-        )
+        value = telemetry_pb2.LatestValue(channel=_channel_resource(row), value=row["value"], unit=row["unit"])
+        _set_timestamp(value.sample_time, row["time"])
+        return value
 
     async def ListLatestValues(
         self, request: telemetry_pb2.ListLatestValuesRequest, context: Context
     ) -> telemetry_pb2.ListLatestValuesResponse:
         scope = parse_scope(request.parent)
         caller(context).require_org(scope.org, resource=request.parent)
-        rows = await self._latest(scope, set(request.channel_ids) or None)
-        if not rows:  # values prove the site exists; only an empty answer needs the check
+        wanted = set(request.channel_ids)
+        # The answer is built straight from the rows (no merged dict per row, the Timestamps set in
+        # place): this is the gateway's most frequent read and 50 values are 50 of each.
+        response = telemetry_pb2.ListLatestValuesResponse()
+        values = response.values
+        async with self._pool.acquire() as conn:
+            edges = await edges_of_site(conn, SiteName(scope.org, scope.site), scope.edge)
+            rows = await latest_of_edges(conn, list(edges), scope.device)
+        for r in rows:
+            address = r["channel"]
+            if wanted and address.split("/", 1)[1] not in wanted:
+                continue
+            value = values.add(channel=channel_resource(edges[r["edge_pk"]], address), value=r["value"], unit=r["unit"])
+            _set_timestamp(value.sample_time, r["time"])
+        if not values:  # values prove the site exists; only an empty answer needs the check
             await self._site_exists(scope.org, scope.site)
-        return telemetry_pb2.ListLatestValuesResponse(
-            values=[self._latest_value(r) for r in rows], read_time=timestamp(dt.datetime.now(dt.UTC))
-        )
+        _set_timestamp(response.read_time, dt.datetime.now(dt.UTC))
+        return response
 
     async def ListChannels(
         self, request: telemetry_pb2.ListChannelsRequest, context: Context
@@ -246,6 +264,19 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
                     average_value=b.value,
                     unit=s["unit"],
                 )
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _set_timestamp(out: timestamp_pb2.Timestamp, value: dt.datetime) -> None:
+    """services.platform.rpc.timestamp into an existing field, by one timedelta: Timestamp.FromDatetime
+    goes through a UTC time tuple and calendar.timegm in Python, and a Timestamp passed to a message's
+    constructor is copied once more. `value` must be timezone-aware (asyncpg's timestamptz is): a
+    naive one raises TypeError rather than being read in some zone."""
+    delta = value - _EPOCH
+    out.seconds = delta.days * 86_400 + delta.seconds
+    out.nanos = delta.microseconds * 1000
 
 
 def _edge_columns(edge: EdgeName) -> dict[str, str]:
