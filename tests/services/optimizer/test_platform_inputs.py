@@ -25,6 +25,7 @@ from emma.common.v1 import types_pb2
 from emma.edge.v1 import edge_link_pb2
 from emma.optimizer.v1 import optimizer_pb2 as pb
 from emma.optimizer.v1 import optimizer_pb2_grpc
+from emma.registry.v1 import registry_pb2, registry_pb2_grpc
 from google.protobuf import duration_pb2
 from grpc_status import rpc_status
 
@@ -117,6 +118,7 @@ def _inventory() -> list[edge_link_pb2.DeviceInventoryItem]:
             device_id="battery_1",
             kind=types_pb2.DEVICE_KIND_BATTERY,
             channels=[
+                _channel("Soc", "%", 10, 95),  # the BMS's window, as the simulator declares it
                 _channel("ActivePower", "W", -5000, 5000),
                 _channel("StoredEnergy", "Wh", 0, 10_000),
                 _channel("SetActivePower", "W", -5000, 5000),
@@ -253,7 +255,45 @@ async def test_a_run_naming_only_its_site_is_assembled_from_the_platform(
         request_id=None,
     )
     operator = await grant(db, "acme", "operator")
-    async with host(["registry", "optimizer"]) as (server, _), authed_channel(server.port, operator.token) as ch:
+    admin = await grant(db, "acme", "admin")
+    async with (
+        host(["registry", "optimizer"]) as (server, _),
+        authed_channel(server.port, operator.token) as ch,
+        authed_channel(server.port, admin.token) as admin_ch,
+    ):
+        if registry:
+            # The battery registered with a profile whose Soc channel states a narrower window than the
+            # edge declares (20..90 % against 10..95 %): the narrower of both is planned with.
+            reg = registry_pb2_grpc.RegistryServiceStub(admin_ch)
+            profile_id = f"bat-{uuid.uuid4().hex[:6]}"
+            await reg.CreateDeviceProfile(
+                registry_pb2.CreateDeviceProfileRequest(
+                    parent=ACME,
+                    device_profile_id=profile_id,
+                    device_profile=registry_pb2.DeviceProfile(
+                        display_name="Battery",
+                        kind=types_pb2.DEVICE_KIND_BATTERY,
+                        channels=[
+                            types_pb2.ChannelSpec(
+                                name="Soc",
+                                unit="%",
+                                access=types_pb2.CHANNEL_ACCESS_READ_ONLY,
+                                min_value=20,
+                                max_value=90,
+                            )
+                        ],
+                    ),
+                )
+            )
+            await reg.CreateDevice(
+                registry_pb2.CreateDeviceRequest(
+                    parent=str(edge),
+                    device_id="battery_1",
+                    device=registry_pb2.Device(
+                        display_name="Battery", device_profile=f"{ACME}/deviceProfiles/{profile_id}"
+                    ),
+                )
+            )
         opt = optimizer_pb2_grpc.OptimizerServiceStub(ch)
         run = await opt.RunOptimization(
             pb.RunOptimizationRequest(parent=ACME, sites=[str(site)], horizon=duration_pb2.Duration(seconds=12 * 3600))
@@ -279,10 +319,16 @@ async def test_a_run_naming_only_its_site_is_assembled_from_the_platform(
         assert list(inputs.sites[0].load_w) == old_load[8:10] + new_load[:-2]
         assert [a.device for a in inputs.pv_arrays] == [f"{edge}/devices/pv_1"]
         assert list(inputs.pv_arrays[0].forecast_w) == pv[8:]
-        assert not inputs.pv_arrays[0].curtailable
+        assert inputs.pv_arrays[0].curtailable  # the edge follows a planned limit (dispatch.py)
         (battery,) = inputs.batteries
         assert (battery.device, battery.capacity_wh, battery.soc_wh) == (f"{edge}/devices/battery_1", 10_000, 4200)
         assert (battery.max_charge_w, battery.max_discharge_w) == (5000, 5000)
+        # The usable window: the Soc channel's static limits (the edge's 10..95 %, or the registered
+        # profile's narrower 20..90 %), so the plan never counts on energy the BMS will not give.
+        window = (2000.0, 9000.0) if registry else (1000.0, 9500.0)
+        assert (battery.min_soc_wh, battery.max_soc_wh) == window and battery.HasField("max_soc_wh")
+        soc = next(s for s in run.schedules if s.kind == pb.ASSET_KIND_BATTERY)
+        assert window[0] - 1e-6 <= min(soc.soc_wh) and max(soc.soc_wh) <= window[1] + 1e-6
         limits = (inputs.sites[0].import_limit_w, inputs.sites[0].export_limit_w)
         if registry:
             assert limits == (7000.0, 3000.0)
@@ -326,7 +372,10 @@ async def test_what_the_platform_lacks_is_listed_and_nothing_is_stored(
     edge, pk = await _site(db, country="FR")  # no FR prices are stored; no FR tariffs configured
     site = edge.site_name
     inventory = _inventory()
-    del inventory[0].channels[1]  # the battery without StoredEnergy: no capacity
+    # The battery without StoredEnergy: no capacity.
+    kept = [c for c in inventory[0].channels if c.name != "StoredEnergy"]
+    del inventory[0].channels[:]
+    inventory[0].channels.extend(kept)
     inventory.append(
         edge_link_pb2.DeviceInventoryItem(
             device_id="battery_2",
