@@ -172,6 +172,13 @@ def _put(doc: dict[str, Any], keys: Sequence[tuple[str, str]], value: Any, name:
 
 def bind_request(route: Route, path_values: dict[str, str], query: Sequence[tuple[str, str]], body: bytes) -> Message:
     """The request message for `route` from the decoded path values, the query items and the body."""
+    if not route.body and not body and not query and all(_plain_string(v.fields) for v in route.variables):
+        # The most common call (GET of a resource or a list by name) needs no JSON document: the
+        # path's strings go straight into their fields, as json_format would put them.
+        request = message_class(route.method.input_type)()
+        for v in route.variables:
+            setattr(request, v.fields[0].name, path_values[v.field_path])
+        return request
     doc = _body_document(route, body)
     _check_json_types(doc, route.method.input_type, "")
     for v in route.variables:
@@ -199,6 +206,11 @@ def bind_request(route: Route, path_values: dict[str, str], query: Sequence[tupl
     except _PARSE_ERRORS as exc:
         raise bad_request("body" if route.body else "request", _parse_message(exc)) from None
     return request
+
+
+def _plain_string(fields: Sequence[d.FieldDescriptor]) -> bool:
+    """A path variable bound to a top-level singular string field."""
+    return len(fields) == 1 and fields[0].type == d.FieldDescriptor.TYPE_STRING and not is_repeated(fields[0])
 
 
 def _check_json_types(value: Any, message: d.Descriptor, path: str) -> None:

@@ -65,11 +65,22 @@ def _fraction(nanos: int, unit: str) -> str:
     return f".{nanos:09d}{unit}"
 
 
+# The date-time text of recent whole seconds: an answer's timestamps are mostly the same few seconds
+# (50 latest values sampled together), and a datetime's isoformat is most of the encoder's time.
+_SECONDS_TEXT: dict[int, str] = {}
+_SECONDS_TEXT_LIMIT = 4096
+
+
 def timestamp_text(message: Any) -> str:
     seconds, nanos = message.seconds, message.nanos
     if not (_TIMESTAMP_MIN_SECONDS <= seconds <= _TIMESTAMP_MAX_SECONDS and 0 <= nanos < _NANOS_PER_SECOND):
         raise _Unprintable
-    return (_EPOCH + datetime.timedelta(seconds=seconds)).isoformat() + _fraction(nanos, "Z")
+    text = _SECONDS_TEXT.get(seconds)
+    if text is None:
+        if len(_SECONDS_TEXT) >= _SECONDS_TEXT_LIMIT:
+            _SECONDS_TEXT.clear()
+        text = _SECONDS_TEXT[seconds] = (_EPOCH + datetime.timedelta(seconds=seconds)).isoformat()
+    return text + _fraction(nanos, "Z")
 
 
 def duration_text(message: Any) -> str:

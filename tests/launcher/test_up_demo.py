@@ -11,6 +11,7 @@ import re
 import signal
 import stat
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -96,6 +97,12 @@ def test_emma_up_creates_the_demo_organization_and_admin(tmp_path: Path) -> None
                 line = proc.wait_for("emma up: demo admin admin@emma.local (password in")
                 assert password not in line  # printed once only
             proc.wait_for("ready; press Ctrl-C to stop")
+            # The REST gateway is a process of its own in front of the services, and answers.
+            gateway_pid = int(proc.wait_for("REST gateway pid ").rsplit(" ", 1)[1])
+            assert gateway_pid != proc.proc.pid
+            base = proc.wait_for("emma up: REST gateway on ").split(" on ", 1)[1].split(" ", 1)[0]
+            with urllib.request.urlopen(f"{base}/healthz", timeout=10) as reply:
+                assert reply.status == 200
             login = _login(port, password)
             assert [(m.name.split("/")[1], m.role) for m in login.user.memberships] == [
                 ("demo", identity_pb2.ROLE_ADMIN)
@@ -112,6 +119,7 @@ def test_emma_up_creates_the_demo_organization_and_admin(tmp_path: Path) -> None
                 _wait_for_file(state / edge / "outbox.sqlite-wal", proc)
         finally:
             assert proc.stop(signal.SIGINT) == 0, "\n".join(proc.lines)
+        assert not Path(f"/proc/{gateway_pid}").exists(), "the gateway outlived emma up"
         private = [state, state / "edge-demo", state / "edge-gw-2"]
         files = [p for folder in private[1:] for p in folder.iterdir()] + [state / "secrets.json"]
         assert {p.name for p in (state / "edge-demo").iterdir()} >= {
