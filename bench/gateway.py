@@ -13,8 +13,8 @@ several client connections (`python -m bench.gateway grpc-load`). Each run measu
 rate open loop (latency from each request's due time: no coordinated omission; every p99 rests on
 thousands of samples), then both closed loop (each client sends when its last answer arrived) for
 the most either path gives at 50 clients. With --profile, py-spy records the services' and the
-gateway's processes during the first open-loop run of each deployment (py-spy on PATH or in the
-venv; raw stacks, read them with `python -m bench.gateway top FILE`).
+gateway's processes during an extra open-loop measurement of each deployment that is not reported
+(py-spy on PATH or in the venv; raw stacks, read them with `python -m bench.gateway top FILE`).
 """
 
 from __future__ import annotations
@@ -226,7 +226,6 @@ async def measure(
     seconds: float,
     rate: float,
     pids: dict[str, int],
-    profile: Path | None,
 ) -> dict[str, object]:
     """One run: gateway and gRPC open loop at `rate`, then both closed loop; CPU of each process."""
     run: dict[str, object] = {}
@@ -237,8 +236,7 @@ async def measure(
         ("grpc_closed", lambda: grpc_run(target, parent, token, seconds, None)),
     ):
         before, wall = process_cpu(pids), time.perf_counter()
-        with profiling(pids, seconds, profile if kind == "gateway_open" else None):
-            run[kind] = await load()
+        run[kind] = await load()
         after, wall = process_cpu(pids), time.perf_counter() - wall
         # Cores each process used meanwhile (the load process's start-up included: a small understatement).
         run[f"{kind}_cpu_cores"] = {k: round((after[k] - before[k]) / wall, 2) for k in after}
@@ -381,13 +379,11 @@ async def bench_deployment(name: str, dsn: str, seconds: float, runs: int, profi
         # Warm up both paths (first calls build caches, channels and encoders).
         await http_run(url, token, 2.0, None)
         await grpc_run(target, site, token, 1.0, None)
-        results = []
-        for i in range(runs):
-            results.append(
-                await measure(
-                    url, target, site, token, seconds, rate, pids, (profile / name) if (profile and i == 0) else None
-                )
-            )
+        if profile is not None:
+            # A measurement of its own, not reported: py-spy's sampling slows the processes it watches.
+            with profiling(pids, seconds, profile / name):
+                await http_run(url, token, seconds, rate)
+        results = [await measure(url, target, site, token, seconds, rate, pids) for _ in range(runs)]
     for r in results:
         for kind in ("gateway_open", "grpc_open", "gateway_closed", "grpc_closed"):
             assert r[kind]["errors"] == 0, (kind, r[kind])  # type: ignore[index]
