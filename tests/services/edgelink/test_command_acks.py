@@ -61,7 +61,9 @@ async def test_a_burst_of_acks_is_applied_in_the_order_the_edge_sent_it(
         await stream.close()
 
 
-async def test_acks_sent_just_before_the_stream_ends_are_applied(host: Host, db: asyncpg.Connection, token: str) -> None:
+async def test_acks_sent_just_before_the_stream_ends_are_applied(
+    host: Host, db: asyncpg.Connection, token: str
+) -> None:
     edge, _, key = await new_edge(db, "acks-close")
     async with host(["edge", "command"]) as (server, _), authed_channel(server.port, token) as ch:
         stub = command_pb2_grpc.CommandServiceStub(ch)
