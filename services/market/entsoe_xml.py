@@ -18,7 +18,8 @@ import contextlib
 import itertools
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 from xml.etree.ElementTree import Element, ParseError, XMLParser
@@ -39,10 +40,14 @@ from services.market.model import (
     MarketDocument,
     PriceSeries,
     Product,
-    Slot,
+    SlotColumns,
     Source,
+    epoch_us,
 )
 from services.market.zones import checked_zone
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 # Every IEC 62325-451 document lives under this namespace family (publication, acknowledgement, GL).
 _NAMESPACE_PREFIX = "urn:iec62325.351:tc57wg16:451-"
@@ -87,12 +92,37 @@ def _check_constructs(data: bytes) -> None:
         scanner.Parse(data, True)
 
 
+# Encodings in which "<!DOCTYPE" is these very bytes (expat reads them itself, without Python codecs).
+_ASCII_COMPATIBLE = frozenset({b"utf-8", b"us-ascii", b"iso-8859-1"})
+_DECLARED_ENCODING = re.compile(rb"""encoding\s*=\s*["']([^"']*)["']""")
+
+
+def _plainly_without_dtd(data: bytes) -> bool:
+    """True when `data` cannot hold a DTD, so neither an entity declaration nor an external reference
+    (both live only in one): it is UTF-8 (or declared in an encoding where ASCII is ASCII) and the
+    bytes "<!DOCTYPE" appear nowhere in it. A single substring search instead of a pass of expat;
+    a document where this cannot be told so simply (UTF-16, another declared encoding, "<!DOCTYPE"
+    anywhere, even in a comment) gets the full check."""
+    body = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    if body[:1] != b"<" or body[1:2] == b"\x00":
+        return False
+    if body.startswith(b"<?xml"):
+        end = body.find(b"?>")
+        if end < 0:
+            return False
+        declared = _DECLARED_ENCODING.search(body, 0, end)
+        if declared is not None and declared.group(1).lower() not in _ASCII_COMPATIBLE:
+            return False
+    return b"<!DOCTYPE" not in body
+
+
 def parse_xml(data: bytes, document: str) -> Element:
     """The root element; DTDs, entity declarations and external references are refused, not expanded.
     The refusal is checked first over the whole document, so the tree is only ever built (by the C
     ElementTree) from a document that has none of them."""
     try:
-        _check_constructs(data)
+        if not _plainly_without_dtd(data):
+            _check_constructs(data)
         parser = XMLParser()
         parser.feed(data)
         root: Element = parser.close()
@@ -120,21 +150,35 @@ class _Reader:
 
     ns: str
     document: str
+    # Each element's children by tag (the first of a tag wins, as find() gives), built once per
+    # element: ENTSO-E's field names hold dots, which sent every find() through the pure-Python
+    # ElementPath. Keyed by id(): the tree, and so every element, lives as long as this Reader.
+    _children: dict[int, dict[str, Element]] = field(default_factory=dict)
+    _names: dict[str, str] = field(default_factory=dict)
 
     def q(self, name: str) -> str:
-        return f"{{{self.ns}}}{name}" if self.ns else name
+        tag = self._names.get(name)
+        if tag is None:
+            tag = self._names[name] = f"{{{self.ns}}}{name}" if self.ns else name
+        return tag
 
     def all(self, el: Element, name: str) -> list[Element]:
         return el.findall(self.q(name))
 
+    def child(self, el: Element, name: str) -> Element | None:
+        kids = self._children.get(id(el))
+        if kids is None:
+            kids = self._children[id(el)] = {c.tag: c for c in reversed(el)}
+        return kids.get(self.q(name))
+
     def text(self, el: Element, name: str, path: str) -> str:
-        child = el.find(self.q(name))
+        child = self.child(el, name)
         if child is None or not (child.text or "").strip():
             raise DocumentError(self.document, f"{path}.{name}" if path else name, "missing")
         return (child.text or "").strip()
 
     def optional(self, el: Element, name: str) -> str | None:
-        child = el.find(self.q(name))
+        child = self.child(el, name)
         if child is None or not (child.text or "").strip():
             return None
         return (child.text or "").strip()
@@ -201,11 +245,47 @@ class _Period:
     start: datetime
     end: datetime
     resolution: timedelta
-    slots: tuple[Slot, ...]
+    starts_us: Sequence[int]  # each slot's start, microseconds since the Unix epoch (SlotColumns)
+    values: list[float]
+
+
+def _plain_points(points: list[Element], position_tag: str, value_tag: str) -> tuple[list[int], list[float]] | None:
+    """Every Point's position and value when the Period is laid out as the platform writes it (each
+    Point exactly a position then a value, plain digits, finite numbers), read with a few sweeps over
+    all of them; None otherwise, for the Point-by-Point reading that names what it refuses."""
+    if not all(len(p) == 2 for p in points):
+        return None
+    first, second = [p[0] for p in points], [p[1] for p in points]
+    n = len(points)
+    if [e.tag for e in first].count(position_tag) != n or [e.tag for e in second].count(value_tag) != n:
+        return None
+    raw_positions, raw_values = [e.text for e in first], [e.text for e in second]
+    if None in raw_positions or None in raw_values:
+        return None
+    digits = "".join(raw_positions)  # type: ignore[arg-type]
+    if not (digits.isascii() and digits.isdigit()) or not 0 < min(map(len, raw_positions)) <= 9:  # type: ignore[arg-type]
+        return None
+    if max(map(len, raw_positions)) > 9:  # type: ignore[arg-type]
+        return None
+    try:
+        values = list(map(float, raw_values))  # type: ignore[arg-type]
+    except ValueError:
+        return None
+    if not all(map(math.isfinite, values)):
+        return None
+    return list(map(int, raw_positions)), values  # type: ignore[arg-type]
+
+
+_chain = itertools.chain.from_iterable
+
+
+def _next(items: list[int]) -> tuple[list[int], list[int]]:
+    """Each item with the one after it (two lists for map)."""
+    return items, items[1:]
 
 
 def _period(r: _Reader, el: Element, path: str, curve: str, value_field: str) -> _Period:
-    interval = el.find(r.q("timeInterval"))
+    interval = r.child(el, "timeInterval")
     if interval is None:
         raise r.error(f"{path}.timeInterval", "missing")
     start = r.time(interval, "start", f"{path}.timeInterval")
@@ -221,11 +301,47 @@ def _period(r: _Reader, el: Element, path: str, curve: str, value_field: str) ->
     points = r.all(el, "Point")
     if len(points) > count:
         raise r.error(f"{path}.Point", f"{len(points)} points do not fit {count} slots of {resolution}")
-    values: dict[int, float] = {}
+    if not points:
+        raise r.error(f"{path}.Point", "a Period without points")
     position_tag, value_tag = r.q("position"), r.q(value_field)
+    plain = _plain_points(points, position_tag, value_tag)
+    if (
+        plain is not None
+        and plain[0][0] >= 1
+        and plain[0][-1] <= count
+        and all(map(int.__lt__, plain[0], plain[0][1:]))
+    ):
+        # Positions within the interval and rising: none repeated, already in order.
+        positions, given = plain
+    else:
+        positions, given = _points(r, points, path, count, position_tag, value_tag, value_field)
+    first, step = epoch_us(start), resolution // _MICROSECOND
+    if curve == "A03":
+        # A03 ("variable sized blocks"): omitted positions repeat the previous point's value up to the
+        # next point or the Period's end. Position 1 must be given: there is nothing before it.
+        if positions[0] != 1:
+            raise r.error(f"{path}.Point", f"curve type A03 starts at position {positions[0]}, not 1")
+        lengths = map(int.__sub__, [*positions[1:], count + 1], positions)
+        values = (
+            given if len(given) == count else list(itertools.chain.from_iterable(map(itertools.repeat, given, lengths)))
+        )
+        starts: Sequence[int] = range(first, first + count * step, step)
+    else:
+        values = given
+        starts = (
+            range(first, first + count * step, step)
+            if len(positions) == count
+            else [first + (p - 1) * step for p in positions]
+        )
+    return _Period(start, end, resolution, starts, values)
+
+
+def _points(
+    r: _Reader, points: list[Element], path: str, count: int, position_tag: str, value_tag: str, value_field: str
+) -> tuple[list[int], list[float]]:
+    """Point by Point: the positions in order with their values, or a DocumentError naming the Point."""
+    values: dict[int, float] = {}
     for i, point in enumerate(points):
-        # The common case read straight off the Point's children (a find per field was most of the
-        # parse); anything unusual goes through the Reader, which names the field it refuses.
         raw_position = raw_value = None
         for child in point:
             if child.tag == position_tag and raw_position is None:
@@ -244,25 +360,12 @@ def _period(r: _Reader, el: Element, path: str, curve: str, value_field: str) ->
         if position in values:
             raise r.error(f"{path}.Point[{i}].position", f"position {position} appears twice")
         values[position] = value
-    if not values:
-        raise r.error(f"{path}.Point", "a Period without points")
     positions = sorted(values)
-    slots: list[Slot] = []
-    if curve == "A03":
-        # A03 ("variable sized blocks"): omitted positions repeat the previous point's value up to the
-        # next point or the Period's end. Position 1 must be given: there is nothing before it.
-        if positions[0] != 1:
-            raise r.error(f"{path}.Point", f"curve type A03 starts at position {positions[0]}, not 1")
-        bounds = [*positions, count + 1]
-        for p, nxt in zip(positions, bounds[1:], strict=True):
-            slots.extend(Slot(start + (q - 1) * resolution, values[p]) for q in range(p, nxt))
-    else:
-        slots = [Slot(start + (p - 1) * resolution, values[p]) for p in positions]
-    return _Period(start, end, resolution, tuple(slots))
+    return positions, [values[p] for p in positions]
 
 
 def _count(r: _Reader, seen: int, period: _Period, path: str) -> int:
-    seen += len(period.slots)
+    seen += len(period.values)
     if seen > MAX_SLOTS:
         raise r.error(path, f"the document holds more than {MAX_SLOTS} slots")
     return seen
@@ -275,13 +378,18 @@ def _curve(r: _Reader, ts: Element, path: str) -> str:
     return curve
 
 
-def _merge(r: _Reader, path: str, slots: list[Slot]) -> tuple[Slot, ...]:
+def _merge(r: _Reader, path: str, periods: list[_Period]) -> SlotColumns:
     """One series' slots in time order; two Periods giving the same slot is a document error."""
-    slots.sort(key=lambda s: s.start)
-    for a, b in itertools.pairwise(slots):
-        if a.start == b.start:
-            raise r.error(path, f"two Periods give the slot at {a.start.isoformat()}")
-    return tuple(slots)
+    if len(periods) == 1:
+        return SlotColumns(periods[0].starts_us, periods[0].values)
+    every = [t for p in periods for t in p.starts_us]
+    given = [v for p in periods for v in p.values]
+    order = sorted(range(len(every)), key=every.__getitem__)
+    starts, values = [every[i] for i in order], [given[i] for i in order]
+    for a, b in itertools.pairwise(starts):
+        if a == b:
+            raise r.error(path, f"two Periods give the slot at {(_EPOCH + a * _MICROSECOND).isoformat()}")
+    return SlotColumns(starts, values)
 
 
 def _domain(r: _Reader, ts: Element, side: str, path: str) -> str:
@@ -294,7 +402,7 @@ def _domain(r: _Reader, ts: Element, side: str, path: str) -> str:
 
 
 def _prices(r: _Reader, root: Element) -> tuple[tuple[PriceSeries, ...], list[_Period]]:
-    groups: dict[tuple[str, Product, int, int, timedelta, str, str], list[Slot]] = {}
+    groups: dict[tuple[str, Product, int, int, timedelta, str, str], list[_Period]] = {}
     periods: list[_Period] = []
     seen = 0
     for t, ts in enumerate(r.all(root, "TimeSeries")):
@@ -320,28 +428,28 @@ def _prices(r: _Reader, root: Element) -> tuple[tuple[PriceSeries, ...], list[_P
             periods.append(period)
             seen = _count(r, seen, period, f"{path}.Period[{p}]")
             key = (zone, product, auction, sequence, period.resolution, currency, unit)
-            groups.setdefault(key, []).extend(period.slots)
+            groups.setdefault(key, []).append(period)
     series = tuple(
         PriceSeries(
             zone=zone,
             product=product,
             resolution=resolution,
-            slots=_merge(r, f"TimeSeries(zone {zone}, sequence {sequence}, {resolution})", slots),
+            slots=_merge(r, f"TimeSeries(zone {zone}, sequence {sequence}, {resolution})", group),
             auction=auction,
             sequence=sequence,
             currency=currency,
             unit=unit,
         )
-        for (zone, product, auction, sequence, resolution, currency, unit), slots in sorted(
+        for (zone, product, auction, sequence, resolution, currency, unit), group in sorted(
             groups.items(), key=lambda kv: (kv[0][0], kv[0][1].value, kv[0][2], kv[0][3], kv[0][4])
         )
     )
     return series, periods
 
 
-def _directed(r: _Reader, root: Element) -> tuple[dict[tuple[str, str, timedelta], tuple[Slot, ...]], list[_Period]]:
+def _directed(r: _Reader, root: Element) -> tuple[dict[tuple[str, str, timedelta], SlotColumns], list[_Period]]:
     """Flows and capacities: one series per direction (out_Domain -> in_Domain) and resolution."""
-    groups: dict[tuple[str, str, timedelta], list[Slot]] = {}
+    groups: dict[tuple[str, str, timedelta], list[_Period]] = {}
     periods: list[_Period] = []
     seen = 0
     for t, ts in enumerate(r.all(root, "TimeSeries")):
@@ -353,9 +461,9 @@ def _directed(r: _Reader, root: Element) -> tuple[dict[tuple[str, str, timedelta
             period = _period(r, el, f"{path}.Period[{p}]", curve, "quantity")
             periods.append(period)
             seen = _count(r, seen, period, f"{path}.Period[{p}]")
-            groups.setdefault((out_zone, in_zone, period.resolution), []).extend(period.slots)
+            groups.setdefault((out_zone, in_zone, period.resolution), []).append(period)
     merged = {
-        key: _merge(r, f"TimeSeries({key[0]} -> {key[1]}, {key[2]})", slots) for key, slots in sorted(groups.items())
+        key: _merge(r, f"TimeSeries({key[0]} -> {key[1]}, {key[2]})", group) for key, group in sorted(groups.items())
     }
     return merged, periods
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Final, TypeVar
@@ -68,7 +69,7 @@ def resample(series: S, step: timedelta) -> S:
     return replace(series, resolution=step, slots=resample_slots(series.slots, series.resolution, step))
 
 
-def resample_slots(slots: tuple[Slot, ...], resolution: timedelta, step: timedelta) -> tuple[Slot, ...]:
+def resample_slots(slots: Sequence[Slot], resolution: timedelta, step: timedelta) -> tuple[Slot, ...]:
     """`resample` on bare slots of the given resolution."""
     if step not in STEPS:
         raise AnalyticsError(f"step {step} is not supported: resample to 15 minutes or 1 hour")
@@ -80,7 +81,7 @@ def resample_slots(slots: tuple[Slot, ...], resolution: timedelta, step: timedel
     return _resample(slots, resolution, step)
 
 
-def _resample(slots: tuple[Slot, ...], resolution: timedelta, step: timedelta) -> tuple[Slot, ...]:
+def _resample(slots: Sequence[Slot], resolution: timedelta, step: timedelta) -> tuple[Slot, ...]:
     step_us = step // _US
     res_us = resolution // _US
     # Per target slot (its index on the grid): the covered microseconds and the value-weighted sum,

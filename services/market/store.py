@@ -33,6 +33,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from services.market.assessment import Assessed, WarningPolicy, assess_stored, day_ahead, upsert_warnings
+from services.market.binary_copy import CopyRows, int2, int4, int8, text
 from services.market.interconnect import BorderWarning
 from services.market.model import (
     CapacitySeries,
@@ -51,6 +53,8 @@ from services.market.model import (
     MarketError,
     PriceSeries,
     Slot,
+    SlotColumns,
+    epoch_us,
 )
 from services.market.resample import AnalyticsError
 
@@ -153,18 +157,17 @@ def _resolution_s(resolution: timedelta, what: str) -> int:
     return int(seconds)
 
 
-def _columns(slots: Sequence[Slot], what: str) -> tuple[list[datetime], list[float]]:
-    starts = [s.start for s in slots]
-    values = [s.value for s in slots]
-    # What the parsers give (UTC, finite) passes in two C-speed sweeps; anything else is looked at
-    # slot by slot below, converted or refused naming the slot.
-    if all(t.tzinfo is UTC for t in starts) and all(map(math.isfinite, values)):
-        return starts, values
-    starts, values = [], []
+def _columns(slots: Sequence[Slot], what: str) -> tuple[Sequence[int], Sequence[float]]:
+    """Starts (microseconds since the Unix epoch) and values of `slots`, every value finite and every
+    start timezone-aware, else a StoreError naming the slot."""
+    if isinstance(slots, SlotColumns) and all(map(math.isfinite, slots.values)):
+        return slots.starts_us, slots.values  # what the ENTSO-E parser gives: nothing per slot
+    starts: list[int] = []
+    values: list[float] = []
     for i, slot in enumerate(slots):
         if not math.isfinite(slot.value):
             raise StoreError(f"{what}: slot {i} ({slot.start.isoformat()}) has the value {slot.value}")
-        starts.append(_aware(slot.start, f"{what}: slot {i}"))
+        starts.append(epoch_us(_aware(slot.start, f"{what}: slot {i}")))
         values.append(slot.value)
     return starts, values
 
@@ -190,8 +193,9 @@ def _span(doc: MarketDocument) -> tuple[datetime, datetime] | None:
     return min(b[0] for b in bounds), max(b[1] for b in bounds)
 
 
-# (table, series identity, delivery start, resolution in seconds, value): what a save compares.
-_Row = tuple[str, tuple[object, ...], datetime, int, float]
+# (table, series identity, delivery start in microseconds since the Unix epoch, resolution in seconds,
+# value): what a save compares.
+_Row = tuple[str, tuple[object, ...], int, int, float]
 PriceIdent = tuple[str, int, int, int, str]  # zone, product, auction, sequence, geography
 
 
@@ -205,10 +209,10 @@ class _Prepared:
     zones: tuple[str, ...]
     span: tuple[datetime, datetime] | None
     created: datetime | None
-    # identity, resolution s, starts, values, currency, unit
-    prices: list[tuple[PriceIdent, int, list[datetime], list[float], str, str]]
-    # table, (out zone, in zone), resolution s, starts, values
-    borders: list[tuple[str, tuple[str, str], int, list[datetime], list[float]]]
+    # identity, resolution s, starts (us since the epoch), values, currency, unit
+    prices: list[tuple[PriceIdent, int, Sequence[int], Sequence[float], str, str]]
+    # table, (out zone, in zone), resolution s, starts (us since the epoch), values
+    borders: list[tuple[str, tuple[str, str], int, Sequence[int], Sequence[float]]]
     old: set[_Row] = field(default_factory=set)
 
     @property
@@ -255,17 +259,18 @@ def _prepare(index: int, doc: MarketDocument) -> _Prepared:
             borders.append((table, (b.out_zone, b.in_zone), res, starts, values))
     created = _aware(doc.created_at, "created_at") if doc.created_at is not None else None
     span = _span(doc)
-    given: list[tuple[str, tuple[object, ...], int, list[datetime]]] = [
+    given: list[tuple[str, tuple[object, ...], int, Sequence[int]]] = [
         ("prices", ident, res, starts) for ident, res, starts, *_ in prices
     ]
     given += [(table, border, res, starts) for table, border, res, starts, _ in borders]
     seen: set[tuple[str, tuple[object, ...], int]] = set()
+    first, last = (epoch_us(span[0]), epoch_us(span[1])) if span is not None else (0, 0)
     for i, (table, ident, res, starts) in enumerate(given):
         # What lets the values be written without an upsert: a document replaces exactly its span.
         if (table, ident, res) in seen:
             raise StoreError(f"{doc.document_id}: two {table} series of {ident} at {res} s; a series is given once")
         seen.add((table, ident, res))
-        if starts and span is not None and (min(starts) < span[0] or max(starts) + timedelta(seconds=res) > span[1]):
+        if len(starts) and span is not None and (min(starts) < first or max(starts) + res * 1_000_000 > last):
             raise StoreError(
                 f"{doc.document_id}: {table} series {i} has slots outside the document's interval"
                 f" {span[0].isoformat()}..{span[1].isoformat()}"
@@ -500,7 +505,7 @@ async def _delete_documents(conn: Conn, docs: list[_Prepared]) -> None:
     )
     await _take(conn, "prices", rows)
     for r in rows:
-        by_n[r[0]].old.add(("prices", (r[2], r[3], r[4], r[5], r[6]), r[7], r[8], r[9]))
+        by_n[r[0]].old.add(("prices", (r[2], r[3], r[4], r[5], r[6]), epoch_us(r[7]), r[8], r[9]))
     for table in ("flows", "capacities"):
         rows = await conn.fetch(
             f"SELECT k.n, {_BORDER_FOUND} FROM unnest($1::int[], $2::text[], $3::text[]) AS k(n, s, i)"
@@ -510,7 +515,7 @@ async def _delete_documents(conn: Conn, docs: list[_Prepared]) -> None:
         )
         await _take(conn, table, rows)
         for r in rows:
-            by_n[r[0]].old.add((table, (r[2], r[3]), r[4], r[5], r[6]))
+            by_n[r[0]].old.add((table, (r[2], r[3]), epoch_us(r[4]), r[5], r[6]))
 
 
 async def _replace(conn: Conn, docs: list[_Prepared]) -> None:
@@ -533,7 +538,7 @@ async def _replace(conn: Conn, docs: list[_Prepared]) -> None:
         )
         await _take(conn, "prices", rows)
         for r in rows:
-            by_n[r[0]].old.add(("prices", (r[2], r[3], r[4], r[5], r[6]), r[7], r[8], r[9]))
+            by_n[r[0]].old.add(("prices", (r[2], r[3], r[4], r[5], r[6]), epoch_us(r[7]), r[8], r[9]))
     for table in ("flows", "capacities"):
         borders = sorted({(n, b[1]) for n, p in by_n.items() for b in p.borders if b[0] == table})
         if not borders:
@@ -552,7 +557,7 @@ async def _replace(conn: Conn, docs: list[_Prepared]) -> None:
         )
         await _take(conn, table, rows)
         for r in rows:
-            by_n[r[0]].old.add((table, (r[2], r[3]), r[4], r[5], r[6]))
+            by_n[r[0]].old.add((table, (r[2], r[3]), epoch_us(r[4]), r[5], r[6]))
 
 
 def _span_of(p: _Prepared) -> tuple[datetime, datetime]:
@@ -560,7 +565,7 @@ def _span_of(p: _Prepared) -> tuple[datetime, datetime]:
     return p.span
 
 
-_PRICE_COLUMNS: Final = (
+PRICE_COLUMNS: Final = (
     "zone",
     "product",
     "auction",
@@ -588,28 +593,38 @@ _BORDER_COLUMNS: Final = (
 
 
 async def _insert(conn: Conn, docs: list[_Prepared]) -> None:
-    """Write every document's slots with COPY, one per table. No slot can meet a stored row: each lies
-    inside its document's span (checked by _prepare), whose rows of the same series were deleted just
-    before, and no two documents of a group share a series over overlapping spans (_waves); were one to
-    meet, the unique key refuses it and the whole call rolls back, never a silent overwrite."""
-    prices = [
-        (*ident, t, res, v, currency, unit, p.source, p.doc.document_id, p.doc.revision)
-        for p in docs
-        for ident, res, starts, values, currency, unit in p.prices
-        for t, v in zip(starts, values, strict=True)
-    ]
-    if prices:
-        await conn.copy_records_to_table("prices", schema_name="market", records=prices, columns=_PRICE_COLUMNS)
-    for table in ("flows", "capacities"):
-        rows = [
-            (out_zone, in_zone, t, res, v, p.source, p.doc.document_id, p.doc.revision)
-            for p in docs
-            for name, (out_zone, in_zone), res, starts, values in p.borders
-            if name == table
-            for t, v in zip(starts, values, strict=True)
-        ]
-        if rows:
-            await conn.copy_records_to_table(table, schema_name="market", records=rows, columns=_BORDER_COLUMNS)
+    """Write every document's slots with a binary COPY per table (services/market/binary_copy.py).
+    No slot can meet a stored row: each lies inside its document's span (checked by _prepare), whose
+    rows of the same series were deleted just before, and no two documents of a group share a series
+    over overlapping spans (_waves); were one to meet, the unique key refuses it and the whole call
+    rolls back, never a silent overwrite."""
+    prices = CopyRows(len(PRICE_COLUMNS))
+    borders = {"flows": CopyRows(len(_BORDER_COLUMNS)), "capacities": CopyRows(len(_BORDER_COLUMNS))}
+    for p in docs:
+        try:
+            after = text(p.source) + text(p.doc.document_id) + int8(p.doc.revision)
+            for (zone, product, auction, sequence, geography), res, starts, values, currency, unit in p.prices:
+                prices.series(
+                    text(zone) + int2(product) + int2(auction) + int4(sequence) + text(geography),
+                    starts,
+                    int4(res),
+                    values,
+                    text(currency) + text(unit) + after,
+                )
+            for table, (out_zone, in_zone), res, starts, values in p.borders:
+                borders[table].series(text(out_zone) + text(in_zone), starts, int4(res), values, after)
+        except (struct.error, OverflowError) as exc:  # a number the column's type cannot hold
+            raise StoreError(f"{p.doc.document_id}: {exc}") from None
+    # asyncpg copies from any buffer (its stubs name only paths, files and async iterables).
+    if prices.rows:
+        await conn.copy_to_table(  # type: ignore[arg-type]
+            "prices", schema_name="market", source=prices.payload(), columns=PRICE_COLUMNS, format="binary"
+        )
+    for table, rows in borders.items():
+        if rows.rows:
+            await conn.copy_to_table(  # type: ignore[arg-type]
+                table, schema_name="market", source=rows.payload(), columns=_BORDER_COLUMNS, format="binary"
+            )
 
 
 async def save_warnings(conn: Conn, warnings: Sequence[BorderWarning]) -> int:
