@@ -50,6 +50,7 @@ from launcher.admin_cli import (
     simulated_pv_system,
 )
 from launcher.market_replay import ReplayServer
+from launcher.open_browser import open_dashboard
 from launcher.ports import check_free
 from launcher.state_lock import hold_state_folder
 from launcher.weather_replay import running_weather_replay
@@ -346,6 +347,7 @@ async def _run_stack(config: PlatformConfig, state_dir: Path, gateway_settings: 
                     where = "embedded" if embedded else "external"
                     _say(f"emma up: database {where}; state in {state_dir}")
                     _say(f"emma up: log in as {DEMO_ADMIN} (see README: the first five minutes)")
+                    open_dashboard(base, DEMO_ADMIN, state_dir, config.env, _say)
                     tune_garbage_collector()
                     await wait_for_shutdown_signal(ready=lambda: _say("emma up: ready; press Ctrl-C to stop"))
         _say("emma up: stopped")

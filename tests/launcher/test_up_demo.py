@@ -82,6 +82,9 @@ def test_emma_up_creates_the_demo_organization_and_admin(tmp_path: Path) -> None
         "EMMA_GATEWAY_PORT": "0",
         "DATABASE_URL": "",
         "EMMA_ADMIN_PASSWORD": "",
+        # No desktop for the test's emma up, even on a developer's machine: no browser window opens.
+        "DISPLAY": "",
+        "WAYLAND_DISPLAY": "",
     }
     password = ""
     for run in (1, 2):
@@ -103,6 +106,10 @@ def test_emma_up_creates_the_demo_organization_and_admin(tmp_path: Path) -> None
             base = proc.wait_for("emma up: REST gateway on ").split(" on ", 1)[1].split(" ", 1)[0]
             with urllib.request.urlopen(f"{base}/healthz", timeout=10) as reply:
                 assert reply.status == 200
+            # `emma up` points at the dashboard with the demo login (no display here: it says so).
+            dashboard = proc.wait_for("emma up: dashboard at ")
+            assert f"at {base}/ (log in as admin@emma.local, password in " in dashboard, dashboard
+            proc.wait_for("emma up: no display here")
             login = _login(port, password)
             assert [(m.name.split("/")[1], m.role) for m in login.user.memberships] == [
                 ("demo", identity_pb2.ROLE_ADMIN)
