@@ -147,6 +147,7 @@ async def throughput(dsn: str, quick: bool) -> dict[str, object]:
             results = await run_generators(
                 port, run_keys, edges, processes, ["--points", "1000", "--batches", str(batches)]
             )
+            run_keys.unlink()  # the edges' API keys: no file of them outlives the run
             elapsed = time.perf_counter() - t0
             stored = await stored_points(dsn) - before
             sent = sum(int(r["points"]) for r in results)  # type: ignore[call-overload]
@@ -187,6 +188,7 @@ async def fleet_run(dsn: str, edges: int, duration: float, run: int) -> dict[str
         results = await run_generators(
             port, keys, edges, processes, ["--points", "50", "--rate", "1", "--duration", str(duration)]
         )
+        keys.unlink()  # the edges' API keys: no file of them outlives the run
         watcher.cancel()
     # (due time's offset from the generator's start, ms from due to ack) of every acked batch.
     pairs = [(t, ms) for r in results for t, ms in r["latencies_ms"]]  # type: ignore[attr-defined]
