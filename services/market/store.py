@@ -37,7 +37,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -615,16 +615,17 @@ async def _insert(conn: Conn, docs: list[_Prepared]) -> None:
                 borders[table].series(text(out_zone) + text(in_zone), starts, int4(res), values, after)
         except (struct.error, OverflowError) as exc:  # a number the column's type cannot hold
             raise StoreError(f"{p.doc.document_id}: {exc}") from None
-    # asyncpg copies from any buffer (its stubs name only paths, files and async iterables).
     if prices.rows:
-        await conn.copy_to_table(  # type: ignore[arg-type]
-            "prices", schema_name="market", source=prices.payload(), columns=PRICE_COLUMNS, format="binary"
-        )
+        await _copy(conn, "prices", PRICE_COLUMNS, prices)
     for table, rows in borders.items():
         if rows.rows:
-            await conn.copy_to_table(  # type: ignore[arg-type]
-                table, schema_name="market", source=rows.payload(), columns=_BORDER_COLUMNS, format="binary"
-            )
+            await _copy(conn, table, _BORDER_COLUMNS, rows)
+
+
+async def _copy(conn: Conn, table: str, columns: tuple[str, ...], rows: CopyRows) -> None:
+    # asyncpg copies from any buffer; its stubs name only paths, files and async iterables.
+    source: Any = rows.payload()
+    await conn.copy_to_table(table, schema_name="market", source=source, columns=columns, format="binary")
 
 
 async def save_warnings(conn: Conn, warnings: Sequence[BorderWarning]) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from services.market import DocumentError
 from services.market.documents import MAX_DOCUMENT_BYTES, parse_document
-from services.market.entsoe_xml import MAX_SLOTS
+from services.market.entsoe_xml import MAX_SLOTS, parse_xml
 
 DATA = Path(__file__).parent / "data"
 A44 = (DATA / "A44_DE-LU_2024-10-06_07_dayahead_PT60M+PT15M_negative.xml").read_bytes()
@@ -140,6 +140,27 @@ def test_entity_expansion_is_refused_not_expanded() -> None:
 def test_an_external_entity_is_refused() -> None:
     body = b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]><d>&x;</d>'
     assert "refused" in refused(body).problem
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # The quick check only trusts UTF-8 bytes without "<!DOCTYPE": every other spelling of a DTD
+        # goes through the full expat pass and is refused all the same.
+        b'\xef\xbb\xbf<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]><d>&x;</d>',
+        b'<?xml version="1.0" encoding="latin-1"?><!DOCTYPE d [<!ENTITY x "y">]><d>&x;</d>',
+        b'<!-- a comment first --><!DOCTYPE d [<!ENTITY x "y">]><d>&x;</d>',
+    ],
+)
+def test_a_dtd_is_refused_in_every_encoding_and_position(body: bytes) -> None:
+    assert "refused" in refused(body).problem
+
+
+def test_a_utf16_dtd_is_refused_by_the_xml_reader() -> None:
+    # parse_document sends only documents starting with "<" here; the XML reader refuses it anyway.
+    body = '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE d [<!ENTITY x "y">]><d>&x;</d>'.encode("utf-16")
+    with pytest.raises(DocumentError, match="refused"):
+        parse_xml(body, "utf16.xml")
 
 
 def test_a_document_over_the_size_limit_is_refused_before_parsing() -> None:
