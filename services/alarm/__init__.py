@@ -17,8 +17,9 @@ __all__ = ["DEPENDS_ON", "POLICY", "SERVICES", "TABLES"]
 
 # The services this domain may import (their package faces); see docs/architecture.md. The registry
 # to resolve a rule's channel, edge and device type inside the caller's organization; telemetry for
-# the committed samples and latest values the engine judges.
-DEPENDS_ON: tuple[str, ...] = ("identity", "registry", "telemetry")
+# the committed samples and latest values the engine judges; market for the border warnings
+# MARKET_WARNING rules watch (read through its face, never its tables).
+DEPENDS_ON: tuple[str, ...] = ("identity", "registry", "telemetry", "market")
 # The tables this domain alone reads and writes (services/migrations/0016_alarm.sql, 0018).
 TABLES: tuple[str, ...] = (
     "alarm.alarms",

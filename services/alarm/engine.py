@@ -18,6 +18,7 @@ import os
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from emma.alarm.v1 import alarm_pb2 as pb
@@ -28,11 +29,12 @@ from services.alarm import alarms
 from services.alarm.config import EngineConfig
 from services.alarm.levels import CRITICAL, NORMAL, WARNING, Judgement, Levels, judge
 from services.alarm.rules import StoredRule, enabled_rule_versions, rules_by_pk
-from services.names import EdgeName, channel_resource, parse_channel, parse_edge
+from services.market import zone_eic, zone_warnings
+from services.names import EdgeName, SiteName, channel_resource, parse_channel, parse_edge
 from services.platform.migrations import Conn
 from services.platform.runtime import Runtime
 from services.platform.tasks import stop_task
-from services.registry import edge_inventory, edge_pk, edges_of_organization
+from services.registry import edge_connections, edge_inventory, edge_pk, edges_of_organization, site_profile
 from services.telemetry import ChannelCursor, last_batch_times, latest_times, samples_after
 
 log = logging.getLogger("emma.alarm")
@@ -47,17 +49,24 @@ TARGETS_TTL = dt.timedelta(seconds=30)
 _SEVERITY_NAMES: dict[int, str] = {pb.ALARM_SEVERITY_WARNING: "WARNING", pb.ALARM_SEVERITY_CRITICAL: "CRITICAL"}
 # Kinds judged sample by sample on a channel's committed values.
 _SAMPLE_KINDS = (pb.ALARM_RULE_KIND_THRESHOLD, pb.ALARM_RULE_KIND_RATE_OF_CHANGE, pb.ALARM_RULE_KIND_DEVICE_FAULT)
-_KINDS = (*_SAMPLE_KINDS, pb.ALARM_RULE_KIND_STALE_DATA, pb.ALARM_RULE_KIND_EDGE_OFFLINE)
+_KINDS = (
+    *_SAMPLE_KINDS,
+    pb.ALARM_RULE_KIND_STALE_DATA,
+    pb.ALARM_RULE_KIND_EDGE_OFFLINE,
+    pb.ALARM_RULE_KIND_MARKET_WARNING,
+)
+# The market's clock: border warnings are per delivery day in CET/CEST.
+_CET = ZoneInfo("Europe/Brussels")
 
 
 @dataclass(frozen=True)
 class Source:
     """One thing a rule watches: a channel of an edge, or an edge."""
 
-    name: str  # the channel's or the edge's resource name (Alarm.source)
+    name: str  # the channel's, the edge's or (market warnings) the site's resource name (Alarm.source)
     site: str
-    edge_pk: int
-    channel: str  # "device/Channel"; "" for an edge
+    edge_pk: int  # 0 for a site
+    channel: str  # "device/Channel"; "" for an edge; the bidding zone's EIC for a site
 
 
 @dataclass
@@ -109,6 +118,7 @@ class _Resolver:
         self._org_edges: dict[str, list[EdgeName]] = {}
         self._inventory: dict[int, list[edge_link_pb2.DeviceInventoryItem]] = {}
         self._sources: dict[tuple[int, int, int], list[Source]] = {}
+        self._zones: dict[SiteName, str | None] = {}
 
     def use(self, conn: Conn, now: dt.datetime) -> _Resolver:
         self._conn = conn
@@ -118,6 +128,7 @@ class _Resolver:
             self._org_edges.clear()
             self._inventory.clear()
             self._sources.clear()
+            self._zones.clear()
         return self
 
     async def pk(self, edge: EdgeName) -> int | None:
@@ -144,8 +155,33 @@ class _Resolver:
                 self._sources[key] = found
         return found
 
+    async def zone(self, site: SiteName) -> str | None:
+        """The site's bidding zone (EIC): the one the registry states, else its country's when the
+        country is one zone ("ES", "FR"); None when neither says."""
+        if site not in self._zones:
+            assert self._conn is not None
+            profile = await site_profile(self._conn, site)
+            self._zones[site] = (
+                None
+                if profile is None
+                else zone_eic(profile.bidding_zone)
+                if profile.bidding_zone
+                else zone_eic(profile.country_code)
+            )
+        return self._zones[site]
+
     async def _resolve(self, stored: StoredRule) -> list[Source]:
         rule = stored.rule
+        if rule.kind == pb.ALARM_RULE_KIND_MARKET_WARNING:
+            # The sites of the organization (those with an edge) in the rule's zone, or in any zone.
+            wanted = zone_eic(rule.bidding_zone) if rule.bidding_zone else None
+            sites = sorted({e.site_name for e in await self.edges(stored.org)}, key=str)
+            out = []
+            for site in sites:
+                zone = await self.zone(site)
+                if zone is not None and (wanted is None or zone == wanted):
+                    out.append(Source(str(site), str(site), 0, zone))
+            return out
         if rule.kind == pb.ALARM_RULE_KIND_EDGE_OFFLINE:
             edges = [parse_edge(rule.edge)] if rule.edge else await self.edges(stored.org)
             out = []
@@ -225,6 +261,9 @@ class AlarmEngine:
             )
             changes += await self._offline(
                 conn, [w for w in watched if w[0].rule.kind == pb.ALARM_RULE_KIND_EDGE_OFFLINE], states, now
+            )
+            changes += await self._market(
+                conn, [w for w in watched if w[0].rule.kind == pb.ALARM_RULE_KIND_MARKET_WARNING], states, now
             )
             changes += await alarms.escalate_due(conn, now)
             return changes
@@ -351,19 +390,62 @@ class AlarmEngine:
         states: dict[tuple[int, str], _State],
         now: dt.datetime,
     ) -> int:
-        last = await last_batch_times(conn, list({s.edge_pk for _, s in watched}))
+        pks = list({s.edge_pk for _, s in watched})
+        last = await last_batch_times(conn, pks)
+        # The edges' sessions (EdgeLink's, read through the registry's face): whether the stream is open
+        # and when the edge was last heard of (Hello, heartbeats). A batch also counts as a sign of life.
+        sessions = await edge_connections(conn, pks)
         changes = 0
         for stored, s in watched:
             window = stored.rule.offline_after.ToTimedelta()
+            name = parse_edge(s.name).edge
             newest = last.get(s.edge_pk)
-            # An edge that never sent telemetry has not gone offline; it was never online.
-            offline = newest is not None and now - newest > window
-            message = (
-                f"{parse_edge(s.name).edge} sent no telemetry for {int((now - newest).total_seconds())} s"
-                if offline and newest is not None
-                else f"{parse_edge(s.name).edge} sends telemetry again"
-            )
+            session = sessions.get(s.edge_pk)
+            if session is None:
+                # Never connected through a session: the telemetry alone; an edge that never sent any
+                # has not gone offline, it was never online.
+                offline = newest is not None and now - newest > window
+                silent = int((now - newest).total_seconds()) if newest is not None else 0
+                message = f"{name} sent no telemetry for {silent} s" if offline else f"{name} sends telemetry again"
+            else:
+                seen = max(session.last_seen_time, newest) if newest is not None else session.last_seen_time
+                silent = int((now - seen).total_seconds())
+                offline = now - seen > window
+                if not session.online:
+                    # The stream ended (a killed edge's connection is reset at once): offline unless it
+                    # comes back within the rule's timeout.
+                    message = f"{name}'s stream closed; not back for {silent} s" if offline else ""
+                else:
+                    # Open but silent (a half-open connection, a hung daemon): no heartbeat, no batch.
+                    message = f"{name}'s stream is open but silent for {silent} s" if offline else ""
+                message = message or f"{name} is connected again"
             changes += await self._on_off(conn, stored, s, states, offline, now, message)
+        return changes
+
+    async def _market(
+        self,
+        conn: Conn,
+        watched: list[tuple[StoredRule, Source]],
+        states: dict[tuple[int, str], _State],
+        now: dt.datetime,
+    ) -> int:
+        """A site's alarm holds while the market domain stores a border warning of its zone for today's
+        or tomorrow's delivery day (day-ahead results are published the day before); it clears when a
+        later publication clears the warning or its day is over."""
+        if not watched:
+            return 0
+        today = now.astimezone(_CET).date()
+        days = [today, today + dt.timedelta(days=1)]
+        warnings = await zone_warnings(conn, sorted({s.channel for _, s in watched}), days)
+        changes = 0
+        for stored, s in watched:
+            found = [w for w in warnings if s.channel in (w.out_zone, w.in_zone)]
+            message = (
+                "; ".join(f"{w.delivery_day.isoformat()}: {w.message}" for w in found)
+                if found
+                else "no market warning for the site's bidding zone any more"
+            )
+            changes += await self._on_off(conn, stored, s, states, bool(found), now, message)
         return changes
 
     @staticmethod

@@ -9,6 +9,7 @@ the factors a device has data for are renormalised to add up to 1.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -102,7 +103,7 @@ def round_trip_efficiency(
     (ratio = (E_out + dE) / E_in when dE >= 0), energy taken from what was stored before counts as gone
     in (ratio = E_out / (E_in - dE) when dE < 0). With dE = 0 this is E_out / E_in exactly."""
     e_in = e_out = 0.0
-    for (t0, p), (t1, _) in zip(power, power[1:], strict=False):
+    for (t0, p), (t1, _) in itertools.pairwise(power):
         span = t1 - t0
         if span > EFFICIENCY_MAX_GAP:
             continue

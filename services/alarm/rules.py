@@ -15,6 +15,7 @@ from emma.common.v1 import errors_pb2
 from google.protobuf import field_mask_pb2
 
 from services.errors import ApiError, invalid_field, not_found
+from services.market import zone_eic
 from services.names import ID_PATTERN, parse_channel, parse_edge
 from services.platform.migrations import Conn
 from services.platform.rpc import timestamp
@@ -173,6 +174,10 @@ def check_rule(rule: pb.AlarmRule, org: str) -> None:
         raise invalid_field("alarm_rule.bidding_zone", "only a MARKET_WARNING rule names a bidding zone")
     if len(rule.bidding_zone) > MAX_ZONE_CHARS:
         raise invalid_field("alarm_rule.bidding_zone", f"at most {MAX_ZONE_CHARS} characters")
+    if rule.bidding_zone and zone_eic(rule.bidding_zone) is None:
+        raise invalid_field(
+            "alarm_rule.bidding_zone", f"{rule.bidding_zone!r} is no bidding zone (a short name like DE-LU, or an EIC)"
+        )
 
 
 def _check_faults(rule: pb.AlarmRule) -> None:

@@ -29,7 +29,7 @@ from services.market.model import (
     Slot,
     Source,
 )
-from services.market.readers import zone_eic, zone_prices
+from services.market.readers import zone_eic, zone_prices, zone_warnings
 from services.market.store import SaveOutcome, SaveResult, StoreError, save_document, save_warnings
 from services.platform.registration import ServiceSpec, Worker, service_spec
 from services.platform.runtime import Runtime
@@ -57,6 +57,7 @@ __all__ = [
     "save_warnings",
     "zone_eic",
     "zone_prices",
+    "zone_warnings",
 ]
 
 # The services this domain may import (their package faces); see docs/architecture.md. Only

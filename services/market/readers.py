@@ -1,4 +1,5 @@
-"""Stored prices for other domains (the optimizer): a zone's day-ahead curve on the 15-minute grid.
+"""Stored prices for other domains (the optimizer): a zone's day-ahead curve on the 15-minute grid;
+and the stored border warnings of zones (the alarm engine's MARKET_WARNING rules).
 
 The rules are the analytics' own (services/market/resample.py): an hourly slot repeats into its four
 quarter hours, a quarter hour not fully covered by a published slot is a gap (absent, never zero).
@@ -9,10 +10,11 @@ sequences are separate auctions (for DE-LU the SDAC coupling is 1) and are never
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
 
 from services.market.model import Product
-from services.market.queries import SeriesKey, load_prices
+from services.market.queries import SeriesKey, StoredWarning, load_prices, load_zone_warnings
 from services.market.resample import QUARTER_HOUR, resample_slots
 from services.market.zones import BIDDING_ZONES, is_eic
 from services.platform.migrations import Conn
@@ -47,3 +49,10 @@ async def zone_prices(conn: Conn, zone_eic: str, start: datetime, end: datetime)
             if start <= slot.start < end:
                 out[slot.start.astimezone(UTC)] = slot.value
     return sorted(out.items())
+
+
+async def zone_warnings(conn: Conn, zone_eics: Sequence[str], days: Sequence[date]) -> list[StoredWarning]:
+    """Read-only: the stored border warnings (saturation, price spread, decoupling) with either end of
+    the border in one of the zones (EICs), for the delivery days (CET) given, by key. A warning that a
+    later publication cleared is no longer stored, so it is not among them."""
+    return await load_zone_warnings(conn, zone_eics, days)

@@ -19,7 +19,14 @@ from services.registry.edges import (
     edges_of_site,
 )
 from services.registry.inventory import edge_inventory, edge_with_device, store_inventory
-from services.registry.ports import EdgeConnection, EdgeConnections, EdgeDataEraser, RegistryPorts, use_ports
+from services.registry.ports import (
+    EdgeConnection,
+    EdgeConnections,
+    EdgeDataEraser,
+    RegistryPorts,
+    edge_connections,
+    use_ports,
+)
 from services.registry.provisioning import ensure_edge
 from services.registry.sites import SiteProfile, all_sites, site_location, site_profile, site_time_zone
 
@@ -36,6 +43,7 @@ __all__ = [
     "SiteProfile",
     "all_sites",
     "channel_spec",
+    "edge_connections",
     "edge_inventory",
     "edge_name",
     "edge_names",

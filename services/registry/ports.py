@@ -61,3 +61,11 @@ def use_ports(ports: RegistryPorts) -> None:
 
 def current_ports() -> RegistryPorts:
     return _ports
+
+
+async def edge_connections(conn: Conn, edge_pks: Sequence[int]) -> dict[int, EdgeConnection]:
+    """Read-only: each of the edges' connection as its last session recorded it (open or closed, last
+    seen), for those that ever connected. The sessions are EdgeLink's; the registry reads them through
+    the port the composition passed (use_ports), so a domain below EdgeLink (alarm's offline rules)
+    learns that a stream closed without importing it."""
+    return await _ports.edge_connections(conn, edge_pks)

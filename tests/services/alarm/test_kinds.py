@@ -286,7 +286,7 @@ async def test_a_killed_edge_raises_its_offline_alarm_within_the_timeout_and_cle
         # Not before its timeout (how soon after it is a latency, measured by bench/, not asserted here).
         assert waited >= 9.5, waited
         assert alarm.source == str(edge) and alarm.severity == pb.ALARM_SEVERITY_CRITICAL
-        assert "sent no telemetry" in alarm.message
+        assert "stream closed" in alarm.message
         # Back: a fresh batch clears it.
         stream = await _online(server.port, str(edge), key)
         await _send(stream, 2, time.time(), [(TEMP, 0, 25.0)])
