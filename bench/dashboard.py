@@ -58,6 +58,7 @@ from bench.machine import describe
 from services.identity import accounts, issue_edge_key
 from services.identity.passwords import Passwords
 from services.names import EdgeName
+from services.platform.config import IngestConfig
 from services.registry import ensure_edge
 from services.telemetry import roll_up_closed_buckets, samples_copy_payload
 
@@ -414,7 +415,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         + (" --quick" if args.quick else "")
         + (f" --runs {args.runs}" if args.runs != 3 else ""),
         "setup": {
-            "live_poll_interval_s": os.environ.get("EMMA_LIVE_POLL_INTERVAL_S", "1.0 (the default)"),
+            "live_poll_interval_s": os.environ.get(
+                "EMMA_LIVE_POLL_INTERVAL_S", f"{IngestConfig.live_poll_interval_s} (the default)"
+            ),
             "devices": len(DEVICES),
             "channels": len(CHANNELS),
             "history_days": days,
