@@ -232,6 +232,20 @@ async def _ev(
     out.inputs.ev_chargers.append(ev)
 
 
+def _fit_cars_to_connection(
+    inputs: pb.OptimizationInputs, first_ev: int, load: list[float], import_limit: float, start: dt.datetime
+) -> None:
+    """A car gets all it can by its departure (see _ev) within the registry's grid connection too: a
+    car plugged in shortly before it leaves behind a connection narrower than its charger would
+    otherwise make the whole plan infeasible. Counted without PV or the battery's help, and the room
+    the load leaves shared evenly among the site's cars, so the target is always reachable."""
+    evs = inputs.ev_chargers[first_ev:]
+    for ev in evs:
+        slots = int((ev.departure_time.ToDatetime(dt.UTC) - start) // SLOT)
+        room_wh = sum(max(0.0, import_limit - w) for w in load[:slots]) * (SLOT / dt.timedelta(hours=1))
+        ev.energy_wh = min(ev.energy_wh, room_wh / len(evs))
+
+
 def _complete(values: list[float | None]) -> list[float] | None:
     return None if any(v is None for v in values) else [float(v) for v in values if v is not None]
 
@@ -339,6 +353,8 @@ async def assemble(
         feed = sum(b.max_discharge_w for b in bats) + max(pv_forecast, default=0.0)
         import_limit = profile.grid_import_limit_w or math.ceil(draw) + 1.0
         export_limit = profile.grid_export_limit_w or math.ceil(feed) + 1.0
+        if profile.grid_import_limit_w and evs:
+            _fit_cars_to_connection(out.inputs, first_ev, load, import_limit, start)
         out.inputs.sites.append(
             pb.SiteInputs(site=str(site), load_w=load, import_limit_w=import_limit, export_limit_w=export_limit)
         )
