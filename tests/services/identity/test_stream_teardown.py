@@ -75,5 +75,5 @@ async def test_an_abandoned_server_stream_is_finalized_without_context_errors(
         await pool.close()
         loop.set_exception_handler(previous_handler)
     assert flood.sent > 3  # the server kept sending past the one message read
-    reported = [f"{p.get('message')}: {p.get('exception')!r}" for p in problems]
+    reported = [f"{p.get('message')}: {p.get('exception')!r} {p.get('task')!r}" for p in problems]
     assert not reported, reported
