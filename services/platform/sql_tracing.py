@@ -6,8 +6,11 @@ refuses, and it patches asyncpg's classes process-wide. asyncpg lets a pool choo
 class, so the pool's connections are a subclass whose query methods open a span: nothing global,
 nothing new to install (docs/dependencies.md).
 
-A statement outside any trace gets no span: the background loops (rollups, retention, offline
-marking, LISTEN reconnects) would otherwise emit a one-span trace per poll. Statements of prepared
+Only a process that exports traces (core.tracing.spans_exported: OTEL_TRACES_EXPORTER or an OTLP
+endpoint) makes these spans: without an exporter nobody sees them, and they cost (two per
+ListLatestValues were ~7 % of a services process busy with it). A statement outside any trace gets
+no span either: the background loops (rollups, retention, offline marking, LISTEN reconnects) would
+otherwise emit a one-span trace per poll. Statements of prepared
 statements (`conn.prepare(...)`) are not covered: asyncpg runs them without the connection's methods.
 """
 
@@ -20,6 +23,8 @@ from typing import Any
 import asyncpg
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from core.tracing import spans_exported
 
 _tracer = trace.get_tracer("emma.sql")
 # Statements are the code's own constant SQL with $n parameters (values are never recorded); a long
@@ -38,7 +43,7 @@ def _statement(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> st
 def _traced(method: str, inner: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(inner)
     async def run(self: asyncpg.Connection, *args: Any, **kwargs: Any) -> Any:
-        if not trace.get_current_span().get_span_context().is_valid:
+        if not spans_exported() or not trace.get_current_span().get_span_context().is_valid:
             return await inner(self, *args, **kwargs)
         statement = _statement(method, args, kwargs)
         operation = statement.split(None, 1)[0].upper() if statement.strip() else method

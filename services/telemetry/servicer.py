@@ -31,7 +31,7 @@ from services.platform.rpc import Context, timestamp
 from services.platform.runtime import Runtime
 from services.registry import edge_pk, edges_of_site, site_location, site_time_zone
 from services.telemetry import history
-from services.telemetry.latest import latest_of_edges
+from services.telemetry.latest import SiteLatest
 from services.telemetry.maintenance import TelemetryMaintenance
 from services.telemetry.series import channels_of_edges, series_of_channel, series_of_edges
 
@@ -54,6 +54,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self._runtime = runtime
         self._pool = runtime.pool
         self.maintenance = TelemetryMaintenance(runtime.pool, runtime.config.ingest, rollups=True, retention=True)
+        # Latest values in one query per call once a site's edges are known (services/telemetry/latest.py).
+        self._site_latest = SiteLatest()
 
     async def start(self) -> None:
         await self.maintenance.start()
@@ -71,8 +73,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
 
     async def _latest(self, scope: Scope, channel_ids: set[str] | None = None) -> list[dict[str, Any]]:
         async with self._pool.acquire() as conn:
-            edges = await edges_of_site(conn, SiteName(scope.org, scope.site), scope.edge)
-            rows = await latest_of_edges(conn, list(edges), scope.device)
+            edges, rows = await self._site_latest.read(conn, SiteName(scope.org, scope.site), scope.edge, scope.device)
         out = [{**dict(r), **_edge_columns(edges[r["edge_pk"]])} for r in rows]
         if channel_ids:
             out = [r for r in out if r["channel"].split("/", 1)[1] in channel_ids]
@@ -95,8 +96,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         response = telemetry_pb2.ListLatestValuesResponse()
         values = response.values
         async with self._pool.acquire() as conn:
-            edges = await edges_of_site(conn, SiteName(scope.org, scope.site), scope.edge)
-            rows = await latest_of_edges(conn, list(edges), scope.device)
+            edges, rows = await self._site_latest.read(conn, SiteName(scope.org, scope.site), scope.edge, scope.device)
         for r in rows:
             address = r["channel"]
             if wanted and address.split("/", 1)[1] not in wanted:
