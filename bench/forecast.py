@@ -67,6 +67,7 @@ CONCURRENCY = 4
 HORIZON = duration_pb2.Duration(seconds=48 * 3600)
 INGEST_EDGES = 100
 INGEST_POINTS = 50
+# Seconds the ingest edges run (connection storm, first batches) before the baseline window opens.
 INGEST_WARM_UP_S = 8.0
 PROBE_EVERY_S = 0.1
 SLOT_S = 900
@@ -294,14 +295,21 @@ async def stop(procs: Sequence[asyncio.subprocess.Process]) -> None:
 
 
 async def measured_run(
-    dsn: str, port: int, pid: int, metadata: list[tuple[str, str]], keys: Path, sites: int, baseline_s: float
+    dsn: str,
+    port: int,
+    pid: int,
+    metadata: list[tuple[str, str]],
+    keys: Path,
+    sites: int,
+    baseline_s: float,
+    warm_up_s: float,
 ) -> dict[str, object]:
     """One forecast round with ingest running: the ingest rate in a window before it and during it."""
     conn = await asyncpg.connect(dsn)
     procs = await start_ingest(port, keys, duration=3600)
     try:
         since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
-        await asyncio.sleep(INGEST_WARM_UP_S)
+        await asyncio.sleep(warm_up_s)
         with LoopProbe(port) as probe:
             n0, t0 = await ingested_since(conn, since), time.perf_counter()
             await asyncio.sleep(baseline_s)
@@ -366,7 +374,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                     # Fresh edges per round: the same edges again would resend batch_seq 1, 2, ... and
                     # the ledger would (rightly) store none of it.
                     keys = await provision(dsn, INGEST_EDGES, f"fc-ingest{run}")
-                    runs.append(await measured_run(dsn, port, pid, metadata, keys, sites, args.baseline_s))
+                    runs.append(
+                        await measured_run(dsn, port, pid, metadata, keys, sites, args.baseline_s, args.warm_up_s)
+                    )
         result["runs"] = runs
         result["total_s"] = summary([float(r["total_s"]) for r in runs])  # type: ignore[arg-type]
         result["site_p50_s"] = summary([float(r["site_p50_s"]) for r in runs])  # type: ignore[arg-type]
@@ -389,6 +399,12 @@ def main() -> None:
     p.add_argument("--days", type=int, default=0, help="days of measured history per site (default 28; --quick 7)")
     p.add_argument("--runs", type=int, default=3, help="forecast rounds (default 3)")
     p.add_argument("--baseline-s", type=float, default=20.0, help="seconds of ingest without forecasting (default 20)")
+    p.add_argument(
+        "--warm-up-s",
+        type=float,
+        default=INGEST_WARM_UP_S,
+        help=f"seconds of ingest before the baseline window (default {INGEST_WARM_UP_S:g}; tests use less)",
+    )
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "forecast.json")
     args = p.parse_args()
     result = asyncio.run(main_async(args))

@@ -1,5 +1,5 @@
 """bench/forecast.py runs end to end on tiny sizes (5 sites, 8 days of history, two rounds, a short
-ingest baseline) against a fresh database of the test PostgreSQL, as a process of its own (tests never
+ingest warm-up and baseline) against a fresh database of the test PostgreSQL, as a process of its own (tests never
 import bench/); only the structure of its result is checked, never a timing. The bench itself fails
 when a run fails, lacks weather or starts cold."""
 
@@ -28,6 +28,8 @@ def test_bench_runs_end_to_end_on_tiny_sizes(database_url: str, tmp_path: Path) 
             "--runs",
             "2",
             "--baseline-s",
+            "2",
+            "--warm-up-s",
             "2",
             "--output",
             str(out),
