@@ -16,6 +16,7 @@ current session sends whatever is unsent. Reasons are `AckReason`s, decided wher
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Final
 
@@ -100,10 +101,31 @@ class CommandHandler:
             log.info("command rejected", extra={"channel": channel, "reason": reason.value})
 
     async def pump(self) -> None:
-        """Move final acks from the channel store into the journal; never returns."""
-        while True:
-            await self.drain_acks()
-            await asyncio.sleep(ACK_POLL_S)
+        """Move final acks from the channel store into the journal; never returns.
+
+        Woken by the end of every control cycle (the only place controllers write final acks, apart
+        from a superseded request, which `submit_command` acks at once), so an EXECUTED goes out right
+        after the cycle that applied it instead of up to ACK_POLL_S later (a 100 ms cycle plus a 50 ms
+        poll made RECEIVED -> EXECUTED 82-89 ms, not the half cycle the design costs). The poll stays as
+        the fallback for acks written outside a cycle.
+        """
+        loop = asyncio.get_running_loop()
+        cycle_ended = asyncio.Event()
+
+        def hook(_ctx: object) -> None:
+            # The cycle runs on the event loop (tests may run it from another thread): thread-safe either way.
+            loop.call_soon_threadsafe(cycle_ended.set)
+
+        hooks = self.daemon.cycle.hooks
+        hooks.append(hook)
+        try:
+            while True:
+                cycle_ended.clear()
+                await self.drain_acks()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cycle_ended.wait(), ACK_POLL_S)
+        finally:
+            hooks.remove(hook)
 
     async def drain_acks(self) -> int:
         events = self.daemon.take_acks()

@@ -4,7 +4,7 @@ Used by CreateCommand and by fleet dispatch (one child command per edge).
 
 Idempotency (AIP-155) here is the command's own, not the platform's `run_once`: the request_id and
 the request's hash are columns of the command row, unique per edge, written by the one call
-(app.create_command, migration 0023) that also enforces the rate and queue limits. A retry answers
+(app.create_command, migrations 0023 and 0026) that also enforces the rate and queue limits. A retry answers
 with the command as it is *now* (its current state and transitions), where `run_once` replays a
 stored response snapshot; and the create path stays two lookups plus one call (the latency an
 operator feels), with no second table to write in the same transaction.
@@ -24,6 +24,7 @@ from emma.common.v1 import errors_pb2
 
 from core.metrics import record_command_transition
 from services.command import states, store, transitions, validation
+from services.command.local import LocalDelivery
 from services.errors import ApiError, not_found
 from services.names import EdgeName
 from services.platform.migrations import Conn
@@ -50,6 +51,7 @@ async def create_one(
     fleet_dispatch: uuid.UUID | None = None,
     replica_id: str,
     on_stored: Callable[[int], None] | None = None,
+    delivery: LocalDelivery | None = None,
 ) -> command_pb2.Command:
     """Validate and store one command (also used by fleet dispatch); idempotent on request_id.
 
@@ -57,8 +59,10 @@ async def create_one(
     declaration (registry), the dynamic limit when the channel has one (telemetry), then one call of
     app.create_command (an earlier command with this request_id, or the lock, the limits, the insert,
     its event and the notification, committed together). `conn` must not be in a transaction: the
-    call's commit is the command's durability. `on_stored(edge_pk)` runs once a new command committed
-    (the local relay delivers it without waiting for the notification's round trip).
+    call's commit is the command's durability. `on_stored(edge_pk)` runs once a new command committed.
+    `delivery`: this process's relay; when it holds the edge's stream, the same call also marks the
+    command (and the edge's older queued ones) DELIVERED and the relay sends them before this returns,
+    with no delivery call and no notification's round trip in between (migration 0026).
     """
     device_id = validation.check_address(channel)
     found = await edge_with_device(conn, edge, device_id)
@@ -80,8 +84,9 @@ async def create_one(
             return await _replay(conn, earlier["id"], earlier["request_hash"], digest, request_id)
         raise
     command_id = uuid.uuid4()
-    try:
-        stored = await transitions.create_queued(
+
+    async def create(deliver_limit: int) -> transitions.Created:
+        return await transitions.create_queued(
             conn,
             command_id,
             pk,
@@ -97,13 +102,32 @@ async def create_one(
             replica_id=replica_id,
             rate_limit_per_s=validation.RATE_LIMIT_PER_S,
             queue_cap=validation.QUEUE_CAP,
+            deliver_limit=deliver_limit,
         )
+
+    def queued() -> None:
+        record_command_transition(states.QUEUED)  # committed: a replayed request_id returned before
+        log.info(
+            "command queued",
+            extra={"command_id": str(command_id), "edge": str(edge), "channel": channel, "value": value},
+        )
+
+    try:
+        if delivery is not None and delivery.holds(pk):
+            # The lock keeps a delivery pass of the relay from overtaking these on the way to the edge.
+            async with delivery.lock(pk):
+                result = await create(transitions.DELIVER_LIMIT)
+                if result.delivered:  # the new command is among them (the log says queued first)
+                    queued()
+                    await delivery.send_delivered(pk, result.delivered)
+        else:
+            result = await create(0)
+        stored = result.stored
     except asyncpg.UniqueViolationError:
         # The same request_id raced in from a retry on another connection: answer with the first.
-        stored = await conn.fetchrow(_EARLIER, pk, request_id)
-        assert stored is not None
-        return await _replay(conn, stored["id"], stored["request_hash"], digest, request_id)
-    assert stored is not None
+        earlier = await conn.fetchrow(_EARLIER, pk, request_id)
+        assert earlier is not None
+        return await _replay(conn, earlier["id"], earlier["request_hash"], digest, request_id)
     if stored["r_earlier_id"] is not None:
         return await _replay(conn, stored["r_earlier_id"], stored["r_earlier_hash"], digest, request_id)
     if stored["r_create_time"] is None:
@@ -112,11 +136,8 @@ async def create_one(
         )
     if on_stored is not None:
         on_stored(pk)
-    record_command_transition(states.QUEUED)  # committed: a replayed request_id returned above
-    log.info(
-        "command queued",
-        extra={"command_id": str(command_id), "edge": str(edge), "channel": channel, "value": value},
-    )
+    if not result.delivered:
+        queued()
     created = {
         "id": command_id,
         "channel": channel,

@@ -4,8 +4,9 @@ Replicas talk through PostgreSQL (NOTIFY), and that stays the rule: every change
 notification. But when the caller's CommandService and the edge's stream live in the same process
 (`emma up`, `emma serve edge command`), two round trips through the database are pure waiting: a new
 command waits for its NOTIFY to come back before the relay delivers it, and WatchCommand waits for the
-NOTIFY of each transition and then re-reads the command. Here the relay hears of a new command of an
-edge it holds at once, and watchers get each transition the relay committed with its data.
+NOTIFY of each transition and then re-reads the command. Here CreateCommand, when the relay holds the
+edge's stream, delivers the new command in its own call and hands it to the relay to send (migration
+0026), and watchers get each transition the relay committed with its data.
 
 A hub belongs to one pool (one database): tests host several clouds over several databases in one
 process, and an edge pk means nothing across them. The hub holds the pool itself, so its id cannot be
@@ -14,11 +15,12 @@ reused while the hub exists; the relay and the watcher leave it when they stop.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,16 +36,33 @@ class Change:
     applied_value: float | None = None  # the command's applied value after the change
 
 
+class LocalDelivery(Protocol):
+    """The relay of this process, as CreateCommand sees it."""
+
+    def holds(self, edge_pk: int) -> bool:
+        """Whether the edge's stream is held here (a hint: it may end at any time)."""
+        ...
+
+    def lock(self, edge_pk: int) -> asyncio.Lock:
+        """Held from marking an edge's commands DELIVERED until they are handed to its stream, so two
+        deliveries of one edge cannot overtake each other on the way to the edge."""
+        ...
+
+    async def send_delivered(self, edge_pk: int, rows: list[dict[str, Any]]) -> None:
+        """Send commands just marked DELIVERED (oldest first) on the edge's stream; hold `lock(edge_pk)`."""
+        ...
+
+
 class LocalHub:
     def __init__(self, pool: Any) -> None:
         self.pool = pool
-        # Set by the relay: edge pk -> deliver now, if this process holds the edge's stream.
-        self.created: Callable[[int], None] | None = None
+        # Set by the relay: delivery to the edge streams this process holds.
+        self.delivery: LocalDelivery | None = None
         # Set by the watcher: a committed change for WatchCommand streams of this process.
         self.changed: Callable[[Change], None] | None = None
 
     def empty(self) -> bool:
-        return self.created is None and self.changed is None
+        return self.delivery is None and self.changed is None
 
 
 _HUBS: dict[int, LocalHub] = {}

@@ -4,7 +4,9 @@ Each EdgeLink replica LISTENs for "an edge has new commands" and delivers to the
 it holds, oldest first. A command is marked DELIVERED in the same statement that selects it, so two
 replicas never both deliver it; a command already DELIVERED or RECEIVED is sent again when its edge
 reconnects (the edge deduplicates by name). A poll every few seconds and a full pass after the LISTEN
-connection comes back cover notifications that were lost.
+connection comes back cover notifications that were lost. CreateCommand of the same process delivers
+a new command in its own call when the edge's stream is held here and hands it over (send_delivered);
+one lock per edge keeps the two ways of delivering from overtaking each other.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from services.platform.rpc import timestamp
 log = logging.getLogger("emma.command.relay")
 
 POLL_INTERVAL_S = 2.0
+# How long CreateCommand waits to hand commands it delivered to a stream whose queue is full.
+SEND_WAIT_S = 2.0
 ACKS_PER_SECOND = 100.0
 
 _IN_FLIGHT = """
@@ -94,18 +98,19 @@ class CommandRelay:
         self._sinks: dict[int, CommandSink] = {}
         self._pending: dict[int, asyncio.Task[None]] = {}
         self._again: set[int] = set()
+        self._locks: dict[int, asyncio.Lock] = {}
         self._listener = Listener(dsn, [EDGE_CHANNEL], self._on_notify, self._deliver_all)
         self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._listener.start()
         self._poller = asyncio.create_task(self._poll(), name="command-poll")
-        local.hub(self._pool).created = self._created_here
+        local.hub(self._pool).delivery = self
 
     async def stop(self) -> None:
         hub = local.hub(self._pool)
-        if hub.created == self._created_here:
-            hub.created = None
+        if hub.delivery is self:
+            hub.delivery = None
             local.leave(self._pool)
         if self._poller:
             self._poller.cancel()
@@ -128,12 +133,44 @@ class CommandRelay:
     def detach(self, sink: CommandSink) -> None:
         if self._sinks.get(sink.edge_pk) is sink:
             del self._sinks[sink.edge_pk]
+            lock = self._locks.get(sink.edge_pk)
+            if lock is not None and not lock.locked():
+                del self._locks[sink.edge_pk]
 
-    # ---------------------------------------------------------------- delivery
+    # ---------------------------------------------------------------- delivery (LocalDelivery too)
 
-    def _created_here(self, edge_pk: int) -> None:
-        """CreateCommand of this process committed a command for `edge_pk` (its NOTIFY follows)."""
-        if edge_pk in self._sinks:
+    def holds(self, edge_pk: int) -> bool:
+        return edge_pk in self._sinks
+
+    def lock(self, edge_pk: int) -> asyncio.Lock:
+        lock = self._locks.get(edge_pk)
+        if lock is None:
+            lock = self._locks[edge_pk] = asyncio.Lock()
+        return lock
+
+    async def send_delivered(self, edge_pk: int, rows: list[dict[str, Any]]) -> None:
+        """Commands CreateCommand of this process just marked DELIVERED (migration 0026), oldest first.
+
+        If the stream went away meanwhile they stay DELIVERED and go out again when the edge reconnects
+        (attach), as after any delivery its stream did not survive.
+        """
+        if not rows:
+            return
+        record_command_transition(states.DELIVERED, len(rows))
+        self._publish(Change(row["id"], states.QUEUED, states.DELIVERED, row["event_time"]) for row in rows)
+        sink = self._sinks.get(edge_pk)
+        if sink is None:
+            return
+        try:
+            # The stream's queue is full only when the edge stopped reading; CreateCommand waits for it
+            # a bounded time (what was not sent goes out on a reconnect, or fails by EDGE_TIMEOUT).
+            async with asyncio.timeout(SEND_WAIT_S):
+                for row in rows:
+                    log.info("command delivered", extra={"command_id": str(row["id"]), "edge": sink.edge_name})
+                    await sink.send(_edge_command(sink.edge_name, row))
+        except TimeoutError:
+            log.warning("the edge's stream is not reading; commands stay delivered", extra={"edge": sink.edge_name})
+        if len(rows) >= DELIVER_LIMIT:  # more may be queued behind them
             self.trigger(edge_pk)
 
     def _on_notify(self, _channel: str, payload: str) -> None:
@@ -157,19 +194,20 @@ class CommandRelay:
             sink = self._sinks.get(edge_pk)
             if sink is None:
                 return
-            try:
-                # One call, committed without waiting for the disk (migration 0023 says why).
-                async with self._pool.acquire() as conn:
-                    rows = await deliver_queued(conn, edge_pk, self._replica_id)
-            except Exception:
-                log.warning("command delivery failed; the poll retries", exc_info=True)
-                return
-            if rows:
-                record_command_transition(states.DELIVERED, len(rows))
-                self._publish(Change(row["id"], states.QUEUED, states.DELIVERED, row["event_time"]) for row in rows)
-            for row in rows:
-                log.info("command delivered", extra={"command_id": str(row["id"]), "edge": sink.edge_name})
-                await sink.send(_edge_command(sink.edge_name, row))
+            async with self.lock(edge_pk):
+                try:
+                    # One call, committed without waiting for the disk (migration 0023 says why).
+                    async with self._pool.acquire() as conn:
+                        rows = await deliver_queued(conn, edge_pk, self._replica_id)
+                except Exception:
+                    log.warning("command delivery failed; the poll retries", exc_info=True)
+                    return
+                if rows:
+                    record_command_transition(states.DELIVERED, len(rows))
+                    self._publish(Change(row["id"], states.QUEUED, states.DELIVERED, row["event_time"]) for row in rows)
+                for row in rows:
+                    log.info("command delivered", extra={"command_id": str(row["id"]), "edge": sink.edge_name})
+                    await sink.send(_edge_command(sink.edge_name, row))
             if len(rows) < DELIVER_LIMIT and edge_pk not in self._again:
                 return
 

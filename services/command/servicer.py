@@ -92,11 +92,6 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
 
         def stored(edge_pk: int) -> None:
             self._remember_edge(edge, edge_pk)
-            # The relay of this process (when it holds the edge's stream) delivers now, not when the
-            # notification has gone round the database; other replicas still get the NOTIFY.
-            deliver = local.hub(self._pool).created
-            if deliver is not None:
-                deliver(edge_pk)
 
         async with self._pool.acquire() as conn:
             command = await create_one(
@@ -114,6 +109,8 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
                 traceparent=traceparent_of(context),
                 replica_id=self._runtime.replica_id,
                 on_stored=stored,
+                # The relay of this process, when it holds the edge's stream, delivers in the same call.
+                delivery=local.hub(self._pool).delivery,
             )
         return command
 

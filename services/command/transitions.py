@@ -33,9 +33,20 @@ def _allowed(to_state: str) -> str:
     return ", ".join(f"'{s}'" for s in sorted(states.PREDECESSORS[to_state]))
 
 
-# The create and delivery steps and the edges' acks are SQL functions (migration 0023): one call is one
-# round trip and one commit; their comments there say what each guarantees.
-_CREATE = "SELECT * FROM app.create_command($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+# The create and delivery steps and the edges' acks are SQL functions (migrations 0023 and 0026): one
+# call is one round trip and one commit; their comments there say what each guarantees.
+_CREATE = "SELECT * FROM app.create_command($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """What the create call answered: `stored` (the create result: r_earlier_id and r_earlier_hash of an
+    earlier command with the request_id, nothing else done; or r_rate_n, r_queue_n and, when the command
+    was stored, r_create_time and r_expire_time, None when a limit refused it) and `delivered`, the
+    commands it marked DELIVERED with a `deliver_limit`, oldest first, as deliver_queued returns them."""
+
+    stored: Any
+    delivered: list[dict[str, Any]]
 
 
 async def create_queued(
@@ -55,14 +66,15 @@ async def create_queued(
     replica_id: str,
     rate_limit_per_s: int,
     queue_cap: int,
-) -> Any:
+    deliver_limit: int = 0,
+) -> Created:
     """Insert a QUEUED command unless this edge has one with `request_id` already or a limit is reached.
 
-    Call it outside a transaction (its own is its commit). The row: r_earlier_id and r_earlier_hash of
-    the earlier command (nothing else done), or r_rate_n, r_queue_n and, when the command was stored,
-    r_create_time and r_expire_time (None when a limit refused it).
+    With `deliver_limit` > 0 (the caller holds the edge's stream and sends what comes back, in order)
+    the edge's queued commands, the new one included, are marked DELIVERED in the same call. Call it
+    outside a transaction (its own is its commit).
     """
-    return await conn.fetchrow(
+    rows = await conn.fetch(
         _CREATE,
         command_id,
         edge_pk,
@@ -78,7 +90,23 @@ async def create_queued(
         replica_id,
         rate_limit_per_s,
         queue_cap,
+        deliver_limit,
     )
+    delivered = [
+        {
+            "id": r["d_id"],
+            "seq": r["d_seq"],
+            "channel": r["d_channel"],
+            "value": r["d_value"],
+            "expire_time": r["d_expire_time"],
+            "create_time": r["d_create_time"],
+            "traceparent": r["d_traceparent"],
+            "event_time": r["d_event_time"],
+        }
+        for r in rows
+        if r["d_id"] is not None
+    ]
+    return Created(rows[0], delivered)
 
 
 # How many queued commands one delivery pass takes (oldest first).

@@ -90,6 +90,66 @@ async def test_acks_in_one_call_apply_in_order_and_skip_what_the_state_machine_r
     assert await transitions.apply_acks(db, [], "replica-a") == []
 
 
+async def _create(db: asyncpg.Connection, pk: int, deliver_limit: int, rate_limit: int = 10) -> Any:
+    command_id = uuid.uuid4()
+    created = await transitions.create_queued(
+        db,
+        command_id,
+        pk,
+        "b/SetActivePower",
+        1.0,
+        dt.datetime.now(dt.UTC),
+        dt.timedelta(minutes=5),
+        creator="users/deliver-test",
+        request_id=str(command_id),
+        digest="h",
+        fleet_dispatch=None,
+        traceparent="",
+        replica_id="replica-a",
+        rate_limit_per_s=rate_limit,
+        queue_cap=10_000,
+        deliver_limit=deliver_limit,
+    )
+    return command_id, created
+
+
+async def test_create_with_a_delivery_limit_delivers_older_ones_first_and_tells_no_replica(
+    db: asyncpg.Connection, migrated_url: str
+) -> None:
+    _, pk, _ = await new_edge(db, "create-deliver")
+    older = await delivered_command(db, pk, states.QUEUED)
+    heard: list[str] = []
+    listener = await asyncpg.connect(migrated_url)
+    await listener.add_listener(transitions.EDGE_CHANNEL, lambda *args: heard.append(args[3]))
+    try:
+        new_id, created = await _create(db, pk, deliver_limit=100)
+        assert created.stored["r_create_time"] is not None and created.stored["r_earlier_id"] is None
+        assert [d["id"] for d in created.delivered] == [older, new_id]  # oldest first
+        assert created.delivered[0]["seq"] < created.delivered[1]["seq"]
+        rows = await db.fetch("SELECT id, state, delivered_time FROM app.commands WHERE edge_pk = $1", pk)
+        assert {r["id"]: r["state"] for r in rows} == {older: states.DELIVERED, new_id: states.DELIVERED}
+        events = await db.fetch(
+            "SELECT from_state, to_state, replica_id FROM app.command_events WHERE command_id = $1 ORDER BY id", new_id
+        )
+        assert [(e["from_state"], e["to_state"]) for e in events] == [
+            ("", states.QUEUED),
+            (states.QUEUED, states.DELIVERED),
+        ]
+        # Refused by a limit: nothing stored, nothing delivered.
+        _, refused = await _create(db, pk, deliver_limit=100, rate_limit=0)
+        assert refused.stored["r_create_time"] is None and refused.delivered == []
+        # Without a limit the command stays QUEUED and the replicas are told; the delivered one told none.
+        plain_id, plain = await _create(db, pk, deliver_limit=0)
+        assert plain.delivered == [] and plain.stored["r_create_time"] is not None
+        assert await db.fetchval("SELECT state FROM app.commands WHERE id = $1", plain_id) == states.QUEUED
+        deadline = asyncio.get_running_loop().time() + 5
+        while not heard and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        assert heard == [str(pk)]  # notifications arrive in commit order: only the plain create's
+    finally:
+        await listener.close()
+
+
 ACKS = st.lists(st.sampled_from([states.RECEIVED, states.EXECUTED, states.REJECTED_BY_EDGE, states.FAILED]), max_size=4)
 
 
@@ -156,15 +216,21 @@ async def test_the_relay_of_the_same_process_delivers_without_the_notification(
     async with host(["edge", "command"]) as (server, runtime), authed_channel(server.port, token) as ch:
         stub = command_pb2_grpc.CommandServiceStub(ch)
         stream = await online_edge(server.port, edge, key)
-        created_here = local.hub(runtime.pool).created
-        assert created_here is not None
-        relay = created_here.__self__  # type: ignore[attr-defined]
+        relay = local.hub(runtime.pool).delivery
+        assert relay is not None
         # Deaf to NOTIFY and without its poll: only the in-process path can deliver now.
-        await relay._listener.stop()
-        relay._poller.cancel()
+        await relay._listener.stop()  # type: ignore[attr-defined]
+        relay._poller.cancel()  # type: ignore[attr-defined]
         created = await stub.CreateCommand(create(edge, SETPOINT, -500.0))
         delivered = (await stream.recv_kind("command")).command
         assert delivered.name == created.name
+        # Delivered in the create call itself: one transaction, and no notification for the replicas.
+        events = await db.fetch(
+            "SELECT to_state, event_time FROM app.command_events WHERE command_id = $1 ORDER BY id",
+            uuid.UUID(created.name.rsplit("/", 1)[1]),
+        )
+        assert [e["to_state"] for e in events] == [states.QUEUED, states.DELIVERED]
+        assert events[0]["event_time"] == events[1]["event_time"]
         await stream.close()
 
 
