@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import random
 import subprocess
 import sys
@@ -56,7 +57,7 @@ from bench.harness import (
     summary,
 )
 from bench.machine import describe
-from services.market import MarketDocument, SaveOutcome
+from services.market import MarketDocument, SaveOutcome, SaveResult
 from services.market.binary_copy import CopyRows, int2, int4, int8, text
 from services.market.documents import parse_document
 from services.market.model import epoch_us
@@ -294,6 +295,82 @@ async def store_run(
     return {"seconds": seconds, "documents_per_s": len(docs) / seconds, "rows_per_s": rows / seconds}
 
 
+def _saver_process(
+    dsn: str, batches: Sequence[Sequence[tuple[str, bytes]]], ready: Any, go: Any
+) -> tuple[float, float, int, dict[str, int]]:
+    """One saving process of `savers_run`: connect, say so, wait for the common start, then parse each
+    batch in line and save it on this process's own connection, parsing the next batch while the
+    database writes the previous one. (started, finished) on the system's monotonic clock."""
+
+    async def run() -> tuple[float, float, int, dict[str, int]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            ready.set()
+            await asyncio.to_thread(go.wait)
+            rows = 0
+            outcomes: dict[str, int] = {}
+            started = time.monotonic()
+            pending: asyncio.Task[list[SaveResult]] | None = None
+            for chunk in batches:
+                parsed = parse_batch(chunk)  # the loop is busy here while PostgreSQL writes `pending`
+                if pending is not None:
+                    for result in await pending:
+                        rows += result.written
+                        outcomes[result.outcome.value] = outcomes.get(result.outcome.value, 0) + 1
+                pending = asyncio.create_task(save_documents(conn, parsed, datetime.now(UTC)))
+                await asyncio.sleep(0)  # let the save send its first statements before parsing on
+            if pending is not None:
+                for result in await pending:
+                    rows += result.written
+                    outcomes[result.outcome.value] = outcomes.get(result.outcome.value, 0) + 1
+            return started, time.monotonic(), rows, outcomes
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+async def savers_run(dsn: str, docs: Sequence[tuple[str, bytes]], savers: int, batch: int) -> dict[str, float]:
+    """Parse and save every document from `savers` processes, each a replica of its own: it parses
+    its share of the batches in line (no parser pool, nothing pickled between processes) and saves
+    them with `save_documents` on its own connection, `batch` documents per transaction. Batch i goes
+    to process i % savers, so every process moves through the year in publication order. The clock
+    runs from the common start (every process connected and holding its documents) to the last one
+    done."""
+    await _reset(dsn, ["market.prices", "market.documents"])
+    batches = [docs[i : i + batch] for i in range(0, len(docs), batch)]
+    manager = multiprocessing.get_context("spawn").Manager()
+    try:
+        go = manager.Event()
+        readies = [manager.Event() for _ in range(savers)]
+        with ProcessPoolExecutor(savers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            loop = asyncio.get_running_loop()
+            futures = [
+                loop.run_in_executor(pool, _saver_process, dsn, batches[k::savers], readies[k], go)
+                for k in range(savers)
+            ]
+            for ready in readies:
+                await asyncio.to_thread(ready.wait)
+            go.set()
+            done = await asyncio.gather(*futures)
+    finally:
+        manager.shutdown()
+    seconds = max(d[1] for d in done) - min(d[0] for d in done)
+    rows = sum(d[2] for d in done)
+    outcomes: dict[str, int] = {}
+    for d in done:
+        for k, v in d[3].items():
+            outcomes[k] = outcomes.get(k, 0) + v
+    conn = await asyncpg.connect(dsn)
+    try:
+        stored = int(await conn.fetchval("SELECT count(*) FROM market.prices"))
+    finally:
+        await conn.close()
+    assert outcomes == {SaveOutcome.STORED.value: len(docs)}, outcomes
+    assert stored == rows, f"stored {stored} rows, save_documents reported {rows}"
+    return {"seconds": seconds, "documents_per_s": len(docs) / seconds, "rows_per_s": rows / seconds}
+
+
 COPY_TABLE = "bench_market.prices"
 
 
@@ -354,8 +431,10 @@ async def copy_bytes_run(dsn: str, chunks: Sequence[tuple[int, memoryview]], con
 
 
 async def store_benchmark(
-    dsn: str, docs: Sequence[tuple[str, bytes]], connections: int, batch: int, parsers: int
+    dsn: str, docs: Sequence[tuple[str, bytes]], connections: int, batch: int, parsers: int, savers: int = 0
 ) -> dict[str, object]:
+    if savers:  # the path's connections: one per saving process
+        connections = savers
     parse_docs_s, parse_rows_s = [], []
     parsed: list[MarketDocument] = []
     for _ in range(RUNS):
@@ -378,7 +457,10 @@ async def store_benchmark(
             run[f"copy_encoded_{n}_rows_per_s"] = await copy_bytes_run(dsn, bulk_bytes, n)
         run["copy_same_batches_rows_per_s"] = await copy_run(dsn, same_batches, connections)
         # Last, so the year stays stored for the read benchmarks.
-        stored = await store_run(dsn, docs, connections, batch, parsers)
+        if savers:
+            stored = await savers_run(dsn, docs, savers, batch)
+        else:
+            stored = await store_run(dsn, docs, connections, batch, parsers)
         run["store_documents_per_s"] = stored["documents_per_s"]
         run["store_rows_per_s"] = stored["rows_per_s"]
         # The strongest reference: the best of every COPY above (records or pre-encoded, 1, 2 or 4
@@ -395,7 +477,13 @@ async def store_benchmark(
     return {
         "connections": connections,
         "documents_per_transaction": batch,
-        "parse_processes": parsers,
+        "parse_processes": 0 if savers else parsers,
+        "saving_processes": savers or 1,
+        "path": (
+            f"{savers} processes, each parsing in line and saving on its own connection"
+            if savers
+            else f"one saving process on {connections} connection(s), {parsers} parser process(es)"
+        ),
         "parse_documents_per_s": summary(parse_docs_s),
         "parse_rows_per_s": summary(parse_rows_s),
         "store_documents_per_s": summary([r["store_documents_per_s"] for r in runs]),
@@ -619,6 +707,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                 *([f"--connections {args.connections}"] if args.connections != 2 else []),
                 *([f"--batch {args.batch}"] if args.batch != 100 else []),
                 *([f"--parsers {args.parsers}"] if args.parsers != 1 else []),
+                *([f"--savers {args.savers}"] if args.savers else []),
+                *([f"--only {args.only}"] if args.only else []),
             ]
         )
         result: dict[str, object] = {
@@ -635,8 +725,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             },
         }
         print(json.dumps(result), flush=True)
-        result["store"] = await store_benchmark(dsn, docs, args.connections, args.batch, args.parsers)
-        result["read"] = await read_benchmark(dsn, zones, days, args.quick, args.samples)
+        if args.only in ("", "store"):
+            result["store"] = await store_benchmark(dsn, docs, args.connections, args.batch, args.parsers, args.savers)
+        elif args.savers:  # the year stored once, untimed, for the read benchmarks
+            await savers_run(dsn, docs, args.savers, args.batch)
+        else:
+            await store_run(dsn, docs, args.connections, args.batch, args.parsers)
+        if args.only in ("", "read"):
+            result["read"] = await read_benchmark(dsn, zones, days, args.quick, args.samples)
     return result
 
 
@@ -665,6 +761,15 @@ def main() -> None:
     p.add_argument("--zones", type=int, default=len(ZONES), help="the first N of the 40 zones (smoke tests)")
     p.add_argument("--days", type=int, default=0, help="delivery days (default 365, --quick 28)")
     p.add_argument("--samples", type=int, default=0, help="requests per latency run (smoke tests)")
+    p.add_argument(
+        "--savers",
+        type=int,
+        default=0,
+        choices=(0, 1, 2, 4),
+        help="N processes each parsing in line and saving on its own connection (0: one saving process"
+        " fed by --parsers on --connections)",
+    )
+    p.add_argument("--only", choices=("store", "read"), default="", help="one of the two benchmarks")
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "market.json")
     args = p.parse_args()
     result = asyncio.run(main_async(args))

@@ -12,8 +12,11 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Sequence
+from datetime import datetime
 from itertools import repeat
 from typing import Final
+
+from services.market.model import epoch_us
 
 # COPY BINARY: signature, flags, header extension length; the file trailer is a field count of -1.
 _HEADER: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
@@ -27,6 +30,27 @@ _VALUE_LENGTH: Final = struct.pack("!i", 8)
 def text(value: str) -> bytes:
     data = value.encode()
     return struct.pack("!i", len(data)) + data
+
+
+# A NULL field: its length is -1 and no bytes follow.
+NULL: Final = struct.pack("!i", -1)
+_TEXT_OID: Final = 25
+
+
+def timestamptz(value: datetime | None) -> bytes:
+    """A timezone-aware time (or NULL) as PostgreSQL's binary timestamptz."""
+    if value is None:
+        return NULL
+    return struct.pack("!iq", 8, epoch_us(value) - _PG_EPOCH_US)
+
+
+def text_array(values: Sequence[str]) -> bytes:
+    """A one-dimensional text[] (lower bound 1, no NULLs) in PostgreSQL's binary array format."""
+    if not values:
+        body = struct.pack("!iii", 0, 0, _TEXT_OID)
+    else:
+        body = struct.pack("!iiiii", 1, 0, _TEXT_OID, len(values), 1) + b"".join(map(text, values))
+    return struct.pack("!i", len(body)) + body
 
 
 def int2(value: int) -> bytes:
@@ -74,6 +98,11 @@ class CopyRows:
         pack = _row(len(head), len(mid), len(after)).pack
         self._parts.append(b"".join(map(pack, repeat(head, n), starts, repeat(mid, n), values, repeat(after, n))))
         self.rows += n
+
+    def row(self, fields: bytes) -> None:
+        """Add one row of already encoded fields (as many as the COPY's columns)."""
+        self._parts.append(self._count + fields)
+        self.rows += 1
 
     def payload(self) -> memoryview:
         # A memoryview: asyncpg takes bytes for a file path.
