@@ -20,10 +20,11 @@ __all__ = ["DEPENDS_ON", "POLICY", "SERVICES", "TABLES"]
 # the committed samples and latest values the engine judges; market for the border warnings
 # MARKET_WARNING rules watch (read through its face, never its tables).
 DEPENDS_ON: tuple[str, ...] = ("identity", "registry", "telemetry", "market")
-# The tables this domain alone reads and writes (services/migrations/0016_alarm.sql, 0018).
+# The tables this domain alone reads and writes (services/migrations/0016_alarm.sql, 0018, 0025).
 TABLES: tuple[str, ...] = (
     "alarm.alarms",
     "alarm.deliveries",
+    "alarm.engine_generation",
     "alarm.notification_channels",
     "alarm.recommendations",
     "alarm.rule_state",
@@ -91,9 +92,10 @@ POLICY: dict[str, Access] = {
     _AL + "GetDeviceHealth": Access.VIEWER,
     _AL + "GetSiteHealth": Access.VIEWER,
     _AL + "GetDeviceProjection": Access.VIEWER,
-    # Identity has no service accounts yet: a recommendation service posts as a user of its own with
-    # the OPERATOR role; the posts are rate-limited per site and the creator is stored.
-    _AL + "CreateRecommendation": Access.OPERATOR,
+    # A recommender service account of the organization (a member of none) or an operator: the
+    # servicer checks which (services.identity.service_account_role). Posts are rate-limited per
+    # site and the creator is stored.
+    _AL + "CreateRecommendation": Access.USER,
     _AL + "ListRecommendations": Access.VIEWER,
     _AL + "AcceptRecommendation": Access.OPERATOR,
     _AL + "DismissRecommendation": Access.OPERATOR,

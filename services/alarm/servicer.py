@@ -20,8 +20,15 @@ from google.protobuf import empty_pb2
 from services.alarm import alarms, health, notify, recommendations, rules
 from services.alarm.commands import CommandClient, command_of
 from services.alarm.config import NotifyConfig, RecommendationConfig
-from services.errors import ApiError, invalid_field
-from services.identity import Access, caller, note_audit
+from services.errors import ApiError, invalid_field, not_found
+from services.identity import (
+    SERVICE_ACCOUNT_RECOMMENDER,
+    Access,
+    Caller,
+    caller,
+    note_audit,
+    service_account_role,
+)
 from services.names import ID_PATTERN, parse_organization, parse_site
 from services.pagination import Page
 from services.platform.idempotency import run_once
@@ -458,18 +465,18 @@ class AlarmServicer(alarm_pb2_grpc.AlarmServiceServicer):
         self, request: pb.CreateRecommendationRequest, context: Context
     ) -> pb.Recommendation:
         site = parse_site(request.parent, "parent")
-        recommendations.check(request.recommendation, site)
         me = caller(context)
-        me.require_org(site.org, Access.OPERATOR, resource=request.parent)
-        note_audit(request.parent)
-
-        async def change(conn: Conn) -> pb.Recommendation:
-            await recommendations.check_assets(conn, site, request.recommendation)
-            return await recommendations.create(
-                conn, site, request.recommendation, me.actor, self._recommendations.per_hour
-            )
-
         async with self._pool.acquire() as conn:
+            creator = await self._poster(conn, me, site.org, request.parent)
+            recommendations.check(request.recommendation, site)
+            note_audit(request.parent)
+
+            async def change(conn: Conn) -> pb.Recommendation:
+                await recommendations.check_assets(conn, site, request.recommendation)
+                return await recommendations.create(
+                    conn, site, request.recommendation, creator, self._recommendations.per_hour
+                )
+
             return await run_once(
                 conn,
                 actor=me.actor,
@@ -479,6 +486,22 @@ class AlarmServicer(alarm_pb2_grpc.AlarmServiceServicer):
                 response_type=pb.Recommendation,
                 change=change,
             )
+
+    @staticmethod
+    async def _poster(conn: Conn, me: Caller, org: str, resource: str) -> str:
+        """Who may post to `org`, as the recommendation's creator: a member needs OPERATOR (a viewer
+        gets ROLE_INSUFFICIENT, as everywhere); a non-member must be a RECOMMENDER service account of
+        the organization, and anyone else gets RESOURCE_NOT_FOUND like a stranger to the tenant."""
+        if me.is_member(org):
+            me.require_org(org, Access.OPERATOR, resource=resource)
+            return me.actor
+        if me.kind == "user":
+            grant = await service_account_role(conn, me.user_id, org)
+            if grant is not None and grant.role == SERVICE_ACCOUNT_RECOMMENDER:
+                # Its audit row belongs in its organization, of which it is no member.
+                note_audit(orgs=[org])
+                return grant.name
+        raise not_found(resource)
 
     async def ListRecommendations(
         self, request: pb.ListRecommendationsRequest, context: Context

@@ -33,6 +33,8 @@ from services.identity.erasure import erase_audit_requests
 from services.identity.interceptor import AuthInterceptor
 from services.identity.passwords import Passwords, password_problem
 from services.identity.policy import Access, register_policy
+from services.identity.service_accounts import RECOMMENDER as SERVICE_ACCOUNT_RECOMMENDER
+from services.identity.service_accounts import ServiceAccountGrant, service_account_role
 from services.identity.state import AuthState, auth_state_for
 from services.platform.registration import ServiceSpec, service_spec
 from services.platform.runtime import Runtime
@@ -43,6 +45,7 @@ __all__ = [
     "DEPENDS_ON",
     "POLICY",
     "SERVICES",
+    "SERVICE_ACCOUNT_RECOMMENDER",
     "TABLES",
     "Access",
     "AuthConfig",
@@ -52,6 +55,7 @@ __all__ = [
     "EdgeDirectory",
     "EdgeIdentity",
     "Passwords",
+    "ServiceAccountGrant",
     "accounts",
     "auth_state_for",
     "authenticate_edge_key",
@@ -71,6 +75,7 @@ __all__ = [
     "rename_organization",
     "revoke_edge_key",
     "revoke_edge_keys_of",
+    "service_account_role",
     "set_membership",
     "use_edge_directory",
     "write_entries",
@@ -87,11 +92,14 @@ TABLES = (
     "identity.edge_api_keys",
     "identity.login_failures",
     "identity.audit_entries",
-    # Trigger functions: audit rows are immutable; changes to credentials NOTIFY every replica.
+    "identity.service_accounts",
+    # Trigger functions: audit rows are immutable; changes to credentials NOTIFY every replica; a
+    # deleted service account takes its user along.
     "identity.audit_entries_immutable",
     "identity.edge_api_keys_changed",
     "identity.memberships_changed",
     "identity.notify_auth",
+    "identity.service_account_deleted",
     "identity.sessions_changed",
     "identity.users_changed",
 )
@@ -138,6 +146,10 @@ POLICY: dict[str, Access] = {
     _ID + "CreateEdgeApiKey": Access.ADMIN,
     _ID + "ListEdgeApiKeys": Access.ADMIN,
     _ID + "RevokeEdgeApiKey": Access.ADMIN,
+    _ID + "CreateServiceAccount": Access.ADMIN,
+    _ID + "GetServiceAccount": Access.ADMIN,
+    _ID + "ListServiceAccounts": Access.ADMIN,
+    _ID + "DeleteServiceAccount": Access.ADMIN,
     _AUD + "ListAuditEntries": Access.ADMIN,
     _AUD + "GetAuditEntry": Access.ADMIN,
 }

@@ -52,12 +52,12 @@ class CallAuditor:
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls_in_flight = 0  # mutating calls between their start and their audit row
 
-    def _orgs_for(self, actor: Caller, resource: str) -> list[str | None]:
+    def _orgs_for(self, actor: Caller, resource: str, vouched: list[str]) -> list[str | None]:
         org = policy.org_of(resource)
         if actor.kind == "user":
-            if org is not None and (actor.is_member(org) or actor.platform_admin):
+            if org is not None and (actor.is_member(org) or actor.platform_admin or org in vouched):
                 return [org]
-            return list(actor.orgs()) or [None]
+            return list(actor.orgs()) or list(vouched) or [None]
         if actor.kind == "edge" and actor.edge is not None:
             return [actor.edge.org]
         return [org]
@@ -84,7 +84,7 @@ class CallAuditor:
         except Exception:
             request_json = '{"unserializable":true}'
         await self._write(
-            self._orgs_for(actor, resource),
+            self._orgs_for(actor, resource, call.audit_extra_orgs),
             actor=actor,
             method=info.name,
             resource=resource,

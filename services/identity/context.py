@@ -123,6 +123,8 @@ class CallState:
     audit_resource: str | None = None
     audit_actor: Caller | None = None  # Login: the user who logged in (the call itself is anonymous)
     audit_written: bool = False  # the servicer wrote the call's audit row in its own transaction
+    # Organizations the servicer vouches the call acted in although the caller is no member of them
+    # (a service account's own organization), so its audit rows land there and not at platform level.
     audit_extra_orgs: list[str] = field(default_factory=list)
 
 
@@ -165,11 +167,20 @@ def caller(context: Any = None) -> Caller:
     return state.caller
 
 
-def note_audit(resource: str | None = None, *, actor: Caller | None = None, written: bool | None = None) -> None:
-    """Tell the audit writer which resource the call touched (e.g. the one a Create made)."""
+def note_audit(
+    resource: str | None = None,
+    *,
+    actor: Caller | None = None,
+    written: bool | None = None,
+    orgs: list[str] | None = None,
+) -> None:
+    """Tell the audit writer which resource the call touched (e.g. the one a Create made), and with
+    `orgs` the organizations a non-member acted in (a service account's)."""
     state = _STATE.get()
     if state is None:
         return
+    if orgs is not None:
+        state.audit_extra_orgs = list(orgs)
     if resource is not None:
         state.audit_resource = resource
     if actor is not None:

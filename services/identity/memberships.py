@@ -18,7 +18,7 @@ from emma.common.v1 import errors_pb2
 from emma.identity.v1 import identity_pb2
 
 from services.errors import ApiError, invalid_field, not_found
-from services.identity import accounts
+from services.identity import accounts, service_accounts
 from services.identity.context import ADMIN, Caller, note_audit
 from services.identity.tokens import Invitation, invitation_void, sign_invitation, verify_invitation
 from services.platform.migrations import Conn
@@ -76,6 +76,13 @@ async def set_role(
         user = await conn.fetchrow("SELECT update_time FROM identity.users WHERE user_id = $1", user_id)
         if user is None:
             raise not_found(user_resource)
+        account_org = await service_accounts.org_of(conn, user_id)
+        if account_org is not None:
+            # Its role is its service-account role; a membership would give it every right of the
+            # role in the organization. Another tenant's account is refused like an unknown user.
+            if account_org != org:
+                raise not_found(user_resource)
+            raise invalid_field("user", "a service account is never a member; its role is its service-account role")
         await _lock_organization(conn, org)
         member = await conn.fetchval(
             "SELECT 1 FROM identity.memberships WHERE org_id = $1 AND user_id = $2", org, user_id

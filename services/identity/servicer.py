@@ -7,7 +7,7 @@ from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 from google.protobuf import empty_pb2
 
 from services.errors import invalid_field, not_found
-from services.identity import edge_keys, memberships, sessions, users
+from services.identity import edge_keys, memberships, service_accounts, sessions, users
 from services.identity.context import ADMIN, call_state, caller, note_audit
 from services.identity.passwords import password_problem
 from services.identity.state import AuthState, auth_state_for
@@ -220,3 +220,79 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         me.require_org(name.edge.org, ADMIN, resource=str(name.edge))
         async with self._pool.acquire() as conn:
             return await edge_keys.revoke_key(conn, name.edge, name.key_id, request.name)
+
+    # ------------------------------------------------------------------ service accounts
+
+    async def CreateServiceAccount(
+        self, request: identity_pb2.CreateServiceAccountRequest, context: Context
+    ) -> identity_pb2.ServiceAccount:
+        me = caller(context)
+        org = parse_organization(request.parent, "parent")
+        me.require_org(org, ADMIN, resource=request.parent)
+        display_name, role = service_accounts.check_new(request)
+        password = service_accounts.new_password()
+        password_hash = await self.auth.passwords.hash(password)
+
+        async def change(conn: Conn) -> identity_pb2.ServiceAccount:
+            created = await service_accounts.create(
+                conn, me, org, request.service_account_id, display_name, role, password_hash
+            )
+            # In this answer only: run_once stores it with sensitive fields cleared, so a retry of
+            # the request gets the account without the password.
+            created.password = password
+            return created
+
+        async with self._pool.acquire() as conn:
+            created = await run_once(
+                conn,
+                actor=me.actor,
+                method=_SVC + "CreateServiceAccount",
+                request=request,
+                request_id=request.request_id,
+                response_type=identity_pb2.ServiceAccount,
+                change=change,
+            )
+        note_audit(created.name)
+        return created
+
+    async def GetServiceAccount(
+        self, request: identity_pb2.GetServiceAccountRequest, context: Context
+    ) -> identity_pb2.ServiceAccount:
+        me = caller(context)
+        org, account_id = service_accounts.parse_name(request.name)
+        me.require_org(org, ADMIN, resource=request.name)
+        async with self._pool.acquire() as conn:
+            return await service_accounts.get(conn, org, account_id, request.name)
+
+    async def ListServiceAccounts(
+        self, request: identity_pb2.ListServiceAccountsRequest, context: Context
+    ) -> identity_pb2.ListServiceAccountsResponse:
+        me = caller(context)
+        org = parse_organization(request.parent, "parent")
+        me.require_org(org, ADMIN, resource=request.parent)
+        page = Page.of("ListServiceAccounts", request)
+        async with self._pool.acquire() as conn:
+            return await service_accounts.list_accounts(conn, org, page)
+
+    async def DeleteServiceAccount(
+        self, request: identity_pb2.DeleteServiceAccountRequest, context: Context
+    ) -> empty_pb2.Empty:
+        me = caller(context)
+        org, account_id = service_accounts.parse_name(request.name)
+        me.require_org(org, ADMIN, resource=request.name)
+        note_audit(request.name)
+
+        async def change(conn: Conn) -> empty_pb2.Empty:
+            await service_accounts.delete(conn, org, account_id, request.name)
+            return empty_pb2.Empty()
+
+        async with self._pool.acquire() as conn:
+            return await run_once(
+                conn,
+                actor=me.actor,
+                method=_SVC + "DeleteServiceAccount",
+                request=request,
+                request_id=request.request_id,
+                response_type=empty_pb2.Empty,
+                change=change,
+            )

@@ -12,7 +12,7 @@ from emma.common.v1 import errors_pb2
 from emma.identity.v1 import identity_pb2
 
 from services.errors import ApiError
-from services.identity import accounts, ratelimit
+from services.identity import accounts, ratelimit, service_accounts
 from services.identity.config import AuthConfig
 from services.identity.context import Caller, note_audit
 from services.identity.memberships import memberships_of
@@ -94,6 +94,7 @@ async def login(
         if row is not None:
             roles = await memberships_of(conn, row["user_id"])
             note_audit(actor=Caller(kind="user", user_id=row["user_id"], roles=roles))
+            await _note_service_account(conn, row["user_id"], roles)
         if not ok or row is None or row["disabled"]:
             await ratelimit.record_failure(conn, [*limits, account], config.login_window_s)
             raise _login_failed()
@@ -126,6 +127,16 @@ async def login(
         session=session_message(session),
         user=user_message(row, roles, None),
     )
+
+
+async def _note_service_account(conn: Conn, user_id: str, roles: dict[str, int]) -> None:
+    """A service account's logins and refreshes are audited in its organization (it is a member of
+    none, so they would otherwise be platform-level rows its admins cannot read)."""
+    if roles:
+        return
+    org = await service_accounts.org_of(conn, user_id)
+    if org is not None:
+        note_audit(orgs=[org])
 
 
 async def _known_address(conn: Conn, email: str, address: str, within_s: float) -> bool:
@@ -161,10 +172,12 @@ async def refresh(pool: asyncpg.Pool, config: AuthConfig, refresh_token: str) ->
         )
         if row is None:
             raise token_invalid("the refresh token is not valid")
+        roles = await memberships_of(conn, row["user_id"])
         note_audit(
             f"users/{row['user_id']}/sessions/{session_id}",
-            actor=Caller(kind="user", user_id=row["user_id"], roles=await memberships_of(conn, row["user_id"])),
+            actor=Caller(kind="user", user_id=row["user_id"], roles=roles),
         )
+        await _note_service_account(conn, row["user_id"], roles)
         if row["revoke_time"] is not None or row["disabled"]:
             raise session_revoked()
         if row["expire_time"] <= dt.datetime.now(dt.UTC):

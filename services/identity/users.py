@@ -12,7 +12,7 @@ from emma.common.v1 import errors_pb2
 from emma.identity.v1 import identity_pb2
 
 from services.errors import ApiError, invalid_field, not_found
-from services.identity import accounts
+from services.identity import accounts, service_accounts
 from services.identity.context import ADMIN, Caller
 from services.identity.memberships import check_role, memberships_of
 from services.identity.passwords import password_problem
@@ -101,6 +101,10 @@ def validate_new_user(request: identity_pb2.CreateUserRequest) -> str:
     email = accounts.normalize_email(request.user.email)
     if not accounts.EMAIL.match(email):
         raise invalid_field("user.email", "must be an e-mail address")
+    if service_accounts.is_service_login(email):
+        # Reserved: a user holding "{id}@{org}.service.emma" would block or pose as that account.
+        suffix = service_accounts.LOGIN_SUFFIX
+        raise invalid_field("user.email", f"addresses ending in {suffix} are service accounts' logins")
     problem = password_problem(request.user.password)
     if problem:
         raise invalid_field("user.password", problem)

@@ -1778,7 +1778,9 @@ class Recommendation(_message.Message):
     state: Global___RecommendationState.ValueType
     """Where it is."""
     creator: _builtins.str
-    """Who posted it."""
+    """Who posted it: the service account
+    (organizations/{organization}/serviceAccounts/{service_account}), or users/{user}.
+    """
     decided_by: _builtins.str
     """Who accepted or dismissed it."""
     decision_note: _builtins.str

@@ -341,9 +341,12 @@ class AlarmServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateRecommendation(self, request, context):
-        """Posts a recommendation for a site's operators (a recommendation service's account, OPERATOR
-        role), validated and rate-limited per site. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or
-        a device it names is unknown), RATE_LIMITED (too many for the site this hour), REQUEST_ID_REUSED.
+        """Posts a recommendation for a site's operators, validated and rate-limited per site. Allowed to a
+        service account of the organization with the role SERVICE_ACCOUNT_ROLE_RECOMMENDER
+        (IdentityService.CreateServiceAccount) and to the organization's operators and admins.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or a device it names is unknown, or the
+        caller may not post there), ROLE_INSUFFICIENT (a viewer), RATE_LIMITED (too many for the site
+        this hour), REQUEST_ID_REUSED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

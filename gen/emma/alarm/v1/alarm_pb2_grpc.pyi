@@ -126,9 +126,12 @@ class AlarmServiceStub:
     samples in the window, a charger without a rated power).
     """
     CreateRecommendation: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.CreateRecommendationRequest, _alarm_pb2.Recommendation]
-    """Posts a recommendation for a site's operators (a recommendation service's account, OPERATOR
-    role), validated and rate-limited per site. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or
-    a device it names is unknown), RATE_LIMITED (too many for the site this hour), REQUEST_ID_REUSED.
+    """Posts a recommendation for a site's operators, validated and rate-limited per site. Allowed to a
+    service account of the organization with the role SERVICE_ACCOUNT_ROLE_RECOMMENDER
+    (IdentityService.CreateServiceAccount) and to the organization's operators and admins.
+    Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or a device it names is unknown, or the
+    caller may not post there), ROLE_INSUFFICIENT (a viewer), RATE_LIMITED (too many for the site
+    this hour), REQUEST_ID_REUSED.
     """
     ListRecommendations: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.ListRecommendationsRequest, _alarm_pb2.ListRecommendationsResponse]
     """A site's recommendations, newest first. Errors: FIELD_INVALID, PAGE_TOKEN_INVALID,
@@ -240,9 +243,12 @@ class AlarmServiceAsyncStub(AlarmServiceStub):
     samples in the window, a charger without a rated power).
     """
     CreateRecommendation: _aio.UnaryUnaryMultiCallable[_alarm_pb2.CreateRecommendationRequest, _alarm_pb2.Recommendation]  # type: ignore[assignment]
-    """Posts a recommendation for a site's operators (a recommendation service's account, OPERATOR
-    role), validated and rate-limited per site. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or
-    a device it names is unknown), RATE_LIMITED (too many for the site this hour), REQUEST_ID_REUSED.
+    """Posts a recommendation for a site's operators, validated and rate-limited per site. Allowed to a
+    service account of the organization with the role SERVICE_ACCOUNT_ROLE_RECOMMENDER
+    (IdentityService.CreateServiceAccount) and to the organization's operators and admins.
+    Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or a device it names is unknown, or the
+    caller may not post there), ROLE_INSUFFICIENT (a viewer), RATE_LIMITED (too many for the site
+    this hour), REQUEST_ID_REUSED.
     """
     ListRecommendations: _aio.UnaryUnaryMultiCallable[_alarm_pb2.ListRecommendationsRequest, _alarm_pb2.ListRecommendationsResponse]  # type: ignore[assignment]
     """A site's recommendations, newest first. Errors: FIELD_INVALID, PAGE_TOKEN_INVALID,
@@ -477,9 +483,12 @@ class AlarmServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _alarm_pb2.CreateRecommendationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_alarm_pb2.Recommendation, _abc.Awaitable[_alarm_pb2.Recommendation]]:
-        """Posts a recommendation for a site's operators (a recommendation service's account, OPERATOR
-        role), validated and rate-limited per site. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or
-        a device it names is unknown), RATE_LIMITED (too many for the site this hour), REQUEST_ID_REUSED.
+        """Posts a recommendation for a site's operators, validated and rate-limited per site. Allowed to a
+        service account of the organization with the role SERVICE_ACCOUNT_ROLE_RECOMMENDER
+        (IdentityService.CreateServiceAccount) and to the organization's operators and admins.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or a device it names is unknown, or the
+        caller may not post there), ROLE_INSUFFICIENT (a viewer), RATE_LIMITED (too many for the site
+        this hour), REQUEST_ID_REUSED.
         """
 
     @_abc_1.abstractmethod

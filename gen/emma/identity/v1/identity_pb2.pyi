@@ -49,6 +49,28 @@ ROLE_ADMIN: Role.ValueType  # 3
 """Also manages sites, edges, devices, users and keys, and reads the audit log."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
+class _ServiceAccountRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ServiceAccountRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ServiceAccountRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SERVICE_ACCOUNT_ROLE_UNSPECIFIED: _ServiceAccountRole.ValueType  # 0
+    """Not set."""
+    SERVICE_ACCOUNT_ROLE_RECOMMENDER: _ServiceAccountRole.ValueType  # 1
+    """Posts recommendations to the organization's sites (AlarmService.CreateRecommendation)."""
+
+class ServiceAccountRole(_ServiceAccountRole, metaclass=_ServiceAccountRoleEnumTypeWrapper):
+    """What a service account may do. It is never a member of its organization: each role is allowed by
+    the few methods that name it, and by nothing else.
+    """
+
+SERVICE_ACCOUNT_ROLE_UNSPECIFIED: ServiceAccountRole.ValueType  # 0
+"""Not set."""
+SERVICE_ACCOUNT_ROLE_RECOMMENDER: ServiceAccountRole.ValueType  # 1
+"""Posts recommendations to the organization's sites (AlarmService.CreateRecommendation)."""
+Global___ServiceAccountRole: _TypeAlias = ServiceAccountRole  # noqa: Y015
+
 class _ActorKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -868,6 +890,204 @@ class RevokeEdgeApiKeyRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeEdgeApiKeyRequest: _TypeAlias = RevokeEdgeApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class ServiceAccount(_message.Message):
+    """A login of a program, not a person, with one role in one organization."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    LOGIN_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    CREATOR_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The resource name, organizations/{organization}/serviceAccounts/{service_account}."""
+    display_name: _builtins.str
+    """The name shown to people, for example "dispatch advisor". [limits: length ..200]"""
+    role: Global___ServiceAccountRole.ValueType
+    """What it may do."""
+    user: _builtins.str
+    """The user it logs in as, users/{user}: audit entries and sessions name this user."""
+    login: _builtins.str
+    """The login name for IdentityService.Login, "{service_account}@{organization}.service.emma"."""
+    password: _builtins.str
+    """The generated password: only in CreateServiceAccount's response, stored nowhere but as its hash.
+    To change it, delete the account and create a new one.
+    """
+    creator: _builtins.str
+    """Who created it, users/{user}."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        role: Global___ServiceAccountRole.ValueType = ...,
+        user: _builtins.str = ...,
+        login: _builtins.str = ...,
+        password: _builtins.str = ...,
+        creator: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "creator", b"creator", "display_name", b"display_name", "login", b"login", "name", b"name", "password", b"password", "role", b"role", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceAccount: _TypeAlias = ServiceAccount  # noqa: Y015
+
+@_typing.final
+class CreateServiceAccountRequest(_message.Message):
+    """The request of CreateServiceAccount."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    SERVICE_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    SERVICE_ACCOUNT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The organization, organizations/{organization}."""
+    service_account_id: _builtins.str
+    """The id, the last part of the name: 1-63 lowercase letters, digits and hyphens, starting with a
+    letter. [limits: length 1..63]
+    """
+    request_id: _builtins.str
+    """Idempotency key (AIP-155). A retry gets the stored answer without the password."""
+    @_builtins.property
+    def service_account(self) -> Global___ServiceAccount:
+        """The account (display_name and role are read)."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        service_account_id: _builtins.str = ...,
+        service_account: Global___ServiceAccount | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["service_account", b"service_account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "request_id", b"request_id", "service_account", b"service_account", "service_account_id", b"service_account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateServiceAccountRequest: _TypeAlias = CreateServiceAccountRequest  # noqa: Y015
+
+@_typing.final
+class GetServiceAccountRequest(_message.Message):
+    """The request of GetServiceAccount."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The service account's resource name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServiceAccountRequest: _TypeAlias = GetServiceAccountRequest  # noqa: Y015
+
+@_typing.final
+class ListServiceAccountsRequest(_message.Message):
+    """The request of ListServiceAccounts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The organization, organizations/{organization}."""
+    page_size: _builtins.int
+    """At most this many results (default 50, at most 1000). [limits: 0..1000]"""
+    page_token: _builtins.str
+    """The next_page_token of the previous page."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServiceAccountsRequest: _TypeAlias = ListServiceAccountsRequest  # noqa: Y015
+
+@_typing.final
+class ListServiceAccountsResponse(_message.Message):
+    """The response of ListServiceAccounts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ACCOUNTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass this as page_token to get the next page; empty on the last page."""
+    @_builtins.property
+    def service_accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceAccount]:
+        """One page of service accounts, ordered by id, without passwords."""
+
+    def __init__(
+        self,
+        *,
+        service_accounts: _abc.Iterable[Global___ServiceAccount] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "service_accounts", b"service_accounts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServiceAccountsResponse: _TypeAlias = ListServiceAccountsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteServiceAccountRequest(_message.Message):
+    """The request of DeleteServiceAccount."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The service account's resource name."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteServiceAccountRequest: _TypeAlias = DeleteServiceAccountRequest  # noqa: Y015
 
 @_typing.final
 class AuditEntry(_message.Message):

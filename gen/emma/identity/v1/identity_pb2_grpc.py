@@ -115,6 +115,26 @@ class IdentityServiceStub:
                 request_serializer=emma_dot_identity_dot_v1_dot_identity__pb2.RevokeEdgeApiKeyRequest.SerializeToString,
                 response_deserializer=emma_dot_identity_dot_v1_dot_identity__pb2.EdgeApiKey.FromString,
                 _registered_method=True)
+        self.CreateServiceAccount = channel.unary_unary(
+                '/emma.identity.v1.IdentityService/CreateServiceAccount',
+                request_serializer=emma_dot_identity_dot_v1_dot_identity__pb2.CreateServiceAccountRequest.SerializeToString,
+                response_deserializer=emma_dot_identity_dot_v1_dot_identity__pb2.ServiceAccount.FromString,
+                _registered_method=True)
+        self.GetServiceAccount = channel.unary_unary(
+                '/emma.identity.v1.IdentityService/GetServiceAccount',
+                request_serializer=emma_dot_identity_dot_v1_dot_identity__pb2.GetServiceAccountRequest.SerializeToString,
+                response_deserializer=emma_dot_identity_dot_v1_dot_identity__pb2.ServiceAccount.FromString,
+                _registered_method=True)
+        self.ListServiceAccounts = channel.unary_unary(
+                '/emma.identity.v1.IdentityService/ListServiceAccounts',
+                request_serializer=emma_dot_identity_dot_v1_dot_identity__pb2.ListServiceAccountsRequest.SerializeToString,
+                response_deserializer=emma_dot_identity_dot_v1_dot_identity__pb2.ListServiceAccountsResponse.FromString,
+                _registered_method=True)
+        self.DeleteServiceAccount = channel.unary_unary(
+                '/emma.identity.v1.IdentityService/DeleteServiceAccount',
+                request_serializer=emma_dot_identity_dot_v1_dot_identity__pb2.DeleteServiceAccountRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -240,6 +260,38 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateServiceAccount(self, request, context):
+        """Creates a service account of an organization: a login for a program (a recommendation service)
+        with one narrow role and no membership, so every call that needs a role in the organization
+        refuses it. The generated login and password are in this response only; the password is stored
+        hashed. Errors: FIELD_INVALID, RESOURCE_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServiceAccount(self, request, context):
+        """Returns a service account, without its password. Errors: RESOURCE_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListServiceAccounts(self, request, context):
+        """Lists an organization's service accounts, without their passwords. Errors: PAGE_TOKEN_INVALID.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteServiceAccount(self, request, context):
+        """Deletes a service account with its user: its sessions end and its tokens stop working on every
+        replica within a second. Errors: RESOURCE_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -317,6 +369,26 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.RevokeEdgeApiKey,
                     request_deserializer=emma_dot_identity_dot_v1_dot_identity__pb2.RevokeEdgeApiKeyRequest.FromString,
                     response_serializer=emma_dot_identity_dot_v1_dot_identity__pb2.EdgeApiKey.SerializeToString,
+            ),
+            'CreateServiceAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateServiceAccount,
+                    request_deserializer=emma_dot_identity_dot_v1_dot_identity__pb2.CreateServiceAccountRequest.FromString,
+                    response_serializer=emma_dot_identity_dot_v1_dot_identity__pb2.ServiceAccount.SerializeToString,
+            ),
+            'GetServiceAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServiceAccount,
+                    request_deserializer=emma_dot_identity_dot_v1_dot_identity__pb2.GetServiceAccountRequest.FromString,
+                    response_serializer=emma_dot_identity_dot_v1_dot_identity__pb2.ServiceAccount.SerializeToString,
+            ),
+            'ListServiceAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServiceAccounts,
+                    request_deserializer=emma_dot_identity_dot_v1_dot_identity__pb2.ListServiceAccountsRequest.FromString,
+                    response_serializer=emma_dot_identity_dot_v1_dot_identity__pb2.ListServiceAccountsResponse.SerializeToString,
+            ),
+            'DeleteServiceAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteServiceAccount,
+                    request_deserializer=emma_dot_identity_dot_v1_dot_identity__pb2.DeleteServiceAccountRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -729,6 +801,114 @@ class IdentityService:
             '/emma.identity.v1.IdentityService/RevokeEdgeApiKey',
             emma_dot_identity_dot_v1_dot_identity__pb2.RevokeEdgeApiKeyRequest.SerializeToString,
             emma_dot_identity_dot_v1_dot_identity__pb2.EdgeApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateServiceAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.identity.v1.IdentityService/CreateServiceAccount',
+            emma_dot_identity_dot_v1_dot_identity__pb2.CreateServiceAccountRequest.SerializeToString,
+            emma_dot_identity_dot_v1_dot_identity__pb2.ServiceAccount.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServiceAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.identity.v1.IdentityService/GetServiceAccount',
+            emma_dot_identity_dot_v1_dot_identity__pb2.GetServiceAccountRequest.SerializeToString,
+            emma_dot_identity_dot_v1_dot_identity__pb2.ServiceAccount.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServiceAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.identity.v1.IdentityService/ListServiceAccounts',
+            emma_dot_identity_dot_v1_dot_identity__pb2.ListServiceAccountsRequest.SerializeToString,
+            emma_dot_identity_dot_v1_dot_identity__pb2.ListServiceAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteServiceAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/emma.identity.v1.IdentityService/DeleteServiceAccount',
+            emma_dot_identity_dot_v1_dot_identity__pb2.DeleteServiceAccountRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -86,6 +86,20 @@ class IdentityServiceStub:
     """Lists an edge's API keys, without their secrets. Errors: PAGE_TOKEN_INVALID."""
     RevokeEdgeApiKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RevokeEdgeApiKeyRequest, _identity_pb2.EdgeApiKey]
     """Revokes an API key; an open stream of the edge using it is closed. Errors: RESOURCE_NOT_FOUND."""
+    CreateServiceAccount: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CreateServiceAccountRequest, _identity_pb2.ServiceAccount]
+    """Creates a service account of an organization: a login for a program (a recommendation service)
+    with one narrow role and no membership, so every call that needs a role in the organization
+    refuses it. The generated login and password are in this response only; the password is stored
+    hashed. Errors: FIELD_INVALID, RESOURCE_EXISTS.
+    """
+    GetServiceAccount: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetServiceAccountRequest, _identity_pb2.ServiceAccount]
+    """Returns a service account, without its password. Errors: RESOURCE_NOT_FOUND."""
+    ListServiceAccounts: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListServiceAccountsRequest, _identity_pb2.ListServiceAccountsResponse]
+    """Lists an organization's service accounts, without their passwords. Errors: PAGE_TOKEN_INVALID."""
+    DeleteServiceAccount: _grpc.UnaryUnaryMultiCallable[_identity_pb2.DeleteServiceAccountRequest, _empty_pb2.Empty]
+    """Deletes a service account with its user: its sessions end and its tokens stop working on every
+    replica within a second. Errors: RESOURCE_NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class IdentityServiceAsyncStub(IdentityServiceStub):
@@ -144,6 +158,20 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """Lists an edge's API keys, without their secrets. Errors: PAGE_TOKEN_INVALID."""
     RevokeEdgeApiKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.RevokeEdgeApiKeyRequest, _identity_pb2.EdgeApiKey]  # type: ignore[assignment]
     """Revokes an API key; an open stream of the edge using it is closed. Errors: RESOURCE_NOT_FOUND."""
+    CreateServiceAccount: _aio.UnaryUnaryMultiCallable[_identity_pb2.CreateServiceAccountRequest, _identity_pb2.ServiceAccount]  # type: ignore[assignment]
+    """Creates a service account of an organization: a login for a program (a recommendation service)
+    with one narrow role and no membership, so every call that needs a role in the organization
+    refuses it. The generated login and password are in this response only; the password is stored
+    hashed. Errors: FIELD_INVALID, RESOURCE_EXISTS.
+    """
+    GetServiceAccount: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetServiceAccountRequest, _identity_pb2.ServiceAccount]  # type: ignore[assignment]
+    """Returns a service account, without its password. Errors: RESOURCE_NOT_FOUND."""
+    ListServiceAccounts: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListServiceAccountsRequest, _identity_pb2.ListServiceAccountsResponse]  # type: ignore[assignment]
+    """Lists an organization's service accounts, without their passwords. Errors: PAGE_TOKEN_INVALID."""
+    DeleteServiceAccount: _aio.UnaryUnaryMultiCallable[_identity_pb2.DeleteServiceAccountRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Deletes a service account with its user: its sessions end and its tokens stop working on every
+    replica within a second. Errors: RESOURCE_NOT_FOUND.
+    """
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     """People, their roles per organization, their sessions, and the API keys of edges.
@@ -289,6 +317,44 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.EdgeApiKey, _abc.Awaitable[_identity_pb2.EdgeApiKey]]:
         """Revokes an API key; an open stream of the edge using it is closed. Errors: RESOURCE_NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def CreateServiceAccount(
+        self,
+        request: _identity_pb2.CreateServiceAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ServiceAccount, _abc.Awaitable[_identity_pb2.ServiceAccount]]:
+        """Creates a service account of an organization: a login for a program (a recommendation service)
+        with one narrow role and no membership, so every call that needs a role in the organization
+        refuses it. The generated login and password are in this response only; the password is stored
+        hashed. Errors: FIELD_INVALID, RESOURCE_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def GetServiceAccount(
+        self,
+        request: _identity_pb2.GetServiceAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ServiceAccount, _abc.Awaitable[_identity_pb2.ServiceAccount]]:
+        """Returns a service account, without its password. Errors: RESOURCE_NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def ListServiceAccounts(
+        self,
+        request: _identity_pb2.ListServiceAccountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ListServiceAccountsResponse, _abc.Awaitable[_identity_pb2.ListServiceAccountsResponse]]:
+        """Lists an organization's service accounts, without their passwords. Errors: PAGE_TOKEN_INVALID."""
+
+    @_abc_1.abstractmethod
+    def DeleteServiceAccount(
+        self,
+        request: _identity_pb2.DeleteServiceAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Deletes a service account with its user: its sessions end and its tokens stop working on every
+        replica within a second. Errors: RESOURCE_NOT_FOUND.
+        """
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -1928,7 +1928,8 @@ class Recommendation(betterproto2.Message):
 
     creator: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
     """
-    Who posted it.
+    Who posted it: the service account
+    (organizations/{organization}/serviceAccounts/{service_account}), or users/{user}.
     """
 
     create_time: "datetime.datetime | None" = betterproto2.field(
@@ -2450,9 +2451,12 @@ class AlarmServiceSyncStub:
         self, message: "CreateRecommendationRequest"
     ) -> "Recommendation":
         """
-        Posts a recommendation for a site's operators (a recommendation service's account, OPERATOR
-        role), validated and rate-limited per site. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or
-        a device it names is unknown), RATE_LIMITED (too many for the site this hour), REQUEST_ID_REUSED.
+        Posts a recommendation for a site's operators, validated and rate-limited per site. Allowed to a
+        service account of the organization with the role SERVICE_ACCOUNT_ROLE_RECOMMENDER
+        (IdentityService.CreateServiceAccount) and to the organization's operators and admins.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or a device it names is unknown, or the
+        caller may not post there), ROLE_INSUFFICIENT (a viewer), RATE_LIMITED (too many for the site
+        this hour), REQUEST_ID_REUSED.
         """
 
         return self._channel.unary_unary(
@@ -2973,9 +2977,12 @@ class AlarmServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "Recommendation":
         """
-        Posts a recommendation for a site's operators (a recommendation service's account, OPERATOR
-        role), validated and rate-limited per site. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or
-        a device it names is unknown), RATE_LIMITED (too many for the site this hour), REQUEST_ID_REUSED.
+        Posts a recommendation for a site's operators, validated and rate-limited per site. Allowed to a
+        service account of the organization with the role SERVICE_ACCOUNT_ROLE_RECOMMENDER
+        (IdentityService.CreateServiceAccount) and to the organization's operators and admins.
+        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (the site or a device it names is unknown, or the
+        caller may not post there), ROLE_INSUFFICIENT (a viewer), RATE_LIMITED (too many for the site
+        this hour), REQUEST_ID_REUSED.
         """
 
         return await self._unary_unary(

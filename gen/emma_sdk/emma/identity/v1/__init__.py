@@ -10,10 +10,13 @@ __all__ = (
     "AuditServiceStub",
     "AuditServiceSyncStub",
     "CreateEdgeApiKeyRequest",
+    "CreateServiceAccountRequest",
     "CreateUserRequest",
     "DeleteMembershipRequest",
+    "DeleteServiceAccountRequest",
     "EdgeApiKey",
     "GetAuditEntryRequest",
+    "GetServiceAccountRequest",
     "GetUserRequest",
     "IdentityServiceStub",
     "IdentityServiceSyncStub",
@@ -21,6 +24,8 @@ __all__ = (
     "ListAuditEntriesResponse",
     "ListEdgeApiKeysRequest",
     "ListEdgeApiKeysResponse",
+    "ListServiceAccountsRequest",
+    "ListServiceAccountsResponse",
     "ListSessionsRequest",
     "ListSessionsResponse",
     "ListUsersRequest",
@@ -34,6 +39,8 @@ __all__ = (
     "RevokeEdgeApiKeyRequest",
     "RevokeSessionRequest",
     "Role",
+    "ServiceAccount",
+    "ServiceAccountRole",
     "Session",
     "SetMembershipRequest",
     "UpdateUserRequest",
@@ -143,6 +150,37 @@ class Role(betterproto2.Enum):
             "ROLE_VIEWER": 1,
             "ROLE_OPERATOR": 2,
             "ROLE_ADMIN": 3,
+        }
+
+
+class ServiceAccountRole(betterproto2.Enum):
+    """
+    What a service account may do. It is never a member of its organization: each role is allowed by
+    the few methods that name it, and by nothing else.
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not set.
+    """
+
+    RECOMMENDER = 1
+    """
+    Posts recommendations to the organization's sites (AlarmService.CreateRecommendation).
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "SERVICE_ACCOUNT_ROLE_UNSPECIFIED",
+            1: "SERVICE_ACCOUNT_ROLE_RECOMMENDER",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "SERVICE_ACCOUNT_ROLE_UNSPECIFIED": 0,
+            "SERVICE_ACCOUNT_ROLE_RECOMMENDER": 1,
         }
 
 
@@ -270,6 +308,41 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class CreateServiceAccountRequest(betterproto2.Message):
+    """
+    The request of CreateServiceAccount.
+    """
+
+    parent: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The organization, organizations/{organization}.
+    """
+
+    service_account_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The id, the last part of the name: 1-63 lowercase letters, digits and hyphens, starting with a
+    letter. [limits: length 1..63]
+    """
+
+    service_account: "ServiceAccount | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The account (display_name and role are read).
+    """
+
+    request_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Idempotency key (AIP-155). A retry gets the stored answer without the password.
+    """
+
+
+default_message_pool.register_message(
+    "emma.identity.v1", "CreateServiceAccountRequest", CreateServiceAccountRequest
+)
+
+
+@dataclass(eq=False, repr=False)
 class CreateUserRequest(betterproto2.Message):
     """
     The request of CreateUser.
@@ -324,6 +397,28 @@ class DeleteMembershipRequest(betterproto2.Message):
 
 default_message_pool.register_message(
     "emma.identity.v1", "DeleteMembershipRequest", DeleteMembershipRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteServiceAccountRequest(betterproto2.Message):
+    """
+    The request of DeleteServiceAccount.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The service account's resource name.
+    """
+
+    request_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Idempotency key (AIP-155).
+    """
+
+
+default_message_pool.register_message(
+    "emma.identity.v1", "DeleteServiceAccountRequest", DeleteServiceAccountRequest
 )
 
 
@@ -401,6 +496,23 @@ class GetAuditEntryRequest(betterproto2.Message):
 
 default_message_pool.register_message(
     "emma.identity.v1", "GetAuditEntryRequest", GetAuditEntryRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class GetServiceAccountRequest(betterproto2.Message):
+    """
+    The request of GetServiceAccount.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The service account's resource name.
+    """
+
+
+default_message_pool.register_message(
+    "emma.identity.v1", "GetServiceAccountRequest", GetServiceAccountRequest
 )
 
 
@@ -550,6 +662,57 @@ class ListEdgeApiKeysResponse(betterproto2.Message):
 
 default_message_pool.register_message(
     "emma.identity.v1", "ListEdgeApiKeysResponse", ListEdgeApiKeysResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListServiceAccountsRequest(betterproto2.Message):
+    """
+    The request of ListServiceAccounts.
+    """
+
+    parent: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The organization, organizations/{organization}.
+    """
+
+    page_size: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    At most this many results (default 50, at most 1000). [limits: 0..1000]
+    """
+
+    page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The next_page_token of the previous page.
+    """
+
+
+default_message_pool.register_message(
+    "emma.identity.v1", "ListServiceAccountsRequest", ListServiceAccountsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListServiceAccountsResponse(betterproto2.Message):
+    """
+    The response of ListServiceAccounts.
+    """
+
+    service_accounts: "list[ServiceAccount]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    One page of service accounts, ordered by id, without passwords.
+    """
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Pass this as page_token to get the next page; empty on the last page.
+    """
+
+
+default_message_pool.register_message(
+    "emma.identity.v1", "ListServiceAccountsResponse", ListServiceAccountsResponse
 )
 
 
@@ -896,6 +1059,66 @@ class RevokeSessionRequest(betterproto2.Message):
 
 default_message_pool.register_message(
     "emma.identity.v1", "RevokeSessionRequest", RevokeSessionRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ServiceAccount(betterproto2.Message):
+    """
+    A login of a program, not a person, with one role in one organization.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The resource name, organizations/{organization}/serviceAccounts/{service_account}.
+    """
+
+    display_name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The name shown to people, for example "dispatch advisor". [limits: length ..200]
+    """
+
+    role: "ServiceAccountRole" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: ServiceAccountRole(0)
+    )
+    """
+    What it may do.
+    """
+
+    user: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The user it logs in as, users/{user}: audit entries and sessions name this user.
+    """
+
+    login: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    The login name for IdentityService.Login, "{service_account}@{organization}.service.emma".
+    """
+
+    password: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    The generated password: only in CreateServiceAccount's response, stored nowhere but as its hash.
+    To change it, delete the account and create a new one.
+    """
+
+    creator: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    Who created it, users/{user}.
+    """
+
+    create_time: "datetime.datetime | None" = betterproto2.field(
+        8,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    When it was created.
+    """
+
+
+default_message_pool.register_message(
+    "emma.identity.v1", "ServiceAccount", ServiceAccount
 )
 
 
@@ -1350,6 +1573,62 @@ class IdentityServiceSyncStub:
             EdgeApiKey.FromString,
         )(message)
 
+    def create_service_account(
+        self, message: "CreateServiceAccountRequest"
+    ) -> "ServiceAccount":
+        """
+        Creates a service account of an organization: a login for a program (a recommendation service)
+        with one narrow role and no membership, so every call that needs a role in the organization
+        refuses it. The generated login and password are in this response only; the password is stored
+        hashed. Errors: FIELD_INVALID, RESOURCE_EXISTS.
+        """
+
+        return self._channel.unary_unary(
+            "/emma.identity.v1.IdentityService/CreateServiceAccount",
+            CreateServiceAccountRequest.SerializeToString,
+            ServiceAccount.FromString,
+        )(message)
+
+    def get_service_account(
+        self, message: "GetServiceAccountRequest"
+    ) -> "ServiceAccount":
+        """
+        Returns a service account, without its password. Errors: RESOURCE_NOT_FOUND.
+        """
+
+        return self._channel.unary_unary(
+            "/emma.identity.v1.IdentityService/GetServiceAccount",
+            GetServiceAccountRequest.SerializeToString,
+            ServiceAccount.FromString,
+        )(message)
+
+    def list_service_accounts(
+        self, message: "ListServiceAccountsRequest"
+    ) -> "ListServiceAccountsResponse":
+        """
+        Lists an organization's service accounts, without their passwords. Errors: PAGE_TOKEN_INVALID.
+        """
+
+        return self._channel.unary_unary(
+            "/emma.identity.v1.IdentityService/ListServiceAccounts",
+            ListServiceAccountsRequest.SerializeToString,
+            ListServiceAccountsResponse.FromString,
+        )(message)
+
+    def delete_service_account(
+        self, message: "DeleteServiceAccountRequest"
+    ) -> "___google__protobuf__.Empty":
+        """
+        Deletes a service account with its user: its sessions end and its tokens stop working on every
+        replica within a second. Errors: RESOURCE_NOT_FOUND.
+        """
+
+        return self._channel.unary_unary(
+            "/emma.identity.v1.IdentityService/DeleteServiceAccount",
+            DeleteServiceAccountRequest.SerializeToString,
+            ___google__protobuf__.Empty.FromString,
+        )(message)
+
 
 class IdentityServiceStub(betterproto2_grpclib.ServiceStub):
     """
@@ -1680,6 +1959,94 @@ class IdentityServiceStub(betterproto2_grpclib.ServiceStub):
             "/emma.identity.v1.IdentityService/RevokeEdgeApiKey",
             message,
             EdgeApiKey,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def create_service_account(
+        self,
+        message: "CreateServiceAccountRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ServiceAccount":
+        """
+        Creates a service account of an organization: a login for a program (a recommendation service)
+        with one narrow role and no membership, so every call that needs a role in the organization
+        refuses it. The generated login and password are in this response only; the password is stored
+        hashed. Errors: FIELD_INVALID, RESOURCE_EXISTS.
+        """
+
+        return await self._unary_unary(
+            "/emma.identity.v1.IdentityService/CreateServiceAccount",
+            message,
+            ServiceAccount,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_service_account(
+        self,
+        message: "GetServiceAccountRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ServiceAccount":
+        """
+        Returns a service account, without its password. Errors: RESOURCE_NOT_FOUND.
+        """
+
+        return await self._unary_unary(
+            "/emma.identity.v1.IdentityService/GetServiceAccount",
+            message,
+            ServiceAccount,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_service_accounts(
+        self,
+        message: "ListServiceAccountsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListServiceAccountsResponse":
+        """
+        Lists an organization's service accounts, without their passwords. Errors: PAGE_TOKEN_INVALID.
+        """
+
+        return await self._unary_unary(
+            "/emma.identity.v1.IdentityService/ListServiceAccounts",
+            message,
+            ListServiceAccountsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def delete_service_account(
+        self,
+        message: "DeleteServiceAccountRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "___google__protobuf__.Empty":
+        """
+        Deletes a service account with its user: its sessions end and its tokens stop working on every
+        replica within a second. Errors: RESOURCE_NOT_FOUND.
+        """
+
+        return await self._unary_unary(
+            "/emma.identity.v1.IdentityService/DeleteServiceAccount",
+            message,
+            ___google__protobuf__.Empty,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
