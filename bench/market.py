@@ -8,11 +8,12 @@
    14,600 documents, 350,400 prices. Each is parsed with `services.market.documents.parse_document` and
    stored with `services.market.store.save_documents`, `--batch` documents per transaction (the
    fetch scheduler saves a fetch's documents as one batch), from `--connections` connections, parsed
-   by `--parsers` worker processes ahead of the saves. Reference in the same run, into a table of the
-   same shape (`LIKE market.prices INCLUDING ALL`, so the same primary key and index): a raw binary
-   COPY of the same rows in 10,000-row transactions from 1, 2 and 4 connections, both as asyncpg
-   records and as bytes encoded before the clock starts; the goal compares with the best of these six
-   in each run. A COPY of the same rows in the store's batches is reported too.
+   by `--parsers` worker processes ahead of the saves; or, with `--savers N`, by N processes that each
+   parse their share in line and save it on a connection of their own (N replicas). Reference in the
+   same run, into a table of the same shape (`LIKE market.prices INCLUDING ALL`, so the same primary
+   key and index): a raw binary COPY of the same rows in 10,000-row transactions from 1, 2 and 4
+   connections, both as asyncpg records and as bytes encoded before the clock starts; the goal
+   compares with the best of these six in each run. A COPY of the same rows in the store's batches is reported too.
    Parsing alone is timed too.
 2. Read: `emma serve identity market` as its own process (scheduler off), a token from
    IdentityService.Login, and the client in its own process (`python -m bench.market client ...`) on

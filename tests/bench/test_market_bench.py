@@ -47,3 +47,29 @@ def test_bench_runs_end_to_end_on_tiny_sizes(database_url: str, tmp_path: Path) 
         assert read["p99_ms"]["runs"] == 3 and isinstance(read["met"], bool)
         assert all(run["samples"] == 10 and run["errors"] == {} for run in read["runs"])
     assert result["read"]["batch"]["zones"] == 40
+
+
+def test_bench_stores_from_several_saving_processes(database_url: str, tmp_path: Path) -> None:
+    # --savers: each process parses its share in line and saves it on its own connection; the bench
+    # asserts every document STORED once and the rows counted; the goal is judged against every COPY.
+    out = tmp_path / "market.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.market",
+            *("--zones", "3", "--days", "4", "--batch", "2", "--savers", "2", "--only", "store"),
+            *("--output", str(out)),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        check=True,
+        capture_output=True,
+        timeout=240,
+    )
+    result = json.loads(out.read_text())
+    assert "read" not in result and result["command"].endswith("--batch 2 --savers 2 --only store")
+    store = result["store"]
+    assert store["saving_processes"] == 2 and store["connections"] == 2
+    assert all(run["store_rows_per_s"] > 0 for run in store["runs"])
+    assert store["met"] == all(r["ratio_to_best_copy"] >= 0.5 for r in store["runs"])

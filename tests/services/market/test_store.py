@@ -336,3 +336,68 @@ async def test_a_slot_outside_the_documents_interval_is_refused(conn: asyncpg.Co
     with pytest.raises(StoreError, match="a series is given once"):
         await save_document(conn, twice, FETCHED)
     assert await _prices(conn) == {}
+
+
+async def test_the_revision_record_holds_every_field_of_the_document(conn: asyncpg.Connection) -> None:
+    # The records are written by a binary COPY the store encodes itself: each column read back.
+    doc = _doc("A44_DE-LU_2026-02-02_03_dayahead_PT15M_two_sequences.xml")
+    nodata = _doc("Acknowledgement_999_no_matching_data.xml")
+    await save_documents(conn, [doc, nodata], FETCHED)
+    rows = await conn.fetch(
+        "SELECT source, document_id, revision, kind, fetched_at, created_at, interval_start, interval_end,"
+        " no_data_reason, zones, value_count FROM market.documents ORDER BY kind"
+    )
+    assert doc.interval is not None
+    assert [tuple(r) for r in rows] == [
+        (
+            "entsoe",
+            nodata.document_id,
+            0,
+            "no-data",
+            FETCHED,
+            nodata.created_at,
+            None,
+            None,
+            nodata.no_data_reason,
+            [],
+            0,
+        ),
+        (
+            "entsoe",
+            doc.document_id,
+            doc.revision,
+            "prices",
+            FETCHED,
+            doc.created_at,
+            doc.interval[0],
+            doc.interval[1],
+            "",
+            [DE_LU],
+            sum(len(s.slots) for s in doc.prices),
+        ),
+    ]
+
+
+def test_a_publication_payload_is_the_json_the_general_encoder_writes() -> None:
+    interval = (datetime(2024, 10, 5, 22, tzinfo=UTC), datetime(2024, 10, 6, 22, tzinfo=UTC))
+    for publication in (
+        Publication("entsoe", 'id "quoted" \\ é\n', 3, "prices", SaveOutcome.REVISED, FETCHED, ("A",), interval, 2, 1),
+        Publication("entsoe", "x", 0, "no-data", SaveOutcome.STORED, FETCHED, (), None),
+    ):
+        expected = json.dumps(
+            {
+                "source": publication.source,
+                "document_id": publication.document_id,
+                "revision": publication.revision,
+                "kind": publication.kind,
+                "outcome": publication.outcome.value,
+                "fetched_at": publication.fetched_at.isoformat(),
+                "zones": list(publication.zones),
+                "interval": [t.isoformat() for t in publication.interval] if publication.interval else None,
+                "warnings": publication.warnings,
+                "cleared": publication.cleared,
+            },
+            separators=(",", ":"),
+        )
+        assert publication.to_json() == expected
+        assert Publication.from_json(publication.to_json()) == publication
