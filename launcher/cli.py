@@ -56,6 +56,11 @@ class _Parser(argparse.ArgumentParser):
 def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="interface to listen on (EMMA_GRPC_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="gRPC port (EMMA_GRPC_PORT, default 50051)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes serving the gRPC port together, each a full replica (EMMA_GRPC_WORKERS, default 1)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,6 +195,8 @@ def settings(args: argparse.Namespace) -> dict[str, str]:
         env["EMMA_GRPC_HOST"] = args.host
     if getattr(args, "port", None) is not None:
         env["EMMA_GRPC_PORT"] = str(args.port)
+    if getattr(args, "workers", None) is not None:
+        env["EMMA_GRPC_WORKERS"] = str(args.workers)
     if getattr(args, "state_dir", None):
         env["EMMA_STATE_DIR"] = args.state_dir
     if getattr(args, "gateway_port", None) is not None:
@@ -219,14 +226,23 @@ def _run(args: argparse.Namespace) -> int:
         catalog.resolve(args.services)  # unknown names fail before anything starts
         if config.database.url is None:
             raise_config("DATABASE_URL is not set (or use `emma up` for an embedded PostgreSQL)")
-        # Before the services' background work starts (and logs), so a clash is the only line printed.
-        check_port_free(config.server.host, config.server.port)
+        if config.server.worker_index == 0:  # the further workers join the port the first one bound
+            # Before the services' background work starts (and logs), so a clash is the only line printed.
+            check_port_free(config.server.host, config.server.port)
 
         def announce(hosted: object) -> None:
             port = getattr(hosted, "port", "?")
             print(f"emma serve: {', '.join(args.services)} on {config.server.host}:{port}", flush=True)
 
-        asyncio.run(serve_until_signal(args.services, config, apply_migrations=args.migrate, announce=announce))
+        asyncio.run(
+            serve_until_signal(
+                args.services,
+                config,
+                apply_migrations=args.migrate,
+                announce=announce,
+                worker_argv=worker_command(args.log_level, args.services),
+            )
+        )
         return 0
     if args.command == "migrate":
         from services.cloud import run_migrations
@@ -268,6 +284,12 @@ def _run(args: argparse.Namespace) -> int:
 
         return asyncio.run(run_admin(args, config))
     raise AssertionError(args.command)
+
+
+def worker_command(log_level: str, services: Sequence[str]) -> list[str]:
+    """The command a further worker of `emma serve --workers N` runs (the port and its index come by
+    EMMA_* variables from the first worker, services/cloud.py)."""
+    return [sys.executable, "-m", "launcher.cli", "--log-level", log_level, "serve", *services]
 
 
 def raise_config(message: str) -> NoReturn:

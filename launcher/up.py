@@ -4,7 +4,8 @@ Embedded PostgreSQL under the state folder (unless DATABASE_URL is set), migrati
 service in one gRPC server, the REST gateway as a process of its own (`emma gateway`: on a machine
 with two cores the gateway and the services each get one, instead of sharing the core of one
 Python process; the REST API served about half of what it does when split), a demo organization with its admin,
-and two simulated sites whose edge daemons run as separate processes with their own API keys. Ctrl-C
+and two simulated sites whose edge daemons run as separate processes with their own API keys. With
+`--workers N` (EMMA_GRPC_WORKERS) N-1 more `emma serve all` processes share the gRPC port. Ctrl-C
 stops everything; a second run reuses the data, the keys and the edges' outboxes.
 
 Market data: unless EMMA_ENTSOE_TOKEN is set (then the real APIs, or the EMMA_*_URL given, are used),
@@ -55,11 +56,12 @@ from launcher.ports import check_free
 from launcher.state_lock import hold_state_folder
 from launcher.weather_replay import running_weather_replay
 from services import catalog
-from services.cloud import hosted_services
+from services.cloud import further_workers, hosted_services
 from services.names import EdgeName
 from services.platform.collector import tune_garbage_collector
 from services.platform.config import PlatformConfig
 from services.platform.embedded_pg import EmbeddedPostgres, start_embedded_postgres
+from services.platform.runtime import Runtime
 from services.platform.server import wait_for_shutdown_signal
 
 EMMA = str(Path(sys.executable).with_name("emma"))
@@ -297,61 +299,83 @@ async def _run_stack(config: PlatformConfig, state_dir: Path, gateway_settings: 
         embedded = await asyncio.to_thread(start_embedded_postgres, state_dir)
         dsn = embedded.uri()
         narrow_state_folder(state_dir, embedded)
+    workers = None
     try:
         async with (
             market_sources(config.env, _say) as market_env,
             weather_sources(config.env, _say) as weather_env,
-            hosted_services(
-                ["all"],
-                dataclasses.replace(config, env={**config.env, **market_env, **weather_env}),
-                dsn=dsn,
-                apply_migrations=True,
-            ) as (hosted, runtime),
         ):
-            grpc_address = f"{config.server.host}:{hosted.port}"
-            site_files = []
-            async with runtime.pool.acquire() as conn:
-                await ensure_demo(conn, config, _say)
-                for site in DEMO_SITES:
-                    folder = restrict_dir(edge_dir(state_dir, site))
-                    await ensure_edge_key_file(
-                        conn,
-                        site.edge,
-                        folder / "edge.key",
-                        _say,
-                        time_zone=site.time_zone,
-                        latitude_deg=site.latitude_deg,
-                        longitude_deg=site.longitude_deg,
-                        country_code=site.country_code,
-                    )
-                    site_files.append(write_site_file(folder, site, hosted.port))
-            await ensure_demo_pv(
-                grpc_address,
-                demo_admin_password(config),
-                [
-                    (str(s.edge.site_name), simulated_pv_system(site_doc(s), s.altitude_m), s.country_code)
-                    for s in DEMO_SITES
-                ],
-                _say,
-            )
-            gateway_config = dataclasses.replace(gateway_settings, target=grpc_address)
-            async with gateway_process(gateway_config, config.env, _say) as base:
-                _say(f"emma up: gRPC services on {grpc_address}")
-                for spec in catalog.resolve(["all"]):
-                    state = "serving" if spec.factory else "UNIMPLEMENTED"
-                    _say(f"  {spec.full_name:<36} {state}")
-                _say("  grpc.health.v1.Health and server reflection are on")
-                _say(f"emma up: REST gateway on {base} (API docs {base}/docs, OpenAPI {base}/openapi.json)")
-                _say(f"emma up: simulated sites {', '.join(str(s.edge.site_name) for s in DEMO_SITES)}:")
-                async with edge_processes(site_files, _say):
-                    where = "embedded" if embedded else "external"
-                    _say(f"emma up: database {where}; state in {state_dir}")
-                    _say(f"emma up: log in as {DEMO_ADMIN} (see README: the first five minutes)")
-                    open_dashboard(base, DEMO_ADMIN, state_dir, config.env, _say)
-                    tune_garbage_collector()
-                    await wait_for_shutdown_signal(ready=lambda: _say("emma up: ready; press Ctrl-C to stop"))
+            services_config = dataclasses.replace(config, env={**config.env, **market_env, **weather_env})
+            # With --workers N, N-1 more `emma serve all` processes share the gRPC port (services/cloud.py).
+            workers = further_workers(services_config, _worker_command(), dsn)
+            async with hosted_services(["all"], services_config, dsn=dsn, apply_migrations=True) as (hosted, runtime):
+                if workers is not None:
+                    await workers.start(hosted.port)
+                    pids = ", ".join(str(pid) for pid in [os.getpid(), *workers.pids])
+                    _say(f"emma up: {config.server.workers} gRPC workers share port {hosted.port} (pids {pids})")
+                await _serve_stack(config, state_dir, gateway_settings, embedded, hosted.port, runtime)
+                if workers is not None:
+                    workers.terminate()  # they drain while this process does
         _say("emma up: stopped")
     finally:
+        if workers is not None:
+            await workers.wait(config.server.shutdown_grace_s + 5)
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         sys.stdout.flush()
+
+
+def _worker_command() -> list[str]:
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    level = level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO"
+    return [sys.executable, "-m", "launcher.cli", "--log-level", level, "serve", "all"]
+
+
+async def _serve_stack(
+    config: PlatformConfig,
+    state_dir: Path,
+    gateway_settings: GatewayConfig,
+    embedded: EmbeddedPostgres | None,
+    port: int,
+    runtime: Runtime,
+) -> None:
+    """The demo data, the gateway process and the edge processes in front of the serving services."""
+    grpc_address = f"{config.server.host}:{port}"
+    site_files = []
+    async with runtime.pool.acquire() as conn:
+        await ensure_demo(conn, config, _say)
+        for site in DEMO_SITES:
+            folder = restrict_dir(edge_dir(state_dir, site))
+            await ensure_edge_key_file(
+                conn,
+                site.edge,
+                folder / "edge.key",
+                _say,
+                time_zone=site.time_zone,
+                latitude_deg=site.latitude_deg,
+                longitude_deg=site.longitude_deg,
+                country_code=site.country_code,
+            )
+            site_files.append(write_site_file(folder, site, port))
+    await ensure_demo_pv(
+        grpc_address,
+        demo_admin_password(config),
+        [(str(s.edge.site_name), simulated_pv_system(site_doc(s), s.altitude_m), s.country_code) for s in DEMO_SITES],
+        _say,
+    )
+    gateway_config = dataclasses.replace(gateway_settings, target=grpc_address)
+    async with gateway_process(gateway_config, config.env, _say) as base:
+        _say(f"emma up: gRPC services on {grpc_address}")
+        for spec in catalog.resolve(["all"]):
+            state = "serving" if spec.factory else "UNIMPLEMENTED"
+            _say(f"  {spec.full_name:<36} {state}")
+        _say("  grpc.health.v1.Health and server reflection are on")
+        _say(f"emma up: REST gateway on {base} (API docs {base}/docs, OpenAPI {base}/openapi.json)")
+        _say(f"emma up: simulated sites {', '.join(str(s.edge.site_name) for s in DEMO_SITES)}:")
+        async with edge_processes(site_files, _say):
+            where = "embedded" if embedded else "external"
+            _say(f"emma up: database {where}; state in {state_dir}")
+            _say(f"emma up: log in as {DEMO_ADMIN} (see README: the first five minutes)")
+            open_dashboard(base, DEMO_ADMIN, state_dir, config.env, _say)
+            tune_garbage_collector()
+            await wait_for_shutdown_signal(ready=lambda: _say("emma up: ready; press Ctrl-C to stop"))

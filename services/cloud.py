@@ -1,16 +1,26 @@
-"""A cloud process: connect to PostgreSQL, optionally migrate, host services, drain on SIGTERM."""
+"""A cloud process: connect to PostgreSQL, optionally migrate, host services, drain on SIGTERM.
+
+With EMMA_GRPC_WORKERS=N (`emma serve --workers N`) the process is the first of N that serve one
+port together: once its server listens it starts the others (the same command, told their index and
+the port), and they stop when it does. Each is a full replica, as if on another machine: every
+background worker is written for several replicas (claims with FOR UPDATE SKIP LOCKED and leases,
+advisory locks, LISTEN/NOTIFY between replicas; see each worker's module), so none runs only once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from core.tracing import configure_tracing
 from services import catalog, registry
 from services.edgelink import edge_connections
+from services.errors import StartupError
 from services.identity import AuthInterceptor, auth_state_for, use_edge_directory
 from services.platform import db, migrations
 from services.platform.collector import tune_garbage_collector
@@ -101,6 +111,102 @@ async def hosted_services(
         await asyncio.wait_for(pool.close(), timeout=10)
 
 
+# How long a further worker may take to listen (imports, pool, servicers) before start-up fails.
+WORKER_START_TIMEOUT_S = 60.0
+
+
+class Workers:
+    """The further worker processes of a port served by several (the first process starts them).
+
+    Each runs `argv` (the same `emma serve` command) with EMMA_GRPC_WORKER_INDEX set and the bound
+    port, prints one line when it listens, and logs to this process's stderr. One that exits while
+    the others serve stops the whole set (a SIGTERM to this process): a supervisor then restarts
+    one command, as it would a single process.
+    """
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], count: int) -> None:
+        self._argv = list(argv)
+        self._env = dict(env)
+        self._count = count
+        self._procs: list[asyncio.subprocess.Process] = []
+        self._watchers: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    async def start(self, port: int) -> None:
+        for index in range(1, self._count + 1):
+            env = {
+                **self._env,
+                "EMMA_GRPC_PORT": str(port),
+                "EMMA_GRPC_WORKERS": str(self._count + 1),
+                "EMMA_GRPC_WORKER_INDEX": str(index),
+            }
+            proc = await asyncio.create_subprocess_exec(
+                *self._argv, env=env, stdout=asyncio.subprocess.PIPE, start_new_session=True
+            )
+            self._procs.append(proc)
+            assert proc.stdout is not None
+            try:
+                line = (await asyncio.wait_for(proc.stdout.readline(), WORKER_START_TIMEOUT_S)).decode()
+            except TimeoutError:
+                line = ""
+            if not line:
+                raise StartupError(f"worker {index} of the port {port} did not start (see its log lines above)")
+            self._watchers.append(asyncio.create_task(self._watch(index, proc), name=f"worker-{index}-watch"))
+
+    async def _watch(self, index: int, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while await proc.stdout.read(65536):  # drain, so it never blocks on a full pipe
+            pass
+        code = await proc.wait()
+        if not self._stopping:
+            log.error("worker %d stopped (exit code %s); stopping every worker", index, code)
+            os.kill(os.getpid(), signal.SIGTERM)  # the same clean shutdown as Ctrl-C
+
+    def terminate(self) -> None:
+        """SIGTERM to every worker still running: each drains as this process does."""
+        self._stopping = True
+        for proc in self._procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+
+    async def wait(self, timeout_s: float) -> None:
+        """Wait for the workers to exit (after terminate); kill those still running after `timeout_s`."""
+        self.terminate()
+        for proc in self._procs:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout_s)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        for watcher in self._watchers:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+def worker_env(config: PlatformConfig, dsn: str | None = None) -> dict[str, str]:
+    """The settings a further worker of this process runs with: its own, the database it uses and the state
+    folder (its generated secrets) spelled out, so both are the same whatever the worker's defaults."""
+    env = {**os.environ, **config.env, "EMMA_STATE_DIR": str(config.state.state_dir)}
+    url = dsn or config.database.url
+    if url:
+        env["DATABASE_URL"] = url
+        env.pop("EMMA_DATABASE_URL", None)  # it would win over DATABASE_URL
+    return env
+
+
+def further_workers(config: PlatformConfig, argv: Sequence[str] | None, dsn: str | None = None) -> Workers | None:
+    """Workers 1..N-1 of the port (not started yet) when this process is worker 0 of N, else None."""
+    server = config.server
+    if argv is None or server.worker_index != 0 or server.workers <= 1:
+        return None
+    return Workers(argv, worker_env(config, dsn), server.workers - 1)
+
+
 async def serve_until_signal(
     keys: list[str],
     config: PlatformConfig,
@@ -108,8 +214,25 @@ async def serve_until_signal(
     dsn: str | None = None,
     apply_migrations: bool = False,
     announce: Callable[[HostedServer], None] | None = None,
+    worker_argv: Sequence[str] | None = None,
 ) -> None:
-    async with hosted_services(keys, config, dsn=dsn, apply_migrations=apply_migrations) as (hosted, _):
-        tune_garbage_collector()
-        await wait_for_shutdown_signal(ready=(lambda: announce(hosted)) if announce else None)
-        log.info("shutting down: health NOT_SERVING, draining for %.1f s", config.server.shutdown_grace_s)
+    """Serve until SIGTERM or SIGINT. With EMMA_GRPC_WORKERS > 1, `worker_argv` is the command that runs the
+    further workers (`emma serve ...`); `announce` runs once all of them listen."""
+    index = config.server.worker_index
+    workers = further_workers(config, worker_argv, dsn)
+    try:
+        async with hosted_services(keys, config, dsn=dsn, apply_migrations=apply_migrations) as (hosted, _):
+            if workers is not None:
+                await workers.start(hosted.port)
+                log.info("serving port %d with %d workers (pids %s)", hosted.port, config.server.workers, workers.pids)
+            tune_garbage_collector()
+            await wait_for_shutdown_signal(
+                ready=(lambda: announce(hosted)) if announce else None,
+                parent_pid=os.getppid() if index else None,
+            )
+            log.info("shutting down: health NOT_SERVING, draining for %.1f s", config.server.shutdown_grace_s)
+            if workers is not None:
+                workers.terminate()  # they drain while this process does
+    finally:
+        if workers is not None:
+            await workers.wait(config.server.shutdown_grace_s + 5)

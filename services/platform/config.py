@@ -32,12 +32,32 @@ class ServerConfig:
     replica_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
     # A plain-HTTP listener answering GET /metrics (Prometheus text) on `host`; None: no listener.
     metrics_port: int | None = None
+    # Processes serving the port together (SO_REUSEPORT; the kernel spreads connections over them). One
+    # Python process answers on one core at most; every process is a full replica (docs/deployment.md).
+    workers: int = 1
+    # Which of them this process is: 0 starts the others (services/cloud.py), which get 1..workers-1.
+    worker_index: int = 0
+
+    @property
+    def shares_port(self) -> bool:
+        return self.workers > 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServerConfig:
         port = env_int(env, "EMMA_GRPC_PORT", cls.port)
         if port > 65535:
             raise ConfigError(f"EMMA_GRPC_PORT={port} is not a TCP port")
+        workers = env_int(env, "EMMA_GRPC_WORKERS", cls.workers, 1, 64)
+        index = env_int(env, "EMMA_GRPC_WORKER_INDEX", cls.worker_index, 0, workers - 1)
+        replica_id = env.get("EMMA_REPLICA_ID") or f"{os.uname().nodename}-{os.getpid()}"
+        if index and env.get("EMMA_REPLICA_ID"):
+            # Each worker holds edge streams of its own: edge_sessions must tell them apart.
+            replica_id = f"{replica_id}-{index}"
+        metrics_port = _metrics_port(env)
+        if index and metrics_port:
+            metrics_port += index  # one listener per worker, side by side
+            if metrics_port > 65535:
+                raise ConfigError(f"EMMA_METRICS_PORT + worker {index} = {metrics_port} is not a TCP port")
         return cls(
             host=env.get("EMMA_GRPC_HOST", cls.host),
             port=port,
@@ -48,8 +68,10 @@ class ServerConfig:
                 env, "EMMA_GRPC_MIN_CLIENT_PING_INTERVAL_MS", cls.min_client_ping_interval_ms, 1000
             ),
             shutdown_grace_s=env_float(env, "EMMA_SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
-            replica_id=env.get("EMMA_REPLICA_ID") or f"{os.uname().nodename}-{os.getpid()}",
-            metrics_port=_metrics_port(env),
+            replica_id=replica_id,
+            metrics_port=metrics_port,
+            workers=workers,
+            worker_index=index,
         )
 
 

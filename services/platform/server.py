@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import signal
 import socket
 from collections.abc import Callable, Sequence
@@ -36,8 +37,9 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", config.min_client_ping_interval_ms),
         ("grpc.http2.max_pings_without_data", 0),
-        # gRPC sets SO_REUSEPORT by default, which lets a second server silently share a busy port.
-        ("grpc.so_reuseport", 0),
+        # gRPC sets SO_REUSEPORT by default, which lets a second server silently share a busy port: only
+        # the workers of one `emma serve --workers N` share theirs (the first checked it was free).
+        ("grpc.so_reuseport", 1 if config.shares_port else 0),
     ]
 
 
@@ -111,7 +113,8 @@ async def start_server(server: grpc.aio.Server, config: ServerConfig, service_na
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
-    check_port_free(config.host, config.port)
+    if config.worker_index == 0:  # the other workers join the port the first one bound
+        check_port_free(config.host, config.port)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise StartupError(f"cannot listen on {config.host}:{config.port}")
@@ -135,20 +138,38 @@ async def start_server(server: grpc.aio.Server, config: ServerConfig, service_na
     )
 
 
-async def wait_for_shutdown_signal(ready: Callable[[], None] | None = None) -> None:
-    """Return on the first SIGTERM or SIGINT.
+# How often a worker started by another process checks that its parent is still there.
+PARENT_CHECK_S = 1.0
+
+
+async def wait_for_shutdown_signal(ready: Callable[[], None] | None = None, *, parent_pid: int | None = None) -> None:
+    """Return on the first SIGTERM or SIGINT (or, with `parent_pid`, once that process is gone).
 
     `ready` runs once the handlers are installed: a process that announces readiness from it cannot be
     interrupted by a signal sent right after the announcement (it would raise KeyboardInterrupt).
+    A worker of `emma serve --workers N` passes the first worker's pid: if that one dies without
+    stopping it (SIGKILL), the worker shuts down instead of holding the port for ever.
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    async def watch_parent(pid: int) -> None:
+        # Polled: nothing announces a parent's death to a process that is not in its session.
+        while True:
+            await asyncio.sleep(PARENT_CHECK_S)
+            if os.getppid() != pid:
+                stop.set()
+                return
+
+    watcher = asyncio.create_task(watch_parent(parent_pid)) if parent_pid is not None else None
     if ready is not None:
         ready()
     try:
         await stop.wait()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
