@@ -2,7 +2,7 @@
 
 A site's latest values need the site's edges (the registry's) and then their series' newest samples.
 `SiteLatest` remembers each site's edges, so the gateway's most frequent read is one query, not two;
-the registry owns app.edges, so the two cannot be joined in one statement here. Why the remembered
+the registry owns the edges table, so the two cannot be joined in one statement here. Why the remembered
 edges stay right without any notification from the registry:
 
 - An edge's values exist only through its series (telemetry.series), and series ids only grow
