@@ -24,7 +24,6 @@ DEPENDS_ON: tuple[str, ...] = ("identity", "registry", "telemetry", "market")
 TABLES: tuple[str, ...] = (
     "alarm.alarms",
     "alarm.deliveries",
-    "alarm.engine_generation",
     "alarm.notification_channels",
     "alarm.recommendations",
     "alarm.rule_state",
