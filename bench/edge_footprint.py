@@ -11,7 +11,11 @@ with an edge key issued by the identity domain. Measured per run:
 - start-up: from spawning the process to its "edge daemon started" log line (devices started, control
   cycle running), and to "connected to the cloud" (Welcome received on the bidirectional stream);
 - memory: VmRSS sampled every second over the steady window after connecting (its last value and
-  maximum), and VmHWM (the kernel's peak RSS since the start).
+  maximum), and VmHWM (the kernel's peak RSS since the start). At the end of the window RSS is also
+  split as the kernel counts it: RssAnon (what the process allocated itself) and RssFile (pages of
+  the interpreter and the shared libraries such as grpcio's, mapped from the page cache). RssFile
+  depends on the kernel and on what else has those files cached (fault-around maps neighbouring
+  cached pages in), so it moves between machines while the daemon's own memory does not.
 
 The reference in the same run is the floor no daemon can go below: a Python interpreter that imports
 only grpcio, protobuf, the generated edge-link contract and pymodbus and then sleeps.
@@ -38,9 +42,10 @@ DEVICES = 20
 REFERENCE_IMPORTS = "import grpc, google.protobuf, pymodbus.client; from emma.edge.v1 import edge_link_pb2_grpc"
 
 
-def hwm_mib(pid: int) -> float:
+def status_mib(pid: int, field: str) -> float:
+    """A memory field of /proc/PID/status (VmHWM, RssAnon, RssFile) in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -110,7 +115,8 @@ async def one_daemon(folder: Path, steady_s: float) -> dict[str, float]:
         for _ in range(int(steady_s)):
             await asyncio.sleep(1.0)
             samples.append(rss_mib(proc.pid))
-        peak = hwm_mib(proc.pid)
+        peak = status_mib(proc.pid, "VmHWM")
+        anon, file = status_mib(proc.pid, "RssAnon"), status_mib(proc.pid, "RssFile")
         drain.cancel()
     finally:
         proc.terminate()
@@ -121,6 +127,8 @@ async def one_daemon(folder: Path, steady_s: float) -> dict[str, float]:
         "rss_steady_mib": samples[-1],
         "rss_max_sampled_mib": max(samples),
         "vm_hwm_mib": peak,
+        "rss_anon_mib": anon,
+        "rss_file_mib": file,
     }
 
 
@@ -141,9 +149,10 @@ async def reference_rss() -> dict[str, float]:
     ready = time.monotonic() - t0
     await asyncio.sleep(1.0)
     rss = rss_mib(proc.pid)
+    anon, file = status_mib(proc.pid, "RssAnon"), status_mib(proc.pid, "RssFile")
     proc.kill()
     await proc.wait()
-    return {"rss_mib": rss, "import_s": ready}
+    return {"rss_mib": rss, "rss_anon_mib": anon, "rss_file_mib": file, "import_s": ready}
 
 
 async def main_async(quick: bool) -> dict[str, object]:
