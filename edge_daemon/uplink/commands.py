@@ -16,7 +16,6 @@ current session sends whatever is unsent. Reasons are `AckReason`s, decided wher
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Final
 
@@ -110,20 +109,27 @@ class CommandHandler:
         the fallback for acks written outside a cycle.
         """
         loop = asyncio.get_running_loop()
-        cycle_ended = asyncio.Event()
+        wake = asyncio.Event()
 
         def hook(_ctx: object) -> None:
             # The cycle runs on the event loop (tests may run it from another thread): thread-safe either way.
-            loop.call_soon_threadsafe(cycle_ended.set)
+            loop.call_soon_threadsafe(wake.set)
 
         hooks = self.daemon.cycle.hooks
         hooks.append(hook)
         try:
             while True:
-                cycle_ended.clear()
+                wake.clear()
                 await self.drain_acks()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(cycle_ended.wait(), ACK_POLL_S)
+                # The poll sets the same event, and the pump awaits the event itself: asyncio.wait_for (Python
+                # 3.11) returns the result when its awaitable finished just as the task was cancelled, and drops
+                # the cancellation; a cycle ending in the same few loop steps as a shutdown then left the pump
+                # running and the daemon waiting for it forever.
+                poll = loop.call_later(ACK_POLL_S, wake.set)
+                try:
+                    await wake.wait()
+                finally:
+                    poll.cancel()
         finally:
             hooks.remove(hook)
 

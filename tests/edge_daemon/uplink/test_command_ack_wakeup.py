@@ -52,3 +52,32 @@ async def test_a_final_ack_is_journaled_by_the_cycle_that_applied_it(
         await asyncio.gather(pump, return_exceptions=True)
         journal.close()
     assert len(daemon.cycle.hooks) == 1  # the pump's hook left with it
+
+
+async def test_a_cancelled_pump_ends_even_when_a_cycle_woke_it_in_the_same_loop_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A shutdown cancels the pump at any moment, also a few loop steps after a cycle ended and set its
+    # wake-up: that cancellation must end the pump (asyncio.wait_for on Python 3.11 dropped it when the
+    # awaited event had just been set, and the daemon's shutdown then waited for the pump forever).
+    monkeypatch.setattr(commands, "ACK_POLL_S", 60.0)  # only the cycle wakes the pump here
+    config = site_config(tmp_path, endpoint="127.0.0.1:1", edge="organizations/acme/sites/demo/edges/gw", key="k")
+    daemon = EdgeDaemon(config)
+    journal = CommandJournal(tmp_path / "journal.sqlite")
+    try:
+        for steps in range(8):  # the cancellation 0..7 loop steps after the cycle's end
+            handler = CommandHandler(daemon, journal, daemon.clock)
+            pump = asyncio.create_task(handler.pump())
+            await until(lambda: len(daemon.cycle.hooks) == 2, what="the pump's hook")
+            daemon.cycle.run_once()
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            pump.cancel()
+            done, _ = await asyncio.wait({pump}, timeout=10)
+            if not done:  # let the test end either way, then fail
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+            assert pump in done and pump.cancelled(), f"the pump outlived its cancellation {steps} steps after a cycle"
+            assert len(daemon.cycle.hooks) == 1
+    finally:
+        journal.close()
