@@ -102,7 +102,10 @@ class PollingDevice(Device):
         while True:
             started = time.monotonic()
             try:
-                values = await asyncio.wait_for(self.poll(), self.timeout_s)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns a poll that finished just as
+                # the task was cancelled and drops the cancellation, and stop() then waits forever.
+                async with asyncio.timeout(self.timeout_s):
+                    values = await self.poll()
             except Exception as exc:  # a driver fault must not end polling
                 self.poll_failures += 1
                 log.warning("poll failed", extra={"device": self.device_id, "error": repr(exc)})
@@ -114,7 +117,8 @@ class PollingDevice(Device):
             if self._pending:
                 pending, self._pending = self._pending, {}
                 try:
-                    await asyncio.wait_for(self.apply(pending), self.timeout_s)
+                    async with asyncio.timeout(self.timeout_s):
+                        await self.apply(pending)
                 except Exception as exc:
                     self.apply_failures += 1
                     # Keep what failed unless a newer setpoint arrived meanwhile.

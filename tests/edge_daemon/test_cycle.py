@@ -173,6 +173,48 @@ async def test_dead_polling_device_never_blocks_the_cycle() -> None:
     assert ok.timestamp - power.timestamp > 0.5  # the old reading keeps its old timestamp
 
 
+class GatedDevice(PollingDevice):
+    """A driver whose poll answers when the test opens the gate."""
+
+    type_name = "gated"
+
+    def __init__(self) -> None:
+        super().__init__("gated", poll_interval_s=60.0, timeout_s=60.0)
+        self.gate = asyncio.Event()
+        self.polling = asyncio.Event()
+
+    @property
+    def device_channels(self) -> tuple[ChannelSpec, ...]:
+        return (ChannelSpec("Power", "W", ChannelAccess.READ, "power"),)
+
+    async def poll(self) -> Mapping[str, Number]:
+        self.polling.set()
+        await self.gate.wait()
+        return {"Power": 7.0}
+
+    async def apply(self, outputs: Mapping[str, float]) -> None:
+        return None
+
+
+async def test_a_polling_device_stops_even_when_its_poll_answered_in_the_same_loop_steps() -> None:
+    # The daemon stops its devices once: a poll that answered a loop step or two before the stop must
+    # not swallow it (asyncio.wait_for on Python 3.11 did, and the daemon's shutdown waited forever).
+    for steps in range(6):
+        device = GatedDevice()
+        await device.start()
+        await device.polling.wait()
+        device.gate.set()
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task = device._task
+        stopping = asyncio.create_task(device.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=10)
+        if not done and task is not None:  # let the test end either way, then fail
+            task.cancel()
+            await asyncio.gather(stopping, return_exceptions=True)
+        assert stopping in done, f"stop() did not end when the poll answered {steps} steps before it"
+
+
 async def test_stop_interrupts_a_long_period_promptly() -> None:
     cycle = _cycle([Probe("p", [])], [], period_s=30.0)
     cycle.clock = ManualClock(0.0)
