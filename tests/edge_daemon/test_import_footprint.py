@@ -1,8 +1,9 @@
 """The edge daemon imports only what every site needs; heavy libraries load with the device that uses them.
 
 Edge hardware is often a small board: pvlib (with pandas and scipy) costs over 100 MiB and python-can
-with cantools about 19 MiB, yet only sites with a simulated inverter or a CAN bus use them. These
-tests start a fresh interpreter, because this test process has long imported everything.
+with cantools about 19 MiB, yet only sites with a simulated inverter or a CAN bus use them. The
+OpenTelemetry SDK (2.2 MiB) is the services' tracing; the daemon does not trace. These tests start a
+fresh interpreter, because this test process has long imported everything.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("pvlib", "pandas", "scipy", "h5py", "can", "cantools", "numpy")
+HEAVY = ("pvlib", "pandas", "scipy", "h5py", "can", "cantools", "numpy", "opentelemetry")
 
 
 def modules_after(code: str) -> set[str]:
@@ -33,7 +34,8 @@ def test_starting_a_modbus_site_imports_no_simulator_or_can_library(tmp_path: Pa
         '[[devices.registers]]\nname = "Power"\naddress = 0\ntype = "s16"\nunit = "W"\n'
     )
     loaded = modules_after(
-        "from pathlib import Path\nimport edge_daemon.main\nfrom edge_daemon.config import load_config\n"
+        "from pathlib import Path\nimport edge_daemon.main, edge_daemon.uplink\n"
+        "from edge_daemon.config import load_config\n"
         f"from edge_daemon.daemon import EdgeDaemon\nEdgeDaemon(load_config(Path({str(site)!r})))"
     )
     assert "edge_daemon" in loaded and "pymodbus" in loaded
