@@ -15,12 +15,14 @@ Rules, all from the publication's own conventions:
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter, itemgetter
 from typing import NoReturn
 from xml.etree.ElementTree import Element, ParseError, XMLParser
 from xml.parsers import expat
@@ -144,17 +146,53 @@ def is_entsoe(root: Element) -> bool:
     return _split(root.tag)[0].startswith(_NAMESPACE_PREFIX)
 
 
-@dataclass(frozen=True, slots=True)
-class _Reader:
-    """Finds children in the document's namespace and names every field it complains about."""
+# Qualified tags ("{namespace}name") per namespace, kept across documents: every document of a kind
+# names the same fields in the same namespace, so building them per document was wasted work.
+_QUALIFIED: dict[str, dict[str, str]] = {}
+_MAX_NAMESPACES = 32  # a stream of made-up namespaces cannot grow the cache without bound
 
-    ns: str
-    document: str
-    # Each element's children by tag (the first of a tag wins, as find() gives), built once per
-    # element: ENTSO-E's field names hold dots, which sent every find() through the pure-Python
-    # ElementPath. Keyed by id(): the tree, and so every element, lives as long as this Reader.
-    _children: dict[int, dict[str, Element]] = field(default_factory=dict)
-    _names: dict[str, str] = field(default_factory=dict)
+Fields = dict[str, Element]  # an element's children by tag, the first of a tag winning (as find() does)
+
+
+def _qualified(ns: str) -> dict[str, str]:
+    names = _QUALIFIED.get(ns)
+    if names is None:
+        names = {}
+        if len(_QUALIFIED) < _MAX_NAMESPACES:
+            _QUALIFIED[ns] = names
+    return names
+
+
+class _NotISOTime(ValueError):
+    pass
+
+
+class _NaiveTime(ValueError):
+    pass
+
+
+@functools.lru_cache(maxsize=1024)  # every document of a day names the same few instants
+def _utc_time(raw: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise _NotISOTime(raw) from None
+    if value.tzinfo is None:
+        raise _NaiveTime(raw)
+    return value.astimezone(UTC)
+
+
+class _Reader:
+    """Reads an element's fields in the document's namespace and names every field it complains about.
+    ENTSO-E's field names hold dots, which send find() through the pure-Python ElementPath, so fields
+    are looked up in a dict of the element's children (`fields`), built once per element."""
+
+    __slots__ = ("_names", "document", "ns")
+
+    def __init__(self, ns: str, document: str) -> None:
+        self.ns = ns
+        self.document = document
+        self._names = _qualified(ns)
 
     def q(self, name: str) -> str:
         tag = self._names.get(name)
@@ -162,48 +200,45 @@ class _Reader:
             tag = self._names[name] = f"{{{self.ns}}}{name}" if self.ns else name
         return tag
 
+    @staticmethod
+    def fields(el: Element) -> Fields:
+        return {c.tag: c for c in reversed(el)}
+
     def all(self, el: Element, name: str) -> list[Element]:
         return el.findall(self.q(name))
 
-    def child(self, el: Element, name: str) -> Element | None:
-        kids = self._children.get(id(el))
-        if kids is None:
-            kids = self._children[id(el)] = {c.tag: c for c in reversed(el)}
-        return kids.get(self.q(name))
-
-    def text(self, el: Element, name: str, path: str) -> str:
-        child = self.child(el, name)
-        if child is None or not (child.text or "").strip():
+    def text(self, f: Fields, name: str, path: str) -> str:
+        value = self.optional(f, name)
+        if value is None:
             raise DocumentError(self.document, f"{path}.{name}" if path else name, "missing")
-        return (child.text or "").strip()
+        return value
 
-    def optional(self, el: Element, name: str) -> str | None:
-        child = self.child(el, name)
-        if child is None or not (child.text or "").strip():
+    def optional(self, f: Fields, name: str) -> str | None:
+        child = f.get(self.q(name))
+        if child is None:
             return None
-        return (child.text or "").strip()
+        return (child.text or "").strip() or None
 
     def error(self, path: str, problem: str) -> DocumentError:
         return DocumentError(self.document, path, problem)
 
-    def time(self, el: Element, name: str, path: str) -> datetime:
-        raw = self.text(el, name, path)
+    def time(self, f: Fields, name: str, path: str) -> datetime:
+        raw = self.text(f, name, path)
         try:
-            value = datetime.fromisoformat(raw)
-        except ValueError:
+            return _utc_time(raw)
+        except _NotISOTime:
             raise self.error(f"{path}.{name}", f"{raw[:40]!r} is not an ISO 8601 time") from None
-        if value.tzinfo is None:
-            raise self.error(f"{path}.{name}", f"{raw!r} has no time zone (ENTSO-E times are UTC)")
-        return value.astimezone(UTC)
+        except _NaiveTime:
+            raise self.error(f"{path}.{name}", f"{raw!r} has no time zone (ENTSO-E times are UTC)") from None
 
-    def integer(self, el: Element, name: str, path: str) -> int:
-        raw = self.text(el, name, path)
+    def integer(self, f: Fields, name: str, path: str) -> int:
+        raw = self.text(f, name, path)
         if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
             raise self.error(f"{path}.{name}", f"{raw[:40]!r} is not a whole number")
         return int(raw)
 
-    def number(self, el: Element, name: str, path: str) -> float:
-        raw = self.text(el, name, path)
+    def number(self, f: Fields, name: str, path: str) -> float:
+        raw = self.text(f, name, path)
         try:
             value = float(raw)
         except ValueError:
@@ -215,13 +250,20 @@ class _Reader:
 
 def parse_resolution(raw: str, document: str, path: str) -> timedelta:
     """PT15M, PT30M, PT60M, PT1H: the minute and hour durations ENTSO-E publishes."""
-    m = _DURATION.fullmatch(raw)
-    if m is None or not (m.group(1) or m.group(2)):
+    step = _resolution(raw)
+    if step is None:
         raise DocumentError(document, path, f"{raw[:40]!r} is not a supported resolution (PTnM or PTnH)")
-    step = timedelta(hours=int(m.group(1) or 0), minutes=int(m.group(2) or 0))
     if step <= timedelta(0) or step > timedelta(days=1):
         raise DocumentError(document, path, f"{raw!r} is not a usable resolution")
     return step
+
+
+@functools.lru_cache(maxsize=64)  # a handful of resolutions exist; each document names one again
+def _resolution(raw: str) -> timedelta | None:
+    m = _DURATION.fullmatch(raw)
+    if m is None or not (m.group(1) or m.group(2)):
+        return None
+    return timedelta(hours=int(m.group(1) or 0), minutes=int(m.group(2) or 0))
 
 
 def _fast_point(raw_position: str | None, raw_value: str | None) -> tuple[int | None, float | None]:
@@ -249,56 +291,60 @@ class _Period:
     values: list[float]
 
 
+_first, _second = itemgetter(0), itemgetter(1)
+_tag_of, _text_of = attrgetter("tag"), attrgetter("text")
+
+
 def _plain_points(points: list[Element], position_tag: str, value_tag: str) -> tuple[list[int], list[float]] | None:
     """Every Point's position and value when the Period is laid out as the platform writes it (each
     Point exactly a position then a value, plain digits, finite numbers), read with a few sweeps over
-    all of them; None otherwise, for the Point-by-Point reading that names what it refuses."""
-    if not all(len(p) == 2 for p in points):
+    all of them in C (map with itemgetter/attrgetter: no Python frame per Point); None otherwise, for
+    the Point-by-Point reading that names what it refuses."""
+    if set(map(len, points)) != {2}:
         return None
-    first, second = [p[0] for p in points], [p[1] for p in points]
-    n = len(points)
-    if [e.tag for e in first].count(position_tag) != n or [e.tag for e in second].count(value_tag) != n:
+    first, second = list(map(_first, points)), list(map(_second, points))
+    if set(map(_tag_of, first)) != {position_tag} or set(map(_tag_of, second)) != {value_tag}:
         return None
-    raw_positions, raw_values = [e.text for e in first], [e.text for e in second]
+    raw_positions, raw_values = list(map(_text_of, first)), list(map(_text_of, second))
     if None in raw_positions or None in raw_values:
         return None
-    digits = "".join(raw_positions)  # type: ignore[arg-type]
-    if not (digits.isascii() and digits.isdigit()) or not 0 < min(map(len, raw_positions)) <= 9:  # type: ignore[arg-type]
+    digits = "".join(raw_positions)
+    if not (digits.isascii() and digits.isdigit()):
         return None
-    if max(map(len, raw_positions)) > 9:  # type: ignore[arg-type]
+    widths = set(map(len, raw_positions))
+    if min(widths) == 0 or max(widths) > 9:
         return None
     try:
-        values = list(map(float, raw_values))  # type: ignore[arg-type]
+        values = list(map(float, raw_values))
     except ValueError:
         return None
     if not all(map(math.isfinite, values)):
         return None
-    return list(map(int, raw_positions)), values  # type: ignore[arg-type]
-
-
-_chain = itertools.chain.from_iterable
-
-
-def _next(items: list[int]) -> tuple[list[int], list[int]]:
-    """Each item with the one after it (two lists for map)."""
-    return items, items[1:]
+    return list(map(int, raw_positions)), values
 
 
 def _period(r: _Reader, el: Element, path: str, curve: str, value_field: str) -> _Period:
-    interval = r.child(el, "timeInterval")
+    # find() with a tag without dots stays in C (ElementPath is only needed for dotted names).
+    interval = el.find(r.q("timeInterval"))
     if interval is None:
         raise r.error(f"{path}.timeInterval", "missing")
-    start = r.time(interval, "start", f"{path}.timeInterval")
-    end = r.time(interval, "end", f"{path}.timeInterval")
-    resolution = parse_resolution(r.text(el, "resolution", path), r.document, f"{path}.resolution")
+    times = r.fields(interval)
+    start = r.time(times, "start", f"{path}.timeInterval")
+    end = r.time(times, "end", f"{path}.timeInterval")
+    raw_resolution = el.find(r.q("resolution"))
+    text = (raw_resolution.text or "").strip() if raw_resolution is not None else ""
+    if not text:
+        raise r.error(f"{path}.resolution", "missing")
+    resolution = parse_resolution(text, r.document, f"{path}.resolution")
     if end <= start:
         raise r.error(f"{path}.timeInterval", f"end {end.isoformat()} is not after start {start.isoformat()}")
-    count, rest = divmod(end - start, resolution)
+    first, step = epoch_us(start), resolution // _MICROSECOND
+    count, rest = divmod(epoch_us(end) - first, step)
     if rest:
         raise r.error(f"{path}.timeInterval", f"{end - start} is not a whole number of {resolution} slots")
     if count > _MAX_POSITIONS:
         raise r.error(f"{path}.timeInterval", f"{count} slots of {resolution} is more than a year")
-    points = r.all(el, "Point")
+    points = el.findall(r.q("Point"))
     if len(points) > count:
         raise r.error(f"{path}.Point", f"{len(points)} points do not fit {count} slots of {resolution}")
     if not points:
@@ -315,7 +361,6 @@ def _period(r: _Reader, el: Element, path: str, curve: str, value_field: str) ->
         positions, given = plain
     else:
         positions, given = _points(r, points, path, count, position_tag, value_tag, value_field)
-    first, step = epoch_us(start), resolution // _MICROSECOND
     if curve == "A03":
         # A03 ("variable sized blocks"): omitted positions repeat the previous point's value up to the
         # next point or the Period's end. Position 1 must be given: there is nothing before it.
@@ -351,8 +396,9 @@ def _points(
         position, value = _fast_point(raw_position, raw_value)
         if position is None or value is None:
             ppath = f"{path}.Point[{i}]"
-            position = r.integer(point, "position", ppath)
-            value = r.number(point, value_field, ppath)
+            fields = r.fields(point)
+            position = r.integer(fields, "position", ppath)
+            value = r.number(fields, value_field, ppath)
         if not 1 <= position <= count:
             raise r.error(
                 f"{path}.Point[{i}].position", f"position {position} is outside 1..{count} of the Period's interval"
@@ -371,7 +417,7 @@ def _count(r: _Reader, seen: int, period: _Period, path: str) -> int:
     return seen
 
 
-def _curve(r: _Reader, ts: Element, path: str) -> str:
+def _curve(r: _Reader, ts: Fields, path: str) -> str:
     curve = r.optional(ts, "curveType") or "A01"
     if curve not in ("A01", "A03"):
         raise r.error(f"{path}.curveType", f"curve type {curve[:20]!r} is not supported (A01, A03)")
@@ -392,7 +438,7 @@ def _merge(r: _Reader, path: str, periods: list[_Period]) -> SlotColumns:
     return SlotColumns(starts, values)
 
 
-def _domain(r: _Reader, ts: Element, side: str, path: str) -> str:
+def _domain(r: _Reader, ts: Fields, side: str, path: str) -> str:
     # Publication documents say in_Domain/out_Domain; GL documents inBiddingZone_Domain/outBiddingZone_Domain.
     for name in (f"{side}_Domain.mRID", f"{side}BiddingZone_Domain.mRID"):
         code = r.optional(ts, name)
@@ -405,8 +451,9 @@ def _prices(r: _Reader, root: Element) -> tuple[tuple[PriceSeries, ...], list[_P
     groups: dict[tuple[str, Product, int, int, timedelta, str, str], list[_Period]] = {}
     periods: list[_Period] = []
     seen = 0
-    for t, ts in enumerate(r.all(root, "TimeSeries")):
+    for t, el in enumerate(r.all(root, "TimeSeries")):
         path = f"TimeSeries[{t}]"
+        ts = r.fields(el)
         zone = _domain(r, ts, "in", path)
         contract = r.optional(ts, "contract_MarketAgreement.type") or "A01"
         product = _CONTRACTS.get(contract)
@@ -423,8 +470,8 @@ def _prices(r: _Reader, root: Element) -> tuple[tuple[PriceSeries, ...], list[_P
         currency = r.optional(ts, "currency_Unit.name") or "EUR"
         unit = r.optional(ts, "price_Measure_Unit.name") or "MWH"
         curve = _curve(r, ts, path)
-        for p, el in enumerate(r.all(ts, "Period")):
-            period = _period(r, el, f"{path}.Period[{p}]", curve, "price.amount")
+        for p, period_el in enumerate(r.all(el, "Period")):
+            period = _period(r, period_el, f"{path}.Period[{p}]", curve, "price.amount")
             periods.append(period)
             seen = _count(r, seen, period, f"{path}.Period[{p}]")
             key = (zone, product, auction, sequence, period.resolution, currency, unit)
@@ -452,13 +499,14 @@ def _directed(r: _Reader, root: Element) -> tuple[dict[tuple[str, str, timedelta
     groups: dict[tuple[str, str, timedelta], list[_Period]] = {}
     periods: list[_Period] = []
     seen = 0
-    for t, ts in enumerate(r.all(root, "TimeSeries")):
+    for t, el in enumerate(r.all(root, "TimeSeries")):
         path = f"TimeSeries[{t}]"
+        ts = r.fields(el)
         out_zone = _domain(r, ts, "out", path)
         in_zone = _domain(r, ts, "in", path)
         curve = _curve(r, ts, path)
-        for p, el in enumerate(r.all(ts, "Period")):
-            period = _period(r, el, f"{path}.Period[{p}]", curve, "quantity")
+        for p, period_el in enumerate(r.all(el, "Period")):
+            period = _period(r, period_el, f"{path}.Period[{p}]", curve, "quantity")
             periods.append(period)
             seen = _count(r, seen, period, f"{path}.Period[{p}]")
             groups.setdefault((out_zone, in_zone, period.resolution), []).append(period)
@@ -478,14 +526,15 @@ def parse_entsoe(root: Element, document: str) -> MarketDocument:
     """A parsed ENTSO-E document (root from parse_xml, namespace already known to be IEC 62325-451)."""
     ns, local = _split(root.tag)
     r = _Reader(ns, document)
+    head = r.fields(root)
     if local == "Acknowledgement_MarketDocument":
-        return _acknowledgement(r, root)
+        return _acknowledgement(r, root, head)
     if local not in ("Publication_MarketDocument", "GL_MarketDocument"):
         raise r.error("(root)", f"{local[:60]!r} is not a document EMMA reads")
-    doc_type = r.text(root, "type", "")
-    document_id = r.text(root, "mRID", "")
-    revision = r.integer(root, "revisionNumber", "") if r.optional(root, "revisionNumber") else 1
-    created = r.time(root, "createdDateTime", "") if r.optional(root, "createdDateTime") else None
+    doc_type = r.text(head, "type", "")
+    document_id = r.text(head, "mRID", "")
+    revision = r.integer(head, "revisionNumber", "") if r.optional(head, "revisionNumber") else 1
+    created = r.time(head, "createdDateTime", "") if r.optional(head, "createdDateTime") else None
     if doc_type == "A44":
         prices, periods = _prices(r, root)
         return MarketDocument(
@@ -518,16 +567,17 @@ def parse_entsoe(root: Element, document: str) -> MarketDocument:
     raise r.error("type", f"document type {doc_type[:20]!r} is not one EMMA reads (A44, A11, A61)")
 
 
-def _acknowledgement(r: _Reader, root: Element) -> MarketDocument:
+def _acknowledgement(r: _Reader, root: Element, head: Fields) -> MarketDocument:
     """Reason 999 is ENTSO-E's "no matching data": an answer, not a failure. Any other reason is a
     refused request (bad parameters, too large a query), which is an error of the document's."""
     reasons = r.all(root, "Reason")
     if not reasons:
         raise r.error("Reason", "an Acknowledgement without a Reason")
-    code = r.text(reasons[0], "code", "Reason[0]")
-    text = r.optional(reasons[0], "text") or ""
+    reason = r.fields(reasons[0])
+    code = r.text(reason, "code", "Reason[0]")
+    text = r.optional(reason, "text") or ""
     if code != NO_DATA_REASON:
         raise r.error("Reason[0].code", f"acknowledgement reason {code[:20]}: {text[:200]}")
-    created = r.time(root, "createdDateTime", "") if r.optional(root, "createdDateTime") else None
-    document_id = r.optional(root, "mRID") or ""
+    created = r.time(head, "createdDateTime", "") if r.optional(head, "createdDateTime") else None
+    document_id = r.optional(head, "mRID") or ""
     return MarketDocument(Source.ENTSOE, DocumentKind.NO_DATA, document_id, 0, created, no_data_reason=text)
