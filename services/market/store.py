@@ -31,6 +31,7 @@ series of any length.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 import struct
@@ -112,16 +113,12 @@ class Publication:
     def to_json(self) -> str:
         # What json.dumps(..., separators=(",", ":")) gives for these fields, written out: a backfill
         # announces every document, and the general encoder was a tenth of saving one.
-        string = _json_string
-        interval = (
-            f"[{string(self.interval[0].isoformat())},{string(self.interval[1].isoformat())}]"
-            if self.interval
-            else "null"
-        )
+        string, iso = _json_string, _isoformat
+        interval = f"[{string(iso(self.interval[0]))},{string(iso(self.interval[1]))}]" if self.interval else "null"
         return (
             f'{{"source":{string(self.source)},"document_id":{string(self.document_id)},'
             f'"revision":{int(self.revision)},"kind":{string(self.kind)},"outcome":{string(self.outcome.value)},'
-            f'"fetched_at":{string(self.fetched_at.isoformat())},'
+            f'"fetched_at":{string(iso(self.fetched_at))},'
             f'"zones":[{",".join(map(string, self.zones[:_MAX_NOTIFIED_ZONES]))}],"interval":{interval},'
             f'"warnings":{int(self.warnings)},"cleared":{int(self.cleared)}}}'
         )
@@ -147,7 +144,21 @@ class Publication:
 _json_string: Final[Callable[[str], str]] = json.encoder.encode_basestring_ascii
 
 
+def _isoformat(t: datetime) -> str:
+    # A batch announces every document with the same fetch time, and the documents of one delivery
+    # day (one per zone) share their interval: each is formatted once. Only UTC times are cached:
+    # equal times in another zone may be written differently (an offset, a repeated hour's fold).
+    return _utc_isoformat(t) if t.tzinfo is UTC else t.isoformat()
+
+
+@functools.lru_cache(maxsize=1024)
+def _utc_isoformat(t: datetime) -> str:
+    return t.isoformat()
+
+
 def _aware(value: datetime, what: str) -> datetime:
+    if value.tzinfo is UTC:  # what every parser gives: nothing to convert
+        return value
     if value.tzinfo is None or value.utcoffset() is None:
         raise StoreError(f"{what} {value.isoformat()} has no time zone")
     return value.astimezone(UTC)
@@ -163,7 +174,8 @@ def _resolution_s(resolution: timedelta, what: str) -> int:
 def _columns(slots: Sequence[Slot], what: str) -> tuple[Sequence[int], Sequence[float]]:
     """Starts (microseconds since the Unix epoch) and values of `slots`, every value finite and every
     start timezone-aware, else a StoreError naming the slot."""
-    if isinstance(slots, SlotColumns) and all(map(math.isfinite, slots.values)):
+    # type() first: SlotColumns is a Sequence, so isinstance() goes through the ABC machinery.
+    if (type(slots) is SlotColumns or isinstance(slots, SlotColumns)) and all(map(math.isfinite, slots.values)):
         return slots.starts_us, slots.values  # what the ENTSO-E parser gives: nothing per slot
     starts: list[int] = []
     values: list[float] = []
@@ -270,13 +282,22 @@ def _prepare(index: int, doc: MarketDocument) -> _Prepared:
         if (table, ident, res) in seen:
             raise StoreError(f"{doc.document_id}: two {table} series of {ident} at {res} s; a series is given once")
         seen.add((table, ident, res))
-        if len(starts) and span is not None and (min(starts) < first or max(starts) + res * 1_000_000 > last):
+        if len(starts) and span is not None and (_lowest(starts) < first or _highest(starts) + res * 1_000_000 > last):
             raise StoreError(
                 f"{doc.document_id}: {table} series {i} has slots outside the document's interval"
                 f" {span[0].isoformat()}..{span[1].isoformat()}"
             )
     rows = sum(len(p[2]) for p in prices) + sum(len(b[3]) for b in borders)
     return _Prepared(index, doc, doc.source.value, _zones(doc), span, created, prices, borders, rows)
+
+
+def _lowest(starts: Sequence[int]) -> int:
+    # A range (the parser's contiguous slots) knows its ends; min() would walk it.
+    return starts[0] if type(starts) is range and starts.step > 0 else min(starts)
+
+
+def _highest(starts: Sequence[int]) -> int:
+    return starts[-1] if type(starts) is range and starts.step > 0 else max(starts)
 
 
 def _waves(prepared: Sequence[_Prepared]) -> list[list[_Prepared]]:
@@ -288,9 +309,9 @@ def _waves(prepared: Sequence[_Prepared]) -> list[list[_Prepared]]:
     spans: dict[tuple[object, ...], list[tuple[datetime, datetime]]] = {}
     for p in prepared:
         ident = (p.source, p.doc.document_id)
+        replaced = p.replaced()
         clash = ident in ids or any(
-            p.span is not None and any(a < p.span[1] and p.span[0] < b for a, b in spans.get(k, ()))
-            for k in p.replaced()
+            p.span is not None and any(a < p.span[1] and p.span[0] < b for a, b in spans.get(k, ())) for k in replaced
         )
         if clash or not waves:
             waves.append([])
@@ -299,7 +320,7 @@ def _waves(prepared: Sequence[_Prepared]) -> list[list[_Prepared]]:
         waves[-1].append(p)
         ids.add(ident)
         if p.span is not None:
-            for k in p.replaced():
+            for k in replaced:
                 spans.setdefault(k, []).append(p.span)
     return waves
 

@@ -12,6 +12,7 @@ import math
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -332,6 +333,10 @@ async def test_a_slot_outside_the_documents_interval_is_refused(conn: asyncpg.Co
     narrowed = replace(doc, interval=(doc.interval[0], doc.interval[1] - timedelta(hours=1)))
     with pytest.raises(StoreError, match="outside the document's interval"):
         await save_document(conn, narrowed, FETCHED)
+    # The same at the start (the parser's contiguous slots are a range, read by its ends).
+    late = replace(doc, interval=(doc.interval[0] + timedelta(hours=1), doc.interval[1]))
+    with pytest.raises(StoreError, match="outside the document's interval"):
+        await save_document(conn, late, FETCHED)
     twice = replace(doc, prices=(doc.prices[0], doc.prices[0]))
     with pytest.raises(StoreError, match="a series is given once"):
         await save_document(conn, twice, FETCHED)
@@ -401,3 +406,15 @@ def test_a_publication_payload_is_the_json_the_general_encoder_writes() -> None:
         )
         assert publication.to_json() == expected
         assert Publication.from_json(publication.to_json()) == publication
+
+
+def test_a_publication_payload_writes_each_time_as_given_even_when_equal_times_were_written_before() -> None:
+    # to_json caches formatted UTC times; equal times in another zone keep their own offset and fold.
+    madrid = ZoneInfo("Europe/Madrid")
+    first = datetime(2024, 10, 27, 2, 30, tzinfo=madrid)  # CEST, 00:30 UTC
+    repeated = datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=madrid)  # CET, 01:30 UTC
+    for fetched in (first.astimezone(UTC), first, repeated, repeated.astimezone(UTC), first.astimezone(UTC)):
+        publication = Publication("entsoe", "x", 1, "prices", SaveOutcome.STORED, fetched, (), (fetched, fetched))
+        payload = json.loads(publication.to_json())
+        assert payload["fetched_at"] == fetched.isoformat()
+        assert payload["interval"] == [fetched.isoformat(), fetched.isoformat()]
