@@ -497,7 +497,7 @@ async def store_benchmark(
         "best_copy_rows_per_s": summary([r["best_copy_rows_per_s"] for r in runs]),
         "copy_same_batches_rows_per_s": summary([r["copy_same_batches_rows_per_s"] for r in runs]),
         "ratio_to_best_copy": summary([r["ratio_to_best_copy"] for r in runs]),
-        "ratio_to_same_connections_copy": summary(ratios),
+        "ratio_to_same_connections_copy": summary([r["ratio_to_same_connections_copy"] for r in runs]),
         "ratio_to_copy_same_batches": summary([r["ratio_to_copy_same_batches"] for r in runs]),
         "goal": (
             f"parse + store rows/s >= {GOAL_RATIO} of the best raw COPY of the same rows into the same table"
