@@ -246,3 +246,31 @@ def test_a03_expanding_beyond_the_slot_limit_is_refused() -> None:
     assert len(body) < 20_000 and MAX_SLOTS < 29 * 366 * 96
     e = refused(body)
     assert e.field_path.startswith("TimeSeries[0].Period[") and str(MAX_SLOTS) in e.problem
+
+
+# --- what the parser remembers between documents (times, resolutions, tags) ---------------------
+
+
+def test_a_bad_time_or_resolution_is_refused_every_time_it_comes() -> None:
+    # Times and resolutions are parsed once per distinct text and remembered: a refusal must not be.
+    bad_time = once(
+        A44,
+        b"<start>2024-10-05T22:00Z</start>\n              <end>",
+        b"<start>2024-13-05T22:00Z</start>\n              <end>",
+    )
+    bad_resolution = once(A44, b"<resolution>PT60M</resolution>", b"<resolution>PT0M</resolution>")
+    for _ in range(2):
+        assert refused(bad_time, "time.xml").field_path == "TimeSeries[0].Period[0].timeInterval.start"
+        assert refused(bad_resolution, "res.xml").field_path == "TimeSeries[0].Period[0].resolution"
+        assert parse_document(A44, "fine.xml").prices  # and the good spellings still read as before
+
+
+def test_malformed_xml_mid_points_names_the_document_and_the_line() -> None:
+    # A Point's closing tag misspelled in the middle of the first Period (line 39 of the file).
+    body = once(
+        A44,
+        b"<price.amount>63.97</price.amount>\n              </Point>",
+        b"<price.amount>63.97</price.amount>\n              </Pont>",
+    )
+    e = refused(body, "mid.xml")
+    assert e.field_path == "(document)" and "malformed XML: mismatched tag: line 39" in e.problem

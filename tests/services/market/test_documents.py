@@ -301,3 +301,19 @@ def test_a_parsed_document_crosses_a_process_boundary_unchanged(name: str) -> No
     local = PriceSeries(ES, Product.SPOT, H, (Slot(datetime(2024, 6, 1, tzinfo=cest), 1.5),))
     back = pickle.loads(pickle.dumps(local))
     assert back == local and back.slots[0].start.tzinfo == cest
+
+
+def test_points_spelled_otherwise_read_the_same() -> None:
+    # The platform writes each Point as position then price.amount; a Point in the other order, with
+    # another element beside them or with padded text reads the same (Point by Point, not the sweep).
+    name = "A44_DE-LU_2024-10-06_07_dayahead_PT60M+PT15M_negative.xml"
+    body = (DATA / name).read_bytes()
+    plain = parse_document(body, name)
+    first = b"<position>1</position>\n                 <price.amount>67.04</price.amount>"
+    for spelled in (
+        b"<price.amount>67.04</price.amount><position>1</position>",
+        first + b"<note>kept apart</note>",
+        b"<position> 1 </position><price.amount> 67.04 </price.amount>",
+    ):
+        assert body.count(first) == 1
+        assert parse_document(body.replace(first, spelled), name) == plain
