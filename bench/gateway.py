@@ -1,11 +1,14 @@
 """Gateway throughput: GET latest values (50 channels) through the REST gateway at 50 clients.
 
-    python -m bench.gateway [--quick] [--deployment split|up|both] [--runs 3] [--profile DIR]
+    python -m bench.gateway [--quick] [--deployment split|up|both] [--workers 1,2] [--runs 3] [--profile DIR]
 
 Two deployments, as users run them:
 - split: `emma serve all` and `emma gateway` as processes of their own;
 - up: `emma up` (embedded demo, simulated edges, replays and all) on the benchmark's database.
-One simulated edge reports 50 channels; its site's latest values are read.
+One simulated edge reports 50 channels; its site's latest values are read. `--workers 1,2` runs each
+deployment once per count of gRPC service processes sharing the port (EMMA_GRPC_WORKERS, SO_REUSEPORT);
+the gateway is always one process (`emma gateway` has no workers of its own). Every result names its
+configuration: deployment, service workers and the pids of every process measured.
 
 The load comes from processes of their own: bench.http_load with 50 keep-alive HTTP/1.1 clients, and,
 as the reference in the same run, the same ListLatestValues over gRPC directly from 50 callers on
@@ -208,13 +211,41 @@ def machine_busy_s() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu(pids: dict[str, int]) -> dict[str, float]:
+async def postmaster_pid(dsn: str) -> int | None:
+    """The database server's main process (the parent of a backend), when it runs on this machine."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+    finally:
+        await conn.close()
+    try:
+        status = Path(f"/proc/{backend}/status").read_text()
+    except OSError:
+        return None  # another machine's server
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+
+def _postgres_cpu(postmaster: int) -> float:
+    """CPU seconds of the server and its current backends (a backend that ended meanwhile is missed;
+    the services' pools keep theirs)."""
+    total = 0.0
+    for pid in [postmaster, *_children(postmaster)]:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
+def process_cpu(pids: dict[str, int], postmaster: int | None = None) -> dict[str, float]:
     out = {"machine": machine_busy_s()}
     for name, pid in pids.items():
         try:
             out[name] = cpu_seconds(pid)
         except OSError:
             out[name] = float("nan")
+    if postmaster is not None:
+        out["postgres"] = _postgres_cpu(postmaster)
     return out
 
 
@@ -226,8 +257,10 @@ async def measure(
     seconds: float,
     rate: float,
     pids: dict[str, int],
+    postmaster: int | None,
 ) -> dict[str, object]:
-    """One run: gateway and gRPC open loop at `rate`, then both closed loop; CPU of each process."""
+    """One run: gateway and gRPC open loop at `rate`, then both closed loop; CPU of each process, the
+    database server's (all its processes) and the whole machine's ("machine", every process on it)."""
     run: dict[str, object] = {}
     for kind, load in (
         ("gateway_open", lambda: http_run(url, token, seconds, rate)),
@@ -235,11 +268,14 @@ async def measure(
         ("gateway_closed", lambda: http_run(url, token, seconds, None)),
         ("grpc_closed", lambda: grpc_run(target, parent, token, seconds, None)),
     ):
-        before, wall = process_cpu(pids), time.perf_counter()
+        before, wall = process_cpu(pids, postmaster), time.perf_counter()
         run[kind] = await load()
-        after, wall = process_cpu(pids), time.perf_counter() - wall
+        after, wall = process_cpu(pids, postmaster), time.perf_counter() - wall
         # Cores each process used meanwhile (the load process's start-up included: a small understatement).
-        run[f"{kind}_cpu_cores"] = {k: round((after[k] - before[k]) / wall, 2) for k in after}
+        cores = {k: round((after[k] - before[k]) / wall, 2) for k in after}
+        # The gRPC serving processes together (`up` is worker 0 under `emma up`).
+        cores["services_all"] = round(sum(v for k, v in cores.items() if k.startswith(("services", "up"))), 2)
+        run[f"{kind}_cpu_cores"] = cores
     return run
 
 
@@ -272,9 +308,11 @@ def _runs_summary(runs: list[dict[str, object]], rate: float) -> dict[str, objec
 
 
 @contextlib.asynccontextmanager
-async def split_deployment(dsn: str) -> AsyncIterator[tuple[str, str, dict[str, int]]]:
-    """`emma serve all` + `emma gateway`: yields (gateway base URL, gRPC target, pids)."""
-    async with cloud_process(dsn, "all", env={**BENCH_ENV, "EMMA_TRUST_FORWARDED_FOR": "1"}) as (port, pid, _s):
+async def split_deployment(dsn: str, workers: int) -> AsyncIterator[tuple[str, str, dict[str, int]]]:
+    """`emma serve all` (`workers` processes on one port) + `emma gateway`: yields (gateway base URL,
+    gRPC target, pids)."""
+    env = {**BENCH_ENV, "EMMA_TRUST_FORWARDED_FOR": "1", "EMMA_GRPC_WORKERS": str(workers)}
+    async with cloud_process(dsn, "all", env=env) as (port, pid, _s):
         gateway = subprocess.Popen(
             [EMMA, "--log-level", "WARNING", "gateway", "--target", f"127.0.0.1:{port}", "--port", "0"],
             env={**os.environ, "EMMA_GATEWAY_WRITE_RATE_PER_S": "0"},
@@ -285,7 +323,8 @@ async def split_deployment(dsn: str) -> AsyncIterator[tuple[str, str, dict[str, 
             assert gateway.stdout is not None
             line = await asyncio.to_thread(gateway.stdout.readline)
             base = "http://" + line.split("http://", 1)[1].split()[0]
-            yield base, f"127.0.0.1:{port}", {"services": pid, "gateway": gateway.pid}
+            pids = {"services": pid, **_service_workers(pid, workers), "gateway": gateway.pid}
+            yield base, f"127.0.0.1:{port}", pids
         finally:
             gateway.send_signal(signal.SIGINT)
             gateway.wait(20)
@@ -306,9 +345,17 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _service_workers(first: int, workers: int) -> dict[str, int]:
+    """The further `serve` workers the first one started (its children): services-1, services-2, ..."""
+    found = [c for c in _children(first) if " serve " in _cmdline(c)]
+    if len(found) != workers - 1:
+        raise RuntimeError(f"expected {workers - 1} further service workers of pid {first}, found {found}")
+    return {f"services-{i}": pid for i, pid in enumerate(sorted(found), start=1)}
+
+
 @contextlib.asynccontextmanager
-async def up_deployment(dsn: str) -> AsyncIterator[tuple[str, str, dict[str, int]]]:
-    """`emma up` on the benchmark's database: yields (gateway base URL, gRPC target, pids)."""
+async def up_deployment(dsn: str, workers: int) -> AsyncIterator[tuple[str, str, dict[str, int]]]:
+    """`emma up --workers N` on the benchmark's database: yields (gateway base URL, gRPC target, pids)."""
     with tempfile.TemporaryDirectory(prefix="emma-bench-up-") as state:
         env = {
             **os.environ,
@@ -316,8 +363,9 @@ async def up_deployment(dsn: str) -> AsyncIterator[tuple[str, str, dict[str, int
             "DATABASE_URL": dsn,
             "EMMA_GATEWAY_WRITE_RATE_PER_S": "0",
         }
+        ports = ["--port", "0", "--gateway-port", "0", "--workers", str(workers)]
         proc = subprocess.Popen(
-            [EMMA, "--log-level", "WARNING", "up", "--state-dir", state, "--port", "0", "--gateway-port", "0"],
+            [EMMA, "--log-level", "WARNING", "up", "--state-dir", state, *ports],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -348,10 +396,12 @@ async def up_deployment(dsn: str) -> AsyncIterator[tuple[str, str, dict[str, int
                     pass
 
             drainer = asyncio.create_task(asyncio.to_thread(drain))
-            pids = {"up": proc.pid}
+            pids = {"up": proc.pid, **_service_workers(proc.pid, workers)}
             for child in _children(proc.pid):
                 if " gateway" in _cmdline(child):
                     pids["gateway"] = child
+            if "gateway" not in pids:
+                raise RuntimeError("emma up: no gateway process of its own found")
             try:
                 yield base, target, pids
             finally:
@@ -364,12 +414,17 @@ async def up_deployment(dsn: str) -> AsyncIterator[tuple[str, str, dict[str, int
                 proc.kill()
 
 
-async def bench_deployment(name: str, dsn: str, seconds: float, runs: int, profile: Path | None) -> dict[str, object]:
-    keys = json.loads((await provision(dsn, 1, f"gw{name}")).read_text())
+async def bench_deployment(
+    name: str, workers: int, dsn: str, seconds: float, runs: int, profile: Path | None
+) -> dict[str, object]:
+    keys = json.loads((await provision(dsn, 1, f"gw{name}{workers}")).read_text())
     edge, key = keys[0]["edge"], keys[0]["key"]
     site = edge.rsplit("/edges/", 1)[0]
-    deployment = split_deployment(dsn) if name == "split" else up_deployment(dsn)
+    deployment = split_deployment(dsn, workers) if name == "split" else up_deployment(dsn, workers)
+    postmaster = await postmaster_pid(dsn)
     async with deployment as (base, target, pids):
+        configuration = {"deployment": name, "service_workers": workers, "gateway_processes": 1, "pids": pids}
+        print(f"configuration: {json.dumps(configuration)}", file=sys.stderr, flush=True)
         port = int(target.rsplit(":", 1)[1])
         auth = await login(dsn, port, "bench")
         token = auth[0][1].removeprefix("Bearer ")
@@ -381,13 +436,24 @@ async def bench_deployment(name: str, dsn: str, seconds: float, runs: int, profi
         await grpc_run(target, site, token, 1.0, None)
         if profile is not None:
             # A measurement of its own, not reported: py-spy's sampling slows the processes it watches.
-            with profiling(pids, seconds, profile / name):
+            with profiling(pids, seconds, profile / f"{name}-w{workers}"):
                 await http_run(url, token, seconds, rate)
-        results = [await measure(url, target, site, token, seconds, rate, pids) for _ in range(runs)]
+        results = []
+        for i in range(runs):
+            results.append(await measure(url, target, site, token, seconds, rate, pids, postmaster))
+            line = {k: results[-1][k]["requests_per_s"] for k in ("gateway_open", "gateway_closed", "grpc_closed")}  # type: ignore[index]
+            p99 = results[-1]["gateway_open"]["p99_ms"]  # type: ignore[index]
+            cores = results[-1]["gateway_closed_cpu_cores"]
+            print(
+                f"{name} workers={workers} run {i + 1}: req/s {line}, open p99 {p99:.1f} ms, cores {cores}",
+                file=sys.stderr,
+                flush=True,
+            )
     for r in results:
         for kind in ("gateway_open", "grpc_open", "gateway_closed", "grpc_closed"):
             assert r[kind]["errors"] == 0, (kind, r[kind])  # type: ignore[index]
-    return {"deployment": name, "rate": rate, "summary": _runs_summary(results, rate), "runs": results}
+    summarized = _runs_summary(results, rate)
+    return {**configuration, "rate": rate, "summary": summarized, "runs": results}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
@@ -402,7 +468,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         out["grpc_reference_connections"] = GRPC_CONNECTIONS
         out["seconds_per_measurement"] = seconds
         for name in names:
-            out[name] = await bench_deployment(name, dsn, seconds, args.runs, args.profile)
+            for workers in args.workers:
+                key = name if len(args.workers) == 1 else f"{name}-workers-{workers}"
+                out[key] = await bench_deployment(name, workers, dsn, seconds, args.runs, args.profile)
     return out
 
 
@@ -435,6 +503,16 @@ def top(path: Path, count: int = 30, within: str = "run_forever") -> str:
     return "\n".join(lines)
 
 
+def _worker_counts(text: str) -> list[int]:
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of worker counts like 1,2") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: worker counts are 1 or more")
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     sub = parser.add_subparsers(dest="command")
@@ -453,6 +531,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8 s per measurement instead of 20 s")
     parser.add_argument("--seconds", type=float, default=0.0, help="seconds per measurement (overrides --quick)")
     parser.add_argument("--deployment", choices=["split", "up", "both"], default="both")
+    parser.add_argument(
+        "--workers",
+        type=_worker_counts,
+        default=[1],
+        help="gRPC service processes on the port (EMMA_GRPC_WORKERS), a comma list runs each: 1,2 (default 1)",
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", type=Path, help="py-spy each process during the first run into this folder")
     args = parser.parse_args()
