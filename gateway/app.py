@@ -60,6 +60,9 @@ def channel_options(config: GatewayConfig) -> list[tuple[str, Any]]:
         # The target is usually a headless Service (every api pod's address): spread calls over all
         # of them rather than gRPC's default pick_first, which sends everything to one pod.
         ("grpc.lb_policy_name", "round_robin"),
+        # Each channel its own TCP connections (gRPC otherwise shares one subchannel, one connection,
+        # among channels with the same target and options): see GatewayConfig.connections.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
 
 
@@ -117,21 +120,25 @@ class Gateway:
         self.config = config
         self.table = table or build_route_table()
         self.limiter = WriteLimiter(config.write_rate_per_s, config.write_burst)
-        self._channel: grpc.aio.Channel | None = None
+        self._channels: list[grpc.aio.Channel] = []
         self._invoker: Invoker | None = None
         self._tracer = trace.get_tracer("emma.gateway")
 
     def invoker(self) -> Invoker:
         # Made on first use so the channel belongs to the event loop that serves requests.
         if self._invoker is None:
-            self._channel = grpc.aio.insecure_channel(self.config.target, options=channel_options(self.config))
-            self._invoker = Invoker(self._channel)
+            options = channel_options(self.config)
+            self._channels = [
+                grpc.aio.insecure_channel(self.config.target, options=options) for _ in range(self.config.connections)
+            ]
+            self._invoker = Invoker(self._channels)
         return self._invoker
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close(None)
-        self._channel = self._invoker = None
+        for channel in self._channels:
+            await channel.close(None)
+        self._channels = []
+        self._invoker = None
 
     def _client(self, request: Request) -> str:
         peer = request.client.host if request.client else None

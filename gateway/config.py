@@ -97,6 +97,10 @@ class GatewayConfig:
     # The services allow pings every 10 s at most (EMMA_GRPC_MIN_CLIENT_PING_INTERVAL_MS).
     keepalive_time_ms: int = 20_000
     keepalive_timeout_ms: int = 10_000
+    # gRPC connections to the target, calls spread over them in turn. The services' workers
+    # (EMMA_GRPC_WORKERS) share one port by SO_REUSEPORT, which spreads connections, not calls: over one
+    # connection every call of the gateway went to one worker.
+    connections: int = 4
     # Peers whose X-Forwarded-For the gateway believes (the ingress controller's pods, a load
     # balancer): the client is the right-most address in the header not in these networks. A header
     # from anyone else is ignored, or a client could pick its own rate-limit bucket and audit address.
@@ -130,5 +134,6 @@ class GatewayConfig:
             max_message_bytes=_int(env, "EMMA_GATEWAY_MAX_MESSAGE_BYTES", cls.max_message_bytes, 1024),
             keepalive_time_ms=_int(env, "EMMA_GATEWAY_KEEPALIVE_TIME_MS", cls.keepalive_time_ms, 10_000),
             keepalive_timeout_ms=_int(env, "EMMA_GATEWAY_KEEPALIVE_TIMEOUT_MS", cls.keepalive_timeout_ms, 1000),
+            connections=_int(env, "EMMA_GATEWAY_CONNECTIONS", cls.connections, 1, 64),
             trusted_proxies=_networks(env, "EMMA_GATEWAY_TRUSTED_PROXIES", cls.trusted_proxies),
         )

@@ -51,32 +51,41 @@ def dumps(doc: Any) -> bytes:
 
 
 class Invoker:
-    """One generic multi-callable per RPC, made once: the request path stays free of descriptor work."""
+    """One generic multi-callable per RPC and channel, made once: the request path stays free of
+    descriptor work. Calls take the channels in turn (each its own connection, GatewayConfig.connections)."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._channel = channel
-        self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[Message, Message]] = {}
-        self._stream: dict[str, grpc.aio.UnaryStreamMultiCallable[Message, Message]] = {}
+    def __init__(self, channels: Sequence[grpc.aio.Channel]) -> None:
+        if not channels:
+            raise ValueError("an Invoker needs at least one channel")
+        self._channels = list(channels)
+        self._next = 0
+        self._unary: dict[str, list[grpc.aio.UnaryUnaryMultiCallable[Message, Message]]] = {}
+        self._stream: dict[str, list[grpc.aio.UnaryStreamMultiCallable[Message, Message]]] = {}
+
+    def _turn(self) -> int:
+        turn = self._next
+        self._next = (turn + 1) % len(self._channels)
+        return turn
 
     def unary(self, route: Route) -> grpc.aio.UnaryUnaryMultiCallable[Message, Message]:
-        call = self._unary.get(route.grpc_path)
-        if call is None:
-            call = self._unary[route.grpc_path] = self._channel.unary_unary(
-                route.grpc_path,
-                request_serializer=_serialize,
-                response_deserializer=message_class(route.method.output_type).FromString,
-            )
-        return call
+        calls = self._unary.get(route.grpc_path)
+        if calls is None:
+            deserialize = message_class(route.method.output_type).FromString
+            calls = self._unary[route.grpc_path] = [
+                c.unary_unary(route.grpc_path, request_serializer=_serialize, response_deserializer=deserialize)
+                for c in self._channels
+            ]
+        return calls[self._turn()]
 
     def stream(self, route: Route) -> grpc.aio.UnaryStreamMultiCallable[Message, Message]:
-        call = self._stream.get(route.grpc_path)
-        if call is None:
-            call = self._stream[route.grpc_path] = self._channel.unary_stream(
-                route.grpc_path,
-                request_serializer=_serialize,
-                response_deserializer=message_class(route.method.output_type).FromString,
-            )
-        return call
+        calls = self._stream.get(route.grpc_path)
+        if calls is None:
+            deserialize = message_class(route.method.output_type).FromString
+            calls = self._stream[route.grpc_path] = [
+                c.unary_stream(route.grpc_path, request_serializer=_serialize, response_deserializer=deserialize)
+                for c in self._channels
+            ]
+        return calls[self._turn()]
 
 
 def _serialize(message: Message) -> bytes:

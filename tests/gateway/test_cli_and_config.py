@@ -50,12 +50,14 @@ def test_config_from_env_and_flags() -> None:
         "EMMA_GATEWAY_MAX_BODY_BYTES": "2048",
         "EMMA_GATEWAY_WRITE_RATE_PER_S": "0",
         "EMMA_GATEWAY_WRITE_BURST": "5",
+        "EMMA_GATEWAY_CONNECTIONS": "2",
     }
     config = GatewayConfig.from_env(env)
     assert config.target == "services:50051" and config.port == 9000
     assert (config.deadline_s, config.stream_deadline_s) == (2.5, 0.0)
     assert config.cors_origins == ("https://a.example", "https://b.example")
     assert (config.max_body_bytes, config.write_rate_per_s, config.write_burst) == (2048, 0.0, 5)
+    assert config.connections == 2 and GatewayConfig().connections == 4
     flags = GatewayConfig.from_env(env, target="127.0.0.1:1", host="0.0.0.0", port=0)
     assert (flags.target, flags.host, flags.port) == ("127.0.0.1:1", "0.0.0.0", 0)
     assert GatewayConfig.from_env({}) == GatewayConfig()
@@ -65,6 +67,7 @@ def test_config_from_env_and_flags() -> None:
         {"EMMA_GATEWAY_PORT": "70000"},
         {"EMMA_GATEWAY_CORS_ORIGINS": "app.example"},
         {"EMMA_GATEWAY_KEEPALIVE_TIME_MS": "1000"},  # the services refuse pings more often than 10 s
+        {"EMMA_GATEWAY_CONNECTIONS": "0"},
     ):
         with pytest.raises(GatewayConfigError, match=next(iter(bad))):
             GatewayConfig.from_env(bad)

@@ -1,5 +1,7 @@
 """The gateway behind an ingress: whose X-Forwarded-For it believes (EMMA_GATEWAY_TRUSTED_PROXIES),
-and calls spread over every address of its target (round_robin), as a headless Service gives them."""
+calls spread over every address of its target (round_robin), as a headless Service gives them, and
+over the gateway's connections to one address (EMMA_GATEWAY_CONNECTIONS), as the services' workers
+sharing a port by SO_REUSEPORT need them."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from gateway.config import LOOPBACK, GatewayConfig
 from gateway.errors import GatewayConfigError
 from services import catalog
 from services.platform.config import ServerConfig
+from services.platform.interceptors import rewrap_handler
 from services.platform.server import create_server, start_server
 
 INGRESS = (ipaddress.ip_network("10.0.0.0/8"),)
@@ -85,3 +88,48 @@ async def test_calls_are_spread_over_every_address_of_the_target() -> None:
             await h.drain(0)
     assert seen["a"] + seen["b"] == 20
     assert seen["a"] >= 5 and seen["b"] >= 5, seen
+
+
+class _Peers(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Counts the calls of each peer (client address and port: one TCP connection)."""
+
+    def __init__(self, seen: Counter[str]) -> None:
+        self.seen = seen
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(details)
+
+        def wrap(behavior: Any) -> Any:
+            async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                self.seen[context.peer()] += 1
+                return await behavior(request, context)
+
+            return counted
+
+        return rewrap_handler(handler, unary_unary=wrap, unary_stream=wrap, stream_unary=wrap, stream_stream=wrap)
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+async def test_calls_take_the_gateways_connections_in_turn(connections: int) -> None:
+    """Workers sharing a port by SO_REUSEPORT each get whole connections: over one connection every call
+    went to one worker. The gateway's calls take its connections in turn, each its own TCP connection."""
+    seen: Counter[str] = Counter()
+    specs = list(catalog.SERVICES.values())
+    server = create_server(ServerConfig(port=0), [_Peers(seen)])
+    for spec in specs:
+        spec.add_to_server(catalog.unimplemented_servicer(spec), server)
+    served = await start_server(server, ServerConfig(port=0), [s.full_name for s in specs])
+    app = create_app(GatewayConfig(target=f"127.0.0.1:{served.port}", connections=connections))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test") as c:
+            for _ in range(6 * connections):
+                r = await c.get("/v1/organizations/acme/sites")
+                assert r.status_code == 501, r.text
+    finally:
+        await app.state.gateway.close()
+        await served.drain(0)
+    assert sorted(seen.values()) == [6] * connections, seen
