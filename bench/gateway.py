@@ -291,6 +291,18 @@ def _runs_summary(runs: list[dict[str, object]], rate: float) -> dict[str, objec
             "p99_ms": summary(values(kind, "p99_ms")),
             "samples_per_run_min": min(values(kind, "requests")),
         }
+    # CPU milliseconds each process spent per answered request, closed loop (the machine's share is of
+    # every process on it: postgres, the load process, the kernel's network work, anything else running).
+    for kind in ("gateway_closed", "grpc_closed"):
+        per_request: dict[str, object] = {}
+        names = runs[0][f"{kind}_cpu_cores"]  # type: ignore[union-attr]
+        for name in names:  # type: ignore[union-attr]
+            ms = [
+                1000 * float(r[f"{kind}_cpu_cores"][name]) / float(r[kind]["requests_per_s"])  # type: ignore[index]
+                for r in runs
+            ]
+            per_request[name] = summary(ms)
+        out[f"{kind}_cpu_ms_per_request"] = per_request
     gw = values("gateway_closed", "requests_per_s")
     direct = values("grpc_closed", "requests_per_s")
     out["closed_loop_gateway_to_grpc_ratio"] = summary([g / d for g, d in zip(gw, direct, strict=True)])
