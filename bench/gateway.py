@@ -218,12 +218,12 @@ async def postmaster_pid(dsn: str) -> int | None:
     conn = await asyncpg.connect(dsn)
     try:
         backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
-    finally:
-        await conn.close()
-    try:
+        # While the connection is open: its backend ends with it.
         status = Path(f"/proc/{backend}/status").read_text()
     except OSError:
         return None  # another machine's server
+    finally:
+        await conn.close()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
 
 
