@@ -1,14 +1,16 @@
 """Gateway throughput: GET latest values (50 channels) through the REST gateway at 50 clients.
 
-    python -m bench.gateway [--quick] [--deployment split|up|both] [--workers 1,2] [--runs 3] [--profile DIR]
+    python -m bench.gateway [--quick] [--deployment split|up|both] [--workers 1,2] [--gateway-connections 1,4]
+                            [--runs 3] [--profile DIR]
 
 Two deployments, as users run them:
 - split: `emma serve all` and `emma gateway` as processes of their own;
 - up: `emma up` (embedded demo, simulated edges, replays and all) on the benchmark's database.
 One simulated edge reports 50 channels; its site's latest values are read. `--workers 1,2` runs each
 deployment once per count of gRPC service processes sharing the port (EMMA_GRPC_WORKERS, SO_REUSEPORT);
-the gateway is always one process (`emma gateway` has no workers of its own). Every result names its
-configuration: deployment, service workers and the pids of every process measured.
+the gateway is always one process (`emma gateway` has no workers of its own); `--gateway-connections`
+likewise runs each count of the gateway's gRPC connections (EMMA_GATEWAY_CONNECTIONS). Every result
+names its configuration: deployment, service workers, gateway connections, the pid of each process.
 
 The load comes from processes of their own: bench.http_load with 50 keep-alive HTTP/1.1 clients, and,
 as the reference in the same run, the same ListLatestValues over gRPC directly from 50 callers on
@@ -56,11 +58,14 @@ from bench.harness import (
 )
 from bench.ingest import provision
 from bench.machine import describe
+from gateway.config import GatewayConfig
 
 CLIENTS = 50
 GRPC_CONNECTIONS = 4
 GOAL_RATE = {"split": 1500.0, "up": 1000.0}
 GOAL_P99_MS = 50.0
+# A running deployment: (gateway base URL, gRPC target, pid of each process by name).
+Deployed = tuple[str, str, dict[str, int]]
 
 
 async def report_once(port: int, edge: str, key: str) -> None:
@@ -320,14 +325,14 @@ def _runs_summary(runs: list[dict[str, object]], rate: float) -> dict[str, objec
 
 
 @contextlib.asynccontextmanager
-async def split_deployment(dsn: str, workers: int) -> AsyncIterator[tuple[str, str, dict[str, int]]]:
+async def split_deployment(dsn: str, workers: int, gateway_env: dict[str, str]) -> AsyncIterator[Deployed]:
     """`emma serve all` (`workers` processes on one port) + `emma gateway`: yields (gateway base URL,
     gRPC target, pids)."""
     env = {**BENCH_ENV, "EMMA_TRUST_FORWARDED_FOR": "1", "EMMA_GRPC_WORKERS": str(workers)}
     async with cloud_process(dsn, "all", env=env) as (port, pid, _s):
         gateway = subprocess.Popen(
             [EMMA, "--log-level", "WARNING", "gateway", "--target", f"127.0.0.1:{port}", "--port", "0"],
-            env={**os.environ, "EMMA_GATEWAY_WRITE_RATE_PER_S": "0"},
+            env={**os.environ, "EMMA_GATEWAY_WRITE_RATE_PER_S": "0", **gateway_env},
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -366,7 +371,7 @@ def _service_workers(first: int, workers: int) -> dict[str, int]:
 
 
 @contextlib.asynccontextmanager
-async def up_deployment(dsn: str, workers: int) -> AsyncIterator[tuple[str, str, dict[str, int]]]:
+async def up_deployment(dsn: str, workers: int, gateway_env: dict[str, str]) -> AsyncIterator[Deployed]:
     """`emma up --workers N` on the benchmark's database: yields (gateway base URL, gRPC target, pids)."""
     with tempfile.TemporaryDirectory(prefix="emma-bench-up-") as state:
         env = {
@@ -374,6 +379,7 @@ async def up_deployment(dsn: str, workers: int) -> AsyncIterator[tuple[str, str,
             **BENCH_ENV,
             "DATABASE_URL": dsn,
             "EMMA_GATEWAY_WRITE_RATE_PER_S": "0",
+            **gateway_env,
         }
         ports = ["--port", "0", "--gateway-port", "0", "--workers", str(workers)]
         proc = subprocess.Popen(
@@ -427,15 +433,23 @@ async def up_deployment(dsn: str, workers: int) -> AsyncIterator[tuple[str, str,
 
 
 async def bench_deployment(
-    name: str, workers: int, dsn: str, seconds: float, runs: int, profile: Path | None
+    name: str, workers: int, connections: int | None, dsn: str, seconds: float, runs: int, profile: Path | None
 ) -> dict[str, object]:
     keys = json.loads((await provision(dsn, 1, f"gw{name}{workers}")).read_text())
     edge, key = keys[0]["edge"], keys[0]["key"]
     site = edge.rsplit("/edges/", 1)[0]
-    deployment = split_deployment(dsn, workers) if name == "split" else up_deployment(dsn, workers)
+    # The gateway's gRPC connections: its default unless --gateway-connections gives a count.
+    gateway_env = {} if connections is None else {"EMMA_GATEWAY_CONNECTIONS": str(connections)}
+    deployment = (split_deployment if name == "split" else up_deployment)(dsn, workers, gateway_env)
     postmaster = await postmaster_pid(dsn)
     async with deployment as (base, target, pids):
-        configuration = {"deployment": name, "service_workers": workers, "gateway_processes": 1, "pids": pids}
+        configuration = {
+            "deployment": name,
+            "service_workers": workers,
+            "gateway_processes": 1,
+            "gateway_connections": connections or GatewayConfig.connections,
+            "pids": pids,
+        }
         print(f"configuration: {json.dumps(configuration)}", file=sys.stderr, flush=True)
         port = int(target.rsplit(":", 1)[1])
         auth = await login(dsn, port, "bench")
@@ -481,8 +495,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         out["seconds_per_measurement"] = seconds
         for name in names:
             for workers in args.workers:
-                key = name if len(args.workers) == 1 else f"{name}-workers-{workers}"
-                out[key] = await bench_deployment(name, workers, dsn, seconds, args.runs, args.profile)
+                for connections in args.gateway_connections or [None]:
+                    key = name if len(args.workers) == 1 else f"{name}-workers-{workers}"
+                    if connections is not None:
+                        key += f"-connections-{connections}"
+                    out[key] = await bench_deployment(name, workers, connections, dsn, seconds, args.runs, args.profile)
     return out
 
 
@@ -519,9 +536,9 @@ def _worker_counts(text: str) -> list[int]:
     try:
         counts = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of worker counts like 1,2") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of counts like 1,2") from None
     if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: worker counts are 1 or more")
+        raise argparse.ArgumentTypeError(f"{text!r}: counts are 1 or more")
     return counts
 
 
@@ -548,6 +565,11 @@ def main() -> None:
         type=_worker_counts,
         default=[1],
         help="gRPC service processes on the port (EMMA_GRPC_WORKERS), a comma list runs each: 1,2 (default 1)",
+    )
+    parser.add_argument(
+        "--gateway-connections",
+        type=_worker_counts,
+        help="the gateway's gRPC connections (EMMA_GATEWAY_CONNECTIONS), a comma list runs each (default: its own)",
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", type=Path, help="py-spy each process during the first run into this folder")
