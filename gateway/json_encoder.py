@@ -47,7 +47,7 @@ _FAST_WELL_KNOWN = {"google.protobuf.Timestamp", "google.protobuf.Duration"}
 _INT64 = {d.FieldDescriptor.CPPTYPE_INT64, d.FieldDescriptor.CPPTYPE_UINT64}
 
 
-class _Unprintable(Exception):
+class Unprintable(Exception):
     """A value the fast path does not print; json_format prints (or refuses) the whole answer."""
 
 
@@ -74,7 +74,7 @@ _SECONDS_TEXT_LIMIT = 4096
 def timestamp_text(message: Any) -> str:
     seconds, nanos = message.seconds, message.nanos
     if not (_TIMESTAMP_MIN_SECONDS <= seconds <= _TIMESTAMP_MAX_SECONDS and 0 <= nanos < _NANOS_PER_SECOND):
-        raise _Unprintable
+        raise Unprintable
     text = _SECONDS_TEXT.get(seconds)
     if text is None:
         if len(_SECONDS_TEXT) >= _SECONDS_TEXT_LIMIT:
@@ -91,16 +91,16 @@ def duration_text(message: Any) -> str:
         or (seconds > 0 and nanos < 0)
         or (seconds < 0 and nanos > 0)
     ):
-        raise _Unprintable
+        raise Unprintable
     sign = "-" if seconds < 0 or nanos < 0 else ""
     return f"{sign}{abs(seconds)}" + _fraction(abs(nanos), "s")
 
 
-def _generic(message: Any) -> Any:
+def generic_document(message: Any) -> Any:
     return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
 
 
-def _float(value: float) -> Any:
+def float_value(value: float) -> Any:
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
@@ -120,8 +120,12 @@ def _bytes(value: bytes) -> str:
     return base64.b64encode(value).decode("utf-8")
 
 
+def enum_names(enum: Any) -> dict[int, str]:
+    return {number: value.name for number, value in enum.values_by_number.items()}
+
+
 def _enum(enum: Any) -> Encoder:
-    names = {number: value.name for number, value in enum.values_by_number.items()}
+    names = enum_names(enum)
     if enum.full_name == "google.protobuf.NullValue":
         return lambda value: None
     # An open enum prints a number it does not know as that number, as json_format does.
@@ -142,7 +146,7 @@ class _Compiler:
         elif name == "google.protobuf.Duration":
             encoder = duration_text
         elif name.startswith("google.protobuf.") and name not in ("google.protobuf.Empty",):
-            encoder = _generic
+            encoder = generic_document
         else:
             # A late-bound cell lets recursive types (a message containing itself) compile.
             cell: list[Encoder] = []
@@ -162,7 +166,7 @@ class _Compiler:
         if cpp in _INT64:
             return str
         if cpp == d.FieldDescriptor.CPPTYPE_FLOAT:
-            return _float
+            return float_value
         if cpp == d.FieldDescriptor.CPPTYPE_DOUBLE:
             return _double
         if field.type == d.FieldDescriptor.TYPE_BYTES:
@@ -297,7 +301,7 @@ def _drop_input_only(message: Any, doc: Any) -> None:
 
 def slow_message_to_dict(message: Message) -> Any:
     """json_format's document without INPUT_ONLY fields: the reference the compiled encoders match."""
-    doc = _generic(message)
+    doc = generic_document(message)
     _drop_input_only(message.DESCRIPTOR, doc)
     return doc
 
@@ -311,5 +315,5 @@ def message_to_dict(message: Message) -> Any:
     encoder = _COMPILER.message(message.DESCRIPTOR)
     try:
         return encoder(message)
-    except _Unprintable:
+    except Unprintable:
         return slow_message_to_dict(message)

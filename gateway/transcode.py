@@ -21,7 +21,8 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.binding import message_class
 from gateway.errors import HttpError, from_rpc_error
-from gateway.json_encoder import message_to_dict
+from gateway.json_encoder import Unprintable, message_to_dict
+from gateway.json_text import message_json
 from gateway.routes import Route
 
 Metadata = Sequence[tuple[str, str]]
@@ -48,6 +49,18 @@ def to_json(route: Route, message: Message) -> Any:
 
 def dumps(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def answer_json(route: Route, message: Message) -> bytes:
+    """`dumps(to_json(route, message))`: printed straight from the message when the rule answers with the
+    whole message (gateway/json_text.py), else, or for a value only json_format prints, through the
+    document."""
+    if route.response_field is None:
+        try:
+            return message_json(message).encode()
+        except Unprintable:
+            pass
+    return dumps(to_json(route, message))
 
 
 class Invoker:
@@ -98,7 +111,7 @@ async def call_unary(invoker: Invoker, route: Route, request: Message, metadata:
         response = await invoker.unary(route)(request, metadata=metadata, timeout=deadline_s)
     except grpc.aio.AioRpcError as exc:
         raise from_rpc_error(exc) from None
-    return dumps(to_json(route, response))
+    return answer_json(route, response)
 
 
 # How long a stream may take to send its first message before the HTTP response starts anyway.

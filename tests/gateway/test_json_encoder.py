@@ -1,15 +1,18 @@
-"""The gateway's compiled JSON encoders print exactly what json_format prints, byte for byte.
+"""The gateway's compiled JSON encoders (the document and the text printer) print exactly what
+json_format prints, byte for byte.
 
 Every message type of the contracts (and every answer type) is filled with generated values,
 including proto3's edge cases: -0.0, NaN and infinities, 64-bit extremes, enum numbers the enum does
 not define, oneofs and optional fields set to their defaults, empty and non-empty maps with bool and
 integer keys, Timestamps at both ends of their range with 0/3/6/9 fractional digits, negative
-Durations, recursive messages. Each is printed by `json_encoder.message_to_dict` and by json_format
-(with the INPUT_ONLY fields removed, as the gateway always did), and the two JSON texts must be equal.
+Durations, recursive messages. Each is printed by `json_encoder.message_to_dict`, by
+`json_text.message_json` and by json_format (with the INPUT_ONLY fields removed, as the gateway always
+did), and the three JSON texts must be equal.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -21,7 +24,10 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.json_encoder import is_input_only, message_to_dict, slow_message_to_dict
+from gateway.json_encoder import Unprintable, is_input_only, message_to_dict, slow_message_to_dict
+from gateway.json_text import message_json
+from gateway.routes import build_route_table
+from gateway.transcode import answer_json
 from tests.support.contract_descriptors import messages
 
 F = d.FieldDescriptor
@@ -123,7 +129,9 @@ _TYPES = sorted(
 def test_compiled_encoder_prints_what_json_format_prints(descriptor: d.Descriptor, data: st.DataObject) -> None:
     message = _class(descriptor)()
     _fill(data.draw, message, depth=3)
-    assert _dumps(message_to_dict(message)) == _dumps(slow_message_to_dict(message))
+    reference = _dumps(slow_message_to_dict(message))
+    assert _dumps(message_to_dict(message)) == reference
+    assert message_json(message) == reference  # the text printer (gateway/json_text.py)
 
 
 def test_every_kind_of_field_is_covered_by_the_contracts() -> None:
@@ -168,6 +176,26 @@ def test_an_unprintable_timestamp_fails_as_json_format_fails() -> None:
     with pytest.raises(json_format.SerializeToJsonError) as reference:
         slow_message_to_dict(answer)
     assert str(fast.value) == str(reference.value)
+    with pytest.raises(Unprintable):
+        message_json(answer)
+    route = next(r for r in build_route_table().routes if r.method.full_name.endswith(".ListLatestValues"))
+    with pytest.raises(json_format.SerializeToJsonError) as answered:
+        answer_json(route, answer)
+    assert str(answered.value) == str(reference.value)
+
+
+def test_an_answer_narrowed_to_one_field_prints_that_field() -> None:
+    """A rule with response_body answers with one field of the message: the document's, not the text's.
+    (No contract has one yet; the ListLatestValues rule is given one here.)"""
+    from emma.telemetry.v1 import telemetry_pb2
+
+    route = next(r for r in build_route_table().routes if r.method.full_name.endswith(".ListLatestValues"))
+    values = route.method.output_type.fields_by_name["values"]
+    narrowed = dataclasses.replace(route, response_body="values", response_field=values)
+    answer = telemetry_pb2.ListLatestValuesResponse()
+    answer.values.add(channel="c", value=-0.0, unit="W").sample_time.seconds = 1764892800
+    assert answer_json(narrowed, answer).decode() == _dumps(slow_message_to_dict(answer)["values"])
+    assert answer_json(route, answer).decode() == _dumps(slow_message_to_dict(answer))
 
 
 def test_input_only_fields_are_never_printed() -> None:
