@@ -57,7 +57,7 @@ def test_config_from_env_and_flags() -> None:
     assert (config.deadline_s, config.stream_deadline_s) == (2.5, 0.0)
     assert config.cors_origins == ("https://a.example", "https://b.example")
     assert (config.max_body_bytes, config.write_rate_per_s, config.write_burst) == (2048, 0.0, 5)
-    assert config.connections == 2 and GatewayConfig().connections == 4
+    assert config.connections == 2 and GatewayConfig().connections == 1
     flags = GatewayConfig.from_env(env, target="127.0.0.1:1", host="0.0.0.0", port=0)
     assert (flags.target, flags.host, flags.port) == ("127.0.0.1:1", "0.0.0.0", 0)
     assert GatewayConfig.from_env({}) == GatewayConfig()
