@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     from launcher.optimizer_cli import add_optimize_parser
 
     add_optimize_parser(sub)
+    from launcher.service_account_cli import add_service_account_parser
+
+    add_service_account_parser(sub)
 
     admin = sub.add_parser(
         "admin",
@@ -279,6 +282,10 @@ def _run(args: argparse.Namespace) -> int:
         from launcher.optimizer_cli import run_optimize_cli
 
         return asyncio.run(run_optimize_cli(args, env))
+    if args.command == "service-account":
+        from launcher.service_account_cli import run_service_account_cli
+
+        return asyncio.run(run_service_account_cli(args, env))
     if args.command == "admin":
         from launcher.admin_cli import run_admin
 
@@ -312,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command += f" {args.forecast_command}"
     if args.command == "optimize":
         command += f" {args.optimize_command}"
+    if args.command == "service-account":
+        command += f" {args.service_account_command}"
     if args.command == "edge" and args.edge_command:
         command += f" {args.edge_command}"
     try:
