@@ -83,9 +83,21 @@ def _helper(*args: str) -> str:
         [sys.executable, "-c", _HELPER, *args], capture_output=True, text=True, timeout=180, check=False
     )
     if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines()
-        raise StartupError(f"embedded PostgreSQL {args[0]} failed: {lines[-1] if lines else proc.returncode}")
+        raise StartupError(f"embedded PostgreSQL {args[0]} failed: {failure_reason(proc.stderr or proc.stdout)}")
     return proc.stdout
+
+
+# What PostgreSQL's own programs say when they fail, in the helper's output (pgserver logs it).
+_TOOL_LINE = ("pg_ctl: ", "initdb: ", "postgres: ", "FATAL: ")
+
+
+def failure_reason(output: str) -> str:
+    """The line of a failed helper's output that says why: the last one PostgreSQL's programs wrote
+    ("pg_ctl: could not access directory ...: Permission denied"), else the last line (pgserver's
+    CalledProcessError, which says only that pg_ctl returned 1)."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    said = [line for line in lines if line.startswith(_TOOL_LINE)]
+    return said[-1] if said else (lines[-1] if lines else "no output")
 
 
 @dataclass
