@@ -1,31 +1,42 @@
 """Alarm benchmarks: sample to visible alarm at the fleet load, and ingest with 10,000 active rules.
 
-    python -m bench.alarms [--quick] [--edges N] [--rules R] [--duration S] [--runs K] [--output FILE]
+    python -m bench.alarms [--quick] [--edges N] [--rules R] [--duration S] [--runs K] [--storm S]
+                           [--tail S] [--only-with-rules] [--raw] [--output FILE]
 
 `emma serve edge alarm identity` runs as a process of its own (EMMA_ALARM_INTERVAL_S at its default,
 1 s). Load: N edges (default 1,000) from bench/edge_load.py processes, one 50-point batch per second
 each, as bench/ingest.py's fleet. Rules: R THRESHOLD rules (default 10,000, ten on channels of each
-load edge) whose levels the load's values never reach, so the engine reads and judges every sample of
-those channels on every pass without opening alarms; plus one rule per probe edge.
+load edge) whose levels the load's values never reach, so the engine reads every sample of those
+channels on every pass without opening alarms; plus one rule per probe edge. Every run creates its own
+rules and disables those of the runs before it (each run judges R rules, not R times the run's number).
 
-Latency: 10 probe edges in this process each send a sample every 2 s that alternately crosses the
-probe rule's threshold and falls back, timed at its due time (the sample's own timestamp is the due
-time, so a late send counts against the figure, no coordinated omission). An admin watches
-WatchAlarms; a probe's latency is from its sample's due time to the RAISED or CLEARED change on that
-stream. Goal: p99 under 2 s.
+Latency: 10 probe edges in this process each send a sample every 2 s, from the load's start until
+--tail seconds (default 5) before its end, that alternately crosses the probe rule's threshold and
+falls back, timed at its due time (the sample's own timestamp is the due time, so a late send counts
+against the figure, no coordinated omission). An admin watches WatchAlarms; a probe's latency is from
+its sample's due time to the RAISED or CLEARED change on that stream. Goal: p99 under 2 s. As in
+bench/ingest.py, samples due in the first --storm seconds (default 15, the connection storm) are
+reported apart. Each latency is split at the probe's ack (the sample committed): due -> ack is ingest's
+share, ack -> seen the engine's poll and pass, the NOTIFY and WatchAlarms. The probes stop before the
+load does because the load's streams all close in the same second at its end, which keeps the server
+busy for a second or two: a fleet-wide disconnect, not the steady load being judged.
 
 Ingest: each run is made twice on a fresh server, once with the R rules enabled and once with them
-disabled (the probes' rules stay), and reports the points the load's acks confirmed per second and
-its ack p99 from due time (judged after the first 15 s, as bench/ingest.py). The goal: ingest at
-the offered rate (N x 50 points/s) with the rules as without.
+disabled (the probes' rules stay; --only-with-rules skips this one), and reports the points the load's
+acks confirmed per second and its ack p99 from due time (judged after --storm seconds, the storm's
+apart, as bench/ingest.py), with the load generators' own send lag. The goal: ingest at the offered
+rate (N x 50 points/s) with the rules as without.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -48,6 +59,8 @@ ORG = "bench"
 PROBES = 10
 PROBE_PERIOD_S = 2.0
 PROBE_HIGH, PROBE_LOW, PROBE_LEVEL = 100.0, 0.0, 50.0
+# The probes stop this long before the load (see one_run).
+PROBE_TAIL_S = 5.0
 # The load's values are uniform in [-5000, 5000] (bench/edge_load.py): these levels are never reached.
 QUIET_LEVEL = 1e12
 
@@ -97,6 +110,16 @@ async def create_rules(
         await conn.close()
 
 
+async def disable_all_rules(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "UPDATE alarm.rules SET enabled = false, update_time = now() WHERE org_id = $1 AND enabled", ORG
+        )
+    finally:
+        await conn.close()
+
+
 async def set_quiet_rules(dsn: str, run: str, enabled: bool) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -110,11 +133,22 @@ async def set_quiet_rules(dsn: str, run: str, enabled: bool) -> None:
         await conn.close()
 
 
-async def probe(port: int, edge: EdgeName, key: str, duration: float, due: dict[str, list[float]]) -> int:
-    """One probe edge: a sample every PROBE_PERIOD_S at its due time, alternately above and below the
-    probe rule's level; `due[source]` gets each sample's due time (Unix seconds). Returns errors."""
+async def probe(
+    port: int,
+    edge: EdgeName,
+    key: str,
+    duration: float,
+    due: dict[str, list[float]],
+    acked: dict[str, dict[int, float]],
+    start: float,
+) -> int:
+    """One probe edge: a sample every PROBE_PERIOD_S from `start` (Unix seconds) at its due time,
+    alternately above and below the probe rule's level; `due[source]` gets each sample's due time and
+    `acked[source][i]` when the ack of its i-th sample (0-based) arrived, that is after ingest committed
+    it. Returns errors."""
     source = f"{edge}/devices/probe/channels/Value"
     times = due.setdefault(source, [])
+    ack_times = acked.setdefault(source, {})
     errors = 0
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         outbox: asyncio.Queue[edge_link_pb2.ConnectRequest | None] = asyncio.Queue()
@@ -136,7 +170,6 @@ async def probe(port: int, edge: EdgeName, key: str, duration: float, due: dict[
             )
         )
         await call.read()  # Welcome
-        start = time.time() + 1.0
         n = int(duration / PROBE_PERIOD_S)
 
         async def acks() -> None:
@@ -146,6 +179,8 @@ async def probe(port: int, edge: EdgeName, key: str, duration: float, due: dict[
                 if msg is grpc.aio.EOF:  # type: ignore[attr-defined]
                     errors += 1
                     return
+                if msg.WhichOneof("message") == "telemetry_ack":
+                    ack_times[msg.telemetry_ack.batch_seq - 1] = time.time()
 
         reader = asyncio.create_task(acks())
         for seq in range(1, n + 1):
@@ -186,30 +221,67 @@ async def watch(
                 seen.append((change.alarm.source, time.time()))
 
 
-def latencies(due: dict[str, list[float]], seen: list[tuple[str, float]]) -> tuple[list[float], int]:
-    """Per probe, the i-th RAISED/CLEARED change belongs to its i-th sample (each one flips the level);
-    ms from due time to arrival, and how many samples saw no change at all."""
+@dataclass(frozen=True)
+class ProbeSample:
+    """One probe sample's way: due (its own timestamp) -> acked (ingest committed it; the probe saw the
+    ack) -> seen (its RAISED or CLEARED change arrived on WatchAlarms), Unix seconds; `offset` is its due
+    time's offset from the start of the load."""
+
+    offset: float
+    due: float
+    acked: float | None
+    seen: float | None
+
+
+def probe_samples(
+    due: dict[str, list[float]], acked: dict[str, dict[int, float]], seen: list[tuple[str, float]], load_start: float
+) -> list[ProbeSample]:
+    """Per probe, the i-th RAISED/CLEARED change belongs to its i-th sample (each one flips the level)."""
     by_source: dict[str, list[float]] = {}
     for source, at in seen:
         by_source.setdefault(source, []).append(at)
-    out: list[float] = []
-    missing = 0
+    out = []
     for source, times in due.items():
         arrivals = by_source.get(source, [])
         for i, at in enumerate(times):
-            if i < len(arrivals):
-                out.append((arrivals[i] - at) * 1000)
-            else:
-                missing += 1
-    return out, missing
+            out.append(
+                ProbeSample(
+                    at - load_start, at, acked.get(source, {}).get(i), arrivals[i] if i < len(arrivals) else None
+                )
+            )
+    return out
 
 
-async def one_run(dsn: str, edges: int, rules: int, duration: float, run: str, with_rules: bool) -> dict[str, object]:
+def window(values: list[float]) -> dict[str, float]:
+    return {
+        "samples": len(values),
+        "p50": percentile(values, 0.5),
+        "p99": percentile(values, 0.99),
+        "max": max(values, default=float("nan")),
+    }
+
+
+def alarm_latency(samples: list[ProbeSample]) -> dict[str, object]:
+    """Due -> seen, and where it went: due -> ack (ingest: the probe's own send, the commit, the ack's way
+    back) and ack -> seen (the engine's poll and pass, the NOTIFY, WatchAlarms)."""
+    return {
+        **window([(x.seen - x.due) * 1000 for x in samples if x.seen is not None]),
+        "samples_without_change": sum(1 for x in samples if x.seen is None),
+        "due_to_ack_ms": window([(x.acked - x.due) * 1000 for x in samples if x.acked is not None]),
+        "ack_to_seen_ms": window(
+            [(x.seen - x.acked) * 1000 for x in samples if x.acked is not None and x.seen is not None]
+        ),
+    }
+
+
+async def one_run(
+    dsn: str, edges: int, rules: int, duration: float, storm: float, tail: float, run: str, with_rules: bool
+) -> dict[str, object]:
     keys = await provision(dsn, edges, f"alarm{run}")
-    import json
-
     load_edges = [k["edge"] for k in json.loads(keys.read_text())]
     probes = await provision_probes(dsn, run)
+    # Earlier runs' rules stay in the database: disabled, so every run judges its own rules only.
+    await disable_all_rules(dsn)
     await create_rules(dsn, load_edges, rules, probes, run)
     if not with_rules:
         await set_quiet_rules(dsn, run, False)
@@ -222,36 +294,52 @@ async def one_run(dsn: str, edges: int, rules: int, duration: float, run: str, w
         watcher = asyncio.create_task(watch(port, metadata, seen, ready))
         await asyncio.wait_for(ready.wait(), timeout=30)
         due: dict[str, list[float]] = {}
+        acked: dict[str, dict[int, float]] = {}
+        load_start = time.time()
         load = asyncio.create_task(
             run_generators(port, keys, edges, processes, ["--points", "50", "--rate", "1", "--duration", str(duration)])
         )
-        # The probes start once the load's connection storm is over, so they judge the steady fleet.
-        await asyncio.sleep(STORM_S)
-        probe_errors = await asyncio.gather(*(probe(port, e, k, duration - STORM_S, due) for e, k in probes))
+        # The probes run from the start, next to the load's connection storm; the storm's samples (due in
+        # the first `storm` seconds) are reported apart, as bench/ingest.py does with the acks.
+        probe_errors = await asyncio.gather(
+            *(probe(port, e, k, duration - tail, due, acked, load_start + 1.0) for e, k in probes)
+        )
+        # The probes stop `tail` seconds before the load does: its 1,000 streams closing in the same
+        # second keep the server busy for a second or two, which is not the steady fleet being judged.
+        expected = sum(len(times) for times in due.values())
+        for _ in range(100):  # the last probe samples' changes may still be on their way (10 s at most)
+            if len(seen) >= expected:
+                break
+            await asyncio.sleep(0.1)
         results = await load
-        await asyncio.sleep(3.0)  # the last probe samples' changes may still be on their way
+        keys.unlink()  # the edges' API keys: no file of them outlives the run
         watcher.cancel()
-    ms, missing = latencies(due, seen)
+    samples = probe_samples(due, acked, seen, load_start)
     pairs = [(t, lat) for r in results for t, lat in r["latencies_ms"]]  # type: ignore[attr-defined]
-    judged = [lat for t, lat in pairs if t >= STORM_S]
     acked_points = sum(int(r["points"]) for r in results)  # type: ignore[call-overload]
     return {
         "rules_enabled": rules if with_rules else 0,
         "alarm_latency_ms": {
-            "samples": len(ms),
-            "p50": percentile(ms, 0.5),
-            "p99": percentile(ms, 0.99),
-            "max": max(ms, default=float("nan")),
-            "samples_without_change": missing,
+            "from_s": storm,
+            **alarm_latency([x for x in samples if x.offset >= storm]),
             "probe_errors": sum(probe_errors),
         },
+        "probe_samples": [(x.offset, x.due, x.acked, x.seen) for x in samples],
+        "storm_alarm_latency_ms": {"until_s": storm, **alarm_latency([x for x in samples if x.offset < storm])},
         "ingest": {
             "offered_points_per_s": edges * 50,
             "acked_points_per_s": acked_points / duration,
             "acked_batches": sum(int(r["acked"]) for r in results),  # type: ignore[call-overload]
             "expected_batches": edges * int(duration),
             "errors": sum(int(r["errors"]) for r in results),  # type: ignore[call-overload]
-            "ack_p99_ms_after_storm": percentile(judged, 0.99),
+            "ack_p99_ms_after_storm": percentile([lat for t, lat in pairs if t >= storm], 0.99),
+            "storm_ack_p99_ms": percentile([lat for t, lat in pairs if t < storm], 0.99),
+            # How late the load generators themselves got to their sends (they share the two cores with
+            # the server): part of every ack latency above, and not the server's doing.
+            "generator_send_lag_ms": {
+                "worst_p50": max(float(r["send_lag_ms"]["p50"]) for r in results),  # type: ignore[index]
+                "worst_p99": max(float(r["send_lag_ms"]["p99"]) for r in results),  # type: ignore[index]
+            },
         },
     }
 
@@ -264,21 +352,28 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         version = await migrate(dsn)
         with_rules, without = [], []
         for run in range(args.runs):
-            with_rules.append(await one_run(dsn, edges, rules, duration, f"r{run}", True))
-            without.append(await one_run(dsn, edges, rules, duration, f"n{run}", False))
+            with_rules.append(await one_run(dsn, edges, rules, duration, args.storm, args.tail, f"r{run}", True))
+            if not args.only_with_rules:
+                without.append(await one_run(dsn, edges, rules, duration, args.storm, args.tail, f"n{run}", False))
 
-    def spread(runs: list[dict[str, object]], part: str, key: str) -> dict[str, float]:
-        return summary([float(r[part][key]) for r in runs])  # type: ignore[index]
+    def spread(runs: list[dict[str, object]], part: str, key: str) -> dict[str, float] | None:
+        return summary([float(r[part][key]) for r in runs]) if runs else None  # type: ignore[index]
 
-    p99 = spread(with_rules, "alarm_latency_ms", "p99")
+    p99 = summary([float(r["alarm_latency_ms"]["p99"]) for r in with_rules])  # type: ignore[index]
+    if not args.raw:
+        for r in with_rules + without:
+            r.pop("probe_samples")
     return {
         "machine": describe(version),
-        "command": "python -m bench.alarms" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python -m bench.alarms", *sys.argv[1:]]),
         "setup": f"{edges} edges x 50 points/s, {rules} quiet THRESHOLD rules, {PROBES} probe edges "
-        f"(a flip every {PROBE_PERIOD_S:g} s), {duration:g} s per run, {args.runs} runs per variant",
+        f"(a flip every {PROBE_PERIOD_S:g} s until {args.tail:g} s before the load ends), {duration:g} s per run, "
+        f"{args.runs} runs per variant; latencies judged from {args.storm:g} s, the storm before apart",
         "with_rules": with_rules,
         "without_rules": without,
         "alarm_p99_ms": p99,
+        "alarm_p99_ms_without_rules": spread(without, "alarm_latency_ms", "p99"),
+        "storm_alarm_p99_ms": spread(with_rules, "storm_alarm_latency_ms", "p99"),
         "acked_points_per_s_with_rules": spread(with_rules, "ingest", "acked_points_per_s"),
         "acked_points_per_s_without_rules": spread(without, "ingest", "acked_points_per_s"),
         "ack_p99_ms_with_rules": spread(with_rules, "ingest", "ack_p99_ms_after_storm"),
@@ -294,6 +389,22 @@ def main() -> None:
     p.add_argument("--rules", type=int, default=-1, help="quiet rules (default 10,000; --quick 1,000)")
     p.add_argument("--duration", type=float, default=0.0, help="seconds per run (default 60; --quick 30)")
     p.add_argument("--runs", type=int, default=3, help="runs per variant (default 3)")
+    p.add_argument(
+        "--storm",
+        type=float,
+        default=STORM_S,
+        help=f"seconds from the load's start reported apart as the connection storm (default {STORM_S:g})",
+    )
+    p.add_argument(
+        "--tail",
+        type=float,
+        default=PROBE_TAIL_S,
+        help=f"seconds before the load's end the probes stop (default {PROBE_TAIL_S:g})",
+    )
+    p.add_argument(
+        "--only-with-rules", action="store_true", help="skip the runs without the rules (no ingest comparison)"
+    )
+    p.add_argument("--raw", action="store_true", help="keep every probe sample's times in the result")
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "alarms.json")
     args = p.parse_args()
     print_and_write(asyncio.run(main_async(args)), args.output)

@@ -438,4 +438,7 @@ async def clear(conn: Conn, org: str, alarm_id: uuid.UUID, actor: str, note: str
         row["rule_pk"],
         row["source"],
     )
+    # The engine keeps judgements in memory between passes: this tells it to read them again. Last, as
+    # in an engine pass (alarm rows, then judgements, then the counter), so the two never deadlock.
+    await conn.execute("UPDATE alarm.engine_generation SET generation = generation + 1")
     return await with_transitions(conn, await get(conn, org, alarm_id))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from services.platform.migrations import Conn
 from services.platform.runtime import Runtime
 from services.platform.tasks import stop_task
 from services.registry import edge_connections, edge_inventory, edge_pk, edges_of_organization, site_profile
-from services.telemetry import ChannelCursor, last_batch_times, latest_times, samples_after
+from services.telemetry import ChannelCursor, CommittedSample, last_batch_times, latest_times, samples_after
 
 log = logging.getLogger("emma.alarm")
 
@@ -45,6 +46,9 @@ LOCK_KEY = 0x616C61726D
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # How long the engine trusts its lookups of edges, their keys and inventories (see _Resolver).
 TARGETS_TTL = dt.timedelta(seconds=30)
+# How often the engine stores the read position of judgements that did not change (see AlarmEngine):
+# what a replica taking over re-reads, without effect, at most.
+CURSOR_FLUSH = dt.timedelta(seconds=10)
 # The severity label of emma_alarms_raised_total.
 _SEVERITY_NAMES: dict[int, str] = {pb.ALARM_SEVERITY_WARNING: "WARNING", pb.ALARM_SEVERITY_CRITICAL: "CRITICAL"}
 # Kinds judged sample by sample on a channel's committed values.
@@ -69,11 +73,41 @@ class Source:
     channel: str  # "device/Channel"; "" for an edge; the bidding zone's EIC for a site
 
 
-@dataclass
+@dataclass(frozen=True)
 class _State:
+    """A rule's judgement on one source: the level and holds, the read position (the time of the last
+    sample judged or passed over) and the last value (rate of change: the previous sample)."""
+
     judgement: Judgement
     last_time: dt.datetime | None
     last_value: float | None = None
+
+
+# Normal with nothing held: the judgement a quiet band applies to.
+_AT_REST = Judgement()
+
+
+@dataclass(frozen=True)
+class _Band:
+    """A rule's levels, and the values that cannot move a judgement at rest: strictly between lo and hi.
+    quiet is False for a rule that must see every sample (rate of change: every pair of samples)."""
+
+    levels: Levels
+    quiet: bool
+    lo: float = -math.inf
+    hi: float = math.inf
+
+
+def _band_of(rule: pb.AlarmRule) -> _Band:
+    levels = _levels(rule)
+    if rule.kind == pb.ALARM_RULE_KIND_DEVICE_FAULT:
+        return _Band(levels, True, -1.0, 1.0)  # int(value) == 0: no fault
+    if rule.kind != pb.ALARM_RULE_KIND_THRESHOLD:
+        return _Band(levels, False)
+    highs = [x for x in (levels.warn_high, levels.critical_high) if x is not None]
+    lows = [x for x in (levels.warn_low, levels.critical_low) if x is not None]
+    # levels.raw_level is NORMAL exactly for values below every high level and above every low one.
+    return _Band(levels, True, max(lows, default=-math.inf), min(highs, default=math.inf))
 
 
 def _fault(rule: pb.AlarmRule, value: float) -> tuple[int, str]:
@@ -213,6 +247,19 @@ class _Resolver:
 
 
 class AlarmEngine:
+    """The evaluation loop. Between passes it keeps every rule's judgement on every source (level, since
+    when each level holds, the read position, the last value) in memory and stores only what changed:
+    a judgement whose level or hold changed, a new one, and every CURSOR_FLUSH the read positions that
+    moved. Reading and rewriting ten thousand judgements on every pass cost more than the judging, and
+    the pass's length is part of every alarm's latency.
+
+    What is stored stays consistent with what is kept: a judgement is stored whenever it changes, so the
+    samples after a stored read position up to the kept one changed nothing, and a replica that takes
+    over from the stored positions judges them again to the same result. alarm.engine_generation says
+    whether the kept judgements are still what is stored: each pass moves it on by one, and so does
+    anything else that writes alarm.rule_state (a manual clear re-arms its rule); a pass that finds it
+    anywhere else (another replica judged meanwhile), or a pass that failed, reads them again."""
+
     def __init__(
         self, pool: asyncpg.Pool, config: EngineConfig, clock: Clock = lambda: dt.datetime.now(dt.UTC)
     ) -> None:
@@ -222,6 +269,12 @@ class AlarmEngine:
         self._task: asyncio.Task[None] | None = None
         self._resolver = _Resolver()
         self._rules: dict[int, tuple[dt.datetime, StoredRule]] = {}
+        self._bands: dict[tuple[int, dt.datetime], _Band] = {}
+        # The kept judgements, and what alarm.rule_state holds for each (to store only changes).
+        self._states: dict[tuple[int, str], _State] = {}
+        self._stored: dict[tuple[int, str], _State] = {}
+        self._generation: int | None = None  # where this engine's last pass left the counter
+        self._flushed = dt.datetime.min.replace(tzinfo=dt.UTC)
 
     async def start(self) -> None:
         if self._config.enabled:
@@ -232,7 +285,9 @@ class AlarmEngine:
         self._task = None
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
                 await self.evaluate()
             except asyncio.CancelledError:
@@ -240,21 +295,39 @@ class AlarmEngine:
             except Exception:
                 # A database outage or a bad row must not end the engine; the next round retries.
                 log.exception("alarm evaluation failed")
-            await asyncio.sleep(self._config.interval_s)
+            # Passes start every interval (not an interval after the last one ended), so a sample waits
+            # at most one interval plus one pass for its judgement.
+            await asyncio.sleep(max(0.0, started + self._config.interval_s - loop.time()))
 
     async def evaluate(self) -> int:
         """One evaluation of every enabled rule; returns the number of transitions it stored (0 when
         another replica holds the engine's lock)."""
+        try:
+            return await self._evaluate()
+        except BaseException:
+            # What the failed pass changed in memory was rolled back in the database.
+            self._forget()
+            raise
+
+    def _forget(self) -> None:
+        self._generation = None
+        self._states.clear()
+        self._stored.clear()
+
+    async def _evaluate(self) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", LOCK_KEY):
                 return 0
+            generation = await conn.fetchval("SELECT generation FROM alarm.engine_generation")
+            if generation != self._generation:
+                self._forget()
             now = self._clock()
             changes = await alarms.unshelve_due(conn, now)
             resolver = self._resolver.use(conn, now)
             watched: list[tuple[StoredRule, Source]] = []
             for stored in await self._enabled_rules(conn):
                 watched.extend((stored, s) for s in await resolver.sources(stored))
-            states = await _load_states(conn, watched)
+            states = await self._load_states(conn, watched)
             changes += await self._samples(conn, [w for w in watched if w[0].rule.kind in _SAMPLE_KINDS], states)
             changes += await self._stale(
                 conn, [w for w in watched if w[0].rule.kind == pb.ALARM_RULE_KIND_STALE_DATA], states, now
@@ -265,8 +338,51 @@ class AlarmEngine:
             changes += await self._market(
                 conn, [w for w in watched if w[0].rule.kind == pb.ALARM_RULE_KIND_MARKET_WARNING], states, now
             )
+            await self._store_states(conn, now)
             changes += await alarms.escalate_due(conn, now)
+            # Moved on by one from where this pass found it, unless something else moved it meanwhile
+            # (a manual clear committed during the pass): then the next pass reads the judgements again.
+            after = await conn.fetchval(
+                "UPDATE alarm.engine_generation SET generation = generation + 1 RETURNING generation"
+            )
+            self._generation = after if after == generation + 1 else None
             return changes
+
+    async def _load_states(self, conn: Conn, watched: list[tuple[StoredRule, Source]]) -> dict[tuple[int, str], _State]:
+        """The kept judgements of the watched sources, reading only those not kept yet; the ones of rules
+        no longer watched are dropped."""
+        keys = {(stored.pk, s.name) for stored, s in watched}
+        missing = [key for key in keys if key not in self._states]
+        if missing:
+            found = await _load_states(conn, missing)
+            for key in missing:
+                if key in found:
+                    self._states[key] = self._stored[key] = found[key]
+                else:  # new: stored at the end of this pass, so it is not asked for again
+                    self._states[key] = _State(Judgement(), None)
+        if len(self._states) > len(keys):
+            for key in [key for key in self._states if key not in keys]:
+                del self._states[key]
+                self._stored.pop(key, None)
+        return self._states
+
+    async def _store_states(self, conn: Conn, now: dt.datetime) -> None:
+        """Stores the judgements that changed (level, holds) or are new; every CURSOR_FLUSH also those
+        whose read position or last value moved."""
+        flush = now - self._flushed >= CURSOR_FLUSH or now < self._flushed
+        saves = []
+        for key, state in self._states.items():
+            old = self._stored.get(key)
+            if (
+                old is None
+                or old.judgement != state.judgement
+                or (flush and (old.last_time != state.last_time or old.last_value != state.last_value))
+            ):
+                saves.append((key[0], key[1], state.judgement, state.last_time, state.last_value))
+                self._stored[key] = state
+        if flush:
+            self._flushed = now
+        await _save_states(conn, saves)
 
     async def _enabled_rules(self, conn: Conn) -> list[StoredRule]:
         """The enabled rules, decoded only when new or changed since the last pass: decoding ten
@@ -280,6 +396,16 @@ class AlarmEngine:
             del self._rules[pk]
         # A rule changed between the two reads is taken as read; the next pass sees its new version.
         return [self._rules[pk][1] for pk in sorted(versions) if pk in self._rules]
+
+    def _band(self, stored: StoredRule) -> _Band:
+        """The rule's levels and quiet band, decoded once per rule version."""
+        key = (stored.pk, stored.rule.update_time.ToDatetime(dt.UTC))
+        band = self._bands.get(key)
+        if band is None:
+            if len(self._bands) > 2 * len(self._rules) + 100:
+                self._bands.clear()  # old rule versions
+            band = self._bands[key] = _band_of(stored.rule)
+        return band
 
     async def _samples(
         self, conn: Conn, watched: list[tuple[StoredRule, Source]], states: dict[tuple[int, str], _State]
@@ -297,66 +423,80 @@ class AlarmEngine:
             [ChannelCursor(pk, ch, after) for (pk, ch), after in cursors.items()],
             self._config.samples_per_channel,
         )
-        by_channel: dict[tuple[int, str], list[tuple[dt.datetime, float, str]]] = defaultdict(list)
+        by_channel: dict[tuple[int, str], list[CommittedSample]] = defaultdict(list)
         for x in samples:
-            by_channel[(x.edge_pk, x.channel)].append((x.time, x.value, x.unit))
+            by_channel[(x.edge_pk, x.channel)].append(x)
         changes = 0
         values: list[tuple[int, str, float]] = []
-        saves: list[tuple[int, str, Judgement, dt.datetime | None, float | None]] = []
         for stored, s in watched:
             key = (stored.pk, s.name)
             state = states.get(key) or _State(Judgement(), None)
+            found = by_channel.get((s.edge_pk, s.channel))
+            if not found:
+                if state.last_time is None:
+                    # The channel has no sample yet: everything it sends from now on is new, so the
+                    # cursor starts at the beginning instead of at the newest sample.
+                    state = _State(state.judgement, _EPOCH, state.last_value)
+                states[key] = state
+                continue
             kind = stored.rule.kind
-            levels = _levels(stored.rule)
-            judgement = state.judgement
-            last_time, last_value = state.last_time, state.last_value
+            band = self._band(stored)
+            judgement, last_time, last_value = state.judgement, state.last_time, state.last_value
             judged_value: float | None = None
-            for time, value, unit in by_channel.get((s.edge_pk, s.channel), []):
-                if last_time is not None and time <= last_time:
-                    continue
+            first = 0
+            if last_time is not None:
+                while first < len(found) and found[first].time <= last_time:
+                    first += 1  # judged already (another rule on the channel read from further back)
+            if band.quiet and judgement == _AT_REST:
+                # Normal, nothing held: a sample inside the quiet band cannot change that, so only the
+                # read position moves over them (most samples of most channels, most of the time).
+                rest = first
+                while rest < len(found) and band.lo < found[rest].value < band.hi:
+                    rest += 1
+                if rest > first:
+                    last_time, last_value = found[rest - 1].time, found[rest - 1].value
+                    first = rest
+            for x in found[first:]:
+                time, value, unit = x.time, x.value, x.unit
+                shown, shown_unit, words = value, unit, ""
                 if kind == pb.ALARM_RULE_KIND_DEVICE_FAULT:
                     level, words = _fault(stored.rule, value)
                     judged = Judgement(level=level)
-                    note = words
-                    message = f"{s.channel}: {words}" if words else f"{s.channel} reports no fault"
-                    shown, shown_unit = value, unit
                 elif kind == pb.ALARM_RULE_KIND_RATE_OF_CHANGE:
                     if last_value is None or last_time is None or last_time == _EPOCH:
                         last_time, last_value = time, value  # the first sample has no rate yet
                         continue
-                    minutes = (time - last_time).total_seconds() / 60
-                    rate = (value - last_value) / minutes
-                    judged = judge(levels, judgement, time, rate)
+                    rate = (value - last_value) / ((time - last_time).total_seconds() / 60)
                     shown, shown_unit = rate, f"{unit}/min" if unit else "/min"
-                    note = _threshold_note(levels, judged.level, rate, shown_unit)
-                    message = f"{s.channel} changes {rate:+g} {shown_unit}" + (
-                        f": {note}" if note else ", back to normal"
-                    )
+                    judged = judge(band.levels, judgement, time, rate)
                 else:
-                    judged = judge(levels, judgement, time, value)
-                    shown, shown_unit = value, unit
-                    note = _threshold_note(levels, judged.level, value, unit)
-                    message = f"{s.channel} {value:g} {unit}".rstrip() + (f": {note}" if note else " is back to normal")
+                    judged = judge(band.levels, judgement, time, value)
                 if judged.level != judgement.level:
+                    # The words are only needed for a change: formatting them for every sample was a
+                    # good part of a pass over ten thousand quiet rules.
+                    if kind == pb.ALARM_RULE_KIND_DEVICE_FAULT:
+                        note = words
+                        message = f"{s.channel}: {words}" if words else f"{s.channel} reports no fault"
+                    elif kind == pb.ALARM_RULE_KIND_RATE_OF_CHANGE:
+                        note = _threshold_note(band.levels, judged.level, shown, shown_unit)
+                        message = f"{s.channel} changes {shown:+g} {shown_unit}" + (
+                            f": {note}" if note else ", back to normal"
+                        )
+                    else:
+                        note = _threshold_note(band.levels, judged.level, value, unit)
+                        message = f"{s.channel} {value:g} {unit}".rstrip() + (
+                            f": {note}" if note else " is back to normal"
+                        )
                     changes += await _apply(conn, stored, s, judged.level, shown, shown_unit, time, message, note)
                 judgement, last_time, last_value, judged_value = judged, time, value, shown
             if judged_value is not None and judgement.level != NORMAL:
                 values.append((stored.pk, s.name, judged_value))
-            if last_time is None:
-                # The channel has no sample yet: everything it sends from now on is new, so the
-                # cursor starts at the beginning instead of at the newest sample.
-                last_time = _EPOCH
-            if (
-                key not in states
-                or state.last_time != last_time
-                or state.judgement != judgement
-                or state.last_value != last_value
-            ):
-                saves.append((stored.pk, s.name, judgement, last_time, last_value))
-        # One statement each for every source's new cursor and every open alarm's newest value: with
-        # thousands of rules, a statement per rule would cost more than the judging.
+            if last_time != state.last_time or judgement != state.judgement or last_value != state.last_value:
+                state = _State(judgement, last_time, last_value)
+            states[key] = state
+        # One statement for every open alarm's newest value: with thousands of rules, a statement per
+        # rule would cost more than the judging. The judgements are stored at the end of the pass.
         await alarms.update_open_values(conn, values)
-        await _save_states(conn, saves)
         return changes
 
     async def _stale(
@@ -463,7 +603,7 @@ class AlarmEngine:
         if level == state.judgement.level:
             return 0
         changes = await _apply(conn, stored, s, level, None, "", now, message, message)
-        await _save_state(conn, stored.pk, s.name, Judgement(level=level), state.last_time, state.last_value)
+        states[(stored.pk, s.name)] = _State(Judgement(level=level), state.last_time, state.last_value)
         return changes
 
 
@@ -530,15 +670,15 @@ async def _apply(
     return 1
 
 
-async def _load_states(conn: Conn, watched: list[tuple[StoredRule, Source]]) -> dict[tuple[int, str], _State]:
-    if not watched:
+async def _load_states(conn: Conn, keys: list[tuple[int, str]]) -> dict[tuple[int, str], _State]:
+    if not keys:
         return {}
     rows = await conn.fetch(
         """SELECT r.rule_pk, r.source, r.level, r.warn_since, r.critical_since, r.last_time, r.last_value
            FROM alarm.rule_state r JOIN unnest($1::bigint[], $2::text[]) AS w(rule_pk, source)
              ON r.rule_pk = w.rule_pk AND r.source = w.source""",
-        [stored.pk for stored, _ in watched],
-        [s.name for _, s in watched],
+        [pk for pk, _ in keys],
+        [source for _, source in keys],
     )
     return {
         (int(r["rule_pk"]), r["source"]): _State(
@@ -565,25 +705,6 @@ async def _save_states(conn: Conn, saves: list[tuple[int, str, Judgement, dt.dat
         [x[2].critical_since for x in saves],
         [x[3] for x in saves],
         [x[4] for x in saves],
-    )
-
-
-async def _save_state(
-    conn: Conn, rule_pk: int, source: str, j: Judgement, last_time: dt.datetime | None, last_value: float | None
-) -> None:
-    await conn.execute(
-        """INSERT INTO alarm.rule_state (rule_pk, source, level, warn_since, critical_since, last_time, last_value)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)
-           ON CONFLICT (rule_pk, source) DO UPDATE SET level = EXCLUDED.level, warn_since = EXCLUDED.warn_since,
-               critical_since = EXCLUDED.critical_since, last_time = EXCLUDED.last_time,
-               last_value = EXCLUDED.last_value""",
-        rule_pk,
-        source,
-        j.level,
-        j.warn_since,
-        j.critical_since,
-        last_time,
-        last_value,
     )
 
 
