@@ -24,6 +24,7 @@ DEPENDS_ON: tuple[str, ...] = ("identity", "registry", "telemetry", "market")
 TABLES: tuple[str, ...] = (
     "alarm.alarms",
     "alarm.deliveries",
+    "alarm.engine_generation",
     "alarm.notification_channels",
     "alarm.recommendations",
     "alarm.rule_state",
