@@ -338,8 +338,10 @@ class AlarmEngine:
             changes += await self._market(
                 conn, [w for w in watched if w[0].rule.kind == pb.ALARM_RULE_KIND_MARKET_WARNING], states, now
             )
-            await self._store_states(conn, now)
             changes += await alarms.escalate_due(conn, now)
+            # Alarm rows, then judgements, then the counter: the order a manual clear takes its locks in,
+            # so the two never deadlock (escalations lock alarm rows too, so they come first).
+            await self._store_states(conn, now)
             # Moved on by one from where this pass found it, unless something else moved it meanwhile
             # (a manual clear committed during the pass): then the next pass reads the judgements again.
             after = await conn.fetchval(
@@ -415,9 +417,15 @@ class AlarmEngine:
             state = states.get((stored.pk, s.name))
             after = state.last_time if state else None
             key = (s.edge_pk, s.channel)
-            # Several rules on one channel read it once, from the earliest of their cursors.
-            if key not in cursors or (cursors[key] is not None and (after is None or after < cursors[key])):  # type: ignore[operator]
+            # Several rules on one channel read it once, from the earliest of their cursors. A rule
+            # without one (new: it judges the newest sample) does not pull the others' cursors up to
+            # the newest sample, which would skip what they have not judged yet.
+            if key not in cursors:
                 cursors[key] = after
+            else:
+                current = cursors[key]
+                if current is None or (after is not None and after < current):
+                    cursors[key] = after
         samples = await samples_after(
             conn,
             [ChannelCursor(pk, ch, after) for (pk, ch), after in cursors.items()],
@@ -434,9 +442,10 @@ class AlarmEngine:
             found = by_channel.get((s.edge_pk, s.channel))
             if not found:
                 if state.last_time is None:
-                    # The channel has no sample yet: everything it sends from now on is new, so the
-                    # cursor starts at the beginning instead of at the newest sample.
-                    state = _State(state.judgement, _EPOCH, state.last_value)
+                    # Nothing after where the channel was read from: the read position starts there. With
+                    # no other rule's cursor that is a channel without a sample yet: everything it sends
+                    # from now on is new, so the cursor starts at the beginning, not at its newest sample.
+                    state = _State(state.judgement, cursors[(s.edge_pk, s.channel)] or _EPOCH, state.last_value)
                 states[key] = state
                 continue
             kind = stored.rule.kind
