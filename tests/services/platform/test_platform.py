@@ -95,6 +95,28 @@ async def test_a_failing_migration_is_rolled_back_whole(postgres: SessionPostgre
         await postgres.drop_database(dsn)
 
 
+async def test_a_migration_numbered_below_the_newest_applied_one_is_applied(
+    postgres: SessionPostgres, tmp_path: Path
+) -> None:
+    # A branch's migration that lands after a later-numbered one was applied (a development database
+    # that ran main's newer migration first): every version missing from the ledger is applied, not only
+    # the numbers above the newest.
+    dsn = await postgres.create_database("gap_migrate")
+    folder = tmp_path / "m"
+    _write(folder, "0001_a.sql", "CREATE TABLE a (id int);")
+    _write(folder, "0003_c.sql", "CREATE TABLE c (id int);")
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await migrations.migrate(conn, migrations.load_migrations(folder)) == ["0001_a", "0003_c"]
+        _write(folder, "0002_b.sql", "CREATE TABLE b (id int);")
+        assert await migrations.migrate(conn, migrations.load_migrations(folder)) == ["0002_b"]
+        assert await migrations.applied_versions(conn) == [1, 2, 3]
+        assert await conn.fetchval("SELECT to_regclass('b')") is not None
+    finally:
+        await conn.close()
+        await postgres.drop_database(dsn)
+
+
 async def test_a_comment_may_change_but_a_statement_may_not(postgres: SessionPostgres, tmp_path: Path) -> None:
     dsn = await postgres.create_database("comment_migrate")
     folder = tmp_path / "m"
