@@ -19,7 +19,9 @@ bench/ingest.py, samples due in the first --storm seconds (default 15, the conne
 reported apart. Each latency is split at the probe's ack (the sample committed): due -> ack is ingest's
 share, ack -> seen the engine's poll and pass, the NOTIFY and WatchAlarms. The probes stop before the
 load does because the load's streams all close in the same second at its end, which keeps the server
-busy for a second or two: a fleet-wide disconnect, not the steady load being judged.
+busy for a second or two: a fleet-wide disconnect, not the steady load being judged. The server's
+`alarm engine stats` lines (one per 5 s: passes, their median and slowest duration, judgements read
+and stored) are kept per run as `engine_passes`: a pass's length is part of every alarm's latency.
 
 Ingest: each run is made twice on a fresh server, once with the R rules enabled and once with them
 disabled (the probes' rules stay; --only-with-rules skips this one), and reports the points the load's
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import sys
 import time
@@ -252,6 +255,19 @@ def probe_samples(
     return out
 
 
+def engine_passes(stats: list[dict[str, object]], load_start: float) -> list[dict[str, object]]:
+    """The server's `alarm engine stats` lines, each with the end of its window in seconds from the
+    load's start (`until_s`) and without the log line's own fields."""
+    out = []
+    for line in stats:
+        if line.get("message") != "alarm engine stats":
+            continue
+        until = dt.datetime.fromisoformat(str(line["time"])).timestamp() - load_start
+        kept = {k: v for k, v in line.items() if k not in ("time", "level", "logger", "message")}
+        out.append({"until_s": round(until, 1), **kept})
+    return out
+
+
 def window(values: list[float]) -> dict[str, float]:
     return {
         "samples": len(values),
@@ -286,8 +302,8 @@ async def one_run(
     if not with_rules:
         await set_quiet_rules(dsn, run, False)
     processes = 4 if edges >= 400 else 2
-    env = {**BENCH_ENV, "EMMA_INGEST_STATS_INTERVAL_S": "5"}
-    async with cloud_process(dsn, "edge alarm identity", env=env) as (port, _pid, _stats):
+    env = {**BENCH_ENV, "EMMA_INGEST_STATS_INTERVAL_S": "5", "EMMA_ALARM_STATS_INTERVAL_S": "5"}
+    async with cloud_process(dsn, "edge alarm identity", env=env) as (port, _pid, stats):
         metadata = await login(dsn, port, ORG)
         seen: list[tuple[str, float]] = []
         ready = asyncio.Event()
@@ -315,6 +331,7 @@ async def one_run(
         keys.unlink()  # the edges' API keys: no file of them outlives the run
         watcher.cancel()
     samples = probe_samples(due, acked, seen, load_start)
+    passes = engine_passes(stats, load_start)
     pairs = [(t, lat) for r in results for t, lat in r["latencies_ms"]]  # type: ignore[attr-defined]
     acked_points = sum(int(r["points"]) for r in results)  # type: ignore[call-overload]
     return {
@@ -326,6 +343,13 @@ async def one_run(
         },
         "probe_samples": [(x.offset, x.due, x.acked, x.seen) for x in samples],
         "storm_alarm_latency_ms": {"until_s": storm, **alarm_latency([x for x in samples if x.offset < storm])},
+        # The engine's own `alarm engine stats` lines (one per 5 s): a pass's length is part of every
+        # alarm's latency. The slowest pass of the windows that ended after the storm.
+        "engine_pass_ms_max_after_storm": max(
+            (float(x["pass_ms_max"]) for x in passes if float(x["until_s"]) > storm),  # type: ignore[arg-type]
+            default=float("nan"),
+        ),
+        "engine_passes": passes,
         "ingest": {
             "offered_points_per_s": edges * 50,
             "acked_points_per_s": acked_points / duration,

@@ -93,12 +93,13 @@ async def cloud_process(
     if not port:
         proc.kill()
         raise RuntimeError("emma serve did not start")
-    # Keep draining its output so it never blocks on a full pipe; keep the ingest stats lines.
+    # Keep draining its output so it never blocks on a full pipe; keep the ingest and alarm engine stats
+    # lines.
     stats: list[dict[str, object]] = []
 
     def pump() -> None:
         for line in proc.stdout:  # type: ignore[union-attr]
-            if '"ingest stats"' in line:
+            if '"ingest stats"' in line or '"alarm engine stats"' in line:
                 stats.append(json.loads(line))
 
     drain = asyncio.create_task(asyncio.to_thread(pump))

@@ -14,11 +14,13 @@ class EngineConfig:
     """enabled: EMMA_ALARM_ENGINE (on/off). interval_s: EMMA_ALARM_INTERVAL_S, seconds between two
     evaluations (default 1 s: a sample becomes a visible alarm within about a second of its commit).
     samples_per_channel: EMMA_ALARM_SAMPLES_PER_CHANNEL, the most samples of one channel judged per
-    evaluation; the rest wait for the next one, so one chatty channel cannot stall the others."""
+    evaluation; the rest wait for the next one, so one chatty channel cannot stall the others.
+    stats_interval_s: EMMA_ALARM_STATS_INTERVAL_S, how often the `alarm engine stats` line is logged."""
 
     enabled: bool = True
     interval_s: float = 1.0
     samples_per_channel: int = 1000
+    stats_interval_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EngineConfig:
@@ -27,6 +29,7 @@ class EngineConfig:
             enabled=env_flag(env, "EMMA_ALARM_ENGINE", cls.enabled, err),
             interval_s=env_float(env, "EMMA_ALARM_INTERVAL_S", cls.interval_s, 0.01, err),
             samples_per_channel=env_int(env, "EMMA_ALARM_SAMPLES_PER_CHANNEL", cls.samples_per_channel, 1, None, err),
+            stats_interval_s=env_float(env, "EMMA_ALARM_STATS_INTERVAL_S", cls.stats_interval_s, 0.5, err),
         )
 
 

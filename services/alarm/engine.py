@@ -1,9 +1,9 @@
 """The alarm engine: a worker that judges the enabled rules on telemetry that ingest has committed.
 
 It is a separate consumer, never part of the ingest ack path: every EMMA_ALARM_INTERVAL_S it reads,
-through the telemetry face, the samples each watched channel committed after the engine's cursor
-(alarm.rule_state.last_time), the newest sample time of channels with a STALE_DATA rule, and when each
-watched edge's newest batch arrived. One evaluation is one transaction under an advisory lock, so with
+through the telemetry face, the samples each watched channel committed after the engine's cursor (the
+judgements' read positions, kept in memory between passes: see AlarmEngine), the newest sample time
+of channels with a STALE_DATA rule, and when each watched edge's newest batch arrived. One evaluation is one transaction under an advisory lock, so with
 several replicas one judges at a time and a crash leaves no half-applied judgement. Samples of a
 channel are judged in time order; a sample committed later with a time before the cursor is history
 and is not judged again (an edge sends its outbox in order, so this is the late replay of an outage).
@@ -28,6 +28,7 @@ from emma.edge.v1 import edge_link_pb2
 from core.metrics import record_alarm_raised
 from services.alarm import alarms
 from services.alarm.config import EngineConfig
+from services.alarm.engine_stats import PassStats
 from services.alarm.levels import CRITICAL, NORMAL, WARNING, Judgement, Levels, judge
 from services.alarm.rules import StoredRule, enabled_rule_versions, rules_by_pk
 from services.market import zone_eic, zone_warnings
@@ -275,6 +276,7 @@ class AlarmEngine:
         self._stored: dict[tuple[int, str], _State] = {}
         self._generation: int | None = None  # where this engine's last pass left the counter
         self._flushed = dt.datetime.min.replace(tzinfo=dt.UTC)
+        self.stats = PassStats()
 
     async def start(self) -> None:
         if self._config.enabled:
@@ -286,6 +288,7 @@ class AlarmEngine:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        logged = loop.time()
         while True:
             started = loop.time()
             try:
@@ -295,6 +298,10 @@ class AlarmEngine:
             except Exception:
                 # A database outage or a bad row must not end the engine; the next round retries.
                 log.exception("alarm evaluation failed")
+                self.stats.failed += 1
+            if loop.time() - logged >= self._config.stats_interval_s:
+                self.stats.log(log)
+                logged = loop.time()
             # Passes start every interval (not an interval after the last one ended), so a sample waits
             # at most one interval plus one pass for its judgement.
             await asyncio.sleep(max(0.0, started + self._config.interval_s - loop.time()))
@@ -302,22 +309,29 @@ class AlarmEngine:
     async def evaluate(self) -> int:
         """One evaluation of every enabled rule; returns the number of transitions it stored (0 when
         another replica holds the engine's lock)."""
+        started = asyncio.get_running_loop().time()
         try:
-            return await self._evaluate()
+            changes = await self._evaluate()
         except BaseException:
             # What the failed pass changed in memory was rolled back in the database.
             self._forget()
             raise
+        if changes is None:
+            self.stats.skipped += 1
+            return 0
+        self.stats.durations_s.append(asyncio.get_running_loop().time() - started)
+        return changes
 
     def _forget(self) -> None:
         self._generation = None
         self._states.clear()
         self._stored.clear()
 
-    async def _evaluate(self) -> int:
+    async def _evaluate(self) -> int | None:
+        """The pass; None when another replica holds the lock."""
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", LOCK_KEY):
-                return 0
+                return None
             generation = await conn.fetchval("SELECT generation FROM alarm.engine_generation")
             if generation != self._generation:
                 self._forget()
@@ -357,6 +371,7 @@ class AlarmEngine:
         missing = [key for key in keys if key not in self._states]
         if missing:
             found = await _load_states(conn, missing)
+            self.stats.judgements_read += len(found)
             for key in missing:
                 if key in found:
                     self._states[key] = self._stored[key] = found[key]
@@ -385,6 +400,7 @@ class AlarmEngine:
         if flush:
             self._flushed = now
         await _save_states(conn, saves)
+        self.stats.judgements_stored += len(saves)
 
     async def _enabled_rules(self, conn: Conn) -> list[StoredRule]:
         """The enabled rules, decoded only when new or changed since the last pass: decoding ten
@@ -431,6 +447,7 @@ class AlarmEngine:
             [ChannelCursor(pk, ch, after) for (pk, ch), after in cursors.items()],
             self._config.samples_per_channel,
         )
+        self.stats.samples_read += len(samples)
         by_channel: dict[tuple[int, str], list[CommittedSample]] = defaultdict(list)
         for x in samples:
             by_channel[(x.edge_pk, x.channel)].append(x)
