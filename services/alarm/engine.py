@@ -3,10 +3,11 @@
 It is a separate consumer, never part of the ingest ack path: every EMMA_ALARM_INTERVAL_S it reads,
 through the telemetry face, the samples each watched channel committed after the engine's cursor (the
 judgements' read positions, kept in memory between passes: see AlarmEngine), the newest sample time
-of channels with a STALE_DATA rule, and when each watched edge's newest batch arrived. One evaluation is one transaction under an advisory lock, so with
-several replicas one judges at a time and a crash leaves no half-applied judgement. Samples of a
-channel are judged in time order; a sample committed later with a time before the cursor is history
-and is not judged again (an edge sends its outbox in order, so this is the late replay of an outage).
+of channels with a STALE_DATA rule, and when each watched edge's newest batch arrived. One evaluation
+is one transaction under an advisory lock, so with several replicas one judges at a time and a crash
+leaves no half-applied judgement. Samples of a channel are judged in time order; a sample committed
+later with a time before the cursor is history and is not judged again (an edge sends its outbox in
+order, so this is the late replay of an outage).
 """
 
 from __future__ import annotations
