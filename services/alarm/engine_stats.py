@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 @dataclass
 class PassStats:
     """Counted since the last line: passes run (`skipped`: another replica held the lock), their
-    durations, the judgements read from and written to the database, and the samples read."""
+    durations, the judgements read from and written to the database, the samples read one by one, and
+    the channels whose new samples all lay inside their rules' quiet bands (asked of the database in
+    short, one row per channel)."""
 
     durations_s: list[float] = field(default_factory=list)
     skipped: int = 0
@@ -20,6 +22,7 @@ class PassStats:
     judgements_read: int = 0
     judgements_stored: int = 0
     samples_read: int = 0
+    channels_quiet: int = 0
 
     def log(self, log: logging.Logger) -> None:
         """Writes the line and starts counting again."""
@@ -36,7 +39,9 @@ class PassStats:
                 "judgements_read": self.judgements_read,
                 "judgements_stored": self.judgements_stored,
                 "samples_read": self.samples_read,
+                "channels_quiet": self.channels_quiet,
             },
         )
         self.durations_s.clear()
         self.skipped = self.failed = self.judgements_read = self.judgements_stored = self.samples_read = 0
+        self.channels_quiet = 0

@@ -23,7 +23,16 @@ from services.telemetry.latest import latest_value
 from services.telemetry.maintenance import create_partitions, roll_up_closed_buckets
 from services.telemetry.series import register_channels
 from services.telemetry.site_history import ChannelMeans, site_channel_means, site_channels
-from services.telemetry.watch import ChannelCursor, CommittedSample, last_batch_times, latest_times, samples_after
+from services.telemetry.watch import (
+    ChannelCursor,
+    CommittedSample,
+    QuietCursor,
+    QuietRead,
+    last_batch_times,
+    latest_times,
+    quiet_after,
+    samples_after,
+)
 
 # What other packages may use of telemetry; everything else in services/telemetry/ is private.
 __all__ = [
@@ -36,6 +45,8 @@ __all__ = [
     "ChannelMeans",
     "Columns",
     "CommittedSample",
+    "QuietCursor",
+    "QuietRead",
     "SampleRows",
     "copy_samples",
     "create_partitions",
@@ -44,6 +55,7 @@ __all__ = [
     "last_stored_batch_seq",
     "latest_times",
     "latest_value",
+    "quiet_after",
     "record_batches",
     "register_channels",
     "roll_up_closed_buckets",
