@@ -183,19 +183,24 @@ async def test_an_edited_rule_is_judged_by_its_new_levels_and_a_deleted_one_is_f
         base = time.time() - 60
         await _send(stream, 1, base, [(0, 0, 80.0), (0, 1000, 95.0)])
         assert await engine.evaluate() == 0  # 95 is inside the quiet band below 99
+        # At rest now: the next samples are asked of the database in short, and only the read position
+        # moves over them.
+        await _send(stream, 2, base, [(0, 1500, 96.0), (0, 1600, 97.0)])
+        assert await engine.evaluate() == 0
+        assert engine.stats.channels_quiet == 1 and engine.stats.samples_read == 1
         edited = pb.AlarmRule(name=rule.name, levels=pb.ThresholdLevels(warn_high=90, hysteresis=2))
         await api.UpdateAlarmRule(
             pb.UpdateAlarmRuleRequest(alarm_rule=edited, update_mask=field_mask_pb2.FieldMask(paths=["levels"]))
         )
         # The new band ends below 90; a value exactly at the level is beyond it.
-        await _send(stream, 2, base, [(0, 2000, 89.5), (0, 3000, 90.0)])
+        await _send(stream, 3, base, [(0, 2000, 89.5), (0, 3000, 90.0)])
         assert await engine.evaluate() == 1
         [alarm] = await _alarms(api, "edit")
         assert alarm.value == 90.0
         # Deleted: its alarm closes with it, and the engine's next passes neither judge nor store it
         # (a judgement stored for a deleted rule would fail the pass on its foreign key).
         await api.DeleteAlarmRule(pb.DeleteAlarmRuleRequest(name=rule.name))
-        await _send(stream, 3, base, [(0, 4000, 70.0)])
+        await _send(stream, 4, base, [(0, 4000, 70.0)])
         assert await engine.evaluate() == 0
         assert await engine.evaluate() == 0
         [closed] = await _alarms(api, "edit")
