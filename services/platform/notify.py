@@ -67,8 +67,12 @@ class Listener:
                 first = False
                 # Ping now and then: a silently dead TCP connection would otherwise never be noticed.
                 while not lost.is_set():
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(lost.wait(), timeout=10)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns when the loss was
+                    # signalled just as stop() cancelled this task and drops the cancellation; the task
+                    # then reconnected and stop() waited for it forever.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(10):
+                            await lost.wait()
                     if not lost.is_set():
                         await conn.execute("SELECT 1")
             except asyncio.CancelledError:
