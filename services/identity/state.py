@@ -91,7 +91,8 @@ class AuthState:
             self._task = asyncio.create_task(self._listen_loop(), name="auth-listener")
             # Serve only once revocations can reach us (or after a short wait: then the cache is off).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._listening_event.wait(), 5)
+                async with asyncio.timeout(5):
+                    await self._listening_event.wait()
 
     async def stop(self) -> None:
         await stop_task(self._task)
@@ -118,11 +119,16 @@ class AuthState:
                     try:
                         last_sweep = time.monotonic()
                         while not lost.is_set():
+                            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns when what it
+                            # awaits finished just as stop() cancelled this task and drops the cancellation;
+                            # the task then reconnected and stop() waited for it forever.
                             with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(lost.wait(), LIVENESS_PERIOD_S)
+                                async with asyncio.timeout(LIVENESS_PERIOD_S):
+                                    await lost.wait()
                             if lost.is_set():
                                 break
-                            await asyncio.wait_for(conn.fetchval("SELECT 1"), LIVENESS_PERIOD_S)
+                            async with asyncio.timeout(LIVENESS_PERIOD_S):
+                                await conn.fetchval("SELECT 1")
                             if time.monotonic() - last_sweep >= max(self.config.auth_cache_ttl_s, 1.0):
                                 await self._recheck_edge_streams(conn)
                                 self._poke_streams(lambda _sid, _uid: True)
