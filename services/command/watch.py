@@ -58,8 +58,12 @@ class Subscription:
 
     async def wait_for_change(self) -> tuple[list[Change], bool]:
         """The local changes since the last call, and whether the stream must re-read the command."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), FALLBACK_POLL_S)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns when the change was signalled just
+        # as the stream was cancelled and drops the cancellation; the handler then ran on until its command
+        # was final.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FALLBACK_POLL_S):
+                await self._changed.wait()
         timed_out = not self._changed.is_set()
         self._changed.clear()
         changes, self._changes = self._changes, []

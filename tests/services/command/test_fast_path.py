@@ -298,3 +298,34 @@ async def test_a_local_change_holds_back_its_notification_but_not_a_reconnect() 
     sub.publish(change)
     sub.notify(force=True)  # LISTEN came back: always re-read
     assert await sub.wait_for_change() == ([change], True)
+
+
+async def test_a_cancelled_watch_ends_even_when_a_change_arrived_in_the_same_loop_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # WatchCommand waits on its subscription until the command is final; a client that goes away (or the
+    # server's shutdown) cancels it at any moment, also a few loop steps after a change arrived: that
+    # cancellation must end the stream (asyncio.wait_for on Python 3.11 dropped it when the awaited change
+    # had just been signalled, and the handler then ran on until its command was final).
+    monkeypatch.setattr(watch, "FALLBACK_POLL_S", 60.0)  # only the change wakes the watch here
+    change = Change(uuid.uuid4(), states.QUEUED, states.DELIVERED, dt.datetime.now(dt.UTC))
+    for steps in range(8):  # the cancellation 0..7 loop steps after the change
+        sub = watch.Subscription()
+        waiting = asyncio.Event()
+
+        async def stream(sub: watch.Subscription = sub, waiting: asyncio.Event = waiting) -> None:
+            while True:  # as WatchCommand's loop while its command is not final
+                waiting.set()
+                await sub.wait_for_change()
+
+        task = asyncio.create_task(stream())
+        await waiting.wait()
+        sub.publish(change)
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=10)
+        if not done:  # let the test end either way, then fail
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert task in done and task.cancelled(), f"the watch outlived its cancellation {steps} steps after a change"
