@@ -264,9 +264,12 @@ class CanBmsDevice(DriverDevice):
             if remaining <= 0:
                 raise CommunicationError(f"CAN bus silent for {time.monotonic() - silent_since:.1f} s")
             # Wait for the next frame rather than failing at once: a 1 s poll and a 1 s BMS cycle may
-            # simply be out of phase.
+            # simply be out of phase. asyncio.timeout, not wait_for: on Python 3.11 wait_for returns when the
+            # frame was signalled just as the device was stopped and drops the cancellation; the poll then
+            # returned and stop() waited for the next one.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
 
     async def apply(self, outputs: Mapping[str, float]) -> None:
         """Nothing to write: the BMS channels are all inputs."""

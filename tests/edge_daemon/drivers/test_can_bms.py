@@ -197,6 +197,46 @@ async def test_selected_messages_decode_errors_and_per_message_staleness(tmp_pat
         await device.stop()
 
 
+async def stops_after_a_frame(device: CanBmsDevice, bus: can.BusABC, frame: can.Message, steps: int) -> bool:
+    """Whether the device's stop() ends when it comes `steps` loop steps after a frame woke its waiting poll."""
+    await device.start()
+    await wait_for(lambda: device._bus is not None)
+    # Time for the poll to come back from opening the bus and wait for a frame (if the frame came first,
+    # this would only check a poll that did not wait).
+    await asyncio.sleep(0.05)
+    bus.send(frame)
+    deadline = time.monotonic() + 5
+    while device.frames == 0 and time.monotonic() < deadline:  # each turn one loop step
+        await asyncio.sleep(0)
+    assert device.frames == 1
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    task = device._task
+    stopping = asyncio.create_task(device.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=10)
+    if not done and task is not None:  # let the test end either way, then fail
+        task.cancel()
+        await asyncio.gather(stopping, return_exceptions=True)
+    return stopping in done
+
+
+async def test_a_waiting_poll_stops_even_when_a_frame_arrived_in_the_same_loop_steps(tmp_path: Path) -> None:
+    # The daemon stops its devices once, at any moment, also a few loop steps after a frame woke a poll
+    # waiting for the bus: that stop must end the poll (asyncio.wait_for on Python 3.11 dropped the
+    # cancellation when the awaited frame had just been signalled, and stop() then waited for the next poll).
+    db = cantools.database.load_file(str(DBC))
+    assert isinstance(db, Database)
+    bus = can.Bus(interface="virtual", channel="bms-stop")
+    try:
+        for steps in range(8):  # the stop 0..7 loop steps after the frame
+            # One poll per minute that waits up to a minute for a frame: only the frame ends its wait.
+            device = build(tmp_path, bms_device(channel="bms-stop", silence_timeout_s=60.0, poll_interval_s=60.0))
+            frame = _frame(db, "BMS_State", {"Soc": 40.0})
+            assert await stops_after_a_frame(device, bus, frame, steps), f"stop() hung {steps} steps after a frame"
+    finally:
+        bus.shutdown()
+
+
 @pytest.mark.parametrize(
     ("change", "key", "reason"),
     [
