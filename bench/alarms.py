@@ -201,7 +201,8 @@ async def probe(
                 )
             )
         try:
-            await asyncio.wait_for(reader, timeout=30)
+            async with asyncio.timeout(30):
+                await reader
         except TimeoutError:
             errors += 1
         await outbox.put(None)
@@ -308,7 +309,8 @@ async def one_run(
         seen: list[tuple[str, float]] = []
         ready = asyncio.Event()
         watcher = asyncio.create_task(watch(port, metadata, seen, ready))
-        await asyncio.wait_for(ready.wait(), timeout=30)
+        async with asyncio.timeout(30):
+            await ready.wait()
         due: dict[str, list[float]] = {}
         acked: dict[str, dict[int, float]] = {}
         load_start = time.time()

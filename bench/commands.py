@@ -76,14 +76,16 @@ async def edge_process(port: int, edge: str, key: str, daemon_period_s: float | 
     )
     try:
         assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)  # its imports take a while
+        async with asyncio.timeout(60):  # its imports take a while
+            line = await proc.stdout.readline()
         if line.strip() != b"ready":
             raise RuntimeError(f"the edge did not start: {line!r}")
         yield
     finally:
         proc.terminate()
         try:
-            await asyncio.wait_for(proc.wait(), 10)
+            async with asyncio.timeout(10):
+                await proc.wait()
         except TimeoutError:
             proc.kill()
 

@@ -220,7 +220,8 @@ class Edge:
         )
         await self.out.put(edge_link_pb2.ConnectRequest(telemetry_batch=batch))
         while True:
-            seq, acked = await asyncio.wait_for(self.acks.get(), 30)
+            async with asyncio.timeout(30):
+                seq, acked = await self.acks.get()
             if seq >= self.seq:
                 return sent, acked
 
@@ -259,7 +260,8 @@ async def gateway_process(grpc_port: int) -> AsyncIterator[str]:
     )
     try:
         assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+        async with asyncio.timeout(60):
+            line = await asyncio.to_thread(proc.stdout.readline)
         if "http://" not in line:
             raise RuntimeError(f"emma gateway did not start: {line!r}")
         yield "http://" + line.split("http://", 1)[1].split()[0].rstrip("/")

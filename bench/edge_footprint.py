@@ -93,7 +93,8 @@ async def wait_for_line(proc: asyncio.subprocess.Process, marker: str, deadline:
     """The monotonic time at which `marker` appears in the daemon's log."""
     assert proc.stderr is not None
     while time.monotonic() < deadline:
-        line = await asyncio.wait_for(proc.stderr.readline(), deadline - time.monotonic())
+        async with asyncio.timeout(deadline - time.monotonic()):
+            line = await proc.stderr.readline()
         if not line:
             raise RuntimeError(f"edge daemon exited before logging {marker!r}")
         if marker.encode() in line:

@@ -346,9 +346,12 @@ def prometheus_text() -> bytes:
 
 async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
-        request_line = await asyncio.wait_for(reader.readline(), 10)
-        while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
-            pass  # headers: nothing in them changes the answer
+        async with asyncio.timeout(10):
+            request_line = await reader.readline()
+        while True:  # headers: nothing in them changes the answer
+            async with asyncio.timeout(10):
+                if await reader.readline() in (b"\r\n", b"\n", b""):
+                    break
         parts = request_line.split()
         if len(parts) >= 2 and parts[0] == b"GET" and parts[1].split(b"?")[0] == b"/metrics":
             status, body, ctype = "200 OK", prometheus_text(), CONTENT_TYPE

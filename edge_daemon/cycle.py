@@ -171,7 +171,8 @@ class ControlCycle:
             if self._stop.is_set():
                 return False
             try:
-                await asyncio.wait_for(self._stop.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._stop.wait()
             except TimeoutError:
                 pass
             else:

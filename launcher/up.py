@@ -151,7 +151,8 @@ async def edge_processes(configs: list[Path], say: Callable[[str], None]) -> Asy
                 proc.send_signal(signal.SIGTERM)
         for proc in procs:
             try:
-                await asyncio.wait_for(proc.wait(), EDGE_STOP_GRACE_S)
+                async with asyncio.timeout(EDGE_STOP_GRACE_S):
+                    await proc.wait()
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
@@ -189,7 +190,8 @@ async def gateway_process(
     watcher: asyncio.Task[None] | None = None
     try:
         try:
-            line = (await asyncio.wait_for(proc.stdout.readline(), GATEWAY_START_TIMEOUT_S)).decode()
+            async with asyncio.timeout(GATEWAY_START_TIMEOUT_S):
+                line = (await proc.stdout.readline()).decode()
         except TimeoutError:
             line = ""
         if "http://" not in line:
@@ -215,7 +217,8 @@ async def gateway_process(
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)  # uvicorn drains open connections first
             try:
-                await asyncio.wait_for(proc.wait(), EDGE_STOP_GRACE_S)
+                async with asyncio.timeout(EDGE_STOP_GRACE_S):
+                    await proc.wait()
             except TimeoutError:
                 proc.kill()
                 await proc.wait()

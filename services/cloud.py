@@ -108,7 +108,8 @@ async def hosted_services(
             for s in reversed(lifecycle):
                 await s.stop()
     finally:
-        await asyncio.wait_for(pool.close(), timeout=10)
+        async with asyncio.timeout(10):
+            await pool.close()
 
 
 # How long a further worker may take to listen (imports, pool, servicers) before start-up fails.
@@ -150,7 +151,8 @@ class Workers:
             self._procs.append(proc)
             assert proc.stdout is not None
             try:
-                line = (await asyncio.wait_for(proc.stdout.readline(), WORKER_START_TIMEOUT_S)).decode()
+                async with asyncio.timeout(WORKER_START_TIMEOUT_S):
+                    line = (await proc.stdout.readline()).decode()
             except TimeoutError:
                 line = ""
             if not line:
@@ -178,7 +180,8 @@ class Workers:
         self.terminate()
         for proc in self._procs:
             try:
-                await asyncio.wait_for(proc.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await proc.wait()
             except TimeoutError:
                 proc.kill()
                 await proc.wait()

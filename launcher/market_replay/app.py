@@ -262,7 +262,8 @@ def _trickle(response: Response, pause_s: float, closing: asyncio.Event) -> Resp
     async def pieces() -> AsyncIterator[bytes]:
         for at in range(0, len(body), step):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(closing.wait(), pause_s)
+                async with asyncio.timeout(pause_s):
+                    await closing.wait()
             yield body[at : at + step]
 
     headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
@@ -280,7 +281,8 @@ def _api(source: str) -> Callable[[Request], Awaitable[Response]]:
         fault = state.take_fault(source)
         if fault is not None and fault.hang_s > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.closing.wait(), fault.hang_s)
+                async with asyncio.timeout(fault.hang_s):
+                    await state.closing.wait()
         if fault is not None and fault.status is not None:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
             response = Response(f"replayed fault: HTTP {fault.status}\n", status_code=fault.status, headers=headers)

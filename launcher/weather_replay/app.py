@@ -85,7 +85,8 @@ async def forecast(request: Request) -> Response:
     if fault is not None:
         if fault.hang_s > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.closing.wait(), timeout=fault.hang_s)
+                async with asyncio.timeout(fault.hang_s):
+                    await state.closing.wait()
         if fault.status is not None:
             return JSONResponse({"error": True, "reason": f"replay fault {fault.status}"}, status_code=fault.status)
     try:

@@ -126,7 +126,8 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
     ) -> AsyncIterator[edge_link_pb2.ConnectResponse]:
         requests = aiter(self._decoded(request_iterator))
         try:
-            first = await asyncio.wait_for(anext(requests), HELLO_TIMEOUT_S)
+            async with asyncio.timeout(HELLO_TIMEOUT_S):
+                first = await anext(requests)
         except (TimeoutError, StopAsyncIteration):
             raise ApiError(
                 grpc.StatusCode.FAILED_PRECONDITION,

@@ -374,7 +374,8 @@ class EdgeSession:
         if self._command_acker is None:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._command_acks.join(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._command_acks.join()
         self._command_acker.cancel()
 
     async def _check_clock(self, conn: Conn, offset_ms: float) -> None:

@@ -28,8 +28,8 @@ async def create_pool(config: DatabaseConfig, dsn: str | None = None, *, name: s
     if not dsn:
         raise StartupError("no database: set DATABASE_URL, or use `emma up` for an embedded PostgreSQL")
     try:
-        pool = await asyncio.wait_for(
-            asyncpg.create_pool(
+        async with asyncio.timeout(config.connect_timeout_s + 1):
+            pool = await asyncpg.create_pool(
                 dsn,
                 min_size=config.pool_min_size,
                 max_size=config.pool_max_size,
@@ -46,9 +46,7 @@ async def create_pool(config: DatabaseConfig, dsn: str | None = None, *, name: s
                 reset=_keep_session,
                 # A span per statement inside a trace (services/platform/sql_tracing.py).
                 connection_class=TracedConnection,
-            ),
-            timeout=config.connect_timeout_s + 1,
-        )
+            )
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StartupError(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {detail}") from None

@@ -175,7 +175,8 @@ class ModbusLink:
                 try:
                     client = await self._connected(policy.timeout_s)
                     # pymodbus has its own timeout; this one also covers a stuck connect or transport.
-                    response = await asyncio.wait_for(call(client), policy.timeout_s + 0.5)
+                    async with asyncio.timeout(policy.timeout_s + 0.5):
+                        response = await call(client)
                 except (ModbusException, OSError, TimeoutError, CommunicationError) as exc:
                     last = exc
                     self.failed_attempts += 1
@@ -191,7 +192,9 @@ class ModbusLink:
             return self._client
         self.close()
         client = self._new_client(timeout_s)
-        if not await asyncio.wait_for(client.connect(), timeout_s + 0.5):
+        async with asyncio.timeout(timeout_s + 0.5):
+            connected = await client.connect()
+        if not connected:
             client.close()
             raise CommunicationError(f"{self}: cannot connect")
         self._client = client
