@@ -26,7 +26,7 @@ from core.errors import ConfigError, EmmaError
 from edge_daemon.config import demo_site_dict
 from edge_daemon.private_files import restrict_dir, write_private_text
 from edge_daemon.site_toml import dump_site_toml
-from launcher.cloud_client import cloud_channel, failure_text, operator_password, tls_for
+from launcher.cloud_client import add_tls_flags, cloud_channel, failure_text, operator_password, tls_for
 from services.names import ID_PATTERN
 
 CALL_TIMEOUT_S = 15.0
@@ -76,13 +76,7 @@ def add_init_parser(sub: Any) -> argparse.ArgumentParser:
     init.add_argument("--latitude", type=float, help="latitude of a new site in degrees")
     init.add_argument("--longitude", type=float, help="longitude of a new site in degrees")
     init.add_argument("--country", default="", help="ISO 3166-1 alpha-2 country code of a new site, e.g. DE")
-    init.add_argument(
-        "--tls",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="TLS to the cloud (default: off for 127.0.0.1/localhost, on otherwise)",
-    )
-    init.add_argument("--ca-file", type=Path, help="CA certificate to trust for TLS (default: the system's)")
+    add_tls_flags(init)
     return init
 
 

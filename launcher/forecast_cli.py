@@ -24,7 +24,7 @@ from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from core.errors import ConfigError, EmmaError
-from launcher.cloud_client import cloud_channel, failure_text, operator_password, tls_for
+from launcher.cloud_client import add_cloud_flags, cloud_channel, failure_text, operator_password, tls_for
 from launcher.market_cli import _utc, day_of, operator_dsn
 from services.errors import ServiceError
 from services.names import parse_site
@@ -98,15 +98,7 @@ def add_forecast_parser(sub: Any) -> None:
 
 def _add_site_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--site", required=True, help="organizations/{org}/sites/{site}, e.g. organizations/demo/sites/demo")
-    p.add_argument("--cloud", default="127.0.0.1:50051", help="the cloud's gRPC address (default 127.0.0.1:50051)")
-    p.add_argument("--email", required=True, help="a user of the site's organization, e.g. admin@emma.local")
-    p.add_argument(
-        "--tls",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="TLS to the cloud (default: off for 127.0.0.1/localhost, on otherwise)",
-    )
-    p.add_argument("--ca-file", type=Path, help="CA certificate to trust for TLS (default: the system's)")
+    add_cloud_flags(p, "a user of the site's organization, e.g. admin@emma.local")
 
 
 def connection_from_args(args: argparse.Namespace, env: dict[str, str]) -> Connection:

@@ -32,7 +32,7 @@ from emma.optimizer.v1 import optimizer_pb2 as pb
 from emma.optimizer.v1 import optimizer_pb2_grpc
 
 from core.errors import ConfigError, EmmaError
-from launcher.cloud_client import cloud_channel, failure_text, operator_password, tls_for
+from launcher.cloud_client import add_cloud_flags, cloud_channel, failure_text, operator_password, tls_for
 
 CALL_TIMEOUT_S = 120.0
 _RUN = re.compile(r"organizations/[^/]+/optimizationRuns/[0-9a-f-]{36}")
@@ -62,15 +62,7 @@ def add_optimize_parser(sub: Any) -> None:
         "EMMA_PASSWORD, else a prompt on a terminal.",
     )
     replay.add_argument("run", metavar="RUN", help="organizations/{org}/optimizationRuns/{uuid}")
-    replay.add_argument("--cloud", default="127.0.0.1:50051", help="the cloud's gRPC address (default 127.0.0.1:50051)")
-    replay.add_argument("--email", required=True, help="an operator of the run's organization")
-    replay.add_argument(
-        "--tls",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="TLS to the cloud (default: off for 127.0.0.1/localhost, on otherwise)",
-    )
-    replay.add_argument("--ca-file", type=Path, help="CA certificate to trust for TLS (default: the system's)")
+    add_cloud_flags(replay, "an operator of the run's organization")
     replay.add_argument(
         "--request-id", help="idempotency key: the same id again returns the same replay (default: a new UUID)"
     )
@@ -96,17 +88,7 @@ def add_optimize_parser(sub: Any) -> None:
     savings.add_argument(
         "--to", dest="last", metavar="DATE", help="the UTC day after the last one, YYYY-MM-DD (default: --from + 1 day)"
     )
-    savings.add_argument(
-        "--cloud", default="127.0.0.1:50051", help="the cloud's gRPC address (default 127.0.0.1:50051)"
-    )
-    savings.add_argument("--email", required=True, help="a member of the sites' organization")
-    savings.add_argument(
-        "--tls",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="TLS to the cloud (default: off for 127.0.0.1/localhost, on otherwise)",
-    )
-    savings.add_argument("--ca-file", type=Path, help="CA certificate to trust for TLS (default: the system's)")
+    add_cloud_flags(savings, "a member of the sites' organization")
 
 
 def _state(run: pb.OptimizationRun) -> str:

@@ -17,14 +17,13 @@ import argparse
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC
-from pathlib import Path
 from typing import Any
 
 import grpc
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 
 from core.errors import ConfigError, EmmaError
-from launcher.cloud_client import cloud_channel, failure_text, operator_password, tls_for
+from launcher.cloud_client import add_cloud_flags, cloud_channel, failure_text, operator_password, tls_for
 from launcher.market_cli import _utc
 from services.names import ID_PATTERN
 
@@ -79,15 +78,7 @@ def add_service_account_parser(sub: Any) -> None:
 
 
 def _add_cloud_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cloud", default="127.0.0.1:50051", help="the cloud's gRPC address (default 127.0.0.1:50051)")
-    p.add_argument("--email", required=True, help="an admin of the organization, e.g. admin@emma.local")
-    p.add_argument(
-        "--tls",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="TLS to the cloud (default: off for 127.0.0.1/localhost, on otherwise)",
-    )
-    p.add_argument("--ca-file", type=Path, help="CA certificate to trust for TLS (default: the system's)")
+    add_cloud_flags(p, "an admin of the organization, e.g. admin@emma.local")
 
 
 def account_name(text: str) -> tuple[str, str]:
