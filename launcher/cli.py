@@ -235,7 +235,10 @@ def _run(args: argparse.Namespace) -> int:
 
         def announce(hosted: object) -> None:
             port = getattr(hosted, "port", "?")
-            print(f"emma serve: {', '.join(args.services)} on {config.server.host}:{port}", flush=True)
+            # One write of the whole line (print() hands the text and the newline over apart): in one CI
+            # run a log line on the shared pipe continued the announcement's line, so keep them whole.
+            sys.stdout.write(f"emma serve: {', '.join(args.services)} on {config.server.host}:{port}\n")
+            sys.stdout.flush()
 
         asyncio.run(
             serve_until_signal(

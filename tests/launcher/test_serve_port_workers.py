@@ -4,6 +4,7 @@ starts the others and they stop with it, on SIGTERM or when it is killed."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import time
@@ -26,7 +27,11 @@ async def _serve_with_two_workers(dsn: str, state: Path) -> tuple[EmmaProcess, i
     line = await asyncio.to_thread(proc.wait_for, "emma serve: telemetry, identity on", 90)
     children = psutil.Process(proc.proc.pid).children()
     assert len(children) == 1, children
-    return proc, int(line.rsplit(":", 1)[1]), children[0]
+    # The port right after the address: in one CI run another process's log line followed the
+    # announcement on the same line of the shared pipe.
+    found = re.search(r"emma serve: telemetry, identity on [0-9.]+:(\d+)", line)
+    assert found, line
+    return proc, int(found.group(1)), children[0]
 
 
 def _listens(pid: int, port: int) -> bool:
