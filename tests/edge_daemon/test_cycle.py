@@ -16,6 +16,7 @@ from edge_daemon.cycle import CYCLE_TIME, ERRORS, LATENESS, OVERRUNS, ControlCyc
 from edge_daemon.devices.base import ChannelAccess, ChannelSpec, Device
 from edge_daemon.devices.polling import PollingDevice
 from edge_daemon.devices.site import SiteDevices
+from tests.support.cancellation import loop_steps, stop_ends
 from tests.support.sim import Site, site_config
 
 
@@ -204,15 +205,9 @@ async def test_a_polling_device_stops_even_when_its_poll_answered_in_the_same_lo
         await device.start()
         await device.polling.wait()
         device.gate.set()
-        for _ in range(steps):
-            await asyncio.sleep(0)
-        task = device._task
-        stopping = asyncio.create_task(device.stop())
-        done, _ = await asyncio.wait({stopping}, timeout=10)
-        if not done and task is not None:  # let the test end either way, then fail
-            task.cancel()
-            await asyncio.gather(stopping, return_exceptions=True)
-        assert stopping in done, f"stop() did not end when the poll answered {steps} steps before it"
+        await loop_steps(steps)
+        ended = await stop_ends(device.stop(), device._task)
+        assert ended, f"stop() did not end when the poll answered {steps} steps before it"
 
 
 async def test_stop_interrupts_a_long_period_promptly() -> None:

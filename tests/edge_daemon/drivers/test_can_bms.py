@@ -32,6 +32,7 @@ from edge_daemon.device_types import build_devices
 from edge_daemon.devices.site import SiteDevices
 from edge_daemon.drivers.canbus.device import CanBmsDevice
 from edge_daemon.errors import SiteConfigError
+from tests.support.cancellation import loop_steps, stop_ends
 
 ROOT = Path(__file__).resolve().parents[3]
 DBC = Path(__file__).parent / "data" / "generic_bms.dbc"
@@ -209,15 +210,8 @@ async def stops_after_a_frame(device: CanBmsDevice, bus: can.BusABC, frame: can.
     while device.frames == 0 and time.monotonic() < deadline:  # each turn one loop step
         await asyncio.sleep(0)
     assert device.frames == 1
-    for _ in range(steps):
-        await asyncio.sleep(0)
-    task = device._task
-    stopping = asyncio.create_task(device.stop())
-    done, _ = await asyncio.wait({stopping}, timeout=10)
-    if not done and task is not None:  # let the test end either way, then fail
-        task.cancel()
-        await asyncio.gather(stopping, return_exceptions=True)
-    return stopping in done
+    await loop_steps(steps)
+    return await stop_ends(device.stop(), device._task)
 
 
 async def test_a_waiting_poll_stops_even_when_a_frame_arrived_in_the_same_loop_steps(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from edge_daemon.uplink import commands
 from edge_daemon.uplink.commands import CommandHandler
 from edge_daemon.uplink.journal import CommandJournal
 from edge_daemon.uplink.wire import timestamp
+from tests.support.cancellation import cancel_ends, loop_steps
 from tests.support.uplink import SETPOINT, site_config, until
 
 NAME = "organizations/acme/sites/demo/edges/gw/commands/c1"
@@ -70,14 +71,8 @@ async def test_a_cancelled_pump_ends_even_when_a_cycle_woke_it_in_the_same_loop_
             pump = asyncio.create_task(handler.pump())
             await until(lambda: len(daemon.cycle.hooks) == 2, what="the pump's hook")
             daemon.cycle.run_once()
-            for _ in range(steps):
-                await asyncio.sleep(0)
-            pump.cancel()
-            done, _ = await asyncio.wait({pump}, timeout=10)
-            if not done:  # let the test end either way, then fail
-                pump.cancel()
-                await asyncio.gather(pump, return_exceptions=True)
-            assert pump in done and pump.cancelled(), f"the pump outlived its cancellation {steps} steps after a cycle"
+            await loop_steps(steps)
+            assert await cancel_ends(pump), f"the pump outlived its cancellation {steps} steps after a cycle"
             assert len(daemon.cycle.hooks) == 1
     finally:
         journal.close()

@@ -22,6 +22,7 @@ from services.command import local, states, transitions, watch
 from services.command.local import Change
 from services.command.transitions import Ack
 from tests.services.command.test_commands import ack, create, online_edge, reason_of
+from tests.support.cancellation import cancel_ends, loop_steps
 from tests.support.cloud import Host, new_edge
 from tests.support.identity import authed_channel
 
@@ -321,11 +322,5 @@ async def test_a_cancelled_watch_ends_even_when_a_change_arrived_in_the_same_loo
         task = asyncio.create_task(stream())
         await waiting.wait()
         sub.publish(change)
-        for _ in range(steps):
-            await asyncio.sleep(0)
-        task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=10)
-        if not done:  # let the test end either way, then fail
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        assert task in done and task.cancelled(), f"the watch outlived its cancellation {steps} steps after a change"
+        await loop_steps(steps)
+        assert await cancel_ends(task), f"the watch outlived its cancellation {steps} steps after a change"
