@@ -13,7 +13,7 @@ import asyncio
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -26,6 +26,8 @@ from gateway.json_text import message_json
 from gateway.routes import Route
 
 Metadata = Sequence[tuple[str, str]]
+# A unary or a server-streaming multi-callable of the Invoker.
+_Call = TypeVar("_Call")
 
 # grpc-stubs lacks grpc.aio.EOF, the sentinel read() returns at the end of a stream.
 EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
@@ -81,21 +83,20 @@ class Invoker:
         return turn
 
     def unary(self, route: Route) -> grpc.aio.UnaryUnaryMultiCallable[Message, Message]:
-        calls = self._unary.get(route.grpc_path)
-        if calls is None:
-            deserialize = message_class(route.method.output_type).FromString
-            calls = self._unary[route.grpc_path] = [
-                c.unary_unary(route.grpc_path, request_serializer=_serialize, response_deserializer=deserialize)
-                for c in self._channels
-            ]
-        return calls[self._turn()]
+        return self._next_of(self._unary, route, lambda c: c.unary_unary)
 
     def stream(self, route: Route) -> grpc.aio.UnaryStreamMultiCallable[Message, Message]:
-        calls = self._stream.get(route.grpc_path)
+        return self._next_of(self._stream, route, lambda c: c.unary_stream)
+
+    def _next_of(
+        self, made: dict[str, list[_Call]], route: Route, kind: Callable[[grpc.aio.Channel], Callable[..., _Call]]
+    ) -> _Call:
+        """The route's multi-callable on the channel whose turn it is, made for every channel on first use."""
+        calls = made.get(route.grpc_path)
         if calls is None:
             deserialize = message_class(route.method.output_type).FromString
-            calls = self._stream[route.grpc_path] = [
-                c.unary_stream(route.grpc_path, request_serializer=_serialize, response_deserializer=deserialize)
+            calls = made[route.grpc_path] = [
+                kind(c)(route.grpc_path, request_serializer=_serialize, response_deserializer=deserialize)
                 for c in self._channels
             ]
         return calls[self._turn()]
