@@ -278,8 +278,8 @@ class AlarmEngine:
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self._resolver = _Resolver()
-        self._rules: dict[int, tuple[dt.datetime, StoredRule]] = {}
-        self._bands: dict[tuple[int, dt.datetime], _Band] = {}
+        # pk -> (version, the decoded rule, its levels and quiet band), decoded once per rule version.
+        self._rules: dict[int, tuple[dt.datetime, StoredRule, _Band]] = {}
         # The kept judgements, and what alarm.rule_state holds for each (to store only changes).
         self._states: dict[tuple[int, str], _State] = {}
         self._stored: dict[tuple[int, str], _State] = {}
@@ -418,21 +418,15 @@ class AlarmEngine:
         changed = [pk for pk, time in versions.items() if pk not in self._rules or self._rules[pk][0] != time]
         if changed:
             for stored in await rules_by_pk(conn, changed):
-                self._rules[stored.pk] = (stored.rule.update_time.ToDatetime(dt.UTC), stored)
+                self._rules[stored.pk] = (stored.rule.update_time.ToDatetime(dt.UTC), stored, _band_of(stored.rule))
         for pk in [pk for pk in self._rules if pk not in versions]:
             del self._rules[pk]
         # A rule changed between the two reads is taken as read; the next pass sees its new version.
         return [self._rules[pk][1] for pk in sorted(versions) if pk in self._rules]
 
     def _band(self, stored: StoredRule) -> _Band:
-        """The rule's levels and quiet band, decoded once per rule version."""
-        key = (stored.pk, stored.rule.update_time.ToDatetime(dt.UTC))
-        band = self._bands.get(key)
-        if band is None:
-            if len(self._bands) > 2 * len(self._rules) + 100:
-                self._bands.clear()  # old rule versions
-            band = self._bands[key] = _band_of(stored.rule)
-        return band
+        """The levels and quiet band of a rule this pass's `_enabled_rules` returned, decoded with it."""
+        return self._rules[stored.pk][2]
 
     async def _quiet(
         self, conn: Conn, watched: list[tuple[StoredRule, Source]], states: dict[tuple[int, str], _State]
