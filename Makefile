@@ -54,7 +54,7 @@ up: $(STAMP)  ## run the whole stack on an embedded PostgreSQL (DATABASE_URL sel
 # TEST_WORKERS=0 runs it in this one process; PYTEST_ARGS="tests/x.py -n 0" one file serially.
 # One worker more than the cores: many tests wait on subprocesses, streams and timers, so a third worker
 # fills the cores those waits leave idle (docs/contributing.md, "How the suite runs").
-TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)) + 1)')
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print((len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) + 1)')
 test: $(STAMP) $(TSDB_STAMP) $(WEB_STAMP)  ## run every test (one worker per core, plus one; TEST_WORKERS=N)
 	$(NODE_PATH_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
