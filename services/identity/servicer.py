@@ -52,6 +52,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         note_audit(f"users/{me.user_id}/sessions/{me.session_id}")
         async with self._pool.acquire() as conn:
             await sessions.end(conn, me.session_id, "logout")
+        self.auth.forget_session(me.session_id)
         return empty_pb2.Empty()
 
     async def ListSessions(
@@ -74,6 +75,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 raise not_found(request.name)
             note_audit(f"users/{row['user_id']}/sessions/{name.session}")
             session = await sessions.revoke(conn, row["user_id"], name.session)
+        self.auth.forget_session(name.session)
         if session is None:
             raise not_found(request.name)
         return session

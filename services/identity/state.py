@@ -169,11 +169,11 @@ class AuthState:
             log.warning("malformed auth notification %r", payload)
             self._invalidate_all()
             return
-        self._generation += 1
         if kind == "session":
-            self._sessions.pop(ident, None)
-            self._poke_streams(lambda sid, _uid: sid == ident)
-        elif kind == "user":
+            self.forget_session(ident)
+            return
+        self._generation += 1
+        if kind == "user":
             for sid in [s for s, p in self._sessions.items() if p.user_id == ident]:
                 self._sessions.pop(sid, None)
             self._poke_streams(lambda _sid, uid: uid == ident)
@@ -181,6 +181,14 @@ class AuthState:
             self._revoke_edge_key(ident)
         else:
             self._invalidate_all()
+
+    def forget_session(self, session_id: str) -> None:
+        """Drop a session that ended: its next call reads it again, its open streams re-check. Called
+        for every replica by the session's NOTIFY, and at once by the replica that ended it, so the
+        caller's own next call cannot beat that replica's NOTIFY to its cache."""
+        self._generation += 1
+        self._sessions.pop(session_id, None)
+        self._poke_streams(lambda sid, _uid: sid == session_id)
 
     def _invalidate_all(self) -> None:
         self._generation += 1
