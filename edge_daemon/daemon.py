@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
+from core.tasks import stop_tasks
 from edge_daemon.channel_registry import ChannelRegistry
 from edge_daemon.channels import AckEvent, Category, ChannelStore, Request, Sample
 from edge_daemon.clock import Clock, SystemClock
@@ -163,9 +164,7 @@ class EdgeDaemon:
                 cycle_task.result()  # the cycle never ends by itself: surface why it did
         finally:
             self.cycle.stop()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await stop_tasks(tasks)
             for device in reversed(started):
                 try:
                     await device.stop()

@@ -10,12 +10,12 @@ latest setpoints to the task. A dead device therefore shows up as stale values a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from abc import abstractmethod
 from collections.abc import Mapping
 
+from core.tasks import stop_task
 from edge_daemon.channels import Category, ChannelStore, Number
 from edge_daemon.clock import Clock, SystemClock
 from edge_daemon.devices.base import ChannelAccess, ChannelSpec, Device
@@ -73,10 +73,9 @@ class PollingDevice(Device):
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # stop_task cancels until the task has ended: a driver library may swallow one cancellation
+        # (pymodbus awaits responses with asyncio.wait_for, which drops it on Python 3.11).
+        await stop_task(task)
 
     def read(self, store: ChannelStore, now: float) -> None:
         if self._generation != self._published:

@@ -33,6 +33,7 @@ import grpc
 from emma.edge.v1 import edge_link_pb2, edge_link_pb2_grpc
 from google.protobuf.message import DecodeError
 
+from core.tasks import stop_tasks
 from edge_daemon.channel_registry import ChannelRegistry
 from edge_daemon.config import CloudConfig
 from edge_daemon.errors import EdgeError
@@ -439,6 +440,4 @@ async def _first_failure(coros: list[Coroutine[Any, Any, None]]) -> None:
             task.result()
         raise StreamEnded(StreamStatus(None, "", "a session task returned"))
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(tasks)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Final
 
 import grpc
 
+from core.tasks import stop_tasks
 from edge_daemon.config import CloudConfig, SiteConfig
 from edge_daemon.errors import EdgeError, SiteConfigError
 from edge_daemon.uplink.backoff import Backoff
@@ -79,9 +80,7 @@ class GrpcUplink:
                 for task in done:
                     task.result()
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await stop_tasks(tasks)
         finally:
             # Also on cancellation (daemon shutdown): what was measured goes to disk, and final acks
             # still in the channel store go to the journal, to be sent after the next start.

@@ -27,6 +27,7 @@ from emma.alarm.v1 import alarm_pb2 as pb
 from emma.edge.v1 import edge_link_pb2
 
 from core.metrics import record_alarm_raised
+from core.tasks import stop_task
 from services.alarm import alarms
 from services.alarm.config import EngineConfig
 from services.alarm.engine_stats import PassStats
@@ -36,7 +37,6 @@ from services.market import zone_eic, zone_warnings
 from services.names import EdgeName, SiteName, channel_resource, parse_channel, parse_edge
 from services.platform.migrations import Conn
 from services.platform.runtime import Runtime
-from services.platform.tasks import stop_task
 from services.registry import edge_connections, edge_inventory, edge_pk, edges_of_organization, site_profile
 from services.telemetry import (
     ChannelCursor,

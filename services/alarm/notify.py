@@ -24,13 +24,13 @@ from emma.alarm.v1 import alarm_pb2 as pb
 from emma.common.v1 import errors_pb2
 from google.protobuf import json_format
 
+from core.tasks import stop_task
 from services.alarm import alarms, email, webhook
 from services.alarm.config import EngineConfig, NotifyConfig
 from services.alarm.rules import channel_name
 from services.errors import ApiError, invalid_field, not_found
 from services.platform.migrations import Conn
 from services.platform.rpc import timestamp
-from services.platform.tasks import stop_task
 
 log = logging.getLogger("emma.alarm.notify")
 

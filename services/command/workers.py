@@ -12,6 +12,7 @@ import logging
 import asyncpg
 
 from core.metrics import record_command_transition
+from core.tasks import stop_task
 from services.command import states
 from services.command.transitions import bulk_transition_sql
 
@@ -44,9 +45,7 @@ class CommandWorkers:
         self._task = asyncio.create_task(self._run(), name="command-workers")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_task(self._task)
 
     async def run_once(self) -> int:
         failed = 0

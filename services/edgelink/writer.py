@@ -38,6 +38,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Status, StatusCode
 
 from core.metrics import record_ingested, watch_queue
+from core.tasks import stop_tasks
 from services.edgelink.batches import EventRow
 from services.telemetry import Columns, SampleRows, copy_samples, create_partitions, record_batches
 
@@ -122,11 +123,7 @@ class IngestWriter:
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks)
         self._tasks = []
 
     async def submit(self, batch: PendingBatch) -> asyncio.Future[int]:

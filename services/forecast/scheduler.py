@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from core.tasks import stop_task
 from services.forecast.config import SchedulerConfig
 from services.forecast.errors import ForecastError
 from services.forecast.runner import WeatherSource, kinds_for, run_site
@@ -24,7 +25,6 @@ from services.forecast.scorer import score_due
 from services.forecast.weather import SharedWeather, WeatherConfig
 from services.names import SiteName
 from services.platform.runtime import Runtime
-from services.platform.tasks import stop_task
 from services.registry import all_sites, site_profile
 
 log = logging.getLogger("emma.forecast")

@@ -26,12 +26,12 @@ import asyncpg
 import grpc
 from emma.common.v1 import errors_pb2
 
+from core.tasks import stop_task
 from services.errors import ApiError
 from services.identity.config import AuthConfig
 from services.identity.context import Caller
 from services.identity.passwords import Passwords
 from services.identity.tokens import verify_access_token
-from services.platform.tasks import stop_task
 
 log = logging.getLogger("emma.auth")
 

@@ -38,6 +38,7 @@ import asyncpg
 from core.env import env_flag, env_float, env_int
 from core.errors import ConfigError
 from core.metrics import record_market_data
+from core.tasks import stop_task
 from services.market.assessment import WarningPolicy
 from services.market.documents import parse_document
 from services.market.interconnect import InterconnectConfig
@@ -694,8 +695,7 @@ class MarketScheduler:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await stop_task(self._task)
             self._task = None
             log.info("market scheduler stopped", extra={"replica": self.replica})
         await self.clients.aclose()

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import asyncpg
 from emma.optimizer.v1 import optimizer_pb2 as pb
 
+from core.tasks import stop_task
 from services.names import SiteName, parse_site
 from services.optimizer import convert, store
 from services.optimizer.assemble import assemble, price_slots, quarter_hour
@@ -29,7 +30,6 @@ from services.optimizer.errors import OptimizerInputError
 from services.optimizer.inputs import SLOT
 from services.optimizer.runs import solve_run, store_run
 from services.platform.runtime import Runtime
-from services.platform.tasks import stop_task
 
 log = logging.getLogger("emma.optimizer")
 

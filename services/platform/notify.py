@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
+from core.tasks import stop_task
+
 log = logging.getLogger("emma.notify")
 
 Handler = Callable[[str, str], None]  # (channel, payload)
@@ -38,10 +40,7 @@ class Listener:
         self._task = asyncio.create_task(self._run(), name=f"listen-{','.join(self._channels)}")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     def _deliver(self, _conn: object, _pid: int, channel: str, payload: object) -> None:
         try:

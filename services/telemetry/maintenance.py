@@ -22,6 +22,7 @@ import logging
 
 import asyncpg
 
+from core.tasks import stop_task
 from services.platform.config import IngestConfig
 from services.platform.migrations import Conn
 from services.telemetry.buckets import ROLLUP_BUCKET, ROLLUP_BUCKET_SQL
@@ -210,9 +211,7 @@ class TelemetryMaintenance:
         self._task = asyncio.create_task(self._run(), name="telemetry-maintenance")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         next_partition_check = 0.0

@@ -210,6 +210,46 @@ async def test_a_polling_device_stops_even_when_its_poll_answered_in_the_same_lo
         assert ended, f"stop() did not end when the poll answered {steps} steps before it"
 
 
+class SwallowingDevice(PollingDevice):
+    """A driver whose library swallows a cancellation that arrives during a poll, as pymodbus does: it
+    awaits each response with asyncio.wait_for, which on Python 3.11 drops a cancellation arriving
+    together with the response (an edge test then hung 300 s in CI in the device's stop())."""
+
+    type_name = "swallowing"
+
+    def __init__(self) -> None:
+        super().__init__("swallowing", poll_interval_s=0.05, timeout_s=60.0)
+        self.polling = asyncio.Event()
+        self.swallowed = 0
+
+    @property
+    def device_channels(self) -> tuple[ChannelSpec, ...]:
+        return (ChannelSpec("Power", "W", ChannelAccess.READ, "power"),)
+
+    async def poll(self) -> Mapping[str, Number]:
+        self.polling.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed += 1  # once: the response came in the same loop steps as the cancellation
+        return {"Power": 7.0}
+
+    async def apply(self, outputs: Mapping[str, float]) -> None:
+        return None
+
+
+async def test_a_polling_device_stops_even_when_its_driver_swallows_the_cancellation() -> None:
+    device = SwallowingDevice()
+    await device.start()
+    await device.polling.wait()
+    task = device._task
+    assert task is not None
+    assert await stop_ends(device.stop(), task), "stop() waited on a poll loop that went on polling"
+    assert device.swallowed == 1 and task.done()
+
+
 async def test_stop_interrupts_a_long_period_promptly() -> None:
     cycle = _cycle([Probe("p", [])], [], period_s=30.0)
     cycle.clock = ManualClock(0.0)
