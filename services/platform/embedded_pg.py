@@ -12,7 +12,6 @@ single-threaded helper process avoids that.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -42,13 +41,23 @@ SERVER_SETTINGS: dict[str, str] = {
 }
 
 _HELPER = r"""
-import json, logging, sys, warnings
+import fcntl, json, logging, sys, warnings
 logging.getLogger("pgserver").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore")
 from pathlib import Path
 action, pgdata = sys.argv[1], Path(sys.argv[2])
+# One helper at a time per data folder, held until this one exits (see the comment above _helper).
+lock = open(str(pgdata) + ".lock", "a")
+fcntl.flock(lock, fcntl.LOCK_EX)
 if action == "start":
+    import os
     from pgserver.postgres_server import get_server
+    # Asked under the lock: whether a server was already up decides who may stop it.
+    try:
+        os.kill(int((pgdata / "postmaster.pid").read_text().splitlines()[0]), 0)
+        was_running = True
+    except (OSError, ValueError, IndexError):
+        was_running = False
     server = get_server(pgdata, cleanup_mode=None)  # keeps running after this helper exits
     database = sys.argv[3]
     if database and "(1 row)" not in server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';"):
@@ -70,12 +79,19 @@ if action == "start":
             user=server.system_user or None,
             timeout=120,
         )
-    print(json.dumps({"uri": server.get_uri("postgres"), "user": server.system_user}))
+    print(json.dumps({"uri": server.get_uri("postgres"), "user": server.system_user, "started": not was_running}))
 else:
     from pgserver._commands import pg_ctl
     user = sys.argv[3] or None
     pg_ctl(["-w", "-m", "fast", action], pgdata=pgdata, user=user, timeout=120)
 """
+
+
+# The helpers of one data folder take turns on the file "<pgdata>.lock" (beside the folder: initdb wants
+# the folder itself empty). A helper outlives its caller: when `emma up` is killed (kill -9) while its
+# helper restarts the server to apply SERVER_SETTINGS, the helper goes on, and the next `emma up`'s helper
+# found that server shutting down and failed ("checkpoint starting: shutdown immediate" in the log). With
+# the lock it waits until the restart is over and then attaches to the running server.
 
 
 def _helper(*args: str) -> str:
@@ -122,21 +138,10 @@ class EmbeddedPostgres:
             _helper("stop", str(self.pgdata), self.system_user)
 
 
-def _running(pgdata: Path) -> bool:
-    """Whether a postmaster is alive for this data folder (its pid file names a live process)."""
-    try:
-        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
-        os.kill(pid, 0)
-    except (OSError, ValueError, IndexError):
-        return False
-    return True
-
-
 def start_embedded_postgres(state_dir: Path, database: str = DATABASE) -> EmbeddedPostgres:
     """Start (or attach to) the PostgreSQL under `state_dir`/pgdata and make sure `database` exists."""
     pgdata = state_dir / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
-    already_running = _running(pgdata)
     try:
         info = json.loads(_helper("start", str(pgdata), database, json.dumps(SERVER_SETTINGS)).strip().splitlines()[-1])
     except StartupError as exc:
@@ -144,5 +149,5 @@ def start_embedded_postgres(state_dir: Path, database: str = DATABASE) -> Embedd
         tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
         raise StartupError(f"{exc}" + (f" ({tail[0]})" if tail else "") + f"; data in {pgdata}") from None
     return EmbeddedPostgres(
-        pgdata=pgdata, admin_uri=info["uri"], system_user=info["user"] or "", started_here=not already_running
+        pgdata=pgdata, admin_uri=info["uri"], system_user=info["user"] or "", started_here=info["started"]
     )

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from services.errors import StartupError
-from services.platform.embedded_pg import EmbeddedPostgres, failure_reason
+from services.platform.embedded_pg import EmbeddedPostgres, failure_reason, start_embedded_postgres
 from tests.support.pg import SessionPostgres
 
 
@@ -39,3 +42,39 @@ subprocess.CalledProcessError: Command '[...]' returned non-zero exit status 1.
     assert failure_reason(pgserver_log) == 'pg_ctl: could not access directory "/s/pgdata": Permission denied'
     assert failure_reason("Traceback ...\nOSError: no space left\n\n") == "OSError: no space left"
     assert failure_reason("") == "no output"
+
+
+def test_starts_of_one_data_folder_take_turns_and_only_the_first_may_stop_the_server(tmp_path: Path) -> None:
+    # A killed `emma up` leaves its helper running (it may be restarting the server to apply settings);
+    # the next start must wait for it instead of finding the server half shut down. Here the test holds
+    # the helpers' lock as that orphan would, while two starts on a fresh folder wait behind it.
+    state = tmp_path / "state"
+    state.mkdir()
+    started: list[EmbeddedPostgres] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            started.append(start_embedded_postgres(state))
+        except BaseException as exc:
+            errors.append(exc)
+
+    with open(state / "pgdata.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        threads = [threading.Thread(target=start) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        assert not (state / "pgdata" / "PG_VERSION").exists(), "a start went ahead while the lock was held"
+        assert started == [] and errors == []
+    for thread in threads:
+        thread.join(timeout=170)
+    try:
+        assert errors == [], errors
+        assert len(started) == 2
+        assert sorted(s.started_here for s in started) == [False, True]
+        assert started[0].admin_uri == started[1].admin_uri
+    finally:
+        for server in started:
+            server.stop()
+    assert not (state / "pgdata" / "postmaster.pid").exists()
