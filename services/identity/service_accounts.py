@@ -160,9 +160,9 @@ async def list_accounts(conn: Conn, org: str, page: Page) -> identity_pb2.ListSe
     )
 
 
-async def delete(conn: Conn, org: str, account_id: str, name: str) -> None:
-    """Delete the account; the trigger of migration 0020 deletes its user, which ends its sessions and
-    tells every replica (NOT_FOUND when there is no such account)."""
+async def delete(conn: Conn, org: str, account_id: str, name: str) -> str:
+    """Delete the account and return its user id; the trigger of migration 0020 deletes its user, which
+    ends its sessions and tells every replica (NOT_FOUND when there is no such account)."""
     deleted = await conn.fetchval(
         "DELETE FROM identity.service_accounts WHERE org_id = $1 AND account_id = $2 RETURNING user_id",
         org,
@@ -170,6 +170,7 @@ async def delete(conn: Conn, org: str, account_id: str, name: str) -> None:
     )
     if deleted is None:
         raise not_found(name)
+    return str(deleted)
 
 
 async def org_of(conn: Conn, user_id: str) -> str | None:

@@ -139,6 +139,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 new_hash = await self.auth.passwords.hash(request.user.password)
             keep_session = me.session_id if user_id == me.user_id else ""
             row = await users.update_user(conn, user_id, paths, request.user, new_hash, keep_session)
+        self.auth.forget_user(user_id)
         return users.user_message(row, roles, me)
 
     # ------------------------------------------------------------------ memberships
@@ -153,9 +154,11 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         memberships.check_role(request.role)
         note_audit(f"organizations/{org}/memberships/{user_id}")
         async with self._pool.acquire() as conn:
-            return await memberships.set_role(
+            membership = await memberships.set_role(
                 conn, self._config.jwt_signing_key, me, org, user_id, int(request.role), request.user
             )
+        self.auth.forget_user(user_id)
+        return membership
 
     async def AcceptInvitation(
         self, request: identity_pb2.AcceptInvitationRequest, context: Context
@@ -174,6 +177,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         me.require_org(name.org, ADMIN, resource=request.name)
         async with self._pool.acquire() as conn:
             await memberships.remove(conn, name.org, name.user, request.name)
+        self.auth.forget_user(name.user)
         return empty_pb2.Empty()
 
     # ------------------------------------------------------------------ edge API keys
@@ -221,7 +225,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         name = parse_edge_api_key(request.name)
         me.require_org(name.edge.org, ADMIN, resource=str(name.edge))
         async with self._pool.acquire() as conn:
-            return await edge_keys.revoke_key(conn, name.edge, name.key_id, request.name)
+            revoked = await edge_keys.revoke_key(conn, name.edge, name.key_id, request.name)
+        self.auth.revoke_edge_key(name.key_id)
+        return revoked
 
     # ------------------------------------------------------------------ service accounts
 
@@ -284,12 +290,14 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         me.require_org(org, ADMIN, resource=request.name)
         note_audit(request.name)
 
+        deleted: list[str] = []
+
         async def change(conn: Conn) -> empty_pb2.Empty:
-            await service_accounts.delete(conn, org, account_id, request.name)
+            deleted.append(await service_accounts.delete(conn, org, account_id, request.name))
             return empty_pb2.Empty()
 
         async with self._pool.acquire() as conn:
-            return await run_once(
+            answer = await run_once(
                 conn,
                 actor=me.actor,
                 method=_SVC + "DeleteServiceAccount",
@@ -298,3 +306,6 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 response_type=empty_pb2.Empty,
                 change=change,
             )
+        for user_id in deleted:  # none when run_once answered a retry from its record
+            self.auth.forget_user(user_id)
+        return answer

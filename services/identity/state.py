@@ -172,13 +172,10 @@ class AuthState:
         if kind == "session":
             self.forget_session(ident)
             return
-        self._generation += 1
         if kind == "user":
-            for sid in [s for s, p in self._sessions.items() if p.user_id == ident]:
-                self._sessions.pop(sid, None)
-            self._poke_streams(lambda _sid, uid: uid == ident)
+            self.forget_user(ident)
         elif kind == "edge_key":
-            self._revoke_edge_key(ident)
+            self.revoke_edge_key(ident)
         else:
             self._invalidate_all()
 
@@ -189,6 +186,15 @@ class AuthState:
         self._generation += 1
         self._sessions.pop(session_id, None)
         self._poke_streams(lambda sid, _uid: sid == session_id)
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop a changed user's sessions (disabled, deleted, roles or password changed): their next calls
+        read them again, their open streams re-check. Like forget_session: run by the user's NOTIFY on
+        every replica, and at once by the replica that made the change."""
+        self._generation += 1
+        for sid in [s for s, p in self._sessions.items() if p.user_id == user_id]:
+            self._sessions.pop(sid, None)
+        self._poke_streams(lambda _sid, uid: uid == user_id)
 
     def _invalidate_all(self) -> None:
         self._generation += 1
@@ -284,7 +290,9 @@ class AuthState:
             if not events:
                 del self._edge_streams[key_id]
 
-    def _revoke_edge_key(self, key_id: str) -> None:
+    def revoke_edge_key(self, key_id: str) -> None:
+        """Tell the streams of a revoked or deleted key to re-check (they end): by the key's NOTIFY on
+        every replica, and at once by the replica that revoked it."""
         for event in self._edge_streams.get(key_id, ()):
             event.set()
 
@@ -302,7 +310,7 @@ class AuthState:
         }
         for key_id in keys:
             if key_id not in valid:
-                self._revoke_edge_key(key_id)
+                self.revoke_edge_key(key_id)
 
 
 def auth_state_for(runtime: Any) -> AuthState:
