@@ -37,7 +37,7 @@ from gateway.errors import HttpError
 from gateway.limits import WRITE_METHODS, WriteLimiter
 from gateway.openapi import build_openapi
 from gateway.routes import RouteTable, build_route_table
-from gateway.transcode import Invoker, StreamResponse, call_unary, dumps, open_stream, wants_sse
+from gateway.transcode import AnswerText, Invoker, StreamResponse, call_unary, dumps, open_stream, wants_sse
 
 log = logging.getLogger("emma.gateway")
 
@@ -122,6 +122,7 @@ class Gateway:
         self.limiter = WriteLimiter(config.write_rate_per_s, config.write_burst)
         self._channels: list[grpc.aio.Channel] = []
         self._invoker: Invoker | None = None
+        self._answers = AnswerText()
         self._tracer = trace.get_tracer("emma.gateway")
 
     def invoker(self) -> Invoker:
@@ -195,7 +196,9 @@ class Gateway:
         metadata.extend(carrier.items())
         try:
             if not route.server_streaming:
-                content = await call_unary(self.invoker(), route, message, metadata, self.config.deadline_s)
+                content = await call_unary(
+                    self.invoker(), self._answers, route, message, metadata, self.config.deadline_s
+                )
                 _end_span(span, None)
                 return Response(content, media_type=JSON)
             timeout = self.config.stream_deadline_s or None

@@ -23,7 +23,11 @@ from gateway.web import with_web
 
 def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not left 0: accepted sockets inherit it, and asyncio turns Nagle's algorithm
+    # off (TCP_NODELAY) only on sockets whose proto says TCP. With proto 0 every answer's body, written
+    # after its headers, waited for the client's delayed ACK of them: 40 ms per request on Linux
+    # (bench.gateway: 44 ms p50 at one client, 1,000 req/s at 50 clients with both processes half idle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

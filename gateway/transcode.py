@@ -67,14 +67,15 @@ def answer_json(route: Route, message: Message) -> bytes:
 
 class Invoker:
     """One generic multi-callable per RPC and channel, made once: the request path stays free of
-    descriptor work. Calls take the channels in turn (each its own connection, GatewayConfig.connections)."""
+    descriptor work. Calls take the channels in turn (each its own connection, GatewayConfig.connections).
+    Unary calls answer with the message's bytes (AnswerText prints them); streams with messages."""
 
     def __init__(self, channels: Sequence[grpc.aio.Channel]) -> None:
         if not channels:
             raise ValueError("an Invoker needs at least one channel")
         self._channels = list(channels)
         self._next = 0
-        self._unary: dict[str, list[grpc.aio.UnaryUnaryMultiCallable[Message, Message]]] = {}
+        self._unary: dict[str, list[grpc.aio.UnaryUnaryMultiCallable[Message, bytes]]] = {}
         self._stream: dict[str, list[grpc.aio.UnaryStreamMultiCallable[Message, Message]]] = {}
 
     def _turn(self) -> int:
@@ -82,19 +83,25 @@ class Invoker:
         self._next = (turn + 1) % len(self._channels)
         return turn
 
-    def unary(self, route: Route) -> grpc.aio.UnaryUnaryMultiCallable[Message, Message]:
-        return self._next_of(self._unary, route, lambda c: c.unary_unary)
+    def unary(self, route: Route) -> grpc.aio.UnaryUnaryMultiCallable[Message, bytes]:
+        return self._next_of(self._unary, route, lambda c: c.unary_unary, lambda: _raw)
 
     def stream(self, route: Route) -> grpc.aio.UnaryStreamMultiCallable[Message, Message]:
-        return self._next_of(self._stream, route, lambda c: c.unary_stream)
+        return self._next_of(
+            self._stream, route, lambda c: c.unary_stream, lambda: message_class(route.method.output_type).FromString
+        )
 
     def _next_of(
-        self, made: dict[str, list[_Call]], route: Route, kind: Callable[[grpc.aio.Channel], Callable[..., _Call]]
+        self,
+        made: dict[str, list[_Call]],
+        route: Route,
+        kind: Callable[[grpc.aio.Channel], Callable[..., _Call]],
+        deserializer: Callable[[], Callable[[bytes], Any]],
     ) -> _Call:
         """The route's multi-callable on the channel whose turn it is, made for every channel on first use."""
         calls = made.get(route.grpc_path)
         if calls is None:
-            deserialize = message_class(route.method.output_type).FromString
+            deserialize = deserializer()
             calls = made[route.grpc_path] = [
                 kind(c)(route.grpc_path, request_serializer=_serialize, response_deserializer=deserialize)
                 for c in self._channels
@@ -106,13 +113,48 @@ def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
 
-async def call_unary(invoker: Invoker, route: Route, request: Message, metadata: Metadata, deadline_s: float) -> bytes:
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+# Answers up to this size are remembered by AnswerText; a larger one (a long history) is printed anew.
+MAX_REMEMBERED_ANSWER_BYTES = 64 * 1024
+
+
+class AnswerText:
+    """The JSON body of a unary answer from its bytes, the last one of each route remembered.
+
+    The body is a function of the answer's bytes alone (answer_json of the message they encode), so an
+    answer byte for byte equal to the route's previous one gets the previous body without being parsed
+    or printed again. The services answer calls that share a read (services/telemetry/shared_read.py:
+    fifty dashboards polling one site) with the same message, so under load most latest-value answers
+    repeat the one before. Comparing the bytes is one memcmp; nothing is ever served that the caller's
+    own answer would not print to.
+    """
+
+    def __init__(self, max_bytes: int = MAX_REMEMBERED_ANSWER_BYTES) -> None:
+        self._max_bytes = max_bytes
+        self._last: dict[Route, tuple[bytes, bytes]] = {}
+
+    def json(self, route: Route, data: bytes) -> bytes:
+        last = self._last.get(route)
+        if last is not None and last[0] == data:
+            return last[1]
+        content = answer_json(route, message_class(route.method.output_type).FromString(data))
+        if len(data) <= self._max_bytes:
+            self._last[route] = (data, content)
+        return content
+
+
+async def call_unary(
+    invoker: Invoker, answers: AnswerText, route: Route, request: Message, metadata: Metadata, deadline_s: float
+) -> bytes:
     """The JSON body of a unary answer; HttpError carrying the service's status otherwise."""
     try:
-        response = await invoker.unary(route)(request, metadata=metadata, timeout=deadline_s)
+        data = await invoker.unary(route)(request, metadata=metadata, timeout=deadline_s)
     except grpc.aio.AioRpcError as exc:
         raise from_rpc_error(exc) from None
-    return answer_json(route, response)
+    return answers.json(route, data)
 
 
 # How long a stream may take to send its first message before the HTTP response starts anyway.
@@ -261,6 +303,7 @@ async def _client_gone(receive: Receive) -> None:
 
 __all__ = [
     "FIRST_MESSAGE_WAIT_S",
+    "AnswerText",
     "Invoker",
     "OpenedStream",
     "StreamResponse",

@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import hmac
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -34,6 +35,7 @@ from services.telemetry import history
 from services.telemetry.latest import SiteLatest
 from services.telemetry.maintenance import TelemetryMaintenance
 from services.telemetry.series import channels_of_edges, series_of_channel, series_of_edges
+from services.telemetry.shared_read import SharedReads
 
 MAX_HISTORY_POINTS = 100_000
 MAX_HISTORY_CHANNELS = 100
@@ -56,11 +58,15 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self.maintenance = TelemetryMaintenance(runtime.pool, runtime.config.ingest, rollups=True, retention=True)
         # Latest values in one query per call once a site's edges are known (services/telemetry/latest.py).
         self._site_latest = SiteLatest()
+        # ListLatestValues calls of one parent that arrive together share one read, never one that
+        # started before them (services/telemetry/shared_read.py).
+        self._latest_reads: SharedReads[Scope, _LatestRead] = SharedReads()
 
     async def start(self) -> None:
         await self.maintenance.start()
 
     async def stop(self) -> None:
+        await self._latest_reads.stop()
         await self.maintenance.stop()
 
     async def _site_exists(self, org: str, site: str) -> str:
@@ -90,23 +96,31 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     ) -> telemetry_pb2.ListLatestValuesResponse:
         scope = parse_scope(request.parent)
         caller(context).require_org(scope.org, resource=request.parent)
-        wanted = set(request.channel_ids)
-        # The answer is built straight from the rows (no merged dict per row, the Timestamps set in
-        # place): this is the gateway's most frequent read and 50 values are 50 of each.
-        response = telemetry_pb2.ListLatestValuesResponse()
-        values = response.values
+        read = await self._latest_reads.get(scope, lambda: self._read_latest(scope))
+        response = read.response
+        if request.channel_ids:
+            response = _only_channels(read, set(request.channel_ids))
+        if not response.values:  # values prove the site exists; only an empty answer needs the check
+            await self._site_exists(scope.org, scope.site)
+        return response
+
+    async def _read_latest(self, scope: Scope) -> _LatestRead:
+        """One read of the parent's latest values, with the whole answer built once for every call that
+        shares it: the answer is built straight from the rows (no merged dict per row, the Timestamps set
+        in place), as this is the gateway's most frequent read and 50 values are 50 of each. The calls
+        sharing it are answered with this one message, which nobody changes afterwards."""
         async with self._pool.acquire() as conn:
             edges, rows = await self._site_latest.read(conn, SiteName(scope.org, scope.site), scope.edge, scope.device)
+        response = telemetry_pb2.ListLatestValuesResponse()
+        values = response.values
         for r in rows:
-            address = r["channel"]
-            if wanted and address.split("/", 1)[1] not in wanted:
-                continue
-            value = values.add(channel=channel_resource(edges[r["edge_pk"]], address), value=r["value"], unit=r["unit"])
+            value = values.add(
+                channel=channel_resource(edges[r["edge_pk"]], r["channel"]), value=r["value"], unit=r["unit"]
+            )
             _set_timestamp(value.sample_time, r["time"])
-        if not values:  # values prove the site exists; only an empty answer needs the check
-            await self._site_exists(scope.org, scope.site)
+        # The server's clock once the values are read: every call sharing the read arrived before it.
         _set_timestamp(response.read_time, dt.datetime.now(dt.UTC))
-        return response
+        return _LatestRead(rows, response)
 
     async def ListChannels(
         self, request: telemetry_pb2.ListChannelsRequest, context: Context
@@ -264,6 +278,24 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
                     average_value=b.value,
                     unit=s["unit"],
                 )
+
+
+@dataclass(frozen=True)
+class _LatestRead:
+    """A parent's latest-value rows and the answer with all of them, in the same order."""
+
+    rows: list[Any]
+    response: telemetry_pb2.ListLatestValuesResponse
+
+
+def _only_channels(read: _LatestRead, wanted: set[str]) -> telemetry_pb2.ListLatestValuesResponse:
+    """The answer narrowed to the channel ids asked for (ListLatestValuesRequest.channel_ids)."""
+    response = telemetry_pb2.ListLatestValuesResponse()
+    for r, value in zip(read.rows, read.response.values, strict=True):
+        if r["channel"].split("/", 1)[1] in wanted:
+            response.values.append(value)
+    response.read_time.CopyFrom(read.response.read_time)
+    return response
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

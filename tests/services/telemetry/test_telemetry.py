@@ -273,3 +273,42 @@ async def test_latest_values_live_stream_channels_and_bad_requests(
                 assert info is not None
                 assert info.reason == reason
         await stream.close()
+
+
+async def test_latest_values_read_together_show_a_value_ingested_through_another_replica_at_once(
+    host: Host, db: asyncpg.Connection, token: str
+) -> None:
+    """Calls of one site share reads (services/telemetry/shared_read.py), never one older than the call:
+    while a replica is kept busy with the site's latest values, a value acked by another replica's
+    EdgeLink is in every answer to a call made after the ack, and likewise on the ingesting replica."""
+    edge, _, key = await new_edge(db, "shared")
+    parent = str(edge.site_name)
+    request = telemetry_pb2.ListLatestValuesRequest(parent=parent, channel_ids=["Soc"])
+    async with host(["edge", "telemetry"]) as (ingesting, _), host(["telemetry"]) as (reading, _):
+        stream = EdgeStream(ingesting.port)
+        await stream.send(hello(str(edge), key))
+        await stream.recv()
+        async with authed_channel(reading.port, token) as far, authed_channel(ingesting.port, token) as near:
+            stubs = [telemetry_pb2_grpc.TelemetryServiceStub(c) for c in (far, near)]
+            stop = asyncio.Event()
+
+            async def keep_reading(stub: telemetry_pb2_grpc.TelemetryServiceStub) -> int:
+                calls = 0
+                while not stop.is_set():
+                    await stub.ListLatestValues(request)
+                    calls += 1
+                return calls
+
+            busy = [asyncio.ensure_future(keep_reading(s)) for s in stubs for _ in range(10)]
+            try:
+                for seq in range(1, 6):
+                    soc = 50.0 + seq
+                    await stream.send(batch(seq, time.time(), [(0, 0, soc)]))
+                    assert (await stream.recv_ack()).batch_seq == seq
+                    answers = await asyncio.gather(*(s.ListLatestValues(request) for s in stubs for _ in range(10)))
+                    assert [[v.value for v in a.values] for a in answers] == [[soc]] * 20
+            finally:
+                stop.set()
+                calls = await asyncio.gather(*busy)
+            assert min(calls) > 0
+        await stream.close()
