@@ -21,8 +21,10 @@ Three lines per run, each with `--samples` commands after 20 unmeasured warm-up 
 
 Each line also gives CreateCommand's own latency (due -> response) and, from the command's stored
 transitions, the median time between its waypoints (due -> QUEUED -> DELIVERED -> RECEIVED ->
-EXECUTED -> seen by the watch), which is where the time goes. Every run starts a fresh cloud process;
-`--runs` runs give the spread (median, min, max of each run's p50 and p99 at the top).
+EXECUTED -> seen by the watch), which is where the time goes. After the idle line, the reference: two
+health checks in a row on the same server, channels and open loop (no database, no auth), the floor
+of a round trip made of two calls. Every run starts a fresh cloud process; `--runs` runs give the
+spread (median, min, max of each run's p50 and p99 at the top).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import asyncpg
 import grpc
 from emma.command.v1 import command_pb2, command_pb2_grpc
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from bench.harness import BENCH_ENV, cloud_process, database, login, migrate, percentile, summary, write_result
@@ -178,6 +181,32 @@ async def open_loop(
     return latencies, errors, seen
 
 
+async def reference(port: int, callers: int, samples: int, rate: float) -> dict[str, float]:
+    """The floor of the round trip's two calls: two health checks in a row (no database, no auth, the
+    same server, channels and open loop), from when each pair was due to the second answer."""
+    loop = asyncio.get_running_loop()
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(callers)]
+    stubs = [health_pb2_grpc.HealthStub(c) for c in channels]
+    trips: list[float] = []
+    t0 = loop.time() + 0.5
+
+    async def one(i: int) -> None:
+        due = t0 + i / rate
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        stub = stubs[i % len(stubs)]
+        await stub.Check(health_pb2.HealthCheckRequest())
+        await stub.Check(health_pb2.HealthCheckRequest())
+        if i >= WARM_UP:
+            trips.append((loop.time() - due) * 1000)
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(WARM_UP + samples)))
+    finally:
+        for c in channels:
+            await c.close(None)
+    return {"p50_ms": percentile(trips, 0.5), "p99_ms": percentile(trips, 0.99)}
+
+
 async def stage_medians(dsn: str, seen: list[tuple[uuid.UUID, float, float]]) -> dict[str, float]:
     """Median ms between a command's waypoints, from its stored transitions (one clock: this machine's)."""
     conn = await asyncpg.connect(dsn)
@@ -229,6 +258,9 @@ async def one_run(
         if "idle" in args.lines:
             async with edge_process(port, keys[0]["edge"], keys[0]["key"], None):
                 result["idle"] = await line(dsn, port, keys[0]["edge"], callers, args.samples, args.rate)
+            result["idle"]["reference_two_health_checks"] = await reference(  # type: ignore[index]
+                port, len(callers), args.samples, args.rate
+            )
         if "edge" in args.lines:
             async with edge_process(port, keys[1]["edge"], keys[1]["key"], args.cycle):
                 await fresh_limits(dsn, keys[1]["edge"])
@@ -285,6 +317,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                 "p99_spread": summary([r["p99_ms"] for r in per_run]),
                 "commands_per_run": [r["commands"] for r in per_run],
             }
+            if name == "idle":
+                result[name]["reference_two_health_checks_p50_spread"] = summary(  # type: ignore[index]
+                    [r["reference_two_health_checks"]["p50_ms"] for r in per_run]
+                )
     return result
 
 

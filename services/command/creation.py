@@ -7,7 +7,8 @@ the request's hash are columns of the command row, unique per edge, written by t
 (app.create_command, migrations 0023 and 0026) that also enforces the rate and queue limits. A retry answers
 with the command as it is *now* (its current state and transitions), where `run_once` replays a
 stored response snapshot; and the create path stays two lookups plus one call (the latency an
-operator feels), with no second table to write in the same transaction.
+operator feels), with no idempotency table to write in the same transaction. CreateCommand's audit
+row is written by that same call (one commit, one wait for the disk, for the command and its row).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from core.metrics import record_command_transition
 from services.command import states, store, transitions, validation
 from services.command.local import LocalDelivery
 from services.errors import ApiError, not_found
+from services.identity import AuditRow
 from services.names import EdgeName
 from services.platform.migrations import Conn
 from services.registry import edge_with_device
@@ -52,6 +54,7 @@ async def create_one(
     replica_id: str,
     on_stored: Callable[[int], None] | None = None,
     delivery: LocalDelivery | None = None,
+    audit: AuditRow | None = None,
 ) -> command_pb2.Command:
     """Validate and store one command (also used by fleet dispatch); idempotent on request_id.
 
@@ -59,10 +62,13 @@ async def create_one(
     declaration (registry), the dynamic limit when the channel has one (telemetry), then one call of
     app.create_command (an earlier command with this request_id, or the lock, the limits, the insert,
     its event and the notification, committed together). `conn` must not be in a transaction: the
-    call's commit is the command's durability. `on_stored(edge_pk)` runs once a new command committed.
+    call's commit is the command's durability.
+    `on_stored(edge_pk)` runs once a new command committed.
     `delivery`: this process's relay; when it holds the edge's stream, the same call also marks the
     command (and the edge's older queued ones) DELIVERED and the relay sends them before this returns,
     with no delivery call and no notification's round trip in between (migration 0026).
+    `audit`: CreateCommand's audit row, written by the create call itself when it stores the command, so
+    both commit together (one round trip, one wait for the disk); `on_stored` then says it was written.
     """
     device_id = validation.check_address(channel)
     found = await edge_with_device(conn, edge, device_id)
@@ -103,6 +109,7 @@ async def create_one(
             rate_limit_per_s=validation.RATE_LIMIT_PER_S,
             queue_cap=validation.QUEUE_CAP,
             deliver_limit=deliver_limit,
+            audit=audit,
         )
 
     def queued() -> None:

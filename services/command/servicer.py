@@ -19,7 +19,7 @@ from services.command.validation import ttl_of
 from services.command.watch import CommandWatcher, advance, already_shown
 from services.command.workers import CommandWorkers
 from services.errors import ApiError, invalid_field, not_found
-from services.identity import caller
+from services.identity import call_audit_row, caller, note_audit
 from services.names import EdgeName, parse_edge, parse_site
 from services.pagination import Page
 from services.platform.migrations import Conn
@@ -90,8 +90,15 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
             raise invalid_field("command", "required")
         ttl = ttl_of(request.command.ttl if request.command.HasField("ttl") else None, "command.ttl")
 
+        # The call's audit row, written by the create call itself: durable with the command, one commit.
+        audit = call_audit_row(request)
+        new: list[bool] = []
+
         def stored(edge_pk: int) -> None:
             self._remember_edge(edge, edge_pk)
+            new.append(True)
+            if audit is not None:  # committed with the command: the interceptor writes no second row
+                note_audit(written=True)
 
         async with self._pool.acquire() as conn:
             command = await create_one(
@@ -109,9 +116,12 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
                 traceparent=traceparent_of(context),
                 replica_id=self._runtime.replica_id,
                 on_stored=stored,
+                audit=audit,
                 # The relay of this process, when it holds the edge's stream, delivers in the same call.
                 delivery=local.hub(self._pool).delivery,
             )
+        if new:  # not a retry answered with an earlier command
+            self.watcher.recent.created(uuid.UUID(command.name.rsplit("/", 1)[1]), command)
         return command
 
     # ------------------------------------------------------------------ read
@@ -163,8 +173,11 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
     ) -> AsyncIterator[command_pb2.WatchCommandResponse]:
         edge, command_id = _parse_command_name(request.name)
         async with self.watcher.subscribe(command_id) as changes:
-            async with self._pool.acquire() as conn:
-                command = await store.load(conn, command_id, known_edge=self._known_edge(edge))
+            # A command this process created and saw to its end needs no read (RecentCommands says why).
+            command = self.watcher.recent.final(command_id)
+            if command is None or not command.name.startswith(f"{edge}/commands/"):
+                async with self._pool.acquire() as conn:
+                    command = await store.load(conn, command_id, known_edge=self._known_edge(edge))
             if command is None or not command.name.startswith(f"{edge}/commands/"):
                 raise not_found(request.name)
             yield command_pb2.WatchCommandResponse(command=command)

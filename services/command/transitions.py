@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.command import states
+from services.identity import AuditRow
 from services.platform.migrations import Conn
 
 EVENTS_CHANNEL = "emma_command_events"  # payload: command id
@@ -35,7 +36,17 @@ def _allowed(to_state: str) -> str:
 
 # The create and delivery steps and the edges' acks are SQL functions (migrations 0023 and 0026): one
 # call is one round trip and one commit; their comments there say what each guarantees.
-_CREATE = "SELECT * FROM app.create_command($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+_CREATE_CALL = "app.create_command($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+_CREATE = f"SELECT * FROM {_CREATE_CALL}"
+
+
+def _create_with(audit: AuditRow) -> str:
+    """The create call and the call's audit row in one statement: one round trip and one commit, and
+    the row only when the command was stored (a refusal or a retry gets its row from the interceptor)."""
+    stored = "EXISTS (SELECT 1 FROM created WHERE created.r_create_time IS NOT NULL)"
+    return f"""WITH created AS MATERIALIZED (SELECT * FROM {_CREATE_CALL}),
+    audited AS ({audit.sql(16, stored)})
+    SELECT * FROM created ORDER BY d_seq"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,15 +78,17 @@ async def create_queued(
     rate_limit_per_s: int,
     queue_cap: int,
     deliver_limit: int = 0,
+    audit: AuditRow | None = None,
 ) -> Created:
     """Insert a QUEUED command unless this edge has one with `request_id` already or a limit is reached.
 
     With `deliver_limit` > 0 (the caller holds the edge's stream and sends what comes back, in order)
-    the edge's queued commands, the new one included, are marked DELIVERED in the same call. Call it
-    outside a transaction (its own is its commit).
+    the edge's queued commands, the new one included, are marked DELIVERED in the same call. With `audit`
+    the same statement writes that audit row when it stores the command. Call it outside a transaction
+    (its own is its commit).
     """
     rows = await conn.fetch(
-        _CREATE,
+        _CREATE if audit is None else _create_with(audit),
         command_id,
         edge_pk,
         channel,
@@ -91,6 +104,7 @@ async def create_queued(
         rate_limit_per_s,
         queue_cap,
         deliver_limit,
+        *(audit.values if audit is not None else ()),
     )
     delivered = [
         {

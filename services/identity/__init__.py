@@ -17,7 +17,8 @@ from services.identity.accounts import (
     rename_organization,
     set_membership,
 )
-from services.identity.audit import write_entries
+from services.identity.audit import AuditRow, write_entries
+from services.identity.call_audit import call_audit_row
 from services.identity.config import AuthConfig
 from services.identity.context import ADMIN, Caller, call_state, caller, note_audit
 from services.identity.edge_directory import EdgeDirectory, use_edge_directory
@@ -48,6 +49,7 @@ __all__ = [
     "SERVICE_ACCOUNT_RECOMMENDER",
     "TABLES",
     "Access",
+    "AuditRow",
     "AuthConfig",
     "AuthInterceptor",
     "AuthState",
@@ -59,6 +61,7 @@ __all__ = [
     "accounts",
     "auth_state_for",
     "authenticate_edge_key",
+    "call_audit_row",
     "call_state",
     "caller",
     "create_organization",

@@ -2,7 +2,9 @@
 redacted request, the result code and the trace id.
 
 Rows are written on tasks of their own, shielded from the call's cancellation (a client cancelling
-must not cancel the row of what already happened); drain() waits for them at shutdown.
+must not cancel the row of what already happened); drain() waits for them at shutdown. A servicer
+may write the row in the very statement that does the call's work instead (call_audit_row:
+CreateCommand, so the command and its audit row take one round trip and one wait for the disk, not two).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -18,8 +21,8 @@ from emma.edge.v1 import edge_link_pb2
 
 from services.errors import ApiError
 from services.identity import policy
-from services.identity.audit import write_entries
-from services.identity.context import Caller, CallState
+from services.identity.audit import AuditRow, audit_row, write_entries
+from services.identity.context import Caller, CallState, call_state
 from services.identity.edge_keys import edge_of_key
 from services.platform.interceptors import current_trace_id
 from services.platform.redact import redacted_json
@@ -46,52 +49,109 @@ def outcome_of(exc: BaseException, context: Context) -> tuple[int, str]:
     return int(grpc.StatusCode.INTERNAL.value[0]), "internal error"
 
 
+@dataclass(frozen=True, slots=True)
+class CallEntry:
+    """The audit row of one call, as write_entries takes it (one row per organization)."""
+
+    orgs: list[str | None]
+    actor: Caller
+    method: str
+    resource: str
+    request_json: str
+    outcome: tuple[int, str]
+    client: str
+
+
+def _orgs_for(actor: Caller, resource: str, vouched: list[str]) -> list[str | None]:
+    org = policy.org_of(resource)
+    if actor.kind == "user":
+        if org is not None and (actor.is_member(org) or actor.platform_admin or org in vouched):
+            return [org]
+        return list(actor.orgs()) or list(vouched) or [None]
+    if actor.kind == "edge" and actor.edge is not None:
+        return [actor.edge.org]
+    return [org]
+
+
+def call_entry(info: policy.MethodInfo, request: Any, call: CallState, outcome: tuple[int, str]) -> CallEntry | None:
+    """The audit row of a call that ended with `outcome`; None when the call gets none."""
+    actor = call.audit_actor or call.caller
+    if actor.kind == "anonymous" and outcome[0] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]:
+        # Refused by a rate limit before anything was looked at: rows here would let a flood of
+        # requests grow the audit log at the flood's rate.
+        return None
+    if actor.kind == "anonymous" and info.access != policy.PUBLIC:
+        # Unauthenticated attempts are not attributable; they are logged, not audited, so
+        # anonymous traffic cannot flood the audit log.
+        log.info("unauthenticated call refused", extra={"method": info.name, "client": call.client_address})
+        return None
+    resource = call.audit_resource
+    if resource is None and info.resource_field and request is not None:
+        resource = policy.field_value(request, info.resource_field)
+    resource = resource or ""
+    try:
+        request_json = redacted_json(request) if request is not None else "{}"
+    except Exception:
+        request_json = '{"unserializable":true}'
+    return CallEntry(
+        _orgs_for(actor, resource, call.audit_extra_orgs),
+        actor,
+        info.name,
+        resource,
+        request_json,
+        outcome,
+        call.client_address,
+    )
+
+
+def call_audit_row(request: Any) -> AuditRow | None:
+    """The current call's audit row with result OK, for a servicer that writes it in the statement of
+    the call's own work (AuditRow.sql), so the row commits with what the call did in one commit.
+
+    Once that statement committed with the row written, the servicer says so with
+    note_audit(written=True) and the interceptor writes no second row; otherwise the interceptor writes
+    the call's row with its outcome, as for any call. None: the call gets no row.
+    """
+    call = call_state()
+    info = policy.method_info(call.method) if call is not None else None
+    if call is None or info is None:
+        return None
+    entry = call_entry(info, request, call, (0, ""))
+    if entry is None:
+        return None
+    return audit_row(
+        entry.orgs,
+        actor_kind=entry.actor.actor_kind,
+        actor=entry.actor.actor,
+        method=entry.method,
+        resource=entry.resource,
+        request_json=entry.request_json,
+        result_code=0,
+        trace_id=current_trace_id(),
+        client_address=entry.client,
+    )
+
+
 class CallAuditor:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls_in_flight = 0  # mutating calls between their start and their audit row
 
-    def _orgs_for(self, actor: Caller, resource: str, vouched: list[str]) -> list[str | None]:
-        org = policy.org_of(resource)
-        if actor.kind == "user":
-            if org is not None and (actor.is_member(org) or actor.platform_admin or org in vouched):
-                return [org]
-            return list(actor.orgs()) or list(vouched) or [None]
-        if actor.kind == "edge" and actor.edge is not None:
-            return [actor.edge.org]
-        return [org]
-
     async def audit(self, info: policy.MethodInfo, request: Any, call: CallState, outcome: tuple[int, str]) -> None:
         if call.audit_written:
             return
-        actor = call.audit_actor or call.caller
-        if actor.kind == "anonymous" and outcome[0] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]:
-            # Refused by a rate limit before anything was looked at: rows here would let a flood of
-            # requests grow the audit log at the flood's rate.
-            return
-        if actor.kind == "anonymous" and info.access != policy.PUBLIC:
-            # Unauthenticated attempts are not attributable; they are logged, not audited, so
-            # anonymous traffic cannot flood the audit log.
-            log.info("unauthenticated call refused", extra={"method": info.name, "client": call.client_address})
-            return
-        resource = call.audit_resource
-        if resource is None and info.resource_field and request is not None:
-            resource = policy.field_value(request, info.resource_field)
-        resource = resource or ""
-        try:
-            request_json = redacted_json(request) if request is not None else "{}"
-        except Exception:
-            request_json = '{"unserializable":true}'
-        await self._write(
-            self._orgs_for(actor, resource, call.audit_extra_orgs),
-            actor=actor,
-            method=info.name,
-            resource=resource,
-            request_json=request_json,
-            outcome=outcome,
-            client=call.client_address,
-        )
+        entry = call_entry(info, request, call, outcome)
+        if entry is not None:
+            await self._write(
+                entry.orgs,
+                actor=entry.actor,
+                method=entry.method,
+                resource=entry.resource,
+                request_json=entry.request_json,
+                outcome=entry.outcome,
+                client=entry.client,
+            )
 
     async def audit_edge(
         self, method: str, key_id: str, hello: edge_link_pb2.Hello, call: CallState, outcome: tuple[int, str]
