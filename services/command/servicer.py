@@ -92,11 +92,9 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
 
         # The call's audit row, written by the create call itself: durable with the command, one commit.
         audit = call_audit_row(request)
-        new: list[bool] = []
 
         def stored(edge_pk: int) -> None:
             self._remember_edge(edge, edge_pk)
-            new.append(True)
             if audit is not None:  # committed with the command: the interceptor writes no second row
                 note_audit(written=True)
 
@@ -120,8 +118,6 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
                 # The relay of this process, when it holds the edge's stream, delivers in the same call.
                 delivery=local.hub(self._pool).delivery,
             )
-        if new:  # not a retry answered with an earlier command
-            self.watcher.recent.created(uuid.UUID(command.name.rsplit("/", 1)[1]), command)
         return command
 
     # ------------------------------------------------------------------ read
@@ -173,11 +169,8 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
     ) -> AsyncIterator[command_pb2.WatchCommandResponse]:
         edge, command_id = _parse_command_name(request.name)
         async with self.watcher.subscribe(command_id) as changes:
-            # A command this process created and saw to its end needs no read (RecentCommands says why).
-            command = self.watcher.recent.final(command_id)
-            if command is None or not command.name.startswith(f"{edge}/commands/"):
-                async with self._pool.acquire() as conn:
-                    command = await store.load(conn, command_id, known_edge=self._known_edge(edge))
+            async with self._pool.acquire() as conn:
+                command = await store.load(conn, command_id, known_edge=self._known_edge(edge))
             if command is None or not command.name.startswith(f"{edge}/commands/"):
                 raise not_found(request.name)
             yield command_pb2.WatchCommandResponse(command=command)

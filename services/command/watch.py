@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 from emma.command.v1 import command_pb2
@@ -29,9 +28,6 @@ from services.platform.rpc import timestamp
 
 # Watchers also re-read on this period, so a notification lost while LISTEN reconnects costs a second.
 FALLBACK_POLL_S = 1.0
-# How many commands created here are kept with the transitions this process committed (and how many
-# commands' changes are kept until their creation is known), for watches answered without a read.
-RECENT = 1024
 
 
 class Subscription:
@@ -103,62 +99,11 @@ def already_shown(command: command_pb2.Command, change: Change) -> bool:
     return states.ORDER[change.to_state] <= states.ORDER[states.from_proto(command.state)]
 
 
-class RecentCommands:
-    """Commands CreateCommand of this process made, followed through the changes this process committed,
-    so WatchCommand can answer one that already reached a final state without reading it back.
-
-    Only a final state is ever answered from here, and only when it was reached by an unbroken chain
-    of this process's own committed changes from the created command (each one the next step of the
-    one before): states only move forward and a final state has no successor, so that command and its
-    transitions are exactly what the database holds, for good. A change made elsewhere (another
-    replica, a cancel, the timers) breaks the chain at the next local change, and the entry is dropped;
-    a command that is not final yet is always read. Changes can be committed before CreateCommand
-    hands over its command (delivery in the create call, an edge answering at once): they wait in
-    `_early` until then.
-    """
-
-    def __init__(self, size: int = RECENT) -> None:
-        self._size = size
-        self._commands: OrderedDict[uuid.UUID, command_pb2.Command] = OrderedDict()
-        self._early: OrderedDict[uuid.UUID, list[Change]] = OrderedDict()
-
-    def created(self, command_id: uuid.UUID, command: command_pb2.Command) -> None:
-        """A command this process just stored, as CreateCommand answered it."""
-        self._commands[command_id] = command
-        _bound(self._commands, self._size)
-        for change in self._early.pop(command_id, ()):
-            self.changed(change)
-
-    def changed(self, change: Change) -> None:
-        """A change this process committed."""
-        command = self._commands.get(change.command_id)
-        if command is None:
-            self._early.setdefault(change.command_id, []).append(change)
-            _bound(self._early, self._size)
-            return
-        after = advance(command, change)
-        if after is not None:
-            self._commands[change.command_id] = after
-        elif not already_shown(command, change):  # a step in between was made elsewhere
-            del self._commands[change.command_id]
-
-    def final(self, command_id: uuid.UUID) -> command_pb2.Command | None:
-        """The command when it is known here in a final state, else None (read it)."""
-        command = self._commands.get(command_id)
-        return command if command is not None and states.from_proto(command.state) in states.FINAL else None
-
-
-def _bound(entries: OrderedDict[uuid.UUID, Any], size: int) -> None:
-    while len(entries) > size:
-        entries.popitem(last=False)
-
-
 class CommandWatcher:
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
         self._subs: dict[uuid.UUID, set[Subscription]] = defaultdict(set)
         self._listener = Listener(dsn, [EVENTS_CHANNEL], self._on_notify, self._on_reconnect)
-        self.recent = RecentCommands()
 
     async def start(self) -> None:
         await self._listener.start()
@@ -175,7 +120,6 @@ class CommandWatcher:
         """A transition this process committed (the relay's), for the streams watching its command."""
         for sub in self._subs.get(change.command_id, ()):
             sub.publish(change)
-        self.recent.changed(change)
 
     def _on_notify(self, _channel: str, payload: str) -> None:
         try:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from services.command import local, states, transitions, watch
 from services.command.local import Change
 from services.command.transitions import Ack
-from tests.services.command.test_commands import ack, create, online_edge, reason_of, wait_state
+from tests.services.command.test_commands import ack, create, online_edge, reason_of
 from tests.support.cancellation import cancel_ends, loop_steps
 from tests.support.cloud import Host, new_edge
 from tests.support.identity import authed_channel
@@ -344,72 +344,6 @@ def test_a_change_is_applied_only_as_the_next_step() -> None:
     done = watch.advance(after, executed)
     assert done is not None and done.applied_value == 3.0 and done.state == S.COMMAND_STATE_EXECUTED
     assert command.state == S.COMMAND_STATE_DELIVERED  # the original is not changed
-
-
-def test_recent_commands_answer_only_a_final_state_reached_by_their_own_unbroken_chain() -> None:
-    now = dt.datetime.now(dt.UTC)
-    recent = watch.RecentCommands(size=2)
-
-    def created(command_id: uuid.UUID) -> command_pb2.Command:
-        return S.Command(
-            name=f"organizations/acme/sites/s/edges/e/commands/{command_id}",
-            state=S.COMMAND_STATE_QUEUED,
-            transitions=[S.CommandTransition(to_state=S.COMMAND_STATE_QUEUED)],
-        )
-
-    mine = uuid.uuid4()
-    # Delivered in the create call and acknowledged before CreateCommand handed the command over.
-    recent.changed(Change(mine, states.QUEUED, states.DELIVERED, now))
-    recent.changed(Change(mine, states.DELIVERED, states.RECEIVED, now))
-    recent.created(mine, created(mine))
-    assert recent.final(mine) is None  # not final: WatchCommand reads it
-    recent.changed(Change(mine, states.DELIVERED, states.RECEIVED, now))  # repeated: already shown
-    recent.changed(Change(mine, states.RECEIVED, states.EXECUTED, now, applied_value=-5.0))
-    final = recent.final(mine)
-    assert final is not None and final.applied_value == -5.0
-    assert [S.CommandState.Name(t.to_state).removeprefix("COMMAND_STATE_") for t in final.transitions] == [
-        states.QUEUED,
-        states.DELIVERED,
-        states.RECEIVED,
-        states.EXECUTED,
-    ]
-    # RECEIVED applied by another replica: the chain has a gap, and the command is never answered here.
-    elsewhere = uuid.uuid4()
-    recent.created(elsewhere, created(elsewhere))
-    recent.changed(Change(elsewhere, states.QUEUED, states.DELIVERED, now))
-    recent.changed(Change(elsewhere, states.RECEIVED, states.EXECUTED, now))
-    assert recent.final(elsewhere) is None
-    # Bounded: the oldest entries go first.
-    for _ in range(2):
-        recent.created(uuid.uuid4(), created(uuid.uuid4()))
-    assert recent.final(mine) is None
-
-
-async def test_a_watch_of_a_command_executed_here_is_answered_as_a_read_would(
-    host: Host, db: asyncpg.Connection, token: str
-) -> None:
-    edge, _, key = await new_edge(db, "cmd-watch-recent")
-    async with host(["edge", "command"]) as (server, runtime), authed_channel(server.port, token) as ch:
-        stub = command_pb2_grpc.CommandServiceStub(ch)
-        stream = await online_edge(server.port, edge, key)
-        changed = local.hub(runtime.pool).changed
-        assert changed is not None
-        recent: watch.RecentCommands = changed.__self__.recent  # type: ignore[attr-defined]
-        created = await stub.CreateCommand(create(edge, SETPOINT, -800.0))
-        delivered = (await stream.recv_kind("command")).command
-        await ack(stream, delivered.name, edge_link_pb2.COMMAND_ACK_STATUS_RECEIVED)
-        await ack(stream, delivered.name, edge_link_pb2.COMMAND_ACK_STATUS_EXECUTED, applied=-800.0)
-        stored = await wait_state(stub, created.name, S.COMMAND_STATE_EXECUTED)
-        assert recent.final(uuid.UUID(created.name.rsplit("/", 1)[1])) is not None
-        shown = [m async for m in stub.WatchCommand(S.WatchCommandRequest(name=created.name))]
-        assert [m.command for m in shown] == [stored]
-        # Another edge's name for the same command is still refused.
-        other, _, _ = await new_edge(db, "cmd-watch-recent-2")
-        with pytest.raises(grpc.aio.AioRpcError) as missing:
-            name = created.name.replace(str(edge), str(other))
-            _ = [m async for m in stub.WatchCommand(S.WatchCommandRequest(name=name))]
-        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-        await stream.close()
 
 
 async def test_a_local_change_holds_back_its_notification_but_not_a_reconnect() -> None:
