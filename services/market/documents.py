@@ -47,11 +47,12 @@ def parse_document(data: bytes, name: str) -> MarketDocument:
 async def parse_documents(named: Iterable[tuple[str, bytes]]) -> list[MarketDocument]:
     """`parse_document` of each (name, data) in order, giving the event loop a turn after each one.
 
-    A fetch can hold hundreds of documents (a backfilled year is 14,600 of ~0.1 ms each). Parsed in one
-    go they hold the loop for the whole fetch, so a save already in flight on another connection gets
-    no turn to read PostgreSQL's answer and send its next statement until the last document is parsed:
-    the database waits for the parser instead of writing while it parses (this took the two-process
-    backfill from ~115k to ~150k stored rows/s; docs/market.md). The first DocumentError ends it."""
+    A fetch can hold many documents (~0.1 ms each to parse). Parsed in one go they hold the loop for
+    the whole fetch, so a save already in flight (the previous batch's, another job's) gets no turn to
+    read PostgreSQL's answer and send its next statement until the last document is parsed:
+    the database waits for the parser instead of writing while it parses (docs/market.md, "Session
+    12": the two-process backfill of the market benchmark stored ~30 % more rows/s with this). The
+    first DocumentError ends it."""
     out: list[MarketDocument] = []
     for name, data in named:
         out.append(parse_document(data, name))
