@@ -40,7 +40,7 @@ from core.errors import ConfigError
 from core.metrics import record_market_data
 from core.tasks import stop_task
 from services.market.assessment import WarningPolicy
-from services.market.documents import parse_document
+from services.market.documents import parse_documents
 from services.market.interconnect import InterconnectConfig
 from services.market.model import DocumentError, MarketError
 from services.market.sources import (
@@ -496,7 +496,7 @@ class Runner:
             return await self._no_data(job, now, fetched, source, fetched_at)
         results: list[str] = []
         try:
-            docs = [parse_document(data, name) for name, data in fetched.documents]
+            docs = await parse_documents(fetched.documents)
         except DocumentError as exc:
             return await self._failed(job, attempt, now, source, f"DocumentError: {exc}", retry=False)
         try:

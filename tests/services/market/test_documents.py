@@ -4,15 +4,19 @@ A03 forward fill, sequences apart, resolution changes, DST days, PVPC missing, n
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import pickle
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from core.tasks import stop_task
 from services.market import DocumentError, DocumentKind, MarketDocument, PriceSeries, Product, Slot, Source
-from services.market.documents import parse_document
+from services.market.documents import parse_document, parse_documents
 
 DATA = Path(__file__).parent / "data"
 DE_LU = "10Y1001A1001A82H"
@@ -317,3 +321,39 @@ def test_points_spelled_otherwise_read_the_same() -> None:
     ):
         assert body.count(first) == 1
         assert parse_document(body.replace(first, spelled), name) == plain
+
+
+async def test_parse_documents_gives_each_document_and_the_loop_a_turn_between_them() -> None:
+    # The fetch scheduler parses a fetch with it: the same documents as parse_document one by one, and
+    # another task (a save in flight, an RPC) runs between two documents instead of after the last.
+    names = sorted(p.name for p in DATA.iterdir() if p.name.startswith(("A44", "derived_A")))
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    seen: list[int] = []
+
+    def named() -> Iterator[tuple[str, bytes]]:
+        for name in names:
+            seen.append(turns)  # how often the other task had run when this document was taken
+            yield name, (DATA / name).read_bytes()
+
+    task = asyncio.create_task(other())
+    try:
+        docs = await parse_documents(named())
+    finally:
+        await stop_task(task)
+    assert docs == [parse(name) for name in names]
+    assert len(seen) == len(names) > 2 and all(a < b for a, b in itertools.pairwise(seen))
+
+
+async def test_parse_documents_stops_at_the_first_bad_document() -> None:
+    good = "derived_A44_FR_2024-10-07_dayahead.xml"
+    body = (DATA / good).read_bytes()
+    with pytest.raises(DocumentError) as raised:
+        await parse_documents([(good, body), ("broken.xml", body[:200]), ("never.xml", b"")])
+    assert raised.value.document == "broken.xml" and "malformed XML" in raised.value.problem
