@@ -30,6 +30,7 @@ from services.identity import (
     AuthConfig,
     Passwords,
     accounts,
+    audit_row,
     issue_edge_key,
     organization_exists,
     password_problem,
@@ -55,13 +56,15 @@ def _passwords(config: PlatformConfig) -> Passwords:
 async def _audit(conn: Conn, org: str | None, task: str, resource: str, details: dict[str, object]) -> None:
     await write_entries(
         conn,
-        [org],
-        actor_kind=identity_pb2.ACTOR_KIND_SYSTEM,
-        actor=f"cli:{getpass.getuser()}",
-        method=f"emma admin {task}",
-        resource=resource,
-        request_json=json.dumps(details, sort_keys=True, separators=(",", ":")),
-        result_code=0,
+        audit_row(
+            [org],
+            actor_kind=identity_pb2.ACTOR_KIND_SYSTEM,
+            actor=f"cli:{getpass.getuser()}",
+            method=f"emma admin {task}",
+            resource=resource,
+            request_json=json.dumps(details, sort_keys=True, separators=(",", ":")),
+            result_code=0,
+        ),
     )
 
 

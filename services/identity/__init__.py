@@ -17,7 +17,7 @@ from services.identity.accounts import (
     rename_organization,
     set_membership,
 )
-from services.identity.audit import AuditRow, write_entries
+from services.identity.audit import AuditRow, audit_row, write_entries
 from services.identity.call_audit import call_audit_row
 from services.identity.config import AuthConfig
 from services.identity.context import ADMIN, Caller, call_state, caller, note_audit
@@ -59,6 +59,7 @@ __all__ = [
     "Passwords",
     "ServiceAccountGrant",
     "accounts",
+    "audit_row",
     "auth_state_for",
     "authenticate_edge_key",
     "call_audit_row",

@@ -63,7 +63,8 @@ def audit_row(
     trace_id: str = "",
     client_address: str = "",
 ) -> AuditRow:
-    """What write_entries would write, for AuditRow.sql."""
+    """An audit row: one entry per organization in `orgs` (None: a platform-level entry), written by
+    write_entries or inside another statement by AuditRow.sql."""
     return AuditRow(
         (
             list(orgs) or [None],
@@ -80,34 +81,10 @@ def audit_row(
     )
 
 
-async def write_entries(
-    conn: Conn,
-    orgs: Sequence[str | None],
-    *,
-    actor_kind: int,
-    actor: str,
-    method: str,
-    resource: str,
-    request_json: str,
-    result_code: int,
-    result_message: str = "",
-    trace_id: str = "",
-    client_address: str = "",
-) -> list[str]:
-    """One row per organization (None: a platform-level row); returns the entries' resource names."""
-    rows = await conn.fetch(
-        _INSERT,
-        list(orgs) or [None],
-        actor_kind,
-        actor,
-        method,
-        resource,
-        request_json,
-        result_code,
-        result_message[:2000],
-        trace_id,
-        client_address,
-    )
+async def write_entries(conn: Conn, row: AuditRow) -> list[str]:
+    """Write `row` (one entry per organization, None: a platform-level one) in a statement of its own;
+    returns the entries' resource names."""
+    rows = await conn.fetch(_INSERT, *row.values)
     return [entry_name(r["org_id"], r["id"]) for r in rows]
 
 

@@ -198,16 +198,18 @@ class CallAuditor:
                 async with self.pool.acquire() as conn:
                     await write_entries(
                         conn,
-                        orgs,
-                        actor_kind=actor.actor_kind,
-                        actor=actor.actor,
-                        method=method,
-                        resource=resource,
-                        request_json=request_json,
-                        result_code=outcome[0],
-                        result_message=outcome[1] if outcome[0] else "",
-                        trace_id=trace_id,
-                        client_address=client,
+                        audit_row(
+                            orgs,
+                            actor_kind=actor.actor_kind,
+                            actor=actor.actor,
+                            method=method,
+                            resource=resource,
+                            request_json=request_json,
+                            result_code=outcome[0],
+                            result_message=outcome[1] if outcome[0] else "",
+                            trace_id=trace_id,
+                            client_address=client,
+                        ),
                     )
             except Exception:
                 log.error("AUDIT WRITE FAILED", extra={"method": method, "actor": actor.actor}, exc_info=True)

@@ -12,7 +12,7 @@ from emma.identity.v1 import identity_pb2
 from emma.registry.v1 import registry_pb2
 
 from services.errors import not_found
-from services.identity import call_state, erase_audit_requests, write_entries
+from services.identity import audit_row, call_state, erase_audit_requests, write_entries
 from services.platform.idempotency import forget_responses_naming
 from services.platform.interceptors import current_trace_id
 from services.platform.migrations import Conn
@@ -77,16 +77,18 @@ async def erase_site(
     actor = state.caller if state else None
     entries = await write_entries(
         conn,
-        [org],
-        actor_kind=actor.actor_kind if actor else identity_pb2.ACTOR_KIND_SYSTEM,
-        actor=actor.actor if actor else "system",
-        method=state.method if state else "/emma.registry.v1.RegistryService/EraseSite",
-        resource=name,
-        request_json=redacted_json(request),
-        result_code=0,
-        result_message="",
-        trace_id=current_trace_id(),
-        client_address=state.client_address if state else "",
+        audit_row(
+            [org],
+            actor_kind=actor.actor_kind if actor else identity_pb2.ACTOR_KIND_SYSTEM,
+            actor=actor.actor if actor else "system",
+            method=state.method if state else "/emma.registry.v1.RegistryService/EraseSite",
+            resource=name,
+            request_json=redacted_json(request),
+            result_code=0,
+            result_message="",
+            trace_id=current_trace_id(),
+            client_address=state.client_address if state else "",
+        ),
     )
     return registry_pb2.EraseSiteResponse(
         deleted_sample_count=counts.get("telemetry.samples", 0),
