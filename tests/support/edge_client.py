@@ -130,3 +130,17 @@ class EdgeStream:
         await self._out.put(None)
         self.call.cancel()
         await self.channel.close()
+
+
+async def welcomed(
+    port: int,
+    edge: str,
+    key: str,
+    channels: Sequence[tuple[str, str]] = CHANNELS,
+    devices: Sequence[edge_link_pb2.DeviceInventoryItem] = (),
+) -> EdgeStream:
+    """A stream of `edge` that said Hello (with `channels` and `devices`) and was welcomed."""
+    stream = EdgeStream(port)
+    await stream.send(hello(edge, key, channels, devices=devices))
+    await stream.recv_kind("welcome")
+    return stream

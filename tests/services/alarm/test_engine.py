@@ -19,7 +19,7 @@ from grpc_status import rpc_status
 
 from services.errors import error_info_of
 from tests.support.cloud import Host, new_edge
-from tests.support.edge_client import EdgeStream, batch, hello
+from tests.support.edge_client import EdgeStream, batch, welcomed
 from tests.support.identity import authed_channel, grant
 
 ACME = "organizations/acme"
@@ -97,9 +97,7 @@ async def test_a_value_crossing_warning_then_critical_is_acknowledged_and_clears
         # The engine has seen the rule (the channel has no sample yet, so it will judge all of them).
         await _until(lambda: db.fetchval("SELECT count(*) FROM alarm.rule_state"))
 
-        stream = EdgeStream(server.port)
-        await stream.send(hello(str(edge), key))
-        await stream.recv_kind("welcome")
+        stream = await welcomed(server.port, str(edge), key)
         base = time.time() - 120  # sample times a little in the past; offsets are milliseconds
         # 91 % for 1 s is below the 2 s hold: nothing yet.
         await _send(stream, 1, base, [(0, 0, 80.0), (0, 1000, 91.0), (0, 2000, 91.0)])
@@ -182,9 +180,7 @@ async def test_a_stale_channel_raises_an_alarm_that_clears_when_it_reports_again
                 ),
             )
         )
-        stream = EdgeStream(server.port)
-        await stream.send(hello(str(edge), key))
-        await stream.recv_kind("welcome")
+        stream = await welcomed(server.port, str(edge), key)
         # The newest value is 60 s old: stale.
         await _send(stream, 1, time.time() - 60, [(1, 0, 1500.0)])
 

@@ -19,7 +19,7 @@ from services.alarm.config import EngineConfig
 from services.alarm.engine import AlarmEngine
 from tests.services.alarm.test_engine import ACME, _channel, _kinds, _send
 from tests.support.cloud import Host, new_edge
-from tests.support.edge_client import EdgeStream, hello
+from tests.support.edge_client import welcomed
 from tests.support.identity import authed_channel, grant
 
 
@@ -64,9 +64,7 @@ async def test_a_replica_taking_over_does_not_judge_again_what_the_other_judged(
             pb.CreateAlarmRuleRequest(parent=ACME, alarm_rule_id="takeover", alarm_rule=_rule(soc, 90, hold_s=2))
         )
         first, second = AlarmEngine(runtime.pool, EngineConfig()), AlarmEngine(runtime.pool, EngineConfig())
-        stream = EdgeStream(server.port)
-        await stream.send(hello(str(edge), key))
-        await stream.recv_kind("welcome")
+        stream = await welcomed(server.port, str(edge), key)
         base = time.time() - 60
         await _send(stream, 1, base, [(0, 0, 80.0)])
         await first.evaluate()  # the rule's first pass: the newest sample, normal
@@ -109,9 +107,7 @@ async def test_a_failed_pass_leaves_no_judgement_in_memory_that_the_database_rol
         )
         try:
             engine = AlarmEngine(pool, EngineConfig())
-            stream = EdgeStream(server.port)
-            await stream.send(hello(str(edge), key))
-            await stream.recv_kind("welcome")
+            stream = await welcomed(server.port, str(edge), key)
             base = time.time() - 60
             await _send(stream, 1, base, [(0, 0, 80.0)])
             await engine.evaluate()
@@ -142,9 +138,7 @@ async def test_a_manual_clear_re_arms_the_rule_in_the_engines_memory(host: Host,
             pb.CreateAlarmRuleRequest(parent=ACME, alarm_rule_id="rearm", alarm_rule=_rule(soc, 90, hold_s=1))
         )
         engine = AlarmEngine(runtime.pool, EngineConfig())
-        stream = EdgeStream(server.port)
-        await stream.send(hello(str(edge), key))
-        await stream.recv_kind("welcome")
+        stream = await welcomed(server.port, str(edge), key)
         base = time.time() - 60
         await _send(stream, 1, base, [(0, 0, 80.0)])
         await engine.evaluate()
@@ -177,9 +171,7 @@ async def test_an_edited_rule_is_judged_by_its_new_levels_and_a_deleted_one_is_f
             pb.CreateAlarmRuleRequest(parent=ACME, alarm_rule_id="edit", alarm_rule=_rule(soc, 99))
         )
         engine = AlarmEngine(runtime.pool, EngineConfig())
-        stream = EdgeStream(server.port)
-        await stream.send(hello(str(edge), key))
-        await stream.recv_kind("welcome")
+        stream = await welcomed(server.port, str(edge), key)
         base = time.time() - 60
         await _send(stream, 1, base, [(0, 0, 80.0), (0, 1000, 95.0)])
         assert await engine.evaluate() == 0  # 95 is inside the quiet band below 99

@@ -18,7 +18,7 @@ from google.protobuf import duration_pb2
 from services.alarm import health
 from tests.services.alarm.test_engine import _error, _send
 from tests.support.cloud import Host, new_edge
-from tests.support.edge_client import EdgeStream, battery_inventory, hello
+from tests.support.edge_client import battery_inventory, welcomed
 from tests.support.identity import authed_channel, grant
 
 ACME = "organizations/acme"
@@ -83,9 +83,7 @@ async def test_device_and_site_health_projection_and_recommendations(
         authed_channel(server.port, viewer.token) as viewing,
     ):
         api = alarm_pb2_grpc.AlarmServiceStub(channel)
-        stream = EdgeStream(server.port)
-        await stream.send(hello(str(edge), key, CHANNELS, devices=[battery_inventory()]))
-        await stream.recv_kind("welcome")
+        stream = await welcomed(server.port, str(edge), key, CHANNELS, devices=[battery_inventory()])
         # Discharging 1 % a minute for 10 minutes, ending now at 70 %; the cells at 45 degC.
         end = time.time()
         points = [(SOC, i * 60_000, 80.0 - i) for i in range(11)]
@@ -197,9 +195,9 @@ async def test_an_ev_chargers_utilisation_over_the_window(host: Host, db: asyncp
     )
     async with host(["edge", "alarm"]) as (server, _), authed_channel(server.port, viewer.token) as channel:
         api = alarm_pb2_grpc.AlarmServiceStub(channel)
-        stream = EdgeStream(server.port)
-        await stream.send(hello(str(edge), key, [("ev_1/ActivePower", "W"), ("ev_1/Plugged", "")], devices=[charger]))
-        await stream.recv_kind("welcome")
+        stream = await welcomed(
+            server.port, str(edge), key, [("ev_1/ActivePower", "W"), ("ev_1/Plugged", "")], devices=[charger]
+        )
         powers, plugged = [11000.0, 5500.0, 0.0, 5500.0], [1.0, 1.0, 0.0, 1.0]
         points = [(0, i * 60_000, p) for i, p in enumerate(powers)] + [
             (1, i * 60_000, p) for i, p in enumerate(plugged)
@@ -217,9 +215,7 @@ async def test_a_batterys_efficiency_factor_from_stored_power_and_energy(host: H
     viewer = await grant(db, "acme", "viewer")
     channels = [("battery_1/ActivePower", "W"), ("battery_1/StoredEnergy", "Wh")]
     async with host(["edge", "alarm"]) as (server, _), authed_channel(server.port, viewer.token) as channel:
-        stream = EdgeStream(server.port)
-        await stream.send(hello(str(edge), key, channels, devices=[battery_inventory()]))
-        await stream.recv_kind("welcome")
+        stream = await welcomed(server.port, str(edge), key, channels, devices=[battery_inventory()])
         # The last hour: 30 min charging 2 kW, 30 min discharging 1.5 kW, 50 Wh more stored at the end.
         power = [(0, i * 60_000, -2000.0 if i < 30 else 1500.0 if i < 60 else 0.0) for i in range(61)]
         await _send(stream, 1, time.time() - 3600, [*power, (1, 0, 5000.0), (1, 3_600_000, 5050.0)])

@@ -17,7 +17,7 @@ from google.protobuf import duration_pb2
 
 from tests.services.alarm.test_engine import _channel, _error, _if, _kinds, _send, _until
 from tests.support.cloud import Host, new_edge
-from tests.support.edge_client import EdgeStream, battery_inventory, hello
+from tests.support.edge_client import EdgeStream, battery_inventory, welcomed
 from tests.support.identity import authed_channel, grant
 
 ACME = "organizations/acme"
@@ -37,10 +37,7 @@ def _fast_engine(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def _online(port: int, edge: str, key: str) -> EdgeStream:
-    stream = EdgeStream(port)
-    await stream.send(hello(edge, key, CHANNELS, devices=[battery_inventory()]))
-    await stream.recv_kind("welcome")
-    return stream
+    return await welcomed(port, edge, key, CHANNELS, devices=[battery_inventory()])
 
 
 async def test_rate_of_change_and_fault_codes_raise_escalate_and_clear(host: Host, db: asyncpg.Connection) -> None:

@@ -25,7 +25,7 @@ from emma.alarm.v1 import alarm_pb2_grpc
 from services.alarm.webhook import UnsafeTarget, check_target
 from tests.services.alarm.test_engine import _channel, _error, _send, _until
 from tests.support.cloud import Host, new_edge
-from tests.support.edge_client import EdgeStream, hello
+from tests.support.edge_client import welcomed
 from tests.support.identity import authed_channel, grant
 from tests.support.smtp import smtp_server
 
@@ -179,9 +179,7 @@ async def test_webhooks_are_signed_retried_delivered_or_failed_and_email_goes_th
             await api.CreateAlarmRule(rule("soc-notified", [ok.name, down.name, mail.name]))
             await _until(lambda: db.fetchval("SELECT count(*) FROM alarm.rule_state"))
 
-            stream = EdgeStream(server.port)
-            await stream.send(hello(str(edge), key))
-            await stream.recv_kind("welcome")
+            stream = await welcomed(server.port, str(edge), key)
             await _send(stream, 1, time.time() - 10, [(0, 0, 95.0)])
 
             # The webhook: 503 first, then 200 on the retry; both requests signed over timestamp.body.

@@ -16,7 +16,7 @@ from gateway.app import create_app
 from gateway.config import GatewayConfig
 from tests.services.alarm.test_engine import _send, _until
 from tests.support.cloud import Host, new_edge
-from tests.support.edge_client import EdgeStream, battery_inventory, hello
+from tests.support.edge_client import battery_inventory, welcomed
 from tests.support.gateway import error_of, reason_of
 from tests.support.identity import grant
 
@@ -101,9 +101,7 @@ async def test_rules_alarms_commands_health_and_recommendations_over_rest(host: 
         assert rule.status_code == 200, rule.text
         assert rule.json()["proposedCommands"][0]["channel"] == "SetActivePower"
 
-        stream = EdgeStream(server.port)
-        await stream.send(hello(str(edge), key, devices=[battery_inventory()]))
-        await stream.recv_kind("welcome")
+        stream = await welcomed(server.port, str(edge), key, devices=[battery_inventory()])
         end = time.time()
         await _send(stream, 1, end - 300, [(0, i * 60_000, 20.0 - 2 * i) for i in range(6)])
 
