@@ -61,6 +61,22 @@ class CallEntry:
     outcome: tuple[int, str]
     client: str
 
+    def row(self) -> AuditRow:
+        """The row to write, with the current trace id (the outcome's message only for a failure)."""
+        code, message = self.outcome
+        return audit_row(
+            self.orgs,
+            actor_kind=self.actor.actor_kind,
+            actor=self.actor.actor,
+            method=self.method,
+            resource=self.resource,
+            request_json=self.request_json,
+            result_code=code,
+            result_message=message if code else "",
+            trace_id=current_trace_id(),
+            client_address=self.client,
+        )
+
 
 def _orgs_for(actor: Caller, resource: str, vouched: list[str]) -> list[str | None]:
     org = policy.org_of(resource)
@@ -117,19 +133,7 @@ def call_audit_row(request: Any) -> AuditRow | None:
     if call is None or info is None:
         return None
     entry = call_entry(info, request, call, (0, ""))
-    if entry is None:
-        return None
-    return audit_row(
-        entry.orgs,
-        actor_kind=entry.actor.actor_kind,
-        actor=entry.actor.actor,
-        method=entry.method,
-        resource=entry.resource,
-        request_json=entry.request_json,
-        result_code=0,
-        trace_id=current_trace_id(),
-        client_address=entry.client,
-    )
+    return None if entry is None else entry.row()
 
 
 class CallAuditor:
@@ -143,15 +147,7 @@ class CallAuditor:
             return
         entry = call_entry(info, request, call, outcome)
         if entry is not None:
-            await self._write(
-                entry.orgs,
-                actor=entry.actor,
-                method=entry.method,
-                resource=entry.resource,
-                request_json=entry.request_json,
-                outcome=entry.outcome,
-                client=entry.client,
-            )
+            await self._write(entry)
 
     async def audit_edge(
         self, method: str, key_id: str, hello: edge_link_pb2.Hello, call: CallState, outcome: tuple[int, str]
@@ -171,48 +167,20 @@ class CallAuditor:
         request = edge_link_pb2.ConnectRequest(hello=hello)
         request.hello.ClearField("channel_table")  # the table is data, not the call
         await self._write(
-            [edge.org],
-            actor=actor,
-            method=method,
-            resource=str(edge),
-            request_json=redacted_json(request),
-            outcome=outcome,
-            client=call.client_address,
+            CallEntry([edge.org], actor, method, str(edge), redacted_json(request), outcome, call.client_address)
         )
 
-    async def _write(
-        self,
-        orgs: list[str | None],
-        *,
-        actor: Caller,
-        method: str,
-        resource: str,
-        request_json: str,
-        outcome: tuple[int, str],
-        client: str,
-    ) -> None:
-        trace_id = current_trace_id()
+    async def _write(self, entry: CallEntry) -> None:
+        row = entry.row()  # here, not in the task: the trace id is the call's
 
         async def write() -> None:
             try:
                 async with self.pool.acquire() as conn:
-                    await write_entries(
-                        conn,
-                        audit_row(
-                            orgs,
-                            actor_kind=actor.actor_kind,
-                            actor=actor.actor,
-                            method=method,
-                            resource=resource,
-                            request_json=request_json,
-                            result_code=outcome[0],
-                            result_message=outcome[1] if outcome[0] else "",
-                            trace_id=trace_id,
-                            client_address=client,
-                        ),
-                    )
+                    await write_entries(conn, row)
             except Exception:
-                log.error("AUDIT WRITE FAILED", extra={"method": method, "actor": actor.actor}, exc_info=True)
+                log.error(
+                    "AUDIT WRITE FAILED", extra={"method": entry.method, "actor": entry.actor.actor}, exc_info=True
+                )
 
         # Shielded: a client cancelling its call must not cancel the audit row of what already happened.
         task = self.track(write())
