@@ -55,6 +55,7 @@ async def create_one(
     on_stored: Callable[[int], None] | None = None,
     delivery: LocalDelivery | None = None,
     audit: AuditRow | None = None,
+    command_id: uuid.UUID | None = None,
 ) -> command_pb2.Command:
     """Validate and store one command (also used by fleet dispatch); idempotent on request_id.
 
@@ -69,6 +70,8 @@ async def create_one(
     with no delivery call and no notification's round trip in between (migration 0026).
     `audit`: CreateCommand's audit row, written by the create call itself when it stores the command, so
     both commit together (one round trip, one wait for the disk); `on_stored` then says it was written.
+    `command_id`: the id a new command gets (default: a fresh one), so a caller can subscribe to its
+    changes before it exists; a retried request_id answers with the earlier command's id instead.
     """
     device_id = validation.check_address(channel)
     found = await edge_with_device(conn, edge, device_id)
@@ -89,7 +92,7 @@ async def create_one(
         if earlier is not None:
             return await _replay(conn, earlier["id"], earlier["request_hash"], digest, request_id)
         raise
-    command_id = uuid.uuid4()
+    command_id = command_id or uuid.uuid4()
 
     async def create(deliver_limit: int) -> transitions.Created:
         return await transitions.create_queued(

@@ -28,6 +28,9 @@ RATE_LIMIT_PER_S = 10
 DEFAULT_TTL = dt.timedelta(minutes=5)
 MIN_TTL = dt.timedelta(seconds=1)
 MAX_TTL = dt.timedelta(hours=24)
+# How long CreateCommand may wait for its command's final state (final_state_wait): long enough for an
+# edge's control cycle and its acks, short enough that an answer never outlives a caller's patience.
+MAX_FINAL_STATE_WAIT = dt.timedelta(seconds=30)
 # An address is echoed in a refusal only up to this many characters (it may be huge).
 _ECHO_CHARS = 80
 WRITABLE = {types_pb2.CHANNEL_ACCESS_READ_WRITE, types_pb2.CHANNEL_ACCESS_WRITE_ONLY}
@@ -52,6 +55,17 @@ def ttl_of(ttl: duration_pb2.Duration | None, field: str) -> dt.timedelta:
     value = ttl.ToTimedelta()
     if not MIN_TTL <= value <= MAX_TTL:
         raise invalid_field(field, "must be between 1 s and 24 h")
+    return value
+
+
+def final_state_wait_of(wait: duration_pb2.Duration | None, field: str) -> dt.timedelta:
+    """CreateCommand's final_state_wait (zero when not set: answer once stored), or FIELD_INVALID outside
+    0..MAX_FINAL_STATE_WAIT."""
+    if wait is None:
+        return dt.timedelta(0)
+    value = wait.ToTimedelta()
+    if not dt.timedelta(0) <= value <= MAX_FINAL_STATE_WAIT:
+        raise invalid_field(field, f"must be between 0 s and {MAX_FINAL_STATE_WAIT.seconds} s")
     return value
 
 
