@@ -17,8 +17,6 @@ from google.protobuf import duration_pb2
 
 from services.errors import ApiError, invalid_field
 from services.names import CHANNEL_ADDRESS
-from services.platform.migrations import Conn
-from services.telemetry import latest_value
 
 TELEMETRY_MAX_AGE = dt.timedelta(seconds=30)
 ISSUED_TIME_SKEW = dt.timedelta(seconds=60)
@@ -133,25 +131,29 @@ def check_static(spec: types_pb2.ChannelSpec, address: str, value: float) -> Non
         )
 
 
-async def check_dynamic(
-    conn: Conn, edge_pk: int, spec: types_pb2.ChannelSpec, address: str, value: float, now: dt.datetime
-) -> None:
-    """Positive values are limited by dynamic_max_channel, negative ones by dynamic_min_channel."""
+Latest = dict[str, tuple[dt.datetime, float]]
+
+
+def check_dynamic(latest: Latest, spec: types_pb2.ChannelSpec, address: str, value: float, now: dt.datetime) -> None:
+    """Positive values are limited by dynamic_max_channel, negative ones by dynamic_min_channel.
+
+    `latest`: the device's latest values (`device/Channel` -> (sample time, value)), read with the edge.
+    """
     limit_name = spec.dynamic_max_channel if value > 0 else spec.dynamic_min_channel if value < 0 else ""
     if not limit_name:
         return
     device_id = address.split("/", 1)[0]
     limit_channel = f"{device_id}/{limit_name}"
-    latest = await latest_value(conn, edge_pk, limit_channel)
-    if latest is None or now - latest[0] > TELEMETRY_MAX_AGE:
-        age = "no telemetry" if latest is None else f"telemetry {(now - latest[0]).total_seconds():.0f} s old"
+    found = latest.get(limit_channel)
+    if found is None or now - found[0] > TELEMETRY_MAX_AGE:
+        age = "no telemetry" if found is None else f"telemetry {(now - found[0]).total_seconds():.0f} s old"
         raise _error(
             grpc.StatusCode.FAILED_PRECONDITION,
             errors_pb2.ERROR_REASON_TELEMETRY_STALE,
             f"cannot check {limit_channel}: {age} (at most {TELEMETRY_MAX_AGE.seconds} s)",
             limit_channel=limit_channel,
         )
-    limit = latest[1]
+    limit = found[1]
     if abs(value) > abs(limit):
         raise _error(
             grpc.StatusCode.FAILED_PRECONDITION,
