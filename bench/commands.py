@@ -16,7 +16,9 @@ message that shows a final state (the stream's end, its status, follows and is n
 Four lines per run, each with `--samples` commands after 20 unmeasured warm-up commands:
 
 - idle: a simulated edge that answers RECEIVED and EXECUTED at once (bench.command_edge), "wait";
-- idle_two_calls: the same edge, "two calls";
+- idle_two_calls: the same edge, "two calls". The two idle lines are measured together, their commands
+  alternating on one schedule (`--rate` in total, half each), so both meet the same moments of this
+  shared machine and their difference is the way of calling, not the minute they ran in;
 - edge_daemon ("wait"): the real edge daemon (demo site) at a `--cycle` (100 ms) control cycle, `--edge-rate`
   (8) commands per second. Commands are applied at cycle boundaries, so this line includes the wait
   for the next cycle (half a cycle on average, by design); a command the next one superseded within
@@ -134,23 +136,28 @@ def error_reason(exc: grpc.aio.AioRpcError) -> str:
     return ""
 
 
+Outcome = tuple[dict[str, list[float]], collections.Counter[str], list[tuple[uuid.UUID, float, float]]]
+
+
 async def open_loop(
-    port: int, edge: str, callers: list[list[tuple[str, str]]], samples: int, rate: float, wait: bool
-) -> tuple[dict[str, list[float]], collections.Counter[str], list[tuple[uuid.UUID, float, float]]]:
-    """`samples` commands due every 1/rate s, the outcome seen by waiting in CreateCommand (`wait`) or
-    by WatchCommand after it; (latencies, errors, (command id, due unix time, seen unix time))."""
+    port: int, edge: str, callers: list[list[tuple[str, str]]], samples: int, rate: float, modes: tuple[bool, ...]
+) -> list[Outcome]:
+    """`samples` commands per mode, all due every 1/rate s, command i in mode `modes[i % len(modes)]`: the
+    outcome seen by waiting in CreateCommand (True) or by WatchCommand after it (False). Interleaved, so
+    both modes meet the same moments of the machine. Per mode: (latencies, errors, (command id, due unix
+    time, seen unix time))."""
     loop = asyncio.get_running_loop()
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in callers]
     stubs = [command_pb2_grpc.CommandServiceStub(c) for c in channels]
-    latencies: dict[str, list[float]] = {"round_trip": [], "create": []}
-    errors: collections.Counter[str] = collections.Counter()
-    seen: list[tuple[uuid.UUID, float, float]] = []
-    total = WARM_UP + samples
+    outcomes: list[Outcome] = [({"round_trip": [], "create": []}, collections.Counter(), []) for _ in modes]
+    total = WARM_UP + samples * len(modes)
     t0 = loop.time() + 0.5
     wall0 = time.time() + (t0 - loop.time())
 
     async def one(i: int) -> None:
         due = t0 + i / rate
+        wait = modes[i % len(modes)]
+        latencies, errors, seen = outcomes[i % len(modes)]
         await asyncio.sleep(max(0.0, due - loop.time()))
         stub, auth = stubs[i % len(stubs)], callers[i % len(callers)]
         request = S.CreateCommandRequest(
@@ -190,7 +197,7 @@ async def open_loop(
     finally:
         for c in channels:
             await c.close(None)
-    return latencies, errors, seen
+    return outcomes
 
 
 async def reference(port: int, callers: int, samples: int, rate: float) -> dict[str, float]:
@@ -253,21 +260,32 @@ async def stage_medians(dsn: str, seen: list[tuple[uuid.UUID, float, float]]) ->
     return {k: round(statistics.median(v), 2) for k, v in steps.items()}
 
 
-async def line(
-    dsn: str, port: int, edge: str, callers: list[list[tuple[str, str]]], samples: int, rate: float, wait: bool = True
-) -> dict[str, object]:
-    latencies, errors, seen = await open_loop(port, edge, callers, samples, rate, wait)
-    trip, create = latencies["round_trip"], latencies["create"]
-    return {
-        "p50_ms": percentile(trip, 0.5),
-        "p99_ms": percentile(trip, 0.99),
-        "max_ms": max(trip, default=float("nan")),
-        "commands": len(trip),
-        "errors": dict(errors),
-        "create_p50_ms": percentile(create, 0.5),
-        "create_p99_ms": percentile(create, 0.99),
-        "median_ms_between_waypoints": await stage_medians(dsn, seen),
-    }
+async def lines(
+    dsn: str,
+    port: int,
+    edge: str,
+    callers: list[list[tuple[str, str]]],
+    samples: int,
+    rate: float,
+    modes: tuple[bool, ...] = (True,),
+) -> list[dict[str, object]]:
+    """One line per mode (see open_loop), measured together."""
+    out: list[dict[str, object]] = []
+    for latencies, errors, seen in await open_loop(port, edge, callers, samples, rate, modes):
+        trip, create = latencies["round_trip"], latencies["create"]
+        out.append(
+            {
+                "p50_ms": percentile(trip, 0.5),
+                "p99_ms": percentile(trip, 0.99),
+                "max_ms": max(trip, default=float("nan")),
+                "commands": len(trip),
+                "errors": dict(errors),
+                "create_p50_ms": percentile(create, 0.5),
+                "create_p99_ms": percentile(create, 0.99),
+                "median_ms_between_waypoints": await stage_medians(dsn, seen),
+            }
+        )
+    return out
 
 
 async def one_run(
@@ -276,14 +294,13 @@ async def one_run(
     result: dict[str, object] = {}
     async with cloud_process(dsn, "edge command identity", env=BENCH_ENV) as (port, _pid, _stats):
         callers = [await login(dsn, port, "bench") for _ in range(callers_n)]
-        if args.lines & {"idle", "two_calls"}:
+        names = [name for name in ("idle", "two_calls") if name in args.lines]
+        if names:
+            modes = tuple(name == "idle" for name in names)
             async with edge_process(port, keys[0]["edge"], keys[0]["key"], None):
-                if "idle" in args.lines:
-                    result["idle"] = await line(dsn, port, keys[0]["edge"], callers, args.samples, args.rate)
-                if "two_calls" in args.lines:
-                    result["idle_two_calls"] = await line(
-                        dsn, port, keys[0]["edge"], callers, args.samples, args.rate, wait=False
-                    )
+                measured = await lines(dsn, port, keys[0]["edge"], callers, args.samples, args.rate, modes)
+            for name, figures in zip(names, measured, strict=True):
+                result["idle" if name == "idle" else "idle_two_calls"] = figures
             result["reference_health_checks"] = await reference(port, len(callers), args.samples, args.rate)
         if "edge" in args.lines:
             async with edge_process(port, keys[1]["edge"], keys[1]["key"], args.cycle):
@@ -291,7 +308,7 @@ async def one_run(
                 result["edge_daemon"] = {
                     "cycle_s": args.cycle,
                     "rate_per_s": args.edge_rate,
-                    **await line(dsn, port, keys[1]["edge"], callers, args.samples, args.edge_rate),
+                    **(await lines(dsn, port, keys[1]["edge"], callers, args.samples, args.edge_rate))[0],
                 }
         if "load" in args.lines:
             async with edge_process(port, keys[0]["edge"], keys[0]["key"], None):
@@ -302,7 +319,7 @@ async def one_run(
                     )
                 )
                 await asyncio.sleep(8)  # past the fleet's connection storm
-                result["under_1000_edge_load"] = await line(
+                (result["under_1000_edge_load"],) = await lines(
                     dsn, port, keys[0]["edge"], callers, args.samples, args.rate
                 )
                 # Whether the machine kept up with the fleet meanwhile: its telemetry acks, from when
