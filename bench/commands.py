@@ -1,29 +1,37 @@
 """Command round trip: CreateCommand -> EXECUTED visible to the caller, open loop, p50/p99.
 
-    python -m bench.commands [--quick] [--runs 3] [--samples 1000] [--rate 20] [--lines idle,edge,load]
+    python -m bench.commands [--quick] [--runs 3] [--samples 1000] [--rate 20] [--lines idle,two_calls,edge,load]
 
 `emma serve edge command identity` runs as its own process, every edge as a process of its own
 (bench.command_edge), the callers in this process. Each command is *due* at a fixed time (open loop:
 `--rate` commands per second in total, spread evenly over `--callers` logged-in users so none passes
 the 10 commands/s rate limit) and is started then, whether or not earlier ones have finished; its
-latency runs from when it was due to when WatchCommand shows EXECUTED, so a stall of the server (or
-of this process) is counted for every command it delays (no coordinated omission).
+latency runs from when it was due to when the caller sees EXECUTED, so a stall of the server (or of
+this process) is counted for every command it delays (no coordinated omission).
 
-Three lines per run, each with `--samples` commands after 20 unmeasured warm-up commands:
+The caller sees the outcome one of two ways. "wait": one CreateCommand with `final_state_wait` (10 s),
+whose answer is the final command. "two calls": CreateCommand, then WatchCommand until its first
+message that shows a final state (the stream's end, its status, follows and is not waited for).
 
-- idle: a simulated edge that answers RECEIVED and EXECUTED at once (bench.command_edge);
-- edge_daemon: the real edge daemon (demo site) at a `--cycle` (100 ms) control cycle, `--edge-rate`
+Four lines per run, each with `--samples` commands after 20 unmeasured warm-up commands:
+
+- idle: a simulated edge that answers RECEIVED and EXECUTED at once (bench.command_edge), "wait";
+- idle_two_calls: the same edge, "two calls". The two idle lines are measured together, their commands
+  alternating on one schedule (`--rate` in total, half each), so both meet the same moments of this
+  shared machine and their difference is the way of calling, not the minute they ran in;
+- edge_daemon ("wait"): the real edge daemon (demo site) at a `--cycle` (100 ms) control cycle, `--edge-rate`
   (8) commands per second. Commands are applied at cycle boundaries, so this line includes the wait
   for the next cycle (half a cycle on average, by design); a command the next one superseded within
   the same cycle ends REJECTED_BY_EDGE and is counted under errors;
-- under_1000_edge_load: the simulated edge again while 1,000 simulated edge streams each send one
-  50-point batch per second (the ingest fleet load), after their connection storm (8 s).
+- under_1000_edge_load ("wait"): the simulated edge again while 1,000 simulated edge streams each send
+  one 50-point batch per second (the ingest fleet load), after their connection storm (8 s).
 
 Each line also gives CreateCommand's own latency (due -> response) and, from the command's stored
 transitions, the median time between its waypoints (due -> QUEUED -> DELIVERED -> RECEIVED ->
-EXECUTED -> seen by the watch), which is where the time goes. After the idle line, the reference: two
-health checks in a row on the same server, channels and open loop (no database, no auth), the floor
-of a round trip made of two calls. Every run starts a fresh cloud process; `--runs` runs give the
+EXECUTED -> seen by the caller), which is where the time goes. After the idle lines, the references:
+health checks on the same server, channels and open loop (no database, no auth), from when each was
+due to the first answer (the floor of one call, the "wait" line's) and to the second, sent after the
+first (the floor of two calls, the two-call line's). Every run starts a fresh cloud process; `--runs` runs give the
 spread (median, min, max of each run's p50 and p99 at the top).
 """
 
@@ -57,6 +65,9 @@ from bench.machine import describe
 S = command_pb2
 WARM_UP = 20
 STAGES = ("QUEUED", "DELIVERED", "RECEIVED", "EXECUTED")
+# CreateCommand's final_state_wait on the "wait" lines: far above any round trip here, so a command that
+# is not EXECUTED in the answer counts as an error, not as a latency.
+FINAL_STATE_WAIT_S = 10
 FINAL = {S.COMMAND_STATE_EXECUTED, S.COMMAND_STATE_REJECTED_BY_EDGE, S.COMMAND_STATE_FAILED, S.COMMAND_STATE_CANCELLED}
 
 
@@ -125,40 +136,48 @@ def error_reason(exc: grpc.aio.AioRpcError) -> str:
     return ""
 
 
+Outcome = tuple[dict[str, list[float]], collections.Counter[str], list[tuple[uuid.UUID, float, float]]]
+
+
 async def open_loop(
-    port: int, edge: str, callers: list[list[tuple[str, str]]], samples: int, rate: float
-) -> tuple[dict[str, list[float]], collections.Counter[str], list[tuple[uuid.UUID, float, float]]]:
-    """`samples` commands due every 1/rate s; (latencies, errors, (command id, due unix time, seen unix time))."""
+    port: int, edge: str, callers: list[list[tuple[str, str]]], samples: int, rate: float, modes: tuple[bool, ...]
+) -> list[Outcome]:
+    """`samples` commands per mode, all due every 1/rate s, command i in mode `modes[i % len(modes)]`: the
+    outcome seen by waiting in CreateCommand (True) or by WatchCommand after it (False). Interleaved, so
+    both modes meet the same moments of the machine. Per mode: (latencies, errors, (command id, due unix
+    time, seen unix time))."""
     loop = asyncio.get_running_loop()
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in callers]
     stubs = [command_pb2_grpc.CommandServiceStub(c) for c in channels]
-    latencies: dict[str, list[float]] = {"round_trip": [], "create": []}
-    errors: collections.Counter[str] = collections.Counter()
-    seen: list[tuple[uuid.UUID, float, float]] = []
-    total = WARM_UP + samples
+    outcomes: list[Outcome] = [({"round_trip": [], "create": []}, collections.Counter(), []) for _ in modes]
+    total = WARM_UP + samples * len(modes)
     t0 = loop.time() + 0.5
     wall0 = time.time() + (t0 - loop.time())
 
     async def one(i: int) -> None:
         due = t0 + i / rate
+        wait = modes[i % len(modes)]
+        latencies, errors, seen = outcomes[i % len(modes)]
         await asyncio.sleep(max(0.0, due - loop.time()))
         stub, auth = stubs[i % len(stubs)], callers[i % len(callers)]
+        request = S.CreateCommandRequest(
+            parent=edge,
+            request_id=str(uuid.uuid4()),
+            command=S.Command(channel="battery_1/SetActivePower", value=float(-100 - i % 50)),
+        )
+        if wait:
+            request.final_state_wait.FromSeconds(FINAL_STATE_WAIT_S)
         try:
-            created = await stub.CreateCommand(
-                S.CreateCommandRequest(
-                    parent=edge,
-                    request_id=str(uuid.uuid4()),
-                    command=S.Command(channel="battery_1/SetActivePower", value=float(-100 - i % 50)),
-                ),
-                metadata=auth,
-            )
+            created = await stub.CreateCommand(request, metadata=auth)
             t_created = loop.time()
-            final, t_done = None, 0.0
-            async for update in stub.WatchCommand(S.WatchCommandRequest(name=created.name), metadata=auth):
-                if final is None or final.state not in FINAL:
-                    # Shown at this message; the stream's end (its status) follows and is not waited for.
-                    t_done = loop.time()
-                final = update.command
+            final: command_pb2.Command | None = created if wait else None
+            t_done = t_created
+            if not wait:
+                async for update in stub.WatchCommand(S.WatchCommandRequest(name=created.name), metadata=auth):
+                    if final is None or final.state not in FINAL:
+                        # Shown at this message; the stream's end (its status) follows and is not waited for.
+                        t_done = loop.time()
+                    final = update.command
         except grpc.aio.AioRpcError as exc:
             if i >= WARM_UP:
                 errors[f"{exc.code().name} {error_reason(exc)}".strip()] += 1
@@ -178,15 +197,17 @@ async def open_loop(
     finally:
         for c in channels:
             await c.close(None)
-    return latencies, errors, seen
+    return outcomes
 
 
 async def reference(port: int, callers: int, samples: int, rate: float) -> dict[str, float]:
-    """The floor of the round trip's two calls: two health checks in a row (no database, no auth, the
-    same server, channels and open loop), from when each pair was due to the second answer."""
+    """The floor of a round trip of one call and of two: two health checks in a row (no database, no
+    auth, the same server, channels and open loop), from when each pair was due to the first answer
+    and to the second."""
     loop = asyncio.get_running_loop()
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(callers)]
     stubs = [health_pb2_grpc.HealthStub(c) for c in channels]
+    firsts: list[float] = []
     trips: list[float] = []
     t0 = loop.time() + 0.5
 
@@ -195,8 +216,10 @@ async def reference(port: int, callers: int, samples: int, rate: float) -> dict[
         await asyncio.sleep(max(0.0, due - loop.time()))
         stub = stubs[i % len(stubs)]
         await stub.Check(health_pb2.HealthCheckRequest())
+        first = loop.time()
         await stub.Check(health_pb2.HealthCheckRequest())
         if i >= WARM_UP:
+            firsts.append((first - due) * 1000)
             trips.append((loop.time() - due) * 1000)
 
     try:
@@ -204,7 +227,12 @@ async def reference(port: int, callers: int, samples: int, rate: float) -> dict[
     finally:
         for c in channels:
             await c.close(None)
-    return {"p50_ms": percentile(trips, 0.5), "p99_ms": percentile(trips, 0.99)}
+    return {
+        "one_p50_ms": percentile(firsts, 0.5),
+        "one_p99_ms": percentile(firsts, 0.99),
+        "two_p50_ms": percentile(trips, 0.5),
+        "two_p99_ms": percentile(trips, 0.99),
+    }
 
 
 async def stage_medians(dsn: str, seen: list[tuple[uuid.UUID, float, float]]) -> dict[str, float]:
@@ -226,27 +254,38 @@ async def stage_medians(dsn: str, seen: list[tuple[uuid.UUID, float, float]]) ->
         t = times[command_id]
         if not all(s in t for s in STAGES):
             continue
-        points = [("due", due), *((s, t[s]) for s in STAGES), ("seen by the watch", done)]
+        points = [("due", due), *((s, t[s]) for s in STAGES), ("seen by the caller", done)]
         for (a, ta), (b, tb) in itertools.pairwise(points):
             steps[f"{a} -> {b}"].append((tb - ta) * 1000)
     return {k: round(statistics.median(v), 2) for k, v in steps.items()}
 
 
-async def line(
-    dsn: str, port: int, edge: str, callers: list[list[tuple[str, str]]], samples: int, rate: float
-) -> dict[str, object]:
-    latencies, errors, seen = await open_loop(port, edge, callers, samples, rate)
-    trip, create = latencies["round_trip"], latencies["create"]
-    return {
-        "p50_ms": percentile(trip, 0.5),
-        "p99_ms": percentile(trip, 0.99),
-        "max_ms": max(trip, default=float("nan")),
-        "commands": len(trip),
-        "errors": dict(errors),
-        "create_p50_ms": percentile(create, 0.5),
-        "create_p99_ms": percentile(create, 0.99),
-        "median_ms_between_waypoints": await stage_medians(dsn, seen),
-    }
+async def lines(
+    dsn: str,
+    port: int,
+    edge: str,
+    callers: list[list[tuple[str, str]]],
+    samples: int,
+    rate: float,
+    modes: tuple[bool, ...] = (True,),
+) -> list[dict[str, object]]:
+    """One line per mode (see open_loop), measured together."""
+    out: list[dict[str, object]] = []
+    for latencies, errors, seen in await open_loop(port, edge, callers, samples, rate, modes):
+        trip, create = latencies["round_trip"], latencies["create"]
+        out.append(
+            {
+                "p50_ms": percentile(trip, 0.5),
+                "p99_ms": percentile(trip, 0.99),
+                "max_ms": max(trip, default=float("nan")),
+                "commands": len(trip),
+                "errors": dict(errors),
+                "create_p50_ms": percentile(create, 0.5),
+                "create_p99_ms": percentile(create, 0.99),
+                "median_ms_between_waypoints": await stage_medians(dsn, seen),
+            }
+        )
+    return out
 
 
 async def one_run(
@@ -255,19 +294,21 @@ async def one_run(
     result: dict[str, object] = {}
     async with cloud_process(dsn, "edge command identity", env=BENCH_ENV) as (port, _pid, _stats):
         callers = [await login(dsn, port, "bench") for _ in range(callers_n)]
-        if "idle" in args.lines:
+        names = [name for name in ("idle", "two_calls") if name in args.lines]
+        if names:
+            modes = tuple(name == "idle" for name in names)
             async with edge_process(port, keys[0]["edge"], keys[0]["key"], None):
-                result["idle"] = await line(dsn, port, keys[0]["edge"], callers, args.samples, args.rate)
-            result["idle"]["reference_two_health_checks"] = await reference(  # type: ignore[index]
-                port, len(callers), args.samples, args.rate
-            )
+                measured = await lines(dsn, port, keys[0]["edge"], callers, args.samples, args.rate, modes)
+            for name, figures in zip(names, measured, strict=True):
+                result["idle" if name == "idle" else "idle_two_calls"] = figures
+            result["reference_health_checks"] = await reference(port, len(callers), args.samples, args.rate)
         if "edge" in args.lines:
             async with edge_process(port, keys[1]["edge"], keys[1]["key"], args.cycle):
                 await fresh_limits(dsn, keys[1]["edge"])
                 result["edge_daemon"] = {
                     "cycle_s": args.cycle,
                     "rate_per_s": args.edge_rate,
-                    **await line(dsn, port, keys[1]["edge"], callers, args.samples, args.edge_rate),
+                    **(await lines(dsn, port, keys[1]["edge"], callers, args.samples, args.edge_rate))[0],
                 }
         if "load" in args.lines:
             async with edge_process(port, keys[0]["edge"], keys[0]["key"], None):
@@ -278,7 +319,7 @@ async def one_run(
                     )
                 )
                 await asyncio.sleep(8)  # past the fleet's connection storm
-                result["under_1000_edge_load"] = await line(
+                (result["under_1000_edge_load"],) = await lines(
                     dsn, port, keys[0]["edge"], callers, args.samples, args.rate
                 )
                 # Whether the machine kept up with the fleet meanwhile: its telemetry acks, from when
@@ -306,7 +347,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "callers": callers_n,
         "runs": runs,
     }
-    for name in ("idle", "edge_daemon", "under_1000_edge_load"):
+    for name in ("idle", "idle_two_calls", "edge_daemon", "under_1000_edge_load"):
         per_run: list[Any] = [r[name] for r in runs if name in r]
         if per_run:
             # Top-level figures (what bench.run_all reads): the median run's, with the spread.
@@ -317,10 +358,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                 "p99_spread": summary([r["p99_ms"] for r in per_run]),
                 "commands_per_run": [r["commands"] for r in per_run],
             }
-            if name == "idle":
-                result[name]["reference_two_health_checks_p50_spread"] = summary(  # type: ignore[index]
-                    [r["reference_two_health_checks"]["p50_ms"] for r in per_run]
-                )
+    references: list[Any] = [r["reference_health_checks"] for r in runs if "reference_health_checks" in r]
+    if references:
+        result["reference_health_checks"] = {
+            f"{key}_spread": summary([r[key] for r in references])
+            for key in ("one_p50_ms", "one_p99_ms", "two_p50_ms", "two_p99_ms")
+        }
     return result
 
 
@@ -334,7 +377,7 @@ def main() -> None:
     # A second command for the same channel within one cycle supersedes the first (REJECTED by the
     # edge, by design), so the daemon's line stays under one command per cycle.
     p.add_argument("--edge-rate", type=float, default=8.0, help="commands due per second for the real daemon")
-    p.add_argument("--lines", default="idle,edge,load", help="which of idle, edge, load to run")
+    p.add_argument("--lines", default="idle,two_calls,edge,load", help="which of idle, two_calls, edge, load to run")
     argv = sys.argv[1:]
     args = p.parse_args(argv)
     args.argv = argv

@@ -85,7 +85,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if "commands" in results:
         r = results["commands"]
         for key, label, goal in (
-            ("idle", "idle, simulated edge", "p50 < 5, p99 < 20"),
+            ("idle", "idle, simulated edge, one CreateCommand with final_state_wait", "p50 < 5, p99 < 20"),
+            ("idle_two_calls", "idle, simulated edge, CreateCommand then WatchCommand", "reported"),
             ("edge_daemon", "real edge daemon at a 100 ms cycle (includes the wait for the cycle)", "reported"),
             ("under_1000_edge_load", "under the 1,000-edge load", "p99 < 150"),
         ):

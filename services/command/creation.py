@@ -6,7 +6,7 @@ Idempotency (AIP-155) here is the command's own, not the platform's `run_once`: 
 the request's hash are columns of the command row, unique per edge, written by the one call
 (app.create_command, migrations 0023 and 0026) that also enforces the rate and queue limits. A retry answers
 with the command as it is *now* (its current state and transitions), where `run_once` replays a
-stored response snapshot; and the create path stays two lookups plus one call (the latency an
+stored response snapshot; and the create path stays one lookup plus one call (the latency an
 operator feels), with no idempotency table to write in the same transaction. CreateCommand's audit
 row is written by that same call (one commit, one wait for the disk, for the command and its row).
 """
@@ -31,6 +31,7 @@ from services.identity import AuditRow
 from services.names import EdgeName
 from services.platform.migrations import Conn
 from services.registry import edge_with_device
+from services.telemetry import LATEST_OF_DEVICE, latest_of_device
 
 log = logging.getLogger("emma.command")
 
@@ -55,11 +56,13 @@ async def create_one(
     on_stored: Callable[[int], None] | None = None,
     delivery: LocalDelivery | None = None,
     audit: AuditRow | None = None,
+    command_id: uuid.UUID | None = None,
 ) -> command_pb2.Command:
     """Validate and store one command (also used by fleet dispatch); idempotent on request_id.
 
     Few round trips on purpose (this is the latency an operator feels): the edge with the device's
-    declaration (registry), the dynamic limit when the channel has one (telemetry), then one call of
+    declaration (registry) and the device's latest values (telemetry's expression, for the dynamic
+    limits) in one statement, then one call of
     app.create_command (an earlier command with this request_id, or the lock, the limits, the insert,
     its event and the notification, committed together). `conn` must not be in a transaction: the
     call's commit is the command's durability.
@@ -69,18 +72,22 @@ async def create_one(
     with no delivery call and no notification's round trip in between (migration 0026).
     `audit`: CreateCommand's audit row, written by the create call itself when it stores the command, so
     both commit together (one round trip, one wait for the disk); `on_stored` then says it was written.
+    `command_id`: the id a new command gets (default: a fresh one), so a caller can subscribe to its
+    changes before it exists; a retried request_id answers with the earlier command's id instead.
     """
     device_id = validation.check_address(channel)
-    found = await edge_with_device(conn, edge, device_id)
+    # The device's latest values come with the edge (one round trip): the declaration found here names
+    # the channel that limits the value, so a separate read would have to wait for it.
+    found = await edge_with_device(conn, edge, device_id, also=LATEST_OF_DEVICE)
     if found is None:
         raise not_found(str(edge))
-    pk, declaration = found
+    pk, declaration, latest = found
     now = dt.datetime.now(dt.UTC)
     try:
         validation.check_issued_time(issued or now, now)
         spec = validation.spec_in_inventory(declaration, channel)
         validation.check_static(spec, channel, value)
-        await validation.check_dynamic(conn, pk, spec, channel, value, now)
+        validation.check_dynamic(latest_of_device(latest), spec, channel, value, now)
     except ApiError:
         # A retry of a stored request is answered with its command even when the request would not
         # pass today (its limits' telemetry went stale since): the earlier command comes first. Only
@@ -89,7 +96,7 @@ async def create_one(
         if earlier is not None:
             return await _replay(conn, earlier["id"], earlier["request_hash"], digest, request_id)
         raise
-    command_id = uuid.uuid4()
+    command_id = command_id or uuid.uuid4()
 
     async def create(deliver_limit: int) -> transitions.Created:
         return await transitions.create_queued(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import logging
@@ -15,8 +16,8 @@ from emma.common.v1 import errors_pb2
 from core.metrics import record_command_transition
 from services.command import fleet, local, states, store, transitions
 from services.command.creation import create_one
-from services.command.validation import ttl_of
-from services.command.watch import CommandWatcher, advance, already_shown
+from services.command.validation import final_state_wait_of, ttl_of
+from services.command.watch import CommandWatcher, Subscription, follow
 from services.command.workers import CommandWorkers
 from services.errors import ApiError, invalid_field, not_found
 from services.identity import call_audit_row, caller, note_audit
@@ -31,6 +32,9 @@ log = logging.getLogger("emma.command")
 
 # Edges whose pk CreateCommand found, kept for WatchCommand; cleared when it reaches this size.
 EDGE_PK_CACHE = 10_000
+# CreateCommand with final_state_wait answers this long before the call's deadline at the latest, so the
+# caller gets the command in its current state instead of DEADLINE_EXCEEDED.
+DEADLINE_MARGIN_S = 0.1
 
 
 def caller_name(context: Context) -> str:
@@ -89,7 +93,36 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
         if not request.HasField("command"):
             raise invalid_field("command", "required")
         ttl = ttl_of(request.command.ttl if request.command.HasField("ttl") else None, "command.ttl")
+        wait = final_state_wait_of(
+            request.final_state_wait if request.HasField("final_state_wait") else None, "final_state_wait"
+        )
+        if not wait:
+            return await self._create(request, context, edge, ttl, uuid.uuid4())
+        until = asyncio.get_running_loop().time() + wait.total_seconds()
+        remaining = context.time_remaining()
+        if remaining is not None:  # answer with the command rather than let the caller's deadline pass
+            until = min(until, asyncio.get_running_loop().time() + remaining - DEADLINE_MARGIN_S)
+        # Subscribed before the command exists: the edge may execute it before the create call returns.
+        command_id = uuid.uuid4()
+        async with self.watcher.subscribe(command_id) as changes:
+            command = await self._create(request, context, edge, ttl, command_id)
+            if command.name.endswith(f"/commands/{command_id}"):
+                return await self._until_final(edge, command_id, command, changes, until)
+        # A retried request_id: its earlier command, read again once subscribed to it, waited for alike.
+        _, earlier_id = _parse_command_name(command.name)
+        async with self.watcher.subscribe(earlier_id) as changes:
+            async with self._pool.acquire() as conn:
+                command = await store.load(conn, earlier_id, edge=edge) or command
+            return await self._until_final(edge, earlier_id, command, changes, until)
 
+    async def _create(
+        self,
+        request: command_pb2.CreateCommandRequest,
+        context: Context,
+        edge: EdgeName,
+        ttl: dt.timedelta,
+        command_id: uuid.UUID,
+    ) -> command_pb2.Command:
         # The call's audit row, written by the create call itself: durable with the command, one commit.
         audit = call_audit_row(request)
 
@@ -99,7 +132,7 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
                 note_audit(written=True)
 
         async with self._pool.acquire() as conn:
-            command = await create_one(
+            return await create_one(
                 conn,
                 edge,
                 request.command.channel,
@@ -117,8 +150,29 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
                 audit=audit,
                 # The relay of this process, when it holds the edge's stream, delivers in the same call.
                 delivery=local.hub(self._pool).delivery,
+                command_id=command_id,
             )
-        return command
+
+    async def _until_final(
+        self,
+        edge: EdgeName,
+        command_id: uuid.UUID,
+        command: command_pb2.Command,
+        changes: Subscription,
+        until: float,
+    ) -> command_pb2.Command:
+        """The command once final, through the same changes WatchCommand streams (this process's relay
+        in memory, other replicas' NOTIFY), or as it is when the loop's clock reaches `until`."""
+        latest = command
+        try:
+            async with asyncio.timeout_at(until):
+                async for latest, _ in follow(self._pool, edge, command_id, command, changes):  # noqa: B007
+                    pass  # only the last one is the answer
+            return latest
+        except TimeoutError:
+            # Not final yet: the command as it is now (a transition may have committed since the last seen).
+            async with self._pool.acquire() as conn:
+                return await store.load(conn, command_id, edge=edge) or latest
 
     # ------------------------------------------------------------------ read
 
@@ -174,25 +228,8 @@ class CommandServicer(command_pb2_grpc.CommandServiceServicer):
             if command is None or not command.name.startswith(f"{edge}/commands/"):
                 raise not_found(request.name)
             yield command_pb2.WatchCommandResponse(command=command)
-            while states.from_proto(command.state) not in states.FINAL:
-                local_changes, reread = await changes.wait_for_change()
-                for change in local_changes:
-                    after = advance(command, change)
-                    if after is not None:
-                        command = after
-                        yield command_pb2.WatchCommandResponse(command=command, transition=command.transitions[-1])
-                    elif already_shown(command, change):
-                        changes.forgive()
-                    else:  # a step in between is missing: the database has it
-                        reread = True
-                if reread and states.from_proto(command.state) not in states.FINAL:
-                    seen = len(command.transitions)
-                    async with self._pool.acquire() as conn:
-                        latest = await store.load(conn, command_id, edge=edge)
-                    assert latest is not None
-                    for transition in latest.transitions[seen:]:
-                        yield command_pb2.WatchCommandResponse(command=latest, transition=transition)
-                    command = latest
+            async for after, transition in follow(self._pool, edge, command_id, command, changes):
+                yield command_pb2.WatchCommandResponse(command=after, transition=transition)
 
     def _known_edge(self, edge: EdgeName) -> tuple[EdgeName, int] | None:
         pk = self._edge_pks.get(edge)

@@ -17,8 +17,6 @@ from google.protobuf import duration_pb2
 
 from services.errors import ApiError, invalid_field
 from services.names import CHANNEL_ADDRESS
-from services.platform.migrations import Conn
-from services.telemetry import latest_value
 
 TELEMETRY_MAX_AGE = dt.timedelta(seconds=30)
 ISSUED_TIME_SKEW = dt.timedelta(seconds=60)
@@ -28,6 +26,9 @@ RATE_LIMIT_PER_S = 10
 DEFAULT_TTL = dt.timedelta(minutes=5)
 MIN_TTL = dt.timedelta(seconds=1)
 MAX_TTL = dt.timedelta(hours=24)
+# How long CreateCommand may wait for its command's final state (final_state_wait): long enough for an
+# edge's control cycle and its acks, short enough that an answer never outlives a caller's patience.
+MAX_FINAL_STATE_WAIT = dt.timedelta(seconds=30)
 # An address is echoed in a refusal only up to this many characters (it may be huge).
 _ECHO_CHARS = 80
 WRITABLE = {types_pb2.CHANNEL_ACCESS_READ_WRITE, types_pb2.CHANNEL_ACCESS_WRITE_ONLY}
@@ -52,6 +53,17 @@ def ttl_of(ttl: duration_pb2.Duration | None, field: str) -> dt.timedelta:
     value = ttl.ToTimedelta()
     if not MIN_TTL <= value <= MAX_TTL:
         raise invalid_field(field, "must be between 1 s and 24 h")
+    return value
+
+
+def final_state_wait_of(wait: duration_pb2.Duration | None, field: str) -> dt.timedelta:
+    """CreateCommand's final_state_wait (zero when not set: answer once stored), or FIELD_INVALID outside
+    0..MAX_FINAL_STATE_WAIT."""
+    if wait is None:
+        return dt.timedelta(0)
+    value = wait.ToTimedelta()
+    if not dt.timedelta(0) <= value <= MAX_FINAL_STATE_WAIT:
+        raise invalid_field(field, f"must be between 0 s and {MAX_FINAL_STATE_WAIT.seconds} s")
     return value
 
 
@@ -119,25 +131,29 @@ def check_static(spec: types_pb2.ChannelSpec, address: str, value: float) -> Non
         )
 
 
-async def check_dynamic(
-    conn: Conn, edge_pk: int, spec: types_pb2.ChannelSpec, address: str, value: float, now: dt.datetime
-) -> None:
-    """Positive values are limited by dynamic_max_channel, negative ones by dynamic_min_channel."""
+Latest = dict[str, tuple[dt.datetime, float]]
+
+
+def check_dynamic(latest: Latest, spec: types_pb2.ChannelSpec, address: str, value: float, now: dt.datetime) -> None:
+    """Positive values are limited by dynamic_max_channel, negative ones by dynamic_min_channel.
+
+    `latest`: the device's latest values (`device/Channel` -> (sample time, value)), read with the edge.
+    """
     limit_name = spec.dynamic_max_channel if value > 0 else spec.dynamic_min_channel if value < 0 else ""
     if not limit_name:
         return
     device_id = address.split("/", 1)[0]
     limit_channel = f"{device_id}/{limit_name}"
-    latest = await latest_value(conn, edge_pk, limit_channel)
-    if latest is None or now - latest[0] > TELEMETRY_MAX_AGE:
-        age = "no telemetry" if latest is None else f"telemetry {(now - latest[0]).total_seconds():.0f} s old"
+    found = latest.get(limit_channel)
+    if found is None or now - found[0] > TELEMETRY_MAX_AGE:
+        age = "no telemetry" if found is None else f"telemetry {(now - found[0]).total_seconds():.0f} s old"
         raise _error(
             grpc.StatusCode.FAILED_PRECONDITION,
             errors_pb2.ERROR_REASON_TELEMETRY_STALE,
             f"cannot check {limit_channel}: {age} (at most {TELEMETRY_MAX_AGE.seconds} s)",
             limit_channel=limit_channel,
         )
-    limit = latest[1]
+    limit = found[1]
     if abs(value) > abs(limit):
         raise _error(
             grpc.StatusCode.FAILED_PRECONDITION,

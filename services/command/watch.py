@@ -20,9 +20,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 from emma.command.v1 import command_pb2
 
-from services.command import local, states
+from services.command import local, states, store
 from services.command.local import Change
 from services.command.transitions import EVENTS_CHANNEL
+from services.names import EdgeName
 from services.platform.notify import Listener
 from services.platform.rpc import timestamp
 
@@ -97,6 +98,39 @@ def advance(command: command_pb2.Command, change: Change) -> command_pb2.Command
 def already_shown(command: command_pb2.Command, change: Change) -> bool:
     """States only move forward, so a change to a state no later than the command's is behind it."""
     return states.ORDER[change.to_state] <= states.ORDER[states.from_proto(command.state)]
+
+
+def is_final(command: command_pb2.Command) -> bool:
+    return states.from_proto(command.state) in states.FINAL
+
+
+async def follow(
+    pool: asyncpg.Pool, edge: EdgeName, command_id: uuid.UUID, command: command_pb2.Command, changes: Subscription
+) -> AsyncIterator[tuple[command_pb2.Command, command_pb2.CommandTransition]]:
+    """Each transition after `command` (as the database has it) with the command after it, until a final
+    state. `changes` must have been subscribed before `command` was read, so nothing slips in between.
+
+    WatchCommand streams these; CreateCommand with final_state_wait waits through them for the last.
+    """
+    while not is_final(command):
+        local_changes, reread = await changes.wait_for_change()
+        for change in local_changes:
+            after = advance(command, change)
+            if after is not None:
+                command = after
+                yield command, command.transitions[-1]
+            elif already_shown(command, change):
+                changes.forgive()
+            else:  # a step in between is missing: the database has it
+                reread = True
+        if reread and not is_final(command):
+            seen = len(command.transitions)
+            async with pool.acquire() as conn:
+                latest = await store.load(conn, command_id, edge=edge)
+            assert latest is not None
+            for transition in latest.transitions[seen:]:
+                yield latest, transition
+            command = latest
 
 
 class CommandWatcher:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from emma.edge.v1 import edge_link_pb2
 
@@ -24,13 +25,20 @@ async def store_inventory(conn: Conn, edge_pk: int, devices: Iterable[edge_link_
     )
 
 
-async def edge_with_device(conn: Conn, name: EdgeName, device_id: str) -> tuple[int, bytes | None] | None:
-    """(the edge's pk, its device's stored declaration or None) in one round trip; None for no such edge.
+async def edge_with_device(
+    conn: Conn, name: EdgeName, device_id: str, also: str = ""
+) -> tuple[int, bytes | None, Any] | None:
+    """(the edge's pk, its device's stored declaration or None, `also`'s value) in one round trip; None
+    for no such edge.
 
-    CreateCommand's path: an operator feels every round trip, so the two lookups are one statement.
+    CreateCommand's path: an operator feels every round trip, so the lookups are one statement. `also`
+    is an SQL expression of another domain (its own tables, from its package face) read in the same
+    statement, `{edge_pk}` and `{device}` in it standing for the edge's pk and the device id; its value
+    is the third item (None when `also` is empty).
     """
+    extra = also.format(edge_pk="e.pk", device="$4") if also else "NULL"
     row = await conn.fetchrow(
-        """SELECT e.pk, i.channels FROM app.edges e
+        f"""SELECT e.pk, i.channels, {extra} AS also FROM app.edges e
            LEFT JOIN app.edge_inventory i ON i.edge_pk = e.pk AND i.device_id = $4
            WHERE e.org_id = $1 AND e.site_id = $2 AND e.edge_id = $3""",
         name.org,
@@ -40,7 +48,7 @@ async def edge_with_device(conn: Conn, name: EdgeName, device_id: str) -> tuple[
     )
     if row is None:
         return None
-    return int(row["pk"]), None if row["channels"] is None else bytes(row["channels"])
+    return int(row["pk"]), None if row["channels"] is None else bytes(row["channels"]), row["also"]
 
 
 async def edge_inventory(conn: Conn, edge_pk: int) -> list[edge_link_pb2.DeviceInventoryItem]:

@@ -19,7 +19,7 @@ from services.telemetry.ingest import (
     last_stored_batch_seq,
     record_batches,
 )
-from services.telemetry.latest import latest_value
+from services.telemetry.latest import LATEST_OF_DEVICE, latest_of_device, latest_value
 from services.telemetry.maintenance import create_partitions, roll_up_closed_buckets
 from services.telemetry.series import register_channels
 from services.telemetry.site_history import ChannelMeans, site_channel_means, site_channels
@@ -37,6 +37,7 @@ from services.telemetry.watch import (
 # What other packages may use of telemetry; everything else in services/telemetry/ is private.
 __all__ = [
     "DEPENDS_ON",
+    "LATEST_OF_DEVICE",
     "POLICY",
     "ROLLUP_BUCKET_US",
     "SERVICES",
@@ -53,6 +54,7 @@ __all__ = [
     "erase_edge_telemetry",
     "last_batch_times",
     "last_stored_batch_seq",
+    "latest_of_device",
     "latest_times",
     "latest_value",
     "quiet_after",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,22 @@ async def latest_value(conn: Conn, edge_pk: int, channel: str) -> tuple[dt.datet
         channel,
     )
     return None if row is None else (row["time"], row["value"])
+
+
+# The latest values of one device's channels, as JSON [[channel, epoch seconds, value], ...]: an SQL
+# expression for another domain's statement (registry.edge_with_device's `also`), `{edge_pk}` and
+# `{device}` standing for its edge pk and device id, so CreateCommand reads a channel's dynamic limits
+# in the round trip that finds the edge and the channel's declaration (which names the limit channel).
+LATEST_OF_DEVICE = """(SELECT coalesce(json_agg(json_build_array(s.channel, extract(epoch FROM l.time), l.value)), '[]')
+   FROM telemetry.series s JOIN telemetry.latest l ON l.series_id = s.id
+   WHERE s.edge_pk = {edge_pk} AND starts_with(s.channel, {device} || '/'))"""
+
+
+def latest_of_device(value: str | None) -> dict[str, tuple[dt.datetime, float]]:
+    """LATEST_OF_DEVICE's value: `device/Channel` -> (sample time, value)."""
+    return {
+        channel: (dt.datetime.fromtimestamp(epoch, dt.UTC), float(v)) for channel, epoch, v in json.loads(value or "[]")
+    }
 
 
 _LATEST_OF_EDGES = """SELECT r.edge_pk, r.id AS series_id, r.channel, r.unit, l.time, l.value{extra}

@@ -11,7 +11,7 @@ import pytest
 from gateway.constraints import Limits, LimitsSyntaxError, Range, parse, without_tags
 from gateway.openapi import build_openapi
 from gateway.routes import build_route_table
-from services.command.validation import MAX_TTL
+from services.command.validation import MAX_FINAL_STATE_WAIT, MAX_TTL
 from services.identity.edge_keys import MAX_DISPLAY_NAME_CHARS
 from services.pagination import MAX_PAGE_SIZE
 from services.registry.fields import MAX_DISPLAY_NAME
@@ -61,6 +61,9 @@ def test_history_fleet_and_registry_limits_are_the_services_constants() -> None:
     assert f"to {int(MAX_HISTORY_INTERVAL.total_seconds())}s" in query["interval"]["description"]
     ttl = SCHEMAS["emma.command.v1.Command"]["properties"]["ttl"]["description"]
     assert f"from 1s to {int(MAX_TTL.total_seconds())}s" in ttl
+    create = DOCUMENT["paths"]["/v1/organizations/{organization}/sites/{site}/edges/{edge}/commands"]["post"]
+    wait = next(p for p in create["parameters"] if p["name"] == "finalStateWait")
+    assert f"from 0s to {int(MAX_FINAL_STATE_WAIT.total_seconds())}s" in wait["description"]
     # Exactly one target: a JSON Schema oneOf of the alternatives' required properties.
     assert SCHEMAS["emma.command.v1.FleetDispatch"]["oneOf"] == [
         {"required": ["edges"]},

@@ -238,6 +238,7 @@ class CreateCommandRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FINAL_STATE_WAIT_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """The edge, organizations/{organization}/sites/{site}/edges/{edge}."""
     request_id: _builtins.str
@@ -246,16 +247,28 @@ class CreateCommandRequest(_message.Message):
     def command(self) -> Global___Command:
         """The command to create."""
 
+    @_builtins.property
+    def final_state_wait(self) -> _duration_pb2.Duration:
+        """How long the call may wait for the command to reach a final state (EXECUTED, REJECTED_BY_EDGE,
+        FAILED or CANCELLED) before it answers. Unset or 0: answer as soon as the command is stored
+        (QUEUED), as without this field. Set: answer with the command once it is final, or, when the
+        wait elapses first, with the command in its current state (not an error; WatchCommand or
+        GetCommand follow it from there). The wait also ends shortly before the call's deadline. A retried
+        request_id waits the same way for the original command. Refusals are answered at once. Negative or
+        longer than 30 s: FIELD_INVALID. [limits: 0s..30s]
+        """
+
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         command: Global___Command | None = ...,
         request_id: _builtins.str = ...,
+        final_state_wait: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "final_state_wait", b"final_state_wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "parent", b"parent", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "final_state_wait", b"final_state_wait", "parent", b"parent", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

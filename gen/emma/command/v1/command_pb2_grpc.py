@@ -101,6 +101,8 @@ class CommandServiceServicer:
 
     def CreateCommand(self, request, context):
         """Creates a command. A repeated request_id returns the original command instead of a second one.
+        With final_state_wait the call answers once the command is final (or the wait elapsed), so one
+        call tells the outcome.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

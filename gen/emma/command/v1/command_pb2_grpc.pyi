@@ -44,7 +44,10 @@ class CommandServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CommandServiceAsyncStub: ...
     CreateCommand: _grpc.UnaryUnaryMultiCallable[_command_pb2.CreateCommandRequest, _command_pb2.Command]
-    """Creates a command. A repeated request_id returns the original command instead of a second one."""
+    """Creates a command. A repeated request_id returns the original command instead of a second one.
+    With final_state_wait the call answers once the command is final (or the wait elapsed), so one
+    call tells the outcome.
+    """
     GetCommand: _grpc.UnaryUnaryMultiCallable[_command_pb2.GetCommandRequest, _command_pb2.Command]
     """Returns a command with its transitions. Errors: RESOURCE_NOT_FOUND."""
     ListCommands: _grpc.UnaryUnaryMultiCallable[_command_pb2.ListCommandsRequest, _command_pb2.ListCommandsResponse]
@@ -84,7 +87,10 @@ class CommandServiceAsyncStub(CommandServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateCommand: _aio.UnaryUnaryMultiCallable[_command_pb2.CreateCommandRequest, _command_pb2.Command]  # type: ignore[assignment]
-    """Creates a command. A repeated request_id returns the original command instead of a second one."""
+    """Creates a command. A repeated request_id returns the original command instead of a second one.
+    With final_state_wait the call answers once the command is final (or the wait elapsed), so one
+    call tells the outcome.
+    """
     GetCommand: _aio.UnaryUnaryMultiCallable[_command_pb2.GetCommandRequest, _command_pb2.Command]  # type: ignore[assignment]
     """Returns a command with its transitions. Errors: RESOURCE_NOT_FOUND."""
     ListCommands: _aio.UnaryUnaryMultiCallable[_command_pb2.ListCommandsRequest, _command_pb2.ListCommandsResponse]  # type: ignore[assignment]
@@ -127,7 +133,10 @@ class CommandServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _command_pb2.CreateCommandRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_command_pb2.Command, _abc.Awaitable[_command_pb2.Command]]:
-        """Creates a command. A repeated request_id returns the original command instead of a second one."""
+        """Creates a command. A repeated request_id returns the original command instead of a second one.
+        With final_state_wait the call answers once the command is final (or the wait elapsed), so one
+        call tells the outcome.
+        """
 
     @_abc_1.abstractmethod
     def GetCommand(

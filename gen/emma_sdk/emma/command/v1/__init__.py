@@ -371,6 +371,22 @@ class CreateCommandRequest(betterproto2.Message):
     Idempotency key (AIP-155), for example a UUID: a retried request returns the original command.
     """
 
+    final_state_wait: "datetime.timedelta | None" = betterproto2.field(
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Duration,
+        optional=True,
+    )
+    """
+    How long the call may wait for the command to reach a final state (EXECUTED, REJECTED_BY_EDGE,
+    FAILED or CANCELLED) before it answers. Unset or 0: answer as soon as the command is stored
+    (QUEUED), as without this field. Set: answer with the command once it is final, or, when the
+    wait elapses first, with the command in its current state (not an error; WatchCommand or
+    GetCommand follow it from there). The wait also ends shortly before the call's deadline. A retried
+    request_id waits the same way for the original command. Refusals are answered at once. Negative or
+    longer than 30 s: FIELD_INVALID. [limits: 0s..30s]
+    """
+
 
 default_message_pool.register_message(
     "emma.command.v1", "CreateCommandRequest", CreateCommandRequest
@@ -786,6 +802,8 @@ class CommandServiceSyncStub:
     def create_command(self, message: "CreateCommandRequest") -> "Command":
         """
         Creates a command. A repeated request_id returns the original command instead of a second one.
+        With final_state_wait the call answers once the command is final (or the wait elapsed), so one
+        call tells the outcome.
         """
 
         return self._channel.unary_unary(
@@ -906,6 +924,8 @@ class CommandServiceStub(betterproto2_grpclib.ServiceStub):
     ) -> "Command":
         """
         Creates a command. A repeated request_id returns the original command instead of a second one.
+        With final_state_wait the call answers once the command is final (or the wait elapsed), so one
+        call tells the outcome.
         """
 
         return await self._unary_unary(
