@@ -7,7 +7,9 @@
 `--rate` commands per second in total, spread evenly over `--callers` logged-in users so none passes
 the 10 commands/s rate limit) and is started then, whether or not earlier ones have finished; its
 latency runs from when it was due to when the caller sees EXECUTED, so a stall of the server (or of
-this process) is counted for every command it delays (no coordinated omission).
+this process) is counted for every command it delays (no coordinated omission). Commands are sent at
+their due time to within the loop's turn (bench.harness.until_due), not up to a millisecond late as a
+plain asyncio sleep would; each line reports how late this process sent (`sent_late_*`).
 
 The caller sees the outcome one of two ways. "wait": one CreateCommand with `final_state_wait` (10 s),
 whose answer is the final command. "two calls": CreateCommand, then WatchCommand until its first
@@ -58,7 +60,17 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from bench.harness import BENCH_ENV, cloud_process, database, login, migrate, percentile, summary, write_result
+from bench.harness import (
+    BENCH_ENV,
+    cloud_process,
+    database,
+    login,
+    migrate,
+    percentile,
+    summary,
+    until_due,
+    write_result,
+)
 from bench.ingest import provision, run_generators
 from bench.machine import describe
 
@@ -149,7 +161,9 @@ async def open_loop(
     loop = asyncio.get_running_loop()
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in callers]
     stubs = [command_pb2_grpc.CommandServiceStub(c) for c in channels]
-    outcomes: list[Outcome] = [({"round_trip": [], "create": []}, collections.Counter(), []) for _ in modes]
+    outcomes: list[Outcome] = [
+        ({"round_trip": [], "create": [], "sent_late": []}, collections.Counter(), []) for _ in modes
+    ]
     total = WARM_UP + samples * len(modes)
     t0 = loop.time() + 0.5
     wall0 = time.time() + (t0 - loop.time())
@@ -158,7 +172,7 @@ async def open_loop(
         due = t0 + i / rate
         wait = modes[i % len(modes)]
         latencies, errors, seen = outcomes[i % len(modes)]
-        await asyncio.sleep(max(0.0, due - loop.time()))
+        sent_late = await until_due(due)
         stub, auth = stubs[i % len(stubs)], callers[i % len(callers)]
         request = S.CreateCommandRequest(
             parent=edge,
@@ -190,6 +204,7 @@ async def open_loop(
         if i >= WARM_UP:
             latencies["round_trip"].append((t_done - due) * 1000)
             latencies["create"].append((t_created - due) * 1000)
+            latencies["sent_late"].append(sent_late)
             seen.append((uuid.UUID(created.name.rsplit("/", 1)[1]), wall0 + (due - t0), wall0 + (t_done - t0)))
 
     try:
@@ -213,7 +228,7 @@ async def reference(port: int, callers: int, samples: int, rate: float) -> dict[
 
     async def one(i: int) -> None:
         due = t0 + i / rate
-        await asyncio.sleep(max(0.0, due - loop.time()))
+        await until_due(due)
         stub = stubs[i % len(stubs)]
         await stub.Check(health_pb2.HealthCheckRequest())
         first = loop.time()
@@ -282,6 +297,9 @@ async def lines(
                 "errors": dict(errors),
                 "create_p50_ms": percentile(create, 0.5),
                 "create_p99_ms": percentile(create, 0.99),
+                # This process's own lateness in sending (part of every figure above; see until_due).
+                "sent_late_p50_ms": percentile(latencies["sent_late"], 0.5),
+                "sent_late_p99_ms": percentile(latencies["sent_late"], 0.99),
                 "median_ms_between_waypoints": await stage_medians(dsn, seen),
             }
         )

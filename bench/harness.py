@@ -43,6 +43,28 @@ def summary(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+# How long before a request is due `until_due` stops sleeping and starts yielding (see there).
+_SPIN_S = 0.002
+
+
+async def until_due(due: float) -> float:
+    """Return at `due` (the running loop's clock) and say how late that was, in ms.
+
+    asyncio sleeps in epoll waits of whole milliseconds rounded up, so a plain sleep until a request is
+    due sends it 0-1 ms late (0.6 ms at the median on the 2-core machine), and a latency timed from
+    the due time counts that as the server's. Sleeping until shortly before and then yielding to the
+    loop until the time has come sends on time; when this process is the one behind (a stall, a busy
+    loop), the lateness stays in the figure, as it must (no coordinated omission), and is returned so
+    the report can show the generator's own part.
+    """
+    loop = asyncio.get_running_loop()
+    if due - loop.time() > _SPIN_S:
+        await asyncio.sleep(due - loop.time() - _SPIN_S)
+    while loop.time() < due:  # noqa: ASYNC110 (a turn of the loop per check is the point: no timer is this fine)
+        await asyncio.sleep(0)
+    return (loop.time() - due) * 1000
+
+
 @contextlib.contextmanager
 def database() -> Iterator[str]:
     """A fresh database: on DATABASE_URL's server if set, else on an embedded PostgreSQL."""
