@@ -136,6 +136,8 @@ def parse_xml(data: bytes, document: str) -> Element:
         raise DocumentError(document, "(document)", f"refused XML construct: {type(exc).__name__}") from None
     except ParseError as exc:
         raise DocumentError(document, "(document)", f"malformed XML: {exc}") from None
+    except LookupError as exc:  # expat asks Python's codecs for an encoding it does not know itself
+        raise DocumentError(document, "(document)", f"malformed XML: {str(exc)[:80]}") from None
     return root
 
 
