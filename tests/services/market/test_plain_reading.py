@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from services.market import DocumentError, MarketDocument, entsoe_plain, entsoe_xml
@@ -172,6 +172,9 @@ def test_generated_documents_read_plainly_as_the_tree_reads_them(data: bytes) ->
 @settings(max_examples=600, deadline=None)
 @given(mutated())
 def test_any_change_to_a_document_reads_or_is_refused_as_through_the_tree(data: bytes) -> None:
+    # parse_document takes what starts with "<" (after a BOM and whitespace) for XML; the rest is
+    # JSON or nothing, whichever way XML is read.
+    assume(data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"<")
     assert outcome(parse_document, data) == outcome(parse_xml_document, data)
 
 
