@@ -119,6 +119,12 @@ def test_malformed_xml_names_the_document() -> None:
     assert e.field_path == "(document)" and "malformed XML" in e.problem
 
 
+@pytest.mark.parametrize("encoding", [b"utp-8", b"x" * 200])
+def test_an_unknown_encoding_is_refused(encoding: bytes) -> None:
+    e = refused(A44.replace(b'encoding="utf-8"', b'encoding="' + encoding + b'"', 1), "odd.xml")
+    assert e.field_path == "(document)" and e.problem.startswith("malformed XML: unknown encoding: ")
+
+
 def test_xml_that_is_not_entsoe_is_refused() -> None:
     e = refused(b'<?xml version="1.0"?><rss version="2.0"><channel/></rss>')
     assert e.field_path == "(root)"
