@@ -8,6 +8,9 @@ its transaction it calls these, in this order:
    values and marks rollup dirt. It returns the keys of the new batches.
 2. `copy_samples`: one binary COPY writes the new batches' samples.
 
+Small groups without events skip the caller's transaction: `store_batches` does both in one
+statement, which is a transaction of its own.
+
 `SampleRows.of` lays out a group's points once for both. `create_partitions` (maintenance) makes
 the daily partitions a group of old data needs.
 """
@@ -114,13 +117,41 @@ async def record_batches(
     with the streams' messages: under 1,000 streams that wait, not PostgreSQL, was most of a
     transaction's tail.
     """
+    found = await conn.fetch(_RECORD_GROUP_SQL, *_record_arguments(keys, batches, rows))
+    return {(r["edge_pk"], r["batch_seq"]) for r in found}
+
+
+async def store_batches(
+    conn: Conn, keys: Sequence[tuple[int, int]], batches: Sequence[Columns], rows: SampleRows
+) -> set[tuple[int, int]]:
+    """`record_batches` and the new batches' samples in one statement, outside any transaction of the
+    caller's: the statement is its own transaction, committed when this returns. Returns the keys
+    that were new.
+
+    For small groups (a fleet of edges sending a batch a second each): BEGIN, the recording
+    statement, the COPY (two round trips) and COMMIT are five round trips, each of which waits for
+    this process's busy event loop and wakes PostgreSQL; this is one. The samples travel as arrays,
+    which costs more CPU per point than the binary COPY, so large groups still use `copy_samples`.
+    """
+    found = await conn.fetch(
+        _STORE_GROUP_SQL,
+        *_record_arguments(keys, batches, rows),
+        rows.batch.tolist(),
+        rows.series.tolist(),
+        rows.times.tolist(),
+        rows.values.tolist(),
+    )
+    return {(r["edge_pk"], r["batch_seq"]) for r in found}
+
+
+def _record_arguments(keys: Sequence[tuple[int, int]], batches: Sequence[Columns], rows: SampleRows) -> list[Any]:
+    """$1..$11 of the recording statement."""
 
     def bound(columns: Columns, pick: Any) -> int | None:
         t = columns.times_unix_us
         return int(pick(t)) if len(t) else None
 
-    found = await conn.fetch(
-        _RECORD_GROUP_SQL,
+    return [
         [k[0] for k in keys],
         [k[1] for k in keys],
         [c.size for c in batches],
@@ -132,8 +163,7 @@ async def record_batches(
         rows.latest_value.tolist(),
         rows.dirty_batch.tolist(),
         rows.dirty_bucket.tolist(),
-    )
-    return {(r["edge_pk"], r["batch_seq"]) for r in found}
+    ]
 
 
 async def last_stored_batch_seq(conn: Conn, edge_pk: int) -> int:
@@ -165,7 +195,7 @@ async def copy_samples(conn: Any, rows: SampleRows, fresh: list[int], batches: i
 # $1..$5: the unique batches (sorted by edge and batch_seq, so every transaction locks ledger rows in
 # the same order); $6..$9: latest candidates (batch index, series, time in µs, value); $10..$11:
 # dirty (batch index, 15-minute bucket number). Batch indexes are 0-based positions in $1..$5.
-_RECORD_GROUP_SQL = f"""
+_RECORD_CTES = f"""
 WITH batch AS (
     SELECT u.e, u.s, u.c, u.lo, u.hi, u.n - 1 AS i
     FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::bigint[])
@@ -207,9 +237,19 @@ WITH batch AS (
     WHERE d.i IN (SELECT i FROM fresh)
     ORDER BY 1, 2
     ON CONFLICT DO NOTHING
+)"""
+_RECORD_GROUP_SQL = _RECORD_CTES + "\nSELECT edge_pk, batch_seq FROM stored"
+# The same, and the samples of the new batches from $12..$15 (batch index, series, time in µs, value).
+_STORE_GROUP_SQL = (
+    _RECORD_CTES
+    + """, samples AS (
+    INSERT INTO telemetry.samples (series_id, time, value)
+    SELECT p.sid, timestamptz 'epoch' + p.t * interval '1 microsecond', p.v
+    FROM unnest($12::bigint[], $13::bigint[], $14::bigint[], $15::float8[]) AS p(i, sid, t, v)
+    WHERE p.i IN (SELECT i FROM fresh)
 )
-SELECT edge_pk, batch_seq FROM stored
-"""
+SELECT edge_pk, batch_seq FROM stored"""
+)
 
 
 async def _one_chunk(payload: bytes) -> AsyncIterator[bytes]:
