@@ -117,7 +117,16 @@ async def record_batches(
     with the streams' messages: under 1,000 streams that wait, not PostgreSQL, was most of a
     transaction's tail.
     """
-    found = await conn.fetch(_RECORD_GROUP_SQL, *_record_arguments(keys, batches, rows))
+    found = await conn.fetch(
+        _RECORD_GROUP_SQL,
+        *_batch_arguments(keys, batches),
+        rows.latest_batch.tolist(),
+        rows.latest_series.tolist(),
+        rows.latest_time.tolist(),
+        rows.latest_value.tolist(),
+        rows.dirty_batch.tolist(),
+        rows.dirty_bucket.tolist(),
+    )
     return {(r["edge_pk"], r["batch_seq"]) for r in found}
 
 
@@ -132,20 +141,24 @@ async def store_batches(
     statement, the COPY (two round trips) and COMMIT are five round trips, each of which waits for
     this process's busy event loop and wakes PostgreSQL; this is one. The samples travel as arrays,
     which costs more CPU per point than the binary COPY, so large groups still use `copy_samples`.
+    The statement picks the latest candidates from the points itself: asyncpg encodes a list element
+    by element (with a Python-level type check for each), so every array passed costs.
     """
     found = await conn.fetch(
         _STORE_GROUP_SQL,
-        *_record_arguments(keys, batches, rows),
+        *_batch_arguments(keys, batches),
         rows.batch.tolist(),
         rows.series.tolist(),
         rows.times.tolist(),
         rows.values.tolist(),
+        rows.dirty_batch.tolist(),
+        rows.dirty_bucket.tolist(),
     )
     return {(r["edge_pk"], r["batch_seq"]) for r in found}
 
 
-def _record_arguments(keys: Sequence[tuple[int, int]], batches: Sequence[Columns], rows: SampleRows) -> list[Any]:
-    """$1..$11 of the recording statement."""
+def _batch_arguments(keys: Sequence[tuple[int, int]], batches: Sequence[Columns]) -> list[Any]:
+    """$1..$5 of the recording statement: the batches."""
 
     def bound(columns: Columns, pick: Any) -> int | None:
         t = columns.times_unix_us
@@ -157,12 +170,6 @@ def _record_arguments(keys: Sequence[tuple[int, int]], batches: Sequence[Columns
         [c.size for c in batches],
         [bound(c, np.min) for c in batches],
         [bound(c, np.max) for c in batches],
-        rows.latest_batch.tolist(),
-        rows.latest_series.tolist(),
-        rows.latest_time.tolist(),
-        rows.latest_value.tolist(),
-        rows.dirty_batch.tolist(),
-        rows.dirty_bucket.tolist(),
     ]
 
 
@@ -211,9 +218,9 @@ WITH batch AS (
     SELECT b.i FROM batch b JOIN stored n ON n.edge_pk = b.e AND n.batch_seq = b.s
 ), candidate AS (
     SELECT DISTINCT ON (p.sid) p.sid, timestamptz 'epoch' + p.t * interval '1 microsecond' AS t, p.v
-    FROM unnest($6::bigint[], $7::bigint[], $8::bigint[], $9::float8[]) AS p(i, sid, t, v)
+    FROM unnest($6::bigint[], $7::bigint[], $8::bigint[], $9::float8[]) WITH ORDINALITY AS p(i, sid, t, v, n)
     WHERE p.i IN (SELECT i FROM fresh)
-    ORDER BY p.sid, p.t DESC, p.i DESC
+    ORDER BY p.sid, p.t DESC, p.i DESC, p.n DESC
 ), newer AS (
     -- A plain UPDATE, not INSERT ... ON CONFLICT DO UPDATE: the latter first locks each existing
     -- row (one more WAL record per row) before updating it. Same guard: never an older time.
@@ -239,13 +246,15 @@ WITH batch AS (
     ON CONFLICT DO NOTHING
 )"""
 _RECORD_GROUP_SQL = _RECORD_CTES + "\nSELECT edge_pk, batch_seq FROM stored"
-# The same, and the samples of the new batches from $12..$15 (batch index, series, time in µs, value).
+# The same with every point of the group as $6..$9 instead of the latest candidates (the candidate
+# CTE picks the same ones: the newest point per series, the later one on equal times), and the new
+# batches' samples inserted from them.
 _STORE_GROUP_SQL = (
     _RECORD_CTES
     + """, samples AS (
     INSERT INTO telemetry.samples (series_id, time, value)
     SELECT p.sid, timestamptz 'epoch' + p.t * interval '1 microsecond', p.v
-    FROM unnest($12::bigint[], $13::bigint[], $14::bigint[], $15::float8[]) AS p(i, sid, t, v)
+    FROM unnest($6::bigint[], $7::bigint[], $8::bigint[], $9::float8[]) AS p(i, sid, t, v)
     WHERE p.i IN (SELECT i FROM fresh)
 )
 SELECT edge_pk, batch_seq FROM stored"""
