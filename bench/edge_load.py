@@ -83,6 +83,7 @@ async def run_edge(
     latencies: list[tuple[float, float]],
     counts: dict[str, int],
     send_lag_ms: list[float],
+    sending: dict[str, float],
 ) -> None:
     # At a fixed rate the first batch is due when the edge starts connecting: a slow Hello during the
     # connection storm delays it, and that delay is part of its latency.
@@ -120,6 +121,7 @@ async def run_edge(
                 latencies.append((round(sent - T0, 3), (time.perf_counter() - sent) * 1000))
                 counts["acked"] += 1
                 counts["points"] += factory.points
+                sending["last_ack"] = time.perf_counter()
                 acked += 1
                 window.release()
         done.set()
@@ -135,6 +137,7 @@ async def run_edge(
         sent_at[seq] = due if rate else time.perf_counter()
         if rate:  # how late this process itself got to the send (its own CPU share, not the server's)
             send_lag_ms.append((time.perf_counter() - due) * 1000)
+        sending["first_send"] = min(sending["first_send"], time.perf_counter())
         await outbox.put(factory.make(seq))
     await done.wait()
     await outbox.put(None)
@@ -150,6 +153,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     latencies: list[tuple[float, float]] = []
     send_lag_ms: list[float] = []
     counts = {"acked": 0, "points": 0, "errors": 0}
+    # When this process sent its first batch and got its last ack (time.perf_counter(), CLOCK_MONOTONIC
+    # on Linux, so comparable between the processes of one machine): the ingest window without the
+    # process's start-up, its connections and Hellos.
+    sending = {"first_send": float("inf"), "last_ack": 0.0}
     if args.rate:  # spread the fleet's sends over the first second
         await asyncio.sleep(0)
     start = time.perf_counter()
@@ -158,7 +165,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         if args.rate:
             await asyncio.sleep(random.uniform(0, 1 / args.rate))
         await run_edge(
-            args.port, edge, key, factory, args.batches, args.rate, args.duration, latencies, counts, send_lag_ms
+            args.port,
+            edge,
+            key,
+            factory,
+            args.batches,
+            args.rate,
+            args.duration,
+            latencies,
+            counts,
+            send_lag_ms,
+            sending,
         )
 
     await asyncio.gather(*(one(k["edge"], k["key"]) for k in keys))
@@ -169,6 +186,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         **counts,
         "latencies_ms": latencies,
         "send_lag_ms": own_lag,
+        **sending,
     }
 
 

@@ -115,6 +115,29 @@ async def record_event(
     )
 
 
+# The session row of a stream that opens, and its events ($7..$10: severity, kind, message, details
+# as JSON text, in order: CONNECTED, then CLOCK_DRIFT if the edge's clock is off).
+_OPEN_SESSION_SQL = """
+WITH opened AS (
+    INSERT INTO app.edge_sessions AS s (edge_pk, session_id, replica_id, online,
+        connected_time, last_seen_time, agent_version, protocol_version, clock_offset_ms)
+    VALUES ($1, $2, $3, true, now(), now(), $4, $5, $6)
+    ON CONFLICT (edge_pk) DO UPDATE SET session_id = EXCLUDED.session_id,
+        replica_id = EXCLUDED.replica_id, online = true, connected_time = now(),
+        last_seen_time = now(), disconnected_time = NULL,
+        agent_version = EXCLUDED.agent_version,
+        protocol_version = EXCLUDED.protocol_version,
+        clock_offset_ms = EXCLUDED.clock_offset_ms
+    RETURNING edge_pk
+)
+INSERT INTO app.edge_events (edge_pk, event_time, severity, kind, message, details)
+SELECT opened.edge_pk, now(), e.severity, e.kind, e.message, e.details::jsonb
+FROM opened,
+     unnest($7::text[], $8::text[], $9::text[], $10::text[]) WITH ORDINALITY AS e(severity, kind, message, details, n)
+ORDER BY e.n
+"""
+
+
 @dataclass(slots=True)
 class _Ack:
     """A telemetry ack on its way out, with what its batch's span and the ack histogram need."""
@@ -217,33 +240,30 @@ class EdgeSession:
             await session._add_channels(conn, hello.channel_table)
             await session._store_inventory(conn, hello.devices)
             offset_ms = (_ts_seconds(hello.edge_time) - time.time()) * 1000 if hello.HasField("edge_time") else 0.0
-            async with conn.transaction():
-                await conn.execute(
-                    """INSERT INTO app.edge_sessions AS s (edge_pk, session_id, replica_id, online,
-                           connected_time, last_seen_time, agent_version, protocol_version, clock_offset_ms)
-                       VALUES ($1, $2, $3, true, now(), now(), $4, $5, $6)
-                       ON CONFLICT (edge_pk) DO UPDATE SET session_id = EXCLUDED.session_id,
-                           replica_id = EXCLUDED.replica_id, online = true, connected_time = now(),
-                           last_seen_time = now(), disconnected_time = NULL,
-                           agent_version = EXCLUDED.agent_version,
-                           protocol_version = EXCLUDED.protocol_version,
-                           clock_offset_ms = EXCLUDED.clock_offset_ms""",
-                    identity.edge_pk,
-                    session.session_id,
-                    replica_id,
-                    hello.agent_version,
-                    hello.protocol_version,
-                    offset_ms,
-                )
-                await record_event(
-                    conn,
-                    identity.edge_pk,
+            events = [
+                (
                     "info",
                     "CONNECTED",
                     f"stream opened on {replica_id} (agent {hello.agent_version or '?'})",
                     {"session_id": str(session.session_id), "replica_id": replica_id},
                 )
-                await session._check_clock(conn, offset_ms)
+            ]
+            if (drift := session._clock_event(offset_ms)) is not None:
+                events.append(drift)
+            # One statement (one round trip, one commit) instead of a transaction of three or four.
+            await conn.execute(
+                _OPEN_SESSION_SQL,
+                identity.edge_pk,
+                session.session_id,
+                replica_id,
+                hello.agent_version,
+                hello.protocol_version,
+                offset_ms,
+                [e[0] for e in events],
+                [e[1] for e in events],
+                [e[2] for e in events],
+                [json.dumps(e[3]) for e in events],
+            )
             last_stored = await last_stored_batch_seq(conn, identity.edge_pk)
         welcome = edge_link_pb2.Welcome(
             session_id=str(session.session_id),
@@ -379,18 +399,24 @@ class EdgeSession:
         self._command_acker.cancel()
 
     async def _check_clock(self, conn: Conn, offset_ms: float) -> None:
+        if (event := self._clock_event(offset_ms)) is not None:
+            await record_event(conn, self.identity.edge_pk, *event)
+
+    def _clock_event(self, offset_ms: float) -> tuple[str, str, str, dict[str, Any]] | None:
+        """The CLOCK_DRIFT event (severity, kind, message, details) to record when the edge's clock has
+        just drifted beyond the limit, else None."""
         drifting = abs(offset_ms) > self._config.clock_drift_warn_ms
-        if drifting and not self._drifting:
-            await record_event(
-                conn,
-                self.identity.edge_pk,
-                "warning",
-                "CLOCK_DRIFT",
-                f"edge clock is {offset_ms / 1000:+.1f} s off the server's",
-                {"clock_offset_ms": offset_ms},
-            )
-            log.warning("edge clock drift", extra={"edge": str(self.identity.name), "clock_offset_ms": offset_ms})
+        started = drifting and not self._drifting
         self._drifting = drifting
+        if not started:
+            return None
+        log.warning("edge clock drift", extra={"edge": str(self.identity.name), "clock_offset_ms": offset_ms})
+        return (
+            "warning",
+            "CLOCK_DRIFT",
+            f"edge clock is {offset_ms / 1000:+.1f} s off the server's",
+            {"clock_offset_ms": offset_ms},
+        )
 
     # ------------------------------------------------------------------ reader side
 
@@ -635,14 +661,19 @@ class EdgeSession:
                 entry[3].end()
         try:
             # One statement (one round trip, one commit): the session goes offline and, if it was
-            # still this stream's, the DISCONNECTED event is recorded.
+            # still this stream's, the DISCONNECTED event is recorded. Committed without waiting for
+            # the disk (as command deliveries are, migration 0023): when a fleet's streams end at once,
+            # a thousand flushes would delay the ingest writer's commits, and so every other stream's
+            # acks. Lost in a database crash, the session stays online until the offline sweeper
+            # marks it OFFLINE, as when the database is down at the close.
             await self._pool.execute(
                 """WITH closed AS (
                        UPDATE app.edge_sessions SET online = false, disconnected_time = now()
                        WHERE edge_pk = $1 AND session_id = $2
                        RETURNING edge_pk)
                    INSERT INTO app.edge_events (edge_pk, event_time, severity, kind, message, details)
-                   SELECT edge_pk, now(), 'info', 'DISCONNECTED', 'stream closed', '{}'::jsonb FROM closed""",
+                   SELECT edge_pk, now(), 'info', 'DISCONNECTED', 'stream closed', '{}'::jsonb FROM closed
+                   WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL""",
                 self.identity.edge_pk,
                 self.session_id,
             )

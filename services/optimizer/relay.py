@@ -125,7 +125,7 @@ class ScheduleRelay:
                     # The plan in force; without one, the next plan (a day-ahead run), which the edge
                     # holds until its first slot starts. The periodic pass switches to a plan once it
                     # comes into force.
-                    found = await store.active_run(conn, site, now) or await store.next_run(conn, site, now)
+                    found = await store.run_for_edge(conn, site, now)
                     if found is None:
                         return
                     schedule = edge_schedule(found.result, found.inputs, sink.edge_name, now)

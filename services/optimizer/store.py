@@ -117,6 +117,25 @@ async def next_run(conn: Conn, site: str, now: datetime) -> StoredRun | None:
     return None if row is None else _stored(row)
 
 
+async def run_for_edge(conn: Conn, site: str, now: datetime) -> StoredRun | None:
+    """`active_run`, or without one `next_run`, in one round trip (every edge stream that opens asks)."""
+    row = await conn.fetchrow(
+        """SELECT * FROM (
+               (SELECT *, 0 AS choice FROM optimizer.runs
+                WHERE site_names @> ARRAY[$1::text] AND state = 'succeeded' AND start_time <= $2 AND end_time > $2
+                ORDER BY create_time DESC, run_id DESC LIMIT 1)
+               UNION ALL
+               (SELECT *, 1 AS choice FROM optimizer.runs
+                WHERE site_names @> ARRAY[$1::text] AND state = 'succeeded' AND start_time > $2
+                ORDER BY start_time, create_time DESC, run_id DESC LIMIT 1)
+           ) AS found
+           ORDER BY choice LIMIT 1""",
+        site,
+        now,
+    )
+    return None if row is None else _stored(row)
+
+
 async def active_assembled_runs(conn: Conn, now: datetime) -> list[StoredRun]:
     """For each set of sites planned together, the plan in force now if it was assembled from the
     platform (the receding horizon's work list): the newest successful run covering `now` per set,

@@ -18,6 +18,7 @@ from services.telemetry.ingest import (
     copy_samples,
     last_stored_batch_seq,
     record_batches,
+    store_batches,
 )
 from services.telemetry.latest import LATEST_OF_DEVICE, latest_of_device, latest_value
 from services.telemetry.maintenance import create_partitions, roll_up_closed_buckets
@@ -65,6 +66,7 @@ __all__ = [
     "samples_copy_payload",
     "site_channel_means",
     "site_channels",
+    "store_batches",
 ]
 
 # The services this domain may import (their package faces); see docs/architecture.md.

@@ -8,6 +8,9 @@ its transaction it calls these, in this order:
    values and marks rollup dirt. It returns the keys of the new batches.
 2. `copy_samples`: one binary COPY writes the new batches' samples.
 
+Small groups without events skip the caller's transaction: `store_batches` does both in one
+statement, which is a transaction of its own.
+
 `SampleRows.of` lays out a group's points once for both. `create_partitions` (maintenance) makes
 the daily partitions a group of old data needs.
 """
@@ -114,18 +117,9 @@ async def record_batches(
     with the streams' messages: under 1,000 streams that wait, not PostgreSQL, was most of a
     transaction's tail.
     """
-
-    def bound(columns: Columns, pick: Any) -> int | None:
-        t = columns.times_unix_us
-        return int(pick(t)) if len(t) else None
-
     found = await conn.fetch(
         _RECORD_GROUP_SQL,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [c.size for c in batches],
-        [bound(c, np.min) for c in batches],
-        [bound(c, np.max) for c in batches],
+        *_batch_arguments(keys, batches),
         rows.latest_batch.tolist(),
         rows.latest_series.tolist(),
         rows.latest_time.tolist(),
@@ -134,6 +128,49 @@ async def record_batches(
         rows.dirty_bucket.tolist(),
     )
     return {(r["edge_pk"], r["batch_seq"]) for r in found}
+
+
+async def store_batches(
+    conn: Conn, keys: Sequence[tuple[int, int]], batches: Sequence[Columns], rows: SampleRows
+) -> set[tuple[int, int]]:
+    """`record_batches` and the new batches' samples in one statement, outside any transaction of the
+    caller's: the statement is its own transaction, committed when this returns. Returns the keys
+    that were new.
+
+    For small groups (a fleet of edges sending a batch a second each): BEGIN, the recording
+    statement, the COPY (two round trips) and COMMIT are five round trips, each of which waits for
+    this process's busy event loop and wakes PostgreSQL; this is one. The samples travel as arrays,
+    which costs more CPU per point than the binary COPY, so large groups still use `copy_samples`.
+    The statement picks the latest candidates from the points itself: asyncpg encodes a list element
+    by element (with a Python-level type check for each), so every array passed costs.
+    """
+    found = await conn.fetch(
+        _STORE_GROUP_SQL,
+        *_batch_arguments(keys, batches),
+        rows.batch.tolist(),
+        rows.series.tolist(),
+        rows.times.tolist(),
+        rows.values.tolist(),
+        rows.dirty_batch.tolist(),
+        rows.dirty_bucket.tolist(),
+    )
+    return {(r["edge_pk"], r["batch_seq"]) for r in found}
+
+
+def _batch_arguments(keys: Sequence[tuple[int, int]], batches: Sequence[Columns]) -> list[Any]:
+    """$1..$5 of the recording statement: the batches."""
+
+    def bound(columns: Columns, pick: Any) -> int | None:
+        t = columns.times_unix_us
+        return int(pick(t)) if len(t) else None
+
+    return [
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [c.size for c in batches],
+        [bound(c, np.min) for c in batches],
+        [bound(c, np.max) for c in batches],
+    ]
 
 
 async def last_stored_batch_seq(conn: Conn, edge_pk: int) -> int:
@@ -165,7 +202,7 @@ async def copy_samples(conn: Any, rows: SampleRows, fresh: list[int], batches: i
 # $1..$5: the unique batches (sorted by edge and batch_seq, so every transaction locks ledger rows in
 # the same order); $6..$9: latest candidates (batch index, series, time in µs, value); $10..$11:
 # dirty (batch index, 15-minute bucket number). Batch indexes are 0-based positions in $1..$5.
-_RECORD_GROUP_SQL = f"""
+_RECORD_CTES = f"""
 WITH batch AS (
     SELECT u.e, u.s, u.c, u.lo, u.hi, u.n - 1 AS i
     FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::bigint[])
@@ -181,9 +218,9 @@ WITH batch AS (
     SELECT b.i FROM batch b JOIN stored n ON n.edge_pk = b.e AND n.batch_seq = b.s
 ), candidate AS (
     SELECT DISTINCT ON (p.sid) p.sid, timestamptz 'epoch' + p.t * interval '1 microsecond' AS t, p.v
-    FROM unnest($6::bigint[], $7::bigint[], $8::bigint[], $9::float8[]) AS p(i, sid, t, v)
+    FROM unnest($6::bigint[], $7::bigint[], $8::bigint[], $9::float8[]) WITH ORDINALITY AS p(i, sid, t, v, n)
     WHERE p.i IN (SELECT i FROM fresh)
-    ORDER BY p.sid, p.t DESC, p.i DESC
+    ORDER BY p.sid, p.t DESC, p.i DESC, p.n DESC
 ), newer AS (
     -- A plain UPDATE, not INSERT ... ON CONFLICT DO UPDATE: the latter first locks each existing
     -- row (one more WAL record per row) before updating it. Same guard: never an older time.
@@ -207,9 +244,21 @@ WITH batch AS (
     WHERE d.i IN (SELECT i FROM fresh)
     ORDER BY 1, 2
     ON CONFLICT DO NOTHING
+)"""
+_RECORD_GROUP_SQL = _RECORD_CTES + "\nSELECT edge_pk, batch_seq FROM stored"
+# The same with every point of the group as $6..$9 instead of the latest candidates (the candidate
+# CTE picks the same ones: the newest point per series, the later one on equal times), and the new
+# batches' samples inserted from them.
+_STORE_GROUP_SQL = (
+    _RECORD_CTES
+    + """, samples AS (
+    INSERT INTO telemetry.samples (series_id, time, value)
+    SELECT p.sid, timestamptz 'epoch' + p.t * interval '1 microsecond', p.v
+    FROM unnest($6::bigint[], $7::bigint[], $8::bigint[], $9::float8[]) AS p(i, sid, t, v)
+    WHERE p.i IN (SELECT i FROM fresh)
 )
-SELECT edge_pk, batch_seq FROM stored
-"""
+SELECT edge_pk, batch_seq FROM stored"""
+)
 
 
 async def _one_chunk(payload: bytes) -> AsyncIterator[bytes]:

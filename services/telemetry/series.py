@@ -9,21 +9,35 @@ from services.platform.migrations import Conn
 
 
 async def register_channels(conn: Conn, edge_pk: int, channels: Sequence[str], units: Sequence[str]) -> dict[str, int]:
-    """Create the series of these channels the edge did not have yet; returns channel -> series id for all."""
-    await conn.execute(
-        """INSERT INTO telemetry.series (edge_pk, channel, unit)
-           SELECT $1, c, u FROM unnest($2::text[], $3::text[]) AS x(c, u)
-           ON CONFLICT (edge_pk, channel) DO NOTHING""",
+    """Create the series of these channels the edge did not have yet; returns channel -> series id for all.
+
+    One statement (every connecting edge calls this): the series it creates, and those that existed
+    before it started. A series another connection created and committed while this statement ran
+    (the same edge connecting twice at once) is in neither, and is read again.
+    """
+    wanted = list(channels)
+    rows = await conn.fetch(
+        """WITH created AS (
+               INSERT INTO telemetry.series (edge_pk, channel, unit)
+               SELECT $1, c, u FROM unnest($2::text[], $3::text[]) AS x(c, u)
+               ON CONFLICT (edge_pk, channel) DO NOTHING
+               RETURNING id, channel)
+           SELECT id, channel FROM created
+           UNION ALL
+           SELECT id, channel FROM telemetry.series WHERE edge_pk = $1 AND channel = ANY($2::text[])""",
         edge_pk,
-        list(channels),
+        wanted,
         list(units),
     )
-    rows = await conn.fetch(
-        "SELECT id, channel FROM telemetry.series WHERE edge_pk = $1 AND channel = ANY($2::text[])",
-        edge_pk,
-        list(channels),
-    )
-    return {r["channel"]: r["id"] for r in rows}
+    ids = {r["channel"]: r["id"] for r in rows}
+    if len(ids) < len(set(wanted)):
+        rows = await conn.fetch(
+            "SELECT id, channel FROM telemetry.series WHERE edge_pk = $1 AND channel = ANY($2::text[])",
+            edge_pk,
+            wanted,
+        )
+        ids = {r["channel"]: r["id"] for r in rows}
+    return ids
 
 
 async def series_of_channel(conn: Conn, edge_pk: int, channel: str) -> tuple[int, str] | None:

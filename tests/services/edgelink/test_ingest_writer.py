@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from emma.edge.v1 import edge_link_pb2
 
-from services.edgelink.writer import IngestWriter, PendingBatch
+from services.edgelink.writer import ONE_STATEMENT_POINTS, IngestWriter, PendingBatch
 from services.telemetry import ROLLUP_BUCKET_US, Columns
 from tests.support.cloud import new_edge
 
@@ -71,16 +71,19 @@ async def _dirty_buckets(db: asyncpg.Connection, edge_pk: int) -> set[int]:
     return {int(r["b"]) for r in rows}
 
 
+# Both ways of storing a group: one statement that is its own transaction (small groups without
+# events), and the recording statement with a COPY in a transaction (0: every group).
+@pytest.mark.parametrize("one_statement_points", [ONE_STATEMENT_POINTS, 0], ids=["one-statement", "copy"])
 async def test_latest_never_goes_back_and_resent_batches_touch_nothing(
-    db: asyncpg.Connection, pool: asyncpg.Pool
+    db: asyncpg.Connection, pool: asyncpg.Pool, one_statement_points: int
 ) -> None:
-    _, edge_pk, _ = await new_edge(db, "writer-latest")
+    _, edge_pk, _ = await new_edge(db, f"writer-latest-{one_statement_points}")
     a, b = await _series(db, edge_pk, ["bat/Soc", "bat/P"])
     # About an hour ago, at the start of a 15-minute bucket: the offsets below stay in known buckets.
     t0 = (int(time.time() * 1e6) - 3_600_000_000) // ROLLUP_BUCKET_US * ROLLUP_BUCKET_US
     s = 1_000_000
 
-    writer = IngestWriter(pool)
+    writer = IngestWriter(pool, one_statement_points=one_statement_points)
     await writer.start()
     try:
         first = await writer.submit(_batch(edge_pk, 1, [(a, t0 + 10 * s, 1.0), (b, t0 + 10 * s, 2.0)]))
@@ -124,7 +127,7 @@ async def test_latest_never_goes_back_and_resent_batches_touch_nothing(
 
     # A new writer (a restarted replica) starts from what is stored: latest values are in the
     # database, committed with their samples, and an older batch still does not replace them.
-    writer = IngestWriter(pool, lanes=3)
+    writer = IngestWriter(pool, lanes=3, one_statement_points=one_statement_points)
     await writer.start()
     try:
         assert await (await writer.submit(_batch(edge_pk, 7, [(a, t0 + 1 * s, -1.0)]))) == STORED
