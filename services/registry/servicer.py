@@ -20,7 +20,7 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from services.errors import ApiError
-from services.identity import ADMIN, Caller, caller, note_audit
+from services.identity import ADMIN, Caller, auth_state_for, caller, note_audit
 from services.names import (
     DEVICE_ID_PATTERN,
     DeviceName,
@@ -50,6 +50,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._pool = runtime.pool
         self._ports = current_ports()
+        self._auth = auth_state_for(runtime)
 
     async def _once(
         self,
@@ -105,7 +106,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         async def change(conn: Conn) -> registry_pb2.Organization:
             return await organizations.create_organization(conn, org, request.organization, me.user_id)
 
-        return await self._once(me, "CreateOrganization", request, registry_pb2.Organization, change)
+        created = await self._once(me, "CreateOrganization", request, registry_pb2.Organization, change)
+        # The creator became its administrator. This replica's cache of the caller's sessions learns it
+        # now, not when its own NOTIFY arrives, so the creator's next call (CreateSite in it) may
+        # already beat that NOTIFY (as identity does for the changes it makes).
+        self._auth.forget_user(me.user_id)
+        return created
 
     async def UpdateOrganization(
         self, request: registry_pb2.UpdateOrganizationRequest, context: Context

@@ -13,14 +13,17 @@ authenticates them exactly as a token from IdentityService.Login.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import signal
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 
 from services.identity import accounts
@@ -138,3 +141,21 @@ def authed_channel(port: int | str, token: str) -> grpc.aio.Channel:
     target = port if isinstance(port, str) else f"127.0.0.1:{port}"
     interceptors = [_BearerUU(token), _BearerUS(token), _BearerSU(token), _BearerSS(token)]
     return grpc.aio.insecure_channel(target, interceptors=interceptors)
+
+
+@contextlib.asynccontextmanager
+async def notifications_held(db: asyncpg.Connection) -> AsyncIterator[None]:
+    """The one replica's LISTEN backend stopped (SIGSTOP; the embedded PostgreSQL runs on this machine), so
+    no emma_auth NOTIFY reaches its cache meanwhile: what the replica does for its own next call shows."""
+    pids = [
+        r["pid"]
+        for r in await db.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%emma_auth%'"
+        )
+    ]
+    assert len(pids) == 1, f"expected the one replica's LISTEN backend, found {pids}"
+    os.kill(pids[0], signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pids[0], signal.SIGCONT)

@@ -9,34 +9,13 @@ no NOTIFY can reach the cache before the calls that check it.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-from collections.abc import AsyncIterator
-
 import asyncpg
 import grpc
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 from google.protobuf import field_mask_pb2
 
 from tests.support.cloud import Host
-from tests.support.identity import authed_channel, grant
-
-
-@contextlib.asynccontextmanager
-async def notifications_held(db: asyncpg.Connection) -> AsyncIterator[None]:
-    pids = [
-        r["pid"]
-        for r in await db.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%emma_auth%'"
-        )
-    ]
-    assert len(pids) == 1, f"expected the one replica's LISTEN backend, found {pids}"
-    os.kill(pids[0], signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pids[0], signal.SIGCONT)
+from tests.support.identity import authed_channel, grant, notifications_held
 
 
 async def _code(call: object) -> grpc.StatusCode | None:

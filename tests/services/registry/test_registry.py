@@ -17,7 +17,7 @@ from grpc_status import rpc_status
 from services.errors import error_info_of
 from services.registry import channel_spec
 from tests.support.cloud import Host
-from tests.support.identity import authed_channel, grant
+from tests.support.identity import authed_channel, grant, notifications_held
 
 ACME = "organizations/acme"
 
@@ -373,3 +373,22 @@ async def test_tenants_see_only_their_own_organizations(host: Host, db: asyncpg.
             assert created.name == "organizations/newco"
             # ... who administers it (a fresh token: roles are read per session from the database).
             await reg_root.CreateSite(registry_pb2.CreateSiteRequest(parent=created.name, site_id="s", site=_site()))
+
+
+async def test_the_creator_of_an_organization_administers_it_on_the_next_call_to_the_same_replica(
+    host: Host, db: asyncpg.Connection
+) -> None:
+    # The membership's NOTIFY is held back, so only the replica's own update of its cache can let the
+    # creator's next call in (before, that call raced the NOTIFY and could get NOT_FOUND).
+    root = await grant(db, "ops-c", "viewer", platform_admin=True)
+    async with host(["registry"]) as (server, _), authed_channel(server.port, root.token) as ch:
+        reg = registry_pb2_grpc.RegistryServiceStub(ch)
+        await reg.ListOrganizations(registry_pb2.ListOrganizationsRequest())  # the session is now cached
+        async with notifications_held(db):
+            created = await reg.CreateOrganization(
+                registry_pb2.CreateOrganizationRequest(
+                    organization_id="fresh", organization=registry_pb2.Organization(display_name="Fresh")
+                )
+            )
+            site = await reg.CreateSite(registry_pb2.CreateSiteRequest(parent=created.name, site_id="s", site=_site()))
+        assert site.name == "organizations/fresh/sites/s"
