@@ -28,8 +28,9 @@ from core.tracing import spans_exported
 
 _tracer = trace.get_tracer("emma.sql")
 # Statements are the code's own constant SQL with $n parameters (values are never recorded); a long
-# generated one is cut so one span cannot bloat an export.
-MAX_STATEMENT_CHARS = 2000
+# generated one is cut so one span cannot bloat an export. The longest of ours (telemetry's one-statement
+# store of a small group, ~2.7k characters) is shown whole: its last part says what it writes.
+MAX_STATEMENT_CHARS = 4000
 
 
 def _statement(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
