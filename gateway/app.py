@@ -28,6 +28,7 @@ from starlette.routing import Route as StarletteRoute
 from starlette.types import Receive, Scope, Send
 
 from core import metrics
+from core.tracing import unrecorded_span
 from gateway import errors
 from gateway.binding import bind_request, read_body
 from gateway.config import GatewayConfig, IPNetwork
@@ -123,7 +124,7 @@ class Gateway:
         self._channels: list[grpc.aio.Channel] = []
         self._invoker: Invoker | None = None
         self._answers = AnswerText()
-        self._tracer = trace.get_tracer("emma.gateway")
+        self._tracer: trace.Tracer | None = None
 
     def invoker(self) -> Invoker:
         # Made on first use so the channel belongs to the event loop that serves requests.
@@ -134,6 +135,13 @@ class Gateway:
             ]
             self._invoker = Invoker(self._channels)
         return self._invoker
+
+    def tracer(self) -> trace.Tracer:
+        # Fetched on first use, after `serve` configured tracing: before that it would be a proxy, which
+        # core.tracing.unrecorded_span cannot see through.
+        if self._tracer is None:
+            self._tracer = trace.get_tracer("emma.gateway")
+        return self._tracer
 
     async def close(self) -> None:
         for channel in self._channels:
@@ -181,15 +189,13 @@ class Gateway:
             metadata.append(("authorization", authorization))
         # Continue the caller's trace when it sent traceparent, else start one here; either way the
         # service's span becomes a child of the gateway's.
-        span = self._tracer.start_span(
-            f"{method} {route.template.source}",
-            context=propagate.extract(request.headers),
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": method,
-                "http.route": route.template.source,
-                "rpc.method": route.grpc_path,
-            },
+        # While no span processor would read the span, one that carries only its ids stands in.
+        name = f"{method} {route.template.source}"
+        parent = propagate.extract(request.headers)
+        attributes = {"http.request.method": method, "http.route": route.template.source, "rpc.method": route.grpc_path}
+        tracer = self.tracer()
+        span = unrecorded_span(tracer, name, parent, SpanKind.SERVER, attributes) or tracer.start_span(
+            name, context=parent, kind=SpanKind.SERVER, attributes=attributes
         )
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))

@@ -2,7 +2,8 @@
 
 `json_encoder.message_to_dict` builds a document of dicts and lists that `json.dumps` then walks again;
 for the gateway's most frequent answer (50 latest values) the two were about equal halves of 28 % of
-the gateway's event-loop time. Here each field's text is made where its value is read. The output is
+the gateway's event-loop time. Here each field's text is made where its value is read, by a function
+written and compiled once per message type (`_Compiler`). The output is
 byte for byte `json.dumps(message_to_dict(message), separators=(",", ":"), ensure_ascii=False)`, so
 the same as json_format's (`tests/gateway/test_json_encoder.py` proves it on generated messages of
 every contract type): keys and strings escaped by json's own `encode_basestring`, floats by
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import keyword
 import math
 from collections.abc import Callable
 from json.encoder import encode_basestring
@@ -55,14 +57,6 @@ def _generic(message: Any) -> str:
     return _dumps(generic_document(message))
 
 
-def _bool(value: bool) -> str:
-    return "true" if value else "false"
-
-
-def _int64(value: int) -> str:
-    return f'"{value}"'
-
-
 def _double(value: float) -> str:
     if math.isfinite(value):
         return _float_repr(value)
@@ -78,148 +72,184 @@ def _bytes(value: bytes) -> str:
     return f'"{base64.b64encode(value).decode()}"'
 
 
-def _enum(enum: Any) -> Printer:
-    if enum.full_name == "google.protobuf.NullValue":
-        return lambda value: "null"
-    names = {number: f'"{name}"' for number, name in enum_names(enum).items()}
-    # An open enum prints a number it does not know as that number, as json_format does.
-    return lambda value: names.get(value) or str(value)
+# What the generated printers call, by the names they call them.
+_HELPERS: dict[str, Any] = {
+    "_escape": _escape,
+    "_double": _double,
+    "_float": _float,
+    "_bytes": _bytes,
+    "_repr": _float_repr,
+    "_isfinite": math.isfinite,
+    "_copysign": math.copysign,
+    "_timestamp": _timestamp,
+    "_duration": _duration,
+    "_generic": _generic,
+}
 
 
 class _Compiler:
+    """Writes one Python function per message type from its descriptor and compiles it.
+
+    The function reads each field once and appends its `"key":value` text, the conversions written
+    inline (a string's escape, a double's repr, an int64's quotes); unset fields without presence are
+    appended last, in declaration order, from constants. Closures per field, which the printer was
+    before, cost a call and a list per field of every value (a quarter of the gateway's loop printing
+    50 latest values). All functions live in one namespace and call each other by name, so recursive
+    types (a message containing itself) need nothing special.
+    """
+
     def __init__(self) -> None:
-        self._printers: dict[str, Printer] = {}
+        self._names: dict[str, str] = {}
+        # The functions' globals: the helpers below, then each type's function and constants.
+        self._namespace: dict[str, Any] = dict(_HELPERS)
 
     def message(self, descriptor: Any) -> Printer:
-        found = self._printers.get(descriptor.full_name)
-        if found is not None:
-            return found
-        name = descriptor.full_name
-        if name == "google.protobuf.Timestamp":
-            printer: Printer = _timestamp
-        elif name == "google.protobuf.Duration":
-            printer = _duration
-        elif name.startswith("google.protobuf.") and name != "google.protobuf.Empty":
-            printer = _generic
-        else:
-            # A late-bound cell lets recursive types (a message containing itself) compile.
-            cell: list[Printer] = []
-            self._printers[name] = lambda message: cell[0](message)
-            cell.append(self._regular(descriptor))
-            printer = cell[0]
-        self._printers[name] = printer
+        printer: Printer = self._namespace[self._function(descriptor)]
         return printer
 
-    def value(self, field: d.FieldDescriptor) -> Printer:
-        """The text of one value of the field."""
+    def _constant(self, value: Any) -> str:
+        """A global name holding `value`, for values with no literal (an enum's names, a map's printer)."""
+        name = f"_c{len(self._namespace)}"
+        self._namespace[name] = value
+        return name
+
+    def _function(self, descriptor: Any) -> str:
+        """The global name of the message type's printer, compiled on first use."""
+        full_name = descriptor.full_name
+        found = self._names.get(full_name)
+        if found is not None:
+            return found
+        if full_name == "google.protobuf.Timestamp":
+            name = self._names[full_name] = "_timestamp"
+        elif full_name == "google.protobuf.Duration":
+            name = self._names[full_name] = "_duration"
+        elif full_name.startswith("google.protobuf.") and full_name != "google.protobuf.Empty":
+            name = self._names[full_name] = "_generic"
+        else:
+            # Named before its fields are compiled: a field of its own type calls it by this name.
+            name = self._names[full_name] = f"_m{len(self._names)}"
+            source = self._source(name, descriptor)
+            exec(compile(source, f"<json_text {full_name}>", "exec"), self._namespace)  # our own source
+        return name
+
+    def _expression(self, field: d.FieldDescriptor, x: str) -> str:
+        """A Python expression printing one value `x` of the field."""
         cpp = field.cpp_type
         if cpp == d.FieldDescriptor.CPPTYPE_MESSAGE:
-            return self.message(field.message_type)
+            return f"{self._function(field.message_type)}({x})"
         if cpp == d.FieldDescriptor.CPPTYPE_ENUM:
-            return _enum(field.enum_type)
+            enum = field.enum_type
+            assert enum is not None
+            if enum.full_name == "google.protobuf.NullValue":
+                return "'null'"
+            names = self._constant({number: f'"{name}"' for number, name in enum_names(enum).items()})
+            # An open enum prints a number it does not know as that number, as json_format does.
+            return f"({names}.get({x}) or str({x}))"
         if cpp in _INT64:
-            return _int64
+            return f"'\"' + str({x}) + '\"'"
         if cpp == d.FieldDescriptor.CPPTYPE_FLOAT:
-            return _float
+            return f"_float({x})"
         if cpp == d.FieldDescriptor.CPPTYPE_DOUBLE:
-            return _double
+            return f"(_repr({x}) if _isfinite({x}) else _double({x}))"
         if cpp == d.FieldDescriptor.CPPTYPE_BOOL:
-            return _bool
+            return f"('true' if {x} else 'false')"
         if field.type == d.FieldDescriptor.TYPE_BYTES:
-            return _bytes
+            return f"_bytes({x})"
         if cpp == d.FieldDescriptor.CPPTYPE_STRING:
-            return _escape
-        return str  # 32-bit integers: int.__repr__, as json prints them
+            return f"_escape({x})"
+        return f"str({x})"  # 32-bit integers: int.__repr__, as json prints them
 
-    def _field(self, field: d.FieldDescriptor) -> tuple[Callable[[Any], str | None], str | None]:
-        """(the field's `"key":value` text when it is set, else None; the text printed when it is not,
-        None for a field with presence, which is then left out)."""
-        name = field.name
-        prefix = _escape(field.json_name) + ":"
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            value_text = self.value(field.message_type.fields_by_name["value"])
-            bool_keys = field.message_type.fields_by_name["key"].type == d.FieldDescriptor.TYPE_BOOL
+    def _value_printer(self, field: d.FieldDescriptor) -> Printer:
+        """A function printing one value of the field (a map's values)."""
+        name = self._constant(None)
+        exec(f"def {name}(x):\n    return {self._expression(field, 'x')}\n", self._namespace)
+        printer: Printer = self._namespace[name]
+        return printer
 
-            def map_key(k: Any) -> str:
-                return ("true" if k else "false") if bool_keys else str(k)
+    def _map(self, field: d.FieldDescriptor) -> str:
+        """A global function printing the map field's `{...}` text from the map, or None when empty."""
+        entry = field.message_type
+        assert entry is not None
+        value_text = self._value_printer(entry.fields_by_name["value"])
+        bool_keys = entry.fields_by_name["key"].type == d.FieldDescriptor.TYPE_BOOL
 
-            def put_map(message: Any) -> str | None:
-                items = getattr(message, name)
-                if not items:
-                    return None
-                body = ",".join(_escape(map_key(k)) + ":" + value_text(items[k]) for k in items)
-                return prefix + "{" + body + "}"
+        def map_key(k: Any) -> str:
+            return ("true" if k else "false") if bool_keys else str(k)
 
-            return put_map, prefix + "{}"
-
-        text = self.value(field)
-        if field.is_repeated:
-
-            def put_list(message: Any) -> str | None:
-                items = getattr(message, name)
-                if not items:
-                    return None
-                return prefix + "[" + ",".join([text(v) for v in items]) + "]"
-
-            return put_list, prefix + "[]"
-
-        if field.has_presence:
-
-            def put_present(message: Any) -> str | None:
-                if not message.HasField(name):
-                    return None
-                return prefix + text(getattr(message, name))
-
-            return put_present, None
-
-        default = field.default_value
-        printed_default = prefix + text(default)
-        if field.cpp_type in (d.FieldDescriptor.CPPTYPE_FLOAT, d.FieldDescriptor.CPPTYPE_DOUBLE):
-            # -0.0 == 0.0, but it is set (its bits differ), and json_format lists it among set fields.
-            def put_number(message: Any) -> str | None:
-                value = getattr(message, name)
-                if value == 0.0 and math.copysign(1.0, value) > 0:
-                    return None
-                return prefix + text(value)
-
-            return put_number, printed_default
-
-        def put_scalar(message: Any) -> str | None:
-            value = getattr(message, name)
-            if value == default:
+        def map_text(items: Any) -> str | None:
+            if not items:
                 return None
-            return prefix + text(value)
+            return "{" + ",".join(_escape(map_key(k)) + ":" + value_text(items[k]) for k in items) + "}"
 
-        return put_scalar, printed_default
+        return self._constant(map_text)
 
-    def _regular(self, descriptor: d.Descriptor) -> Printer:
+    def _source(self, name: str, descriptor: d.Descriptor) -> str:
         printed = [f for f in descriptor.fields if not is_input_only(f)]
-        puts = {f.number: self._field(f) for f in printed}
-        ordered = [puts[f.number][0] for f in sorted(printed, key=lambda f: f.number)]
-        # Unset fields without presence follow the set ones in declaration order; each is paired with
-        # its slot among `ordered`, to tell whether it was set.
-        slot = {f.number: i for i, f in enumerate(sorted(printed, key=lambda f: f.number))}
-        defaults: list[tuple[int, str]] = []
-        for f in printed:
-            unset_text = puts[f.number][1]
-            if unset_text is not None:
-                defaults.append((slot[f.number], unset_text))
-
-        if not defaults:
-
-            def print_sparse(message: Any) -> str:
-                parts = [p for p in (put(message) for put in ordered) if p is not None]
-                return "{" + ",".join(parts) + "}"
-
-            return print_sparse
-
-        def print_message(message: Any) -> str:
-            found = [put(message) for put in ordered]
-            parts = [p for p in found if p is not None]
-            parts += [text for i, text in defaults if found[i] is None]
-            return "{" + ",".join(parts) + "}"
-
-        return print_message
+        # The helpers as parameters with defaults: locals, not a globals lookup for every value.
+        helpers = ", ".join(f"{h}={h}" for h in _HELPERS)
+        lines = [f"def {name}(m, {helpers}):", "    o = []"]
+        unset: list[tuple[str, str]] = []  # (flag, text) of each field without presence, in declaration order
+        flags: dict[int, str] = {}
+        for f in sorted(printed, key=lambda f: f.number):
+            prefix = _escape(f.json_name) + ":"
+            attribute = f"m.{f.name}" if f.name.isidentifier() and not keyword.iskeyword(f.name) else None
+            read = attribute or f"getattr(m, {f.name!r})"
+            if f.message_type is not None and f.message_type.GetOptions().map_entry:
+                flag = flags[f.number] = f"u{f.number}"
+                lines += [
+                    f"    t = {self._map(f)}({read})",
+                    "    if t is not None:",
+                    f"        o.append({prefix!r} + t)",
+                    f"        {flag} = False",
+                    "    else:",
+                    f"        {flag} = True",
+                ]
+            elif f.is_repeated:
+                flag = flags[f.number] = f"u{f.number}"
+                lines += [
+                    f"    x = {read}",
+                    "    if x:",
+                    f"        o.append({prefix + '['!r} + ','.join([{self._expression(f, 'v')} for v in x]) + ']')",
+                    f"        {flag} = False",
+                    "    else:",
+                    f"        {flag} = True",
+                ]
+            elif f.has_presence:
+                lines += [
+                    f"    if m.HasField({f.name!r}):",
+                    f"        x = {read}",
+                    f"        o.append({prefix!r} + {self._expression(f, 'x')})",
+                ]
+            else:
+                flag = flags[f.number] = f"u{f.number}"
+                if f.cpp_type in (d.FieldDescriptor.CPPTYPE_FLOAT, d.FieldDescriptor.CPPTYPE_DOUBLE):
+                    # -0.0 == 0.0, but it is set (its bits differ), and json_format lists it among set fields.
+                    is_set = "not (x == 0.0 and _copysign(1.0, x) > 0.0)"
+                else:
+                    default = f.default_value
+                    literal = repr(default) if type(default) in (str, int, bool) else self._constant(default)
+                    is_set = f"x != {literal}"
+                lines += [
+                    f"    x = {read}",
+                    f"    if {is_set}:",
+                    f"        o.append({prefix!r} + {self._expression(f, 'x')})",
+                    f"        {flag} = False",
+                    "    else:",
+                    f"        {flag} = True",
+                ]
+        for f in printed:  # the unset ones, in declaration order
+            if f.number in flags:
+                if f.message_type is not None and f.message_type.GetOptions().map_entry:
+                    text = "{}"
+                elif f.is_repeated:
+                    text = "[]"
+                else:
+                    text = self._value_printer(f)(f.default_value)
+                unset.append((flags[f.number], _escape(f.json_name) + ":" + text))
+        for flag, text in unset:
+            lines += [f"    if {flag}:", f"        o.append({text!r})"]
+        lines.append("    return '{' + ','.join(o) + '}'")
+        return "\n".join(lines) + "\n"
 
 
 _COMPILER = _Compiler()

@@ -4,7 +4,8 @@ It refuses a request message holding a value no method accepts (services/platfor
 before any other interceptor or servicer runs, turns ApiError into a rich google.rpc.Status
 (ErrorInfo, BadRequest), turns unexpected exceptions into INTERNAL without leaking internals, and
 opens one OpenTelemetry span per unary RPC with the caller's trace context taken from the
-`traceparent` metadata. Streams get no endless span: stream handlers open spans per message batch
+`traceparent` metadata (while no span processor would read it, a span that only carries the trace ids:
+core.tracing.unrecorded_span). Streams get no endless span: stream handlers open spans per message batch
 themselves. Each unary RPC's time and status code go to the emma.rpc.duration histogram
 (core/metrics.py), which also covers the command RPCs' latencies.
 
@@ -26,11 +27,13 @@ import grpc
 from emma.common.v1 import errors_pb2
 from google.protobuf.message import Message
 from grpc_status import rpc_status
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from core.metrics import rpc_duration
-from core.tracing import tracer
+from core.tracing import tracer, unrecorded_span
 from services.errors import ApiError
 from services.platform.redact import clear_input_only
 from services.platform.validation import check_request
@@ -40,8 +43,26 @@ log = logging.getLogger("emma.rpc")
 Behavior = Callable[..., Any]
 
 
-def _metadata_dict(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
-    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+def _trace_fields() -> frozenset[str]:
+    """The metadata keys the configured propagators read (traceparent, tracestate, baggage by default)."""
+    global _fields_of
+    textmap = propagate.get_global_textmap()
+    if _fields_of[0] is not textmap:
+        _fields_of = (textmap, frozenset(textmap.fields))
+    return _fields_of[1]
+
+
+_fields_of: tuple[object, frozenset[str]] = (None, frozenset())
+
+
+def _parent(context: grpc.aio.ServicerContext[Any, Any]) -> Context:
+    """The caller's trace context from the call's metadata; an empty context (a new trace) when the call
+    carries none of the propagators' keys, without running them (what they would return then)."""
+    metadata = context.invocation_metadata() or ()
+    fields = _trace_fields()
+    if not any(k in fields for k, _ in metadata):
+        return Context()
+    return propagate.extract({k: v for k, v in metadata if isinstance(v, str)})
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: Exception) -> None:
@@ -77,34 +98,50 @@ def _output(response: Any) -> Any:
 
 def _wrap_unary_response(method: str, inner: Behavior, *, check: bool) -> Behavior:
     """`check`: the call has one request message (unary), which is validated before `inner` runs."""
+    # The histogram's attributes by status code, built once each, not per call.
+    attributes: dict[str, dict[str, str]] = {}
 
-    async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        parent = propagate.extract(_metadata_dict(context))
+    async def serve(request: Any, context: grpc.aio.ServicerContext[Any, Any], span: trace.Span) -> Any:
         started = time.perf_counter()
         code = "OK"
-        with tracer().start_as_current_span(method, context=parent, kind=SpanKind.SERVER) as span:
-            span.set_attribute("rpc.system", "grpc")
-            span.set_attribute("rpc.method", method)
-            try:
-                if check:
-                    check_request(request)
-                return _output(await inner(request, context))
-            except grpc.aio.AbortError:
-                code = _aborted_code(context)
-                raise
-            except Exception as exc:  # every error becomes a status, never a crash
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                code = exc.code.name if isinstance(exc, ApiError) else "INTERNAL"
-                if isinstance(exc, ApiError):
-                    span.set_attribute("rpc.grpc.status_code", exc.code.value[0])
-                    span.set_attribute("emma.error_reason", exc.reason)
-                await _abort(context, method, exc)
-                raise  # unreachable: abort raises
-            except BaseException:
-                code = "CANCELLED"  # the client went away (the task was cancelled)
-                raise
-            finally:
-                rpc_duration.record(time.perf_counter() - started, {"method": method, "code": code})
+        try:
+            if check:
+                check_request(request)
+            return _output(await inner(request, context))
+        except grpc.aio.AbortError:
+            code = _aborted_code(context)
+            raise
+        except Exception as exc:  # every error becomes a status, never a crash
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            code = exc.code.name if isinstance(exc, ApiError) else "INTERNAL"
+            if isinstance(exc, ApiError):
+                span.set_attribute("rpc.grpc.status_code", exc.code.value[0])
+                span.set_attribute("emma.error_reason", exc.reason)
+            await _abort(context, method, exc)
+            raise  # unreachable: abort raises
+        except BaseException:
+            code = "CANCELLED"  # the client went away (the task was cancelled)
+            raise
+        finally:
+            labels = attributes.get(code)
+            if labels is None:
+                labels = attributes.setdefault(code, {"method": method, "code": code})
+            rpc_duration.record(time.perf_counter() - started, labels)
+
+    async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        parent = _parent(context)
+        span = unrecorded_span(tracer(), method, parent, SpanKind.SERVER)
+        if span is None:
+            with tracer().start_as_current_span(method, context=parent, kind=SpanKind.SERVER) as span:
+                span.set_attribute("rpc.system", "grpc")
+                span.set_attribute("rpc.method", method)
+                return await serve(request, context, span)
+        # Nothing records spans: the span only carries the trace ids (core/tracing.py).
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        try:
+            return await serve(request, context, span)
+        finally:
+            otel_context.detach(token)
 
     return behavior
 

@@ -207,3 +207,60 @@ def test_input_only_fields_are_never_printed() -> None:
         message = _class(m)()
         doc = message_to_dict(message)
         assert f.json_name not in doc
+
+
+def _odd_type() -> d.Descriptor:
+    """A message type the contracts do not have, for what the text printer writes differently for it:
+    fields declared out of number order (the unset ones print in declaration order), fields named by
+    Python keywords (read with getattr), a type containing itself, a map with bool keys, an open enum,
+    an optional scalar and every scalar kind next to each other."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, timestamp_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
+    file = descriptor_pb2.FileDescriptorProto(
+        name="odd.proto", package="emma.test.odd", syntax="proto3", dependency=["google/protobuf/timestamp.proto"]
+    )
+    file.enum_type.add(name="Color").value.extend(
+        [descriptor_pb2.EnumValueDescriptorProto(name=n, number=i) for i, n in enumerate(["COLOR_UNSET", "RED"])]
+    )
+    odd = file.message_type.add(name="Odd")
+    entry = odd.nested_type.add(name="FlagsEntry")
+    entry.options.map_entry = True
+    P = descriptor_pb2.FieldDescriptorProto
+    entry.field.add(name="key", number=1, type=P.TYPE_BOOL, label=P.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=P.TYPE_INT64, label=P.LABEL_OPTIONAL)
+    fields = [
+        ("from", 9, P.TYPE_STRING, P.LABEL_OPTIONAL, ""),
+        ("value", 1, P.TYPE_DOUBLE, P.LABEL_OPTIONAL, ""),
+        ("children", 3, P.TYPE_MESSAGE, P.LABEL_REPEATED, ".emma.test.odd.Odd"),
+        ("flags", 7, P.TYPE_MESSAGE, P.LABEL_REPEATED, ".emma.test.odd.Odd.FlagsEntry"),
+        ("color", 2, P.TYPE_ENUM, P.LABEL_OPTIONAL, ".emma.test.odd.Color"),
+        ("in", 8, P.TYPE_INT64, P.LABEL_OPTIONAL, ""),
+        ("ratio", 4, P.TYPE_FLOAT, P.LABEL_OPTIONAL, ""),
+        ("data", 6, P.TYPE_BYTES, P.LABEL_OPTIONAL, ""),
+        ("at", 5, P.TYPE_MESSAGE, P.LABEL_OPTIONAL, ".google.protobuf.Timestamp"),
+        ("ok", 11, P.TYPE_BOOL, P.LABEL_OPTIONAL, ""),
+        ("counts", 10, P.TYPE_UINT32, P.LABEL_REPEATED, ""),
+    ]
+    for name, number, kind, label, type_name in fields:
+        field = odd.field.add(name=name, number=number, type=kind, label=label, json_name=name)
+        if type_name:
+            field.type_name = type_name
+    maybe = odd.field.add(name="maybe", number=12, type=P.TYPE_SINT32, label=P.LABEL_OPTIONAL, json_name="maybe")
+    maybe.proto3_optional = True
+    maybe.oneof_index = 0
+    odd.oneof_decl.add(name="_maybe")
+    pool.Add(file)
+    return pool.FindMessageTypeByName("emma.test.odd.Odd")
+
+
+_ODD = _odd_type()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_the_text_printer_prints_what_json_format_prints_for_a_type_the_contracts_lack(data: st.DataObject) -> None:
+    message = _class(_ODD)()
+    _fill(data.draw, message, depth=3)
+    assert message_json(message) == _dumps(slow_message_to_dict(message))

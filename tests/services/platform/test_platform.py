@@ -22,6 +22,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from core import tracing
 from core.tracing import configure_tracing
 from services import catalog
 from services.errors import ApiError, ConfigError, error_info_of, invalid_field
@@ -368,6 +369,44 @@ async def test_unary_rpcs_are_traced_with_the_callers_trace_context() -> None:
     assert format(span.context.trace_id, "032x") == trace_id
     assert span.kind == trace.SpanKind.SERVER
     assert span.attributes is not None and span.attributes["emma.error_reason"] == "RESOURCE_NOT_FOUND"
+
+
+class _Tracing(registry_pb2_grpc.RegistryServiceServicer):
+    """Notes the span each call is served in."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, bool]] = []
+
+    async def GetSite(
+        self, request: registry_pb2.GetSiteRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.Site:  # type: ignore[type-arg]
+        trace_id, span_id = tracing.current_ids()
+        self.seen.append((trace_id, span_id, trace.get_current_span().is_recording()))
+        return registry_pb2.Site(name=request.name)
+
+
+async def test_calls_get_their_trace_ids_while_no_processor_reads_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A provider of this process's kind without processors in configure_tracing's place (other tests of
+    # this process may have added processors to the process's own).
+    provider = tracing._Provider(shutdown_on_exit=False)
+    monkeypatch.setattr(tracing, "_configured", provider)
+    monkeypatch.setattr(tracing, "_tracer", provider.get_tracer("emma.services"))
+    monkeypatch.setattr(tracing, "_sdk_counts_spans", False)
+    servicer = _Tracing()
+    hosted, channel = await _start(servicer)
+    stub = registry_pb2_grpc.RegistryServiceStub(channel)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    try:
+        for _ in range(2):
+            await stub.GetSite(registry_pb2.GetSiteRequest(name="organizations/o/sites/s"))
+        traced = [("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01")]
+        await stub.GetSite(registry_pb2.GetSiteRequest(name="organizations/o/sites/s"), metadata=traced)
+    finally:
+        await channel.close()
+        await hosted.drain(0)
+    (first, first_span, _), (second, _, _), (continued, span_id, recording) = servicer.seen
+    assert len(first) == 32 and len(first_span) == 16 and first != second  # a new trace per call
+    assert continued == trace_id and span_id not in ("", "00f067aa0ba902b7") and not recording
 
 
 def test_the_garbage_collector_is_tuned_for_a_long_running_server() -> None:
