@@ -32,7 +32,12 @@ def _provider(monkeypatch: pytest.MonkeyPatch, sampler: Sampler | None = None) -
     return provider
 
 
-@pytest.mark.parametrize("sampler", [None, ALWAYS_OFF, ParentBased(TraceIdRatioBased(0.0))], ids=str)
+# Ids by description: a sampler's str() holds its address, which differs between xdist workers.
+@pytest.mark.parametrize(
+    "sampler",
+    [None, ALWAYS_OFF, ParentBased(TraceIdRatioBased(0.0))],
+    ids=["sdk default", "always off", "parent based, ratio 0"],
+)
 @pytest.mark.parametrize("parent_name", list(PARENTS))
 def test_an_unrecorded_span_has_the_context_the_sdk_would_give_it(
     monkeypatch: pytest.MonkeyPatch, sampler: Sampler | None, parent_name: str
