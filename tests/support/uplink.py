@@ -327,12 +327,16 @@ class FakeEdgeLink(edge_link_pb2_grpc.EdgeLinkServiceServicer):
             while not ended.is_set():
                 getter = asyncio.create_task(out.get())
                 stopper = asyncio.create_task(ended.wait())
-                done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
+                try:
+                    done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    # Also when the stream is dropped while waiting: a getter left pending would be
+                    # destroyed pending whenever the generator is collected, reported to a later test.
+                    stopper.cancel()
+                    if not getter.done():
+                        getter.cancel()
                 if getter in done:
                     yield getter.result()
-                else:
-                    getter.cancel()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "stream ended by the test")
         finally:
             if self._out is out:
