@@ -44,6 +44,7 @@ from services.market.store import NOTIFY_CHANNEL, Publication, SaveOutcome
 from services.market.summary import MarketSummary, summarise, zone_timezone
 from services.market.zones import BIDDING_ZONES, ES_PENINSULA, is_eic
 from services.pagination import Page
+from services.platform.gathered_reads import GatheredReads
 from services.platform.notify import Listener
 from services.platform.rpc import Context, timestamp
 from services.platform.runtime import Runtime
@@ -287,11 +288,15 @@ class MarketDataServicer(market_pb2_grpc.MarketDataServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._pool = runtime.pool
         self._watchers = _Watchers(runtime.dsn)
+        self._summary_reads: GatheredReads[tuple[Product, int], str, market_pb2.MarketSummary] = GatheredReads(
+            self._gathered_summaries
+        )
 
     async def start(self) -> None:
         await self._watchers.start()
 
     async def stop(self) -> None:
+        await self._summary_reads.stop()
         await self._watchers.stop()
 
     async def ListBiddingZones(
@@ -420,8 +425,12 @@ class MarketDataServicer(market_pb2_grpc.MarketDataServiceServicer):
         self, request: market_pb2.GetMarketSummaryRequest, context: Context
     ) -> market_pb2.MarketSummary:
         zone = parse_zone(request.zone, "zone", listed_only=True)
-        summaries = await self._summaries([zone], request.product, _sequence(request.sequence, "sequence"), ["zone"])
-        return summaries[0]
+        sequence = _sequence(request.sequence, "sequence")
+        product = _checked_product(request.product)
+        _check_zones([zone], product, ["zone"])
+        # Separate calls arriving together share the next read (one per product and sequence), which
+        # reads all their zones at once: 40 lone reads queued on the loop cost about 40 times one.
+        return await self._summary_reads.get((product, sequence), zone)
 
     async def BatchGetMarketSummaries(
         self, request: market_pb2.BatchGetMarketSummariesRequest, context: Context
@@ -431,24 +440,31 @@ class MarketDataServicer(market_pb2_grpc.MarketDataServiceServicer):
         zones = [parse_zone(z, f"zones[{i}]", listed_only=True) for i, z in enumerate(request.zones)]
         sequence = _sequence(request.sequence, "sequence")
         fields = [f"zones[{i}]" for i in range(len(zones))]
-        return market_pb2.BatchGetMarketSummariesResponse(
-            summaries=await self._summaries(zones, request.product, sequence, fields)
-        )
+        product = _checked_product(request.product)
+        _check_zones(zones, product, fields)
+        outcomes = await self._summaries(product, sequence, zones)
+        summaries: list[market_pb2.MarketSummary] = []
+        for zone in zones:
+            outcome = outcomes[zone]
+            if isinstance(outcome, Exception):
+                raise outcome  # the first failing zone in request order, as one call reading them all
+            summaries.append(outcome)
+        return market_pb2.BatchGetMarketSummariesResponse(summaries=summaries)
+
+    async def _gathered_summaries(
+        self, group: tuple[Product, int], zones: list[str]
+    ) -> dict[str, market_pb2.MarketSummary | Exception]:
+        product, sequence = group
+        return await self._summaries(product, sequence, zones)
 
     async def _summaries(
-        self, zones: list[str], product_value: int, sequence: int, fields: list[str]
-    ) -> list[market_pb2.MarketSummary]:
-        """The summaries of `zones` (in order, repeats allowed) from three queries whatever their
-        number: the prices of every zone's window and newest slot, the warnings, the sources' health."""
-        product = _product(product_value)
-        if product is Product.INTRADAY_AUCTION:
-            raise invalid_field("product", "a summary is of a product with one price per slot, not INTRADAY_AUCTION")
+        self, product: Product, sequence: int, zones: list[str]
+    ) -> dict[str, market_pb2.MarketSummary | Exception]:
+        """The summary of each of `zones` (checked by _check_zones) from three queries whatever their
+        number: the prices of every zone's window and newest slot, the warnings, the sources' health.
+        A zone whose stored prices cannot be summarised gets its error, the others their summary."""
         geography = _PVPC_PENINSULA if product is Product.PVPC else ""
-        timezones: dict[str, ZoneInfo] = {}
-        for zone, field in zip(zones, fields, strict=True):
-            timezones[zone] = _timezone(zone, field)
-            if product is Product.PVPC and zone != ES_PENINSULA:
-                raise invalid_field(field, "PVPC is published for the ES bidding zone only")
+        timezones = {zone: zone_timezone(zone) for zone in zones}
         now = datetime.now(UTC)
         market_day = now.astimezone(_MARKET_DAY_ZONE).date()
         windows: list[tuple[str, datetime, datetime]] = []
@@ -459,6 +475,7 @@ class MarketDataServicer(market_pb2_grpc.MarketDataServiceServicer):
             day_start = datetime.combine(today, time(0), tz).astimezone(UTC)
             day_end = datetime.combine(today + timedelta(days=1), time(0), tz).astimezone(UTC)
             windows.append((zone, day_start, day_end))
+        out: dict[str, market_pb2.MarketSummary | Exception] = {}
         async with self._pool.acquire() as conn:
             prices = await load_summary_prices(conn, windows, product, 0, sequence, geography)
             built: dict[str, tuple[MarketSummary, list[PriceSeries], StoredPrices, list[date]]] = {}
@@ -470,27 +487,27 @@ class MarketDataServicer(market_pb2_grpc.MarketDataServiceServicer):
                         zone, series, now, product=product, sequence=sequence, geography=geography, timezone=tz
                     )
                 except AnalyticsError as exc:
-                    raise ApiError(
+                    out[zone] = ApiError(
                         grpc.StatusCode.FAILED_PRECONDITION, errors_pb2.ERROR_REASON_STATE_CONFLICT, str(exc)
-                    ) from None
+                    )
+                    continue
                 wanted = {summary.local_day, market_day}
                 if summary.latest_delivery_day:
                     wanted.add(summary.latest_delivery_day)
                 built[zone] = (summary, series, read.window if read.window.series else read.latest, sorted(wanted))
             every_day = sorted({d for _, _, _, days in built.values() for d in days})
-            warnings = await load_zone_warnings(conn, list(timezones), every_day)
+            warnings = await load_zone_warnings(conn, list(built), every_day) if built else []
             sources = _PRODUCT_SOURCES[product]
             health = await load_source_status(conn, sources)
-        messages: dict[str, market_pb2.MarketSummary] = {}
         for zone, (summary, series, stored, days) in built.items():
             lengths = {slot.start: s.resolution for s in series for slot in s.slots}
-            out = _summary_message(summary, stored.currency, stored.unit, lengths)
-            out.warnings.extend(
+            message = _summary_message(summary, stored.currency, stored.unit, lengths)
+            message.warnings.extend(
                 _warning_message(w) for w in warnings if zone in (w.out_zone, w.in_zone) and w.delivery_day in days
             )
-            out.sources.extend(_source_health(health.get(source), source) for source in sources)
-            messages[zone] = out
-        return [messages[zone] for zone in zones]
+            message.sources.extend(_source_health(health.get(source), source) for source in sources)
+            out[zone] = message
+        return out
 
     async def WatchPublications(
         self, request: market_pb2.WatchPublicationsRequest, context: Context
@@ -569,6 +586,21 @@ def _publication_message(p: Publication, warnings: list[StoredWarning], cleared:
     out.warnings.extend(_warning_message(w) for w in warnings)
     out.cleared_warning_keys.extend(cleared)
     return out
+
+
+def _checked_product(value: int) -> Product:
+    product = _product(value)
+    if product is Product.INTRADAY_AUCTION:
+        raise invalid_field("product", "a summary is of a product with one price per slot, not INTRADAY_AUCTION")
+    return product
+
+
+def _check_zones(zones: list[str], product: Product, fields: list[str]) -> None:
+    """Refuse, naming its field, a zone a summary of `product` cannot be read for (before any read)."""
+    for zone, field in zip(zones, fields, strict=True):
+        _timezone(zone, field)
+        if product is Product.PVPC and zone != ES_PENINSULA:
+            raise invalid_field(field, "PVPC is published for the ES bidding zone only")
 
 
 def _timezone(zone: str, field: str) -> ZoneInfo:
