@@ -126,7 +126,7 @@ class AnswerText:
 
     The body is a function of the answer's bytes alone (answer_json of the message they encode), so an
     answer byte for byte equal to the route's previous one gets the previous body without being parsed
-    or printed again. The services answer calls that share a read (services/telemetry/shared_read.py:
+    or printed again. The services answer calls that share a read (services/platform/shared_reads.py:
     fifty dashboards polling one site) with the same message, so under load most latest-value answers
     repeat the one before. Comparing the bytes is one memcmp; nothing is ever served that the caller's
     own answer would not print to.

@@ -44,10 +44,10 @@ from services.market.store import NOTIFY_CHANNEL, Publication, SaveOutcome
 from services.market.summary import MarketSummary, summarise, zone_timezone
 from services.market.zones import BIDDING_ZONES, ES_PENINSULA, is_eic
 from services.pagination import Page
-from services.platform.gathered_reads import GatheredReads
 from services.platform.notify import Listener
 from services.platform.rpc import Context, timestamp
 from services.platform.runtime import Runtime
+from services.platform.shared_reads import GatheredReads
 
 # The longest delivery range one curve or border request may span (stated in the contract).
 MAX_RANGE: Final = timedelta(days=31)

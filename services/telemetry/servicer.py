@@ -30,12 +30,12 @@ from services.names import (
 from services.pagination import Page
 from services.platform.rpc import Context, timestamp
 from services.platform.runtime import Runtime
+from services.platform.shared_reads import SharedReads
 from services.registry import edge_pk, edges_of_site, site_location, site_time_zone
 from services.telemetry import history
 from services.telemetry.latest import SiteLatest
 from services.telemetry.maintenance import TelemetryMaintenance
 from services.telemetry.series import channels_of_edges, series_of_channel, series_of_edges
-from services.telemetry.shared_read import SharedReads
 
 MAX_HISTORY_POINTS = 100_000
 MAX_HISTORY_CHANNELS = 100
@@ -59,7 +59,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         # Latest values in one query per call once a site's edges are known (services/telemetry/latest.py).
         self._site_latest = SiteLatest()
         # ListLatestValues calls of one parent that arrive together share one read, never one that
-        # started before them (services/telemetry/shared_read.py).
+        # started before them (services/platform/shared_reads.py).
         self._latest_reads: SharedReads[Scope, _LatestRead] = SharedReads()
 
     async def start(self) -> None:

@@ -1,5 +1,5 @@
 """GetMarketSummary calls arriving while a summary read runs are answered together by the next read
-(services/platform/gathered_reads.py), on a real gRPC server over the real PostgreSQL.
+(services/platform/shared_reads.py), on a real gRPC server over the real PostgreSQL.
 
 The tests hold market.prices locked (ACCESS EXCLUSIVE, in a transaction of their own) so that the first
 call's read waits in PostgreSQL while the other calls arrive and gather: what they are answered then

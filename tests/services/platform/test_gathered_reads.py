@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from services.platform.gathered_reads import GatheredReads
+from services.platform.shared_reads import GatheredReads
 
 
 class Reads:

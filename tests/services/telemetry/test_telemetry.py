@@ -278,7 +278,7 @@ async def test_latest_values_live_stream_channels_and_bad_requests(
 async def test_latest_values_read_together_show_a_value_ingested_through_another_replica_at_once(
     host: Host, db: asyncpg.Connection, token: str
 ) -> None:
-    """Calls of one site share reads (services/telemetry/shared_read.py), never one older than the call:
+    """Calls of one site share reads (services/platform/shared_reads.py), never one older than the call:
     while a replica is kept busy with the site's latest values, a value acked by another replica's
     EdgeLink is in every answer to a call made after the ack, and likewise on the ingesting replica."""
     edge, _, key = await new_edge(db, "shared")

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from services.telemetry.shared_read import SharedReads
+from services.platform.shared_reads import SharedReads
 
 
 class Reads:
