@@ -93,41 +93,30 @@ async def list_runs(conn: Conn, org: str, site: str | None, offset: int, limit: 
     return [_stored(r) for r in rows]
 
 
+# The newest successful run that plans site $1 and whose horizon has not ended at $2.
+_ACTIVE_RUN_SQL = """SELECT * FROM optimizer.runs
+    WHERE site_names @> ARRAY[$1::text] AND state = 'succeeded' AND start_time <= $2 AND end_time > $2
+    ORDER BY create_time DESC, run_id DESC LIMIT 1"""
+# The newest successful run of the earliest start after $2 that plans site $1 (a day-ahead plan).
+_NEXT_RUN_SQL = """SELECT * FROM optimizer.runs
+    WHERE site_names @> ARRAY[$1::text] AND state = 'succeeded' AND start_time > $2
+    ORDER BY start_time, create_time DESC, run_id DESC LIMIT 1"""
+
+
 async def active_run(conn: Conn, site: str, now: datetime) -> StoredRun | None:
     """The newest successful run that plans `site` and whose horizon has not ended."""
-    row = await conn.fetchrow(
-        """SELECT * FROM optimizer.runs
-           WHERE site_names @> ARRAY[$1::text] AND state = 'succeeded' AND start_time <= $2 AND end_time > $2
-           ORDER BY create_time DESC, run_id DESC LIMIT 1""",
-        site,
-        now,
-    )
-    return None if row is None else _stored(row)
-
-
-async def next_run(conn: Conn, site: str, now: datetime) -> StoredRun | None:
-    """The newest successful run of the earliest start after `now` that plans `site` (a day-ahead plan)."""
-    row = await conn.fetchrow(
-        """SELECT * FROM optimizer.runs
-           WHERE site_names @> ARRAY[$1::text] AND state = 'succeeded' AND start_time > $2
-           ORDER BY start_time, create_time DESC, run_id DESC LIMIT 1""",
-        site,
-        now,
-    )
+    row = await conn.fetchrow(_ACTIVE_RUN_SQL, site, now)
     return None if row is None else _stored(row)
 
 
 async def run_for_edge(conn: Conn, site: str, now: datetime) -> StoredRun | None:
-    """`active_run`, or without one `next_run`, in one round trip (every edge stream that opens asks)."""
+    """`active_run`, or without one the next run (the newest of the earliest start after `now`: a
+    day-ahead plan), in one round trip (every edge stream that opens asks)."""
     row = await conn.fetchrow(
-        """SELECT * FROM (
-               (SELECT *, 0 AS choice FROM optimizer.runs
-                WHERE site_names @> ARRAY[$1::text] AND state = 'succeeded' AND start_time <= $2 AND end_time > $2
-                ORDER BY create_time DESC, run_id DESC LIMIT 1)
+        f"""SELECT * FROM (
+               (SELECT *, 0 AS choice FROM ({_ACTIVE_RUN_SQL}) AS active)
                UNION ALL
-               (SELECT *, 1 AS choice FROM optimizer.runs
-                WHERE site_names @> ARRAY[$1::text] AND state = 'succeeded' AND start_time > $2
-                ORDER BY start_time, create_time DESC, run_id DESC LIMIT 1)
+               (SELECT *, 1 AS choice FROM ({_NEXT_RUN_SQL}) AS next)
            ) AS found
            ORDER BY choice LIMIT 1""",
         site,
