@@ -7,6 +7,9 @@ from typing import Any
 
 from services.platform.migrations import Conn
 
+# The series ids of channels $2 of edge $1.
+_SERIES_OF_CHANNELS = "SELECT id, channel FROM telemetry.series WHERE edge_pk = $1 AND channel = ANY($2::text[])"
+
 
 async def register_channels(conn: Conn, edge_pk: int, channels: Sequence[str], units: Sequence[str]) -> dict[str, int]:
     """Create the series of these channels the edge did not have yet; returns channel -> series id for all.
@@ -24,18 +27,15 @@ async def register_channels(conn: Conn, edge_pk: int, channels: Sequence[str], u
                RETURNING id, channel)
            SELECT id, channel FROM created
            UNION ALL
-           SELECT id, channel FROM telemetry.series WHERE edge_pk = $1 AND channel = ANY($2::text[])""",
+           """
+        + _SERIES_OF_CHANNELS,
         edge_pk,
         wanted,
         list(units),
     )
     ids = {r["channel"]: r["id"] for r in rows}
     if len(ids) < len(set(wanted)):
-        rows = await conn.fetch(
-            "SELECT id, channel FROM telemetry.series WHERE edge_pk = $1 AND channel = ANY($2::text[])",
-            edge_pk,
-            wanted,
-        )
+        rows = await conn.fetch(_SERIES_OF_CHANNELS, edge_pk, wanted)
         ids = {r["channel"]: r["id"] for r in rows}
     return ids
 
