@@ -1,14 +1,13 @@
-"""Hellos taken together: the handshake of every stream that opens while another handshake runs is one
-set of statements.
+"""Hellos taken together: the handshakes of streams that open at the same time are one set of statements.
 
 When a fleet reconnects (1,000 edges after a replica restart or a network cut) each Hello cost seven
 round trips on the shared pool before its Welcome (key, edge name, key use, channels, session row and
 events, last stored batch), about 300 Hellos a second on the two-core machine, and each edge's first
-batches waited for their Welcome. Here, as the ingest writer groups batches, a Hello that arrives
-while a round of handshakes runs joins the next round, which does the same statements once for all of
-its Hellos (services/platform/shared_reads.py's GatheredReads: the round starts after every Hello it
-answers arrived). Each Hello still gets its own answer: a bad key, a foreign edge name, a bad
-declaration fails that Hello alone, in the order the single handshake checked them.
+batches waited for their Welcome. Here, as the ingest writer groups batches, the Hellos waiting when a
+round of handshakes starts are that round's (at most MAX_ROUND of them; ROUNDS_AT_ONCE rounds run side
+by side), and it does the same statements once for all of them. Each Hello still gets its own answer:
+a bad key, a foreign edge name, a bad declaration fails that Hello alone, in the order the single
+handshake checked them.
 
 An edge that appears twice in a round (it reconnected while its first Hello waited) is opened in a
 later wave of the same round: one statement may change its session row only once, and the later
@@ -22,6 +21,7 @@ a stream's close.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -38,19 +38,25 @@ from emma.common.v1 import errors_pb2
 from emma.edge.v1 import edge_link_pb2
 from google.protobuf import timestamp_pb2
 
+from core.tasks import stop_tasks
 from services.edgelink.hello import check_channel_indexes, check_text
 from services.errors import ApiError, invalid_field
 from services.identity import EdgeIdentity, authenticate_edge_keys
 from services.names import CHANNEL_ADDRESS
 from services.platform.config import IngestConfig
 from services.platform.migrations import Conn
-from services.platform.shared_reads import GatheredReads
 from services.registry import store_inventories
 from services.telemetry import last_stored_batch_seqs, register_channels_of_edges
 
 log = logging.getLogger("emma.edgelink")
 
 PROTOCOL_VERSION = 1
+# Rounds run side by side, each of at most MAX_ROUND Hellos: one round of a whole fleet's Hellos (1,000
+# edges reconnecting) kept every edge waiting for the slowest part of it, on one connection and one
+# PostgreSQL backend; bounded rounds answer the first Hellos early, and a few at once keep both of
+# PostgreSQL's cores (and the waits for its disk) busy. Under light load each Hello is a round of its own.
+ROUNDS_AT_ONCE = 3
+MAX_ROUND = 64
 # Text from an edge that is only logged or stored for people is cut to a bounded length.
 MAX_LOGGED_CHARS = 200
 
@@ -151,6 +157,12 @@ def _check(hello: edge_link_pb2.Hello, identity: EdgeIdentity) -> None:
     check_channel_addresses(hello.channel_table, "hello.channel_table")
 
 
+def _retrieved(future: asyncio.Future[Opened]) -> None:
+    """Marks a refusal seen even when its caller left before it came (its stream ended)."""
+    if not future.cancelled():
+        future.exception()
+
+
 @dataclass(eq=False)  # each Hello is an item of its own, however alike two are
 class _Waiting:
     hello: edge_link_pb2.Hello
@@ -168,24 +180,74 @@ class Opened:
 
 
 class Handshakes:
-    """`open(hello)`: the Hello checked and its stream's session opened, in a round shared with every
-    Hello that arrived while the previous round ran (see the module's docstring)."""
+    """`open(hello)`: the Hello checked and its stream's session opened, in a round shared with the Hellos
+    waiting with it (see the module's docstring)."""
 
-    def __init__(self, pool: asyncpg.Pool, config: IngestConfig, replica_id: str) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        config: IngestConfig,
+        replica_id: str,
+        *,
+        rounds_at_once: int = ROUNDS_AT_ONCE,
+        max_round: int = MAX_ROUND,
+    ) -> None:
         self._pool = pool
         self._config = config
         self._replica_id = replica_id
-        self._rounds: GatheredReads[None, _Waiting, Opened] = GatheredReads(self._round)
+        self._rounds_at_once = rounds_at_once
+        self._max_round = max_round
+        self._waiting: list[tuple[_Waiting, asyncio.Future[Opened]]] = []
+        self._running: set[asyncio.Task[None]] = set()
         self.rounds = 0  # rounds run (each one set of statements), for stats and tests
 
     async def open(self, hello: edge_link_pb2.Hello) -> Opened:
-        """Raises the ApiError that refuses this Hello, or what the database raised for its round."""
-        return await self._rounds.get(None, _Waiting(hello))
+        """Raises the ApiError that refuses this Hello, or what the database raised for its round.
+
+        A caller that is cancelled leaves its round running for the others (it is shielded)."""
+        future: asyncio.Future[Opened] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieved)
+        self._waiting.append((_Waiting(hello), future))
+        self._start_rounds()
+        return await asyncio.shield(future)
+
+    def _start_rounds(self) -> None:
+        while self._waiting and len(self._running) < self._rounds_at_once:
+            taken, self._waiting = self._waiting[: self._max_round], self._waiting[self._max_round :]
+            task = asyncio.get_running_loop().create_task(self._run_round(taken), name="edge-handshakes")
+            self._running.add(task)
+            task.add_done_callback(self._round_done)
+
+    def _round_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._start_rounds()
 
     async def stop(self) -> None:
-        await self._rounds.stop()
+        """End the rounds still running (a server stopping); their callers see them cancelled."""
+        for _, future in self._waiting:
+            future.cancel()
+        self._waiting = []
+        await stop_tasks(list(self._running))
 
-    async def _round(self, _: None, waiting: list[_Waiting]) -> dict[_Waiting, Opened | Exception]:
+    async def _run_round(self, taken: list[tuple[_Waiting, asyncio.Future[Opened]]]) -> None:
+        try:
+            outcomes = await self._round([w for w, _ in taken])
+        except Exception as exc:  # the database, for the whole round: each of its Hellos fails with it
+            outcomes = {w: exc for w, _ in taken}
+        except BaseException:
+            for _, future in taken:
+                future.cancel()
+            raise
+        for w, future in taken:
+            if future.done():  # the server stopped meanwhile
+                continue
+            outcome = outcomes[w]
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    async def _round(self, waiting: list[_Waiting]) -> dict[_Waiting, Opened | Exception]:
         self.rounds += 1
         outcomes: dict[_Waiting, Opened | Exception] = {}
         async with self._pool.acquire() as conn:

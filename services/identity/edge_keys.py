@@ -158,9 +158,13 @@ async def authenticate_edge_keys(conn: Conn, api_keys: Sequence[str]) -> list[Ed
             outcomes.append(EdgeIdentity(edge_pk=int(row["edge_pk"]), name=name, key_id=key_id))
     used = sorted({o.key_id for o in outcomes if isinstance(o, EdgeIdentity)})
     if used:
+        # Rows locked in key order: statements of handshakes running side by side that share keys (an
+        # edge reconnecting twice at once) wait for each other rather than deadlock.
         await conn.execute(
-            """UPDATE identity.edge_api_keys SET last_use_time = now() WHERE key_id = ANY($1::text[])
-               AND set_config('synchronous_commit', 'off', true) IS NOT NULL""",
+            """UPDATE identity.edge_api_keys k SET last_use_time = now()
+               FROM (SELECT key_id FROM identity.edge_api_keys WHERE key_id = ANY($1::text[])
+                     ORDER BY key_id FOR UPDATE) o
+               WHERE k.key_id = o.key_id AND set_config('synchronous_commit', 'off', true) IS NOT NULL""",
             used,
         )
     return outcomes

@@ -58,7 +58,8 @@ async def test_hellos_waiting_together_each_get_their_own_answer(pool: asyncpg.P
     bad_secret = guessed_key[: guessed_key.rindex("_") + 1] + "not-the-secret"
     old_protocol = hello(str(good[3][0]), good[3][2]).hello
     old_protocol.protocol_version = 2
-    handshakes = Handshakes(pool, IngestConfig(), "replica-test")
+    # One round at a time, of at most four Hellos.
+    handshakes = Handshakes(pool, IngestConfig(), "replica-test", rounds_at_once=1, max_round=4)
 
     hellos = {
         "good-0": hello(str(good[0][0]), good[0][2], devices=[battery_inventory()]).hello,
@@ -74,10 +75,10 @@ async def test_hellos_waiting_together_each_get_their_own_answer(pool: asyncpg.P
         "other": hello(str(other), other_key).hello,
     }
     # The first Hello starts a round of its own at once; the others arrive while it runs and share
-    # the next one.
+    # the next ones, four at a time (twice-first and twice-later in one round).
     outcomes = await asyncio.gather(*(handshakes.open(h) for h in hellos.values()), return_exceptions=True)
     answers = dict(zip(hellos, outcomes, strict=True))
-    assert handshakes.rounds == 2
+    assert handshakes.rounds == 4
 
     assert _reason(answers["bad-key"]) == (grpc.StatusCode.UNAUTHENTICATED, "EDGE_KEY_INVALID")
     assert _reason(answers["malformed-key"]) == (grpc.StatusCode.UNAUTHENTICATED, "EDGE_KEY_INVALID")
@@ -151,7 +152,7 @@ async def test_a_hello_the_database_refuses_fails_alone(pool: asyncpg.Pool, db: 
             END $$;
             CREATE TRIGGER {name} BEFORE INSERT ON app.edge_sessions FOR EACH ROW EXECUTE FUNCTION {name}()"""
     )
-    handshakes = Handshakes(pool, IngestConfig(), "replica-test")
+    handshakes = Handshakes(pool, IngestConfig(), "replica-test", rounds_at_once=1)
     try:
         # The first one alone, the others together in a round whose wave fails as a whole at first.
         outcomes = await asyncio.gather(
