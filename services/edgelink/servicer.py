@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 
 from core.metrics import watch_queue
 from services.command import CommandRelay
+from services.edgelink.handshake import Handshakes
 from services.edgelink.log_limit import LogLimiter
 from services.edgelink.session import EdgeSession, IngestCounters, record_event
 from services.edgelink.writer import DEFAULT_LANES, IngestWriter
@@ -45,6 +46,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         self.counters = IngestCounters()
         self.relay = CommandRelay(runtime.pool, runtime.dsn, runtime.replica_id)
         self.schedules = ScheduleRelay(runtime.pool, runtime.dsn)
+        self.handshakes = Handshakes(runtime.pool, self._config, runtime.replica_id)
         self._tasks: list[asyncio.Task[None]] = []
         self._writer_pool: asyncpg.Pool | None = None
         # The stream each edge has on this replica, so a newer one can end the older one at once.
@@ -83,6 +85,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
             task.cancel()
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=CLOSE_WAIT_S)
+        await self.handshakes.stop()
         await self.relay.stop()
         await self.schedules.stop()
         await self.writer.stop()
@@ -142,11 +145,11 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
             )
         session, welcome = await EdgeSession.open(
             first.hello,
+            self.handshakes,
             self._runtime.pool,
             self.writer,
             self._config,
             self.counters,
-            self._runtime.replica_id,
             self.relay,
             self.schedules,
         )

@@ -36,16 +36,22 @@ from core.metrics import record_ack, record_edge_connected, record_rejected_batc
 from core.tracing import traces_exported
 from services.command import ACKS_PER_SECOND, CommandRelay, TokenBucket
 from services.edgelink.batches import Rejection, to_columns, to_events
+from services.edgelink.handshake import (
+    Handshakes,
+    check_channel_addresses,
+    clipped,
+    clock_drift,
+    ts_seconds,
+    with_channels,
+)
 from services.edgelink.hello import check_channel_indexes, check_text
 from services.edgelink.writer import IngestWriter, PendingBatch
-from services.errors import ApiError, invalid_field, reason_name
-from services.identity import EdgeIdentity, authenticate_edge_key, edge_key_revoked
-from services.names import CHANNEL_ADDRESS
+from services.errors import ApiError, reason_name
+from services.identity import EdgeIdentity, edge_key_revoked
 from services.optimizer import ScheduleRelay
 from services.platform.config import IngestConfig
 from services.platform.migrations import Conn
-from services.registry import store_inventory
-from services.telemetry import last_stored_batch_seq, register_channels
+from services.telemetry import register_channels
 
 log = logging.getLogger("emma.edgelink")
 _tracer = trace.get_tracer("emma.edgelink")
@@ -63,12 +69,8 @@ def batch_spans() -> bool:
     return traces_exported()
 
 
-PROTOCOL_VERSION = 1
 _CLOSE = object()  # outbound sentinel: the edge closed its side and every ack was sent
 
-# Text from an edge that is only logged or stored for people is cut to a bounded length: one edge
-# must not be able to write megabytes into every log line or row (docs/telemetry-store.md).
-MAX_LOGGED_CHARS = 200
 # A command's name is organizations/{o}/sites/{s}/edges/{e}/commands/{uuid}: well under this.
 MAX_COMMAND_NAME_CHARS = 300
 MAX_ACK_REASON_CHARS = 100
@@ -81,11 +83,6 @@ MAX_ACKS_PER_CALL = 100
 ACK_FLUSH_S = 5.0
 
 
-def clipped(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
-    """`text` cut to `limit` characters, saying how long it was."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
 def _storable(text: str, limit: int) -> str:
     """Text PostgreSQL can hold (no NUL character: U+FFFD instead) of at most `limit` characters."""
     return text.replace("\x00", "\ufffd")[:limit]
@@ -95,10 +92,6 @@ def now_timestamp() -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.GetCurrentTime()
     return ts
-
-
-def _ts_seconds(ts: timestamp_pb2.Timestamp) -> float:
-    return ts.seconds + ts.nanos / 1e9
 
 
 async def record_event(
@@ -113,29 +106,6 @@ async def record_event(
         message,
         json.dumps(details or {}),
     )
-
-
-# The session row of a stream that opens, and its events ($7..$10: severity, kind, message, details
-# as JSON text, in order: CONNECTED, then CLOCK_DRIFT if the edge's clock is off).
-_OPEN_SESSION_SQL = """
-WITH opened AS (
-    INSERT INTO app.edge_sessions AS s (edge_pk, session_id, replica_id, online,
-        connected_time, last_seen_time, agent_version, protocol_version, clock_offset_ms)
-    VALUES ($1, $2, $3, true, now(), now(), $4, $5, $6)
-    ON CONFLICT (edge_pk) DO UPDATE SET session_id = EXCLUDED.session_id,
-        replica_id = EXCLUDED.replica_id, online = true, connected_time = now(),
-        last_seen_time = now(), disconnected_time = NULL,
-        agent_version = EXCLUDED.agent_version,
-        protocol_version = EXCLUDED.protocol_version,
-        clock_offset_ms = EXCLUDED.clock_offset_ms
-    RETURNING edge_pk
-)
-INSERT INTO app.edge_events (edge_pk, event_time, severity, kind, message, details)
-SELECT opened.edge_pk, now(), e.severity, e.kind, e.message, e.details::jsonb
-FROM opened,
-     unnest($7::text[], $8::text[], $9::text[], $10::text[]) WITH ORDINALITY AS e(severity, kind, message, details, n)
-ORDER BY e.n
-"""
 
 
 @dataclass(slots=True)
@@ -210,65 +180,24 @@ class EdgeSession:
     async def open(
         cls,
         hello: edge_link_pb2.Hello,
+        handshakes: Handshakes,
         pool: asyncpg.Pool,
         writer: IngestWriter,
         config: IngestConfig,
         counters: IngestCounters,
-        replica_id: str,
         relay: CommandRelay | None = None,
         schedules: ScheduleRelay | None = None,
     ) -> tuple[EdgeSession, edge_link_pb2.Welcome]:
-        async with pool.acquire() as conn:
-            identity = await authenticate_edge_key(conn, hello.api_key)
-            if hello.edge and hello.edge != str(identity.name):
-                raise ApiError(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    errors_pb2.ERROR_REASON_EDGE_MISMATCH,
-                    f"the API key belongs to {identity.name}, not {clipped(hello.edge)}",
-                )
-            # Before anything of the Hello is stored (see hello.py).
-            check_text(hello, "hello.")
-            check_channel_indexes((e.index for e in hello.channel_table), "hello.channel_table")
-            if hello.protocol_version != PROTOCOL_VERSION:
-                raise ApiError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    errors_pb2.ERROR_REASON_PROTOCOL_VERSION_UNSUPPORTED,
-                    f"protocol_version {hello.protocol_version} is not supported; this server speaks "
-                    f"{PROTOCOL_VERSION}",
-                )
-            session = cls(identity, uuid.uuid4(), pool, writer, config, counters, relay, schedules)
-            await session._add_channels(conn, hello.channel_table)
-            await session._store_inventory(conn, hello.devices)
-            offset_ms = (_ts_seconds(hello.edge_time) - time.time()) * 1000 if hello.HasField("edge_time") else 0.0
-            events = [
-                (
-                    "info",
-                    "CONNECTED",
-                    f"stream opened on {replica_id} (agent {hello.agent_version or '?'})",
-                    {"session_id": str(session.session_id), "replica_id": replica_id},
-                )
-            ]
-            if (drift := session._clock_event(offset_ms)) is not None:
-                events.append(drift)
-            # One statement (one round trip, one commit) instead of a transaction of three or four.
-            await conn.execute(
-                _OPEN_SESSION_SQL,
-                identity.edge_pk,
-                session.session_id,
-                replica_id,
-                hello.agent_version,
-                hello.protocol_version,
-                offset_ms,
-                [e[0] for e in events],
-                [e[1] for e in events],
-                [e[2] for e in events],
-                [json.dumps(e[3]) for e in events],
-            )
-            last_stored = await last_stored_batch_seq(conn, identity.edge_pk)
+        # Checked and committed with the Hellos that arrive meanwhile (handshake.py).
+        opened = await handshakes.open(hello)
+        identity = opened.identity
+        session = cls(identity, opened.session_id, pool, writer, config, counters, relay, schedules)
+        session._lut = opened.lut
+        session._drifting = opened.drifting
         welcome = edge_link_pb2.Welcome(
             session_id=str(session.session_id),
             server_time=now_timestamp(),
-            last_stored_batch_seq=int(last_stored),
+            last_stored_batch_seq=opened.last_stored,
             heartbeat_interval=duration_pb2.Duration(
                 seconds=int(config.heartbeat_interval_s),
                 nanos=int((config.heartbeat_interval_s % 1) * 1e9),
@@ -283,7 +212,7 @@ class EdgeSession:
             extra={
                 "edge": str(identity.name),
                 "session_id": str(session.session_id),
-                "last_stored": last_stored,
+                "last_stored": opened.last_stored,
             },
         )
         return session, welcome
@@ -291,21 +220,9 @@ class EdgeSession:
     async def _add_channels(self, conn: Conn, table: Any) -> None:
         if not table:
             return
-        for entry in table:
-            if not CHANNEL_ADDRESS.match(entry.channel):
-                raise invalid_field("hello.channel_table", f"{entry.channel!r} is not a device/Channel address")
+        check_channel_addresses(table, "channel_table_append.channels")
         ids = await register_channels(conn, self.identity.edge_pk, [e.channel for e in table], [e.unit for e in table])
-        top = max(e.index for e in table) + 1
-        if top > len(self._lut):
-            grown = np.full(top, -1, dtype=np.int64)
-            grown[: len(self._lut)] = self._lut
-            self._lut = grown
-        for e in table:
-            self._lut[e.index] = ids[e.channel]
-
-    async def _store_inventory(self, conn: Conn, devices: Any) -> None:
-        """Keep what the edge says it runs; commands are validated against these declarations."""
-        await store_inventory(conn, self.identity.edge_pk, devices)
+        self._lut = with_channels(self._lut, table, ids)
 
     # ------------------------------------------------------------------ commands (CommandSink)
 
@@ -399,24 +316,9 @@ class EdgeSession:
         self._command_acker.cancel()
 
     async def _check_clock(self, conn: Conn, offset_ms: float) -> None:
-        if (event := self._clock_event(offset_ms)) is not None:
+        self._drifting, event = clock_drift(self.edge_name, offset_ms, self._config.clock_drift_warn_ms, self._drifting)
+        if event is not None:
             await record_event(conn, self.identity.edge_pk, *event)
-
-    def _clock_event(self, offset_ms: float) -> tuple[str, str, str, dict[str, Any]] | None:
-        """The CLOCK_DRIFT event (severity, kind, message, details) to record when the edge's clock has
-        just drifted beyond the limit, else None."""
-        drifting = abs(offset_ms) > self._config.clock_drift_warn_ms
-        started = drifting and not self._drifting
-        self._drifting = drifting
-        if not started:
-            return None
-        log.warning("edge clock drift", extra={"edge": str(self.identity.name), "clock_offset_ms": offset_ms})
-        return (
-            "warning",
-            "CLOCK_DRIFT",
-            f"edge clock is {offset_ms / 1000:+.1f} s off the server's",
-            {"clock_offset_ms": offset_ms},
-        )
 
     # ------------------------------------------------------------------ reader side
 
@@ -562,7 +464,7 @@ class EdgeSession:
             await self.outbound.put(_Ack(response, arrived, span, _RESULT_NAMES.get(result, str(result))))
 
     async def _on_heartbeat(self, hb: edge_link_pb2.Heartbeat) -> None:
-        offset_ms = (_ts_seconds(hb.edge_time) - time.time()) * 1000 if hb.HasField("edge_time") else 0.0
+        offset_ms = (ts_seconds(hb.edge_time) - time.time()) * 1000 if hb.HasField("edge_time") else 0.0
         async with self._pool.acquire() as conn:
             updated = await conn.fetchval(
                 """UPDATE app.edge_sessions SET last_seen_time = now(), online = true, clock_offset_ms = $3

@@ -25,6 +25,7 @@ from services.identity.edge_directory import EdgeDirectory, use_edge_directory
 from services.identity.edge_keys import (
     EdgeIdentity,
     authenticate_edge_key,
+    authenticate_edge_keys,
     edge_key_revoked,
     issue_edge_key,
     revoke_edge_key,
@@ -62,6 +63,7 @@ __all__ = [
     "audit_row",
     "auth_state_for",
     "authenticate_edge_key",
+    "authenticate_edge_keys",
     "call_audit_row",
     "call_state",
     "caller",

@@ -8,6 +8,7 @@ with use_edge_directory before any call is served.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from services.names import EdgeName
@@ -21,6 +22,10 @@ class EdgeDirectory(Protocol):
 
     async def edge_name(self, conn: Conn, pk: int) -> EdgeName | None:
         """The name of the edge with this pk, or None when it does not exist (or was erased)."""
+        ...
+
+    async def edge_names(self, conn: Conn, pks: Sequence[int]) -> dict[int, EdgeName]:
+        """pk -> name of those of `pks` that exist, in one statement."""
         ...
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,34 +99,75 @@ def _invalid(message: str) -> ApiError:
 
 async def authenticate_edge_key(conn: Conn, api_key: str) -> EdgeIdentity:
     """The edge this key belongs to, or UNAUTHENTICATED with EDGE_KEY_INVALID / EDGE_KEY_REVOKED."""
-    parsed = parse_api_key(api_key)
-    if parsed is None:
-        raise _invalid("the API key is malformed")
-    key_id, secret = parsed
-    row = await conn.fetchrow(
-        "SELECT edge_pk, secret_sha256, revoke_time FROM identity.edge_api_keys WHERE key_id = $1",
-        key_id,
+    outcome = (await authenticate_edge_keys(conn, [api_key]))[0]
+    if isinstance(outcome, ApiError):
+        raise outcome
+    return outcome
+
+
+async def authenticate_edge_keys(conn: Conn, api_keys: Sequence[str]) -> list[EdgeIdentity | ApiError]:
+    """Per key, in order: the edge it belongs to, or the UNAUTHENTICATED error (EDGE_KEY_INVALID /
+    EDGE_KEY_REVOKED) for that key alone.
+
+    Three statements whatever the number of keys (EdgeLink checks the keys of every Hello waiting at
+    once: 1,000 edges reconnecting made three round trips each): the key rows, the edges' names, and
+    the last use of the keys that passed. That last update is committed without waiting for the disk:
+    it is for people (when was this key last used), and a database crash that loses it loses a
+    moment of that, never a key or a revocation.
+    """
+    parsed = [parse_api_key(key) for key in api_keys]
+    key_ids = sorted({p[0] for p in parsed if p is not None})
+    rows = (
+        {
+            r["key_id"]: r
+            for r in await conn.fetch(
+                """SELECT key_id, edge_pk, secret_sha256, revoke_time FROM identity.edge_api_keys
+                   WHERE key_id = ANY($1::text[])""",
+                key_ids,
+            )
+        }
+        if key_ids
+        else {}
     )
-    digest = hashlib.sha256(secret.encode()).digest()
-    # Compare even when the key id is unknown, so timing does not tell which key ids exist.
-    expected = bytes(row["secret_sha256"]) if row else b"\0" * 32
-    if not hmac.compare_digest(digest, expected) or row is None:
-        raise _invalid("the API key is not valid")
-    name = await edge_directory().edge_name(conn, row["edge_pk"])
-    if name is None:  # the edge is being erased (its keys go with it)
-        raise _invalid("the API key is not valid")
-    if row["revoke_time"] is not None:
-        raise ApiError(
-            grpc.StatusCode.UNAUTHENTICATED,
-            errors_pb2.ERROR_REASON_EDGE_KEY_REVOKED,
-            "the API key was revoked",
+    names = await edge_directory().edge_names(conn, sorted({int(r["edge_pk"]) for r in rows.values()}))
+    outcomes: list[EdgeIdentity | ApiError] = []
+    for p in parsed:
+        if p is None:
+            outcomes.append(_invalid("the API key is malformed"))
+            continue
+        key_id, secret = p
+        row = rows.get(key_id)
+        digest = hashlib.sha256(secret.encode()).digest()
+        # Compare even when the key id is unknown, so timing does not tell which key ids exist.
+        expected = bytes(row["secret_sha256"]) if row else b"\0" * 32
+        if not hmac.compare_digest(digest, expected) or row is None:
+            outcomes.append(_invalid("the API key is not valid"))
+            continue
+        name = names.get(int(row["edge_pk"]))
+        if name is None:  # the edge is being erased (its keys go with it)
+            outcomes.append(_invalid("the API key is not valid"))
+        elif row["revoke_time"] is not None:
+            outcomes.append(
+                ApiError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    errors_pb2.ERROR_REASON_EDGE_KEY_REVOKED,
+                    "the API key was revoked",
+                )
+            )
+        else:
+            outcomes.append(EdgeIdentity(edge_pk=int(row["edge_pk"]), name=name, key_id=key_id))
+    used = sorted({o.key_id for o in outcomes if isinstance(o, EdgeIdentity)})
+    if used:
+        # Rows locked in key order: statements of handshakes running side by side that share keys (an
+        # edge reconnecting twice at once) wait for each other rather than deadlock.
+        await conn.execute(
+            """UPDATE identity.edge_api_keys k SET last_use_time = now()
+               FROM (SELECT key_id FROM identity.edge_api_keys WHERE key_id = ANY($1::text[])
+                     ORDER BY key_id FOR UPDATE) o
+               WHERE k.key_id = o.key_id AND set_config('synchronous_commit', 'off', true) IS NOT NULL""",
+            used,
         )
-    await conn.execute("UPDATE identity.edge_api_keys SET last_use_time = now() WHERE key_id = $1", key_id)
-    return EdgeIdentity(
-        edge_pk=row["edge_pk"],
-        name=name,
-        key_id=key_id,
-    )
+    return outcomes
 
 
 # ---------------------------------------------------------------------- the keys as resources

@@ -18,7 +18,7 @@ from services.registry.edges import (
     edges_of_organization,
     edges_of_site,
 )
-from services.registry.inventory import edge_inventory, edge_with_device, store_inventory
+from services.registry.inventory import edge_inventory, edge_with_device, store_inventories, store_inventory
 from services.registry.ports import (
     EdgeConnection,
     EdgeConnections,
@@ -56,6 +56,7 @@ __all__ = [
     "site_location",
     "site_profile",
     "site_time_zone",
+    "store_inventories",
     "store_inventory",
     "use_ports",
 ]

@@ -13,15 +13,27 @@ from services.platform.migrations import Conn
 
 async def store_inventory(conn: Conn, edge_pk: int, devices: Iterable[edge_link_pb2.DeviceInventoryItem]) -> None:
     """Insert or replace the edge's entries for these devices (devices it no longer reports stay)."""
-    devices = list(devices)
-    if not devices:
+    await store_inventories(conn, [(edge_pk, devices)])
+
+
+async def store_inventories(
+    conn: Conn, declared: Iterable[tuple[int, Iterable[edge_link_pb2.DeviceInventoryItem]]]
+) -> None:
+    """`store_inventory` of several edges (edge_pk, its devices) in one call (the Hellos EdgeLink takes
+    together)."""
+    rows = [
+        (edge_pk, d.device_id, d.kind, d.driver, d.model, d.SerializeToString())
+        for edge_pk, devices in declared
+        for d in devices
+    ]
+    if not rows:
         return
     await conn.executemany(
         """INSERT INTO app.edge_inventory (edge_pk, device_id, kind, driver, model, channels)
            VALUES ($1, $2, $3, $4, $5, $6)
            ON CONFLICT (edge_pk, device_id) DO UPDATE SET kind = EXCLUDED.kind, driver = EXCLUDED.driver,
                model = EXCLUDED.model, channels = EXCLUDED.channels, update_time = now()""",
-        [(edge_pk, d.device_id, d.kind, d.driver, d.model, d.SerializeToString()) for d in devices],
+        rows,
     )
 
 

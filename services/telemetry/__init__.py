@@ -17,12 +17,13 @@ from services.telemetry.ingest import (
     SampleRows,
     copy_samples,
     last_stored_batch_seq,
+    last_stored_batch_seqs,
     record_batches,
     store_batches,
 )
 from services.telemetry.latest import LATEST_OF_DEVICE, latest_of_device, latest_value
 from services.telemetry.maintenance import create_partitions, roll_up_closed_buckets
-from services.telemetry.series import register_channels
+from services.telemetry.series import register_channels, register_channels_of_edges
 from services.telemetry.site_history import ChannelMeans, site_channel_means, site_channels
 from services.telemetry.watch import (
     ChannelCursor,
@@ -55,12 +56,14 @@ __all__ = [
     "erase_edge_telemetry",
     "last_batch_times",
     "last_stored_batch_seq",
+    "last_stored_batch_seqs",
     "latest_of_device",
     "latest_times",
     "latest_value",
     "quiet_after",
     "record_batches",
     "register_channels",
+    "register_channels_of_edges",
     "roll_up_closed_buckets",
     "samples_after",
     "samples_copy_payload",

@@ -7,37 +7,54 @@ from typing import Any
 
 from services.platform.migrations import Conn
 
-# The series ids of channels $2 of edge $1.
-_SERIES_OF_CHANNELS = "SELECT id, channel FROM telemetry.series WHERE edge_pk = $1 AND channel = ANY($2::text[])"
+# The series ids of the channels of edges: ($1[i], $2[i]) for every i.
+_SERIES_OF_CHANNELS = """SELECT s.id, s.edge_pk, s.channel FROM telemetry.series s
+    JOIN unnest($1::bigint[], $2::text[]) AS w(e, c) ON s.edge_pk = w.e AND s.channel = w.c"""
 
 
 async def register_channels(conn: Conn, edge_pk: int, channels: Sequence[str], units: Sequence[str]) -> dict[str, int]:
-    """Create the series of these channels the edge did not have yet; returns channel -> series id for all.
+    """Create the series of these channels the edge did not have yet; returns channel -> series id for all."""
+    return (await register_channels_of_edges(conn, [(edge_pk, channels, units)]))[0]
 
-    One statement (every connecting edge calls this): the series it creates, and those that existed
-    before it started. A series another connection created and committed while this statement ran
-    (the same edge connecting twice at once) is in neither, and is read again.
+
+async def register_channels_of_edges(
+    conn: Conn, declared: Sequence[tuple[int, Sequence[str], Sequence[str]]]
+) -> list[dict[str, int]]:
+    """`register_channels` of several edges at once: per (edge_pk, channels, units), in order, channel
+    -> series id of all its channels.
+
+    One statement (every connecting edge needs this, and EdgeLink takes the Hellos waiting at one time
+    together): the series it creates, and those that existed before it started. A series another
+    connection created and committed while this statement ran (the same edge connecting twice at once)
+    is in neither, and is read again. Rows are inserted in (edge, channel) order, so two statements
+    that create some of the same series wait for each other rather than deadlock.
     """
-    wanted = list(channels)
+    edges = [e for e, channels, _ in declared for _ in channels]
+    wanted = [c for _, channels, _ in declared for c in channels]
+    units = [u for _, _, us in declared for u in us]
     rows = await conn.fetch(
         """WITH created AS (
                INSERT INTO telemetry.series (edge_pk, channel, unit)
-               SELECT $1, c, u FROM unnest($2::text[], $3::text[]) AS x(c, u)
+               SELECT e, c, u FROM unnest($1::bigint[], $2::text[], $3::text[]) AS x(e, c, u)
+               ORDER BY e, c
                ON CONFLICT (edge_pk, channel) DO NOTHING
-               RETURNING id, channel)
-           SELECT id, channel FROM created
+               RETURNING id, edge_pk, channel)
+           SELECT id, edge_pk, channel FROM created
            UNION ALL
            """
         + _SERIES_OF_CHANNELS,
-        edge_pk,
+        edges,
         wanted,
-        list(units),
+        units,
     )
-    ids = {r["channel"]: r["id"] for r in rows}
-    if len(ids) < len(set(wanted)):
-        rows = await conn.fetch(_SERIES_OF_CHANNELS, edge_pk, wanted)
-        ids = {r["channel"]: r["id"] for r in rows}
-    return ids
+    ids: dict[int, dict[str, int]] = {}
+    for r in rows:
+        ids.setdefault(int(r["edge_pk"]), {})[r["channel"]] = int(r["id"])
+    missing = [(e, c) for e, channels, _ in declared for c in channels if c not in ids.get(e, {})]
+    if missing:
+        for r in await conn.fetch(_SERIES_OF_CHANNELS, [e for e, _ in missing], [c for _, c in missing]):
+            ids.setdefault(int(r["edge_pk"]), {})[r["channel"]] = int(r["id"])
+    return [{c: ids[e][c] for c in channels} for e, channels, _ in declared]
 
 
 async def series_of_channel(conn: Conn, edge_pk: int, channel: str) -> tuple[int, str] | None:
