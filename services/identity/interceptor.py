@@ -47,8 +47,14 @@ from services.platform.rpc import Context
 Behavior = Callable[..., Any]
 
 
-def _metadata(context: Context) -> dict[str, str]:
-    return {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+def _metadata_value(context: Context, key: str) -> str | None:
+    """The text value of `key` (lower case) in the call's metadata, the last one when it is repeated;
+    a scan for the one key a call needs, not a dict of all of them built per call."""
+    found: str | None = None
+    for k, v in context.invocation_metadata() or ():
+        if isinstance(v, str) and k.lower() == key:
+            found = v
+    return found
 
 
 def client_address(context: Context, config: AuthConfig) -> str:
@@ -66,7 +72,7 @@ def client_address(context: Context, config: AuthConfig) -> str:
     else:
         address = peer[:100]
     if config.trust_forwarded_for:
-        forwarded = _metadata(context).get("x-forwarded-for", "")
+        forwarded = _metadata_value(context, "x-forwarded-for") or ""
         if forwarded and _trusted(address, config):
             return forwarded.split(",")[-1].strip()[:100]
     return address
@@ -189,8 +195,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return ANONYMOUS
         if info.access == policy.EDGE:
             return Caller(kind="edge")
-        md = _metadata(context)
-        caller = await self.state.authenticate_bearer(md.get("authorization"))
+        caller = await self.state.authenticate_bearer(_metadata_value(context, "authorization"))
         if info.access == policy.USER:
             return caller
         if info.access == policy.PLATFORM_ADMIN:

@@ -45,7 +45,7 @@ from services.market.summary import MarketSummary, summarise, zone_timezone
 from services.market.zones import BIDDING_ZONES, ES_PENINSULA, is_eic
 from services.pagination import Page
 from services.platform.notify import Listener
-from services.platform.rpc import Context, timestamp
+from services.platform.rpc import Context, set_timestamp, timestamp
 from services.platform.runtime import Runtime
 from services.platform.shared_reads import GatheredReads
 
@@ -149,7 +149,14 @@ def _publication_ref(p: Provenance) -> market_pb2.PublicationRef:
 
 
 def _interval(start: datetime, end: datetime) -> market_pb2.TimeInterval:
-    return market_pb2.TimeInterval(start_time=timestamp(start), end_time=timestamp(end))
+    out = market_pb2.TimeInterval()
+    _set_interval(out, start, end)
+    return out
+
+
+def _set_interval(out: market_pb2.TimeInterval, start: datetime, end: datetime) -> None:
+    set_timestamp(out.start_time, start)
+    set_timestamp(out.end_time, end)
 
 
 def price_curve(
@@ -210,6 +217,8 @@ def price_curve(
 def _summary_message(
     summary: MarketSummary, currency: str, unit: str, lengths: dict[datetime, timedelta]
 ) -> market_pb2.MarketSummary:
+    # Times are set in place (set_timestamp), not built as Timestamps and copied in: a summary holds
+    # some sixty of them, and forty summaries are built per BatchGetMarketSummaries.
     out = market_pb2.MarketSummary(
         zone=summary.zone,
         zone_name=summary.zone_name,
@@ -218,28 +227,31 @@ def _summary_message(
         sequence=summary.sequence,
         currency=currency,
         unit=unit,
-        read_time=timestamp(summary.now),
         local_day=summary.local_day.isoformat(),
         latest_delivery_day=summary.latest_delivery_day.isoformat() if summary.latest_delivery_day else "",
         stale=summary.stale,
     )
+    set_timestamp(out.read_time, summary.now)
     if summary.current is not None:
         c = summary.current
-        out.current.CopyFrom(
-            market_pb2.PricePoint(start_time=timestamp(c.start), end_time=timestamp(c.end), value=c.value)
-        )
+        current = out.current
+        set_timestamp(current.start_time, c.start)
+        set_timestamp(current.end_time, c.end)
+        current.value = c.value
     today = summary.today
     if today is not None:
         for target, extreme in ((out.today_minimum, today.minimum), (out.today_maximum, today.maximum)):
             target.value = extreme.value
-            target.slots.extend(_interval(s, s + lengths.get(s, HOUR)) for s in extreme.starts)
+            for s in extreme.starts:
+                _set_interval(target.slots.add(), s, s + lengths.get(s, HOUR))
         out.today_mean = today.mean
         out.today_slot_count = today.slots
         out.today_complete = today.complete
         out.negative_slot_count = today.negative_slots
-        out.negative_intervals.extend(_interval(a, b) for a, b in today.negative_intervals)
+        for a, b in today.negative_intervals:
+            _set_interval(out.negative_intervals.add(), a, b)
     if summary.stale_since is not None:
-        out.stale_since_time.CopyFrom(timestamp(summary.stale_since))
+        set_timestamp(out.stale_since_time, summary.stale_since)
     return out
 
 
@@ -499,13 +511,15 @@ class MarketDataServicer(market_pb2_grpc.MarketDataServiceServicer):
             warnings = await load_zone_warnings(conn, list(built), every_day) if built else []
             sources = _PRODUCT_SOURCES[product]
             health = await load_source_status(conn, sources)
+        # The sources' health is the product's, the same in every zone's summary: built once.
+        source_health = [_source_health(health.get(source), source) for source in sources]
         for zone, (summary, series, stored, days) in built.items():
             lengths = {slot.start: s.resolution for s in series for slot in s.slots}
             message = _summary_message(summary, stored.currency, stored.unit, lengths)
             message.warnings.extend(
                 _warning_message(w) for w in warnings if zone in (w.out_zone, w.in_zone) and w.delivery_day in days
             )
-            message.sources.extend(_source_health(health.get(source), source) for source in sources)
+            message.sources.extend(source_health)
             out[zone] = message
         return out
 
