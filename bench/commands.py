@@ -1,6 +1,7 @@
 """Command round trip: CreateCommand -> EXECUTED visible to the caller, open loop, p50/p99.
 
     python -m bench.commands [--quick] [--runs 3] [--samples 1000] [--rate 20] [--lines idle,two_calls,edge,load]
+                             [--output FILE]
 
 `emma serve edge command identity` runs as its own process, every edge as a process of its own
 (bench.command_edge), the callers in this process. Each command is *due* at a fixed time (open loop:
@@ -33,8 +34,11 @@ transitions, the median time between its waypoints (due -> QUEUED -> DELIVERED -
 EXECUTED -> seen by the caller), which is where the time goes. After the idle lines, the references:
 health checks on the same server, channels and open loop (no database, no auth), from when each was
 due to the first answer (the floor of one call, the "wait" line's) and to the second, sent after the
-first (the floor of two calls, the two-call line's). Every run starts a fresh cloud process; `--runs` runs give the
-spread (median, min, max of each run's p50 and p99 at the top).
+first (the floor of two calls, the two-call line's); then the command floor (bench.command_floor): the
+same process hops and durable commits as a command (caller -> server, a row INSERTed and committed ->
+the edge's stream -> its answer -> the row UPDATEd and committed -> the caller) with none of EMMA's logic,
+on the same open loop, and each idle line over it (`over_floor_p50`, run by run). Every run starts a
+fresh cloud process; `--runs` runs give the spread (median, min, max of each run's p50 and p99 at the top).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -67,6 +72,7 @@ from bench.harness import (
     login,
     migrate,
     percentile,
+    print_and_write,
     summary,
     until_due,
     write_result,
@@ -250,6 +256,86 @@ async def reference(port: int, callers: int, samples: int, rate: float) -> dict[
     }
 
 
+@contextlib.asynccontextmanager
+async def floor_processes(dsn: str) -> AsyncIterator[int]:
+    """bench.command_floor's server and edge, each a process of its own; yields the server's port."""
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def started(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.command_floor", *args, stdout=subprocess.PIPE
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        async with asyncio.timeout(60):
+            return (await proc.stdout.readline()).decode().strip()
+
+    try:
+        line = await started("serve", "--dsn", dsn)
+        if not line.startswith("port "):
+            raise RuntimeError(f"the floor's server did not start: {line!r}")
+        port = int(line.split()[1])
+        if (line := await started("edge", "--port", str(port))) != "ready":
+            raise RuntimeError(f"the floor's edge did not start: {line!r}")
+        yield port
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+
+
+async def floor(dsn: str, edge: str, callers: int, samples: int, rate: float) -> dict[str, float]:
+    """The floor of the command round trip (bench.command_floor: the same process hops and durable
+    commits as a command, none of EMMA's logic), on the same open loop: from when each command was due
+    to its answer, which says it is EXECUTED."""
+    loop = asyncio.get_running_loop()
+    trips: list[float] = []
+    late: list[float] = []
+    async with floor_processes(dsn) as port:
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(callers)]
+        calls = [
+            c.unary_unary(
+                "/emma.bench.v1.CommandFloor/Create",
+                request_serializer=S.CreateCommandRequest.SerializeToString,
+                response_deserializer=S.Command.FromString,
+            )
+            for c in channels
+        ]
+        t0 = loop.time() + 0.5
+
+        async def one(i: int) -> None:
+            due = t0 + i / rate
+            sent_late = await until_due(due)
+            request = S.CreateCommandRequest(
+                parent=edge,
+                request_id=str(uuid.uuid4()),
+                command=S.Command(channel="battery_1/SetActivePower", value=float(-100 - i % 50)),
+            )
+            answer = await calls[i % len(calls)](request)
+            if answer.state != S.COMMAND_STATE_EXECUTED:
+                raise RuntimeError(f"the floor answered {answer}")
+            if i >= WARM_UP:
+                trips.append((loop.time() - due) * 1000)
+                late.append(sent_late)
+
+        try:
+            await asyncio.gather(*(one(i) for i in range(WARM_UP + samples)))
+        finally:
+            for c in channels:
+                await c.close(None)
+    return {
+        "p50_ms": percentile(trips, 0.5),
+        "p99_ms": percentile(trips, 0.99),
+        "max_ms": max(trips, default=float("nan")),
+        "commands": len(trips),
+        "sent_late_p50_ms": percentile(late, 0.5),
+    }
+
+
 async def stage_medians(dsn: str, seen: list[tuple[uuid.UUID, float, float]]) -> dict[str, float]:
     """Median ms between a command's waypoints, from its stored transitions (one clock: this machine's)."""
     conn = await asyncpg.connect(dsn)
@@ -320,6 +406,7 @@ async def one_run(
             for name, figures in zip(names, measured, strict=True):
                 result["idle" if name == "idle" else "idle_two_calls"] = figures
             result["reference_health_checks"] = await reference(port, len(callers), args.samples, args.rate)
+            result["reference_floor"] = await floor(dsn, keys[0]["edge"], len(callers), args.samples, args.rate)
         if "edge" in args.lines:
             async with edge_process(port, keys[1]["edge"], keys[1]["key"], args.cycle):
                 await fresh_limits(dsn, keys[1]["edge"])
@@ -382,6 +469,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             f"{key}_spread": summary([r[key] for r in references])
             for key in ("one_p50_ms", "one_p99_ms", "two_p50_ms", "two_p99_ms")
         }
+    floors: list[Any] = [r["reference_floor"] for r in runs if "reference_floor" in r]
+    if floors:
+        result["reference_floor"] = {
+            "p50_spread": summary([r["p50_ms"] for r in floors]),
+            "p99_spread": summary([r["p99_ms"] for r in floors]),
+        }
+        # EMMA's idle line against the floor, run by run (the same minute of the machine).
+        for name in ("idle", "idle_two_calls"):
+            pairs = [(r[name], r["reference_floor"]) for r in runs if name in r and "reference_floor" in r]
+            if pairs:
+                result[name]["over_floor_p50"] = summary([e["p50_ms"] / f["p50_ms"] for e, f in pairs])  # type: ignore[index]
+                result[name]["over_floor_p99"] = summary([e["p99_ms"] / f["p99_ms"] for e, f in pairs])  # type: ignore[index]
     return result
 
 
@@ -396,6 +495,7 @@ def main() -> None:
     # edge, by design), so the daemon's line stays under one command per cycle.
     p.add_argument("--edge-rate", type=float, default=8.0, help="commands due per second for the real daemon")
     p.add_argument("--lines", default="idle,two_calls,edge,load", help="which of idle, two_calls, edge, load to run")
+    p.add_argument("--output", type=Path, help="where to write the result (default bench/results/commands.json)")
     argv = sys.argv[1:]
     args = p.parse_args(argv)
     args.argv = argv
@@ -403,8 +503,11 @@ def main() -> None:
         args.runs, args.samples = 1, 300
     args.lines = set(args.lines.split(","))
     result = asyncio.run(main_async(args))
-    print(json.dumps(result, indent=2, default=str))
-    print(f"written to {write_result('commands', result)}")
+    if args.output is not None:
+        print_and_write(result, args.output)
+    else:
+        print(json.dumps(result, indent=2, default=str))
+        print(f"written to {write_result('commands', result)}")
 
 
 if __name__ == "__main__":

@@ -101,6 +101,17 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     r["command"],
                 )
             )
+        if "reference_floor" in r:
+            f = r["reference_floor"]
+            out.append(
+                (
+                    "command floor: the same process hops and flushed commits, no EMMA logic (bench/command_floor.py): "
+                    "p50 / p99 (ms)",
+                    f"{_fmt(f['p50_spread'])} / {_fmt(f['p99_spread'])}",
+                    "reference",
+                    r["command"],
+                )
+            )
     if "gateway" in results:
         r = results["gateway"]
         for name, goal in (("split", ">= 1,500 req/s, p99 < 50"), ("up", ">= 1,000 req/s, p99 < 50")):

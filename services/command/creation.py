@@ -132,8 +132,7 @@ async def create_one(
             async with delivery.lock(pk):
                 result = await create(transitions.DELIVER_LIMIT)
                 if result.delivered:  # the new command is among them (the log says queued first)
-                    queued()
-                    await delivery.send_delivered(pk, result.delivered)
+                    await delivery.send_delivered(pk, result.delivered, before_logs=queued)
         else:
             result = await create(0)
         stored = result.stored

@@ -48,8 +48,11 @@ class LocalDelivery(Protocol):
         deliveries of one edge cannot overtake each other on the way to the edge."""
         ...
 
-    async def send_delivered(self, edge_pk: int, rows: list[dict[str, Any]]) -> None:
-        """Send commands just marked DELIVERED (oldest first) on the edge's stream; hold `lock(edge_pk)`."""
+    async def send_delivered(
+        self, edge_pk: int, rows: list[dict[str, Any]], before_logs: Callable[[], None] | None = None
+    ) -> None:
+        """Send commands just marked DELIVERED (oldest first) on the edge's stream; hold `lock(edge_pk)`.
+        `before_logs` runs once they are on their way, before the delivery's own log lines."""
         ...
 
 
@@ -58,8 +61,9 @@ class LocalHub:
         self.pool = pool
         # Set by the relay: delivery to the edge streams this process holds.
         self.delivery: LocalDelivery | None = None
-        # Set by the watcher: a committed change for WatchCommand streams of this process.
-        self.changed: Callable[[Change], None] | None = None
+        # Set by the watcher: a committed change for WatchCommand streams of this process; whether a
+        # stream (or a CreateCommand waiting for the final state) watches that command.
+        self.changed: Callable[[Change], bool] | None = None
 
     def empty(self) -> bool:
         return self.delivery is None and self.changed is None

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import asyncpg
@@ -148,28 +148,42 @@ class CommandRelay:
             lock = self._locks[edge_pk] = asyncio.Lock()
         return lock
 
-    async def send_delivered(self, edge_pk: int, rows: list[dict[str, Any]]) -> None:
+    async def send_delivered(
+        self, edge_pk: int, rows: list[dict[str, Any]], before_logs: Callable[[], None] | None = None
+    ) -> None:
         """Commands CreateCommand of this process just marked DELIVERED (migration 0026), oldest first.
 
-        If the stream went away meanwhile they stay DELIVERED and go out again when the edge reconnects
-        (attach), as after any delivery its stream did not survive.
+        The commands leave first: they are put on the stream and the stream's handler is given its turn
+        to hand them to gRPC before anything else here (metrics, log lines, and `before_logs`, the
+        caller's own, so its lines come before "command delivered"); the edge then works on them while
+        this process does the rest. If the stream went away meanwhile they stay DELIVERED and go out
+        again when the edge reconnects (attach), as after any delivery its stream did not survive.
         """
         if not rows:
             return
-        record_command_transition(states.DELIVERED, len(rows))
+        # Watchers first: a change they see from memory must not come after the edge's acks.
         self._publish(Change(row["id"], states.QUEUED, states.DELIVERED, row["event_time"]) for row in rows)
         sink = self._sinks.get(edge_pk)
-        if sink is None:
-            return
-        try:
-            # The stream's queue is full only when the edge stopped reading; CreateCommand waits for it
-            # a bounded time (what was not sent goes out on a reconnect, or fails by EDGE_TIMEOUT).
-            async with asyncio.timeout(SEND_WAIT_S):
-                for row in rows:
-                    log.info("command delivered", extra={"command_id": str(row["id"]), "edge": sink.edge_name})
-                    await sink.send(_edge_command(sink.edge_name, row))
-        except TimeoutError:
-            log.warning("the edge's stream is not reading; commands stay delivered", extra={"edge": sink.edge_name})
+        sent = 0
+        if sink is not None:
+            try:
+                # The stream's queue is full only when the edge stopped reading; CreateCommand waits for
+                # it a bounded time (what was not sent goes out on a reconnect, or fails by EDGE_TIMEOUT).
+                async with asyncio.timeout(SEND_WAIT_S):
+                    for row in rows:
+                        await sink.send(_edge_command(sink.edge_name, row))
+                        sent += 1
+                # The stream's handler was woken by the put; without this turn it would wait until this
+                # call's task next awaits, after the work below and the rest of CreateCommand.
+                await asyncio.sleep(0)
+            except TimeoutError:
+                log.warning("the edge's stream is not reading; commands stay delivered", extra={"edge": sink.edge_name})
+        if before_logs is not None:
+            before_logs()
+        record_command_transition(states.DELIVERED, len(rows))
+        if sink is not None:
+            for row in rows[:sent]:
+                log.info("command delivered", extra={"command_id": str(row["id"]), "edge": sink.edge_name})
         if len(rows) >= DELIVER_LIMIT:  # more may be queued behind them
             self.trigger(edge_pk)
 
@@ -259,7 +273,7 @@ class CommandRelay:
             return
         async with self._pool.acquire() as conn:
             applied = await apply_acks(conn, batch, self._replica_id)
-        self._publish(
+        if applied and self._publish(
             Change(
                 a.ack.command_id,
                 a.from_state,
@@ -270,7 +284,10 @@ class CommandRelay:
                 a.applied_value,
             )
             for a in applied
-        )
+        ):
+            # A caller waiting for one of these (CreateCommand's final_state_wait, a WatchCommand stream)
+            # answers in this turn, before the log lines below and the stream's next acks.
+            await asyncio.sleep(0)
         changed = {id(a.ack): a for a in applied}
         for item in batch:
             extra = {
@@ -287,13 +304,16 @@ class CommandRelay:
                 record_command_transition(item.to_state)
                 log.info("command acknowledged", extra={**extra, "from_state": done.from_state})
 
-    def _publish(self, changes: Iterable[Change]) -> None:
-        """Committed transitions, for the WatchCommand streams of this process (if it serves any)."""
+    def _publish(self, changes: Iterable[Change]) -> bool:
+        """Committed transitions, for the WatchCommand streams of this process (if it serves any);
+        whether any of them was watched."""
         changed = local.hub(self._pool).changed
         if changed is None:
-            return
+            return False
+        watched = False
         for change in changes:
-            changed(change)
+            watched = changed(change) or watched
+        return watched
 
 
 def _command_id(edge_name: str, name: str) -> uuid.UUID | None:

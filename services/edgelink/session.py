@@ -81,6 +81,9 @@ COMMAND_ACK_QUEUE = 1_000
 MAX_ACKS_PER_CALL = 100
 # How long the end of a stream waits for its queued command acks to be applied.
 ACK_FLUSH_S = 5.0
+# How long acks that are all RECEIVED wait for the edge's next ack before they are applied alone (see
+# _command_ack_loop).
+RECEIVED_WAIT_S = 0.002
 
 
 def _storable(text: str, limit: int) -> str:
@@ -289,11 +292,22 @@ class EdgeSession:
         assert self._relay is not None
         while True:
             batch = [await self._command_acks.get()]
-            # One turn of the event loop lets the reader queue an ack that is already read off the wire
-            # (an edge answering at once sends RECEIVED and EXECUTED back to back): one call for both.
+            # One turn of the event loop lets the reader queue an ack that is already read off the wire.
             await asyncio.sleep(0)
-            while len(batch) < MAX_ACKS_PER_CALL and not self._command_acks.empty():
-                batch.append(self._command_acks.get_nowait())
+            self._take_waiting(batch)
+            if len(batch) < MAX_ACKS_PER_CALL and all(
+                a.status == edge_link_pb2.COMMAND_ACK_STATUS_RECEIVED for a in batch
+            ):
+                # An edge that executes a command on arrival sends its final ack right after the RECEIVED
+                # (a few tenths of a millisecond later on the wire): applied together they are one call
+                # and one commit, where alone the final ack would wait behind the RECEIVED's call. Nobody
+                # waits for a RECEIVED (a caller waits for the final state, which this wait does not
+                # delay: the final ack ends it), so it may wait a moment; an edge whose final ack comes
+                # with a later control cycle has its RECEIVED applied after RECEIVED_WAIT_S.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RECEIVED_WAIT_S):
+                        batch.append(await self._command_acks.get())
+                self._take_waiting(batch)
             for _ in batch:
                 await self._ack_pace.take()
             try:
@@ -305,6 +319,11 @@ class EdgeSession:
             finally:
                 for _ in batch:
                     self._command_acks.task_done()
+
+    def _take_waiting(self, batch: list[edge_link_pb2.CommandAck]) -> None:
+        """Add the queued acks to `batch`, up to MAX_ACKS_PER_CALL."""
+        while len(batch) < MAX_ACKS_PER_CALL and not self._command_acks.empty():
+            batch.append(self._command_acks.get_nowait())
 
     async def _flush_command_acks(self, timeout_s: float) -> None:
         """Wait (bounded) until every queued command ack is applied, then stop the ack loop."""

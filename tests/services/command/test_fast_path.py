@@ -359,6 +359,44 @@ async def test_a_local_change_holds_back_its_notification_but_not_a_reconnect() 
     assert await sub.wait_for_change() == ([change], True)
 
 
+async def test_a_notification_that_comes_before_its_local_change_costs_no_re_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The relay's transaction result and its NOTIFY arrive on two connections, often the NOTIFY first.
+    monkeypatch.setattr(watch, "LOCAL_CHANGE_WAIT_S", 60.0)  # no stall of this machine ends the wait here
+    sub = watch.Subscription()
+    delivered = Change(uuid.uuid4(), states.QUEUED, states.DELIVERED, dt.datetime.now(dt.UTC))
+    sub.notify()
+    sub.publish(delivered)
+    assert await sub.wait_for_change() == ([delivered], False)
+    # Woken by the NOTIFY alone, the stream gives the local change one turn of the loop to arrive.
+    received = Change(delivered.command_id, states.DELIVERED, states.RECEIVED, dt.datetime.now(dt.UTC))
+    waiting = asyncio.create_task(sub.wait_for_change())
+    await asyncio.sleep(0)  # the stream waits
+    sub.notify()
+    await loop_steps(3)  # the stream wakes on the NOTIFY alone and waits for its local copy
+    assert not waiting.done()  # (it would re-read after LOCAL_CHANGE_WAIT_S)
+    sub.publish(received)
+    assert await waiting == ([received], False)
+    # A NOTIFY of another replica's change taken for a local one's is found by that one's own NOTIFY.
+    executed = Change(delivered.command_id, states.RECEIVED, states.EXECUTED, dt.datetime.now(dt.UTC))
+    sub.notify()  # another replica's
+    sub.publish(executed)
+    assert await sub.wait_for_change() == ([executed], False)
+    monkeypatch.setattr(watch, "LOCAL_CHANGE_WAIT_S", 0.0)  # no local copy comes for the rest
+    sub.notify()  # the local change's own: nothing accounts for it, so the stream re-reads
+    assert await sub.wait_for_change() == ([], True)
+    sub.notify()  # after the re-read the count starts afresh: the next NOTIFY alone re-reads again
+    assert await sub.wait_for_change() == ([], True)
+    # A command whose changes no local relay publishes (its edge's stream is on another replica): a
+    # NOTIFY alone is a re-read at once, with nothing to wait for.
+    remote = watch.Subscription()
+    remote.notify()
+    waiting = asyncio.create_task(remote.wait_for_change())
+    await loop_steps(3)
+    assert waiting.done() and waiting.result() == ([], True)
+
+
 async def test_a_cancelled_watch_ends_even_when_a_change_arrived_in_the_same_loop_steps(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

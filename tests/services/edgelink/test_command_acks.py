@@ -79,3 +79,32 @@ async def test_acks_sent_just_before_the_stream_ends_are_applied(
         await asyncio.sleep(0)
         assert await final_states(db, names) == [states.EXECUTED] * len(names)
         await stream.close()
+
+
+async def test_a_received_ack_with_no_final_ack_behind_it_is_applied_on_its_own(
+    host: Host, db: asyncpg.Connection, token: str
+) -> None:
+    # The ack loop waits a moment for a final ack to apply with a RECEIVED (an edge that executes on
+    # arrival); an edge that executes at a later control cycle still has its RECEIVED stored meanwhile.
+    edge, _, key = await new_edge(db, "acks-received")
+    async with host(["edge", "command"]) as (server, _), authed_channel(server.port, token) as ch:
+        stub = command_pb2_grpc.CommandServiceStub(ch)
+        stream = await online_edge(server.port, edge, key)
+        name = (await stub.CreateCommand(create(edge, SETPOINT, -300.0))).name
+        await stream.recv_kind("command")
+        await ack(stream, name, edge_link_pb2.COMMAND_ACK_STATUS_RECEIVED)
+        command_id = name.rsplit("/", 1)[1]
+        deadline = time.monotonic() + 15
+        state = ""
+        while state != states.RECEIVED and time.monotonic() < deadline:
+            state = await db.fetchval("SELECT state FROM app.commands WHERE id::text = $1", command_id)
+            await asyncio.sleep(0.05)
+        assert state == states.RECEIVED
+        await ack(stream, name, edge_link_pb2.COMMAND_ACK_STATUS_EXECUTED, applied=-300.0)
+        assert await final_states(db, [name]) == [states.EXECUTED]
+        command = await stub.GetCommand(command_pb2.GetCommandRequest(name=name))
+        assert [command_pb2.CommandState.Name(t.to_state) for t in command.transitions][2:] == [
+            "COMMAND_STATE_RECEIVED",
+            "COMMAND_STATE_EXECUTED",
+        ]
+        await stream.close()
