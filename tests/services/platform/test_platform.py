@@ -282,6 +282,23 @@ async def test_api_errors_carry_error_info_and_bad_request() -> None:
         await hosted.drain(0)
 
 
+async def test_every_method_is_served_through_the_one_generic_request() -> None:
+    """grpc.aio waits, per arriving call, on one pending request per registered method; the server
+    registers none, so one request for any method is pending, and the generic handlers serve them."""
+    hosted, channel = await _start(_Registry())
+    try:
+        pending = [getattr(t.get_coro(), "__qualname__", "") for t in asyncio.all_tasks()]
+        assert pending.count("AioServer._request_call") == 1
+        assert "AioServer._request_registered_call" not in pending
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        assert (await stub.GetSite(registry_pb2.GetSiteRequest(name="slow"))).name == "slow"
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await channel.close()
+        await hosted.drain(0)
+
+
 async def test_health_reflection_and_unimplemented_services(migrated_url: str) -> None:
     cfg = ServerConfig(port=0)
     server = create_server(cfg)
