@@ -19,7 +19,7 @@ import grpc
 from emma.edge.v1 import edge_link_pb2
 from google.protobuf import timestamp_pb2
 
-from services.platform.collector import tune_garbage_collector
+from core.collector import tune_garbage_collector
 
 METHOD = "/emma.edge.v1.EdgeLinkService/Connect"
 T0 = time.perf_counter()

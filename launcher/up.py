@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.collector import tune_garbage_collector
 from core.errors import EmmaError
 from edge_daemon.config import demo_site_dict
 from edge_daemon.private_files import open_private_append, restrict_dir
@@ -58,7 +59,6 @@ from launcher.weather_replay import running_weather_replay
 from services import catalog
 from services.cloud import further_workers, hosted_services
 from services.names import EdgeName
-from services.platform.collector import tune_garbage_collector
 from services.platform.config import PlatformConfig
 from services.platform.embedded_pg import EmbeddedPostgres, start_embedded_postgres
 from services.platform.runtime import Runtime

@@ -17,13 +17,13 @@ import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
+from core.collector import tune_garbage_collector
 from core.tracing import configure_tracing
 from services import catalog, registry
 from services.edgelink import edge_connections
 from services.errors import StartupError
 from services.identity import AuthInterceptor, auth_state_for, use_edge_directory
 from services.platform import db, migrations
-from services.platform.collector import tune_garbage_collector
 from services.platform.config import PlatformConfig, ServerConfig
 from services.platform.registration import build_workers, running_workers
 from services.platform.runtime import Runtime

@@ -282,6 +282,23 @@ async def test_api_errors_carry_error_info_and_bad_request() -> None:
         await hosted.drain(0)
 
 
+async def test_every_method_is_served_through_the_one_generic_request() -> None:
+    """grpc.aio waits, per arriving call, on one pending request per registered method; the server
+    registers none, so one request for any method is pending, and the generic handlers serve them."""
+    hosted, channel = await _start(_Registry())
+    try:
+        pending = [getattr(t.get_coro(), "__qualname__", "") for t in asyncio.all_tasks()]
+        assert pending.count("AioServer._request_call") == 1
+        assert "AioServer._request_registered_call" not in pending
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        assert (await stub.GetSite(registry_pb2.GetSiteRequest(name="slow"))).name == "slow"
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await channel.close()
+        await hosted.drain(0)
+
+
 async def test_health_reflection_and_unimplemented_services(migrated_url: str) -> None:
     cfg = ServerConfig(port=0)
     server = create_server(cfg)
@@ -407,30 +424,3 @@ async def test_calls_get_their_trace_ids_while_no_processor_reads_spans(monkeypa
     (first, first_span, _), (second, _, _), (continued, span_id, recording) = servicer.seen
     assert len(first) == 32 and len(first_span) == 16 and first != second  # a new trace per call
     assert continued == trace_id and span_id not in ("", "00f067aa0ba902b7") and not recording
-
-
-def test_the_garbage_collector_is_tuned_for_a_long_running_server() -> None:
-    import gc
-    import weakref
-
-    from services.platform.collector import YOUNG_THRESHOLD, tune_garbage_collector
-
-    before = gc.get_threshold()
-    try:
-        tune_garbage_collector()
-        assert gc.get_threshold() == (YOUNG_THRESHOLD, before[1], before[2])
-        assert gc.get_freeze_count() > 0  # what was alive at start-up is out of the collector's way
-
-        class Node:
-            other: object = None
-
-        # Reference cycles made afterwards are still collected.
-        a, b = Node(), Node()
-        a.other, b.other = b, a
-        gone = weakref.ref(a)
-        del a, b
-        gc.collect()
-        assert gone() is None
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)

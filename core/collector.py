@@ -1,4 +1,4 @@
-"""Python's garbage collector, tuned for a long-running server with thousands of streams.
+"""Python's garbage collector, tuned for a long-running server (`emma serve`, `emma up`, `emma gateway`).
 
 With the default thresholds (700, 10, 10) a replica holding 1,000 edge streams ran a full (oldest
 generation) collection every ten seconds or so, each pausing the event loop for up to ~145 ms
