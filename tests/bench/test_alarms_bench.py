@@ -4,32 +4,18 @@ import bench/); what it measured is checked (alarms raised and seen, acks), neve
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.bench_process import run_bench
 
 
 def test_bench_runs_end_to_end_on_tiny_sizes(database_url: str, tmp_path: Path) -> None:
-    out = tmp_path / "alarms.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.alarms",
-            *("--edges", "20", "--rules", "100", "--duration", "5", "--storm", "1", "--tail", "1"),
-            *("--runs", "1", "--output", str(out)),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url},
-        check=True,
-        capture_output=True,
-        timeout=240,
+    result = run_bench(
+        "alarms",
+        ["--edges", "20", "--rules", "100", "--duration", "5", "--storm", "1", "--tail", "1", "--runs", "1"],
+        database_url,
+        tmp_path / "alarms.json",
     )
-    result = json.loads(out.read_text())
     assert set(result) >= {"machine", "command", "with_rules", "without_rules", "alarm_p99_ms", "alarm_goal_met"}
     for variant, rules in (("with_rules", 100), ("without_rules", 0)):
         (run,) = result[variant]

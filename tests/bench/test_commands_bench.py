@@ -6,31 +6,18 @@ answered, the comparison with the floor made), never a timing."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.bench_process import run_bench
 
 
 def test_bench_runs_end_to_end_with_the_command_floor(database_url: str, tmp_path: Path) -> None:
-    out = tmp_path / "commands.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.commands",
-            *("--runs", "1", "--samples", "20", "--lines", "idle,two_calls", "--output", str(out)),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url},
-        check=True,
-        capture_output=True,
-        timeout=240,
+    result = run_bench(
+        "commands",
+        ["--runs", "1", "--samples", "20", "--lines", "idle,two_calls"],
+        database_url,
+        tmp_path / "commands.json",
     )
-    result = json.loads(out.read_text())
     (run,) = result["runs"]
     for line in ("idle", "idle_two_calls"):
         assert run[line]["commands"] == 20 and run[line]["errors"] == {}

@@ -5,39 +5,15 @@ throws, never shows the 20 devices, a live value or the 30-day buckets."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.bench_process import run_bench
 
 
 def test_bench_runs_end_to_end_on_tiny_sizes(database_url: str, tmp_path: Path) -> None:
-    out = tmp_path / "dashboard.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.dashboard",
-            "--runs",
-            "1",
-            "--days",
-            "1",
-            "--samples",
-            "2",
-            "--output",
-            str(out),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=240,
+    result = run_bench(
+        "dashboard", ["--runs", "1", "--days", "1", "--samples", "2"], database_url, tmp_path / "dashboard.json"
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
     assert set(result) >= {"machine", "command", "setup", "runs", "first_render_ms", "bundle", "met"}
     assert result["setup"]["devices"] == 20
     assert result["setup"]["history_rows"] == 25 * 24 * 60  # 25 channels, a day at 60 s

@@ -5,43 +5,18 @@ when a run fails, lacks weather or starts cold."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.bench_process import run_bench
 
 
 def test_bench_runs_end_to_end_on_tiny_sizes(database_url: str, tmp_path: Path) -> None:
-    out = tmp_path / "forecast.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.forecast",
-            "--sites",
-            "5",
-            "--days",
-            "8",
-            "--runs",
-            "2",
-            "--baseline-s",
-            "2",
-            "--warm-up-s",
-            "2",
-            "--output",
-            str(out),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=240,
+    result = run_bench(
+        "forecast",
+        ["--sites", "5", "--days", "8", "--runs", "2", "--baseline-s", "2", "--warm-up-s", "2"],
+        database_url,
+        tmp_path / "forecast.json",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
     assert set(result) >= {"machine", "command", "setup", "seed", "runs", "total_s", "site_p99_s", "met"}
     assert result["setup"]["sites"] == 5
     assert result["seed"]["rows"] == 5 * 2 * 8 * 96

@@ -5,26 +5,15 @@ document was parsed and STORED and that the rows in market.prices are the rows s
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.bench_process import run_bench
 
 
 def test_bench_runs_end_to_end_on_tiny_sizes(database_url: str, tmp_path: Path) -> None:
-    out = tmp_path / "market.json"
-    subprocess.run(
-        [sys.executable, "-m", "bench.market", "--zones", "3", "--days", "2", "--samples", "10", "--output", str(out)],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url},
-        check=True,
-        capture_output=True,
-        timeout=240,
+    result = run_bench(
+        "market", ["--zones", "3", "--days", "2", "--samples", "10"], database_url, tmp_path / "market.json"
     )
-    result = json.loads(out.read_text())
     assert set(result) >= {"machine", "command", "dataset", "store", "read"}
     assert result["dataset"]["documents"] == 6
     store = result["store"]
@@ -52,22 +41,12 @@ def test_bench_runs_end_to_end_on_tiny_sizes(database_url: str, tmp_path: Path) 
 def test_bench_stores_from_several_saving_processes(database_url: str, tmp_path: Path) -> None:
     # --savers: each process parses its share in line and saves it on its own connection; the bench
     # asserts every document STORED once and the rows counted; the goal is judged against every COPY.
-    out = tmp_path / "market.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.market",
-            *("--zones", "3", "--days", "4", "--batch", "2", "--savers", "2", "--only", "store"),
-            *("--output", str(out)),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url},
-        check=True,
-        capture_output=True,
-        timeout=240,
+    result = run_bench(
+        "market",
+        ["--zones", "3", "--days", "4", "--batch", "2", "--savers", "2", "--only", "store"],
+        database_url,
+        tmp_path / "market.json",
     )
-    result = json.loads(out.read_text())
     assert "read" not in result and result["command"].endswith("--batch 2 --savers 2 --only store")
     store = result["store"]
     assert store["saving_processes"] == 2 and store["connections"] == 2
