@@ -31,7 +31,7 @@ class ServerConfig:
     # Calls the gRPC core holds while the event loop has not yet taken them up (grpc.aio asks for one
     # call at a time). Beyond gRPC's default of 1,000 it refused calls at random, and from 3,000 all
     # of them, as a bare CANCELLED the server never saw or logged: 2,000 edges reconnecting at once
-    # to a busy replica lost about one stream in fifteen before its Hello (docs/performance.md, issue 21).
+    # to a busy replica lost one stream in fourteen before its Welcome (docs/performance.md, issue 21).
     max_pending_calls: int = 20_000
     shutdown_grace_s: float = 10.0
     replica_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
