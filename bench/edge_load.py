@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import random
 import sys
@@ -20,9 +21,18 @@ from emma.edge.v1 import edge_link_pb2
 from google.protobuf import timestamp_pb2
 
 from core.collector import tune_garbage_collector
+from edge_daemon.config import CloudConfig
+from edge_daemon.uplink.backoff import Backoff
 
 METHOD = "/emma.edge.v1.EdgeLinkService/Connect"
 T0 = time.perf_counter()
+# The ends of a stream before its Welcome that another attempt may not meet (a busy or restarting
+# server); any other status refuses the edge's Hello itself.
+RETRIED = frozenset({"CANCELLED", "UNAVAILABLE", "INTERNAL", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "EOF"})
+# An edge daemon's reconnect delays (its defaults; a slotted dataclass keeps them in its fields).
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CloudConfig)}
+RECONNECT_MIN_S = float(_DEFAULTS["reconnect_min_s"])  # type: ignore[arg-type]
+RECONNECT_MAX_S = float(_DEFAULTS["reconnect_max_s"])  # type: ignore[arg-type]
 
 
 def _varint(n: int) -> bytes:
@@ -82,24 +92,46 @@ async def run_edge(
     duration: float,
     latencies: list[tuple[float, float]],
     counts: dict[str, int],
+    failures: dict[str, int],
     send_lag_ms: list[float],
     sending: dict[str, float],
 ) -> None:
     # At a fixed rate the first batch is due when the edge starts connecting: a slow Hello during the
     # connection storm delays it, and that delay is part of its latency.
     start = time.perf_counter()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
-    outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+    # A stream that ends before its Welcome is opened again after a pause, as an edge daemon does
+    # (edge_daemon/uplink: a new channel, full-jitter backoff); each such end is counted by its status,
+    # and the run goes on. Until session 14 the first one ended the whole generator process, and the
+    # bench printed nothing.
+    backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
+    while True:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    async def requests():  # type: ignore[no-untyped-def]
-        while (item := await outbox.get()) is not None:
-            yield item
+        async def requests(box: asyncio.Queue[bytes | None] = outbox):  # type: ignore[no-untyped-def]
+            while (item := await box.get()) is not None:
+                yield item
 
-    call = channel.stream_stream(
-        METHOD, request_serializer=None, response_deserializer=edge_link_pb2.ConnectResponse.FromString
-    )(requests())
-    await outbox.put(hello(edge, key, 50))
-    welcome = await call.read()
+        call = channel.stream_stream(
+            METHOD, request_serializer=None, response_deserializer=edge_link_pb2.ConnectResponse.FromString
+        )(requests())
+        await outbox.put(hello(edge, key, 50))
+        try:
+            welcome = await call.read()
+            code = "EOF" if welcome is grpc.aio.EOF else ""
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+        if not code:
+            break
+        failures[code] = failures.get(code, 0) + 1
+        if code not in RETRIED:  # a refused key or Hello: retrying would not help; this edge is done
+            counts["errors"] += 1
+            await outbox.put(None)
+            await channel.close()
+            return
+        await outbox.put(None)
+        await channel.close()
+        await asyncio.sleep(backoff.next_delay())
     window = asyncio.Semaphore(max(1, welcome.welcome.max_unacked_batches))  # type: ignore[union-attr]
     # At a fixed rate a batch's latency runs from when it was due, not from when it could be sent: a
     # server that holds the window shut delays the next sends, and that wait is part of the latency
@@ -110,11 +142,23 @@ async def run_edge(
 
     async def reader() -> None:
         acked = 0
+        try:
+            await read_acks(acked)
+        finally:
+            done.set()
+            window.release()  # a sender waiting for the window sees the stream ended
+
+    async def read_acks(acked: int) -> None:
         while acked < total:
-            msg = await call.read()
+            try:
+                msg = await call.read()
+            except grpc.aio.AioRpcError as exc:  # after the Welcome: counted, the edge's run ends
+                failures[exc.code().name] = failures.get(exc.code().name, 0) + 1
+                counts["errors"] += 1
+                return
             if msg is grpc.aio.EOF:
                 counts["errors"] += 1
-                break
+                return
             if msg.WhichOneof("message") == "telemetry_ack":  # type: ignore[union-attr]
                 seq = msg.telemetry_ack.batch_seq  # type: ignore[union-attr]
                 sent = sent_at.pop(seq)
@@ -124,7 +168,6 @@ async def run_edge(
                 sending["last_ack"] = time.perf_counter()
                 acked += 1
                 window.release()
-        done.set()
 
     read_task = asyncio.create_task(reader())
     if not rate:
@@ -134,6 +177,8 @@ async def run_edge(
             due = start + (seq - 1) / rate
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
         await window.acquire()
+        if done.is_set():
+            break
         sent_at[seq] = due if rate else time.perf_counter()
         if rate:  # how late this process itself got to the send (its own CPU share, not the server's)
             send_lag_ms.append((time.perf_counter() - due) * 1000)
@@ -153,6 +198,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     latencies: list[tuple[float, float]] = []
     send_lag_ms: list[float] = []
     counts = {"acked": 0, "points": 0, "errors": 0}
+    # Streams that ended before their Welcome (opened again) or after it (the edge's run ended), by status.
+    failures: dict[str, int] = {}
     # When this process sent its first batch and got its last ack (time.perf_counter(), CLOCK_MONOTONIC
     # on Linux, so comparable between the processes of one machine): the ingest window without the
     # process's start-up, its connections and Hellos.
@@ -174,6 +221,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             args.duration,
             latencies,
             counts,
+            failures,
             send_lag_ms,
             sending,
         )
@@ -184,6 +232,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     return {
         "elapsed_s": time.perf_counter() - start,
         **counts,
+        "stream_failures": failures,
         "latencies_ms": latencies,
         "send_lag_ms": own_lag,
         **sending,

@@ -92,7 +92,23 @@ async def run_generators(
         for i in range(processes)
     ]
     outs = await asyncio.gather(*(p.communicate() for p in procs))
-    return [json.loads(out.decode().strip().splitlines()[-1]) for out, _ in outs]
+    results = []
+    for proc, (out, _) in zip(procs, outs, strict=True):
+        lines = out.decode().strip().splitlines()
+        if proc.returncode or not lines:  # its traceback went to stderr, above
+            raise RuntimeError(f"a load generator failed (exit status {proc.returncode}); see its error above")
+        results.append(json.loads(lines[-1]))
+    return results
+
+
+def stream_failures(results: list[dict[str, object]]) -> dict[str, int]:
+    """The generators' streams that ended early (before their Welcome, then opened again, or after
+    it), by status code."""
+    total: dict[str, int] = {}
+    for r in results:
+        for code, n in r["stream_failures"].items():  # type: ignore[attr-defined]
+            total[code] = total.get(code, 0) + n
+    return total
 
 
 async def stored_points(dsn: str) -> int:
@@ -140,6 +156,7 @@ async def throughput(dsn: str, quick: bool) -> dict[str, object]:
     e2e_with_startup: list[float] = []
     server_cpu: list[float] = []
     raw: dict[int, list[float]] = {n: [] for n in COPY_CONNECTIONS}
+    failures: dict[str, int] = {}
     async with cloud_process(dsn, "edge", env=STATS_EVERY_5_S) as (port, pid, _stats):
         for run in range(3):
             before = await stored_points(dsn)
@@ -154,6 +171,8 @@ async def throughput(dsn: str, quick: bool) -> dict[str, object]:
             elapsed = time.perf_counter() - t0
             stored = await stored_points(dsn) - before
             sent = sum(int(r["points"]) for r in results)  # type: ignore[call-overload]
+            for code, n in stream_failures(results).items():
+                failures[code] = failures.get(code, 0) + n
             assert stored == sent, f"stored {stored} != acked {sent}"
             # From the first batch sent to the last ack, over all generators: like the raw COPY's
             # figure, without connecting (the generators' process start-up, connections and Hellos).
@@ -181,6 +200,7 @@ async def throughput(dsn: str, quick: bool) -> dict[str, object]:
             [a / b for a, b in zip(e2e_with_startup, best, strict=True)]
         ),
         "server_cpu_cores": summary(server_cpu),
+        "stream_failures": failures,
         "setup": f"{edges} edges in {processes} processes, 1,000-point batches, {batches} batches per edge per run",
     }
 
@@ -219,6 +239,7 @@ async def fleet_run(dsn: str, edges: int, duration: float, run: int) -> dict[str
         "acked_batches": sum(int(r["acked"]) for r in results),  # type: ignore[call-overload]
         "expected_batches": edges * int(duration),
         "errors": sum(int(r["errors"]) for r in results),  # type: ignore[call-overload]
+        "stream_failures": stream_failures(results),
         "judged_ack_ms": {"from_s": STORM_S, **window([ms for t, ms in pairs if t >= STORM_S])},
         "storm_ack_ms": {"until_s": STORM_S, **window([ms for t, ms in pairs if t < STORM_S])},
         # How late the load generators themselves got to their sends (they share the two cores): part

@@ -28,6 +28,11 @@ class ServerConfig:
     keepalive_timeout_ms: int = 10_000
     # Clients (edges) may ping every 10 s; more frequent pings get the connection closed (GOAWAY).
     min_client_ping_interval_ms: int = 10_000
+    # Calls the gRPC core holds while the event loop has not yet taken them up (grpc.aio asks for one
+    # call at a time). Beyond gRPC's default of 1,000 it refused calls at random, and from 3,000 all
+    # of them, as a bare CANCELLED the server never saw or logged: 2,000 edges reconnecting at once
+    # to a busy replica lost one stream in fourteen before its Welcome (docs/performance.md, issue 21).
+    max_pending_calls: int = 20_000
     shutdown_grace_s: float = 10.0
     replica_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
     # A plain-HTTP listener answering GET /metrics (Prometheus text) on `host`; None: no listener.
@@ -67,6 +72,7 @@ class ServerConfig:
             min_client_ping_interval_ms=env_int(
                 env, "EMMA_GRPC_MIN_CLIENT_PING_INTERVAL_MS", cls.min_client_ping_interval_ms, 1000
             ),
+            max_pending_calls=env_int(env, "EMMA_GRPC_MAX_PENDING_CALLS", cls.max_pending_calls, 1),
             shutdown_grace_s=env_float(env, "EMMA_SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
             replica_id=replica_id,
             metrics_port=metrics_port,

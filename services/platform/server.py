@@ -37,6 +37,9 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", config.min_client_ping_interval_ms),
         ("grpc.http2.max_pings_without_data", 0),
+        # Up to this many calls wait for the event loop; one more is refused (see ServerConfig).
+        ("grpc.server.max_pending_requests", config.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", config.max_pending_calls + 1),
         # gRPC sets SO_REUSEPORT by default, which lets a second server silently share a busy port: only
         # the workers of one `emma serve --workers N` share theirs (the first checked it was free).
         ("grpc.so_reuseport", 1 if config.shares_port else 0),

@@ -1,0 +1,46 @@
+"""bench/edge_load.py, the ingest bench's load generator, against a real EdgeLink server: a stream that
+is refused does not end the generator (until session 14 its first failure did, and the bench printed
+nothing); it is counted by its status, and the other edges' batches are all acked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import asyncpg
+
+from tests.support.cloud import Host, new_edge
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_a_refused_stream_is_counted_and_the_other_edges_run_on(
+    host: Host, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    prefix = f"load-{uuid.uuid4().hex[:6]}"
+    edges = [await new_edge(db, f"{prefix}-{i}") for i in range(3)]
+    bad_key = edges[1][2][: edges[1][2].rindex("_") + 1] + "wrong"
+    keys = tmp_path / "keys.json"
+    keys.write_text(
+        json.dumps([{"edge": str(edge), "key": bad_key if i == 1 else key} for i, (edge, _, key) in enumerate(edges)])
+    )
+    async with host(["edge"]) as (server, _):
+        generator = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.edge_load",
+            *("--port", str(server.port), "--keys", str(keys), "--edges", "3", "--points", "20", "--batches", "5"),
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(generator.communicate(), timeout=120)
+    assert generator.returncode == 0
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert (result["acked"], result["points"]) == (10, 200)  # two edges, five 20-point batches each
+    assert result["errors"] == 1
+    assert result["stream_failures"] == {"UNAUTHENTICATED": 1}
