@@ -54,7 +54,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,17 @@ def error_reason(exc: grpc.aio.AioRpcError) -> str:
 Outcome = tuple[dict[str, list[float]], collections.Counter[str], list[tuple[uuid.UUID, float, float]]]
 
 
+async def each_then_close(
+    one: Callable[[int], Awaitable[None]], count: int, channels: Sequence[grpc.aio.Channel]
+) -> None:
+    """one(0), …, one(count - 1) side by side (each waits for its own due time), then the channels closed."""
+    try:
+        await asyncio.gather(*(one(i) for i in range(count)))
+    finally:
+        for c in channels:
+            await c.close(None)
+
+
 async def open_loop(
     port: int, edge: str, callers: list[list[tuple[str, str]]], samples: int, rate: float, modes: tuple[bool, ...]
 ) -> list[Outcome]:
@@ -213,11 +224,7 @@ async def open_loop(
             latencies["sent_late"].append(sent_late)
             seen.append((uuid.UUID(created.name.rsplit("/", 1)[1]), wall0 + (due - t0), wall0 + (t_done - t0)))
 
-    try:
-        await asyncio.gather(*(one(i) for i in range(total)))
-    finally:
-        for c in channels:
-            await c.close(None)
+    await each_then_close(one, total, channels)
     return outcomes
 
 
@@ -243,11 +250,7 @@ async def reference(port: int, callers: int, samples: int, rate: float) -> dict[
             firsts.append((first - due) * 1000)
             trips.append((loop.time() - due) * 1000)
 
-    try:
-        await asyncio.gather(*(one(i) for i in range(WARM_UP + samples)))
-    finally:
-        for c in channels:
-            await c.close(None)
+    await each_then_close(one, WARM_UP + samples, channels)
     return {
         "one_p50_ms": percentile(firsts, 0.5),
         "one_p99_ms": percentile(firsts, 0.99),
@@ -322,11 +325,7 @@ async def floor(dsn: str, edge: str, callers: int, samples: int, rate: float) ->
                 trips.append((loop.time() - due) * 1000)
                 late.append(sent_late)
 
-        try:
-            await asyncio.gather(*(one(i) for i in range(WARM_UP + samples)))
-        finally:
-            for c in channels:
-                await c.close(None)
+        await each_then_close(one, WARM_UP + samples, channels)
     return {
         "p50_ms": percentile(trips, 0.5),
         "p99_ms": percentile(trips, 0.99),
