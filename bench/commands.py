@@ -73,6 +73,7 @@ from bench.harness import (
     migrate,
     percentile,
     print_and_write,
+    stop_processes,
     summary,
     until_due,
     write_result,
@@ -114,12 +115,7 @@ async def edge_process(port: int, edge: str, key: str, daemon_period_s: float | 
             raise RuntimeError(f"the edge did not start: {line!r}")
         yield
     finally:
-        proc.terminate()
-        try:
-            async with asyncio.timeout(10):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
+        await stop_processes([proc])
 
 
 async def fresh_limits(dsn: str, edge: str, timeout_s: float = 60) -> None:
@@ -282,13 +278,7 @@ async def floor_processes(dsn: str) -> AsyncIterator[int]:
             raise RuntimeError(f"the floor's edge did not start: {line!r}")
         yield port
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                async with asyncio.timeout(10):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
+        await stop_processes(list(reversed(procs)))
 
 
 async def floor(dsn: str, edge: str, callers: int, samples: int, rate: float) -> dict[str, float]:

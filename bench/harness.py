@@ -136,6 +136,17 @@ async def cloud_process(
         drain.cancel()
 
 
+async def stop_processes(procs: Sequence[asyncio.subprocess.Process], grace_s: float = 10) -> None:
+    """SIGTERM to each, in order; one that has not ended within `grace_s` is killed."""
+    for proc in procs:
+        proc.terminate()
+        try:
+            async with asyncio.timeout(grace_s):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+
+
 def rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -39,10 +39,9 @@ from emma.edge.v1 import edge_link_pb2
 from google.protobuf import timestamp_pb2
 
 from core.tasks import stop_tasks
-from services.edgelink.hello import check_channel_indexes, check_text
-from services.errors import ApiError, invalid_field
+from services.edgelink.hello import check_channel_addresses, check_channel_indexes, check_text
+from services.errors import ApiError
 from services.identity import EdgeIdentity, authenticate_edge_keys
-from services.names import CHANNEL_ADDRESS
 from services.platform.config import IngestConfig
 from services.platform.migrations import Conn
 from services.registry import store_inventories
@@ -113,12 +112,6 @@ def clock_drift(edge: str, offset_ms: float, limit_ms: float, was_drifting: bool
         f"edge clock is {offset_ms / 1000:+.1f} s off the server's",
         {"clock_offset_ms": offset_ms},
     )
-
-
-def check_channel_addresses(table: Sequence[edge_link_pb2.ChannelDescriptor], path: str) -> None:
-    for entry in table:
-        if not CHANNEL_ADDRESS.match(entry.channel):
-            raise invalid_field(path, f"{entry.channel!r} is not a device/Channel address")
 
 
 def with_channels(

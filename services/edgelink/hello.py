@@ -12,12 +12,14 @@ index of 4,294,967,295 made the server allocate 32 GiB.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
+from emma.edge.v1 import edge_link_pb2
 from google.protobuf import descriptor as d
 from google.protobuf.message import Message
 
 from services.errors import invalid_field
+from services.names import CHANNEL_ADDRESS
 
 # Far above a real edge's channel count over its life; keeps the session's index table at most 512 KiB.
 MAX_CHANNEL_INDEX = 65_535
@@ -55,3 +57,9 @@ def check_channel_indexes(indexes: Iterable[int], prefix: str) -> None:
     for i, index in enumerate(indexes):
         if index > MAX_CHANNEL_INDEX:
             raise invalid_field(f"{prefix}[{i}].index", f"{index} is above {MAX_CHANNEL_INDEX}")
+
+
+def check_channel_addresses(table: Sequence[edge_link_pb2.ChannelDescriptor], path: str) -> None:
+    for entry in table:
+        if not CHANNEL_ADDRESS.match(entry.channel):
+            raise invalid_field(path, f"{entry.channel!r} is not a device/Channel address")

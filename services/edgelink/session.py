@@ -38,13 +38,12 @@ from services.command import ACKS_PER_SECOND, CommandRelay, TokenBucket
 from services.edgelink.batches import Rejection, to_columns, to_events
 from services.edgelink.handshake import (
     Handshakes,
-    check_channel_addresses,
     clipped,
     clock_drift,
     ts_seconds,
     with_channels,
 )
-from services.edgelink.hello import check_channel_indexes, check_text
+from services.edgelink.hello import check_channel_addresses, check_channel_indexes, check_text
 from services.edgelink.writer import IngestWriter, PendingBatch
 from services.errors import ApiError, reason_name
 from services.identity import EdgeIdentity, edge_key_revoked

@@ -148,12 +148,6 @@ def _publication_ref(p: Provenance) -> market_pb2.PublicationRef:
     )
 
 
-def _interval(start: datetime, end: datetime) -> market_pb2.TimeInterval:
-    out = market_pb2.TimeInterval()
-    _set_interval(out, start, end)
-    return out
-
-
 def _set_interval(out: market_pb2.TimeInterval, start: datetime, end: datetime) -> None:
     set_timestamp(out.start_time, start)
     set_timestamp(out.end_time, end)
@@ -596,7 +590,7 @@ def _publication_message(p: Publication, warnings: list[StoredWarning], cleared:
         zones=list(p.zones),
     )
     if p.interval is not None:
-        out.interval.CopyFrom(_interval(*p.interval))
+        _set_interval(out.interval, *p.interval)
     out.warnings.extend(_warning_message(w) for w in warnings)
     out.cleared_warning_keys.extend(cleared)
     return out

@@ -14,7 +14,6 @@ from zoneinfo import ZoneInfo
 import grpc
 from emma.common.v1 import errors_pb2
 from emma.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
-from google.protobuf import timestamp_pb2
 
 from services.errors import ApiError, invalid_field, not_found
 from services.identity import auth_state_for, caller
@@ -28,7 +27,7 @@ from services.names import (
     parse_site,
 )
 from services.pagination import Page
-from services.platform.rpc import Context, timestamp
+from services.platform.rpc import Context, set_timestamp, timestamp
 from services.platform.runtime import Runtime
 from services.platform.shared_reads import SharedReads
 from services.registry import edge_pk, edges_of_site, site_location, site_time_zone
@@ -88,7 +87,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     @staticmethod
     def _latest_value(row: dict[str, Any]) -> telemetry_pb2.LatestValue:
         value = telemetry_pb2.LatestValue(channel=_channel_resource(row), value=row["value"], unit=row["unit"])
-        _set_timestamp(value.sample_time, row["time"])
+        set_timestamp(value.sample_time, row["time"])
         return value
 
     async def ListLatestValues(
@@ -117,9 +116,9 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             value = values.add(
                 channel=channel_resource(edges[r["edge_pk"]], r["channel"]), value=r["value"], unit=r["unit"]
             )
-            _set_timestamp(value.sample_time, r["time"])
+            set_timestamp(value.sample_time, r["time"])
         # The server's clock once the values are read: every call sharing the read arrived before it.
-        _set_timestamp(response.read_time, dt.datetime.now(dt.UTC))
+        set_timestamp(response.read_time, dt.datetime.now(dt.UTC))
         return _LatestRead(rows, response)
 
     async def ListChannels(
@@ -296,19 +295,6 @@ def _only_channels(read: _LatestRead, wanted: set[str]) -> telemetry_pb2.ListLat
             response.values.append(value)
     response.read_time.CopyFrom(read.response.read_time)
     return response
-
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-def _set_timestamp(out: timestamp_pb2.Timestamp, value: dt.datetime) -> None:
-    """services.platform.rpc.timestamp into an existing field, by one timedelta: Timestamp.FromDatetime
-    goes through a UTC time tuple and calendar.timegm in Python, and a Timestamp passed to a message's
-    constructor is copied once more. `value` must be timezone-aware (asyncpg's timestamptz is): a
-    naive one raises TypeError rather than being read in some zone."""
-    delta = value - _EPOCH
-    out.seconds = delta.days * 86_400 + delta.seconds
-    out.nanos = delta.microseconds * 1000
 
 
 def _edge_columns(edge: EdgeName) -> dict[str, str]:

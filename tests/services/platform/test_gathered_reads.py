@@ -8,35 +8,22 @@ import asyncio
 import pytest
 
 from services.platform.shared_reads import GatheredReads
+from tests.support.gated_reads import GatedReads
 
 
-class Reads:
+class Reads(GatedReads[tuple[str, list[str]]]):
     """Reads of a store of counters that the test opens and closes by hand: each read records the items
     it was given and answers each with its counter as it was when the read started."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.counters: dict[str, int] = {}
-        self.started: list[tuple[str, list[str]]] = []
-        self.gates: list[asyncio.Event] = []
-        self.fail_next: Exception | None = None
 
     async def read(self, group: str, items: list[str]) -> dict[str, int | Exception]:
         seen: dict[str, int | Exception] = {
             item: self.counters[item] if item in self.counters else KeyError(item) for item in items
         }
-        self.started.append((group, items))
-        gate = asyncio.Event()
-        self.gates.append(gate)
-        await gate.wait()
-        if self.fail_next is not None:
-            error, self.fail_next = self.fail_next, None
-            raise error
-        return seen
-
-    async def started_count(self, n: int) -> None:
-        async with asyncio.timeout(5):  # a read that never starts fails the test, not the suite's timeout
-            while len(self.started) < n:
-                await asyncio.sleep(0)
+        return await self.gated((group, items), seen)
 
 
 async def test_items_gathered_during_a_read_are_read_together_by_the_next_one_which_sees_what_they_saw() -> None:

@@ -7,33 +7,20 @@ import asyncio
 import pytest
 
 from services.platform.shared_reads import SharedReads
+from tests.support.gated_reads import GatedReads
 
 
-class Reads:
+class Reads(GatedReads[int]):
     """Reads of a counter that the test opens and closes by hand: each read records the value the
     counter had when it started, and ends when the test lets it."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.counter = 0
-        self.started: list[int] = []
-        self.gates: list[asyncio.Event] = []
-        self.fail_next: Exception | None = None
 
     async def read(self) -> int:
         seen = self.counter
-        self.started.append(seen)
-        gate = asyncio.Event()
-        self.gates.append(gate)
-        await gate.wait()
-        if self.fail_next is not None:
-            error, self.fail_next = self.fail_next, None
-            raise error
-        return seen
-
-    async def started_count(self, n: int) -> None:
-        async with asyncio.timeout(5):  # a read that never starts fails the test, not the suite's timeout
-            while len(self.started) < n:
-                await asyncio.sleep(0)
+        return await self.gated(seen, seen)
 
 
 async def test_calls_during_a_read_share_the_next_one_which_sees_what_they_saw() -> None:
