@@ -12,8 +12,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import asyncpg
 
@@ -178,16 +179,17 @@ def print_and_write(result: dict[str, object], output: Path) -> None:
     print(f"written to {output}")
 
 
-async def copy_samples(conn: asyncpg.Connection, payload: bytes) -> None:
+async def copy_samples(conn: asyncpg.Connection, payload: bytes | bytearray) -> None:
     """Load a binary COPY payload (services.telemetry's samples_copy_payload) into telemetry.samples."""
 
-    async def chunks() -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncIterator[bytes | bytearray]:
         yield payload
 
     await conn.copy_to_table(
         "samples",
         schema_name="telemetry",
-        source=chunks(),
+        # asyncpg sends any buffer (its typing says bytes): the payload is not copied to pass it.
+        source=cast("AsyncIterable[bytes]", chunks()),
         format="binary",
         columns=["series_id", "time", "value"],
     )

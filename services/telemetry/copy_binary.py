@@ -30,16 +30,27 @@ _ROW = np.dtype(
 )
 
 
+# The row's constant parts (field count and lengths), copied into every row in one pass.
+_TEMPLATE = np.zeros((), dtype=_ROW)
+_TEMPLATE["fields"] = 3
+_TEMPLATE["len_series"] = _TEMPLATE["len_time"] = _TEMPLATE["len_value"] = 8
+
+
 def samples_copy_payload(
     series_ids: npt.NDArray[np.int64], times_unix_us: npt.NDArray[np.int64], values: npt.NDArray[np.float64]
-) -> bytes:
-    """The binary COPY stream for telemetry.samples (series_id bigint, time timestamptz, value float8)."""
-    rows = np.empty(len(series_ids), dtype=_ROW)
-    rows["fields"] = 3
-    rows["len_series"] = 8
+) -> bytearray:
+    """The binary COPY stream for telemetry.samples (series_id bigint, time timestamptz, value float8).
+
+    The rows are written in place between the header and the trailer (no copies of the whole stream
+    to join them), their constant parts from one template: 0.85 ms per 27,000 rows where seven field
+    assignments and two joins took 2.2 ms (docs/performance.md, issue 21, session 15)."""
+    n = len(series_ids)
+    payload = bytearray(len(HEADER) + n * _ROW.itemsize + len(TRAILER))
+    payload[: len(HEADER)] = HEADER
+    payload[len(payload) - len(TRAILER) :] = TRAILER
+    rows = np.frombuffer(payload, dtype=_ROW, count=n, offset=len(HEADER))
+    rows[...] = _TEMPLATE
     rows["series_id"] = series_ids
-    rows["len_time"] = 8
     rows["time"] = times_unix_us - PG_EPOCH_OFFSET_US
-    rows["len_value"] = 8
     rows["value"] = values
-    return HEADER + rows.tobytes() + TRAILER
+    return payload

@@ -61,3 +61,64 @@ def test_dirty_buckets_are_the_distinct_batch_and_bucket_pairs() -> None:
 def test_an_empty_group_has_no_rows() -> None:
     rows = SampleRows.of([columns([])])
     assert len(rows.series) == len(rows.latest_series) == len(rows.dirty_batch) == 0
+
+
+def lexsorted(batches: list[Columns]) -> list[tuple[int, int, int, float]]:
+    """The points as (series, batch, time, value) in the reference order: np.lexsort, stable."""
+    batch = np.concatenate([np.full(c.size, i, dtype=np.int64) for i, c in enumerate(batches)])
+    series = np.concatenate([c.series_ids for c in batches])
+    times = np.concatenate([c.times_unix_us for c in batches])
+    values = np.concatenate([c.values for c in batches])
+    order = np.lexsort((times, batch, series))
+    return list(
+        zip(series[order].tolist(), batch[order].tolist(), times[order].tolist(), values[order].tolist(), strict=True)
+    )
+
+
+def edge_batches(rng: np.random.Generator, first_series: list[int], in_time_order: bool) -> list[Columns]:
+    """Batches as edges send them: each of 20 channels' points in turn, one time step after the other
+    (or shuffled), some times equal; edges' series ids far apart or close together."""
+    out = []
+    for base in first_series:
+        for step in range(3):
+            points = [
+                (base + ch, T + (step * 5 + k // 2) * 1_000_000, float(rng.normal()))
+                for k in range(10)
+                for ch in range(20)
+            ]
+            if not in_time_order:
+                points = [points[i] for i in rng.permutation(len(points))]
+            out.append(columns(points))
+    return out
+
+
+def test_the_order_is_lexsorts_whichever_way_it_is_found() -> None:
+    # Series ids close together (the radix sort), far apart (the sort of a wide key) and beyond any
+    # key (the lexsort), each with points in time order and shuffled (the lexsort again).
+    rng = np.random.default_rng(7)
+    for first_series in ([1, 100, 200], [1, 10_000_000, 20_000_000], [1, 2**61, 2**62]):
+        for in_time_order in (True, False):
+            batches = edge_batches(rng, first_series, in_time_order)
+            rows = SampleRows.of(batches)
+            got = list(
+                zip(rows.series.tolist(), rows.batch.tolist(), rows.times.tolist(), rows.values.tolist(), strict=True)
+            )
+            assert got == lexsorted(batches), (first_series, in_time_order)
+
+
+def test_a_batch_over_several_buckets_marks_only_the_buckets_it_has_points_in() -> None:
+    bucket = T // ROLLUP_BUCKET_US
+    start = bucket * ROLLUP_BUCKET_US
+    backlog = [(1, start + b * ROLLUP_BUCKET_US + 5, 1.0) for b in (0, 2, 3, 7)]  # none in 1, 4, 5, 6
+    two = [(1, start + ROLLUP_BUCKET_US - 1, 2.0), (2, start + ROLLUP_BUCKET_US, 3.0)]
+    rows = SampleRows.of([columns(backlog), columns([]), columns(two), columns([(3, start, 4.0)])])
+
+    pairs = list(zip(rows.dirty_batch.tolist(), rows.dirty_bucket.tolist(), strict=True))
+    expected = sorted(
+        {
+            (i, t // ROLLUP_BUCKET_US)
+            for i, batch in enumerate((backlog, [], two, [(3, start, 4.0)]))
+            for _, t, _ in batch
+        }
+    )
+    assert pairs == expected
