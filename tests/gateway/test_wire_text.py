@@ -4,6 +4,7 @@ each element's text remembered by its bytes, never a text other than the answer'
 
 from __future__ import annotations
 
+from emma.command.v1 import command_pb2
 from emma.telemetry.v1 import telemetry_pb2
 
 from gateway.json_text import message_json
@@ -135,3 +136,17 @@ def test_answer_text_prints_changed_answers_with_remembered_values_as_answer_jso
     for k in range(6):
         answer = _answer(1764892900 + k, *[float(i + (k if i == 3 else 0)) for i in range(20)])
         assert answers.json(route, answer.SerializeToString()) == answer_json(route, answer)
+
+
+def test_an_element_holding_a_map_prints_as_its_parsed_self_every_time() -> None:
+    """A map's entries come out of a parse in wire order (not the order they were put in), and the same
+    bytes always parse to the same order: what lets a remembered text stand for the bytes."""
+    answer = command_pb2.ListFleetDispatchesResponse()
+    skipped = answer.fleet_dispatches.add(name="organizations/o/fleetDispatches/f").status.skipped_edges
+    for key in ["10", "", "b", "a", "zz", "0"]:
+        skipped[key] = f"reason {key}"
+    data = answer.SerializeToString()
+    texts = ElementTexts()
+    printed = {texts.json(type(answer).FromString(data), data) for _ in range(50)}
+    assert printed == {message_json(type(answer).FromString(data))}
+    assert texts.remembered() == 1
