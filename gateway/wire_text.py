@@ -29,6 +29,22 @@ MAX_ELEMENT_BYTES = 512
 _LENGTH_DELIMITED = 2
 
 
+def _varint_rest(data: bytes, i: int, end: int, first: int) -> tuple[int, int]:
+    """The varint whose first byte `first` (continuation bit set) was read, and the index after it;
+    index -1 when it runs past the end or past 64 bits."""
+    value = first & 0x7F
+    shift = 7
+    while True:
+        if i >= end or shift > 63:
+            return 0, -1
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
 def element_slices(data: bytes, numbers: frozenset[int]) -> dict[int, list[bytes]] | None:
     """The bytes of each length-delimited record of the fields `numbers` at the top level of `data`, in
     wire order; None for anything that is not plain proto3 wire (a group, a bad wire type, a record
@@ -38,18 +54,10 @@ def element_slices(data: bytes, numbers: frozenset[int]) -> dict[int, list[bytes
     while i < end:
         key = data[i]
         i += 1
-        if key & 0x80:
-            key &= 0x7F
-            shift = 7
-            while True:
-                if i >= end or shift > 63:
-                    return None
-                b = data[i]
-                i += 1
-                key |= (b & 0x7F) << shift
-                shift += 7
-                if not b & 0x80:
-                    break
+        if key & 0x80:  # the one-byte case stays inline: nearly every key and length is one byte
+            key, i = _varint_rest(data, i, end, key)
+            if i < 0:
+                return None
         wire = key & 7
         if wire == _LENGTH_DELIMITED:
             if i >= end:
@@ -57,17 +65,9 @@ def element_slices(data: bytes, numbers: frozenset[int]) -> dict[int, list[bytes
             length = data[i]
             i += 1
             if length & 0x80:
-                length &= 0x7F
-                shift = 7
-                while True:
-                    if i >= end or shift > 63:
-                        return None
-                    b = data[i]
-                    i += 1
-                    length |= (b & 0x7F) << shift
-                    shift += 7
-                    if not b & 0x80:
-                        break
+                length, i = _varint_rest(data, i, end, length)
+                if i < 0:
+                    return None
             if i + length > end:
                 return None
             records = found.get(key >> 3)
