@@ -35,6 +35,8 @@ from gateway.json_encoder import (
 )
 
 Printer = Callable[[Any], str]
+# A message's printer taking the element texts of its repeated message fields (see given_json).
+GivenPrinter = Callable[[Any, dict[int, str]], str]
 
 _INT64 = {d.FieldDescriptor.CPPTYPE_INT64, d.FieldDescriptor.CPPTYPE_UINT64}
 _float_repr = float.__repr__
@@ -100,11 +102,24 @@ class _Compiler:
 
     def __init__(self) -> None:
         self._names: dict[str, str] = {}
+        self._given_names: dict[str, str] = {}
         # The functions' globals: the helpers below, then each type's function and constants.
         self._namespace: dict[str, Any] = dict(_HELPERS)
 
     def message(self, descriptor: Any) -> Printer:
         printer: Printer = self._namespace[self._function(descriptor)]
+        return printer
+
+    def given(self, descriptor: Any) -> GivenPrinter:
+        """The type's printer that takes its repeated message fields' element texts already printed."""
+        full_name = descriptor.full_name
+        name = self._given_names.get(full_name)
+        if name is None:
+            self._function(descriptor)  # the types it refers to, compiled and named first
+            name = self._given_names[full_name] = f"_g{len(self._given_names)}"
+            source = self._source(name, descriptor, given=True)
+            exec(compile(source, f"<json_text given {full_name}>", "exec"), self._namespace)  # our own source
+        printer: GivenPrinter = self._namespace[name]
         return printer
 
     def _constant(self, value: Any) -> str:
@@ -183,11 +198,14 @@ class _Compiler:
 
         return self._constant(map_text)
 
-    def _source(self, name: str, descriptor: d.Descriptor) -> str:
+    def _source(self, name: str, descriptor: d.Descriptor, given: bool = False) -> str:
+        """The printer's source; `given`: its repeated message fields' element texts, joined by commas,
+        come in `_given` by field number (repeated_message_fields) instead of being printed."""
         printed = [f for f in descriptor.fields if not is_input_only(f)]
         # The helpers as parameters with defaults: locals, not a globals lookup for every value.
         helpers = ", ".join(f"{h}={h}" for h in _HELPERS)
-        lines = [f"def {name}(m, {helpers}):", "    o = []"]
+        head = f"def {name}(m, _given, {helpers}):" if given else f"def {name}(m, {helpers}):"
+        lines = [head, "    o = []"]
         unset: list[tuple[str, str]] = []  # (flag, text) of each field without presence, in declaration order
         flags: dict[int, str] = {}
         for f in sorted(printed, key=lambda f: f.number):
@@ -206,10 +224,15 @@ class _Compiler:
                 ]
             elif f.is_repeated:
                 flag = flags[f.number] = f"u{f.number}"
+                elements = (
+                    f"_given[{f.number}]"
+                    if given and f.message_type is not None
+                    else f"','.join([{self._expression(f, 'v')} for v in x])"
+                )
                 lines += [
                     f"    x = {read}",
                     "    if x:",
-                    f"        o.append({prefix + '['!r} + ','.join([{self._expression(f, 'v')} for v in x]) + ']')",
+                    f"        o.append({prefix + '['!r} + {elements} + ']')",
                     f"        {flag} = False",
                     "    else:",
                     f"        {flag} = True",
@@ -259,3 +282,26 @@ def message_json(message: Any) -> str:
     """The message's proto3 JSON text (see the module's docstring); raises Unprintable for a value
     only json_format may print or refuse."""
     return _COMPILER.message(message.DESCRIPTOR)(message)
+
+
+def element_printer(field: d.FieldDescriptor) -> Printer:
+    """The printer of one element of a repeated message field (as the message's own printer prints it)."""
+    return _COMPILER.message(field.message_type)
+
+
+def repeated_message_fields(descriptor: d.Descriptor) -> list[d.FieldDescriptor]:
+    """The printed repeated fields of message type, maps excepted: the fields given_json takes printed."""
+    return [
+        f
+        for f in descriptor.fields
+        if f.is_repeated
+        and f.message_type is not None
+        and not f.message_type.GetOptions().map_entry
+        and not is_input_only(f)
+    ]
+
+
+def given_json(message: Any, elements: dict[int, str]) -> str:
+    """message_json(message), with the elements of each of its repeated_message_fields already printed:
+    `elements[number]` is their texts joined by commas, in order (read only while the field is set)."""
+    return _COMPILER.given(message.DESCRIPTOR)(message, elements)

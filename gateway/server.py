@@ -19,6 +19,7 @@ from core.tracing import configure_tracing
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayConfigError
+from gateway.http_protocol import OneWriteProtocol
 from gateway.web import with_web
 
 
@@ -47,6 +48,8 @@ def _uvicorn_config(config: GatewayConfig) -> uvicorn.Config:
     return uvicorn.Config(
         # The dashboard (web/dist) at `/` in front of the API, same origin (gateway/web.py).
         with_web(create_app(config)),
+        # httptools, each answer's headers and body written as one (gateway/http_protocol.py).
+        http=OneWriteProtocol,
         lifespan="on",
         # The process configured logging already (JSON lines); uvicorn must not replace it.
         log_config=None,

@@ -24,6 +24,7 @@ from gateway.errors import HttpError, from_rpc_error
 from gateway.json_encoder import Unprintable, message_to_dict
 from gateway.json_text import message_json
 from gateway.routes import Route
+from gateway.wire_text import ElementTexts
 
 Metadata = Sequence[tuple[str, str]]
 # A unary or a server-streaming multi-callable of the Invoker.
@@ -129,21 +130,36 @@ class AnswerText:
     or printed again. The services answer calls that share a read (services/platform/shared_reads.py:
     fifty dashboards polling one site) with the same message, so under load most latest-value answers
     repeat the one before. Comparing the bytes is one memcmp; nothing is ever served that the caller's
-    own answer would not print to.
+    own answer would not print to. An answer that differs (a new read of the site: new `read_time`,
+    mostly the same values) gets its repeated elements' texts from their bytes (gateway/wire_text.py).
     """
 
     def __init__(self, max_bytes: int = MAX_REMEMBERED_ANSWER_BYTES) -> None:
         self._max_bytes = max_bytes
         self._last: dict[Route, tuple[bytes, bytes]] = {}
+        self._elements = ElementTexts()
 
     def json(self, route: Route, data: bytes) -> bytes:
         last = self._last.get(route)
         if last is not None and last[0] == data:
             return last[1]
-        content = answer_json(route, message_class(route.method.output_type).FromString(data))
+        message = message_class(route.method.output_type).FromString(data)
+        content = self._print(route, message, data)
         if len(data) <= self._max_bytes:
             self._last[route] = (data, content)
         return content
+
+    def _print(self, route: Route, message: Message, data: bytes) -> bytes:
+        """answer_json(route, message), elements of repeated message fields printed once per bytes
+        (gateway/wire_text.py) when the rule answers with the whole message."""
+        if route.response_field is None:
+            try:
+                text = self._elements.json(message, data)
+            except Unprintable:
+                text = None  # answer_json prints it the slow way, or fails as it always did
+            if text is not None:
+                return text.encode()
+        return answer_json(route, message)
 
 
 async def call_unary(

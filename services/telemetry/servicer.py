@@ -33,6 +33,7 @@ from services.platform.shared_reads import SharedReads
 from services.registry import edge_pk, edges_of_site, site_location, site_time_zone
 from services.telemetry import history
 from services.telemetry.latest import SiteLatest
+from services.telemetry.latest_answer import LatestAnswers
 from services.telemetry.maintenance import TelemetryMaintenance
 from services.telemetry.series import channels_of_edges, series_of_channel, series_of_edges
 
@@ -60,6 +61,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         # ListLatestValues calls of one parent that arrive together share one read, never one that
         # started before them (services/platform/shared_reads.py).
         self._latest_reads: SharedReads[Scope, _LatestRead] = SharedReads()
+        self._latest_answers = LatestAnswers()
 
     async def start(self) -> None:
         await self.maintenance.start()
@@ -105,21 +107,13 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
 
     async def _read_latest(self, scope: Scope) -> _LatestRead:
         """One read of the parent's latest values, with the whole answer built once for every call that
-        shares it: the answer is built straight from the rows (no merged dict per row, the Timestamps set
-        in place), as this is the gateway's most frequent read and 50 values are 50 of each. The calls
+        shares it (from the rows, or copied from the parent's previous answer when the rows are the same:
+        services/telemetry/latest_answer.py), as this is the gateway's most frequent read. The calls
         sharing it are answered with this one message, which nobody changes afterwards."""
         async with self._pool.acquire() as conn:
             edges, rows = await self._site_latest.read(conn, SiteName(scope.org, scope.site), scope.edge, scope.device)
-        response = telemetry_pb2.ListLatestValuesResponse()
-        values = response.values
-        for r in rows:
-            value = values.add(
-                channel=channel_resource(edges[r["edge_pk"]], r["channel"]), value=r["value"], unit=r["unit"]
-            )
-            set_timestamp(value.sample_time, r["time"])
         # The server's clock once the values are read: every call sharing the read arrived before it.
-        set_timestamp(response.read_time, dt.datetime.now(dt.UTC))
-        return _LatestRead(rows, response)
+        return _LatestRead(rows, self._latest_answers.answer(scope, edges, rows, dt.datetime.now(dt.UTC)))
 
     async def ListChannels(
         self, request: telemetry_pb2.ListChannelsRequest, context: Context

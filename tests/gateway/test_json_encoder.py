@@ -7,7 +7,8 @@ not define, oneofs and optional fields set to their defaults, empty and non-empt
 integer keys, Timestamps at both ends of their range with 0/3/6/9 fractional digits, negative
 Durations, recursive messages. Each is printed by `json_encoder.message_to_dict`, by
 `json_text.message_json` and by json_format (with the INPUT_ONLY fields removed, as the gateway always
-did), and the three JSON texts must be equal.
+did), and the three JSON texts must be equal; so must the text `wire_text.ElementTexts` prints from the
+message's bytes, with element texts remembered from earlier examples.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.json_encoder import Unprintable, is_input_only, message_to_dict, slow_message_to_dict
-from gateway.json_text import message_json
+from gateway.json_text import message_json, repeated_message_fields
 from gateway.routes import build_route_table
 from gateway.transcode import answer_json
+from gateway.wire_text import ElementTexts
 from tests.support.contract_descriptors import messages
 
 F = d.FieldDescriptor
@@ -123,6 +125,23 @@ _TYPES = sorted(
 )
 
 
+# One for the whole run, so that later examples meet element texts remembered from earlier ones.
+_ELEMENTS = ElementTexts()
+
+
+def _from_wire(message: Message) -> tuple[str | None, str]:
+    """The text gateway/wire_text.py prints for the message's bytes, twice (the second time from the
+    element texts the first remembered, which must not change a byte), and json_format's text of the
+    message those bytes parse to: the gateway only ever prints parsed answers, and a map's entries
+    come out of a parse in wire order, which need not be the order they were put in."""
+    data = message.SerializeToString()
+    parsed = type(message).FromString(data)
+    first = _ELEMENTS.json(parsed, data)
+    again = _ELEMENTS.json(type(message).FromString(data), data)
+    assert again == first
+    return first, _dumps(slow_message_to_dict(parsed))
+
+
 @pytest.mark.parametrize("descriptor", _TYPES, ids=lambda m: m.full_name)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
@@ -132,6 +151,13 @@ def test_compiled_encoder_prints_what_json_format_prints(descriptor: d.Descripto
     reference = _dumps(slow_message_to_dict(message))
     assert _dumps(message_to_dict(message)) == reference
     assert message_json(message) == reference  # the text printer (gateway/json_text.py)
+    # From the bytes, elements of repeated message fields remembered (gateway/wire_text.py): the same
+    # text, or None for a type without such fields (the caller then prints as above).
+    from_wire, parsed_reference = _from_wire(message)
+    if repeated_message_fields(descriptor):
+        assert from_wire == parsed_reference
+    else:
+        assert from_wire is None
 
 
 def test_every_kind_of_field_is_covered_by_the_contracts() -> None:
@@ -264,3 +290,6 @@ def test_the_text_printer_prints_what_json_format_prints_for_a_type_the_contract
     message = _class(_ODD)()
     _fill(data.draw, message, depth=3)
     assert message_json(message) == _dumps(slow_message_to_dict(message))
+    # Its repeated `children` come from the bytes (its map `flags` is printed as before).
+    from_wire, parsed_reference = _from_wire(message)
+    assert from_wire == parsed_reference
