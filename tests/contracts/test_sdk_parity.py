@@ -59,6 +59,8 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.wire import tag, varint
+
 UTC = dt.UTC
 FD = descriptor.FieldDescriptor
 PB_MODULES = [types_pb2, errors_pb2, edge_link_pb2, telemetry_pb2, command_pb2, registry_pb2, identity_pb2]
@@ -924,19 +926,6 @@ def test_unpacked_repeated_encoding_is_accepted() -> None:
 # --------------------------------------------------------------------------------------------------
 # Unknown fields
 # --------------------------------------------------------------------------------------------------
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def tag(field_number: int, wire_type: int) -> bytes:
-    return varint(field_number << 3 | wire_type)
 
 
 UNKNOWN_VARINT = tag(127, 0) + varint(150)

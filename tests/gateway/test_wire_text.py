@@ -11,26 +11,11 @@ from gateway.json_text import message_json
 from gateway.routes import Route, build_route_table
 from gateway.transcode import AnswerText, answer_json
 from gateway.wire_text import ElementTexts, element_slices
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _key(number: int, wire: int) -> bytes:
-    return _varint(number << 3 | wire)
+from tests.support.wire import tag, varint
 
 
 def _record(number: int, payload: bytes) -> bytes:
-    return _key(number, 2) + _varint(len(payload)) + payload
+    return tag(number, 2) + varint(len(payload)) + payload
 
 
 def _answer(read_time: int, *values: float) -> telemetry_pb2.ListLatestValuesResponse:
@@ -51,13 +36,13 @@ def test_records_of_the_asked_fields_come_out_in_wire_order_past_every_other_kin
     long = b"x" * 300  # a two-byte length
     data = (
         _record(1, b"a")
-        + _key(2, 0)
-        + _varint(2**63)  # an unknown varint of ten bytes
+        + tag(2, 0)
+        + varint(2**63)  # an unknown varint of ten bytes
         + _record(300, long)  # a two-byte key
-        + _key(3, 1)
+        + tag(3, 1)
         + b"\x00" * 8
         + _record(1, b"")
-        + _key(4, 5)
+        + tag(4, 5)
         + b"\x01" * 4
         + _record(1, long)
         + _record(5, b"not asked")
@@ -71,14 +56,14 @@ def test_anything_but_plain_wire_is_left_to_the_usual_printer() -> None:
     whole = _record(1, b"abc")
     refused = {
         "a record running past the end": whole[:-1],
-        "a length cut off": _key(1, 2),
-        "a length's varint cut off": _key(1, 2) + b"\x80",
+        "a length cut off": tag(1, 2),
+        "a length's varint cut off": tag(1, 2) + b"\x80",
         "a key's varint cut off": b"\x80",
-        "an asked field as a varint": _key(1, 0) + _varint(7),
-        "a group": _key(2, 3) + _key(2, 4),
-        "a wire type that does not exist": _key(2, 6),
-        "a fixed64 running past the end": _key(2, 1) + b"\x00" * 7,
-        "a varint running past the end": whole + _key(2, 0) + b"\x80",
+        "an asked field as a varint": tag(1, 0) + varint(7),
+        "a group": tag(2, 3) + tag(2, 4),
+        "a wire type that does not exist": tag(2, 6),
+        "a fixed64 running past the end": tag(2, 1) + b"\x00" * 7,
+        "a varint running past the end": whole + tag(2, 0) + b"\x80",
     }
     for why, data in refused.items():
         assert element_slices(data, frozenset({1})) is None, why
@@ -121,7 +106,7 @@ def test_a_type_without_repeated_messages_and_bytes_with_a_group_are_printed_as_
     route = _latest_route()
     answer = _answer(1764892900, 1.0, 2.0)
     # An unknown group: the parser keeps it as an unknown field, the memo declines, the body is the same.
-    data = answer.SerializeToString() + _key(15, 3) + _key(15, 4)
+    data = answer.SerializeToString() + tag(15, 3) + tag(15, 4)
     parsed = type(answer).FromString(data)
     assert ElementTexts().json(parsed, data) is None
     answers = AnswerText()
