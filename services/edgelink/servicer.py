@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 
 from core.metrics import watch_queue
 from services.command import CommandRelay
+from services.edgelink.closings import SessionEnds
 from services.edgelink.handshake import Handshakes
 from services.edgelink.log_limit import LogLimiter
 from services.edgelink.session import EdgeSession, IngestCounters, record_event
@@ -47,6 +48,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         self.relay = CommandRelay(runtime.pool, runtime.dsn, runtime.replica_id)
         self.schedules = ScheduleRelay(runtime.pool, runtime.dsn)
         self.handshakes = Handshakes(runtime.pool, self._config, runtime.replica_id)
+        self.ends = SessionEnds(runtime.pool)
         self._tasks: list[asyncio.Task[None]] = []
         self._writer_pool: asyncpg.Pool | None = None
         # The stream each edge has on this replica, so a newer one can end the older one at once.
@@ -86,6 +88,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=CLOSE_WAIT_S)
         await self.handshakes.stop()
+        await self.ends.stop()
         await self.relay.stop()
         await self.schedules.stop()
         await self.writer.stop()
@@ -150,6 +153,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
             self.writer,
             self._config,
             self.counters,
+            self.ends,
             self.relay,
             self.schedules,
         )

@@ -36,6 +36,7 @@ from core.metrics import record_ack, record_edge_connected, record_rejected_batc
 from core.tracing import traces_exported
 from services.command import ACKS_PER_SECOND, CommandRelay, TokenBucket
 from services.edgelink.batches import Rejection, to_columns, to_events
+from services.edgelink.closings import SessionEnds
 from services.edgelink.handshake import (
     Handshakes,
     clipped,
@@ -154,10 +155,12 @@ class EdgeSession:
         writer: IngestWriter,
         config: IngestConfig,
         counters: IngestCounters,
+        ends: SessionEnds,
         relay: CommandRelay | None = None,
         schedules: ScheduleRelay | None = None,
     ) -> None:
         self.identity = identity
+        self._ends = ends
         self._relay = relay
         self._schedules = schedules
         self._ack_pace = TokenBucket(ACKS_PER_SECOND, ACKS_PER_SECOND)
@@ -187,13 +190,14 @@ class EdgeSession:
         writer: IngestWriter,
         config: IngestConfig,
         counters: IngestCounters,
+        ends: SessionEnds,
         relay: CommandRelay | None = None,
         schedules: ScheduleRelay | None = None,
     ) -> tuple[EdgeSession, edge_link_pb2.Welcome]:
         # Checked and committed with the Hellos that arrive meanwhile (handshake.py).
         opened = await handshakes.open(hello)
         identity = opened.identity
-        session = cls(identity, opened.session_id, pool, writer, config, counters, relay, schedules)
+        session = cls(identity, opened.session_id, pool, writer, config, counters, ends, relay, schedules)
         session._lut = opened.lut
         session._drifting = opened.drifting
         welcome = edge_link_pb2.Welcome(
@@ -580,23 +584,9 @@ class EdgeSession:
                 entry[3].set_attribute("emma.result", "unacknowledged")
                 entry[3].end()
         try:
-            # One statement (one round trip, one commit): the session goes offline and, if it was
-            # still this stream's, the DISCONNECTED event is recorded. Committed without waiting for
-            # the disk (as command deliveries are, migration 0023): when a fleet's streams end at once,
-            # a thousand flushes would delay the ingest writer's commits, and so every other stream's
-            # acks. Lost in a database crash, the session stays online until the offline sweeper
-            # marks it OFFLINE, as when the database is down at the close.
-            await self._pool.execute(
-                """WITH closed AS (
-                       UPDATE app.edge_sessions SET online = false, disconnected_time = now()
-                       WHERE edge_pk = $1 AND session_id = $2
-                       RETURNING edge_pk)
-                   INSERT INTO app.edge_events (edge_pk, event_time, severity, kind, message, details)
-                   SELECT edge_pk, now(), 'info', 'DISCONNECTED', 'stream closed', '{}'::jsonb FROM closed
-                   WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL""",
-                self.identity.edge_pk,
-                self.session_id,
-            )
+            # Offline with its DISCONNECTED event, in one statement with the other streams ending now
+            # (closings.py).
+            await self._ends.record(self.identity.edge_pk, self.session_id)
         except Exception:  # the database may be down; the offline sweeper catches up later
             log.warning("could not record the end of the stream", extra={"edge": str(self.identity.name)})
         log.info("edge disconnected", extra={"edge": str(self.identity.name), "session_id": str(self.session_id)})
