@@ -175,8 +175,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         context.add_done_callback(call_ended)  # type: ignore[arg-type]
         try:
             yield edge_link_pb2.ConnectResponse(welcome=welcome)
-            await session.attach_commands()  # after the Welcome: commands in flight, then the queue
-            await session.attach_schedules()  # then the plan in force, if any
+            session.attach()  # after the Welcome, beside the acks: commands in flight, the queue, the plan
             async for response in session.responses():
                 yield response
         finally:

@@ -33,6 +33,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from core.metrics import record_ack, record_edge_connected, record_rejected_batch
+from core.tasks import stop_task
 from core.tracing import traces_exported
 from services.command import ACKS_PER_SECOND, CommandRelay, TokenBucket
 from services.edgelink.batches import Rejection, to_columns, to_events
@@ -176,6 +177,7 @@ class EdgeSession:
         self._acks: asyncio.Queue[tuple[int, asyncio.Future[int], float, trace.Span] | None] = asyncio.Queue()
         self._drifting = False
         self._closing: asyncio.Task[None] | None = None
+        self._attaching: asyncio.Task[None] | None = None
         self._command_acks: asyncio.Queue[edge_link_pb2.CommandAck] = asyncio.Queue(maxsize=COMMAND_ACK_QUEUE)
         self._command_acker: asyncio.Task[None] | None = None
 
@@ -243,13 +245,22 @@ class EdgeSession:
     async def send(self, response: edge_link_pb2.ConnectResponse) -> None:
         await self.outbound.put(response)
 
-    async def attach_commands(self) -> None:
-        if self._relay is not None:
-            await self._relay.attach(self)
+    def attach(self) -> None:
+        """After the Welcome: the commands in flight, then the queue, then the plan in force, in a task
+        of their own. Until session 15 the handler made these statements before it sent anything else,
+        so the stream's first acks waited behind them, on the shared pool that a fleet's Hellos keep
+        busy; acks and commands are independent messages, and the commands keep their order. A failure
+        ends the stream with that error, as it did."""
+        self._attaching = asyncio.get_running_loop().create_task(self._attach(), name=f"attach-{self.edge_name}")
 
-    async def attach_schedules(self) -> None:
-        if self._schedules is not None:
-            await self._schedules.attach(self)
+    async def _attach(self) -> None:
+        try:
+            if self._relay is not None:
+                await self._relay.attach(self)
+            if self._schedules is not None:
+                await self._schedules.attach(self)
+        except Exception as exc:  # the handler raises it from responses(), as it raised it itself before
+            await self.outbound.put(exc)
 
     async def _on_schedule_ack(self, ack: edge_link_pb2.ScheduleAck) -> None:
         # Paced with the command acks: one bucket bounds what an edge's acks cost the database.
@@ -569,6 +580,10 @@ class EdgeSession:
         return self._closing
 
     async def _close(self) -> None:
+        # Stopped first: an attach still running would register this stream with the relays again
+        # after they let go of it.
+        if self._attaching is not None:
+            await stop_task(self._attaching)
         # Acks the edge sent before the stream broke still count: the edge will not send them again.
         await self._flush_command_acks(ACK_FLUSH_S)
         if self._relay is not None:
