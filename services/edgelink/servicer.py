@@ -223,10 +223,19 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
             await asyncio.sleep(period)
             try:
                 async with self._runtime.pool.acquire() as conn:
+                    # The rows are locked in edge order, as the handshakes' upsert and the recorded
+                    # ends of streams (closings.py) take theirs: a sweep that meets a fleet's streams
+                    # ending never waits for them in a cycle (a deadlock PostgreSQL would break by
+                    # failing one of the two statements).
                     rows = await conn.fetch(
-                        """UPDATE app.edge_sessions SET online = false, disconnected_time = now()
-                           WHERE online AND last_seen_time < now() - make_interval(secs => $1)
-                           RETURNING edge_pk""",
+                        """WITH stale AS (
+                               SELECT edge_pk FROM app.edge_sessions
+                               WHERE online AND last_seen_time < now() - make_interval(secs => $1)
+                               ORDER BY edge_pk
+                               FOR UPDATE)
+                           UPDATE app.edge_sessions s SET online = false, disconnected_time = now()
+                           FROM stale WHERE s.edge_pk = stale.edge_pk
+                           RETURNING s.edge_pk""",
                         self._config.offline_after_s,
                     )
                     for r in rows:

@@ -25,6 +25,7 @@ from services.identity.audit import AuditRow, audit_row, write_entries, write_ma
 from services.identity.context import Caller, CallState, call_state
 from services.identity.edge_keys import edges_of_keys
 from services.platform.interceptors import current_trace_id
+from services.platform.migrations import Conn
 from services.platform.redact import redacted_json
 from services.platform.rpc import Context
 from services.platform.shared_reads import GatheredReads, Outcomes
@@ -183,10 +184,12 @@ class CallAuditor:
             async with self.pool.acquire() as conn:
                 try:
                     edges = await edges_of_keys(conn, [e.key_id for e in ended])
+                except asyncpg.InterfaceError:
+                    raise  # the pool is closing: logged below as at shutdown, as a lone stream's was
                 except Exception:
                     log.warning("could not resolve the edges of closed streams for the audit log", exc_info=True)
                     return done
-                rows = []
+                rows: list[AuditRow] = []
                 for e in ended:
                     edge = edges.get(e.key_id)
                     if edge is None:  # the key or its edge was erased meanwhile
@@ -197,10 +200,23 @@ class CallAuditor:
                 try:
                     await write_many(conn, rows)
                 except Exception:
-                    log.error("AUDIT WRITE FAILED", extra={"method": ended[0].method, "rows": len(rows)}, exc_info=True)
+                    if len(rows) == 1:
+                        log.error("AUDIT WRITE FAILED", extra={"method": ended[0].method}, exc_info=True)
+                    else:
+                        # One row the database refuses must not cost the others theirs: each is written
+                        # on its own, as before the rows were taken together, and only a bad one is lost.
+                        await self._write_each(conn, rows)
         except asyncpg.InterfaceError:  # the process is shutting down and the pool is closed
             log.info("edge streams ended at shutdown; no audit rows", extra={"streams": len(ended)})
         return done
+
+    @staticmethod
+    async def _write_each(conn: Conn, rows: list[AuditRow]) -> None:
+        for row in rows:
+            try:
+                await write_entries(conn, row)
+            except Exception:
+                log.error("AUDIT WRITE FAILED", extra={"method": row.values[3], "actor": row.values[2]}, exc_info=True)
 
     async def _write(self, entry: CallEntry) -> None:
         row = entry.row()  # here, not in the task: the trace id is the call's

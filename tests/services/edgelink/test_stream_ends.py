@@ -156,3 +156,37 @@ async def test_a_fleet_whose_streams_end_at_once_has_each_end_recorded(host: Hos
         assert (offline, audited) == (len(edges), len(edges))
         for pk in pks:
             assert await _disconnects(db, pk) == 1
+
+
+async def test_a_row_the_database_refuses_costs_only_its_own_stream_its_audit_row(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    """The rows of streams ending together are one INSERT; when PostgreSQL refuses it for one row (text it
+    cannot hold), each row is written on its own, so only that stream's row is lost, as when every row
+    was a statement of its own."""
+    prefix = f"ends-refused-{uuid.uuid4().hex[:6]}"
+    edges = [await new_edge(db, f"{prefix}-{i}") for i in range(5)]
+    auditor = CallAuditor(pool)
+    key_ids = [parse_api_key(key)[0] for _, _, key in edges]  # type: ignore[index]
+    cancelled = grpc.StatusCode.CANCELLED.value[0]
+    # The third stream's outcome has a NUL character, which no text column takes.
+    outcomes = [(cancelled, "cancelled"), (cancelled, "cancelled"), (cancelled, "bad\x00end")] + [(0, "")] * 2
+
+    await asyncio.gather(
+        *(
+            auditor.audit_edge(
+                CONNECT, key_id, hello(str(edge), key).hello, CallState(Caller(kind="edge"), CONNECT, f"ip:{i}"), out
+            )
+            for i, ((edge, _, key), key_id, out) in enumerate(zip(edges, key_ids, outcomes, strict=True))
+        )
+    )
+
+    rows = await db.fetch(
+        "SELECT actor, result_code, result_message FROM identity.audit_entries WHERE method = $1 AND actor LIKE $2"
+        " ORDER BY actor",
+        CONNECT,
+        f"organizations/acme/sites/{prefix}-%",
+    )
+    assert [(r["actor"], r["result_code"], r["result_message"]) for r in rows] == [
+        (str(edges[i][0]), *outcomes[i]) for i in (0, 1, 3, 4)
+    ]
