@@ -190,3 +190,30 @@ async def test_a_row_the_database_refuses_costs_only_its_own_stream_its_audit_ro
     assert [(r["actor"], r["result_code"], r["result_message"]) for r in rows] == [
         (str(edges[i][0]), *outcomes[i]) for i in (0, 1, 3, 4)
     ]
+
+
+async def test_streams_open_when_the_server_stops_have_each_end_recorded(host: Host, db: asyncpg.Connection) -> None:
+    """The stop path: a server stopping with a fleet's streams open ends them all at once; their ends,
+    taken together, are recorded before the pool closes, as a lone stream's end was."""
+    prefix = f"ends-stop-{uuid.uuid4().hex[:6]}"
+    edges = [await new_edge(db, f"{prefix}-{i}") for i in range(12)]
+    async with host(["edge"], heartbeat_interval_s=600.0) as (server, _):
+        streams = [EdgeStream(server.port) for _ in edges]
+        for stream, (edge, _, key) in zip(streams, edges, strict=True):
+            await stream.send(hello(str(edge), key))
+        for stream in streams:
+            assert (await stream.recv()).WhichOneof("message") == "welcome"
+        # Leaving the block stops the server with every stream open (no edge hangs up).
+    for stream in streams:
+        await stream.close()
+
+    pks = [pk for _, pk, _ in edges]
+    assert await db.fetchval("SELECT count(*) FROM app.edge_sessions WHERE edge_pk = ANY($1) AND NOT online", pks) == 12
+    for pk in pks:
+        assert await _disconnects(db, pk) == 1
+    audited = await db.fetchval(
+        "SELECT count(*) FROM identity.audit_entries WHERE method = $1 AND actor LIKE $2",
+        CONNECT,
+        f"organizations/acme/sites/{prefix}-%",
+    )
+    assert audited == 12
