@@ -2,8 +2,9 @@
 
 Each simulated edge opens its own connection and EdgeLink stream, says Hello with its key, and sends
 pre-serialised columnar batches, either as fast as the server acknowledges them (throughput) or at a
-fixed rate (fleet). It prints one JSON line: batches acked, points, ack latencies (at a fixed rate
-from each batch's due time, with that due time's offset from the process start).
+fixed rate (fleet; with `--hold`, going on unmeasured that many seconds before closing). It prints one
+JSON line: batches acked, points, ack latencies (at a fixed rate from each batch's due time, with that
+due time's offset from the process start).
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ async def run_edge(
     batches: int,
     rate: float,
     duration: float,
+    hold: float,
     latencies: list[tuple[float, float]],
     counts: dict[str, int],
     failures: dict[str, int],
@@ -138,18 +140,27 @@ async def run_edge(
     # (no coordinated omission). As fast as acked, there is no due time: from the send.
     sent_at: dict[int, float] = {}
     done = asyncio.Event()
-    total = batches if rate == 0 else int(duration * rate)
+    measured = batches if rate == 0 else int(duration * rate)
+    # With `hold` the edge goes on sending at its rate, unmeasured, until `hold` seconds after its
+    # measured batches were due, and closes its stream only then: the fleet's streams end well after
+    # every measured batch was acked, as a fleet's do not all end in the same second.
+    hold_until = start + duration + hold if rate else 0.0
+    sent = {"batches": 0, "finished": 0}
+
+    def all_acked(acked: int) -> None:
+        if sent["finished"] and acked == sent["batches"]:
+            done.set()
 
     async def reader() -> None:
-        acked = 0
         try:
-            await read_acks(acked)
+            await read_acks()
         finally:
             done.set()
             window.release()  # a sender waiting for the window sees the stream ended
 
-    async def read_acks(acked: int) -> None:
-        while acked < total:
+    async def read_acks() -> None:
+        acked = 0
+        while not done.is_set():
             try:
                 msg = await call.read()
             except grpc.aio.AioRpcError as exc:  # after the Welcome: counted, the edge's run ends
@@ -161,29 +172,41 @@ async def run_edge(
                 return
             if msg.WhichOneof("message") == "telemetry_ack":  # type: ignore[union-attr]
                 seq = msg.telemetry_ack.batch_seq  # type: ignore[union-attr]
-                sent = sent_at.pop(seq)
-                latencies.append((round(sent - T0, 3), (time.perf_counter() - sent) * 1000))
-                counts["acked"] += 1
-                counts["points"] += factory.points
-                sending["last_ack"] = time.perf_counter()
+                was_sent = sent_at.pop(seq)
                 acked += 1
                 window.release()
+                if seq <= measured:
+                    latencies.append((round(was_sent - T0, 3), (time.perf_counter() - was_sent) * 1000))
+                    counts["acked"] += 1
+                    counts["points"] += factory.points
+                    sending["last_ack"] = time.perf_counter()
+                all_acked(acked)
 
     read_task = asyncio.create_task(reader())
     if not rate:
         start = time.perf_counter()
-    for seq in range(1, total + 1):
+    seq = 0
+    while True:
+        seq += 1
         if rate:
             due = start + (seq - 1) / rate
+            if seq > measured and due >= hold_until:
+                break
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        elif seq > measured:
+            break
         await window.acquire()
         if done.is_set():
             break
         sent_at[seq] = due if rate else time.perf_counter()
-        if rate:  # how late this process itself got to the send (its own CPU share, not the server's)
+        if rate and seq <= measured:  # how late this process itself got to the send (its own CPU share)
             send_lag_ms.append((time.perf_counter() - due) * 1000)
         sending["first_send"] = min(sending["first_send"], time.perf_counter())
+        sent["batches"] += 1
         await outbox.put(factory.make(seq))
+    sent["finished"] = 1
+    if not sent_at:  # every batch sent is acked already (or none was sent)
+        done.set()
     await done.wait()
     await outbox.put(None)
     read_task.cancel()
@@ -219,6 +242,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             args.batches,
             args.rate,
             args.duration,
+            args.hold,
             latencies,
             counts,
             failures,
@@ -249,6 +273,12 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=100, help="per edge, when --rate is 0")
     p.add_argument("--rate", type=float, default=0.0, help="batches per second per edge (0: as fast as acked)")
     p.add_argument("--duration", type=float, default=30.0)
+    p.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        help="at a fixed rate: go on sending, unmeasured, this many seconds past --duration before closing",
+    )
     args = p.parse_args()
     # 250 simulated edges share this process's heap, which real edges do not: its collector is tuned
     # like the server's, so its pauses are not counted as the server's ack latency.

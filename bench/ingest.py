@@ -11,7 +11,8 @@
 2. Fleet: 100, 1,000 (3 runs) and 2,000 edge streams held by one replica, each sending one 50-point
    batch per second; ack latency from each batch's due time, judged from 15 s on (the connection
    storm's aftermath included), and the storm itself (the first 15 s) as a line of its own; the
-   server's memory at the start and the end.
+   server's memory at the start and the end. The streams stay open (sending, unmeasured) 3 s past
+   their measured batches, so the fleet's closing is not inside the measured window.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ from services.telemetry import samples_copy_payload
 # (1,000 Hellos, key checks, audit rows) leaves behind after that counts. Its first 15 s are reported
 # as a line of their own, with a goal of their own (docs/performance.md).
 STORM_S = 15.0
+# After its 30 (60) measured seconds each edge goes on sending, unmeasured, for this long before it
+# closes its stream. Until session 15 every edge closed right after its last ack, so the fleet's 1,000
+# streams ended within the same second while the last second's batches were still being acked, and
+# that second (a fifteenth of the judged samples) set the judged p99 (docs/performance.md, session 15).
+# A fleet's edges do not all disconnect in one second; a replica's restart or a network cut ends every
+# stream at once, but then no ack is waited for. 0 gives the old ending.
+END_HOLD_S = 3.0
 COPY_CONNECTIONS = (1, 2, 4)
 STATS_EVERY_5_S = {"EMMA_INGEST_STATS_INTERVAL_S": "5"}
 
@@ -205,8 +213,9 @@ async def throughput(dsn: str, quick: bool) -> dict[str, object]:
     }
 
 
-async def fleet_run(dsn: str, edges: int, duration: float, run: int) -> dict[str, object]:
-    """One run of `edges` fresh streams at one batch per second against a fresh server."""
+async def fleet_run(dsn: str, edges: int, duration: float, run: int, hold_s: float = END_HOLD_S) -> dict[str, object]:
+    """One run of `edges` fresh streams at one batch per second against a fresh server; each stream
+    stays open `hold_s` past its measured batches."""
     keys = await provision(dsn, edges, f"fleet{edges}r{run}")
     processes = 4 if edges >= 400 else 2
     async with cloud_process(dsn, "edge", env=STATS_EVERY_5_S) as (port, pid, stats):
@@ -220,7 +229,11 @@ async def fleet_run(dsn: str, edges: int, duration: float, run: int) -> dict[str
 
         watcher = asyncio.create_task(watch_memory())
         results = await run_generators(
-            port, keys, edges, processes, ["--points", "50", "--rate", "1", "--duration", str(duration)]
+            port,
+            keys,
+            edges,
+            processes,
+            ["--points", "50", "--rate", "1", "--duration", str(duration), "--hold", str(hold_s)],
         )
         keys.unlink()  # the edges' API keys: no file of them outlives the run
         watcher.cancel()
@@ -238,6 +251,7 @@ async def fleet_run(dsn: str, edges: int, duration: float, run: int) -> dict[str
     return {
         "acked_batches": sum(int(r["acked"]) for r in results),  # type: ignore[call-overload]
         "expected_batches": edges * int(duration),
+        "streams_held_open_s": hold_s,
         "errors": sum(int(r["errors"]) for r in results),  # type: ignore[call-overload]
         "stream_failures": stream_failures(results),
         "judged_ack_ms": {"from_s": STORM_S, **window([ms for t, ms in pairs if t >= STORM_S])},
@@ -257,9 +271,9 @@ async def fleet_run(dsn: str, edges: int, duration: float, run: int) -> dict[str
     }
 
 
-async def fleet(dsn: str, edges: int, duration: float, runs: int = 1) -> dict[str, object]:
+async def fleet(dsn: str, edges: int, duration: float, runs: int = 1, hold_s: float = END_HOLD_S) -> dict[str, object]:
     """`runs` runs of `edges` streams, each on fresh edges and a fresh server, with the spread."""
-    per_run = [await fleet_run(dsn, edges, duration, run) for run in range(runs)]
+    per_run = [await fleet_run(dsn, edges, duration, run, hold_s) for run in range(runs)]
 
     def spread(part: str) -> dict[str, float]:
         return summary([float(r[part]["p99"]) for r in per_run])  # type: ignore[index]
@@ -267,6 +281,7 @@ async def fleet(dsn: str, edges: int, duration: float, runs: int = 1) -> dict[st
     return {
         "edges": edges,
         "duration_s": duration,
+        "streams_held_open_s": hold_s,
         "runs": per_run,
         "judged_p99_ms": spread("judged_ack_ms"),
         "storm_p99_ms": spread("storm_ack_ms"),

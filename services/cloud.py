@@ -107,6 +107,10 @@ async def hosted_services(
         finally:
             for s in reversed(lifecycle):
                 await s.stop()
+            # Again: a stream's audit row is queued only once its handler has recorded the stream's end,
+            # which the services' stop waits for; rows queued after the first drain are written here,
+            # before the pool closes (ends taken together wait for the statement before theirs).
+            await auth_interceptor.drain()
     finally:
         async with asyncio.timeout(10):
             await pool.close()

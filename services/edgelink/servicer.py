@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 
 from core.metrics import watch_queue
 from services.command import CommandRelay
+from services.edgelink.closings import SessionEnds
 from services.edgelink.handshake import Handshakes
 from services.edgelink.log_limit import LogLimiter
 from services.edgelink.session import EdgeSession, IngestCounters, record_event
@@ -47,6 +48,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         self.relay = CommandRelay(runtime.pool, runtime.dsn, runtime.replica_id)
         self.schedules = ScheduleRelay(runtime.pool, runtime.dsn)
         self.handshakes = Handshakes(runtime.pool, self._config, runtime.replica_id)
+        self.ends = SessionEnds(runtime.pool)
         self._tasks: list[asyncio.Task[None]] = []
         self._writer_pool: asyncpg.Pool | None = None
         # The stream each edge has on this replica, so a newer one can end the older one at once.
@@ -86,6 +88,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=CLOSE_WAIT_S)
         await self.handshakes.stop()
+        await self.ends.stop()
         await self.relay.stop()
         await self.schedules.stop()
         await self.writer.stop()
@@ -150,6 +153,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
             self.writer,
             self._config,
             self.counters,
+            self.ends,
             self.relay,
             self.schedules,
         )
@@ -171,8 +175,7 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
         context.add_done_callback(call_ended)  # type: ignore[arg-type]
         try:
             yield edge_link_pb2.ConnectResponse(welcome=welcome)
-            await session.attach_commands()  # after the Welcome: commands in flight, then the queue
-            await session.attach_schedules()  # then the plan in force, if any
+            session.attach()  # after the Welcome, beside the acks: commands in flight, the queue, the plan
             async for response in session.responses():
                 yield response
         finally:
@@ -220,10 +223,19 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
             await asyncio.sleep(period)
             try:
                 async with self._runtime.pool.acquire() as conn:
+                    # The rows are locked in edge order, as the handshakes' upsert and the recorded
+                    # ends of streams (closings.py) take theirs: a sweep that meets a fleet's streams
+                    # ending never waits for them in a cycle (a deadlock PostgreSQL would break by
+                    # failing one of the two statements).
                     rows = await conn.fetch(
-                        """UPDATE app.edge_sessions SET online = false, disconnected_time = now()
-                           WHERE online AND last_seen_time < now() - make_interval(secs => $1)
-                           RETURNING edge_pk""",
+                        """WITH stale AS (
+                               SELECT edge_pk FROM app.edge_sessions
+                               WHERE online AND last_seen_time < now() - make_interval(secs => $1)
+                               ORDER BY edge_pk
+                               FOR UPDATE)
+                           UPDATE app.edge_sessions s SET online = false, disconnected_time = now()
+                           FROM stale WHERE s.edge_pk = stale.edge_pk
+                           RETURNING s.edge_pk""",
                         self._config.offline_after_s,
                     )
                     for r in rows:

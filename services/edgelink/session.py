@@ -33,9 +33,11 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from core.metrics import record_ack, record_edge_connected, record_rejected_batch
+from core.tasks import stop_task
 from core.tracing import traces_exported
 from services.command import ACKS_PER_SECOND, CommandRelay, TokenBucket
 from services.edgelink.batches import Rejection, to_columns, to_events
+from services.edgelink.closings import SessionEnds
 from services.edgelink.handshake import (
     Handshakes,
     clipped,
@@ -154,10 +156,12 @@ class EdgeSession:
         writer: IngestWriter,
         config: IngestConfig,
         counters: IngestCounters,
+        ends: SessionEnds,
         relay: CommandRelay | None = None,
         schedules: ScheduleRelay | None = None,
     ) -> None:
         self.identity = identity
+        self._ends = ends
         self._relay = relay
         self._schedules = schedules
         self._ack_pace = TokenBucket(ACKS_PER_SECOND, ACKS_PER_SECOND)
@@ -173,6 +177,7 @@ class EdgeSession:
         self._acks: asyncio.Queue[tuple[int, asyncio.Future[int], float, trace.Span] | None] = asyncio.Queue()
         self._drifting = False
         self._closing: asyncio.Task[None] | None = None
+        self._attaching: asyncio.Task[None] | None = None
         self._command_acks: asyncio.Queue[edge_link_pb2.CommandAck] = asyncio.Queue(maxsize=COMMAND_ACK_QUEUE)
         self._command_acker: asyncio.Task[None] | None = None
 
@@ -187,13 +192,14 @@ class EdgeSession:
         writer: IngestWriter,
         config: IngestConfig,
         counters: IngestCounters,
+        ends: SessionEnds,
         relay: CommandRelay | None = None,
         schedules: ScheduleRelay | None = None,
     ) -> tuple[EdgeSession, edge_link_pb2.Welcome]:
         # Checked and committed with the Hellos that arrive meanwhile (handshake.py).
         opened = await handshakes.open(hello)
         identity = opened.identity
-        session = cls(identity, opened.session_id, pool, writer, config, counters, relay, schedules)
+        session = cls(identity, opened.session_id, pool, writer, config, counters, ends, relay, schedules)
         session._lut = opened.lut
         session._drifting = opened.drifting
         welcome = edge_link_pb2.Welcome(
@@ -239,13 +245,22 @@ class EdgeSession:
     async def send(self, response: edge_link_pb2.ConnectResponse) -> None:
         await self.outbound.put(response)
 
-    async def attach_commands(self) -> None:
-        if self._relay is not None:
-            await self._relay.attach(self)
+    def attach(self) -> None:
+        """After the Welcome: the commands in flight, then the queue, then the plan in force, in a task
+        of their own. Until session 15 the handler made these statements before it sent anything else,
+        so the stream's first acks waited behind them, on the shared pool that a fleet's Hellos keep
+        busy; acks and commands are independent messages, and the commands keep their order. A failure
+        ends the stream with that error, as it did."""
+        self._attaching = asyncio.get_running_loop().create_task(self._attach(), name=f"attach-{self.edge_name}")
 
-    async def attach_schedules(self) -> None:
-        if self._schedules is not None:
-            await self._schedules.attach(self)
+    async def _attach(self) -> None:
+        try:
+            if self._relay is not None:
+                await self._relay.attach(self)
+            if self._schedules is not None:
+                await self._schedules.attach(self)
+        except Exception as exc:  # the handler raises it from responses(), as it raised it itself before
+            await self.outbound.put(exc)
 
     async def _on_schedule_ack(self, ack: edge_link_pb2.ScheduleAck) -> None:
         # Paced with the command acks: one bucket bounds what an edge's acks cost the database.
@@ -565,6 +580,10 @@ class EdgeSession:
         return self._closing
 
     async def _close(self) -> None:
+        # Stopped first: an attach still running would register this stream with the relays again
+        # after they let go of it.
+        if self._attaching is not None:
+            await stop_task(self._attaching)
         # Acks the edge sent before the stream broke still count: the edge will not send them again.
         await self._flush_command_acks(ACK_FLUSH_S)
         if self._relay is not None:
@@ -580,23 +599,9 @@ class EdgeSession:
                 entry[3].set_attribute("emma.result", "unacknowledged")
                 entry[3].end()
         try:
-            # One statement (one round trip, one commit): the session goes offline and, if it was
-            # still this stream's, the DISCONNECTED event is recorded. Committed without waiting for
-            # the disk (as command deliveries are, migration 0023): when a fleet's streams end at once,
-            # a thousand flushes would delay the ingest writer's commits, and so every other stream's
-            # acks. Lost in a database crash, the session stays online until the offline sweeper
-            # marks it OFFLINE, as when the database is down at the close.
-            await self._pool.execute(
-                """WITH closed AS (
-                       UPDATE app.edge_sessions SET online = false, disconnected_time = now()
-                       WHERE edge_pk = $1 AND session_id = $2
-                       RETURNING edge_pk)
-                   INSERT INTO app.edge_events (edge_pk, event_time, severity, kind, message, details)
-                   SELECT edge_pk, now(), 'info', 'DISCONNECTED', 'stream closed', '{}'::jsonb FROM closed
-                   WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL""",
-                self.identity.edge_pk,
-                self.session_id,
-            )
+            # Offline with its DISCONNECTED event, in one statement with the other streams ending now
+            # (closings.py).
+            await self._ends.record(self.identity.edge_pk, self.session_id)
         except Exception:  # the database may be down; the offline sweeper catches up later
             log.warning("could not record the end of the stream", extra={"edge": str(self.identity.name)})
         log.info("edge disconnected", extra={"edge": str(self.identity.name), "session_id": str(self.session_id)})

@@ -88,6 +88,22 @@ async def write_entries(conn: Conn, row: AuditRow) -> list[str]:
     return [entry_name(r["org_id"], r["id"]) for r in rows]
 
 
+_INSERT_MANY = """
+INSERT INTO identity.audit_entries (org_id, actor_kind, actor, method, resource, request_json, result_code,
+                                    result_message, trace_id, client_address)
+SELECT * FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
+                     $8::text[], $9::text[], $10::text[])
+"""
+
+
+async def write_many(conn: Conn, rows: Sequence[AuditRow]) -> None:
+    """Write `rows` (each one entry per organization) in one statement: one round trip and one commit."""
+    entries = [(org, *row.values[1:]) for row in rows for org in row.values[0]]
+    if not entries:
+        return
+    await conn.execute(_INSERT_MANY, *(list(column) for column in zip(*entries, strict=True)))
+
+
 def entry_name(org: str | None, entry_id: int) -> str:
     return f"organizations/{org}/auditEntries/{entry_id}" if org else f"auditEntries/{entry_id}"
 

@@ -79,10 +79,13 @@ async def edge_key_revoked(conn: Conn, key_id: str) -> bool:
     return bool(revoked)
 
 
-async def edge_of_key(conn: Conn, key_id: str) -> EdgeName | None:
-    """The edge a key belongs to (revoked keys too), or None when the key or its edge is gone."""
-    edge_pk = await conn.fetchval("SELECT edge_pk FROM identity.edge_api_keys WHERE key_id = $1", key_id)
-    return None if edge_pk is None else await edge_directory().edge_name(conn, int(edge_pk))
+async def edges_of_keys(conn: Conn, key_ids: Sequence[str]) -> dict[str, EdgeName]:
+    """The edge each key belongs to (revoked keys too); a key that is gone, or whose edge is, is left out."""
+    rows = await conn.fetch(
+        "SELECT key_id, edge_pk FROM identity.edge_api_keys WHERE key_id = ANY($1::text[])", list(key_ids)
+    )
+    names = await edge_directory().edge_names(conn, sorted({int(r["edge_pk"]) for r in rows}))
+    return {r["key_id"]: names[int(r["edge_pk"])] for r in rows if int(r["edge_pk"]) in names}
 
 
 def parse_api_key(api_key: str) -> tuple[str, str] | None:

@@ -44,3 +44,38 @@ async def test_a_refused_stream_is_counted_and_the_other_edges_run_on(
     assert (result["acked"], result["points"]) == (10, 200)  # two edges, five 20-point batches each
     assert result["errors"] == 1
     assert result["stream_failures"] == {"UNAUTHENTICATED": 1}
+
+
+async def test_with_hold_the_streams_go_on_unmeasured_before_they_close(
+    host: Host, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """The fleet bench's ending (session 15): at a fixed rate each edge goes on sending past its measured
+    batches for --hold seconds; only the measured ones are counted and timed, the others are stored."""
+    prefix = f"hold-{uuid.uuid4().hex[:6]}"
+    edges = [await new_edge(db, f"{prefix}-{i}") for i in range(2)]
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps([{"edge": str(edge), "key": key} for edge, _, key in edges]))
+    async with host(["edge"]) as (server, _):
+        generator = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.edge_load",
+            *("--port", str(server.port), "--keys", str(keys), "--edges", "2", "--points", "10"),
+            *("--rate", "5", "--duration", "1", "--hold", "1.1"),
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(generator.communicate(), timeout=120)
+    assert generator.returncode == 0
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    # Measured: the batches due in the first second, five per edge.
+    assert (result["acked"], result["points"], result["errors"]) == (10, 100, 0)
+    assert len(result["latencies_ms"]) == 10
+    # Sent and stored: also those due in the 1.1 s after (the sixth to the eleventh), before the close.
+    stored = await db.fetch(
+        "SELECT edge_pk, max(batch_seq) AS last, count(*) AS n FROM telemetry.batch_ledger"
+        " WHERE edge_pk = ANY($1) GROUP BY edge_pk",
+        [pk for _, pk, _ in edges],
+    )
+    assert sorted((r["last"], r["n"]) for r in stored) == [(11, 11), (11, 11)]
