@@ -10,12 +10,30 @@ import os
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
 from tests.support.cloud import Host, new_edge
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+async def _edge_load(port: int, keys: Path, *args: str) -> dict[str, Any]:
+    """bench.edge_load run as the benchmark runs it (its own process) against `port`: its result line."""
+    generator = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.edge_load",
+        *("--port", str(port), "--keys", str(keys), *args),
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(generator.communicate(), timeout=120)
+    assert generator.returncode == 0
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
 
 
 async def test_a_refused_stream_is_counted_and_the_other_edges_run_on(
@@ -29,18 +47,7 @@ async def test_a_refused_stream_is_counted_and_the_other_edges_run_on(
         json.dumps([{"edge": str(edge), "key": bad_key if i == 1 else key} for i, (edge, _, key) in enumerate(edges)])
     )
     async with host(["edge"]) as (server, _):
-        generator = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench.edge_load",
-            *("--port", str(server.port), "--keys", str(keys), "--edges", "3", "--points", "20", "--batches", "5"),
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=asyncio.subprocess.PIPE,
-        )
-        out, _ = await asyncio.wait_for(generator.communicate(), timeout=120)
-    assert generator.returncode == 0
-    result = json.loads(out.decode().strip().splitlines()[-1])
+        result = await _edge_load(server.port, keys, "--edges", "3", "--points", "20", "--batches", "5")
     assert (result["acked"], result["points"]) == (10, 200)  # two edges, five 20-point batches each
     assert result["errors"] == 1
     assert result["stream_failures"] == {"UNAUTHENTICATED": 1}
@@ -56,19 +63,9 @@ async def test_with_hold_the_streams_go_on_unmeasured_before_they_close(
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps([{"edge": str(edge), "key": key} for edge, _, key in edges]))
     async with host(["edge"]) as (server, _):
-        generator = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench.edge_load",
-            *("--port", str(server.port), "--keys", str(keys), "--edges", "2", "--points", "10"),
-            *("--rate", "5", "--duration", "1", "--hold", "1.1"),
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=asyncio.subprocess.PIPE,
+        result = await _edge_load(
+            server.port, keys, "--edges", "2", "--points", "10", "--rate", "5", "--duration", "1", "--hold", "1.1"
         )
-        out, _ = await asyncio.wait_for(generator.communicate(), timeout=120)
-    assert generator.returncode == 0
-    result = json.loads(out.decode().strip().splitlines()[-1])
     # Measured: the batches due in the first second, five per edge.
     assert (result["acked"], result["points"], result["errors"]) == (10, 100, 0)
     assert len(result["latencies_ms"]) == 10

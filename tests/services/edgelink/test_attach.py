@@ -6,7 +6,9 @@ EdgeLink and CommandService over real PostgreSQL, a protocol-level edge)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import asyncpg
 import grpc
@@ -19,6 +21,20 @@ from tests.support.edge_client import CHANNELS, EdgeStream, batch, battery_inven
 from tests.support.identity import authed_channel
 
 SETPOINT = "battery_1/SetActivePower"
+
+
+@contextlib.asynccontextmanager
+async def _commands_locked(url: str) -> AsyncIterator[None]:
+    """Nobody may read app.commands until the block ends (its own connection's transaction holds the lock)."""
+    blocker = await asyncpg.connect(url)
+    try:
+        locked = blocker.transaction()
+        await locked.start()
+        await blocker.execute("LOCK TABLE app.commands IN ACCESS EXCLUSIVE MODE")
+        yield
+        await locked.rollback()
+    finally:
+        await blocker.close()
 
 
 async def test_acks_flow_while_the_commands_in_flight_are_still_being_read(
@@ -34,19 +50,12 @@ async def test_acks_flow_while_the_commands_in_flight_are_still_being_read(
 
         # Nobody may read the commands until this transaction ends: the reconnected stream's attach
         # (its commands in flight) waits for it.
-        blocker = await asyncpg.connect(migrated_url)
-        try:
-            locked = blocker.transaction()
-            await locked.start()
-            await blocker.execute("LOCK TABLE app.commands IN ACCESS EXCLUSIVE MODE")
+        async with _commands_locked(migrated_url):
             again = EdgeStream(server.port)
             await again.send(hello(str(edge), key, CHANNELS, devices=[battery_inventory()]))
             await again.recv_kind("welcome")
             await again.send(batch(2, time.time(), [(0, 0, 1.0)]))
             assert (await again.recv_ack()).batch_seq == 2  # while the attach still waits
-            await locked.rollback()
-        finally:
-            await blocker.close()
         # Then the attach goes on: the command in flight is sent again.
         assert (await again.recv_kind("command")).command.name == name
         await again.close()
@@ -60,11 +69,7 @@ async def test_an_attach_that_fails_ends_the_stream_with_an_error_and_its_end_is
     made the statement itself, instead of going on without its commands."""
     edge, pk, key = await new_edge(db, "attach-fails")
     async with host(["edge", "command"], heartbeat_interval_s=600.0) as (server, _):
-        blocker = await asyncpg.connect(migrated_url)
-        try:
-            locked = blocker.transaction()
-            await locked.start()
-            await blocker.execute("LOCK TABLE app.commands IN ACCESS EXCLUSIVE MODE")
+        async with _commands_locked(migrated_url):
             stream = EdgeStream(server.port)
             await stream.send(hello(str(edge), key, CHANNELS, devices=[battery_inventory()]))
             await stream.recv_kind("welcome")
@@ -83,10 +88,7 @@ async def test_an_attach_that_fails_ends_the_stream_with_an_error_and_its_end_is
                 while True:
                     await stream.recv()
             assert ended.value.code() == grpc.StatusCode.INTERNAL
-            await locked.rollback()
             await stream.close()
-        finally:
-            await blocker.close()
         for _ in range(200):
             if await db.fetchval("SELECT NOT online FROM app.edge_sessions WHERE edge_pk = $1", pk):
                 break

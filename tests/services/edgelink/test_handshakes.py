@@ -8,34 +8,19 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import grpc
-import pytest
 from emma.edge.v1 import edge_link_pb2
 from grpc_status import rpc_status
 
-from services import registry
 from services.edgelink.handshake import Handshakes, Opened
 from services.errors import ApiError, error_info_of
-from services.identity import use_edge_directory
 from services.platform.config import IngestConfig
 from tests.support.cloud import Host, new_edge
 from tests.support.edge_client import CHANNELS, EdgeStream, batch, battery_inventory, hello
 
 STORED = edge_link_pb2.TELEMETRY_ACK_RESULT_STORED
-
-
-@pytest.fixture
-async def pool(migrated_url: str) -> AsyncIterator[asyncpg.Pool]:
-    use_edge_directory(registry)  # as the composition does (services/cloud.py)
-    pool = await asyncpg.create_pool(migrated_url, min_size=1, max_size=4)
-    assert pool is not None
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 def _reason(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -9,16 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import grpc
-import pytest
 from emma.identity.v1 import identity_pb2
 
-from services import registry
 from services.edgelink.closings import SessionEnds
-from services.identity import use_edge_directory
 from services.identity.call_audit import CallAuditor
 from services.identity.context import Caller, CallState
 from services.identity.edge_keys import parse_api_key
@@ -26,17 +22,6 @@ from tests.support.cloud import Host, new_edge
 from tests.support.edge_client import EdgeStream, hello
 
 CONNECT = "/emma.edge.v1.EdgeLinkService/Connect"
-
-
-@pytest.fixture
-async def pool(migrated_url: str) -> AsyncIterator[asyncpg.Pool]:
-    use_edge_directory(registry)  # as the composition does (services/cloud.py)
-    pool = await asyncpg.create_pool(migrated_url, min_size=1, max_size=4)
-    assert pool is not None
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def _open_session(db: asyncpg.Connection, edge_pk: int) -> uuid.UUID:
