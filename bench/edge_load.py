@@ -145,11 +145,7 @@ async def run_edge(
     # measured batches were due, and closes its stream only then: the fleet's streams end well after
     # every measured batch was acked, as a fleet's do not all end in the same second.
     hold_until = start + duration + hold if rate else 0.0
-    sent = {"batches": 0, "finished": 0}
-
-    def all_acked(acked: int) -> None:
-        if sent["finished"] and acked == sent["batches"]:
-            done.set()
+    finished = False  # every batch sent: the stream ends once sent_at (the batches not yet acked) is empty
 
     async def reader() -> None:
         try:
@@ -159,7 +155,6 @@ async def run_edge(
             window.release()  # a sender waiting for the window sees the stream ended
 
     async def read_acks() -> None:
-        acked = 0
         while not done.is_set():
             try:
                 msg = await call.read()
@@ -173,14 +168,14 @@ async def run_edge(
             if msg.WhichOneof("message") == "telemetry_ack":  # type: ignore[union-attr]
                 seq = msg.telemetry_ack.batch_seq  # type: ignore[union-attr]
                 was_sent = sent_at.pop(seq)
-                acked += 1
                 window.release()
                 if seq <= measured:
                     latencies.append((round(was_sent - T0, 3), (time.perf_counter() - was_sent) * 1000))
                     counts["acked"] += 1
                     counts["points"] += factory.points
                     sending["last_ack"] = time.perf_counter()
-                all_acked(acked)
+                if finished and not sent_at:
+                    done.set()
 
     read_task = asyncio.create_task(reader())
     if not rate:
@@ -202,9 +197,8 @@ async def run_edge(
         if rate and seq <= measured:  # how late this process itself got to the send (its own CPU share)
             send_lag_ms.append((time.perf_counter() - due) * 1000)
         sending["first_send"] = min(sending["first_send"], time.perf_counter())
-        sent["batches"] += 1
         await outbox.put(factory.make(seq))
-    sent["finished"] = 1
+    finished = True
     if not sent_at:  # every batch sent is acked already (or none was sent)
         done.set()
     await done.wait()

@@ -200,12 +200,9 @@ class CallAuditor:
                 try:
                     await write_many(conn, rows)
                 except Exception:
-                    if len(rows) == 1:
-                        log.error("AUDIT WRITE FAILED", extra={"method": ended[0].method}, exc_info=True)
-                    else:
-                        # One row the database refuses must not cost the others theirs: each is written
-                        # on its own, as before the rows were taken together, and only a bad one is lost.
-                        await self._write_each(conn, rows)
+                    # One row the database refuses must not cost the others theirs: each is tried on its
+                    # own, as before the rows were taken together, and only a bad one is lost (logged).
+                    await self._write_each(conn, rows)
         except asyncpg.InterfaceError:  # the process is shutting down and the pool is closed
             log.info("edge streams ended at shutdown; no audit rows", extra={"streams": len(ended)})
         return done
@@ -216,6 +213,7 @@ class CallAuditor:
             try:
                 await write_entries(conn, row)
             except Exception:
+                # values: organizations, actor kind, actor, method, ... (audit.audit_row)
                 log.error("AUDIT WRITE FAILED", extra={"method": row.values[3], "actor": row.values[2]}, exc_info=True)
 
     async def _write(self, entry: CallEntry) -> None:
