@@ -2,12 +2,14 @@
 
     python -m bench.ingest [--quick]
 
-1. Throughput: simulated edges (separate processes) send 1,000-point batches as fast as acks allow
-   through `emma serve edge` (a separate process) into PostgreSQL, with dedup and ack after commit;
+1. Throughput: simulated edges (separate processes) upload a backlog of 1,000-point batches, in
+   time order, as fast as acks allow through `emma serve edge` (a separate process) into
+   PostgreSQL, with dedup and ack after commit;
    points/s from the first batch sent to the last ack (as the COPY's, without connecting; the figure
    with the generators' start-up, used until session 12, is reported next to it).
    Reference, same run, same table: binary COPY of the same number of rows from 1, 2 (as many as the
    ingest writer's lanes) and 4 connections at once; the ratio is taken against the best of them.
+   Every phase (each ingest run, each COPY) starts from a settled database (`settle`).
 2. Fleet: 100, 1,000 (3 runs) and 2,000 edge streams held by one replica, each sending one 50-point
    batch per second; ack latency from each batch's due time, judged from 15 s on (the connection
    storm's aftermath included), and the storm itself (the first 15 s) as a line of its own; the
@@ -127,6 +129,25 @@ async def stored_points(dsn: str) -> int:
         await conn.close()
 
 
+async def settle(dsn: str) -> bool:
+    """Bring the database to the same state before each measured phase: the dead rows of the last raw
+    COPY's DELETE vacuumed and every dirty buffer written by a CHECKPOINT. Without this, each phase
+    paid for what the phase before it left: a COPY after another COPY's DELETE had its backend write
+    about 30,000 dirty buffers itself, autovacuum ran inside random phases, and the raw COPY on one
+    connection read 350k-650k rows/s within one invocation (docs/performance.md, session 16).
+    False when the role may not CHECKPOINT (an external server; PostgreSQL 15+ grants it with
+    pg_checkpoint): the phases then run unsettled, as the result says."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("VACUUM telemetry.samples")
+        await conn.execute("CHECKPOINT")
+        return True
+    except asyncpg.InsufficientPrivilegeError:
+        return False
+    finally:
+        await conn.close()
+
+
 async def raw_copy(dsn: str, rows: int, group_rows: int, connections: int) -> float:
     """Rows/s of binary COPY of the same shape into telemetry.samples, split over `connections`
     connections copying at once (each its own 50 series, `group_rows` rows per transaction)."""
@@ -165,8 +186,10 @@ async def throughput(dsn: str, quick: bool) -> dict[str, object]:
     server_cpu: list[float] = []
     raw: dict[int, list[float]] = {n: [] for n in COPY_CONNECTIONS}
     failures: dict[str, int] = {}
+    settled: list[bool] = []
     async with cloud_process(dsn, "edge", env=STATS_EVERY_5_S) as (port, pid, _stats):
         for run in range(3):
+            settled.append(await settle(dsn))
             before = await stored_points(dsn)
             cpu0 = cpu_seconds(pid)
             t0 = time.perf_counter()
@@ -190,6 +213,7 @@ async def throughput(dsn: str, quick: bool) -> dict[str, object]:
             e2e_with_startup.append(stored / elapsed)
             server_cpu.append((cpu_seconds(pid) - cpu0) / elapsed)
             for n in COPY_CONNECTIONS:
+                settled.append(await settle(dsn))
                 raw[n].append(await raw_copy(dsn, stored, 16_000, n))
     best = [max(raw[n][i] for n in COPY_CONNECTIONS) for i in range(len(e2e))]
     ratio = [a / b for a, b in zip(e2e, best, strict=True)]
@@ -209,6 +233,7 @@ async def throughput(dsn: str, quick: bool) -> dict[str, object]:
         ),
         "server_cpu_cores": summary(server_cpu),
         "stream_failures": failures,
+        "phases_settled": all(settled),
         "setup": f"{edges} edges in {processes} processes, 1,000-point batches, {batches} batches per edge per run",
     }
 

@@ -5,6 +5,7 @@ nothing); it is counted by its status, and the other edges' batches are all acke
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import sys
@@ -76,3 +77,27 @@ async def test_with_hold_the_streams_go_on_unmeasured_before_they_close(
         [pk for _, pk, _ in edges],
     )
     assert sorted((r["last"], r["n"]) for r in stored) == [(11, 11), (11, 11)]
+
+
+async def test_as_fast_as_acked_each_edge_uploads_a_backlog_in_time_order(
+    host: Host, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """The throughput bench's shape (session 16): each batch of an edge goes on in time where the one
+    before it ended, so no two batches of a series overlap (they used to all start at the current time,
+    which made PostgreSQL insert into the middle of each series' index range), and the last one ends
+    about now."""
+    edge, edge_pk, key = await new_edge(db, f"backlog-{uuid.uuid4().hex[:6]}")
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps([{"edge": str(edge), "key": key}]))
+    async with host(["edge"]) as (server, _):
+        result = await _edge_load(server.port, keys, "--edges", "1", "--points", "100", "--batches", "4")
+    assert (result["acked"], result["points"], result["errors"]) == (4, 400, 0)
+    spans = await db.fetch(
+        "SELECT batch_seq, min_time, max_time, now() - max_time AS age FROM telemetry.batch_ledger"
+        " WHERE edge_pk = $1 ORDER BY batch_seq",
+        edge_pk,
+    )
+    # 100 points of 50 channels: two samples per channel, 100 ms apart, so a batch covers 0.2 s.
+    assert [(r["max_time"] - r["min_time"]).total_seconds() for r in spans] == [0.1] * 4
+    assert [(b["min_time"] - a["min_time"]).total_seconds() for a, b in itertools.pairwise(spans)] == [0.2] * 3
+    assert 0 <= spans[-1]["age"].total_seconds() < 60
