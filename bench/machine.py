@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
+
+# A child that sends back every byte it reads, until "q" or the end of its input.
+_ECHO = "import os\nwhile (b := os.read(0, 1)) not in (b'', b'q'):\n    os.write(1, b)\n"
 
 
 def cpu_model() -> str:
@@ -28,6 +34,34 @@ def memory_gib() -> float:
     return 0.0
 
 
+def pipe_round_trip_us(rounds: int = 2_000) -> float:
+    """Median µs of a one-byte round trip to another process on another CPU over two pipes: a wake-up
+    of another process and of this one, which every latency figure here is built of. Machines of the same kind
+    differ in it: session 16's (24-32 µs) answered a gRPC health check in 2.5-2.9 ms where session
+    15's took 0.9-1.1 ms, at the same CPU speed (docs/performance.md, session 16's `make bench`)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    child = subprocess.Popen([sys.executable, "-c", _ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+    assert child.stdin is not None and child.stdout is not None
+    send, receive = child.stdin.fileno(), child.stdout.fileno()
+    took: list[float] = []
+    # Each on a CPU of its own: left to the scheduler, the two sometimes shared one and the round trip
+    # took 3 µs, sometimes not and it took 60-70 µs (session 16's machine), so the figure said nothing.
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, {cpus[0]})
+        os.sched_setaffinity(child.pid, {cpus[1]})
+    try:
+        for _ in range(rounds):
+            start = time.perf_counter()
+            os.write(send, b"x")
+            os.read(receive, 1)
+            took.append(time.perf_counter() - start)
+    finally:
+        os.sched_setaffinity(0, cpus)
+        os.write(send, b"q")
+        child.wait(10)
+    return round(statistics.median(took) * 1e6, 1)
+
+
 def describe(postgres_version: str = "") -> dict[str, object]:
     return {
         "cpu_count": os.cpu_count(),
@@ -36,4 +70,5 @@ def describe(postgres_version: str = "") -> dict[str, object]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "postgres": postgres_version,
+        "pipe_round_trip_us": pipe_round_trip_us(),
     }
