@@ -1,4 +1,4 @@
-"""What machine a benchmark ran on: printed and stored next to every figure."""
+"""What machine a benchmark ran on: printed and stored next to every figure (`python -m bench.machine`)."""
 
 from __future__ import annotations
 
@@ -72,3 +72,9 @@ def describe(postgres_version: str = "") -> dict[str, object]:
         "postgres": postgres_version,
         "pipe_round_trip_us": pipe_round_trip_us(),
     }
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(describe()))
