@@ -5,8 +5,8 @@
 1. Throughput: simulated edges (separate processes) upload a backlog of batches (5,000 points, an
    edge daemon's batch size; 1,000 points as a line of its own), in time order, as fast as acks
    allow through `emma serve edge` (a separate process) into PostgreSQL, with dedup and ack after
-   commit; points/s from the first batch sent to the last ack (as the COPY's, without connecting; the figure
-   with the generators' start-up, used until session 12, is reported next to it).
+   commit; points/s from the first batch sent to the last ack (as the COPY's, without connecting;
+   the figure with the generators' start-up, used until session 12, is reported next to it).
    Reference, same run, same table: binary COPY of the same number of rows from 1, 2 (as many as the
    ingest writer's lanes) and 4 connections at once; the ratio is taken against the best of them.
    Every phase (each ingest run, each COPY) starts from a settled database (`settle`).
@@ -140,7 +140,7 @@ async def settle(dsn: str) -> bool:
     COPY's DELETE vacuumed and every dirty buffer written by a CHECKPOINT. Without this, each phase
     paid for what the phase before it left: a COPY after another COPY's DELETE had its backend write
     about 30,000 dirty buffers itself, autovacuum ran inside random phases, and the raw COPY on one
-    connection read 350k-650k rows/s within one invocation (docs/performance.md, session 16).
+    connection read 350k-550k rows/s within one invocation (docs/performance.md, session 16).
     False when the role may not CHECKPOINT (an external server; PostgreSQL 15+ grants it with
     pg_checkpoint): the phases then run unsettled, as the result says."""
     conn = await asyncpg.connect(dsn)

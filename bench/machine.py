@@ -36,9 +36,10 @@ def memory_gib() -> float:
 
 def pipe_round_trip_us(rounds: int = 2_000) -> float:
     """Median µs of a one-byte round trip to another process on another CPU over two pipes: a wake-up
-    of another process and of this one, which every latency figure here is built of. Machines of the same kind
-    differ in it: session 16's (24-32 µs) answered a gRPC health check in 2.5-2.9 ms where session
-    15's took 0.9-1.1 ms, at the same CPU speed (docs/performance.md, session 16's `make bench`)."""
+    of another process and of this one, which every latency figure here is built of. Machines of the
+    same kind differ in it: session 16's (68-78 µs) answered a gRPC health check in 2.5-2.9 ms where
+    session 15's took 0.9-1.1 ms, at the same CPU speed (docs/performance.md, session 16's `make
+    bench`)."""
     cpus = sorted(os.sched_getaffinity(0))
     child = subprocess.Popen([sys.executable, "-c", _ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
     assert child.stdin is not None and child.stdout is not None

@@ -214,7 +214,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 def markdown(results: dict[str, Any], machine: dict[str, Any]) -> str:
     lines = [
         f"Machine: {machine['cpu_count']} × {machine['cpu_model']}, {machine['memory_gib']} GiB, "
-        f"Python {machine['python']}, a pipe round trip between two processes {machine['pipe_round_trip_us']} µs, "
+        f"Python {machine['python']}, "
+        f"a pipe round trip to a process on the other CPU {machine['pipe_round_trip_us']} µs, "
         f"PostgreSQL {results.get('ingest', {}).get('machine', {}).get('postgres', '?')}",
         "",
         "| figure | median (min–max over runs) | goal | command |",

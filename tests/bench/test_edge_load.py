@@ -7,28 +7,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from tests.support.bench_process import ROOT, bench_argv
 from tests.support.cloud import Host, new_edge
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _edge_load(port: int, keys: Path, *args: str) -> dict[str, Any]:
     """bench.edge_load run as the benchmark runs it (its own process) against `port`: its result line."""
+    # Not bench_stdout: the server under test runs in this event loop, which a blocking run would stop.
     generator = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.edge_load",
-        *("--port", str(port), "--keys", str(keys), *args),
+        *bench_argv("edge_load", "--port", str(port), "--keys", str(keys), *args),
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await asyncio.wait_for(generator.communicate(), timeout=120)

@@ -5,23 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.bench_process import bench_stdout
 
 
 def test_the_machine_line_carries_a_timed_cross_cpu_round_trip() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.machine"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    machine = json.loads(out)
+    machine = json.loads(bench_stdout("machine", []))
     assert machine["cpu_count"] == os.cpu_count()
     assert 0 < machine["pipe_round_trip_us"] < 100_000  # µs: a real round trip (a hung child would time out)
