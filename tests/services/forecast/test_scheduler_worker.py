@@ -52,11 +52,12 @@ async def test_two_hosted_replicas_forecast_each_site_once(db: asyncpg.Connectio
             await stack.enter_async_context(hosted_services(["forecast"], config))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            pending = await db.fetchval(
-                "SELECT count(*) FROM forecast.schedule WHERE org_id = $1 AND state = 'pending'", org
+            # One statement, so one snapshot: two counts read apart once saw no pending row (the
+            # round's rows not yet inserted) and then all five (inserted in between), and ended the wait.
+            finished = await db.fetchval(
+                "SELECT count(*) FILTER (WHERE state <> 'pending') FROM forecast.schedule WHERE org_id = $1", org
             )
-            done = await db.fetchval("SELECT count(*) FROM forecast.schedule WHERE org_id = $1", org)
-            if done == len(sites) and pending == 0:
+            if finished == len(sites):
                 break
             await asyncio.sleep(0.05)
     rows = await db.fetch(
