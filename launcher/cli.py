@@ -138,19 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edge.epilog = "To connect a new site to a cloud: `emma edge init --help` (docs/connect-a-site.md)."
     edge_sub = edge.add_subparsers(dest="edge_command", metavar="TASK", parser_class=_Parser)
-    from launcher.edge_init import add_init_parser
+    from launcher.edge_init_args import add_init_parser
 
     add_init_parser(edge_sub)
-    from launcher.market_cli import add_market_parser
+    from launcher.market_args import add_market_parser
 
     add_market_parser(sub)
-    from launcher.forecast_cli import add_forecast_parser
+    from launcher.forecast_args import add_forecast_parser
 
     add_forecast_parser(sub)
-    from launcher.optimizer_cli import add_optimize_parser
+    from launcher.optimizer_args import add_optimize_parser
 
     add_optimize_parser(sub)
-    from launcher.service_account_cli import add_service_account_parser
+    from launcher.service_account_args import add_service_account_parser
 
     add_service_account_parser(sub)
 

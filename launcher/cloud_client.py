@@ -3,7 +3,6 @@ channel and the one-line explanation of a failed call."""
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import sys
 from pathlib import Path
@@ -14,24 +13,6 @@ from core.errors import ConfigError
 
 PASSWORD_ENV = "EMMA_PASSWORD"
 _LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
-
-
-def add_tls_flags(p: argparse.ArgumentParser) -> None:
-    """--tls/--no-tls and --ca-file, read by `tls_for` and `cloud_channel`."""
-    p.add_argument(
-        "--tls",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="TLS to the cloud (default: off for 127.0.0.1/localhost, on otherwise)",
-    )
-    p.add_argument("--ca-file", type=Path, help="CA certificate to trust for TLS (default: the system's)")
-
-
-def add_cloud_flags(p: argparse.ArgumentParser, email_help: str) -> None:
-    """--cloud, --email (who logs in; the password comes from `operator_password`) and the TLS flags."""
-    p.add_argument("--cloud", default="127.0.0.1:50051", help="the cloud's gRPC address (default 127.0.0.1:50051)")
-    p.add_argument("--email", required=True, help=email_help)
-    add_tls_flags(p)
 
 
 def operator_password(env: dict[str, str], email: str) -> str:

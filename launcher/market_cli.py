@@ -12,9 +12,9 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from core.errors import ConfigError
 from services.market import CapacitySeries, DocumentError, FlowSeries, MarketDocument, PriceSeries, Product
@@ -27,48 +27,8 @@ EXIT_BAD_DOCUMENT = 2
 _CONTRACT_TYPES = {Product.DAY_AHEAD: "A01", Product.INTRADAY_AUCTION: "A07"}
 
 
-def add_market_parser(sub: Any) -> None:
-    market = sub.add_parser(
-        "market", help="market data documents", description="Work with market data documents (prices, flows)."
-    )
-    market_sub = market.add_subparsers(dest="market_command", metavar="TASK", parser_class=type(market))
-    market_sub.required = True
-    parse = market_sub.add_parser(
-        "parse",
-        help="parse a document and print its series as JSON lines",
-        description="Detect the kind of an ENTSO-E XML, REE REData or ESIOS JSON document and print its "
-        "normalised series as JSON lines (times in UTC). Exit code 2 if the document cannot be read.",
-    )
-    parse.add_argument("file", help="the document to parse")
-    backfill = market_sub.add_parser(
-        "backfill",
-        help="fetch a zone's documents for past days and store them",
-        description="Fetch and store a bidding zone's documents for each delivery day of --from..--to (CET days, "
-        "both included) through the scheduler's own fetch code, printing one line per document. The database is "
-        "DATABASE_URL, else the embedded PostgreSQL of an `emma up` running on the state folder. Exit code 1 if "
-        "any fetch failed.",
-    )
-    backfill.add_argument("--zone", required=True, help="bidding zone by short name (ES, DE-LU) or EIC")
-    backfill.add_argument("--from", dest="first", required=True, type=day_of, help="first delivery day, YYYY-MM-DD")
-    backfill.add_argument("--to", dest="last", required=True, type=day_of, help="last delivery day, YYYY-MM-DD")
-    backfill.add_argument(
-        "--product",
-        action="append",
-        choices=("day-ahead", "intraday", "redata", "esios"),
-        help="only this product (repeatable; default: every product the zone has)",
-    )
-    backfill.add_argument("--state-dir", help="the running emma up's state folder (EMMA_STATE_DIR, default .emma)")
-
-
 # More days than this in one backfill is a typo more often than a plan (and a burst on the source).
 MAX_BACKFILL_DAYS = 366
-
-
-def day_of(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def _utc(t: datetime) -> str:

@@ -23,69 +23,25 @@ import grpc
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 
 from core.errors import ConfigError, EmmaError
-from launcher.cloud_client import add_cloud_flags, cloud_channel, failure_text, operator_password, tls_for
+from launcher.cloud_client import cloud_channel, failure_text, operator_password, tls_for
 from launcher.market_cli import _utc
+from launcher.service_account_args import NAME_FORM
 from services.names import ID_PATTERN
 
 CALL_TIMEOUT_S = 15.0
 ROLES = {"recommender": identity_pb2.SERVICE_ACCOUNT_ROLE_RECOMMENDER}
 _PAGE_SIZE = 1000
-_NAME_FORM = "organizations/{organization}/serviceAccounts/{service_account}"
 
 
 class ServiceAccountCliError(EmmaError):
     """The cloud refused or could not be reached; the message says which call and why."""
 
 
-def add_service_account_parser(sub: Any) -> None:
-    group = sub.add_parser(
-        "service-account",
-        help="create, list and delete an organization's service accounts",
-        description="Service accounts are the logins of programs (a recommendation service), each with one role "
-        "in one organization (docs/security.md). Every task logs in as --email, an admin of the organization; the "
-        "password comes from EMMA_PASSWORD, else a prompt on a terminal.",
-    )
-    tasks = group.add_subparsers(dest="service_account_command", metavar="TASK", parser_class=type(group))
-    tasks.required = True
-    create = tasks.add_parser(
-        "create",
-        help="create a service account and print its login and password once",
-        description="Create NAME with --role and print its login and its generated password. The password is "
-        "shown this once and stored only as a hash: put it in the program's secret store. To rotate it, create a "
-        "second account, switch the program over, then delete the first.",
-    )
-    create.add_argument("name", metavar="NAME", help=_NAME_FORM + ", e.g. organizations/demo/serviceAccounts/advisor")
-    create.add_argument(
-        "--role", choices=sorted(ROLES), default="recommender", help="what it may do (default recommender)"
-    )
-    create.add_argument("--display-name", default="", help='the name shown to people, e.g. "dispatch advisor"')
-    _add_cloud_flags(create)
-    listing = tasks.add_parser(
-        "list",
-        help="list an organization's service accounts",
-        description="List ORGANIZATION's service accounts (never their passwords), one per line.",
-    )
-    listing.add_argument("organization", metavar="ORGANIZATION", help="organizations/{organization}, or its id")
-    _add_cloud_flags(listing)
-    delete = tasks.add_parser(
-        "delete",
-        help="delete a service account; its sessions end at once",
-        description="Delete NAME with the user it logs in as: its tokens and password stop working within a "
-        "second on every replica.",
-    )
-    delete.add_argument("name", metavar="NAME", help=_NAME_FORM)
-    _add_cloud_flags(delete)
-
-
-def _add_cloud_flags(p: argparse.ArgumentParser) -> None:
-    add_cloud_flags(p, "an admin of the organization, e.g. admin@emma.local")
-
-
 def account_name(text: str) -> tuple[str, str]:
     """NAME -> (organization resource name, account id); checked here so a typo is named before any call."""
     parts = text.split("/")
     if len(parts) != 4 or parts[0] != "organizations" or parts[2] != "serviceAccounts":
-        raise ConfigError(f"{text!r} is not {_NAME_FORM}")
+        raise ConfigError(f"{text!r} is not {NAME_FORM}")
     for part, what in ((parts[1], "organization"), (parts[3], "service account")):
         if not ID_PATTERN.match(part):
             raise ConfigError(f"{part!r} in {text!r} is not a {what} id (lowercase letters, digits, hyphens)")
