@@ -25,7 +25,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from core.errors import ConfigError, EmmaError
 from launcher.cloud_client import cloud_channel, failure_text, operator_password, tls_for
-from launcher.market_cli import _utc, operator_dsn
+from launcher.operator_db import operator_dsn
+from launcher.times import utc_text
 from services.errors import ServiceError
 from services.names import parse_site
 
@@ -87,7 +88,7 @@ def _hours(d: duration_pb2.Duration) -> str:
 
 
 def _time(t: timestamp_pb2.Timestamp) -> str:
-    return _utc(t.ToDatetime(tzinfo=UTC).replace(microsecond=0))
+    return utc_text(t.ToDatetime(tzinfo=UTC).replace(microsecond=0))
 
 
 def energy_kwh(slots: Sequence[forecast_pb2.ForecastSlot]) -> tuple[float, float, float]:
@@ -193,7 +194,7 @@ def backtest_lines(site: str, result: Any) -> list[str]:
     against persistence) and each reference's own."""
     lines = [
         f"{site}: {result.model} backtest, {result.issues} forecasts issued "
-        f"{_utc(result.first_issue)} .. {_utc(result.last_issue)}"
+        f"{utc_text(result.first_issue)} .. {utc_text(result.last_issue)}"
     ]
     for band in result.bands:
         lines.append(f"  {band.label}: model: {_score(band.model)} (n {band.model.n})")

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.errors import ConfigError
+from launcher.operator_db import operator_dsn
+from launcher.times import utc_text
 from services.market import CapacitySeries, DocumentError, FlowSeries, MarketDocument, PriceSeries, Product
 
 if TYPE_CHECKING:
@@ -31,17 +33,13 @@ _CONTRACT_TYPES = {Product.DAY_AHEAD: "A01", Product.INTRADAY_AUCTION: "A07"}
 MAX_BACKFILL_DAYS = 366
 
 
-def _utc(t: datetime) -> str:
-    return t.isoformat().replace("+00:00", "Z")
-
-
 def _duration(step: timedelta) -> str:
     minutes = int(step.total_seconds()) // 60
     return f"PT{minutes}M"
 
 
 def _slots(series: PriceSeries | FlowSeries | CapacitySeries) -> list[dict[str, object]]:
-    return [{"start": _utc(s.start), "value": s.value} for s in series.slots]
+    return [{"start": utc_text(s.start), "value": s.value} for s in series.slots]
 
 
 def document_lines(doc: MarketDocument) -> Iterator[dict[str, object]]:
@@ -50,8 +48,8 @@ def document_lines(doc: MarketDocument) -> Iterator[dict[str, object]]:
         "source": doc.source.value,
         "kind": doc.kind.value,
         "revision": doc.revision,
-        "created_at": _utc(doc.created_at) if doc.created_at else None,
-        "interval": [_utc(doc.interval[0]), _utc(doc.interval[1])] if doc.interval else None,
+        "created_at": utc_text(doc.created_at) if doc.created_at else None,
+        "interval": [utc_text(doc.interval[0]), utc_text(doc.interval[1])] if doc.interval else None,
         "no_data_reason": doc.no_data_reason or None,
     }
     for p in doc.prices:
@@ -99,22 +97,6 @@ def run_market(args: argparse.Namespace) -> int:
         print(f"emma market parse: error: {path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_BAD_DOCUMENT
     return 0
-
-
-async def operator_dsn(env: dict[str, str]) -> tuple[str, str]:
-    """(DSN, where it came from): DATABASE_URL, else a running `emma up`'s embedded PostgreSQL."""
-    from services.platform.config import PlatformConfig
-    from services.platform.embedded_pg import start_embedded_postgres
-
-    config = PlatformConfig.from_env(env)
-    if config.database.url is not None:
-        return config.database.url, "DATABASE_URL"
-    state_dir = config.state.state_dir
-    if not (state_dir / "pgdata" / "postmaster.pid").exists():
-        raise ConfigError(f"DATABASE_URL is not set and no emma up is running on {state_dir} (see --state-dir)")
-    # Attaches to the running server (and leaves it running: only its starter stops it).
-    embedded = await asyncio.to_thread(start_embedded_postgres, state_dir)
-    return embedded.uri(), f"the emma up in {state_dir}"
 
 
 async def run_backfill_command(args: argparse.Namespace) -> int:

@@ -24,8 +24,8 @@ from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 
 from core.errors import ConfigError, EmmaError
 from launcher.cloud_client import cloud_channel, failure_text, operator_password, tls_for
-from launcher.market_cli import _utc
 from launcher.service_account_args import NAME_FORM
+from launcher.times import utc_text
 from services.names import ID_PATTERN
 
 CALL_TIMEOUT_S = 15.0
@@ -62,7 +62,7 @@ def _role(role: int) -> str:
 
 def account_line(a: identity_pb2.ServiceAccount) -> str:
     shown = f' "{a.display_name}"' if a.display_name else ""
-    created = _utc(a.create_time.ToDatetime(tzinfo=UTC).replace(microsecond=0))
+    created = utc_text(a.create_time.ToDatetime(tzinfo=UTC).replace(microsecond=0))
     return f"{a.name}{shown} {_role(a.role)}, login {a.login}, created {created} by {a.creator}"
 
 
