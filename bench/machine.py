@@ -63,6 +63,26 @@ def pipe_round_trip_us(rounds: int = 2_000) -> float:
     return round(statistics.median(took) * 1e6, 1)
 
 
+def _count_up(steps: int) -> int:
+    total = 0
+    for i in range(steps):
+        total += i
+    return total
+
+
+def python_step_ns(steps: int = 2_000_000, rounds: int = 5) -> float:
+    """Median ns of one step of a plain Python loop (an addition to a local): the CPU speed every
+    Python process here runs at. Machines of the same kind differ in it too: session 17's made the
+    CPU-bound raw COPY 2-4 times slower than sessions 15's and 16's (docs/performance.md, session 17's
+    `make bench`), where the round trip above could not tell."""
+    took = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        _count_up(steps)
+        took.append(time.perf_counter() - start)
+    return round(statistics.median(took) / steps * 1e9, 1)
+
+
 def describe(postgres_version: str = "") -> dict[str, object]:
     return {
         "cpu_count": os.cpu_count(),
@@ -72,6 +92,7 @@ def describe(postgres_version: str = "") -> dict[str, object]:
         "platform": platform.platform(),
         "postgres": postgres_version,
         "pipe_round_trip_us": pipe_round_trip_us(),
+        "python_step_ns": python_step_ns(),
     }
 
 
