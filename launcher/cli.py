@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from core.errors import ConfigError, EmmaError
+from launcher.task_args import add_task_group
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -154,13 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_service_account_parser(sub)
 
-    admin = sub.add_parser(
+    admin_sub = add_task_group(
+        sub,
         "admin",
         help="administer organizations, users and edge keys",
         description="Administrative tasks against the database (DATABASE_URL).",
+        dest="admin_command",
     )
-    admin_sub = admin.add_subparsers(dest="admin_command", metavar="TASK", parser_class=_Parser)
-    admin_sub.required = True
     org = admin_sub.add_parser("create-org", help="create an organization", description="Create an organization.")
     org.add_argument("org_id")
     org.add_argument("--display-name", help="the name shown to people (default: the id)")

@@ -7,19 +7,20 @@ from typing import Any
 
 from launcher.cloud_args import add_cloud_flags
 from launcher.market_args import day_of
+from launcher.task_args import add_task_group
 
 # The --kind names; forecast_cli maps each to its ForecastKind.
 KIND_NAMES = ("load", "net", "pv")
 
 
 def add_forecast_parser(sub: Any) -> None:
-    forecast = sub.add_parser(
+    forecast_sub = add_task_group(
+        sub,
         "forecast",
         help="run and check forecasts of a site's PV and load",
         description="Forecasts of a site's PV production, load and net load (docs/forecasting.md).",
+        dest="forecast_command",
     )
-    forecast_sub = forecast.add_subparsers(dest="forecast_command", metavar="TASK", parser_class=type(forecast))
-    forecast_sub.required = True
     run = forecast_sub.add_parser(
         "run",
         help="run a forecast of a site now and print the run",

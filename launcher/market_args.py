@@ -6,13 +6,17 @@ import argparse
 from datetime import date
 from typing import Any
 
+from launcher.task_args import add_task_group
+
 
 def add_market_parser(sub: Any) -> None:
-    market = sub.add_parser(
-        "market", help="market data documents", description="Work with market data documents (prices, flows)."
+    market_sub = add_task_group(
+        sub,
+        "market",
+        help="market data documents",
+        description="Work with market data documents (prices, flows).",
+        dest="market_command",
     )
-    market_sub = market.add_subparsers(dest="market_command", metavar="TASK", parser_class=type(market))
-    market_sub.required = True
     parse = market_sub.add_parser(
         "parse",
         help="parse a document and print its series as JSON lines",

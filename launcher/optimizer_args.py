@@ -5,16 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from launcher.cloud_args import add_cloud_flags
+from launcher.task_args import add_task_group
 
 
 def add_optimize_parser(sub: Any) -> None:
-    optimize = sub.add_parser(
+    optimize_sub = add_task_group(
+        sub,
         "optimize",
         help="check optimisation runs",
         description="Optimisation runs of the cloud's OptimizerService (docs/optimizer.md).",
+        dest="optimize_command",
     )
-    optimize_sub = optimize.add_subparsers(dest="optimize_command", metavar="TASK", parser_class=type(optimize))
-    optimize_sub.required = True
     replay = optimize_sub.add_parser(
         "replay",
         help="solve a stored run again from its stored inputs and compare the objectives",

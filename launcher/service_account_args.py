@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from launcher.cloud_args import add_cloud_flags
+from launcher.task_args import add_task_group
 
 NAME_FORM = "organizations/{organization}/serviceAccounts/{service_account}"
 # The --role names; service_account_cli maps each to its ServiceAccountRole.
@@ -13,15 +14,15 @@ ROLE_NAMES = ("recommender",)
 
 
 def add_service_account_parser(sub: Any) -> None:
-    group = sub.add_parser(
+    tasks = add_task_group(
+        sub,
         "service-account",
         help="create, list and delete an organization's service accounts",
         description="Service accounts are the logins of programs (a recommendation service), each with one role "
         "in one organization (docs/security.md). Every task logs in as --email, an admin of the organization; the "
         "password comes from EMMA_PASSWORD, else a prompt on a terminal.",
+        dest="service_account_command",
     )
-    tasks = group.add_subparsers(dest="service_account_command", metavar="TASK", parser_class=type(group))
-    tasks.required = True
     create = tasks.add_parser(
         "create",
         help="create a service account and print its login and password once",
