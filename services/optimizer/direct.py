@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 import highspy
 import numpy as np
 
-from services.optimizer.inputs import SLOT_H, Objective, Problem
-from services.optimizer.model import SELF_CONSUMPTION_COST_WEIGHT
+from services.optimizer.inputs import SELF_CONSUMPTION_COST_WEIGHT, SLOT_H, Objective, Problem
 
 INF = highspy.kHighsInf
 # A flow below this (kW) counts as zero when checking the relaxation's answer.

@@ -30,6 +30,10 @@ class Objective(Enum):
     SELF_CONSUMPTION = "self_consumption"
 
 
+# Self-consumption minimises imported energy; cost breaks ties with this weight (both models use it).
+SELF_CONSUMPTION_COST_WEIGHT = 1e-3
+
+
 @dataclass(frozen=True)
 class Prices:
     """Import = (market + network + tax) x (1 + VAT); export = feed-in. Either may be negative."""

@@ -14,10 +14,7 @@ from typing import Any
 
 import pyomo.environ as pyo  # type: ignore[import-untyped]  # pyomo ships no type information
 
-from services.optimizer.inputs import SLOT_H, Objective, Problem
-
-# Self-consumption minimises imported energy; cost breaks ties with this weight.
-SELF_CONSUMPTION_COST_WEIGHT = 1e-3
+from services.optimizer.inputs import SELF_CONSUMPTION_COST_WEIGHT, SLOT_H, Objective, Problem
 
 
 def _top(max_soc: float | None, capacity: float) -> float:

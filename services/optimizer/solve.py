@@ -11,16 +11,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pyomo.environ as pyo  # type: ignore[import-untyped]  # pyomo ships no type information
-from pyomo.contrib.appsi.base import TerminationCondition  # type: ignore[import-untyped]
-from pyomo.contrib.appsi.solvers import Highs  # type: ignore[import-untyped]
+import highspy
 
 from services.optimizer.baseline import baseline, outcome
 from services.optimizer.checks import precheck
 from services.optimizer.direct import DirectInfeasible, DirectNoPlan, build_direct, solve_built
 from services.optimizer.errors import InfeasibleError, SolverError
 from services.optimizer.inputs import SLOT_H, Problem
-from services.optimizer.model import build
 from services.optimizer.plan import BatterySchedule, GridSchedule, Outcome, Plan, PvSchedule
 
 # Slack below this (kW or kWh) is solver noise, not a conflict.
@@ -28,11 +25,24 @@ _SLACK_TOL = 1e-6
 
 
 def solver_version() -> str:
-    return ".".join(str(x) for x in Highs().version())
+    # highspy's own version, which pyomo's HiGHS interface reports too ("1.15.1").
+    return str(highspy.Highs().version())  # type: ignore[no-untyped-call]  # the constructor carries no annotations
+
+
+def _pyomo() -> tuple[Any, Any, Any]:
+    """pyomo, its termination conditions and its HiGHS interface, imported on first use. Only the
+    reference solve and the explanation of an infeasible problem need them; the everyday path
+    (direct.py's arrays) does not, and importing pyomo with this module cost every process that hosts
+    the optimizer 1.2-2.1 s of start-up and 23 MiB (session 17's machine)."""
+    import pyomo.environ as pyo  # type: ignore[import-untyped]  # pyomo ships no type information
+    from pyomo.contrib.appsi.base import TerminationCondition  # type: ignore[import-untyped]
+    from pyomo.contrib.appsi.solvers import Highs  # type: ignore[import-untyped]
+
+    return pyo, TerminationCondition, Highs
 
 
 def _highs(p: Problem) -> Any:
-    opt = Highs()
+    opt = _pyomo()[2]()
     opt.config.time_limit = p.time_limit_s
     opt.config.mip_gap = p.mip_gap
     opt.config.load_solution = False
@@ -69,6 +79,9 @@ def solve(p: Problem) -> Plan:
 
 def solve_pyomo(p: Problem) -> Plan:
     """`p` solved through the pyomo model (model.py) with every binary from the start: the reference."""
+    from services.optimizer.model import build
+
+    pyo, TerminationCondition, _ = _pyomo()
     conflicts = precheck(p)
     if conflicts:
         raise InfeasibleError(conflicts)
@@ -98,6 +111,9 @@ def solve_pyomo(p: Problem) -> Plan:
 
 def explain(p: Problem) -> list[str]:
     """The constraint families an infeasible `p` cannot satisfy, in plain words."""
+    from services.optimizer.model import build
+
+    pyo, TerminationCondition, _ = _pyomo()
     m = build(p, elastic=True)
     res = _highs(p).solve(m)
     if res.termination_condition is not TerminationCondition.optimal:
