@@ -20,12 +20,16 @@ def test_bench_runs_end_to_end_on_tiny_sizes(database_url: str, tmp_path: Path) 
     assert set(result) >= {"machine", "command", "setup", "seed", "runs", "total_s", "site_p99_s", "met"}
     assert result["setup"]["sites"] == 5
     assert result["seed"]["rows"] == 5 * 2 * 8 * 96
-    # Two rounds, each with ingest stored in both windows (a second round reusing the first round's
-    # edges would have its batches deduplicated away and count nothing).
+    # Two rounds, each with ingest stored in its 2-second window before the round (a second round
+    # reusing the first round's edges would have its batches deduplicated away and count nothing).
+    # The window during the round is the round itself: about 0.45 s for the warm second round of 5
+    # sites, which on a loaded machine can fall between two ingest commits and count none (seen once
+    # in `make test` on a slow machine, session 17); so it is only checked to be a measured rate.
     assert len(result["runs"]) == 2
     for run in result["runs"]:
-        for key in ("total_s", "site_p50_s", "site_p99_s", "ingest_points_per_s_without", "ingest_points_per_s_during"):
+        for key in ("total_s", "site_p50_s", "site_p99_s", "ingest_points_per_s_without"):
             assert run[key] > 0, key
+        assert run["ingest_points_per_s_during"] >= 0
         for key in ("loop_probe_ms_without", "loop_probe_ms_during"):
             assert set(run[key]) == {"p50", "p99", "max"} and run[key]["max"] >= run[key]["p50"] > 0, key
     assert result["total_s"]["runs"] == 2 and isinstance(result["met"], bool)
