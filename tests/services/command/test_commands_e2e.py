@@ -129,16 +129,32 @@ async def test_out_of_limit_at_the_cloud_and_the_edge_rejecting(site: Site) -> N
 async def test_ack_lost_the_command_is_resent_and_applied_once(
     site: Site, db: asyncpg.Connection, edge_log: list[logging.LogRecord]
 ) -> None:
-    created = await site.stub.CreateCommand(setpoint(site, -1500.0))
+    # The moment the edge has the command, before it can acknowledge it, cut its connection: no ack
+    # reaches the cloud, which holds the command as DELIVERED and must send it again. Cut from the edge's
+    # own log line, in this event loop, ahead of any ack: waiting for RECEIVED in the database instead
+    # missed it once on a slow machine, where the command arrived just before a cycle and RECEIVED and
+    # EXECUTED came within one poll.
+    cloud_port = site.relay.upstream
+    cut = asyncio.Event()
+
+    class CutOnReceipt(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "command received" and not cut.is_set():
+                site.relay.upstream = None
+                site.relay.cut()
+                cut.set()
+
+    daemon_log = logging.getLogger("edge_daemon.daemon")
+    handler = CutOnReceipt(logging.INFO)
+    daemon_log.addHandler(handler)
+    try:
+        created = await site.stub.CreateCommand(setpoint(site, -1500.0))
+        await asyncio.wait_for(cut.wait(), timeout=10)
+    finally:
+        daemon_log.removeHandler(handler)
     command_id = uuid.UUID(created.name.rsplit("/", 1)[1])
-    # As soon as the edge said RECEIVED, cut its connection: the final ack cannot reach the cloud.
-    await until(
-        lambda: db.fetchval("SELECT state = 'RECEIVED' FROM app.commands WHERE id = $1", command_id),
-        timeout=10,
-        what="RECEIVED",
-    )
-    cloud_port, site.relay.upstream = site.relay.upstream, None
-    site.relay.cut()
+    state = await db.fetchval("SELECT state FROM app.commands WHERE id = $1", command_id)
+    assert state == "DELIVERED", state  # no ack got through the cut
     await asyncio.sleep(1.0)
     site.relay.upstream = cloud_port  # back within the 5 s edge timeout
     final = await _wait_final(site, created.name)
