@@ -71,10 +71,11 @@ def _count_up(steps: int) -> int:
 
 
 def python_step_ns(steps: int = 2_000_000, rounds: int = 5) -> float:
-    """Median ns of one step of a plain Python loop (an addition to a local): the CPU speed every
-    Python process here runs at. Machines of the same kind differ in it too: session 17's made the
-    CPU-bound raw COPY 2-4 times slower than sessions 15's and 16's (docs/performance.md, session 17's
-    `make bench`), where the round trip above could not tell."""
+    """Median ns of one step of a plain Python loop (an addition to a local): the speed of tight work
+    that fits in the CPU's caches. It does not tell everything: on session 17's machine it was 39-63 ns,
+    as fast as elsewhere, while a service or PostgreSQL needed 2-4 times the CPU per request of session
+    15's (docs/performance.md, session 17's `make bench`); with the round trip above it places a
+    machine on two of the axes the figures depend on."""
     took = []
     for _ in range(rounds):
         start = time.perf_counter()

@@ -216,7 +216,7 @@ def markdown(results: dict[str, Any], machine: dict[str, Any]) -> str:
         f"Machine: {machine['cpu_count']} × {machine['cpu_model']}, {machine['memory_gib']} GiB, "
         f"Python {machine['python']}, "
         f"a pipe round trip to a process on the other CPU {machine['pipe_round_trip_us']} µs, "
-        f"a Python loop step {machine.get('python_step_ns', '?')} ns, "
+        f"a Python loop step {machine['python_step_ns']} ns, "
         f"PostgreSQL {results.get('ingest', {}).get('machine', {}).get('postgres', '?')}",
         "",
         "| figure | median (min–max over runs) | goal | command |",

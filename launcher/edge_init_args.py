@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from launcher.cloud_args import add_tls_flags
+from launcher.cloud_args import add_cloud_flags
 
 
 def add_init_parser(sub: Any) -> argparse.ArgumentParser:
@@ -18,8 +18,7 @@ def add_init_parser(sub: Any) -> argparse.ArgumentParser:
         "and write FOLDER/site.toml and FOLDER/edge.key (0600) for `emma edge --config FOLDER/site.toml`. "
         "Logs in as --email; the password comes from EMMA_PASSWORD, else a prompt on a terminal.",
     )
-    init.add_argument("--cloud", default="127.0.0.1:50051", help="the cloud's gRPC address (default 127.0.0.1:50051)")
-    init.add_argument("--email", required=True, help="an admin of the organization, e.g. admin@emma.local")
+    add_cloud_flags(init, "an admin of the organization, e.g. admin@emma.local")
     init.add_argument("--organization", required=True, help="organization id, e.g. demo")
     init.add_argument("--site", required=True, help="site id to create or reuse, e.g. home")
     init.add_argument("--edge", required=True, help="edge id to create or reuse, e.g. gw-1")
@@ -31,5 +30,4 @@ def add_init_parser(sub: Any) -> argparse.ArgumentParser:
     init.add_argument("--latitude", type=float, help="latitude of a new site in degrees")
     init.add_argument("--longitude", type=float, help="longitude of a new site in degrees")
     init.add_argument("--country", default="", help="ISO 3166-1 alpha-2 country code of a new site, e.g. DE")
-    add_tls_flags(init)
     return init

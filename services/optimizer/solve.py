@@ -42,7 +42,8 @@ def _pyomo() -> tuple[Any, Any, Any]:
 
 
 def _highs(p: Problem) -> Any:
-    opt = _pyomo()[2]()
+    _, _, highs = _pyomo()
+    opt = highs()
     opt.config.time_limit = p.time_limit_s
     opt.config.mip_gap = p.mip_gap
     opt.config.load_solution = False
