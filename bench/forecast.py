@@ -310,6 +310,13 @@ async def measured_run(
     try:
         since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
         await asyncio.sleep(warm_up_s)
+        # The windows start only once the edges store: on a loaded machine their processes can take
+        # longer than the warm-up to start and connect, and a window before that counted nothing.
+        deadline = time.perf_counter() + 60
+        while not await ingested_since(conn, since):
+            if time.perf_counter() > deadline:
+                raise RuntimeError("the simulated edges stored nothing within 60 s of the warm-up")
+            await asyncio.sleep(0.1)
         with LoopProbe(port) as probe:
             n0, t0 = await ingested_since(conn, since), time.perf_counter()
             await asyncio.sleep(baseline_s)
