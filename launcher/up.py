@@ -300,6 +300,10 @@ async def _run_stack(config: PlatformConfig, state_dir: Path, gateway_settings: 
     if dsn is None:
         _say(f"emma up: starting embedded PostgreSQL in {state_dir / 'pgdata'}")
         embedded = await asyncio.to_thread(start_embedded_postgres, state_dir)
+        # Under the state folder's lock a server already running on its data folder is the leftover of an
+        # emma up that was killed (kill -9, a crash): nothing else starts one there, operator commands only
+        # attach. This run stops it on its way out like one it started, so Ctrl-C leaves nothing running.
+        embedded = dataclasses.replace(embedded, started_here=True)
         dsn = embedded.uri()
         narrow_state_folder(state_dir, embedded)
     workers = None

@@ -78,11 +78,14 @@ def test_a_taken_gateway_port_is_reported_before_anything_starts(tmp_path: Path)
 
 
 def test_the_lock_goes_with_its_process(tmp_path: Path) -> None:
-    """kill -9 leaves the lock file behind, but not the lock: the next emma up starts."""
+    """kill -9 leaves the lock file behind, but not the lock: the next emma up starts. The killed one's
+    PostgreSQL outlives it; the next one attaches to it and, on Ctrl-C, stops it as its own."""
     state = tmp_path / "state"
     first = EmmaProcess("up", env=_env(state))
     try:
-        first.wait_for("emma up: starting embedded PostgreSQL", timeout=60)
+        # The line after the embedded PostgreSQL is up: the kill finds the server running.
+        first.wait_for("emma up: market data from", timeout=120)
+        assert (state / "pgdata" / "postmaster.pid").exists()
     finally:
         first.stop(signal.SIGKILL)
     assert (state / "emma-up.lock").exists()
@@ -91,3 +94,4 @@ def test_the_lock_goes_with_its_process(tmp_path: Path) -> None:
         again.wait_for("ready; press Ctrl-C to stop", timeout=180)
     finally:
         assert again.stop(signal.SIGINT) == 0, "\n".join(again.lines)
+    assert not (state / "pgdata" / "postmaster.pid").exists(), "the embedded PostgreSQL is still running"
