@@ -84,6 +84,33 @@ def python_step_ns(steps: int = 2_000_000, rounds: int = 5) -> float:
     return round(statistics.median(took) / steps * 1e9, 1)
 
 
+def steal_pct() -> float:
+    """Share of this machine's CPU time since boot that the hypervisor gave to others ("steal" in
+    /proc/stat), in %: on a shared host, time the figures here could not have."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    total = sum(fields[:8])  # user .. steal; guest time is already counted in user
+    return round(100 * fields[7] / total, 1) if len(fields) > 7 and total else 0.0
+
+
+def page_reclaimer(root: Path = Path("/sys/kernel/mm/damon/admin/kdamonds")) -> str:
+    """The kernel's proactive page reclaim when one runs ("damon pageout"), else "". Session 18's
+    machine ran DAMON with a pageout scheme: a kernel thread that samples which memory is used and
+    pages out what was not, so files read again (a process's code and libraries, PostgreSQL's tables)
+    come back from the disk; it took CPU of its own beside the figures (docs/performance.md)."""
+    actions = []
+    for state in sorted(root.glob("*/state")):
+        try:
+            if state.read_text().strip() != "on":
+                continue
+            actions += [a.read_text().strip() for a in sorted(state.parent.glob("contexts/*/schemes/*/action"))]
+        except OSError:
+            continue
+    return " ".join(f"damon {a}" for a in dict.fromkeys(actions)) if actions else ""
+
+
 def describe(postgres_version: str = "") -> dict[str, object]:
     return {
         "cpu_count": os.cpu_count(),
@@ -94,6 +121,8 @@ def describe(postgres_version: str = "") -> dict[str, object]:
         "postgres": postgres_version,
         "pipe_round_trip_us": pipe_round_trip_us(),
         "python_step_ns": python_step_ns(),
+        "steal_pct": steal_pct(),
+        "page_reclaimer": page_reclaimer(),
     }
 
 
