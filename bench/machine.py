@@ -84,6 +84,28 @@ def python_step_ns(steps: int = 2_000_000, rounds: int = 5) -> float:
     return round(statistics.median(took) / steps * 1e9, 1)
 
 
+def memory_step_ns(links: int = 4_000_000, steps: int = 1_000_000, rounds: int = 3) -> float:
+    """Median ns of one step of a Python loop that follows a random chain through a list of 4 million
+    integers (about 160 MB, far more than any CPU cache): each step waits for memory twice (the list's
+    slot, then the integer), so this is the loop step above plus the machine's memory latency. Session
+    18's machine took about 470 ns a step here against 32 in a chain that fits the cache: a service's
+    or PostgreSQL's working set pays that latency, a tight loop does not (docs/performance.md)."""
+    import numpy as np  # only here: `python -m bench.machine` stays light for the other probes
+
+    order = np.random.default_rng(18).permutation(links)
+    following = np.empty(links, dtype=np.int64)
+    following[order] = np.roll(order, -1)  # one cycle through every link, in random order
+    chain: list[int] = following.tolist()
+    took = []
+    for _ in range(rounds):
+        link = 0
+        start = time.perf_counter()
+        for _ in range(steps):
+            link = chain[link]
+        took.append(time.perf_counter() - start)
+    return round(statistics.median(took) / steps * 1e9, 1)
+
+
 def steal_pct() -> float:
     """Share of this machine's CPU time since boot that the hypervisor gave to others ("steal" in
     /proc/stat), in %: on a shared host, time the figures here could not have."""
@@ -121,6 +143,7 @@ def describe(postgres_version: str = "") -> dict[str, object]:
         "postgres": postgres_version,
         "pipe_round_trip_us": pipe_round_trip_us(),
         "python_step_ns": python_step_ns(),
+        "memory_step_ns": memory_step_ns(),
         "steal_pct": steal_pct(),
         "page_reclaimer": page_reclaimer(),
     }

@@ -217,6 +217,7 @@ def markdown(results: dict[str, Any], machine: dict[str, Any]) -> str:
         f"Python {machine['python']}, "
         f"a pipe round trip to a process on the other CPU {machine['pipe_round_trip_us']} µs, "
         f"a Python loop step {machine['python_step_ns']} ns, "
+        f"one through 160 MB {machine.get('memory_step_ns', '?')} ns, "
         f"CPU taken by the hypervisor since boot {machine.get('steal_pct', '?')} %, "
         f"proactive page reclaim: {machine.get('page_reclaimer') or 'none'}, "
         f"PostgreSQL {results.get('ingest', {}).get('machine', {}).get('postgres', '?')}",

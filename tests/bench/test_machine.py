@@ -17,6 +17,7 @@ def test_the_machine_line_carries_a_timed_cross_cpu_round_trip_and_cpu_speed() -
     assert machine["cpu_count"] == os.cpu_count()
     assert 0 < machine["pipe_round_trip_us"] < 100_000  # µs: a real round trip (a hung child would time out)
     assert 0 < machine["python_step_ns"] < 100_000  # ns: a timed loop, not a constant
+    assert 0 < machine["memory_step_ns"] < 100_000  # ns: a timed chase through memory
     assert 0 <= machine["steal_pct"] <= 100
     assert machine["page_reclaimer"] == page_reclaimer()  # what this machine's /sys says, as read below
 
