@@ -130,7 +130,7 @@ def page_reclaimer(root: Path = Path("/sys/kernel/mm/damon/admin/kdamonds")) -> 
             actions += [a.read_text().strip() for a in sorted(state.parent.glob("contexts/*/schemes/*/action"))]
         except OSError:
             continue
-    return " ".join(f"damon {a}" for a in dict.fromkeys(actions)) if actions else ""
+    return " ".join(f"damon {a}" for a in sorted(set(actions)))
 
 
 def describe(postgres_version: str = "") -> dict[str, object]:
