@@ -55,6 +55,7 @@ from launcher.market_replay import ReplayServer
 from launcher.open_browser import open_dashboard
 from launcher.ports import check_free
 from launcher.state_lock import hold_state_folder
+from launcher.stop_with_parent import child_env
 from launcher.weather_replay import running_weather_replay
 from services import catalog
 from services.cloud import further_workers, hosted_services
@@ -139,7 +140,14 @@ async def edge_processes(configs: list[Path], say: Callable[[str], None]) -> Asy
             log = open_private_append(config.parent / "edge.log")
             procs.append(
                 await asyncio.create_subprocess_exec(
-                    EMMA, "edge", "--config", str(config), stdout=log, stderr=log, start_new_session=True
+                    EMMA,
+                    "edge",
+                    "--config",
+                    str(config),
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                    env=child_env(os.environ),
                 )
             )
             log.close()
@@ -182,7 +190,7 @@ async def gateway_process(
         EMMA,
         *argv,
         # The process environment below the settings (PATH and the like; the settings' EMMA_* win).
-        env={**os.environ, **env},
+        env=child_env({**os.environ, **env}),
         stdout=asyncio.subprocess.PIPE,
         start_new_session=True,
     )

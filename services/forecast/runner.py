@@ -8,6 +8,7 @@ import atexit
 import logging
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import threading
 import uuid
@@ -102,11 +103,28 @@ def default_executor() -> Executor:
         if _default_executor is None:
             if env_flag(os.environ, "EMMA_FORECAST_MODEL_PROCESS", True, ForecastConfigError):
                 # spawn, not fork: the server process has gRPC's and asyncio's threads.
-                _default_executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+                _default_executor = ProcessPoolExecutor(
+                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent
+                )
                 atexit.register(_stop_default_executor)
             else:
                 _default_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast-model")
         return _default_executor
+
+
+def _exit_with_parent() -> None:
+    """In the model process: exit once the server process is gone. A server killed with kill -9 left its
+    model process behind for good (the pool's own pipes did not end it): idle, holding the models'
+    memory, one more after every such kill. Its parent's sentinel is ready when the parent exits."""
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a child of a multiprocessing parent (the initializer called by hand)
+        return
+
+    def watch(sentinel: int = parent.sentinel) -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(0)  # nothing of a run is worth finishing for a server that is gone
+
+    threading.Thread(target=watch, name="forecast-model-parent", daemon=True).start()
 
 
 def _stop_default_executor() -> None:

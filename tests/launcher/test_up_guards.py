@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import stat
+import time
 from pathlib import Path
 
 import grpc
@@ -77,17 +78,49 @@ def test_a_taken_gateway_port_is_reported_before_anything_starts(tmp_path: Path)
     assert not (state / "pgdata").exists()
 
 
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is `pid` now (from /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            # After the command's closing parenthesis: state, then the parent's pid.
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        alive.add(pid)
+    return alive
+
+
 def test_the_lock_goes_with_its_process(tmp_path: Path) -> None:
-    """kill -9 leaves the lock file behind, but not the lock: the next emma up starts. The killed one's
-    PostgreSQL outlives it; the next one attaches to it and, on Ctrl-C, stops it as its own."""
+    """kill -9 leaves the lock file behind, but not the lock: the next emma up starts. What the killed
+    one started goes with it (its edge daemons, REST gateway and forecast model process), except its
+    PostgreSQL: the next emma up attaches to that one and, on Ctrl-C, stops it as its own."""
     state = tmp_path / "state"
     first = EmmaProcess("up", env=_env(state))
     try:
-        # The line after the embedded PostgreSQL is up: the kill finds the server running.
-        first.wait_for("emma up: market data from", timeout=120)
+        first.wait_for("ready; press Ctrl-C to stop", timeout=180)
         assert (state / "pgdata" / "postmaster.pid").exists()
+        started = _children(first.proc.pid)
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in started]
+        assert sum(" edge --config " in c for c in commands) == 2 and any(" gateway " in c for c in commands), commands
+        assert any("spawn_main" in c for c in commands), commands  # the forecast model process
     finally:
         first.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _alive(started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(started), [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _alive(started)]
     assert (state / "emma-up.lock").exists()
     again = EmmaProcess("up", env=_env(state))
     try:
