@@ -130,7 +130,11 @@ async def test_metrics_are_pushed_by_otlp(running: Running) -> None:
             ("emma", "emma.db.pool.connections"),
         ]
         rpc = seen.get(("emma", "emma.rpc.duration"), [])
-        if all(w in seen for w in wanted) and any(a.get("method") == LIST_SITES for a, _ in rpc):
+        # Each process exports on its own timer: the gateway's export that counted the login may come
+        # before its request to ListSites was counted, so the wait is for both processes' points of it.
+        requests = seen.get(("emma-gateway", "emma.gateway.requests"), [])
+        listed = any(a.get("method") == "GET" and a.get("status") == "200" for a, _ in requests)
+        if all(w in seen for w in wanted) and any(a.get("method") == LIST_SITES for a, _ in rpc) and listed:
             return seen
         return None
 
