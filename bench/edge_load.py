@@ -68,10 +68,9 @@ class BatchFactory:
     def make(self, seq: int, base_time_us: int | None = None) -> bytes:
         """Batch `seq` starting at `base_time_us` (µs since the epoch), or now when None."""
         ts = timestamp_pb2.Timestamp()
-        if base_time_us is None:
-            ts.GetCurrentTime()
-        else:
-            ts.FromMicroseconds(base_time_us)
+        # Now from time.time_ns, not GetCurrentTime, which goes through a datetime and calendar.timegm: 6.7
+        # µs against 2.2 on session 18's machine, 6 % of a generator's samples in the 1,000-edge fleet.
+        ts.FromMicroseconds(time.time_ns() // 1000 if base_time_us is None else base_time_us)
         head = edge_link_pb2.TelemetryBatch(batch_seq=seq, base_time=ts).SerializeToString()
         inner = head + self._body
         return b"\x12" + _varint(len(inner)) + inner  # ConnectRequest.telemetry_batch = field 2
