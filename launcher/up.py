@@ -59,6 +59,7 @@ from launcher.stop_with_parent import child_env
 from launcher.weather_replay import running_weather_replay
 from services import catalog
 from services.cloud import further_workers, hosted_services
+from services.forecast import start_model_process
 from services.names import EdgeName
 from services.platform.config import PlatformConfig
 from services.platform.embedded_pg import EmbeddedPostgres, start_embedded_postgres
@@ -303,6 +304,10 @@ async def run_up(config: PlatformConfig) -> None:
 
 
 async def _run_stack(config: PlatformConfig, state_dir: Path, gateway_settings: GatewayConfig) -> None:
+    # The demo sites are forecast before the stack is ready: the models' process starts now, so its
+    # imports (2.7 s on session 18's machine) run beside PostgreSQL's start and the services' instead of
+    # inside the first forecast.
+    start_model_process()
     embedded: EmbeddedPostgres | None = None
     dsn = config.database.url
     if dsn is None:

@@ -37,6 +37,7 @@ __all__ = [
     "backtest_site",
     "forecast_site",
     "latest_forecast_values",
+    "start_model_process",
 ]
 
 # The services this domain may import (their package faces); see docs/architecture.md. The registry
@@ -126,6 +127,15 @@ async def forecast_site(
         creator=creator,
         executor=executor,
     )
+
+
+def start_model_process() -> None:
+    """Start the process the models run in (EMMA_FORECAST_MODEL_PROCESS) now, with its imports of pvlib,
+    pandas and scipy, beside what this process does next: for a process that will forecast soon, so the
+    first forecast does not wait for them (`emma up`, which forecasts its demo sites before it is ready)."""
+    from services.forecast.runner import start_model_process as start
+
+    start()
 
 
 async def backtest_site(

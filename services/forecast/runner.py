@@ -13,7 +13,7 @@ import os
 import threading
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -110,6 +110,20 @@ def default_executor() -> Executor:
             else:
                 _default_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast-model")
         return _default_executor
+
+
+def _models_loaded() -> None:
+    """Nothing to run: unpickling this function in the model process imports this module, and with it
+    the models' pvlib, pandas and scipy."""
+
+
+def start_model_process() -> Future[None] | None:
+    """Start the model process now and have it import the models, beside whatever this process does
+    next; None when the models run in a thread. For a process that knows it will forecast soon (`emma up`,
+    which forecasts its demo sites before it is ready): the start and the imports took 2.7 s of its
+    first forecast on session 18's machine."""
+    executor = default_executor()
+    return executor.submit(_models_loaded) if isinstance(executor, ProcessPoolExecutor) else None
 
 
 def _exit_with_parent() -> None:
