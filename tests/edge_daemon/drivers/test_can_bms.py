@@ -151,9 +151,11 @@ async def test_frames_from_a_sender_process_become_channels_and_silence_is_detec
         await task
         await device.stop()
     assert 0.3 < detected_s < 3.0  # silence_timeout_s = 0.6; generous for a loaded machine
-    # The cycle never waited on the dead device: no overrun. (Its lateness is a benchmark figure,
-    # not a test assertion: a loaded CI machine delays any cycle by tens of milliseconds.)
-    assert cycle.stats.overruns == 0
+    # The cycle never waited on the dead device: no cycle's own work took a period (waiting would
+    # have taken the 0.6 s silence timeout). Not `overruns == 0`: an overrun is also counted when a
+    # loaded machine wakes the cycle a whole period late, as a clean-clone CI once did (lateness 100 ms,
+    # the cycle's work 0.5 ms). Lateness is a benchmark figure, not a test assertion.
+    assert cycle.stats.max_cycle_time_s < cycle.period_s, cycle.stats
 
 
 def _frame(db: Database, name: str, values: dict[str, float]) -> can.Message:
