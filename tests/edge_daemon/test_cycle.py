@@ -165,7 +165,9 @@ async def test_dead_polling_device_never_blocks_the_cycle() -> None:
         await task
         await dead.stop()
     assert cycle.stats.cycles >= 12  # ~15 slots in 1.5 s, none lost to the hanging driver
-    assert cycle.stats.overruns == 0
+    # No cycle's own work took a period: it never waited on the hanging driver. (Not `overruns == 0`,
+    # which also counts a cycle a loaded machine woke a whole period late.)
+    assert cycle.stats.max_cycle_time_s < cycle.period_s, cycle.stats
     assert dead.poll_failures >= 3  # timeouts are counted and polling goes on
     power = cycle.store.get("dead/Power")
     ok = cycle.store.get("dead/CommunicationOk")

@@ -282,9 +282,10 @@ async def test_a_device_that_stops_answering_never_delays_the_cycle(tmp_path: Pa
     # 2 attempts of 0.2 s plus backoff: the loss is seen in well under a second (2 s leaves room for
     # a loaded machine; a driver waiting for a default 3 s Modbus timeout would still fail this).
     assert detected_s < 2.0
-    # The cycle never waited on the dead device: no overrun. (Its lateness is a benchmark figure,
-    # not a test assertion: a loaded CI machine delays any cycle by tens of milliseconds.)
-    assert cycle.stats.overruns == 0
+    # The cycle never waited on the dead device: no cycle's own work took a period. (Not `overruns ==
+    # 0`, which also counts a cycle a loaded machine woke a whole period late; lateness is a benchmark
+    # figure, not a test assertion.)
+    assert cycle.stats.max_cycle_time_s < cycle.period_s, cycle.stats
 
 
 async def test_server_stopped_and_restarted_is_found_again(tmp_path: Path) -> None:
