@@ -78,13 +78,17 @@ def test_a_taken_gateway_port_is_reported_before_anything_starts(tmp_path: Path)
     assert not (state / "pgdata").exists()
 
 
+def _stat(pid: int | str) -> list[str]:
+    """/proc/PID/stat's fields after the command's closing parenthesis: state, parent's pid, …"""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _children(pid: int) -> set[int]:
     """The processes whose parent is `pid` now (from /proc)."""
     found = set()
     for entry in Path("/proc").iterdir():
         try:
-            # After the command's closing parenthesis: state, then the parent's pid.
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+            if entry.name.isdigit() and int(_stat(entry.name)[1]) == pid:
                 found.add(int(entry.name))
         except (OSError, IndexError, ValueError):
             continue  # gone meanwhile
@@ -93,7 +97,7 @@ def _children(pid: int) -> set[int]:
 
 def _started_at(pid: int) -> int:
     """When the process started, in clock ticks since boot (/proc/PID/stat's field 22)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return int(_stat(pid)[19])
 
 
 def _alive(pids: set[int]) -> set[int]:
