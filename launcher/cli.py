@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from core.errors import ConfigError, EmmaError
-from launcher.stop_with_parent import stop_with_parent
+from core.stop_with_parent import stop_with_parent
 from launcher.task_args import add_task_group
 
 EXIT_USAGE = 2
@@ -309,7 +309,7 @@ def raise_config(message: str) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    stop_with_parent()  # a process `emma up` started goes when it goes (launcher/stop_with_parent.py)
+    stop_with_parent()  # a process `emma up` started goes when it goes (core/stop_with_parent.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "edge" and args.edge_command is None and not (args.config or args.simulate):

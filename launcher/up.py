@@ -38,6 +38,7 @@ from typing import Any
 
 from core.collector import tune_garbage_collector
 from core.errors import EmmaError
+from core.stop_with_parent import child_env
 from edge_daemon.config import demo_site_dict
 from edge_daemon.private_files import open_private_append, restrict_dir
 from edge_daemon.site_toml import write_site_toml
@@ -55,7 +56,6 @@ from launcher.market_replay import ReplayServer
 from launcher.open_browser import open_dashboard
 from launcher.ports import check_free
 from launcher.state_lock import hold_state_folder
-from launcher.stop_with_parent import child_env
 from launcher.weather_replay import running_weather_replay
 from services import catalog
 from services.cloud import further_workers, hosted_services

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from core.collector import tune_garbage_collector
+from core.stop_with_parent import child_env
 from core.tracing import configure_tracing
 from services import catalog, registry
 from services.edgelink import edge_connections
@@ -143,12 +144,15 @@ class Workers:
 
     async def start(self, port: int) -> None:
         for index in range(1, self._count + 1):
-            env = {
-                **self._env,
-                "EMMA_GRPC_PORT": str(port),
-                "EMMA_GRPC_WORKERS": str(self._count + 1),
-                "EMMA_GRPC_WORKER_INDEX": str(index),
-            }
+            # child_env: a worker stops when this process dies, kill -9 included (core/stop_with_parent.py).
+            env = child_env(
+                {
+                    **self._env,
+                    "EMMA_GRPC_PORT": str(port),
+                    "EMMA_GRPC_WORKERS": str(self._count + 1),
+                    "EMMA_GRPC_WORKER_INDEX": str(index),
+                }
+            )
             proc = await asyncio.create_subprocess_exec(
                 *self._argv, env=env, stdout=asyncio.subprocess.PIPE, start_new_session=True
             )
@@ -225,7 +229,6 @@ async def serve_until_signal(
 ) -> None:
     """Serve until SIGTERM or SIGINT. With EMMA_GRPC_WORKERS > 1, `worker_argv` is the command that runs the
     further workers (`emma serve ...`); `announce` runs once all of them listen."""
-    index = config.server.worker_index
     workers = further_workers(config, worker_argv, dsn)
     try:
         async with hosted_services(keys, config, dsn=dsn, apply_migrations=apply_migrations) as (hosted, _):
@@ -233,10 +236,7 @@ async def serve_until_signal(
                 await workers.start(hosted.port)
                 log.info("serving port %d with %d workers (pids %s)", hosted.port, config.server.workers, workers.pids)
             tune_garbage_collector()
-            await wait_for_shutdown_signal(
-                ready=(lambda: announce(hosted)) if announce else None,
-                parent_pid=os.getppid() if index else None,
-            )
+            await wait_for_shutdown_signal(ready=(lambda: announce(hosted)) if announce else None)
             log.info("shutting down: health NOT_SERVING, draining for %.1f s", config.server.shutdown_grace_s)
             if workers is not None:
                 workers.terminate()  # they drain while this process does

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import signal
 import socket
 from collections.abc import Callable, Iterable, Sequence
@@ -180,38 +179,22 @@ async def start_server(server: grpc.aio.Server, config: ServerConfig, service_na
     )
 
 
-# How often a worker started by another process checks that its parent is still there.
-PARENT_CHECK_S = 1.0
-
-
-async def wait_for_shutdown_signal(ready: Callable[[], None] | None = None, *, parent_pid: int | None = None) -> None:
-    """Return on the first SIGTERM or SIGINT (or, with `parent_pid`, once that process is gone).
+async def wait_for_shutdown_signal(ready: Callable[[], None] | None = None) -> None:
+    """Return on the first SIGTERM or SIGINT.
 
     `ready` runs once the handlers are installed: a process that announces readiness from it cannot be
     interrupted by a signal sent right after the announcement (it would raise KeyboardInterrupt).
-    A worker of `emma serve --workers N` passes the first worker's pid: if that one dies without
-    stopping it (SIGKILL), the worker shuts down instead of holding the port for ever.
+    A further worker of `emma serve --workers N` gets its SIGTERM from the kernel when the first one
+    dies without stopping it (kill -9; core/stop_with_parent.py).
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-
-    async def watch_parent(pid: int) -> None:
-        # Polled: nothing announces a parent's death to a process that is not in its session.
-        while True:
-            await asyncio.sleep(PARENT_CHECK_S)
-            if os.getppid() != pid:
-                stop.set()
-                return
-
-    watcher = asyncio.create_task(watch_parent(parent_pid)) if parent_pid is not None else None
     if ready is not None:
         ready()
     try:
         await stop.wait()
     finally:
-        if watcher is not None:
-            watcher.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

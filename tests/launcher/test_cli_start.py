@@ -36,7 +36,7 @@ def test_every_choice_the_parsers_offer_is_one_the_commands_map() -> None:
 
 
 def test_a_process_whose_starter_is_already_gone_stops_at_once() -> None:
-    """EMMA_STOP_WITH_PARENT names the `emma up` that started this process (launcher/stop_with_parent.py);
+    """EMMA_STOP_WITH_PARENT names the `emma up` that started this process (core/stop_with_parent.py);
     when this process's parent is not that one any more, it says so and stops before doing anything."""
     gone = run_emma("--help", env={"EMMA_STOP_WITH_PARENT": "1"})  # pid 1 never started this test's child
     assert gone.returncode == 1 and gone.stdout == ""

@@ -1,12 +1,16 @@
-"""Processes `emma up` starts (the edge daemons, the REST gateway) stop when it dies, kill -9 included.
+"""A child process stops when the process that started it dies, kill -9 included.
 
-They run in sessions of their own, so Ctrl-C in the terminal reaches only `emma up`, which stops them in
-order. When `emma up` is killed instead, nothing told them: the edge daemons went on reconnecting to a
-cloud that was gone, and the next `emma up` on the state folder started a second daemon on each site's
-outbox and key, the clash the state folder's lock exists to prevent. So `emma up` names itself in the
-child's environment and the child asks the kernel (Linux's PR_SET_PDEATHSIG) for SIGTERM, the signal
-of a normal stop, when its parent goes. The further gRPC workers of `--workers N` watch their parent
-in their own way (services/platform/server.py, `parent_pid`).
+Two kinds of children need it. The processes `emma up` starts (the edge daemons, the REST gateway) run
+in sessions of their own, so Ctrl-C in the terminal reaches only `emma up`, which stops them in order.
+When `emma up` was killed instead, nothing told them: the edge daemons went on reconnecting to a cloud
+that was gone, and the next `emma up` on the state folder started a second daemon on each site's outbox
+and key, the clash the state folder's lock exists to prevent. Likewise the further gRPC workers of
+`emma serve --workers N` (services/cloud.py) would go on holding the port without the first one, which
+a supervisor restarts.
+
+So the parent names itself in the child's environment (child_env) and the child asks the kernel
+(Linux's PR_SET_PDEATHSIG) for SIGTERM, the signal of a normal stop, when its parent goes
+(stop_with_parent, the first thing `emma`'s main does).
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ def stop_with_parent(environ: MutableMapping[str, str] = os.environ) -> None:
     """In a child started with child_env: SIGTERM when the parent dies; ParentGone if it already has.
 
     The variable is taken out of the environment, so the child's own children (which have another
-    parent) do not act on it. The kernel sends the signal when the thread that started the child ends:
-    `emma up` starts its children from its event loop, which runs in its main thread until it exits.
+    parent) do not act on it. The kernel sends the signal when the *thread* that started the child
+    ends: start such children from the thread that lives as long as the process (`emma up` and
+    `emma serve` start them from their event loop, which runs in the main thread until they exit).
     """
     named = environ.pop(STOP_WITH_PARENT, "")
     if not named.isdigit():
