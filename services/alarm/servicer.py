@@ -3,24 +3,20 @@ LISTEN per process out to the streams of that process."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-import grpc
 from emma.alarm.v1 import alarm_pb2 as pb
 from emma.alarm.v1 import alarm_pb2_grpc
-from emma.common.v1 import errors_pb2
 from google.protobuf import empty_pb2
 
 from services.alarm import alarms, health, notify, recommendations, rules
 from services.alarm.commands import CommandClient, command_of
 from services.alarm.config import NotifyConfig, RecommendationConfig
-from services.errors import ApiError, invalid_field, not_found
+from services.errors import invalid_field, not_found
 from services.identity import (
     SERVICE_ACCOUNT_RECOMMENDER,
     Access,
@@ -33,7 +29,7 @@ from services.names import ID_PATTERN, parse_organization, parse_site
 from services.pagination import Page
 from services.platform.idempotency import run_once
 from services.platform.migrations import Conn
-from services.platform.notify import Listener
+from services.platform.notify import Fanout, Gap, watch_gap
 from services.platform.rpc import Context
 from services.platform.runtime import Runtime
 
@@ -45,46 +41,13 @@ _Change = tuple[str, uuid.UUID, int]  # (org, alarm id, transition seq)
 _Act = Callable[[Conn, str, uuid.UUID, str], Awaitable[pb.Alarm]]
 
 
-class _Watchers:
-    """One LISTEN per process on the alarms' channel, fanned out to every WatchAlarms stream."""
-
-    def __init__(self, dsn: str) -> None:
-        self._queues: set[asyncio.Queue[_Change | None]] = set()
-        self._listener = Listener(dsn, [alarms.NOTIFY_CHANNEL], self._on_notify)
-
-    async def start(self) -> None:
-        await self._listener.start()
-
-    async def stop(self) -> None:
-        await self._listener.stop()
-
-    async def wait_connected(self) -> None:
-        await self._listener.connected.wait()
-
-    def _on_notify(self, _channel: str, payload: str) -> None:
-        try:
-            data = json.loads(payload)
-            change = (str(data["org"]), uuid.UUID(data["alarm"]), int(data["seq"]))
-        except (ValueError, KeyError, TypeError):
-            return
-        for queue in list(self._queues):
-            try:
-                queue.put_nowait(change)
-            except asyncio.QueueFull:
-                # Never a silent gap: the stream ends with an error the client can act on.
-                self._queues.discard(queue)
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.get_nowait()
-                    queue.put_nowait(None)
-
-    @contextlib.contextmanager
-    def subscribe(self) -> Iterator[asyncio.Queue[_Change | None]]:
-        queue: asyncio.Queue[_Change | None] = asyncio.Queue(WATCH_QUEUE)
-        self._queues.add(queue)
-        try:
-            yield queue
-        finally:
-            self._queues.discard(queue)
+def _parse_change(payload: str) -> _Change | None:
+    """A NOTIFY payload of the alarms' channel as (org, alarm id, seq); None when it is not one."""
+    try:
+        data = json.loads(payload)
+        return (str(data["org"]), uuid.UUID(data["alarm"]), int(data["seq"]))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _rule_id(value: str) -> str:
@@ -96,7 +59,7 @@ def _rule_id(value: str) -> str:
 class AlarmServicer(alarm_pb2_grpc.AlarmServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._pool = runtime.pool
-        self._watchers = _Watchers(runtime.dsn)
+        self._watchers = Fanout(runtime.dsn, alarms.NOTIFY_CHANNEL, _parse_change, WATCH_QUEUE)
         self._notify = NotifyConfig.from_env(runtime.config.env or os.environ)
         self._commands = CommandClient(self._notify.command_target)
         self._recommendations = RecommendationConfig.from_env(runtime.config.env or os.environ)
@@ -291,12 +254,8 @@ class AlarmServicer(alarm_pb2_grpc.AlarmServiceServicer):
             await context.send_initial_metadata(())
             while True:
                 item = await queue.get()
-                if item is None:
-                    raise ApiError(
-                        grpc.StatusCode.ABORTED,
-                        errors_pb2.ERROR_REASON_STATE_CONFLICT,
-                        f"the stream fell more than {WATCH_QUEUE} changes behind; watch again and re-list",
-                    )
+                if isinstance(item, Gap):
+                    raise watch_gap(item, f"{WATCH_QUEUE} changes", "re-list")
                 change_org, alarm_id, seq = item
                 if change_org != org:
                     continue

@@ -8,10 +8,8 @@ the field: an unknown zone, a missing or reversed range, a range over MAX_RANGE.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Final
 from zoneinfo import ZoneInfo
@@ -44,7 +42,7 @@ from services.market.store import NOTIFY_CHANNEL, Publication, SaveOutcome
 from services.market.summary import MarketSummary, summarise, zone_timezone
 from services.market.zones import BIDDING_ZONES, ES_PENINSULA, is_eic
 from services.pagination import Page
-from services.platform.notify import Listener
+from services.platform.notify import Fanout, Gap, watch_gap
 from services.platform.rpc import Context, set_timestamp, timestamp
 from services.platform.runtime import Runtime
 from services.platform.shared_reads import GatheredReads
@@ -249,51 +247,17 @@ def _summary_message(
     return out
 
 
-class _Watchers:
-    """One LISTEN per process on the store's channel, fanned out to every WatchPublications stream."""
-
-    def __init__(self, dsn: str) -> None:
-        self._queues: set[asyncio.Queue[Publication | None]] = set()
-        self._listener = Listener(dsn, [NOTIFY_CHANNEL], self._on_notify)
-
-    async def start(self) -> None:
-        await self._listener.start()
-
-    async def stop(self) -> None:
-        await self._listener.stop()
-
-    async def wait_connected(self) -> None:
-        await self._listener.connected.wait()
-
-    def _on_notify(self, _channel: str, payload: str) -> None:
-        try:
-            publication = Publication.from_json(payload)
-        except (ValueError, KeyError, TypeError):
-            return  # not one of the store's announcements
-        for queue in list(self._queues):
-            try:
-                queue.put_nowait(publication)
-            except asyncio.QueueFull:
-                # Never a silent gap: the stream ends with an error the client can act on.
-                self._queues.discard(queue)
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.get_nowait()
-                    queue.put_nowait(None)
-
-    @contextlib.contextmanager
-    def subscribe(self) -> Iterator[asyncio.Queue[Publication | None]]:
-        queue: asyncio.Queue[Publication | None] = asyncio.Queue(WATCH_QUEUE)
-        self._queues.add(queue)
-        try:
-            yield queue
-        finally:
-            self._queues.discard(queue)
+def _parse_publication(payload: str) -> Publication | None:
+    try:
+        return Publication.from_json(payload)
+    except (ValueError, KeyError, TypeError):
+        return None  # not one of the store's announcements
 
 
 class MarketDataServicer(market_pb2_grpc.MarketDataServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._pool = runtime.pool
-        self._watchers = _Watchers(runtime.dsn)
+        self._watchers = Fanout(runtime.dsn, NOTIFY_CHANNEL, _parse_publication, WATCH_QUEUE)
         self._summary_reads: GatheredReads[tuple[Product, int], str, market_pb2.MarketSummary] = GatheredReads(
             self._gathered_summaries
         )
@@ -530,12 +494,8 @@ class MarketDataServicer(market_pb2_grpc.MarketDataServiceServicer):
             await context.send_initial_metadata(())
             while True:
                 publication = await queue.get()
-                if publication is None:
-                    raise ApiError(
-                        grpc.StatusCode.ABORTED,
-                        errors_pb2.ERROR_REASON_STATE_CONFLICT,
-                        f"the stream fell more than {WATCH_QUEUE} publications behind; watch again and re-read",
-                    )
+                if isinstance(publication, Gap):
+                    raise watch_gap(publication, f"{WATCH_QUEUE} publications", "re-read")
                 if wanted and not wanted.intersection(publication.zones):
                     continue
                 warnings: list[StoredWarning] = []

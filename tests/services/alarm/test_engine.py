@@ -276,3 +276,22 @@ async def test_bad_rules_are_refused_with_clear_errors(host: Host, db: asyncpg.C
         # Another organization's rules are not visible.
         code, reason, _ = await _error(api.ListAlarmRules(pb.ListAlarmRulesRequest(parent="organizations/other")))
         assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND")
+
+
+async def test_a_watch_ends_with_aborted_when_the_servers_listen_connection_is_lost(
+    host: Host, db: asyncpg.Connection
+) -> None:
+    # Transitions announced while the server was not listening are gone: the stream ends with an error
+    # telling the client to watch again and re-list, instead of going on as if it had missed nothing.
+    creds = await grant(db, "acme", "viewer")
+    async with host(["alarm"]) as (server, _), authed_channel(server.port, creds.token) as channel:
+        watch = alarm_pb2_grpc.AlarmServiceStub(channel).WatchAlarms(pb.WatchAlarmsRequest(parent=ACME))
+        await watch.initial_metadata()
+        (listener,) = await db.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = $1",
+            'LISTEN "emma_alarm_changes"',
+        )
+        await db.execute("SELECT pg_terminate_backend($1)", listener["pid"])
+        code, reason, _ = await _error(asyncio.wait_for(watch.read(), 10))
+        assert (code, reason) == (grpc.StatusCode.ABORTED, "DATABASE_UNAVAILABLE")
+        assert "watch again and re-list" in (await watch.details() or "")

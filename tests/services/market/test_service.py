@@ -332,6 +332,38 @@ async def test_watch_publications_streams_what_another_replica_stores(
         only_fr.cancel()
 
 
+async def test_a_watch_ends_with_aborted_when_the_servers_listen_connection_is_lost(
+    host: Host, token: str, db: asyncpg.Connection, stored: dict[str, MarketDocument]
+) -> None:
+    # What the database announced while the server was not listening is gone: the stream must not go
+    # on as if nothing was missed, and a new watch gets what is stored after the server reconnected.
+    async with host(["market"]) as (server, _), authed_channel(server.port, token) as ch:
+        stub = market_pb2_grpc.MarketDataServiceStub(ch)
+        call = stub.WatchPublications(market_pb2.WatchPublicationsRequest())
+        await call.initial_metadata()
+        (listener,) = await db.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN \"emma_market\"'"
+        )
+        await db.execute("SELECT pg_terminate_backend($1)", listener["pid"])
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(call.read(), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.ABORTED
+        status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+        assert status is not None
+        info = error_info_of(status)
+        assert info is not None and info.reason == "DATABASE_UNAVAILABLE", caught.value
+        assert "watch again and re-read" in caught.value.details()
+
+        again = stub.WatchPublications(market_pb2.WatchPublicationsRequest())
+        await again.initial_metadata()  # sent once the server listens again
+        doc = replace(stored["capacity"], document_id="test-capacity-after-reconnect")
+        await save_document(db, doc, FETCHED + timedelta(hours=3))
+        publication = await asyncio.wait_for(again.read(), timeout=10)
+        assert isinstance(publication, market_pb2.Publication)
+        assert publication.document.document_id == "test-capacity-after-reconnect"
+        again.cancel()
+
+
 async def test_the_summary_over_rest_through_the_gateway(
     host: Host, token: str, stored: dict[str, MarketDocument]
 ) -> None:

@@ -69,7 +69,9 @@ class MarketDataServiceStub:
     """
     WatchPublications: _grpc.UnaryStreamMultiCallable[_market_pb2.WatchPublicationsRequest, _market_pb2.Publication]
     """A stream of the publications EMMA stores from now on (new documents and revisions), from every
-    replica. Ends only when the caller cancels. Errors: FIELD_INVALID.
+    replica. Ends when the caller cancels, or with ABORTED where it cannot go on without a gap:
+    STATE_CONFLICT (the stream fell 1000 publications behind) or DATABASE_UNAVAILABLE (the server lost
+    its database notifications); watch again and re-read. Errors: FIELD_INVALID.
     """
 
 @_typing.type_check_only
@@ -113,7 +115,9 @@ class MarketDataServiceAsyncStub(MarketDataServiceStub):
     """
     WatchPublications: _aio.UnaryStreamMultiCallable[_market_pb2.WatchPublicationsRequest, _market_pb2.Publication]  # type: ignore[assignment]
     """A stream of the publications EMMA stores from now on (new documents and revisions), from every
-    replica. Ends only when the caller cancels. Errors: FIELD_INVALID.
+    replica. Ends when the caller cancels, or with ABORTED where it cannot go on without a gap:
+    STATE_CONFLICT (the stream fell 1000 publications behind) or DATABASE_UNAVAILABLE (the server lost
+    its database notifications); watch again and re-read. Errors: FIELD_INVALID.
     """
 
 class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -202,7 +206,9 @@ class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_market_pb2.Publication], _abc.AsyncIterator[_market_pb2.Publication]]:
         """A stream of the publications EMMA stores from now on (new documents and revisions), from every
-        replica. Ends only when the caller cancels. Errors: FIELD_INVALID.
+        replica. Ends when the caller cancels, or with ABORTED where it cannot go on without a gap:
+        STATE_CONFLICT (the stream fell 1000 publications behind) or DATABASE_UNAVAILABLE (the server lost
+        its database notifications); watch again and re-read. Errors: FIELD_INVALID.
         """
 
 def add_MarketDataServiceServicer_to_server(servicer: MarketDataServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
