@@ -18,6 +18,28 @@ def redact_dsn(dsn: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", dsn)
 
 
+# What a statement meets while PostgreSQL cannot be reached (a restart, a failover, the network): no
+# fault of the call, so an RPC answers UNAVAILABLE / DATABASE_UNAVAILABLE ("retry with backoff"), not
+# INTERNAL (services/platform/interceptors.py). Narrower than the ingest writer's is_transient
+# (services/edgelink/writer.py), which also retries deadlocks and exhausted resources itself.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08, and a connection closed mid-statement
+    asyncpg.exceptions.CannotConnectNowError,  # 57P03: the server is starting up or shutting down
+    asyncpg.exceptions.AdminShutdownError,  # 57P01: its connection was ended by a shutdown
+    asyncpg.exceptions.CrashShutdownError,  # 57P02
+    ConnectionError,  # refused or reset: no server at the address
+)
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not be reached, rather than that a statement was wrong."""
+    if isinstance(exc, _UNREACHABLE):
+        return True
+    # The Unix socket of a server that is restarting is gone: connecting raises a FileNotFoundError
+    # that names no file (one from opening a file names it).
+    return isinstance(exc, FileNotFoundError) and exc.filename is None
+
+
 async def _keep_session(_conn: asyncpg.Connection) -> None:
     return None
 

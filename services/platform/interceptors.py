@@ -35,6 +35,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from core.metrics import rpc_duration
 from core.tracing import tracer, unrecorded_span
 from services.errors import ApiError
+from services.platform.db import database_unreachable
 from services.platform.redact import clear_input_only
 from services.platform.validation import check_request
 
@@ -65,11 +66,27 @@ def _parent(context: grpc.aio.ServicerContext[Any, Any]) -> Context:
     return propagate.extract({k: v for k, v in metadata if isinstance(v, str)})
 
 
+def _known(exc: Exception) -> ApiError | None:
+    """The status an exception stands for, None for a bug (INTERNAL)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if database_unreachable(exc):
+        return ApiError(
+            grpc.StatusCode.UNAVAILABLE,
+            errors_pb2.ERROR_REASON_DATABASE_UNAVAILABLE,
+            "the database cannot be reached; retry with backoff",
+        )
+    return None
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: Exception) -> None:
     # grpc-stubs lags grpc.aio: abort_with_status exists at run time but not in the stubs.
     ctx: Any = context
-    if isinstance(exc, ApiError):
-        await ctx.abort_with_status(rpc_status.to_status(exc.to_status()))
+    known = _known(exc)
+    if known is not None:
+        if known is not exc:
+            log.warning("%s in %s: %s", known.message, method, str(exc) or type(exc).__name__)
+        await ctx.abort_with_status(rpc_status.to_status(known.to_status()))
     log.exception("unexpected error in %s", method)
     internal = ApiError(
         grpc.StatusCode.INTERNAL,
@@ -113,10 +130,11 @@ def _wrap_unary_response(method: str, inner: Behavior, *, check: bool) -> Behavi
             raise
         except Exception as exc:  # every error becomes a status, never a crash
             span.set_status(Status(StatusCode.ERROR, str(exc)))
-            code = exc.code.name if isinstance(exc, ApiError) else "INTERNAL"
-            if isinstance(exc, ApiError):
-                span.set_attribute("rpc.grpc.status_code", exc.code.value[0])
-                span.set_attribute("emma.error_reason", exc.reason)
+            known = _known(exc)
+            code = known.code.name if known is not None else "INTERNAL"
+            if known is not None:
+                span.set_attribute("rpc.grpc.status_code", known.code.value[0])
+                span.set_attribute("emma.error_reason", known.reason)
             await _abort(context, method, exc)
             raise  # unreachable: abort raises
         except BaseException:

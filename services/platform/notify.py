@@ -111,13 +111,14 @@ class Gap(enum.Enum):
 
 
 def watch_gap(gap: Gap, queue: str, reread: str) -> ApiError:
-    """The error that ends a watch stream at `gap`: ABORTED, so its client watches again and `reread`s
-    (re-lists) what it shows; `queue` names the queue's size ("1000 changes")."""
+    """The error that ends a watch stream at `gap`: ABORTED with WATCH_INTERRUPTED, so its client watches
+    again and `reread`s (re-lists) what it shows; `queue` names the queue's size ("1000 changes")."""
     if gap is Gap.BEHIND:
-        reason, why = errors_pb2.ERROR_REASON_STATE_CONFLICT, f"the stream fell more than {queue} behind"
+        why = f"the stream fell more than {queue} behind"
     else:
-        reason, why = errors_pb2.ERROR_REASON_DATABASE_UNAVAILABLE, "the server lost its database notifications"
-    return ApiError(grpc.StatusCode.ABORTED, reason, f"{why}; watch again and {reread}")
+        why = "the server lost its database notifications"
+    message = f"{why}; watch again and {reread}"
+    return ApiError(grpc.StatusCode.ABORTED, errors_pb2.ERROR_REASON_WATCH_INTERRUPTED, message)
 
 
 class Fanout(Generic[T]):

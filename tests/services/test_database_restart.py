@@ -78,8 +78,8 @@ async def test_after_a_restart_watches_end_with_aborted_and_commands_revocations
         await postgres.restart()
 
         # What the database announced while the servers listened on nothing is gone: each watch says so.
-        assert await _ended_with(alarms_watch) == (grpc.StatusCode.ABORTED, "DATABASE_UNAVAILABLE")
-        assert await _ended_with(market_watch) == (grpc.StatusCode.ABORTED, "DATABASE_UNAVAILABLE")
+        assert await _ended_with(alarms_watch) == (grpc.StatusCode.ABORTED, "WATCH_INTERRUPTED")
+        assert await _ended_with(market_watch) == (grpc.StatusCode.ABORTED, "WATCH_INTERRUPTED")
 
         # A command created now reaches the edge that stayed connected (its relay listens again), and
         # its outcome comes back in the same call.

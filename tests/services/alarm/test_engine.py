@@ -293,5 +293,5 @@ async def test_a_watch_ends_with_aborted_when_the_servers_listen_connection_is_l
         )
         await db.execute("SELECT pg_terminate_backend($1)", listener["pid"])
         code, reason, _ = await _error(asyncio.wait_for(watch.read(), 10))
-        assert (code, reason) == (grpc.StatusCode.ABORTED, "DATABASE_UNAVAILABLE")
+        assert (code, reason) == (grpc.StatusCode.ABORTED, "WATCH_INTERRUPTED")
         assert "watch again and re-list" in (await watch.details() or "")

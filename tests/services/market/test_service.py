@@ -351,7 +351,7 @@ async def test_a_watch_ends_with_aborted_when_the_servers_listen_connection_is_l
         status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
         assert status is not None
         info = error_info_of(status)
-        assert info is not None and info.reason == "DATABASE_UNAVAILABLE", caught.value
+        assert info is not None and info.reason == "WATCH_INTERRUPTED", caught.value
         assert "watch again and re-read" in caught.value.details()
 
         again = stub.WatchPublications(market_pb2.WatchPublicationsRequest())

@@ -101,7 +101,7 @@ async def test_a_subscriber_a_whole_queue_behind_is_ended_with_a_gap_not_skipped
             assert slow.empty()  # nothing after the gap: the subscriber is out
             error = watch_gap(Gap.BEHIND, "2 changes", "re-list")
             assert error.code == grpc.StatusCode.ABORTED
-            assert error.reason == reason_name(errors_pb2.ERROR_REASON_STATE_CONFLICT)
+            assert error.reason == reason_name(errors_pb2.ERROR_REASON_WATCH_INTERRUPTED)
             assert error.message == "the stream fell more than 2 changes behind; watch again and re-list"
     finally:
         await fanout.stop()
@@ -122,7 +122,7 @@ async def test_a_lost_listen_connection_ends_every_subscriber_with_a_gap_then_se
             assert [await _get(before), await _get(before)] == [1, Gap.LOST]
             error = watch_gap(Gap.LOST, "10 changes", "re-list")
             assert error.code == grpc.StatusCode.ABORTED
-            assert error.reason == reason_name(errors_pb2.ERROR_REASON_DATABASE_UNAVAILABLE)
+            assert error.reason == reason_name(errors_pb2.ERROR_REASON_WATCH_INTERRUPTED)
             assert "lost its database notifications; watch again and re-list" in error.message
         with fanout.subscribe() as after:
             async with asyncio.timeout(10):

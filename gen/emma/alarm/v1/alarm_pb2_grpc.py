@@ -253,10 +253,10 @@ class AlarmServiceServicer:
 
     def WatchAlarms(self, request, context):
         """A stream of the changes of an organization's alarms from now on, from every replica (each
-        transition once). Ends when the caller cancels, or with ABORTED where it cannot go on without a
-        gap: STATE_CONFLICT (the stream fell 1000 changes behind) or DATABASE_UNAVAILABLE (the server
-        lost its database notifications); watch again and re-list. Errors: FIELD_INVALID,
-        RESOURCE_NOT_FOUND.
+        transition once). Ends when the caller cancels, or with WATCH_INTERRUPTED where it cannot go on
+        without missing a change (it fell 1000 changes behind, or the server lost its database
+        notifications): watch again and re-list. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND,
+        WATCH_INTERRUPTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -79,10 +79,10 @@ class AlarmServiceStub:
     """
     WatchAlarms: _grpc.UnaryStreamMultiCallable[_alarm_pb2.WatchAlarmsRequest, _alarm_pb2.AlarmChange]
     """A stream of the changes of an organization's alarms from now on, from every replica (each
-    transition once). Ends when the caller cancels, or with ABORTED where it cannot go on without a
-    gap: STATE_CONFLICT (the stream fell 1000 changes behind) or DATABASE_UNAVAILABLE (the server
-    lost its database notifications); watch again and re-list. Errors: FIELD_INVALID,
-    RESOURCE_NOT_FOUND.
+    transition once). Ends when the caller cancels, or with WATCH_INTERRUPTED where it cannot go on
+    without missing a change (it fell 1000 changes behind, or the server lost its database
+    notifications): watch again and re-list. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND,
+    WATCH_INTERRUPTED.
     """
     SendAlarmCommand: _grpc.UnaryUnaryMultiCallable[_alarm_pb2.SendAlarmCommandRequest, _alarm_pb2.SendAlarmCommandResponse]
     """Sends one of the alarm's proposed commands (from its rule's proposed_commands) to the alarm's
@@ -199,10 +199,10 @@ class AlarmServiceAsyncStub(AlarmServiceStub):
     """
     WatchAlarms: _aio.UnaryStreamMultiCallable[_alarm_pb2.WatchAlarmsRequest, _alarm_pb2.AlarmChange]  # type: ignore[assignment]
     """A stream of the changes of an organization's alarms from now on, from every replica (each
-    transition once). Ends when the caller cancels, or with ABORTED where it cannot go on without a
-    gap: STATE_CONFLICT (the stream fell 1000 changes behind) or DATABASE_UNAVAILABLE (the server
-    lost its database notifications); watch again and re-list. Errors: FIELD_INVALID,
-    RESOURCE_NOT_FOUND.
+    transition once). Ends when the caller cancels, or with WATCH_INTERRUPTED where it cannot go on
+    without missing a change (it fell 1000 changes behind, or the server lost its database
+    notifications): watch again and re-list. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND,
+    WATCH_INTERRUPTED.
     """
     SendAlarmCommand: _aio.UnaryUnaryMultiCallable[_alarm_pb2.SendAlarmCommandRequest, _alarm_pb2.SendAlarmCommandResponse]  # type: ignore[assignment]
     """Sends one of the alarm's proposed commands (from its rule's proposed_commands) to the alarm's
@@ -382,10 +382,10 @@ class AlarmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_alarm_pb2.AlarmChange], _abc.AsyncIterator[_alarm_pb2.AlarmChange]]:
         """A stream of the changes of an organization's alarms from now on, from every replica (each
-        transition once). Ends when the caller cancels, or with ABORTED where it cannot go on without a
-        gap: STATE_CONFLICT (the stream fell 1000 changes behind) or DATABASE_UNAVAILABLE (the server
-        lost its database notifications); watch again and re-list. Errors: FIELD_INVALID,
-        RESOURCE_NOT_FOUND.
+        transition once). Ends when the caller cancels, or with WATCH_INTERRUPTED where it cannot go on
+        without missing a change (it fell 1000 changes behind, or the server lost its database
+        notifications): watch again and re-list. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND,
+        WATCH_INTERRUPTED.
         """
 
     @_abc_1.abstractmethod

@@ -44,6 +44,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """[RESOURCE_EXHAUSTED] The caller exceeded a rate limit; metadata "retry_after_ms" says when to retry."""
     ERROR_REASON_REQUEST_TOO_LARGE: _ErrorReason.ValueType  # 10
     """[INVALID_ARGUMENT] The request is larger than the method accepts."""
+    ERROR_REASON_WATCH_INTERRUPTED: _ErrorReason.ValueType  # 11
+    """[ABORTED] A watch stream cannot go on without missing changes: it fell too far behind, or the
+    server lost its database notifications (a database restart). Watch again and re-read what the
+    stream kept current.
+    """
     ERROR_REASON_CREDENTIALS_MISSING: _ErrorReason.ValueType  # 20
     """[UNAUTHENTICATED] No credentials were sent."""
     ERROR_REASON_TOKEN_INVALID: _ErrorReason.ValueType  # 21
@@ -168,6 +173,11 @@ ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 9
 """[RESOURCE_EXHAUSTED] The caller exceeded a rate limit; metadata "retry_after_ms" says when to retry."""
 ERROR_REASON_REQUEST_TOO_LARGE: ErrorReason.ValueType  # 10
 """[INVALID_ARGUMENT] The request is larger than the method accepts."""
+ERROR_REASON_WATCH_INTERRUPTED: ErrorReason.ValueType  # 11
+"""[ABORTED] A watch stream cannot go on without missing changes: it fell too far behind, or the
+server lost its database notifications (a database restart). Watch again and re-read what the
+stream kept current.
+"""
 ERROR_REASON_CREDENTIALS_MISSING: ErrorReason.ValueType  # 20
 """[UNAUTHENTICATED] No credentials were sent."""
 ERROR_REASON_TOKEN_INVALID: ErrorReason.ValueType  # 21

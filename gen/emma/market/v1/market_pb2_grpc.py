@@ -149,9 +149,9 @@ class MarketDataServiceServicer:
 
     def WatchPublications(self, request, context):
         """A stream of the publications EMMA stores from now on (new documents and revisions), from every
-        replica. Ends when the caller cancels, or with ABORTED where it cannot go on without a gap:
-        STATE_CONFLICT (the stream fell 1000 publications behind) or DATABASE_UNAVAILABLE (the server lost
-        its database notifications); watch again and re-read. Errors: FIELD_INVALID.
+        replica. Ends when the caller cancels, or with WATCH_INTERRUPTED where it cannot go on without
+        missing a publication (it fell 1000 behind, or the server lost its database notifications): watch
+        again and re-read. Errors: FIELD_INVALID, WATCH_INTERRUPTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

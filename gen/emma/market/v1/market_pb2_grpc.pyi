@@ -69,9 +69,9 @@ class MarketDataServiceStub:
     """
     WatchPublications: _grpc.UnaryStreamMultiCallable[_market_pb2.WatchPublicationsRequest, _market_pb2.Publication]
     """A stream of the publications EMMA stores from now on (new documents and revisions), from every
-    replica. Ends when the caller cancels, or with ABORTED where it cannot go on without a gap:
-    STATE_CONFLICT (the stream fell 1000 publications behind) or DATABASE_UNAVAILABLE (the server lost
-    its database notifications); watch again and re-read. Errors: FIELD_INVALID.
+    replica. Ends when the caller cancels, or with WATCH_INTERRUPTED where it cannot go on without
+    missing a publication (it fell 1000 behind, or the server lost its database notifications): watch
+    again and re-read. Errors: FIELD_INVALID, WATCH_INTERRUPTED.
     """
 
 @_typing.type_check_only
@@ -115,9 +115,9 @@ class MarketDataServiceAsyncStub(MarketDataServiceStub):
     """
     WatchPublications: _aio.UnaryStreamMultiCallable[_market_pb2.WatchPublicationsRequest, _market_pb2.Publication]  # type: ignore[assignment]
     """A stream of the publications EMMA stores from now on (new documents and revisions), from every
-    replica. Ends when the caller cancels, or with ABORTED where it cannot go on without a gap:
-    STATE_CONFLICT (the stream fell 1000 publications behind) or DATABASE_UNAVAILABLE (the server lost
-    its database notifications); watch again and re-read. Errors: FIELD_INVALID.
+    replica. Ends when the caller cancels, or with WATCH_INTERRUPTED where it cannot go on without
+    missing a publication (it fell 1000 behind, or the server lost its database notifications): watch
+    again and re-read. Errors: FIELD_INVALID, WATCH_INTERRUPTED.
     """
 
 class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -206,9 +206,9 @@ class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_market_pb2.Publication], _abc.AsyncIterator[_market_pb2.Publication]]:
         """A stream of the publications EMMA stores from now on (new documents and revisions), from every
-        replica. Ends when the caller cancels, or with ABORTED where it cannot go on without a gap:
-        STATE_CONFLICT (the stream fell 1000 publications behind) or DATABASE_UNAVAILABLE (the server lost
-        its database notifications); watch again and re-read. Errors: FIELD_INVALID.
+        replica. Ends when the caller cancels, or with WATCH_INTERRUPTED where it cannot go on without
+        missing a publication (it fell 1000 behind, or the server lost its database notifications): watch
+        again and re-read. Errors: FIELD_INVALID, WATCH_INTERRUPTED.
         """
 
 def add_MarketDataServiceServicer_to_server(servicer: MarketDataServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

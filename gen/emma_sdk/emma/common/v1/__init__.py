@@ -254,6 +254,13 @@ class ErrorReason(betterproto2.Enum):
     [INVALID_ARGUMENT] The request is larger than the method accepts.
     """
 
+    WATCH_INTERRUPTED = 11
+    """
+    [ABORTED] A watch stream cannot go on without missing changes: it fell too far behind, or the
+    server lost its database notifications (a database restart). Watch again and re-read what the
+    stream kept current.
+    """
+
     CREDENTIALS_MISSING = 20
     """
     [UNAUTHENTICATED] No credentials were sent.
@@ -483,6 +490,7 @@ class ErrorReason(betterproto2.Enum):
             8: "ERROR_REASON_STATE_CONFLICT",
             9: "ERROR_REASON_RATE_LIMITED",
             10: "ERROR_REASON_REQUEST_TOO_LARGE",
+            11: "ERROR_REASON_WATCH_INTERRUPTED",
             20: "ERROR_REASON_CREDENTIALS_MISSING",
             21: "ERROR_REASON_TOKEN_INVALID",
             22: "ERROR_REASON_TOKEN_EXPIRED",
@@ -541,6 +549,7 @@ class ErrorReason(betterproto2.Enum):
             "ERROR_REASON_STATE_CONFLICT": 8,
             "ERROR_REASON_RATE_LIMITED": 9,
             "ERROR_REASON_REQUEST_TOO_LARGE": 10,
+            "ERROR_REASON_WATCH_INTERRUPTED": 11,
             "ERROR_REASON_CREDENTIALS_MISSING": 20,
             "ERROR_REASON_TOKEN_INVALID": 21,
             "ERROR_REASON_TOKEN_EXPIRED": 22,

@@ -1398,9 +1398,9 @@ class MarketDataServiceSyncStub:
     ) -> "Iterator[Publication]":
         """
         A stream of the publications EMMA stores from now on (new documents and revisions), from every
-        replica. Ends when the caller cancels, or with ABORTED where it cannot go on without a gap:
-        STATE_CONFLICT (the stream fell 1000 publications behind) or DATABASE_UNAVAILABLE (the server lost
-        its database notifications); watch again and re-read. Errors: FIELD_INVALID.
+        replica. Ends when the caller cancels, or with WATCH_INTERRUPTED where it cannot go on without
+        missing a publication (it fell 1000 behind, or the server lost its database notifications): watch
+        again and re-read. Errors: FIELD_INVALID, WATCH_INTERRUPTED.
         """
 
         yield from self._channel.unary_stream(
@@ -1585,9 +1585,9 @@ class MarketDataServiceStub(betterproto2_grpclib.ServiceStub):
     ) -> "AsyncIterator[Publication]":
         """
         A stream of the publications EMMA stores from now on (new documents and revisions), from every
-        replica. Ends when the caller cancels, or with ABORTED where it cannot go on without a gap:
-        STATE_CONFLICT (the stream fell 1000 publications behind) or DATABASE_UNAVAILABLE (the server lost
-        its database notifications); watch again and re-read. Errors: FIELD_INVALID.
+        replica. Ends when the caller cancels, or with WATCH_INTERRUPTED where it cannot go on without
+        missing a publication (it fell 1000 behind, or the server lost its database notifications): watch
+        again and re-read. Errors: FIELD_INVALID, WATCH_INTERRUPTED.
         """
 
         async for response in self._unary_stream(

@@ -1,0 +1,62 @@
+"""Calls made while the database cannot be reached answer UNAVAILABLE with DATABASE_UNAVAILABLE (retry
+with backoff), as the contract says, instead of INTERNAL; once the database is back they work again."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from emma.registry.v1 import registry_pb2, registry_pb2_grpc
+from grpc_status import rpc_status
+
+from services.cloud import hosted_services
+from services.errors import error_info_of
+from tests.support.cloud import platform_config
+from tests.support.db_proxy import DatabaseProxy
+from tests.support.identity import authed_channel, grant
+
+ACME = "organizations/acme"
+
+
+async def _status(call: Any) -> tuple[grpc.StatusCode, str, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+    info = error_info_of(status) if status is not None else None
+    return caught.value.code(), info.reason if info is not None else "", caught.value.details() or ""
+
+
+async def test_calls_answer_unavailable_while_the_database_is_unreachable_and_work_once_it_is_back(
+    db: asyncpg.Connection, migrated_url: str
+) -> None:
+    admin = await grant(db, "acme", "admin")
+    async with (
+        DatabaseProxy(migrated_url) as proxy,
+        hosted_services(["registry", "identity"], platform_config(proxy.dsn)) as (server, _),
+        authed_channel(server.port, admin.token) as channel,
+    ):
+        registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        request = registry_pb2.ListSitesRequest(parent=ACME)
+        await registry.ListSites(request)
+
+        await proxy.cut()
+        # Every call now: the pool's connections were reset under it, and new ones are refused.
+        for _ in range(3):
+            code, reason, message = await _status(registry.ListSites(request))
+            assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE"), message
+            assert message == "the database cannot be reached; retry with backoff"
+
+        await proxy.restore()
+        codes: set[grpc.StatusCode] = set()
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    await registry.ListSites(request)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    codes.add(exc.code())
+                    await asyncio.sleep(0.1)
+        assert codes <= {grpc.StatusCode.UNAVAILABLE}, codes  # until it was back, nothing but "retry"
