@@ -54,6 +54,7 @@ from launcher.admin_cli import (
 )
 from launcher.market_replay import ReplayServer
 from launcher.open_browser import open_dashboard
+from launcher.pg_watch import embedded_postgres_kept_running
 from launcher.ports import check_free
 from launcher.state_lock import hold_state_folder
 from launcher.weather_replay import running_weather_replay
@@ -398,4 +399,8 @@ async def _serve_stack(
             _say(f"emma up: log in as {DEMO_ADMIN} (see README: the first five minutes)")
             open_dashboard(base, DEMO_ADMIN, state_dir, config.env, _say)
             tune_garbage_collector()
-            await wait_for_shutdown_signal(ready=lambda: _say("emma up: ready; press Ctrl-C to stop"))
+            # A server of our own that dies is started again (launcher/pg_watch.py); an external one is
+            # its operator's, and the services reconnect to it by themselves.
+            kept = embedded_postgres_kept_running(embedded, state_dir, _say) if embedded else contextlib.nullcontext()
+            async with kept:
+                await wait_for_shutdown_signal(ready=lambda: _say("emma up: ready; press Ctrl-C to stop"))

@@ -28,6 +28,9 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,  # 57P01: its connection was ended by a shutdown
     asyncpg.exceptions.CrashShutdownError,  # 57P02
     ConnectionError,  # refused or reset: no server at the address
+    # A connection whose protocol state broke when the server went away mid-statement ("cannot switch to
+    # state ...; another operation is in progress"), seen when PostgreSQL was killed under a call.
+    asyncpg.exceptions.InternalClientError,
 )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import socket
 import time
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from launcher.cli import build_parser
@@ -97,6 +100,28 @@ def _health(port: int) -> int:
         return int(reply.status)
 
 
+def _login(port: int, password: str) -> str:
+    """The demo admin's access token: a call that needs the database."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = identity_pb2_grpc.IdentityServiceStub(channel).Login(
+            identity_pb2.LoginRequest(email="admin@emma.local", password=password), timeout=10
+        )
+        return str(reply.access_token)
+
+
+def _login_once_the_database_is_back(port: int, password: str, timeout: float = 60) -> str:
+    """Logs in, retrying only what says "retry" (UNAVAILABLE) until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return _login(port, password)
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            if code != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_emma_up_serves_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> None:
     env = {
         "EMMA_STATE_DIR": str(tmp_path / "state"),
@@ -113,6 +138,16 @@ def test_emma_up_serves_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> N
             assert _health(port) == health_pb2.HealthCheckResponse.SERVING
             applied = proc.wait_for("migrations:")
             assert ("applied now" in applied) and (run == 1) == (" 0 applied now" not in applied)
+            if run == 2:
+                # Its embedded PostgreSQL killed under it: emma up starts it again and everything
+                # reconnects (launcher/pg_watch.py), instead of answering DATABASE_UNAVAILABLE until Ctrl-C.
+                password = json.loads((tmp_path / "state" / "secrets.json").read_text())["demo_admin_password"]
+                assert _login(port, password)
+                pgdata = tmp_path / "state" / "pgdata"
+                os.kill(int((pgdata / "postmaster.pid").read_text().split()[0]), signal.SIGKILL)
+                proc.wait_for("emma up: the embedded PostgreSQL stopped unexpectedly; starting it again", timeout=30)
+                proc.wait_for("emma up: the embedded PostgreSQL runs again", timeout=90)
+                assert _login_once_the_database_is_back(port, password)
         finally:
             code = proc.stop(signal.SIGINT)
         assert code == 0, "\n".join(proc.lines)
