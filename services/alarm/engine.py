@@ -35,6 +35,7 @@ from services.alarm.levels import CRITICAL, NORMAL, WARNING, Judgement, Levels, 
 from services.alarm.rules import StoredRule, enabled_rule_versions, rules_by_pk
 from services.market import zone_eic, zone_warnings
 from services.names import EdgeName, SiteName, channel_resource, parse_channel, parse_edge
+from services.platform.db import log_failed_pass
 from services.platform.migrations import Conn
 from services.platform.runtime import Runtime
 from services.registry import edge_connections, edge_inventory, edge_pk, edges_of_organization, site_profile
@@ -306,7 +307,7 @@ class AlarmEngine:
                 raise
             except Exception:
                 # A database outage or a bad row must not end the engine; the next round retries.
-                log.exception("alarm evaluation failed")
+                log_failed_pass(log, "alarm evaluation failed", logging.ERROR)
                 self.stats.failed += 1
             if loop.time() - logged >= self._config.stats_interval_s:
                 self.stats.log(log)

@@ -29,6 +29,7 @@ from services.alarm import alarms, email, webhook
 from services.alarm.config import EngineConfig, NotifyConfig
 from services.alarm.rules import channel_name
 from services.errors import ApiError, invalid_field, not_found
+from services.platform.db import log_failed_pass
 from services.platform.migrations import Conn
 from services.platform.rpc import timestamp
 
@@ -214,7 +215,7 @@ class Notifier:
                 raise
             except Exception:
                 # A database outage must not end the notifier; the deliveries wait in their table.
-                log.exception("alarm notification pass failed")
+                log_failed_pass(log, "alarm notification pass failed", logging.ERROR)
             await asyncio.sleep(self._interval_s)
 
     async def deliver_due(self) -> int:

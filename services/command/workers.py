@@ -15,6 +15,7 @@ from core.metrics import record_command_transition
 from core.tasks import stop_task
 from services.command import states
 from services.command.transitions import bulk_transition_sql
+from services.platform.db import log_failed_pass
 
 log = logging.getLogger("emma.command.workers")
 
@@ -65,5 +66,5 @@ class CommandWorkers:
             try:
                 await self.run_once()
             except Exception:
-                log.warning("command workers failed; retrying", exc_info=True)
+                log_failed_pass(log, "command workers failed")
             await asyncio.sleep(INTERVAL_S)

@@ -33,6 +33,7 @@ from services.identity.config import AuthConfig
 from services.identity.context import Caller
 from services.identity.passwords import Passwords
 from services.identity.tokens import verify_access_token
+from services.platform.db import log_failed_pass
 
 log = logging.getLogger("emma.auth")
 
@@ -156,7 +157,7 @@ class AuthState:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.warning("auth listener lost its connection; reading sessions from the database", exc_info=True)
+                log_failed_pass(log, "auth listener lost its connection; reading sessions from the database")
             self._listening = False
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)

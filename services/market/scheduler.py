@@ -58,6 +58,7 @@ from services.market.sources import (
 )
 from services.market.store import StoreError, save_documents
 from services.market.zones import BIDDING_ZONES, is_eic
+from services.platform.db import log_failed_pass
 from services.platform.migrations import Conn
 
 log = logging.getLogger("emma.market.scheduler")
@@ -729,7 +730,7 @@ class MarketScheduler:
             try:
                 await self.run_once()
             except Exception:  # a database hiccup or a bug in one pass must not end the loop
-                log.warning("market scheduler pass failed; retrying", exc_info=True)
+                log_failed_pass(log, "market scheduler pass failed")
             await self._sleep(self.config.interval_s)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import sys
 
 import asyncpg
 
@@ -41,6 +43,17 @@ def database_unreachable(exc: BaseException) -> bool:
     # The Unix socket of a server that is restarting is gone: connecting raises a FileNotFoundError
     # that names no file (one from opening a file names it).
     return isinstance(exc, FileNotFoundError) and exc.filename is None
+
+
+def log_failed_pass(logger: logging.Logger, what: str, level: int = logging.WARNING) -> None:
+    """In a background loop's `except`: log the pass that failed and will be retried. While the database
+    cannot be reached that is one line a pass (the traceback would say the same every second); anything
+    else is logged with its traceback at `level` (a bug or a bad row)."""
+    exc = sys.exc_info()[1]
+    if exc is not None and database_unreachable(exc):
+        logger.warning("%s: the database cannot be reached (%s); retrying", what, str(exc) or type(exc).__name__)
+    else:
+        logger.log(level, "%s; retrying", what, exc_info=True)
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:

@@ -24,6 +24,7 @@ import asyncpg
 
 from core.tasks import stop_task
 from services.platform.config import IngestConfig
+from services.platform.db import log_failed_pass
 from services.platform.migrations import Conn
 from services.telemetry.buckets import ROLLUP_BUCKET, ROLLUP_BUCKET_SQL
 
@@ -233,5 +234,5 @@ class TelemetryMaintenance:
                         while (n := await roll_up(conn, mode, self._config.rollup_grace_s)) > 0:
                             self.buckets_rolled_up += n
             except Exception:
-                log.warning("telemetry maintenance failed; retrying", exc_info=True)
+                log_failed_pass(log, "telemetry maintenance failed")
             await asyncio.sleep(self._config.rollup_interval_s)

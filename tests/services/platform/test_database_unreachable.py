@@ -1,9 +1,11 @@
 """Calls made while the database cannot be reached answer UNAVAILABLE with DATABASE_UNAVAILABLE (retry
-with backoff), as the contract says, instead of INTERNAL; once the database is back they work again."""
+with backoff), as the contract says, instead of INTERNAL; once the database is back they work again.
+Background loops log such a pass in one line, anything else with its traceback."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import asyncpg
@@ -14,6 +16,7 @@ from grpc_status import rpc_status
 
 from services.cloud import hosted_services
 from services.errors import error_info_of
+from services.platform.db import database_unreachable, log_failed_pass
 from tests.support.cloud import platform_config
 from tests.support.db_proxy import DatabaseProxy
 from tests.support.identity import authed_channel, grant
@@ -60,3 +63,43 @@ async def test_calls_answer_unavailable_while_the_database_is_unreachable_and_wo
                     codes.add(exc.code())
                     await asyncio.sleep(0.1)
         assert codes <= {grpc.StatusCode.UNAVAILABLE}, codes  # until it was back, nothing but "retry"
+
+
+@pytest.mark.parametrize(
+    ("exc", "unreachable"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), True),  # TCP: no server at the address
+        (FileNotFoundError(2, "No such file or directory"), True),  # its Unix socket gone in a restart
+        (asyncpg.exceptions.CannotConnectNowError("the database system is shutting down"), True),
+        (asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"), True),
+        (asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"), True),
+        (FileNotFoundError(2, "No such file or directory", "/etc/emma.toml"), False),  # a file, named
+        (asyncpg.exceptions.PostgresSyntaxError("syntax error at or near"), False),  # a bug
+        (asyncpg.exceptions.UniqueViolationError("duplicate key value"), False),
+        (ValueError("bad row"), False),
+    ],
+)
+def test_what_counts_as_the_database_unreachable(exc: BaseException, unreachable: bool) -> None:
+    assert database_unreachable(exc) is unreachable
+
+
+def test_a_failed_background_pass_is_one_line_while_the_database_is_unreachable_else_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = logging.getLogger("emma.test.pass")
+    with caplog.at_level(logging.WARNING, logger="emma.test.pass"):
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except ConnectionRefusedError:
+            log_failed_pass(log, "alarm evaluation failed", logging.ERROR)
+        try:
+            raise ValueError("bad row")
+        except ValueError:
+            log_failed_pass(log, "alarm evaluation failed", logging.ERROR)
+    outage, bug = caplog.records
+    assert (outage.levelno, outage.exc_info) == (logging.WARNING, None)
+    assert outage.getMessage() == (
+        "alarm evaluation failed: the database cannot be reached ([Errno 111] Connection refused); retrying"
+    )
+    assert bug.levelno == logging.ERROR and bug.exc_info is not None and bug.exc_info[0] is ValueError
+    assert bug.getMessage() == "alarm evaluation failed; retrying"
