@@ -4,6 +4,8 @@ its fan-out to watch streams never leaves a silent gap."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import asyncpg
 import grpc
@@ -70,10 +72,18 @@ def _number(payload: str) -> int | None:
     return int(payload) if payload.isdigit() else None
 
 
-async def test_a_fanout_gives_every_subscriber_each_item_and_drops_what_it_cannot_parse(database_url: str) -> None:
-    fanout = Fanout(database_url, CHANNEL, _number, 10)
+@contextlib.asynccontextmanager
+async def _running(dsn: str, size: int) -> AsyncIterator[Fanout[int]]:
+    fanout = Fanout(dsn, CHANNEL, _number, size)
     await fanout.start()
     try:
+        yield fanout
+    finally:
+        await fanout.stop()
+
+
+async def test_a_fanout_gives_every_subscriber_each_item_and_drops_what_it_cannot_parse(database_url: str) -> None:
+    async with _running(database_url, 10) as fanout:
         with fanout.subscribe() as first, fanout.subscribe() as second:
             await fanout.wait_connected()
             await _notify(database_url, "1", "not ours", "2")
@@ -83,14 +93,10 @@ async def test_a_fanout_gives_every_subscriber_each_item_and_drops_what_it_canno
             await _notify(database_url, "3")
             assert await _get(later) == 3
             assert first.empty() and second.empty()
-    finally:
-        await fanout.stop()
 
 
 async def test_a_subscriber_a_whole_queue_behind_is_ended_with_a_gap_not_skipped(database_url: str) -> None:
-    fanout = Fanout(database_url, CHANNEL, _number, 2)
-    await fanout.start()
-    try:
+    async with _running(database_url, 2) as fanout:
         with fanout.subscribe() as slow, fanout.subscribe() as quick:
             await fanout.wait_connected()
             await _notify(database_url, "1", "2")
@@ -103,8 +109,6 @@ async def test_a_subscriber_a_whole_queue_behind_is_ended_with_a_gap_not_skipped
             assert error.code == grpc.StatusCode.ABORTED
             assert error.reason == reason_name(errors_pb2.ERROR_REASON_WATCH_INTERRUPTED)
             assert error.message == "the stream fell more than 2 changes behind; watch again and re-list"
-    finally:
-        await fanout.stop()
 
 
 async def test_a_lost_listen_connection_ends_every_subscriber_with_a_gap_then_serves_new_ones(
@@ -112,9 +116,7 @@ async def test_a_lost_listen_connection_ends_every_subscriber_with_a_gap_then_se
 ) -> None:
     # PostgreSQL does not keep what it announced while nobody listened: a subscriber that went on
     # waiting after the loss would silently miss it.
-    fanout = Fanout(database_url, CHANNEL, _number, 10)
-    await fanout.start()
-    try:
+    async with _running(database_url, 10) as fanout:
         with fanout.subscribe() as before:
             await fanout.wait_connected()
             await _notify(database_url, "1")
@@ -129,5 +131,3 @@ async def test_a_lost_listen_connection_ends_every_subscriber_with_a_gap_then_se
                 await fanout.wait_connected()  # reconnected
             await _notify(database_url, "2")
             assert await _get(after) == 2
-    finally:
-        await fanout.stop()
