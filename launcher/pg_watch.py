@@ -4,7 +4,7 @@ Without this, a killed or crashed server left `emma up` saying "ready" while eve
 DATABASE_UNAVAILABLE and the background workers logged a failure a second until someone pressed Ctrl-C.
 The services, the gateway and the edge daemons reconnect by themselves, and the edges resend from their
 outboxes whatever was not stored, so starting the server again is all it takes. A server that keeps
-dying (RESTARTS_ALLOWED within RESTART_WINDOW_S), or does not start, stops `emma up` with the reason.
+dying (launcher/restarts.py), or does not start, stops `emma up` with the reason.
 """
 
 from __future__ import annotations
@@ -13,16 +13,14 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from launcher.restarts import RestartBudget
 from services.errors import StartupError
 from services.platform.embedded_pg import EmbeddedPostgres, start_embedded_postgres
 
 CHECK_INTERVAL_S = 1.0
-RESTARTS_ALLOWED = 3
-RESTART_WINDOW_S = 300.0
 # After a kill -9 of the server its backends notice and exit within moments; until then the data folder's
 # shared memory is in use and a new server refuses to start.
 START_ATTEMPTS = 10
@@ -70,17 +68,15 @@ async def embedded_postgres_kept_running(
     """Within the block, start the embedded server again whenever it dies."""
 
     async def watch() -> None:
-        deaths: list[float] = []
+        budget = RestartBudget()
         while True:
             await asyncio.sleep(CHECK_INTERVAL_S)
             if postmaster_pid(embedded.pgdata) is not None:
                 continue
-            now = time.monotonic()
-            deaths = [t for t in deaths if now - t < RESTART_WINDOW_S] + [now]
-            if len(deaths) > RESTARTS_ALLOWED:
+            if not budget.spend():
                 say(
-                    f"emma up: the embedded PostgreSQL stopped {len(deaths)} times in "
-                    f"{RESTART_WINDOW_S / 60:.0f} minutes (its log: {embedded.pgdata / 'log'}); stopping"
+                    f"emma up: the embedded PostgreSQL stopped {budget.deaths} times in {budget.window()}"
+                    f" (its log: {embedded.pgdata / 'log'}); stopping"
                 )
                 os.kill(os.getpid(), signal.SIGTERM)  # the same clean shutdown as Ctrl-C
                 return

@@ -56,6 +56,7 @@ from launcher.market_replay import ReplayServer
 from launcher.open_browser import open_dashboard
 from launcher.pg_watch import embedded_postgres_kept_running
 from launcher.ports import check_free
+from launcher.restarts import RestartBudget
 from launcher.state_lock import hold_state_folder
 from launcher.weather_replay import running_weather_replay
 from services import catalog
@@ -69,6 +70,8 @@ from services.platform.server import wait_for_shutdown_signal
 
 EMMA = str(Path(sys.executable).with_name("emma"))
 EDGE_STOP_GRACE_S = 10.0
+# A daemon that died is started again after this pause (a crash at start does not spin).
+EDGE_RESTART_DELAY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -133,33 +136,65 @@ def write_site_file(folder: Path, site: DemoSite, grpc_port: int) -> Path:
     return write_site_toml(folder / "site.toml", doc)
 
 
+async def _start_edge(config: Path) -> asyncio.subprocess.Process:
+    log = open_private_append(config.parent / "edge.log")
+    try:
+        return await asyncio.create_subprocess_exec(
+            EMMA,
+            "edge",
+            "--config",
+            str(config),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env=child_env(os.environ),
+        )
+    finally:
+        log.close()
+
+
 @contextlib.asynccontextmanager
 async def edge_processes(configs: list[Path], say: Callable[[str], None]) -> AsyncIterator[None]:
-    """`emma edge --config …` per site, each its own process, logging to a file next to its config."""
-    procs: list[asyncio.subprocess.Process] = []
+    """`emma edge --config …` per site, each its own process, logging to a file next to its config.
+
+    One that dies is started again, as a service manager (systemd's Restart=) does for a real site's
+    daemon; one that keeps dying is left stopped with a line that says so (launcher/restarts.py), and its
+    site shows offline.
+    """
+    procs: dict[Path, asyncio.subprocess.Process] = {}
+
+    async def keep(config: Path) -> None:
+        budget = RestartBudget()
+        log = config.parent / "edge.log"
+        while True:
+            code = await procs[config].wait()
+            if not budget.spend():
+                say(
+                    f"emma up: the edge daemon of {config} stopped {budget.deaths} times in {budget.window()}"
+                    f" (exit code {code}; log: {log}); leaving it stopped"
+                )
+                return
+            say(f"emma up: the edge daemon of {config} stopped (exit code {code}); starting it again (log: {log})")
+            await asyncio.sleep(EDGE_RESTART_DELAY_S)
+            procs[config] = await _start_edge(config)
+            say(f"  edge daemon pid {procs[config].pid}: {config} (started again)")
+
+    keepers: list[asyncio.Task[None]] = []
     try:
         for config in configs:
-            log = open_private_append(config.parent / "edge.log")
-            procs.append(
-                await asyncio.create_subprocess_exec(
-                    EMMA,
-                    "edge",
-                    "--config",
-                    str(config),
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,
-                    env=child_env(os.environ),
-                )
-            )
-            log.close()
-            say(f"  edge daemon pid {procs[-1].pid}: {config} (log: {config.parent / 'edge.log'})")
+            procs[config] = await _start_edge(config)
+            say(f"  edge daemon pid {procs[config].pid}: {config} (log: {config.parent / 'edge.log'})")
+        keepers = [asyncio.create_task(keep(c), name=f"edge-keeper-{c.parent.name}") for c in configs]
         yield
     finally:
-        for proc in procs:
+        for keeper in keepers:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        for proc in procs.values():
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in procs:
+        for proc in procs.values():
             try:
                 async with asyncio.timeout(EDGE_STOP_GRACE_S):
                     await proc.wait()

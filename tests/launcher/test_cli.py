@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -148,6 +149,15 @@ def test_emma_up_serves_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> N
                 proc.wait_for("emma up: the embedded PostgreSQL stopped unexpectedly; starting it again", timeout=30)
                 proc.wait_for("emma up: the embedded PostgreSQL runs again", timeout=90)
                 assert _login_once_the_database_is_back(port, password)
+                # An edge daemon killed under it is started again, as a service manager would.
+                first = proc.wait_for("  edge daemon pid ")
+                edge_pid = int(first.split("pid ", 1)[1].split(":", 1)[0])
+                os.kill(edge_pid, signal.SIGKILL)
+                proc.wait_for("stopped (exit code -9); starting it again", timeout=30)
+                again = proc.wait_for("(started again)", timeout=30)
+                new_pid = int(again.split("pid ", 1)[1].split(":", 1)[0])
+                assert new_pid != edge_pid and psutil.Process(new_pid).is_running()
+                assert first.split(": ", 1)[1].split(" (log:")[0] == again.split(": ", 1)[1].split(" (started")[0]
         finally:
             code = proc.stop(signal.SIGINT)
         assert code == 0, "\n".join(proc.lines)
