@@ -29,6 +29,7 @@ from services.market import (
     MarketDocument,
     PriceSeries,
     Product,
+    SaveOutcome,
     Slot,
     Source,
     save_document,
@@ -356,8 +357,12 @@ async def test_a_watch_ends_with_aborted_when_the_servers_listen_connection_is_l
 
         again = stub.WatchPublications(market_pb2.WatchPublicationsRequest())
         await again.initial_metadata()  # sent once the server listens again
+        # New values: a document that only repeats what is stored announces nothing.
         doc = replace(stored["capacity"], document_id="test-capacity-after-reconnect")
-        await save_document(db, doc, FETCHED + timedelta(hours=3))
+        series = doc.capacities[0]
+        doc = replace(doc, capacities=(replace(series, slots=tuple(Slot(x.start, 1234.0) for x in series.slots)),))
+        result = await save_document(db, doc, FETCHED + timedelta(hours=3))
+        assert result.outcome in (SaveOutcome.STORED, SaveOutcome.REVISED), result  # both are announced
         publication = await asyncio.wait_for(again.read(), timeout=10)
         assert isinstance(publication, market_pb2.Publication)
         assert publication.document.document_id == "test-capacity-after-reconnect"
