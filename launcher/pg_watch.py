@@ -51,14 +51,14 @@ def _zombie(pid: int) -> bool:
 
 
 async def _start_again(state_dir: Path) -> EmbeddedPostgres:
-    for attempt in range(START_ATTEMPTS):
+    """Start the server, retrying while the dead one's backends still hold the data folder; the last
+    attempt's StartupError says why it would not start."""
+    for _ in range(START_ATTEMPTS - 1):
         try:
             return await asyncio.to_thread(start_embedded_postgres, state_dir)
         except StartupError:
-            if attempt == START_ATTEMPTS - 1:
-                raise
             await asyncio.sleep(START_RETRY_S)
-    raise AssertionError("unreachable")
+    return await asyncio.to_thread(start_embedded_postgres, state_dir)
 
 
 @contextlib.asynccontextmanager

@@ -79,10 +79,12 @@ def _known(exc: Exception) -> ApiError | None:
     return None
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: Exception) -> None:
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], method: str, exc: Exception, known: ApiError | None
+) -> None:
+    """End the call with `known` (what _known(exc) made of the exception), or INTERNAL for a bug."""
     # grpc-stubs lags grpc.aio: abort_with_status exists at run time but not in the stubs.
     ctx: Any = context
-    known = _known(exc)
     if known is not None:
         if known is not exc:
             log.warning("%s in %s: %s", known.message, method, str(exc) or type(exc).__name__)
@@ -135,7 +137,7 @@ def _wrap_unary_response(method: str, inner: Behavior, *, check: bool) -> Behavi
             if known is not None:
                 span.set_attribute("rpc.grpc.status_code", known.code.value[0])
                 span.set_attribute("emma.error_reason", known.reason)
-            await _abort(context, method, exc)
+            await _abort(context, method, exc, known)
             raise  # unreachable: abort raises
         except BaseException:
             code = "CANCELLED"  # the client went away (the task was cancelled)
@@ -181,7 +183,7 @@ def _wrap_stream_response(method: str, inner: Behavior, *, check: bool) -> Behav
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, method, exc)
+            await _abort(context, method, exc, _known(exc))
 
     return behavior
 
