@@ -66,6 +66,9 @@ def _parent(context: grpc.aio.ServicerContext[Any, Any]) -> Context:
     return propagate.extract({k: v for k, v in metadata if isinstance(v, str)})
 
 
+DATABASE_RETRY_AFTER_MS = "2000"
+
+
 def _known(exc: Exception) -> ApiError | None:
     """The status an exception stands for, None for a bug (INTERNAL)."""
     if isinstance(exc, ApiError):
@@ -75,6 +78,9 @@ def _known(exc: Exception) -> ApiError | None:
             grpc.StatusCode.UNAVAILABLE,
             errors_pb2.ERROR_REASON_DATABASE_UNAVAILABLE,
             "the database cannot be reached; retry with backoff",
+            # The first retry's wait, which the gateway passes on as Retry-After: a restarted or failed
+            # over PostgreSQL takes seconds, and the pools reconnect within 5 s.
+            metadata={"retry_after_ms": DATABASE_RETRY_AFTER_MS},
         )
     return None
 

@@ -10,26 +10,31 @@ from typing import Any
 
 import asyncpg
 import grpc
+import httpx
 import pytest
 from emma.registry.v1 import registry_pb2, registry_pb2_grpc
 from grpc_status import rpc_status
 
+from gateway.app import create_app
+from gateway.config import GatewayConfig
 from services.cloud import hosted_services
 from services.errors import error_info_of
 from services.platform.db import database_unreachable, log_failed_pass
 from tests.support.cloud import platform_config
 from tests.support.db_proxy import DatabaseProxy
+from tests.support.gateway import error_of, reason_of
 from tests.support.identity import authed_channel, grant
 
 ACME = "organizations/acme"
 
 
-async def _status(call: Any) -> tuple[grpc.StatusCode, str, str]:
+async def _status(call: Any) -> tuple[grpc.StatusCode, str, str, dict[str, str]]:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
     status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
     info = error_info_of(status) if status is not None else None
-    return caught.value.code(), info.reason if info is not None else "", caught.value.details() or ""
+    metadata = dict(info.metadata) if info is not None else {}
+    return caught.value.code(), info.reason if info is not None else "", caught.value.details() or "", metadata
 
 
 async def test_calls_answer_unavailable_while_the_database_is_unreachable_and_work_once_it_is_back(
@@ -48,9 +53,22 @@ async def test_calls_answer_unavailable_while_the_database_is_unreachable_and_wo
         await proxy.cut()
         # Every call now: the pool's connections were reset under it, and new ones are refused.
         for _ in range(3):
-            code, reason, message = await _status(registry.ListSites(request))
+            code, reason, message, metadata = await _status(registry.ListSites(request))
             assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE"), message
             assert message == "the database cannot be reached; retry with backoff"
+            assert metadata == {"retry_after_ms": "2000"}  # when to try first
+        # Through the REST gateway: 503, and the same wait as Retry-After.
+        app = create_app(GatewayConfig(target=f"127.0.0.1:{server.port}"))
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as rest:
+                answer = await rest.get(
+                    "/v1/organizations/acme/sites", headers={"authorization": f"Bearer {admin.token}"}
+                )
+        finally:
+            await app.state.gateway.close()
+        assert (answer.status_code, answer.headers.get("retry-after")) == (503, "2"), answer.text
+        assert reason_of(error_of(answer)) == "DATABASE_UNAVAILABLE"
 
         await proxy.restore()
         codes: set[grpc.StatusCode] = set()

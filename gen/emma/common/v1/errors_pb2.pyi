@@ -37,7 +37,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_METHOD_NOT_IMPLEMENTED: _ErrorReason.ValueType  # 6
     """[UNIMPLEMENTED] The method is part of the contract but not served by this deployment yet."""
     ERROR_REASON_DATABASE_UNAVAILABLE: _ErrorReason.ValueType  # 7
-    """[UNAVAILABLE] The database cannot be reached; retry with backoff."""
+    """[UNAVAILABLE] The database cannot be reached; retry with backoff, the first time after metadata
+    "retry_after_ms".
+    """
     ERROR_REASON_STATE_CONFLICT: _ErrorReason.ValueType  # 8
     """[FAILED_PRECONDITION] The resource is in a state that does not allow the operation; see message."""
     ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 9
@@ -166,7 +168,9 @@ ERROR_REASON_REQUEST_ID_REUSED: ErrorReason.ValueType  # 5
 ERROR_REASON_METHOD_NOT_IMPLEMENTED: ErrorReason.ValueType  # 6
 """[UNIMPLEMENTED] The method is part of the contract but not served by this deployment yet."""
 ERROR_REASON_DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 7
-"""[UNAVAILABLE] The database cannot be reached; retry with backoff."""
+"""[UNAVAILABLE] The database cannot be reached; retry with backoff, the first time after metadata
+"retry_after_ms".
+"""
 ERROR_REASON_STATE_CONFLICT: ErrorReason.ValueType  # 8
 """[FAILED_PRECONDITION] The resource is in a state that does not allow the operation; see message."""
 ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 9

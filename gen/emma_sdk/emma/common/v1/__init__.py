@@ -236,7 +236,8 @@ class ErrorReason(betterproto2.Enum):
 
     DATABASE_UNAVAILABLE = 7
     """
-    [UNAVAILABLE] The database cannot be reached; retry with backoff.
+    [UNAVAILABLE] The database cannot be reached; retry with backoff, the first time after metadata
+    "retry_after_ms".
     """
 
     STATE_CONFLICT = 8
