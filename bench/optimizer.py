@@ -8,6 +8,10 @@ Scenarios (96 slots of 15 minutes, one day; seeded, so every run solves the same
    20 EV chargers with a 4.2 kW minimum), peak charges, negative midday prices. Goal: < 1.5 s.
 3. fleet: 1,000 sites like (1) optimised independently, one after another on one core: total time
    and the per-site p50/p99.
+4. independent sites: 10 sites like (1) in one run without a shared connection, paid a fixed feed-in
+   tariff of 0.08 EUR/kWh, above the import price in the negative midday slots, so each meter needs
+   binaries to keep to one direction there. The optimizer solves such sites one by one
+   (direct.site_parts); "together" is the same arrays as one model, as before session 20.
 
 Each of (1) and (2) is built two ways: directly as HiGHS arrays with lazy binaries
 (services/optimizer/direct.py, what the optimizer uses) and as the pyomo model with every binary
@@ -22,12 +26,14 @@ import json
 import math
 import random
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.harness import percentile, summary
 from bench.machine import describe
+from services.optimizer.direct import build_direct, solve_built
 from services.optimizer.errors import SolverError
 from services.optimizer.inputs import Battery, EvCharger, Prices, Problem, PvArray, SharedConnection, Site
 from services.optimizer.solve import solve, solve_pyomo, solver_version
@@ -56,7 +62,10 @@ def _pv(kwp: float) -> tuple[float, ...]:
     return tuple(max(0.0, kwp * math.sin(math.pi * (t - 24) / 56)) if 24 <= t < 80 else 0.0 for t in range(SLOTS))
 
 
-def problem(sites: int, batteries: int, pv: int, evs: int, *, shared: bool, seed: int = 1) -> Problem:
+def problem(
+    sites: int, batteries: int, pv: int, evs: int, *, shared: bool, seed: int = 1, feed_in: float | None = None
+) -> Problem:
+    """`feed_in`: a fixed feed-in tariff (EUR/kWh) instead of the market price capped at 0.07."""
     rng = random.Random(seed)
     site_list = tuple(
         Site(
@@ -88,7 +97,10 @@ def problem(sites: int, batteries: int, pv: int, evs: int, *, shared: bool, seed
         for i in range(evs)
     )
     connection = SharedConnection(sites * 8.0, sites * 8.0, 0.02) if shared else None
-    return Problem(START, SLOTS, _prices(rng), site_list, bats, arrays, chargers, shared=connection)
+    prices = _prices(rng)
+    if feed_in is not None:
+        prices = replace(prices, feed_in_eur_per_kwh=(feed_in,) * SLOTS)
+    return Problem(START, SLOTS, prices, site_list, bats, arrays, chargers, shared=connection)
 
 
 def _run(fn: Any, p: Problem) -> dict[str, Any]:
@@ -106,6 +118,32 @@ def _run(fn: Any, p: Problem) -> dict[str, Any]:
         "optimal": plan.optimal,
         "expected_cost_eur": plan.expected.cost_eur,
         "baseline_cost_eur": plan.baseline.cost_eur,
+    }
+
+
+def _solve_together(p: Problem) -> dict[str, Any]:
+    """The whole problem as one HiGHS model, as the optimizer solved independent sites before."""
+    t0 = time.perf_counter()
+    built = build_direct(p)
+    t1 = time.perf_counter()
+    res = solve_built(p, built)
+    t2 = time.perf_counter()
+    return {
+        "total_s": t2 - t0,
+        "build_s": t1 - t0,
+        "solve_s": t2 - t1,
+        "objective": res.objective,
+        "mip_gap": res.mip_gap,
+        "optimal": res.optimal,
+    }
+
+
+def independent(runs: int, together_runs: int) -> dict[str, Any]:
+    p = problem(10, 10, 10, 0, shared=False, feed_in=0.08)
+    solve(p)  # warm
+    return {
+        "highs_arrays": _stats([_run(solve, p) for _ in range(runs)]),
+        "together": _stats([_solve_together(p) for _ in range(together_runs)]),
     }
 
 
@@ -149,14 +187,18 @@ def _line(name: str, r: dict[str, Any]) -> str:
         return "-" if s is None else f"{s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
 
     gaps = {round(x.get("mip_gap", float("nan")), 4) for x in r["runs"]}
+    optimal = [x.get("optimal") for x in r["runs"]]
     return (
         f"  {name:13s} total {fmt('total_s')} s  build {fmt('build_s')} s  solve {fmt('solve_s')} s  gap {sorted(gaps)}"
+        f"  optimal {optimal}"
     )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="100 fleet sites, one pyomo run per scenario")
+    ap.add_argument(
+        "--quick", action="store_true", help="100 fleet sites, one pyomo (and one 'together') run per scenario"
+    )
     ap.add_argument("--output", type=Path, help="write the results as JSON here")
     args = ap.parse_args()
     pyomo_runs = 1 if args.quick else RUNS
@@ -164,6 +206,7 @@ def main() -> None:
     result["site"] = scenario(problem(1, 1, 1, 0, shared=False), RUNS, pyomo_runs)
     result["community"] = scenario(problem(40, 40, 40, 20, shared=True), RUNS, pyomo_runs)
     result["fleet"] = fleet(100 if args.quick else 1000)
+    result["independent"] = independent(RUNS, pyomo_runs)
     result["goals"] = {
         "site_s": GOAL_SITE_S,
         "site_met": result["site"]["highs_arrays"]["total_s"]["median"] < GOAL_SITE_S,
@@ -171,7 +214,7 @@ def main() -> None:
         "community_met": result["community"]["highs_arrays"]["total_s"]["median"] < GOAL_COMMUNITY_S,
     }
     print(json.dumps(result["machine"]))
-    for name in ("site", "community"):
+    for name in ("site", "community", "independent"):
         print(name)
         for engine, r in result[name].items():
             print(_line(engine, r))

@@ -15,7 +15,7 @@ import highspy
 
 from services.optimizer.baseline import baseline, outcome
 from services.optimizer.checks import precheck
-from services.optimizer.direct import DirectInfeasible, DirectNoPlan, build_direct, solve_built
+from services.optimizer.direct import DirectInfeasible, DirectNoPlan, solve_direct
 from services.optimizer.errors import InfeasibleError, SolverError
 from services.optimizer.inputs import SLOT_H, Problem
 from services.optimizer.plan import BatterySchedule, GridSchedule, Outcome, Plan, PvSchedule
@@ -55,27 +55,25 @@ def _highs(p: Problem) -> Any:
 def solve(p: Problem) -> Plan:
     """The optimal (or, at the time limit, best found) plan of `p`; InfeasibleError naming the conflicts.
 
-    Built as HiGHS arrays with lazy binaries (direct.py); solve_pyomo gives the same objective.
+    Built as HiGHS arrays with lazy binaries, site by site where nothing couples the sites (direct.py);
+    solve_pyomo gives the same objective.
     """
     conflicts = precheck(p)
     if conflicts:
         raise InfeasibleError(conflicts)
     t0 = time.perf_counter()
-    built = build_direct(p)
-    t1 = time.perf_counter()
     try:
-        res = solve_built(p, built)
+        res, build_s = solve_direct(p)
     except DirectInfeasible:
         raise InfeasibleError(explain(p)) from None
     except DirectNoPlan as e:
         raise SolverError(f"HiGHS gave no usable plan: {e}") from None
-    t2 = time.perf_counter()
     values = res.values
 
     def get(kind: str, name: str, t: int) -> float:
         return values.get((kind, name, t), 0.0)
 
-    return _read(p, get, res.objective, t1 - t0, t2 - t1, res.mip_gap, res.optimal)
+    return _read(p, get, res.objective, build_s, time.perf_counter() - t0 - build_s, res.mip_gap, res.optimal)
 
 
 def solve_pyomo(p: Problem) -> Plan:

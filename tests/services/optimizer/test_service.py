@@ -247,6 +247,8 @@ async def test_infeasible_inputs_name_the_conflict_and_the_run_is_kept(host: Hos
             "inputs.ev_chargers[0].departure_time",
         ),
         (lambda r: setattr(r, "request_id", "x" * 201), "request_id"),
+        (lambda r: r.inputs.time_limit.FromMilliseconds(500), "inputs.time_limit"),
+        (lambda r: r.inputs.time_limit.FromSeconds(3601), "inputs.time_limit"),
     ],
 )
 async def test_bad_requests_name_their_field(host: Host, db: asyncpg.Connection, change: Any, field: str) -> None:
