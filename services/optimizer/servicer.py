@@ -61,11 +61,15 @@ def _problem(inputs: pb.OptimizationInputs) -> Problem:
         raise invalid_field(field, str(e) if field == "inputs" else e.message) from None
 
 
-def _message(stored: store.StoredRun, full: bool = True) -> pb.OptimizationRun:
+def _message(
+    stored: store.StoredRun, deliveries: dict[uuid.UUID, list[pb.ScheduleDelivery]] | None = None
+) -> pb.OptimizationRun:
+    """The run as the API shows it: the FULL view with `deliveries` (store.deliveries of it), else BASIC."""
     run = pb.OptimizationRun()
     run.CopyFrom(stored.result)
-    if full:
+    if deliveries is not None:
         run.inputs.CopyFrom(stored.inputs)
+        run.deliveries.extend(deliveries.get(stored.run_id, ()))
     else:
         del run.schedules[:]
     return run
@@ -151,7 +155,7 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
                             f"request_id {request_id!r} was used for a different optimization",
                             metadata={"request_id": request_id},
                         )
-                    return _message(previous)
+                    return _message(previous, {})  # as the first answer: the run as made, before any delivery
             for s in sites:
                 if await site_profile(conn, s) is None:
                     raise not_found(str(s))
@@ -185,7 +189,7 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
                 f"request_id {request_id!r} was used for a different optimization",
                 metadata={"request_id": request_id},
             )
-        return _message(previous)
+        return _message(previous, {})  # as the first answer: the run as made, before any delivery
 
     async def _run(
         self,
@@ -219,9 +223,10 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
         caller(context).require_org(org, resource=request.name)
         async with self._pool.acquire() as conn:
             found = await store.get_run(conn, org, run_id)
+            sent = await store.deliveries(conn, [run_id]) if found is not None else {}
         if found is None:
             raise not_found(request.name)
-        return _message(found)
+        return _message(found, sent)
 
     async def ListOptimizationRuns(
         self, request: pb.ListOptimizationRunsRequest, context: Context
@@ -230,11 +235,13 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
         page = Page.of("ListOptimizationRuns", request)
         site = str(parse_site(request.site, "site")) if request.site else None
         caller(context).require_org(org, resource=request.parent)
+        full = request.view == pb.OPTIMIZATION_RUN_VIEW_FULL
         async with self._pool.acquire() as conn:
             rows = await store.list_runs(conn, org, site, page.offset, page.limit)
-        full = request.view == pb.OPTIMIZATION_RUN_VIEW_FULL
+            shown = page.rows(rows)
+            sent = await store.deliveries(conn, [r.run_id for r in shown]) if full else None
         return pb.ListOptimizationRunsResponse(
-            optimization_runs=[_message(r, full) for r in page.rows(rows)], next_page_token=page.next_token(rows)
+            optimization_runs=[_message(r, sent) for r in shown], next_page_token=page.next_token(rows)
         )
 
     async def ReplayOptimizationRun(
@@ -261,6 +268,7 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
         caller(context).require_org(edge.org, resource=request.edge)
         async with self._pool.acquire() as conn:
             found = await store.active_run(conn, str(edge.site_name), dt.datetime.now(dt.UTC))
+            sent = await store.deliveries(conn, [found.run_id], request.edge) if found is not None else {}
         if found is None:
             raise not_found(f"{request.edge}: a valid schedule")
         inputs = found.inputs
@@ -272,6 +280,10 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
         for s in found.result.schedules:
             if s.asset.startswith(prefix) or (s.kind == pb.ASSET_KIND_GRID and s.asset == str(edge.site_name)):
                 out.schedules.append(s)
+        (delivery,) = sent.get(found.run_id) or [
+            pb.ScheduleDelivery(edge=request.edge, state=pb.SCHEDULE_DELIVERY_STATE_PENDING)
+        ]
+        out.delivery.CopyFrom(delivery)
         return out
 
     async def GetRealisedSavings(self, request: pb.GetRealisedSavingsRequest, context: Context) -> pb.RealisedSavings:

@@ -206,3 +206,40 @@ async def record_ack(conn: Conn, edge: str, schedule_id: str, accepted: bool, re
         reason or None,
     )
     return bool(updated)
+
+
+async def deliveries(
+    conn: Conn, run_ids: list[uuid.UUID], edge: str | None = None
+) -> dict[uuid.UUID, list[pb.ScheduleDelivery]]:
+    """The runs' deliveries (of one edge, if given), each run's by edge name; a run sent nowhere is absent."""
+    rows = await conn.fetch(
+        """SELECT run_id, edge_name, first_sent_time, last_sent_time, sent_count, ack_time, accepted, reason
+           FROM optimizer.schedule_deliveries
+           WHERE run_id = ANY($1::uuid[]) AND ($2::text IS NULL OR edge_name = $2)
+           ORDER BY run_id, edge_name""",
+        run_ids,
+        edge,
+    )
+    found: dict[uuid.UUID, list[pb.ScheduleDelivery]] = {}
+    for r in rows:
+        found.setdefault(r["run_id"], []).append(_delivery(r))
+    return found
+
+
+def _delivery(row: asyncpg.Record) -> pb.ScheduleDelivery:
+    accepted: bool | None = row["accepted"]
+    if row["ack_time"] is None:
+        state = pb.SCHEDULE_DELIVERY_STATE_SENT
+    else:
+        state = pb.SCHEDULE_DELIVERY_STATE_ACCEPTED if accepted else pb.SCHEDULE_DELIVERY_STATE_REFUSED
+    out = pb.ScheduleDelivery(
+        edge=row["edge_name"],
+        state=state,
+        send_count=row["sent_count"],
+        refusal_reason=(row["reason"] or "") if state == pb.SCHEDULE_DELIVERY_STATE_REFUSED else "",
+    )
+    out.first_send_time.FromDatetime(row["first_sent_time"])
+    out.last_send_time.FromDatetime(row["last_sent_time"])
+    if row["ack_time"] is not None:
+        out.answer_time.FromDatetime(row["ack_time"])
+    return out

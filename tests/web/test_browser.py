@@ -741,6 +741,12 @@ async def test_charts_of_history_prices_with_negative_slots_and_forecast_bands(
     await expect(page.locator("[data-plan-assets]")).to_have_attribute("data-plan-assets", "battery_1 plan,grid plan")
     await expect(page.locator("[data-chart=plan] canvas")).to_be_visible()
     await expect(page.locator("[data-chart=plan]")).to_contain_text("battery_1 measured")
+    # Where the plan stands with the edge: the home edge's stream got it and (a test's hand-driven
+    # stream) never answers.
+    delivery = page.locator("[data-delivery]")
+    await expect(delivery).to_have_attribute("data-delivery", "SCHEDULE_DELIVERY_STATE_SENT")
+    await expect(delivery).to_contain_text("Edge home: plan sent at")
+    await expect(delivery).to_contain_text("no answer yet")
 
     # History: 24 hours in 4-minute buckets; dragging across the chart loads the range again, finer.
     history = page.locator("[data-chart=history]")

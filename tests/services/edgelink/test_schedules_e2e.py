@@ -106,12 +106,22 @@ async def _delivery(db: asyncpg.Connection, run: pb.OptimizationRun) -> asyncpg.
     )
 
 
+async def _active_delivery(cloud: Cloud, run: pb.OptimizationRun) -> pb.ScheduleDelivery:
+    """GetActiveSchedule's word on where `run` (the plan in force) stands with the edge."""
+    active = await cloud.optimizer.GetActiveSchedule(pb.GetActiveScheduleRequest(edge=str(cloud.edge)))
+    assert active.run == run.name
+    return active.delivery
+
+
 async def test_a_run_is_followed_by_the_edge_acked_replaced_refused_and_expires(
     cloud: Cloud, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     start = _slot_start(datetime.now(UTC))
     # Planned before the edge is connected: it gets the plan when its stream opens.
     first = await _run(cloud, _inputs(cloud.edge, start, 2_000))
+    pending = await _active_delivery(cloud, first)
+    assert (pending.edge, pending.state, pending.send_count) == (str(cloud.edge), pb.SCHEDULE_DELIVERY_STATE_PENDING, 0)
+    assert not pending.HasField("first_send_time") and not pending.HasField("answer_time")
     clock = OffsetClock()
     config = site_config(tmp_path, endpoint=f"127.0.0.1:{cloud.server.port}", edge=str(cloud.edge), key=cloud.key)
     daemon = EdgeDaemon(config, clock=clock, uplink=create_uplink(config))
@@ -131,6 +141,15 @@ async def test_a_run_is_followed_by_the_edge_acked_replaced_refused_and_expires(
             True,
             None,
         )
+        accepted = await _active_delivery(cloud, first)
+        assert (accepted.state, accepted.send_count, accepted.refusal_reason) == (
+            pb.SCHEDULE_DELIVERY_STATE_ACCEPTED,
+            1,
+            "",
+        )
+        assert accepted.first_send_time.ToDatetime() <= accepted.answer_time.ToDatetime()
+        stored = await cloud.optimizer.GetOptimizationRun(pb.GetOptimizationRunRequest(name=first.name))
+        assert list(stored.deliveries) == [accepted]
         follower = daemon.schedule_follower
         assert follower is not None and follower.schedule is not None
         assert follower.schedule.schedule_id == first.name
@@ -151,6 +170,22 @@ async def test_a_run_is_followed_by_the_edge_acked_replaced_refused_and_expires(
         assert row is not None and row["accepted"] is False
         assert "battery_9/SetActivePower is not a writable channel" in row["reason"]
         assert follower.schedule.schedule_id == second.name
+        # The plan in force is the refused one, and the API says the edge refused it, and why.
+        refused = await _active_delivery(cloud, third)
+        assert refused.state == pb.SCHEDULE_DELIVERY_STATE_REFUSED and refused.refusal_reason == row["reason"]
+        # Runs listed: deliveries in the FULL view only, each run its own.
+        listing = pb.ListOptimizationRunsRequest(parent="organizations/acme", site=str(cloud.edge.site_name))
+        basic = await cloud.optimizer.ListOptimizationRuns(listing)
+        assert [r.name for r in basic.optimization_runs] == [third.name, second.name, first.name]
+        assert all(not r.deliveries for r in basic.optimization_runs)
+        listing.view = pb.OPTIMIZATION_RUN_VIEW_FULL
+        full = await cloud.optimizer.ListOptimizationRuns(listing)
+        states = [[(d.edge, d.state) for d in r.deliveries] for r in full.optimization_runs]
+        assert states == [
+            [(str(cloud.edge), pb.SCHEDULE_DELIVERY_STATE_REFUSED)],
+            [(str(cloud.edge), pb.SCHEDULE_DELIVERY_STATE_ACCEPTED)],
+            [(str(cloud.edge), pb.SCHEDULE_DELIVERY_STATE_ACCEPTED)],
+        ]
         await asyncio.sleep(0.5)
         assert battery_w() == -1_000.0
 

@@ -50,3 +50,30 @@ async def test_the_plan_in_force_else_the_next_one_else_none(db: asyncpg.Connect
     # A plan in force wins over any next one; the newest of those in force.
     assert await _chosen(db) == in_force_new != in_force_old
     assert await store.active_run(db, SITE, NOW) == await store.run_for_edge(db, SITE, NOW)
+
+
+async def test_a_delivery_reads_sent_then_accepted_or_refused_per_edge(db: asyncpg.Connection) -> None:
+    run_id = await _save(db, NOW - HOUR, NOW + HOUR, NOW - HOUR)
+    other = await _save(db, NOW - HOUR, NOW + HOUR, NOW - HOUR)
+    name = f"organizations/acme/optimizationRuns/{run_id}"
+    edges = [f"{SITE}/edges/a", f"{SITE}/edges/b"]
+    assert await store.deliveries(db, [run_id]) == {}  # sent nowhere yet
+    for edge in edges:
+        await store.record_sent(db, run_id, edge, name)
+    await store.record_sent(db, run_id, edges[0], name)  # again, after a reconnect
+    sent = (await store.deliveries(db, [run_id, other]))[run_id]
+    assert [(d.edge, d.state, d.send_count) for d in sent] == [
+        (edges[0], pb.SCHEDULE_DELIVERY_STATE_SENT, 2),
+        (edges[1], pb.SCHEDULE_DELIVERY_STATE_SENT, 1),
+    ]
+    assert all(d.HasField("last_send_time") and not d.HasField("answer_time") for d in sent)
+    assert await store.record_ack(db, edges[0], name, True, "")
+    assert await store.record_ack(db, edges[1], name, False, "battery_9/SetActivePower is not a writable channel")
+    answered = (await store.deliveries(db, [run_id]))[run_id]
+    assert [(d.state, d.refusal_reason) for d in answered] == [
+        (pb.SCHEDULE_DELIVERY_STATE_ACCEPTED, ""),
+        (pb.SCHEDULE_DELIVERY_STATE_REFUSED, "battery_9/SetActivePower is not a writable channel"),
+    ]
+    assert all(d.answer_time.ToDatetime() >= d.first_send_time.ToDatetime() for d in answered)
+    # One edge's, as GetActiveSchedule reads it.
+    assert (await store.deliveries(db, [run_id], edges[1]))[run_id] == [answered[1]]

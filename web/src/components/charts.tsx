@@ -240,6 +240,20 @@ export function ForecastChart({ org, site, timeZone }: { org: string; site: stri
   );
 }
 
+/** Where a plan stands with one edge, in words: an operator must see a plan the edge refused. */
+function deliveryText(delivery: ActiveSchedule["delivery"], timeZone?: string): string {
+  switch (delivery?.state) {
+    case "SCHEDULE_DELIVERY_STATE_ACCEPTED":
+      return `plan accepted at ${fmt.time(delivery.answerTime, timeZone)}.`;
+    case "SCHEDULE_DELIVERY_STATE_REFUSED":
+      return `plan refused at ${fmt.time(delivery.answerTime, timeZone)} (${delivery.refusalReason ?? ""}); the edge keeps the plan it had.`;
+    case "SCHEDULE_DELIVERY_STATE_SENT":
+      return `plan sent at ${fmt.time(delivery.lastSendTime, timeZone)}, no answer yet.`;
+    default:
+      return "plan not sent yet; the edge gets it when it connects.";
+  }
+}
+
 export function PlanChart({
   org,
   site,
@@ -298,6 +312,15 @@ export function PlanChart({
           {fmt.time(planned[0]?.validUntilTime, timeZone)}; power in W (batteries positive discharging, grid positive importing, as measured).
         </p>
       )}
+      {planned.map((p) => (
+        <p
+          key={p.edge}
+          class={p.delivery?.state === "SCHEDULE_DELIVERY_STATE_REFUSED" ? "error small" : "meta small"}
+          data-delivery={p.delivery?.state ?? ""}
+        >
+          Edge {(p.edge ?? "").split("/").pop()}: {deliveryText(p.delivery, timeZone)}
+        </p>
+      ))}
       {assets.length > 0 && (
         <Chart
           label={`The optimizer's plan against what was measured: ${labels.join(", ")}`}

@@ -86,9 +86,9 @@ class _OptimizationRunViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_O
     OPTIMIZATION_RUN_VIEW_UNSPECIFIED: _OptimizationRunView.ValueType  # 0
     """Not set; BASIC."""
     OPTIMIZATION_RUN_VIEW_BASIC: _OptimizationRunView.ValueType  # 1
-    """Everything but inputs and schedules."""
+    """Everything but inputs, schedules and deliveries."""
     OPTIMIZATION_RUN_VIEW_FULL: _OptimizationRunView.ValueType  # 2
-    """With inputs and schedules."""
+    """With inputs, schedules and deliveries."""
 
 class OptimizationRunView(_OptimizationRunView, metaclass=_OptimizationRunViewEnumTypeWrapper):
     """How much of a run a list returns (AIP-157)."""
@@ -96,9 +96,9 @@ class OptimizationRunView(_OptimizationRunView, metaclass=_OptimizationRunViewEn
 OPTIMIZATION_RUN_VIEW_UNSPECIFIED: OptimizationRunView.ValueType  # 0
 """Not set; BASIC."""
 OPTIMIZATION_RUN_VIEW_BASIC: OptimizationRunView.ValueType  # 1
-"""Everything but inputs and schedules."""
+"""Everything but inputs, schedules and deliveries."""
 OPTIMIZATION_RUN_VIEW_FULL: OptimizationRunView.ValueType  # 2
-"""With inputs and schedules."""
+"""With inputs, schedules and deliveries."""
 Global___OptimizationRunView: _TypeAlias = OptimizationRunView  # noqa: Y015
 
 class _AssetKind:
@@ -136,6 +136,42 @@ ASSET_KIND_FLEXIBLE_LOAD: AssetKind.ValueType  # 4
 ASSET_KIND_GRID: AssetKind.ValueType  # 5
 """A site's grid connection: power_w positive imports, negative exports."""
 Global___AssetKind: _TypeAlias = AssetKind  # noqa: Y015
+
+class _ScheduleDeliveryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ScheduleDeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ScheduleDeliveryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCHEDULE_DELIVERY_STATE_UNSPECIFIED: _ScheduleDeliveryState.ValueType  # 0
+    """Not set."""
+    SCHEDULE_DELIVERY_STATE_PENDING: _ScheduleDeliveryState.ValueType  # 1
+    """Not sent: the edge has not been connected since the run; it gets the plan when it connects, if
+    the plan is still in force then.
+    """
+    SCHEDULE_DELIVERY_STATE_SENT: _ScheduleDeliveryState.ValueType  # 2
+    """Sent; the edge has not answered yet."""
+    SCHEDULE_DELIVERY_STATE_ACCEPTED: _ScheduleDeliveryState.ValueType  # 3
+    """The edge accepted the plan and follows it."""
+    SCHEDULE_DELIVERY_STATE_REFUSED: _ScheduleDeliveryState.ValueType  # 4
+    """The edge refused the plan (refusal_reason says why) and keeps following the plan it had."""
+
+class ScheduleDeliveryState(_ScheduleDeliveryState, metaclass=_ScheduleDeliveryStateEnumTypeWrapper):
+    """Where a plan stands with one edge."""
+
+SCHEDULE_DELIVERY_STATE_UNSPECIFIED: ScheduleDeliveryState.ValueType  # 0
+"""Not set."""
+SCHEDULE_DELIVERY_STATE_PENDING: ScheduleDeliveryState.ValueType  # 1
+"""Not sent: the edge has not been connected since the run; it gets the plan when it connects, if
+the plan is still in force then.
+"""
+SCHEDULE_DELIVERY_STATE_SENT: ScheduleDeliveryState.ValueType  # 2
+"""Sent; the edge has not answered yet."""
+SCHEDULE_DELIVERY_STATE_ACCEPTED: ScheduleDeliveryState.ValueType  # 3
+"""The edge accepted the plan and follows it."""
+SCHEDULE_DELIVERY_STATE_REFUSED: ScheduleDeliveryState.ValueType  # 4
+"""The edge refused the plan (refusal_reason says why) and keeps following the plan it had."""
+Global___ScheduleDeliveryState: _TypeAlias = ScheduleDeliveryState  # noqa: Y015
 
 @_typing.final
 class PriceInputs(_message.Message):
@@ -670,6 +706,7 @@ class OptimizationRun(_message.Message):
     REPLAY_OF_FIELD_NUMBER: _builtins.int
     INPUTS_ASSEMBLED_FIELD_NUMBER: _builtins.int
     TRIGGER_REASON_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, organizations/{organization}/optimizationRuns/{optimization_run}."""
     state: Global___OptimizationRunState.ValueType
@@ -733,6 +770,12 @@ class OptimizationRun(_message.Message):
     def conflicts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The constraint families that clash, in plain words; empty unless it failed for that."""
 
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduleDelivery]:
+        """The plan's way to each edge it was sent to, by edge name (left out of a BASIC view). An edge of
+        the run's sites that has not been connected while the plan was in force is not listed.
+        """
+
     def __init__(
         self,
         *,
@@ -756,14 +799,67 @@ class OptimizationRun(_message.Message):
         replay_of: _builtins.str = ...,
         inputs_assembled: _builtins.bool = ...,
         trigger_reason: _builtins.str = ...,
+        deliveries: _abc.Iterable[Global___ScheduleDelivery] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "build_duration", b"build_duration", "create_time", b"create_time", "expected", b"expected", "inputs", b"inputs", "solve_duration", b"solve_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "build_duration", b"build_duration", "conflicts", b"conflicts", "create_time", b"create_time", "expected", b"expected", "failure_message", b"failure_message", "inputs", b"inputs", "inputs_assembled", b"inputs_assembled", "mip_gap", b"mip_gap", "name", b"name", "objective_value", b"objective_value", "optimal", b"optimal", "replay_of", b"replay_of", "schedules", b"schedules", "sites", b"sites", "solve_duration", b"solve_duration", "solver", b"solver", "solver_version", b"solver_version", "state", b"state", "trigger_reason", b"trigger_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "build_duration", b"build_duration", "conflicts", b"conflicts", "create_time", b"create_time", "deliveries", b"deliveries", "expected", b"expected", "failure_message", b"failure_message", "inputs", b"inputs", "inputs_assembled", b"inputs_assembled", "mip_gap", b"mip_gap", "name", b"name", "objective_value", b"objective_value", "optimal", b"optimal", "replay_of", b"replay_of", "schedules", b"schedules", "sites", b"sites", "solve_duration", b"solve_duration", "solver", b"solver", "solver_version", b"solver_version", "state", b"state", "trigger_reason", b"trigger_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OptimizationRun: _TypeAlias = OptimizationRun  # noqa: Y015
+
+@_typing.final
+class ScheduleDelivery(_message.Message):
+    """A plan's way to one edge."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EDGE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    FIRST_SEND_TIME_FIELD_NUMBER: _builtins.int
+    LAST_SEND_TIME_FIELD_NUMBER: _builtins.int
+    SEND_COUNT_FIELD_NUMBER: _builtins.int
+    ANSWER_TIME_FIELD_NUMBER: _builtins.int
+    REFUSAL_REASON_FIELD_NUMBER: _builtins.int
+    edge: _builtins.str
+    """The edge."""
+    state: Global___ScheduleDeliveryState.ValueType
+    """Where the plan stands with it."""
+    send_count: _builtins.int
+    """How many times it was sent."""
+    refusal_reason: _builtins.str
+    """Why the edge refused the plan; empty unless REFUSED."""
+    @_builtins.property
+    def first_send_time(self) -> _timestamp_pb2.Timestamp:
+        """When the plan was first sent to the edge; unset while PENDING."""
+
+    @_builtins.property
+    def last_send_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was last sent (again after the edge reconnected); unset while PENDING."""
+
+    @_builtins.property
+    def answer_time(self) -> _timestamp_pb2.Timestamp:
+        """When the edge answered; unset until it does."""
+
+    def __init__(
+        self,
+        *,
+        edge: _builtins.str = ...,
+        state: Global___ScheduleDeliveryState.ValueType = ...,
+        first_send_time: _timestamp_pb2.Timestamp | None = ...,
+        last_send_time: _timestamp_pb2.Timestamp | None = ...,
+        send_count: _builtins.int = ...,
+        answer_time: _timestamp_pb2.Timestamp | None = ...,
+        refusal_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer_time", b"answer_time", "first_send_time", b"first_send_time", "last_send_time", b"last_send_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_time", b"answer_time", "edge", b"edge", "first_send_time", b"first_send_time", "last_send_time", b"last_send_time", "refusal_reason", b"refusal_reason", "send_count", b"send_count", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleDelivery: _TypeAlias = ScheduleDelivery  # noqa: Y015
 
 @_typing.final
 class RunOptimizationRequest(_message.Message):
@@ -951,7 +1047,7 @@ Global___GetActiveScheduleRequest: _TypeAlias = GetActiveScheduleRequest  # noqa
 
 @_typing.final
 class ActiveSchedule(_message.Message):
-    """The schedule an edge follows now."""
+    """The plan in force for an edge, and whether the edge took it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -961,6 +1057,7 @@ class ActiveSchedule(_message.Message):
     STEP_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_TIME_FIELD_NUMBER: _builtins.int
     SCHEDULES_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
     edge: _builtins.str
     """The edge."""
     run: _builtins.str
@@ -981,6 +1078,10 @@ class ActiveSchedule(_message.Message):
     def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___AssetSchedule]:
         """The plans of the edge's assets."""
 
+    @_builtins.property
+    def delivery(self) -> Global___ScheduleDelivery:
+        """Where this plan stands with the edge: an edge that REFUSED it keeps following the plan it had."""
+
     def __init__(
         self,
         *,
@@ -990,10 +1091,11 @@ class ActiveSchedule(_message.Message):
         step: _duration_pb2.Duration | None = ...,
         valid_until_time: _timestamp_pb2.Timestamp | None = ...,
         schedules: _abc.Iterable[Global___AssetSchedule] | None = ...,
+        delivery: Global___ScheduleDelivery | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time", "step", b"step", "valid_until_time", b"valid_until_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "start_time", b"start_time", "step", b"step", "valid_until_time", b"valid_until_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["edge", b"edge", "run", b"run", "schedules", b"schedules", "start_time", b"start_time", "step", b"step", "valid_until_time", b"valid_until_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "edge", b"edge", "run", b"run", "schedules", b"schedules", "start_time", b"start_time", "step", b"step", "valid_until_time", b"valid_until_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

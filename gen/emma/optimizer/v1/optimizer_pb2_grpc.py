@@ -115,8 +115,9 @@ class OptimizerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetActiveSchedule(self, request, context):
-        """The schedule an edge follows now: its site's part of the newest successful run, with its validity.
-        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such edge, or no schedule is valid for it).
+        """The schedule in force for an edge: its site's part of the newest successful run, with its validity
+        and whether the edge accepted it. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such edge, or no
+        schedule is valid for it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -57,8 +57,9 @@ class OptimizerServiceStub:
     FIELD_INVALID, RESOURCE_NOT_FOUND, REQUEST_ID_REUSED, STATE_CONFLICT.
     """
     GetActiveSchedule: _grpc.UnaryUnaryMultiCallable[_optimizer_pb2.GetActiveScheduleRequest, _optimizer_pb2.ActiveSchedule]
-    """The schedule an edge follows now: its site's part of the newest successful run, with its validity.
-    Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such edge, or no schedule is valid for it).
+    """The schedule in force for an edge: its site's part of the newest successful run, with its validity
+    and whether the edge accepted it. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such edge, or no
+    schedule is valid for it).
     """
     GetRealisedSavings: _grpc.UnaryUnaryMultiCallable[_optimizer_pb2.GetRealisedSavingsRequest, _optimizer_pb2.RealisedSavings]
     """What the plans saved in fact: for every ended 15-minute slot of [start_time, end_time) in which a
@@ -96,8 +97,9 @@ class OptimizerServiceAsyncStub(OptimizerServiceStub):
     FIELD_INVALID, RESOURCE_NOT_FOUND, REQUEST_ID_REUSED, STATE_CONFLICT.
     """
     GetActiveSchedule: _aio.UnaryUnaryMultiCallable[_optimizer_pb2.GetActiveScheduleRequest, _optimizer_pb2.ActiveSchedule]  # type: ignore[assignment]
-    """The schedule an edge follows now: its site's part of the newest successful run, with its validity.
-    Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such edge, or no schedule is valid for it).
+    """The schedule in force for an edge: its site's part of the newest successful run, with its validity
+    and whether the edge accepted it. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such edge, or no
+    schedule is valid for it).
     """
     GetRealisedSavings: _aio.UnaryUnaryMultiCallable[_optimizer_pb2.GetRealisedSavingsRequest, _optimizer_pb2.RealisedSavings]  # type: ignore[assignment]
     """What the plans saved in fact: for every ended 15-minute slot of [start_time, end_time) in which a
@@ -162,8 +164,9 @@ class OptimizerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _optimizer_pb2.GetActiveScheduleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_optimizer_pb2.ActiveSchedule, _abc.Awaitable[_optimizer_pb2.ActiveSchedule]]:
-        """The schedule an edge follows now: its site's part of the newest successful run, with its validity.
-        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such edge, or no schedule is valid for it).
+        """The schedule in force for an edge: its site's part of the newest successful run, with its validity
+        and whether the edge accepted it. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such edge, or no
+        schedule is valid for it).
         """
 
     @_abc_1.abstractmethod

@@ -28,6 +28,8 @@ __all__ = (
     "RealisedSavings",
     "ReplayOptimizationRunRequest",
     "RunOptimizationRequest",
+    "ScheduleDelivery",
+    "ScheduleDeliveryState",
     "SharedConnectionInputs",
     "SiteInputs",
     "SiteSavings",
@@ -209,12 +211,12 @@ class OptimizationRunView(betterproto2.Enum):
 
     BASIC = 1
     """
-    Everything but inputs and schedules.
+    Everything but inputs, schedules and deliveries.
     """
 
     FULL = 2
     """
-    With inputs and schedules.
+    With inputs, schedules and deliveries.
     """
 
     @classmethod
@@ -234,10 +236,62 @@ class OptimizationRunView(betterproto2.Enum):
         }
 
 
+class ScheduleDeliveryState(betterproto2.Enum):
+    """
+    Where a plan stands with one edge.
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not set.
+    """
+
+    PENDING = 1
+    """
+    Not sent: the edge has not been connected since the run; it gets the plan when it connects, if
+    the plan is still in force then.
+    """
+
+    SENT = 2
+    """
+    Sent; the edge has not answered yet.
+    """
+
+    ACCEPTED = 3
+    """
+    The edge accepted the plan and follows it.
+    """
+
+    REFUSED = 4
+    """
+    The edge refused the plan (refusal_reason says why) and keeps following the plan it had.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "SCHEDULE_DELIVERY_STATE_UNSPECIFIED",
+            1: "SCHEDULE_DELIVERY_STATE_PENDING",
+            2: "SCHEDULE_DELIVERY_STATE_SENT",
+            3: "SCHEDULE_DELIVERY_STATE_ACCEPTED",
+            4: "SCHEDULE_DELIVERY_STATE_REFUSED",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "SCHEDULE_DELIVERY_STATE_UNSPECIFIED": 0,
+            "SCHEDULE_DELIVERY_STATE_PENDING": 1,
+            "SCHEDULE_DELIVERY_STATE_SENT": 2,
+            "SCHEDULE_DELIVERY_STATE_ACCEPTED": 3,
+            "SCHEDULE_DELIVERY_STATE_REFUSED": 4,
+        }
+
+
 @dataclass(eq=False, repr=False)
 class ActiveSchedule(betterproto2.Message):
     """
-    The schedule an edge follows now.
+    The plan in force for an edge, and whether the edge took it.
     """
 
     edge: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
@@ -285,6 +339,13 @@ class ActiveSchedule(betterproto2.Message):
     )
     """
     The plans of the edge's assets.
+    """
+
+    delivery: "ScheduleDelivery | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Where this plan stands with the edge: an edge that REFUSED it keeps following the plan it had.
     """
 
 
@@ -898,6 +959,14 @@ class OptimizationRun(betterproto2.Message):
     EUR/MWh at 2026-01-10T14:00:00Z"; empty for a requested run or a replay.
     """
 
+    deliveries: "list[ScheduleDelivery]" = betterproto2.field(
+        21, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    The plan's way to each edge it was sent to, by edge name (left out of a BASIC view). An edge of
+    the run's sites that has not been connected while the plan was in force is not listed.
+    """
+
 
 default_message_pool.register_message(
     "emma.optimizer.v1", "OptimizationRun", OptimizationRun
@@ -1159,6 +1228,70 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class ScheduleDelivery(betterproto2.Message):
+    """
+    A plan's way to one edge.
+    """
+
+    edge: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The edge.
+    """
+
+    state: "ScheduleDeliveryState" = betterproto2.field(
+        2, betterproto2.TYPE_ENUM, default_factory=lambda: ScheduleDeliveryState(0)
+    )
+    """
+    Where the plan stands with it.
+    """
+
+    first_send_time: "datetime.datetime | None" = betterproto2.field(
+        3,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    When the plan was first sent to the edge; unset while PENDING.
+    """
+
+    last_send_time: "datetime.datetime | None" = betterproto2.field(
+        4,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    When it was last sent (again after the edge reconnected); unset while PENDING.
+    """
+
+    send_count: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+    """
+    How many times it was sent.
+    """
+
+    answer_time: "datetime.datetime | None" = betterproto2.field(
+        6,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    When the edge answered; unset until it does.
+    """
+
+    refusal_reason: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    Why the edge refused the plan; empty unless REFUSED.
+    """
+
+
+default_message_pool.register_message(
+    "emma.optimizer.v1", "ScheduleDelivery", ScheduleDelivery
+)
+
+
+@dataclass(eq=False, repr=False)
 class SharedConnectionInputs(betterproto2.Message):
     """
     A connection several sites share: limits on their net exchange.
@@ -1372,8 +1505,9 @@ class OptimizerServiceSyncStub:
         self, message: "GetActiveScheduleRequest"
     ) -> "ActiveSchedule":
         """
-        The schedule an edge follows now: its site's part of the newest successful run, with its validity.
-        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such edge, or no schedule is valid for it).
+        The schedule in force for an edge: its site's part of the newest successful run, with its validity
+        and whether the edge accepted it. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such edge, or no
+        schedule is valid for it).
         """
 
         return self._channel.unary_unary(
@@ -1508,8 +1642,9 @@ class OptimizerServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "ActiveSchedule":
         """
-        The schedule an edge follows now: its site's part of the newest successful run, with its validity.
-        Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such edge, or no schedule is valid for it).
+        The schedule in force for an edge: its site's part of the newest successful run, with its validity
+        and whether the edge accepted it. Errors: FIELD_INVALID, RESOURCE_NOT_FOUND (no such edge, or no
+        schedule is valid for it).
         """
 
         return await self._unary_unary(
