@@ -32,11 +32,16 @@ class PollingDevice(Device):
         *,
         poll_interval_s: float = 1.0,
         timeout_s: float = 2.0,
+        setpoint_refresh_s: float = 0.0,
         clock: Clock | None = None,
     ) -> None:
         super().__init__(device_id)
         self.poll_interval_s = poll_interval_s
         self.timeout_s = timeout_s
+        # 0: a setpoint is sent when it changes. Otherwise also again once it is this old: many inverters
+        # fall back to their own mode when no setpoint arrives within a watchdog time, and a device that
+        # restarted has forgotten what it was sent.
+        self.setpoint_refresh_s = setpoint_refresh_s
         self.stale_after_s = 3 * poll_interval_s + timeout_s
         self.clock: Clock = clock or SystemClock()
         self.poll_failures = 0
@@ -48,6 +53,7 @@ class PollingDevice(Device):
         self._last_ok: float | None = None
         self._pending: dict[str, float] = {}
         self._applied: dict[str, float] = {}
+        self._applied_at: dict[str, float] = {}  # time.monotonic() of each output's last successful send
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -90,11 +96,16 @@ class PollingDevice(Device):
         store.set(self.address("CommunicationOk"), ok, ts=now, category=Category.INPUT)
 
     def write(self, store: ChannelStore) -> None:
+        refresh_before = time.monotonic() - self.setpoint_refresh_s if self.setpoint_refresh_s else None
         for spec in self.device_channels:
             if not spec.writable:
                 continue
             value = self.output_value(store, spec.name)
-            if value is not None and self._applied.get(spec.name) != value:
+            if value is None:
+                continue
+            if self._applied.get(spec.name) != value or (
+                refresh_before is not None and self._applied_at.get(spec.name, refresh_before) <= refresh_before
+            ):
                 self._pending[spec.name] = value  # latest wins; the task sends it when the wire allows
 
     async def _run(self) -> None:
@@ -125,4 +136,6 @@ class PollingDevice(Device):
                     log.warning("apply failed", extra={"device": self.device_id, "error": repr(exc)})
                 else:
                     self._applied.update(pending)
+                    sent_at = time.monotonic()
+                    self._applied_at.update(dict.fromkeys(pending, sent_at))
             await asyncio.sleep(max(0.0, self.poll_interval_s - (time.monotonic() - started)))

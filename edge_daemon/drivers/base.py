@@ -43,9 +43,16 @@ class DriverDevice(PollingDevice):
         poll_interval_s: float,
         poll_timeout_s: float,
         stale_after_s: float | None = None,
+        setpoint_refresh_s: float = 0.0,
         clock: Clock | None = None,
     ) -> None:
-        super().__init__(device_id, poll_interval_s=poll_interval_s, timeout_s=poll_timeout_s, clock=clock)
+        super().__init__(
+            device_id,
+            poll_interval_s=poll_interval_s,
+            timeout_s=poll_timeout_s,
+            setpoint_refresh_s=setpoint_refresh_s,
+            clock=clock,
+        )
         # The base derives staleness from its timeout, which for drivers also covers retries and backoff.
         self.stale_after_s = stale_after_s if stale_after_s is not None else 3 * poll_interval_s
         self._fresh: list[tuple[float, dict[str, Scalar]]] = []

@@ -20,6 +20,8 @@ class ConnectionParams:
     poll_interval_s: float = 1.0
     # While the device does not answer, attempts are spaced out up to this long (see RetryDelay).
     reconnect_max_s: float = 30.0
+    # 0: setpoints are written when they change; else also again once this old (an inverter's watchdog).
+    setpoint_refresh_s: float = 0.0
 
 
 def parse_connection(r: DeviceReader) -> ConnectionParams:
@@ -52,10 +54,15 @@ def parse_connection(r: DeviceReader) -> ConnectionParams:
         retries=r.get_int("retries", 2, minimum=0, maximum=10),
         backoff_s=r.get_float("retry_backoff_s", 0.1, minimum=0, maximum=60),
     )
+    refresh_s = r.get_float("setpoint_refresh_s", 0.0, minimum=0.0, maximum=3600)
+    if 0.0 < refresh_s < poll_interval_s:
+        # Setpoints go out between polls, so a refresh cannot come more often than a poll.
+        raise r.error("setpoint_refresh_s", f"must be 0 (off) or at least poll_interval_s ({poll_interval_s:g})")
     return ConnectionParams(
         endpoint=endpoint,
         unit_id=unit_id,
         policy=policy,
         poll_interval_s=poll_interval_s,
         reconnect_max_s=r.get_float("reconnect_max_s", 30.0, minimum=poll_interval_s, maximum=3600),
+        setpoint_refresh_s=refresh_s,
     )

@@ -74,6 +74,7 @@ class ModbusDevice(ModbusLinkDevice):
             device_id,
             poll_interval_s=conn.poll_interval_s,
             poll_timeout_s=poll_budget_s(conn, len(self.reader.blocks) + len(params.register_map.write_points)),
+            setpoint_refresh_s=conn.setpoint_refresh_s,
             clock=clock,
         )
         self.write_errors = 0

@@ -86,7 +86,11 @@ class SunSpecDevice(ModbusLinkDevice):
         self.link = link or ModbusLink(conn.endpoint, timeout_s=conn.policy.timeout_s)
         # Discovery reads two registers per base tried and per model; a map rarely needs > 20 requests.
         super().__init__(
-            device_id, poll_interval_s=conn.poll_interval_s, poll_timeout_s=poll_budget_s(conn, 40), clock=clock
+            device_id,
+            poll_interval_s=conn.poll_interval_s,
+            poll_timeout_s=poll_budget_s(conn, 40),
+            setpoint_refresh_s=conn.setpoint_refresh_s,
+            clock=clock,
         )
         self._channels = channel_specs(params.models, params.mppt_modules, params.writable)
         self.map: SunSpecMap | None = None

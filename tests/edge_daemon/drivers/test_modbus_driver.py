@@ -223,6 +223,52 @@ async def test_writes_reach_the_device_and_refusals_are_final(tmp_path: Path) ->
         await peer.stop()
 
 
+async def test_a_setpoint_the_device_forgot_is_written_again_with_setpoint_refresh(tmp_path: Path) -> None:
+    # Two units on one server, one with setpoint_refresh_s. Both forget their setpoint (an inverter's
+    # watchdog fell back, or it restarted: here the registers are reset by hand). Only the refreshed
+    # one gets it again; the other is written only when the setpoint changes.
+    peer = ModbusPeer([bi5(1), bi5(2)])
+    await peer.start_tcp()
+    refreshed, plain = build(
+        tmp_path,
+        tcp_device(peer.port, "bess_a", unit_id=1, setpoint_refresh_s=0.3),
+        tcp_device(peer.port, "bess_b", unit_id=2),
+    )
+    store = ChannelStore()
+    for device in (refreshed, plain):
+        device.declare(store)
+        store.set(f"{device.device_id}/SetActivePower", -3200.0, category=Category.OUTPUT)
+        await device.start()
+
+    async def cycle_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        # As the control cycle does: every cycle hands the devices the current outputs.
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "condition not met in time"
+            refreshed.write(store)
+            plain.write(store)
+            await asyncio.sleep(0.05)
+
+    try:
+        await cycle_until(lambda: all(peer.get("holding", 40100, 2, unit_id=u) == _s32(-3200) for u in (1, 2)))
+        for unit in (1, 2):
+            peer.set("holding", 40100, [0, 0], unit_id=unit)
+        await cycle_until(lambda: peer.get("holding", 40100, 2, unit_id=1) == _s32(-3200))
+        forgotten_at = time.monotonic()
+        await cycle_until(lambda: time.monotonic() - forgotten_at > 1.0)  # three refresh periods more
+        assert peer.get("holding", 40100, 2, unit_id=2) == [0, 0]
+        # A change is written either way.
+        store.set("bess_b/SetActivePower", -1000.0, category=Category.OUTPUT)
+        await cycle_until(lambda: peer.get("holding", 40100, 2, unit_id=2) == _s32(-1000))
+        assert refreshed.apply_failures == plain.apply_failures == 0
+    finally:
+        await refreshed.stop()
+        await plain.stop()
+        refreshed.link.close()
+        plain.link.close()
+        await peer.stop()
+
+
 async def test_exception_responses_split_the_block_and_keep_the_rest(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -371,6 +417,7 @@ def inline(**register: Any) -> dict[str, Any]:
         (tcp_device(502, transport="rtu"), "devices[0].host", 'only for transport = "tcp"'),
         (tcp_device(502, max_registers_per_read=200), "devices[0].max_registers_per_read", "at most 125"),
         (tcp_device(502, profile="missing.toml"), "devices[0].profile", "cannot read"),
+        (tcp_device(502, setpoint_refresh_s=0.05), "devices[0].setpoint_refresh_s", "at least poll_interval_s (0.1)"),
     ],
 )
 def test_config_errors_name_device_and_key(tmp_path: Path, device: dict[str, Any], key: str, reason: str) -> None:
