@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 
-from edge_daemon.devices.base import ChannelAccess
+from edge_daemon.devices.base import ChannelAccess, DynamicLimit
 from edge_daemon.drivers.modbus.codec import DataType
 from edge_daemon.drivers.modbus.registers import (
     MAX_BITS_PER_READ,
@@ -26,7 +26,7 @@ WORD_ORDERS = ("big", "little")
 LIMIT_KEYS = ("word_order", "max_registers_per_read", "max_bits_per_read", "max_gap", "write_multiple")
 _REGISTER_KEYS = frozenset(
     {"name", "address", "function", "type", "length", "word_order", "scale", "scale_register", "offset",
-     "bit", "unit", "access", "description", "min", "max", "invalid", "static"}
+     "bit", "unit", "access", "description", "min", "max", "min_from", "max_from", "invalid", "static"}
 )  # fmt: skip
 
 
@@ -97,6 +97,8 @@ def _build(owner: DeviceReader, entries: list[DeviceReader], limits: dict[str, o
             raise r.error("scale_register", f"no register named {p.scale_register!r} in this map")
         if sf.access is not ChannelAccess.READ or not sf.dtype.is_integer or sf.scale_register or sf.bit is not None:
             raise r.error("scale_register", f"{p.scale_register!r} must be a readable integer register")
+    for i, p in enumerate(points):
+        points[i] = _dynamic_limits(readers[p.name], p, by_name, scale_points)
     # A register used only as a scale factor is not a channel of its own.
     final = tuple(dataclasses.replace(p, channel=False) if p.name in scale_points else p for p in points)
     return RegisterMap(
@@ -106,6 +108,31 @@ def _build(owner: DeviceReader, entries: list[DeviceReader], limits: dict[str, o
         max_gap=int(str(limits.get("max_gap", 0))),
         write_multiple=bool(limits.get("write_multiple", False)),
     )
+
+
+def _dynamic_limits(r: DeviceReader, p: Point, by_name: dict[str, Point], scale_points: set[str]) -> Point:
+    """`min_from` / `max_from`: a setpoint's limit read from another entry of the map when the setpoint
+    is checked, "-Name" for the negated value (a BMS's allowed charge power as the lower limit of a
+    power that is negative when charging). Both the edge and the cloud check setpoints against it,
+    and refuse one while the limit is missing or stale."""
+    found: dict[str, DynamicLimit] = {}
+    for key in ("min_from", "max_from"):
+        text = r.get_optional_str(key)
+        if text is None:
+            continue
+        if p.access is not ChannelAccess.WRITE:
+            raise r.error(key, 'only a setpoint (access = "write") has limits')
+        name = text.removeprefix("-")
+        source = by_name.get(name)
+        if source is None:
+            raise r.error(key, f"no register named {name!r} in this map")
+        numeric = source.dtype not in (DataType.STRING, DataType.BOOL) and source.bit is None
+        if source.access is not ChannelAccess.READ or not numeric or name in scale_points:
+            raise r.error(key, f"{name!r} must be a readable numeric register that is a channel itself")
+        found[key] = DynamicLimit(name, -1.0 if text.startswith("-") else 1.0)
+    if not found:
+        return p
+    return dataclasses.replace(p, dynamic_min=found.get("min_from"), dynamic_max=found.get("max_from"))
 
 
 def _point(r: DeviceReader, word_order: str, max_regs: int) -> Point:
@@ -144,7 +171,7 @@ def _point(r: DeviceReader, word_order: str, max_regs: int) -> Point:
         raise r.error("scale", "must not be 0")
     scale_register = r.get_optional_str("scale_register")
     numeric_only = dtype in (DataType.STRING, DataType.BOOL) or bit is not None
-    for key in ("scale", "offset", "scale_register", "min", "max"):
+    for key in ("scale", "offset", "scale_register", "min", "max", "min_from", "max_from"):
         if numeric_only and r.has(key):
             raise r.error(key, f"does not apply to {dtype.value if bit is None else 'bit'} values")
     minimum = r.get_optional_float("min")
@@ -152,6 +179,7 @@ def _point(r: DeviceReader, word_order: str, max_regs: int) -> Point:
     if minimum is not None and maximum is not None and minimum > maximum:
         raise r.error("min", f"must not exceed max ({maximum:g})")
     invalid = r.get_int_list("invalid")
+    r.mark_used("min_from", "max_from")  # read by _dynamic_limits, once every entry's name is known
     return Point(
         name=name,
         address=address,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from edge_daemon.devices.base import ChannelAccess, ChannelSpec
+from edge_daemon.devices.base import ChannelAccess, ChannelSpec, DynamicLimit
 from edge_daemon.drivers.modbus.codec import DataType
 
 # Modbus limits per request (Modbus Application Protocol v1.1b3, 6.1-6.4): a device may allow fewer.
@@ -54,6 +54,9 @@ class Point:
     description: str = ""
     minimum: float | None = None
     maximum: float | None = None
+    # Limits read from the device's own channels when a setpoint is checked (a BMS's allowed power).
+    dynamic_min: DynamicLimit | None = None
+    dynamic_max: DynamicLimit | None = None
     invalid: frozenset[int | float | str] = frozenset()
     # Read once after each (re)connection instead of every poll: serial numbers, ratings, versions.
     static: bool = False
@@ -65,7 +68,16 @@ class Point:
         return self.address + self.length
 
     def spec(self) -> ChannelSpec:
-        return ChannelSpec(self.name, self.unit, self.access, self.description or self.name, self.minimum, self.maximum)
+        return ChannelSpec(
+            self.name,
+            self.unit,
+            self.access,
+            self.description or self.name,
+            self.minimum,
+            self.maximum,
+            self.dynamic_min,
+            self.dynamic_max,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,12 +21,13 @@ from edge_daemon.channels import Category, ChannelStore
 from edge_daemon.config import load_config, parse_config
 from edge_daemon.cycle import ControlCycle
 from edge_daemon.device_types import build_devices
+from edge_daemon.devices.base import DynamicLimit
 from edge_daemon.devices.site import SiteDevices
 from edge_daemon.drivers.modbus.codec import DataType, EncodeError, decode_raw, encode_raw, scaled, unscaled
 from edge_daemon.drivers.modbus.device import ModbusDevice
 from edge_daemon.drivers.modbus.planner import plan, split
 from edge_daemon.drivers.modbus.registers import Function, Point, RegisterMap
-from edge_daemon.errors import SiteConfigError
+from edge_daemon.errors import LimitError, SiteConfigError
 from tests.support.modbus_peer import ModbusPeer, PtyLine, Unit
 
 DATA = Path(__file__).parent / "data"
@@ -269,6 +270,36 @@ async def test_a_setpoint_the_device_forgot_is_written_again_with_setpoint_refre
         await peer.stop()
 
 
+async def test_a_setpoint_is_limited_by_what_the_device_reports_it_allows_now(tmp_path: Path, peer: ModbusPeer) -> None:
+    # The profile's SetActivePower: static -5000..5000 W, and min_from = "-MaxChargePower", max_from =
+    # "MaxDischargePower". The BI-5 reports 5000 W of charge and 4500 W of discharge allowed.
+    (device,) = build(tmp_path, tcp_device(peer.port))
+    spec = {s.name: s for s in device.channels}["SetActivePower"]
+    assert (spec.dynamic_min, spec.dynamic_max) == (
+        DynamicLimit("MaxChargePower", -1.0),
+        DynamicLimit("MaxDischargePower", 1.0),
+    )
+    site_devices = SiteDevices([device], max_limit_age_s=30.0)
+    store = ChannelStore()
+    device.declare(store)
+    try:
+        with pytest.raises(LimitError, match="dynamic limit bess_1/MaxChargePower unavailable"):
+            site_devices.limits("bess_1/SetActivePower", store.snapshot(), time.time())  # nothing read yet
+        await poll_once(device, store)
+        limits = site_devices.limits("bess_1/SetActivePower", store.snapshot(), time.time())
+        assert (limits.low, limits.high) == (-5000.0, 4500.0)
+        # The BMS allows less (a cold battery): the setpoint's range follows on the next poll.
+        peer.set("input", 30106, [120, 80])
+        await poll_once(device, store)
+        limits = site_devices.limits("bess_1/SetActivePower", store.snapshot(), time.time())
+        assert (limits.low, limits.high) == (-1200.0, 800.0)
+        # A limit older than max_limit_age_s is no limit: the setpoint is refused, not guessed.
+        with pytest.raises(LimitError, match="stale"):
+            site_devices.limits("bess_1/SetActivePower", store.snapshot(), time.time() + 60)
+    finally:
+        device.link.close()
+
+
 async def test_exception_responses_split_the_block_and_keep_the_rest(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -418,6 +449,17 @@ def inline(**register: Any) -> dict[str, Any]:
         (tcp_device(502, max_registers_per_read=200), "devices[0].max_registers_per_read", "at most 125"),
         (tcp_device(502, profile="missing.toml"), "devices[0].profile", "cannot read"),
         (tcp_device(502, setpoint_refresh_s=0.05), "devices[0].setpoint_refresh_s", "at least poll_interval_s (0.1)"),
+        (inline(min_from="Soc"), "devices[0].registers[0].min_from", 'only a setpoint (access = "write")'),
+        (
+            inline(access="write", max_from="Nope"),
+            "devices[0].registers[0].max_from",
+            "no register named 'Nope'",
+        ),
+        (
+            inline(access="write", max_from="-Soc"),
+            "devices[0].registers[0].max_from",
+            "'Soc' must be a readable numeric register",  # itself, a setpoint
+        ),
     ],
 )
 def test_config_errors_name_device_and_key(tmp_path: Path, device: dict[str, Any], key: str, reason: str) -> None:
