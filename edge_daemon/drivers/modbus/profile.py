@@ -111,10 +111,12 @@ def _build(owner: DeviceReader, entries: list[DeviceReader], limits: dict[str, o
 
 
 def _dynamic_limits(r: DeviceReader, p: Point, by_name: dict[str, Point], scale_points: set[str]) -> Point:
-    """`min_from` / `max_from`: a setpoint's limit read from another entry of the map when the setpoint
-    is checked, "-Name" for the negated value (a BMS's allowed charge power as the lower limit of a
-    power that is negative when charging). Both the edge and the cloud check setpoints against it,
-    and refuse one while the limit is missing or stale."""
+    """`max_from = "Name"` / `min_from = "-Name"`: a setpoint's limits read from other entries of the
+    map when a setpoint is checked: positive values at most Name's value, negative ones at least minus
+    Name's value (a BMS's allowed discharge and charge power for a power that is negative when
+    charging). Both the edge and the cloud check setpoints against them (the contract's
+    dynamic_max_channel and dynamic_min_channel, the latter compared with the absolute value, hence
+    the required minus), and refuse one while a limit is missing or stale."""
     found: dict[str, DynamicLimit] = {}
     for key in ("min_from", "max_from"):
         text = r.get_optional_str(key)
@@ -122,6 +124,9 @@ def _dynamic_limits(r: DeviceReader, p: Point, by_name: dict[str, Point], scale_
             continue
         if p.access is not ChannelAccess.WRITE:
             raise r.error(key, 'only a setpoint (access = "write") has limits')
+        if text.startswith("-") != (key == "min_from"):
+            form = '"-Name": negative setpoints at least minus its value' if key == "min_from" else '"Name"'
+            raise r.error(key, f"must be {form}, got {text!r}")
         name = text.removeprefix("-")
         source = by_name.get(name)
         if source is None:

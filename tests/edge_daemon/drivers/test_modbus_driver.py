@@ -28,6 +28,7 @@ from edge_daemon.drivers.modbus.device import ModbusDevice
 from edge_daemon.drivers.modbus.planner import plan, split
 from edge_daemon.drivers.modbus.registers import Function, Point, RegisterMap
 from edge_daemon.errors import LimitError, SiteConfigError
+from edge_daemon.uplink.wire import device_inventory
 from tests.support.modbus_peer import ModbusPeer, PtyLine, Unit
 
 DATA = Path(__file__).parent / "data"
@@ -279,6 +280,10 @@ async def test_a_setpoint_is_limited_by_what_the_device_reports_it_allows_now(tm
         DynamicLimit("MaxChargePower", -1.0),
         DynamicLimit("MaxDischargePower", 1.0),
     )
+    # What the cloud is told, so that it checks commands against the same channels.
+    (item,) = device_inventory([device])
+    wired = {c.name: c for c in item.channels}["SetActivePower"]
+    assert (wired.dynamic_min_channel, wired.dynamic_max_channel) == ("MaxChargePower", "MaxDischargePower")
     site_devices = SiteDevices([device], max_limit_age_s=30.0)
     store = ChannelStore()
     device.declare(store)
@@ -456,10 +461,12 @@ def inline(**register: Any) -> dict[str, Any]:
             "no register named 'Nope'",
         ),
         (
-            inline(access="write", max_from="-Soc"),
+            inline(access="write", max_from="Soc"),
             "devices[0].registers[0].max_from",
             "'Soc' must be a readable numeric register",  # itself, a setpoint
         ),
+        (inline(access="write", min_from="Soc"), "devices[0].registers[0].min_from", 'must be "-Name"'),
+        (inline(access="write", max_from="-Soc"), "devices[0].registers[0].max_from", "must be \"Name\", got '-Soc'"),
     ],
 )
 def test_config_errors_name_device_and_key(tmp_path: Path, device: dict[str, Any], key: str, reason: str) -> None:
