@@ -14,8 +14,6 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
-from services.platform import migrations
-
 # The shared helpers' asserts explain a failure like a test's (registered before they are imported).
 pytest.register_assert_rewrite("tests.support")
 
@@ -54,14 +52,14 @@ async def database_url(postgres: SessionPostgres, request: pytest.FixtureRequest
 
 
 @pytest.fixture(scope="module")
-async def migrated_url(database_url: str) -> str:
-    """The module's database with every migration applied."""
-    conn = await asyncpg.connect(database_url)
+async def migrated_url(postgres: SessionPostgres, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A fresh database for the test module with every migration applied (a copy of the session's
+    migrated template; a module that also asks for database_url gets that one empty and apart)."""
+    dsn = await postgres.create_migrated_database(request.module.__name__.rsplit(".", 1)[-1])
     try:
-        await migrations.migrate(conn)
+        yield dsn
     finally:
-        await conn.close()
-    return database_url
+        await postgres.drop_database(dsn)
 
 
 @pytest.fixture

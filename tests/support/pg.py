@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from services.platform import migrations
 from services.platform.embedded_pg import EmbeddedPostgres, start_embedded_postgres
 
 
@@ -30,6 +31,8 @@ class SessionPostgres:
     # The databases this session created: an external server may be shared with other test
     # processes (xdist workers, a colleague's run), whose databases are none of this session's business.
     _databases: set[str] = field(default_factory=set, repr=False)
+    # A database migrated once per session, copied for every module that wants a migrated one.
+    _template: str | None = field(default=None, repr=False)
 
     @classmethod
     def start(cls) -> SessionPostgres:
@@ -40,15 +43,32 @@ class SessionPostgres:
         embedded = start_embedded_postgres(Path(tmp.name), database="postgres")
         return cls(admin_dsn=embedded.uri("postgres"), embedded=embedded, _tmp=tmp)
 
-    async def create_database(self, hint: str) -> str:
+    async def create_database(self, hint: str, *, template: str | None = None) -> str:
         name = "t_" + re.sub(r"[^a-z0-9]+", "_", hint.lower())[:40] + "_" + uuid.uuid4().hex[:8]
         conn = await asyncpg.connect(self.admin_dsn)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         finally:
             await conn.close()
         self._databases.add(name)
         return with_database(self.admin_dsn, name)
+
+    async def create_migrated_database(self, hint: str) -> str:
+        """A database with every migration applied: a copy of one this session migrated the first time.
+
+        The product's migrations run once per session instead of once per module: a copy took 0.21 s
+        against 0.09 s for an empty database plus 0.43-0.50 s of migrations (session 19's machine), and
+        the modules' own migration tests still migrate empty databases (create_database).
+        """
+        if self._template is None:
+            dsn = await self.create_database("template")
+            conn = await asyncpg.connect(dsn)
+            try:
+                await migrations.migrate(conn)
+            finally:
+                await conn.close()
+            self._template = urlsplit(dsn).path.lstrip("/")
+        return await self.create_database(hint, template=self._template)
 
     async def drop_database(self, dsn: str) -> None:
         name = urlsplit(dsn).path.lstrip("/")
@@ -81,6 +101,9 @@ class SessionPostgres:
             await conn.close()
 
     def stop(self) -> None:
+        if self.embedded is None and self._template is not None:
+            # An external server outlives the session: take the template away (the modules dropped theirs).
+            asyncio.run(self.drop_database(with_database(self.admin_dsn, self._template)))
         if self.embedded is not None:
             self.embedded.stop()
         if self._tmp is not None:
