@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import shutil
 import time
 import uuid
@@ -34,6 +35,7 @@ import asyncpg
 import grpc
 import httpx
 import pytest
+from emma.common.v1 import types_pb2
 from emma.edge.v1 import edge_link_pb2
 from google.protobuf import json_format
 from playwright.async_api import Browser, Page, async_playwright, expect
@@ -67,8 +69,15 @@ HOME_CHANNELS = [
     ("battery_1/MaxDischargePower", "W"),
     ("battery_1/MaxChargePower", "W"),
     ("heatpump/ActivePower", "W"),
+    ("battery_1/StoredEnergy", "Wh"),
 ]
-PV, BATTERY, SOC, GRID, MAX_DIS, MAX_CH, HEATPUMP = range(7)
+PV, BATTERY, SOC, GRID, MAX_DIS, MAX_CH, HEATPUMP, STORED = range(8)
+# What the optimizer needs besides prices and forecasts to plan the home site from the platform's data.
+TARIFF_ENV = {
+    "EMMA_OPTIMIZER_NETWORK_TARIFFS": "ES=40",
+    "EMMA_OPTIMIZER_TAXES": "ES=5",
+    "EMMA_OPTIMIZER_FEED_IN": "ES=market",
+}
 
 
 class BrowserUsed(UserWarning):
@@ -146,7 +155,7 @@ async def store_prices_and_forecast(dsn: str) -> None:
     site home, stored by the market and forecast domains' own store functions."""
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     start = hour - timedelta(hours=6)
-    values = [50.0 + i for i in range(30)]
+    values = [50.0 + i for i in range(32)]  # to 26 hours from the hour, as the forecasts
     values[8], values[9] = -5.0, -1.25  # two and three hours from now: negative
     doc = MarketDocument(
         Source.ENTSOE,
@@ -164,7 +173,7 @@ async def store_prices_and_forecast(dsn: str) -> None:
         ),
         interval=(start, start + timedelta(hours=len(values))),
     )
-    slots = 96
+    slots = 104  # 26 hours from the hour: a run planned now (24 hours from the quarter hour) is covered
     p50 = tuple(1000.0 + 20 * i for i in range(slots))
     conn = await asyncpg.connect(dsn)
     try:
@@ -230,7 +239,9 @@ async def configure(url: str) -> None:
         assert r.status_code == 200, r.text
         client.headers["authorization"] = f"Bearer {r.json()['accessToken']}"
         r = await client.patch(
-            "/v1/organizations/acme/sites/home", params={"updateMask": "biddingZone"}, json={"biddingZone": "ES"}
+            "/v1/organizations/acme/sites/home",
+            params={"updateMask": "biddingZone,countryCode"},
+            json={"biddingZone": "ES", "countryCode": "ES"},
         )
         assert r.status_code == 200, r.text
         r = await client.post(
@@ -327,7 +338,7 @@ async def dashboard(migrated_url: str, tmp_path_factory: pytest.TempPathFactory)
     # CommandService of its own over the same database, as in a split deployment, gets those commands
     # and hands them to the replica holding the edge's stream.
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in AUTH_ENV.items():
+        for name, value in {**AUTH_ENV, **TARIFF_ENV}.items():
             mp.setenv(name, value)
         async with hosted_services(["command"], platform_config(migrated_url)) as (commands, _):
             mp.setenv("EMMA_ALARM_COMMAND_TARGET", f"127.0.0.1:{commands.port}")
@@ -357,13 +368,32 @@ async def running_stack(migrated_url: str, tmp_path_factory: pytest.TempPathFact
             now = time.time()
             await stream.send(batch(1, now, [(2, 0, GRID_POWER_W), (0, 0, 61.0)]))
             await stream.recv_ack()
-            await home_stream.send(hello(str(home), home_key, HOME_CHANNELS, devices=[battery_inventory()]))
+            # The battery's capacity as the optimizer reads it: StoredEnergy's maximum.
+            battery = battery_inventory()
+            battery.channels.append(
+                types_pb2.ChannelSpec(
+                    name="StoredEnergy",
+                    unit="Wh",
+                    access=types_pb2.CHANNEL_ACCESS_READ_ONLY,
+                    min_value=0,
+                    max_value=10_000,
+                )
+            )
+            await home_stream.send(hello(str(home), home_key, HOME_CHANNELS, devices=[battery]))
             await home_stream.recv_kind("welcome")
             await home_stream.send(batch(1, now - 600, [(HEATPUMP, 0, 2200.0)]))  # ten minutes old: stale
             await home_stream.recv_ack()
             dashboard_state = Dashboard("", None, Path(), home_stream)  # type: ignore[arg-type]
             await dashboard_state.push(
-                [(PV, 3200.0), (BATTERY, -1000.0), (SOC, 55.0), (GRID, 300.0), (MAX_DIS, 4000.0), (MAX_CH, 4000.0)]
+                [
+                    (PV, 3200.0),
+                    (BATTERY, -1000.0),
+                    (SOC, 55.0),
+                    (GRID, 300.0),
+                    (MAX_DIS, 4000.0),
+                    (MAX_CH, 4000.0),
+                    (STORED, 5500.0),
+                ]
             )
             await home_stream.recv_ack()
             tasks = [
@@ -710,6 +740,7 @@ async def test_a_viewer_sees_no_command_or_alarm_buttons(dashboard: Dashboard, p
     await expect(page.locator("[data-flow-value=pv] dd")).not_to_have_text("no value")
     await expect(page.get_by_role("heading", name="Commands")).to_have_count(0)
     await expect(page.get_by_role("button", name="Send setpoint")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Re-plan now")).to_have_count(0)
     await page.get_by_role("link", name="Alarms").click()
     await expect(page.get_by_role("heading", name="Alarms", level=1)).to_be_visible()
     await expect(page.locator("[data-link]").first).to_have_attribute("data-link", "live")
@@ -747,6 +778,18 @@ async def test_charts_of_history_prices_with_negative_slots_and_forecast_bands(
     await expect(delivery).to_have_attribute("data-delivery", "SCHEDULE_DELIVERY_STATE_SENT")
     await expect(delivery).to_contain_text("Edge home: plan sent at")
     await expect(delivery).to_contain_text("no answer yet")
+    # Re-plan now (an admin may): the optimizer plans from the platform's data, the page says what the
+    # new plan is expected to cost, and the chart turns to it.
+    await page.get_by_role("button", name="Re-plan now").click()
+    replanned = page.locator("[data-replanned]")
+    await expect(replanned).to_contain_text("expected cost")
+    text = await replanned.text_content() or ""
+    found = re.search(r"New plan ([0-9a-f-]{36}): expected cost (-?[0-9.]+) EUR .* against (-?[0-9.]+) EUR", text)
+    assert found is not None, text
+    run_id, planned_eur, baseline_eur = found.group(1), float(found.group(2)), float(found.group(3))
+    assert planned_eur <= baseline_eur  # the optimum is never dearer than self-consumption alone
+    await expect(page.locator("[data-plan-assets]")).to_contain_text(f"Run {run_id}")
+    await expect(page.locator("section[aria-labelledby=plan-title] .error")).to_have_count(0)
 
     # History: 24 hours in 4-minute buckets; dragging across the chart loads the range again, finer.
     history = page.locator("[data-chart=history]")

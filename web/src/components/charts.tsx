@@ -2,7 +2,7 @@
 // ahead prices of the site's zone with negative slots highlighted, the PV and load forecasts with their
 // p10-p90 bands, and the optimizer's plan in force against what was measured.
 import { useMemo, useState } from "preact/hooks";
-import type { Site } from "../api";
+import { api, describeError, type Schemas, type Site } from "../api";
 import {
   activeSchedule,
   latestForecast,
@@ -18,6 +18,8 @@ import { useLoad, useNow } from "../load";
 import { Chart, cssVar, uPlot, type ChartData } from "./chart";
 
 const HOUR = 3600;
+
+type OptimizationRun = Schemas["emma.optimizer.v1.OptimizationRun"];
 const PALETTE = ["#0b6e4f", "#0550ae", "#bf3989", "#9a6700", "#6639ba", "#a40e26", "#1a7f37", "#57606a"];
 
 function colour(i: number): string {
@@ -254,24 +256,59 @@ function deliveryText(delivery: ActiveSchedule["delivery"], timeZone?: string): 
   }
 }
 
+/** What a finished run says to the operator who asked for it. */
+function runText(run: OptimizationRun): string {
+  const id = (run.name ?? "").split("/").pop();
+  const cost = (o: OptimizationRun["expected"]) => (o?.costEur ?? 0).toFixed(2);
+  return `New plan ${id}: expected cost ${cost(run.expected)} EUR over the horizon, against ${cost(run.baseline)} EUR with self-consumption alone.`;
+}
+
 export function PlanChart({
   org,
   site,
   edges,
   timeZone,
   measuredChannels,
+  canPlan,
 }: {
   org: string;
   site: string;
   edges: string[];
   timeZone?: string | undefined;
   measuredChannels: string[];
+  canPlan: boolean;
 }) {
+  // A new run (the operator's "Re-plan now") reloads the plan in force.
+  const [version, setVersion] = useState(0);
+  const [planning, setPlanning] = useState(false);
+  const [replanned, setReplanned] = useState<string | null>(null);
+  const [problem, setProblem] = useState<string | null>(null);
   const plans = useLoad(
     async () => (await Promise.all(edges.map((e) => activeSchedule(org, site, e)))).filter((p): p is ActiveSchedule => !!p),
-    [org, site, edges.join(",")],
+    [org, site, edges.join(","), version],
     5 * 60_000,
   );
+  async function replan() {
+    setPlanning(true);
+    setProblem(null);
+    setReplanned(null);
+    try {
+      // No inputs: the service assembles them from the platform (the edges' devices, the measured state
+      // of charge, prices, forecasts, tariffs) and says what is missing when it cannot.
+      const { data, error, response } = await api.POST("/v1/organizations/{organization}/optimizationRuns:run", {
+        params: { path: { organization: org } },
+        body: { sites: [`organizations/${org}/sites/${site}`], requestId: crypto.randomUUID() },
+      });
+      if (!data) setProblem(`No new plan: ${describeError(error, response)}`);
+      else if (data.state !== "OPTIMIZATION_RUN_STATE_SUCCEEDED") setProblem(`No new plan: ${data.failureMessage ?? "the run failed"}`);
+      else {
+        setReplanned(runText(data));
+        setVersion((v) => v + 1);
+      }
+    } finally {
+      setPlanning(false);
+    }
+  }
   const planned = plans.data ?? [];
   const assets = planned.flatMap((p) =>
     (p.schedules ?? []).map((s) => {
@@ -304,6 +341,23 @@ export function PlanChart({
   return (
     <section aria-labelledby="plan-title">
       <h2 id="plan-title">Optimizer plan</h2>
+      {canPlan && (
+        <p>
+          <button type="button" onClick={() => void replan()} disabled={planning}>
+            {planning ? "Planning…" : "Re-plan now"}
+          </button>
+        </p>
+      )}
+      {replanned && (
+        <p role="status" class="meta small" data-replanned>
+          {replanned}
+        </p>
+      )}
+      {problem && (
+        <p role="alert" class="error">
+          {problem}
+        </p>
+      )}
       {plans.error && <p role="alert" class="error">{plans.error}</p>}
       {plans.data && assets.length === 0 && <p>No plan in force at this site's edges.</p>}
       {assets.length > 0 && (

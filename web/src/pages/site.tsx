@@ -206,7 +206,7 @@ export function SitePage({ org, site }: { org: string; site: string }) {
       <HistoryChart org={org} site={site} channels={powerChannels} timeZone={tz} />
       {info.data && <PriceChart site={info.data} />}
       <ForecastChart org={org} site={site} timeZone={tz} />
-      <PlanChart org={org} site={site} edges={edgeIds} timeZone={tz} measuredChannels={powerChannels} />
+      <PlanChart org={org} site={site} edges={edgeIds} timeZone={tz} measuredChannels={powerChannels} canPlan={canCommand} />
 
       <h2>Latest values</h2>
       {values.length === 0 && <p>No values received yet.</p>}
