@@ -277,10 +277,10 @@ def site_parts(p: Problem) -> list[Problem]:
     Without a shared connection every constraint and every cost term belongs to one site, so the
     sites' own optima together are the optimum of `p`. Solving them apart is what keeps a run of
     several sites fast once binaries are needed: HiGHS' branch and bound works on the whole tree at
-    once and does not notice that the sites are independent. Five sites of one battery and one PV
-    array each over 96 slots, with a feed-in price above the import price in some slots (22 binaries a
-    site), took 12-15 s together and 0.3-0.6 s a site apart on session 20's machine
-    (tests/services/optimizer/test_site_parts.py)."""
+    once and does not notice that the sites are independent. Ten sites of a battery and PV each over
+    96 slots, with a feed-in tariff above the import price in some slots, took 3.8-5.6 s apart and hit
+    the 10 s limit together on session 20's machine (bench.optimizer's "independent" case,
+    docs/performance.md); tests/services/optimizer/test_site_parts.py checks the optimum."""
     if p.shared is not None or len(p.sites) < 2:
         return [p]
     return [
