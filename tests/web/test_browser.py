@@ -37,6 +37,7 @@ import httpx
 import pytest
 from emma.common.v1 import types_pb2
 from emma.edge.v1 import edge_link_pb2
+from emma.optimizer.v1 import optimizer_pb2
 from google.protobuf import json_format
 from playwright.async_api import Browser, Page, async_playwright, expect
 
@@ -47,6 +48,8 @@ from services.forecast.model import Forecast
 from services.forecast.store import MadeForecast, save_run
 from services.market import DocumentKind, MarketDocument, PriceSeries, Product, Slot, Source, save_document
 from services.names import SiteName
+from services.optimizer import convert as optimizer_convert
+from services.optimizer.runs import solve_run, store_run
 from tests.support.cloud import new_edge, platform_config
 from tests.support.edge_client import EdgeStream, batch, battery_inventory, hello, ts
 from tests.support.gateway import AUTH_ENV, USER_EMAIL, USER_PASSWORD, create_user, hosted
@@ -150,6 +153,54 @@ def chromium_executable() -> str | None:
     return None
 
 
+# The plan in force at the home site two hours ago, for four slots (what the savings panel compares),
+# and what the home edge measured then: grid power (importing positive) and battery power
+# (discharging positive) per slot.
+PAST_GRID_W = [500.0, 500.0, 200.0, 200.0]
+PAST_BATTERY_W = [-1000.0, -1000.0, 2000.0, 2000.0]
+
+
+def past_start() -> datetime:
+    now = datetime.now(UTC)
+    return now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0) - timedelta(hours=2)
+
+
+async def store_past_plan(conn: asyncpg.Connection, start: datetime) -> None:
+    """A run made before its slots began, solved and stored by the optimizer's own functions."""
+    inputs = optimizer_pb2.OptimizationInputs(
+        slot_count=4,
+        prices=optimizer_pb2.PriceInputs(
+            market_price_eur_per_mwh=[100, 100, 300, 300], feed_in_price_eur_per_mwh=[0] * 4
+        ),
+        sites=[
+            optimizer_pb2.SiteInputs(
+                site="organizations/acme/sites/home",
+                load_w=[0, 0, 4000, 4000],
+                import_limit_w=50_000,
+                export_limit_w=50_000,
+            )
+        ],
+        batteries=[
+            optimizer_pb2.BatteryInputs(
+                device="organizations/acme/sites/home/edges/home/devices/battery_1",
+                capacity_wh=10_000,
+                soc_wh=0,
+                max_charge_w=4000,
+                max_discharge_w=4000,
+                charge_efficiency=1.0,
+                discharge_efficiency=1.0,
+            )
+        ],
+    )
+    inputs.start_time.FromDatetime(start)
+    inputs.step.FromTimedelta(timedelta(minutes=15))
+    problem = optimizer_convert.problem(inputs)
+    sites = ["organizations/acme/sites/home"]
+    run_id, run, infeasible = await solve_run("acme", sites, inputs, problem, created=start - timedelta(minutes=5))
+    assert infeasible is None
+    await store_run(conn, run_id, run, inputs, problem, org="acme", creator="test")
+
+
 async def store_prices_and_forecast(dsn: str) -> None:
     """A day-ahead curve of zone ES around now with two negative hours, and a PV and load forecast of
     site home, stored by the market and forecast domains' own store functions."""
@@ -194,6 +245,7 @@ async def store_prices_and_forecast(dsn: str) -> None:
             for kind in ("pv_power", "site_load")
         ]
         await save_run(conn, SiteName("acme", "home"), hour, made, trigger="on_demand", creator="test", request_id=None)
+        await store_past_plan(conn, past_start())
     finally:
         await conn.close()
 
@@ -379,11 +431,23 @@ async def running_stack(migrated_url: str, tmp_path_factory: pytest.TempPathFact
                     max_value=10_000,
                 )
             )
-            await home_stream.send(hello(str(home), home_key, HOME_CHANNELS, devices=[battery]))
+            meter = edge_link_pb2.DeviceInventoryItem(
+                device_id="grid",
+                kind=types_pb2.DEVICE_KIND_GRID_METER,
+                driver="test",
+                channels=[
+                    types_pb2.ChannelSpec(name="ActivePower", unit="W", access=types_pb2.CHANNEL_ACCESS_READ_ONLY)
+                ],
+            )
+            await home_stream.send(hello(str(home), home_key, HOME_CHANNELS, devices=[battery, meter]))
             await home_stream.recv_kind("welcome")
             await home_stream.send(batch(1, now - 600, [(HEATPUMP, 0, 2200.0)]))  # ten minutes old: stale
             await home_stream.recv_ack()
             dashboard_state = Dashboard("", None, Path(), home_stream)  # type: ignore[arg-type]
+            for i, (grid_w, battery_w) in enumerate(zip(PAST_GRID_W, PAST_BATTERY_W, strict=True)):
+                at = past_start() + timedelta(minutes=15 * i + 7.5)
+                await dashboard_state.push([(GRID, grid_w), (BATTERY, battery_w)], at=at.timestamp())
+                await home_stream.recv_ack()
             await dashboard_state.push(
                 [
                     (PV, 3200.0),
@@ -790,6 +854,19 @@ async def test_charts_of_history_prices_with_negative_slots_and_forecast_bands(
     assert planned_eur <= baseline_eur  # the optimum is never dearer than self-consumption alone
     await expect(page.locator("[data-plan-assets]")).to_contain_text(f"Run {run_id}")
     await expect(page.locator("section[aria-labelledby=plan-title] .error")).to_have_count(0)
+    # What the plans saved: the four slots of the plan two hours ago, measured, against self-consumption.
+    savings = page.locator("[data-compared-slots]")
+    await expect(savings).to_have_attribute("data-compared-slots", "4")
+    await expect(savings).to_contain_text("against self-consumption alone, over 4 quarter hours")
+    cells = page.locator("section[aria-labelledby=savings-title] td")
+    await expect(cells).to_have_count(3)
+    realised, _planned, baseline = [float(await c.text_content() or "nan") for c in await cells.all()]
+    saved = float(await savings.get_attribute("data-savings-eur") or "nan")
+    # By hand, at 0.10, 0.10, 0.30, 0.30 EUR/kWh: measured imports of 0.125, 0.125, 0.05, 0.05 kWh cost
+    # 0.055 EUR. Self-consumption alone on the same demand without the battery (-500, -500, 2200, 2200 W)
+    # stores the 0.25 kWh of surplus and gives it back in the third slot: 0.30 + 0.55 kWh at 0.30 =
+    # 0.255 EUR. Saved: 0.20 EUR.
+    assert (realised, baseline, saved) == (0.06, 0.26, 0.20)
 
     # History: 24 hours in 4-minute buckets; dragging across the chart loads the range again, finer.
     history = page.locator("[data-chart=history]")

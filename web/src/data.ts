@@ -149,6 +149,20 @@ export async function activeSchedule(org: string, site: string, edge: string): P
   return data;
 }
 
+export type RealisedSavings = import("./api").Schemas["emma.optimizer.v1.RealisedSavings"];
+
+/** What the plans saved at one site in [from, to) (both on quarter hours), against self-consumption alone. */
+export async function realisedSavings(org: string, site: string, from: Date, to: Date): Promise<RealisedSavings> {
+  const { data, error, response } = await api.GET("/v1/organizations/{organization}/optimizationRuns:realisedSavings", {
+    params: {
+      path: { organization: org },
+      query: { sites: [`organizations/${org}/sites/${site}`], startTime: from.toISOString(), endTime: to.toISOString() },
+    },
+  });
+  if (!data) throw new Error(describeError(error, response));
+  return data;
+}
+
 /** "900s" -> 900. */
 export function seconds(duration: string | undefined): number {
   const m = (duration ?? "").match(/^(-?[0-9.]+)s$/);

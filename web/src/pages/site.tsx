@@ -4,6 +4,7 @@ import { useEffect, useMemo, useState } from "preact/hooks";
 import { lastSegment, type LatestValue } from "../api";
 import { roleIn } from "../auth";
 import { ForecastChart, HistoryChart, PlanChart, PriceChart } from "../components/charts";
+import { SavingsPanel } from "../components/savings";
 import { CommandPanel, type Target } from "../components/commands";
 import { EnergyFlow } from "../components/flow";
 import { getSite, latestValues, listEdges, siteState, writableChannels } from "../data";
@@ -207,6 +208,7 @@ export function SitePage({ org, site }: { org: string; site: string }) {
       {info.data && <PriceChart site={info.data} />}
       <ForecastChart org={org} site={site} timeZone={tz} />
       <PlanChart org={org} site={site} edges={edgeIds} timeZone={tz} measuredChannels={powerChannels} canPlan={canCommand} />
+      <SavingsPanel org={org} site={site} />
 
       <h2>Latest values</h2>
       {values.length === 0 && <p>No values received yet.</p>}
