@@ -37,7 +37,6 @@ import httpx
 import pytest
 from emma.common.v1 import types_pb2
 from emma.edge.v1 import edge_link_pb2
-from emma.optimizer.v1 import optimizer_pb2
 from google.protobuf import json_format
 from playwright.async_api import Browser, Page, async_playwright, expect
 
@@ -47,13 +46,12 @@ from services.cloud import hosted_services
 from services.forecast.model import Forecast
 from services.forecast.store import MadeForecast, save_run
 from services.market import DocumentKind, MarketDocument, PriceSeries, Product, Slot, Source, save_document
-from services.names import SiteName
-from services.optimizer import convert as optimizer_convert
-from services.optimizer.runs import solve_run, store_run
+from services.names import EdgeName, SiteName
 from tests.support.cloud import new_edge, platform_config
 from tests.support.edge_client import EdgeStream, batch, battery_inventory, hello, ts
 from tests.support.gateway import AUTH_ENV, USER_EMAIL, USER_PASSWORD, create_user, hosted
 from tests.support.identity import grant
+from tests.support.optimizer_plans import store_plan_made_before
 
 GRID_POWER_W = -1500.0  # exporting 1.5 kW; "meter/GridPower" is channel 2 of the test hello's table
 TIMEOUT_MS = 15_000
@@ -165,42 +163,6 @@ def past_start() -> datetime:
     return now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0) - timedelta(hours=2)
 
 
-async def store_past_plan(conn: asyncpg.Connection, start: datetime) -> None:
-    """A run made before its slots began, solved and stored by the optimizer's own functions."""
-    inputs = optimizer_pb2.OptimizationInputs(
-        slot_count=4,
-        prices=optimizer_pb2.PriceInputs(
-            market_price_eur_per_mwh=[100, 100, 300, 300], feed_in_price_eur_per_mwh=[0] * 4
-        ),
-        sites=[
-            optimizer_pb2.SiteInputs(
-                site="organizations/acme/sites/home",
-                load_w=[0, 0, 4000, 4000],
-                import_limit_w=50_000,
-                export_limit_w=50_000,
-            )
-        ],
-        batteries=[
-            optimizer_pb2.BatteryInputs(
-                device="organizations/acme/sites/home/edges/home/devices/battery_1",
-                capacity_wh=10_000,
-                soc_wh=0,
-                max_charge_w=4000,
-                max_discharge_w=4000,
-                charge_efficiency=1.0,
-                discharge_efficiency=1.0,
-            )
-        ],
-    )
-    inputs.start_time.FromDatetime(start)
-    inputs.step.FromTimedelta(timedelta(minutes=15))
-    problem = optimizer_convert.problem(inputs)
-    sites = ["organizations/acme/sites/home"]
-    run_id, run, infeasible = await solve_run("acme", sites, inputs, problem, created=start - timedelta(minutes=5))
-    assert infeasible is None
-    await store_run(conn, run_id, run, inputs, problem, org="acme", creator="test")
-
-
 async def store_prices_and_forecast(dsn: str) -> None:
     """A day-ahead curve of zone ES around now with two negative hours, and a PV and load forecast of
     site home, stored by the market and forecast domains' own store functions."""
@@ -245,7 +207,7 @@ async def store_prices_and_forecast(dsn: str) -> None:
             for kind in ("pv_power", "site_load")
         ]
         await save_run(conn, SiteName("acme", "home"), hour, made, trigger="on_demand", creator="test", request_id=None)
-        await store_past_plan(conn, past_start())
+        await store_plan_made_before(conn, EdgeName("acme", "home", "home"), past_start())
     finally:
         await conn.close()
 

@@ -23,8 +23,6 @@ from emma.optimizer.v1 import optimizer_pb2_grpc
 from google.protobuf import timestamp_pb2
 
 from services.names import EdgeName
-from services.optimizer import convert
-from services.optimizer.runs import solve_run, store_run
 from services.registry import ensure_edge, store_inventory
 from tests.services.optimizer.test_platform_inputs import (
     ACME,
@@ -38,6 +36,7 @@ from tests.services.optimizer.test_platform_inputs import (
 )
 from tests.support.cloud import Host
 from tests.support.identity import authed_channel, grant
+from tests.support.optimizer_plans import store_plan_made_before
 
 
 def _ts(t: dt.datetime) -> timestamp_pb2.Timestamp:
@@ -55,33 +54,8 @@ async def test_savings_compare_the_measured_grid_with_the_plan_and_the_baseline(
     await store_inventory(db, pk, [d for d in _inventory() if d.device_id in ("battery_1", "grid_1")])
     site = str(edge.site_name)
     start = _quarter(dt.datetime.now(UTC)) - dt.timedelta(hours=3)
-    inputs = pb.OptimizationInputs(
-        slot_count=4,
-        prices=pb.PriceInputs(
-            market_price_eur_per_mwh=[100, 100, 300, 300],
-            feed_in_price_eur_per_mwh=[0] * 4,
-            carbon_intensity_g_per_kwh=[100, 100, 500, 500],
-        ),
-        sites=[pb.SiteInputs(site=site, load_w=[0, 0, 4000, 4000], import_limit_w=50_000, export_limit_w=50_000)],
-        batteries=[
-            pb.BatteryInputs(
-                device=f"{edge}/devices/battery_1",
-                capacity_wh=10_000,
-                soc_wh=0,
-                max_charge_w=4000,
-                max_discharge_w=4000,
-                charge_efficiency=1.0,
-                discharge_efficiency=1.0,
-            )
-        ],
-    )
-    inputs.start_time.FromDatetime(start)
-    inputs.step.FromTimedelta(SLOT)
-    problem = convert.problem(inputs)
     # The plan was made before its slots began (what the edge had followed).
-    run_id, run, infeasible = await solve_run("acme", [site], inputs, problem, created=start - dt.timedelta(minutes=5))
-    assert infeasible is None
-    await store_run(db, run_id, run, inputs, problem, org="acme", creator="test")
+    run = await store_plan_made_before(db, edge, start)
     grid = [4000.0, 4000.0, 0.0, 0.0, 500.0, 500.0]  # the last two slots: measured, but no plan in force
     battery = [-4000.0, -4000.0, 4000.0, 4000.0, 0.0, 0.0]  # discharging positive
     mid = [start + SLOT * i + SLOT / 2 for i in range(6)]

@@ -13,55 +13,14 @@ import uuid
 
 import asyncpg
 import pytest
-from emma.optimizer.v1 import optimizer_pb2 as pb
 
 from services.names import EdgeName
-from services.optimizer import convert
-from services.optimizer.runs import solve_run, store_run
 from services.registry import ensure_edge, store_inventory
 from tests.launcher.test_optimize_cli import optimize
 from tests.services.optimizer.test_platform_inputs import SLOT, UTC, _inventory, add_series, store_samples
 from tests.support.cloud import Host
 from tests.support.identity import PASSWORD, grant
-
-
-def _inputs(edge: EdgeName, start: dt.datetime) -> pb.OptimizationInputs:
-    inputs = pb.OptimizationInputs(
-        slot_count=4,
-        prices=pb.PriceInputs(
-            market_price_eur_per_mwh=[100, 100, 300, 300],
-            feed_in_price_eur_per_mwh=[0] * 4,
-            carbon_intensity_g_per_kwh=[100, 100, 500, 500],
-        ),
-        sites=[
-            pb.SiteInputs(
-                site=str(edge.site_name), load_w=[0, 0, 4000, 4000], import_limit_w=50_000, export_limit_w=50_000
-            )
-        ],
-        batteries=[
-            pb.BatteryInputs(
-                device=f"{edge}/devices/battery_1",
-                capacity_wh=10_000,
-                soc_wh=0,
-                max_charge_w=4000,
-                max_discharge_w=4000,
-                charge_efficiency=1.0,
-                discharge_efficiency=1.0,
-            )
-        ],
-    )
-    inputs.start_time.FromDatetime(start)
-    inputs.step.FromTimedelta(SLOT)
-    return inputs
-
-
-async def _plan(db: asyncpg.Connection, edge: EdgeName, start: dt.datetime) -> None:
-    inputs = _inputs(edge, start)
-    problem = convert.problem(inputs)
-    site = str(edge.site_name)
-    run_id, run, infeasible = await solve_run("acme", [site], inputs, problem, created=start - dt.timedelta(minutes=5))
-    assert infeasible is None
-    await store_run(db, run_id, run, inputs, problem, org="acme", creator="test")
+from tests.support.optimizer_plans import store_plan_made_before
 
 
 async def _site(db: asyncpg.Connection) -> tuple[EdgeName, int]:
@@ -83,8 +42,8 @@ async def test_savings_per_site_and_day_and_for_the_period(
     first, second = today - dt.timedelta(days=3), today - dt.timedelta(days=2)
     (a, pk_a), (b, _) = await _site(db), await _site(db)
     for day in (first, second):
-        await _plan(db, a, day + dt.timedelta(hours=10))
-    await _plan(db, b, first + dt.timedelta(hours=10))
+        await store_plan_made_before(db, a, day + dt.timedelta(hours=10))
+    await store_plan_made_before(db, b, first + dt.timedelta(hours=10))
     points: dict[str, list[tuple[dt.datetime, float]]] = {"grid_1/ActivePower": [], "battery_1/ActivePower": []}
     for day, grid, battery in (
         (first, [4000.0, 4000.0, 0.0, 0.0], [-4000.0, -4000.0, 4000.0, 4000.0]),  # followed the plan
