@@ -377,10 +377,17 @@ async def test_unary_rpcs_are_traced_with_the_callers_trace_context() -> None:
                 registry_pb2.GetSiteRequest(name="organizations/o/sites/s"),
                 metadata=[("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01")],
             )
+        # grpc.aio sends an aborted call's status before the handler unwinds, and the server span ends
+        # as it unwinds: the client can hold the error before the span is finished (one CI run read
+        # none), so wait for it here, while the server still runs.
+        async with asyncio.timeout(10):
+            while not (
+                spans := [s for s in exporter.get_finished_spans() if s.name.endswith("RegistryService/GetSite")]
+            ):
+                await asyncio.sleep(0.01)
     finally:
         await channel.close()
         await hosted.drain(0)
-    spans = [s for s in exporter.get_finished_spans() if s.name.endswith("RegistryService/GetSite")]
     assert len(spans) == 1
     span = spans[0]
     assert format(span.context.trace_id, "032x") == trace_id
