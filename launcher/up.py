@@ -19,6 +19,9 @@ this process on a free loopback port and EMMA_WEATHER_URL points the forecast se
 demo's PV forecasts have weather without internet. The demo sites get a PV description matching
 their simulated inverters and a country code (for the load model's holidays), so every kind of
 forecast can be made for them.
+
+Tariffs: the EMMA_OPTIMIZER_* price parts not set get the demo's round figures for Germany and Spain
+(launcher/demo_tariffs.py), so the optimizer can plan the demo sites from the platform's data.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from launcher.admin_cli import (
     ensure_edge_key_file,
     simulated_pv_system,
 )
+from launcher.demo_tariffs import demo_tariffs
 from launcher.market_replay import ReplayServer
 from launcher.open_browser import open_dashboard
 from launcher.pg_watch import embedded_postgres_kept_running
@@ -361,7 +365,8 @@ async def _run_stack(config: PlatformConfig, state_dir: Path, gateway_settings: 
             market_sources(config.env, _say) as market_env,
             weather_sources(config.env, _say) as weather_env,
         ):
-            services_config = dataclasses.replace(config, env={**config.env, **market_env, **weather_env})
+            tariffs = demo_tariffs(config.env, _say)
+            services_config = dataclasses.replace(config, env={**config.env, **market_env, **weather_env, **tariffs})
             # With --workers N, N-1 more `emma serve all` processes share the gRPC port (services/cloud.py).
             workers = further_workers(services_config, _worker_command(), dsn)
             async with hosted_services(["all"], services_config, dsn=dsn, apply_migrations=True) as (hosted, runtime):

@@ -13,10 +13,12 @@ import stat
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 from emma.forecast.v1 import forecast_pb2, forecast_pb2_grpc
 from emma.identity.v1 import identity_pb2, identity_pb2_grpc
+from emma.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from emma.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from tests.support.cli_process import EmmaProcess
@@ -74,6 +76,31 @@ def _check_demo_forecasts(
             assert not [r for r in latest.degraded_reasons if r.startswith("weather")], latest.degraded_reasons
 
 
+def _check_demo_plan(port: int, token: str, proc: EmmaProcess) -> None:
+    """With the demo's tariffs (launcher/demo_tariffs.py) the optimizer has every price part for the
+    Berlin site: a run from the platform's data is planned, or refused only for data a fresh state
+    folder lacks in its first quarter hour (the current slot's forecast: forecasts start at the next
+    quarter hour), never for a tariff."""
+    proc.wait_for("emma up: demo tariffs for the optimizer (EMMA_OPTIMIZER_NETWORK_TARIFFS")
+    request = optimizer_pb2.RunOptimizationRequest(parent="organizations/demo", sites=["organizations/demo/sites/demo"])
+    request.horizon.FromSeconds(2 * 3600)  # within the replayed day's prices at any time of day
+    refused: Any = None
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        try:
+            run = optimizer_pb2_grpc.OptimizerServiceStub(ch).RunOptimization(
+                request, metadata=[("authorization", f"Bearer {token}")], timeout=60
+            )
+        except grpc.RpcError as exc:
+            refused = exc
+    if refused is not None:
+        assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION, refused
+        missing = refused.details() or ""
+        assert "missing: " in missing and "EMMA_OPTIMIZER_" not in missing and "tariff" not in missing, missing
+        return
+    assert run.state == optimizer_pb2.OPTIMIZATION_RUN_STATE_SUCCEEDED, run.failure_message
+    assert run.inputs_assembled and run.expected.cost_eur <= run.baseline.cost_eur + 1e-9
+
+
 def test_emma_up_creates_the_demo_organization_and_admin(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = {
@@ -122,6 +149,8 @@ def test_emma_up_creates_the_demo_organization_and_admin(tmp_path: Path) -> None
                 )
             assert [s.name for s in sites.sites] == ["organizations/demo/sites/demo", "organizations/demo/sites/madrid"]
             _check_demo_forecasts(port, login.access_token, sites.sites, proc, first_run=run == 1)
+            if run == 1:
+                _check_demo_plan(port, login.access_token, proc)
             for edge in ("edge-demo", "edge-gw-2"):
                 _wait_for_file(state / edge / "outbox.sqlite-wal", proc)
         finally:
