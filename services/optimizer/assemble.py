@@ -55,6 +55,19 @@ def quarter_hour(now: dt.datetime) -> dt.datetime:
     return now - dt.timedelta(minutes=now.minute % 15, seconds=now.second, microseconds=now.microsecond)
 
 
+def _slot_in_progress_filled(values: list[float | None]) -> list[float | None]:
+    """The slot in progress (the run's first) from the next slot's value when no forecast covers it.
+
+    A forecast starts at the quarter hour after it was issued, so only one issued before the current
+    slot began covers it: a site's first forecasts (a fresh `emma up`, a new site) leave it empty, and
+    every run asked for before the next quarter hour was refused for that one slot. The slot is partly
+    over and its plan is replaced as soon as a newer run exists (the receding horizon); the next
+    slot's forecast is the best estimate there is. Any other gap is still refused."""
+    if len(values) > 1 and values[0] is None and values[1] is not None:
+        return [values[1], *values[1:]]
+    return values
+
+
 def missing_inputs(missing: list[str]) -> ApiError:
     """FAILED_PRECONDITION naming everything the platform lacks for a run (never a plan with zeros)."""
     joined = "; ".join(missing)
@@ -316,7 +329,10 @@ async def assemble(
         if not await _devices(conn, site, profile.time_zone, out, pvs, start=start, end=end, now=now, config=config):
             continue
         kinds = {"site_load"} | ({"pv_power"} if pvs else set())
-        forecasts = await latest_forecast_values(conn, site, kinds, start, slots, as_of=now)
+        forecasts = {
+            k: _slot_in_progress_filled(v)
+            for k, v in (await latest_forecast_values(conn, site, kinds, start, slots, as_of=now)).items()
+        }
         load = _complete(forecasts["site_load"])
         if load is None:
             gaps = [i for i, v in enumerate(forecasts["site_load"]) if v is None]

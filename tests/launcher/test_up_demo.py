@@ -78,9 +78,8 @@ def _check_demo_forecasts(
 
 def _check_demo_plan(port: int, token: str, proc: EmmaProcess) -> None:
     """With the demo's tariffs (launcher/demo_tariffs.py) the optimizer has every price part for the
-    Berlin site: a run from the platform's data is planned, or refused only for data a fresh state
-    folder lacks in its first quarter hour (the current slot's forecast: forecasts start at the next
-    quarter hour), never for a tariff."""
+    Berlin site: a run from the platform's data is planned, or refused for data the demo may lack at
+    some moment (a state of charge not yet measured), never for a tariff."""
     proc.wait_for("emma up: demo tariffs for the optimizer (EMMA_OPTIMIZER_NETWORK_TARIFFS")
     request = optimizer_pb2.RunOptimizationRequest(parent="organizations/demo", sites=["organizations/demo/sites/demo"])
     request.horizon.FromSeconds(2 * 3600)  # within the replayed day's prices at any time of day

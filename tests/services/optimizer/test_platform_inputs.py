@@ -371,6 +371,44 @@ async def test_a_run_naming_only_its_site_is_assembled_from_the_platform(
         assert both.objective_value == pytest.approx(both.expected.cost_eur + 0.067 * both.expected.co2_kg, abs=1e-6)
 
 
+async def test_a_site_whose_forecasts_start_at_the_next_quarter_hour_is_planned_from_them(
+    host: Host, db: asyncpg.Connection, migrated_url: str, price_env: None
+) -> None:
+    # A new site's first forecasts, issued within the current quarter hour, start at the next one: the
+    # slot in progress takes the next slot's values (assemble._slot_in_progress_filled) instead of
+    # refusing every run until the next quarter hour.
+    await save_document(db, _shift(_document(), _days_to_today()), dt.datetime.now(UTC))
+    edge, pk = await _site(db)
+    await store_inventory(db, pk, _inventory())
+    now = await settled_now()
+    await store_samples(
+        migrated_url,
+        pk,
+        {
+            await add_series(db, pk, "battery_1/StoredEnergy", "Wh"): [(now - dt.timedelta(seconds=30), 4200.0)],
+            await add_series(db, pk, "ev_1/Plugged", ""): [(now - dt.timedelta(seconds=30), 0.0)],
+        },
+    )
+    start = _quarter(now)
+    load, pv = [700.0 + 10 * i for i in range(8)], [1000.0 + 100 * i for i in range(8)]
+    made = [
+        MadeForecast("site_load", _forecast(start + SLOT, load)),
+        MadeForecast("pv_power", _forecast(start + SLOT, pv)),
+    ]
+    await save_run(db, edge.site_name, now, made, trigger="on_demand", creator="test", request_id=None)
+    operator = await grant(db, "acme", "operator")
+    async with host(["registry", "optimizer"]) as (server, _), authed_channel(server.port, operator.token) as ch:
+        run = await optimizer_pb2_grpc.OptimizerServiceStub(ch).RunOptimization(
+            pb.RunOptimizationRequest(
+                parent=ACME, sites=[str(edge.site_name)], horizon=duration_pb2.Duration(seconds=3600)
+            )
+        )
+    assert run.state == pb.OPTIMIZATION_RUN_STATE_SUCCEEDED, run.failure_message
+    assert run.inputs.start_time.ToDatetime(UTC) == start
+    assert list(run.inputs.sites[0].load_w) == [load[0], *load[:3]]
+    assert list(run.inputs.pv_arrays[0].forecast_w) == [pv[0], *pv[:3]]
+
+
 async def test_what_the_platform_lacks_is_listed_and_nothing_is_stored(
     host: Host, db: asyncpg.Connection, migrated_url: str, price_env: None
 ) -> None:
