@@ -23,7 +23,6 @@ from services.edgelink.writer import DEFAULT_LANES, IngestWriter
 from services.errors import ApiError, invalid_field
 from services.optimizer import ScheduleRelay
 from services.platform import db
-from services.platform.db import log_failed_pass
 from services.platform.rpc import Context
 from services.platform.runtime import Runtime
 
@@ -248,4 +247,4 @@ class EdgeLinkServicer(edge_link_pb2_grpc.EdgeLinkServiceServicer):
                             f"no heartbeat for {self._config.offline_after_s:.0f} s",
                         )
             except Exception:
-                log_failed_pass(log, "offline sweep failed")
+                db.log_failed_pass(log, "offline sweep failed")

@@ -13,6 +13,11 @@ export function number(value: number | undefined, unit = ""): string {
   return unit ? `${text} ${unit}` : text;
 }
 
+/** Money as a bill shows it: two decimals, whatever the locale's grouping ("5.26 EUR"). */
+export function eur(value: number | undefined): string {
+  return `${(value ?? 0).toFixed(2)} EUR`;
+}
+
 export function time(iso: string | undefined, timeZone?: string): string {
   if (!iso) return "never";
   const t = new Date(iso);

@@ -259,8 +259,7 @@ function deliveryText(delivery: ActiveSchedule["delivery"], timeZone?: string): 
 /** What a finished run says to the operator who asked for it. */
 function runText(run: OptimizationRun): string {
   const id = (run.name ?? "").split("/").pop();
-  const cost = (o: OptimizationRun["expected"]) => (o?.costEur ?? 0).toFixed(2);
-  return `New plan ${id}: expected cost ${cost(run.expected)} EUR over the horizon, against ${cost(run.baseline)} EUR with self-consumption alone.`;
+  return `New plan ${id}: expected cost ${fmt.eur(run.expected?.costEur)} over the horizon, against ${fmt.eur(run.baseline?.costEur)} with self-consumption alone.`;
 }
 
 export function PlanChart({

@@ -2,14 +2,11 @@
 // as the plans priced it, against what they expected and against the self-consumption controller
 // alone on the same measured consumption and production (GetRealisedSavings, docs/optimizer.md).
 import { realisedSavings } from "../data";
+import { eur } from "../format";
 import { useLoad } from "../load";
 
 const QUARTER_MS = 15 * 60_000;
 const DAYS = 7;
-
-function eur(value: number | undefined): string {
-  return `${(value ?? 0).toFixed(2)} EUR`;
-}
 
 export function SavingsPanel({ org, site }: { org: string; site: string }) {
   // The last ended quarter hour; the service compares ended slots only.
